@@ -1,0 +1,10 @@
+"""Re-export of the shared fairhead error hierarchy (see ``fairhead_errors``)."""
+
+from fairhead_errors import (  # noqa: F401
+    BackboneError,
+    CacheError,
+    DataError,
+    FairheadError,
+    InfeasibleConstraintError,
+    SolverError,
+)

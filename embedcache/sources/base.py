@@ -1,0 +1,296 @@
+"""The Source protocol: what every dataset hands to the extractor, and shared helpers.
+
+A source is a table of rows (sample id, binary label, sensitive attributes,
+split) plus a way to load row ``i`` as an RGB image. Everything but the images
+lives in memory, so the extractor and the cache writer never touch the
+original metadata files twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+from embedcache.errors import DataError
+
+#: the split names sources produce when the data has no split of its own
+DEFAULT_SPLITS = ("train", "valid", "test")
+#: fractions used by :func:`hash_splits` (train, valid, test)
+DEFAULT_SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
+
+DUPLICATE_IDS_MSG = "{where} has {count} duplicate sample ids (first: {first!r}); make the ids unique"
+EMPTY_MSG = "{where} has no rows; pass a dataset with at least one image"
+NOT_BINARY_MSG = (
+    "label column {name!r} has {count} distinct values {values}; a binary label needs exactly 2 "
+    "(map it to two classes first)"
+)
+ONE_GROUP_MSG = (
+    "sensitive attribute {name!r} has only {count} value {values}; it needs at least 2 groups "
+    "(pick another column)"
+)
+MISSING_VALUE_MSG = "{kind} column {name!r} is empty at row {row}; fill or drop that row"
+LENGTH_MSG = "{what} has {got} rows but the dataset has {n}; pass one value per row"
+MISSING_IMAGE_MSG = "image file '{path}' of {where} is missing; restore it or drop its row"
+BAD_IMAGE_MSG = (
+    "image file '{path}' of {where} cannot be decoded ({error}); replace the file or drop its row"
+)
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What the extractor needs from a dataset.
+
+    Attributes
+    ----------
+    ids : numpy.ndarray of str
+        Unique sample ids, one per row.
+    labels : numpy.ndarray of int64
+        Binary label codes (0 or 1).
+    label_name : str
+        Name of the label (e.g. ``"Blond_Hair"``).
+    label_categories : tuple of str
+        Names of label codes 0 and 1.
+    sensitive : dict
+        ``name -> (int64 codes, tuple of category names)``.
+    splits : numpy.ndarray of str
+        Split name of each row (``"train"``, ``"valid"``, ``"test"``, ...).
+    """
+
+    ids: np.ndarray
+    labels: np.ndarray
+    label_name: str
+    label_categories: tuple[str, ...]
+    sensitive: dict[str, tuple[np.ndarray, tuple[str, ...]]]
+    splits: np.ndarray
+
+    def __len__(self) -> int: ...
+
+    def load_image(self, i: int) -> Image.Image: ...
+
+    def fingerprint(self) -> str: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class TableSource:
+    """Base class holding the metadata table; subclasses implement ``load_image``.
+
+    Parameters
+    ----------
+    ids, labels, label_name, label_categories, sensitive, splits
+        See :class:`Source`. All are validated here: one row each, unique ids,
+        binary labels, at least two groups per sensitive attribute.
+    where : str
+        How error messages name this dataset (e.g. ``"manifest 'meta.csv'"``).
+    """
+
+    def __init__(
+        self,
+        *,
+        ids: Sequence[str],
+        labels: Sequence[int],
+        label_name: str,
+        label_categories: Sequence[str],
+        sensitive: Mapping[str, tuple[Sequence[int], Sequence[str]]],
+        splits: Sequence[str],
+        where: str,
+    ) -> None:
+        self._where = where
+        self.ids = np.asarray([str(i) for i in ids], dtype=object)
+        n = len(self.ids)
+        if n == 0:
+            raise DataError(EMPTY_MSG.format(where=where))
+        check_unique_ids(self.ids, where=where)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        _check_length(self.labels, n, f"label {label_name!r}")
+        self.label_name = str(label_name)
+        self.label_categories = tuple(str(c) for c in label_categories)
+        if len(self.label_categories) != 2 or not np.isin(self.labels, (0, 1)).all():
+            raise DataError(
+                NOT_BINARY_MSG.format(
+                    name=label_name, count=len(self.label_categories), values=list(self.label_categories)[:5]
+                )
+            )
+        self.sensitive = {}
+        for name, (codes, categories) in sensitive.items():
+            codes = np.asarray(codes, dtype=np.int64)
+            _check_length(codes, n, f"sensitive attribute {name!r}")
+            categories = tuple(str(c) for c in categories)
+            present = np.unique(codes)
+            if len(present) < 2:
+                values = [categories[c] for c in present]
+                raise DataError(ONE_GROUP_MSG.format(name=name, count=len(present), values=values))
+            self.sensitive[str(name)] = (codes, categories)
+        self.splits = np.asarray([str(s) for s in splits], dtype=object)
+        _check_length(self.splits, n, "split")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} rows, label {self.label_name!r}, sensitive {list(self.sensitive)})"
+
+    def load_image(self, i: int) -> Image.Image:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def image_paths(self) -> list[Any] | None:
+        """Files the images come from (checked before an extraction starts), or None."""
+        return None
+
+    def _fingerprint_extra(self) -> dict[str, Any]:
+        """Subclass hook: anything besides the table that decides the images (e.g. a seed)."""
+        return {}
+
+    def fingerprint(self) -> str:
+        """sha256 over ids, labels, sensitive attributes and splits (hex)."""
+        return table_fingerprint(
+            ids=self.ids,
+            labels=self.labels,
+            label_name=self.label_name,
+            label_categories=self.label_categories,
+            sensitive=self.sensitive,
+            splits=self.splits,
+            extra=self._fingerprint_extra(),
+        )
+
+    def describe(self) -> dict[str, Any]:  # pragma: no cover - overridden
+        return {"kind": type(self).__name__, "rows": len(self)}
+
+
+def check_unique_ids(ids: np.ndarray, *, where: str) -> None:
+    """Raise :class:`DataError` naming the first duplicate id."""
+    uniq, counts = np.unique(ids.astype(str), return_counts=True)
+    dup = uniq[counts > 1]
+    if len(dup):
+        raise DataError(DUPLICATE_IDS_MSG.format(where=where, count=len(dup), first=str(dup[0])))
+
+
+def _check_length(values: np.ndarray, n: int, what: str) -> None:
+    if values.ndim != 1 or len(values) != n:
+        raise DataError(LENGTH_MSG.format(what=what, got=len(values), n=n))
+
+
+def table_fingerprint(
+    *,
+    ids,
+    labels,
+    label_name,
+    label_categories,
+    sensitive,
+    splits,
+    extra: Mapping[str, Any] | None = None,
+) -> str:
+    """Hash the table in a canonical byte form (hex sha256).
+
+    Strings are NUL-separated UTF-8, integer codes little-endian int64, so the
+    same table gives the same digest on every platform.
+    """
+    from embedcache.store.schema import dumps_json
+
+    digest = hashlib.sha256()
+
+    def add_strings(tag: str, values) -> None:
+        digest.update(f"\x01{tag}\x00".encode())
+        digest.update("\x00".join(str(v) for v in values).encode("utf-8"))
+
+    def add_codes(tag: str, codes) -> None:
+        digest.update(f"\x01{tag}\x00".encode())
+        digest.update(np.ascontiguousarray(codes, dtype="<i8").tobytes())
+
+    add_strings("ids", ids)
+    add_strings("label", [label_name, *label_categories])
+    add_codes("labels", labels)
+    for name in sorted(sensitive):
+        codes, categories = sensitive[name]
+        add_strings(f"sensitive:{name}", categories)
+        add_codes(f"sensitive-codes:{name}", codes)
+    add_strings("splits", splits)
+    if extra:
+        add_strings("extra", [dumps_json(extra)])
+    return digest.hexdigest()
+
+
+def _sort_key(value: str):
+    """Numbers sort numerically ("-1" < "1" < "10"), then everything else as text."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def encode_categorical(values: Sequence[Any], *, name: str, kind: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Turn raw column values into int64 codes and sorted category names.
+
+    Categories are the distinct values as strings, numbers ordered numerically
+    and text alphabetically, so ``0/1``, ``-1/1``, ``False/True`` and
+    ``no/yes`` all map the second value to code 1.
+
+    Raises
+    ------
+    DataError
+        On an empty (missing) value.
+    """
+    as_text = []
+    for row, value in enumerate(values):
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            raise DataError(MISSING_VALUE_MSG.format(kind=kind, name=name, row=row))
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            value = int(value)  # 1.0 and 1 are the same category
+        text = str(value).strip()
+        if text == "":
+            raise DataError(MISSING_VALUE_MSG.format(kind=kind, name=name, row=row))
+        as_text.append(text)
+    categories = tuple(sorted(set(as_text), key=_sort_key))
+    lookup = {c: k for k, c in enumerate(categories)}
+    codes = np.fromiter((lookup[t] for t in as_text), dtype=np.int64, count=len(as_text))
+    return codes, categories
+
+
+def encode_binary_label(values: Sequence[Any], *, name: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Like :func:`encode_categorical` but require exactly two values."""
+    codes, categories = encode_categorical(values, name=name, kind="label")
+    if len(categories) != 2:
+        shown = list(categories[:5]) + (["..."] if len(categories) > 5 else [])
+        raise DataError(NOT_BINARY_MSG.format(name=name, count=len(categories), values=shown))
+    return codes, categories
+
+
+def hash_splits(ids: Sequence[str], fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS) -> np.ndarray:
+    """Assign train/valid/test by a stable hash of each id (for data without a split column).
+
+    The same id always lands in the same split, whatever the row order or the
+    other rows, so adding rows never moves existing ones between splits.
+    """
+    edges = np.cumsum(fractions)
+    out = np.empty(len(ids), dtype=object)
+    for k, sample_id in enumerate(ids):
+        u = int.from_bytes(hashlib.sha256(str(sample_id).encode("utf-8")).digest()[:8], "little") / 2.0**64
+        out[k] = DEFAULT_SPLITS[int(np.searchsorted(edges, u, side="right"))]
+    return out
+
+
+def open_rgb(path, *, where: str, draft_size: int | None = None) -> Image.Image:
+    """Open an image file as RGB, or raise a one-line :class:`DataError`.
+
+    Parameters
+    ----------
+    draft_size : int, optional
+        For JPEG files, let the decoder skip detail below this size (PIL's
+        ``draft``: DCT scaling by 1/2, 1/4 or 1/8 that keeps both sides at
+        least this large). Decoding a 1000 px photo for a 224 px network this
+        way is several times faster.
+    """
+    try:
+        with Image.open(path) as img:
+            if draft_size is not None and img.format == "JPEG":
+                img.draft("RGB", (draft_size, draft_size))
+            return img.convert("RGB")
+    except FileNotFoundError as err:
+        raise DataError(MISSING_IMAGE_MSG.format(path=path, where=where)) from err
+    except (OSError, SyntaxError, ValueError) as err:  # PIL: UnidentifiedImageError is an OSError
+        error = f"{type(err).__name__}: {err}".replace("\n", " ")
+        raise DataError(BAD_IMAGE_MSG.format(path=path, where=where, error=error)) from err

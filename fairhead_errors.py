@@ -1,0 +1,59 @@
+"""The one error hierarchy that every fairhead package shares.
+
+It lives in its own tiny module so that ``embedcache`` and ``solvers`` can both
+raise the same errors without importing each other. Each package re-exports
+these names (``embedcache.errors``, ``solvers.errors``, ``fairhead.errors``).
+
+Every message is one line that names the problem and the fix, with the actual
+values, e.g. ``cache 'x.h5' is incomplete (8192 of 20000 rows); rerun the same
+`fairhead extract` command to resume``. The CLI maps each family to an exit code.
+"""
+
+from __future__ import annotations
+
+
+class FairheadError(Exception):
+    """Base of every error fairhead raises on purpose."""
+
+    #: exit code the CLI uses for this family (see ``fairhead.cli``)
+    exit_code = 1
+
+
+class DataError(FairheadError, ValueError):
+    """Bad input data: shapes, missing files or columns, one group, non-binary labels."""
+
+    exit_code = 3
+
+
+class CacheError(FairheadError):
+    """A cache that is missing, incomplete, corrupt, from a newer format or from another run."""
+
+    exit_code = 3
+
+
+class BackboneError(FairheadError, ValueError):
+    """An unknown backbone name, unknown weights, or a weights file that does not fit."""
+
+    exit_code = 3
+
+
+class InfeasibleConstraintError(FairheadError, ValueError):
+    """The fairness constraint cannot be met by any head (e.g. a bound below the reachable minimum)."""
+
+    exit_code = 4
+
+
+class SolverError(FairheadError):
+    """A numerical backend failed or did not reach the requested tolerance."""
+
+    exit_code = 4
+
+
+__all__ = [
+    "FairheadError",
+    "DataError",
+    "CacheError",
+    "BackboneError",
+    "InfeasibleConstraintError",
+    "SolverError",
+]

@@ -1,0 +1,227 @@
+"""Fit certificates and the backend-independent optimality checks behind them.
+
+Every fit records a :class:`Certificate`. Its numbers are recomputed here in numpy (float64
+accumulation) from the returned coefficients and multipliers, whichever backend solved, so
+that cvxpy and torch heads are judged by one yardstick:
+
+* ``objective`` -- :math:`f(w,b) = \\frac1V\\sum_i v_i \\ell_i + R(w)` (minimax: the largest cell
+  loss plus ``R``; rate heads: the weighted 0-1 error on the fit split),
+* ``max_violation`` -- :math:`\\max_k (g_k(w,b) - \\varepsilon)_+` over the constraints,
+* ``stationarity`` -- the KKT residual
+  :math:`\\lVert \\nabla f + \\sum_k \\lambda_k \\nabla g_k \\rVert_\\infty` (plus complementarity
+  :math:`\\max_k |\\lambda_k (g_k - \\varepsilon)|` and negative multipliers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._linalg import x_dot, xt_dot
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """What a fit achieved, JSON-able through :meth:`to_dict` / :meth:`from_dict`.
+
+    Attributes
+    ----------
+    backend : str
+        ``"cvxpy"``, ``"torch"`` or ``"reduction/<inner backend>"``.
+    solver : str
+        The numerical method (``"CLARABEL"``, ``"SCS"``, ``"active-set-lbfgs"``, ...).
+    status : str
+        ``"optimal"``, ``"optimal_inaccurate"``, ``"max_iter"``, ``"eps_met"``, ``"eps_not_met"``.
+    constraint : str or None
+        Constraint name (``None`` for an unconstrained fit).
+    eps : float or None
+        The bound.
+    objective : float
+        Objective at the returned head (see module docstring).
+    max_violation : float
+        Largest constraint violation ``max(g - eps, 0)`` (rate constraints: on the fit split).
+    stationarity : float
+        KKT residual (score constraints) or the dual-search residual (rate constraints).
+    n_iter : int
+        Iterations (inner iterations summed for the reduction).
+    wall_time : float
+        Seconds spent in the backend.
+    tol : float
+        Requested tolerance.
+    achieved_gap : float or None
+        Rate constraints: largest rate gap on the fit split.
+    eps_met : bool or None
+        Rate constraints: whether ``achieved_gap <= eps``.
+    multipliers : tuple of float
+        Lagrange multipliers of the constraints, in the constraint's row order.
+    notes : tuple of str
+        Fallbacks and other remarks.
+    """
+
+    backend: str
+    solver: str
+    status: str
+    constraint: str | None
+    eps: float | None
+    objective: float
+    max_violation: float
+    stationarity: float
+    n_iter: int
+    wall_time: float
+    tol: float
+    achieved_gap: float | None = None
+    eps_met: bool | None = None
+    multipliers: tuple = ()
+    notes: tuple = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["multipliers"] = [float(x) for x in self.multipliers]
+        d["notes"] = list(self.notes)
+        for k in ("objective", "max_violation", "stationarity", "wall_time", "tol", "eps", "achieved_gap"):
+            if d[k] is not None:
+                d[k] = float(d[k])
+        d["n_iter"] = int(d["n_iter"])
+        if d["eps_met"] is not None:
+            d["eps_met"] = bool(d["eps_met"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Certificate":
+        d = dict(d)
+        d["multipliers"] = tuple(d.get("multipliers", ()))
+        d["notes"] = tuple(d.get("notes", ()))
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @property
+    def converged(self) -> bool:
+        return self.status in ("optimal", "eps_met")
+
+
+# ---------------------------------------------------------------------------
+# the objective in numpy (float64), shared by certificates and tests
+
+
+def penalty_value(w: np.ndarray, C: float, V: float, penalty: str | None, l1_ratio: float | None) -> float:
+    """``R(w)`` on mean form: sklearn's penalty divided by ``C V``."""
+    if penalty is None or penalty == "none":
+        return 0.0
+    if penalty == "l2":
+        return float(w @ w) / (2.0 * C * V)
+    if penalty == "l1":
+        return float(np.abs(w).sum()) / (C * V)
+    r = float(l1_ratio)
+    return (r * float(np.abs(w).sum()) + 0.5 * (1 - r) * float(w @ w)) / (C * V)
+
+
+def _l2_coef(C, V, penalty, l1_ratio):
+    if penalty == "l2":
+        return 1.0 / (C * V)
+    if penalty == "elasticnet":
+        return (1 - float(l1_ratio)) / (C * V)
+    return 0.0
+
+
+def _l1_coef(C, V, penalty, l1_ratio):
+    if penalty == "l1":
+        return 1.0 / (C * V)
+    if penalty == "elasticnet":
+        return float(l1_ratio) / (C * V)
+    return 0.0
+
+
+def sample_losses(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.logaddexp(0.0, -(2.0 * y - 1.0) * z)
+
+
+def _sigmoid(z):
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def scores(X, coef, intercept) -> np.ndarray:
+    return x_dot(X, coef) + intercept
+
+
+def group_losses(z, y, sw, codes, n_cells) -> np.ndarray:
+    loss = sample_losses(z, y) * sw
+    num = np.bincount(codes, weights=loss, minlength=n_cells)
+    den = np.bincount(codes, weights=sw, minlength=n_cells)
+    return num / den
+
+
+def smooth_gradient(X, y, sw, z, weights_per_sample):
+    """Gradient of ``sum_i q_i loss_i`` in (w, b) for per-sample weights q."""
+    r = weights_per_sample * (_sigmoid(z) - y)
+    return np.concatenate([xt_dot(X, r), [r.sum()]])
+
+
+def _stationarity_with_penalty(grad_smooth, w, C, V, penalty, l1_ratio):
+    """Inf-norm of the (sub)gradient residual including the penalty."""
+    g = grad_smooth.copy()
+    g[:-1] += _l2_coef(C, V, penalty, l1_ratio) * w
+    lam1 = _l1_coef(C, V, penalty, l1_ratio)
+    if lam1 > 0:
+        gw = g[:-1]
+        res = np.where(
+            w > 0, gw + lam1, np.where(w < 0, gw - lam1, np.maximum(np.abs(gw) - lam1, 0.0))
+        )
+        g = np.concatenate([res, g[-1:]])
+    return float(np.max(np.abs(g)))
+
+
+def score_certificate_numbers(
+    problem, constraint, coef, intercept, multipliers, *, eps, C, penalty, l1_ratio, linear_form=None, cells=None
+):
+    """Return ``(objective, max_violation, stationarity)`` for a score-constrained head.
+
+    ``multipliers`` follow the constraint's rows: linear form rows, or cells for
+    group-loss / minimax. ``None`` constraint means unconstrained.
+    """
+    X, y, sw = problem.X, problem.y, problem.sample_weight
+    V = sw.sum()
+    w = np.asarray(coef, dtype=np.float64).reshape(-1)
+    b = float(intercept)
+    z = scores(X, w, b)
+    pen = penalty_value(w, C, V, penalty, l1_ratio)
+    name = None if constraint is None else constraint.name
+    lam = np.zeros(0) if multipliers is None else np.asarray(multipliers, dtype=np.float64)
+    if name == "minimax":
+        codes, nc = cells
+        L = group_losses(z, y, sw, codes, nc)
+        objective = float(L.max()) + pen
+        mu = np.maximum(lam, 0.0) if lam.size else np.eye(nc)[int(np.argmax(L))]
+        cell_w = sw / np.bincount(codes, weights=sw, minlength=nc)[codes]
+        q = cell_w * mu[codes]
+        grad = smooth_gradient(X, y, sw, z, q)
+        stat = _stationarity_with_penalty(grad, w, C, V, penalty, l1_ratio)
+        # optimality also needs the weight on non-maximal cells to vanish and sum(mu) = 1
+        stat = max(stat, abs(mu.sum() - 1.0), float(np.max(mu * (L.max() - L))))
+        return objective, 0.0, stat
+    objective = float((sample_losses(z, y) * sw).sum() / V) + pen
+    q = sw / V
+    viol = 0.0
+    comp = 0.0
+    extra = np.zeros(X.shape[1] + 1)
+    if name == "group-loss":
+        codes, nc = cells
+        L = group_losses(z, y, sw, codes, nc)
+        gap = L - eps
+        viol = float(max(0.0, gap.max()))
+        if lam.size:
+            cell_w = sw / np.bincount(codes, weights=sw, minlength=nc)[codes]
+            q = q + cell_w * lam[codes]
+            comp = float(np.max(np.abs(lam * gap)))
+    elif linear_form is not None:
+        theta = np.concatenate([w, [b]])
+        gap = linear_form.A @ theta - (eps + linear_form.c0)
+        viol = float(max(0.0, gap.max()))
+        if lam.size:
+            extra = linear_form.A.T @ lam
+            comp = float(np.max(np.abs(lam * gap)))
+    grad = smooth_gradient(X, y, sw, z, q) + extra
+    stat = _stationarity_with_penalty(grad, w, C, V, penalty, l1_ratio)
+    neg = float(max(0.0, -lam.min())) if lam.size else 0.0
+    return objective, viol, max(stat, comp, neg)

@@ -1,0 +1,370 @@
+"""Fairness constraints: one small class each, defined once for both backends.
+
+Two families
+------------
+*Score* constraints bound functions of the linear score :math:`z = x^\\top w + b`. They are
+convex; the cvxpy backend certifies them and the torch backend reaches the same optimum.
+
+* linear ones (:class:`DemographicParityScore`, :class:`EqualOpportunityScore`,
+  :class:`EqualizedOddsScore`, :class:`CovarianceConstraint`) expose
+  :meth:`LinearScoreConstraint.linear_form` -> ``LinearForm(A, c0)`` meaning
+  ``A @ [w; b] <= eps + c0`` (numpy only). Every linear form here is homogeneous in ``w``
+  (``c0 = 0`` and ``A[:, -1] = 0``), so ``w = 0`` is feasible for every ``eps >= 0``.
+* loss ones (:class:`GroupLoss`, :class:`MinimaxLoss`) hand over cell codes instead.
+
+*Rate* constraints (:class:`DemographicParity`, :class:`EqualOpportunity`,
+:class:`EqualizedOdds`, :class:`ErrorRateParity`) bound gaps in hard-prediction rates on
+the fit split. They expose :meth:`RateConstraint.moments` -> ``RateMoments`` (a matrix ``M``
+with ``gaps = M @ (a * yhat + b0)``), used by :mod:`solvers.reductions`.
+
+This module imports neither cvxpy nor torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._linalg import xt_dot
+from .errors import DataError
+
+MSG_UNKNOWN_CONSTRAINT = (
+    "unknown constraint {got!r}; use one of {names} or a solvers.constraints.Constraint object"
+)
+MSG_MINIMAX_CELLS = "MinimaxLoss cells must be 'group' or 'label-group'; got {got!r}"
+
+
+@dataclass(frozen=True)
+class LinearForm:
+    """``A @ [w; b] <= eps + c0`` with row names."""
+
+    A: np.ndarray
+    c0: np.ndarray
+    names: tuple
+
+
+@dataclass(frozen=True)
+class RateMoments:
+    """``gaps = M @ (a * yhat + b0)``; constraint ``|gaps_k| <= eps`` for every row k."""
+
+    M: np.ndarray  # (K, n)
+    a: np.ndarray  # (n,)
+    b0: np.ndarray  # (n,)
+    names: tuple
+
+    def gaps(self, yhat: np.ndarray) -> np.ndarray:
+        return self.M @ (self.a * yhat + self.b0)
+
+
+class Constraint:
+    """Base class. Subclasses keep only their init parameters (so ``clone`` works)."""
+
+    name: str = ""
+    kind: str = ""  # "score" or "rate"
+    needs_label_cells: bool = False
+    _param_names: tuple = ()
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {k: getattr(self, k) for k in self._param_names}
+
+    def set_params(self, **params):
+        for k, v in params.items():
+            setattr(self, k, v)
+        return self
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **self.get_params()}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and self.get_params() == other.get_params()
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, tuple(sorted(self.get_params().items()))))
+
+
+def _event_masks(event: str, y: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    if event == "all":
+        return [("all", np.ones(y.shape[0], dtype=bool))]
+    if event == "y=1":
+        return [("y=1", y == 1)]
+    if event == "label":
+        return [("y=1", y == 1), ("y=0", y == 0)]
+    raise ValueError(event)  # pragma: no cover - internal
+
+
+def _parity_matrix(event: str, y, groups, sw, n_groups, labels):
+    """Rows ``m_k`` with ``m_k @ u = mean_{E,g} u - mean_E u`` (weighted), two per... one per (E, g)."""
+    rows, names = [], []
+    for ename, emask in _event_masks(event, y):
+        ve = sw * emask
+        VE = ve.sum()
+        for g in range(n_groups):
+            vg = ve * (groups == g)
+            Vg = vg.sum()
+            if Vg <= 0 or VE <= 0:
+                raise DataError(
+                    f"group {labels[g]!r} has no weight in event {ename}; "
+                    "this constraint needs every group in every event; merge groups or pick another constraint"
+                )
+            rows.append(vg / Vg - ve / VE)
+            names.append(f"{ename},g={labels[g]}")
+    return np.asarray(rows), names
+
+
+class ScoreConstraint(Constraint):
+    kind = "score"
+
+
+class LinearScoreConstraint(ScoreConstraint):
+    """Base of linear score constraints: ``|m_k(z)| <= eps`` for linear functionals m_k."""
+
+    event = "all"
+
+    def _functionals(self, y, groups, sw, labels):
+        """Rows of shape (K, n): the linear functionals of z to bound."""
+        return _parity_matrix(self.event, y, groups, sw, len(labels), labels)
+
+    def linear_form(self, X, y, groups, sample_weight, labels) -> LinearForm:
+        """Return ``LinearForm(A, c0)``: ``A @ [w; b] <= eps + c0`` (both signs of each row)."""
+        M, names = self._functionals(y, groups, sample_weight, labels)
+        Aw = xt_dot(X, M.T).T  # (K, d): m_k @ X
+        Ab = M.sum(axis=1)  # ~0 for parity rows
+        A1 = np.hstack([Aw, Ab[:, None]])
+        A1[:, -1] = np.where(np.abs(A1[:, -1]) < 1e-12, 0.0, A1[:, -1])
+        A = np.vstack([A1, -A1])
+        names2 = tuple(f"+({s})" for s in names) + tuple(f"-({s})" for s in names)
+        return LinearForm(A=A, c0=np.zeros(A.shape[0]), names=names2)
+
+    def values(self, z, y, groups, sample_weight, labels) -> np.ndarray:
+        """The bounded quantities ``m_k(z)`` for given scores (diagnostics)."""
+        M, _ = self._functionals(y, groups, sample_weight, labels)
+        return M @ z
+
+
+class DemographicParityScore(LinearScoreConstraint):
+    """Mean-score parity (score constraint, ``"dp-score"``).
+
+    .. math::
+
+        \\Bigl|\\, \\frac{\\sum_{i \\in g} v_i z_i}{\\sum_{i \\in g} v_i}
+        - \\frac{\\sum_{i} v_i z_i}{\\sum_{i} v_i} \\Bigr| \\le \\varepsilon
+        \\quad \\text{for every group } g.
+
+    Bounds the weighted mean score of each group against the overall mean. Linear in
+    ``(w, b)``; the intercept cancels.
+    """
+
+    name = "dp-score"
+    event = "all"
+
+
+class EqualOpportunityScore(LinearScoreConstraint):
+    """Mean-score parity on the positives (score constraint, ``"eopp-score"``).
+
+    .. math::
+
+        \\bigl| \\bar z_{g, y=1} - \\bar z_{y=1} \\bigr| \\le \\varepsilon
+        \\quad \\text{for every group } g,
+
+    where :math:`\\bar z_{S}` is the ``v``-weighted mean score over the set ``S``.
+    """
+
+    name = "eopp-score"
+    event = "y=1"
+    needs_label_cells = True
+
+
+class EqualizedOddsScore(LinearScoreConstraint):
+    """Mean-score parity on both labels (score constraint, ``"eo-score"``).
+
+    .. math::
+
+        \\bigl| \\bar z_{g, y=c} - \\bar z_{y=c} \\bigr| \\le \\varepsilon
+        \\quad \\text{for every group } g \\text{ and } c \\in \\{0, 1\\}.
+    """
+
+    name = "eo-score"
+    event = "label"
+    needs_label_cells = True
+
+
+class CovarianceConstraint(LinearScoreConstraint):
+    """Decision-boundary covariance (score constraint, ``"cov"``; Zafar et al. 2017).
+
+    .. math::
+
+        \\Bigl| \\frac{1}{V} \\sum_i v_i (s_{ig} - \\bar s_g)\\, z_i \\Bigr| \\le \\varepsilon,
+        \\qquad s_{ig} = [\\,g_i = g\\,],\\ \\bar s_g = \\tfrac{1}{V}\\textstyle\\sum_i v_i s_{ig},
+
+    for every group ``g`` (for two groups the single row of group 1, as in Zafar's binary
+    ``s``). Equals ``p_g (\\bar z_g - \\bar z)`` with ``p_g`` the group's weight share.
+    """
+
+    name = "cov"
+
+    def _functionals(self, y, groups, sw, labels):
+        V = sw.sum()
+        G = len(labels)
+        which = [1] if G == 2 else list(range(G))
+        rows, names = [], []
+        for g in which:
+            s = (groups == g).astype(np.float64)
+            sbar = (sw * s).sum() / V
+            rows.append(sw * (s - sbar) / V)
+            names.append(f"cov,g={labels[g]}")
+        return np.asarray(rows), names
+
+
+class GroupLoss(ScoreConstraint):
+    """Bounded group loss (score constraint, ``"group-loss"``).
+
+    .. math::
+
+        L_g(w, b) = \\frac{\\sum_{i \\in g} v_i \\log(1 + e^{-s_i z_i})}{\\sum_{i\\in g} v_i}
+        \\le \\varepsilon \\quad \\text{for every group } g.
+
+    Convex but not linear; the backends receive cell codes (:meth:`cells`).
+    """
+
+    name = "group-loss"
+
+    def cells_codes(self, y, groups, labels):
+        return groups, tuple(labels)
+
+
+class MinimaxLoss(ScoreConstraint):
+    """Minimax group loss as the objective (score family, ``"minimax"``; ``eps`` unused).
+
+    .. math::
+
+        \\min_{w, b}\\; \\max_{c} L_c(w, b) + \\frac{\\lVert w \\rVert^2}{2 C V},
+
+    where the cells ``c`` are the groups (``cells="group"``) or the (label, group) cells
+    (``cells="label-group"``, the max-min fairness of the seed paper).
+    """
+
+    name = "minimax"
+    _param_names = ("cells",)
+
+    def __init__(self, cells: str = "group"):
+        self.cells = cells
+
+    def cells_codes(self, y, groups, labels):
+        if self.cells not in ("group", "label-group"):
+            raise DataError(MSG_MINIMAX_CELLS.format(got=self.cells))
+        if self.cells == "group":
+            return groups, tuple(labels)
+        code = groups * 2 + y.astype(np.int64)
+        uniq, inv = np.unique(code, return_inverse=True)
+        cell_labels = tuple((int(u % 2), labels[u // 2]) for u in uniq)
+        return inv.reshape(-1), cell_labels
+
+
+class RateConstraint(Constraint):
+    """Base of rate constraints: ``|E_w[u(yhat) | E, g] - E_w[u(yhat) | E]| <= eps``."""
+
+    kind = "rate"
+    event = "all"
+    utility = "selection"  # u = yhat ; "error": u = [yhat != y]
+
+    def moments(self, y, groups, sample_weight, labels) -> RateMoments:
+        M, names = _parity_matrix(self.event, y, groups, sample_weight, len(labels), labels)
+        if self.utility == "selection":
+            a, b0 = np.ones_like(y), np.zeros_like(y)
+        else:  # [yhat != y] = yhat (1 - 2y) + y
+            a, b0 = 1.0 - 2.0 * y, y.astype(np.float64)
+        return RateMoments(M=M, a=a, b0=b0, names=tuple(names))
+
+
+class DemographicParity(RateConstraint):
+    """Demographic parity of hard predictions (rate constraint, ``"dp"``).
+
+    .. math::
+
+        \\bigl| P_v(\\hat y = 1 \\mid g) - P_v(\\hat y = 1) \\bigr| \\le \\varepsilon
+        \\quad \\text{for every group } g,
+
+    measured on the fit split with the sample weights ``v``.
+    """
+
+    name = "dp"
+    event = "all"
+
+
+class EqualOpportunity(RateConstraint):
+    """True-positive-rate parity (rate constraint, ``"eopp"``).
+
+    .. math::
+
+        \\bigl| P_v(\\hat y = 1 \\mid g, y=1) - P_v(\\hat y = 1 \\mid y=1) \\bigr| \\le \\varepsilon.
+    """
+
+    name = "eopp"
+    event = "y=1"
+    needs_label_cells = True
+
+
+class EqualizedOdds(RateConstraint):
+    """TPR and FPR parity (rate constraint, ``"eo"``).
+
+    .. math::
+
+        \\bigl| P_v(\\hat y = 1 \\mid g, y=c) - P_v(\\hat y = 1 \\mid y=c) \\bigr| \\le \\varepsilon
+        \\quad c \\in \\{0, 1\\}.
+    """
+
+    name = "eo"
+    event = "label"
+    needs_label_cells = True
+
+
+class ErrorRateParity(RateConstraint):
+    """Error-rate parity (rate constraint, ``"error-rate"``).
+
+    .. math::
+
+        \\bigl| P_v(\\hat y \\ne y \\mid g) - P_v(\\hat y \\ne y) \\bigr| \\le \\varepsilon.
+    """
+
+    name = "error-rate"
+    event = "all"
+    utility = "error"
+
+
+CONSTRAINTS = {
+    c.name: c
+    for c in (
+        DemographicParityScore,
+        EqualOpportunityScore,
+        EqualizedOddsScore,
+        CovarianceConstraint,
+        GroupLoss,
+        MinimaxLoss,
+        DemographicParity,
+        EqualOpportunity,
+        EqualizedOdds,
+        ErrorRateParity,
+    )
+}
+SCORE_NAMES = tuple(k for k, c in CONSTRAINTS.items() if c.kind == "score")
+RATE_NAMES = tuple(k for k, c in CONSTRAINTS.items() if c.kind == "rate")
+
+
+def make_constraint(spec) -> Constraint | None:
+    """``None`` -> ``None``; a name -> a fresh constraint; a Constraint -> itself; a dict -> from_dict."""
+    if spec is None:
+        return None
+    if isinstance(spec, Constraint):
+        return spec
+    if isinstance(spec, dict):
+        spec = dict(spec)
+        name = spec.pop("name")
+        return CONSTRAINTS[name](**spec) if name in CONSTRAINTS else make_constraint(name)
+    if isinstance(spec, str) and spec in CONSTRAINTS:
+        return CONSTRAINTS[spec]()
+    raise DataError(MSG_UNKNOWN_CONSTRAINT.format(got=spec, names=sorted(CONSTRAINTS)))
