@@ -1,0 +1,52 @@
+"""solvers: exact fair logistic heads on arrays (cvxpy reference, fast torch backend).
+
+Public API::
+
+    FairLogisticRegression(*, constraint=None, eps=0.05, C=1.0, ...)
+    fit_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, **params)
+    save_head(estimator, path, *, cache_fingerprint=None, extra=None) / load_head(path)
+    Certificate, metrics (module), constraints (module)
+
+``import solvers`` imports neither torch nor cvxpy (nor torchvision / embedcache); the
+backends load at the first fit that needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__all__ = [
+    "FairLogisticRegression",
+    "Certificate",
+    "fit_path",
+    "save_head",
+    "load_head",
+    "metrics",
+    "constraints",
+    "AUTO_CVXPY_MAX_SIZE",
+]
+
+_LAZY = {
+    "FairLogisticRegression": ("solvers.estimator", "FairLogisticRegression"),
+    "AUTO_CVXPY_MAX_SIZE": ("solvers.estimator", "AUTO_CVXPY_MAX_SIZE"),
+    "Certificate": ("solvers.certificate", "Certificate"),
+    "fit_path": ("solvers.path", "fit_path"),
+    "save_head": ("solvers.persistence", "save_head"),
+    "load_head": ("solvers.persistence", "load_head"),
+    "metrics": ("solvers.metrics", None),
+    "constraints": ("solvers.constraints", None),
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        mod_name, attr = _LAZY[name]
+        mod = importlib.import_module(mod_name)
+        value = mod if attr is None else getattr(mod, attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'solvers' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,500 @@
+"""The fast torch backend (CPU or CUDA), same optimum as the cvxpy reference.
+
+Linear score constraints (``dp-score``, ``eopp-score``, ``eo-score``, ``cov``) and the
+unconstrained fit use a primal **active-set method**:
+
+.. math::
+
+    \\min_\\theta f(\\theta) \\ \\text{s.t.}\\ A\\theta \\le r, \\qquad
+    \\theta = [w; b],\\ f = \\textstyle\\sum_i \\omega_i \\log(1+e^{-s_i z_i}) + \\tfrac{\\lambda_2}{2}\\lVert w\\rVert^2.
+
+The working set ``W`` holds linearly independent active rows; each subproblem (rows of ``W``
+as equalities) is solved by L-BFGS on projected gradients :math:`P g`, with
+:math:`P = I - Q Q^\\top` and ``Q`` an orthonormal basis of the rows of ``W`` (``m`` is small,
+so projecting costs O(m d)). A step that reaches an inactive row stops there (ratio test) and
+adds it; at a subproblem optimum the multipliers :math:`\\lambda_W = -R^{-1} Q^\\top g` are
+checked for sign and the most negative row is dropped. The iterate stays feasible throughout.
+
+Cost per iteration: one ``X d`` and one ``X^T r`` product. The line search is exact up to a
+curvature tolerance and costs O(n) per trial because scores move along ``z + alpha X d``.
+``X`` stays on the device in its stored dtype; products accumulate in float32 (float16 /
+float32 inputs) or float64 (float64 inputs), and every scalar reduction is float64.
+
+``group-loss`` and ``minimax`` use an **augmented Lagrangian** (minimax through an epigraph
+variable ``t``) with the same L-BFGS inner solver.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from ..errors import DataError, InfeasibleConstraintError
+from . import Solution
+
+MSG_PENALTY = "penalty={penalty!r} is solved by backend='cvxpy' only; use backend='cvxpy' (or 'auto') or penalty='l2'"
+MSG_INFEASIBLE_GROUP_LOSS = (
+    "group-loss bound eps={eps:g} is infeasible (smallest reachable largest group loss about {best:.4g}); raise eps"
+)
+
+_F64 = torch.float64
+
+
+class Design:
+    """``X`` on the device in its stored dtype, with float64-returning products."""
+
+    _CHUNK = 8192
+
+    def __init__(self, X: np.ndarray, device="cpu"):
+        Xt = torch.from_numpy(np.ascontiguousarray(X))
+        self.X = Xt.to(device) if str(device) != "cpu" else Xt
+        self.device = self.X.device
+        self.n, self.d = X.shape
+        self.half = self.X.dtype in (torch.float16, torch.bfloat16)
+        self.cdt = _F64 if self.X.dtype == _F64 else torch.float32
+
+    def mv(self, v: torch.Tensor) -> torch.Tensor:
+        v = v.to(self.cdt)
+        if not self.half:
+            return torch.mv(self.X, v).to(_F64)
+        out = torch.empty(self.n, dtype=_F64, device=self.device)
+        for s in range(0, self.n, self._CHUNK):
+            out[s : s + self._CHUNK] = torch.mv(self.X[s : s + self._CHUNK].to(self.cdt), v)
+        return out
+
+    def rmv(self, r: torch.Tensor) -> torch.Tensor:
+        r = r.to(self.cdt)
+        if not self.half:
+            return torch.mv(self.X.t(), r).to(_F64)
+        out = torch.zeros(self.d, dtype=_F64, device=self.device)
+        for s in range(0, self.n, self._CHUNK):
+            out += torch.mv(self.X[s : s + self._CHUNK].to(self.cdt).t(), r[s : s + self._CHUNK]).to(_F64)
+        return out
+
+
+def _softplus_neg(z, y):
+    """log(1 + exp(-s z)) with s = 2y - 1, and its z-derivative sigmoid(z) - y."""
+    sz = (2.0 * y - 1.0) * z
+    loss = torch.nn.functional.softplus(-sz)
+    return loss, torch.sigmoid(z) - y
+
+
+class WeightedLogistic:
+    """``sum_i q0_i loss_i + sum_i q1_i loss(1 - y_i) + lam2/2 ||w||^2``.
+
+    ``q1`` (optional) puts weight on the opposite label, which the rate reduction uses.
+    """
+
+    def __init__(self, y, q0, lam2, d, q1=None):
+        self.y, self.q0, self.q1, self.lam2, self.d = y, q0, q1, lam2, d
+
+    def eval(self, z, theta):
+        loss, dl = _softplus_neg(z, self.y)
+        val = torch.dot(self.q0, loss)
+        gz = self.q0 * dl
+        if self.q1 is not None:
+            loss1, dl1 = _softplus_neg(z, 1.0 - self.y)
+            val = val + torch.dot(self.q1, loss1)
+            gz = gz + self.q1 * dl1
+        w = theta[: self.d]
+        val = val + 0.5 * self.lam2 * torch.dot(w, w)
+        gdir = torch.zeros_like(theta)
+        gdir[: self.d] = self.lam2 * w
+        return float(val), gz, gdir
+
+
+class _AugLagObjective:
+    """Augmented Lagrangian of group-loss (``minimax=False``) or minimax (epigraph ``t``)."""
+
+    def __init__(self, y, q, lam2, d, codes, cell_w, n_cells, bound, minimax):
+        self.y, self.q, self.lam2, self.d = y, q, lam2, d
+        self.codes, self.cell_w, self.nc = codes, cell_w, n_cells
+        self.bound, self.minimax = bound, minimax
+        self.mult = torch.zeros(n_cells, dtype=_F64, device=y.device)
+        self.rho = 10.0
+
+    def cell_losses(self, z):
+        loss, dl = _softplus_neg(z, self.y)
+        L = torch.zeros(self.nc, dtype=_F64, device=z.device).index_add_(0, self.codes, self.cell_w * loss)
+        return L, loss, dl
+
+    def eval(self, z, theta):
+        L, loss, dl = self.cell_losses(z)
+        w = theta[: self.d]
+        if self.minimax:
+            t = theta[self.d + 1]
+            h = L - t
+            val = t
+        else:
+            h = L - self.bound
+            val = torch.dot(self.q, loss)
+        shifted = torch.clamp(self.mult + self.rho * h, min=0.0)
+        val = val + 0.5 * self.lam2 * torch.dot(w, w) + (torch.dot(shifted, shifted) - torch.dot(self.mult, self.mult)) / (2 * self.rho)
+        coef = shifted[self.codes] * self.cell_w
+        gz = coef * dl if self.minimax else (self.q + coef) * dl
+        gdir = torch.zeros_like(theta)
+        gdir[: self.d] = self.lam2 * w
+        if self.minimax:
+            gdir[self.d + 1] = 1.0 - shifted.sum()
+        return float(val), gz, gdir
+
+
+def _two_loop(g, S, Y):
+    q = g.clone()
+    alphas = []
+    for s, yv in zip(reversed(S), reversed(Y)):
+        rho = 1.0 / torch.dot(yv, s)
+        a = rho * torch.dot(s, q)
+        alphas.append((a, rho, s, yv))
+        q -= a * yv
+    if S:
+        gamma = torch.dot(S[-1], Y[-1]) / torch.dot(Y[-1], Y[-1])
+        q *= gamma
+    for a, rho, s, yv in reversed(alphas):
+        b = rho * torch.dot(yv, q)
+        q += (a - b) * s
+    return q
+
+
+class _Result:
+    __slots__ = ("theta", "z", "working", "lam", "n_iter", "converged", "stationarity", "f")
+
+
+def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=1e-6, max_iter=1000,
+             memory=10, c2=0.3):
+    """Active-set L-BFGS for ``min obj`` s.t. ``A theta <= rhs``, coordinates in ``fixed`` held.
+
+    ``A`` rows must have unit norm. Returns a ``_Result`` with multipliers for every row of A.
+    """
+    d = design.d
+    p = theta.numel()
+    dev = theta.device
+    theta = theta.clone()
+    m = 0 if A is None else A.shape[0]
+    # equality rows that never leave: fixed coordinates (e.g. no intercept)
+    E = torch.zeros((len(fixed), p), dtype=_F64, device=dev)
+    for k, j in enumerate(fixed):
+        E[k, j] = 1.0
+        theta[j] = 0.0
+
+    def scores(th):
+        return design.mv(th[:d]) + th[d]
+
+    def full_grad(gz, gdir):
+        g = gdir.clone()
+        g[:d] += design.rmv(gz)
+        g[d] += gz.sum()
+        return g
+
+    W = []
+    if m:
+        slack = rhs - A @ theta
+        for k in torch.argsort(slack).tolist():
+            if slack[k] <= 1e-10 * max(1.0, float(rhs.abs().max())):
+                rows = torch.cat([E, A[W + [k]]]) if (W or len(fixed)) else A[[k]]
+                if torch.linalg.matrix_rank(rows).item() == rows.shape[0]:
+                    W.append(k)
+        # keep a requested working set only if still active (warm start)
+        for k in working:
+            if k not in W and float(slack[k]) <= 1e-10:
+                rows = torch.cat([E, A[W + [k]]])
+                if torch.linalg.matrix_rank(rows).item() == rows.shape[0]:
+                    W.append(k)
+
+    def basis():
+        rows = torch.cat([E, A[W]]) if (m and W) else E
+        if rows.shape[0] == 0:
+            return None, None
+        Q, R = torch.linalg.qr(rows.t())
+        return Q, R
+
+    Q, R = basis()
+
+    def proj(v):
+        return v if Q is None else v - Q @ (Q.t() @ v)
+
+    z = scores(theta)
+    f, gz, gdir = obj.eval(z, theta)
+    g = full_grad(gz, gdir)
+    S, Yl = [], []
+    it = 0
+    converged = False
+    lamW = None
+    stall = 0
+    while it < max_iter:
+        pg = proj(g)
+        pg_inf = float(pg.abs().max())
+        if pg_inf <= tol:
+            if Q is None or not W:
+                converged = True
+                break
+            lam_all = -torch.linalg.solve_triangular(R, (Q.t() @ g)[:, None], upper=True)[:, 0]
+            lamW = lam_all[len(fixed):]
+            kmin = int(torch.argmin(lamW))
+            if float(lamW[kmin]) >= -tol:
+                converged = True
+                break
+            W.pop(kmin)
+            Q, R = basis()
+            S, Yl = [], []
+            continue
+        it += 1
+        direc = proj(-_two_loop(pg, S, Yl))
+        gd = float(torch.dot(g, direc))
+        if not gd < 0:
+            S, Yl = [], []
+            direc = -pg
+            gd = float(torch.dot(g, direc))
+        Xd = design.mv(direc[:d]) + direc[d]
+        a_max, block = math.inf, None
+        if m:
+            Ad = A @ direc
+            slack = torch.clamp(rhs - A @ theta, min=0.0)
+            cand = Ad > 1e-12 * float(direc.abs().max())
+            if W:
+                cand[W] = False
+            if bool(cand.any()):
+                ratios = torch.where(cand, slack / torch.where(cand, Ad, torch.ones_like(Ad)), torch.full_like(Ad, math.inf))
+                block = int(torch.argmin(ratios))
+                a_max = float(ratios[block])
+        a0 = 1.0 if S else min(1.0, 1.0 / max(pg_inf, 1e-300))
+        alpha, f_new, gz_new, gdir_new = _line_search(obj, z, theta, Xd, direc, f, gd, a_max, a0, c2)
+        if alpha <= 0.0:
+            stall += 1
+            S, Yl = [], []
+            if stall >= 2:
+                break
+            continue
+        stall = 0
+        step = alpha * direc
+        theta = theta + step
+        z = z + alpha * Xd
+        if it % 50 == 0:  # refresh accumulated scores against drift
+            z = scores(theta)
+            f_new, gz_new, gdir_new = obj.eval(z, theta)
+        g_new = full_grad(gz_new, gdir_new)
+        if block is not None and alpha >= a_max:
+            W.append(block)
+            Q, R = basis()
+            S, Yl = [], []
+        else:
+            yv = proj(g_new) - pg
+            sy = float(torch.dot(step, yv))
+            if sy > 1e-12 * float(torch.dot(step, step)) ** 0.5 * float(torch.linalg.vector_norm(yv)):
+                S.append(step)
+                Yl.append(yv)
+                if len(S) > memory:
+                    S.pop(0)
+                    Yl.pop(0)
+        f, g = f_new, g_new
+    # final multipliers for all rows (zeros off the working set)
+    lam = torch.zeros(m, dtype=_F64, device=dev)
+    if m and W and Q is not None:
+        lam_all = -torch.linalg.solve_triangular(R, (Q.t() @ g)[:, None], upper=True)[:, 0]
+        lam[W] = lam_all[len(fixed):]
+    res = _Result()
+    res.theta, res.z, res.working, res.lam, res.n_iter = theta, z, list(W), lam, it
+    res.converged, res.stationarity, res.f = converged, float(proj(g).abs().max()), f
+    return res
+
+
+def _line_search(obj, z, theta, Xd, direc, f0, d0, a_max, a0, c2, max_eval=30):
+    """Bracketing secant search on the convex 1-D function phi(a) = obj(theta + a d).
+
+    Accepts ``a`` with ``phi(a) <= phi(0)`` and ``|phi'(a)| <= c2 |phi'(0)|``, or ``a_max``
+    when phi still decreases there (the step reaches a constraint).
+    """
+
+    def phi(a):
+        th = theta + a * direc
+        val, gz, gdir = obj.eval(z + a * Xd, th)
+        der = float(torch.dot(gz, Xd) + torch.dot(gdir, direc))
+        return val, der, gz, gdir
+
+    lo, dlo = 0.0, d0
+    hi, dhi = None, None
+    a = min(a0, a_max)
+    best = (0.0, f0, None, None)
+    for _ in range(max_eval):
+        val, der, gz, gdir = phi(a)
+        ok_val = val <= f0 + 1e-15 * abs(f0)
+        if ok_val and abs(der) <= c2 * abs(d0):
+            return a, val, gz, gdir
+        if der < 0 and ok_val:
+            best = (a, val, gz, gdir)
+            if a >= a_max:
+                return a, val, gz, gdir
+            lo, dlo = a, der
+            if hi is None:
+                a = min(4.0 * a, a_max)
+                continue
+        else:
+            hi, dhi = a, der
+        # secant on phi' inside [lo, hi], safeguarded
+        if dhi is not None and dhi > dlo:
+            a_new = lo - dlo * (hi - lo) / (dhi - dlo)
+        else:
+            a_new = 0.5 * (lo + hi)
+        width = hi - lo
+        a = min(max(a_new, lo + 0.05 * width), hi - 0.05 * width)
+        if width <= 1e-16 * max(1.0, hi):
+            break
+    a, val, gz, gdir = best
+    return a, val, gz, gdir
+
+
+def _tensor(x, device):
+    return torch.as_tensor(np.asarray(x, dtype=np.float64), device=device)
+
+
+def fit_torch(problem, constraint, *, eps, C, penalty, l1_ratio, fit_intercept, tol, max_iter,
+              linear_form=None, cells=None, device="cpu", init=None, design=None) -> Solution:
+    """Solve one score-constrained (or unconstrained) fit; see the module docstring.
+
+    ``init`` is a warm start: a dict with ``theta`` (d+1,) and optionally ``working``,
+    ``mult`` and ``rho`` from a previous :class:`Solution`'s ``state``.
+    """
+    if penalty not in ("l2", None, "none"):
+        raise DataError(MSG_PENALTY.format(penalty=penalty))
+    t0 = time.perf_counter()
+    design = design or Design(problem.X, device)
+    dev = design.device
+    n, d = design.n, design.d
+    y = _tensor(problem.y, dev)
+    v = problem.sample_weight
+    V = float(v.sum())
+    q = _tensor(v / V, dev)
+    lam2 = 0.0 if penalty in (None, "none") else 1.0 / (C * V)
+    fixed = () if fit_intercept else (d,)
+    name = None if constraint is None else constraint.name
+    theta0 = _start_theta(problem, fit_intercept, init, linear_form, eps, d)
+    if name in ("group-loss", "minimax"):
+        sol = _fit_auglag(design, problem, y, q, lam2, d, cells, eps, name == "minimax", fixed, theta0,
+                          tol, max_iter, init, C=C, fit_intercept=fit_intercept)
+        sol.wall_time = time.perf_counter() - t0
+        return sol
+    obj = WeightedLogistic(y, q, lam2, d)
+    A = rhs = None
+    norms = None
+    if linear_form is not None:
+        A_np = linear_form.A
+        norms = np.linalg.norm(A_np, axis=1)
+        keep = norms > 1e-12 * max(1.0, norms.max(initial=0.0))
+        safe = np.where(keep, norms, 1.0)
+        A = _tensor(A_np / safe[:, None], dev)
+        rhs = _tensor(np.where(keep, (eps + linear_form.c0) / safe, 1.0), dev)
+        A[~torch.as_tensor(keep, device=dev)] = 0.0
+    theta = _tensor(theta0, dev)
+    working = tuple(init.get("working", ())) if init else ()
+    res = minimize(design, obj, theta, A=A, rhs=rhs, fixed=fixed, working=working, tol=tol, max_iter=max_iter)
+    th = res.theta.cpu().numpy()
+    lam = np.zeros(0)
+    if A is not None:
+        lam = res.lam.cpu().numpy() / np.where(norms > 0, norms, 1.0)
+    status = "optimal" if res.converged else "max_iter"
+    return Solution(coef=th[:d].copy(), intercept=float(th[d]), multipliers=lam, status=status,
+                    solver="active-set-lbfgs", n_iter=res.n_iter, wall_time=time.perf_counter() - t0,
+                    notes=[], state={"theta": th, "working": res.working})
+
+
+def _start_theta(problem, fit_intercept, init, linear_form, eps, d):
+    """A feasible start: the warm start shrunk toward ``w = 0`` until it satisfies the rows."""
+    y, v = problem.y, problem.sample_weight
+    p = float(np.clip((v * y).sum() / v.sum(), 1e-6, 1 - 1e-6))
+    base = np.zeros(d + 1)
+    if fit_intercept:
+        base[d] = math.log(p / (1 - p))
+    if not init or "theta" not in init:
+        return base
+    th = np.asarray(init["theta"], dtype=np.float64)[: d + 1].copy()
+    if not fit_intercept:
+        th[d] = 0.0
+    if linear_form is not None:
+        Aw = linear_form.A[:, :d] @ th[:d]
+        rest = linear_form.A[:, d] * th[d]
+        room = eps + linear_form.c0 - rest
+        over = Aw > room
+        if np.any(over):
+            # homogeneous rows (A[:, d] = 0, c0 = 0): scaling w by t keeps feasibility
+            t = np.min(np.where(Aw > 0, np.maximum(room, 0.0) / np.where(Aw > 0, Aw, 1.0), 1.0))
+            th[:d] *= max(0.0, min(1.0, t)) * (1 - 1e-12)
+            if np.any(linear_form.A @ th > eps + linear_form.c0 + 1e-12):
+                return base
+    return th
+
+
+def _fit_auglag(design, problem, y, q, lam2, d, cells, eps, minimax, fixed, theta0, tol, max_iter, init, *, C,
+                fit_intercept):
+    """Augmented Lagrangian outer loop (multiplier update, rho increase) around :func:`minimize`."""
+    codes_np, nc = cells
+    dev = design.device
+    v = problem.sample_weight
+    Vc = np.bincount(codes_np, weights=v, minlength=nc)
+    codes = torch.as_tensor(codes_np, device=dev)
+    cell_w = _tensor(v / Vc[codes_np], dev)
+    obj = _AugLagObjective(y, q, lam2, d, codes, cell_w, nc, eps, minimax)
+    if init and "mult" in init and len(init["mult"]) == nc:
+        obj.mult = _tensor(init["mult"], dev)
+        obj.rho = float(init.get("rho", obj.rho))
+    theta = _tensor(theta0, dev)
+    if minimax:
+        z = design.mv(theta[:d]) + theta[d]
+        L, _, _ = obj.cell_losses(z)
+        t0 = float(init["theta"][d + 1]) if init and len(init.get("theta", ())) == d + 2 else float(L.max())
+        theta = torch.cat([theta, torch.tensor([t0], dtype=_F64, device=dev)])
+    total_it = 0
+    converged = False
+    prev_viol = math.inf
+    inner_tol = max(tol, 1e-3)
+    for outer in range(60):
+        res = minimize(design, obj, theta, fixed=fixed, tol=inner_tol, max_iter=max_iter)
+        total_it += res.n_iter
+        theta = res.theta
+        L, _, _ = obj.cell_losses(res.z)
+        h = L - (theta[d + 1] if minimax else eps)
+        new_mult = torch.clamp(obj.mult + obj.rho * h, min=0.0)
+        viol = float(torch.clamp(h, min=0.0).max())
+        comp = float((new_mult * h).abs().max())
+        if minimax:
+            comp = max(comp, abs(float(new_mult.sum()) - 1.0))
+        obj.mult = new_mult
+        if viol <= tol and comp <= tol and res.converged and inner_tol <= tol:
+            converged = True
+            break
+        if viol > 0.25 * prev_viol and viol > tol:
+            obj.rho = min(obj.rho * 10.0, 1e10)
+        prev_viol = viol
+        inner_tol = max(tol, min(inner_tol, max(viol, comp)) * 0.1)
+        if total_it >= max_iter * 5:
+            break
+    th = theta.cpu().numpy()
+    status = "optimal" if converged else "max_iter"
+    if not converged and not minimax and viol > max(10 * tol, 1e-6):
+        # decide infeasibility: the minimax head tells the smallest reachable largest loss
+        mm = _AugLagObjective(y, q, lam2, d, codes, cell_w, nc, eps, True)
+        best = _fit_minimax_value(design, mm, d, fixed, tol, max_iter)
+        if best > eps + max(tol, 1e-6):
+            raise InfeasibleConstraintError(MSG_INFEASIBLE_GROUP_LOSS.format(eps=eps, best=best))
+    return Solution(coef=th[:d].copy(), intercept=float(th[d]), multipliers=obj.mult.cpu().numpy(),
+                    status=status, solver="augmented-lagrangian-lbfgs", n_iter=total_it,
+                    notes=[], state={"theta": th, "mult": obj.mult.cpu().numpy(), "rho": obj.rho})
+
+
+def _fit_minimax_value(design, obj, d, fixed, tol, max_iter):
+    theta = torch.zeros(d + 2, dtype=_F64, device=design.device)
+    z = design.mv(theta[:d]) + theta[d]
+    L, _, _ = obj.cell_losses(z)
+    theta[d + 1] = L.max()
+    for _ in range(30):
+        res = minimize(design, obj, theta, fixed=fixed, tol=max(tol, 1e-6), max_iter=max_iter)
+        theta = res.theta
+        L, _, _ = obj.cell_losses(res.z)
+        h = L - theta[d + 1]
+        obj.mult = torch.clamp(obj.mult + obj.rho * h, min=0.0)
+        if float(torch.clamp(h, min=0).max()) < 1e-6:
+            break
+        obj.rho = min(obj.rho * 10, 1e10)
+    return float(L.max())
