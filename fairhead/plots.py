@@ -1,0 +1,117 @@
+"""Sweep plots (PNG, matplotlib's Agg backend, no display needed).
+
+1. ``tradeoff.png``: accuracy against each fairness gap, on the fit split (top row)
+   and on test (bottom row), one series per method, the Pareto front marked.
+2. ``fit_vs_test.png``: each head's gap on test against its gap on the fit split.
+   Points above the diagonal are fairness that did not generalise: overfitting to
+   the constraint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+GAPS = (
+    ("constraint_value", "constraint's own value"),
+    ("demographic_parity_difference", "DP difference"),
+    ("equalized_odds_difference", "EO difference"),
+)
+MARKERS = {"fairhead": "o", "unconstrained": "*", "expgrad": "s", "gridsearch": "D",
+           "threshold": "^", "penalty": "v"}
+
+
+def pareto_front(gap: np.ndarray, acc: np.ndarray) -> np.ndarray:
+    """Indices of the points no other point beats on both (lower gap, higher accuracy), by gap."""
+    ok = np.isfinite(gap) & np.isfinite(acc)
+    idx = np.flatnonzero(ok)
+    front = []
+    for i in idx:
+        dominated = np.any((gap[idx] <= gap[i]) & (acc[idx] >= acc[i]) & ((gap[idx] < gap[i]) | (acc[idx] > acc[i])))
+        if not dominated:
+            front.append(i)
+    return np.array(sorted(front, key=lambda i: gap[i]), dtype=int)
+
+
+def _series(rows, split):
+    by_method: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["split"] == split:
+            by_method.setdefault(row["method"], []).append(row)
+    return by_method
+
+
+def _method_base(method: str) -> str:
+    return method.split("[")[0]
+
+
+def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "") -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    splits = [fit_split] + (["test"] if any(r["split"] == "test" for r in rows) and fit_split != "test" else [])
+    files = {}
+
+    fig, axes = plt.subplots(len(splits), len(GAPS), figsize=(4.2 * len(GAPS), 3.6 * len(splits)), squeeze=False)
+    for r, split in enumerate(splits):
+        series = _series(rows, split)
+        all_rows = [row for group in series.values() for row in group]
+        for c, (key, label) in enumerate(GAPS):
+            ax = axes[r, c]
+            for method, group in series.items():
+                gap = np.array([g.get(key, np.nan) for g in group], dtype=float)
+                acc = np.array([g["accuracy"] for g in group], dtype=float)
+                marker = MARKERS.get(_method_base(method), "x")
+                ax.plot(gap, acc, marker=marker, linestyle="-" if len(group) > 1 else "none",
+                        markersize=9 if marker == "*" else 5, alpha=0.8, label=method)
+            gap = np.array([g.get(key, np.nan) for g in all_rows], dtype=float)
+            acc = np.array([g["accuracy"] for g in all_rows], dtype=float)
+            front = pareto_front(gap, acc)
+            if front.size:
+                ax.step(gap[front], acc[front], where="post", color="k", linewidth=1, alpha=0.6)
+                ax.scatter(gap[front], acc[front], s=70, facecolors="none", edgecolors="k",
+                           label="Pareto front" if (r, c) == (0, 0) else None)
+            ax.set_xlabel(f"{label} ({split})")
+            ax.set_ylabel(f"accuracy ({split})")
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"Accuracy vs fairness gap {title}".strip())
+    fig.tight_layout()
+    files["tradeoff_plot"] = out / "tradeoff.png"
+    fig.savefig(files["tradeoff_plot"], dpi=110)
+    plt.close(fig)
+
+    if len(splits) == 2:
+        fit_rows = {(r["method"], r["eps"]): r for r in rows if r["split"] == fit_split}
+        pairs = [(fit_rows[(r["method"], r["eps"])], r) for r in rows
+                 if r["split"] == "test" and (r["method"], r["eps"]) in fit_rows]
+        fig, axes = plt.subplots(1, len(GAPS), figsize=(4.2 * len(GAPS), 3.8), squeeze=False)
+        for c, (key, label) in enumerate(GAPS):
+            ax = axes[0, c]
+            methods = sorted({p[0]["method"] for p in pairs})
+            for method in methods:
+                sel = [p for p in pairs if p[0]["method"] == method]
+                x = np.array([p[0].get(key, np.nan) for p in sel], dtype=float)
+                y = np.array([p[1].get(key, np.nan) for p in sel], dtype=float)
+                if method == "fairhead":
+                    eps = np.array([p[0]["eps"] for p in sel], dtype=float)
+                    sc = ax.scatter(x, y, c=eps, cmap="viridis", s=28, label=method, zorder=3)
+                    fig.colorbar(sc, ax=ax, label="eps")
+                else:
+                    ax.scatter(x, y, marker=MARKERS.get(_method_base(method), "x"), s=30, alpha=0.8, label=method)
+            lim = np.nanmax([[p[0].get(key, np.nan), p[1].get(key, np.nan)] for p in pairs] + [[1e-3, 1e-3]])
+            ax.plot([0, lim], [0, lim], "k--", linewidth=1, label="test = fit")
+            ax.set_xlabel(f"{label} on {fit_split}")
+            ax.set_ylabel(f"{label} on test")
+            ax.grid(alpha=0.3)
+        axes[0, 0].legend(fontsize=7)
+        fig.suptitle(f"Does the fairness on the fit split hold on test? {title}".strip())
+        fig.tight_layout()
+        files["fit_vs_test_plot"] = out / "fit_vs_test.png"
+        fig.savefig(files["fit_vs_test_plot"], dpi=110)
+        plt.close(fig)
+    return files

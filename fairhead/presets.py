@@ -1,0 +1,39 @@
+"""Named dataset presets, read from the repository's ``data/presets/*.json``.
+
+A preset fixes a source kind and its columns (e.g. the seed paper's CelebA task:
+target ``Blond_Hair``, sensitive ``Male``); the user only supplies ``--root``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fairhead_errors import DataError
+
+PRESET_DIR = Path(__file__).resolve().parents[1] / "data" / "presets"
+UNKNOWN_PRESET_MSG = "unknown preset {name!r} (known: {known}); run `fairhead presets` to list them"
+NEEDS_ROOT_MSG = "preset {name!r} needs --root: {what}"
+NO_PRESETS_MSG = "no preset folder at '{path}'; presets ship with a source checkout (pip install -e .)"
+
+
+def list_presets() -> dict[str, dict]:
+    if not PRESET_DIR.is_dir():
+        raise DataError(NO_PRESETS_MSG.format(path=PRESET_DIR))
+    return {p.stem: json.loads(p.read_text()) for p in sorted(PRESET_DIR.glob("*.json"))}
+
+
+def source_from_preset(name: str, *, root: Path | None, target: str | None = None, sensitive=None):
+    """The :mod:`embedcache` source a preset describes; ``target``/``sensitive`` override its columns."""
+    from embedcache import sources
+
+    presets = list_presets()
+    if name not in presets:
+        raise DataError(UNKNOWN_PRESET_MSG.format(name=name, known=", ".join(presets)))
+    preset = presets[name]
+    if root is None:
+        raise DataError(NEEDS_ROOT_MSG.format(name=name, what=preset.get("needs_root", "the dataset folder")))
+    if preset["source"] == "celeba":
+        return sources.CelebASource(root, target=target or preset["target"],
+                                    sensitive=tuple(sensitive or preset["sensitive"]))
+    raise DataError(f"preset {name!r} has an unknown source kind {preset['source']!r}; fix data/presets/{name}.json")

@@ -1,0 +1,142 @@
+"""The seed paper's five last-layer protocols, by name, on one cache.
+
+======== ================================================================================
+protocol head fitted on ("fine-tune" data)
+======== ================================================================================
+B1       the train split, unconstrained
+B2       the validation split, unconstrained
+B3       a group-balanced set: train + validation down-sampled (seeded) so every
+         (label, attribute) cell has as many rows as the smallest one; unconstrained
+M1       B2's data with the fairness constraint
+M2       B3's data with the fairness constraint
+======== ================================================================================
+
+Every head is evaluated on train, on its own fine-tune data and on test, with the
+paper's metrics: accuracy, balanced accuracy, AUC, per-group FPR and FNR, EO
+difference and ratio, DP difference and ratio, accuracy-equality difference and
+max-min (worst (label, group) cell) accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fairhead_errors import DataError
+
+from fairhead import pipeline
+from fairhead.tables import format_table
+
+PROTOCOLS = ("B1", "B2", "B3", "M1", "M2")
+MISSING_SPLIT_MSG = "protocols need splits train, valid and test; cache '{path}' has {have}; re-extract with all three"
+PROTOCOL_METRICS = (
+    ("accuracy", "acc"), ("balanced_accuracy", "bal_acc"), ("roc_auc", "auc"),
+    ("equalized_odds_difference", "eo_diff"), ("equalized_odds_ratio", "eo_ratio"),
+    ("demographic_parity_difference", "dp_diff"), ("demographic_parity_ratio", "dp_ratio"),
+    ("accuracy_equality_difference", "acc_eq_diff"), ("worst_group_accuracy", "maxmin_acc"),
+)
+
+
+def _concat(parts: list[pipeline.SplitArrays]) -> pipeline.SplitArrays:
+    first = parts[0]
+    return pipeline.SplitArrays(
+        X=np.concatenate([p.X for p in parts]), y=np.concatenate([p.y for p in parts]),
+        groups=np.concatenate([p.groups for p in parts]), attributes=first.attributes,
+        categories=first.categories, sample_ids=np.concatenate([p.sample_ids for p in parts]))
+
+
+def _take(arrays: pipeline.SplitArrays, idx: np.ndarray) -> pipeline.SplitArrays:
+    return pipeline.SplitArrays(X=arrays.X[idx], y=arrays.y[idx], groups=arrays.groups[idx],
+                                attributes=arrays.attributes, categories=arrays.categories,
+                                sample_ids=arrays.sample_ids[idx])
+
+
+def group_balanced(arrays: pipeline.SplitArrays, *, seed: int) -> pipeline.SplitArrays:
+    """Down-sample every (label, group) cell to the size of the smallest one (seeded, order kept)."""
+    cell_key = np.column_stack([arrays.y, arrays.groups])
+    cells, inverse = np.unique(cell_key, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    sizes = np.bincount(inverse)
+    smallest = int(sizes.min())
+    rng = np.random.default_rng(seed)
+    keep = [np.sort(rng.choice(np.flatnonzero(inverse == c), size=smallest, replace=False))
+            for c in range(len(cells))]
+    return _take(arrays, np.sort(np.concatenate(keep)))
+
+
+@dataclass
+class ProtocolTable:
+    rows: list[dict]
+    group_names: list[str]
+
+    def columns(self) -> list[str]:
+        cols = ["protocol", "split", "n"] + [h for _, h in PROTOCOL_METRICS]
+        for g in self.group_names:
+            cols += [f"FPR[{g}]", f"FNR[{g}]"]
+        return cols
+
+    def to_text(self) -> str:
+        return format_table(self.rows, self.columns())
+
+    def write(self, out: Path) -> dict[str, Path]:
+        import csv
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        csv_path, json_path = out / "protocols.csv", out / "protocols.json"
+        with open(csv_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns())
+            writer.writeheader()
+            writer.writerows(self.rows)
+        json_path.write_text(json.dumps({"rows": self.rows, "groups": self.group_names}, indent=1,
+                                        default=float))
+        return {"protocols_table": csv_path, "protocols_json": json_path}
+
+
+def _row(protocol: str, split: str, head, arrays: pipeline.SplitArrays) -> dict:
+    yhat = head.predict(arrays.X)
+    values = pipeline.evaluate_head(head, arrays)
+    row = {"protocol": protocol, "split": split, "n": int(len(arrays.y))}
+    row.update({h: float(values.get(k, float("nan"))) for k, h in PROTOCOL_METRICS})
+    names = arrays.group_names
+    for g in np.unique(names):
+        neg, pos = (names == g) & (arrays.y == 0), (names == g) & (arrays.y == 1)
+        row[f"FPR[{g}]"] = float(yhat[neg].mean()) if neg.any() else float("nan")
+        row[f"FNR[{g}]"] = float(1 - yhat[pos].mean()) if pos.any() else float("nan")
+    return row
+
+
+def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, seed=0, out=None,
+                  C=1.0, backend="auto", balance=None, device="cpu", data=None) -> ProtocolTable:
+    """Fit B1, B2, B3, M1 and M2 on a cache and evaluate each on train, its fine-tune data and test."""
+    import embedcache
+    from solvers import FairLogisticRegression
+
+    if data is None:
+        with embedcache.open(cache_path) as cache:
+            if not {"train", "valid", "test"} <= set(cache.splits):
+                raise DataError(MISSING_SPLIT_MSG.format(path=cache_path, have=", ".join(cache.splits)))
+            data = {s: pipeline.load_arrays(cache, s, attributes) for s in ("train", "valid", "test")}
+    train, valid, test = data["train"], data["valid"], data["test"]
+    balanced = group_balanced(_concat([train, valid]), seed=seed)
+    base = dict(C=C, backend=backend, balance=balance, device=device)
+    if constraint in (None, "none"):
+        raise DataError("protocols M1 and M2 need a constraint; pass --constraint eo (or another)")
+    plans = {
+        "B1": (train, None), "B2": (valid, None), "B3": (balanced, None),
+        "M1": (valid, constraint), "M2": (balanced, constraint),
+    }
+    rows = []
+    for name, (fit_on, cons) in plans.items():
+        head = FairLogisticRegression(constraint=cons, eps=eps, **base)
+        head.fit(fit_on.X, fit_on.y, sensitive_features=pipeline.sensitive_arg(fit_on))
+        for split, arrays in (("train", train), ("fine-tune", fit_on), ("test", test)):
+            rows.append(_row(name, split, head, arrays))
+    group_names = sorted({str(g) for arrays in (train, valid, test) for g in np.unique(arrays.group_names)})
+    table = ProtocolTable(rows=rows, group_names=group_names)
+    if out is not None:
+        table.write(out)
+    return table

@@ -1,0 +1,85 @@
+"""Markdown reports that put a result table and its plots together."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+REPORT_COLUMNS = (
+    ("method", "method"), ("eps", "eps"), ("split", "split"), ("accuracy", "acc"),
+    ("balanced_accuracy", "bal. acc"), ("roc_auc", "AUC"), ("demographic_parity_difference", "DP diff"),
+    ("equalized_odds_difference", "EO diff"), ("worst_group_accuracy", "worst cell acc"),
+    ("constraint_value", "own value"), ("eps_met", "eps met"), ("fit_time_s", "time (s)"),
+)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns=None) -> str:
+    """A GitHub-flavoured Markdown table; ``columns`` is a list of ``(key, header)``."""
+    if not rows:
+        return "_no rows_"
+    columns = list(columns or [(k, k) for k in rows[0].keys()])
+    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(row.get(k)) for k, _ in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _headline(result) -> list[str]:
+    """Three sentences a reader needs: the unconstrained gap, the tightest fair head, train vs test."""
+    rows = result.rows
+    fit, lines = result.fit_split, []
+
+    def get(method, split, pick=None):
+        sel = [r for r in rows if r["method"] == method and r["split"] == split]
+        return pick(sel) if (sel and pick) else (sel[0] if sel else None)
+
+    free_fit, free_test = get("unconstrained", fit), get("unconstrained", "test")
+    if free_fit and free_test:
+        lines.append(f"- Unconstrained head: accuracy {free_test['accuracy']:.3f} on test, "
+                     f"own constraint value {free_fit['constraint_value']:.4f} on {fit} / "
+                     f"{free_test['constraint_value']:.4f} on test "
+                     f"(DP diff {free_test['demographic_parity_difference']:.3f}, "
+                     f"EO diff {free_test['equalized_odds_difference']:.3f} on test).")
+    heads = [r for r in rows if r["method"] == "fairhead" and r["split"] == fit]
+    if heads:
+        tight = min(heads, key=lambda r: (r["eps"] if not math.isnan(r["eps"]) else 0.0))
+        test = next((r for r in rows if r["method"] == "fairhead" and r["split"] == "test"
+                     and r["eps"] == tight["eps"]), None)
+        if test:
+            lines.append(f"- Tightest bound eps={tight['eps']:.4f}: own value {tight['constraint_value']:.4f} on "
+                         f"{fit} vs {test['constraint_value']:.4f} on test, accuracy "
+                         f"{tight['accuracy']:.3f} / {test['accuracy']:.3f}.")
+    return lines
+
+
+def write_sweep_report(result, files: Mapping[str, Path], meta: Mapping[str, Any]) -> Path:
+    """``report.md`` for one sweep: headline, plots, and the per-split table."""
+    out = Path(result.out)
+    versions = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
+    parts = [
+        f"# fairhead sweep: constraint `{result.constraint}`",
+        "",
+        f"Fitted on split `{result.fit_split}`; cache fingerprint `{meta.get('cache_fingerprint', '?')}`; "
+        f"created {meta.get('created', '?')}.",
+        "",
+        *_headline(result),
+        "",
+    ]
+    for key, caption in (("tradeoff_plot", "Accuracy against each fairness gap (Pareto front circled)"),
+                         ("fit_vs_test_plot", "Gap on test against gap on the fit split (above the diagonal: "
+                                              "the constraint overfits)")):
+        if key in files:
+            parts += [f"## {caption}", "", f"![{caption}]({Path(files[key]).name})", ""]
+    parts += ["## Results", "", markdown_table(result.rows, REPORT_COLUMNS), "",
+              f"Full table: `{Path(files['table']).name}`; provenance and certificates: `{Path(files['json']).name}`.",
+              "", f"_Versions: {versions}_", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(parts))
+    return path

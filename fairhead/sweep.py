@@ -1,0 +1,299 @@
+"""Constraint-tightness sweeps: how much accuracy each level of fairness costs, on every split.
+
+For a constraint and a grid ``eps_0 > eps_1 > ... > eps_m`` (by default from the
+unconstrained head's own constraint value, where the bound is inactive, down to
+0, or to the tightest feasible value for ``group-loss``), the sweep fits one head
+per ``eps`` on the fit split, each warm-started from the previous one, and
+evaluates every head on every split of the cache.
+
+Outputs, in the report folder:
+
+* ``sweep.csv`` / ``sweep.json`` -- one row per (method, eps, split); the JSON adds
+  the provenance (cache fingerprint, certificates, versions, seed);
+* ``tradeoff.png`` and ``fit_vs_test.png`` (see :mod:`fairhead.plots`);
+* ``report.md`` -- the table and the plots together;
+* ``progress.jsonl`` -- finished heads, so an interrupted sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fairhead_errors import DataError
+
+from fairhead import pipeline, provenance
+from fairhead.measure import constraint_value
+from fairhead.tables import format_table
+
+BAD_GRID_MSG = "eps grid must hold finite values >= 0; got {grid}; pass e.g. --eps-grid 0.1 0.05 0.02 0"
+NO_SPLIT_MSG = "fit split {split!r} is not in cache '{path}' (it has: {have}); pick one with --fit-split"
+PROGRESS_FILE = "progress.jsonl"
+
+#: per-split metric columns written for each head (metric key in solvers.metrics.evaluate -> column)
+SWEEP_METRICS = (
+    "accuracy", "balanced_accuracy", "roc_auc",
+    "demographic_parity_difference", "demographic_parity_ratio",
+    "equalized_odds_difference", "equalized_odds_ratio",
+    "equal_opportunity_difference", "accuracy_equality_difference",
+    "worst_group_accuracy", "expected_calibration_error",
+)
+
+
+def default_eps_grid(inactive_value: float, n_eps: int, *, floor: float = 0.0) -> np.ndarray:
+    """``n_eps`` bounds from ``inactive_value`` down to ``floor``, denser near the floor.
+
+    ``eps_k = floor + (inactive - floor) * (1 - k / (n - 1))**2``: the quadratic
+    spacing spends more points where the trade-off bends (tight bounds).
+    """
+    if n_eps < 2:
+        return np.array([float(inactive_value)])
+    t = 1.0 - np.arange(n_eps) / (n_eps - 1)
+    return floor + (float(inactive_value) - floor) * t**2
+
+
+def check_grid(grid) -> np.ndarray:
+    grid = np.asarray(grid, dtype=float).reshape(-1)
+    if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid < 0):
+        raise DataError(BAD_GRID_MSG.format(grid=list(grid)))
+    return np.sort(grid)[::-1]  # loose to tight, so each warm start moves a little
+
+
+@dataclass
+class HeadRecord:
+    """One fitted head of a sweep: its parameters, certificate and per-split metrics."""
+
+    method: str
+    eps: float
+    coef: list
+    intercept: float
+    certificate: dict
+    metrics: dict[str, dict[str, float]]  # split -> metric -> value
+    wall_time: float
+    notes: str = ""
+
+    def rows(self, constraint_name: str) -> list[dict[str, Any]]:
+        return [
+            {"method": self.method, "constraint": constraint_name, "eps": self.eps, "split": split,
+             **values, "fit_time_s": self.wall_time,
+             "eps_met": self.certificate.get("eps_met"), "status": self.certificate.get("status"),
+             "notes": self.notes}
+            for split, values in self.metrics.items()
+        ]
+
+
+@dataclass
+class SweepResult:
+    out: Path
+    constraint: str
+    fit_split: str
+    records: list[HeadRecord]
+    rows: list[dict[str, Any]]
+    files: dict[str, Path] = field(default_factory=dict)
+    cold_time: float = float("nan")
+
+    def summary(self, splits=None) -> str:
+        splits = splits or [self.fit_split, "test"]
+        cols = ["method", "eps", "split", "accuracy", "demographic_parity_difference",
+                "equalized_odds_difference", "constraint_value", "fit_time_s"]
+        shown = [{c: r.get(c) for c in cols} for r in self.rows if r["split"] in splits]
+        short = {"demographic_parity_difference": "dp_diff", "equalized_odds_difference": "eo_diff",
+                 "constraint_value": "own_value", "fit_time_s": "time_s"}
+        shown = [{short.get(k, k): v for k, v in r.items()} for r in shown]
+        lines = [f"sweep of '{self.constraint}' fitted on '{self.fit_split}' "
+                 f"({len(self.records)} heads)", format_table(shown)]
+        lines += [f"wrote {name}: {path}" for name, path in self.files.items()]
+        return "\n".join(lines)
+
+
+def evaluate_predictor(head_scores_fn, predict_fn, arrays_by_split, constraint) -> dict[str, dict[str, float]]:
+    from solvers import metrics
+
+    out = {}
+    for split, arrays in arrays_by_split.items():
+        sens = pipeline.sensitive_arg(arrays)
+        z = head_scores_fn(arrays)
+        yhat = predict_fn(arrays)
+        m = metrics.evaluate(arrays.y, yhat, sensitive_features=sens, y_score=1.0 / (1.0 + np.exp(-z)))
+        values = {k: float(m.get(k, float("nan"))) for k in SWEEP_METRICS}
+        values["constraint_value"] = constraint_value(constraint, y=arrays.y, scores=z, sensitive_features=sens,
+                                                      predictions=yhat)
+        out[split] = values
+    return out
+
+
+def _config_key(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _load_progress(path: Path, key: str) -> list[HeadRecord]:
+    """Finished heads of an earlier run with the same configuration (a torn last line is dropped)."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            break  # the interrupted write; everything before it is intact
+        if item.get("config_key") == key:
+            records.append(HeadRecord(**item["record"]))
+    return records
+
+
+def _append_progress(path: Path, key: str, record: HeadRecord) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps({"config_key": key, "record": record.__dict__}, default=float) + "\n")
+        f.flush()
+
+
+def load_sweep_data(cache_path, *, fit_split, attributes):
+    """Open the cache and read every split (fit split first) as :class:`pipeline.SplitArrays`."""
+    import embedcache
+
+    with embedcache.open(cache_path) as cache:
+        if fit_split not in cache.splits:
+            raise DataError(NO_SPLIT_MSG.format(split=fit_split, path=cache_path, have=", ".join(cache.splits)))
+        splits = [fit_split] + [s for s in cache.splits if s != fit_split]
+        arrays = {}
+        for split in splits:
+            arrays[split] = pipeline.load_arrays(cache, split, attributes if not arrays else
+                                                 arrays[fit_split].attributes)
+        return arrays, cache.fingerprint, dict(cache.provenance)
+
+
+def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_split="train",
+              attributes=None, compare=None, plots=True, C=1.0, backend="auto", balance=None,
+              device="cpu", progress=True, seed=0, data=None) -> SweepResult:
+    """Sweep ``eps`` for ``constraint`` on a cache; write the table, plots and report to ``out``.
+
+    ``compare`` lists baselines from :mod:`fairhead.compare` to put in the same table
+    (``expgrad``, ``gridsearch``, ``threshold``, ``penalty``). ``data`` may pass
+    pre-loaded ``(arrays_by_split, fingerprint, provenance)`` to skip reading the cache.
+    """
+    from solvers import FairLogisticRegression
+    from solvers.constraints import make_constraint
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    arrays, fingerprint, cache_prov = data or load_sweep_data(cache_path, fit_split=fit_split,
+                                                              attributes=attributes)
+    fit = arrays[fit_split]
+    sens = pipeline.sensitive_arg(fit)
+    cons = make_constraint(constraint)
+    name = cons.name
+    base = dict(C=C, backend=backend, balance=balance, device=device)
+
+    def scores(head):
+        return lambda a: head.decision_function(a.X)
+
+    # the unconstrained head anchors the grid (its own constraint value = where the bound is inactive)
+    t0 = time.perf_counter()
+    free = FairLogisticRegression(constraint=None, **base).fit(fit.X, fit.y, sensitive_features=sens)
+    free_time = time.perf_counter() - t0
+    inactive = constraint_value(cons, y=fit.y, scores=free.decision_function(fit.X), sensitive_features=sens)
+
+    floor = 0.0
+    if name == "minimax":
+        grid = np.array([np.nan])  # an objective, not a bound: one head
+    elif eps_grid is not None:
+        grid = check_grid(eps_grid)
+    else:
+        if name == "group-loss":  # the tightest feasible bound is the minimax head's largest group loss
+            tight = FairLogisticRegression(constraint="minimax", **base).fit(fit.X, fit.y, sensitive_features=sens)
+            floor = constraint_value(cons, y=fit.y, scores=tight.decision_function(fit.X), sensitive_features=sens)
+            floor *= 1.0 + 1e-4
+        grid = default_eps_grid(max(inactive, floor), n_eps, floor=floor)
+
+    config = {"cache": fingerprint, "constraint": cons.to_dict(), "grid": [float(e) for e in grid],
+              "fit_split": fit_split, "attributes": list(fit.attributes), "seed": seed, **base}
+    key = _config_key(config)
+    progress_path = out / PROGRESS_FILE
+    done = {r.eps: r for r in _load_progress(progress_path, key)
+            if r.method == "fairhead"} if grid.size else {}
+
+    records: list[HeadRecord] = []
+    records.append(HeadRecord(
+        method="unconstrained", eps=float("nan"), coef=free.coef_.ravel().tolist(),
+        intercept=float(free.intercept_[0]), certificate=free.certificate_.to_dict(),
+        metrics=evaluate_predictor(scores(free), lambda a: free.predict(a.X), arrays, cons), wall_time=free_time))
+
+    head = FairLogisticRegression(constraint=cons, eps=0.0, warm_start=True, **base)
+    bar = tqdm(grid, desc=f"sweep {name}", unit="head", disable=not progress)
+    for eps in bar:
+        eps_key = float(eps) if np.isfinite(eps) else float("nan")
+        if eps_key in done:
+            records.append(done[eps_key])
+            continue
+        head.set_params(eps=float(eps) if np.isfinite(eps) else 0.0)
+        t0 = time.perf_counter()
+        head.fit(fit.X, fit.y, sensitive_features=sens)
+        wall = time.perf_counter() - t0
+        rec = HeadRecord(
+            method="fairhead", eps=eps_key, coef=head.coef_.ravel().tolist(),
+            intercept=float(head.intercept_[0]), certificate=head.certificate_.to_dict(),
+            metrics=evaluate_predictor(scores(head), lambda a: head.predict(a.X), arrays, cons), wall_time=wall)
+        records.append(rec)
+        _append_progress(progress_path, key, rec)
+        bar.set_postfix(eps=f"{eps:.4f}", fit_gap=f"{rec.metrics[fit_split]['constraint_value']:.4f}")
+
+    if compare:
+        from fairhead import compare as baselines
+
+        for rec in baselines.run_baselines(compare, fit, arrays, constraint=cons, grid=grid, C=C,
+                                           seed=seed, progress=progress):
+            records.append(rec)
+
+    rows = [row for rec in records for row in rec.rows(name)]
+    result = SweepResult(out=out, constraint=name, fit_split=fit_split, records=records, rows=rows,
+                         cold_time=free_time)
+    meta = provenance.collect(seed=seed, extra={"cache_fingerprint": fingerprint, "config": config,
+                                                "cache_provenance": cache_prov,
+                                                "unconstrained_value": inactive, "floor": floor})
+    result.files.update(write_sweep(result, meta, plots=plots))
+    return result
+
+
+def write_sweep(result: SweepResult, meta: dict, *, plots: bool = True) -> dict[str, Path]:
+    """Write ``sweep.csv``, ``sweep.json``, the plots and ``report.md``; return their paths."""
+    import csv
+
+    from fairhead import report
+
+    out = result.out
+    files = {}
+    columns = list(result.rows[0].keys())
+    csv_path = out / "sweep.csv"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(result.rows)
+    files["table"] = csv_path
+    json_path = out / "sweep.json"
+    payload = {"provenance": meta, "constraint": result.constraint, "fit_split": result.fit_split,
+               "rows": result.rows,
+               "heads": [{k: v for k, v in r.__dict__.items() if k != "metrics"} for r in result.records]}
+    json_path.write_text(json.dumps(payload, indent=1, default=_json_default))
+    files["json"] = json_path
+    if plots:
+        from fairhead import plots as plotting
+
+        files.update(plotting.plot_sweep(result.rows, out, fit_split=result.fit_split,
+                                         title=f"constraint '{result.constraint}'"))
+    files["report"] = report.write_sweep_report(result, files, meta)
+    return files
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
