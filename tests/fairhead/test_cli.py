@@ -1,0 +1,70 @@
+"""The CLI end to end on a real cache: output, saved heads, and one-line errors with exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fairhead.cli import main
+
+
+def run_cli(*args):
+    """Run ``fairhead`` in a subprocess, as a user would."""
+    proc = subprocess.run([sys.executable, "-m", "fairhead.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_info_prints_provenance_and_counts(cache_path):
+    code, out, err = run_cli("info", cache_path)
+    assert code == 0, err
+    assert "imported" in out and "train" in out and "test" in out
+
+
+def test_fit_prints_metrics_per_split_and_saves_the_head(cache_path, tmp_path):
+    head_path = tmp_path / "head.json"
+    code, out, err = run_cli("fit", cache_path, "--constraint", "eo", "--eps", "0.05", "--fit-split", "train",
+                             "--eval-split", "valid", "test", "--save", head_path)
+    assert code == 0, err
+    assert "valid" in out and "test" in out and "eo_diff" in out
+    saved = json.loads(head_path.read_text())
+    assert json.dumps(saved).count("eo") >= 1
+    from solvers import load_head
+
+    head = load_head(head_path)
+    assert head.coef_.shape[1] == 6
+
+
+@pytest.mark.parametrize(
+    "args, code, needle",
+    [
+        (["info", "{missing}"], 3, "missing.h5"),
+        (["fit", "{cache}", "--attributes", "age"], 3, "'age'"),
+        (["fit", "{cache}", "--fit-split", "holdout"], 3, "holdout"),
+        (["sweep", "{cache}", "--eps-grid", "0.1", "-1", "--out", "{tmp}"], 3, "eps grid"),
+        (["fit", "{cache}", "--constraint", "group-loss", "--eps", "0.0001", "--backend", "cvxpy"], 4, "eps"),
+        (["import", "{missing}", "--label", "y", "--sensitive", "s", "--out", "{tmp}/x.h5"], 3, "missing.h5"),
+    ],
+    ids=["missing-cache", "unknown-attribute", "unknown-split", "negative-eps", "infeasible", "missing-table"],
+)
+def test_errors_are_one_line_with_a_family_exit_code(cache_path, tmp_path, args, code, needle):
+    args = [a.format(cache=cache_path, missing=tmp_path / "missing.h5", tmp=tmp_path) for a in args]
+    got, out, err = run_cli(*args)
+    assert got == code, err
+    assert "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if line.startswith("fairhead: error:")]
+    assert len(lines) == 1 and needle in lines[0], err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    code, _, err = run_cli("--debug", "info", tmp_path / "missing.h5")
+    assert code == 3 and "Traceback" in err
+
+
+def test_usage_errors_exit_2():
+    with pytest.raises(SystemExit) as exc:
+        main(["fit"])
+    assert exc.value.code == 2
