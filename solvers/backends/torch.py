@@ -48,31 +48,54 @@ class Design:
 
     _CHUNK = 8192
 
-    def __init__(self, X: np.ndarray, device="cpu"):
+    def __init__(self, X: np.ndarray, device="cpu", center=True):
         Xt = torch.from_numpy(np.ascontiguousarray(X))
         self.X = Xt.to(device) if str(device) != "cpu" else Xt
         self.device = self.X.device
         self.n, self.d = X.shape
         self.half = self.X.dtype in (torch.float16, torch.bfloat16)
         self.cdt = _F64 if self.X.dtype == _F64 else torch.float32
+        # implicit centring (z = (X - mu) w + b'), a free preconditioner: no copy of X
+        self.mu = self.X.sum(dim=0, dtype=_F64) / max(self.n, 1) if center else None
 
     def mv(self, v: torch.Tensor) -> torch.Tensor:
-        v = v.to(self.cdt)
+        """``(X - mu) v`` in float64."""
+        vc = v.to(self.cdt)
         if not self.half:
-            return torch.mv(self.X, v).to(_F64)
-        out = torch.empty(self.n, dtype=_F64, device=self.device)
-        for s in range(0, self.n, self._CHUNK):
-            out[s : s + self._CHUNK] = torch.mv(self.X[s : s + self._CHUNK].to(self.cdt), v)
+            out = torch.mv(self.X, vc).to(_F64)
+        else:
+            out = torch.empty(self.n, dtype=_F64, device=self.device)
+            for s in range(0, self.n, self._CHUNK):
+                out[s : s + self._CHUNK] = torch.mv(self.X[s : s + self._CHUNK].to(self.cdt), vc)
+        if self.mu is not None:
+            out -= torch.dot(self.mu, v.to(_F64))
         return out
 
     def rmv(self, r: torch.Tensor) -> torch.Tensor:
-        r = r.to(self.cdt)
+        """``(X - mu)^T r`` in float64."""
+        rc = r.to(self.cdt)
         if not self.half:
-            return torch.mv(self.X.t(), r).to(_F64)
-        out = torch.zeros(self.d, dtype=_F64, device=self.device)
-        for s in range(0, self.n, self._CHUNK):
-            out += torch.mv(self.X[s : s + self._CHUNK].to(self.cdt).t(), r[s : s + self._CHUNK]).to(_F64)
+            out = torch.mv(self.X.t(), rc).to(_F64)
+        else:
+            out = torch.zeros(self.d, dtype=_F64, device=self.device)
+            for s in range(0, self.n, self._CHUNK):
+                out += torch.mv(self.X[s : s + self._CHUNK].to(self.cdt).t(), rc[s : s + self._CHUNK]).to(_F64)
+        if self.mu is not None:
+            out -= self.mu * r.to(_F64).sum()
         return out
+
+    def to_centered(self, theta: torch.Tensor) -> torch.Tensor:
+        """``[w; b] -> [w; b + mu.w]`` (identity without centring)."""
+        th = theta.clone()
+        if self.mu is not None:
+            th[self.d] += torch.dot(self.mu, th[: self.d])
+        return th
+
+    def from_centered(self, theta: torch.Tensor) -> torch.Tensor:
+        th = theta.clone()
+        if self.mu is not None:
+            th[self.d] -= torch.dot(self.mu, th[: self.d])
+        return th
 
 
 def _softplus_neg(z, y):
@@ -360,7 +383,7 @@ def fit_torch(problem, constraint, *, eps, C, penalty, l1_ratio, fit_intercept, 
     if penalty not in ("l2", None, "none"):
         raise DataError(MSG_PENALTY.format(penalty=penalty))
     t0 = time.perf_counter()
-    design = design or Design(problem.X, device)
+    design = design or Design(problem.X, device, center=fit_intercept)
     dev = design.device
     n, d = design.n, design.d
     y = _tensor(problem.y, dev)
@@ -384,13 +407,19 @@ def fit_torch(problem, constraint, *, eps, C, penalty, l1_ratio, fit_intercept, 
         norms = np.linalg.norm(A_np, axis=1)
         keep = norms > 1e-12 * max(1.0, norms.max(initial=0.0))
         safe = np.where(keep, norms, 1.0)
+        if design.mu is not None:  # rows in centred coordinates: A_w - A_b mu^T
+            A_np = A_np.copy()
+            A_np[:, :d] -= np.outer(A_np[:, d], design.mu.cpu().numpy())
+            norms = np.linalg.norm(A_np, axis=1)
+            keep = norms > 1e-12 * max(1.0, norms.max(initial=0.0))
+            safe = np.where(keep, norms, 1.0)
         A = _tensor(A_np / safe[:, None], dev)
         rhs = _tensor(np.where(keep, (eps + linear_form.c0) / safe, 1.0), dev)
         A[~torch.as_tensor(keep, device=dev)] = 0.0
-    theta = _tensor(theta0, dev)
+    theta = design.to_centered(_tensor(theta0, dev))
     working = tuple(init.get("working", ())) if init else ()
     res = minimize(design, obj, theta, A=A, rhs=rhs, fixed=fixed, working=working, tol=tol, max_iter=max_iter)
-    th = res.theta.cpu().numpy()
+    th = design.from_centered(res.theta).cpu().numpy()
     lam = np.zeros(0)
     if A is not None:
         lam = res.lam.cpu().numpy() / np.where(norms > 0, norms, 1.0)
@@ -439,7 +468,7 @@ def _fit_auglag(design, problem, y, q, lam2, d, cells, eps, minimax, fixed, thet
     if init and "mult" in init and len(init["mult"]) == nc:
         obj.mult = _tensor(init["mult"], dev)
         obj.rho = float(init.get("rho", obj.rho))
-    theta = _tensor(theta0, dev)
+    theta = design.to_centered(_tensor(theta0, dev))
     if minimax:
         z = design.mv(theta[:d]) + theta[d]
         L, _, _ = obj.cell_losses(z)
@@ -470,7 +499,7 @@ def _fit_auglag(design, problem, y, q, lam2, d, cells, eps, minimax, fixed, thet
         inner_tol = max(tol, min(inner_tol, max(viol, comp)) * 0.1)
         if total_it >= max_iter * 5:
             break
-    th = theta.cpu().numpy()
+    th = design.from_centered(theta).cpu().numpy()
     status = "optimal" if converged else "max_iter"
     if not converged and not minimax and viol > max(10 * tol, 1e-6):
         # decide infeasibility: the minimax head tells the smallest reachable largest loss
