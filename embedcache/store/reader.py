@@ -1,0 +1,438 @@
+"""Open a cache, check it, and read only the rows asked for.
+
+>>> with embedcache.open("celeba_r50.h5") as cache:            # doctest: +SKIP
+...     train = cache.load("train", as_="torch", device="cuda")
+...     print(cache.count_table())
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import h5py
+import numpy as np
+
+from embedcache.errors import CacheError, DataError
+from embedcache.store import schema
+from embedcache.store.journal import Journal
+
+MISSING_MSG = "no cache at '{path}'; build it with `fairhead extract` or `fairhead import`"
+RESUMABLE_MSG = (
+    "cache '{path}' is incomplete ({rows} of {total} rows); rerun the same `fairhead extract` command to resume"
+)
+UNFINISHED_OVERWRITE_MSG = (
+    "cache '{path}' has an unfinished extraction in '{journal}' ({rows} of {total} rows); rerun it to finish, "
+    "or remove that folder to use the existing file"
+)
+NOT_HDF5_MSG = "'{path}' is not an HDF5 file; pass a cache written by `fairhead extract` or `fairhead import`"
+CORRUPT_MSG = "cache '{path}' is truncated or corrupt ({error}); rebuild it with the same `fairhead extract` command"
+MARKED_INCOMPLETE_MSG = (
+    "cache '{path}' is marked incomplete (complete=false); rerun the `fairhead extract` command that writes it"
+)
+MISSING_KEY_MSG = "cache '{path}' lacks {key!r}; rebuild it with `fairhead extract`"
+BAD_SHAPE_MSG = "cache '{path}' has {key!r} with {got} rows but n-rows is {n}; rebuild it with `fairhead extract`"
+UNKNOWN_SPLIT_MSG = "cache '{path}' has no split {name!r}; available splits: {available}"
+UNKNOWN_ATTRIBUTE_MSG = "cache '{path}' has no sensitive attribute {name!r}; available: {available}"
+UNKNOWN_CATEGORY_FIELD_MSG = "cache '{path}' has no column {name!r}; available: {available}"
+EXISTING_NOT_CACHE_MSG = (
+    "output '{path}' exists but is not a readable cache ({error}); use another --out or pass --overwrite"
+)
+BAD_AS_MSG = "as_={value!r} is not supported; use 'numpy' or 'torch'"
+
+#: rows read per block when the wanted rows are scattered
+READ_BLOCK_ROWS = schema.CHUNK_ROWS * 64
+
+
+@dataclass
+class CacheData:
+    """Rows of a cache, as numpy arrays or torch tensors.
+
+    Attributes
+    ----------
+    features : (n, D) array or tensor
+    labels : (n,) int64 array or tensor
+    sensitive : dict name -> (n,) int64 codes
+    sample_ids : (n,) numpy array of str
+    split : (n,) numpy array of str (the split of each row)
+    rows : (n,) numpy int64 array, the row numbers in the cache
+    """
+
+    features: Any
+    labels: Any
+    sensitive: dict[str, Any]
+    sample_ids: np.ndarray
+    split: np.ndarray
+    rows: np.ndarray = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass(frozen=True)
+class CountTable:
+    """Counts by split x group x label; a group is one combination of all sensitive attributes.
+
+    Attributes
+    ----------
+    splits : list of str
+    groups : list of str, e.g. ``"Male=yes"`` or ``"Male=yes, Young=no"``
+    label_name : str
+    label_categories : list of str
+    counts : numpy.ndarray, shape (len(splits), len(groups), len(label_categories))
+    """
+
+    splits: list[str]
+    groups: list[str]
+    label_name: str
+    label_categories: list[str]
+    counts: np.ndarray
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per (split, group, label) cell, zero counts included."""
+        return [
+            {"split": s, "group": g, "label": lab, "count": int(self.counts[i, j, k])}
+            for i, s in enumerate(self.splits)
+            for j, g in enumerate(self.groups)
+            for k, lab in enumerate(self.label_categories)
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "splits": self.splits,
+            "groups": self.groups,
+            "label_name": self.label_name,
+            "label_categories": self.label_categories,
+            "counts": self.counts.tolist(),
+        }
+
+    def __str__(self) -> str:
+        heads = [f"{self.label_name}={c}" for c in self.label_categories] + ["total"]
+        body = []
+        for i, split in enumerate(self.splits):
+            for j, group in enumerate(self.groups):
+                cells = [int(v) for v in self.counts[i, j]]
+                body.append([split if j == 0 else "", group, *map(str, cells), str(sum(cells))])
+            totals = [int(v) for v in self.counts[i].sum(axis=0)]
+            body.append(["", "all", *map(str, totals), str(sum(totals))])
+        totals = [int(v) for v in self.counts.sum(axis=(0, 1))]
+        body.append(["all", "all", *map(str, totals), str(sum(totals))])
+        table = [["split", "group", *heads], *body]
+        widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
+        lines = []
+        for r, row in enumerate(table):
+            cells = [row[c].ljust(widths[c]) if c < 2 else row[c].rjust(widths[c]) for c in range(len(row))]
+            lines.append("  ".join(cells).rstrip())
+            if r == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+
+def open_cache(path) -> "Cache":
+    """Open and check a cache file (see :class:`Cache`)."""
+    return Cache(path)
+
+
+class Cache:
+    """A checked, read-only cache. Use as a context manager or call :meth:`close`.
+
+    Opening refuses (with :class:`~embedcache.errors.CacheError`) a missing
+    file, a file that is not HDF5 or is truncated, another HDF5 file, a newer
+    major format version, an incomplete cache (``complete`` false, or a journal
+    of an unfinished extraction beside it) and inconsistent row counts.
+    """
+
+    def __init__(self, path) -> None:
+        self.path = Path(path)
+        self._file: h5py.File | None = None
+        journal = Journal(self.path)
+        if not self.path.exists():
+            if journal.exists():
+                raise CacheError(RESUMABLE_MSG.format(path=self.path, **_journal_progress(journal)))
+            raise CacheError(MISSING_MSG.format(path=self.path))
+        if not h5py.is_hdf5(self.path):
+            raise CacheError(NOT_HDF5_MSG.format(path=self.path))
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as err:
+            raise CacheError(CORRUPT_MSG.format(path=self.path, error=_short(err))) from err
+        try:
+            self._check(journal)
+        except BaseException:
+            self.close()
+            raise
+
+    def _check(self, journal: Journal) -> None:
+        f = self._file
+        found = schema.decode_attr(f.attrs.get(schema.FORMAT_NAME_ATTR))
+        if found != schema.FORMAT_NAME:
+            raise CacheError(
+                schema.NOT_EMBEDCACHE_MSG.format(path=self.path, attr=schema.FORMAT_NAME_ATTR, found=found)
+            )
+        schema.check_format_version(f.attrs.get(schema.FORMAT_VERSION_ATTR), self.path)
+        if not bool(schema.decode_attr(f.attrs.get(schema.COMPLETE_ATTR, False))):
+            raise CacheError(MARKED_INCOMPLETE_MSG.format(path=self.path))
+        if journal.exists():
+            raise CacheError(
+                UNFINISHED_OVERWRITE_MSG.format(path=self.path, journal=journal.dir, **_journal_progress(journal))
+            )
+        for key in (schema.FEATURES, schema.LABELS, schema.SAMPLE_ID, schema.SPLIT, schema.SENSITIVE_GROUP):
+            if key not in f:
+                raise CacheError(MISSING_KEY_MSG.format(path=self.path, key=key))
+        n = int(schema.decode_attr(f.attrs[schema.N_ROWS_ATTR]))
+        keys = [schema.FEATURES, schema.LABELS, schema.SAMPLE_ID, schema.SPLIT]
+        keys += [f"{schema.SENSITIVE_GROUP}/{name}" for name in f[schema.SENSITIVE_GROUP]]
+        for key in keys:
+            if f[key].shape[0] != n:
+                raise CacheError(BAD_SHAPE_MSG.format(path=self.path, key=key, got=f[key].shape[0], n=n))
+        self.n_rows = n
+
+    # --- context manager --------------------------------------------------------------
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> "Cache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._file is None else f"{self.n_rows} rows x {self.feature_dim}"
+        return f"<embedcache.Cache '{self.path}' {state}>"
+
+    @property
+    def _f(self) -> h5py.File:
+        if self._file is None:
+            raise CacheError(f"cache '{self.path}' is closed; open it again with embedcache.open(path)")
+        return self._file
+
+    # --- metadata -------------------------------------------------------------------------
+    @property
+    def feature_dim(self) -> int:
+        return int(self._f[schema.FEATURES].shape[1])
+
+    @property
+    def feature_dtype(self) -> str:
+        return self._f[schema.FEATURES].dtype.name
+
+    @property
+    def splits(self) -> list[str]:
+        """Split names present, in stored order (train, valid, test first)."""
+        return list(schema.decode_attr(self._f[schema.SPLIT].attrs[schema.CATEGORIES_ATTR]))
+
+    @property
+    def label_name(self) -> str:
+        return str(schema.decode_attr(self._f[schema.LABELS].attrs[schema.LABEL_NAME_DSET_ATTR]))
+
+    @property
+    def label_categories(self) -> list[str]:
+        return list(schema.decode_attr(self._f[schema.LABELS].attrs[schema.CATEGORIES_ATTR]))
+
+    @property
+    def sensitive_names(self) -> list[str]:
+        return list(self._f[schema.SENSITIVE_GROUP].keys())
+
+    @property
+    def feature_columns(self) -> list[str] | None:
+        value = self._f[schema.FEATURES].attrs.get(schema.FEATURE_COLUMNS_ATTR)
+        return None if value is None else list(schema.decode_attr(value))
+
+    def categories(self, name: str) -> list[str]:
+        """Category names of a sensitive attribute, of the label (its name) or of ``"split"``."""
+        if name in self._f[schema.SENSITIVE_GROUP]:
+            return list(schema.decode_attr(self._f[schema.SENSITIVE_GROUP][name].attrs[schema.CATEGORIES_ATTR]))
+        if name == self.label_name:
+            return self.label_categories
+        if name == schema.SPLIT:
+            return self.splits
+        available = ", ".join([*self.sensitive_names, self.label_name, schema.SPLIT])
+        raise DataError(UNKNOWN_CATEGORY_FIELD_MSG.format(path=self.path, name=name, available=available))
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """All root attributes as plain values (JSON attributes decoded)."""
+        out = {}
+        for key, value in self._f.attrs.items():
+            value = schema.decode_attr(value)
+            if key in schema.JSON_ATTRS and isinstance(value, str):
+                value = json.loads(value)
+            out[key] = value
+        return dict(sorted(out.items()))
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return schema.identity_of(self._f.attrs)
+
+    @property
+    def fingerprint(self) -> str:
+        """The dataset fingerprint (sha256 of ids, labels, attributes and splits)."""
+        return str(schema.decode_attr(self._f.attrs[schema.DATASET_FINGERPRINT_ATTR]))
+
+    # --- data ----------------------------------------------------------------------------
+    def _split_codes(self) -> np.ndarray:
+        return self._f[schema.SPLIT][()]
+
+    def rows_of(self, splits: str | Sequence[str] | None = None) -> np.ndarray:
+        """Sorted row numbers of the given split(s); all rows for None."""
+        if splits is None:
+            return np.arange(self.n_rows, dtype=np.int64)
+        wanted = [splits] if isinstance(splits, str) else list(splits)
+        names = self.splits
+        for name in wanted:
+            if name not in names:
+                raise DataError(UNKNOWN_SPLIT_MSG.format(path=self.path, name=name, available=", ".join(names)))
+        codes = [names.index(name) for name in wanted]
+        return np.flatnonzero(np.isin(self._split_codes(), codes)).astype(np.int64)
+
+    def load(
+        self,
+        splits: str | Sequence[str] | None = None,
+        *,
+        sensitive: str | Sequence[str] | None = None,
+        as_: str = "numpy",
+        device: str = "cpu",
+        dtype: Any = None,
+    ) -> CacheData:
+        """Read the rows of some splits.
+
+        Parameters
+        ----------
+        splits : str or list of str, optional
+            Split name(s); None reads every row.
+        sensitive : str or list of str, optional
+            Sensitive attributes to return; None returns all.
+        as_ : {"numpy", "torch"}
+            Array type of features, labels and codes.
+        device : str, default "cpu"
+            Torch device (``as_="torch"`` only).
+        dtype : numpy or torch dtype name, optional
+            Convert the features (e.g. ``"float32"`` for a float16 cache).
+
+        Returns
+        -------
+        CacheData
+            Only the requested rows are read from /features: contiguous runs
+            are read as slices, scattered rows block by block.
+        """
+        if as_ not in ("numpy", "torch"):
+            raise DataError(BAD_AS_MSG.format(value=as_))
+        rows = self.rows_of(splits)
+        if sensitive is None:
+            names = self.sensitive_names
+        else:
+            names = [sensitive] if isinstance(sensitive, str) else list(sensitive)
+            for name in names:
+                if name not in self._f[schema.SENSITIVE_GROUP]:
+                    raise DataError(
+                        UNKNOWN_ATTRIBUTE_MSG.format(
+                            path=self.path, name=name, available=", ".join(self.sensitive_names)
+                        )
+                    )
+        try:
+            features = read_rows(self._f[schema.FEATURES], rows)
+            labels = self._f[schema.LABELS][()][rows]
+            codes = {name: self._f[schema.SENSITIVE_GROUP][name][()][rows] for name in names}
+            sample_ids = self._f[schema.SAMPLE_ID].asstr()[()][rows].astype(object)
+        except OSError as err:  # a file cut short past its header fails only here
+            raise CacheError(CORRUPT_MSG.format(path=self.path, error=_short(err))) from err
+        split_names = np.asarray(self.splits, dtype=object)[self._split_codes()[rows]]
+        if dtype is not None and as_ == "numpy":
+            features = features.astype(np.dtype(dtype), copy=False)
+        if as_ == "torch":
+            import torch
+
+            to = {"device": device}
+            features = torch.from_numpy(features).to(**to)
+            if dtype is not None:
+                features = features.to(getattr(torch, str(dtype).replace("torch.", "")))
+            labels = torch.from_numpy(labels).to(**to)
+            codes = {name: torch.from_numpy(c).to(**to) for name, c in codes.items()}
+        return CacheData(
+            features=features, labels=labels, sensitive=codes, sample_ids=sample_ids, split=split_names, rows=rows
+        )
+
+    def count_table(self) -> CountTable:
+        """Counts by split x group x label (groups = combinations of all sensitive attributes)."""
+        names = self.sensitive_names
+        columns = [self._f[schema.SENSITIVE_GROUP][name][()] for name in names]
+        stacked = np.stack(columns, axis=1)
+        combos, group_index = np.unique(stacked, axis=0, return_inverse=True)
+        group_index = group_index.reshape(-1)
+        categories = {name: self.categories(name) for name in names}
+        groups = [
+            ", ".join(f"{name}={categories[name][code]}" for name, code in zip(names, combo)) for combo in combos
+        ]
+        splits, labels = self._split_codes(), self._f[schema.LABELS][()]
+        n_labels = len(self.label_categories)
+        counts = np.zeros((len(self.splits), len(groups), n_labels), dtype=np.int64)
+        np.add.at(counts, (splits.astype(np.int64), group_index, labels), 1)
+        return CountTable(
+            splits=self.splits,
+            groups=groups,
+            label_name=self.label_name,
+            label_categories=self.label_categories,
+            counts=counts,
+        )
+
+
+def existing_cache_matches(path, identity: dict[str, Any]) -> bool:
+    """True if ``path`` is a complete cache with exactly this identity; raise CacheError otherwise.
+
+    Writers call this before touching an existing output, so that a cache of
+    another backbone, weights or dataset is never silently replaced or mixed.
+    """
+    try:
+        with Cache(path) as cache:
+            found = cache.identity
+    except CacheError as err:
+        raise CacheError(EXISTING_NOT_CACHE_MSG.format(path=path, error=str(err))) from err
+    mismatch = schema.identity_mismatch(found, identity, path=path)
+    if mismatch:
+        raise CacheError(mismatch)
+    return True
+
+
+def read_rows(dset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """Read the given sorted rows of a 2-D dataset without reading the others.
+
+    Contiguous runs are read directly into the output; when the rows are
+    scattered (short runs), each block of ``READ_BLOCK_ROWS`` that holds some
+    of them is read once and the wanted rows picked out, which keeps the
+    number of HDF5 calls low.
+    """
+    out = np.empty((len(rows), dset.shape[1]), dtype=dset.dtype)
+    if len(rows) == 0:
+        return out
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = rows[np.r_[0, breaks]]
+    lengths = np.diff(np.r_[0, breaks, len(rows)])
+    if lengths.mean() >= schema.CHUNK_ROWS or len(starts) <= 16:
+        pos = 0
+        for start, length in zip(starts.tolist(), lengths.tolist()):
+            dset.read_direct(out, np.s_[start : start + length], np.s_[pos : pos + length])
+            pos += length
+        return out
+    blocks = rows // READ_BLOCK_ROWS
+    pos = 0
+    for block in np.unique(blocks).tolist():
+        wanted = rows[blocks == block]
+        first, last = int(wanted[0]), int(wanted[-1]) + 1
+        chunk = dset[first:last]
+        out[pos : pos + len(wanted)] = chunk[wanted - first]
+        pos += len(wanted)
+    return out
+
+
+def _journal_progress(journal: Journal) -> dict[str, Any]:
+    meta = journal.read_meta() or {}
+    total = meta.get("identity", {}).get(schema.N_ROWS_ATTR, "?")
+    return {"rows": journal.committed_rows(), "total": total}
+
+
+def _short(err: BaseException) -> str:
+    return " ".join(str(err).split())[:200]
