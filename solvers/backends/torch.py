@@ -247,7 +247,9 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
     converged = False
     lamW = None
     stall = 0
-    while it < max_iter:
+    passes = 0
+    while it < max_iter and passes < 4 * max_iter + 100:
+        passes += 1  # also counts working-set changes, which do not move (guards cycling)
         pg = proj(g)
         pg_inf = float(pg.abs().max())
         if pg_inf <= tol:
@@ -283,6 +285,12 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
                 ratios = torch.where(cand, slack / torch.where(cand, Ad, torch.ones_like(Ad)), torch.full_like(Ad, math.inf))
                 block = int(torch.argmin(ratios))
                 a_max = float(ratios[block])
+        if block is not None and a_max <= 0.0:
+            # degenerate: an active row (slack 0) blocks at once; add it without moving
+            W.append(block)
+            Q, R = basis()
+            S, Yl = [], []
+            continue
         a0 = 1.0 if S else min(1.0, 1.0 / max(pg_inf, 1e-300))
         alpha, f_new, gz_new, gdir_new = _line_search(obj, z, theta, Xd, direc, f, gd, a_max, a0, c2)
         if alpha <= 0.0:
