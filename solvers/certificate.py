@@ -141,8 +141,9 @@ def _sigmoid(z):
     return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
-def scores(X, coef, intercept) -> np.ndarray:
-    return x_dot(X, coef) + intercept
+def scores(X, coef, intercept, ops=None) -> np.ndarray:
+    xd = x_dot if ops is None else ops[0]
+    return xd(X, coef) + intercept
 
 
 def group_losses(z, y, sw, codes, n_cells) -> np.ndarray:
@@ -152,10 +153,11 @@ def group_losses(z, y, sw, codes, n_cells) -> np.ndarray:
     return num / den
 
 
-def smooth_gradient(X, y, sw, z, weights_per_sample):
+def smooth_gradient(X, y, sw, z, weights_per_sample, ops=None):
     """Gradient of ``sum_i q_i loss_i`` in (w, b) for per-sample weights q."""
     r = weights_per_sample * (_sigmoid(z) - y)
-    return np.concatenate([xt_dot(X, r), [r.sum()]])
+    xtd = xt_dot if ops is None else ops[1]
+    return np.concatenate([xtd(X, r), [r.sum()]])
 
 
 def _stationarity_with_penalty(grad_smooth, w, C, V, penalty, l1_ratio):
@@ -173,18 +175,19 @@ def _stationarity_with_penalty(grad_smooth, w, C, V, penalty, l1_ratio):
 
 
 def score_certificate_numbers(
-    problem, constraint, coef, intercept, multipliers, *, eps, C, penalty, l1_ratio, linear_form=None, cells=None
+    problem, constraint, coef, intercept, multipliers, *, eps, C, penalty, l1_ratio, linear_form=None, cells=None, ops=None
 ):
     """Return ``(objective, max_violation, stationarity)`` for a score-constrained head.
 
     ``multipliers`` follow the constraint's rows: linear form rows, or cells for
-    group-loss / minimax. ``None`` constraint means unconstrained.
+    group-loss / minimax. ``None`` constraint means unconstrained. ``ops`` replaces the
+    float64 numpy products ``(x_dot, xt_dot)`` (the torch backend passes its device ones).
     """
     X, y, sw = problem.X, problem.y, problem.sample_weight
     V = sw.sum()
     w = np.asarray(coef, dtype=np.float64).reshape(-1)
     b = float(intercept)
-    z = scores(X, w, b)
+    z = scores(X, w, b, ops)
     pen = penalty_value(w, C, V, penalty, l1_ratio)
     name = None if constraint is None else constraint.name
     lam = np.zeros(0) if multipliers is None else np.asarray(multipliers, dtype=np.float64)
@@ -195,7 +198,7 @@ def score_certificate_numbers(
         mu = np.maximum(lam, 0.0) if lam.size else np.eye(nc)[int(np.argmax(L))]
         cell_w = sw / np.bincount(codes, weights=sw, minlength=nc)[codes]
         q = cell_w * mu[codes]
-        grad = smooth_gradient(X, y, sw, z, q)
+        grad = smooth_gradient(X, y, sw, z, q, ops)
         stat = _stationarity_with_penalty(grad, w, C, V, penalty, l1_ratio)
         # optimality also needs the weight on non-maximal cells to vanish and sum(mu) = 1
         stat = max(stat, abs(mu.sum() - 1.0), float(np.max(mu * (L.max() - L))))
@@ -221,7 +224,7 @@ def score_certificate_numbers(
         if lam.size:
             extra = linear_form.A.T @ lam
             comp = float(np.max(np.abs(lam * gap)))
-    grad = smooth_gradient(X, y, sw, z, q) + extra
+    grad = smooth_gradient(X, y, sw, z, q, ops) + extra
     stat = _stationarity_with_penalty(grad, w, C, V, penalty, l1_ratio)
     neg = float(max(0.0, -lam.min())) if lam.size else 0.0
     return objective, viol, max(stat, comp, neg)

@@ -205,6 +205,20 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         -------
         self
         """
+        problem, constraint, backend = self._prepare(X, y, sensitive_features, sample_weight)
+        init = self._warm_init() if self.warm_start else None
+        eps = float(self.eps)
+        if constraint is not None and constraint.kind == "rate":
+            from .reductions import fit_rate_constraint
+
+            sol, cert = fit_rate_constraint(self, problem, constraint, eps=eps, backend=backend, init=init)
+        else:
+            sol, cert = _fit_score(self, problem, constraint, eps=eps, backend=backend, init=init)
+        self._set_fitted(sol, cert)
+        return self
+
+    def _prepare(self, X, y, sensitive_features, sample_weight):
+        """Validate everything; return ``(FairProblem, constraint or None, backend name)``."""
         validate_params(self)
         if self.penalty == "elasticnet" and self.l1_ratio is None:
             raise DataError("penalty='elasticnet' needs l1_ratio in [0, 1]; pass l1_ratio")
@@ -223,15 +237,9 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
             need_label_cells=bool(constraint is not None and constraint.needs_label_cells),
         )
         self.groups_ = list(problem.group_labels)
-        backend = self._resolve_backend(problem.n, problem.d, constraint)
-        init = self._warm_init() if self.warm_start else None
-        eps = float(self.eps)
-        if constraint is not None and constraint.kind == "rate":
-            from .reductions import fit_rate_constraint
+        return problem, constraint, self._resolve_backend(problem.n, problem.d, constraint)
 
-            sol, cert = fit_rate_constraint(self, problem, constraint, eps=eps, backend=backend, init=init)
-        else:
-            sol, cert = _fit_score(self, problem, constraint, eps=eps, backend=backend, init=init)
+    def _set_fitted(self, sol, cert):
         self.coef_ = np.asarray(sol.coef, dtype=np.float64).reshape(1, -1)
         self.intercept_ = np.array([float(sol.intercept)])
         self.n_iter_ = max(1, int(sol.n_iter))
@@ -239,7 +247,6 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         self.constraint_violation_ = float(cert.max_violation)
         self._solver_state = sol.state
         self._report(cert)
-        return self
 
     def _warm_init(self):
         state = getattr(self, "_solver_state", None)
@@ -297,12 +304,13 @@ def _problem_pieces(problem, constraint):
     return linear_form, cells
 
 
-def _fit_score(est, problem, constraint, *, eps, backend, init=None, pieces=None, model=None):
+def _fit_score(est, problem, constraint, *, eps, backend, init=None, pieces=None, model=None, design=None):
     """Dispatch a score (or unconstrained) fit; return ``(Solution, Certificate)``."""
     linear_form, cells = pieces if pieces is not None else _problem_pieces(problem, constraint)
     kw = dict(eps=eps, C=float(est.C), penalty=est.penalty, l1_ratio=est.l1_ratio,
               fit_intercept=est.fit_intercept, tol=float(est.tol), max_iter=int(est.max_iter))
     t0 = time.perf_counter()
+    ops = None
     if backend == "cvxpy":
         if model is not None:
             sol = model.solve(eps, tol=kw["tol"], max_iter=kw["max_iter"])
@@ -311,19 +319,23 @@ def _fit_score(est, problem, constraint, *, eps, backend, init=None, pieces=None
 
             sol = fit_cvxpy(problem, constraint, linear_form=linear_form, cells=cells, **kw)
     else:
-        from .backends.torch import fit_torch
+        from .backends.torch import Design, fit_torch, numpy_ops
 
-        sol = fit_torch(problem, constraint, linear_form=linear_form, cells=cells, device=est.device, init=init, **kw)
+        if design is None:
+            design = Design(problem.X, est.device, center=est.fit_intercept)
+        sol = fit_torch(problem, constraint, linear_form=linear_form, cells=cells, device=est.device, init=init,
+                        design=design, **kw)
+        ops = numpy_ops(design)
     wall = time.perf_counter() - t0
     cert = make_score_certificate(est, problem, constraint, sol, eps=eps, backend=backend,
-                                  linear_form=linear_form, cells=cells, wall=wall)
+                                  linear_form=linear_form, cells=cells, wall=wall, ops=ops)
     return sol, cert
 
 
-def make_score_certificate(est, problem, constraint, sol, *, eps, backend, linear_form, cells, wall):
+def make_score_certificate(est, problem, constraint, sol, *, eps, backend, linear_form, cells, wall, ops=None):
     obj, viol, stat = score_certificate_numbers(
         problem, constraint, sol.coef, sol.intercept, sol.multipliers, eps=eps, C=float(est.C),
-        penalty=est.penalty, l1_ratio=est.l1_ratio, linear_form=linear_form, cells=cells,
+        penalty=est.penalty, l1_ratio=est.l1_ratio, linear_form=linear_form, cells=cells, ops=ops,
     )
     status = sol.status
     tol = float(est.tol)

@@ -98,6 +98,21 @@ class Design:
         return th
 
 
+def numpy_ops(design: Design):
+    """``(x_dot, xt_dot)`` numpy-in/numpy-out products on the device (for certificates)."""
+    plain = Design.__new__(Design)
+    plain.__dict__.update(design.__dict__)
+    plain.mu = None
+
+    def xd(X, w):
+        return plain.mv(torch.as_tensor(np.asarray(w, dtype=np.float64), device=plain.device)).cpu().numpy()
+
+    def xtd(X, r):
+        return plain.rmv(torch.as_tensor(np.asarray(r, dtype=np.float64), device=plain.device)).cpu().numpy()
+
+    return xd, xtd
+
+
 def _softplus_neg(z, y):
     """log(1 + exp(-s z)) with s = 2y - 1, and its z-derivative sigmoid(z) - y."""
     sz = (2.0 * y - 1.0) * z
@@ -183,11 +198,11 @@ def _two_loop(g, S, Y):
 
 
 class _Result:
-    __slots__ = ("theta", "z", "working", "lam", "n_iter", "converged", "stationarity", "f")
+    __slots__ = ("theta", "z", "working", "lam", "n_iter", "converged", "stationarity", "f", "pairs")
 
 
 def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=1e-6, max_iter=1000,
-             memory=10, c2=0.3):
+             memory=10, c2=0.3, pairs=None):
     """Active-set L-BFGS for ``min obj`` s.t. ``A theta <= rhs``, coordinates in ``fixed`` held.
 
     ``A`` rows must have unit norm. Returns a ``_Result`` with multipliers for every row of A.
@@ -243,6 +258,13 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
     f, gz, gdir = obj.eval(z, theta)
     g = full_grad(gz, gdir)
     S, Yl = [], []
+    if pairs is not None and sorted(pairs[2]) == sorted(W):
+        # warm start along a path: curvature pairs from the previous solve stay valid
+        for s_, y_ in zip(pairs[0], pairs[1]):
+            s_, y_ = proj(s_.to(dev)), proj(y_.to(dev))
+            if float(torch.dot(s_, y_)) > 0:
+                S.append(s_)
+                Yl.append(y_)
     it = 0
     converged = False
     lamW = None
@@ -329,6 +351,7 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
     res = _Result()
     res.theta, res.z, res.working, res.lam, res.n_iter = theta, z, list(W), lam, it
     res.converged, res.stationarity, res.f = converged, float(proj(g).abs().max()), f
+    res.pairs = (list(S), list(Yl), list(W))
     return res
 
 
@@ -426,7 +449,9 @@ def fit_torch(problem, constraint, *, eps, C, penalty, l1_ratio, fit_intercept, 
         A[~torch.as_tensor(keep, device=dev)] = 0.0
     theta = design.to_centered(_tensor(theta0, dev))
     working = tuple(init.get("working", ())) if init else ()
-    res = minimize(design, obj, theta, A=A, rhs=rhs, fixed=fixed, working=working, tol=tol, max_iter=max_iter)
+    pairs = init.get("pairs") if init else None
+    res = minimize(design, obj, theta, A=A, rhs=rhs, fixed=fixed, working=working, tol=tol, max_iter=max_iter,
+                   pairs=pairs)
     th = design.from_centered(res.theta).cpu().numpy()
     lam = np.zeros(0)
     if A is not None:
@@ -434,7 +459,7 @@ def fit_torch(problem, constraint, *, eps, C, penalty, l1_ratio, fit_intercept, 
     status = "optimal" if res.converged else "max_iter"
     return Solution(coef=th[:d].copy(), intercept=float(th[d]), multipliers=lam, status=status,
                     solver="active-set-lbfgs", n_iter=res.n_iter, wall_time=time.perf_counter() - t0,
-                    notes=[], state={"theta": th, "working": res.working})
+                    notes=[], state={"theta": th, "working": res.working, "pairs": res.pairs})
 
 
 def _start_theta(problem, fit_intercept, init, linear_form, eps, d):
@@ -447,8 +472,25 @@ def _start_theta(problem, fit_intercept, init, linear_form, eps, d):
     if not init or "theta" not in init:
         return base
     th = np.asarray(init["theta"], dtype=np.float64)[: d + 1].copy()
+    if init.get("prev") is not None and init.get("eps") is not None:
+        # along a path: extrapolate the last two heads linearly in eps (same active set -> smooth)
+        th_prev, eps_prev = init["prev"]
+        de = float(init["eps"]) - float(eps_prev)
+        if de != 0.0 and len(th_prev) >= d + 1:
+            th = th + (th - np.asarray(th_prev, dtype=np.float64)[: d + 1]) * (float(eps) - float(init["eps"])) / de
     if not fit_intercept:
         th[d] = 0.0
+    if linear_form is not None and init.get("working"):
+        # move the previous active rows onto the new bound with the least change of theta
+        Wp = [k for k in init["working"] if k < linear_form.A.shape[0]]
+        if Wp:
+            AW = linear_form.A[Wp]
+            resid = AW @ th - (eps + linear_form.c0[Wp])
+            corr, *_ = np.linalg.lstsq(AW @ AW.T, resid, rcond=None)
+            th2 = th - AW.T @ corr
+            if fit_intercept or abs(th2[d]) < 1e-300:
+                if np.all(linear_form.A @ th2 <= eps + linear_form.c0 + 1e-12):
+                    return th2
     if linear_form is not None:
         Aw = linear_form.A[:, :d] @ th[:d]
         rest = linear_form.A[:, d] * th[d]

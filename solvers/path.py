@@ -1,0 +1,85 @@
+"""A sweep over ``eps`` with warm starts.
+
+* cvxpy: the problem is built once with ``eps`` as a ``cp.Parameter`` and re-solved (DPP).
+* torch (score constraints): each point starts from the previous head, shrunk toward
+  ``w = 0`` until it is feasible for the new bound, with the previous working set; the
+  design (``X`` on the device) and the constraint rows are built once.
+* rate constraints: each point restarts the multiplier search from the previous head and
+  multipliers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import clone
+
+from .estimator import FairLogisticRegression, _fit_score, _problem_pieces
+
+
+def fit_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, **estimator_params):
+    """Fit one head per ``eps`` in ``eps_grid`` (in the given order), warm-starting each.
+
+    Parameters
+    ----------
+    X, y, sensitive_features, sample_weight : as in :meth:`FairLogisticRegression.fit`.
+    eps_grid : sequence of float
+    **estimator_params : parameters of :class:`FairLogisticRegression` (``eps`` is ignored).
+
+    Returns
+    -------
+    list of FairLogisticRegression
+        Fitted heads, one per ``eps`` (each with its own ``certificate_``).
+    """
+    estimator_params.pop("eps", None)
+    base = FairLogisticRegression(**estimator_params)
+    grid = [float(e) for e in eps_grid]
+    if not grid:
+        return []
+    base.set_params(eps=grid[0])
+    problem, constraint, backend = base._prepare(X, y, sensitive_features, sample_weight)
+    heads = []
+    state = None
+    if constraint is not None and constraint.kind == "rate":
+        from .reductions import fit_rate_constraint
+
+        for e in grid:
+            est = _fresh(base, e)
+            sol, cert = fit_rate_constraint(est, problem, constraint, eps=e, backend=backend, init=state)
+            est._set_fitted(sol, cert)
+            state = sol.state
+            heads.append(est)
+        return heads
+    pieces = _problem_pieces(problem, constraint)
+    model = design = None
+    if backend == "cvxpy":
+        from .backends.cvxpy import CvxpyModel
+
+        model = CvxpyModel(problem, constraint, C=float(base.C), penalty=base.penalty, l1_ratio=base.l1_ratio,
+                           fit_intercept=base.fit_intercept, linear_form=pieces[0], cells=pieces[1])
+    else:
+        from .backends.torch import Design
+
+        design = Design(problem.X, base.device, center=base.fit_intercept)
+    for e in grid:
+        est = _fresh(base, e)
+        sol, cert = _fit_score(est, problem, constraint, eps=e, backend=backend, init=state, pieces=pieces,
+                               model=model, design=design)
+        est._set_fitted(sol, cert)
+        prev = state
+        state = dict(sol.state)
+        state["eps"] = e
+        if prev is not None and "theta" in prev and sorted(prev.get("working", ())) == sorted(state.get("working", ())):
+            state["prev"] = (prev["theta"], prev["eps"])
+        heads.append(est)
+    return heads
+
+
+def _fresh(base, eps):
+    est = clone(base).set_params(eps=eps)
+    for attr in ("classes_", "n_features_in_", "groups_", "feature_names_in_"):
+        if hasattr(base, attr):
+            setattr(est, attr, getattr(base, attr))
+    return est
+
+
+__all__ = ["fit_path"]
