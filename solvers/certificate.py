@@ -160,22 +160,25 @@ def smooth_gradient(X, y, sw, z, weights_per_sample, ops=None):
     return np.concatenate([xtd(X, r), [r.sum()]])
 
 
-def _stationarity_with_penalty(grad_smooth, w, C, V, penalty, l1_ratio):
-    """Inf-norm of the (sub)gradient residual including the penalty."""
+def _stationarity_with_penalty(grad_smooth, w, C, V, penalty, l1_ratio, fit_intercept=True):
+    """Inf-norm of the (sub)gradient residual including the penalty (b held at 0: not counted)."""
     g = grad_smooth.copy()
+    if not fit_intercept:
+        g[-1] = 0.0
     g[:-1] += _l2_coef(C, V, penalty, l1_ratio) * w
     lam1 = _l1_coef(C, V, penalty, l1_ratio)
     if lam1 > 0:
         gw = g[:-1]
+        zero = np.abs(w) <= 1e-7 * max(1.0, float(np.abs(w).max(initial=0.0)))  # interior-point zeros
         res = np.where(
-            w > 0, gw + lam1, np.where(w < 0, gw - lam1, np.maximum(np.abs(gw) - lam1, 0.0))
+            zero, np.maximum(np.abs(gw) - lam1, 0.0), np.where(w > 0, gw + lam1, gw - lam1)
         )
         g = np.concatenate([res, g[-1:]])
     return float(np.max(np.abs(g)))
 
 
 def score_certificate_numbers(
-    problem, constraint, coef, intercept, multipliers, *, eps, C, penalty, l1_ratio, linear_form=None, cells=None, ops=None
+    problem, constraint, coef, intercept, multipliers, *, eps, C, penalty, l1_ratio, linear_form=None, cells=None, ops=None, fit_intercept=True
 ):
     """Return ``(objective, max_violation, stationarity)`` for a score-constrained head.
 
@@ -199,7 +202,7 @@ def score_certificate_numbers(
         cell_w = sw / np.bincount(codes, weights=sw, minlength=nc)[codes]
         q = cell_w * mu[codes]
         grad = smooth_gradient(X, y, sw, z, q, ops)
-        stat = _stationarity_with_penalty(grad, w, C, V, penalty, l1_ratio)
+        stat = _stationarity_with_penalty(grad, w, C, V, penalty, l1_ratio, fit_intercept)
         # optimality also needs the weight on non-maximal cells to vanish and sum(mu) = 1
         stat = max(stat, abs(mu.sum() - 1.0), float(np.max(mu * (L.max() - L))))
         return objective, 0.0, stat
@@ -225,6 +228,6 @@ def score_certificate_numbers(
             extra = linear_form.A.T @ lam
             comp = float(np.max(np.abs(lam * gap)))
     grad = smooth_gradient(X, y, sw, z, q, ops) + extra
-    stat = _stationarity_with_penalty(grad, w, C, V, penalty, l1_ratio)
+    stat = _stationarity_with_penalty(grad, w, C, V, penalty, l1_ratio, fit_intercept)
     neg = float(max(0.0, -lam.min())) if lam.size else 0.0
     return objective, viol, max(stat, comp, neg)
