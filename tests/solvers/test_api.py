@@ -1,0 +1,173 @@
+"""Estimator API: groups, balance, errors, persistence, paths, cvxpy re-solves, import boundary."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from solvers import FairLogisticRegression, fit_path, load_head, save_head
+from solvers.certificate import Certificate
+from solvers.errors import DataError, InfeasibleConstraintError
+from solvers.problem import build_problem, encode_groups
+from solvers.synthetic import make_fair_classification
+
+REPO = Path(__file__).resolve().parents[2]
+OBJ_RTOL = 1e-6  # re-solve vs fresh solve: same solver, same tolerance
+
+
+def test_intersectional_codes_from_dict_2d_and_frame():
+    pd = pytest.importorskip("pandas")
+    a = np.array(["f", "m", "f", "m"])
+    b = np.array([0, 0, 1, 1])
+    c1, l1, _ = encode_groups({"sex": a, "age": b}, 4)
+    c2, l2, _ = encode_groups(np.column_stack([a, b.astype(str)]), 4)
+    c3, l3, _ = encode_groups(pd.DataFrame({"sex": a, "age": b}), 4)
+    assert l1 == (("f", 0), ("f", 1), ("m", 0), ("m", 1)) == l3
+    np.testing.assert_array_equal(c1, c2)
+    np.testing.assert_array_equal(c1, c3)
+
+
+@pytest.mark.parametrize("balance", ["group", "label-group"])
+def test_balance_gives_equal_totals(small_problem, balance):
+    X, y, a = small_problem
+    p = build_problem(X, y, a, None, balance=balance)
+    cells = a if balance == "group" else a * 2 + y
+    totals = np.bincount(cells, weights=p.sample_weight)
+    np.testing.assert_allclose(totals, totals[0])
+    assert p.sample_weight.mean() == pytest.approx(1.0)
+
+
+def test_balance_changes_the_fit(small_problem):
+    X, y, a = small_problem
+    c0 = FairLogisticRegression(backend="torch").fit(X, y, sensitive_features=a)
+    c1 = FairLogisticRegression(backend="torch", balance="label-group").fit(X, y, sensitive_features=a)
+    assert not np.allclose(c0.coef_, c1.coef_)
+
+
+ERROR_CASES = [
+    dict(kw={}, fit=dict(sensitive_features=np.zeros(600)), match="only 1 group"),
+    dict(kw=dict(min_group_size=400), fit={}, match="fewer than min_group_size=400"),
+    dict(kw=dict(C=-1.0), fit={}, match="The 'C' parameter of FairLogisticRegression must be a float"),
+    dict(kw=dict(constraint="nope"), fit={}, match="'constraint' parameter"),
+    dict(kw=dict(balance="group"), fit=dict(sensitive_features=None), match="needs sensitive_features"),
+    dict(kw=dict(penalty="l1", backend="torch"), fit={}, match="backend='cvxpy' only"),
+]
+
+
+@pytest.mark.parametrize("case", ERROR_CASES, ids=[c["match"][:25] for c in ERROR_CASES])
+def test_clear_data_errors(small_problem, case):
+    X, y, a = small_problem
+    fit = dict(sensitive_features=a)
+    fit.update(case["fit"])
+    with pytest.raises(DataError, match=case["match"]):
+        FairLogisticRegression(**{"constraint": "dp-score", **case["kw"]}).fit(X, y, **fit)
+
+
+def test_non_binary_labels(small_problem):
+    X, _, a = small_problem
+    with pytest.raises(ValueError, match="exactly 2 classes"):
+        FairLogisticRegression().fit(X, np.arange(X.shape[0]) % 3)
+
+
+@pytest.mark.parametrize("backend", ["cvxpy", "torch"])
+def test_group_loss_infeasible_raises(small_problem, backend):
+    X, y, a = small_problem
+    with pytest.raises(InfeasibleConstraintError, match="infeasible .*smallest reachable"):
+        FairLogisticRegression(constraint="group-loss", eps=0.05, backend=backend).fit(X, y, sensitive_features=a)
+
+
+def test_string_classes_and_pipeline(small_problem):
+    X, y, a = small_problem
+    labels = np.where(y == 1, "yes", "no")
+    pipe = make_pipeline(StandardScaler(), FairLogisticRegression(backend="torch"))
+    pipe.fit(X, labels)
+    assert set(pipe.predict(X)) <= {"yes", "no"}
+    clf = clone(FairLogisticRegression(constraint="dp", eps=0.1))
+    assert clf.get_params()["constraint"] == "dp"
+
+
+@pytest.mark.parametrize("suffix", [".json", ".npz"])
+def test_save_load_round_trip(tmp_path, small_problem, suffix):
+    X, y, a = small_problem
+    clf = FairLogisticRegression(constraint="eo-score", eps=0.03, backend="torch").fit(X, y, sensitive_features=a)
+    path = save_head(clf, tmp_path / f"head{suffix}", cache_fingerprint="sha256:abc", extra={"split": "train"})
+    back = load_head(path)
+    np.testing.assert_array_equal(back.decision_function(X), clf.decision_function(X))
+    np.testing.assert_array_equal(back.predict(X), clf.predict(X))
+    assert back.certificate_ == clf.certificate_
+    assert back.cache_fingerprint_ == "sha256:abc" and back.extra_ == {"split": "train"}
+    assert back.get_params() == clf.get_params()
+
+
+def test_save_rejects_other_suffix(tmp_path, small_problem):
+    X, y, a = small_problem
+    clf = FairLogisticRegression(backend="torch").fit(X, y)
+    with pytest.raises(DataError, match="must end in .json or .npz"):
+        save_head(clf, tmp_path / "head.pkl")
+
+
+def test_certificate_round_trip():
+    c = Certificate(backend="torch", solver="s", status="optimal", constraint="dp", eps=0.1, objective=0.3,
+                    max_violation=0.0, stationarity=1e-9, n_iter=3, wall_time=0.1, tol=1e-6, achieved_gap=0.05,
+                    eps_met=True, multipliers=(0.5,), notes=("n",))
+    assert Certificate.from_dict(c.to_dict()) == c
+
+
+@pytest.mark.parametrize("backend", ["cvxpy", "torch"])
+def test_fit_path_matches_fresh_fits(small_problem, backend):
+    X, y, a = small_problem
+    grid = [0.2, 0.1, 0.05, 0.0]
+    heads = fit_path(X, y, sensitive_features=a, eps_grid=grid, constraint="dp-score", backend=backend, tol=1e-10)
+    assert [h.eps for h in heads] == grid
+    for h, e in zip(heads, grid):
+        fresh = FairLogisticRegression(constraint="dp-score", eps=e, backend=backend, tol=1e-10)
+        fresh.fit(X, y, sensitive_features=a)
+        assert h.certificate_.objective == pytest.approx(fresh.certificate_.objective, rel=OBJ_RTOL)
+
+
+def test_fit_path_rate(embed_problem):
+    (X, y, a), _ = embed_problem
+    heads = fit_path(X, y, sensitive_features=a, eps_grid=[0.1, 0.05, 0.02], constraint="dp", backend="torch")
+    assert all(h.certificate_.eps_met for h in heads)
+
+
+def test_cvxpy_model_is_dpp_and_resolve_matches(small_problem):
+    from solvers.backends.cvxpy import CvxpyModel
+    from solvers.constraints import DemographicParityScore, GroupLoss
+
+    X, y, a = small_problem
+    p = build_problem(X, y.astype(float), a, None)
+    c = DemographicParityScore()
+    lf = c.linear_form(p.X, p.y, p.groups, p.sample_weight, p.group_labels)
+    model = CvxpyModel(p, c, C=1.0, penalty="l2", l1_ratio=None, fit_intercept=True, linear_form=lf)
+    assert model.is_dpp()
+    model.solve(0.2)
+    again = model.solve(0.01)
+    fresh = CvxpyModel(p, c, C=1.0, penalty="l2", l1_ratio=None, fit_intercept=True, linear_form=lf).solve(0.01)
+    np.testing.assert_allclose(again.coef, fresh.coef, atol=1e-6)
+    gl = CvxpyModel(p, GroupLoss(), C=1.0, penalty="l2", l1_ratio=None, fit_intercept=True, cells=(a, 2))
+    assert gl.is_dpp()
+
+
+def test_warm_start_reuses_solution(small_problem):
+    X, y, a = small_problem
+    clf = FairLogisticRegression(constraint="dp-score", eps=0.05, backend="torch", warm_start=True, tol=1e-10)
+    clf.fit(X, y, sensitive_features=a)
+    n_cold = clf.n_iter_
+    clf.fit(X, y, sensitive_features=a)
+    assert clf.n_iter_ < n_cold
+
+
+def test_import_boundary():
+    code = (
+        "import sys, solvers; solvers.FairLogisticRegression; "
+        "bad = [m for m in ('torchvision', 'embedcache', 'cvxpy', 'torch') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -1,0 +1,87 @@
+"""Metrics match fairlearn's on the same predictions."""
+
+import numpy as np
+import pytest
+from fairlearn import metrics as flm
+from sklearn.metrics import roc_auc_score
+
+from solvers import metrics
+
+# both compute the same ratios of counts in float64
+ATOL = 1e-12
+
+
+@pytest.fixture(scope="module")
+def preds():
+    rng = np.random.default_rng(0)
+    n = 500
+    a = rng.choice(["f", "m", "x"], size=n, p=[0.4, 0.5, 0.1])
+    b = rng.integers(0, 2, n)
+    y = rng.integers(0, 2, n)
+    s = rng.random(n) * 0.6 + 0.4 * y
+    yhat = (s > 0.5).astype(int)
+    w = rng.uniform(0.5, 2.0, n)
+    return y, yhat, s, a, b, w
+
+
+PAIRS = [
+    ("demographic_parity_difference", flm.demographic_parity_difference),
+    ("demographic_parity_ratio", flm.demographic_parity_ratio),
+    ("equalized_odds_difference", flm.equalized_odds_difference),
+    ("equalized_odds_ratio", flm.equalized_odds_ratio),
+    ("equal_opportunity_difference", flm.equal_opportunity_difference),
+]
+
+
+@pytest.mark.parametrize("name,ref", PAIRS, ids=[p[0] for p in PAIRS])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("intersectional", [False, True])
+def test_group_metrics_match_fairlearn(preds, name, ref, weighted, intersectional):
+    y, yhat, _, a, b, w = preds
+    sf = np.column_stack([a, b.astype(str)]) if intersectional else a
+    sw = w if weighted else None
+    ours = getattr(metrics, name)(y, yhat, sensitive_features=sf, sample_weight=sw)
+    theirs = ref(y, yhat, sensitive_features=sf, sample_weight=sw)
+    assert ours == pytest.approx(theirs, abs=ATOL)
+
+
+def test_rates_match_fairlearn(preds):
+    y, yhat, _, a, _, w = preds
+    for name in ("selection_rate", "true_positive_rate", "false_positive_rate", "false_negative_rate"):
+        assert getattr(metrics, name)(y, yhat, sample_weight=w) == pytest.approx(
+            getattr(flm, name)(y, yhat, sample_weight=w), abs=ATOL)
+
+
+def test_by_group_matches_metricframe(preds):
+    y, yhat, _, a, _, _ = preds
+    mf = flm.MetricFrame(metrics={"selection_rate": flm.selection_rate, "true_positive_rate": flm.true_positive_rate,
+                                  "false_positive_rate": flm.false_positive_rate},
+                         y_true=y, y_pred=yhat, sensitive_features=a)
+    table = metrics.by_group(y, yhat, sensitive_features=a)
+    for g in ("f", "m", "x"):
+        for k in ("selection_rate", "true_positive_rate", "false_positive_rate"):
+            assert table.by_group[g][k] == pytest.approx(mf.by_group.loc[g, k], abs=ATOL)
+    assert table.difference()["selection_rate"] == pytest.approx(mf.difference()["selection_rate"], abs=ATOL)
+    assert list(table.to_frame().index) == ["f", "m", "x"]
+
+
+def test_accuracy_equality_and_worst_group(preds):
+    y, yhat, _, a, _, _ = preds
+    mf = flm.MetricFrame(metrics=lambda t, p: np.mean(t == p), y_true=y, y_pred=yhat, sensitive_features=a)
+    assert metrics.accuracy_equality_difference(y, yhat, sensitive_features=a) == pytest.approx(mf.difference(), abs=ATOL)
+    cells = [np.mean(yhat[(a == g) & (y == c)] == c) for g in ("f", "m", "x") for c in (0, 1)]
+    assert metrics.worst_group_accuracy(y, yhat, sensitive_features=a) == pytest.approx(min(cells), abs=ATOL)
+
+
+def test_auc_ece_and_evaluate(preds):
+    y, yhat, s, a, _, w = preds
+    assert metrics.roc_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=ATOL)
+    assert metrics.roc_auc(y, s, sample_weight=w) == pytest.approx(roc_auc_score(y, s, sample_weight=w), abs=1e-10)
+    perfect = metrics.expected_calibration_error(np.array([0, 1, 1, 0]), np.array([0.0, 1.0, 1.0, 0.0]))
+    assert perfect == 0.0
+    out = metrics.evaluate(y, yhat, sensitive_features=a, y_score=s)
+    assert set(out) >= {"accuracy", "balanced_accuracy", "roc_auc", "demographic_parity_difference",
+                        "equalized_odds_difference", "worst_group_accuracy", "expected_calibration_error"}
+    assert all(isinstance(v, float) for v in out.values())
+    lo, hi = metrics.bootstrap_ci(metrics.demographic_parity_difference, y, yhat, sensitive_features=a, n_boot=50)
+    assert lo <= out["demographic_parity_difference"] <= hi
