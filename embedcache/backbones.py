@@ -19,6 +19,7 @@ import hashlib
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -433,7 +434,10 @@ def load_state_dict_file(path) -> tuple[dict[str, torch.Tensor], str]:
     if not path.is_file():
         raise BackboneError(MISSING_WEIGHTS_FILE_MSG.format(path=path))
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # a plain pickle makes torch warn about its protocol before refusing it; we raise our own error
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "weights only" in str(err).lower() or "weights_only" in str(err).lower():
             raise BackboneError(UNSAFE_PICKLE_MSG.format(path=path)) from err

@@ -222,6 +222,15 @@ def _sort_key(value: str):
         return (1, 0.0, value)
 
 
+def _canonical_number(text: str) -> str:
+    """"2.0" and "2" are one category; other text is kept as written."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if number.is_integer() else text
+
+
 def encode_categorical(values: Sequence[Any], *, name: str, kind: str) -> tuple[np.ndarray, tuple[str, ...]]:
     """Turn raw column values into int64 codes and sorted category names.
 
@@ -243,7 +252,7 @@ def encode_categorical(values: Sequence[Any], *, name: str, kind: str) -> tuple[
         text = str(value).strip()
         if text == "":
             raise DataError(MISSING_VALUE_MSG.format(kind=kind, name=name, row=row))
-        as_text.append(text)
+        as_text.append(_canonical_number(text))
     categories = tuple(sorted(set(as_text), key=_sort_key))
     lookup = {c: k for k, c in enumerate(categories)}
     codes = np.fromiter((lookup[t] for t in as_text), dtype=np.int64, count=len(as_text))
