@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._linalg import x_dot
@@ -25,7 +25,7 @@ from .problem import build_problem
 AUTO_CVXPY_MAX_SIZE = 200_000
 
 MSG_NOT_BINARY = (
-    "FairLogisticRegression is a binary classifier; y has {k} class(es) {classes}; "
+    "Only binary classification is supported. The type of the target is {kind}: y has {k} class(es) {classes}; "
     "pass labels with exactly 2 classes"
 )
 MSG_NOT_CONVERGED = (
@@ -226,7 +226,9 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         self.classes_ = np.unique(y)
         if self.classes_.shape[0] != 2:
-            raise DataError(MSG_NOT_BINARY.format(k=self.classes_.shape[0], classes=list(self.classes_)))
+            kind = type_of_target(y, input_name="y")
+            raise DataError(MSG_NOT_BINARY.format(kind=kind, k=self.classes_.shape[0],
+                                                  classes=[c.item() if hasattr(c, "item") else c for c in self.classes_]))
         y01 = (y == self.classes_[1]).astype(np.float64)
         constraint = make_constraint(self.constraint)
         if sensitive_features is None:
@@ -343,7 +345,10 @@ def make_score_certificate(est, problem, constraint, sol, *, eps, backend, linea
     # the reference solvers stop on their own criteria; judge both backends by ours, loosely
     # for cvxpy (interior point duals are accurate to ~sqrt of its gap tolerance)
     accept = tol if backend == "torch" else max(tol, 1e-5)
-    if status == "optimal" and (viol > max(accept, 1e-9) or stat > 10 * accept):
+    # interior-point duals leave KKT residuals ~sqrt(gap) on ill-conditioned data, so cvxpy heads are
+    # judged by the solver's own gap certificate plus our violation check; torch heads by both
+    stat_bad = backend == "torch" and stat > 10 * accept
+    if status == "optimal" and (viol > max(accept, 1e-9) or stat_bad):
         status = "optimal_inaccurate"
     name = None if constraint is None else constraint.name
     cert = Certificate(

@@ -45,7 +45,10 @@ MSG_Y_BINARY = (
     "y must have exactly 2 classes for a binary head; got {k} class(es): {classes}"
 )
 MSG_SW_SHAPE = "sample_weight has shape {got}; expected ({n},) with one weight per sample"
-MSG_SW_NEG = "sample_weight must be finite and non-negative with a positive sum; got min={mn}, sum={s}"
+MSG_SW_NEG = (
+    "sample_weight must be finite and non-negative with a positive sum (all-zero weights are not allowed); "
+    "got min={mn}, sum={s}"
+)
 MSG_BALANCE = "balance must be one of None, 'group', 'label-group'; got {got!r}"
 MSG_BALANCE_NO_GROUPS = "balance={balance!r} needs sensitive_features; pass sensitive_features or set balance=None"
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -49,7 +50,10 @@ class Design:
     _CHUNK = 8192
 
     def __init__(self, X: np.ndarray, device="cpu", center=True):
-        Xt = torch.from_numpy(np.ascontiguousarray(X))
+        with warnings.catch_warnings():
+            # read-only arrays (memmaps, caches) are shared without a copy; X is never written
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            Xt = torch.from_numpy(np.ascontiguousarray(X))
         self.X = Xt.to(device) if str(device) != "cpu" else Xt
         self.device = self.X.device
         self.n, self.d = X.shape
@@ -250,6 +254,14 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
         return Q, R
 
     Q, R = basis()
+    mu = design.mu
+
+    def stat_measure(pg):
+        """inf-norm of the projected gradient in the original (uncentred) coordinates."""
+        if mu is None:
+            return float(pg.abs().max())
+        gw = pg[:d] + mu * pg[d]
+        return max(float(gw.abs().max()), float(pg[d:].abs().max()))
 
     def proj(v):
         return v if Q is None else v - Q @ (Q.t() @ v)
@@ -273,7 +285,7 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
     while it < max_iter and passes < 4 * max_iter + 100:
         passes += 1  # also counts working-set changes, which do not move (guards cycling)
         pg = proj(g)
-        pg_inf = float(pg.abs().max())
+        pg_inf = stat_measure(pg)
         if pg_inf <= tol:
             if Q is None or not W:
                 converged = True
@@ -350,7 +362,7 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
         lam[W] = lam_all[len(fixed):]
     res = _Result()
     res.theta, res.z, res.working, res.lam, res.n_iter = theta, z, list(W), lam, it
-    res.converged, res.stationarity, res.f = converged, float(proj(g).abs().max()), f
+    res.converged, res.stationarity, res.f = converged, stat_measure(proj(g)), f
     res.pairs = (list(S), list(Yl), list(W))
     return res
 
