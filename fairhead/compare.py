@@ -91,7 +91,7 @@ def run_gridsearch(fit, arrays, *, constraint, grid, C, seed, **_):
         model = GridSearch(_logistic(C, seed), constraints=_moment(constraint, bound), grid_size=10)
         model.fit(fit.X, fit.y, sensitive_features=pipeline.sensitive_arg(fit))
         wall = time.perf_counter() - t0
-        best = model.predictor_
+        best = model.predictors_[model.best_idx_]
         yield HeadRecord(method="gridsearch", eps=bound, coef=best.coef_.ravel().tolist(),
                          intercept=float(best.intercept_[0]), certificate={},
                          metrics=evaluate_predictor(lambda a: best.decision_function(a.X),
@@ -104,8 +104,7 @@ def run_threshold(fit, arrays, *, constraint, C, seed, **_):
 
     target = FAMILY[constraint.name][1]
     if target is None:
-        warnings.warn(f"ThresholdOptimizer has no form of {constraint.name!r}; threshold baseline skipped",
-                      UserWarning, stacklevel=2)
+        print(f"skipped threshold: ThresholdOptimizer has no form of {constraint.name!r}")
         return
     t0 = time.perf_counter()
     model = ThresholdOptimizer(estimator=_logistic(C, seed), constraints=target,
@@ -213,4 +212,9 @@ def run_baselines(names, fit, arrays, *, constraint, grid, C, seed=0, progress=T
             continue
         if progress:
             print(f"baseline {name} ...", flush=True)
-        yield from RUNNERS[name](fit, arrays, constraint=constraint, grid=grid, C=C, seed=seed)
+        with warnings.catch_warnings():
+            # fairlearn's own pandas/sklearn deprecation notices are not the user's to fix
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            records = list(RUNNERS[name](fit, arrays, constraint=constraint, grid=grid, C=C, seed=seed))
+        yield from records

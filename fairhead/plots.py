@@ -66,7 +66,8 @@ def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "") -> dict[str,
                 gap = np.array([g.get(key, np.nan) for g in group], dtype=float)
                 acc = np.array([g["accuracy"] for g in group], dtype=float)
                 marker = MARKERS.get(_method_base(method), "x")
-                ax.plot(gap, acc, marker=marker, linestyle="-" if len(group) > 1 else "none",
+                # only fairhead's heads form a path (ordered by eps); baselines are separate points
+                ax.plot(gap, acc, marker=marker, linestyle="-" if method == "fairhead" else "none",
                         markersize=9 if marker == "*" else 5, alpha=0.8, label=method)
             gap = np.array([g.get(key, np.nan) for g in all_rows], dtype=float)
             acc = np.array([g["accuracy"] for g in all_rows], dtype=float)

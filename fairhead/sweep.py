@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,12 +235,16 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
             continue
         head.set_params(eps=float(eps) if np.isfinite(eps) else 0.0)
         t0 = time.perf_counter()
-        head.fit(fit.X, fit.y, sensitive_features=sens)
+        with warnings.catch_warnings(record=True) as caught:
+            # an unmet bound is recorded in the row (certificate + notes), not raised mid-sweep
+            warnings.simplefilter("always")
+            head.fit(fit.X, fit.y, sensitive_features=sens)
         wall = time.perf_counter() - t0
         rec = HeadRecord(
             method="fairhead", eps=eps_key, coef=head.coef_.ravel().tolist(),
             intercept=float(head.intercept_[0]), certificate=head.certificate_.to_dict(),
-            metrics=evaluate_predictor(scores(head), lambda a: head.predict(a.X), arrays, cons), wall_time=wall)
+            metrics=evaluate_predictor(scores(head), lambda a: head.predict(a.X), arrays, cons), wall_time=wall,
+            notes="; ".join(sorted({str(w.message) for w in caught})))
         records.append(rec)
         _append_progress(progress_path, key, rec)
         bar.set_postfix(eps=f"{eps:.4f}", fit_gap=f"{rec.metrics[fit_split]['constraint_value']:.4f}")

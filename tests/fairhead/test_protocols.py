@@ -23,8 +23,10 @@ def test_all_five_protocols_in_one_table(split_arrays, tmp_path):
     assert rows[("B1", "train")]["n"] == rows[("B1", "fine-tune")]["n"] == len(split_arrays["train"].y)
     assert rows[("M1", "fine-tune")]["n"] == len(split_arrays["valid"].y)
     # the constrained head meets its bound on its own fine-tune data and beats the unconstrained one there
-    assert rows[("M1", "fine-tune")]["eo_diff"] <= 0.05 + 1e-9
+    for protocol in ("M1", "M2"):
+        assert rows[(protocol, "fine-tune")]["own_value"] <= 0.05 + 1e-9
     assert rows[("M1", "fine-tune")]["eo_diff"] < rows[("B2", "fine-tune")]["eo_diff"]
+    assert rows[("M2", "fine-tune")]["eo_diff"] < rows[("B3", "fine-tune")]["eo_diff"]
     for g in ("a", "b"):
         assert 0.0 <= rows[("B1", "test")][f"FPR[{g}]"] <= 1.0
     assert (tmp_path / "protocols.csv").exists() and (tmp_path / "protocols.json").exists()

@@ -1,0 +1,102 @@
+"""Does a 20-point eps sweep cost at most 3x one cold solve on the same data?
+
+Measured side by side in one run, for each constraint:
+
+* ``cold``: one solve from scratch at a bound in the middle of the grid, the median of a few repeats;
+* ``path``: the 20 solves of the sweep, each warm-started from the previous head
+  (``FairLogisticRegression(warm_start=True)`` + ``set_params(eps=...)``, as ``fairhead sweep`` does);
+* ``sweep``: the whole ``fairhead.sweep.run_sweep`` (solves + evaluation on three splits + files).
+
+Prints ``path / cold`` (goal: at most 3) and writes ``bench_sweep.json``.
+
+    .venv/bin/python benchmarks/bench_sweep.py [--n 20000] [--d 512] [--constraints dp-score dp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fairhead import pipeline, provenance, sweep
+from fairhead.measure import constraint_value
+
+
+def synthetic_split(rng, n, d):
+    g = rng.integers(0, 2, n)
+    y = (rng.random(n) < np.where(g == 1, 0.65, 0.35)).astype(np.int64)
+    direction = rng.normal(size=d) / np.sqrt(d)
+    nuisance = rng.normal(size=d) / np.sqrt(d)
+    X = rng.normal(size=(n, d)) + 1.5 * np.outer(2 * y - 1, direction) + 1.0 * np.outer(2 * g - 1, nuisance)
+    return pipeline.SplitArrays(X=X.astype(np.float32), y=y, groups=g[:, None], attributes=("s",),
+                                categories={"s": ("0", "1")}, sample_ids=np.arange(n).astype(str))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=20000)
+    parser.add_argument("--d", type=int, default=512)
+    parser.add_argument("--n-eps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--constraints", nargs="+", default=["dp-score", "dp"])
+    parser.add_argument("--backend", default="torch")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("bench_sweep.json"))
+    args = parser.parse_args(argv)
+
+    from solvers import FairLogisticRegression
+
+    rng = np.random.default_rng(args.seed)
+    arrays = {"train": synthetic_split(rng, args.n, args.d), "valid": synthetic_split(rng, args.n // 4, args.d),
+              "test": synthetic_split(rng, args.n // 4, args.d)}
+    train = arrays["train"]
+    s = train.groups[:, 0]
+    results = []
+    for name in args.constraints:
+        free = FairLogisticRegression(backend=args.backend).fit(train.X, train.y)
+        inactive = constraint_value(name, y=train.y, scores=free.decision_function(train.X), sensitive_features=s)
+        grid = sweep.default_eps_grid(inactive, args.n_eps)
+        mid = float(grid[len(grid) // 2])
+
+        cold_times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            FairLogisticRegression(constraint=name, eps=mid, backend=args.backend).fit(train.X, train.y,
+                                                                                     sensitive_features=s)
+            cold_times.append(time.perf_counter() - t0)
+        cold = statistics.median(cold_times)
+
+        head = FairLogisticRegression(constraint=name, eps=float(grid[0]), backend=args.backend, warm_start=True)
+        t0 = time.perf_counter()
+        for eps in grid:
+            head.set_params(eps=float(eps)).fit(train.X, train.y, sensitive_features=s)
+        path = time.perf_counter() - t0
+
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            sweep.run_sweep(None, out=tmp, constraint=name, eps_grid=grid, progress=False, backend=args.backend,
+                            data=(arrays, "bench", {}))
+            whole = time.perf_counter() - t0
+        row = {"constraint": name, "n": args.n, "d": args.d, "n_eps": args.n_eps, "cold_s": cold,
+               "path_s": path, "sweep_s": whole, "path_over_cold": path / cold, "sweep_over_cold": whole / cold}
+        results.append(row)
+        print(f"{name:10s} cold {cold:7.3f}s  {args.n_eps}-point path {path:7.3f}s  "
+              f"ratio {path / cold:5.2f} (goal <= 3)   whole sweep incl. evaluation {whole:7.3f}s "
+              f"({whole / cold:5.2f}x)", flush=True)
+
+    print("\n| constraint | n x d | cold solve (s) | 20-point warm path (s) | path / cold | whole sweep / cold |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| `{r['constraint']}` | {r['n']} x {r['d']} | {r['cold_s']:.3f} | {r['path_s']:.3f} | "
+              f"{r['path_over_cold']:.2f} | {r['sweep_over_cold']:.2f} |")
+    args.out.write_text(json.dumps({"provenance": provenance.collect(seed=args.seed), "results": results},
+                                   indent=1))
+
+
+if __name__ == "__main__":
+    main()
