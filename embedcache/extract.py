@@ -382,13 +382,17 @@ def _run_batches(
         smoothing=0.1,
         dynamic_ncols=True,
     )
-    # One batch in flight: on CUDA the forward of batch k overlaps the copy and
-    # the journal write of batch k-1. On CPU everything is synchronous anyway.
+    # On CUDA one batch stays in flight: the forward of batch k overlaps the
+    # device-to-host copy and the journal write of batch k-1. On CPU each batch
+    # is committed as soon as it is computed.
     pending: tuple[torch.Tensor, Any, int] | None = None
     try:
         with torch.inference_mode():
             for batch in loader:
                 if isinstance(batch, str):
+                    if pending is not None:  # keep the work already done before failing
+                        _commit(journal, pending, backbone, bar, delay)
+                        pending = None
                     raise DataError(batch)
                 rows, images = batch
                 if int(rows[0]) != start:
@@ -407,7 +411,8 @@ def _run_batches(
                     event.record()
                     current = (host, event, len(rows))
                 else:
-                    current = (features, None, len(rows))
+                    _commit(journal, (features, None, len(rows)), backbone, bar, delay)
+                    continue
                 if pending is not None:
                     _commit(journal, pending, backbone, bar, delay)
                 pending = current
