@@ -69,7 +69,8 @@ def fit_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, **estima
         state = dict(sol.state)
         state["eps"] = e
         if prev is not None and "theta" in prev and sorted(prev.get("working", ())) == sorted(state.get("working", ())):
-            state["prev"] = (prev["theta"], prev["eps"])
+            # keep up to two earlier heads of the same active set for the extrapolation
+            state["prev"] = (list(prev.get("prev", ())) + [(prev["theta"], prev["eps"])])[-2:]
         heads.append(est)
     return heads
 

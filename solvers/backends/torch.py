@@ -484,12 +484,21 @@ def _start_theta(problem, fit_intercept, init, linear_form, eps, d):
     if not init or "theta" not in init:
         return base
     th = np.asarray(init["theta"], dtype=np.float64)[: d + 1].copy()
-    if init.get("prev") is not None and init.get("eps") is not None:
-        # along a path: extrapolate the last two heads linearly in eps (same active set -> smooth)
-        th_prev, eps_prev = init["prev"]
-        de = float(init["eps"]) - float(eps_prev)
-        if de != 0.0 and len(th_prev) >= d + 1:
-            th = th + (th - np.asarray(th_prev, dtype=np.float64)[: d + 1]) * (float(eps) - float(init["eps"])) / de
+    if init.get("prev") and init.get("eps") is not None:
+        # along a path: extrapolate the last heads in eps (Lagrange, degree <= 2); with an
+        # unchanged active set the solution path is smooth in eps
+        pts = [(np.asarray(t, dtype=np.float64)[: d + 1], float(e)) for t, e in init["prev"]]
+        pts.append((th, float(init["eps"])))
+        es = [e for _, e in pts]
+        if len(set(es)) == len(es):
+            ext = np.zeros(d + 1)
+            for i, (ti, ei) in enumerate(pts):
+                li = 1.0
+                for j, ej in enumerate(es):
+                    if j != i:
+                        li *= (float(eps) - ej) / (ei - ej)
+                ext += li * ti
+            th = ext
     if not fit_intercept:
         th[d] = 0.0
     if linear_form is not None and init.get("working"):
