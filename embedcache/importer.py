@@ -17,7 +17,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from embedcache.errors import DataError
-from embedcache.sources.base import TableSource, encode_binary_label, encode_categorical, hash_splits
+from embedcache.sources.base import (
+    TableSource,
+    encode_binary_label,
+    encode_categorical,
+    hash_splits,
+    normalize_splits,
+)
 from embedcache.store import schema
 from embedcache.store.journal import WriteLock
 from embedcache.store.reader import existing_cache_matches
@@ -111,7 +117,7 @@ def import_table(
         label_name=label,
         label_categories=label_categories,
         sensitive={name: encode_categorical(list(columns[name]), name=name, kind="sensitive") for name in sensitive},
-        splits=[str(v) for v in columns[split]] if split is not None else hash_splits(ids),
+        splits=normalize_splits(columns[split]) if split is not None else hash_splits(ids),
         where=f"table '{path}'",
     )
     stored = matrix.astype(feature_dtype)

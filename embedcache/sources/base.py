@@ -268,6 +268,26 @@ def encode_binary_label(values: Sequence[Any], *, name: str) -> tuple[np.ndarray
     return codes, categories
 
 
+#: split spellings mapped to the canonical names (0/1/2 as in CelebA's and Waterbirds' files)
+SPLIT_ALIASES = {
+    "0": "train", "training": "train", "tr": "train",
+    "1": "valid", "val": "valid", "validation": "valid", "dev": "valid",
+    "2": "test", "testing": "test", "te": "test",
+}
+
+
+def normalize_splits(values: Sequence[Any]) -> np.ndarray:
+    """Map split spellings to train/valid/test (``val``, ``validation``, ``0/1/2``, any case).
+
+    Other names are kept as written (stripped), so custom splits still work.
+    """
+    out = np.empty(len(values), dtype=object)
+    for k, value in enumerate(values):
+        text = _canonical_number(str(value).strip())
+        out[k] = SPLIT_ALIASES.get(text.lower(), text.lower() if text.lower() in DEFAULT_SPLITS else text)
+    return out
+
+
 def hash_splits(ids: Sequence[str], fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS) -> np.ndarray:
     """Assign train/valid/test by a stable hash of each id (for data without a split column).
 

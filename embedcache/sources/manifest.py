@@ -22,6 +22,7 @@ from embedcache.sources.base import (
     encode_binary_label,
     encode_categorical,
     hash_splits,
+    normalize_splits,
     open_rgb,
 )
 
@@ -107,7 +108,7 @@ class ManifestSource(TableSource):
         sensitive = {
             name: encode_categorical(column(name), name=name, kind="sensitive") for name in sensitive_cols
         }
-        splits = column(split_col) if split_col is not None else hash_splits(ids)
+        splits = normalize_splits(column(split_col)) if split_col is not None else hash_splits(ids)
         with open(self.csv_path, "rb") as fh:
             self._csv_sha256 = hashlib.sha256(fh.read()).hexdigest()
         super().__init__(

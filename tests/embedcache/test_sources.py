@@ -192,3 +192,10 @@ def test_hash_splits_are_stable():
 def test_categories_sort_numbers_numerically():
     codes, categories = encode_categorical(["10", "-1", "2", "2.0"], name="x", kind="label")
     assert categories == ("-1", "2", "10") and codes.tolist() == [2, 0, 1, 1]
+
+
+def test_split_spellings_are_normalised():
+    from embedcache.sources.base import normalize_splits
+
+    got = normalize_splits(["0", "1", "2", "val", "Validation", "TRAIN", "test", "holdout", 1.0])
+    assert got.tolist() == ["train", "valid", "test", "valid", "valid", "train", "test", "holdout", "valid"]
