@@ -98,7 +98,7 @@ def _event_masks(event: str, y: np.ndarray) -> list[tuple[str, np.ndarray]]:
 
 
 def _parity_matrix(event: str, y, groups, sw, n_groups, labels):
-    """Rows ``m_k`` with ``m_k @ u = mean_{E,g} u - mean_E u`` (weighted), two per... one per (E, g)."""
+    """Rows ``m_k`` with ``m_k @ u = mean_{E,g} u - mean_E u`` (v-weighted), one per (event E, group g)."""
     rows, names = [], []
     for ename, emask in _event_masks(event, y):
         ve = sw * emask
@@ -129,10 +129,14 @@ class LinearScoreConstraint(ScoreConstraint):
         """Rows of shape (K, n): the linear functionals of z to bound."""
         return _parity_matrix(self.event, y, groups, sw, len(labels), labels)
 
-    def linear_form(self, X, y, groups, sample_weight, labels) -> LinearForm:
-        """Return ``LinearForm(A, c0)``: ``A @ [w; b] <= eps + c0`` (both signs of each row)."""
+    def linear_form(self, X, y, groups, sample_weight, labels, *, matmul=None) -> LinearForm:
+        """Return ``LinearForm(A, c0)``: ``A @ [w; b] <= eps + c0`` (both signs of each row).
+
+        ``matmul(X, R)`` computes ``X.T @ R`` (default: float64 numpy in blocks); the torch
+        backend passes its device product.
+        """
         M, names = self._functionals(y, groups, sample_weight, labels)
-        Aw = xt_dot(X, M.T).T  # (K, d): m_k @ X
+        Aw = (xt_dot if matmul is None else matmul)(X, M.T).T  # (K, d): m_k @ X
         Ab = M.sum(axis=1)  # ~0 for parity rows
         A1 = np.hstack([Aw, Ab[:, None]])
         A1[:, -1] = np.where(np.abs(A1[:, -1]) < 1e-12, 0.0, A1[:, -1])

@@ -71,7 +71,9 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
     balance : {None, "group", "label-group"}, default=None
         Reweight so every group, or every (label, group) cell, has equal total weight.
     backend : {"auto", "cvxpy", "torch"}, default="auto"
-        ``auto`` picks cvxpy when ``n * d <= AUTO_CVXPY_MAX_SIZE`` (200,000), torch above.
+        ``auto`` picks cvxpy when ``n * d <= AUTO_CVXPY_MAX_SIZE`` (200,000) or the penalty
+        is ``l1`` / ``elasticnet``, torch above. Rate constraints always run their weighted
+        fits on the torch solver (the reduction needs dozens of warm-started fits).
     tol : float > 0, default=1e-6
         KKT tolerance: the inf-norm of the projected gradient of the mean-normalised
         objective and the constraint violation. 100x tighter than scikit-learn's default 1e-4
@@ -292,14 +294,19 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         return self.classes_[(z > 0).astype(int)]
 
 
-def _problem_pieces(problem, constraint):
-    """Linear form or cells of a score constraint (numpy)."""
+def _problem_pieces(problem, constraint, design=None):
+    """Linear form or cells of a score constraint (numpy; products on ``design`` when given)."""
     linear_form = cells = None
     if constraint is None:
         return None, None
     if hasattr(constraint, "linear_form"):
+        matmul = None
+        if design is not None:
+            from .backends.torch import numpy_ops
+
+            matmul = numpy_ops(design)[1]
         linear_form = constraint.linear_form(problem.X, problem.y, problem.groups, problem.sample_weight,
-                                             problem.group_labels)
+                                             problem.group_labels, matmul=matmul)
     elif hasattr(constraint, "cells_codes"):
         codes, labels = constraint.cells_codes(problem.y, problem.groups, problem.group_labels)
         cells = (codes, len(labels))
@@ -308,7 +315,11 @@ def _problem_pieces(problem, constraint):
 
 def _fit_score(est, problem, constraint, *, eps, backend, init=None, pieces=None, model=None, design=None):
     """Dispatch a score (or unconstrained) fit; return ``(Solution, Certificate)``."""
-    linear_form, cells = pieces if pieces is not None else _problem_pieces(problem, constraint)
+    if backend == "torch" and design is None:
+        from .backends.torch import Design
+
+        design = Design(problem.X, est.device, center=est.fit_intercept)
+    linear_form, cells = pieces if pieces is not None else _problem_pieces(problem, constraint, design)
     kw = dict(eps=eps, C=float(est.C), penalty=est.penalty, l1_ratio=est.l1_ratio,
               fit_intercept=est.fit_intercept, tol=float(est.tol), max_iter=int(est.max_iter))
     t0 = time.perf_counter()
@@ -321,10 +332,8 @@ def _fit_score(est, problem, constraint, *, eps, backend, init=None, pieces=None
 
             sol = fit_cvxpy(problem, constraint, linear_form=linear_form, cells=cells, **kw)
     else:
-        from .backends.torch import Design, fit_torch, numpy_ops
+        from .backends.torch import fit_torch, numpy_ops
 
-        if design is None:
-            design = Design(problem.X, est.device, center=est.fit_intercept)
         sol = fit_torch(problem, constraint, linear_form=linear_form, cells=cells, device=est.device, init=init,
                         design=design, **kw)
         ops = numpy_ops(design)

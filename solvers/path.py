@@ -49,17 +49,17 @@ def fit_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, **estima
             state = sol.state
             heads.append(est)
         return heads
-    pieces = _problem_pieces(problem, constraint)
     model = design = None
+    if backend == "torch":
+        from .backends.torch import Design
+
+        design = Design(problem.X, base.device, center=base.fit_intercept)
+    pieces = _problem_pieces(problem, constraint, design)
     if backend == "cvxpy":
         from .backends.cvxpy import CvxpyModel
 
         model = CvxpyModel(problem, constraint, C=float(base.C), penalty=base.penalty, l1_ratio=base.l1_ratio,
                            fit_intercept=base.fit_intercept, linear_form=pieces[0], cells=pieces[1])
-    else:
-        from .backends.torch import Design
-
-        design = Design(problem.X, base.device, center=base.fit_intercept)
     for e in grid:
         est = _fresh(base, e)
         sol, cert = _fit_score(est, problem, constraint, eps=e, backend=backend, init=state, pieces=pieces,

@@ -39,6 +39,10 @@ from .backends import Solution
 #: aim the search at this fraction of eps so that small sample effects stay inside the bound
 TARGET_FRACTION = 0.9
 MAX_OUTER = 30
+#: KKT tolerance of the weighted fits during the multiplier search (scikit-learn's default)
+SEARCH_TOL = 1e-4
+#: L-BFGS steps per multiplier value in the cheap first stage of the search
+INEXACT_ITERS = 8
 
 
 def _evaluate(z, y, v, V, mom):
@@ -67,7 +71,9 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None):
     dev = design.device
     lam2 = 0.0 if est.penalty is None else 1.0 / (float(est.C) * V)
     fixed = () if est.fit_intercept else (d,)
-    tol = max(float(est.tol), 1e-6)  # rate heads need predictions, not 1e-9 stationarity
+    tol = max(float(est.tol), 1e-6)  # the chosen head is polished to this
+    # the search only needs each head's predictions: sklearn's default tolerance is enough
+    search_tol = max(tol, SEARCH_TOL)
     base = v * (1.0 - 2.0 * y) / V
     Ma = mom.M * mom.a  # (K, n): cost of yhat_i = 1 through gap k
     p = float(np.clip((v * y).sum() / V, 1e-6, 1 - 1e-6))
@@ -80,47 +86,63 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None):
             lam = np.asarray(init["lam"], dtype=np.float64).copy()
     eps_t = TARGET_FRACTION * eps
     history = []
-    state = {"theta": theta, "it": 0}
+    state = {"theta": theta, "it": 0, "pairs": None, "exact": True, "fits": 0}
 
     def run(lam_k):
         delta = base + Ma.T @ lam_k
         ylab = _tensor((delta < 0).astype(np.float64), dev)
         q = _tensor(np.abs(delta), dev)
         obj = WeightedLogistic(ylab, q, lam2, d)
-        res = minimize(design, obj, state["theta"], fixed=fixed, tol=tol, max_iter=int(est.max_iter))
+        # curvature pairs carry over: the weighted objectives along the path are alike
+        exact = state["exact"]
+        res = minimize(design, obj, state["theta"], fixed=fixed, tol=search_tol,
+                       max_iter=int(est.max_iter) if exact else INEXACT_ITERS, pairs=state["pairs"])
         state["it"] += res.n_iter
+        state["fits"] += 1
         state["theta"] = res.theta
+        state["pairs"] = res.pairs
         gaps, err = _evaluate(res.z.cpu().numpy(), y, v, V, mom)
-        history.append((err, float(np.abs(gaps).max()), lam_k.copy(), res.theta.clone(), res.stationarity,
-                        res.converged))
+        if exact:  # only converged heads are candidates
+            history.append((err, float(np.abs(gaps).max()), lam_k.copy(), res.theta.clone(), res.stationarity,
+                            res.converged))
         return gaps
 
-    gaps0 = run(lam)
-    if float(np.abs(gaps0).max()) > eps:
-        # phase 1: a ray lam0 + t u along the violation, bracketed and then solved by Illinois
-        u = gaps0 / float(np.abs(gaps0).max())
-        sgn = np.sign(gaps0)
+    def search(lam_s, gaps_s, t0, log):
+        """Ray + Illinois (then Rprop) from ``lam_s``; ``log`` collects (lam, max gap, err proxy)."""
+        u = gaps_s / float(np.abs(gaps_s).max())
+        sgn = np.sign(gaps_s)
 
         def h(g):  # largest gap in the direction of the original violation
             return float(np.max(g * sgn)) - eps_t
 
-        t_a, f_a = 0.0, h(gaps0)
+        def probe(lam_k):
+            g = run(lam_k)
+            log.append((lam_k.copy(), float(np.abs(g).max())))
+            return g
+
+        t_a, f_a = 0.0, h(gaps_s)
         t_b = f_b = None
-        t = 0.25
+        t = t0
         for _ in range(12):
-            f = h(run(lam + t * u))
+            f = h(probe(lam_s + t * u))
             if f <= 0:
                 t_b, f_b = t, f
                 break
+            t_prev, f_prev = t_a, f_a
             t_a, f_a = t, f
-            t *= 2.0
+            # secant extrapolation to the target (10% beyond, to bracket it), at most 4x
+            if f_prev > f_a:
+                t = t_a + 1.1 * (t_a - t_prev) * f_a / (f_prev - f_a)
+                t = min(max(t, 1.25 * t_a), 4.0 * t_a)
+            else:
+                t = 2.0 * t_a
         side = 0
         for _ in range(10 if t_b is not None else 0):
             if t_b - t_a <= 0.02 * t_b:
                 break
             t = t_b - f_b * (t_b - t_a) / (f_b - f_a) if f_b != f_a else 0.5 * (t_a + t_b)
             t = min(max(t, t_a + 0.05 * (t_b - t_a)), t_b - 0.05 * (t_b - t_a))
-            f = h(run(lam + t * u))
+            f = h(probe(lam_s + t * u))
             if f <= 0:
                 t_b, f_b = t, f
                 if side == -1:
@@ -131,30 +153,46 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None):
                 if side == 1:
                     f_b *= 0.5
                 side = 1
-        # phase 2 (several rows pulling different ways): per-coordinate sign steps (Rprop)
+        if t_b is not None and any(e[1] <= eps for e in log):
+            return lam_s + t_b * u
+        # several rows pulling different ways: per-coordinate sign steps (Rprop)
+        lam_k = min(log, key=lambda e: e[1])[0].copy() if log else lam_s.copy()
+        step = np.full(K, 0.1 * max(t_b or t_a or t0, 0.05 * t0))
+        prev_r = np.zeros(K)
+        for _ in range(MAX_OUTER):
+            gaps = probe(lam_k)
+            if float(np.abs(gaps).max()) <= eps:
+                break
+            r = np.where(lam_k > 0, gaps - eps_t, np.where(lam_k < 0, gaps + eps_t,
+                         np.sign(gaps) * np.maximum(np.abs(gaps) - eps_t, 0.0)))
+            active = np.abs(r) > 1e-12
+            if not active.any() or step.max() < 1e-6:
+                break
+            same = np.sign(r) == np.sign(prev_r)
+            flip = (np.sign(r) == -np.sign(prev_r)) & (prev_r != 0)
+            step = np.where(same & active, step * 1.5, np.where(flip, step * 0.5, step))
+            new_lam = lam_k + np.where(active, np.sign(r) * step, 0.0)
+            cross = (np.sign(new_lam) != np.sign(lam_k)) & (lam_k != 0)
+            lam_k = np.where(cross, 0.0, new_lam)
+            prev_r = np.where(active, r, prev_r)
+        return lam_k
+
+    gaps0 = run(lam)
+    if float(np.abs(gaps0).max()) > eps:
+        # stage 1: steer the multipliers with a few warm L-BFGS steps per value (cheap, inexact)
+        state["exact"] = False
+        theta_start, pairs_start = state["theta"], state["pairs"]
+        lam_1 = search(lam, gaps0, 0.25, [])
+        # stage 2: converged fits from there; refine with a short search if the bound is missed
+        state["exact"] = True
+        gaps1 = run(lam_1)
+        if float(np.abs(gaps1).max()) > eps:
+            scale = max(float(np.abs(lam_1 - lam).max()), 0.25)
+            search(lam_1, gaps1, 0.05 * scale, [(e[2], e[1]) for e in history])
         if not any(e[1] <= eps for e in history):
-            best = min(history, key=lambda e: e[1])
-            lam = best[2].copy()
-            state["theta"] = best[3]
-            step = np.full(K, 0.1 * max(t_b or t_a or 0.25, 0.05))
-            prev_r = np.zeros(K)
-            for _ in range(MAX_OUTER):
-                gaps = run(lam)
-                if float(np.abs(gaps).max()) <= eps:
-                    break
-                r = np.where(lam > 0, gaps - eps_t, np.where(lam < 0, gaps + eps_t,
-                             np.sign(gaps) * np.maximum(np.abs(gaps) - eps_t, 0.0)))
-                active = np.abs(r) > 1e-12
-                if not active.any() or step.max() < 1e-6:
-                    break
-                same = np.sign(r) == np.sign(prev_r)
-                flip = (np.sign(r) == -np.sign(prev_r)) & (prev_r != 0)
-                step = np.where(same & active, step * 1.5, np.where(flip, step * 0.5, step))
-                new_lam = lam + np.where(active, np.sign(r) * step, 0.0)
-                cross = (np.sign(new_lam) != np.sign(lam)) & (lam != 0)
-                lam = np.where(cross, 0.0, new_lam)
-                prev_r = np.where(active, r, prev_r)
-    total_it = state["it"]
+            # the cheap stage misled us: rerun the whole search with converged fits
+            state["theta"], state["pairs"] = theta_start, pairs_start
+            search(lam, gaps0, 0.25, [(e[2], e[1]) for e in history])
     # choose: feasible with least error, checked with the exact predict() arithmetic
     feas = sorted((h for h in history if h[1] <= eps), key=lambda h: h[0])
     chosen = None
@@ -172,10 +210,23 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None):
         g2, e2 = _evaluate(zz, y, v, V, mom)
         chosen = (h, th, g2, e2)
     h, th, g2, e2 = chosen
+    if float(np.abs(g2).max()) <= eps and h[4] > tol:
+        # polish the chosen weighted fit to the estimator's tolerance; keep it if still feasible
+        lam_c = h[2]
+        delta = base + Ma.T @ lam_c
+        obj = WeightedLogistic(_tensor((delta < 0).astype(np.float64), dev), _tensor(np.abs(delta), dev), lam2, d)
+        res = minimize(design, obj, h[3], fixed=fixed, tol=tol, max_iter=int(est.max_iter), pairs=state["pairs"])
+        state["it"] += res.n_iter
+        th_p = design.from_centered(res.theta).cpu().numpy()
+        g_p, e_p = _evaluate(x_dot(X, th_p[:d]) + th_p[d], y, v, V, mom)
+        if float(np.abs(g_p).max()) <= eps:
+            h = (e_p, float(np.abs(g_p).max()), lam_c, res.theta, res.stationarity, res.converged)
+            th, g2, e2 = th_p, g_p, e_p
+    total_it = state["it"]
     gap = float(np.abs(g2).max())
     met = gap <= eps
     wall = time.perf_counter() - t0
-    notes = [f"{len(history)} weighted fits on the multiplier path"]
+    notes = [f"{state['fits']} weighted fits on the multiplier path ({len(history)} converged)"]
     if not h[5]:
         notes.append("the chosen weighted fit stopped at max_iter (its predictions were still checked)")
     sol = Solution(coef=th[:d].copy(), intercept=float(th[d]), multipliers=h[2], status="eps_met" if met else "eps_not_met",

@@ -60,7 +60,11 @@ class Design:
         self.half = self.X.dtype in (torch.float16, torch.bfloat16)
         self.cdt = _F64 if self.X.dtype == _F64 else torch.float32
         # implicit centring (z = (X - mu) w + b'), a free preconditioner: no copy of X
-        self.mu = self.X.sum(dim=0, dtype=_F64) / max(self.n, 1) if center else None
+        # (one float32 pass; any mu is exact as a reparametrisation, it only has to be used consistently)
+        self.mu = None
+        if center and self.n:
+            ones = torch.full((self.n,), 1.0 / self.n, dtype=_F64, device=self.device)
+            self.mu = self.rmv(ones)
 
     def mv(self, v: torch.Tensor) -> torch.Tensor:
         """``(X - mu) v`` in float64."""
@@ -112,7 +116,10 @@ def numpy_ops(design: Design):
         return plain.mv(torch.as_tensor(np.asarray(w, dtype=np.float64), device=plain.device)).cpu().numpy()
 
     def xtd(X, r):
-        return plain.rmv(torch.as_tensor(np.asarray(r, dtype=np.float64), device=plain.device)).cpu().numpy()
+        r = np.asarray(r, dtype=np.float64)
+        if r.ndim == 2:  # a few columns (constraint rows): one gemv each beats a skinny gemm here
+            return np.column_stack([xtd(X, np.ascontiguousarray(r[:, j])) for j in range(r.shape[1])])
+        return plain.rmv(torch.as_tensor(r, device=plain.device)).cpu().numpy()
 
     return xd, xtd
 
@@ -206,7 +213,7 @@ class _Result:
 
 
 def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=1e-6, max_iter=1000,
-             memory=10, c2=0.3, pairs=None):
+             memory=20, c2=0.3, pairs=None):
     """Active-set L-BFGS for ``min obj`` s.t. ``A theta <= rhs``, coordinates in ``fixed`` held.
 
     ``A`` rows must have unit norm. Returns a ``_Result`` with multipliers for every row of A.

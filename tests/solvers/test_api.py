@@ -171,3 +171,12 @@ def test_import_boundary():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import solvers.estimator
+
+    result = doctest.testmod(solvers.estimator, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
