@@ -368,9 +368,7 @@ def _run_batches(
         prefetch_factor=4 if num_workers > 0 else None,
         persistent_workers=False,
     )
-    model = backbone.model.to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
+    backbone.model.to(device)  # keeps the channels_last layout the Backbone set
     out_dtype = getattr(torch, feature_dtype)
     delay = float(os.environ.get(BATCH_DELAY_ENV, "0") or 0)
     bar = tqdm(
@@ -398,11 +396,9 @@ def _run_batches(
                 if int(rows[0]) != start:
                     raise CacheError(f"internal: expected row {start}, loader gave {int(rows[0])}")
                 start += len(rows)
-                images = images.to(device, non_blocking=cuda)
-                if cuda:
-                    images = images.contiguous(memory_format=torch.channels_last)
+                images = images.to(device, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    features = backbone.model(images)
+                    features = backbone.forward_features(images)
                 features = _checked_features(features, backbone, len(rows)).to(out_dtype)
                 if cuda:
                     host = torch.empty(features.shape, dtype=out_dtype, pin_memory=True)
