@@ -18,6 +18,7 @@ compared with the rate moment they stand in for (``dp-score`` -> demographic par
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 
@@ -193,10 +194,16 @@ def _logit(p):
     return np.log(p) - np.log1p(-p)
 
 
+def _float64(a: pipeline.SplitArrays) -> pipeline.SplitArrays:
+    """fairlearn's post-processing writes float64 into arrays shaped like the scores; give it float64 X."""
+    return dataclasses.replace(a, X=np.asarray(a.X, dtype=np.float64))
+
+
 def run_baselines(names, fit, arrays, *, constraint, grid, C, seed=0, progress=True):
     """Run the named baselines (all of :data:`BASELINES` for an empty list) and yield their records."""
     from fairhead_errors import DataError
 
+    fit, arrays = _float64(fit), {k: _float64(v) for k, v in arrays.items()}
     names = list(names) or list(BASELINES)
     for name in names:
         if name not in RUNNERS:

@@ -66,15 +66,24 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
+    stage_times: dict[str, float] = {}
+    clock = [time.perf_counter()]
+
+    def lap(stage: str) -> None:
+        now = time.perf_counter()
+        stage_times[stage] = now - clock[0]
+        clock[0] = now
 
     say(f"[1/5] generating {n} images of the default dataset into {out / 'data'}")
     manifest = pipeline.generate_dataset(out / "data", n=n, seed=seed)
+    lap("generate")
 
     say(f"[2/5] extracting {DEMO_BACKBONE} features into {out / 'features.h5'}")
     source = ManifestSource(manifest, root=manifest.parent, image_col="path", label_col=LABEL_NAME,
                             sensitive_cols=(SENSITIVE_NAME,), split_col="split", id_col="id")
     cache = pipeline.extract_cache(source, backbone=DEMO_BACKBONE, out=out / "features.h5",
                                    batch_size=batch_size, progress=progress)
+    lap("extract")
     say(pipeline.describe_cache(cache).split("\n\n")[-1])
 
     data = sweep.load_sweep_data(cache, fit_split="train", attributes=None)
@@ -85,10 +94,12 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
             if (compare and i == 0) else None
         results[name] = sweep.run_sweep(cache, out=out / f"sweep-{name}", constraint=name, n_eps=n_eps,
                                         compare=baselines, progress=progress, seed=seed, data=data)
+        lap(f"sweep {name}")
 
     say(f"[4/5] protocols B1 B2 B3 M1 M2 with '{PROTOCOL_CONSTRAINT}' eps={PROTOCOL_EPS}")
     table = protocols.run_protocols(cache, constraint=PROTOCOL_CONSTRAINT, eps=PROTOCOL_EPS, seed=seed,
                                     out=out / "protocols")
+    lap("protocols")
 
     say("[5/5] summary")
     lines, md = [], []
@@ -114,5 +125,6 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
         f"Total time {elapsed:.0f} s. Versions: "
         + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()), "", *md]))
     print("\n".join(lines))
-    print(f"\ndemo finished in {elapsed:.0f} s; report: {report}")
+    timing = ", ".join(f"{k} {v:.0f}s" for k, v in stage_times.items())
+    print(f"\ndemo finished in {elapsed:.0f} s ({timing}); report: {report}")
     return {"report": report, "cache": cache, **{f"sweep-{k}": v.out for k, v in results.items()}}
