@@ -295,18 +295,16 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
 
 
 def _problem_pieces(problem, constraint, design=None):
-    """Linear form or cells of a score constraint (numpy; products on ``design`` when given)."""
+    """Linear form or cells of a score constraint (numpy, float64)."""
     linear_form = cells = None
     if constraint is None:
         return None, None
     if hasattr(constraint, "linear_form"):
-        matmul = None
-        if design is not None:
-            from .backends.torch import numpy_ops
-
-            matmul = numpy_ops(design)[1]
+        # float64 products on purpose: rows that are linearly dependent in exact arithmetic (the
+        # group means of two groups) must stay dependent to ~1e-16, or at eps = 0 float32 noise
+        # would turn them into an extra independent equality and over-constrain the head
         linear_form = constraint.linear_form(problem.X, problem.y, problem.groups, problem.sample_weight,
-                                             problem.group_labels, matmul=matmul)
+                                             problem.group_labels)
     elif hasattr(constraint, "cells_codes"):
         codes, labels = constraint.cells_codes(problem.y, problem.groups, problem.group_labels)
         cells = (codes, len(labels))

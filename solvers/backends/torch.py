@@ -244,13 +244,13 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
         for k in torch.argsort(slack).tolist():
             if slack[k] <= 1e-10 * max(1.0, float(rhs.abs().max())):
                 rows = torch.cat([E, A[W + [k]]]) if (W or len(fixed)) else A[[k]]
-                if torch.linalg.matrix_rank(rows).item() == rows.shape[0]:
+                if torch.linalg.matrix_rank(rows, rtol=1e-10).item() == rows.shape[0]:
                     W.append(k)
         # keep a requested working set only if still active (warm start)
         for k in working:
             if k not in W and float(slack[k]) <= 1e-10:
                 rows = torch.cat([E, A[W + [k]]])
-                if torch.linalg.matrix_rank(rows).item() == rows.shape[0]:
+                if torch.linalg.matrix_rank(rows, rtol=1e-10).item() == rows.shape[0]:
                     W.append(k)
 
     def basis():
@@ -517,7 +517,8 @@ def _start_theta(problem, fit_intercept, init, linear_form, eps, d):
             corr, *_ = np.linalg.lstsq(AW @ AW.T, resid, rcond=None)
             th2 = th - AW.T @ corr
             if fit_intercept or abs(th2[d]) < 1e-300:
-                if np.all(linear_form.A @ th2 <= eps + linear_form.c0 + 1e-12):
+                scale = 1e-9 * max(1.0, float(np.abs(linear_form.A).max() * np.abs(th2).sum()))
+                if np.all(linear_form.A @ th2 <= eps + linear_form.c0 + scale):
                     return th2
     if linear_form is not None:
         Aw = linear_form.A[:, :d] @ th[:d]
