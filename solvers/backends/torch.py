@@ -508,9 +508,15 @@ def _start_theta(problem, fit_intercept, init, linear_form, eps, d):
             th = ext
     if not fit_intercept:
         th[d] = 0.0
-    if linear_form is not None and init.get("working"):
-        # move the previous active rows onto the new bound with the least change of theta
-        Wp = [k for k in init["working"] if k < linear_form.A.shape[0]]
+    if linear_form is not None:
+        # move the previous active rows, and rows the start violates, onto the new bound with the
+        # least change of theta (a small least-squares problem: few rows)
+        m_rows = linear_form.A.shape[0]
+        Wp = [k for k in init.get("working", ()) if k < m_rows]
+        viol = np.flatnonzero(linear_form.A @ th > eps + linear_form.c0)
+        for k in viol:
+            if k not in Wp and np.linalg.matrix_rank(linear_form.A[Wp + [int(k)]], tol=None) == len(Wp) + 1:
+                Wp.append(int(k))
         if Wp:
             AW = linear_form.A[Wp]
             resid = AW @ th - (eps + linear_form.c0[Wp])
