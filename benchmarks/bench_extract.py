@@ -70,14 +70,14 @@ def extraction_throughput(source, backbone, out: Path, *, batch_size: int, num_w
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=384, help="images (default 384)")
+    parser.add_argument("--n", type=int, default=192, help="images (default 192)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--image-size", type=int, default=None, help="crop size override (torchvision backbones)")
     parser.add_argument("--source-size", type=int, default=64, help="side of the generated JPEG images")
     parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: auto)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=4, help="alternating forward / end-to-end pairs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "bench_extract.json")
     args = parser.parse_args(argv)
@@ -102,6 +102,8 @@ def main(argv=None) -> int:
                                                     num_workers=workers, device=str(device)))
     best_forward, best_e2e = max(forward), max(end_to_end)
     ratio = best_e2e / best_forward
+    # each pair ran back to back, so load from other processes mostly cancels in its ratio
+    paired = statistics.median(e / f for e, f in zip(end_to_end, forward))
     result = {
         "benchmark": "bench_extract",
         "seed": args.seed,
@@ -120,6 +122,7 @@ def main(argv=None) -> int:
         "best_forward_img_per_s": best_forward,
         "best_end_to_end_img_per_s": best_e2e,
         "ratio_end_to_end_over_forward": ratio,
+        "median_paired_ratio": paired,
         "overhead_fraction": 1.0 - ratio,
         "goal": "overhead <= 0.10 on CPU",
     }
@@ -130,8 +133,8 @@ def main(argv=None) -> int:
     print(f"images          {args.n} JPEG files of {args.source_size} px, batch {args.batch_size}")
     print(f"forward only    {best_forward:8.1f} img/s   (runs: {', '.join(f'{v:.1f}' for v in forward)})")
     print(f"end to end      {best_e2e:8.1f} img/s   (runs: {', '.join(f'{v:.1f}' for v in end_to_end)})")
-    print(f"ratio           {ratio:8.3f}   overhead {100 * (1 - ratio):.1f}% (goal <= 10%)")
-    print(f"median ratio    {statistics.median(end_to_end) / statistics.median(forward):8.3f}")
+    print(f"ratio           {ratio:8.3f}   overhead {100 * (1 - ratio):.1f}% (goal <= 10%; best end to end / best forward)")
+    print(f"paired ratio    {paired:8.3f}   (median over back-to-back pairs)")
     print(f"wrote {args.json}")
     return 0
 
