@@ -42,7 +42,10 @@ CUSTOM_WEIGHTS = "custom"
 RANDOM_INIT_SEED = 0
 
 DUPLICATE_NAME_MSG = "backbone name {name!r} is already registered; pick another name"
-UNKNOWN_BACKBONE_MSG = "unknown backbone {name!r}{hint}; run `fairhead extract --list-backbones` to see the names"
+UNKNOWN_BACKBONE_MSG = (
+    "unknown backbone {name!r}{hint}; use efficientnet_lite0 or a torchvision classification model "
+    "(resnet18, resnet50, vit_b_16, convnext_tiny, ...; embedcache.list_backbones() lists them)"
+)
 UNKNOWN_WEIGHTS_MSG = "backbone {arch!r} has no weights {weights!r}; choose from: {available}"
 DOWNLOAD_FAILED_MSG = (
     "could not download the {arch} weights {weights} ({error}); download {url} on a machine with "
