@@ -216,7 +216,7 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
             sol, cert = fit_rate_constraint(self, problem, constraint, eps=eps, backend=backend, init=init)
         else:
             sol, cert = _fit_score(self, problem, constraint, eps=eps, backend=backend, init=init)
-        self._set_fitted(sol, cert)
+        self._set_fitted(sol, cert, eps=eps)
         return self
 
     def _prepare(self, X, y, sensitive_features, sample_weight):
@@ -243,13 +243,23 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         self.groups_ = list(problem.group_labels)
         return problem, constraint, self._resolve_backend(problem.n, problem.d, constraint)
 
-    def _set_fitted(self, sol, cert):
+    def _set_fitted(self, sol, cert, *, eps=None):
         self.coef_ = np.asarray(sol.coef, dtype=np.float64).reshape(1, -1)
         self.intercept_ = np.array([float(sol.intercept)])
         self.n_iter_ = max(1, int(sol.n_iter))
         self.certificate_ = cert
         self.constraint_violation_ = float(cert.max_violation)
-        self._solver_state = sol.state
+        # warm-start state (numpy/torch, private): the solution, its working set and multipliers,
+        # plus up to two earlier heads with the same working set so that the next eps along a
+        # sweep starts from an extrapolation (see solvers.backends.torch._start_theta)
+        prev = getattr(self, "_solver_state", None)
+        state = dict(sol.state)
+        state["eps"] = eps
+        if (prev and "theta" in prev and prev.get("eps") is not None and eps is not None
+                and prev["eps"] != eps and len(prev["theta"]) == len(state.get("theta", ()))
+                and sorted(prev.get("working", ())) == sorted(state.get("working", ()))):
+            state["prev"] = (list(prev.get("prev", ())) + [(prev["theta"], prev["eps"])])[-2:]
+        self._solver_state = state
         self._report(cert)
 
     def _warm_init(self):

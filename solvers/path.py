@@ -45,8 +45,8 @@ def fit_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, **estima
         for e in grid:
             est = _fresh(base, e)
             sol, cert = fit_rate_constraint(est, problem, constraint, eps=e, backend=backend, init=state)
-            est._set_fitted(sol, cert)
-            state = sol.state
+            est._set_fitted(sol, cert, eps=e)
+            state = est._solver_state
             heads.append(est)
         return heads
     model = design = None
@@ -64,13 +64,9 @@ def fit_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, **estima
         est = _fresh(base, e)
         sol, cert = _fit_score(est, problem, constraint, eps=e, backend=backend, init=state, pieces=pieces,
                                model=model, design=design)
-        est._set_fitted(sol, cert)
-        prev = state
-        state = dict(sol.state)
-        state["eps"] = e
-        if prev is not None and "theta" in prev and sorted(prev.get("working", ())) == sorted(state.get("working", ())):
-            # keep up to two earlier heads of the same active set for the extrapolation
-            state["prev"] = (list(prev.get("prev", ())) + [(prev["theta"], prev["eps"])])[-2:]
+        est._solver_state = state  # the previous head's state: the extrapolation chain continues
+        est._set_fitted(sol, cert, eps=e)
+        state = est._solver_state
         heads.append(est)
     return heads
 

@@ -280,7 +280,8 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
     if pairs is not None and sorted(pairs[2]) == sorted(W):
         # warm start along a path: curvature pairs from the previous solve stay valid
         for s_, y_ in zip(pairs[0], pairs[1]):
-            s_, y_ = proj(s_.to(dev)), proj(y_.to(dev))
+            s_ = proj(torch.as_tensor(s_, dtype=_F64, device=dev))
+            y_ = proj(torch.as_tensor(y_, dtype=_F64, device=dev))
             if float(torch.dot(s_, y_)) > 0:
                 S.append(s_)
                 Yl.append(y_)
@@ -478,7 +479,13 @@ def fit_torch(problem, constraint, *, eps, C, penalty, l1_ratio, fit_intercept, 
     status = "optimal" if res.converged else "max_iter"
     return Solution(coef=th[:d].copy(), intercept=float(th[d]), multipliers=lam, status=status,
                     solver="active-set-lbfgs", n_iter=res.n_iter, wall_time=time.perf_counter() - t0,
-                    notes=[], state={"theta": th, "working": res.working, "pairs": res.pairs})
+                    notes=[], state={"theta": th, "working": res.working, "pairs": _numpy_pairs(res.pairs)})
+
+
+def _numpy_pairs(pairs):
+    """L-BFGS pairs as numpy (fitted estimators keep numpy only, so they pickle without torch)."""
+    S, Y, W = pairs
+    return ([x.cpu().numpy() for x in S], [x.cpu().numpy() for x in Y], list(W))
 
 
 def _start_theta(problem, fit_intercept, init, linear_form, eps, d):

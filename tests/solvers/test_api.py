@@ -180,3 +180,36 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(solvers.estimator, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("constraint", ["dp-score", "group-loss", "dp"])
+def test_fitted_state_pickles_without_torch_tensors(small_problem, constraint):
+    import pickle
+
+    X, y, a = small_problem
+    clf = FairLogisticRegression(constraint=constraint, eps=0.6 if constraint == "group-loss" else 0.05,
+                                 backend="torch").fit(X, y, sensitive_features=a)
+
+    def walk(v):
+        if isinstance(v, dict):
+            return all(walk(x) for x in v.values())
+        if isinstance(v, (list, tuple)):
+            return all(walk(x) for x in v)
+        return type(v).__module__.split(".")[0] != "torch"
+
+    assert walk(vars(clf))
+    back = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(back.predict(X), clf.predict(X))
+
+
+def test_warm_start_sweep_extrapolates(small_problem):
+    X, y, a = small_problem
+    head = FairLogisticRegression(constraint="dp-score", eps=0.3, backend="torch", warm_start=True, tol=1e-9)
+    iters = []
+    for eps in (0.3, 0.25, 0.2, 0.15):
+        head.set_params(eps=eps).fit(X, y, sensitive_features=a)
+        iters.append(head.n_iter_)
+        fresh = FairLogisticRegression(constraint="dp-score", eps=eps, backend="torch", tol=1e-9)
+        fresh.fit(X, y, sensitive_features=a)
+        assert head.certificate_.objective == pytest.approx(fresh.certificate_.objective, rel=OBJ_RTOL)
+    assert len(head._solver_state.get("prev", ())) == 2
