@@ -66,9 +66,13 @@ def _add_backbone_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--backbone", default="efficientnet_lite0",
                        help="backbone name: efficientnet_lite0 (offline default) or any torchvision "
                             "classification model (resnet50, vit_b_16, convnext_tiny, ...)")
-    weights = group.add_mutually_exclusive_group()
-    weights.add_argument("--weights", help="torchvision weights name, e.g. IMAGENET1K_V2 or DEFAULT")
-    weights.add_argument("--weights-file", type=Path, help="local state_dict for the same architecture")
+    group.add_argument("--weights", help="torchvision weights name, e.g. IMAGENET1K_V2 or DEFAULT "
+                                         "(with --weights-file: that name's preprocessing, offline)")
+    group.add_argument("--weights-file", type=Path, help="local state_dict for the same architecture "
+                                                         "(torchvision's file or your fine-tuned checkpoint)")
+    group.add_argument("--image-size", type=int, help="input size (default: the weights' own preprocessing)")
+    group.add_argument("--autocast", choices=("auto", "off", "bf16", "fp16"), default="auto",
+                       help="mixed precision on CUDA (default: bf16 where supported; always off on CPU)")
     group.add_argument("--batch-size", type=int, default=64)
     group.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: auto)")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
@@ -178,7 +182,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     path = pipeline.extract_cache(
         pipeline.source_from_args(args),
         backbone=args.backbone, weights=args.weights, weights_file=args.weights_file,
-        out=args.out, batch_size=args.batch_size, num_workers=args.workers, device=args.device,
+        image_size=args.image_size, autocast=args.autocast, out=args.out, batch_size=args.batch_size, num_workers=args.workers, device=args.device,
         feature_dtype=args.dtype, overwrite=args.overwrite, progress=not args.no_progress,
     )
     print(pipeline.describe_cache(path))

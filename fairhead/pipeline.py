@@ -57,12 +57,12 @@ def source_from_args(args: argparse.Namespace):
 
 
 def extract_cache(source, *, backbone: str, weights: str | None = None, weights_file: Path | None = None,
-                  out: Path, **extract_options) -> Path:
+                  image_size: int | None = None, autocast: str = "auto", out: Path, **extract_options) -> Path:
     """Build the backbone by name and run one extraction pass of ``source`` into ``out``."""
     import embedcache
 
-    model = embedcache.build_backbone(backbone, weights=weights, weights_file=weights_file)
-    return embedcache.extract(source, model, out, **extract_options)
+    model = embedcache.build_backbone(backbone, weights=weights, weights_file=weights_file, image_size=image_size)
+    return embedcache.extract(source, model, out, autocast=None if autocast == "auto" else autocast, **extract_options)
 
 
 def generate_dataset(out: Path, **synthetic_params) -> Path:

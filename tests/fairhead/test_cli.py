@@ -68,3 +68,31 @@ def test_usage_errors_exit_2():
     with pytest.raises(SystemExit) as exc:
         main(["fit"])
     assert exc.value.code == 2
+
+
+def test_extract_then_info_from_the_cli(tmp_path):
+    """A real extraction through the CLI: generated images, torchvision resnet18 (random init) at 32 px."""
+    cache = tmp_path / "synthetic.h5"
+    code, out, err = run_cli("extract", "--synthetic", "--n", 60, "--seed", 1, "--backbone", "resnet18",
+                             "--image-size", 32, "--batch-size", 16, "--no-progress", "--out", cache)
+    assert code == 0, err
+    assert cache.exists() and "background" in out
+    # the same command again is a no-op on the finished cache, never a silent mix
+    code, _, err = run_cli("extract", "--synthetic", "--n", 60, "--seed", 1, "--backbone", "resnet18",
+                           "--image-size", 32, "--batch-size", 16, "--no-progress", "--out", cache)
+    assert code == 0, err
+    code, _, err = run_cli("extract", "--synthetic", "--n", 60, "--seed", 2, "--backbone", "resnet18",
+                           "--image-size", 32, "--no-progress", "--out", cache)
+    assert code == 3 and "Traceback" not in err and "--overwrite" in err
+
+
+def test_generate_writes_images_and_a_manifest(tmp_path):
+    code, out, err = run_cli("generate", "--out", tmp_path / "data", "--n", 30)
+    assert code == 0, err
+    manifest = tmp_path / "data" / "manifest.csv"
+    assert manifest.exists() and len(manifest.read_text().splitlines()) == 31
+
+
+def test_presets_list_the_celeba_task():
+    code, out, _ = run_cli("presets")
+    assert code == 0 and "celeba-blond-male" in out and "Blond_Hair" in out
