@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 from sklearn.base import clone
 
 from .estimator import FairLogisticRegression, _fit_score, _problem_pieces

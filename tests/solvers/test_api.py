@@ -14,7 +14,6 @@ from solvers import FairLogisticRegression, fit_path, load_head, save_head
 from solvers.certificate import Certificate
 from solvers.errors import DataError, InfeasibleConstraintError
 from solvers.problem import build_problem, encode_groups
-from solvers.synthetic import make_fair_classification
 
 REPO = Path(__file__).resolve().parents[2]
 OBJ_RTOL = 1e-6  # re-solve vs fresh solve: same solver, same tolerance

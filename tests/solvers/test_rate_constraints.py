@@ -1,6 +1,5 @@
 """Rate constraints through the deterministic Lagrangian reduction."""
 
-import warnings
 
 import numpy as np
 import pytest
