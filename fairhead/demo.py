@@ -55,8 +55,11 @@ def _summary_rows(result) -> list[dict]:
 
 
 def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compare: bool = True,
-             progress: bool = True, batch_size: int = 64, compare_with=None) -> dict:
-    """Run the demo into ``out``; returns the paths it wrote."""
+             progress: bool = True, batch_size: int = 64, compare_with=None, **dataset_params) -> dict:
+    """Run the demo into ``out``; returns the paths it wrote.
+
+    ``dataset_params`` go to the generated dataset (``correlation``, ``minority_fraction``, ...).
+    """
     from embedcache.sources import ManifestSource
     from embedcache.sources.synthetic import LABEL_NAME, SENSITIVE_NAME
 
@@ -75,7 +78,7 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
         clock[0] = now
 
     say(f"[1/5] generating {n} images of the default dataset into {out / 'data'}")
-    manifest = pipeline.generate_dataset(out / "data", n=n, seed=seed)
+    manifest = pipeline.generate_dataset(out / "data", n=n, seed=seed, **dataset_params)
     lap("generate")
 
     say(f"[2/5] extracting {DEMO_BACKBONE} features into {out / 'features.h5'}")

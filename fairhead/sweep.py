@@ -129,6 +129,11 @@ def evaluate_predictor(head_scores_fn, predict_fn, arrays_by_split, constraint) 
     return out
 
 
+def _eps_key(eps: float) -> float:
+    """Dictionary key of a bound; NaN (minimax: no bound) gets one stable key."""
+    return float(eps) if np.isfinite(eps) else -1.0
+
+
 def _config_key(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -178,7 +183,7 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     (``expgrad``, ``gridsearch``, ``threshold``, ``penalty``). ``data`` may pass
     pre-loaded ``(arrays_by_split, fingerprint, provenance)`` to skip reading the cache.
     """
-    from solvers import FairLogisticRegression
+    from solvers import FairLogisticRegression, iter_path
     from solvers.constraints import make_constraint
     from tqdm.auto import tqdm
 
@@ -217,8 +222,7 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
               "fit_split": fit_split, "attributes": list(fit.attributes), "seed": seed, **base}
     key = _config_key(config)
     progress_path = out / PROGRESS_FILE
-    done = {r.eps: r for r in _load_progress(progress_path, key)
-            if r.method == "fairhead"} if grid.size else {}
+    done = {_eps_key(r.eps): r for r in _load_progress(progress_path, key) if r.method == "fairhead"}
 
     records: list[HeadRecord] = []
     records.append(HeadRecord(
@@ -226,28 +230,33 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
         intercept=float(free.intercept_[0]), certificate=free.certificate_.to_dict(),
         metrics=evaluate_predictor(scores(free), lambda a: free.predict(a.X), arrays, cons), wall_time=free_time))
 
-    head = FairLogisticRegression(constraint=cons, eps=0.0, warm_start=True, **base)
-    bar = tqdm(grid, desc=f"sweep {name}", unit="head", disable=not progress)
-    for eps in bar:
-        eps_key = float(eps) if np.isfinite(eps) else float("nan")
-        if eps_key in done:
-            records.append(done[eps_key])
-            continue
-        head.set_params(eps=float(eps) if np.isfinite(eps) else 0.0)
+    # one warm-started path over the bounds not already finished; each head is written as soon as it is solved
+    todo = [float(e) for e in grid if _eps_key(e) not in done]
+    solved: dict[float, HeadRecord] = {}
+    bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc=f"sweep {name}", unit="head",
+               disable=not progress)
+    with warnings.catch_warnings(record=True) as caught:
+        # an unmet bound is recorded in its row (certificate + notes), not raised mid-sweep
+        warnings.simplefilter("always")
+        path = iter_path(fit.X, fit.y, sensitive_features=sens, eps_grid=[e if np.isfinite(e) else 0.0 for e in todo],
+                         constraint=cons, **base)
         t0 = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            # an unmet bound is recorded in the row (certificate + notes), not raised mid-sweep
-            warnings.simplefilter("always")
-            head.fit(fit.X, fit.y, sensitive_features=sens)
-        wall = time.perf_counter() - t0
-        rec = HeadRecord(
-            method="fairhead", eps=eps_key, coef=head.coef_.ravel().tolist(),
-            intercept=float(head.intercept_[0]), certificate=head.certificate_.to_dict(),
-            metrics=evaluate_predictor(scores(head), lambda a: head.predict(a.X), arrays, cons), wall_time=wall,
-            notes="; ".join(sorted({str(w.message) for w in caught})))
-        records.append(rec)
-        _append_progress(progress_path, key, rec)
-        bar.set_postfix(eps=f"{eps:.4f}", fit_gap=f"{rec.metrics[fit_split]['constraint_value']:.4f}")
+        for eps, head in zip(todo, path):
+            wall = time.perf_counter() - t0
+            notes = "; ".join(sorted({str(w.message) for w in caught}))
+            rec = HeadRecord(
+                method="fairhead", eps=eps, coef=head.coef_.ravel().tolist(),
+                intercept=float(head.intercept_[0]), certificate=head.certificate_.to_dict(),
+                metrics=evaluate_predictor(scores(head), lambda a, h=head: h.predict(a.X), arrays, cons),
+                wall_time=wall, notes=notes)
+            solved[_eps_key(eps)] = rec
+            _append_progress(progress_path, key, rec)
+            bar.update(1)
+            bar.set_postfix(eps=f"{eps:.4f}", fit_gap=f"{rec.metrics[fit_split]['constraint_value']:.4f}")
+            caught.clear()
+            t0 = time.perf_counter()  # the evaluation above is not the solver's time
+    bar.close()
+    records.extend(done.get(_eps_key(e)) or solved[_eps_key(e)] for e in grid)
 
     if compare:
         from fairhead import compare as baselines

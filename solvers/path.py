@@ -18,25 +18,36 @@ from .estimator import FairLogisticRegression, _fit_score, _problem_pieces
 def fit_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, **estimator_params):
     """Fit one head per ``eps`` in ``eps_grid`` (in the given order), warm-starting each.
 
+    The list form of :func:`iter_path`; see there.
+    """
+    return list(iter_path(X, y, sensitive_features=sensitive_features, eps_grid=eps_grid,
+                          sample_weight=sample_weight, **estimator_params))
+
+
+def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, **estimator_params):
+    """Yield one fitted head per ``eps`` in ``eps_grid`` (in the given order), warm-starting each.
+
+    A generator, so a caller can record each head as soon as it is solved (``fairhead
+    sweep`` writes its progress file this way and resumes after an interruption).
+
     Parameters
     ----------
     X, y, sensitive_features, sample_weight : as in :meth:`FairLogisticRegression.fit`.
     eps_grid : sequence of float
     **estimator_params : parameters of :class:`FairLogisticRegression` (``eps`` is ignored).
 
-    Returns
-    -------
-    list of FairLogisticRegression
+    Yields
+    ------
+    FairLogisticRegression
         Fitted heads, one per ``eps`` (each with its own ``certificate_``).
     """
     estimator_params.pop("eps", None)
     base = FairLogisticRegression(**estimator_params)
     grid = [float(e) for e in eps_grid]
     if not grid:
-        return []
+        return
     base.set_params(eps=grid[0])
     problem, constraint, backend = base._prepare(X, y, sensitive_features, sample_weight)
-    heads = []
     state = None
     if constraint is not None and constraint.kind == "rate":
         from .reductions import fit_rate_constraint
@@ -46,8 +57,8 @@ def fit_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, **estima
             sol, cert = fit_rate_constraint(est, problem, constraint, eps=e, backend=backend, init=state)
             est._set_fitted(sol, cert, eps=e)
             state = est._solver_state
-            heads.append(est)
-        return heads
+            yield est
+        return
     model = design = None
     if backend == "torch":
         from .backends.torch import Design
@@ -66,8 +77,7 @@ def fit_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, **estima
         est._solver_state = state  # the previous head's state: the extrapolation chain continues
         est._set_fitted(sol, cert, eps=e)
         state = est._solver_state
-        heads.append(est)
-    return heads
+        yield est
 
 
 def _fresh(base, eps):
@@ -78,4 +88,4 @@ def _fresh(base, eps):
     return est
 
 
-__all__ = ["fit_path"]
+__all__ = ["fit_path", "iter_path"]

@@ -10,24 +10,32 @@ import pytest
 from fairhead import demo
 
 
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 @pytest.mark.slow
 def test_demo_end_to_end_tiny(tmp_path, capsys):
     pytest.importorskip("fairlearn")
-    files = demo.run_demo(tmp_path, n=400, n_eps=3, compare_with=["threshold", "penalty"], progress=False)
+    # a milder imbalance than the default so that 700 images leave every (label, group) cell of the
+    # validation split enough rows for M1's equalized-odds constraint
+    files = demo.run_demo(tmp_path, n=700, n_eps=3, compare_with=["threshold", "penalty"], progress=False,
+                          correlation=0.7, minority_fraction=0.4)
     printed = capsys.readouterr().out
     assert "sweep 'dp'" in printed and "protocols" in printed and "demo finished" in printed
     report = files["report"].read_text()
     for name in ("dp", "dp-score"):
         folder = tmp_path / f"sweep-{name}"
-        rows = list(csv.DictReader(open(folder / "sweep.csv")))
+        rows = read_csv(folder / "sweep.csv")
         assert {"unconstrained", "fairhead"} <= {r["method"] for r in rows}
         assert json.loads((folder / "sweep.json").read_text())["constraint"] == name
         assert (folder / "tradeoff.png").stat().st_size > 10_000
         assert f"sweep-{name}/tradeoff.png" in report
-    assert {"penalty", "threshold"} <= {r["method"] for r in csv.DictReader(open(tmp_path / "sweep-dp" / "sweep.csv"))}
-    protocols = list(csv.DictReader(open(tmp_path / "protocols" / "protocols.csv")))
+    assert {"penalty", "threshold"} <= {r["method"] for r in read_csv(tmp_path / "sweep-dp" / "sweep.csv")}
+    protocols = read_csv(tmp_path / "protocols" / "protocols.csv")
     assert sorted({r["protocol"] for r in protocols}) == ["B1", "B2", "B3", "M1", "M2"]
     # the generated data carries a real fairness problem: the unconstrained head has a clear DP gap on test
-    unconstrained = next(r for r in csv.DictReader(open(tmp_path / "sweep-dp" / "sweep.csv"))
+    unconstrained = next(r for r in read_csv(tmp_path / "sweep-dp" / "sweep.csv")
                          if r["method"] == "unconstrained" and r["split"] == "test")
     assert float(unconstrained["demographic_parity_difference"]) > 0.2
