@@ -28,6 +28,11 @@ SUMMARY_COLUMNS = (
 )
 
 
+def _short(note: str) -> str:
+    """The first clause of a baseline's note: 'alpha=0.3', 'post-processing'."""
+    return note.split(",")[0].split(":")[0]
+
+
 def _summary_rows(result) -> list[dict]:
     """Unconstrained, a middle bound and the tightest bound of one sweep, train vs test."""
     by = {}
@@ -46,7 +51,7 @@ def _summary_rows(result) -> list[dict]:
             continue
         label = key[0] if key[0] == "unconstrained" else (
             f"{result.constraint} eps={key[1]:.3f}" if key[0] == "fairhead" else
-            f"{key[0]}" + (f" eps={key[1]:.3f}" if key[1] == key[1] else f" ({fit['notes']})"))
+            f"{key[0]}" + (f" eps={key[1]:.3f}" if key[1] == key[1] else f" ({_short(fit['notes'])})"))
         rows.append({"head": label, "fit_acc": fit["accuracy"], "test_acc": test["accuracy"],
                      "fit_dp": fit["demographic_parity_difference"], "test_dp": test["demographic_parity_difference"],
                      "fit_eo": fit["equalized_odds_difference"], "test_eo": test["equalized_odds_difference"],

@@ -18,6 +18,8 @@ GAPS = (
     ("demographic_parity_difference", "DP difference"),
     ("equalized_odds_difference", "EO difference"),
 )
+COLORS = {"fairhead": "tab:orange", "unconstrained": "black", "expgrad": "tab:green", "gridsearch": "tab:brown",
+          "threshold": "tab:red", "penalty": "tab:purple"}
 MARKERS = {"fairhead": "o", "unconstrained": "*", "expgrad": "s", "gridsearch": "D",
            "threshold": "^", "penalty": "v"}
 
@@ -68,6 +70,7 @@ def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "") -> dict[str,
                 marker = MARKERS.get(_method_base(method), "x")
                 # only fairhead's heads form a path (ordered by eps); baselines are separate points
                 ax.plot(gap, acc, marker=marker, linestyle="-" if method == "fairhead" else "none",
+                        color=COLORS.get(_method_base(method)),
                         markersize=9 if marker == "*" else 5, alpha=0.8, label=method)
             gap = np.array([g.get(key, np.nan) for g in all_rows], dtype=float)
             acc = np.array([g["accuracy"] for g in all_rows], dtype=float)
@@ -103,7 +106,8 @@ def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "") -> dict[str,
                     sc = ax.scatter(x, y, c=eps, cmap="viridis", s=28, label=method, zorder=3)
                     fig.colorbar(sc, ax=ax, label="eps")
                 else:
-                    ax.scatter(x, y, marker=MARKERS.get(_method_base(method), "x"), s=30, alpha=0.8, label=method)
+                    ax.scatter(x, y, marker=MARKERS.get(_method_base(method), "x"), s=30, alpha=0.8, label=method,
+                               color=COLORS.get(_method_base(method)))
             lim = np.nanmax([[p[0].get(key, np.nan), p[1].get(key, np.nan)] for p in pairs] + [[1e-3, 1e-3]])
             ax.plot([0, lim], [0, lim], "k--", linewidth=1, label="test = fit")
             ax.set_xlabel(f"{label} on {fit_split}")
