@@ -113,14 +113,19 @@ class SweepResult:
         return "\n".join(lines)
 
 
-def evaluate_predictor(head_scores_fn, predict_fn, arrays_by_split, constraint) -> dict[str, dict[str, float]]:
+def evaluate_predictor(scores_fn, predict_fn, arrays_by_split, constraint) -> dict[str, dict[str, float]]:
+    """Metrics of one predictor on every split, plus the constraint's own value.
+
+    ``scores_fn(arrays)`` gives decision scores; ``predict_fn(arrays)`` the hard predictions,
+    or ``None`` for a linear head, whose predictions are ``scores > 0`` (one product per split).
+    """
     from solvers import metrics
 
     out = {}
     for split, arrays in arrays_by_split.items():
         sens = pipeline.sensitive_arg(arrays)
-        z = head_scores_fn(arrays)
-        yhat = predict_fn(arrays)
+        z = np.asarray(scores_fn(arrays), dtype=np.float64)
+        yhat = (z > 0).astype(np.int64) if predict_fn is None else predict_fn(arrays)
         m = metrics.evaluate(arrays.y, yhat, sensitive_features=sens, y_score=1.0 / (1.0 + np.exp(-z)))
         values = {k: float(m.get(k, float("nan"))) for k in SWEEP_METRICS}
         values["constraint_value"] = constraint_value(constraint, y=arrays.y, scores=z, sensitive_features=sens,
@@ -228,7 +233,7 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     records.append(HeadRecord(
         method="unconstrained", eps=float("nan"), coef=free.coef_.ravel().tolist(),
         intercept=float(free.intercept_[0]), certificate=free.certificate_.to_dict(),
-        metrics=evaluate_predictor(scores(free), lambda a: free.predict(a.X), arrays, cons), wall_time=free_time))
+        metrics=evaluate_predictor(scores(free), None, arrays, cons), wall_time=free_time))
 
     # one warm-started path over the bounds not already finished; each head is written as soon as it is solved
     todo = [float(e) for e in grid if _eps_key(e) not in done]
@@ -247,7 +252,7 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
             rec = HeadRecord(
                 method="fairhead", eps=eps, coef=head.coef_.ravel().tolist(),
                 intercept=float(head.intercept_[0]), certificate=head.certificate_.to_dict(),
-                metrics=evaluate_predictor(scores(head), lambda a, h=head: h.predict(a.X), arrays, cons),
+                metrics=evaluate_predictor(scores(head), None, arrays, cons),
                 wall_time=wall, notes=notes)
             solved[_eps_key(eps)] = rec
             _append_progress(progress_path, key, rec)
