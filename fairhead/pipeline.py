@@ -85,15 +85,16 @@ def describe_cache(path: Path) -> str:
 
     with embedcache.open(path) as cache:
         prov = cache.provenance
-        lines = [f"cache      {Path(path)}", f"rows       {cache.n_rows} x {cache.feature_dim} features"]
+        width = max(map(len, prov), default=0) + 1
+        lines = [f"{'cache':<{width}s} {Path(path)}", f"{'rows':<{width}s} {cache.n_rows} x {cache.feature_dim} features"]
         for key in sorted(prov):
             value = prov[key]
             if isinstance(value, (dict, list)):
                 value = json.dumps(value, sort_keys=True)
             text = str(value)
-            lines.append(f"{key:<22s} {text if len(text) <= 160 else text[:157] + '...'}")
+            lines.append(f"{key:<{width}s} {text if len(text) <= 160 else text[:157] + '...'}")
         lines.append("")
-        lines.append(cache.count_table_text() if hasattr(cache, "count_table_text") else str(cache.count_table()))
+        lines.append(str(cache.count_table()))
     return "\n".join(lines)
 
 
