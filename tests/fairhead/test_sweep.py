@@ -126,3 +126,25 @@ def test_baselines_share_the_table(split_arrays, tmp_path):
     threshold = next(r for r in result.rows if r["method"] == "threshold")
     assert "attribute at test time" in threshold["notes"]
     assert all(r["fit_time_s"] > 0 for r in result.rows)
+
+
+def test_two_attributes_sweep_over_intersectional_groups(split_arrays, tmp_path):
+    """Two sensitive attributes combine into four intersectional groups throughout the sweep."""
+    import dataclasses
+
+    rng = np.random.default_rng(3)
+    arrays = {}
+    for split, a in split_arrays.items():
+        second = rng.integers(0, 2, len(a.y))
+        arrays[split] = dataclasses.replace(a, groups=np.column_stack([a.groups[:, 0], second]),
+                                            attributes=("group", "site"),
+                                            categories={"group": ("a", "b"), "site": ("x", "y")})
+    assert len(set(arrays["train"].group_names)) == 4
+    result = sweep.run_sweep(None, out=tmp_path, constraint="dp-score", eps_grid=[0.5, 0.1, 0.0], progress=False,
+                             plots=False, backend="cvxpy", data=(arrays, "fp", {}))
+    for rec in (r for r in result.records if r.method == "fairhead"):
+        train = arrays["train"]
+        z = train.X @ np.asarray(rec.coef) + rec.intercept
+        per_group = [z[train.group_names == g].mean() - z.mean() for g in np.unique(train.group_names)]
+        assert max(abs(v) for v in per_group) <= rec.eps + 1e-6
+        assert rec.metrics["train"]["constraint_value"] == pytest.approx(max(abs(v) for v in per_group), abs=1e-9)
