@@ -45,10 +45,9 @@ MSG_Y_BINARY = (
     "y must have exactly 2 classes for a binary head; got {k} class(es): {classes}"
 )
 MSG_SW_SHAPE = "sample_weight has shape {got}; expected ({n},) with one weight per sample"
-MSG_SW_NEG = (
-    "sample_weight must be finite and non-negative with a positive sum (all-zero weights are not allowed); "
-    "got min={mn}, sum={s}"
-)
+MSG_SW_NONFINITE = "sample_weight has a non-finite value ({value}) at row {row}; pass finite, non-negative weights"
+MSG_SW_NEG = "sample_weight has a negative value ({value}) at row {row}; pass finite, non-negative weights"
+MSG_SW_ZERO = "sample_weight sums to {s} (every weight is zero); pass finite, non-negative weights with a positive sum"
 MSG_BALANCE = "balance must be one of None, 'group', 'label-group'; got {got!r}"
 MSG_BALANCE_NO_GROUPS = "balance={balance!r} needs sensitive_features; pass sensitive_features or set balance=None"
 
@@ -185,8 +184,14 @@ def check_sample_weight(sample_weight, n: int) -> np.ndarray:
         sw = np.full(n, float(sw))
     if sw.shape != (n,):
         raise DataError(MSG_SW_SHAPE.format(got=sw.shape, n=n))
-    if not np.all(np.isfinite(sw)) or sw.min() < 0 or sw.sum() <= 0:
-        raise DataError(MSG_SW_NEG.format(mn=float(np.nanmin(sw)), s=float(np.nansum(sw))))
+    bad = np.flatnonzero(~np.isfinite(sw))
+    if bad.size:
+        raise DataError(MSG_SW_NONFINITE.format(value=float(sw[bad[0]]), row=int(bad[0])))
+    bad = np.flatnonzero(sw < 0)
+    if bad.size:
+        raise DataError(MSG_SW_NEG.format(value=float(sw[bad[0]]), row=int(bad[0])))
+    if sw.sum() <= 0:
+        raise DataError(MSG_SW_ZERO.format(s=float(sw.sum())))
     return sw
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 from embedcache.errors import DataError
 from embedcache.sources.base import (
+    EMPTY_MSG,
     TableSource,
     encode_binary_label,
     encode_categorical,
@@ -97,6 +98,8 @@ class ManifestSource(TableSource):
                 raise DataError(
                     UNKNOWN_COLUMN_MSG.format(path=self.csv_path, name=name, hint=hint, available=", ".join(header))
                 )
+        if not rows:  # before the label check, which would call an empty column "not binary"
+            raise DataError(EMPTY_MSG.format(where=f"manifest '{self.csv_path}'"))
 
         def column(name: str) -> list[str]:
             k = header.index(name)
