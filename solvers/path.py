@@ -50,11 +50,14 @@ def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, **estim
     problem, constraint, backend = base._prepare(X, y, sensitive_features, sample_weight)
     state = None
     if constraint is not None and constraint.kind == "rate":
+        from .backends.torch import Design
         from .reductions import fit_rate_constraint
 
+        design = Design(problem.X, base.device, center=base.fit_intercept)
         for e in grid:
             est = _fresh(base, e)
-            sol, cert = fit_rate_constraint(est, problem, constraint, eps=e, backend=backend, init=state)
+            sol, cert = fit_rate_constraint(est, problem, constraint, eps=e, backend=backend, init=state,
+                                            design=design)
             est._set_fitted(sol, cert, eps=e)
             state = est._solver_state
             yield est

@@ -43,6 +43,8 @@ MAX_OUTER = 30
 SEARCH_TOL = 1e-4
 #: L-BFGS steps per multiplier value in the cheap first stage of the search
 INEXACT_ITERS = 8
+#: along a path, accept a converged fit whose largest gap is within this fraction of eps below the target
+WARM_BAND = 0.05
 
 
 def _evaluate(z, y, v, V, mom):
@@ -52,11 +54,18 @@ def _evaluate(z, y, v, V, mom):
     return gaps, err
 
 
-def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None):
-    """Run the reduction; return ``(Solution, Certificate)`` (see module docstring)."""
+def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, design=None):
+    """Run the reduction; return ``(Solution, Certificate)`` (see module docstring).
+
+    ``init`` (a previous head's ``state``) warm-starts the head and the multipliers. Along a
+    path (``init`` holds the previous bound and its rate gaps) the search starts at the
+    multipliers extrapolated in ``eps`` from the last heads, with converged fits only, and
+    stops as soon as a converged fit lands in the band ``[TARGET_FRACTION - WARM_BAND,
+    TARGET_FRACTION] * eps`` (a cold search stops when its bracket is 2% wide).
+    """
     import torch
 
-    from .backends.torch import MSG_PENALTY, Design, WeightedLogistic, _tensor, minimize
+    from .backends.torch import MSG_PENALTY, Design, WeightedLogistic, _numpy_pairs, _tensor, minimize
     from .errors import DataError
 
     if est.penalty not in ("l2", None):
@@ -67,7 +76,8 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None):
     n, d = X.shape
     mom = constraint.moments(y, problem.groups, v, problem.group_labels)
     K = mom.M.shape[0]
-    design = Design(X, est.device, center=est.fit_intercept)
+    if design is None:
+        design = Design(X, est.device, center=est.fit_intercept)
     dev = design.device
     lam2 = 0.0 if est.penalty is None else 1.0 / (float(est.C) * V)
     fixed = () if est.fit_intercept else (d,)
@@ -85,8 +95,16 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None):
         if "lam" in init and len(init["lam"]) == K:
             lam = np.asarray(init["lam"], dtype=np.float64).copy()
     eps_t = TARGET_FRACTION * eps
+    # along a path: the previous head's gaps (they do not depend on eps) and its multipliers
+    prev = None
+    if (init and init.get("eps") is not None and "gaps" in init and len(init["gaps"]) == K
+            and "lam" in init and len(init["lam"]) == K and len(init.get("theta", ())) == d + 1):
+        prev = (float(init["eps"]), lam.copy(), np.asarray(init["gaps"], dtype=np.float64))
+    lam_hist = list(init.get("lam_hist", ())) if prev else []
     history = []
     state = {"theta": theta, "it": 0, "pairs": None, "exact": True, "fits": 0}
+    if prev and init.get("pairs") is not None:
+        state["pairs"] = init["pairs"]
 
     def run(lam_k):
         delta = base + Ma.T @ lam_k
@@ -95,11 +113,15 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None):
         obj = WeightedLogistic(ylab, q, lam2, d)
         # curvature pairs carry over: the weighted objectives along the path are alike
         exact = state["exact"]
+        # the head's scores carry over from the last fit (they do not depend on lam); refreshed
+        # every few fits against drift, and always by the final polish
+        z0 = state.get("z") if state["fits"] % 8 else None
         res = minimize(design, obj, state["theta"], fixed=fixed, tol=search_tol,
-                       max_iter=int(est.max_iter) if exact else INEXACT_ITERS, pairs=state["pairs"])
+                       max_iter=int(est.max_iter) if exact else INEXACT_ITERS, pairs=state["pairs"], z0=z0)
         state["it"] += res.n_iter
         state["fits"] += 1
         state["theta"] = res.theta
+        state["z"] = res.z
         state["pairs"] = res.pairs
         gaps, err = _evaluate(res.z.cpu().numpy(), y, v, V, mom)
         if exact:  # only converged heads are candidates
@@ -107,8 +129,11 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None):
                             res.converged))
         return gaps
 
-    def search(lam_s, gaps_s, t0, log):
-        """Ray + Illinois (then Rprop) from ``lam_s``; ``log`` collects (lam, max gap, err proxy)."""
+    def search(lam_s, gaps_s, t0, log, band=None):
+        """Ray + Illinois (then Rprop) from ``lam_s``; ``log`` collects (lam, max gap, err proxy).
+
+        With ``band``, a probe that meets eps within ``band`` of the target ends the search.
+        """
         u = gaps_s / float(np.abs(gaps_s).max())
         sgn = np.sign(gaps_s)
 
@@ -125,6 +150,8 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None):
         t = t0
         for _ in range(12):
             f = h(probe(lam_s + t * u))
+            if band is not None and -band <= f <= 0 and log[-1][1] <= eps:
+                return lam_s + t * u
             if f <= 0:
                 t_b, f_b = t, f
                 break
@@ -143,6 +170,8 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None):
             t = t_b - f_b * (t_b - t_a) / (f_b - f_a) if f_b != f_a else 0.5 * (t_a + t_b)
             t = min(max(t, t_a + 0.05 * (t_b - t_a)), t_b - 0.05 * (t_b - t_a))
             f = h(probe(lam_s + t * u))
+            if band is not None and -band <= f <= 0 and log[-1][1] <= eps:
+                return lam_s + t * u
             if f <= 0:
                 t_b, f_b = t, f
                 if side == -1:
@@ -177,8 +206,34 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None):
             prev_r = np.where(active, r, prev_r)
         return lam_k
 
-    gaps0 = run(lam)
-    if float(np.abs(gaps0).max()) > eps:
+    if prev and float(np.abs(prev[2]).max()) > eps:
+        # warm along a path: the previous head (already solved) misses the new bound. Search
+        # with converged fits from its multipliers, first probing where the multipliers of the
+        # last heads extrapolate to (tightening the bound moves them a little).
+        eps_p, lam_p, gaps0 = prev
+        u = gaps0 / float(np.abs(gaps0).max())
+        mg = float(np.abs(gaps0).max())
+        t0 = max(float(np.abs(lam_p).max()), 1e-3) * (mg - eps_t) / mg
+        if lam_hist:
+            eps_q, lam_q = lam_hist[-1]
+            if eps_q != eps_p:
+                pred = lam_p + (lam_p - np.asarray(lam_q)) * (eps - eps_p) / (eps_p - eps_q)
+                t_pred = float(np.dot(pred - lam_p, u) / np.dot(u, u))
+                if t_pred > 0:
+                    t0 = t_pred
+        theta_start, pairs_start = state["theta"], state["pairs"]
+        search(lam_p, gaps0, t0, [], band=WARM_BAND * eps)
+        if not any(e[1] <= eps for e in history):
+            # the warm search missed: the cold two-stage search from the previous multipliers
+            state["theta"], state["pairs"] = theta_start, pairs_start
+            state.pop("z", None)
+            lam = lam_p
+            gaps0 = run(lam)
+        else:
+            gaps0 = None
+    else:
+        gaps0 = run(lam)
+    if gaps0 is not None and float(np.abs(gaps0).max()) > eps:
         # stage 1: steer the multipliers with a few warm L-BFGS steps per value (cheap, inexact)
         state["exact"] = False
         theta_start, pairs_start = state["theta"], state["pairs"]
@@ -192,36 +247,42 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None):
         if not any(e[1] <= eps for e in history):
             # the cheap stage misled us: rerun the whole search with converged fits
             state["theta"], state["pairs"] = theta_start, pairs_start
+            state.pop("z", None)
             search(lam, gaps0, 0.25, [(e[2], e[1]) for e in history])
     # choose: feasible with least error, checked with the exact predict() arithmetic
     feas = sorted((h for h in history if h[1] <= eps), key=lambda h: h[0])
-    chosen = None
-    for h in feas[:5]:
+
+    def check(h):
         th = design.from_centered(h[3]).cpu().numpy()
-        zz = x_dot(X, th[:d]) + th[d]
-        g2, e2 = _evaluate(zz, y, v, V, mom)
-        if float(np.abs(g2).max()) <= eps:
-            chosen = (h, th, g2, e2)
-            break
-    if chosen is None:
-        h = min(history, key=lambda h: (h[1], h[0]))
-        th = design.from_centered(h[3]).cpu().numpy()
-        zz = x_dot(X, th[:d]) + th[d]
-        g2, e2 = _evaluate(zz, y, v, V, mom)
-        chosen = (h, th, g2, e2)
-    h, th, g2, e2 = chosen
-    if float(np.abs(g2).max()) <= eps and h[4] > tol:
-        # polish the chosen weighted fit to the estimator's tolerance; keep it if still feasible
+        g2, e2 = _evaluate(x_dot(X, th[:d]) + th[d], y, v, V, mom)
+        return h, th, g2, e2
+
+    def polish(h):
+        """The weighted fit of ``h`` to the estimator's tolerance, checked."""
         lam_c = h[2]
         delta = base + Ma.T @ lam_c
         obj = WeightedLogistic(_tensor((delta < 0).astype(np.float64), dev), _tensor(np.abs(delta), dev), lam2, d)
         res = minimize(design, obj, h[3], fixed=fixed, tol=tol, max_iter=int(est.max_iter), pairs=state["pairs"])
         state["it"] += res.n_iter
-        th_p = design.from_centered(res.theta).cpu().numpy()
-        g_p, e_p = _evaluate(x_dot(X, th_p[:d]) + th_p[d], y, v, V, mom)
-        if float(np.abs(g_p).max()) <= eps:
-            h = (e_p, float(np.abs(g_p).max()), lam_c, res.theta, res.stationarity, res.converged)
-            th, g2, e2 = th_p, g_p, e_p
+        _, th_p, g_p, e_p = check((0.0, 0.0, lam_c, res.theta, res.stationarity, res.converged))
+        return (e_p, float(np.abs(g_p).max()), lam_c, res.theta, res.stationarity, res.converged), th_p, g_p, e_p
+
+    chosen = None
+    for h in feas[:5]:
+        # polish first (one exact product check instead of two): keep it if still feasible,
+        # else the unpolished fit if that is feasible (the exact predict() arithmetic decides)
+        if h[4] > tol:
+            cand = polish(h)
+            if float(np.abs(cand[2]).max()) <= eps:
+                chosen = cand
+                break
+        cand = check(h)
+        if float(np.abs(cand[2]).max()) <= eps:
+            chosen = cand
+            break
+    if chosen is None:
+        chosen = check(min(history, key=lambda h: (h[1], h[0])))
+    h, th, g2, e2 = chosen
     total_it = state["it"]
     gap = float(np.abs(g2).max())
     met = gap <= eps
@@ -231,7 +292,9 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None):
         notes.append("the chosen weighted fit stopped at max_iter (its predictions were still checked)")
     sol = Solution(coef=th[:d].copy(), intercept=float(th[d]), multipliers=h[2], status="eps_met" if met else "eps_not_met",
                    solver="lagrangian-reduction/active-set-lbfgs", n_iter=total_it, wall_time=wall, notes=notes,
-                   state={"theta": th, "lam": h[2]})
+                   state={"theta": th, "lam": h[2], "gaps": np.asarray(g2, dtype=np.float64),
+                          "lam_hist": (lam_hist + [(prev[0], prev[1])])[-2:] if prev else [],
+                          "pairs": _numpy_pairs(state["pairs"]) if state["pairs"] is not None else None})
     cert = Certificate(
         backend="torch", solver=sol.solver, status=sol.status, constraint=constraint.name, eps=float(eps),
         objective=e2, max_violation=max(0.0, gap - eps), stationarity=float(h[4]), n_iter=total_it,
