@@ -216,11 +216,8 @@ CASES = [
                  CacheError, "unfinished extraction", "--overwrite", id="cli-resume-from-another-dataset"),
     pytest.param(api(_open("journal-out")), CacheError, "incomplete (16 of 24 rows)", "rerun the same",
                  id="api-open-half-extracted"),
-    pytest.param(cli("info", "{root}/absent.h5"), CacheError, "no cache at", "build it with", id="cli-missing-cache"),
     pytest.param(api(_import("table", out_key="not-hdf5")), CacheError, "not a readable cache", "--overwrite",
                  id="api-import-over-a-non-cache"),
-    pytest.param(cli("fit", "{cache}", "--attributes", "age"), DataError, "'age'", "pick one of those",
-                 id="cli-unknown-attribute"),
     # --- solvers
     pytest.param(api(_fit(X=lambda X: _with(X, 3, 1, np.nan))), DataError, "NaN", "impute", id="api-nan-feature",
                  marks=SKLEARN_VALUEERROR),
@@ -243,8 +240,6 @@ CASES = [
                  "group 1 has 0 samples with y=0", "merge small categories", id="api-group-with-one-class-under-eo"),
     pytest.param(api(_fit(constraint="group-loss", eps=1e-4, backend="cvxpy")), InfeasibleConstraintError,
                  "infeasible", "raise eps", id="api-infeasible-bound"),
-    pytest.param(cli("fit", "{cache}", "--constraint", "group-loss", "--eps", "0.0001", "--backend", "cvxpy"),
-                 InfeasibleConstraintError, "infeasible", "raise eps", id="cli-infeasible-bound"),
     pytest.param(api(_fit(sample_weight=np.r_[np.nan, np.ones(239)])), DataError, "sample_weight",
                  "pass finite", id="api-nan-sample-weight"),
     pytest.param(api(_fit(sample_weight=np.r_[np.inf, np.ones(239)])), DataError, "sample_weight",
@@ -259,30 +254,65 @@ def _single_line(message: str) -> None:
     assert message and "\n" not in message.strip(), f"not one line: {message!r}"
 
 
-@pytest.mark.parametrize("how, family, needle, hint", CASES)
-def test_bad_input_is_a_clear_one_line_error_and_changes_nothing(bad_inputs, tmp_path, how, family, needle, hint):
-    kind, payload = how
-    before = tree_digest(bad_inputs["root"])
-    if kind == "cli":
-        names = {k: str(v) for k, v in bad_inputs.items()}
-        args = [a.format(tmp=tmp_path, **names) for a in payload]
-        proc = subprocess.run([sys.executable, "-m", "fairhead.cli", *args], capture_output=True, text=True,
+#: the CLI rows run as real subprocesses, a few at a time (each pays torch's ~3 s import); tests/fairhead/test_cli.py
+#: already runs the missing-cache, unknown-attribute and infeasible-bound commands
+CLI_PARALLEL = 3
+
+
+@pytest.fixture(scope="session")
+def cli_runs(bad_inputs, tmp_path_factory):
+    """Run every CLI row once; return ``{id: (CompletedProcess, scratch dir)}`` and whether the inputs were
+    untouched (hashed before the first and after the last run)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = {k: str(v) for k, v in bad_inputs.items()}
+    jobs = {}
+    for case in CASES:
+        (kind, payload), *_ = case.values
+        if kind == "cli":
+            scratch = tmp_path_factory.mktemp("cli-row")
+            jobs[case.id] = ([a.format(tmp=scratch, **names) for a in payload], scratch)
+
+    def run(args):
+        return subprocess.run([sys.executable, "-m", "fairhead.cli", *args], capture_output=True, text=True,
                               timeout=CLI_TIMEOUT_S)
+
+    before = tree_digest(bad_inputs["root"])
+    with ThreadPoolExecutor(CLI_PARALLEL) as pool:
+        procs = dict(zip(jobs, pool.map(run, [args for args, _ in jobs.values()])))
+    unchanged = tree_digest(bad_inputs["root"]) == before
+    return {k: (procs[k], jobs[k][1]) for k in jobs}, unchanged
+
+
+@pytest.mark.parametrize("how, family, needle, hint", CASES)
+def test_bad_input_is_a_clear_one_line_error_and_changes_nothing(request, bad_inputs, tmp_path, how, family,
+                                                                  needle, hint):
+    kind, payload = how
+    if kind == "cli":
+        runs, unchanged = request.getfixturevalue("cli_runs")
+        proc, scratch = runs[_case_id(request)]
         assert "Traceback" not in proc.stderr, proc.stderr
         assert proc.returncode == family.exit_code, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("fairhead: error: "), proc.stderr
         message = lines[0]
+        assert unchanged, "a failed command changed files already on disk"
     else:
+        scratch = tmp_path
+        before = tree_digest(bad_inputs["root"])
         with pytest.raises(FairheadError) as err:
             payload(bad_inputs, tmp_path)
         assert isinstance(err.value, family), f"{type(err.value).__name__}: {err.value}"
         message = str(err.value)
         _single_line(message)
+        assert tree_digest(bad_inputs["root"]) == before, "a failed call changed files already on disk"
     assert needle in message, message
     assert hint in message, f"no fix hint {hint!r} in: {message}"
-    assert tree_digest(bad_inputs["root"]) == before, "a failed command changed files already on disk"
-    assert not list(tmp_path.rglob("*.lock")), "a failed command left its write lock behind"
+    assert not list(scratch.rglob("*.lock")), "a failed command left its write lock behind"
+
+
+def _case_id(request) -> str:
+    return request.node.callspec.id
 
 
 def test_the_table_covers_at_least_40_inputs_in_every_category():
