@@ -178,21 +178,27 @@ def _stationarity_with_penalty(grad_smooth, w, C, V, penalty, l1_ratio, fit_inte
 
 
 def score_certificate_numbers(
-    problem, constraint, coef, intercept, multipliers, *, eps, C, penalty, l1_ratio, linear_form=None, cells=None, ops=None, fit_intercept=True
+    problem, constraint, coef, intercept, multipliers, *, eps, C, penalty, l1_ratio, linear_form=None, cells=None, ops=None, fit_intercept=True,
+    products=None,
 ):
     """Return ``(objective, max_violation, stationarity)`` for a score-constrained head.
 
     ``multipliers`` follow the constraint's rows: linear form rows, or cells for
     group-loss / minimax. ``None`` constraint means unconstrained. ``ops`` replaces the
     float64 numpy products ``(x_dot, xt_dot)`` (the torch backend passes its device ones).
+    ``products`` (optional, unconstrained and linear-form constraints only) are
+    ``(X w + b, X^T r)`` at this head with ``r = (v / V)(sigmoid(z) - y)``, as the solver's
+    last evaluation left them; everything else is recomputed here.
     """
     X, y, sw = problem.X, problem.y, problem.sample_weight
     V = sw.sum()
     w = np.asarray(coef, dtype=np.float64).reshape(-1)
     b = float(intercept)
-    z = scores(X, w, b, ops)
-    pen = penalty_value(w, C, V, penalty, l1_ratio)
     name = None if constraint is None else constraint.name
+    if products is not None and name in ("group-loss", "minimax"):
+        products = None
+    z = scores(X, w, b, ops) if products is None else np.asarray(products[0], dtype=np.float64)
+    pen = penalty_value(w, C, V, penalty, l1_ratio)
     lam = np.zeros(0) if multipliers is None else np.asarray(multipliers, dtype=np.float64)
     if name == "minimax":
         codes, nc = cells
@@ -227,7 +233,11 @@ def score_certificate_numbers(
         if lam.size:
             extra = linear_form.A.T @ lam
             comp = float(np.max(np.abs(lam * gap)))
-    grad = smooth_gradient(X, y, sw, z, q, ops) + extra
+    if products is None:
+        grad = smooth_gradient(X, y, sw, z, q, ops) + extra
+    else:
+        r = q * (_sigmoid(z) - y)
+        grad = np.concatenate([np.asarray(products[1], dtype=np.float64), [r.sum()]]) + extra
     stat = _stationarity_with_penalty(grad, w, C, V, penalty, l1_ratio, fit_intercept)
     neg = float(max(0.0, -lam.min())) if lam.size else 0.0
     return objective, viol, max(stat, comp, neg)

@@ -355,7 +355,7 @@ def make_score_certificate(est, problem, constraint, sol, *, eps, backend, linea
     obj, viol, stat = score_certificate_numbers(
         problem, constraint, sol.coef, sol.intercept, sol.multipliers, eps=eps, C=float(est.C),
         penalty=est.penalty, l1_ratio=est.l1_ratio, linear_form=linear_form, cells=cells, ops=ops,
-        fit_intercept=est.fit_intercept,
+        fit_intercept=est.fit_intercept, products=getattr(sol, "products", None),
     )
     status = sol.status
     tol = float(est.tol)

@@ -25,3 +25,7 @@ class Solution:
     wall_time: float = 0.0
     notes: list = field(default_factory=list)
     state: dict = field(default_factory=dict)  # warm-start state for the same backend
+    #: ``(z, X^T r)`` at the returned head from the solver's last evaluation (numpy, float64), where
+    #: ``z = X w + b`` and ``r`` the mean-loss residual; the certificate reuses them instead of
+    #: two more passes over ``X`` (torch backend, mean-loss objectives only)
+    products: tuple | None = None

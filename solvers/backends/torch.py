@@ -209,7 +209,7 @@ def _two_loop(g, S, Y):
 
 
 class _Result:
-    __slots__ = ("theta", "z", "working", "lam", "n_iter", "converged", "stationarity", "f", "pairs")
+    __slots__ = ("theta", "z", "working", "lam", "n_iter", "converged", "stationarity", "f", "pairs", "xtr")
 
 
 def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=1e-6, max_iter=1000,
@@ -234,10 +234,14 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
     def scores(th):
         return design.mv(th[:d]) + th[d]
 
+    last = {}
+
     def full_grad(gz, gdir):
         g = gdir.clone()
-        g[:d] += design.rmv(gz)
+        last["xtr"] = design.rmv(gz)  # (X - mu)^T gz at the current iterate
+        g[:d] += last["xtr"]
         g[d] += gz.sum()
+        last["gsum"] = g[d] - gdir[d]
         return g
 
     W = []
@@ -374,6 +378,8 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
     res.theta, res.z, res.working, res.lam, res.n_iter = theta, z, list(W), lam, it
     res.converged, res.stationarity, res.f = converged, stat_measure(proj(g)), f
     res.pairs = (list(S), list(Yl), list(W))
+    # X^T gz (uncentred) at the returned theta: g is always the gradient at the current iterate
+    res.xtr = last["xtr"] + (mu * last["gsum"] if mu is not None else 0.0)
     return res
 
 
@@ -481,7 +487,8 @@ def fit_torch(problem, constraint, *, eps, C, penalty, l1_ratio, fit_intercept, 
     status = "optimal" if res.converged else "max_iter"
     return Solution(coef=th[:d].copy(), intercept=float(th[d]), multipliers=lam, status=status,
                     solver="active-set-lbfgs", n_iter=res.n_iter, wall_time=time.perf_counter() - t0,
-                    notes=[], state={"theta": th, "working": res.working, "pairs": _numpy_pairs(res.pairs)})
+                    notes=[], state={"theta": th, "working": res.working, "pairs": _numpy_pairs(res.pairs)},
+                    products=(res.z.cpu().numpy(), res.xtr.cpu().numpy()))
 
 
 def _numpy_pairs(pairs):
