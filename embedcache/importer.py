@@ -120,7 +120,8 @@ def import_table(
         splits=normalize_splits(columns[split]) if split is not None else hash_splits(ids),
         where=f"table '{path}'",
     )
-    stored = matrix.astype(feature_dtype)
+    with np.errstate(over="ignore"):  # an overflow is reported below as a DataError, not a RuntimeWarning
+        stored = matrix.astype(feature_dtype)
     if feature_dtype == "float16" and not np.isfinite(stored).all():
         raise DataError(FLOAT16_OVERFLOW_MSG.format(value=float(np.abs(matrix).max())))
 
