@@ -56,6 +56,9 @@ class Design:
             Xt = torch.from_numpy(np.ascontiguousarray(X))
         self.X = Xt.to(device) if str(device) != "cpu" else Xt
         self.device = self.X.device
+        # on the CPU the products go through numpy's BLAS on the same memory: single-threaded
+        # float32 gemv there is ~1.7x faster than torch.mv on our machines (same float32 accumulation)
+        self._np = Xt.numpy() if self.X.device.type == "cpu" and Xt.dtype in (torch.float32, _F64) else None
         self.n, self.d = X.shape
         self.half = self.X.dtype in (torch.float16, torch.bfloat16)
         self.cdt = _F64 if self.X.dtype == _F64 else torch.float32
@@ -69,7 +72,9 @@ class Design:
     def mv(self, v: torch.Tensor) -> torch.Tensor:
         """``(X - mu) v`` in float64."""
         vc = v.to(self.cdt)
-        if not self.half:
+        if self._np is not None:
+            out = torch.from_numpy(self._np @ vc.numpy()).to(_F64)
+        elif not self.half:
             out = torch.mv(self.X, vc).to(_F64)
         else:
             out = torch.empty(self.n, dtype=_F64, device=self.device)
@@ -82,7 +87,9 @@ class Design:
     def rmv(self, r: torch.Tensor) -> torch.Tensor:
         """``(X - mu)^T r`` in float64."""
         rc = r.to(self.cdt)
-        if not self.half:
+        if self._np is not None:
+            out = torch.from_numpy(rc.numpy() @ self._np).to(_F64)
+        elif not self.half:
             out = torch.mv(self.X.t(), rc).to(_F64)
         else:
             out = torch.zeros(self.d, dtype=_F64, device=self.device)
