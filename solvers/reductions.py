@@ -45,6 +45,8 @@ SEARCH_TOL = 1e-4
 INEXACT_ITERS = 8
 #: along a path, accept a converged fit whose largest gap is within this fraction of eps below the target
 WARM_BAND = 0.05
+#: along a path, the search fits' tolerance is at most this times eps
+WARM_TOL_PER_EPS = 0.01
 
 
 def _evaluate(z, y, v, V, mom):
@@ -116,7 +118,7 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
         # the head's scores carry over from the last fit (they do not depend on lam); refreshed
         # every few fits against drift, and always by the final polish
         z0 = state.get("z") if state["fits"] % 8 else None
-        res = minimize(design, obj, state["theta"], fixed=fixed, tol=search_tol,
+        res = minimize(design, obj, state["theta"], fixed=fixed, tol=state.get("tol", search_tol),
                        max_iter=int(est.max_iter) if exact else INEXACT_ITERS, pairs=state["pairs"], z0=z0)
         state["it"] += res.n_iter
         state["fits"] += 1
@@ -222,7 +224,11 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
                 if t_pred > 0:
                     t0 = t_pred
         theta_start, pairs_start = state["theta"], state["pairs"]
+        # tight bounds need fits that resolve small multiplier moves: a fit stopped at the loose
+        # tolerance barely leaves its warm start, so its gaps stick and the search stalls
+        state["tol"] = max(tol, min(search_tol, WARM_TOL_PER_EPS * eps))
         search(lam_p, gaps0, t0, [], band=WARM_BAND * eps)
+        state.pop("tol")
         if not any(e[1] <= eps for e in history):
             # the warm search missed: the cold two-stage search from the previous multipliers
             state["theta"], state["pairs"] = theta_start, pairs_start
