@@ -7,7 +7,6 @@ The good inputs come from the same writers as the other suites (``write_syntheti
 from __future__ import annotations
 
 import csv
-import hashlib
 import shutil
 import sys
 from pathlib import Path
@@ -19,32 +18,7 @@ import pytest
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS / "embedcache"))  # shared writers: embedcache_testdata, test_backbones.write_bad_weights
 
-N_IMAGES = 24
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    """sha256 of every file under ``root`` (relative path -> digest): equal digests mean nothing on disk changed."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def write_csv(path: Path, header, rows) -> Path:
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
-
-
-def write_feature_table(path: Path, n: int = 600, d: int = 6, seed: int = 0, *, scale: float = 1.0) -> Path:
-    """A features table in the `fairhead import` CSV format, two groups with different base rates."""
-    from solvers.synthetic import make_fair_classification
-
-    X, y, a = make_fair_classification(n, d, seed=seed)
-    splits = np.array(["train", "train", "train", "valid", "test"])[np.arange(n) % 5]
-    header = ["id", *[f"f{j}" for j in range(d)], "label", "group", "split"]
-    rows = [[f"r{i}", *[f"{v * scale:.17g}" for v in X[i]], int(y[i]), "ab"[a[i]], splits[i]] for i in range(n)]
-    return write_csv(path, header, rows)
+from reliability_helpers import N_IMAGES, write_csv, write_feature_table  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import tree_digest
+from reliability_helpers import tree_digest
 from fairhead_errors import (BackboneError, CacheError, DataError, FairheadError, InfeasibleConstraintError)
 
 CLI_TIMEOUT_S = 300

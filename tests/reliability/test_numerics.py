@@ -13,7 +13,7 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning
 
 import embedcache
-from conftest import write_feature_table
+from reliability_helpers import write_feature_table
 from fairhead.measure import constraint_value
 from fairhead_errors import FairheadError
 from solvers import FairLogisticRegression
