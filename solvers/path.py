@@ -84,7 +84,13 @@ def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, **estim
 
 
 def _fresh(base, eps):
-    est = clone(base).set_params(eps=eps)
+    # what clone(base) makes (the same parameters, unfitted), without re-validating and deep-copying
+    # the parameters once per head: the constraint (a name or an object holding only its init
+    # parameters) is cloned once per head only when it is an object
+    params = base.get_params(deep=False)
+    if not isinstance(params.get("constraint"), (str, type(None))):
+        params["constraint"] = clone(params["constraint"])
+    est = type(base)(**params).set_params(eps=eps)
     for attr in ("classes_", "n_features_in_", "groups_", "feature_names_in_"):
         if hasattr(base, attr):
             setattr(est, attr, getattr(base, attr))

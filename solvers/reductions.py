@@ -91,6 +91,7 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
     p = float(np.clip((v * y).sum() / V, 1e-6, 1 - 1e-6))
     theta = torch.zeros(d + 1, dtype=torch.float64, device=dev)
     theta[d] = np.log(p / (1 - p)) if est.fit_intercept else 0.0
+    theta_cold = theta.clone()
     lam = np.zeros(K)
     if init and "theta" in init and len(init["theta"]) == d + 1:
         theta = design.to_centered(_tensor(init["theta"], dev))
@@ -223,17 +224,19 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
                 t_pred = float(np.dot(pred - lam_p, u) / np.dot(u, u))
                 if t_pred > 0:
                     t0 = t_pred
-        theta_start, pairs_start = state["theta"], state["pairs"]
         # tight bounds need fits that resolve small multiplier moves: a fit stopped at the loose
         # tolerance barely leaves its warm start, so its gaps stick and the search stalls
-        state["tol"] = max(tol, min(search_tol, WARM_TOL_PER_EPS * eps))
+        # (eps = 0 has no scale to resolve: exact parity of hard rates is a matter of counts)
+        state["tol"] = max(tol, min(search_tol, WARM_TOL_PER_EPS * eps)) if eps > 0 else search_tol
         search(lam_p, gaps0, t0, [], band=WARM_BAND * eps)
         state.pop("tol")
         if not any(e[1] <= eps for e in history):
-            # the warm search missed: the cold two-stage search from the previous multipliers
-            state["theta"], state["pairs"] = theta_start, pairs_start
+            # the warm search missed: exactly the cold search (from lam = 0 and the cold start;
+            # the warm candidates stay in the running), so a path head never does worse than a
+            # cold solve (a cold search from far-away warm multipliers can be much slower)
+            state["theta"], state["pairs"] = theta_cold, None
             state.pop("z", None)
-            lam = lam_p
+            lam = np.zeros(K)
             gaps0 = run(lam)
         else:
             gaps0 = None
