@@ -45,6 +45,8 @@ SEARCH_TOL = 1e-4
 INEXACT_ITERS = 8
 #: along a path, accept a converged fit whose largest gap is within this fraction of eps below the target
 WARM_BAND = 0.05
+#: along a path, the sign-step stage stops after this many probes without a smaller largest gap
+WARM_STALL = 8
 #: along a path, the search fits' tolerance is at most this times eps
 WARM_TOL_PER_EPS = 0.01
 
@@ -191,9 +193,16 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
         lam_k = min(log, key=lambda e: e[1])[0].copy() if log else lam_s.copy()
         step = np.full(K, 0.1 * max(t_b or t_a or t0, 0.05 * t0))
         prev_r = np.zeros(K)
+        best, since = min((e[1] for e in log), default=np.inf), 0
         for _ in range(MAX_OUTER):
             gaps = probe(lam_k)
             if float(np.abs(gaps).max()) <= eps:
+                break
+            # along a path: give up early when the largest gap stops shrinking (the head then
+            # gets the cold search, see below)
+            since = 0 if log[-1][1] < best else since + 1
+            best = min(best, log[-1][1])
+            if band is not None and since >= WARM_STALL:
                 break
             r = np.where(lam_k > 0, gaps - eps_t, np.where(lam_k < 0, gaps + eps_t,
                          np.sign(gaps) * np.maximum(np.abs(gaps) - eps_t, 0.0)))
