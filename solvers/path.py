@@ -4,8 +4,12 @@
 * torch (score constraints): each point starts from the previous head, shrunk toward
   ``w = 0`` until it is feasible for the new bound, with the previous working set; the
   design (``X`` on the device) and the constraint rows are built once.
-* rate constraints: each point restarts the multiplier search from the previous head and
-  multipliers.
+* rate constraints: the design is built once; each point starts from the previous head, its
+  multipliers, rate gaps and L-BFGS pairs, probes first where the multipliers of the last heads
+  extrapolate to, and accepts a converged fit that lands just inside the bound. A point whose
+  warm search misses the bound gets exactly the cold search (so it never ends worse than a
+  cold solve); see :func:`solvers.reductions.fit_rate_constraint`.
+* torch certificates reuse the solver's last scores and ``X^T r`` at the returned head.
 """
 
 from __future__ import annotations
