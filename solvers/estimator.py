@@ -41,6 +41,23 @@ MSG_STRICT_EPS = MSG_EPS_NOT_MET
 MSG_CONSTRAINT_NEEDS_SF = "constraint={name!r} needs sensitive_features in fit"
 
 
+MSG_FIX_NONFINITE = "drop or impute the non-finite feature values before fitting"
+MSG_FIX_LENGTHS = "pass one row of X per label (and per sensitive value)"
+MSG_FIX_SHAPE = "pass X as a 2-D numeric array (n_samples, n_features) and y as a 1-D array of labels"
+
+
+def _bad_arrays_message(err: ValueError) -> str:
+    problem = " ".join(str(err).split())
+    problem = problem if len(problem) <= 240 else problem[:237] + "..."
+    if "NaN" in problem or "infinity" in problem:
+        fix = MSG_FIX_NONFINITE
+    elif "inconsistent numbers of samples" in problem:
+        fix = MSG_FIX_LENGTHS
+    else:
+        fix = MSG_FIX_SHAPE
+    return f"{problem.rstrip('.')}; {fix}"
+
+
 class FairLogisticRegression(ClassifierMixin, BaseEstimator):
     """Logistic regression head under a fairness constraint (deterministic, binary).
 
@@ -224,7 +241,10 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         validate_params(self)
         if self.penalty == "elasticnet" and self.l1_ratio is None:
             raise DataError("penalty='elasticnet' needs l1_ratio in [0, 1]; pass l1_ratio")
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32, np.float16], reset=True)
+        try:
+            X, y = validate_data(self, X, y, dtype=[np.float64, np.float32, np.float16], reset=True)
+        except ValueError as err:  # sklearn's wording names the problem; add the fix, keep one line
+            raise DataError(_bad_arrays_message(err)) from err
         check_classification_targets(y)
         self.classes_ = np.unique(y)
         if self.classes_.shape[0] != 2:

@@ -125,12 +125,6 @@ def _synthetic(**kw):
     return run
 
 
-#: solvers/estimator.py hands X to sklearn's validate_data, whose plain ValueError is not a DataError (so the CLI
-#: would call it a bug); estimator.py is outside this suite's remit, so these rows document the wanted behaviour
-SKLEARN_VALUEERROR = pytest.mark.xfail(raises=(ValueError, AssertionError), strict=True,
-                                       reason="estimator.fit lets sklearn's ValueError through instead of DataError")
-
-
 # --------------------------------------------------------------------------- the table
 #: (how, family, needle: names the problem, hint: names the fix)
 CASES = [
@@ -219,12 +213,10 @@ CASES = [
     pytest.param(api(_import("table", out_key="not-hdf5")), CacheError, "not a readable cache", "--overwrite",
                  id="api-import-over-a-non-cache"),
     # --- solvers
-    pytest.param(api(_fit(X=lambda X: _with(X, 3, 1, np.nan))), DataError, "NaN", "impute", id="api-nan-feature",
-                 marks=SKLEARN_VALUEERROR),
+    pytest.param(api(_fit(X=lambda X: _with(X, 3, 1, np.nan))), DataError, "NaN", "impute", id="api-nan-feature"),
     pytest.param(api(_fit(X=lambda X: _with(X, 5, 0, np.inf))), DataError, "infinity", "impute",
-                 id="api-inf-feature", marks=SKLEARN_VALUEERROR),
-    pytest.param(api(_fit(X=lambda X: X[:-3])), DataError, "inconsistent", "one row", id="api-x-y-length-mismatch",
-                 marks=SKLEARN_VALUEERROR),
+                 id="api-inf-feature"),
+    pytest.param(api(_fit(X=lambda X: X[:-3])), DataError, "inconsistent", "one row", id="api-x-y-length-mismatch"),
     pytest.param(api(_fit(a=lambda a: a[:-1])), DataError, "sensitive_features has 239 rows", "one sensitive value",
                  id="api-sensitive-length-mismatch"),
     pytest.param(api(_fit(eps=-0.1)), DataError, "'eps'", "Got -0.1", id="api-negative-eps"),
