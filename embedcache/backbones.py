@@ -365,6 +365,11 @@ def _build_torchvision(arch: str, *, weights: str | None, weights_file, image_si
         node, dim = _strip_classifier(model, arch)
         sha = ""
         weights_id = RANDOM_WEIGHTS
+    return _assemble(model, transform, arch=arch, weights_id=weights_id, sha=sha, node=node, dim=dim)
+
+
+def _assemble(model: nn.Module, transform, *, arch: str, weights_id: str, sha: str, node: str, dim: int) -> Backbone:
+    """A :class:`Backbone` with its spec: the identity written into every cache it builds."""
     spec = BackboneSpec(
         arch=arch,
         weights=weights_id,
@@ -604,12 +609,4 @@ def _build_efficientnet_lite0(*, weights: str | None, weights_file, image_size: 
         _load_backbone_weights(model, state_dict, node=node, dim=dim, arch=arch, path=path)
         weights_id = LITE0_WEIGHTS
     transform = ImagePreprocess(**LITE0_PREPROCESS)
-    spec = BackboneSpec(
-        arch=arch,
-        weights=weights_id,
-        weights_sha256=sha,
-        preprocessing=describe_transform(transform),
-        feature_node=f"input:{node}",
-        feature_dim=dim,
-    )
-    return Backbone(model, transform, spec)
+    return _assemble(model, transform, arch=arch, weights_id=weights_id, sha=sha, node=node, dim=dim)

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
-from importlib import metadata
 
 PACKAGES = ("fairhead", "torch", "torchvision", "cvxpy", "clarabel", "scs", "numpy", "scipy",
             "scikit-learn", "h5py", "fairlearn", "matplotlib")
 
 
 def versions() -> dict[str, str]:
-    found = {}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
+    """Versions of every library a result depends on (the cache's and the solvers')."""
+    from embedcache.store.writer import library_versions
+
+    found = library_versions(PACKAGES)
+    found.pop("python", None)  # recorded on its own below
     return found
 
 

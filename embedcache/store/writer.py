@@ -78,10 +78,10 @@ def check_feature_dtype(dtype: str) -> str:
     return name
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that decide a cache's content."""
+def library_versions(libraries=None) -> dict[str, str]:
+    """Versions of ``libraries`` (default: those that decide a cache's content) and Python."""
     versions = {"python": platform.python_version()}
-    for name in LIBRARIES:
+    for name in LIBRARIES if libraries is None else libraries:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
