@@ -29,7 +29,7 @@ import numpy as np
 
 from fairhead_errors import DataError
 
-from fairhead import pipeline
+from fairhead import pipeline, provenance
 from fairhead.measure import constraint_value
 from fairhead.tables import format_table
 
@@ -94,8 +94,8 @@ class ProtocolTable:
             writer = csv.DictWriter(f, fieldnames=self.columns())
             writer.writeheader()
             writer.writerows(self.rows)
-        json_path.write_text(json.dumps({"rows": self.rows, "groups": self.group_names}, indent=1,
-                                        default=float))
+        payload = provenance.strict_json({"rows": self.rows, "groups": self.group_names})
+        json_path.write_text(json.dumps(payload, indent=1, allow_nan=False))
         return {"protocols_table": csv_path, "protocols_json": json_path}
 
 

@@ -29,3 +29,23 @@ def collect(*, seed=None, extra=None) -> dict:
     }
     info.update(extra or {})
     return info
+
+
+def strict_json(value):
+    """``value`` with NaN and infinities as ``None`` and numpy scalars as Python numbers, so that
+    every JSON parser (not only Python's) reads the result files."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return strict_json(value.tolist())
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

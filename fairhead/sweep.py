@@ -299,7 +299,7 @@ def write_sweep(result: SweepResult, meta: dict, *, plots: bool = True) -> dict[
     payload = {"provenance": meta, "constraint": result.constraint, "fit_split": result.fit_split,
                "rows": result.rows,
                "heads": [{k: v for k, v in r.__dict__.items() if k != "metrics"} for r in result.records]}
-    json_path.write_text(json.dumps(payload, indent=1, default=_json_default))
+    json_path.write_text(json.dumps(provenance.strict_json(payload), indent=1, default=str, allow_nan=False))
     files["json"] = json_path
     if plots:
         from fairhead import plots as plotting
@@ -308,11 +308,3 @@ def write_sweep(result: SweepResult, meta: dict, *, plots: bool = True) -> dict[
                                          title=f"constraint '{result.constraint}'"))
     files["report"] = report.write_sweep_report(result, files, meta)
     return files
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)

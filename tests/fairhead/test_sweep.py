@@ -66,7 +66,8 @@ def test_report_files_exist_and_parse(dp_score_sweep):
     with open(files["table"]) as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(dp_score_sweep.rows) == (N_EPS + 1) * 3
-    payload = json.loads(files["json"].read_text())
+    # strict JSON: NaN / Infinity would break non-Python readers
+    payload = json.loads(files["json"].read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))
     assert payload["provenance"]["cache_fingerprint"] == "test-fingerprint"
     assert "versions" in payload["provenance"] and payload["provenance"]["seed"] == 0
     assert all("certificate" in h for h in payload["heads"])
