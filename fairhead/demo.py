@@ -59,6 +59,33 @@ def _summary_rows(result) -> list[dict]:
     return rows
 
 
+def headline(results, table) -> list[str]:
+    """The fairness story in measured sentences: the gap, what each constraint family buys, train vs test."""
+    def row(result, method, eps=None, split="test"):
+        rows = [r for r in result.rows if r["method"] == method and r["split"] == split
+                and (eps is None or r["eps"] == eps)]
+        return rows[-1] if rows else None
+
+    lines = []
+    rate, score = results.get("dp"), results.get("dp-score")
+    free = row(rate or score, "unconstrained")
+    if free:
+        lines.append(f"- The unconstrained head has a demographic-parity gap of {free['demographic_parity_difference']:.3f} "
+                     f"on test (accuracy {free['accuracy']:.3f}).")
+    for name, result in (("dp", rate), ("dp-score", score)):
+        tight = min((r["eps"] for r in result.rows if r["method"] == "fairhead"), default=None) if result else None
+        hit = row(result, "fairhead", tight) if tight is not None else None
+        if hit:
+            lines.append(f"- `{name}` at its tightest bound (eps={tight:.3f}) leaves a test DP gap of "
+                         f"{hit['demographic_parity_difference']:.3f} at accuracy {hit['accuracy']:.3f}.")
+    cells = {(r["protocol"], r["split"]): r for r in table.rows}
+    m1_fit, m1_test = cells.get(("M1", "fine-tune")), cells.get(("M1", "test"))
+    if m1_fit and m1_test:
+        lines.append(f"- M1 (constrained head on the validation split): its own {PROTOCOL_CONSTRAINT} gap is "
+                     f"{m1_fit['own_value']:.3f} where it was fitted and {m1_test['own_value']:.3f} on test.")
+    return lines
+
+
 def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compare: bool = True,
              progress: bool = True, batch_size: int = 64, compare_with=None, **dataset_params) -> dict:
     """Run the demo into ``out``; returns the paths it wrote.
@@ -124,6 +151,7 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
     md += [f"## Protocols (`{PROTOCOL_CONSTRAINT}`, eps={PROTOCOL_EPS})", "",
            markdown_table(table.rows, [(c, c) for c in table.columns()]), ""]
     elapsed = time.perf_counter() - started
+    story = headline(results, table)
     meta = provenance.collect(seed=seed, extra={"n_images": n, "backbone": DEMO_BACKBONE})
     report = out / "report.md"
     report.write_text("\n".join([
@@ -131,8 +159,9 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
         f"{n} generated images (label: shape; sensitive attribute: background colour, correlated with the label), "
         f"{DEMO_BACKBONE} features, heads fitted on `train`, evaluated on `valid` and `test`. "
         f"Total time {elapsed:.0f} s. Versions: "
-        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()), "", *md]))
-    print("\n".join(lines))
+        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()), "", "## What this shows", "", *story, "",
+        *md]))
+    print("\n".join(lines + ["", "== what this shows =="] + story))
     timing = ", ".join(f"{k} {v:.0f}s" for k, v in stage_times.items())
     print(f"\ndemo finished in {elapsed:.0f} s ({timing}); report: {report}")
     return {"report": report, "cache": cache, **{f"sweep-{k}": v.out for k, v in results.items()}}

@@ -24,7 +24,9 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
                           correlation=0.7, minority_fraction=0.4)
     printed = capsys.readouterr().out
     assert "sweep 'dp'" in printed and "protocols" in printed and "demo finished" in printed
+    assert "== what this shows ==" in printed and "demographic-parity gap of" in printed
     report = files["report"].read_text()
+    assert "## What this shows" in report
     for name in ("dp", "dp-score"):
         folder = tmp_path / f"sweep-{name}"
         rows = read_csv(folder / "sweep.csv")
