@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +186,6 @@ class FitResult:
     fit_split: str
     metrics: dict[str, dict[str, float]]
     saved_to: Path | None = None
-    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         cert = self.head.certificate_
@@ -198,7 +197,6 @@ class FitResult:
         if getattr(cert, "achieved_gap", None) is not None:
             lines.append(f"rate gap on the fit split: {cert.achieved_gap:.4f} (eps met: {cert.eps_met})")
         lines.append(format_table(metric_rows(self.metrics)))
-        lines.extend(self.notes)
         if self.saved_to:
             lines.append(f"saved head to {self.saved_to}")
         return "\n".join(lines)

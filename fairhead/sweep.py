@@ -97,7 +97,6 @@ class SweepResult:
     records: list[HeadRecord]
     rows: list[dict[str, Any]]
     files: dict[str, Path] = field(default_factory=dict)
-    cold_time: float = float("nan")
 
     def summary(self, splits=None) -> str:
         splits = splits or [self.fit_split, "test"]
@@ -271,8 +270,7 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
             records.append(rec)
 
     rows = [row for rec in records for row in rec.rows(name)]
-    result = SweepResult(out=out, constraint=name, fit_split=fit_split, records=records, rows=rows,
-                         cold_time=free_time)
+    result = SweepResult(out=out, constraint=name, fit_split=fit_split, records=records, rows=rows)
     meta = provenance.collect(seed=seed, extra={"cache_fingerprint": fingerprint, "config": config,
                                                 "cache_provenance": cache_prov,
                                                 "unconstrained_value": inactive, "floor": floor})
