@@ -24,15 +24,21 @@ from torch.utils.data import DataLoader, Dataset
 
 from embedcache.backbones import Backbone, draft_size_of
 from embedcache.errors import BackboneError, CacheError, DataError
-from embedcache.store import schema
-from embedcache.store.journal import Journal, WriteLock
-from embedcache.store.reader import existing_cache_matches
+from embedcache.store import inputs, schema
+from embedcache.store.journal import JOURNAL_VERSION, Journal, WriteLock, remove_leftover_trash
+from embedcache.store.reader import Cache, existing_cache_matches
 from embedcache.store.writer import (
+    NOT_WRITABLE_MSG,
     CacheTable,
     check_feature_dtype,
+    check_free_space,
+    check_member_name,
+    check_replaceable,
     commit_file,
+    estimate_cache_bytes,
     identity_attrs,
     write_cache,
+    write_error,
 )
 
 logger = logging.getLogger("embedcache")
@@ -42,7 +48,23 @@ BATCH_DELAY_ENV = "EMBEDCACHE_TEST_BATCH_DELAY"
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 AUTOCAST_OFF = (False, "off", "none", "fp32", "float32")
 
+#: images per forward pass of a new extraction (a resume keeps the size it last used)
+DEFAULT_BATCH_SIZE = 64
+#: what a failed write asks for once its cause is fixed (the committed rows are kept)
+RESUME = "rerun to resume"
 BAD_BATCH_SIZE_MSG = "batch_size={value!r} must be a positive integer; pass e.g. --batch-size 64"
+OUT_OF_MEMORY_MSG = (
+    "out of memory at batch size {size} on {device} ({rows} of {total} rows are committed and kept); "
+    "rerun with --batch-size {half} to resume"
+)
+OUT_OF_MEMORY_AT_ONE_MSG = (
+    "out of memory at batch size 1 on {device} ({rows} of {total} rows are committed and kept); "
+    "free memory (other programs, or a smaller backbone or --image-size), then rerun to resume"
+)
+OLD_JOURNAL_MSG = (
+    "journal '{path}' was written by an older fairhead that did not record which image files it read; "
+    "pass --overwrite to start over"
+)
 BAD_WORKERS_MSG = "num_workers={value!r} must be a non-negative integer or None (auto)"
 BAD_DEVICE_MSG = "device {value!r} is not available here ({reason}); pass --device cpu or a device this machine has"
 BAD_AUTOCAST_MSG = "autocast={value!r} is not supported; use None (auto), 'off', 'bf16' or 'fp16'"
@@ -63,7 +85,7 @@ def extract(
     backbone: Backbone,
     out_path,
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     num_workers: int | None = None,
     device: str = "auto",
     feature_dtype: str = "float32",
@@ -81,9 +103,11 @@ def extract(
         From :func:`embedcache.build_backbone` or :meth:`Backbone.from_module`.
     out_path : path
         The cache file to create.
-    batch_size : int, default 64
-        Images per forward pass. A resumed run keeps the batch size it started
-        with, so batch boundaries (and on CPU the bits) do not change.
+    batch_size : int, optional
+        Images per forward pass. None: 64 for a new extraction, and for a
+        resume the size the interrupted run last used (so batch boundaries,
+        and on CPU the bits, do not change). A resume may be given another
+        size (after running out of memory, say): rows are rows.
     num_workers : int, optional
         DataLoader worker processes that decode images; None picks a number
         from the CPU count and the device.
@@ -96,8 +120,10 @@ def extract(
         is unsupported) on CUDA and full precision on CPU.
     overwrite : bool, default False
         Replace an existing cache, or discard an unfinished extraction, made
-        with another backbone, dataset or dtype. (An unfinished extraction of
-        this same run is always resumed, never thrown away.)
+        with another backbone, dataset or dtype, or one whose journal is
+        damaged or whose images changed. (A healthy unfinished extraction of
+        this same run is always resumed, never thrown away.) A file that is not
+        HDF5 is never replaced.
     progress : bool, default True
         Show a tqdm bar with images/s on stderr.
 
@@ -111,27 +137,38 @@ def extract(
     CacheError
         An existing cache or unfinished extraction from another
         backbone/weights/dataset/dtype (without ``overwrite``), a damaged
-        journal, or another process writing the same cache.
+        journal, image files changed since they were committed, another
+        process writing the same cache, or a full disk.
     DataError
         Missing or undecodable images.
     BackboneError
-        Features of the wrong shape or non-finite features.
+        Features of the wrong shape, non-finite features, or out of memory.
 
     Notes
     -----
     Crash safety: batches go to ``<out>.partial/`` (data fsynced, then a row
     counter replaced atomically); at the end the HDF5 file is built as
-    ``<out>.tmp``, marked complete, fsynced and renamed to ``<out>``. Rerun the
-    same call after any interruption to continue.
+    ``<out>.tmp``, marked complete, fsynced and renamed to ``<out>``, and the
+    journal is removed (renamed aside first, so a kill leaves either a journal
+    or none). Rerun the same call after any interruption to continue.
+
+    On CPU, the features of an image did not depend on the batch it ran in for
+    batches of 2 or more images (resnet18 and EfficientNet-Lite0, torch 2.x),
+    so a resume with another batch size gave the same file; a batch of a single
+    image, or a GPU, may differ in the last bits (3e-6 measured).
     """
     out = Path(out_path)
     feature_dtype = check_feature_dtype(feature_dtype)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1
+    ):
         raise DataError(BAD_BATCH_SIZE_MSG.format(value=batch_size))
     if num_workers is not None and (
         isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer)) or num_workers < 0
     ):
         raise DataError(BAD_WORKERS_MSG.format(value=num_workers))
+    for name in source.sensitive:
+        check_member_name(name)  # before any compute: HDF5 could never store it
     torch_device = _resolve_device(device)
     amp_dtype = _resolve_autocast(autocast, torch_device)
     compute = torch_device.type + (f"+autocast-{str(amp_dtype).replace('torch.', '')}" if amp_dtype else "")
@@ -144,49 +181,83 @@ def extract(
         n_rows=n,
         compute=compute,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_replaceable(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CacheError(NOT_WRITABLE_MSG.format(path=out, error=err.strerror or err, then="rerun")) from err
     with WriteLock(out):
+        remove_leftover_trash(out)  # a kill while the last run removed its journal
         journal = Journal(out)
-        meta = journal.read_meta() if journal.exists() else None
-        if meta is None and journal.exists():
-            journal.remove()  # killed while creating it: nothing was committed
+        meta = _journal_meta(journal, overwrite=overwrite)
         resumable = meta is not None and schema.identity_mismatch(meta.get("identity", {}), identity, path=out) is None
         if meta is not None and not resumable and not overwrite:
             raise CacheError(
                 schema.identity_mismatch(meta.get("identity", {}), identity, path=journal.dir, what="unfinished extraction")
             )
+        if resumable and not overwrite and _finished_into(out, journal, identity):
+            # killed after the new cache was in place, before its journal was gone: finish the clean-up
+            journal.remove()
+            _remove_stale_tmp(out)
+            logger.info("cache '%s' was complete; removed the journal its run left behind", out)
+            return out
         if not resumable and out.exists() and not overwrite:
             if existing_cache_matches(out, identity):
+                _remove_stale_tmp(out)
                 logger.info("cache '%s' is already complete for this backbone and dataset; nothing to do", out)
                 return out
-        if resumable:
-            batch_size, committed = _resume_point(journal, meta, identity, batch_size)
-        else:
-            committed = 0
         _check_image_files(source)
-        if not resumable:
-            journal.start(
-                {
-                    "format-version": schema.FORMAT_VERSION,
-                    "identity": identity,
-                    "batch_size": int(batch_size),
-                    "source": source.describe(),
-                }
-            )
+        paths = _image_paths(source)
+        committed, inputs_bytes, last_batch_size = 0, 0, None
+        if resumable:
+            try:
+                committed, inputs_bytes, last_batch_size = _resume_point(journal, meta, identity, paths)
+            except CacheError as err:
+                if not overwrite:
+                    raise
+                logger.info("discarding the unfinished extraction in '%s': %s", journal.dir, err)
+                resumable = False
+        batch_size = int(batch_size or last_batch_size or DEFAULT_BATCH_SIZE)
+        if last_batch_size is not None and batch_size != last_batch_size:
+            logger.info("resuming with batch size %d instead of %d", batch_size, last_batch_size)
         row_bytes = backbone.feature_dim * np.dtype(feature_dtype).itemsize
-        journal.open_for_append(row_bytes=row_bytes, committed=committed)
+        table = CacheTable.from_source(source)
+        cache_bytes = estimate_cache_bytes(table, feature_dim=backbone.feature_dim, feature_dtype=feature_dtype)
+
+        def needed(rows_done: int) -> int:
+            """Bytes this run still writes: the rest of the journal, then the HDF5 file beside it."""
+            return (n - rows_done) * row_bytes + cache_bytes
+
+        try:
+            check_free_space(journal.dir, needed(committed), then=RESUME)
+            if not resumable:
+                journal.start(
+                    {
+                        "format-version": schema.FORMAT_VERSION,
+                        "journal-version": JOURNAL_VERSION,
+                        "identity": identity,
+                        "batch_size": batch_size,
+                        "source": source.describe(),
+                    }
+                )
+            journal.open_for_append(row_bytes=row_bytes, committed=committed, inputs_bytes=inputs_bytes)
+        except OSError as err:
+            journal.close()
+            raise write_error(err, journal.dir, needed=needed(committed), then=RESUME) from err
         try:
             _run_batches(
                 source,
                 backbone,
                 journal,
+                paths=paths,
                 start=committed,
-                batch_size=int(batch_size),
+                batch_size=batch_size,
                 num_workers=_auto_workers(num_workers, n - committed, batch_size, torch_device),
                 device=torch_device,
                 amp_dtype=amp_dtype,
                 feature_dtype=feature_dtype,
                 progress=progress,
+                needed=needed,
             )
         except KeyboardInterrupt:
             logger.warning(
@@ -198,32 +269,83 @@ def extract(
             raise
         finally:
             journal.close()
-        _finish(out, journal, source, identity)
+        _finish(out, journal, table, source, identity)
     return out
 
 
-def _resume_point(journal: Journal, meta: dict[str, Any], identity: dict[str, Any], batch_size: int) -> tuple[int, int]:
-    """Check a matching journal and return (batch size it uses, committed rows)."""
-    journal_batch = int(meta.get("batch_size", 0))
+def _journal_meta(journal: Journal, *, overwrite: bool) -> dict[str, Any] | None:
+    """The meta of an existing journal; None (and no journal left) when there is nothing to resume."""
+    if not journal.exists():
+        return None
+    try:
+        meta = journal.read_meta()
+    except CacheError:
+        if not overwrite:
+            raise
+        meta = None  # unreadable: --overwrite starts over
+    if meta is None:
+        journal.remove()  # killed while creating it (nothing was committed), or discarded
+    return meta
+
+
+def _finished_into(out: Path, journal: Journal, identity: dict[str, Any]) -> bool:
+    """True if ``out`` is already the complete cache this journal was building."""
+    if not out.exists():
+        return False
+    try:
+        if journal.committed_rows() != int(identity[schema.N_ROWS_ATTR]):
+            return False
+        with Cache(out, ignore_journal=True) as cache:
+            return schema.identity_mismatch(cache.identity, identity, path=out) is None
+    except CacheError:
+        return False
+
+
+def _remove_stale_tmp(out: Path) -> None:
+    """Delete a temporary cache file a killed run left behind (we hold the lock: nobody else writes it)."""
+    try:
+        schema.tmp_path(out).unlink()
+    except OSError:
+        pass
+
+
+def _image_paths(source) -> list[Any] | None:
+    paths_of = getattr(source, "image_paths", None)
+    paths = paths_of() if callable(paths_of) else None
+    return list(paths) if paths else None
+
+
+def _resume_point(
+    journal: Journal, meta: dict[str, Any], identity: dict[str, Any], paths
+) -> tuple[int, int, int | None]:
+    """Check a matching journal; return (committed rows, bytes of their inputs lines, last batch size)."""
     committed = journal.committed_rows()
     n = int(identity[schema.N_ROWS_ATTR])
     row_bytes = int(identity[schema.FEATURE_DIM_ATTR]) * np.dtype(identity[schema.FEATURE_DTYPE_ATTR]).itemsize
-    if journal_batch < 1:
-        raise CacheError(DAMAGED_JOURNAL_MSG.format(path=journal.dir, problem="no batch size in meta.json"))
-    if not 0 <= committed <= n or (committed % journal_batch and committed != n):
-        problem = f"{committed} committed rows for {n} rows in batches of {journal_batch}"
+    if meta.get("journal-version") != JOURNAL_VERSION:
+        raise CacheError(OLD_JOURNAL_MSG.format(path=journal.dir))
+    if not 0 <= committed <= n:
+        problem = f"{committed} committed rows for {n} rows"
         raise CacheError(DAMAGED_JOURNAL_MSG.format(path=journal.dir, problem=problem))
     on_disk = journal.valid_rows_on_disk(row_bytes)
     if on_disk < committed:
         problem = f"features.bin holds {on_disk} rows but {committed} are committed"
         raise CacheError(DAMAGED_JOURNAL_MSG.format(path=journal.dir, problem=problem))
-    if journal_batch != batch_size:
-        logger.info("resuming with batch size %d (the run started with it) instead of %d", journal_batch, batch_size)
+    found = journal.input_records(committed)
+    if found is None:
+        problem = f"inputs.jsonl does not cover the {committed} committed rows"
+        raise CacheError(DAMAGED_JOURNAL_MSG.format(path=journal.dir, problem=problem))
+    records, inputs_bytes = found
+    inputs.check_unchanged(records, paths, journal=journal.dir, committed=committed)
+    last = journal.committed_batch_size()
+    if last is None:
+        value = meta.get("batch_size")
+        last = value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
     logger.info("resuming '%s' at row %d of %d", journal.cache_path, committed, n)
-    return journal_batch, committed
+    return committed, inputs_bytes, last
 
 
-def _finish(out: Path, journal: Journal, source, identity: dict[str, Any]) -> None:
+def _finish(out: Path, journal: Journal, table: CacheTable, source, identity: dict[str, Any]) -> None:
     """Build the HDF5 file from the journal, swap it into place, drop the journal."""
     features = journal.features(
         n_rows=int(identity[schema.N_ROWS_ATTR]),
@@ -233,13 +355,18 @@ def _finish(out: Path, journal: Journal, source, identity: dict[str, Any]) -> No
     tmp = schema.tmp_path(out)
     write_cache(
         tmp,
-        table=CacheTable.from_source(source),
+        table=table,
         features=features,
         identity=identity,
         source_description=source.describe(),
+        then=RESUME,
     )
     del features  # release the memmap before the journal goes
-    commit_file(tmp, out)
+    try:
+        commit_file(tmp, out)
+    except OSError as err:
+        _remove_stale_tmp(out)
+        raise write_error(err, out, needed=0, then=RESUME) from err
     journal.remove()
 
 
@@ -304,17 +431,20 @@ def _auto_workers(num_workers: int | None, rows: int, batch_size: int, device: t
 
 
 class _ImageRows(Dataset):
-    """Rows ``start..n-1`` of a source as (row, preprocessed image) pairs.
+    """Rows ``start..n-1`` of a source as (row, preprocessed image, file record) triples.
 
-    A bad image does not raise in the worker (the DataLoader would wrap it in
-    a multi-line report); its one-line message travels back instead and the
+    The file record is the image file's (size, mtime, sha256) when the source
+    names its files (see :mod:`embedcache.store.inputs`), else None. A bad
+    image does not raise in the worker (the DataLoader would wrap it in a
+    multi-line report); its one-line message travels back instead and the
     main process raises it.
     """
 
-    def __init__(self, source, transform, *, start: int) -> None:
+    def __init__(self, source, transform, *, start: int, paths=None) -> None:
         self.source = source
         self.transform = transform
         self.start = start
+        self.paths = paths
         draft = draft_size_of(transform)
         accepts_draft = "draft_size" in inspect.signature(source.load_image).parameters
         self.load_kwargs = {"draft_size": draft} if draft is not None and accepts_draft else {}
@@ -328,8 +458,15 @@ class _ImageRows(Dataset):
             try:
                 image = self.source.load_image(row, **self.load_kwargs)
             except DataError as err:
-                return row, str(err)
-            return row, self.transform(image)
+                return row, str(err), None
+            record = None
+            if self.paths is not None:
+                # hashed after the decode succeeded; the page cache makes the second read cheap
+                try:
+                    record = inputs.read_file(self.paths[row])
+                except OSError as err:
+                    return row, f"image file '{self.paths[row]}' cannot be read ({err.strerror or err}); restore it", None
+            return row, self.transform(image), record
 
 
 @contextlib.contextmanager
@@ -352,15 +489,28 @@ def _one_thread_in_main_process():
 
 
 def _collate(items):
-    for _, value in items:
+    for _, value, _ in items:
         if isinstance(value, str):
             return value  # an error message
-    tensors = [value for _, value in items]
+    tensors = [value for _, value, _ in items]
     first = tuple(tensors[0].shape)
     for t in tensors[1:]:
         if tuple(t.shape) != first:
             return UNEVEN_BATCH_MSG.format(a=first, b=tuple(t.shape))
-    return torch.tensor([row for row, _ in items], dtype=torch.int64), torch.stack(tensors)
+    records = [record for _, _, record in items]
+    files = inputs.batch_record(records) if all(r is not None for r in records) else None
+    return torch.tensor([row for row, _, _ in items], dtype=torch.int64), torch.stack(tensors), files
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's RuntimeError."""
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", MemoryError)
+    if isinstance(err, (MemoryError, oom_type)):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and any(
+        key in text for key in ("out of memory", "can't allocate memory", "not enough memory", "defaultcpuallocator")
+    )
 
 
 def _run_batches(
@@ -368,6 +518,7 @@ def _run_batches(
     backbone: Backbone,
     journal: Journal,
     *,
+    paths,
     start: int,
     batch_size: int,
     num_workers: int,
@@ -375,6 +526,7 @@ def _run_batches(
     amp_dtype: torch.dtype | None,
     feature_dtype: str,
     progress: bool,
+    needed,
 ) -> None:
     from tqdm.auto import tqdm
 
@@ -383,7 +535,7 @@ def _run_batches(
         return
     cuda = device.type == "cuda"
     loader = DataLoader(
-        _ImageRows(source, backbone.transform, start=start),
+        _ImageRows(source, backbone.transform, start=start, paths=paths),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
@@ -404,19 +556,26 @@ def _run_batches(
         smoothing=0.1,
         dynamic_ncols=True,
     )
+
+    def commit(item) -> None:
+        try:
+            _commit(journal, item, backbone, bar, delay, batch_size)
+        except OSError as err:  # a full disk, say: the batches before stay committed
+            raise write_error(err, journal.features_path, needed=needed(journal.rows), then=RESUME) from err
+
     # On CUDA one batch stays in flight: the forward of batch k overlaps the
     # device-to-host copy and the journal write of batch k-1. On CPU each batch
     # is committed as soon as it is computed.
-    pending: tuple[torch.Tensor, Any, int] | None = None
+    pending: tuple[torch.Tensor, Any, int, Any] | None = None
     try:
         with torch.inference_mode():
             for batch in loader:
                 if isinstance(batch, str):
                     if pending is not None:  # keep the work already done before failing
-                        _commit(journal, pending, backbone, bar, delay)
+                        commit(pending)
                         pending = None
                     raise DataError(batch)
-                rows, images = batch
+                rows, images, files = batch
                 if int(rows[0]) != start:
                     raise CacheError(f"internal: expected row {start}, loader gave {int(rows[0])}")
                 start += len(rows)
@@ -429,16 +588,25 @@ def _run_batches(
                     host.copy_(features, non_blocking=True)
                     event = torch.cuda.Event()
                     event.record()
-                    current = (host, event, len(rows))
+                    current = (host, event, len(rows), files)
                 else:
-                    _commit(journal, (features, None, len(rows)), backbone, bar, delay)
+                    commit((features, None, len(rows), files))
                     continue
                 if pending is not None:
-                    _commit(journal, pending, backbone, bar, delay)
+                    commit(pending)
                 pending = current
             if pending is not None:
-                _commit(journal, pending, backbone, bar, delay)
+                commit(pending)
                 pending = None
+    except Exception as err:
+        if not _is_out_of_memory(err):
+            raise
+        if pending is not None:  # computed before memory ran out: keep it
+            commit(pending)
+        template = OUT_OF_MEMORY_MSG if batch_size > 1 else OUT_OF_MEMORY_AT_ONE_MSG
+        raise BackboneError(
+            template.format(size=batch_size, half=max(1, batch_size // 2), device=device, rows=journal.rows, total=n)
+        ) from err
     finally:
         bar.close()
 
@@ -455,8 +623,8 @@ def _checked_features(features: torch.Tensor, backbone: Backbone, rows: int) -> 
     return features
 
 
-def _commit(journal: Journal, pending, backbone: Backbone, bar, delay: float) -> None:
-    features, event, rows = pending
+def _commit(journal: Journal, pending, backbone: Backbone, bar, delay: float, batch_size: int) -> None:
+    features, event, rows, files = pending
     if event is not None:
         event.synchronize()
     block = features.cpu().numpy()
@@ -464,7 +632,7 @@ def _commit(journal: Journal, pending, backbone: Backbone, bar, delay: float) ->
         bad = int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0]) + journal.rows
         fix = "use feature_dtype float32" if block.dtype == np.float16 else "check the weights and the inputs"
         raise BackboneError(BAD_FEATURES_MSG.format(name=backbone.name, problem=f"non-finite features at row {bad}", fix=fix))
-    journal.append(block)
+    journal.append(block, inputs=files, batch_size=batch_size)
     bar.update(rows)
     if delay:
         time.sleep(delay)

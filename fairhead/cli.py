@@ -73,7 +73,8 @@ def _add_backbone_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--image-size", type=int, help="input size (default: the weights' own preprocessing)")
     group.add_argument("--autocast", choices=("auto", "off", "bf16", "fp16"), default="auto",
                        help="mixed precision on CUDA (default: bf16 where supported; always off on CPU)")
-    group.add_argument("--batch-size", type=int, default=64)
+    group.add_argument("--batch-size", type=int, default=None,
+                       help="images per forward pass (default: 64; a resume keeps the size it last used)")
     group.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: auto)")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     group.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored feature dtype")

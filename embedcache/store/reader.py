@@ -17,7 +17,8 @@ import numpy as np
 
 from embedcache.errors import CacheError, DataError
 from embedcache.store import schema
-from embedcache.store.journal import Journal
+from embedcache.store.journal import Journal, WriteLock
+from embedcache.store.validate import check_cache, check_complete
 
 MISSING_MSG = "no cache at '{path}'; build it with `fairhead extract` or `fairhead import`"
 RESUMABLE_MSG = (
@@ -27,13 +28,27 @@ UNFINISHED_OVERWRITE_MSG = (
     "cache '{path}' has an unfinished extraction in '{journal}' ({rows} of {total} rows); rerun it to finish, "
     "or remove that folder to use the existing file"
 )
+NOT_STARTED_MSG = (
+    "cache '{path}' is incomplete (its extraction stopped before committing a batch); "
+    "rerun the same `fairhead extract` command"
+)
+NOT_STARTED_OVERWRITE_MSG = (
+    "cache '{path}' has an unfinished extraction in '{journal}' that committed no rows yet; rerun it to finish, "
+    "or remove that folder to use the existing file"
+)
+BEING_WRITTEN_MSG = (
+    "cache '{path}' is being written by another process{holder} right now ({progress}); "
+    "wait for it to finish, then open it again"
+)
+DAMAGED_JOURNAL_READ_MSG = (
+    "cache '{path}' has a damaged extraction journal '{journal}' ({error}); "
+    "rerun the `fairhead extract` command with --overwrite to start over"
+)
 NOT_HDF5_MSG = "'{path}' is not an HDF5 file; pass a cache written by `fairhead extract` or `fairhead import`"
 CORRUPT_MSG = "cache '{path}' is truncated or corrupt ({error}); rebuild it with the same `fairhead extract` command"
 MARKED_INCOMPLETE_MSG = (
     "cache '{path}' is marked incomplete (complete=false); rerun the `fairhead extract` command that writes it"
 )
-MISSING_KEY_MSG = "cache '{path}' lacks {key!r}; rebuild it with `fairhead extract`"
-BAD_SHAPE_MSG = "cache '{path}' has {key!r} with {got} rows but n-rows is {n}; rebuild it with `fairhead extract`"
 UNKNOWN_SPLIT_MSG = "cache '{path}' has no split {name!r}; available splits: {available}"
 UNKNOWN_ATTRIBUTE_MSG = "cache '{path}' has no sensitive attribute {name!r}; available: {available}"
 UNKNOWN_CATEGORY_FIELD_MSG = "cache '{path}' has no column {name!r}; available: {available}"
@@ -144,14 +159,16 @@ class Cache:
     of an unfinished extraction beside it) and inconsistent row counts.
     """
 
-    def __init__(self, path) -> None:
+    def __init__(self, path, *, ignore_journal: bool = False) -> None:
         self.path = Path(path)
         self._file: h5py.File | None = None
         journal = Journal(self.path)
         if not self.path.exists():
             if journal.exists():
-                raise CacheError(RESUMABLE_MSG.format(path=self.path, **_journal_progress(journal)))
+                raise CacheError(_unfinished_message(self.path, journal, replacing=False))
             raise CacheError(MISSING_MSG.format(path=self.path))
+        if self.path.is_dir():
+            raise CacheError(NOT_HDF5_MSG.format(path=self.path))
         if not h5py.is_hdf5(self.path):
             raise CacheError(NOT_HDF5_MSG.format(path=self.path))
         try:
@@ -159,12 +176,18 @@ class Cache:
         except OSError as err:
             raise CacheError(CORRUPT_MSG.format(path=self.path, error=_short(err))) from err
         try:
-            self._check(journal)
+            self._check(None if ignore_journal else journal)
+        except CacheError:
+            self.close()
+            raise
+        except (OSError, KeyError, TypeError, ValueError, RuntimeError) as err:  # h5py on a damaged object header
+            self.close()
+            raise CacheError(CORRUPT_MSG.format(path=self.path, error=_short(err))) from err
         except BaseException:
             self.close()
             raise
 
-    def _check(self, journal: Journal) -> None:
+    def _check(self, journal: Journal | None) -> None:
         f = self._file
         found = schema.decode_attr(f.attrs.get(schema.FORMAT_NAME_ATTR))
         if found != schema.FORMAT_NAME:
@@ -172,22 +195,11 @@ class Cache:
                 schema.NOT_EMBEDCACHE_MSG.format(path=self.path, attr=schema.FORMAT_NAME_ATTR, found=found)
             )
         schema.check_format_version(f.attrs.get(schema.FORMAT_VERSION_ATTR), self.path)
-        if not bool(schema.decode_attr(f.attrs.get(schema.COMPLETE_ATTR, False))):
+        if journal is not None and journal.exists():
+            raise CacheError(_unfinished_message(self.path, journal, replacing=True))
+        if not check_complete(f.attrs, self.path):
             raise CacheError(MARKED_INCOMPLETE_MSG.format(path=self.path))
-        if journal.exists():
-            raise CacheError(
-                UNFINISHED_OVERWRITE_MSG.format(path=self.path, journal=journal.dir, **_journal_progress(journal))
-            )
-        for key in (schema.FEATURES, schema.LABELS, schema.SAMPLE_ID, schema.SPLIT, schema.SENSITIVE_GROUP):
-            if key not in f:
-                raise CacheError(MISSING_KEY_MSG.format(path=self.path, key=key))
-        n = int(schema.decode_attr(f.attrs[schema.N_ROWS_ATTR]))
-        keys = [schema.FEATURES, schema.LABELS, schema.SAMPLE_ID, schema.SPLIT]
-        keys += [f"{schema.SENSITIVE_GROUP}/{name}" for name in f[schema.SENSITIVE_GROUP]]
-        for key in keys:
-            if f[key].shape[0] != n:
-                raise CacheError(BAD_SHAPE_MSG.format(path=self.path, key=key, got=f[key].shape[0], n=n))
-        self.n_rows = n
+        self.n_rows = check_cache(f, self.path)
 
     # --- context manager --------------------------------------------------------------
     def close(self) -> None:
@@ -428,10 +440,28 @@ def read_rows(dset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def _journal_progress(journal: Journal) -> dict[str, Any]:
-    meta = journal.read_meta() or {}
-    total = meta.get("identity", {}).get(schema.N_ROWS_ATTR, "?")
-    return {"rows": journal.committed_rows(), "total": total}
+def _unfinished_message(path: Path, journal: Journal, *, replacing: bool) -> str:
+    """Say why a journal beside (or instead of) ``path`` makes it unreadable, and what to do.
+
+    A journal whose lock is held belongs to a running extraction: "rerun to
+    resume" would be wrong advice then (the rerun would be refused), so the
+    message says to wait.
+    """
+    try:
+        meta = journal.read_meta()
+        rows = journal.committed_rows()
+    except CacheError as err:
+        return DAMAGED_JOURNAL_READ_MSG.format(path=path, journal=journal.dir, error=_short(err.__cause__ or err))
+    total = (meta or {}).get("identity", {}).get(schema.N_ROWS_ATTR)
+    holder = WriteLock(path).holder()
+    if holder is not None:
+        progress = f"{rows} of {total} rows done" if total is not None else f"{rows} rows done"
+        return BEING_WRITTEN_MSG.format(path=path, holder=f" (pid {holder})" if holder else "", progress=progress)
+    if meta is None or total is None:
+        template = NOT_STARTED_OVERWRITE_MSG if replacing else NOT_STARTED_MSG
+        return template.format(path=path, journal=journal.dir)
+    template = UNFINISHED_OVERWRITE_MSG if replacing else RESUMABLE_MSG
+    return template.format(path=path, journal=journal.dir, rows=rows, total=total)
 
 
 def _short(err: BaseException) -> str:

@@ -89,6 +89,9 @@ JOURNAL_META = "meta.json"
 JOURNAL_FEATURES = "features.bin"
 JOURNAL_COMMITTED = "committed.json"
 JOURNAL_COMMITTED_ROWS_KEY = "rows"
+JOURNAL_BATCH_SIZE_KEY = "batch_size"
+JOURNAL_INPUTS = "inputs.jsonl"
+JOURNAL_TRASH_SUFFIX = ".partial-removing"
 TMP_SUFFIX = ".tmp"
 LOCK_SUFFIX = ".lock"
 
@@ -123,6 +126,11 @@ IDENTITY_LABELS = {
 def journal_path(cache_path) -> Any:
     """The journal folder of ``cache_path`` (``x.h5`` -> ``x.h5.partial``)."""
     return cache_path.with_name(cache_path.name + JOURNAL_SUFFIX)
+
+
+def journal_trash_path(cache_path) -> Any:
+    """Where a journal is moved, atomically, before it is deleted (``x.h5`` -> ``x.h5.partial-removing``)."""
+    return cache_path.with_name(cache_path.name + JOURNAL_TRASH_SUFFIX)
 
 
 def tmp_path(cache_path) -> Any:
