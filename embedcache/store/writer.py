@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
+import faulthandler
 import json
 import math
 import os
@@ -327,9 +328,9 @@ def write_cache(
         raise write_error(err, path, needed=needed, then=then) from err
     check_free_space(path, needed, then=then)
 
-    def job() -> None:
+    def job(on_error) -> None:
         _write_hdf5(path, table=table, features=features, identity=identity, n=n, d=d, dtype=dtype,
-                    source_description=source_description, feature_columns=feature_columns)
+                    source_description=source_description, feature_columns=feature_columns, on_error=on_error)
 
     try:
         _run_isolated(job)
@@ -350,58 +351,79 @@ def write_cache(
 
 
 def _write_hdf5(path: Path, *, table: CacheTable, features, identity, n: int, d: int, dtype,
-                source_description, feature_columns) -> None:
+                source_description, feature_columns, on_error=None) -> None:
+    """Write the file. ``on_error`` hears of a failure before HDF5 closes the file (which can then crash)."""
     split_codes, split_names = _split_codes(table.splits)
     text = h5py.string_dtype("utf-8")
-    with h5py.File(path, "w", track_order=False) as f:
-        attrs = f.attrs
-        attrs[schema.FORMAT_NAME_ATTR] = schema.FORMAT_NAME
-        attrs[schema.FORMAT_VERSION_ATTR] = schema.FORMAT_VERSION
-        attrs[schema.COMPLETE_ATTR] = False  # flipped last, after every dataset is written
-        for key, value in identity.items():
-            attrs[key] = value
-        attrs[schema.LABEL_NAME_ATTR] = table.label_name
-        attrs[schema.SOURCE_ATTR] = schema.dumps_json(dict(source_description))
-        attrs[schema.LIBRARY_VERSIONS_ATTR] = schema.dumps_json(library_versions())
-        attrs[schema.CREATED_ATTR] = creation_time()
-
-        dset = f.create_dataset(
-            schema.FEATURES,
-            shape=(n, d),
-            maxshape=(None, d),
-            dtype=dtype,
-            chunks=(min(schema.CHUNK_ROWS, n), d),
-            track_times=False,
-        )
-        for start in range(0, n, WRITE_BLOCK_ROWS):
-            stop = min(n, start + WRITE_BLOCK_ROWS)
-            dset[start:stop] = np.asarray(features[start:stop], dtype=dtype)
-        if feature_columns is not None:
-            dset.attrs.create(schema.FEATURE_COLUMNS_ATTR, _string_array(feature_columns), dtype=text)
-
-        labels = f.create_dataset(
-            schema.LABELS, data=np.asarray(table.labels, dtype=schema.LABEL_DTYPE), track_times=False
-        )
-        labels.attrs[schema.LABEL_NAME_DSET_ATTR] = table.label_name
-        labels.attrs.create(schema.CATEGORIES_ATTR, _string_array(table.label_categories), dtype=text)
-
-        group = f.create_group(schema.SENSITIVE_GROUP)
-        for name in sorted(table.sensitive):
-            codes, categories = table.sensitive[name]
-            ds = group.create_dataset(
-                name, data=np.asarray(codes, dtype=schema.CODE_DTYPE), track_times=False
-            )
-            ds.attrs.create(schema.CATEGORIES_ATTR, _string_array(categories), dtype=text)
-
-        f.create_dataset(
-            schema.SAMPLE_ID, data=_string_array(table.sample_ids), dtype=text, track_times=False
-        )
-        split = f.create_dataset(schema.SPLIT, data=split_codes, track_times=False)
-        split.attrs.create(schema.CATEGORIES_ATTR, _string_array(split_names), dtype=text)
-
-        attrs[schema.COMPLETE_ATTR] = True
-        f.flush()
+    report = on_error if on_error is not None else (lambda err: None)
+    f = h5py.File(path, "w", track_order=False)
+    try:
+        _fill(f, table=table, features=features, identity=identity, n=n, d=d, dtype=dtype,
+              source_description=source_description, feature_columns=feature_columns,
+              split_codes=split_codes, split_names=split_names, text=text)
+    except BaseException as err:
+        report(err)
+        raise
+    finally:
+        try:
+            f.close()  # flushes the last metadata: a full disk can fail here too
+        except BaseException as err:
+            report(err)
+            raise
     fsync_path(path)
+
+
+def _fill(f: h5py.File, *, table: CacheTable, features, identity, n: int, d: int, dtype, source_description,
+          feature_columns, split_codes, split_names, text) -> None:
+    attrs = f.attrs
+    attrs[schema.FORMAT_NAME_ATTR] = schema.FORMAT_NAME
+    attrs[schema.FORMAT_VERSION_ATTR] = schema.FORMAT_VERSION
+    attrs[schema.COMPLETE_ATTR] = False  # flipped last, after every dataset is written
+    for key, value in identity.items():
+        attrs[key] = value
+    attrs[schema.LABEL_NAME_ATTR] = table.label_name
+    attrs[schema.SOURCE_ATTR] = schema.dumps_json(dict(source_description))
+    attrs[schema.LIBRARY_VERSIONS_ATTR] = schema.dumps_json(library_versions())
+    attrs[schema.CREATED_ATTR] = creation_time()
+
+    dset = f.create_dataset(
+        schema.FEATURES,
+        shape=(n, d),
+        maxshape=(None, d),
+        dtype=dtype,
+        chunks=(min(schema.CHUNK_ROWS, n), d),
+        track_times=False,
+    )
+    for start in range(0, n, WRITE_BLOCK_ROWS):
+        stop = min(n, start + WRITE_BLOCK_ROWS)
+        dset[start:stop] = np.asarray(features[start:stop], dtype=dtype)
+    if feature_columns is not None:
+        dset.attrs.create(schema.FEATURE_COLUMNS_ATTR, _string_array(feature_columns), dtype=text)
+
+    labels = f.create_dataset(
+        schema.LABELS, data=np.asarray(table.labels, dtype=schema.LABEL_DTYPE), track_times=False
+    )
+    labels.attrs[schema.LABEL_NAME_DSET_ATTR] = table.label_name
+    labels.attrs.create(schema.CATEGORIES_ATTR, _string_array(table.label_categories), dtype=text)
+
+    group = f.create_group(schema.SENSITIVE_GROUP)
+    for name in sorted(table.sensitive):
+        codes, categories = table.sensitive[name]
+        ds = group.create_dataset(
+            name, data=np.asarray(codes, dtype=schema.CODE_DTYPE), track_times=False
+        )
+        ds.attrs.create(schema.CATEGORIES_ATTR, _string_array(categories), dtype=text)
+
+    f.create_dataset(
+        schema.SAMPLE_ID, data=_string_array(table.sample_ids), dtype=text, track_times=False
+    )
+    split = f.create_dataset(schema.SPLIT, data=split_codes, track_times=False)
+    split.attrs.create(schema.CATEGORIES_ATTR, _string_array(split_names), dtype=text)
+
+    attrs[schema.COMPLETE_ATTR] = True
+    f.flush()
+
+
 
 
 def _remove_quietly(path: Path) -> None:
@@ -435,7 +457,7 @@ def _run_isolated(job) -> None:
     file ever runs in this process.
     """
     if not ISOLATE_WRITES:
-        job()
+        job(None)
         return
     read_end, write_end = os.pipe()
     with warnings.catch_warnings():
@@ -443,17 +465,26 @@ def _run_isolated(job) -> None:
         warnings.simplefilter("ignore", DeprecationWarning)
         pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child (its outcome is asserted through the parent)
-        code = 0
-        try:
-            os.close(read_end)
-            job()
-        except BaseException as err:  # noqa: BLE001 - every failure travels back as data
+        code, sent = 0, []
+
+        def send(err: BaseException) -> None:
+            """Tell the parent what failed, at once: HDF5 may crash this process right after."""
+            if sent:
+                return
+            sent.append(err)
             report = {"type": type(err).__name__, "errno": getattr(err, "errno", None),
                       "message": " ".join(str(err).split())[:2000], "cache": isinstance(err, CacheError)}
             try:
                 os.write(write_end, json.dumps(report).encode("utf-8"))
             except OSError:
                 pass
+
+        try:
+            os.close(read_end)
+            faulthandler.disable()  # a crash here is reported by the parent in one line, not as a dump
+            job(send)
+        except BaseException as err:  # noqa: BLE001 - every failure travels back as data
+            send(err)
             code = 1
         finally:
             os._exit(code)
@@ -475,13 +506,13 @@ def _run_isolated(job) -> None:
         raise
     finally:
         os.close(read_end)
-    if os.WIFSIGNALED(status):
-        raise _ChildCrashed(os.WTERMSIG(status))
-    if os.WEXITSTATUS(status) == 0:
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
         return
     try:
         report = json.loads(b"".join(chunks).decode("utf-8"))
-    except ValueError:
+    except ValueError:  # died before it could say why
+        if os.WIFSIGNALED(status):
+            raise _ChildCrashed(os.WTERMSIG(status)) from None
         report = {"type": "RuntimeError", "errno": None, "message": f"writer exited with status {os.WEXITSTATUS(status)}"}
     if report.get("cache"):
         raise CacheError(report["message"])
