@@ -302,8 +302,68 @@ def hash_splits(ids: Sequence[str], fractions: Sequence[float] = DEFAULT_SPLIT_F
     return out
 
 
+#: modes holding one unsigned 16-bit channel (PNG and TIFF 16-bit grayscale open as these)
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+#: largest value of a 16-bit channel; 16-bit pixels map to 8 bits as round(v * 255 / 65535)
+UINT16_MAX = 65535
+
+WIDE_RANGE_MSG = (
+    "image file '{path}' of {where} has {kind} pixel values in [{low:g}, {high:g}], outside the {expected} "
+    "that fairhead reads for mode {mode!r}; convert it to 8- or 16-bit grayscale or RGB"
+)
+
+
+def _scaled_to_uint8(values: np.ndarray, top: float) -> Image.Image:
+    """Map ``[0, top]`` linearly onto ``0..255`` (round half up) as a mode-L image."""
+    scaled = np.floor(values.astype(np.float64) * (255.0 / top) + 0.5)
+    return Image.fromarray(scaled.astype(np.uint8), mode="L")
+
+
+def to_rgb(img: Image.Image, *, path="", where: str = "") -> Image.Image:
+    r"""Convert a decoded image of any PIL mode to 8-bit RGB without clipping its range.
+
+    PIL's ``convert("RGB")`` clips every value above 255, so a 16-bit X-ray turns
+    white. Each mode is mapped by its own range instead:
+
+    - ``I;16`` (16-bit PNG or TIFF) and ``I`` (32-bit integer, values in
+      ``0..65535`` as older Pillow opens 16-bit PNGs):
+      :math:`v_8 = \lfloor 255\, v / 65535 + 1/2 \rfloor`, the same scaling as
+      torchvision's ``convert_image_dtype`` from uint16; an ``I`` image outside
+      ``0..65535`` is refused rather than guessed at;
+    - ``F`` (32-bit float): values in ``[0, 1]`` (torchvision's float convention),
+      :math:`v_8 = \lfloor 255\, v + 1/2 \rfloor`; others are refused;
+    - a mode with transparency (``RGBA``, ``LA``, ``PA``, ``P`` or ``L`` with a
+      transparent colour): composited onto black, :math:`c \cdot \alpha / 255`,
+      so what is hidden under a transparent pixel never reaches the network;
+    - ``L``, ``P``, ``1``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, ``RGBX``: PIL's own
+      conversion, which is exact for 8-bit data.
+
+    Gray stays gray: the single channel is copied to R, G and B.
+    """
+    mode = img.mode
+    if mode in SIXTEEN_BIT_MODES or mode == "I":
+        values = np.asarray(img)
+        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        if low < 0 or high > UINT16_MAX:
+            raise DataError(WIDE_RANGE_MSG.format(path=path, where=where, kind="integer", low=low, high=high,
+                                                  expected="range 0..65535", mode=mode))
+        return _scaled_to_uint8(values, UINT16_MAX).convert("RGB")
+    if mode == "F":
+        values = np.asarray(img)
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if not (np.isfinite(values).all() and low >= 0.0 and high <= 1.0):
+            raise DataError(WIDE_RANGE_MSG.format(path=path, where=where, kind="floating-point", low=low,
+                                                  high=high, expected="range [0, 1]", mode=mode))
+        return _scaled_to_uint8(values, 1.0).convert("RGB")
+    if img.has_transparency_data:
+        rgba = img.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
 def open_rgb(path, *, where: str, draft_size: int | None = None) -> Image.Image:
-    """Open an image file as RGB, or raise a one-line :class:`DataError`.
+    """Open an image file as 8-bit RGB (see :func:`to_rgb`), or raise a one-line :class:`DataError`.
 
     Parameters
     ----------
@@ -317,9 +377,11 @@ def open_rgb(path, *, where: str, draft_size: int | None = None) -> Image.Image:
         with Image.open(path) as img:
             if draft_size is not None and img.format == "JPEG":
                 img.draft("RGB", (draft_size, draft_size))
-            return img.convert("RGB")
+            return to_rgb(img, path=path, where=where)
     except FileNotFoundError as err:
         raise DataError(MISSING_IMAGE_MSG.format(path=path, where=where)) from err
+    except DataError:
+        raise
     except (OSError, SyntaxError, ValueError) as err:  # PIL: UnidentifiedImageError is an OSError
         error = f"{type(err).__name__}: {err}".replace("\n", " ")
         raise DataError(BAD_IMAGE_MSG.format(path=path, where=where, error=error)) from err
