@@ -9,6 +9,7 @@ original metadata files twice.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -24,6 +25,57 @@ DEFAULT_SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
 
 DUPLICATE_IDS_MSG = "{where} has {count} duplicate sample ids (first: {first!r}); make the ids unique"
 EMPTY_MSG = "{where} has no rows; pass a dataset with at least one image"
+#: longest text of one value that an error message shows (a 13.5 KB vector once filled a message)
+SHOWN_VALUE_CHARS = 60
+#: more distinct numeric values than this in a sensitive column draw the "looks continuous" warning
+MAX_NUMERIC_GROUPS = 10
+#: cell texts that mean "missing": pandas' default ``na_values`` plus the UCI files' "?" (Adult census),
+#: compared case-insensitively after stripping; an empty cell is missing too
+MISSING_MARKERS = frozenset(
+    {"", "na", "n/a", "nan", "-nan", "null", "none", "<na>", "#n/a", "#n/a n/a", "#na",
+     "-1.#ind", "-1.#qnan", "1.#ind", "1.#qnan", "?"}
+)
+#: the group name a missing sensitive value gets with ``missing="group"``
+MISSING_GROUP = "(missing)"
+
+
+def shown(value: Any, limit: int = SHOWN_VALUE_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters, on one line, for error messages."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown_names(names: Sequence[str], limit: int = 20) -> str:
+    """The first ``limit`` column names, comma-separated, and how many there are in all."""
+    names = [" ".join(str(n).split()) for n in names]
+    head = ", ".join(n if len(n) <= 40 else n[:37] + "..." for n in names[:limit])
+    return head if len(names) <= limit else f"{head}, ... ({len(names)} in all)"
+
+
+def duplicate_names(names: Sequence[str]) -> tuple[str, int, int] | None:
+    """The first name that occurs twice, with its two 1-based positions, or None.
+
+    Empty names (the unnamed columns a trailing comma makes) are not names and are skipped.
+    """
+    seen: dict[str, int] = {}
+    for k, name in enumerate(names, start=1):
+        if not name:
+            continue
+        if name in seen:
+            return name, seen[name], k
+        seen[name] = k
+    return None
+
+
+def is_missing(value: Any) -> bool:
+    """True for None, NaN and the cell texts in :data:`MISSING_MARKERS`."""
+    if value is None:
+        return True
+    if isinstance(value, (float, np.floating)):
+        return bool(np.isnan(value))
+    return isinstance(value, str) and value.strip().lower() in MISSING_MARKERS
+
+
 NOT_BINARY_MSG = (
     "label column {name!r} has {count} distinct values {values}; a binary label needs exactly 2 "
     "(map it to two classes first)"
@@ -33,6 +85,17 @@ ONE_GROUP_MSG = (
     "(pick another column)"
 )
 MISSING_VALUE_MSG = "{kind} column {name!r} is empty at row {row}; fill or drop that row"
+MISSING_MARKER_MSG = (
+    "{kind} column {name!r} holds the missing-value marker {value} at row {row}{more}; {fix}"
+)
+#: how to fix a missing sensitive value where no option maps it (a manifest)
+MISSING_SENSITIVE_FIX = "write an explicit category (e.g. 'unknown') in those rows or drop them"
+MISSING_OTHER_FIX = "fill or drop those rows"
+CONTINUOUS_SENSITIVE_MSG = (
+    "sensitive column {name!r} has {count} distinct numeric values ({low} to {high}) and looks continuous: "
+    "each value becomes its own group; bin it into a few ranges first (e.g. age 18-29, 30-44, 45-64, 65+)"
+)
+EMPTY_ID_MSG = "{where} has an empty sample id at row {row}; give every row an id"
 LENGTH_MSG = "{what} has {got} rows but the dataset has {n}; pass one value per row"
 MISSING_IMAGE_MSG = "image file '{path}' of {where} is missing; restore it or drop its row"
 BAD_IMAGE_MSG = (
@@ -104,6 +167,9 @@ class TableSource:
         n = len(self.ids)
         if n == 0:
             raise DataError(EMPTY_MSG.format(where=where))
+        empty = [k for k, i in enumerate(self.ids) if not i.strip()]
+        if empty:
+            raise DataError(EMPTY_ID_MSG.format(where=where, row=empty[0]))
         check_unique_ids(self.ids, where=where)
         self.labels = np.asarray(labels, dtype=np.int64)
         _check_length(self.labels, n, f"label {label_name!r}")
@@ -122,7 +188,7 @@ class TableSource:
             categories = tuple(str(c) for c in categories)
             present = np.unique(codes)
             if len(present) < 2:
-                values = [categories[c] for c in present]
+                values = [shown(categories[c], 20) for c in present]
                 raise DataError(ONE_GROUP_MSG.format(name=name, count=len(present), values=values))
             self.sensitive[str(name)] = (codes, categories)
         self.splits = np.asarray([str(s) for s in splits], dtype=object)
@@ -231,40 +297,78 @@ def _canonical_number(text: str) -> str:
     return str(int(number)) if number.is_integer() else text
 
 
-def encode_categorical(values: Sequence[Any], *, name: str, kind: str) -> tuple[np.ndarray, tuple[str, ...]]:
+def encode_categorical(
+    values: Sequence[Any], *, name: str, kind: str, missing: str = "error", fix: str | None = None
+) -> tuple[np.ndarray, tuple[str, ...]]:
     """Turn raw column values into int64 codes and sorted category names.
 
     Categories are the distinct values as strings, numbers ordered numerically
     and text alphabetically, so ``0/1``, ``-1/1``, ``False/True`` and
     ``no/yes`` all map the second value to code 1.
 
+    Parameters
+    ----------
+    missing : {"error", "group"}, default "error"
+        What a missing value (None, NaN, an empty cell or a marker such as
+        ``"NA"``, see :data:`MISSING_MARKERS`) does: raise, or become the group
+        ``"(missing)"``. A marker is never silently a group of its own.
+    fix : str, optional
+        The fix a missing-value error suggests.
+
     Raises
     ------
     DataError
-        On an empty (missing) value.
+        On a missing value when ``missing="error"``.
+
+    Warns
+    -----
+    UserWarning
+        A sensitive column with more than :data:`MAX_NUMERIC_GROUPS` distinct
+        numeric values (it looks continuous: bin it).
     """
     as_text = []
+    missing_rows = []
     for row, value in enumerate(values):
-        if value is None or (isinstance(value, float) and np.isnan(value)):
-            raise DataError(MISSING_VALUE_MSG.format(kind=kind, name=name, row=row))
+        if is_missing(value):
+            missing_rows.append(row)
+            as_text.append(MISSING_GROUP)
+            continue
         if isinstance(value, (float, np.floating)) and float(value).is_integer():
             value = int(value)  # 1.0 and 1 are the same category
-        text = str(value).strip()
-        if text == "":
+        as_text.append(_canonical_number(str(value).strip()))
+    if missing_rows and missing != "group":
+        row = missing_rows[0]
+        value = values[row]
+        more = f" (and {len(missing_rows) - 1} more rows)" if len(missing_rows) > 1 else ""
+        if value is None or (isinstance(value, str) and value.strip() == ""):
             raise DataError(MISSING_VALUE_MSG.format(kind=kind, name=name, row=row))
-        as_text.append(_canonical_number(text))
+        raise DataError(MISSING_MARKER_MSG.format(kind=kind, name=name, value=shown(value), row=row, more=more,
+                                                  fix=fix or MISSING_OTHER_FIX))
     categories = tuple(sorted(set(as_text), key=_sort_key))
+    if kind == "sensitive":
+        _warn_if_continuous(name, categories)
     lookup = {c: k for k, c in enumerate(categories)}
     codes = np.fromiter((lookup[t] for t in as_text), dtype=np.int64, count=len(as_text))
     return codes, categories
+
+
+def _warn_if_continuous(name: str, categories: Sequence[str]) -> None:
+    numbers = [_sort_key(c)[1] for c in categories if _sort_key(c)[0] == 0]
+    if len(numbers) > MAX_NUMERIC_GROUPS and len(numbers) == len([c for c in categories if c != MISSING_GROUP]):
+        warnings.warn(
+            CONTINUOUS_SENSITIVE_MSG.format(name=name, count=len(numbers), low=f"{min(numbers):g}",
+                                            high=f"{max(numbers):g}"),
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def encode_binary_label(values: Sequence[Any], *, name: str) -> tuple[np.ndarray, tuple[str, ...]]:
     """Like :func:`encode_categorical` but require exactly two values."""
     codes, categories = encode_categorical(values, name=name, kind="label")
     if len(categories) != 2:
-        shown = list(categories[:5]) + (["..."] if len(categories) > 5 else [])
-        raise DataError(NOT_BINARY_MSG.format(name=name, count=len(categories), values=shown))
+        shown_values = [shown(c, 20) for c in categories[:5]] + (["..."] if len(categories) > 5 else [])
+        raise DataError(NOT_BINARY_MSG.format(name=name, count=len(categories), values="[" + ", ".join(shown_values) + "]"))
     return codes, categories
 
 
@@ -276,13 +380,21 @@ SPLIT_ALIASES = {
 }
 
 
-def normalize_splits(values: Sequence[Any]) -> np.ndarray:
+def normalize_splits(values: Sequence[Any], *, name: str = "split") -> np.ndarray:
     """Map split spellings to train/valid/test (``val``, ``validation``, ``0/1/2``, any case).
 
-    Other names are kept as written (stripped), so custom splits still work.
+    Other names are kept as written (stripped), so custom splits still work. A
+    missing value (empty, ``NA``, ...) is refused: it is not a split name.
     """
     out = np.empty(len(values), dtype=object)
     for k, value in enumerate(values):
+        if is_missing(value):
+            if value is None or (isinstance(value, str) and value.strip() == ""):
+                raise DataError(MISSING_VALUE_MSG.format(kind="split", name=name, row=k))
+            raise DataError(MISSING_MARKER_MSG.format(kind="split", name=name, value=shown(value), row=k, more="",
+                                                      fix=MISSING_OTHER_FIX))
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            value = int(value)
         text = _canonical_number(str(value).strip())
         out[k] = SPLIT_ALIASES.get(text.lower(), text.lower() if text.lower() in DEFAULT_SPLITS else text)
     return out
