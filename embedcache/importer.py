@@ -558,10 +558,10 @@ def _feature_matrix(columns, blocks, names: list[str], rows: np.ndarray) -> tupl
             text = str(values[k]).strip()
             template = VECTOR_TEXT_MSG if text[:1] in "[(" and ("," in text or " " in text) else NOT_NUMERIC_MSG
             raise DataError(template.format(name=name, value=shown(values[k]), row=int(rows[k])))
-        missing = np.isnan(column) & np.fromiter((_is_missing_cell(v) for v in values), dtype=bool, count=len(values))
-        if missing.any():
-            k = int(np.flatnonzero(missing)[0])
-            raise DataError(MISSING_FEATURE_MSG.format(name=name, value=shown(values[k]), row=int(rows[k])))
+        for k in np.flatnonzero(np.isnan(column)):  # only NaN cells can be missing ones
+            if _is_missing_cell(values[k]):
+                raise DataError(MISSING_FEATURE_MSG.format(name=name, value=shown(values[k]), row=int(rows[k])))
+            break  # the first NaN is a number NaN: reported as non-finite below
         _check_finite(column[:, None], [name], rows)
         parts.append(column[:, None])
         out_names.append(name)
