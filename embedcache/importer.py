@@ -458,11 +458,11 @@ def _read_parquet(path: Path):
         raise DataError(NO_PYARROW_MSG) from err
     import pyarrow as pa
 
-    table = pq.read_table(path)
-    duplicate = duplicate_names(table.column_names)
+    duplicate = duplicate_names(pq.read_schema(path).names)  # before read_table, which fails on them
     if duplicate:
         name, first, second = duplicate
         raise DataError(DUPLICATE_COLUMN_MSG.format(path=path, name=name, first=first, second=second))
+    table = pq.read_table(path)
     columns, blocks = {}, {}
     for index, name in enumerate(table.column_names):
         column = table.column(index)

@@ -148,3 +148,322 @@ def test_images_out_of_the_readable_range_are_refused(tmp_path, array, match):
     with pytest.raises(DataError, match=match) as err:
         open_rgb(tmp_path / "x.tif", where="manifest 'm.csv'")
     assert "\n" not in str(err.value) and "convert it" in str(err.value)
+
+
+# --------------------------------------------------------------------------- table import: odd cells and columns
+#: a small feature table: id, two features, a binary label, a sensitive column and a split
+N_ROWS = 24
+
+
+def _table_rows():
+    return [[f"r{i}", f"{0.5 * i:g}", f"{(i * 7) % 5 - 2:g}", str(i % 2), "ab"[(i // 2) % 2], "train" if i < 16 else "test"]
+            for i in range(N_ROWS)]
+
+
+HEADER = ["id", "f0", "f1", "y", "g", "split"]
+
+
+def _write_table(path, header=HEADER, rows=None, edit=None):
+    rows = [list(r) for r in (_table_rows() if rows is None else rows)]
+    if edit is not None:
+        edit(rows)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([header, *rows])
+    return path
+
+
+def _import(path, tmp_path, **kw):
+    opts = dict(label="y", sensitive=["g"], split="split", id_col="id", out=tmp_path / "t.h5", progress=False)
+    opts.update(kw)
+    return import_table(path, **opts)
+
+
+def _set(row, col, value):
+    def edit(rows):
+        rows[row][HEADER.index(col)] = value
+    return edit
+
+
+def _one_line_refusal(exc_info, *needles):
+    message = str(exc_info.value)
+    assert "\n" not in message and len(message) < 400, message
+    for needle in needles:
+        assert needle in message, f"{needle!r} not in {message!r}"
+
+
+def test_duplicate_header_names_are_refused_by_import_and_manifest(tmp_path):
+    table = _write_table(tmp_path / "dup.csv", header=["id", "f0", "f0", "y", "g", "split"])
+    with pytest.raises(DataError) as err:
+        _import(table, tmp_path)
+    _one_line_refusal(err, "'f0' twice", "columns 2 and 3", "rename one")
+    assert not (tmp_path / "t.h5").exists()
+    # the manifest reader used to take the first of two 'g' columns
+    with open(tmp_path / "m.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([["path", "y", "g", "g"], ["a.png", 0, "a", "b"], ["b.png", 1, "b", "a"]])
+    with pytest.raises(DataError) as err:
+        embedcache.ManifestSource(tmp_path / "m.csv", label_col="y", sensitive_cols="g")
+    _one_line_refusal(err, "'g' twice", "columns 3 and 4")
+
+
+def test_duplicate_parquet_columns_are_refused(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    arrays = [pa.array(np.arange(N_ROWS, dtype=float)), pa.array(np.ones(N_ROWS)), pa.array(np.arange(N_ROWS) % 2),
+              pa.array(["ab"[(i // 2) % 2] for i in range(N_ROWS)])]
+    pq.write_table(pa.Table.from_arrays(arrays, names=["f", "f", "y", "g"]), tmp_path / "dup.parquet")
+    with pytest.raises(DataError) as err:
+        import_table(tmp_path / "dup.parquet", label="y", sensitive="g", out=tmp_path / "t.h5", progress=False)
+    _one_line_refusal(err, "'f' twice")
+
+
+@pytest.mark.parametrize("features", [None, ["f0", "f1"]], ids=["default-features", "named-features"])
+def test_one_text_cell_in_a_feature_column_is_refused_naming_row_and_column(tmp_path, features):
+    table = _write_table(tmp_path / "t.csv", edit=_set(5, "f1", "abc"))
+    with pytest.raises(DataError) as err:
+        _import(table, tmp_path, features=features)
+    _one_line_refusal(err, "feature column 'f1'", "'abc' at row 5")
+
+
+@pytest.mark.parametrize(
+    "cell, needle",
+    [("", "missing a value ('' at row 7)"), ("NA", "missing a value ('NA' at row 7)"),
+     ("nan", "non-finite value (nan) at row 7"), ("inf", "non-finite value (inf) at row 7"),
+     ("-Infinity", "non-finite value (-inf) at row 7"), ("1,5", "'1,5' at row 7"),
+     ("1e999", "non-finite value (inf) at row 7")],
+    ids=["empty", "NA", "nan", "inf", "-Infinity", "decimal-comma", "overflowing-text"],
+)
+def test_odd_feature_cells_are_refused(tmp_path, cell, needle):
+    table = _write_table(tmp_path / "t.csv", edit=_set(7, "f0", cell))
+    with pytest.raises(DataError) as err:
+        _import(table, tmp_path)
+    _one_line_refusal(err, "feature column 'f0'", needle)
+
+
+def test_whitespace_bom_booleans_and_trailing_commas_are_read_as_meant(tmp_path):
+    rows = [[f" r{i} ", f" {0.5 * i:g} ", "True" if i % 3 else "False", f" {i % 2} ", " " + "ab"[(i // 2) % 2] + " ", ""]
+            for i in range(N_ROWS)]
+    text = "\ufeff id , f0 ,flag, y , g ,\n" + "\n".join(",".join(r) for r in rows) + "\n"
+    (tmp_path / "t.csv").write_text(text, encoding="utf-8")
+    out = import_table(tmp_path / "t.csv", label="y", sensitive="g", id_col="id", out=tmp_path / "t.h5", progress=False)
+    with embedcache.open(out) as cache:
+        data = cache.load()
+        assert cache.feature_columns == ["f0", "flag"]
+        assert cache.categories("g") == ["a", "b"]
+    order = np.argsort([int(s[1:]) for s in data.sample_ids])
+    np.testing.assert_array_equal(data.features[order, 0], 0.5 * np.arange(N_ROWS))
+    np.testing.assert_array_equal(data.features[order, 1], [1.0 if i % 3 else 0.0 for i in range(N_ROWS)])
+    assert data.sample_ids[order].tolist() == [f"r{i}" for i in range(N_ROWS)]
+
+
+R3 = "\nr3,1.5,-1,1,b,train\n"
+
+
+def _unnamed_column_with_data(text):
+    lines = text.splitlines()
+    lines = [line + "," for line in lines]
+    lines[5] += "stray"
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    "edit_text, needle",
+    [(lambda t: t.replace(R3, "\nr3,1.5,-1,b,train\n"), "line 5 has 5 fields but the header has 6"),
+     (lambda t: t.replace(R3, '\n"r3",1.5,-1,b,train\n'), "line 5 has 5 fields"),
+     (lambda t: t.replace(R3, "\nr3,1.5,-1,1,b,train,x\n"), "line 5 has 7 fields"),
+     (lambda t: t.replace(",", ";"), "looks semicolon-separated"),
+     (_unnamed_column_with_data, "column 7 has no name but holds values ('stray' at row 4)")],
+    ids=["short-row", "short-row-with-quotes", "long-row", "semicolons", "unnamed-column-with-data"],
+)
+def test_ragged_and_misformatted_csv_is_refused(tmp_path, edit_text, needle):
+    table = _write_table(tmp_path / "t.csv")
+    text = table.read_text()
+    assert R3 in text
+    table.write_text(edit_text(text))
+    with pytest.raises(DataError) as err:
+        _import(table, tmp_path)
+    _one_line_refusal(err, needle)
+
+
+def test_a_latin1_table_is_refused_as_not_utf8(tmp_path):
+    table = _write_table(tmp_path / "t.csv", edit=_set(2, "g", "é"))
+    table.write_bytes(table.read_text(encoding="utf-8").encode("latin-1"))
+    with pytest.raises(DataError) as err:
+        _import(table, tmp_path)
+    _one_line_refusal(err, "not UTF-8", "0xe9", "save it as UTF-8")
+
+
+@pytest.mark.parametrize("marker", ["NA", "NaN", "", "?", "null"])
+def test_missing_sensitive_values_are_refused_by_default(tmp_path, marker):
+    table = _write_table(tmp_path / "t.csv", edit=_set(4, "g", marker))
+    with pytest.raises(DataError) as err:
+        _import(table, tmp_path)
+    _one_line_refusal(err, "sensitive column 'g'", "at row 4")
+    if marker:
+        _one_line_refusal(err, "--sensitive-missing")
+
+
+def test_missing_sensitive_values_map_explicitly_to_a_group_or_dropped_rows(tmp_path):
+    def edit(rows):
+        rows[4][4], rows[9][4] = "NA", "NaN"
+    table = _write_table(tmp_path / "t.csv", edit=edit)
+    grouped = _import(table, tmp_path, out=tmp_path / "group.h5", sensitive_missing="group")
+    with embedcache.open(grouped) as cache:
+        data = cache.load()
+        categories = cache.categories("g")
+    assert categories == ["(missing)", "a", "b"]
+    missing_ids = sorted(data.sample_ids[data.sensitive["g"] == 0].tolist())
+    assert missing_ids == ["r4", "r9"]
+    dropped = _import(table, tmp_path, out=tmp_path / "drop.h5", sensitive_missing="drop")
+    with embedcache.open(dropped) as cache:
+        data = cache.load()
+        assert cache.categories("g") == ["a", "b"] and cache.n_rows == N_ROWS - 2
+    assert sorted(data.sample_ids.tolist()) == sorted(f"r{i}" for i in range(N_ROWS) if i not in (4, 9))
+
+
+def test_missing_label_split_and_manifest_sensitive_values_are_refused(tmp_path):
+    for col, marker, needle in (("y", "NA", "label column 'y'"), ("split", "NA", "split column 'split'"),
+                                ("split", "", "split column 'split' is empty at row 4")):
+        table = _write_table(tmp_path / "t.csv", edit=_set(4, col, marker))
+        with pytest.raises(DataError) as err:
+            _import(table, tmp_path)
+        _one_line_refusal(err, needle, "row 4")
+    with open(tmp_path / "m.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([["path", "y", "race"], ["a.png", 0, "x"], ["b.png", 1, "NA"], ["c.png", 1, "y"]])
+    with pytest.raises(DataError) as err:
+        embedcache.ManifestSource(tmp_path / "m.csv", label_col="y", sensitive_cols="race")
+    _one_line_refusal(err, "sensitive column 'race'", "'NA' at row 1", "explicit category")
+
+
+def test_the_label_column_is_never_a_feature(tmp_path):
+    table = _write_table(tmp_path / "t.csv")
+    with pytest.raises(DataError) as err:
+        _import(table, tmp_path, features=["f0", "y"])
+    _one_line_refusal(err, "label column 'y' cannot also be a feature")
+    with pytest.raises(DataError) as err:
+        _import(table, tmp_path, features=["f0", "f0"])
+    _one_line_refusal(err, "listed twice")
+    out = _import(table, tmp_path)  # default features: never the label, sensitive, split or id
+    with embedcache.open(out) as cache:
+        assert cache.feature_columns == ["f0", "f1"]
+
+
+def test_a_vector_column_cannot_be_the_label(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "t.npz", emb=rng.normal(size=(N_ROWS, 3)), y2d=np.zeros((N_ROWS, 2)),
+             y=np.arange(N_ROWS) % 2, g=(np.arange(N_ROWS) // 2) % 2)
+    with pytest.raises(DataError) as err:
+        import_table(tmp_path / "t.npz", label="y2d", sensitive="g", out=tmp_path / "t.h5", progress=False)
+    _one_line_refusal(err, "column 'y2d' holds vectors", "the label must be a plain column")
+
+
+# --------------------------------------------------------------------------- stored dtype: overflow and underflow
+def _scaled_table(path, scale):
+    return _write_table(path, edit=lambda rows: [r.__setitem__(1, f"{float(r[1]) * scale:.17g}") for r in rows])
+
+
+def test_values_beyond_float32_are_refused_instead_of_stored_as_inf(tmp_path):
+    table = _scaled_table(tmp_path / "t.csv", 1e38)  # row 23: 11.5e38 > 3.4e38
+    with pytest.raises(DataError) as err:
+        _import(table, tmp_path)
+    _one_line_refusal(err, "feature column 'f0'", "beyond the float32 range", "rescale")
+    assert not (tmp_path / "t.h5").exists()
+    # float16: the advice follows the data
+    with pytest.raises(DataError) as err:
+        _import(table, tmp_path, feature_dtype="float16")
+    _one_line_refusal(err, "float16 range", "rescale")
+    assert "float32" not in str(err.value).split(";")[-1]
+    fits32 = _scaled_table(tmp_path / "t32.csv", 1e5)
+    with pytest.raises(DataError) as err:
+        _import(fits32, tmp_path, feature_dtype="float16")
+    _one_line_refusal(err, "float16 range", "--dtype float32")
+    out = _import(fits32, tmp_path, out=tmp_path / "ok32.h5")  # and that advice works
+    with embedcache.open(out) as cache:
+        assert np.isfinite(cache.load().features).all()
+
+
+def test_a_column_below_float16_precision_is_refused(tmp_path):
+    table = _scaled_table(tmp_path / "t.csv", 1e-9)
+    with pytest.raises(DataError) as err:
+        _import(table, tmp_path, feature_dtype="float16")
+    _one_line_refusal(err, "feature column 'f0'", "below the float16 precision", "--dtype float32")
+
+
+# --------------------------------------------------------------------------- messages stay short
+def test_a_long_vector_in_a_cell_is_not_copied_into_the_message(tmp_path):
+    vector = "[" + ", ".join(f"{v:.6f}" for v in np.linspace(0, 1, 1500)) + "]"  # ~13.5 KB, as the probe's
+    table = _write_table(tmp_path / "t.csv", edit=lambda rows: [r.__setitem__(2, vector) for r in rows])
+    with pytest.raises(DataError) as err:
+        _import(table, tmp_path, features=["f0", "f1"])
+    _one_line_refusal(err, "looks like a vector", "Parquet list<float>")
+    assert len(str(err.value)) < 300
+    wide = _write_table(tmp_path / "wide.csv", header=[*HEADER, *[f"x{j}" for j in range(500)]],
+                        edit=lambda rows: [r.extend(["0"] * 500) for r in rows])
+    with pytest.raises(DataError) as err:
+        _import(wide, tmp_path, label="income")
+    _one_line_refusal(err, "no column 'income'", "(506 in all)")
+
+
+def test_a_continuous_sensitive_column_warns_to_bin_it(tmp_path):
+    table = _write_table(tmp_path / "t.csv", edit=lambda rows: [r.__setitem__(4, str(18 + i)) for i, r in enumerate(rows)])
+    with pytest.warns(UserWarning, match=r"sensitive column 'g' has 24 distinct numeric values \(18 to 41\).*bin it"):
+        _import(table, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _import(_write_table(tmp_path / "ok.csv"), tmp_path, out=tmp_path / "ok.h5")  # two groups: no warning
+
+
+# --------------------------------------------------------------------------- outputs
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "fairhead.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_import_never_overwrites_its_input_or_a_non_cache_and_names_a_folder_out(tmp_path):
+    table = _write_table(tmp_path / "t.csv")
+    before = table.read_bytes()
+    with pytest.raises(CacheError) as err:
+        _import(table, tmp_path, out=table, overwrite=True)
+    _one_line_refusal(err, "is the input table itself", "t.h5")
+    assert table.read_bytes() == before
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a cache\n")
+    with pytest.raises(CacheError) as err:
+        _import(table, tmp_path, out=notes, overwrite=True)
+    _one_line_refusal(err, "is not an HDF5 cache")
+    assert notes.read_text() == "not a cache\n"
+    folder = tmp_path / "outdir"
+    folder.mkdir()
+    common = ["import", table, "--label", "y", "--sensitive", "g", "--split", "split", "--id-col", "id"]
+    for out in (table, folder):
+        result = _cli(*common, "--out", out, "--overwrite")
+        assert result.returncode == 3, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("fairhead: error: --out"), result.stderr
+    assert table.read_bytes() == before and folder.is_dir() and not any(folder.iterdir())
+
+
+# --------------------------------------------------------------------------- backbone messages
+def test_weights_paths_that_are_not_files_are_named_for_what_they_are(tmp_path):
+    from embedcache.backbones import load_state_dict_file
+
+    with pytest.raises(BackboneError) as err:
+        load_state_dict_file(tmp_path)
+    _one_line_refusal(err, "is a folder, not a file")
+    with pytest.raises(BackboneError) as err:
+        load_state_dict_file("/dev/null")
+    _one_line_refusal(err, "is not a regular file")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(BackboneError) as err:
+        load_state_dict_file(tmp_path / "empty.pt")
+    _one_line_refusal(err, "is empty (0 bytes)")
+    with pytest.raises(BackboneError) as err:
+        load_state_dict_file(tmp_path / "nope.pt")
+    _one_line_refusal(err, "does not exist")
+
+
+def test_default_is_listed_once_among_the_weights_choices():
+    with pytest.raises(BackboneError) as err:
+        embedcache.build_backbone("resnet18", weights="IMAGENET_V9")
+    choices = str(err.value).split("choose from: ")[1].split(", ")
+    assert choices.count("DEFAULT") == 1 and "IMAGENET1K_V1" in choices and len(choices) == len(set(choices))
