@@ -94,9 +94,10 @@ STRUCTURED_NPY_MSG = "'{path}' is a plain array; a .npy table must be a structur
 OUT_IS_INPUT_MSG = "--out '{out}' is the input table itself; write the cache to another file (e.g. {suggestion})"
 OUT_IS_DIR_MSG = "--out '{out}' is a folder; pass a file path such as '{suggestion}'"
 OUT_NOT_CACHE_MSG = (
-    "--out '{out}' exists and is not an HDF5 cache, so --overwrite will not replace it; "
+    "--out '{out}' exists and is not an HDF5 cache; fairhead replaces only caches (even with --overwrite): "
     "remove it yourself or choose another --out"
 )
+EMPTY_TABLE_MSG = "table '{path}' has a header but no rows; pass a table with at least one row"
 OUT_UNWRITABLE_MSG = "cannot write the cache '{out}' ({error}); choose a writable --out"
 BAD_SENSITIVE_MISSING_MSG = "sensitive_missing must be one of {choices}, got {value!r}"
 MISSING_SENSITIVE_FIX = (
@@ -172,8 +173,13 @@ def import_table(
         raise DataError(BAD_SENSITIVE_MISSING_MSG.format(choices=", ".join(SENSITIVE_MISSING_CHOICES),
                                                          value=sensitive_missing))
     sensitive = [sensitive] if isinstance(sensitive, str) else list(sensitive)
-    _check_output(path, out, overwrite=overwrite)
+    try:
+        _check_output(path, out)
+    except OSError as err:  # a name too long, a parent that is a file, no permission to look
+        raise CacheError(OUT_UNWRITABLE_MSG.format(out=out, error=_one_line(err))) from err
     columns, blocks, n = _read_table(path, progress=progress)
+    if n == 0:
+        raise DataError(EMPTY_TABLE_MSG.format(path=path))
     available = list(columns) + list(blocks)
     used = [label, *sensitive] + [c for c in (split, id_col) if c is not None]
     for name in used + list(features or []):
@@ -275,11 +281,17 @@ def import_table(
 
 
 def _one_line(err: BaseException) -> str:
-    return " ".join(f"{type(err).__name__}: {err}".split())[:200]
+    """``Type: message`` on one line; an OSError without its file name, which the message already shows."""
+    text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    return " ".join(f"{type(err).__name__}: {text}".split())[:200]
 
 
-def _check_output(path: Path, out: Path, *, overwrite: bool) -> None:
-    """Refuse an ``out`` that would destroy something that is not a cache: the input, a folder, another file."""
+def _check_output(path: Path, out: Path) -> None:
+    """Refuse an ``out`` that would destroy something that is not a cache: the input, a folder, another file.
+
+    An empty file (left by a crash) may be replaced; a file that does not start
+    with the HDF5 signature is never replaced, with or without ``overwrite``.
+    """
     suggestion = path.with_suffix(".h5") if path.suffix.lower() != ".h5" else path.with_name(path.stem + "-cache.h5")
     if out.is_dir():
         raise CacheError(OUT_IS_DIR_MSG.format(out=out, suggestion=out / (path.stem + ".h5")))
@@ -287,7 +299,7 @@ def _check_output(path: Path, out: Path, *, overwrite: bool) -> None:
         return
     if path.exists() and os.path.samefile(path, out):
         raise CacheError(OUT_IS_INPUT_MSG.format(out=out, suggestion=suggestion))
-    if overwrite and out.is_file() and out.stat().st_size > 0:
+    if out.is_file() and out.stat().st_size > 0:
         with open(out, "rb") as fh:
             if fh.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:
                 raise CacheError(OUT_NOT_CACHE_MSG.format(out=out))
@@ -357,7 +369,7 @@ def _read_table(path: Path, *, progress: bool = False) -> tuple[dict[str, Any], 
         raise DataError(NOT_UTF8_MSG.format(path=path, byte=hex(err.object[err.start]), position=err.start)) from err
     except DataError:
         raise
-    except (OSError, ValueError, EOFError) as err:  # pandas' ParserError and pyarrow's ArrowInvalid are ValueErrors
+    except (OSError, ValueError, EOFError, csv.Error) as err:  # pandas' ParserError, pyarrow's ArrowInvalid: ValueErrors
         raise DataError(UNREADABLE_TABLE_MSG.format(path=path, error=_one_line(err))) from err
     raise DataError(UNKNOWN_FORMAT_MSG.format(path=path))
 
@@ -407,7 +419,7 @@ def _check_field_counts(path: Path, width: int) -> None:
                 raise DataError(RAGGED_LINE_MSG.format(path=path, line=number, got=line.count(b",") + 1, expected=width))
         return
     with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
+        reader = csv.reader(fh, strict=True)  # a broken quote is an error, not a merged field
         for row in reader:
             if row and any(field.strip() for field in row) and len(row) != width:
                 raise DataError(RAGGED_LINE_MSG.format(path=path, line=reader.line_num, got=len(row), expected=width))

@@ -98,6 +98,10 @@ CONTINUOUS_SENSITIVE_MSG = (
 EMPTY_ID_MSG = "{where} has an empty sample id at row {row}; give every row an id"
 LENGTH_MSG = "{what} has {got} rows but the dataset has {n}; pass one value per row"
 MISSING_IMAGE_MSG = "image file '{path}' of {where} is missing; restore it or drop its row"
+TOO_LARGE_IMAGE_MSG = (
+    "image file '{path}' of {where} is too large to decode safely ({error}); downscale it (the network sees "
+    "a few hundred pixels a side)"
+)
 BAD_IMAGE_MSG = (
     "image file '{path}' of {where} cannot be decoded ({error}); replace the file or drop its row"
 )
@@ -494,6 +498,8 @@ def open_rgb(path, *, where: str, draft_size: int | None = None) -> Image.Image:
         raise DataError(MISSING_IMAGE_MSG.format(path=path, where=where)) from err
     except DataError:
         raise
+    except Image.DecompressionBombError as err:  # over twice PIL's pixel limit: refused, as PIL does, in one line
+        raise DataError(TOO_LARGE_IMAGE_MSG.format(path=path, where=where, error=" ".join(str(err).split()))) from err
     except (OSError, SyntaxError, ValueError) as err:  # PIL: UnidentifiedImageError is an OSError
         error = f"{type(err).__name__}: {err}".replace("\n", " ")
         raise DataError(BAD_IMAGE_MSG.format(path=path, where=where, error=error)) from err

@@ -42,6 +42,9 @@ DUPLICATE_COLUMN_MSG = (
     "manifest '{path}' has the column {name!r} twice (columns {first} and {second}); rename one, "
     "so that no reader picks the wrong one"
 )
+NOT_UTF8_MSG = "manifest '{path}' is not UTF-8 text (byte {byte} at position {position}); save it as UTF-8 CSV"
+UNREADABLE_CSV_MSG = "manifest '{path}' cannot be parsed as CSV ({error}); fix the file"
+EMPTY_PATH_MSG = "manifest '{path}' row {row} has an empty image path in column {column!r}; fill or drop that row"
 MISSING_ROOT_MSG = "image root '{root}' of manifest '{path}' is not a folder; pass --root DIR"
 
 
@@ -133,8 +136,17 @@ class ManifestSource(TableSource):
         )
 
     def _read(self) -> tuple[list[str], list[list[str]]]:
+        try:
+            return self._read_rows()
+        except UnicodeDecodeError as err:
+            raise DataError(NOT_UTF8_MSG.format(path=self.csv_path, byte=hex(err.object[err.start]),
+                                                position=err.start)) from err
+        except csv.Error as err:  # a NUL byte, an unterminated quote at the end
+            raise DataError(UNREADABLE_CSV_MSG.format(path=self.csv_path, error=" ".join(str(err).split())[:200])) from err
+
+    def _read_rows(self) -> tuple[list[str], list[list[str]]]:
         with open(self.csv_path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
+            reader = csv.reader(fh, strict=True)  # a broken quote is an error, not a merged field
             header = next(reader, None)
             if not header:
                 raise DataError(EMPTY_CSV_MSG.format(path=self.csv_path))
@@ -161,6 +173,8 @@ class ManifestSource(TableSource):
         symlinked data folders still works.
         """
         value = value.strip()
+        if value == "":
+            raise DataError(EMPTY_PATH_MSG.format(path=self.csv_path, row=row, column=self.columns["image"]))
         root = os.path.abspath(self.root)
         full = os.path.normpath(os.path.join(root, value))  # join keeps an absolute value as is
         if value == "" or os.path.commonpath([root, full]) != root or full == root:

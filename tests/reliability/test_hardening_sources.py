@@ -184,9 +184,9 @@ def _set(row, col, value):
     return edit
 
 
-def _one_line_refusal(exc_info, *needles):
+def _one_line_refusal(exc_info, *needles, max_chars=400):
     message = str(exc_info.value)
-    assert "\n" not in message and len(message) < 400, message
+    assert "\n" not in message and len(message) < max_chars, message
     for needle in needles:
         assert needle in message, f"{needle!r} not in {message!r}"
 
@@ -467,3 +467,70 @@ def test_default_is_listed_once_among_the_weights_choices():
         embedcache.build_backbone("resnet18", weights="IMAGENET_V9")
     choices = str(err.value).split("choose from: ")[1].split(", ")
     assert choices.count("DEFAULT") == 1 and "IMAGENET1K_V1" in choices and len(choices) == len(set(choices))
+
+
+# --------------------------------------------------------------------------- neighbours: files that are odd as a whole
+def test_manifests_that_are_not_utf8_csv_or_have_an_empty_path_get_one_line(tmp_path):
+    rows = [["path", "y", "g"], ["a.png", 0, "x"], ["", 1, "y"], ["c.png", 1, "y"]]
+    with open(tmp_path / "m.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    with pytest.raises(DataError) as err:
+        embedcache.ManifestSource(tmp_path / "m.csv", label_col="y", sensitive_cols="g")
+    _one_line_refusal(err, "row 3 has an empty image path in column 'path'")
+    (tmp_path / "latin.csv").write_bytes("path,y,g\na.png,0,\xe9\nb.png,1,x\n".encode("latin-1"))
+    with pytest.raises(DataError) as err:
+        embedcache.ManifestSource(tmp_path / "latin.csv", label_col="y", sensitive_cols="g")
+    _one_line_refusal(err, "not UTF-8", "save it as UTF-8")
+    (tmp_path / "quote.csv").write_text('path,y,g\na.png,0,x\nb.png,1,"y\n')  # a quote left open at the end
+    with pytest.raises(DataError) as err:
+        embedcache.ManifestSource(tmp_path / "quote.csv", label_col="y", sensitive_cols="g")
+    _one_line_refusal(err, "cannot be parsed as CSV")
+
+
+def test_a_table_with_a_header_only_says_it_has_no_rows(tmp_path):
+    (tmp_path / "t.csv").write_text(",".join(HEADER) + "\n")
+    with pytest.raises(DataError) as err:
+        _import(tmp_path / "t.csv", tmp_path)
+    _one_line_refusal(err, "has a header but no rows")
+
+
+def test_an_unusable_out_path_is_one_line_and_a_non_cache_is_never_replaced(tmp_path):
+    table = _write_table(tmp_path / "t.csv")
+    with pytest.raises(CacheError) as err:
+        _import(table, tmp_path, out=tmp_path / ("x" * 300 + ".h5"))
+    _one_line_refusal(err, "cannot write the cache", "File name too long", "choose a writable --out", max_chars=500)
+    assert str(err.value).count("x" * 300) == 1  # the long name is shown once, not again inside the OS error
+    with pytest.raises(CacheError) as err:
+        _import(table, tmp_path, out=table / "x.h5")  # a parent that is a file
+    _one_line_refusal(err, "cannot write the cache")
+    notes = tmp_path / "notes.h5"
+    notes.write_text("my notes\n")
+    for overwrite in (False, True):  # the advice never says --overwrite, which would not help
+        with pytest.raises(CacheError) as err:
+            _import(table, tmp_path, out=notes, overwrite=overwrite)
+        _one_line_refusal(err, "is not an HDF5 cache", "another --out")
+        assert "pass --overwrite" not in str(err.value)
+    assert notes.read_text() == "my notes\n"
+    (tmp_path / "crashed.h5").write_bytes(b"")  # an empty file left by a crash may be replaced
+    out = _import(table, tmp_path, out=tmp_path / "crashed.h5", overwrite=True)
+    with embedcache.open(out) as cache:
+        assert cache.n_rows == N_ROWS
+
+
+def test_an_image_over_the_pixel_limit_is_refused_in_one_line(tmp_path, monkeypatch):
+    Image.new("L", (64, 64), 100).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels is over twice the limit
+    with pytest.raises(DataError) as err:
+        open_rgb(tmp_path / "big.png", where="manifest 'm.csv'")
+    _one_line_refusal(err, "too large to decode safely", "downscale it")
+
+
+def test_celeba_messages_name_flags_that_exist(tmp_path):
+    from fairhead.cli import build_parser
+
+    with pytest.raises(DataError) as err:
+        embedcache.CelebASource(tmp_path)
+    flags = {word.rstrip(",;") for word in str(err.value).split() if word.startswith("--")}
+    known = {opt for action in build_parser()._subparsers._group_actions[0].choices["extract"]._actions
+             for opt in action.option_strings}
+    assert flags and flags <= known, flags - known
