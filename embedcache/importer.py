@@ -52,7 +52,7 @@ PROGRESS_DELAY_S = 2.0
 MISSING_TABLE_MSG = "table '{path}' does not exist; pass a CSV, Parquet, .npz or .npy path"
 UNKNOWN_FORMAT_MSG = "table '{path}' has an unknown format; use .csv, .parquet, .npz, a .npy file or a folder of .npy files"
 UNREADABLE_TABLE_MSG = "table '{path}' cannot be read ({error}); check the file"
-NOT_UTF8_MSG = "table '{path}' is not UTF-8 text (byte {byte} at position {position}); save it as UTF-8 CSV"
+NOT_UTF8_MSG = "table '{path}' is not UTF-8 text (it holds the byte {byte}); save it as UTF-8 CSV"
 NO_HEADER_MSG = "table '{path}' has no header line; add a header naming the columns"
 OTHER_SEPARATOR_MSG = (
     "table '{path}' has a single column {name!r}: it looks {sep}-separated; save it comma-separated"
@@ -366,7 +366,7 @@ def _read_table(path: Path, *, progress: bool = False) -> tuple[dict[str, Any], 
                 raise DataError(STRUCTURED_NPY_MSG.format(path=path))
             return _split_arrays(path, {name: array[name] for name in array.dtype.names})
     except UnicodeDecodeError as err:
-        raise DataError(NOT_UTF8_MSG.format(path=path, byte=hex(err.object[err.start]), position=err.start)) from err
+        raise DataError(NOT_UTF8_MSG.format(path=path, byte=hex(err.object[err.start]))) from err
     except DataError:
         raise
     except (OSError, ValueError, EOFError, csv.Error) as err:  # pandas' ParserError, pyarrow's ArrowInvalid: ValueErrors
@@ -408,16 +408,19 @@ def _csv_header(path: Path) -> list[str]:
 def _check_field_counts(path: Path, width: int) -> None:
     """Refuse a line whose field count differs from the header's (pandas pads short lines silently).
 
-    Without quotes in the file a field count is the comma count plus one, which
-    ``bytes.count`` gives per line at C speed; with quotes the csv module parses
-    each line. Blank lines are skipped, as pandas skips them.
+    Without quotes a line's field count is its comma count plus one
+    (``bytes.count``, at C speed, streaming); once a line holds a quote the
+    csv module parses the file instead. Blank lines are skipped, as pandas
+    skips them.
     """
-    data = path.read_bytes()
-    if b'"' not in data:
-        for number, line in enumerate(data.split(b"\n"), start=1):
+    with open(path, "rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            if b'"' in line:
+                break
             if line.strip() and line.count(b",") != width - 1:
                 raise DataError(RAGGED_LINE_MSG.format(path=path, line=number, got=line.count(b",") + 1, expected=width))
-        return
+        else:
+            return
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh, strict=True)  # a broken quote is an error, not a merged field
         for row in reader:
@@ -441,7 +444,8 @@ def _read_csv(path: Path, *, progress: bool = False):
     with open(path, "rb") as fh, tqdm(total=path.stat().st_size, unit="B", unit_scale=True, delay=PROGRESS_DELAY_S,
                                        disable=not progress, desc=f"import {path.name}", leave=False) as bar:
         reader = pd.read_csv(fh, encoding="utf-8-sig", header=0, names=header, index_col=False,
-                             keep_default_na=False, skip_blank_lines=True, chunksize=CSV_CHUNK_ROWS)
+                             keep_default_na=False, skip_blank_lines=True, chunksize=CSV_CHUNK_ROWS,
+                             low_memory=False)  # one dtype per chunk: mixed columns are refused below, not warned
         for chunk in reader:
             chunks.append(chunk)
             bar.update(fh.tell() - bar.n)
