@@ -343,7 +343,7 @@ def encode_categorical(
     if missing_rows and missing != "group":
         row = missing_rows[0]
         value = values[row]
-        more = f" (and {len(missing_rows) - 1} more rows)" if len(missing_rows) > 1 else ""
+        more = f" ({len(missing_rows)} rows in all)" if len(missing_rows) > 1 else ""
         if value is None or (isinstance(value, str) and value.strip() == ""):
             raise DataError(MISSING_VALUE_MSG.format(kind=kind, name=name, row=row))
         raise DataError(MISSING_MARKER_MSG.format(kind=kind, name=name, value=shown(value), row=row, more=more,

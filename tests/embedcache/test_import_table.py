@@ -209,3 +209,21 @@ def test_csv_import_shows_a_progress_bar_once_it_is_slow(tmp_path, monkeypatch, 
     import_table(path, label="income", sensitive=["sex"], split="split", id_col="person", out=tmp_path / "b.h5",
                  progress=False)
     assert "import adult.csv" not in capsys.readouterr().err
+
+
+def test_cli_sensitive_missing_maps_na_explicitly(tmp_path, capsys):
+    from fairhead.cli import main
+
+    columns = adult_like()
+    columns["sex"] = columns["sex"].astype(object)
+    columns["sex"][[3, 11]] = "NA"
+    path = write_csv(tmp_path / "adult.csv", columns)
+    common = ["import", str(path), "--label", "income", "--sensitive", "sex", "--split", "split", "--id-col", "person",
+              "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "refused.h5")]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'NA' at row 3 (2 rows in all)" in err and "--sensitive-missing" in err
+    assert main([*common, "--sensitive-missing", "group", "--out", str(tmp_path / "g.h5")]) == 0
+    with embedcache.open(tmp_path / "g.h5") as cache:
+        assert cache.categories("sex") == ["(missing)", "Female", "Male"]
+        assert int((cache.load().sensitive["sex"] == 0).sum()) == 2
