@@ -440,19 +440,20 @@ def _read_csv(path: Path, *, progress: bool = False):
 
     header = _csv_header(path)
     _check_field_counts(path, len(header))
+    parse_names = [name or f"(unnamed {k})" for k, name in enumerate(header, start=1)]  # pandas wants unique names
     chunks = []
     with open(path, "rb") as fh, tqdm(total=path.stat().st_size, unit="B", unit_scale=True, delay=PROGRESS_DELAY_S,
                                        disable=not progress, desc=f"import {path.name}", leave=False) as bar:
-        reader = pd.read_csv(fh, encoding="utf-8-sig", header=0, names=header, index_col=False,
+        reader = pd.read_csv(fh, encoding="utf-8-sig", header=0, names=parse_names, index_col=False,
                              keep_default_na=False, skip_blank_lines=True, chunksize=CSV_CHUNK_ROWS,
                              low_memory=False)  # one dtype per chunk: mixed columns are refused below, not warned
         for chunk in reader:
             chunks.append(chunk)
             bar.update(fh.tell() - bar.n)
-    frame = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=header)
+    frame = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=parse_names)
     columns = {}
-    for position, name in enumerate(header, start=1):
-        series = frame[name]
+    for position, (name, parse_name) in enumerate(zip(header, parse_names), start=1):
+        series = frame[parse_name]
         if series.dtype.kind in "iufb":
             values = series.to_numpy()
         else:

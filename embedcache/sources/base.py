@@ -84,13 +84,13 @@ ONE_GROUP_MSG = (
     "sensitive attribute {name!r} has only {count} value {values}; it needs at least 2 groups "
     "(pick another column)"
 )
-MISSING_VALUE_MSG = "{kind} column {name!r} is empty at row {row}; fill or drop that row"
+MISSING_VALUE_MSG = "{kind} column {name!r} is empty at row {row}{more}; {fix}"
 MISSING_MARKER_MSG = (
     "{kind} column {name!r} holds the missing-value marker {value} at row {row}{more}; {fix}"
 )
 #: how to fix a missing sensitive value where no option maps it (a manifest)
 MISSING_SENSITIVE_FIX = "write an explicit category (e.g. 'unknown') in those rows or drop them"
-MISSING_OTHER_FIX = "fill or drop those rows"
+MISSING_OTHER_FIX = "fill or drop that row"
 CONTINUOUS_SENSITIVE_MSG = (
     "sensitive column {name!r} has {count} distinct numeric values ({low} to {high}) and looks continuous: "
     "each value becomes its own group; bin it into a few ranges first (e.g. age 18-29, 30-44, 45-64, 65+)"
@@ -192,7 +192,7 @@ class TableSource:
             categories = tuple(str(c) for c in categories)
             present = np.unique(codes)
             if len(present) < 2:
-                values = [shown(categories[c], 20) for c in present]
+                values = [c if len(c) <= 20 else c[:17] + "..." for c in (categories[k] for k in present)]
                 raise DataError(ONE_GROUP_MSG.format(name=name, count=len(present), values=values))
             self.sensitive[str(name)] = (codes, categories)
         self.splits = np.asarray([str(s) for s in splits], dtype=object)
@@ -345,7 +345,8 @@ def encode_categorical(
         value = values[row]
         more = f" ({len(missing_rows)} rows in all)" if len(missing_rows) > 1 else ""
         if value is None or (isinstance(value, str) and value.strip() == ""):
-            raise DataError(MISSING_VALUE_MSG.format(kind=kind, name=name, row=row))
+            raise DataError(MISSING_VALUE_MSG.format(kind=kind, name=name, row=row, more=more,
+                                                     fix=fix or MISSING_OTHER_FIX))
         raise DataError(MISSING_MARKER_MSG.format(kind=kind, name=name, value=shown(value), row=row, more=more,
                                                   fix=fix or MISSING_OTHER_FIX))
     categories = tuple(sorted(set(as_text), key=_sort_key))
@@ -394,7 +395,8 @@ def normalize_splits(values: Sequence[Any], *, name: str = "split") -> np.ndarra
     for k, value in enumerate(values):
         if is_missing(value):
             if value is None or (isinstance(value, str) and value.strip() == ""):
-                raise DataError(MISSING_VALUE_MSG.format(kind="split", name=name, row=k))
+                raise DataError(MISSING_VALUE_MSG.format(kind="split", name=name, row=k, more="",
+                                                         fix=MISSING_OTHER_FIX))
             raise DataError(MISSING_MARKER_MSG.format(kind="split", name=name, value=shown(value), row=k, more="",
                                                       fix=MISSING_OTHER_FIX))
         if isinstance(value, (float, np.floating)) and float(value).is_integer():
