@@ -95,6 +95,10 @@ CONTINUOUS_SENSITIVE_MSG = (
     "sensitive column {name!r} has {count} distinct numeric values ({low} to {high}) and looks continuous: "
     "each value becomes its own group; bin it into a few ranges first (e.g. age 18-29, 30-44, 45-64, 65+)"
 )
+TWO_SPELLINGS_MSG = (
+    "{kind} column {name!r} spells one value two ways ({first} and {second}), which would make two "
+    "{groups}; write it one way"
+)
 EMPTY_ID_MSG = "{where} has an empty sample id at row {row}; give every row an id"
 LENGTH_MSG = "{what} has {got} rows but the dataset has {n}; pass one value per row"
 MISSING_IMAGE_MSG = "image file '{path}' of {where} is missing; restore it or drop its row"
@@ -350,11 +354,24 @@ def encode_categorical(
         raise DataError(MISSING_MARKER_MSG.format(kind=kind, name=name, value=shown(value), row=row, more=more,
                                                   fix=fix or MISSING_OTHER_FIX))
     categories = tuple(sorted(set(as_text), key=_sort_key))
+    _check_one_spelling(categories, name=name, kind=kind)
     if kind == "sensitive":
         _warn_if_continuous(name, categories)
     lookup = {c: k for k, c in enumerate(categories)}
     codes = np.fromiter((lookup[t] for t in as_text), dtype=np.int64, count=len(as_text))
     return codes, categories
+
+
+def _check_one_spelling(categories: Sequence[str], *, name: str, kind: str) -> None:
+    """Refuse categories equal up to case ("Male" and "male"): they are one value, not two groups."""
+    seen: dict[str, str] = {}
+    for category in categories:
+        key = category.casefold()
+        if key in seen:
+            raise DataError(TWO_SPELLINGS_MSG.format(kind=kind, name=name, first=shown(seen[key]),
+                                                     second=shown(category),
+                                                     groups="classes" if kind == "label" else "groups"))
+        seen[key] = category
 
 
 def _warn_if_continuous(name: str, categories: Sequence[str]) -> None:

@@ -544,3 +544,15 @@ def test_a_stray_text_cell_deep_in_a_large_table_is_refused_not_warned_about(tmp
     with pytest.raises(DataError) as err:  # pytest turns a DtypeWarning into an error, so this also checks none came
         import_table(tmp_path / "t.csv", label="y", sensitive="g", id_col="id", out=tmp_path / "t.h5", progress=False)
     _one_line_refusal(err, "feature column 'x2'", "'oops' at row 19500")
+
+
+@pytest.mark.parametrize("col, spellings, needle", [("g", ("Male", "male"), "two groups"),
+                                                     ("y", ("yes", "Yes"), "two classes")], ids=["sensitive", "label"])
+def test_one_value_spelled_two_ways_is_not_two_groups(tmp_path, col, spellings, needle):
+    def edit(rows):
+        for i, row in enumerate(rows):
+            row[HEADER.index(col)] = spellings[i % 2] if i < 4 else row[HEADER.index(col)]
+    table = _write_table(tmp_path / "t.csv", edit=edit)
+    with pytest.raises(DataError) as err:
+        _import(table, tmp_path)
+    _one_line_refusal(err, f"column '{col}' spells one value two ways", repr(spellings[0]), repr(spellings[1]), needle)
