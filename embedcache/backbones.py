@@ -52,6 +52,11 @@ DOWNLOAD_FAILED_MSG = (
     "internet and pass it with --weights-file PATH --weights {weights}"
 )
 MISSING_WEIGHTS_FILE_MSG = "weights file '{path}' does not exist; pass the path of a saved state_dict"
+WEIGHTS_DIR_MSG = "weights file '{path}' is a folder, not a file; pass the state_dict file inside it (e.g. a .pth)"
+WEIGHTS_NOT_FILE_MSG = (
+    "weights file '{path}' is not a regular file (a device or a pipe); pass the path of a saved state_dict"
+)
+EMPTY_WEIGHTS_MSG = "weights file '{path}' is empty (0 bytes); pass a file written by torch.save(model.state_dict(), PATH)"
 CORRUPT_WEIGHTS_MSG = "weights file '{path}' cannot be read ({error}); pass a file written by torch.save(model.state_dict(), PATH)"
 UNSAFE_PICKLE_MSG = (
     "weights file '{path}' holds Python objects that torch.load(weights_only=True) refuses to unpickle; "
@@ -326,7 +331,8 @@ def _resolve_torchvision_weights(arch: str, weights: str):
 
 
 def _weights_names(enum) -> str:
-    return ", ".join(["DEFAULT", *enum.__members__])
+    """DEFAULT first, then each weights name once (DEFAULT is an alias inside ``__members__``)."""
+    return ", ".join(["DEFAULT", *(name for name in enum.__members__ if name != "DEFAULT")])
 
 
 def _build_torchvision(arch: str, *, weights: str | None, weights_file, image_size: int | None) -> Backbone:
@@ -453,8 +459,14 @@ def load_state_dict_file(path) -> tuple[dict[str, torch.Tensor], str]:
     and DistributedDataParallel's ``module.`` prefix are unwrapped.
     """
     path = Path(path)
+    if path.is_dir():
+        raise BackboneError(WEIGHTS_DIR_MSG.format(path=path))
+    if path.exists() and not path.is_file():
+        raise BackboneError(WEIGHTS_NOT_FILE_MSG.format(path=path))
     if not path.is_file():
         raise BackboneError(MISSING_WEIGHTS_FILE_MSG.format(path=path))
+    if path.stat().st_size == 0:
+        raise BackboneError(EMPTY_WEIGHTS_MSG.format(path=path))
     try:
         with warnings.catch_warnings():
             # a plain pickle makes torch warn about its protocol before refusing it; we raise our own error

@@ -4,6 +4,11 @@ Researchers often have embeddings or tabular data already (the Adult census
 table, features from another framework). :func:`import_table` reads a CSV,
 Parquet, ``.npz`` or a folder of ``.npy`` arrays and writes a cache whose
 backbone is recorded as ``"imported"``.
+
+Nothing is taken silently: a feature cell that is not a finite number, a
+missing label, sensitive or split value, a duplicate or unnamed column, a
+ragged row and a value that the stored dtype cannot hold are all refused with
+the row and column that hold them.
 """
 
 from __future__ import annotations
@@ -11,18 +16,23 @@ from __future__ import annotations
 import csv
 import difflib
 import hashlib
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from embedcache.errors import DataError
+from embedcache.errors import CacheError, DataError
 from embedcache.sources.base import (
     TableSource,
+    duplicate_names,
     encode_binary_label,
     encode_categorical,
     hash_splits,
+    is_missing,
     normalize_splits,
+    shown,
+    shown_names,
 )
 from embedcache.store import schema
 from embedcache.store.journal import WriteLock
@@ -32,18 +42,69 @@ from embedcache.store.writer import CacheTable, check_feature_dtype, commit_file
 IMPORTED_ARCH = "imported"
 IMPORTED_WEIGHTS = "table"
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".npz", ".npy")
+#: what ``sensitive_missing`` accepts: refuse missing values, keep them as the group "(missing)", or drop their rows
+SENSITIVE_MISSING_CHOICES = ("error", "group", "drop")
+#: rows per pandas chunk: the progress bar moves once per chunk
+CSV_CHUNK_ROWS = 20_000
+#: the import's progress bar appears only once reading has taken this long
+PROGRESS_DELAY_S = 2.0
 
 MISSING_TABLE_MSG = "table '{path}' does not exist; pass a CSV, Parquet, .npz or .npy path"
 UNKNOWN_FORMAT_MSG = "table '{path}' has an unknown format; use .csv, .parquet, .npz, a .npy file or a folder of .npy files"
 UNREADABLE_TABLE_MSG = "table '{path}' cannot be read ({error}); check the file"
+NOT_UTF8_MSG = "table '{path}' is not UTF-8 text (it holds the byte {byte}); save it as UTF-8 CSV"
+NO_HEADER_MSG = "table '{path}' has no header line; add a header naming the columns"
+OTHER_SEPARATOR_MSG = (
+    "table '{path}' has a single column {name!r}: it looks {sep}-separated; save it comma-separated"
+)
 NO_PYARROW_MSG = "reading Parquet needs pyarrow; install it with `pip install pyarrow`"
 UNKNOWN_COLUMN_MSG = "table '{path}' has no column {name!r}{hint}; columns are: {available}"
-NOT_NUMERIC_MSG = "feature column {name!r} is not numeric ({value!r} at row {row}); encode it as numbers or leave it out"
+DUPLICATE_COLUMN_MSG = "table '{path}' has the column {name!r} twice (columns {first} and {second}); rename one"
+UNNAMED_COLUMN_MSG = "table '{path}' column {position} has no name but holds values ({value} at row {row}); name it in the header"
+LABEL_AS_FEATURE_MSG = "the label column {name!r} cannot also be a feature; remove it from --features"
+FEATURE_TWICE_MSG = "feature column {name!r} is listed twice in --features; list it once"
+NOT_PLAIN_COLUMN_MSG = (
+    "column {name!r} holds vectors; the {role} must be a plain column (one value per row)"
+)
+NOT_NUMERIC_MSG = "feature column {name!r} is not numeric ({value} at row {row}); encode it as numbers or leave it out"
+VECTOR_TEXT_MSG = (
+    "feature column {name!r} holds text that looks like a vector ({value} at row {row}); store vectors as a "
+    "Parquet list<float> column (--features-col {name}) or one column per dimension"
+)
+MISSING_FEATURE_MSG = "feature column {name!r} is missing a value ({value} at row {row}); impute or drop that row"
 NON_FINITE_MSG = "feature column {name!r} has a non-finite value ({value}) at row {row}; impute or drop that row"
+DTYPE_OVERFLOW_MSG = (
+    "feature column {name!r} has {value:.6g} at row {row}, beyond the {dtype} range (|x| <= {limit:.3g}); {fix}"
+)
+DTYPE_UNDERFLOW_MSG = (
+    "feature column {name!r} is below the {dtype} precision (largest |x| = {value:.3g}, smallest normal "
+    "{tiny:.3g}): it would be stored as zeros or noise; {fix}"
+)
+RESCALE_FIX = "rescale the features (divide by a constant) before importing"
+FLOAT32_FIX = "use --dtype float32 (feature_dtype='float32')"
 NO_FEATURES_MSG = "table '{path}' has no numeric feature columns besides label, sensitive, split and id; pass --features"
-FLOAT16_OVERFLOW_MSG = "features exceed the float16 range (max |x| = {value:.3g}); use feature_dtype float32"
 RAGGED_MSG = "table '{path}' column {name!r} has {got} rows but {expected} are expected; give every column one value per row"
+RAGGED_LINE_MSG = "table '{path}' line {line} has {got} fields but the header has {expected}; fix the quoting or the missing field"
+RAGGED_VECTOR_MSG = (
+    "table '{path}' column {name!r} has vectors of length {expected} and {got} (row {row}); "
+    "every row needs a vector of the same length"
+)
+NULL_VECTOR_MSG = "table '{path}' column {name!r} has a missing vector or element at row {row}; impute or drop that row"
 STRUCTURED_NPY_MSG = "'{path}' is a plain array; a .npy table must be a structured array (named fields) or a folder of .npy files"
+OUT_IS_INPUT_MSG = "--out '{out}' is the input table itself; write the cache to another file (e.g. {suggestion})"
+OUT_IS_DIR_MSG = "--out '{out}' is a folder; pass a file path such as '{suggestion}'"
+OUT_NOT_CACHE_MSG = (
+    "--out '{out}' exists and is not an HDF5 cache; fairhead replaces only caches (even with --overwrite): "
+    "remove it yourself or choose another --out"
+)
+EMPTY_TABLE_MSG = "table '{path}' has a header but no rows; pass a table with at least one row"
+OUT_UNWRITABLE_MSG = "cannot write the cache '{out}' ({error}); choose a writable --out"
+BAD_SENSITIVE_MISSING_MSG = "sensitive_missing must be one of {choices}, got {value!r}"
+MISSING_SENSITIVE_FIX = (
+    "fill or drop those rows, or pass --sensitive-missing group (a group of its own) or drop (leave those rows out)"
+)
+#: the first bytes of every HDF5 file (the superblock signature at offset 0)
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def import_table(
@@ -57,32 +118,46 @@ def import_table(
     out,
     feature_dtype: str = "float32",
     overwrite: bool = False,
+    sensitive_missing: str = "error",
+    progress: bool = True,
 ) -> Path:
     """Write a cache from a table of features, label, sensitive attributes and split.
 
     Parameters
     ----------
     path : path
-        ``.csv``; ``.parquet`` (needs pyarrow); ``.npz`` (one array per column,
-        2-D arrays count as blocks of feature columns); a structured ``.npy``;
-        or a folder of ``.npy`` files (one per column, 2-D allowed).
+        ``.csv`` (UTF-8, comma-separated, read with pandas); ``.parquet``
+        (needs pyarrow; a ``list<float>`` column is a block of feature
+        columns); ``.npz`` (one array per column, 2-D arrays count as blocks of
+        feature columns); a structured ``.npy``; or a folder of ``.npy`` files
+        (one per column, 2-D allowed).
     label : str
-        Binary label column (exactly two distinct values).
+        Binary label column (exactly two distinct values). Never a feature.
     sensitive : str or list of str
         Sensitive attribute column(s); values are encoded to codes with their
         category names.
     features : list of str, optional
-        Feature columns (or 2-D array names). Default: every numeric column not
-        used as label, sensitive, split or id.
+        Feature columns, or vector columns (a Parquet list column, a 2-D
+        array). Default: every numeric or boolean column not used as label,
+        sensitive, split or id.
     split : str, optional
         Split column; without it rows are split 70/15/15 by a hash of the id.
     id_col : str, optional
         Unique id column; default the row number.
     out : path
-        The cache to write.
+        The cache to write. Never the input table, a folder, or a file that is
+        not a cache (even with ``overwrite``).
     feature_dtype : {"float32", "float16"}
+        Stored dtype; values it cannot hold (overflow, or a column entirely
+        below its precision) are refused.
     overwrite : bool
         Replace an existing cache made from other data.
+    sensitive_missing : {"error", "group", "drop"}, default "error"
+        A missing sensitive value (empty, ``NA``, ``NaN``, ``?``, ...): refuse
+        it, keep it as the group ``"(missing)"``, or leave its row out.
+    progress : bool, default True
+        Show a progress bar while a CSV is read, once that takes over
+        :data:`PROGRESS_DELAY_S` seconds.
 
     Returns
     -------
@@ -94,36 +169,68 @@ def import_table(
     """
     path, out = Path(path), Path(out)
     feature_dtype = check_feature_dtype(feature_dtype)
+    if sensitive_missing not in SENSITIVE_MISSING_CHOICES:
+        raise DataError(BAD_SENSITIVE_MISSING_MSG.format(choices=", ".join(SENSITIVE_MISSING_CHOICES),
+                                                         value=sensitive_missing))
     sensitive = [sensitive] if isinstance(sensitive, str) else list(sensitive)
-    columns, blocks, n = _read_table(path)
+    try:
+        _check_output(path, out)
+    except OSError as err:  # a name too long, a parent that is a file, no permission to look
+        raise CacheError(OUT_UNWRITABLE_MSG.format(out=out, error=_one_line(err))) from err
+    columns, blocks, n = _read_table(path, progress=progress)
+    if n == 0:
+        raise DataError(EMPTY_TABLE_MSG.format(path=path))
     available = list(columns) + list(blocks)
     used = [label, *sensitive] + [c for c in (split, id_col) if c is not None]
     for name in used + list(features or []):
         if name not in columns and name not in blocks:
             close = difflib.get_close_matches(name, available, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise DataError(UNKNOWN_COLUMN_MSG.format(path=path, name=name, hint=hint, available=", ".join(available)))
+            raise DataError(UNKNOWN_COLUMN_MSG.format(path=path, name=name, hint=hint, available=shown_names(available)))
+    for role, name in [("label", label)] + [("sensitive attribute", s) for s in sensitive] + [
+        ("split", split), ("id", id_col)
+    ]:
+        if name is not None and name in blocks:
+            raise DataError(NOT_PLAIN_COLUMN_MSG.format(name=name, role=role))
     if features is None:
         features = [c for c in available if c not in used and (c in blocks or _is_numeric(columns[c]))]
         if not features:
             raise DataError(NO_FEATURES_MSG.format(path=path))
-    matrix, names = _feature_matrix(columns, blocks, list(features), n)
+    features = list(features)
+    if label in features:
+        raise DataError(LABEL_AS_FEATURE_MSG.format(name=label))
+    twice = duplicate_names(features)
+    if twice:
+        raise DataError(FEATURE_TWICE_MSG.format(name=twice[0]))
 
-    ids = [str(v) for v in columns[id_col]] if id_col is not None else [str(i) for i in range(n)]
-    label_codes, label_categories = encode_binary_label(list(columns[label]), name=label)
+    keep = np.ones(n, dtype=bool)
+    if sensitive_missing == "drop":
+        for name in sensitive:
+            keep &= ~np.fromiter((is_missing(v) for v in columns[name]), dtype=bool, count=n)
+    rows = np.flatnonzero(keep)  # original row numbers, so messages name the row of the file
+    matrix, names = _feature_matrix(columns, blocks, features, rows)
+
+    def kept(name):
+        values = columns[name]
+        return values[rows] if isinstance(values, np.ndarray) else [values[r] for r in rows]
+
+    ids = [_id_text(v) for v in kept(id_col)] if id_col is not None else [str(r) for r in rows]
+    label_codes, label_categories = encode_binary_label(list(kept(label)), name=label)
     table = TableSource(
         ids=ids,
         labels=label_codes,
         label_name=label,
         label_categories=label_categories,
-        sensitive={name: encode_categorical(list(columns[name]), name=name, kind="sensitive") for name in sensitive},
-        splits=normalize_splits(columns[split]) if split is not None else hash_splits(ids),
+        sensitive={
+            name: encode_categorical(list(kept(name)), name=name, kind="sensitive",
+                                     missing="group" if sensitive_missing == "group" else "error",
+                                     fix=MISSING_SENSITIVE_FIX)
+            for name in sensitive
+        },
+        splits=normalize_splits(list(kept(split)), name=split) if split is not None else hash_splits(ids),
         where=f"table '{path}'",
     )
-    with np.errstate(over="ignore"):  # an overflow is reported below as a DataError, not a RuntimeWarning
-        stored = matrix.astype(feature_dtype)
-    if feature_dtype == "float16" and not np.isfinite(stored).all():
-        raise DataError(FLOAT16_OVERFLOW_MSG.format(value=float(np.abs(matrix).max())))
+    stored = _cast_checked(matrix, names, rows, feature_dtype)
 
     sha = _table_sha256(path)
     identity = identity_attrs(
@@ -137,7 +244,7 @@ def import_table(
         dataset_fingerprint=table.fingerprint(),
         feature_dtype=feature_dtype,
         feature_dim=stored.shape[1],
-        n_rows=n,
+        n_rows=len(rows),
         compute="none",
     )
     description = {
@@ -146,32 +253,96 @@ def import_table(
         "sha256": sha,
         "label": label,
         "sensitive": sensitive,
+        "sensitive_missing": sensitive_missing,
         "split": split if split is not None else "hash(sample_id) 70/15/15",
         "id": id_col,
         "features": names if len(names) <= 64 else names[:64] + [f"... {len(names)} in all"],
-        "rows": n,
+        "rows": len(rows),
+        "rows_dropped": int(n - len(rows)),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with WriteLock(out):
-        if out.exists() and not overwrite and existing_cache_matches(out, identity):
-            return out
-        tmp = schema.tmp_path(out)
-        write_cache(
-            tmp,
-            table=CacheTable.from_source(table),
-            features=stored,
-            identity=identity,
-            source_description=description,
-            feature_columns=names,
-        )
-        commit_file(tmp, out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with WriteLock(out):
+            if out.exists() and not overwrite and existing_cache_matches(out, identity):
+                return out
+            tmp = schema.tmp_path(out)
+            write_cache(
+                tmp,
+                table=CacheTable.from_source(table),
+                features=stored,
+                identity=identity,
+                source_description=description,
+                feature_columns=names,
+            )
+            commit_file(tmp, out)
+    except OSError as err:  # a read-only folder, a parent that is a file, a name too long
+        raise CacheError(OUT_UNWRITABLE_MSG.format(out=out, error=_one_line(err))) from err
     return out
+
+
+def _one_line(err: BaseException) -> str:
+    """``Type: message`` on one line; an OSError without its file name, which the message already shows."""
+    text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    return " ".join(f"{type(err).__name__}: {text}".split())[:200]
+
+
+def _check_output(path: Path, out: Path) -> None:
+    """Refuse an ``out`` that would destroy something that is not a cache: the input, a folder, another file.
+
+    An empty file (left by a crash) may be replaced; a file that does not start
+    with the HDF5 signature is never replaced, with or without ``overwrite``.
+    """
+    suggestion = path.with_suffix(".h5") if path.suffix.lower() != ".h5" else path.with_name(path.stem + "-cache.h5")
+    if out.is_dir():
+        raise CacheError(OUT_IS_DIR_MSG.format(out=out, suggestion=out / (path.stem + ".h5")))
+    if not out.exists():
+        return
+    if path.exists() and os.path.samefile(path, out):
+        raise CacheError(OUT_IS_INPUT_MSG.format(out=out, suggestion=suggestion))
+    if out.is_file() and out.stat().st_size > 0:
+        with open(out, "rb") as fh:
+            if fh.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:
+                raise CacheError(OUT_NOT_CACHE_MSG.format(out=out))
+
+
+def _id_text(value) -> str:
+    """An id cell as text: 7.0 read from a float column is the id "7"."""
+    if isinstance(value, (float, np.floating)) and np.isfinite(value) and float(value).is_integer():
+        return str(int(value))
+    return "" if is_missing(value) else str(value).strip()
+
+
+def _cast_checked(matrix: np.ndarray, names: list[str], rows: np.ndarray, dtype: str) -> np.ndarray:
+    """``matrix`` as ``dtype``, refusing values that dtype turns into inf (overflow) or into zeros (underflow).
+
+    The float16 advice is right for the data: float32 is suggested only when the
+    values fit in float32 (|x| <= 3.4e38); otherwise rescaling is.
+    """
+    with np.errstate(over="ignore", under="ignore"):  # both are reported below as DataErrors
+        stored = matrix.astype(dtype)
+    info = np.finfo(dtype)
+    overflow = ~np.isfinite(stored)
+    if overflow.any():
+        row, col = map(int, np.argwhere(overflow)[0])
+        fits_float32 = np.abs(matrix).max() <= np.finfo(np.float32).max
+        fix = FLOAT32_FIX if dtype == "float16" and fits_float32 else RESCALE_FIX
+        raise DataError(DTYPE_OVERFLOW_MSG.format(name=names[col], value=matrix[row, col], row=int(rows[row]),
+                                                  dtype=dtype, limit=float(info.max), fix=fix))
+    if matrix.size:
+        largest = np.abs(matrix).max(axis=0)
+        tiny = (largest > 0) & (largest < info.smallest_normal)
+        if tiny.any():
+            col = int(np.flatnonzero(tiny)[0])
+            fix = FLOAT32_FIX if dtype == "float16" and largest[col] >= np.finfo(np.float32).smallest_normal else RESCALE_FIX
+            raise DataError(DTYPE_UNDERFLOW_MSG.format(name=names[col], value=float(largest[col]), dtype=dtype,
+                                                       tiny=float(info.smallest_normal), fix=fix))
+    return stored
 
 
 # --- reading -------------------------------------------------------------------------
 
 
-def _read_table(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], int]:
+def _read_table(path: Path, *, progress: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray], int]:
     """Return (1-D columns by name, 2-D feature blocks by name, row count)."""
     if not path.exists():
         raise DataError(MISSING_TABLE_MSG.format(path=path))
@@ -183,7 +354,7 @@ def _read_table(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], int]
                 raise DataError(UNKNOWN_FORMAT_MSG.format(path=path))
             return _split_arrays(path, arrays)
         if suffix == ".csv":
-            return _read_csv(path)
+            return _read_csv(path, progress=progress)
         if suffix in (".parquet", ".pq"):
             return _read_parquet(path)
         if suffix == ".npz":
@@ -194,10 +365,12 @@ def _read_table(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], int]
             if array.dtype.names is None:
                 raise DataError(STRUCTURED_NPY_MSG.format(path=path))
             return _split_arrays(path, {name: array[name] for name in array.dtype.names})
-    except (OSError, ValueError, UnicodeDecodeError) as err:
-        if isinstance(err, DataError):
-            raise
-        raise DataError(UNREADABLE_TABLE_MSG.format(path=path, error=" ".join(str(err).split())[:200])) from err
+    except UnicodeDecodeError as err:
+        raise DataError(NOT_UTF8_MSG.format(path=path, byte=hex(err.object[err.start]))) from err
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, csv.Error) as err:  # pandas' ParserError, pyarrow's ArrowInvalid: ValueErrors
+        raise DataError(UNREADABLE_TABLE_MSG.format(path=path, error=_one_line(err))) from err
     raise DataError(UNKNOWN_FORMAT_MSG.format(path=path))
 
 
@@ -214,16 +387,85 @@ def _split_arrays(path: Path, arrays: dict[str, np.ndarray]):
     return columns, blocks, int(n or 0)
 
 
-def _read_csv(path: Path):
+def _csv_header(path: Path) -> list[str]:
+    """The header's column names (stripped), refusing none, duplicates and another separator."""
     with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
-        header = [h.strip() for h in next(reader, [])]
-        rows = [row for row in reader if row]
-    for number, row in enumerate(rows, start=2):
-        if len(row) != len(header):
-            raise DataError(RAGGED_MSG.format(path=path, name=f"(line {number})", got=len(row), expected=len(header)))
-    columns = {name: [row[k].strip() for row in rows] for k, name in enumerate(header)}
-    return columns, {}, len(rows)
+        header = next(csv.reader(fh), None)
+    if not header or not any(h.strip() for h in header):
+        raise DataError(NO_HEADER_MSG.format(path=path))
+    header = [h.strip() for h in header]
+    if len(header) == 1:
+        for sep, word in ((";", "semicolon"), ("\t", "tab")):
+            if sep in header[0]:
+                raise DataError(OTHER_SEPARATOR_MSG.format(path=path, name=shown(header[0])[1:-1], sep=word))
+    duplicate = duplicate_names(header)
+    if duplicate:
+        name, first, second = duplicate
+        raise DataError(DUPLICATE_COLUMN_MSG.format(path=path, name=name, first=first, second=second))
+    return header
+
+
+def _check_field_counts(path: Path, width: int) -> None:
+    """Refuse a line whose field count differs from the header's (pandas pads short lines silently).
+
+    Without quotes a line's field count is its comma count plus one
+    (``bytes.count``, at C speed, streaming); once a line holds a quote the
+    csv module parses the file instead. Blank lines are skipped, as pandas
+    skips them.
+    """
+    with open(path, "rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            if b'"' in line:
+                break
+            if line.strip() and line.count(b",") != width - 1:
+                raise DataError(RAGGED_LINE_MSG.format(path=path, line=number, got=line.count(b",") + 1, expected=width))
+        else:
+            return
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh, strict=True)  # a broken quote is an error, not a merged field
+        for row in reader:
+            if row and any(field.strip() for field in row) and len(row) != width:
+                raise DataError(RAGGED_LINE_MSG.format(path=path, line=reader.line_num, got=len(row), expected=width))
+
+
+def _read_csv(path: Path, *, progress: bool = False):
+    """Read a CSV with pandas' C parser; cells stay as written (no "NA" -> NaN guessing).
+
+    ``keep_default_na=False`` keeps "NA", "NaN" and empty cells as text, so that
+    a missing sensitive value is seen (and refused or mapped explicitly) rather
+    than turned into a group or a NaN feature by the parser.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    header = _csv_header(path)
+    _check_field_counts(path, len(header))
+    parse_names = [name or f"(unnamed {k})" for k, name in enumerate(header, start=1)]  # pandas wants unique names
+    chunks = []
+    with open(path, "rb") as fh, tqdm(total=path.stat().st_size, unit="B", unit_scale=True, delay=PROGRESS_DELAY_S,
+                                       disable=not progress, desc=f"import {path.name}", leave=False) as bar:
+        reader = pd.read_csv(fh, encoding="utf-8-sig", header=0, names=parse_names, index_col=False,
+                             keep_default_na=False, skip_blank_lines=True, chunksize=CSV_CHUNK_ROWS,
+                             low_memory=False)  # one dtype per chunk: mixed columns are refused below, not warned
+        for chunk in reader:
+            chunks.append(chunk)
+            bar.update(fh.tell() - bar.n)
+    frame = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=parse_names)
+    columns = {}
+    for position, (name, parse_name) in enumerate(zip(header, parse_names), start=1):
+        series = frame[parse_name]
+        if series.dtype.kind in "iufb":
+            values = series.to_numpy()
+        else:
+            values = series.to_numpy(dtype=object)
+        if not name:  # an unnamed column (a trailing comma): fine while empty, refused once it holds data
+            filled = [k for k, v in enumerate(values) if not is_missing(v)]
+            if filled:
+                raise DataError(UNNAMED_COLUMN_MSG.format(path=path, position=position, value=shown(values[filled[0]]),
+                                                          row=filled[0]))
+            continue
+        columns[name] = values
+    return columns, {}, len(frame)
 
 
 def _read_parquet(path: Path):
@@ -233,55 +475,129 @@ def _read_parquet(path: Path):
         raise DataError(NO_PYARROW_MSG) from err
     import pyarrow as pa
 
+    duplicate = duplicate_names(pq.read_schema(path).names)  # before read_table, which fails on them
+    if duplicate:
+        name, first, second = duplicate
+        raise DataError(DUPLICATE_COLUMN_MSG.format(path=path, name=name, first=first, second=second))
     table = pq.read_table(path)
-    columns = {}
-    for name in table.column_names:
-        column = table.column(name)
-        if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
-            columns[name] = column.to_numpy(zero_copy_only=False).astype(np.float64)
+    columns, blocks = {}, {}
+    for index, name in enumerate(table.column_names):
+        column = table.column(index)
+        kind = column.type
+        if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+            blocks[name] = _list_block(path, name, column)
+        elif pa.types.is_integer(kind) and column.null_count == 0:
+            columns[name] = column.to_numpy()  # int64 as is: a large integer id stays exact
+        elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
+            values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)  # nulls -> NaN
+            columns[name] = values.astype(bool) if pa.types.is_boolean(kind) and column.null_count == 0 else values
         else:
-            columns[name] = column.to_pylist()
-    return columns, {}, table.num_rows
+            columns[name] = np.asarray(column.to_pylist(), dtype=object)
+    return columns, blocks, table.num_rows
+
+
+def _list_block(path: Path, name: str, column) -> np.ndarray:
+    """A Parquet list column of numbers -> an (N, D) float64 block, refusing nulls and ragged vectors."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    array = column.combine_chunks()
+    n = len(array)
+    if array.null_count:
+        row = int(np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(NULL_VECTOR_MSG.format(path=path, name=name, row=row))
+    lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False) if n else np.zeros(0, dtype=np.int64)
+    if n and (lengths != lengths[0]).any():
+        row = int(np.flatnonzero(lengths != lengths[0])[0])
+        raise DataError(RAGGED_VECTOR_MSG.format(path=path, name=name, expected=int(lengths[0]),
+                                                 got=int(lengths[row]), row=row))
+    width = int(lengths[0]) if n else 0
+    values = array.flatten()
+    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
+        raise DataError(NOT_NUMERIC_MSG.format(name=name, value=f"elements of type {values.type}", row=0))
+    if values.null_count:
+        element = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(NULL_VECTOR_MSG.format(path=path, name=name, row=element // max(width, 1)))
+    return values.cast(pa.float64()).to_numpy(zero_copy_only=False).reshape(n, width)
+
+
+def _numbers(values) -> tuple[np.ndarray, np.ndarray]:
+    """Values as float64, and a mask of the cells that are not numbers (text that does not parse).
+
+    Numbers, booleans and numeric text (" 2.5 ", "1e-3", "inf") parse; a missing
+    cell (empty, "NA", None) becomes NaN and is *not* flagged here: callers
+    tell "missing" and "not a number" apart.
+    """
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iufb":
+        return values.astype(np.float64), np.zeros(len(values), dtype=bool)
+    import pandas as pd
+
+    parsed = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    failed = np.isnan(parsed)
+    if failed.any():
+        for k in np.flatnonzero(failed):
+            # a missing cell or the number NaN (text "nan" included) is not "text that does not parse"
+            failed[k] = not is_missing(values[k])
+    return parsed, failed
 
 
 def _is_numeric(values) -> bool:
-    if isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
+    """A column is numeric when most of its non-missing cells are numbers.
+
+    A mostly-numeric column with a stray text cell therefore counts as a
+    feature column and is refused, naming the cell, instead of being dropped.
+    """
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iufb":
         return True
-    try:
-        np.asarray(values, dtype=np.float64)
-    except (ValueError, TypeError):
-        return False
-    return not isinstance(values, np.ndarray) or values.dtype.kind not in "bU"
+    parsed, failed = _numbers(values)
+    numbers = int((~np.isnan(parsed)).sum())
+    return numbers > 0 and numbers >= int(failed.sum())
 
 
-def _feature_matrix(columns, blocks, names: list[str], n: int) -> tuple[np.ndarray, list[str]]:
+def _feature_matrix(columns, blocks, names: list[str], rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """The (len(rows), D) float64 matrix of the feature columns, refusing any cell that is not a finite number."""
     parts, out_names = [], []
     for name in names:
         if name in blocks:
             block = np.asarray(blocks[name])
-            if block.dtype.kind not in "iuf":
-                raise DataError(NOT_NUMERIC_MSG.format(name=name, value=str(block.dtype), row=0))
-            parts.append(block.astype(np.float64))
+            if block.dtype.kind not in "iufb":
+                raise DataError(NOT_NUMERIC_MSG.format(name=name, value=f"dtype {block.dtype}", row=0))
+            block = block[rows].astype(np.float64)
+            _check_finite(block, [f"{name}[{j}]" for j in range(block.shape[1])], rows)
+            parts.append(block)
             out_names += [f"{name}[{j}]" for j in range(block.shape[1])]
             continue
         values = columns[name]
-        if isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
-            column = values.astype(np.float64)
-        else:
-            column = np.empty(n, dtype=np.float64)
-            for row, value in enumerate(values):
-                try:
-                    column[row] = float(value)
-                except (TypeError, ValueError) as err:
-                    raise DataError(NOT_NUMERIC_MSG.format(name=name, value=value, row=row)) from err
+        values = values[rows] if isinstance(values, np.ndarray) else [values[r] for r in rows]
+        column, failed = _numbers(values)
+        if failed.any():
+            k = int(np.flatnonzero(failed)[0])
+            text = str(values[k]).strip()
+            template = VECTOR_TEXT_MSG if text[:1] in "[(" and ("," in text or " " in text) else NOT_NUMERIC_MSG
+            raise DataError(template.format(name=name, value=shown(values[k]), row=int(rows[k])))
+        for k in np.flatnonzero(np.isnan(column)):  # only NaN cells can be missing ones
+            if _is_missing_cell(values[k]):
+                raise DataError(MISSING_FEATURE_MSG.format(name=name, value=shown(values[k]), row=int(rows[k])))
+            break  # the first NaN is a number NaN: reported as non-finite below
+        _check_finite(column[:, None], [name], rows)
         parts.append(column[:, None])
         out_names.append(name)
-    matrix = np.concatenate(parts, axis=1) if parts else np.zeros((n, 0))
-    bad = ~np.isfinite(matrix)
+    matrix = np.concatenate(parts, axis=1) if parts else np.zeros((len(rows), 0))
+    return matrix, out_names
+
+
+def _is_missing_cell(value) -> bool:
+    """An empty cell or a missing-value marker ("NA", "?", None), as opposed to a number NaN (float or "nan")."""
+    if value is None:
+        return True
+    return isinstance(value, str) and is_missing(value) and value.strip().lower() not in ("nan", "-nan", "+nan")
+
+
+def _check_finite(block: np.ndarray, names: list[str], rows: np.ndarray) -> None:
+    bad = ~np.isfinite(block)
     if bad.any():
         row, col = map(int, np.argwhere(bad)[0])
-        raise DataError(NON_FINITE_MSG.format(name=out_names[col], value=matrix[row, col], row=row))
-    return matrix, out_names
+        raise DataError(NON_FINITE_MSG.format(name=names[col], value=block[row, col], row=int(rows[row])))
 
 
 def _table_sha256(path: Path) -> str:

@@ -123,11 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("table", type=Path, help="CSV, Parquet or .npz file")
     p.add_argument("--label", required=True, help="label column (binary)")
     p.add_argument("--sensitive", nargs="+", required=True, help="sensitive column(s)")
-    p.add_argument("--features", nargs="+", help="feature columns (default: every other numeric column)")
+    p.add_argument("--features", "--features-col", nargs="+", metavar="COLUMN",
+                   help="feature columns, or a vector column (Parquet list<float>, .npz 2-D array) "
+                        "(default: every other numeric column)")
     p.add_argument("--split", help="split column (default: a deterministic hashed train/valid/test split)")
     p.add_argument("--id-col", help="sample id column (default: row number)")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--sensitive-missing", choices=("error", "group", "drop"), default="error",
+                   help="a missing sensitive value (empty, NA, NaN, ?): refuse it, keep it as the group "
+                        "'(missing)', or drop its row (default: error)")
+    p.add_argument("--overwrite", action="store_true", help="replace a cache built from other data")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--out", type=Path, required=True, help="cache file to write (.h5)")
     p.set_defaults(handler=_cmd_import)
 
@@ -207,7 +213,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     path = pipeline.import_features(
         args.table, label=args.label, sensitive=args.sensitive, features=args.features,
         split=args.split, id_col=args.id_col, out=args.out, feature_dtype=args.dtype,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, sensitive_missing=args.sensitive_missing, progress=not args.no_progress,
     )
     print(pipeline.describe_cache(path))
     return 0

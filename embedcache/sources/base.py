@@ -9,6 +9,7 @@ original metadata files twice.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -24,6 +25,57 @@ DEFAULT_SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
 
 DUPLICATE_IDS_MSG = "{where} has {count} duplicate sample ids (first: {first!r}); make the ids unique"
 EMPTY_MSG = "{where} has no rows; pass a dataset with at least one image"
+#: longest text of one value that an error message shows (a 13.5 KB vector once filled a message)
+SHOWN_VALUE_CHARS = 60
+#: more distinct numeric values than this in a sensitive column draw the "looks continuous" warning
+MAX_NUMERIC_GROUPS = 10
+#: cell texts that mean "missing": pandas' default ``na_values`` plus the UCI files' "?" (Adult census),
+#: compared case-insensitively after stripping; an empty cell is missing too
+MISSING_MARKERS = frozenset(
+    {"", "na", "n/a", "nan", "-nan", "null", "none", "<na>", "#n/a", "#n/a n/a", "#na",
+     "-1.#ind", "-1.#qnan", "1.#ind", "1.#qnan", "?"}
+)
+#: the group name a missing sensitive value gets with ``missing="group"``
+MISSING_GROUP = "(missing)"
+
+
+def shown(value: Any, limit: int = SHOWN_VALUE_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters, on one line, for error messages."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown_names(names: Sequence[str], limit: int = 20) -> str:
+    """The first ``limit`` column names, comma-separated, and how many there are in all."""
+    names = [" ".join(str(n).split()) for n in names]
+    head = ", ".join(n if len(n) <= 40 else n[:37] + "..." for n in names[:limit])
+    return head if len(names) <= limit else f"{head}, ... ({len(names)} in all)"
+
+
+def duplicate_names(names: Sequence[str]) -> tuple[str, int, int] | None:
+    """The first name that occurs twice, with its two 1-based positions, or None.
+
+    Empty names (the unnamed columns a trailing comma makes) are not names and are skipped.
+    """
+    seen: dict[str, int] = {}
+    for k, name in enumerate(names, start=1):
+        if not name:
+            continue
+        if name in seen:
+            return name, seen[name], k
+        seen[name] = k
+    return None
+
+
+def is_missing(value: Any) -> bool:
+    """True for None, NaN and the cell texts in :data:`MISSING_MARKERS`."""
+    if value is None:
+        return True
+    if isinstance(value, (float, np.floating)):
+        return bool(np.isnan(value))
+    return isinstance(value, str) and value.strip().lower() in MISSING_MARKERS
+
+
 NOT_BINARY_MSG = (
     "label column {name!r} has {count} distinct values {values}; a binary label needs exactly 2 "
     "(map it to two classes first)"
@@ -32,9 +84,28 @@ ONE_GROUP_MSG = (
     "sensitive attribute {name!r} has only {count} value {values}; it needs at least 2 groups "
     "(pick another column)"
 )
-MISSING_VALUE_MSG = "{kind} column {name!r} is empty at row {row}; fill or drop that row"
+MISSING_VALUE_MSG = "{kind} column {name!r} is empty at row {row}{more}; {fix}"
+MISSING_MARKER_MSG = (
+    "{kind} column {name!r} holds the missing-value marker {value} at row {row}{more}; {fix}"
+)
+#: how to fix a missing sensitive value where no option maps it (a manifest)
+MISSING_SENSITIVE_FIX = "write an explicit category (e.g. 'unknown') in those rows or drop them"
+MISSING_OTHER_FIX = "fill or drop that row"
+CONTINUOUS_SENSITIVE_MSG = (
+    "sensitive column {name!r} has {count} distinct numeric values ({low} to {high}) and looks continuous: "
+    "each value becomes its own group; bin it into a few ranges first (e.g. age 18-29, 30-44, 45-64, 65+)"
+)
+TWO_SPELLINGS_MSG = (
+    "{kind} column {name!r} spells one value two ways ({first} and {second}), which would make two "
+    "{groups}; write it one way"
+)
+EMPTY_ID_MSG = "{where} has an empty sample id at row {row}; give every row an id"
 LENGTH_MSG = "{what} has {got} rows but the dataset has {n}; pass one value per row"
 MISSING_IMAGE_MSG = "image file '{path}' of {where} is missing; restore it or drop its row"
+TOO_LARGE_IMAGE_MSG = (
+    "image file '{path}' of {where} is too large to decode safely ({error}); downscale it (the network sees "
+    "a few hundred pixels a side)"
+)
 BAD_IMAGE_MSG = (
     "image file '{path}' of {where} cannot be decoded ({error}); replace the file or drop its row"
 )
@@ -104,6 +175,9 @@ class TableSource:
         n = len(self.ids)
         if n == 0:
             raise DataError(EMPTY_MSG.format(where=where))
+        empty = [k for k, i in enumerate(self.ids) if not i.strip()]
+        if empty:
+            raise DataError(EMPTY_ID_MSG.format(where=where, row=empty[0]))
         check_unique_ids(self.ids, where=where)
         self.labels = np.asarray(labels, dtype=np.int64)
         _check_length(self.labels, n, f"label {label_name!r}")
@@ -122,7 +196,7 @@ class TableSource:
             categories = tuple(str(c) for c in categories)
             present = np.unique(codes)
             if len(present) < 2:
-                values = [categories[c] for c in present]
+                values = [c if len(c) <= 20 else c[:17] + "..." for c in (categories[k] for k in present)]
                 raise DataError(ONE_GROUP_MSG.format(name=name, count=len(present), values=values))
             self.sensitive[str(name)] = (codes, categories)
         self.splits = np.asarray([str(s) for s in splits], dtype=object)
@@ -231,40 +305,92 @@ def _canonical_number(text: str) -> str:
     return str(int(number)) if number.is_integer() else text
 
 
-def encode_categorical(values: Sequence[Any], *, name: str, kind: str) -> tuple[np.ndarray, tuple[str, ...]]:
+def encode_categorical(
+    values: Sequence[Any], *, name: str, kind: str, missing: str = "error", fix: str | None = None
+) -> tuple[np.ndarray, tuple[str, ...]]:
     """Turn raw column values into int64 codes and sorted category names.
 
     Categories are the distinct values as strings, numbers ordered numerically
     and text alphabetically, so ``0/1``, ``-1/1``, ``False/True`` and
     ``no/yes`` all map the second value to code 1.
 
+    Parameters
+    ----------
+    missing : {"error", "group"}, default "error"
+        What a missing value (None, NaN, an empty cell or a marker such as
+        ``"NA"``, see :data:`MISSING_MARKERS`) does: raise, or become the group
+        ``"(missing)"``. A marker is never silently a group of its own.
+    fix : str, optional
+        The fix a missing-value error suggests.
+
     Raises
     ------
     DataError
-        On an empty (missing) value.
+        On a missing value when ``missing="error"``.
+
+    Warns
+    -----
+    UserWarning
+        A sensitive column with more than :data:`MAX_NUMERIC_GROUPS` distinct
+        numeric values (it looks continuous: bin it).
     """
     as_text = []
+    missing_rows = []
     for row, value in enumerate(values):
-        if value is None or (isinstance(value, float) and np.isnan(value)):
-            raise DataError(MISSING_VALUE_MSG.format(kind=kind, name=name, row=row))
+        if is_missing(value):
+            missing_rows.append(row)
+            as_text.append(MISSING_GROUP)
+            continue
         if isinstance(value, (float, np.floating)) and float(value).is_integer():
             value = int(value)  # 1.0 and 1 are the same category
-        text = str(value).strip()
-        if text == "":
-            raise DataError(MISSING_VALUE_MSG.format(kind=kind, name=name, row=row))
-        as_text.append(_canonical_number(text))
+        as_text.append(_canonical_number(str(value).strip()))
+    if missing_rows and missing != "group":
+        row = missing_rows[0]
+        value = values[row]
+        more = f" ({len(missing_rows)} rows in all)" if len(missing_rows) > 1 else ""
+        if value is None or (isinstance(value, str) and value.strip() == ""):
+            raise DataError(MISSING_VALUE_MSG.format(kind=kind, name=name, row=row, more=more,
+                                                     fix=fix or MISSING_OTHER_FIX))
+        raise DataError(MISSING_MARKER_MSG.format(kind=kind, name=name, value=shown(value), row=row, more=more,
+                                                  fix=fix or MISSING_OTHER_FIX))
     categories = tuple(sorted(set(as_text), key=_sort_key))
+    _check_one_spelling(categories, name=name, kind=kind)
+    if kind == "sensitive":
+        _warn_if_continuous(name, categories)
     lookup = {c: k for k, c in enumerate(categories)}
     codes = np.fromiter((lookup[t] for t in as_text), dtype=np.int64, count=len(as_text))
     return codes, categories
+
+
+def _check_one_spelling(categories: Sequence[str], *, name: str, kind: str) -> None:
+    """Refuse categories equal up to case ("Male" and "male"): they are one value, not two groups."""
+    seen: dict[str, str] = {}
+    for category in categories:
+        key = category.casefold()
+        if key in seen:
+            raise DataError(TWO_SPELLINGS_MSG.format(kind=kind, name=name, first=shown(seen[key]),
+                                                     second=shown(category),
+                                                     groups="classes" if kind == "label" else "groups"))
+        seen[key] = category
+
+
+def _warn_if_continuous(name: str, categories: Sequence[str]) -> None:
+    numbers = [_sort_key(c)[1] for c in categories if _sort_key(c)[0] == 0]
+    if len(numbers) > MAX_NUMERIC_GROUPS and len(numbers) == len([c for c in categories if c != MISSING_GROUP]):
+        warnings.warn(
+            CONTINUOUS_SENSITIVE_MSG.format(name=name, count=len(numbers), low=f"{min(numbers):g}",
+                                            high=f"{max(numbers):g}"),
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def encode_binary_label(values: Sequence[Any], *, name: str) -> tuple[np.ndarray, tuple[str, ...]]:
     """Like :func:`encode_categorical` but require exactly two values."""
     codes, categories = encode_categorical(values, name=name, kind="label")
     if len(categories) != 2:
-        shown = list(categories[:5]) + (["..."] if len(categories) > 5 else [])
-        raise DataError(NOT_BINARY_MSG.format(name=name, count=len(categories), values=shown))
+        shown_values = [shown(c, 20) for c in categories[:5]] + (["..."] if len(categories) > 5 else [])
+        raise DataError(NOT_BINARY_MSG.format(name=name, count=len(categories), values="[" + ", ".join(shown_values) + "]"))
     return codes, categories
 
 
@@ -276,13 +402,22 @@ SPLIT_ALIASES = {
 }
 
 
-def normalize_splits(values: Sequence[Any]) -> np.ndarray:
+def normalize_splits(values: Sequence[Any], *, name: str = "split") -> np.ndarray:
     """Map split spellings to train/valid/test (``val``, ``validation``, ``0/1/2``, any case).
 
-    Other names are kept as written (stripped), so custom splits still work.
+    Other names are kept as written (stripped), so custom splits still work. A
+    missing value (empty, ``NA``, ...) is refused: it is not a split name.
     """
     out = np.empty(len(values), dtype=object)
     for k, value in enumerate(values):
+        if is_missing(value):
+            if value is None or (isinstance(value, str) and value.strip() == ""):
+                raise DataError(MISSING_VALUE_MSG.format(kind="split", name=name, row=k, more="",
+                                                         fix=MISSING_OTHER_FIX))
+            raise DataError(MISSING_MARKER_MSG.format(kind="split", name=name, value=shown(value), row=k, more="",
+                                                      fix=MISSING_OTHER_FIX))
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            value = int(value)
         text = _canonical_number(str(value).strip())
         out[k] = SPLIT_ALIASES.get(text.lower(), text.lower() if text.lower() in DEFAULT_SPLITS else text)
     return out
@@ -302,8 +437,68 @@ def hash_splits(ids: Sequence[str], fractions: Sequence[float] = DEFAULT_SPLIT_F
     return out
 
 
+#: modes holding one unsigned 16-bit channel (PNG and TIFF 16-bit grayscale open as these)
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+#: largest value of a 16-bit channel; 16-bit pixels map to 8 bits as round(v * 255 / 65535)
+UINT16_MAX = 65535
+
+WIDE_RANGE_MSG = (
+    "image file '{path}' of {where} has {kind} pixel values in [{low:g}, {high:g}], outside the {expected} "
+    "that fairhead reads for mode {mode!r}; convert it to 8- or 16-bit grayscale or RGB"
+)
+
+
+def _scaled_to_uint8(values: np.ndarray, top: float) -> Image.Image:
+    """Map ``[0, top]`` linearly onto ``0..255`` (round half up) as a mode-L image."""
+    scaled = np.floor(values.astype(np.float64) * (255.0 / top) + 0.5)
+    return Image.fromarray(scaled.astype(np.uint8), mode="L")
+
+
+def to_rgb(img: Image.Image, *, path="", where: str = "") -> Image.Image:
+    r"""Convert a decoded image of any PIL mode to 8-bit RGB without clipping its range.
+
+    PIL's ``convert("RGB")`` clips every value above 255, so a 16-bit X-ray turns
+    white. Each mode is mapped by its own range instead:
+
+    - ``I;16`` (16-bit PNG or TIFF) and ``I`` (32-bit integer, values in
+      ``0..65535`` as older Pillow opens 16-bit PNGs):
+      :math:`v_8 = \lfloor 255\, v / 65535 + 1/2 \rfloor`, the same scaling as
+      torchvision's ``convert_image_dtype`` from uint16; an ``I`` image outside
+      ``0..65535`` is refused rather than guessed at;
+    - ``F`` (32-bit float): values in ``[0, 1]`` (torchvision's float convention),
+      :math:`v_8 = \lfloor 255\, v + 1/2 \rfloor`; others are refused;
+    - a mode with transparency (``RGBA``, ``LA``, ``PA``, ``P`` or ``L`` with a
+      transparent colour): composited onto black, :math:`c \cdot \alpha / 255`,
+      so what is hidden under a transparent pixel never reaches the network;
+    - ``L``, ``P``, ``1``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, ``RGBX``: PIL's own
+      conversion, which is exact for 8-bit data.
+
+    Gray stays gray: the single channel is copied to R, G and B.
+    """
+    mode = img.mode
+    if mode in SIXTEEN_BIT_MODES or mode == "I":
+        values = np.asarray(img)
+        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        if low < 0 or high > UINT16_MAX:
+            raise DataError(WIDE_RANGE_MSG.format(path=path, where=where, kind="integer", low=low, high=high,
+                                                  expected="range 0..65535", mode=mode))
+        return _scaled_to_uint8(values, UINT16_MAX).convert("RGB")
+    if mode == "F":
+        values = np.asarray(img)
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if not (np.isfinite(values).all() and low >= 0.0 and high <= 1.0):
+            raise DataError(WIDE_RANGE_MSG.format(path=path, where=where, kind="floating-point", low=low,
+                                                  high=high, expected="range [0, 1]", mode=mode))
+        return _scaled_to_uint8(values, 1.0).convert("RGB")
+    if img.has_transparency_data:
+        rgba = img.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
 def open_rgb(path, *, where: str, draft_size: int | None = None) -> Image.Image:
-    """Open an image file as RGB, or raise a one-line :class:`DataError`.
+    """Open an image file as 8-bit RGB (see :func:`to_rgb`), or raise a one-line :class:`DataError`.
 
     Parameters
     ----------
@@ -317,9 +512,13 @@ def open_rgb(path, *, where: str, draft_size: int | None = None) -> Image.Image:
         with Image.open(path) as img:
             if draft_size is not None and img.format == "JPEG":
                 img.draft("RGB", (draft_size, draft_size))
-            return img.convert("RGB")
+            return to_rgb(img, path=path, where=where)
     except FileNotFoundError as err:
         raise DataError(MISSING_IMAGE_MSG.format(path=path, where=where)) from err
+    except DataError:
+        raise
+    except Image.DecompressionBombError as err:  # over twice PIL's pixel limit: refused, as PIL does, in one line
+        raise DataError(TOO_LARGE_IMAGE_MSG.format(path=path, where=where, error=" ".join(str(err).split()))) from err
     except (OSError, SyntaxError, ValueError) as err:  # PIL: UnidentifiedImageError is an OSError
         error = f"{type(err).__name__}: {err}".replace("\n", " ")
         raise DataError(BAD_IMAGE_MSG.format(path=path, where=where, error=error)) from err

@@ -31,7 +31,7 @@ PARTITION_NAMES = {"0": "train", "1": "valid", "2": "test"}
 #: names of codes 0 and 1 of every attribute (-1 and +1 in the file)
 ATTRIBUTE_CATEGORIES = ("no", "yes")
 
-MISSING_FILE_MSG = "CelebA root '{root}' has no {name}; point --celeba-root at the folder that holds {expected}"
+MISSING_FILE_MSG = "CelebA root '{root}' has no {name}; point --celeba at the folder that holds {expected}"
 UNKNOWN_ATTR_MSG = "CelebA has no attribute {name!r}{hint}; choose from: {available}"
 BAD_LINE_MSG = "{file} line {line} is malformed ({problem}); restore the original CelebA file"
 COUNT_MSG = "{file} says {declared} images but lists {found}; restore the original CelebA file"
@@ -136,8 +136,11 @@ def _sha256_file(path: Path) -> str:
 
 def _read_attributes(path: Path) -> tuple[list[str], list[str], np.ndarray]:
     """Parse ``list_attr_celeba.txt`` -> (attribute names, image names, (n, k) array of +1/-1)."""
-    with open(path, encoding="utf-8") as fh:
-        lines = fh.read().splitlines()
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except UnicodeDecodeError as err:
+        raise DataError(BAD_LINE_MSG.format(file=ATTR_FILE, line=1, problem=f"not UTF-8 text at byte {err.start}")) from err
     if len(lines) < 2:
         raise DataError(BAD_LINE_MSG.format(file=ATTR_FILE, line=1, problem="fewer than 2 header lines"))
     try:
@@ -168,7 +171,7 @@ def _read_attributes(path: Path) -> tuple[list[str], list[str], np.ndarray]:
 def _read_partition(path: Path) -> dict[str, str]:
     """Parse ``list_eval_partition.txt`` -> image name -> split name."""
     partition = {}
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8", errors="replace") as fh:  # a bad byte then fails the line check below
         for number, line in enumerate(fh, start=1):
             parts = line.split()
             if not parts:

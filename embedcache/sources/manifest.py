@@ -19,12 +19,15 @@ from PIL import Image
 from embedcache.errors import DataError
 from embedcache.sources.base import (
     EMPTY_MSG,
+    MISSING_SENSITIVE_FIX,
     TableSource,
+    duplicate_names,
     encode_binary_label,
     encode_categorical,
     hash_splits,
     normalize_splits,
     open_rgb,
+    shown_names,
 )
 
 MISSING_CSV_MSG = "manifest '{path}' does not exist; pass the path of a CSV file"
@@ -35,6 +38,13 @@ ESCAPING_PATH_MSG = (
     "use paths relative to the root (pass --root to change it)"
 )
 RAGGED_ROW_MSG = "manifest '{path}' row {row} has {got} fields but the header has {expected}; fix the CSV quoting"
+DUPLICATE_COLUMN_MSG = (
+    "manifest '{path}' has the column {name!r} twice (columns {first} and {second}); rename one, "
+    "so that no reader picks the wrong one"
+)
+NOT_UTF8_MSG = "manifest '{path}' is not UTF-8 text (byte {byte} at position {position}); save it as UTF-8 CSV"
+UNREADABLE_CSV_MSG = "manifest '{path}' cannot be parsed as CSV ({error}); fix the file"
+EMPTY_PATH_MSG = "manifest '{path}' row {row} has an empty image path in column {column!r}; fill or drop that row"
 MISSING_ROOT_MSG = "image root '{root}' of manifest '{path}' is not a folder; pass --root DIR"
 
 
@@ -96,7 +106,7 @@ class ManifestSource(TableSource):
                 close = difflib.get_close_matches(name, header, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise DataError(
-                    UNKNOWN_COLUMN_MSG.format(path=self.csv_path, name=name, hint=hint, available=", ".join(header))
+                    UNKNOWN_COLUMN_MSG.format(path=self.csv_path, name=name, hint=hint, available=shown_names(header))
                 )
         if not rows:  # before the label check, which would call an empty column "not binary"
             raise DataError(EMPTY_MSG.format(where=f"manifest '{self.csv_path}'"))
@@ -109,9 +119,10 @@ class ManifestSource(TableSource):
         ids = column(id_col) if id_col is not None else self.relative_paths
         labels, label_categories = encode_binary_label(column(label_col), name=label_col)
         sensitive = {
-            name: encode_categorical(column(name), name=name, kind="sensitive") for name in sensitive_cols
+            name: encode_categorical(column(name), name=name, kind="sensitive", fix=MISSING_SENSITIVE_FIX)
+            for name in sensitive_cols
         }
-        splits = normalize_splits(column(split_col)) if split_col is not None else hash_splits(ids)
+        splits = normalize_splits(column(split_col), name=split_col) if split_col is not None else hash_splits(ids)
         with open(self.csv_path, "rb") as fh:
             self._csv_sha256 = hashlib.sha256(fh.read()).hexdigest()
         super().__init__(
@@ -125,12 +136,25 @@ class ManifestSource(TableSource):
         )
 
     def _read(self) -> tuple[list[str], list[list[str]]]:
+        try:
+            return self._read_rows()
+        except UnicodeDecodeError as err:
+            raise DataError(NOT_UTF8_MSG.format(path=self.csv_path, byte=hex(err.object[err.start]),
+                                                position=err.start)) from err
+        except csv.Error as err:  # a NUL byte, an unterminated quote at the end
+            raise DataError(UNREADABLE_CSV_MSG.format(path=self.csv_path, error=" ".join(str(err).split())[:200])) from err
+
+    def _read_rows(self) -> tuple[list[str], list[list[str]]]:
         with open(self.csv_path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
+            reader = csv.reader(fh, strict=True)  # a broken quote is an error, not a merged field
             header = next(reader, None)
             if not header:
                 raise DataError(EMPTY_CSV_MSG.format(path=self.csv_path))
             header = [h.strip() for h in header]
+            duplicate = duplicate_names(header)
+            if duplicate:
+                name, first, second = duplicate
+                raise DataError(DUPLICATE_COLUMN_MSG.format(path=self.csv_path, name=name, first=first, second=second))
             rows = []
             for number, row in enumerate(reader, start=2):
                 if not row:
@@ -149,6 +173,8 @@ class ManifestSource(TableSource):
         symlinked data folders still works.
         """
         value = value.strip()
+        if value == "":
+            raise DataError(EMPTY_PATH_MSG.format(path=self.csv_path, row=row, column=self.columns["image"]))
         root = os.path.abspath(self.root)
         full = os.path.normpath(os.path.join(root, value))  # join keeps an absolute value as is
         if value == "" or os.path.commonpath([root, full]) != root or full == root:

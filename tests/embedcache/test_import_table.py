@@ -130,3 +130,100 @@ def test_missing_and_unknown_tables(tmp_path):
     (tmp_path / "t.xlsx").write_text("x")
     with pytest.raises(DataError, match="unknown format"):
         import_table(tmp_path / "t.xlsx", label="y", sensitive="g", out=tmp_path / "x.h5")
+
+
+# --------------------------------------------------------------------------- Parquet vector columns, progress
+def _embedding_parquet(path, emb, *, vectors=None, list_type=None):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    n = len(emb)
+    vectors = list(emb) if vectors is None else vectors
+    table = pa.table({
+        "emb": pa.array(vectors, type=list_type or pa.list_(pa.float32())),
+        "y": np.arange(n) % 2,
+        "site": np.asarray(["ab"[(i // 2) % 2] for i in range(n)]),
+    })
+    pq.write_table(table, path)
+    return path
+
+
+@pytest.mark.parametrize("list_kind", ["list", "large_list", "fixed_size_list"])
+def test_parquet_list_column_is_a_feature_block(tmp_path, list_kind):
+    pa = pytest.importorskip("pyarrow")
+    emb = np.random.default_rng(0).normal(size=(N, 7)).astype(np.float32)
+    list_type = {"list": pa.list_(pa.float32()), "large_list": pa.large_list(pa.float32()),
+                 "fixed_size_list": pa.list_(pa.float32(), 7)}[list_kind]
+    path = _embedding_parquet(tmp_path / "emb.parquet", emb, list_type=list_type)
+    out = import_table(path, label="y", sensitive="site", features=["emb"], out=tmp_path / "e.h5", progress=False)
+    with embedcache.open(out) as cache:
+        data = cache.load()
+        assert cache.feature_columns == [f"emb[{j}]" for j in range(7)]
+    order = np.argsort(data.sample_ids.astype(int))
+    np.testing.assert_array_equal(data.features[order], emb)  # float32 in, float32 out: exact
+    # the default features find the vector column too
+    again = import_table(path, label="y", sensitive="site", out=tmp_path / "d.h5", progress=False)
+    with embedcache.open(again) as cache:
+        assert cache.feature_dim == 7
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [(lambda v: v.__setitem__(5, v[5][:6]), r"vectors of length 7 and 6 \(row 5\)"),
+     (lambda v: v.__setitem__(3, None), "missing vector or element at row 3"),
+     (lambda v: v.__setitem__(8, [*v[8][:6], None]), "missing vector or element at row 8")],
+    ids=["ragged", "null-vector", "null-element"],
+)
+def test_bad_parquet_vectors_are_refused(tmp_path, edit, match):
+    emb = np.random.default_rng(0).normal(size=(N, 7)).astype(np.float32)
+    vectors = [list(map(float, row)) for row in emb]
+    edit(vectors)
+    path = _embedding_parquet(tmp_path / "emb.parquet", emb, vectors=vectors)
+    with pytest.raises(DataError, match=match) as err:
+        import_table(path, label="y", sensitive="site", features=["emb"], out=tmp_path / "e.h5", progress=False)
+    assert "\n" not in str(err.value) and not (tmp_path / "e.h5").exists()
+
+
+def test_cli_features_col_imports_a_parquet_embedding(tmp_path, capsys):
+    from fairhead.cli import main
+
+    emb = np.random.default_rng(1).normal(size=(N, 4)).astype(np.float32)
+    path = _embedding_parquet(tmp_path / "emb.parquet", emb)
+    code = main(["import", str(path), "--label", "y", "--sensitive", "site", "--features-col", "emb",
+                 "--no-progress", "--out", str(tmp_path / "e.h5")])
+    assert code == 0, capsys.readouterr().err
+    with embedcache.open(tmp_path / "e.h5") as cache:
+        assert cache.feature_columns == [f"emb[{j}]" for j in range(4)]
+
+
+def test_csv_import_shows_a_progress_bar_once_it_is_slow(tmp_path, monkeypatch, capsys):
+    from embedcache import importer
+
+    columns = adult_like()
+    path = write_csv(tmp_path / "adult.csv", columns)
+    monkeypatch.setattr(importer, "PROGRESS_DELAY_S", 0.0)  # "slow" from the start
+    monkeypatch.setattr(importer, "CSV_CHUNK_ROWS", 10)
+    import_table(path, label="income", sensitive=["sex"], split="split", id_col="person", out=tmp_path / "a.h5")
+    assert "import adult.csv" in capsys.readouterr().err
+    check_cache(tmp_path / "a.h5", columns)  # chunked reading gives the same cache
+    import_table(path, label="income", sensitive=["sex"], split="split", id_col="person", out=tmp_path / "b.h5",
+                 progress=False)
+    assert "import adult.csv" not in capsys.readouterr().err
+
+
+def test_cli_sensitive_missing_maps_na_explicitly(tmp_path, capsys):
+    from fairhead.cli import main
+
+    columns = adult_like()
+    columns["sex"] = columns["sex"].astype(object)
+    columns["sex"][[3, 11]] = "NA"
+    path = write_csv(tmp_path / "adult.csv", columns)
+    common = ["import", str(path), "--label", "income", "--sensitive", "sex", "--split", "split", "--id-col", "person",
+              "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "refused.h5")]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'NA' at row 3 (2 rows in all)" in err and "--sensitive-missing" in err
+    assert main([*common, "--sensitive-missing", "group", "--out", str(tmp_path / "g.h5")]) == 0
+    with embedcache.open(tmp_path / "g.h5") as cache:
+        assert cache.categories("sex") == ["(missing)", "Female", "Male"]
+        assert int((cache.load().sensitive["sex"] == 0).sum()) == 2
