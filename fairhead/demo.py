@@ -13,6 +13,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from fairhead_errors import DataError
+from fairhead_io import atomic_write_text, ensure_output_folder
+
 from fairhead import pipeline, provenance
 from fairhead.report import markdown_table
 from fairhead.tables import format_table
@@ -96,9 +99,11 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
     from embedcache.sources.synthetic import LABEL_NAME, SENSITIVE_NAME
 
     from fairhead import protocols, sweep
+    from fairhead.sweep import BAD_N_EPS_MSG
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(n_eps, bool) or not isinstance(n_eps, int) or n_eps < 2:
+        raise DataError(BAD_N_EPS_MSG.format(n=n_eps))
+    out = ensure_output_folder(out, flag="--out")  # a file or a read-only folder fails before the first stage
     started = time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
     stage_times: dict[str, float] = {}
@@ -154,7 +159,7 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
     story = headline(results, table)
     meta = provenance.collect(seed=seed, extra={"n_images": n, "backbone": DEMO_BACKBONE})
     report = out / "report.md"
-    report.write_text("\n".join([
+    atomic_write_text(report, "\n".join([
         "# fairhead demo", "",
         f"{n} generated images (label: shape; sensitive attribute: background colour, correlated with the label), "
         f"{DEMO_BACKBONE} features, heads fitted on `train`, evaluated on `valid` and `test`. "
