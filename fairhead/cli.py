@@ -55,6 +55,9 @@ POSITIVE_INT = _int_at_least(1, "an integer >= 1")
 SEED = _int_at_least(0, "an integer >= 0")
 GRID_SIZE = _int_at_least(2, "an integer >= 2 (a sweep needs at least two bounds)")
 N_EPS_DEFAULT = 20
+EPS_DEFAULT = 0.05
+#: constraints without a bound: an --eps given with them would be ignored, so it is refused
+UNBOUNDED_CONSTRAINTS = ("none", "minimax")
 
 
 # --------------------------------------------------------------------------- parsers
@@ -104,12 +107,12 @@ def _add_backbone_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def _add_fit_options(parser: argparse.ArgumentParser, *, eps_default: float | None = 0.05) -> None:
+def _add_fit_options(parser: argparse.ArgumentParser, *, eps_default: float | None = EPS_DEFAULT) -> None:
     group = parser.add_argument_group("fair head")
     group.add_argument("--constraint", default="dp", choices=CONSTRAINTS + ("none",),
                        help="rate: " + ", ".join(RATE_CONSTRAINTS) + "; score: " + ", ".join(SCORE_CONSTRAINTS))
-    if eps_default is not None:
-        group.add_argument("--eps", type=float, default=eps_default, help="constraint tolerance (default: 0.05)")
+    if eps_default is not None:  # default None: an --eps given with a constraint that has no bound is refused
+        group.add_argument("--eps", type=float, default=None, help=f"constraint tolerance (default: {eps_default:g})")
     group.add_argument("--C", type=float, default=1.0, help="inverse L2 strength, scikit-learn's meaning (default: 1)")
     group.add_argument("--backend", choices=("auto", "torch", "cvxpy"), default="auto")
     group.add_argument("--balance", choices=("none", "group", "label-group"), default="none",
@@ -259,8 +262,17 @@ def _check_solver_device(name: str) -> None:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise DataError(f"--solver-device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
                         f"pass cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DataError(f"--solver-device {name!r}: no MPS device is available here; pass --solver-device cpu")
     if device.type not in ("cuda", "cpu", "mps"):
         raise DataError(f"--solver-device {name!r} is not supported by the torch backend; pass cpu or cuda")
+
+
+def _eps(args: argparse.Namespace) -> float:
+    """``--eps``, refused where the constraint has no bound (it would be ignored without a word)."""
+    if args.eps is not None and args.constraint in UNBOUNDED_CONSTRAINTS:
+        raise DataError(f"--constraint {args.constraint} has no bound, so --eps would be ignored; drop --eps")
+    return EPS_DEFAULT if args.eps is None else args.eps
 
 
 def _head_params(args: argparse.Namespace) -> dict:
@@ -278,7 +290,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     result = pipeline.fit_on_cache(
         args.cache, fit_split=args.fit_split, eval_splits=args.eval_split,
-        attributes=args.attributes, eps=args.eps, save=args.save, **_head_params(args),
+        attributes=args.attributes, eps=_eps(args), save=args.save, **_head_params(args),
     )
     print(result.summary())
     return 0
@@ -305,7 +317,7 @@ def _cmd_protocols(args: argparse.Namespace) -> int:
     from fairhead import protocols
 
     table = protocols.run_protocols(
-        args.cache, attributes=args.attributes, eps=args.eps, seed=args.seed, out=args.out,
+        args.cache, attributes=args.attributes, eps=_eps(args), seed=args.seed, out=args.out,
         **_head_params(args),
     )
     print(table.to_text())

@@ -473,12 +473,16 @@ def test_any_os_error_in_a_command_is_one_line_with_exit_3(inputs, capsys, monke
     (["sweep", "{cache}", "--eps-grid", "0.1", "--n-eps", "5", "--out", "{tmp}/s"], 3, ["pass one of them"]),
     (["sweep", "{cache}", "--eps-grid", "0.1", "inf", "--out", "{tmp}/s"], 3, ["got [0.1, inf]", "--eps-grid"]),
     (["sweep", "{cache}", "--constraint", "none", "--out", "{tmp}/s"], 3, ["--constraint dp"]),
+    (["fit", "{cache}", "--constraint", "minimax", "--eps", "0.1"], 3, ["minimax has no bound", "drop --eps"]),
+    (["protocols", "{cache}", "--constraint", "minimax", "--eps", "0.1"], 3, ["drop --eps"]),
+    (["fit", "{cache}", "--constraint", "none", "--eps", "0.1"], 3, ["none has no bound", "drop --eps"]),
     (["demo", "--n-eps", "0", "--out", "{tmp}/d"], 2, ["--n-eps"]),
     (["demo", "--seed", "-1", "--out", "{tmp}/d"], 2, ["--seed", ">= 0"]),
     (["protocols", "{cache}", "--seed", "-2"], 2, ["--seed", ">= 0"]),
     (["extract", "--synthetic", "--image-size", "0", "--out", "{tmp}/x.h5"], 2, ["--image-size", ">= 1"]),
 ], ids=["eps-inf", "C-inf", "eps-nan", "n-eps-negative", "n-eps-one", "minimax-grid", "minimax-n-eps",
-        "grid-and-n-eps", "grid-inf", "sweep-without-constraint", "demo-n-eps", "demo-seed", "protocols-seed",
+        "grid-and-n-eps", "grid-inf", "sweep-without-constraint", "fit-minimax-eps", "protocols-minimax-eps",
+        "fit-none-eps", "demo-n-eps", "demo-seed", "protocols-seed",
         "image-size-zero"])
 def test_bad_numeric_flags_are_refused_before_any_work(inputs, tmp_path, capsys, args, code, needles):
     args = [a.format(cache=inputs["cache"], tmp=tmp_path) for a in args]
