@@ -399,7 +399,7 @@ def test_sweep_and_demo_into_a_read_only_out_fail_in_one_line(inputs, tmp_path, 
 
 
 @pytest.mark.parametrize("command", [
-    ["sweep", "{cache}", "--no-plots"], ["protocols", "{cache}"], ["generate", "--n", "10"], ["demo", "--n", "30"],
+    ["sweep", "{cache}", "--no-plots"], ["protocols", "{cache}"], ["generate", "--n", "10"], ["demo"],
 ], ids=["sweep", "protocols", "generate", "demo"])
 def test_out_that_is_an_existing_file_fails_before_any_work(inputs, tmp_path, capsys, monkeypatch, command):
     target = tmp_path / "results.csv"
@@ -477,12 +477,14 @@ def test_any_os_error_in_a_command_is_one_line_with_exit_3(inputs, capsys, monke
     (["protocols", "{cache}", "--constraint", "minimax", "--eps", "0.1"], 3, ["drop --eps"]),
     (["fit", "{cache}", "--constraint", "none", "--eps", "0.1"], 3, ["none has no bound", "drop --eps"]),
     (["demo", "--n-eps", "0", "--out", "{tmp}/d"], 2, ["--n-eps"]),
+    (["demo", "--n", "30", "--out", "{tmp}/d"], 3, ["--n 30 is too small", "smallest (label, background) cell",
+                                                    "pass --n 2600 or more"]),
     (["demo", "--seed", "-1", "--out", "{tmp}/d"], 2, ["--seed", ">= 0"]),
     (["protocols", "{cache}", "--seed", "-2"], 2, ["--seed", ">= 0"]),
     (["extract", "--synthetic", "--image-size", "0", "--out", "{tmp}/x.h5"], 2, ["--image-size", ">= 1"]),
 ], ids=["eps-inf", "C-inf", "eps-nan", "n-eps-negative", "n-eps-one", "minimax-grid", "minimax-n-eps",
         "grid-and-n-eps", "grid-inf", "sweep-without-constraint", "fit-minimax-eps", "protocols-minimax-eps",
-        "fit-none-eps", "demo-n-eps", "demo-seed", "protocols-seed",
+        "fit-none-eps", "demo-n-eps", "demo-too-small", "demo-seed", "protocols-seed",
         "image-size-zero"])
 def test_bad_numeric_flags_are_refused_before_any_work(inputs, tmp_path, capsys, args, code, needles):
     args = [a.format(cache=inputs["cache"], tmp=tmp_path) for a in args]
