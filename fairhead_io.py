@@ -61,6 +61,18 @@ def fsync_folder(folder) -> None:
             os.close(fd)
 
 
+@contextlib.contextmanager
+def naming_the_file(path):
+    """Add ``path`` to an OSError that has no file name (a failed ``write`` or ``fsync`` names none),
+    so that the one-line message says which file hit the full disk."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None and err.errno is not None:
+            raise type(err)(err.errno, err.strerror or os.strerror(err.errno), os.fspath(path)) from err
+        raise
+
+
 class StagedFiles:
     """Write several files and replace them together.
 
@@ -85,7 +97,8 @@ class StagedFiles:
         path = Path(os.fspath(path))
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:TMP_NAME_CHARS]}.", suffix=".tmp")
         self._staged.append((tmp, path))
-        with os.fdopen(fd, mode, **({"encoding": "utf-8", "newline": newline} if mode == "w" else {})) as fh:
+        with naming_the_file(path), \
+                os.fdopen(fd, mode, **({"encoding": "utf-8", "newline": newline} if mode == "w" else {})) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -245,5 +258,5 @@ def os_error_message(err: OSError) -> str:
 
 __all__ = [
     "StagedFiles", "atomic_open", "atomic_write_text", "atomic_write_bytes", "ensure_output_folder", "check_file_target",
-    "os_error_message", "fsync_folder",
+    "os_error_message", "fsync_folder", "naming_the_file",
 ]

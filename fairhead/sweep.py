@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from fairhead_errors import DataError
-from fairhead_io import StagedFiles, atomic_write_text, ensure_output_folder
+from fairhead_io import StagedFiles, atomic_write_text, ensure_output_folder, naming_the_file
 
 from fairhead import pipeline, provenance
 from fairhead.measure import constraint_value
@@ -194,7 +194,7 @@ def _load_progress(path: Path, key: str) -> list[HeadRecord]:
 
 def _append_progress(path: Path, key: str, record: HeadRecord) -> None:
     """Append one finished head (one line, flushed and fsynced: a kill loses at most this head)."""
-    with open(path, "a", encoding="utf-8") as f:
+    with naming_the_file(path), open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps({"config_key": key, "record": record.__dict__}, default=float) + "\n")
         f.flush()
         os.fsync(f.fileno())

@@ -359,6 +359,27 @@ def test_a_failed_output_write_keeps_every_previous_output_intact(inputs, tmp_pa
     assert tree_digest(tmp_path / "p") == before and no_temporary_files(tmp_path / "p")
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files through /proc")
+def test_a_full_disk_during_a_sweep_is_one_line_naming_the_file_and_the_rerun_resumes(inputs, tmp_path, capsys,
+                                                                                      monkeypatch):
+    args = ["sweep", inputs["cache"], "--constraint", "dp-score", "--n-eps", "3", "--backend", "torch", "--no-plots",
+            "--out", tmp_path / "s"]
+    with monkeypatch.context() as patch:
+        _failing_fsync(patch, ".sweep.json")
+        code, err = run_main(capsys, *args)
+    assert code == 3 and "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("fairhead: error: ")]  # tqdm shares stderr
+    assert len(errors) == 1, err
+    assert "no space left on device" in errors[0] and "sweep.json" in errors[0] and "free space" in errors[0]
+    assert not (tmp_path / "s" / "sweep.json").exists() and no_temporary_files(tmp_path)
+    finished = _progress_lines(tmp_path / "s")
+    assert len(finished) == 3, "the heads solved before the full disk are kept"
+    code, err = run_main(capsys, *args)
+    assert code == 0, err
+    assert _progress_lines(tmp_path / "s") == finished, "the rerun reads them back instead of solving again"
+    json.loads((tmp_path / "s" / "sweep.json").read_text())
+
+
 def test_atomic_write_keeps_permissions_and_cleans_up_after_ctrl_c(tmp_path):
     from fairhead_io import atomic_open, atomic_write_text
 
