@@ -9,7 +9,8 @@ Exit codes, one per family (as pip does):
 0    success
 1    unexpected error (a bug: the traceback is printed, please report it)
 2    usage error (argparse)
-3    bad data, cache or backbone (:class:`DataError`, :class:`CacheError`, :class:`BackboneError`)
+3    bad data, cache or backbone (:class:`DataError`, :class:`CacheError`, :class:`BackboneError`),
+     or an operating-system error on a path (a full disk, a read-only or missing folder)
 4    infeasible constraint or solver failure
 130  interrupted (Ctrl-C); extraction and sweeps resume when rerun
 ==== =====================================================
@@ -24,7 +25,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from fairhead_errors import FairheadError
+from fairhead_errors import DataError, FairheadError
 
 PROG = "fairhead"
 EXIT_INTERRUPTED = 130
@@ -32,6 +33,31 @@ EXIT_INTERRUPTED = 130
 SCORE_CONSTRAINTS = ("dp-score", "eopp-score", "eo-score", "cov", "group-loss", "minimax")
 RATE_CONSTRAINTS = ("dp", "eopp", "eo", "error-rate")
 CONSTRAINTS = RATE_CONSTRAINTS + SCORE_CONSTRAINTS
+
+
+# --------------------------------------------------------------------------- numeric flags
+def _int_at_least(low: int, what: str):
+    """An argparse ``type``: an integer >= ``low``, so an out-of-range count is a usage error (exit 2)
+    instead of a silent one-point sweep or a crash deep inside."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}")
+        return value
+    parse.__name__ = "int"  # argparse names the type in its own messages
+    return parse
+
+
+POSITIVE_INT = _int_at_least(1, "an integer >= 1")
+SEED = _int_at_least(0, "an integer >= 0")
+GRID_SIZE = _int_at_least(2, "an integer >= 2 (a sweep needs at least two bounds)")
+N_EPS_DEFAULT = 20
+EPS_DEFAULT = 0.05
+#: constraints without a bound: an --eps given with them would be ignored, so it is refused
+UNBOUNDED_CONSTRAINTS = ("none", "minimax")
 
 
 # --------------------------------------------------------------------------- parsers
@@ -70,7 +96,7 @@ def _add_backbone_options(parser: argparse.ArgumentParser) -> None:
                                          "(with --weights-file: that name's preprocessing, offline)")
     group.add_argument("--weights-file", type=Path, help="local state_dict for the same architecture "
                                                          "(torchvision's file or your fine-tuned checkpoint)")
-    group.add_argument("--image-size", type=int, help="input size (default: the weights' own preprocessing)")
+    group.add_argument("--image-size", type=POSITIVE_INT, help="input size (default: the weights' own preprocessing)")
     group.add_argument("--autocast", choices=("auto", "off", "bf16", "fp16"), default="auto",
                        help="mixed precision on CUDA (default: bf16 where supported; always off on CPU)")
     group.add_argument("--batch-size", type=int, default=None,
@@ -82,12 +108,12 @@ def _add_backbone_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def _add_fit_options(parser: argparse.ArgumentParser, *, eps_default: float | None = 0.05) -> None:
+def _add_fit_options(parser: argparse.ArgumentParser, *, eps_default: float | None = EPS_DEFAULT) -> None:
     group = parser.add_argument_group("fair head")
     group.add_argument("--constraint", default="dp", choices=CONSTRAINTS + ("none",),
                        help="rate: " + ", ".join(RATE_CONSTRAINTS) + "; score: " + ", ".join(SCORE_CONSTRAINTS))
-    if eps_default is not None:
-        group.add_argument("--eps", type=float, default=eps_default, help="constraint tolerance (default: 0.05)")
+    if eps_default is not None:  # default None: an --eps given with a constraint that has no bound is refused
+        group.add_argument("--eps", type=float, default=None, help=f"constraint tolerance (default: {eps_default:g})")
     group.add_argument("--C", type=float, default=1.0, help="inverse L2 strength, scikit-learn's meaning (default: 1)")
     group.add_argument("--backend", choices=("auto", "torch", "cvxpy"), default="auto")
     group.add_argument("--balance", choices=("none", "group", "label-group"), default="none",
@@ -152,8 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="sweep eps for a constraint and report accuracy vs fairness on every split")
     p.add_argument("cache", type=Path)
     _add_fit_options(p, eps_default=None)
-    p.add_argument("--eps-grid", nargs="+", type=float, help="eps values (default: 20 points from inactive to 0)")
-    p.add_argument("--n-eps", type=int, default=20, help="grid size when --eps-grid is not given")
+    p.add_argument("--eps-grid", nargs="+", type=float,
+                   help=f"eps values (default: {N_EPS_DEFAULT} points from inactive to 0)")
+    p.add_argument("--n-eps", type=GRID_SIZE, default=None,
+                   help=f"grid size when --eps-grid is not given (default: {N_EPS_DEFAULT})")
     p.add_argument("--fit-split", default="train")
     p.add_argument("--compare", nargs="*", default=None,
                    help="baselines to add: expgrad gridsearch threshold penalty (needs fairlearn for the first three)")
@@ -164,15 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("protocols", help="run the seed paper's B1 B2 B3 M1 M2 protocols on a cache")
     p.add_argument("cache", type=Path)
     _add_fit_options(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of B3/M2's group-balanced down-sampling")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of B3/M2's group-balanced down-sampling")
     p.add_argument("--out", type=Path, help="write protocols.csv / protocols.json here")
     p.set_defaults(handler=_cmd_protocols)
 
     p = sub.add_parser("demo", help="the whole pipeline offline on the embedded default data and backbone")
     p.add_argument("--out", type=Path, default=Path("fairhead-demo"), help="output folder (default: fairhead-demo)")
-    p.add_argument("--n", type=int, default=3000, help="images to generate (default: 3000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-eps", type=int, default=12, help="sweep grid size (default: 12)")
+    p.add_argument("--n", type=POSITIVE_INT, default=3000, help="images to generate (default: 3000)")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--n-eps", type=GRID_SIZE, default=12, help="sweep grid size (default: 12)")
     p.add_argument("--no-compare", action="store_true", help="skip the fairlearn / penalty comparisons")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_cmd_demo)
@@ -226,7 +254,36 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_solver_device(name: str) -> None:
+    """Refuse a ``--solver-device`` torch cannot use before any data is read."""
+    if name == "cpu":
+        return
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise DataError(f"--solver-device {name!r} is not a torch device; pass cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"--solver-device {name!r}: no CUDA device is available here; pass --solver-device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DataError(f"--solver-device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                        f"pass cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DataError(f"--solver-device {name!r}: no MPS device is available here; pass --solver-device cpu")
+    if device.type not in ("cuda", "cpu", "mps"):
+        raise DataError(f"--solver-device {name!r} is not supported by the torch backend; pass cpu or cuda")
+
+
+def _eps(args: argparse.Namespace) -> float:
+    """``--eps``, refused where the constraint has no bound (it would be ignored without a word)."""
+    if args.eps is not None and args.constraint in UNBOUNDED_CONSTRAINTS:
+        raise DataError(f"--constraint {args.constraint} has no bound, so --eps would be ignored; drop --eps")
+    return EPS_DEFAULT if args.eps is None else args.eps
+
+
 def _head_params(args: argparse.Namespace) -> dict:
+    _check_solver_device(args.solver_device)
     return dict(
         constraint=None if args.constraint == "none" else args.constraint,
         C=args.C, backend=args.backend,
@@ -240,7 +297,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     result = pipeline.fit_on_cache(
         args.cache, fit_split=args.fit_split, eval_splits=args.eval_split,
-        attributes=args.attributes, eps=args.eps, save=args.save, **_head_params(args),
+        attributes=args.attributes, eps=_eps(args), save=args.save, **_head_params(args),
     )
     print(result.summary())
     return 0
@@ -249,8 +306,13 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from fairhead import sweep
 
+    if args.eps_grid is not None and args.n_eps is not None:
+        raise DataError("--eps-grid and --n-eps both set the grid; pass one of them")
+    if args.constraint == "minimax" and args.n_eps is not None:
+        raise DataError("constraint 'minimax' has no bound to sweep (it fits one head); drop --n-eps")
     result = sweep.run_sweep(
-        args.cache, out=args.out, eps_grid=args.eps_grid, n_eps=args.n_eps,
+        args.cache, out=args.out, eps_grid=args.eps_grid,
+        n_eps=N_EPS_DEFAULT if args.n_eps is None else args.n_eps,
         fit_split=args.fit_split, attributes=args.attributes, compare=args.compare,
         plots=not args.no_plots, **_head_params(args),
     )
@@ -262,7 +324,7 @@ def _cmd_protocols(args: argparse.Namespace) -> int:
     from fairhead import protocols
 
     table = protocols.run_protocols(
-        args.cache, attributes=args.attributes, eps=args.eps, seed=args.seed, out=args.out,
+        args.cache, attributes=args.attributes, eps=_eps(args), seed=args.seed, out=args.out,
         **_head_params(args),
     )
     print(table.to_text())
@@ -301,6 +363,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         sys.stderr.close()
         return 0
+    except OSError as err:  # a full disk, a read-only folder, a missing folder: the user's to fix, not a bug
+        from fairhead_io import os_error_message
+
+        if args.debug:
+            traceback.print_exc()
+        print(f"{PROG}: error: {os_error_message(err)}", file=sys.stderr)
+        return DataError.exit_code
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted; rerun the same command to resume from what was committed",
               file=sys.stderr)

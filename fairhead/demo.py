@@ -13,6 +13,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+
+from fairhead_errors import DataError
+from fairhead_io import atomic_write_text, ensure_output_folder
+
 from fairhead import pipeline, provenance
 from fairhead.report import markdown_table
 from fairhead.tables import format_table
@@ -21,6 +26,11 @@ DEMO_BACKBONE = "efficientnet_lite0"
 SWEEPS = (("dp", "rate: hard-prediction selection-rate gap"),
           ("dp-score", "score: mean-logit gap (convex surrogate)"))
 PROTOCOL_CONSTRAINT, PROTOCOL_EPS = "eo", 0.05
+#: rows each (label, group) cell of each split needs: the heads' default min_group_size
+MIN_CELL_ROWS = 10
+TOO_SMALL_MSG = ("--n {n} is too small for the demo: split {split!r} has {rows} row(s) in its smallest "
+                 "(label, background) cell and the fair heads need {need}; {suggest}")
+FIT_SPLITS = ("train", "valid")  # the splits the demo's heads are fitted on
 SUMMARY_COLUMNS = (
     ("head", "head"), ("fit_acc", "train acc"), ("test_acc", "test acc"),
     ("fit_dp", "train DP diff"), ("test_dp", "test DP diff"),
@@ -86,6 +96,32 @@ def headline(results, table) -> list[str]:
     return lines
 
 
+def check_dataset_size(n: int, seed: int, dataset_params: dict) -> None:
+    """Refuse, before any work, a dataset whose smallest (label, group) cell in a split the heads are
+    fitted on (train, valid) is below their ``min_group_size``: the protocols' equalized-odds fits would
+    otherwise fail only after the extraction and the sweeps. Labels, groups and splits are drawn without
+    an image, so the check is exact; the suggested ``--n`` makes the expected smallest cell twice the need."""
+    from embedcache.sources import SyntheticSource
+    from embedcache.sources.synthetic import SPLIT_NAMES
+
+    source = SyntheticSource(n, seed=seed, **{k: v for k, v in dataset_params.items()
+                                              if k not in ("image_format", "jpeg_quality")})
+    groups = source.sensitive[next(iter(source.sensitive))][0]
+    params = source.params
+    cell_share = (min(params["minority_fraction"], 1 - params["minority_fraction"])
+                  * min(params["correlation"], 1 - params["correlation"]))
+    shares = dict(zip(SPLIT_NAMES, params["split_fractions"]))
+    share = min(shares[s] for s in FIT_SPLITS)
+    for split in FIT_SPLITS:
+        rows = source.splits == split
+        smallest = min(int(np.sum(rows & (source.labels == y) & (groups == g))) for y in (0, 1) for g in (0, 1))
+        if smallest < MIN_CELL_ROWS:
+            suggest = (f"pass --n {int(np.ceil(2 * MIN_CELL_ROWS / (share * cell_share) / 100) * 100)} or more"
+                       if cell_share > 0 else "lower the correlation below 1")
+            raise DataError(TOO_SMALL_MSG.format(n=n, split=split, rows=smallest, need=MIN_CELL_ROWS,
+                                                 suggest=suggest))
+
+
 def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compare: bool = True,
              progress: bool = True, batch_size: int = 64, compare_with=None, **dataset_params) -> dict:
     """Run the demo into ``out``; returns the paths it wrote.
@@ -96,9 +132,12 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
     from embedcache.sources.synthetic import LABEL_NAME, SENSITIVE_NAME
 
     from fairhead import protocols, sweep
+    from fairhead.sweep import BAD_N_EPS_MSG
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(n_eps, bool) or not isinstance(n_eps, int) or n_eps < 2:
+        raise DataError(BAD_N_EPS_MSG.format(n=n_eps))
+    check_dataset_size(n, seed, dataset_params)
+    out = ensure_output_folder(out, flag="--out")  # a file or a read-only folder fails before the first stage
     started = time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
     stage_times: dict[str, float] = {}
@@ -154,7 +193,7 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
     story = headline(results, table)
     meta = provenance.collect(seed=seed, extra={"n_images": n, "backbone": DEMO_BACKBONE})
     report = out / "report.md"
-    report.write_text("\n".join([
+    atomic_write_text(report, "\n".join([
         "# fairhead demo", "",
         f"{n} generated images (label: shape; sensitive attribute: background colour, correlated with the label), "
         f"{DEMO_BACKBONE} features, heads fitted on `train`, evaluated on `valid` and `test`. "

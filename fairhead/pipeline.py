@@ -25,6 +25,8 @@ from fairhead.tables import format_table
 
 NO_SENSITIVE_MSG = "cache '{path}' has no sensitive attribute; a fair head needs at least one (re-extract with --sensitive)"
 UNKNOWN_ATTRIBUTE_MSG = "sensitive attribute {name!r} is not in cache '{path}' (it has: {have}); pick one of those"
+NONFINITE_FEATURES_MSG = ("split {split!r} of cache '{path}' has {n} row(s) with NaN or infinite features "
+                          "(first: sample {first!r}); drop or impute those rows and rebuild the cache")
 CELEBA_TARGET_DEFAULT = "Blond_Hair"
 CELEBA_SENSITIVE_DEFAULT = ("Male",)
 
@@ -68,7 +70,9 @@ def extract_cache(source, *, backbone: str, weights: str | None = None, weights_
 def generate_dataset(out: Path, **synthetic_params) -> Path:
     """Write the generated default dataset as image files plus a CSV manifest; return the manifest."""
     from embedcache.sources import write_synthetic_dataset
+    from fairhead_io import ensure_output_folder
 
+    ensure_output_folder(out, flag="--out")  # a file or a read-only folder fails before any image is drawn
     return write_synthetic_dataset(out, **synthetic_params)
 
 
@@ -137,11 +141,24 @@ def load_arrays(cache, splits, attributes=None) -> SplitArrays:
     attributes = resolve_attributes(cache, attributes)
     data = cache.load(splits, sensitive=list(attributes))
     groups = np.stack([np.asarray(data.sensitive[a]) for a in attributes], axis=1)
+    X = np.asarray(data.features)
+    check_finite_features(X, np.asarray(data.sample_ids), split=splits, path=cache.path)
     return SplitArrays(
-        X=np.asarray(data.features), y=np.asarray(data.labels), groups=groups, attributes=attributes,
+        X=X, y=np.asarray(data.labels), groups=groups, attributes=attributes,
         categories={a: tuple(cache.categories(a)) for a in attributes},
         sample_ids=np.asarray(data.sample_ids),
     )
+
+
+def check_finite_features(X: np.ndarray, sample_ids: np.ndarray, *, split, path) -> None:
+    """Refuse NaN or infinite features in any split that is read (fit or evaluation), naming the rows:
+    a head fitted on clean rows must not crash, or score silently, on damaged test rows."""
+    bad = ~np.isfinite(X).all(axis=1)  # chunked by the cache's rows: one boolean per row
+    if bad.any():
+        first = np.flatnonzero(bad)[0]
+        split_name = split if isinstance(split, str) else "+".join(map(str, split))
+        raise DataError(NONFINITE_FEATURES_MSG.format(split=split_name, path=path, n=int(bad.sum()),
+                                                      first=str(sample_ids[first])))
 
 
 def sensitive_arg(arrays: SplitArrays) -> np.ndarray:
@@ -206,21 +223,28 @@ def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None
                  save: Path | None = None, **head_params) -> FitResult:
     """Fit one :class:`solvers.FairLogisticRegression` on ``fit_split`` and evaluate it on ``eval_splits``."""
     import embedcache
+    from fairhead_io import check_file_target
     from solvers import FairLogisticRegression, save_head
+    from solvers.persistence import check_head_path
 
     with embedcache.open(cache_path) as cache:
+        if save is None:  # beside the cache, named by the constraint and the bound
+            cache_path = Path(cache_path)
+            name = head_params.get("constraint") or "none"
+            name = getattr(name, "name", name)
+            save = cache_path.with_name(f"{cache_path.stem}.head-{name}-{head_params.get('eps', 0.05):g}.json")
+        # before the fit: a head that cannot be saved, or would replace another file, fails in a second
+        check_head_path(save)
+        check_file_target(save, flag="--save", fix="pass --save PATH in a writable folder")
         train = load_arrays(cache, fit_split, attributes)
-        head = FairLogisticRegression(**head_params)
-        head.fit(train.X, train.y, sensitive_features=sensitive_arg(train))
         splits = list(eval_splits) if eval_splits else list(cache.splits)
-        per_split = {}
-        for split in splits:
-            arrays = train if split == fit_split else load_arrays(cache, split, train.attributes)
-            per_split[split] = evaluate_head(head, arrays)
+        # every split is read (and checked) before the fit, so bad evaluation rows fail before the work
+        evaluated = {split: train if split == fit_split else load_arrays(cache, split, train.attributes)
+                     for split in splits}
         fingerprint = cache.fingerprint
-    if save is None:
-        cache_path = Path(cache_path)
-        save = cache_path.with_name(f"{cache_path.stem}.head-{head.constraint or 'none'}-{head.eps:g}.json")
+    head = FairLogisticRegression(**head_params)
+    head.fit(train.X, train.y, sensitive_features=sensitive_arg(train))
+    per_split = {split: evaluate_head(head, arrays) for split, arrays in evaluated.items()}
     save_head(head, save, cache_fingerprint=fingerprint,
               extra={"fit_split": fit_split, "attributes": list(train.attributes), "cache": str(cache_path)})
     return FitResult(head=head, fit_split=fit_split, metrics=per_split, saved_to=Path(save))

@@ -44,11 +44,21 @@ def _series(rows, split):
     return by_method
 
 
+def _save(fig, path: Path, staged=None) -> Path:
+    """The PNG, written atomically (a kill mid-write leaves the previous plot, never a torn file);
+    with ``staged`` (a :class:`fairhead_io.StagedFiles`) it is replaced together with the other outputs."""
+    from fairhead_io import atomic_open
+
+    with (staged.open(path, "wb") if staged is not None else atomic_open(path, "wb")) as fh:
+        fig.savefig(fh, format="png", dpi=110)
+    return path
+
+
 def _method_base(method: str) -> str:
     return method.split("[")[0]
 
 
-def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "") -> dict[str, Path]:
+def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "", staged=None) -> dict[str, Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,8 +95,7 @@ def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "") -> dict[str,
     axes[0, 0].legend(fontsize=7, loc="lower right")
     fig.suptitle(f"Accuracy vs fairness gap {title}".strip())
     fig.tight_layout()
-    files["tradeoff_plot"] = out / "tradeoff.png"
-    fig.savefig(files["tradeoff_plot"], dpi=110)
+    files["tradeoff_plot"] = _save(fig, out / "tradeoff.png", staged)
     plt.close(fig)
 
     if len(splits) == 2:
@@ -116,7 +125,6 @@ def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "") -> dict[str,
         axes[0, 0].legend(fontsize=7)
         fig.suptitle(f"Does the fairness on the fit split hold on test? {title}".strip())
         fig.tight_layout()
-        files["fit_vs_test_plot"] = out / "fit_vs_test.png"
-        fig.savefig(files["fit_vs_test_plot"], dpi=110)
+        files["fit_vs_test_plot"] = _save(fig, out / "fit_vs_test.png", staged)
         plt.close(fig)
     return files

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from fairhead_errors import DataError
+from fairhead_io import StagedFiles, ensure_output_folder
 
 from fairhead import pipeline, provenance
 from fairhead.measure import constraint_value
@@ -87,15 +88,15 @@ class ProtocolTable:
     def write(self, out: Path) -> dict[str, Path]:
         import csv
 
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        out = ensure_output_folder(out, flag="--out")
         csv_path, json_path = out / "protocols.csv", out / "protocols.json"
-        with open(csv_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns())
-            writer.writeheader()
-            writer.writerows(self.rows)
-        payload = provenance.strict_json({"rows": self.rows, "groups": self.group_names})
-        json_path.write_text(json.dumps(payload, indent=1, allow_nan=False))
+        with StagedFiles() as staged:  # both replaced together: a kill leaves the old pair or the new one
+            with staged.open(csv_path, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self.columns())
+                writer.writeheader()
+                writer.writerows(self.rows)
+            payload = provenance.strict_json({"rows": self.rows, "groups": self.group_names})
+            staged.write_text(json_path, json.dumps(payload, indent=1, allow_nan=False))
         return {"protocols_table": csv_path, "protocols_json": json_path}
 
 
@@ -121,6 +122,10 @@ def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, see
     import embedcache
     from solvers import FairLogisticRegression
 
+    if constraint in (None, "none"):
+        raise DataError("protocols M1 and M2 need a constraint; pass --constraint eo (or another)")
+    if out is not None:  # before the five fits: a bad --out fails in a second, not after all the work
+        ensure_output_folder(out, flag="--out")
     if data is None:
         with embedcache.open(cache_path) as cache:
             if not {"train", "valid", "test"} <= set(cache.splits):
@@ -129,8 +134,6 @@ def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, see
     train, valid, test = data["train"], data["valid"], data["test"]
     balanced = group_balanced(_concat([train, valid]), seed=seed)
     base = dict(C=C, backend=backend, balance=balance, device=device)
-    if constraint in (None, "none"):
-        raise DataError("protocols M1 and M2 need a constraint; pass --constraint eo (or another)")
     plans = {
         "B1": (train, None), "B2": (valid, None), "B3": (balanced, None),
         "M1": (valid, constraint), "M2": (balanced, constraint),

@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fairhead_io import atomic_write_text
+
 REPORT_COLUMNS = (
     ("method", "method"), ("eps", "eps"), ("split", "split"), ("accuracy", "acc"),
     ("balanced_accuracy", "bal. acc"), ("roc_auc", "AUC"), ("demographic_parity_difference", "DP diff"),
@@ -59,9 +61,8 @@ def _headline(result) -> list[str]:
     return lines
 
 
-def write_sweep_report(result, files: Mapping[str, Path], meta: Mapping[str, Any]) -> Path:
-    """``report.md`` for one sweep: headline, plots, and the per-split table."""
-    out = Path(result.out)
+def sweep_report_text(result, files: Mapping[str, Path], meta: Mapping[str, Any]) -> str:
+    """The Markdown of ``report.md`` for one sweep: headline, plots, and the per-split table."""
     versions = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
     parts = [
         f"# fairhead sweep: constraint `{result.constraint}`",
@@ -80,6 +81,15 @@ def write_sweep_report(result, files: Mapping[str, Path], meta: Mapping[str, Any
     parts += ["## Results", "", markdown_table(result.rows, REPORT_COLUMNS), "",
               f"Full table: `{Path(files['table']).name}`; provenance and certificates: `{Path(files['json']).name}`.",
               "", f"_Versions: {versions}_", ""]
-    path = out / "report.md"
-    path.write_text("\n".join(parts))
+    return "\n".join(parts)
+
+
+def write_sweep_report(result, files: Mapping[str, Path], meta: Mapping[str, Any], *, staged=None) -> Path:
+    """Write ``report.md`` for one sweep (atomically; with ``staged``, together with the other outputs)."""
+    path = Path(result.out) / "report.md"
+    text = sweep_report_text(result, files, meta)
+    if staged is not None:
+        staged.write_text(path, text)
+    else:
+        atomic_write_text(path, text)
     return path

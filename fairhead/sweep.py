@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -28,12 +29,17 @@ from typing import Any
 import numpy as np
 
 from fairhead_errors import DataError
+from fairhead_io import StagedFiles, atomic_write_text, ensure_output_folder, naming_the_file
 
 from fairhead import pipeline, provenance
 from fairhead.measure import constraint_value
 from fairhead.tables import format_table
 
 BAD_GRID_MSG = "eps grid must hold finite values >= 0; got {grid}; pass e.g. --eps-grid 0.1 0.05 0.02 0"
+BAD_N_EPS_MSG = "--n-eps must be an integer >= 2 (a sweep runs from the inactive bound down to the tightest); got {n}"
+NO_CONSTRAINT_MSG = "a sweep tightens a constraint; pass --constraint dp (or another), not 'none'"
+MINIMAX_GRID_MSG = ("constraint 'minimax' minimises the largest group loss and has no bound to sweep; "
+                    "drop --eps-grid (the sweep fits the one minimax head)")
 NO_SPLIT_MSG = "fit split {split!r} is not in cache '{path}' (it has: {have}); pick one with --fit-split"
 PROGRESS_FILE = "progress.jsonl"
 
@@ -62,7 +68,7 @@ def default_eps_grid(inactive_value: float, n_eps: int, *, floor: float = 0.0) -
 def check_grid(grid) -> np.ndarray:
     grid = np.asarray(grid, dtype=float).reshape(-1)
     if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid < 0):
-        raise DataError(BAD_GRID_MSG.format(grid=list(grid)))
+        raise DataError(BAD_GRID_MSG.format(grid="[" + ", ".join(f"{g:g}" for g in grid) + "]"))
     return np.sort(grid)[::-1]  # loose to tight, so each warm start moves a little
 
 
@@ -142,25 +148,56 @@ def _config_key(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _parse_progress_line(line: str) -> str | None:
+    """The intact entry of one line, or ``None`` for a torn one. A line that an older fairhead
+    appended right after a torn entry (``<torn>{"config_key": ...}``) still yields its intact tail."""
+    for start in (0, line.rfind('{"config_key"')):
+        if start < 0:
+            continue
+        try:
+            item = json.loads(line[start:])
+        except ValueError:
+            continue
+        if isinstance(item, dict) and isinstance(item.get("record"), dict):
+            return line[start:]
+    return None
+
+
 def _load_progress(path: Path, key: str) -> list[HeadRecord]:
-    """Finished heads of an earlier run with the same configuration (a torn last line is dropped)."""
+    """Finished heads of an earlier run with the same configuration.
+
+    A kill or a full disk can leave a torn last entry. It is skipped, and the file is rewritten
+    (atomically) without it, so that the next entry starts on a line of its own: otherwise every
+    later resume would trip over the same torn line and recompute the heads after it, for good.
+    """
     if not path.exists():
         return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError:
-            break  # the interrupted write; everything before it is intact
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    kept, records, damaged = [], [], not text.endswith("\n") and bool(text)
+    for line in text.splitlines():
+        entry = _parse_progress_line(line) if line.strip() else None
+        if entry is None:
+            damaged = damaged or bool(line.strip())
+            continue
+        damaged = damaged or entry != line
+        kept.append(entry)
+        item = json.loads(entry)
         if item.get("config_key") == key:
-            records.append(HeadRecord(**item["record"]))
+            try:
+                records.append(HeadRecord(**item["record"]))
+            except TypeError:  # written by another fairhead version: recompute that head
+                continue
+    if damaged:
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
     return records
 
 
 def _append_progress(path: Path, key: str, record: HeadRecord) -> None:
-    with open(path, "a") as f:
+    """Append one finished head (one line, flushed and fsynced: a kill loses at most this head)."""
+    with naming_the_file(path), open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps({"config_key": key, "record": record.__dict__}, default=float) + "\n")
         f.flush()
+        os.fsync(f.fileno())
 
 
 def load_sweep_data(cache_path, *, fit_split, attributes):
@@ -191,8 +228,15 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     from solvers.constraints import make_constraint
     from tqdm.auto import tqdm
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if constraint is None:
+        raise DataError(NO_CONSTRAINT_MSG)
+    if eps_grid is not None and make_constraint(constraint).name == "minimax":
+        raise DataError(MINIMAX_GRID_MSG)
+    if eps_grid is None and (isinstance(n_eps, bool) or not isinstance(n_eps, (int, np.integer)) or n_eps < 2):
+        raise DataError(BAD_N_EPS_MSG.format(n=n_eps))
+    if eps_grid is not None:
+        check_grid(eps_grid)
+    out = ensure_output_folder(out, flag="--out")  # before any work: a bad --out fails in a second
     arrays, fingerprint, cache_prov = data or load_sweep_data(cache_path, fit_split=fit_split,
                                                               attributes=attributes)
     fit = arrays[fit_split]
@@ -279,7 +323,12 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
 
 
 def write_sweep(result: SweepResult, meta: dict, *, plots: bool = True) -> dict[str, Path]:
-    """Write ``sweep.csv``, ``sweep.json``, the plots and ``report.md``; return their paths."""
+    """Write ``sweep.csv``, ``sweep.json``, the plots and ``report.md``; return their paths.
+
+    The outputs are replaced together (:class:`fairhead_io.StagedFiles`): each goes to a fsynced
+    temporary file first and the renames follow back to back, so a kill or a full disk leaves the
+    previous set of outputs whole, never a torn JSON beside a new table and an old report.
+    """
     import csv
 
     from fairhead import report
@@ -287,22 +336,21 @@ def write_sweep(result: SweepResult, meta: dict, *, plots: bool = True) -> dict[
     out = result.out
     files = {}
     columns = list(result.rows[0].keys())
-    csv_path = out / "sweep.csv"
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(result.rows)
-    files["table"] = csv_path
-    json_path = out / "sweep.json"
-    payload = {"provenance": meta, "constraint": result.constraint, "fit_split": result.fit_split,
-               "rows": result.rows,
-               "heads": [{k: v for k, v in r.__dict__.items() if k != "metrics"} for r in result.records]}
-    json_path.write_text(json.dumps(provenance.strict_json(payload), indent=1, default=str, allow_nan=False))
-    files["json"] = json_path
-    if plots:
-        from fairhead import plots as plotting
+    with StagedFiles() as staged:
+        files["table"] = out / "sweep.csv"
+        with staged.open(files["table"], "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(result.rows)
+        payload = {"provenance": meta, "constraint": result.constraint, "fit_split": result.fit_split,
+                   "rows": result.rows,
+                   "heads": [{k: v for k, v in r.__dict__.items() if k != "metrics"} for r in result.records]}
+        files["json"] = staged.write_text(out / "sweep.json", json.dumps(
+            provenance.strict_json(payload), indent=1, default=str, allow_nan=False))
+        if plots:
+            from fairhead import plots as plotting
 
-        files.update(plotting.plot_sweep(result.rows, out, fit_split=result.fit_split,
-                                         title=f"constraint '{result.constraint}'"))
-    files["report"] = report.write_sweep_report(result, files, meta)
+            files.update(plotting.plot_sweep(result.rows, out, fit_split=result.fit_split,
+                                             title=f"constraint '{result.constraint}'", staged=staged))
+        files["report"] = report.write_sweep_report(result, files, meta, staged=staged)
     return files

@@ -3,13 +3,14 @@
 Each entry of ``_parameter_constraints`` is a list of allowed specs:
 
 * ``None`` -- the value ``None``;
-* ``Interval(type, low, high, closed)`` -- a real or integral number in a range;
+* ``Interval(type, low, high, closed)`` -- a finite real or integral number in a range;
 * ``Options(type, {values})`` -- one of a fixed set;
 * a type -- an instance of that type (e.g. a Constraint object).
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -30,8 +31,8 @@ class Interval:
             return False
         if self.type is numbers.Integral and not isinstance(v, numbers.Integral):
             return False
-        if not isinstance(v, numbers.Real):
-            return False
+        if not isinstance(v, numbers.Real) or not math.isfinite(v):
+            return False  # "[0, inf)" excludes inf: a head with C=inf or eps=inf cannot be saved as JSON
         lo_ok = self.low is None or (v >= self.low if self.closed in ("left", "both") else v > self.low)
         hi_ok = self.high is None or (v <= self.high if self.closed in ("right", "both") else v < self.high)
         return bool(lo_ok and hi_ok)
@@ -83,4 +84,6 @@ def validate_params(estimator) -> None:
         if not ok:
             allowed = [_describe(s) for s in specs]
             text = allowed[0] if len(allowed) == 1 else ", ".join(allowed[:-1]) + " or " + allowed[-1]
+            if isinstance(v, numbers.Number) and hasattr(v, "item"):
+                v = v.item()  # a numpy scalar reads as 0.5, not np.float64(0.5)
             raise DataError(MSG_PARAM.format(param=name, est=type(estimator).__name__, allowed=text, got=v))

@@ -44,13 +44,19 @@ MSG_CONSTRAINT_NEEDS_SF = "constraint={name!r} needs sensitive_features in fit"
 MSG_FIX_NONFINITE = "drop or impute the non-finite feature values before fitting"
 MSG_FIX_LENGTHS = "pass one row of X per label (and per sensitive value)"
 MSG_FIX_SHAPE = "pass X as a 2-D numeric array (n_samples, n_features) and y as a 1-D array of labels"
+MSG_FIX_PREDICT_NONFINITE = "drop or impute the non-finite feature values before predicting"
+MSG_FIX_PREDICT_FEATURES = "pass features from the backbone (and cache) the head was fitted on"
+MSG_HEAD_DIM = ("this head has {k} coefficients but n_features_in_={d}; it was built or edited by hand: "
+                "refit it, or load a head saved by solvers.save_head")
 
 
-def _bad_arrays_message(err: ValueError) -> str:
+def _bad_arrays_message(err: ValueError, *, predicting: bool = False) -> str:
     problem = " ".join(str(err).split())
     problem = problem if len(problem) <= 240 else problem[:237] + "..."
     if "NaN" in problem or "infinity" in problem:
-        fix = MSG_FIX_NONFINITE
+        fix = MSG_FIX_PREDICT_NONFINITE if predicting else MSG_FIX_NONFINITE
+    elif predicting and "features" in problem:
+        fix = MSG_FIX_PREDICT_FEATURES
     elif "inconsistent numbers of samples" in problem:
         fix = MSG_FIX_LENGTHS
     else:
@@ -305,8 +311,14 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
     def decision_function(self, X):
         """Scores ``X @ coef_.T + intercept_``, shape (n_samples,)."""
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=[np.float64, np.float32, np.float16], reset=False)
-        return x_dot(X, self.coef_.ravel()) + self.intercept_[0]
+        try:
+            X = validate_data(self, X, dtype=[np.float64, np.float32, np.float16], reset=False)
+        except ValueError as err:  # NaN, or another feature dimension: one line with the fix
+            raise DataError(_bad_arrays_message(err, predicting=True)) from err
+        coef = np.asarray(self.coef_).ravel()
+        if coef.shape[0] != X.shape[1]:
+            raise DataError(MSG_HEAD_DIM.format(k=coef.shape[0], d=self.n_features_in_))
+        return x_dot(X, coef) + self.intercept_[0]
 
     def predict_proba(self, X):
         """Class probabilities, shape (n_samples, 2), columns in ``classes_`` order."""

@@ -8,16 +8,22 @@ coefficients as float64 arrays ``coef`` and ``intercept``)::
      "groups": [...], "n_features_in": d, "coef": [[...]], "intercept": [...],
      "certificate": {...}, "cache_fingerprint": ..., "extra": {...}, "versions": {...}}
 
-JSON stores floats with ``repr`` precision, so a loaded head predicts identically.
+JSON stores floats with ``repr`` precision, so a loaded head predicts identically. The files are
+strict JSON (no NaN or Infinity): every parser reads them. Writes are atomic, and a file that is
+not a head is never overwritten; loads validate every field before a head predicts anything.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from fairhead_io import atomic_open, atomic_write_text
 
 from .certificate import Certificate
 from .constraints import Constraint
@@ -25,23 +31,33 @@ from .errors import DataError
 
 FORMAT = "fairhead-head"
 FORMAT_VERSION = "1.0"
+#: a head is d + 1 numbers and its metadata: a file this large is something else (never read whole)
+MAX_HEAD_BYTES = 256 * 2**20
 
 MSG_SUFFIX = "head file {path!r} must end in .json or .npz; got suffix {suffix!r}"
 MSG_FORMAT = "{path!r} is not a fairhead head file (format={got!r}); pass a file written by solvers.save_head"
 MSG_VERSION = "head file {path!r} has format-version {got}, newer than this fairhead reads ({ours}); upgrade fairhead"
 MSG_NOT_FITTED = "save_head needs a fitted FairLogisticRegression; call fit first"
+MSG_MISSING = "head file {path!r} does not exist; pass the path of a head written by `fairhead fit` or solvers.save_head"
+MSG_UNREADABLE = "head file {path!r} cannot be read ({why}); pass a file written by solvers.save_head, or refit"
+MSG_DAMAGED = "head file {path!r} is damaged: {why}; refit the head and save it again"
+MSG_NOT_FINITE = "cannot save a head with a non-finite {what} ({value}); refit with finite data and parameters"
+MSG_NOT_A_HEAD = ("{path!r} exists and is not a fairhead head file; save_head only replaces its own heads: "
+                  "pass another path or move that file away")
+MSG_FOLDER = "head path {path!r} is a folder; pass a file name ending in .json or .npz"
+MSG_NO_FOLDER = "folder {folder!r} for the head does not exist; create it first or pass a path in an existing folder"
 
 
 def _jsonable(v):
     if isinstance(v, Constraint):
         return v.to_dict()
     if isinstance(v, np.generic):
-        return v.item()
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None  # strict JSON: every parser reads the file (NaN / inf are not JSON)
     if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, tuple):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, list):
+        return _jsonable(v.tolist())
+    if isinstance(v, (tuple, list)):
         return [_jsonable(x) for x in v]
     if isinstance(v, dict):
         return {str(k): _jsonable(x) for k, x in v.items()}
@@ -60,14 +76,59 @@ def _versions() -> dict:
     return out
 
 
-def save_head(estimator, path, *, cache_fingerprint=None, extra=None) -> Path:
-    """Write a fitted head to ``path`` (``.json`` or ``.npz`` by suffix); return the path."""
-    path = Path(os.fspath(path))
+def _suffix(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in (".json", ".npz"):
         raise DataError(MSG_SUFFIX.format(path=str(path), suffix=suffix))
+    return suffix
+
+
+def is_head_file(path) -> bool:
+    """Whether ``path`` is a file written by :func:`save_head` (read without trusting it)."""
+    path = Path(os.fspath(path))
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_HEAD_BYTES:
+            return False
+        doc, _, _ = _read(path, _suffix(path))
+    except (DataError, OSError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == FORMAT
+
+
+def check_head_path(path) -> Path:
+    """Refuse a target that :func:`save_head` must not write: a wrong suffix, a folder, a missing
+    folder, or an existing file that is not a head (a cache or a table named ``x.json`` is never
+    replaced). Call it before a long fit to fail early; :func:`save_head` calls it too."""
+    path = Path(os.fspath(path))
+    _suffix(path)
+    if path.is_dir():
+        raise DataError(MSG_FOLDER.format(path=str(path)))
+    folder = path.parent
+    if not folder.is_dir():
+        raise DataError(MSG_NO_FOLDER.format(folder=str(folder)))
+    if os.path.lexists(path) and not is_head_file(path):
+        raise DataError(MSG_NOT_A_HEAD.format(path=str(path)))
+    return path
+
+
+def save_head(estimator, path, *, cache_fingerprint=None, extra=None) -> Path:
+    """Write a fitted head to ``path`` (``.json`` or ``.npz`` by suffix); return the path.
+
+    The write is atomic (a temporary file beside ``path``, fsynced, then renamed over it), so
+    a kill or a full disk leaves the previous head intact. An existing file that is not a head
+    is never replaced (see :func:`check_head_path`).
+    """
+    path = check_head_path(path)
+    suffix = path.suffix.lower()
     if not hasattr(estimator, "coef_"):
         raise DataError(MSG_NOT_FITTED)
+    coef = np.asarray(estimator.coef_, dtype=np.float64).reshape(1, -1)
+    intercept = np.asarray(estimator.intercept_, dtype=np.float64).reshape(-1)
+    for what, value in (("coefficient", coef), ("intercept", intercept),
+                        ("eps", np.float64(estimator.eps)), ("C", np.float64(estimator.C))):
+        if not np.all(np.isfinite(value)):
+            bad = value if value.ndim == 0 else value[~np.isfinite(value)].ravel()[0]
+            raise DataError(MSG_NOT_FINITE.format(what=what, value=float(bad)))
     params = estimator.get_params(deep=False)
     doc = {
         "format": FORMAT,
@@ -79,60 +140,145 @@ def save_head(estimator, path, *, cache_fingerprint=None, extra=None) -> Path:
         "groups": _jsonable(list(getattr(estimator, "groups_", []))),
         "n_features_in": int(estimator.n_features_in_),
         "n_iter": int(estimator.n_iter_),
-        "certificate": estimator.certificate_.to_dict(),
+        "certificate": _jsonable(estimator.certificate_.to_dict()),
         "cache_fingerprint": cache_fingerprint,
         "extra": _jsonable(extra or {}),
         "versions": _versions(),
     }
     if suffix == ".json":
-        doc["coef"] = [[float(x) for x in estimator.coef_.ravel()]]
-        doc["intercept"] = [float(estimator.intercept_[0])]
-        path.write_text(json.dumps(doc, indent=1, allow_nan=True))
+        doc["coef"] = [[float(x) for x in coef.ravel()]]
+        doc["intercept"] = [float(intercept[0])]
+        atomic_write_text(path, json.dumps(doc, indent=1, allow_nan=False))
     else:
-        with open(path, "wb") as fh:
-            np.savez(fh, meta=np.array(json.dumps(doc, allow_nan=True)), coef=estimator.coef_.astype(np.float64),
-                     intercept=estimator.intercept_.astype(np.float64))
+        with atomic_open(path, "wb") as fh:
+            np.savez(fh, meta=np.array(json.dumps(doc, allow_nan=False)), coef=coef, intercept=intercept)
     return path
 
 
+def _read(path: Path, suffix: str):
+    """``(document, coef, intercept)`` of a head file; DataError for anything unreadable."""
+    try:
+        if suffix == ".json":
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(doc, dict):
+                raise ValueError("the JSON document is not an object")
+            return doc, doc.get("coef"), doc.get("intercept")
+        with np.load(path, allow_pickle=False) as z:
+            if not {"meta", "coef", "intercept"} <= set(z.files):
+                raise ValueError(f"arrays {sorted(z.files)} instead of meta, coef and intercept")
+            doc = json.loads(str(z["meta"]))
+            if not isinstance(doc, dict):
+                raise ValueError("meta is not a JSON object")
+            return doc, z["coef"], z["intercept"]
+    except FileNotFoundError as err:
+        raise DataError(MSG_MISSING.format(path=str(path))) from err
+    except IsADirectoryError as err:
+        raise DataError(MSG_FOLDER.format(path=str(path))) from err
+    except (ValueError, UnicodeDecodeError, OSError, zipfile.BadZipFile, EOFError) as err:
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(MSG_UNREADABLE.format(path=str(path), why=why)) from err
+
+
+def _finite_array(value, what: str, path: Path) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise DataError(MSG_DAMAGED.format(path=str(path), why=f"{what} is not a list of numbers")) from err
+    if arr.size == 0 or not np.all(np.isfinite(arr)):
+        why = f"{what} is empty" if arr.size == 0 else f"{what} holds {int((~np.isfinite(arr)).sum())} NaN or infinite value(s)"
+        raise DataError(MSG_DAMAGED.format(path=str(path), why=why))
+    return arr
+
+
+def _validated(doc: dict, coef, intercept, path: Path):
+    """Check every field a prediction depends on; return ``(params, coef, intercept, n_features)``."""
+    from ._validation import validate_params
+    from .constraints import make_constraint
+    from .estimator import FairLogisticRegression
+
+    def damaged(why):
+        return DataError(MSG_DAMAGED.format(path=str(path), why=why))
+
+    missing = [k for k in ("params", "classes", "n_features_in", "certificate") if k not in doc]
+    if missing:
+        raise damaged(f"missing field(s) {', '.join(missing)}")
+    coef = _finite_array(coef, "coef", path)
+    intercept = _finite_array(intercept, "intercept", path)
+    n_features = doc["n_features_in"]
+    if isinstance(n_features, bool) or not isinstance(n_features, int) or n_features < 1:
+        raise damaged(f"n_features_in is {n_features!r}, not a positive integer")
+    if coef.ndim > 2 or (coef.ndim == 2 and coef.shape[0] != 1) or coef.size != n_features:
+        raise damaged(f"coef has shape {coef.shape} but n_features_in is {n_features}; they must agree")
+    if intercept.size != 1:
+        raise damaged(f"intercept has {intercept.size} values; a binary head has 1")
+    classes = doc["classes"]
+    if not isinstance(classes, list) or len(classes) != 2 or classes[0] == classes[1]:
+        raise damaged(f"classes is {classes!r}; a binary head has two distinct classes")
+    if not isinstance(doc["params"], dict) or not isinstance(doc["certificate"], dict):
+        raise damaged("params and certificate must be JSON objects")
+    params = dict(doc["params"])
+    try:
+        if isinstance(params.get("constraint"), dict):
+            params["constraint"] = make_constraint(params["constraint"])
+        est = FairLogisticRegression(**params)
+        validate_params(est)
+        make_constraint(est.constraint)
+    except (DataError, TypeError, KeyError) as err:
+        raise damaged(f"its parameters are invalid ({str(err).splitlines()[0] if str(err) else err!r})") from err
+    # the copies of the constraint and the bound must agree (a hand edit changes only one of them)
+    name = getattr(est.constraint, "name", est.constraint)
+    top = doc.get("constraint")
+    top_name = top.get("name") if isinstance(top, dict) else top
+    if "constraint" in doc and top_name != name:
+        raise damaged(f"constraint {top_name!r} disagrees with its parameters' constraint {name!r}")
+    cert_name = doc["certificate"].get("constraint")
+    if name is not None and cert_name is not None and cert_name != name:
+        raise damaged(f"its certificate is for constraint {cert_name!r}, its parameters say {name!r}")
+    if "eps" in doc and doc["eps"] != est.eps:
+        raise damaged(f"eps {doc['eps']!r} disagrees with its parameters' eps {est.eps!r}")
+    return params, coef, intercept, n_features
+
+
 def load_head(path):
-    """Read a head written by :func:`save_head`; return a fitted FairLogisticRegression."""
+    """Read a head written by :func:`save_head`; return a fitted FairLogisticRegression.
+
+    Every field a prediction depends on is checked (finite coefficients of the stated
+    dimension, two classes, valid parameters, one constraint throughout); a damaged or
+    hand-edited file raises a one-line :class:`DataError`.
+    """
     from .estimator import FairLogisticRegression
 
     path = Path(os.fspath(path))
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        doc = json.loads(path.read_text())
-        coef = np.asarray(doc.get("coef"), dtype=np.float64)
-        intercept = np.asarray(doc.get("intercept"), dtype=np.float64)
-    elif suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            doc = json.loads(str(z["meta"]))
-            coef, intercept = z["coef"], z["intercept"]
-    else:
-        raise DataError(MSG_SUFFIX.format(path=str(path), suffix=suffix))
+    suffix = _suffix(path)
+    if path.is_file() and path.stat().st_size > MAX_HEAD_BYTES:
+        raise DataError(MSG_UNREADABLE.format(path=str(path), why=f"{path.stat().st_size} bytes is no head"))
+    doc, coef, intercept = _read(path, suffix)
     if doc.get("format") != FORMAT:
         raise DataError(MSG_FORMAT.format(path=str(path), got=doc.get("format")))
-    if int(str(doc["format_version"]).split(".")[0]) > int(FORMAT_VERSION.split(".")[0]):
+    try:
+        major = int(str(doc["format_version"]).split(".")[0])
+    except (KeyError, ValueError) as err:
+        raise DataError(MSG_DAMAGED.format(path=str(path), why=f"format_version is {doc.get('format_version')!r}")) from err
+    if major > int(FORMAT_VERSION.split(".")[0]):
         raise DataError(MSG_VERSION.format(path=str(path), got=doc["format_version"], ours=FORMAT_VERSION))
-    params = dict(doc["params"])
-    if isinstance(params.get("constraint"), dict):
-        from .constraints import make_constraint
-
-        params["constraint"] = make_constraint(params["constraint"])
+    params, coef, intercept, n_features = _validated(doc, coef, intercept, path)
     est = FairLogisticRegression(**params)
     est.coef_ = coef.reshape(1, -1)
     est.intercept_ = intercept.reshape(1)
     est.classes_ = np.asarray(doc["classes"])
-    est.n_features_in_ = int(doc["n_features_in"])
-    est.n_iter_ = int(doc.get("n_iter", 1))
-    est.groups_ = [tuple(g) if isinstance(g, list) else g for g in doc.get("groups", [])]
-    est.certificate_ = Certificate.from_dict(doc["certificate"])
-    est.constraint_violation_ = float(est.certificate_.max_violation)
+    est.n_features_in_ = n_features
+    try:
+        est.n_iter_ = int(doc.get("n_iter", 1))
+        est.groups_ = [tuple(g) if isinstance(g, list) else g for g in doc.get("groups", [])]
+        est.certificate_ = Certificate.from_dict(doc["certificate"])
+        violation = est.certificate_.max_violation  # strict JSON wrote a NaN as null
+        est.constraint_violation_ = float("nan") if violation is None else float(violation)
+    except (TypeError, ValueError) as err:
+        raise DataError(MSG_DAMAGED.format(path=str(path), why=f"its certificate cannot be read ({err})")) from err
     est.cache_fingerprint_ = doc.get("cache_fingerprint")
     est.extra_ = doc.get("extra", {})
     est.versions_ = doc.get("versions", {})
     return est
 
 
-__all__ = ["save_head", "load_head"]
+__all__ = ["save_head", "load_head", "check_head_path", "is_head_file"]

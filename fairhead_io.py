@@ -1,0 +1,262 @@
+"""Safe file writes that every fairhead package shares: atomic replacement, early write checks, and
+one-line wording of operating-system errors.
+
+A file is written to a temporary file in the same folder, flushed and fsynced, then moved over
+its target with :func:`os.replace`, which is atomic on POSIX and Windows. A kill, a full disk or
+a file-size limit therefore leaves the old file or the new one, never a mix or a truncated file;
+a failed write removes its temporary file. (A ``kill -9`` can leave a hidden
+``.NAME.*.tmp`` beside the target; it is never read.)
+
+Like :mod:`fairhead_errors`, this module sits outside the packages so that ``solvers`` (heads) and
+``fairhead`` (sweeps, protocols, reports) use one implementation without importing each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+from fairhead_errors import DataError
+
+#: characters of the target's name kept in the temporary file's name, so that a long but valid
+#: target name never makes the temporary name too long for the file system
+TMP_NAME_CHARS = 48
+#: paths longer than this are shortened in messages (a path that is too long must still fit one line)
+MESSAGE_PATH_CHARS = 120
+
+NOT_A_FOLDER_MSG = "{flag} {path!r} is a file, not a folder; pass a folder path (it is created when missing)"
+NOT_A_FILE_MSG = "{flag} {path!r} is a folder; pass a file name"
+NO_PARENT_MSG = "folder {folder!r} for {flag} does not exist; create it first or pass a path in an existing folder"
+CANNOT_WRITE_MSG = "cannot write into folder {folder!r} ({reason}); {fix}"
+
+
+def _short(path) -> str:
+    text = os.fspath(path) if path is not None else "?"
+    if len(text) <= MESSAGE_PATH_CHARS:
+        return text
+    return f"{text[:60]}...{text[-40:]}"
+
+
+def _new_file_mode(target: Path) -> int:
+    """Keep an existing file's permissions; a new file gets the usual 0o666 minus the umask."""
+    try:
+        return stat.S_IMODE(target.stat().st_mode)
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
+def fsync_folder(folder) -> None:
+    """Make a rename in ``folder`` durable (a no-op where the file system cannot sync folders)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def naming_the_file(path):
+    """Add ``path`` to an OSError that has no file name (a failed ``write`` or ``fsync`` names none),
+    so that the one-line message says which file hit the full disk."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None and err.errno is not None:
+            raise type(err)(err.errno, err.strerror or os.strerror(err.errno), os.fspath(path)) from err
+        raise
+
+
+class StagedFiles:
+    """Write several files and replace them together.
+
+    Each file is written to a temporary file beside its target and fsynced; only when every file
+    is written are they renamed over their targets, back to back. A failure or a kill while
+    writing leaves every old file as it was (and the temporary files are removed on a failure)::
+
+        with StagedFiles() as staged:
+            with staged.open(out / "table.csv", "w", newline="") as fh:
+                ...
+            staged.write_text(out / "report.md", text)
+    """
+
+    def __init__(self):
+        self._staged: list[tuple[str, Path]] = []
+
+    @contextlib.contextmanager
+    def open(self, path, mode: str = "w", *, newline: str | None = None):
+        """A file handle on the temporary twin of ``path`` (``mode`` ``"w"``: UTF-8 text, or ``"wb"``)."""
+        if mode not in ("w", "wb"):
+            raise ValueError(f"staged files are written whole; mode must be 'w' or 'wb', got {mode!r}")
+        path = Path(os.fspath(path))
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:TMP_NAME_CHARS]}.", suffix=".tmp")
+        self._staged.append((tmp, path))
+        with naming_the_file(path), \
+                os.fdopen(fd, mode, **({"encoding": "utf-8", "newline": newline} if mode == "w" else {})) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def write_text(self, path, text: str) -> Path:
+        with self.open(path, "w") as fh:
+            fh.write(text)
+        return Path(path)
+
+    def write_bytes(self, path, data: bytes) -> Path:
+        with self.open(path, "wb") as fh:
+            fh.write(data)
+        return Path(path)
+
+    def discard(self) -> None:
+        for tmp, _ in self._staged:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        self._staged.clear()
+
+    def commit(self) -> None:
+        try:
+            for tmp, target in self._staged:
+                os.chmod(tmp, _new_file_mode(target))
+            for tmp, target in self._staged:
+                os.replace(tmp, target)
+        except BaseException:
+            self.discard()
+            raise
+        for folder in {target.parent for _, target in self._staged}:
+            fsync_folder(folder)
+        self._staged.clear()
+
+    def __enter__(self) -> "StagedFiles":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode: str = "w", *, newline: str | None = None):
+    """Open a temporary file beside ``path`` for writing; on a clean exit it replaces ``path``.
+
+    ``mode`` is ``"w"`` (UTF-8 text) or ``"wb"``. On any error, or a Ctrl-C, the temporary file is
+    removed and ``path`` is left as it was.
+    """
+    with StagedFiles() as staged, staged.open(path, mode, newline=newline) as fh:
+        yield fh
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """Replace ``path`` by ``text`` (UTF-8) atomically; return the path."""
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
+    return Path(path)
+
+
+def atomic_write_bytes(path, data: bytes) -> Path:
+    """Replace ``path`` by ``data`` atomically; return the path."""
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+    return Path(path)
+
+
+def _probe(folder: Path, flag: str, fix: str) -> None:
+    """Create and remove a temporary file: the only reliable test that a write will succeed."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".fairhead-write-check.", suffix=".tmp")
+    except OSError as err:
+        raise DataError(CANNOT_WRITE_MSG.format(folder=_short(folder), reason=_reason(err), fix=fix)) from err
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def ensure_output_folder(path, *, flag: str = "--out") -> Path:
+    """Create the output folder ``path`` (with its parents) and check that files can be written in it.
+
+    Called before any computation, so that a bad ``--out`` fails in a second, not after an hour.
+    """
+    path = Path(os.fspath(path))
+    if path.exists() and not path.is_dir():
+        raise DataError(NOT_A_FOLDER_MSG.format(flag=flag, path=_short(path)))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"cannot create {flag} folder {_short(path)!r} ({_reason(err)}); "
+                        f"{_fix(err)}") from err
+    _probe(path, flag, f"pass {flag} in a writable folder")
+    return path
+
+
+def check_file_target(path, *, flag: str = "--out", fix: str | None = None) -> Path:
+    """Check that the file ``path`` can be (re)written: its folder exists and is writable and
+    ``path`` is not a folder. Does not create anything but a removed probe file."""
+    path = Path(os.fspath(path))
+    folder = path.parent
+    if path.is_dir():
+        raise DataError(NOT_A_FILE_MSG.format(flag=flag, path=_short(path)))
+    if not folder.is_dir():
+        raise DataError(NO_PARENT_MSG.format(folder=_short(folder), flag=flag))
+    if len(path.name.encode()) > _name_max(folder):
+        raise DataError(f"file name too long for {flag}: {_short(path.name)!r} ({len(path.name.encode())} bytes, "
+                        f"the limit is {_name_max(folder)}); pass a shorter name")
+    _probe(folder, flag, fix or f"pass {flag} in a writable folder")
+    return path
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def _reason(err: OSError) -> str:
+    return (err.strerror or str(err)).lower() if isinstance(err, OSError) else str(err)
+
+
+_FIXES = {
+    errno.ENOENT: "create the folder first or pass an existing path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; pass another path",
+    errno.EISDIR: "pass a file name, not a folder",
+    errno.EEXIST: "pass another path",
+    errno.EACCES: "pass a path you may write, or fix the permissions",
+    errno.EPERM: "pass a path you may write, or fix the permissions",
+    errno.EROFS: "pass a path on a writable disk",
+    errno.ENOSPC: "free space on that disk (or write elsewhere) and rerun; finished work is kept",
+    errno.EFBIG: "raise the file-size limit (ulimit -f) or write to another disk, and rerun",
+    errno.ENAMETOOLONG: "pass a shorter file name",
+}
+if hasattr(errno, "EDQUOT"):
+    _FIXES[errno.EDQUOT] = "free space within your disk quota (or write elsewhere) and rerun"
+
+
+def _fix(err: OSError) -> str:
+    return _FIXES.get(err.errno, "check the path and rerun")
+
+
+def os_error_message(err: OSError) -> str:
+    """One line for an operating-system error: what failed, on which path, and the fix.
+
+    ``[Errno 28] No space left on device: 'out/sweep.json'`` becomes
+    ``no space left on device: 'out/sweep.json'; free space on that disk (or write elsewhere) and rerun; ...``.
+    """
+    reason = _reason(err)
+    where = ""
+    if err.filename is not None:
+        where = f": {_short(err.filename)!r}"
+        if err.filename2 is not None:
+            where += f" -> {_short(err.filename2)!r}"
+    return f"{reason}{where}; {_fix(err)}"
+
+
+__all__ = [
+    "StagedFiles", "atomic_open", "atomic_write_text", "atomic_write_bytes", "ensure_output_folder", "check_file_target",
+    "os_error_message", "fsync_folder", "naming_the_file",
+]
