@@ -61,6 +61,18 @@ def _evaluate(z, y, v, V, mom):
 def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, design=None):
     """Run the reduction; return ``(Solution, Certificate)`` (see module docstring).
 
+    See :func:`_fit_rate_constraint`; torch runs at one CPU thread meanwhile
+    (:func:`solvers.backends.torch.fit_threads`).
+    """
+    from .backends.torch import fit_threads
+
+    with fit_threads(est.device):
+        return _fit_rate_constraint(est, problem, constraint, eps=eps, backend=backend, init=init, design=design)
+
+
+def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, design=None):
+    """The reduction itself.
+
     ``init`` (a previous head's ``state``) warm-starts the head and the multipliers. Along a
     path (``init`` holds the previous bound and its rate gaps) the search starts at the
     multipliers extrapolated in ``eps`` from the last heads, with converged fits only, and
@@ -74,7 +86,7 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
 
     if est.penalty not in ("l2", None):
         raise DataError(MSG_PENALTY.format(penalty=est.penalty))
-    t0 = time.perf_counter()
+    t_start = time.perf_counter()  # the head's wall clock (t_init etc. are ray positions)
     X, y, v = problem.X, problem.y, problem.sample_weight
     V = float(v.sum())
     n, d = X.shape
@@ -85,6 +97,7 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
     dev = design.device
     lam2 = 0.0 if est.penalty is None else 1.0 / (float(est.C) * V)
     fixed = () if est.fit_intercept else (d,)
+    precond = design.preconditioner(lam2, d + 1)
     tol = max(float(est.tol), 1e-6)  # the chosen head is polished to this
     # the search only needs each head's predictions: sklearn's default tolerance is enough
     search_tol = max(tol, SEARCH_TOL)
@@ -122,7 +135,8 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
         # every few fits against drift, and always by the final polish
         z0 = state.get("z") if state["fits"] % 8 else None
         res = minimize(design, obj, state["theta"], fixed=fixed, tol=state.get("tol", search_tol),
-                       max_iter=int(est.max_iter) if exact else INEXACT_ITERS, pairs=state["pairs"], z0=z0)
+                       max_iter=int(est.max_iter) if exact else INEXACT_ITERS, pairs=state["pairs"], z0=z0,
+                       precond=precond)
         state["it"] += res.n_iter
         state["fits"] += 1
         state["theta"] = res.theta
@@ -134,7 +148,7 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
                             res.converged))
         return gaps
 
-    def search(lam_s, gaps_s, t0, log, band=None):
+    def search(lam_s, gaps_s, t_init, log, band=None):
         """Ray + Illinois (then Rprop) from ``lam_s``; ``log`` collects (lam, max gap, err proxy).
 
         With ``band``, a probe that meets eps within ``band`` of the target ends the search.
@@ -152,7 +166,7 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
 
         t_a, f_a = 0.0, h(gaps_s)
         t_b = f_b = None
-        t = t0
+        t = t_init
         for _ in range(12):
             f = h(probe(lam_s + t * u))
             if band is not None and -band <= f <= 0 and log[-1][1] <= eps:
@@ -191,7 +205,7 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
             return lam_s + t_b * u
         # several rows pulling different ways: per-coordinate sign steps (Rprop)
         lam_k = min(log, key=lambda e: e[1])[0].copy() if log else lam_s.copy()
-        step = np.full(K, 0.1 * max(t_b or t_a or t0, 0.05 * t0))
+        step = np.full(K, 0.1 * max(t_b or t_a or t_init, 0.05 * t_init))
         prev_r = np.zeros(K)
         best, since = min((e[1] for e in log), default=np.inf), 0
         for _ in range(MAX_OUTER):
@@ -225,19 +239,19 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
         eps_p, lam_p, gaps0 = prev
         u = gaps0 / float(np.abs(gaps0).max())
         mg = float(np.abs(gaps0).max())
-        t0 = max(float(np.abs(lam_p).max()), 1e-3) * (mg - eps_t) / mg
+        t_ray = max(float(np.abs(lam_p).max()), 1e-3) * (mg - eps_t) / mg
         if lam_hist:
             eps_q, lam_q = lam_hist[-1]
             if eps_q != eps_p:
                 pred = lam_p + (lam_p - np.asarray(lam_q)) * (eps - eps_p) / (eps_p - eps_q)
                 t_pred = float(np.dot(pred - lam_p, u) / np.dot(u, u))
                 if t_pred > 0:
-                    t0 = t_pred
+                    t_ray = t_pred
         # tight bounds need fits that resolve small multiplier moves: a fit stopped at the loose
         # tolerance barely leaves its warm start, so its gaps stick and the search stalls
         # (eps = 0 has no scale to resolve: exact parity of hard rates is a matter of counts)
         state["tol"] = max(tol, min(search_tol, WARM_TOL_PER_EPS * eps)) if eps > 0 else search_tol
-        search(lam_p, gaps0, t0, [], band=WARM_BAND * eps)
+        search(lam_p, gaps0, t_ray, [], band=WARM_BAND * eps)
         state.pop("tol")
         if not any(e[1] <= eps for e in history):
             # the warm search missed: exactly the cold search (from lam = 0 and the cold start;
@@ -280,7 +294,8 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
         lam_c = h[2]
         delta = base + Ma.T @ lam_c
         obj = WeightedLogistic(_tensor((delta < 0).astype(np.float64), dev), _tensor(np.abs(delta), dev), lam2, d)
-        res = minimize(design, obj, h[3], fixed=fixed, tol=tol, max_iter=int(est.max_iter), pairs=state["pairs"])
+        res = minimize(design, obj, h[3], fixed=fixed, tol=tol, max_iter=int(est.max_iter), pairs=state["pairs"],
+                       precond=precond)
         state["it"] += res.n_iter
         _, th_p, g_p, e_p = check((0.0, 0.0, lam_c, res.theta, res.stationarity, res.converged))
         return (e_p, float(np.abs(g_p).max()), lam_c, res.theta, res.stationarity, res.converged), th_p, g_p, e_p
@@ -304,7 +319,7 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
     total_it = state["it"]
     gap = float(np.abs(g2).max())
     met = gap <= eps
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - t_start
     notes = [f"{state['fits']} weighted fits on the multiplier path ({len(history)} converged)"]
     if not h[5]:
         notes.append("the chosen weighted fit stopped at max_iter (its predictions were still checked)")
