@@ -33,7 +33,7 @@ import time
 import numpy as np
 
 from ._linalg import x_dot
-from .certificate import Certificate
+from .certificate import Certificate, passes_lower_bound
 from .backends import Solution
 
 #: aim the search at this fraction of eps so that small sample effects stay inside the bound
@@ -98,6 +98,8 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
     lam2 = 0.0 if est.penalty is None else 1.0 / (float(est.C) * V)
     fixed = () if est.fit_intercept else (d,)
     precond = design.preconditioner(lam2, d + 1)
+    passes0 = design.passes
+    checks = [0]  # exact predict() products, outside the design
     tol = max(float(est.tol), 1e-6)  # the chosen head is polished to this
     # the search only needs each head's predictions: sklearn's default tolerance is enough
     search_tol = max(tol, SEARCH_TOL)
@@ -112,7 +114,11 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         theta = design.to_centered(_tensor(init["theta"], dev))
         if "lam" in init and len(init["lam"]) == K:
             lam = np.asarray(init["lam"], dtype=np.float64).copy()
-    eps_t = TARGET_FRACTION * eps
+    # a 0/1 rate gap moves in steps of one prediction's weight over its group's weight: below
+    # that step the search cannot land, so it aims at the larger of eps and that resolution
+    resolution = float(np.abs(Ma).max()) if Ma.size else 0.0
+    aim = max(float(eps), resolution)
+    eps_t = TARGET_FRACTION * aim
     # along a path: the previous head's gaps (they do not depend on eps) and its multipliers
     prev = None
     if (init and init.get("eps") is not None and "gaps" in init and len(init["gaps"]) == K
@@ -169,7 +175,7 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         t = t_init
         for _ in range(12):
             f = h(probe(lam_s + t * u))
-            if band is not None and -band <= f <= 0 and log[-1][1] <= eps:
+            if band is not None and -band <= f <= 0 and log[-1][1] <= aim:
                 return lam_s + t * u
             if f <= 0:
                 t_b, f_b = t, f
@@ -189,7 +195,7 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
             t = t_b - f_b * (t_b - t_a) / (f_b - f_a) if f_b != f_a else 0.5 * (t_a + t_b)
             t = min(max(t, t_a + 0.05 * (t_b - t_a)), t_b - 0.05 * (t_b - t_a))
             f = h(probe(lam_s + t * u))
-            if band is not None and -band <= f <= 0 and log[-1][1] <= eps:
+            if band is not None and -band <= f <= 0 and log[-1][1] <= aim:
                 return lam_s + t * u
             if f <= 0:
                 t_b, f_b = t, f
@@ -201,7 +207,7 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
                 if side == 1:
                     f_b *= 0.5
                 side = 1
-        if t_b is not None and any(e[1] <= eps for e in log):
+        if t_b is not None and any(e[1] <= aim for e in log):
             return lam_s + t_b * u
         # several rows pulling different ways: per-coordinate sign steps (Rprop)
         lam_k = min(log, key=lambda e: e[1])[0].copy() if log else lam_s.copy()
@@ -210,7 +216,7 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         best, since = min((e[1] for e in log), default=np.inf), 0
         for _ in range(MAX_OUTER):
             gaps = probe(lam_k)
-            if float(np.abs(gaps).max()) <= eps:
+            if float(np.abs(gaps).max()) <= aim:
                 break
             # along a path: give up early when the largest gap stops shrinking (the head then
             # gets the cold search, see below)
@@ -232,7 +238,7 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
             prev_r = np.where(active, r, prev_r)
         return lam_k
 
-    if prev and float(np.abs(prev[2]).max()) > eps:
+    if prev and float(np.abs(prev[2]).max()) > aim:
         # warm along a path: the previous head (already solved) misses the new bound. Search
         # with converged fits from its multipliers, first probing where the multipliers of the
         # last heads extrapolate to (tightening the bound moves them a little).
@@ -250,10 +256,10 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         # tight bounds need fits that resolve small multiplier moves: a fit stopped at the loose
         # tolerance barely leaves its warm start, so its gaps stick and the search stalls
         # (eps = 0 has no scale to resolve: exact parity of hard rates is a matter of counts)
-        state["tol"] = max(tol, min(search_tol, WARM_TOL_PER_EPS * eps)) if eps > 0 else search_tol
-        search(lam_p, gaps0, t_ray, [], band=WARM_BAND * eps)
+        state["tol"] = max(tol, min(search_tol, WARM_TOL_PER_EPS * aim)) if aim > 0 else search_tol
+        search(lam_p, gaps0, t_ray, [], band=WARM_BAND * aim)
         state.pop("tol")
-        if not any(e[1] <= eps for e in history):
+        if not any(e[1] <= aim for e in history) and eps >= resolution:
             # the warm search missed: exactly the cold search (from lam = 0 and the cold start;
             # the warm candidates stay in the running), so a path head never does worse than a
             # cold solve (a cold search from far-away warm multipliers can be much slower)
@@ -265,7 +271,7 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
             gaps0 = None
     else:
         gaps0 = run(lam)
-    if gaps0 is not None and float(np.abs(gaps0).max()) > eps:
+    if gaps0 is not None and float(np.abs(gaps0).max()) > aim:
         # stage 1: steer the multipliers with a few warm L-BFGS steps per value (cheap, inexact)
         state["exact"] = False
         theta_start, pairs_start = state["theta"], state["pairs"]
@@ -273,18 +279,21 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         # stage 2: converged fits from there; refine with a short search if the bound is missed
         state["exact"] = True
         gaps1 = run(lam_1)
-        if float(np.abs(gaps1).max()) > eps:
+        if float(np.abs(gaps1).max()) > aim:
             scale = max(float(np.abs(lam_1 - lam).max()), 0.25)
             search(lam_1, gaps1, 0.05 * scale, [(e[2], e[1]) for e in history])
-        if not any(e[1] <= eps for e in history):
+        if not any(e[1] <= aim for e in history) and eps >= resolution:
             # the cheap stage misled us: rerun the whole search with converged fits
             state["theta"], state["pairs"] = theta_start, pairs_start
             state.pop("z", None)
             search(lam, gaps0, 0.25, [(e[2], e[1]) for e in history])
     # choose: feasible with least error, checked with the exact predict() arithmetic
-    feas = sorted((h for h in history if h[1] <= eps), key=lambda h: h[0])
+    # (below the resolution: the heads that reach it, if none meets eps itself)
+    level = eps if any(h[1] <= eps for h in history) else aim
+    feas = sorted((h for h in history if h[1] <= level), key=lambda h: h[0])
 
     def check(h):
+        checks[0] += 1
         th = design.from_centered(h[3]).cpu().numpy()
         g2, e2 = _evaluate(x_dot(X, th[:d]) + th[d], y, v, V, mom)
         return h, th, g2, e2
@@ -306,11 +315,11 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         # else the unpolished fit if that is feasible (the exact predict() arithmetic decides)
         if h[4] > tol:
             cand = polish(h)
-            if float(np.abs(cand[2]).max()) <= eps:
+            if float(np.abs(cand[2]).max()) <= level:
                 chosen = cand
                 break
         cand = check(h)
-        if float(np.abs(cand[2]).max()) <= eps:
+        if float(np.abs(cand[2]).max()) <= level:
             chosen = cand
             break
     if chosen is None:
@@ -333,5 +342,7 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         objective=e2, max_violation=max(0.0, gap - eps), stationarity=float(h[4]), n_iter=total_it,
         wall_time=wall, tol=float(est.tol), achieved_gap=gap, eps_met=bool(met),
         multipliers=tuple(float(x) for x in h[2]), notes=tuple(notes),
+        resolution=resolution, aimed_at=aim, passes=design.passes - passes0 + checks[0],
+        passes_lower_bound=passes_lower_bound(bool(init and "theta" in init)),
     )
     return sol, cert

@@ -84,12 +84,18 @@ class Design:
         self.cdt = _F64 if self.X.dtype == _F64 else torch.float32
         # implicit centring (z = (X - mu) w + b'), a free preconditioner: no copy of X
         # (one float32 pass; any mu is exact as a reparametrisation, it only has to be used consistently)
+        self._passes = [0]  # shared with numpy_ops' copy, so certificate products count too
         self.mu = None
         if center and self.n:
             ones = torch.full((self.n,), 1.0 / self.n, dtype=_F64, device=self.device)
             self.mu = self.rmv(ones)
         self._gram = None
         self._preconditioners = {}
+
+    @property
+    def passes(self) -> int:
+        """Products with X (or X^T) so far: the unit of a fit's cost (the Gram counts as none)."""
+        return self._passes[0]
 
     def gram(self) -> torch.Tensor:
         """The centred Gram matrix ``(X - mu)^T (X - mu) / n`` (float64), or its diagonal.
@@ -121,6 +127,7 @@ class Design:
 
     def mv(self, v: torch.Tensor) -> torch.Tensor:
         """``(X - mu) v`` in float64."""
+        self._passes[0] += 1
         vc = v.to(self.cdt)
         if self._np is not None:
             out = torch.from_numpy(self._np @ vc.numpy()).to(_F64)
@@ -136,6 +143,7 @@ class Design:
 
     def rmv(self, r: torch.Tensor) -> torch.Tensor:
         """``(X - mu)^T r`` in float64."""
+        self._passes[0] += 1
         rc = r.to(self.cdt)
         if self._np is not None:
             out = torch.from_numpy(rc.numpy() @ self._np).to(_F64)
