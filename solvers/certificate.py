@@ -76,8 +76,9 @@ class Certificate:
         Products with ``X`` or ``X^T`` the fit made (torch backend and the reduction),
         certificate included: the unit of its cost.
     passes_lower_bound : int or None
-        What such a head needs at least: a cold fit ``2 * MIN_COLD_ITERATIONS`` (quasi-Newton
-        iterations of one ``X d`` and one ``X^T r`` each), a warm-started one 2 (one check).
+        The floor to compare ``passes`` with: a cold fit on a real table takes at least
+        ``MIN_COLD_ITERATIONS`` quasi-Newton iterations of one ``X d`` and one ``X^T r`` each
+        (easy synthetic data can take fewer); a warm-started head needs 2 (one check).
     """
 
     backend: str
