@@ -257,6 +257,9 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         # tolerance barely leaves its warm start, so its gaps stick and the search stalls
         # (eps = 0 has no scale to resolve: exact parity of hard rates is a matter of counts)
         state["tol"] = max(tol, min(search_tol, WARM_TOL_PER_EPS * aim)) if aim > 0 else search_tol
+        # the previous head is a candidate too: a head never ends with a larger gap than the
+        # previous (looser) one, even where the search wanders off (one fit, converged at once)
+        run(lam_p)
         search(lam_p, gaps0, t_ray, [], band=WARM_BAND * aim)
         state.pop("tol")
         if not any(e[1] <= aim for e in history) and eps >= resolution:
