@@ -12,7 +12,12 @@ Outputs, in the report folder:
   the provenance (cache fingerprint, certificates, versions, seed);
 * ``tradeoff.png`` and ``fit_vs_test.png`` (see :mod:`fairhead.plots`);
 * ``report.md`` -- the table and the plots together;
-* ``progress.jsonl`` -- finished heads, so an interrupted sweep resumes where it stopped.
+* ``progress.jsonl`` -- finished heads, so an interrupted sweep resumes where it stopped
+  (it replays the finished heads' solves, not their evaluation, so that the warm-start chain and
+  every later head equal an uninterrupted run's).
+
+The path starts from the unconstrained head the sweep fits anyway (bounds it already meets cost
+one check each).
 """
 
 from __future__ import annotations

@@ -24,6 +24,11 @@ fit is warm-started from the previous head, so each costs a few L-BFGS iteration
 heads on the path, the one that meets ``|gamma_k| <= eps`` on the fit split with the lowest
 weighted error is returned: **one deterministic head**, never a randomized mixture. If none
 meets the bound, the head with the smallest gap is returned with ``eps_met=False``.
+
+A 0/1 rate gap moves in steps of one prediction's weight over its group's weight (the
+**resolution**, the largest entry of ``|M a|``). Below it a bound can rarely be met exactly, so
+the search aims at ``max(eps, resolution)`` and skips the cold fallback there; the certificate
+records both (``resolution``, ``aimed_at``) and the passes over ``X`` the head cost.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ so projecting costs O(m d)). A step that reaches an inactive row stops there (ra
 adds it; at a subproblem optimum the multipliers :math:`\\lambda_W = -R^{-1} Q^\\top g` are
 checked for sign and the most negative row is dropped. The iterate stays feasible throughout.
 
+The quasi-Newton steps run in preconditioned coordinates (:class:`Preconditioner`: the centred
+Gram matrix as the initial Hessian), so correlated or badly scaled columns cost no extra
+iterations. CPU fits run torch at one thread (:func:`fit_threads`).
+
 Cost per iteration: one ``X d`` and one ``X^T r`` product. The line search is exact up to a
 curvature tolerance and costs O(n) per trial because scores move along ``z + alpha X d``.
 ``X`` stays on the device in its stored dtype; products accumulate in float32 (float16 /
@@ -184,7 +188,8 @@ class Preconditioner:
         H_0 = \\tfrac14 G + (\\lambda_2 + \\epsilon) I = L L^\\top, \\qquad
         T = \\mathrm{blockdiag}(L^{-\\top},\\ 2,\\ I),
 
-    with ``G`` the centred Gram matrix ``(X - mu)^T (X - mu) / n`` (:meth:`Design.gram`): the
+    with ``G`` the centred Gram matrix ``(X - mu)^T (X - mu) / n`` (:meth:`Design.gram`; its
+    diagonal only when the full one would cost more than it saves): the
     Hessian of the mean logistic loss is ``(X - mu)^T D (X - mu) / n`` with ``D <= 1/4``, and 1/4
     is its value at the start (``z`` near the base rate's log-odds). L-BFGS in ``phi`` is L-BFGS
     with ``T T^T = H_0^{-1}`` as its initial inverse Hessian: correlated one-hot columns and
