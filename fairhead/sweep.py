@@ -12,7 +12,12 @@ Outputs, in the report folder:
   the provenance (cache fingerprint, certificates, versions, seed);
 * ``tradeoff.png`` and ``fit_vs_test.png`` (see :mod:`fairhead.plots`);
 * ``report.md`` -- the table and the plots together;
-* ``progress.jsonl`` -- finished heads, so an interrupted sweep resumes where it stopped.
+* ``progress.jsonl`` -- finished heads, so an interrupted sweep resumes where it stopped
+  (it replays the finished heads' solves, not their evaluation, so that the warm-start chain and
+  every later head equal an uninterrupted run's).
+
+The path starts from the unconstrained head the sweep fits anyway (bounds it already meets cost
+one check each).
 """
 
 from __future__ import annotations
@@ -278,19 +283,25 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
         intercept=float(free.intercept_[0]), certificate=free.certificate_.to_dict(),
         metrics=evaluate_predictor(scores(free), None, arrays, cons), wall_time=free_time))
 
-    # one warm-started path over the bounds not already finished; each head is written as soon as it is solved
+    # one warm-started path, starting from the unconstrained head; each head is written as soon as it is
+    # solved. A resumed sweep replays the finished heads' solves (not their evaluation) so that the
+    # warm-start chain, and with it every later head, is exactly the uninterrupted run's
     todo = [float(e) for e in grid if _eps_key(e) not in done]
+    last = max((i for i, e in enumerate(grid) if _eps_key(e) not in done), default=-1)
+    replay = [float(e) for e in grid[: last + 1]]
     solved: dict[float, HeadRecord] = {}
     bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc=f"sweep {name}", unit="head",
                disable=not progress)
     with warnings.catch_warnings(record=True) as caught:
         # an unmet bound is recorded in its row (certificate + notes), not raised mid-sweep
         warnings.simplefilter("always")
-        path = iter_path(fit.X, fit.y, sensitive_features=sens, eps_grid=[e if np.isfinite(e) else 0.0 for e in todo],
-                         constraint=cons, **base)
-        t0 = time.perf_counter()
-        for eps, head in zip(todo, path):
-            wall = time.perf_counter() - t0
+        path = iter_path(fit.X, fit.y, sensitive_features=sens, eps_grid=[e if np.isfinite(e) else 0.0 for e in replay],
+                         constraint=cons, init_head=free if name != "minimax" else None, **base)
+        for eps, head in zip(replay, path):
+            if _eps_key(eps) in done:
+                caught.clear()
+                continue
+            wall = head.certificate_.wall_time  # the solver's own time (a path may yield heads late)
             notes = "; ".join(sorted({str(w.message) for w in caught}))
             rec = HeadRecord(
                 method="fairhead", eps=eps, coef=head.coef_.ravel().tolist(),
@@ -302,7 +313,6 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
             bar.update(1)
             bar.set_postfix(eps=f"{eps:.4f}", fit_gap=f"{rec.metrics[fit_split]['constraint_value']:.4f}")
             caught.clear()
-            t0 = time.perf_counter()  # the evaluation above is not the solver's time
     bar.close()
     records.extend(done.get(_eps_key(e)) or solved[_eps_key(e)] for e in grid)
 

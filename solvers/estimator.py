@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import time
 import warnings
@@ -14,7 +15,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._linalg import x_dot
 from ._validation import Interval, Options, validate_params
-from .certificate import Certificate, score_certificate_numbers
+from .certificate import Certificate, passes_lower_bound, score_certificate_numbers
 from .constraints import CONSTRAINTS, Constraint, make_constraint
 from .errors import DataError, SolverError
 from .problem import build_problem
@@ -269,7 +270,7 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         self.groups_ = list(problem.group_labels)
         return problem, constraint, self._resolve_backend(problem.n, problem.d, constraint)
 
-    def _set_fitted(self, sol, cert, *, eps=None):
+    def _set_fitted(self, sol, cert, *, eps=None, report=True):
         self.coef_ = np.asarray(sol.coef, dtype=np.float64).reshape(1, -1)
         self.intercept_ = np.array([float(sol.intercept)])
         self.n_iter_ = max(1, int(sol.n_iter))
@@ -286,7 +287,8 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
                 and sorted(prev.get("working", ())) == sorted(state.get("working", ()))):
             state["prev"] = (list(prev.get("prev", ())) + [(prev["theta"], prev["eps"])])[-2:]
         self._solver_state = state
-        self._report(cert)
+        if report:  # a path reports its heads when it yields them (it may replace an unmet one)
+            self._report(cert)
 
     def _warm_init(self):
         state = getattr(self, "_solver_state", None)
@@ -364,6 +366,7 @@ def _fit_score(est, problem, constraint, *, eps, backend, init=None, pieces=None
               fit_intercept=est.fit_intercept, tol=float(est.tol), max_iter=int(est.max_iter))
     t0 = time.perf_counter()
     ops = None
+    passes0 = design.passes if design is not None else None
     if backend == "cvxpy":
         if model is not None:
             sol = model.solve(eps, tol=kw["tol"], max_iter=kw["max_iter"])
@@ -380,6 +383,9 @@ def _fit_score(est, problem, constraint, *, eps, backend, init=None, pieces=None
     wall = time.perf_counter() - t0
     cert = make_score_certificate(est, problem, constraint, sol, eps=eps, backend=backend,
                                   linear_form=linear_form, cells=cells, wall=wall, ops=ops)
+    if ops is not None:
+        cert = dataclasses.replace(cert, passes=design.passes - passes0,
+                                   passes_lower_bound=passes_lower_bound(bool(init and "theta" in init)))
     return sol, cert
 
 

@@ -14,21 +14,25 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
+import numpy as np
 from sklearn.base import clone
 
 from .estimator import FairLogisticRegression, _fit_score, _problem_pieces
 
 
-def fit_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, **estimator_params):
+def fit_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_head=None, **estimator_params):
     """Fit one head per ``eps`` in ``eps_grid`` (in the given order), warm-starting each.
 
     The list form of :func:`iter_path`; see there.
     """
     return list(iter_path(X, y, sensitive_features=sensitive_features, eps_grid=eps_grid,
-                          sample_weight=sample_weight, **estimator_params))
+                          sample_weight=sample_weight, init_head=init_head, **estimator_params))
 
 
-def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, **estimator_params):
+def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_head=None, **estimator_params):
     """Yield one fitted head per ``eps`` in ``eps_grid`` (in the given order), warm-starting each.
 
     A generator, so a caller can record each head as soon as it is solved (``fairhead
@@ -38,7 +42,16 @@ def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, **estim
     ----------
     X, y, sensitive_features, sample_weight : as in :meth:`FairLogisticRegression.fit`.
     eps_grid : sequence of float
+    init_head : FairLogisticRegression, optional
+        A head already fitted on the same data (``fairhead sweep`` passes the unconstrained
+        one): the first point starts from its coefficients instead of from scratch, so a bound
+        that head already meets costs one check instead of a refit.
     **estimator_params : parameters of :class:`FairLogisticRegression` (``eps`` is ignored).
+
+    Rate constraints: feasibility is monotone along the path. A head that meets a bound meets
+    every looser one, so a head whose search misses its bound is replaced by the best head of
+    the path (least weighted error on the fit split) that meets it, whether solved before or
+    after it; heads are still yielded in grid order (an unmet head waits for the later ones).
 
     Yields
     ------
@@ -52,19 +65,27 @@ def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, **estim
         return
     base.set_params(eps=grid[0])
     problem, constraint, backend = base._prepare(X, y, sensitive_features, sample_weight)
-    state = None
+    state = _head_state(init_head, problem.d)
     if constraint is not None and constraint.kind == "rate":
         from .backends.torch import Design
         from .reductions import fit_rate_constraint
 
         design = Design(problem.X, base.device, center=base.fit_intercept)
+        solved, queue = [], []
         for e in grid:
             est = _fresh(base, e)
             sol, cert = fit_rate_constraint(est, problem, constraint, eps=e, backend=backend, init=state,
                                             design=design)
-            est._set_fitted(sol, cert, eps=e)
+            est._set_fitted(sol, cert, eps=e, report=False)
             state = est._solver_state
-            yield est
+            solved.append(est)
+            queue.append(est)
+            # a head whose bound is unmet waits: a later (tighter) head may meet it
+            queue = [_best_meeting(h, solved) for h in queue]
+            while queue and queue[0].certificate_.eps_met is not False:
+                yield _reported(queue.pop(0))
+        for head in queue:
+            yield _reported(head)
         return
     model = design = None
     if backend == "torch":
@@ -85,6 +106,42 @@ def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, **estim
         est._set_fitted(sol, cert, eps=e)
         state = est._solver_state
         yield est
+
+
+def _head_state(head, d):
+    """The warm-start state of a fitted head given by its coefficients alone (or ``None``)."""
+    if head is None:
+        return None
+    coef = np.asarray(head.coef_, dtype=np.float64).ravel()
+    if coef.shape[0] != d:
+        raise ValueError(f"init_head has {coef.shape[0]} coefficients for {d} features; fit it on the same X")
+    return {"theta": np.concatenate([coef, np.asarray(head.intercept_, dtype=np.float64).ravel()[:1]])}
+
+
+def _reported(head):
+    head._report(head.certificate_)  # the warning (or, strict, the error) of an unmet bound
+    return head
+
+
+def _best_meeting(head, solved):
+    """``head``, or when its bound is unmet, a copy of the best solved head that meets that bound."""
+    cert = head.certificate_
+    if cert.eps_met is not False:
+        return head
+    ok = [h for h in solved if h.certificate_.achieved_gap is not None and h.certificate_.achieved_gap <= cert.eps]
+    if not ok:
+        return head
+    best = min(ok, key=lambda h: (h.certificate_.objective, h.certificate_.achieved_gap))
+    out = copy.copy(best)  # coefficients and certificate are replaced, never mutated: a shallow copy will do
+    out.set_params(eps=cert.eps)
+    note = (f"this bound's own search ended at gap {cert.achieved_gap:.4g}; the head of eps="
+            f"{best.certificate_.eps:g} meets it (feasibility is monotone along the path)")
+    out.certificate_ = dataclasses.replace(
+        best.certificate_, eps=cert.eps, status="eps_met", eps_met=True, max_violation=0.0,
+        wall_time=cert.wall_time, n_iter=cert.n_iter, notes=tuple(best.certificate_.notes) + (note,))
+    out.constraint_violation_ = 0.0
+    out._solver_state = head._solver_state
+    return out
 
 
 def _fresh(base, eps):

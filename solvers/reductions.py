@@ -24,6 +24,11 @@ fit is warm-started from the previous head, so each costs a few L-BFGS iteration
 heads on the path, the one that meets ``|gamma_k| <= eps`` on the fit split with the lowest
 weighted error is returned: **one deterministic head**, never a randomized mixture. If none
 meets the bound, the head with the smallest gap is returned with ``eps_met=False``.
+
+A 0/1 rate gap moves in steps of one prediction's weight over its group's weight (the
+**resolution**, the largest entry of ``|M a|``). Below it a bound can rarely be met exactly, so
+the search aims at ``max(eps, resolution)`` and skips the cold fallback there; the certificate
+records both (``resolution``, ``aimed_at``) and the passes over ``X`` the head cost.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import time
 import numpy as np
 
 from ._linalg import x_dot
-from .certificate import Certificate
+from .certificate import Certificate, passes_lower_bound
 from .backends import Solution
 
 #: aim the search at this fraction of eps so that small sample effects stay inside the bound
@@ -61,6 +66,18 @@ def _evaluate(z, y, v, V, mom):
 def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, design=None):
     """Run the reduction; return ``(Solution, Certificate)`` (see module docstring).
 
+    See :func:`_fit_rate_constraint`; torch runs at one CPU thread meanwhile
+    (:func:`solvers.backends.torch.fit_threads`).
+    """
+    from .backends.torch import fit_threads
+
+    with fit_threads(est.device):
+        return _fit_rate_constraint(est, problem, constraint, eps=eps, backend=backend, init=init, design=design)
+
+
+def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, design=None):
+    """The reduction itself.
+
     ``init`` (a previous head's ``state``) warm-starts the head and the multipliers. Along a
     path (``init`` holds the previous bound and its rate gaps) the search starts at the
     multipliers extrapolated in ``eps`` from the last heads, with converged fits only, and
@@ -74,7 +91,7 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
 
     if est.penalty not in ("l2", None):
         raise DataError(MSG_PENALTY.format(penalty=est.penalty))
-    t0 = time.perf_counter()
+    t_start = time.perf_counter()  # the head's wall clock (t_init etc. are ray positions)
     X, y, v = problem.X, problem.y, problem.sample_weight
     V = float(v.sum())
     n, d = X.shape
@@ -85,6 +102,9 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
     dev = design.device
     lam2 = 0.0 if est.penalty is None else 1.0 / (float(est.C) * V)
     fixed = () if est.fit_intercept else (d,)
+    precond = design.preconditioner(lam2, d + 1)
+    passes0 = design.passes
+    checks = [0]  # exact predict() products, outside the design
     tol = max(float(est.tol), 1e-6)  # the chosen head is polished to this
     # the search only needs each head's predictions: sklearn's default tolerance is enough
     search_tol = max(tol, SEARCH_TOL)
@@ -99,7 +119,11 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
         theta = design.to_centered(_tensor(init["theta"], dev))
         if "lam" in init and len(init["lam"]) == K:
             lam = np.asarray(init["lam"], dtype=np.float64).copy()
-    eps_t = TARGET_FRACTION * eps
+    # a 0/1 rate gap moves in steps of one prediction's weight over its group's weight: below
+    # that step the search cannot land, so it aims at the larger of eps and that resolution
+    resolution = float(np.abs(Ma).max()) if Ma.size else 0.0
+    aim = max(float(eps), resolution)
+    eps_t = TARGET_FRACTION * aim
     # along a path: the previous head's gaps (they do not depend on eps) and its multipliers
     prev = None
     if (init and init.get("eps") is not None and "gaps" in init and len(init["gaps"]) == K
@@ -122,7 +146,8 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
         # every few fits against drift, and always by the final polish
         z0 = state.get("z") if state["fits"] % 8 else None
         res = minimize(design, obj, state["theta"], fixed=fixed, tol=state.get("tol", search_tol),
-                       max_iter=int(est.max_iter) if exact else INEXACT_ITERS, pairs=state["pairs"], z0=z0)
+                       max_iter=int(est.max_iter) if exact else INEXACT_ITERS, pairs=state["pairs"], z0=z0,
+                       precond=precond)
         state["it"] += res.n_iter
         state["fits"] += 1
         state["theta"] = res.theta
@@ -134,7 +159,7 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
                             res.converged))
         return gaps
 
-    def search(lam_s, gaps_s, t0, log, band=None):
+    def search(lam_s, gaps_s, t_init, log, band=None):
         """Ray + Illinois (then Rprop) from ``lam_s``; ``log`` collects (lam, max gap, err proxy).
 
         With ``band``, a probe that meets eps within ``band`` of the target ends the search.
@@ -152,10 +177,10 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
 
         t_a, f_a = 0.0, h(gaps_s)
         t_b = f_b = None
-        t = t0
+        t = t_init
         for _ in range(12):
             f = h(probe(lam_s + t * u))
-            if band is not None and -band <= f <= 0 and log[-1][1] <= eps:
+            if band is not None and -band <= f <= 0 and log[-1][1] <= aim:
                 return lam_s + t * u
             if f <= 0:
                 t_b, f_b = t, f
@@ -175,7 +200,7 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
             t = t_b - f_b * (t_b - t_a) / (f_b - f_a) if f_b != f_a else 0.5 * (t_a + t_b)
             t = min(max(t, t_a + 0.05 * (t_b - t_a)), t_b - 0.05 * (t_b - t_a))
             f = h(probe(lam_s + t * u))
-            if band is not None and -band <= f <= 0 and log[-1][1] <= eps:
+            if band is not None and -band <= f <= 0 and log[-1][1] <= aim:
                 return lam_s + t * u
             if f <= 0:
                 t_b, f_b = t, f
@@ -187,16 +212,16 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
                 if side == 1:
                     f_b *= 0.5
                 side = 1
-        if t_b is not None and any(e[1] <= eps for e in log):
+        if t_b is not None and any(e[1] <= aim for e in log):
             return lam_s + t_b * u
         # several rows pulling different ways: per-coordinate sign steps (Rprop)
         lam_k = min(log, key=lambda e: e[1])[0].copy() if log else lam_s.copy()
-        step = np.full(K, 0.1 * max(t_b or t_a or t0, 0.05 * t0))
+        step = np.full(K, 0.1 * max(t_b or t_a or t_init, 0.05 * t_init))
         prev_r = np.zeros(K)
         best, since = min((e[1] for e in log), default=np.inf), 0
         for _ in range(MAX_OUTER):
             gaps = probe(lam_k)
-            if float(np.abs(gaps).max()) <= eps:
+            if float(np.abs(gaps).max()) <= aim:
                 break
             # along a path: give up early when the largest gap stops shrinking (the head then
             # gets the cold search, see below)
@@ -218,28 +243,31 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
             prev_r = np.where(active, r, prev_r)
         return lam_k
 
-    if prev and float(np.abs(prev[2]).max()) > eps:
+    if prev and float(np.abs(prev[2]).max()) > aim:
         # warm along a path: the previous head (already solved) misses the new bound. Search
         # with converged fits from its multipliers, first probing where the multipliers of the
         # last heads extrapolate to (tightening the bound moves them a little).
         eps_p, lam_p, gaps0 = prev
         u = gaps0 / float(np.abs(gaps0).max())
         mg = float(np.abs(gaps0).max())
-        t0 = max(float(np.abs(lam_p).max()), 1e-3) * (mg - eps_t) / mg
+        t_ray = max(float(np.abs(lam_p).max()), 1e-3) * (mg - eps_t) / mg
         if lam_hist:
             eps_q, lam_q = lam_hist[-1]
             if eps_q != eps_p:
                 pred = lam_p + (lam_p - np.asarray(lam_q)) * (eps - eps_p) / (eps_p - eps_q)
                 t_pred = float(np.dot(pred - lam_p, u) / np.dot(u, u))
                 if t_pred > 0:
-                    t0 = t_pred
+                    t_ray = t_pred
         # tight bounds need fits that resolve small multiplier moves: a fit stopped at the loose
         # tolerance barely leaves its warm start, so its gaps stick and the search stalls
         # (eps = 0 has no scale to resolve: exact parity of hard rates is a matter of counts)
-        state["tol"] = max(tol, min(search_tol, WARM_TOL_PER_EPS * eps)) if eps > 0 else search_tol
-        search(lam_p, gaps0, t0, [], band=WARM_BAND * eps)
+        state["tol"] = max(tol, min(search_tol, WARM_TOL_PER_EPS * aim)) if aim > 0 else search_tol
+        # the previous head is a candidate too: a head never ends with a larger gap than the
+        # previous (looser) one, even where the search wanders off (one fit, converged at once)
+        run(lam_p)
+        search(lam_p, gaps0, t_ray, [], band=WARM_BAND * aim)
         state.pop("tol")
-        if not any(e[1] <= eps for e in history):
+        if not any(e[1] <= aim for e in history) and eps >= resolution:
             # the warm search missed: exactly the cold search (from lam = 0 and the cold start;
             # the warm candidates stay in the running), so a path head never does worse than a
             # cold solve (a cold search from far-away warm multipliers can be much slower)
@@ -251,7 +279,7 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
             gaps0 = None
     else:
         gaps0 = run(lam)
-    if gaps0 is not None and float(np.abs(gaps0).max()) > eps:
+    if gaps0 is not None and float(np.abs(gaps0).max()) > aim:
         # stage 1: steer the multipliers with a few warm L-BFGS steps per value (cheap, inexact)
         state["exact"] = False
         theta_start, pairs_start = state["theta"], state["pairs"]
@@ -259,18 +287,21 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
         # stage 2: converged fits from there; refine with a short search if the bound is missed
         state["exact"] = True
         gaps1 = run(lam_1)
-        if float(np.abs(gaps1).max()) > eps:
+        if float(np.abs(gaps1).max()) > aim:
             scale = max(float(np.abs(lam_1 - lam).max()), 0.25)
             search(lam_1, gaps1, 0.05 * scale, [(e[2], e[1]) for e in history])
-        if not any(e[1] <= eps for e in history):
+        if not any(e[1] <= aim for e in history) and eps >= resolution:
             # the cheap stage misled us: rerun the whole search with converged fits
             state["theta"], state["pairs"] = theta_start, pairs_start
             state.pop("z", None)
             search(lam, gaps0, 0.25, [(e[2], e[1]) for e in history])
     # choose: feasible with least error, checked with the exact predict() arithmetic
-    feas = sorted((h for h in history if h[1] <= eps), key=lambda h: h[0])
+    # (below the resolution: the heads that reach it, if none meets eps itself)
+    level = eps if any(h[1] <= eps for h in history) else aim
+    feas = sorted((h for h in history if h[1] <= level), key=lambda h: h[0])
 
     def check(h):
+        checks[0] += 1
         th = design.from_centered(h[3]).cpu().numpy()
         g2, e2 = _evaluate(x_dot(X, th[:d]) + th[d], y, v, V, mom)
         return h, th, g2, e2
@@ -280,7 +311,8 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
         lam_c = h[2]
         delta = base + Ma.T @ lam_c
         obj = WeightedLogistic(_tensor((delta < 0).astype(np.float64), dev), _tensor(np.abs(delta), dev), lam2, d)
-        res = minimize(design, obj, h[3], fixed=fixed, tol=tol, max_iter=int(est.max_iter), pairs=state["pairs"])
+        res = minimize(design, obj, h[3], fixed=fixed, tol=tol, max_iter=int(est.max_iter), pairs=state["pairs"],
+                       precond=precond)
         state["it"] += res.n_iter
         _, th_p, g_p, e_p = check((0.0, 0.0, lam_c, res.theta, res.stationarity, res.converged))
         return (e_p, float(np.abs(g_p).max()), lam_c, res.theta, res.stationarity, res.converged), th_p, g_p, e_p
@@ -291,11 +323,11 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
         # else the unpolished fit if that is feasible (the exact predict() arithmetic decides)
         if h[4] > tol:
             cand = polish(h)
-            if float(np.abs(cand[2]).max()) <= eps:
+            if float(np.abs(cand[2]).max()) <= level:
                 chosen = cand
                 break
         cand = check(h)
-        if float(np.abs(cand[2]).max()) <= eps:
+        if float(np.abs(cand[2]).max()) <= level:
             chosen = cand
             break
     if chosen is None:
@@ -304,7 +336,7 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
     total_it = state["it"]
     gap = float(np.abs(g2).max())
     met = gap <= eps
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - t_start
     notes = [f"{state['fits']} weighted fits on the multiplier path ({len(history)} converged)"]
     if not h[5]:
         notes.append("the chosen weighted fit stopped at max_iter (its predictions were still checked)")
@@ -318,5 +350,7 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
         objective=e2, max_violation=max(0.0, gap - eps), stationarity=float(h[4]), n_iter=total_it,
         wall_time=wall, tol=float(est.tol), achieved_gap=gap, eps_met=bool(met),
         multipliers=tuple(float(x) for x in h[2]), notes=tuple(notes),
+        resolution=resolution, aimed_at=aim, passes=design.passes - passes0 + checks[0],
+        passes_lower_bound=passes_lower_bound(bool(init and "theta" in init)),
     )
     return sol, cert

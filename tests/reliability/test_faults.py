@@ -198,3 +198,22 @@ def test_sweep_killed_part_way_keeps_finished_rows_and_resumes(bad_inputs, tmp_p
                 assert float(ra[key]) == pytest.approx(float(rb[key]), abs=SWEEP_METRIC_ATOL, nan_ok=True), key
             except ValueError:
                 assert ra[key] == rb[key], key
+
+
+@pytest.mark.parametrize("constraint", ["dp", "dp-score"])
+def test_resumed_sweep_equals_an_uninterrupted_one(bad_inputs, tmp_path, constraint):
+    """An interruption after k heads (the progress file keeps k lines): the rerun rebuilds the warm-start
+    chain, so every later head, and the whole table, equals the uninterrupted run's exactly."""
+    from fairhead.sweep import PROGRESS_FILE, run_sweep
+
+    cache = bad_inputs["cache"]
+    kw = dict(constraint=constraint, backend="torch", n_eps=8, plots=False, progress=False)
+    run_sweep(cache, out=tmp_path / "full", **kw)
+    cut = tmp_path / "cut"
+    run_sweep(cache, out=cut, **kw)
+    lines = (cut / PROGRESS_FILE).read_text().splitlines(keepends=True)
+    assert len(lines) == 8
+    (cut / PROGRESS_FILE).write_text("".join(lines[:3]))  # as a kill after the third head leaves it
+    run_sweep(cache, out=cut, **kw)
+    assert (cut / PROGRESS_FILE).read_text().splitlines(keepends=True)[:3] == lines[:3]
+    assert _rows_without_times(cut) == _rows_without_times(tmp_path / "full")

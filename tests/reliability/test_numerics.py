@@ -100,6 +100,18 @@ def test_hard_problem_solves_to_the_certificate_or_fails_loudly(transform, const
     _check(X, y, a, constraint, backend)
 
 
+@pytest.mark.parametrize("constraint", [None, "dp-score"])
+def test_features_at_1e6_scale_solve_on_torch_to_the_cvxpy_optimum(constraint):
+    """The Gram preconditioner makes the scale of a column irrelevant: torch solves (it may not just fail
+    loudly) and lands on cvxpy's objective."""
+    X, y, a = _scaled(*make_fair_classification(1000, 5, seed=0))
+    fast = FairLogisticRegression(constraint=constraint, eps=EPS, backend="torch").fit(X, y, sensitive_features=a)
+    ref = FairLogisticRegression(constraint=constraint, eps=EPS, backend="cvxpy", tol=1e-9).fit(
+        X, y, sensitive_features=a)
+    assert fast.certificate_.status == "optimal", fast.certificate_
+    assert fast.certificate_.objective == pytest.approx(ref.certificate_.objective, rel=1e-6)
+
+
 def test_float16_cache_reads_back_and_fits(tmp_path):
     table = write_feature_table(tmp_path / "t.csv", n=500, d=6, seed=4)
     out = embedcache.import_table(table, label="label", sensitive=["group"], split="split", id_col="id",

@@ -1,0 +1,102 @@
+"""Rate paths: monotone feasibility, honest timers, the resolution and the cost in the certificate."""
+
+import dataclasses
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+from solvers import FairLogisticRegression, fit_path
+from solvers.path import _best_meeting
+from solvers.synthetic import make_fair_classification
+
+GRID = np.linspace(0.3, 0.0, 10)
+
+
+@pytest.fixture(scope="module")
+def eo_path():
+    X, y, a = make_fair_classification(3000, 8, seed=1)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # eps = 0 may stay unmet (it warns)
+        heads = fit_path(X, y, sensitive_features=a, eps_grid=GRID, constraint="eo", backend="torch")
+    return (X, y, a), heads, time.perf_counter() - t0
+
+
+def test_feasibility_is_monotone_along_the_path(eo_path):
+    _, heads, _ = eo_path
+    assert [h.certificate_.eps for h in heads] == pytest.approx(GRID)
+    for j, tight in enumerate(heads):
+        if tight.certificate_.eps_met:
+            for loose in heads[:j]:  # every looser bound on the path
+                assert loose.certificate_.eps_met, (loose.certificate_, tight.certificate_)
+    for h in heads:
+        assert h.certificate_.eps_met == (h.certificate_.achieved_gap <= h.certificate_.eps)
+
+
+def test_an_unmet_looser_bound_takes_the_head_that_meets_a_tighter_one(eo_path):
+    (X, y, a), heads, _ = eo_path
+    met = [h for h in heads if h.certificate_.eps_met]
+    tight, loose = met[-1], met[0]
+    # the looser head as if its own search had failed
+    failed = dataclasses.replace(loose.certificate_, eps_met=False, status="eps_not_met", achieved_gap=1.0)
+    unmet = FairLogisticRegression(constraint="eo", eps=loose.certificate_.eps)
+    unmet.coef_, unmet.intercept_, unmet.certificate_ = loose.coef_ * 0, loose.intercept_, failed
+    unmet._solver_state = {}
+    out = _best_meeting(unmet, heads)
+    assert out.certificate_.eps_met and out.certificate_.eps == loose.certificate_.eps
+    assert out.certificate_.achieved_gap <= loose.certificate_.eps
+    # the least-error head among those meeting the bound (ties: the smaller gap), with a note saying so
+    best = min((h for h in heads if h.certificate_.achieved_gap <= loose.certificate_.eps),
+               key=lambda h: (h.certificate_.objective, h.certificate_.achieved_gap))
+    np.testing.assert_array_equal(out.coef_, best.coef_)
+    assert "monotone" in out.certificate_.notes[-1]
+    assert tight.certificate_.achieved_gap <= loose.certificate_.eps
+
+
+def test_path_wall_times_are_each_heads_own(eo_path):
+    _, heads, total = eo_path
+    walls = [h.certificate_.wall_time for h in heads]
+    assert all(0 <= w <= total for w in walls), walls
+    assert sum(walls) <= total
+
+
+def test_resolution_and_search_aim_are_in_the_certificate(eo_path):
+    (X, y, a), heads, _ = eo_path
+    # eo: one prediction moves a (label, group) cell's rate by 1 / cell size (minus its share of the overall)
+    smallest_cell = min(np.sum((y == lab) & (a == g)) for lab in (0, 1) for g in (0, 1))
+    for h in heads:
+        c = h.certificate_
+        assert 0.5 / smallest_cell <= c.resolution <= 1.0 / smallest_cell
+        assert c.aimed_at == pytest.approx(max(c.eps, c.resolution))
+    assert heads[-1].certificate_.eps == 0.0 and heads[-1].certificate_.aimed_at == heads[-1].certificate_.resolution
+    # aimed at the resolution, eps = 0 ends there (and skips the cold fallback): gap within one step
+    assert heads[-1].certificate_.achieved_gap <= heads[-1].certificate_.resolution
+
+
+def test_passes_over_x_are_counted_beside_their_lower_bound(eo_path):
+    (X, y, a), heads, _ = eo_path
+    cold = FairLogisticRegression(backend="torch").fit(X, y)
+    assert cold.certificate_.passes_lower_bound == 40
+    assert cold.certificate_.passes >= 2 * cold.n_iter_  # one X d and one X^T r per iteration at least
+    for h in heads:
+        c = h.certificate_
+        assert c.passes >= 2 and c.passes_lower_bound >= 2
+    assert heads[0].certificate_.passes_lower_bound == 40 and heads[1].certificate_.passes_lower_bound == 2
+    assert cold.certificate_.to_dict()["passes"] == cold.certificate_.passes
+
+
+@pytest.mark.parametrize("constraint", ["dp", "dp-score"])
+def test_init_head_saves_the_refit_of_the_unconstrained_head(constraint):
+    X, y, a = make_fair_classification(2000, 6, seed=2)
+    free = FairLogisticRegression(backend="torch").fit(X, y)
+    loose = 10.0 if constraint == "dp-score" else 1.0  # inactive
+    kw = dict(sensitive_features=a, eps_grid=[loose, 0.05], constraint=constraint, backend="torch")
+    warm = fit_path(X, y, init_head=free, **kw)
+    cold = fit_path(X, y, **kw)
+    np.testing.assert_allclose(warm[0].coef_, free.coef_, atol=1e-5)
+    assert warm[0].certificate_.passes < cold[0].certificate_.passes
+    assert warm[1].certificate_.converged
+    with pytest.raises(ValueError, match="coefficients"):
+        fit_path(X[:, :3], y, init_head=free, **kw)
