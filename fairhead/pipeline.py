@@ -169,7 +169,8 @@ METRIC_COLUMNS = (
     ("equalized_odds_difference", "eo_diff"),
     ("equal_opportunity_difference", "eopp_diff"),
     ("accuracy_equality_difference", "acc_eq_diff"),
-    ("worst_group_accuracy", "worst_cell_acc"),
+    ("worst_group_accuracy", "mmf_acc"),
+    ("worst_cell_accuracy", "worst_cell_acc"),
 )
 
 

@@ -13,8 +13,9 @@ M2       B3's data with the fairness constraint
 
 Every head is evaluated on train, on its own fine-tune data and on test, with the
 paper's metrics: accuracy, balanced accuracy, AUC, per-group FPR and FNR, EO
-difference and ratio, DP difference and ratio, accuracy-equality difference and
-max-min (worst (label, group) cell) accuracy, plus ``own_value``: the constraint's
+difference and ratio, DP difference and ratio, accuracy-equality difference,
+max-min fairness ``maxmin_acc`` (the worst sensitive group's accuracy, the paper's MMF)
+and ``worst_cell_acc`` (the worst (label, group) cell's accuracy), plus ``own_value``: the constraint's
 own bounded quantity (group vs overall rate gap for rate constraints), which M1 and
 M2 keep within ``eps`` on their fine-tune data.
 """
@@ -40,6 +41,7 @@ PROTOCOL_METRICS = (
     ("equalized_odds_difference", "eo_diff"), ("equalized_odds_ratio", "eo_ratio"),
     ("demographic_parity_difference", "dp_diff"), ("demographic_parity_ratio", "dp_ratio"),
     ("accuracy_equality_difference", "acc_eq_diff"), ("worst_group_accuracy", "maxmin_acc"),
+    ("worst_cell_accuracy", "worst_cell_acc"),
 )
 
 

@@ -43,7 +43,7 @@ SWEEP_METRICS = (
     "demographic_parity_difference", "demographic_parity_ratio",
     "equalized_odds_difference", "equalized_odds_ratio",
     "equal_opportunity_difference", "accuracy_equality_difference",
-    "worst_group_accuracy", "expected_calibration_error",
+    "worst_group_accuracy", "worst_cell_accuracy", "expected_calibration_error",
 )
 
 
