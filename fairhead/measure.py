@@ -49,13 +49,18 @@ def describe_bounded_gap(constraint, balance=None) -> str:
     constraint = make_constraint(constraint)
     if constraint is None:
         return "no constraint"
+    within = {"all": "", "y=1": " among y=1 rows", "label": " within each label (y=1 and y=0)"}
     if isinstance(constraint, RateConstraint):
-        what = (f"max over groups of |rate(group) - overall rate| of the '{constraint.name}' rates "
-                "(a head that meets eps can show up to 2 eps as a between-groups difference)")
+        rate = "error rate" if constraint.utility == "error" else "P(yhat=1)"
+        what = (f"max over groups of |{rate}(group) - {rate}(all)|{within[constraint.event]} ('{constraint.name}'; "
+                "a head that meets eps can show up to 2 eps as a between-groups difference)")
     elif isinstance(constraint, (GroupLoss, MinimaxLoss)):
         what = f"the largest group mean logistic loss ('{constraint.name}')"
+    elif isinstance(constraint, LinearScoreConstraint) and constraint.name != "cov":
+        what = (f"max over groups of |mean score(group) - mean score(all)|{within[constraint.event]} "
+                f"('{constraint.name}', a gap of scores w.x+b, not of rates)")
     else:
-        what = f"max over groups of |mean score(group) - overall mean score| ('{constraint.name}', a score gap)"
+        what = f"max over groups of |cov(group indicator, score)| ('{constraint.name}', a score covariance)"
     weights = "unit weights" if balance is None else f"balance={balance!r} weights"
     return f"{what}; measured with {weights}"
 

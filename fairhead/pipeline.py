@@ -150,14 +150,24 @@ def sensitive_arg(arrays: SplitArrays) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- head -> metrics
-def evaluate_head(head, arrays: SplitArrays) -> dict[str, float]:
-    """All scalar metrics of :func:`solvers.metrics.evaluate` for ``head`` on ``arrays``."""
+def evaluate_head(head, arrays: SplitArrays, *, bounded: bool = False) -> dict[str, float]:
+    """All scalar metrics of :func:`solvers.metrics.evaluate` for ``head`` on ``arrays``.
+
+    ``bounded=True`` adds ``constraint_value``: the head's bounded gap on these rows, under
+    its ``balance`` weights (:func:`fairhead.measure.constraint_value`).
+    """
     from solvers import metrics
 
-    return metrics.evaluate(
+    out = metrics.evaluate(
         arrays.y, head.predict(arrays.X), sensitive_features=sensitive_arg(arrays),
         y_score=head.predict_proba(arrays.X)[:, 1],
     )
+    if bounded and head.constraint not in (None, "none"):
+        from fairhead.measure import constraint_value
+
+        out["constraint_value"] = constraint_value(head.constraint, y=arrays.y, scores=head.decision_function(arrays.X),
+                                                   sensitive_features=sensitive_arg(arrays), balance=head.balance)
+    return out
 
 
 #: the columns of every per-split table, in order (metric key, header)
@@ -175,7 +185,9 @@ METRIC_COLUMNS = (
 
 
 def metric_rows(per_split: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
-    return [{"split": split, **{h: m.get(k, float("nan")) for k, h in METRIC_COLUMNS}}
+    bounded = any("constraint_value" in m for m in per_split.values())
+    return [{"split": split, **({"bounded_gap": m.get("constraint_value", float("nan"))} if bounded else {}),
+             **{h: m.get(k, float("nan")) for k, h in METRIC_COLUMNS}}
             for split, m in per_split.items()]
 
 
@@ -187,6 +199,30 @@ class FitResult:
     fit_split: str
     metrics: dict[str, dict[str, float]]
     saved_to: Path | None = None
+    #: the fit split's metrics (bounded gap included), whether or not it is among the evaluated splits
+    fit_metrics: dict[str, float] | None = None
+
+    def gap_lines(self) -> list[str]:
+        """The bounded gap and the between-groups difference on the fit split, each labelled."""
+        from fairhead.measure import BETWEEN_GROUPS, describe_bounded_gap
+
+        cert = self.head.certificate_
+        name = cert.constraint
+        if name is None or self.fit_metrics is None:
+            return []
+        bounded = self.fit_metrics.get("constraint_value", float("nan"))
+        lines = []
+        if name == "minimax":
+            lines.append(f"bounded gap on '{self.fit_split}': {bounded:.4f} (minimax: minimised, no eps)")
+        else:
+            met = cert.eps_met if cert.eps_met is not None else cert.max_violation <= max(cert.tol, 1e-9)
+            lines.append(f"bounded gap on '{self.fit_split}': {bounded:.4f} (eps {cert.eps:g}; met: {met})")
+        lines.append(f"  = {describe_bounded_gap(name, self.head.balance)}")
+        key = BETWEEN_GROUPS[name]
+        short = dict(METRIC_COLUMNS)[key]
+        lines.append(f"between-groups difference on '{self.fit_split}': {short} {self.fit_metrics[key]:.4f} "
+                     "(fairlearn's max - min over groups, unit weights; not the bounded quantity)")
+        return lines
 
     def summary(self) -> str:
         cert = self.head.certificate_
@@ -194,9 +230,8 @@ class FitResult:
             f"head: constraint={self.head.constraint or 'none'} eps={self.head.eps} C={self.head.C} "
             f"fit on '{self.fit_split}' with backend={cert.backend} in {cert.wall_time:.2f}s "
             f"({cert.n_iter} iterations, status {cert.status})",
+            *self.gap_lines(),
         ]
-        if getattr(cert, "achieved_gap", None) is not None:
-            lines.append(f"rate gap on the fit split: {cert.achieved_gap:.4f} (eps met: {cert.eps_met})")
         lines.append(format_table(metric_rows(self.metrics)))
         if self.saved_to:
             lines.append(f"saved head to {self.saved_to}")
@@ -217,11 +252,12 @@ def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None
         per_split = {}
         for split in splits:
             arrays = train if split == fit_split else load_arrays(cache, split, train.attributes)
-            per_split[split] = evaluate_head(head, arrays)
+            per_split[split] = evaluate_head(head, arrays, bounded=True)
+        fit_metrics = per_split.get(fit_split) or evaluate_head(head, train, bounded=True)
         fingerprint = cache.fingerprint
     if save is None:
         cache_path = Path(cache_path)
         save = cache_path.with_name(f"{cache_path.stem}.head-{head.constraint or 'none'}-{head.eps:g}.json")
     save_head(head, save, cache_fingerprint=fingerprint,
               extra={"fit_split": fit_split, "attributes": list(train.attributes), "cache": str(cache_path)})
-    return FitResult(head=head, fit_split=fit_split, metrics=per_split, saved_to=Path(save))
+    return FitResult(head=head, fit_split=fit_split, metrics=per_split, saved_to=Path(save), fit_metrics=fit_metrics)
