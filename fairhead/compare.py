@@ -304,11 +304,12 @@ def _penalty_heads(form, Xs, y, groups, n_groups, mean, std, arrays, constraint,
         def score(a, coef=coef, intercept=intercept):
             return np.asarray(a.X, dtype=np.float64) @ coef + intercept
 
-        what = "MMF (largest group loss)" if form == "MMF" else f"{form}, alpha={alpha:g}"
+        # alpha first: the demo's summary labels a baseline by the first clause of its note
+        what = "seed penalty MMF (largest group loss)" if form == "MMF" else f"alpha={alpha:g}, seed penalty {form}"
         yield HeadRecord(method="penalty", eps=float("nan"), coef=coef.tolist(), intercept=intercept,
                          certificate={}, metrics=evaluate_predictor(score, None, arrays, constraint, balance=balance),
                          wall_time=wall, alpha=alpha,
-                         notes=f"seed penalty {what}; {done} SGD epochs")
+                         notes=f"{what}, {done} SGD epochs")
 
 
 RUNNERS = {"expgrad": run_expgrad, "gridsearch": run_gridsearch, "threshold": run_threshold,
