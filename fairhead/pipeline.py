@@ -201,6 +201,8 @@ class FitResult:
     saved_to: Path | None = None
     #: the fit split's metrics (bounded gap included), whether or not it is among the evaluated splits
     fit_metrics: dict[str, float] | None = None
+    #: split -> rates undefined in some group there (counted as 0, as fairlearn)
+    undefined_rates: dict[str, list[str]] | None = None
 
     def gap_lines(self) -> list[str]:
         """The bounded gap and the between-groups difference on the fit split, each labelled."""
@@ -233,6 +235,8 @@ class FitResult:
             *self.gap_lines(),
         ]
         lines.append(format_table(metric_rows(self.metrics)))
+        lines += [f"UNDEFINED on '{split}': {note}" for split, notes in (self.undefined_rates or {}).items()
+                  for note in notes]
         if self.saved_to:
             lines.append(f"saved head to {self.saved_to}")
         return "\n".join(lines)
@@ -242,17 +246,18 @@ def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None
                  save: Path | None = None, **head_params) -> FitResult:
     """Fit one :class:`solvers.FairLogisticRegression` on ``fit_split`` and evaluate it on ``eval_splits``."""
     import embedcache
-    from solvers import FairLogisticRegression, save_head
+    from solvers import FairLogisticRegression, metrics, save_head
 
     with embedcache.open(cache_path) as cache:
         train = load_arrays(cache, fit_split, attributes)
         head = FairLogisticRegression(**head_params)
         head.fit(train.X, train.y, sensitive_features=sensitive_arg(train))
         splits = list(eval_splits) if eval_splits else list(cache.splits)
-        per_split = {}
+        per_split, undefined = {}, {}
         for split in splits:
             arrays = train if split == fit_split else load_arrays(cache, split, train.attributes)
             per_split[split] = evaluate_head(head, arrays, bounded=True)
+            undefined[split] = metrics.undefined_rates(arrays.y, sensitive_features=arrays.group_names)
         fit_metrics = per_split.get(fit_split) or evaluate_head(head, train, bounded=True)
         fingerprint = cache.fingerprint
     if save is None:
@@ -260,4 +265,5 @@ def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None
         save = cache_path.with_name(f"{cache_path.stem}.head-{head.constraint or 'none'}-{head.eps:g}.json")
     save_head(head, save, cache_fingerprint=fingerprint,
               extra={"fit_split": fit_split, "attributes": list(train.attributes), "cache": str(cache_path)})
-    return FitResult(head=head, fit_split=fit_split, metrics=per_split, saved_to=Path(save), fit_metrics=fit_metrics)
+    return FitResult(head=head, fit_split=fit_split, metrics=per_split, saved_to=Path(save), fit_metrics=fit_metrics,
+                     undefined_rates={s: v for s, v in undefined.items() if v})

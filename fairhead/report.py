@@ -66,6 +66,8 @@ def _headline(result) -> list[str]:
                                  for r in missed) + ".")
     elif n_heads:
         lines.append(f"- All {n_heads} heads meet their bound on {fit}.")
+    lines += [f"- **Undefined on {split}**: {note}." for split, notes in result.undefined_rates.items()
+              for note in notes]
     return lines
 
 

@@ -126,6 +126,8 @@ class SweepResult:
     files: dict[str, Path] = field(default_factory=dict)
     balance: str | None = None
     split_sizes: dict[str, int] = field(default_factory=dict)
+    #: split -> rates undefined in some group there (no y=1 or no y=0 rows), which count as 0
+    undefined_rates: dict[str, list[str]] = field(default_factory=dict)
 
     def gap_legend(self) -> dict[str, str]:
         """What each gap column measures, for this sweep's constraint and balance."""
@@ -171,6 +173,7 @@ class SweepResult:
             lines.append(f"fronts on '{test}': best accuracy at a between-groups gap <= t (heads compared by their "
                          "measured gap, not by the eps they aimed at)")
             lines.append(format_table(compare.front_table(self.fronts(test))))
+        lines += [f"UNDEFINED on '{split}': {note}" for split, notes in self.undefined_rates.items() for note in notes]
         lines += [f"wrote {name}: {path}" for name, path in self.files.items()]
         return "\n".join(lines)
 
@@ -337,8 +340,12 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
             records.append(rec)
 
     rows = [row for rec in records for row in rec.rows(name)]
+    from solvers.metrics import undefined_rates
+
+    undefined = {s: undefined_rates(a.y, sensitive_features=a.group_names) for s, a in arrays.items()}
     result = SweepResult(out=out, constraint=name, fit_split=fit_split, records=records, rows=rows, balance=balance,
-                         split_sizes={s: int(len(a.y)) for s, a in arrays.items()})
+                         split_sizes={s: int(len(a.y)) for s, a in arrays.items()},
+                         undefined_rates={s: v for s, v in undefined.items() if v})
     meta = provenance.collect(seed=seed, extra={"cache_fingerprint": fingerprint, "config": config,
                                                 "cache_provenance": cache_prov,
                                                 "unconstrained_value": inactive, "floor": floor})
@@ -364,7 +371,7 @@ def write_sweep(result: SweepResult, meta: dict, *, plots: bool = True) -> dict[
     json_path = out / "sweep.json"
     payload = {"provenance": meta, "constraint": result.constraint, "fit_split": result.fit_split,
                "columns": result.gap_legend(), "fronts": result.fronts() if "test" in result.split_sizes else [],
-               "missed_bound": [r.eps for r in result.missed()],
+               "missed_bound": [r.eps for r in result.missed()], "undefined_rates": result.undefined_rates,
                "rows": result.rows,
                "heads": [{k: v for k, v in r.__dict__.items() if k != "metrics"} for r in result.records]}
     json_path.write_text(json.dumps(provenance.strict_json(payload), indent=1, default=str, allow_nan=False))

@@ -233,3 +233,20 @@ def test_report_and_summary_label_both_gaps_and_compare_fronts(split_arrays, tmp
     from fairhead.compare import PENALTY_ALPHAS
 
     assert sorted({float(r["alpha"]) for r in penalty}) == sorted(PENALTY_ALPHAS)
+
+
+def test_undefined_rates_are_reported_loudly(split_arrays, tmp_path):
+    """A split where a group has no positives: its TPR counts as 0 (fairlearn), and the outputs say so."""
+    import dataclasses
+
+    test = split_arrays["test"]
+    keep = ~((test.groups[:, 0] == 1) & (test.y == 1))
+    arrays = dict(split_arrays, test=dataclasses.replace(
+        test, X=test.X[keep], y=test.y[keep], groups=test.groups[keep], sample_ids=test.sample_ids[keep]))
+    result = sweep.run_sweep(None, out=tmp_path, constraint="dp-score", eps_grid=[0.1], progress=False,
+                             plots=False, data=(arrays, "fp", {}))
+    assert result.undefined_rates == {"test": ["true_positive_rate of group 'b' (no y=1 rows; counted as 0, "
+                                               "as fairlearn)"]}
+    assert "UNDEFINED on 'test': true_positive_rate of group 'b'" in result.summary()
+    assert "Undefined on test" in result.files["report"].read_text()
+    assert json.loads(result.files["json"].read_text())["undefined_rates"] == result.undefined_rates
