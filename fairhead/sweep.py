@@ -163,9 +163,9 @@ class SweepResult:
         heads = [r for r in self.records if r.method == "fairhead"]
         missed = self.missed()
         if missed:
-            lines.append(f"MISSED: {len(missed)} of {len(heads)} heads miss their bound on '{self.fit_split}': "
-                         + ", ".join(f"eps={r.eps:.4g} (bounded gap {r.metrics[self.fit_split]['constraint_value']:.4g})"
-                                     for r in missed))
+            gaps = ", ".join(f"eps={r.eps:.4g} (bounded gap {r.metrics[self.fit_split]['constraint_value']:.4g})"
+                             for r in missed)
+            lines.append(f"MISSED: {len(missed)} of {len(heads)} heads miss their bound on '{self.fit_split}': {gaps}")
         elif heads:
             lines.append(f"all {len(heads)} heads meet their bound on '{self.fit_split}'")
         test = "test" if "test" in self.split_sizes else None

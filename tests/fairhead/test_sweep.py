@@ -170,7 +170,8 @@ def test_balanced_sweep_reports_the_gap_its_certificates_bound(split_arrays, tmp
 def _record(method, eps, acc_test, dp_test, *, eps_met=None, alpha=None, gap_fit=0.0):
     cert = {} if eps_met is None else {"eps": eps, "eps_met": eps_met, "max_violation": max(0.0, gap_fit - eps)}
     metrics = {split: {"accuracy": acc_test, "demographic_parity_difference": dp_test,
-                       "equalized_odds_difference": dp_test, "constraint_value": gap_fit if split == "train" else dp_test}
+                       "equalized_odds_difference": dp_test,
+                       "constraint_value": gap_fit if split == "train" else dp_test}
                for split in ("train", "test")}
     return sweep.HeadRecord(method=method, eps=eps, coef=[], intercept=0.0, certificate=cert, metrics=metrics,
                             wall_time=0.1, alpha=alpha)
@@ -185,7 +186,8 @@ def test_summary_names_the_heads_that_missed_their_bound(tmp_path):
     result = sweep.SweepResult(out=tmp_path, constraint="dp", fit_split="train", records=records, rows=rows,
                                split_sizes={"train": 100, "test": 100})
     text = result.summary()
-    assert "MISSED: 2 of 3 heads miss their bound on 'train': eps=0.02 (bounded gap 0.031), eps=0 (bounded gap 0.0007)" in text
+    assert ("MISSED: 2 of 3 heads miss their bound on 'train': eps=0.02 (bounded gap 0.031), "
+            "eps=0 (bounded gap 0.0007)") in text
     assert [r.eps for r in result.missed()] == [0.02, 0.0]
     met = sweep.SweepResult(out=tmp_path, constraint="dp", fit_split="train", records=records[:2],
                             rows=[row for r in records[:2] for row in r.rows("dp")])
