@@ -138,11 +138,19 @@ class SweepResult:
         """fairhead heads that miss their own bound on the fit split."""
         return [r for r in self.records if r.method == "fairhead" and r.missed_bound]
 
-    def fronts(self, split: str = "test") -> list[dict[str, Any]]:
-        """Best accuracy at gap <= t per method, for the DP and EO differences (see :func:`compare.fronts`)."""
-        from fairhead import compare
+    def fronts(self, split: str = "test", *, family_only: bool = False) -> list[dict[str, Any]]:
+        """Best accuracy at gap <= t per method, for the DP and EO differences (see :func:`compare.fronts`).
 
-        return compare.fronts(self.rows, split=split, n=self.split_sizes.get(split))
+        ``family_only`` keeps the gap of the swept constraint's family (DP for ``dp``, EO for ``eo``)
+        when it is one of them.
+        """
+        from fairhead import compare
+        from fairhead.measure import BETWEEN_GROUPS
+
+        gaps = compare.FRONT_GAPS
+        if family_only:
+            gaps = tuple(g for g in gaps if g[0] == BETWEEN_GROUPS.get(self.constraint)) or gaps
+        return compare.fronts(self.rows, split=split, n=self.split_sizes.get(split), gaps=gaps)
 
     def summary(self, splits=None) -> str:
         from fairhead import compare
@@ -172,7 +180,7 @@ class SweepResult:
         if test and len({r.method for r in self.records}) > 1:
             lines.append(f"fronts on '{test}': best accuracy at a between-groups gap <= t (heads compared by their "
                          "measured gap, not by the eps they aimed at)")
-            lines.append(format_table(compare.front_table(self.fronts(test))))
+            lines.append(format_table(compare.front_table(self.fronts(test, family_only=True))))
         lines += [f"UNDEFINED on '{split}': {note}" for split, notes in self.undefined_rates.items() for note in notes]
         lines += [f"wrote {name}: {path}" for name, path in self.files.items()]
         return "\n".join(lines)

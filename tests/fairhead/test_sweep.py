@@ -223,6 +223,8 @@ def test_report_and_summary_label_both_gaps_and_compare_fronts(split_arrays, tmp
     text = result.summary()
     assert "bounded_gap" in text and "|P(yhat=1)(group) - P(yhat=1)(all)|" in text
     assert "between-groups" in text and "fronts on 'test'" in text
+    front_text = text.split("fronts on 'test'")[1]
+    assert "DP diff" in front_text and "EO diff" not in front_text  # the summary reads the dp family's gap
     report = result.files["report"].read_text()
     assert "## What the gap columns measure" in report and "## Fronts on test" in report
     assert "| bounded gap |" in report and "| DP diff (between groups) |" in report
