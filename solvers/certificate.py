@@ -85,18 +85,19 @@ class Certificate:
     tol: float
     achieved_gap: float | None = None
     eps_met: bool | None = None
+    zero_one_error: float | None = None
     multipliers: tuple = ()
     notes: tuple = field(default_factory=tuple)
-    zero_one_error: float | None = None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["multipliers"] = [float(x) for x in self.multipliers]
         d["notes"] = list(self.notes)
-        for k in ("objective", "max_violation", "stationarity", "wall_time", "tol", "eps", "achieved_gap",
-                  "zero_one_error"):
+        for k in ("objective", "max_violation", "stationarity", "wall_time", "tol", "eps", "achieved_gap"):
             if d[k] is not None:
                 d[k] = float(d[k])
+        if d["zero_one_error"] is not None:
+            d["zero_one_error"] = float(d["zero_one_error"])
         d["n_iter"] = int(d["n_iter"])
         if d["eps_met"] is not None:
             d["eps_met"] = bool(d["eps_met"])
