@@ -9,6 +9,20 @@ a constraint bounds, measured on every split:
 
 Comparing it on the fit split (where ``<= eps`` is imposed) with the test split
 shows how much of the constraint survives on held-out data.
+
+This *bounded gap* is not the between-groups difference the tables report next to it
+(fairlearn's ``max_g r_g - min_g r_g``, :data:`BETWEEN_GROUPS`): a rate constraint bounds
+each group against the overall rate, ``|r_g - r| <= eps``, so the between-groups difference
+of a head that meets ``eps`` can reach ``2 eps`` (and, with two groups of shares ``p_a,
+p_b``, ``|r_a - r| = p_b |r_a - r_b|``). Every table shows both, labelled.
+
+With ``balance="group"`` or ``"label-group"`` the head is fitted with reweighted samples,
+and ``eps`` bounds the gap **under those weights** (the same weights enter the loss and the
+constraint; see :func:`solvers.problem.balance_weights`): with ``"group"`` the overall rate
+``r`` is the plain mean of the group rates, with ``"label-group"`` each group's rate is the
+mean of its per-label rates. Pass the same ``balance`` here to measure that quantity; on
+another split the weights are that split's own balance weights. The between-groups
+differences stay unweighted population metrics.
 """
 
 from __future__ import annotations
@@ -16,23 +30,56 @@ from __future__ import annotations
 import numpy as np
 
 from solvers.constraints import GroupLoss, LinearScoreConstraint, MinimaxLoss, RateConstraint, make_constraint
-from solvers.problem import encode_groups
+from solvers.problem import balance_weights, encode_groups
+
+#: the between-groups difference (fairlearn's, a key of :func:`solvers.metrics.evaluate`) that reports
+#: the family of each constraint, shown next to the constraint's bounded gap
+BETWEEN_GROUPS = {
+    "dp": "demographic_parity_difference", "dp-score": "demographic_parity_difference",
+    "cov": "demographic_parity_difference",
+    "eopp": "equal_opportunity_difference", "eopp-score": "equal_opportunity_difference",
+    "eo": "equalized_odds_difference", "eo-score": "equalized_odds_difference",
+    "error-rate": "accuracy_equality_difference", "group-loss": "accuracy_equality_difference",
+    "minimax": "accuracy_equality_difference",
+}
 
 
-def _mean_losses(z: np.ndarray, y: np.ndarray, cells: np.ndarray, n_cells: int) -> np.ndarray:
+def describe_bounded_gap(constraint, balance=None) -> str:
+    """One line saying what ``eps`` bounds for ``constraint`` (for legends and summaries)."""
+    constraint = make_constraint(constraint)
+    if constraint is None:
+        return "no constraint"
+    within = {"all": "", "y=1": " among y=1 rows", "label": " within each label (y=1 and y=0)"}
+    if isinstance(constraint, RateConstraint):
+        rate = "error rate" if constraint.utility == "error" else "P(yhat=1)"
+        what = (f"max over groups of |{rate}(group) - {rate}(all)|{within[constraint.event]} ('{constraint.name}'; "
+                "a head that meets eps can show up to 2 eps as a between-groups difference)")
+    elif isinstance(constraint, (GroupLoss, MinimaxLoss)):
+        what = f"the largest group mean logistic loss ('{constraint.name}')"
+    elif isinstance(constraint, LinearScoreConstraint) and constraint.name != "cov":
+        what = (f"max over groups of |mean score(group) - mean score(all)|{within[constraint.event]} "
+                f"('{constraint.name}', a gap of scores w.x+b, not of rates)")
+    else:
+        what = f"max over groups of |cov(group indicator, score)| ('{constraint.name}', a score covariance)"
+    weights = "unit weights" if balance is None else f"balance={balance!r} weights"
+    return f"{what}; measured with {weights}"
+
+
+def _mean_losses(z: np.ndarray, y: np.ndarray, cells: np.ndarray, n_cells: int, sw: np.ndarray) -> np.ndarray:
     signed = np.where(y == 1, z, -z)
     losses = np.logaddexp(0.0, -signed)
-    sums = np.bincount(cells, weights=losses, minlength=n_cells)
-    counts = np.bincount(cells, minlength=n_cells)
-    return sums / np.maximum(counts, 1)
+    sums = np.bincount(cells, weights=losses * sw, minlength=n_cells)
+    totals = np.bincount(cells, weights=sw, minlength=n_cells)
+    return sums / np.where(totals > 0, totals, 1.0)
 
 
-def constraint_value(constraint, *, y, scores, sensitive_features, predictions=None) -> float:
+def constraint_value(constraint, *, y, scores, sensitive_features, predictions=None, balance=None) -> float:
     """The largest bounded quantity of ``constraint`` for decision scores ``scores``.
 
     Hard predictions are ``predictions`` when given (a randomized or post-processed
-    baseline), else ``scores > 0``. Groups that a split lacks (e.g. an empty
-    cell on a small split) are skipped rather than failing the whole report.
+    baseline), else ``scores > 0``. ``balance`` (``None``, ``"group"``, ``"label-group"``)
+    measures it under the head's balance weights, as the fit bounds it. Groups that a split
+    lacks (e.g. an empty cell on a small split) are skipped rather than failing the whole report.
     """
     constraint = make_constraint(constraint)
     if constraint is None:
@@ -40,10 +87,10 @@ def constraint_value(constraint, *, y, scores, sensitive_features, predictions=N
     y = np.asarray(y).astype(np.float64)
     z = np.asarray(scores, dtype=np.float64)
     groups, labels, _ = encode_groups(sensitive_features, y.shape[0])
-    sw = np.ones_like(y)
+    sw = balance_weights(np.ones_like(y), y, groups, balance)
     if isinstance(constraint, (GroupLoss, MinimaxLoss)):
         cells, cell_labels = constraint.cells_codes(y, groups, labels)
-        return float(_mean_losses(z, y, cells, len(cell_labels)).max())
+        return float(_mean_losses(z, y, cells, len(cell_labels), sw).max())
     try:
         if isinstance(constraint, RateConstraint):
             moments = constraint.moments(y, groups, sw, labels)

@@ -167,14 +167,24 @@ def sensitive_arg(arrays: SplitArrays) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- head -> metrics
-def evaluate_head(head, arrays: SplitArrays) -> dict[str, float]:
-    """All scalar metrics of :func:`solvers.metrics.evaluate` for ``head`` on ``arrays``."""
+def evaluate_head(head, arrays: SplitArrays, *, bounded: bool = False) -> dict[str, float]:
+    """All scalar metrics of :func:`solvers.metrics.evaluate` for ``head`` on ``arrays``.
+
+    ``bounded=True`` adds ``constraint_value``: the head's bounded gap on these rows, under
+    its ``balance`` weights (:func:`fairhead.measure.constraint_value`).
+    """
     from solvers import metrics
 
-    return metrics.evaluate(
+    out = metrics.evaluate(
         arrays.y, head.predict(arrays.X), sensitive_features=sensitive_arg(arrays),
         y_score=head.predict_proba(arrays.X)[:, 1],
     )
+    if bounded and head.constraint not in (None, "none"):
+        from fairhead.measure import constraint_value
+
+        out["constraint_value"] = constraint_value(head.constraint, y=arrays.y, scores=head.decision_function(arrays.X),
+                                                   sensitive_features=sensitive_arg(arrays), balance=head.balance)
+    return out
 
 
 #: the columns of every per-split table, in order (metric key, header)
@@ -186,12 +196,15 @@ METRIC_COLUMNS = (
     ("equalized_odds_difference", "eo_diff"),
     ("equal_opportunity_difference", "eopp_diff"),
     ("accuracy_equality_difference", "acc_eq_diff"),
-    ("worst_group_accuracy", "worst_cell_acc"),
+    ("worst_group_accuracy", "mmf_acc"),
+    ("worst_cell_accuracy", "worst_cell_acc"),
 )
 
 
 def metric_rows(per_split: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
-    return [{"split": split, **{h: m.get(k, float("nan")) for k, h in METRIC_COLUMNS}}
+    bounded = any("constraint_value" in m for m in per_split.values())
+    return [{"split": split, **({"bounded_gap": m.get("constraint_value", float("nan"))} if bounded else {}),
+             **{h: m.get(k, float("nan")) for k, h in METRIC_COLUMNS}}
             for split, m in per_split.items()]
 
 
@@ -203,6 +216,32 @@ class FitResult:
     fit_split: str
     metrics: dict[str, dict[str, float]]
     saved_to: Path | None = None
+    #: the fit split's metrics (bounded gap included), whether or not it is among the evaluated splits
+    fit_metrics: dict[str, float] | None = None
+    #: split -> rates undefined in some group there (counted as 0, as fairlearn)
+    undefined_rates: dict[str, list[str]] | None = None
+
+    def gap_lines(self) -> list[str]:
+        """The bounded gap and the between-groups difference on the fit split, each labelled."""
+        from fairhead.measure import BETWEEN_GROUPS, describe_bounded_gap
+
+        cert = self.head.certificate_
+        name = cert.constraint
+        if name is None or self.fit_metrics is None:
+            return []
+        bounded = self.fit_metrics.get("constraint_value", float("nan"))
+        lines = []
+        if name == "minimax":
+            lines.append(f"bounded gap on '{self.fit_split}': {bounded:.4f} (minimax: minimised, no eps)")
+        else:
+            met = cert.eps_met if cert.eps_met is not None else cert.max_violation <= max(cert.tol, 1e-9)
+            lines.append(f"bounded gap on '{self.fit_split}': {bounded:.4f} (eps {cert.eps:g}; met: {met})")
+        lines.append(f"  = {describe_bounded_gap(name, self.head.balance)}")
+        key = BETWEEN_GROUPS[name]
+        short = dict(METRIC_COLUMNS)[key]
+        lines.append(f"between-groups difference on '{self.fit_split}': {short} {self.fit_metrics[key]:.4f} "
+                     "(fairlearn's max - min over groups, unit weights; not the bounded quantity)")
+        return lines
 
     def summary(self) -> str:
         cert = self.head.certificate_
@@ -210,10 +249,11 @@ class FitResult:
             f"head: constraint={self.head.constraint or 'none'} eps={self.head.eps} C={self.head.C} "
             f"fit on '{self.fit_split}' with backend={cert.backend} in {cert.wall_time:.2f}s "
             f"({cert.n_iter} iterations, status {cert.status})",
+            *self.gap_lines(),
         ]
-        if getattr(cert, "achieved_gap", None) is not None:
-            lines.append(f"rate gap on the fit split: {cert.achieved_gap:.4f} (eps met: {cert.eps_met})")
         lines.append(format_table(metric_rows(self.metrics)))
+        lines += [f"UNDEFINED on '{split}': {note}" for split, notes in (self.undefined_rates or {}).items()
+                  for note in notes]
         if self.saved_to:
             lines.append(f"saved head to {self.saved_to}")
         return "\n".join(lines)
@@ -224,7 +264,7 @@ def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None
     """Fit one :class:`solvers.FairLogisticRegression` on ``fit_split`` and evaluate it on ``eval_splits``."""
     import embedcache
     from fairhead_io import check_file_target
-    from solvers import FairLogisticRegression, save_head
+    from solvers import FairLogisticRegression, metrics, save_head
     from solvers.persistence import check_head_path
 
     with embedcache.open(cache_path) as cache:
@@ -244,7 +284,11 @@ def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None
         fingerprint = cache.fingerprint
     head = FairLogisticRegression(**head_params)
     head.fit(train.X, train.y, sensitive_features=sensitive_arg(train))
-    per_split = {split: evaluate_head(head, arrays) for split, arrays in evaluated.items()}
+    per_split = {split: evaluate_head(head, arrays, bounded=True) for split, arrays in evaluated.items()}
+    undefined = {split: metrics.undefined_rates(arrays.y, sensitive_features=arrays.group_names)
+                 for split, arrays in evaluated.items()}
+    fit_metrics = per_split.get(fit_split) or evaluate_head(head, train, bounded=True)
     save_head(head, save, cache_fingerprint=fingerprint,
               extra={"fit_split": fit_split, "attributes": list(train.attributes), "cache": str(cache_path)})
-    return FitResult(head=head, fit_split=fit_split, metrics=per_split, saved_to=Path(save))
+    return FitResult(head=head, fit_split=fit_split, metrics=per_split, saved_to=Path(save), fit_metrics=fit_metrics,
+                     undefined_rates={s: v for s, v in undefined.items() if v})

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+#: (row key, axis label): the bounded gap and fairlearn's between-groups differences are different quantities
 GAPS = (
-    ("constraint_value", "constraint's own value"),
-    ("demographic_parity_difference", "DP difference"),
-    ("equalized_odds_difference", "EO difference"),
+    ("constraint_value", "bounded gap max|g - all| (eps)"),
+    ("demographic_parity_difference", "DP diff between groups"),
+    ("equalized_odds_difference", "EO diff between groups"),
 )
 COLORS = {"fairhead": "tab:orange", "unconstrained": "black", "expgrad": "tab:green", "gridsearch": "tab:brown",
           "threshold": "tab:red", "penalty": "tab:purple"}
@@ -56,6 +57,14 @@ def _save(fig, path: Path, staged=None) -> Path:
 
 def _method_base(method: str) -> str:
     return method.split("[")[0]
+
+
+def _head_key(row) -> tuple:
+    """One head's rows on every split share this key (NaN eps or alpha of baselines made comparable)."""
+    def num(v):
+        return None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
+
+    return row["method"], num(row.get("eps")), num(row.get("alpha"))
 
 
 def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "", staged=None) -> dict[str, Path]:
@@ -99,9 +108,8 @@ def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "", staged=None)
     plt.close(fig)
 
     if len(splits) == 2:
-        fit_rows = {(r["method"], r["eps"]): r for r in rows if r["split"] == fit_split}
-        pairs = [(fit_rows[(r["method"], r["eps"])], r) for r in rows
-                 if r["split"] == "test" and (r["method"], r["eps"]) in fit_rows]
+        fit_rows = {_head_key(r): r for r in rows if r["split"] == fit_split}
+        pairs = [(fit_rows[_head_key(r)], r) for r in rows if r["split"] == "test" and _head_key(r) in fit_rows]
         fig, axes = plt.subplots(1, len(GAPS), figsize=(4.2 * len(GAPS), 3.8), squeeze=False)
         for c, (key, label) in enumerate(GAPS):
             ax = axes[0, c]

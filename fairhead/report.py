@@ -10,10 +10,12 @@ from typing import Any
 from fairhead_io import atomic_write_text
 
 REPORT_COLUMNS = (
-    ("method", "method"), ("eps", "eps"), ("split", "split"), ("accuracy", "acc"),
-    ("balanced_accuracy", "bal. acc"), ("roc_auc", "AUC"), ("demographic_parity_difference", "DP diff"),
-    ("equalized_odds_difference", "EO diff"), ("worst_group_accuracy", "worst cell acc"),
-    ("constraint_value", "own value"), ("eps_met", "eps met"), ("fit_time_s", "time (s)"),
+    ("method", "method"), ("eps", "eps"), ("alpha", "alpha"), ("split", "split"), ("accuracy", "acc"),
+    ("balanced_accuracy", "bal. acc"), ("roc_auc", "AUC"), ("constraint_value", "bounded gap"),
+    ("demographic_parity_difference", "DP diff (between groups)"),
+    ("equalized_odds_difference", "EO diff (between groups)"), ("worst_group_accuracy", "MMF (worst group acc)"),
+    ("worst_cell_accuracy", "worst cell acc"),
+    ("eps_met", "eps met"), ("fit_time_s", "time (s)"),
 )
 
 
@@ -45,7 +47,7 @@ def _headline(result) -> list[str]:
     free_fit, free_test = get("unconstrained", fit), get("unconstrained", "test")
     if free_fit and free_test:
         lines.append(f"- Unconstrained head: accuracy {free_test['accuracy']:.3f} on test, "
-                     f"own constraint value {free_fit['constraint_value']:.4f} on {fit} / "
+                     f"bounded gap {free_fit['constraint_value']:.4f} on {fit} / "
                      f"{free_test['constraint_value']:.4f} on test "
                      f"(DP diff {free_test['demographic_parity_difference']:.3f}, "
                      f"EO diff {free_test['equalized_odds_difference']:.3f} on test).")
@@ -55,10 +57,42 @@ def _headline(result) -> list[str]:
         test = next((r for r in rows if r["method"] == "fairhead" and r["split"] == "test"
                      and r["eps"] == tight["eps"]), None)
         if test:
-            lines.append(f"- Tightest bound eps={tight['eps']:.4f}: own value {tight['constraint_value']:.4f} on "
+            lines.append(f"- Tightest bound eps={tight['eps']:.4f}: bounded gap {tight['constraint_value']:.4f} on "
                          f"{fit} vs {test['constraint_value']:.4f} on test, accuracy "
                          f"{tight['accuracy']:.3f} / {test['accuracy']:.3f}.")
+    missed = result.missed()
+    n_heads = sum(r.method == "fairhead" for r in result.records)
+    if missed:
+        lines.append(f"- **{len(missed)} of {n_heads} heads miss their bound** on {fit}: "
+                     + ", ".join(f"eps={r.eps:.4g} (bounded gap {r.metrics[fit]['constraint_value']:.4g})"
+                                 for r in missed) + ".")
+    elif n_heads:
+        lines.append(f"- All {n_heads} heads meet their bound on {fit}.")
+    lines += [f"- **Undefined on {split}**: {note}." for split, notes in result.undefined_rates.items()
+              for note in notes]
     return lines
+
+
+def _legend(result) -> list[str]:
+    """What each gap column measures: the bound and the reported gaps are different quantities."""
+    legend = result.gap_legend()
+    return ["## What the gap columns measure", "",
+            *(f"- **{header}**: {legend[key]}." for key, header in REPORT_COLUMNS if key in legend), ""]
+
+
+def _fronts(result) -> list[str]:
+    """The front comparison (best test accuracy at test gap <= t), when several methods ran."""
+    from fairhead import compare
+
+    if "test" not in result.split_sizes or len({r.method for r in result.records}) < 2:
+        return []
+    table = compare.front_table(result.fronts("test"))
+    return ["## Fronts on test: best accuracy at a between-groups gap <= t", "",
+            "Methods are compared by the gap their heads measure on test, not at matched eps (fairhead aims "
+            "at 0.9 eps and bounds each group against the overall rate; ExponentiatedGradient aims at eps on its "
+            "own moment; the penalty has no bound). `-`: no head of that method reaches the level; "
+            "`±` one binomial standard error.", "",
+            markdown_table(table), ""]
 
 
 def sweep_report_text(result, files: Mapping[str, Path], meta: Mapping[str, Any]) -> str:
@@ -78,7 +112,7 @@ def sweep_report_text(result, files: Mapping[str, Path], meta: Mapping[str, Any]
                                               "the constraint overfits)")):
         if key in files:
             parts += [f"## {caption}", "", f"![{caption}]({Path(files[key]).name})", ""]
-    parts += ["## Results", "", markdown_table(result.rows, REPORT_COLUMNS), "",
+    parts += [*_fronts(result), *_legend(result), "## Results", "", markdown_table(result.rows, REPORT_COLUMNS), "",
               f"Full table: `{Path(files['table']).name}`; provenance and certificates: `{Path(files['json']).name}`.",
               "", f"_Versions: {versions}_", ""]
     return "\n".join(parts)

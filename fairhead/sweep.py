@@ -9,7 +9,8 @@ evaluates every head on every split of the cache.
 Outputs, in the report folder:
 
 * ``sweep.csv`` / ``sweep.json`` -- one row per (method, eps, split); the JSON adds
-  the provenance (cache fingerprint, certificates, versions, seed);
+  the provenance (cache fingerprint, certificates, versions, seed), what each gap column
+  measures (``columns``) and the test fronts (``fronts``);
 * ``tradeoff.png`` and ``fit_vs_test.png`` (see :mod:`fairhead.plots`);
 * ``report.md`` -- the table and the plots together;
 * ``progress.jsonl`` -- finished heads, so an interrupted sweep resumes where it stopped
@@ -37,7 +38,7 @@ from fairhead_errors import DataError
 from fairhead_io import StagedFiles, atomic_write_text, ensure_output_folder, naming_the_file
 
 from fairhead import pipeline, provenance
-from fairhead.measure import constraint_value
+from fairhead.measure import constraint_value, describe_bounded_gap
 from fairhead.tables import format_table
 
 BAD_GRID_MSG = "eps grid must hold finite values >= 0; got {grid}; pass e.g. --eps-grid 0.1 0.05 0.02 0"
@@ -54,8 +55,24 @@ SWEEP_METRICS = (
     "demographic_parity_difference", "demographic_parity_ratio",
     "equalized_odds_difference", "equalized_odds_ratio",
     "equal_opportunity_difference", "accuracy_equality_difference",
-    "worst_group_accuracy", "expected_calibration_error",
+    "worst_group_accuracy", "worst_cell_accuracy", "expected_calibration_error",
 )
+
+
+#: what the gap columns of the table measure (``sweep.json`` ``columns``; the report's legend)
+GAP_COLUMNS = {
+    "constraint_value": "the quantity eps bounds on the fit split: {bounded}",
+    "demographic_parity_difference": "fairlearn's between-groups difference max_g P(yhat=1|g) - min_g P(yhat=1|g), "
+                                     "unit weights",
+    "equalized_odds_difference": "fairlearn's between-groups difference, the larger of the TPR and FPR "
+                                 "max_g - min_g, unit weights",
+    "equal_opportunity_difference": "fairlearn's between-groups TPR difference max_g - min_g, unit weights",
+    "accuracy_equality_difference": "between-groups accuracy difference max_g - min_g, unit weights",
+    "worst_group_accuracy": "max-min fairness: the smallest accuracy over sensitive groups",
+    "worst_cell_accuracy": "the smallest accuracy over (label, group) cells",
+}
+#: a score head's violation above this (the solvers' tolerance scale) counts as a missed bound
+MISSED_VIOLATION = 1e-5
 
 
 def default_eps_grid(inactive_value: float, n_eps: int, *, floor: float = 0.0) -> np.ndarray:
@@ -89,10 +106,20 @@ class HeadRecord:
     metrics: dict[str, dict[str, float]]  # split -> metric -> value
     wall_time: float
     notes: str = ""
+    alpha: float | None = None  # the penalty weight of a penalty baseline
+
+    @property
+    def missed_bound(self) -> bool:
+        """Whether this head misses its own bound on the fit split (per its certificate)."""
+        cert = self.certificate or {}
+        if cert.get("eps_met") is False:
+            return True
+        return cert.get("eps") is not None and float(cert.get("max_violation") or 0.0) > MISSED_VIOLATION
 
     def rows(self, constraint_name: str) -> list[dict[str, Any]]:
         return [
-            {"method": self.method, "constraint": constraint_name, "eps": self.eps, "split": split,
+            {"method": self.method, "constraint": constraint_name, "eps": self.eps,
+             "alpha": float("nan") if self.alpha is None else float(self.alpha), "split": split,
              **values, "fit_time_s": self.wall_time,
              "eps_met": self.certificate.get("eps_met"), "status": self.certificate.get("status"),
              "notes": self.notes}
@@ -108,26 +135,75 @@ class SweepResult:
     records: list[HeadRecord]
     rows: list[dict[str, Any]]
     files: dict[str, Path] = field(default_factory=dict)
+    balance: str | None = None
+    split_sizes: dict[str, int] = field(default_factory=dict)
+    #: split -> rates undefined in some group there (no y=1 or no y=0 rows), which count as 0
+    undefined_rates: dict[str, list[str]] = field(default_factory=dict)
+
+    def gap_legend(self) -> dict[str, str]:
+        """What each gap column measures, for this sweep's constraint and balance."""
+        bounded = describe_bounded_gap(self.constraint, self.balance)
+        return {k: v.format(bounded=bounded) for k, v in GAP_COLUMNS.items()}
+
+    def missed(self) -> list[HeadRecord]:
+        """fairhead heads that miss their own bound on the fit split."""
+        return [r for r in self.records if r.method == "fairhead" and r.missed_bound]
+
+    def fronts(self, split: str = "test", *, family_only: bool = False) -> list[dict[str, Any]]:
+        """Best accuracy at gap <= t per method, for the DP and EO differences (see :func:`compare.fronts`).
+
+        ``family_only`` keeps the gap of the swept constraint's family (DP for ``dp``, EO for ``eo``)
+        when it is one of them.
+        """
+        from fairhead import compare
+        from fairhead.measure import BETWEEN_GROUPS
+
+        gaps = compare.FRONT_GAPS
+        if family_only:
+            gaps = tuple(g for g in gaps if g[0] == BETWEEN_GROUPS.get(self.constraint)) or gaps
+        return compare.fronts(self.rows, split=split, n=self.split_sizes.get(split), gaps=gaps)
 
     def summary(self, splits=None) -> str:
+        from fairhead import compare
+
         splits = splits or [self.fit_split, "test"]
-        cols = ["method", "eps", "split", "accuracy", "demographic_parity_difference",
-                "equalized_odds_difference", "constraint_value", "fit_time_s"]
+        cols = ["method", "eps"] + (["alpha"] if any(r.alpha is not None for r in self.records) else []) + [
+            "split", "accuracy", "constraint_value", "demographic_parity_difference",
+            "equalized_odds_difference", "eps_met", "fit_time_s"]
         shown = [{c: r.get(c) for c in cols} for r in self.rows if r["split"] in splits]
         short = {"demographic_parity_difference": "dp_diff", "equalized_odds_difference": "eo_diff",
-                 "constraint_value": "own_value", "fit_time_s": "time_s"}
+                 "constraint_value": "bounded_gap", "fit_time_s": "time_s"}
         shown = [{short.get(k, k): v for k, v in r.items()} for r in shown]
+        legend = self.gap_legend()
         lines = [f"sweep of '{self.constraint}' fitted on '{self.fit_split}' "
-                 f"({len(self.records)} heads)", format_table(shown)]
+                 f"({len(self.records)} heads)", format_table(shown),
+                 f"bounded_gap: {legend['constraint_value']}",
+                 "dp_diff, eo_diff: fairlearn's between-groups differences (max - min over groups, unit weights)"]
+        heads = [r for r in self.records if r.method == "fairhead"]
+        missed = self.missed()
+        if missed:
+            gaps = ", ".join(f"eps={r.eps:.4g} (bounded gap {r.metrics[self.fit_split]['constraint_value']:.4g})"
+                             for r in missed)
+            lines.append(f"MISSED: {len(missed)} of {len(heads)} heads miss their bound on '{self.fit_split}': {gaps}")
+        elif heads:
+            lines.append(f"all {len(heads)} heads meet their bound on '{self.fit_split}'")
+        test = "test" if "test" in self.split_sizes else None
+        if test and len({r.method for r in self.records}) > 1:
+            lines.append(f"fronts on '{test}': best accuracy at a between-groups gap <= t (heads compared by their "
+                         "measured gap, not by the eps they aimed at)")
+            lines.append(format_table(compare.front_table(self.fronts(test, family_only=True))))
+        lines += [f"UNDEFINED on '{split}': {note}" for split, notes in self.undefined_rates.items() for note in notes]
         lines += [f"wrote {name}: {path}" for name, path in self.files.items()]
         return "\n".join(lines)
 
 
-def evaluate_predictor(scores_fn, predict_fn, arrays_by_split, constraint) -> dict[str, dict[str, float]]:
-    """Metrics of one predictor on every split, plus the constraint's own value.
+def evaluate_predictor(scores_fn, predict_fn, arrays_by_split, constraint, *,
+                       balance=None) -> dict[str, dict[str, float]]:
+    """Metrics of one predictor on every split, plus the constraint's bounded gap.
 
     ``scores_fn(arrays)`` gives decision scores; ``predict_fn(arrays)`` the hard predictions,
     or ``None`` for a linear head, whose predictions are ``scores > 0`` (one product per split).
+    ``constraint_value`` is measured under the sweep's ``balance`` weights, as the heads bound it.
     """
     from solvers import metrics
 
@@ -139,7 +215,7 @@ def evaluate_predictor(scores_fn, predict_fn, arrays_by_split, constraint) -> di
         m = metrics.evaluate(arrays.y, yhat, sensitive_features=sens, y_score=1.0 / (1.0 + np.exp(-z)))
         values = {k: float(m.get(k, float("nan"))) for k in SWEEP_METRICS}
         values["constraint_value"] = constraint_value(constraint, y=arrays.y, scores=z, sensitive_features=sens,
-                                                      predictions=yhat)
+                                                      predictions=yhat, balance=balance)
         out[split] = values
     return out
 
@@ -257,7 +333,8 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     t0 = time.perf_counter()
     free = FairLogisticRegression(constraint=None, **base).fit(fit.X, fit.y, sensitive_features=sens)
     free_time = time.perf_counter() - t0
-    inactive = constraint_value(cons, y=fit.y, scores=free.decision_function(fit.X), sensitive_features=sens)
+    inactive = constraint_value(cons, y=fit.y, scores=free.decision_function(fit.X), sensitive_features=sens,
+                                balance=balance)
 
     floor = 0.0
     if name == "minimax":
@@ -267,7 +344,8 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     else:
         if name == "group-loss":  # the tightest feasible bound is the minimax head's largest group loss
             tight = FairLogisticRegression(constraint="minimax", **base).fit(fit.X, fit.y, sensitive_features=sens)
-            floor = constraint_value(cons, y=fit.y, scores=tight.decision_function(fit.X), sensitive_features=sens)
+            floor = constraint_value(cons, y=fit.y, scores=tight.decision_function(fit.X), sensitive_features=sens,
+                                     balance=balance)
             floor *= 1.0 + 1e-4
         grid = default_eps_grid(max(inactive, floor), n_eps, floor=floor)
 
@@ -281,7 +359,7 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     records.append(HeadRecord(
         method="unconstrained", eps=float("nan"), coef=free.coef_.ravel().tolist(),
         intercept=float(free.intercept_[0]), certificate=free.certificate_.to_dict(),
-        metrics=evaluate_predictor(scores(free), None, arrays, cons), wall_time=free_time))
+        metrics=evaluate_predictor(scores(free), None, arrays, cons, balance=balance), wall_time=free_time))
 
     # one warm-started path, starting from the unconstrained head; each head is written as soon as it is
     # solved. A resumed sweep replays the finished heads' solves (not their evaluation) so that the
@@ -306,7 +384,7 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
             rec = HeadRecord(
                 method="fairhead", eps=eps, coef=head.coef_.ravel().tolist(),
                 intercept=float(head.intercept_[0]), certificate=head.certificate_.to_dict(),
-                metrics=evaluate_predictor(scores(head), None, arrays, cons),
+                metrics=evaluate_predictor(scores(head), None, arrays, cons, balance=balance),
                 wall_time=wall, notes=notes)
             solved[_eps_key(eps)] = rec
             _append_progress(progress_path, key, rec)
@@ -320,11 +398,16 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
         from fairhead import compare as baselines
 
         for rec in baselines.run_baselines(compare, fit, arrays, constraint=cons, grid=grid, C=C,
-                                           seed=seed, progress=progress):
+                                           seed=seed, progress=progress, balance=balance):
             records.append(rec)
 
     rows = [row for rec in records for row in rec.rows(name)]
-    result = SweepResult(out=out, constraint=name, fit_split=fit_split, records=records, rows=rows)
+    from solvers.metrics import undefined_rates
+
+    undefined = {s: undefined_rates(a.y, sensitive_features=a.group_names) for s, a in arrays.items()}
+    result = SweepResult(out=out, constraint=name, fit_split=fit_split, records=records, rows=rows, balance=balance,
+                         split_sizes={s: int(len(a.y)) for s, a in arrays.items()},
+                         undefined_rates={s: v for s, v in undefined.items() if v})
     meta = provenance.collect(seed=seed, extra={"cache_fingerprint": fingerprint, "config": config,
                                                 "cache_provenance": cache_prov,
                                                 "unconstrained_value": inactive, "floor": floor})
@@ -353,6 +436,8 @@ def write_sweep(result: SweepResult, meta: dict, *, plots: bool = True) -> dict[
             writer.writeheader()
             writer.writerows(result.rows)
         payload = {"provenance": meta, "constraint": result.constraint, "fit_split": result.fit_split,
+                   "columns": result.gap_legend(), "fronts": result.fronts() if "test" in result.split_sizes else [],
+                   "missed_bound": [r.eps for r in result.missed()], "undefined_rates": result.undefined_rates,
                    "rows": result.rows,
                    "heads": [{k: v for k, v in r.__dict__.items() if k != "metrics"} for r in result.records]}
         files["json"] = staged.write_text(out / "sweep.json", json.dumps(

@@ -4,8 +4,14 @@ Every fit records a :class:`Certificate`. Its numbers are recomputed here in num
 accumulation) from the returned coefficients and multipliers, whichever backend solved, so
 that cvxpy and torch heads are judged by one yardstick:
 
-* ``objective`` -- :math:`f(w,b) = \\frac1V\\sum_i v_i \\ell_i + R(w)` (minimax: the largest cell
-  loss plus ``R``; rate heads: the weighted 0-1 error on the fit split),
+* ``objective`` -- the regularised logistic objective
+  :math:`f(w,b) = \\frac1V\\sum_i v_i \\ell_i + R(w)` (minimax: the largest cell loss plus ``R``)
+  of score-constrained and unconstrained heads; ``None`` for rate heads, which minimise another
+  quantity:
+* ``zero_one_error`` -- rate heads only: the weighted 0-1 error
+  :math:`\\frac1V\\sum_i v_i [\\hat y_i \\ne y_i]` on the fit split, the objective of the
+  Lagrangian reduction (certificates written before it existed stored it as ``objective``;
+  :meth:`Certificate.from_dict` moves it here),
 * ``max_violation`` -- :math:`\\max_k (g_k(w,b) - \\varepsilon)_+` over the constraints,
 * ``stationarity`` -- the KKT residual
   :math:`\\lVert \\nabla f + \\sum_k \\lambda_k \\nabla g_k \\rVert_\\infty` (plus complementarity
@@ -46,8 +52,9 @@ class Certificate:
         Constraint name (``None`` for an unconstrained fit).
     eps : float or None
         The bound.
-    objective : float
-        Objective at the returned head (see module docstring).
+    objective : float or None
+        Regularised logistic objective at the returned head (see module docstring); ``None``
+        for rate heads (see ``zero_one_error``).
     max_violation : float
         Largest constraint violation ``max(g - eps, 0)`` (rate constraints: on the fit split).
     stationarity : float
@@ -59,9 +66,14 @@ class Certificate:
     tol : float
         Requested tolerance.
     achieved_gap : float or None
-        Rate constraints: largest rate gap on the fit split.
+        Rate constraints: the bounded gap on the fit split, ``max_g |r_g - r|`` (each group's
+        rate against the overall rate, with the fit's sample weights, i.e. after ``balance``).
+        Not fairlearn's between-groups difference ``max_g r_g - min_g r_g``, which can be up
+        to twice as large.
     eps_met : bool or None
         Rate constraints: whether ``achieved_gap <= eps``.
+    zero_one_error : float or None
+        Rate constraints: the weighted 0-1 error on the fit split (the reduction's objective).
     multipliers : tuple of float
         Lagrange multipliers of the constraints, in the constraint's row order.
     notes : tuple of str
@@ -86,7 +98,7 @@ class Certificate:
     status: str
     constraint: str | None
     eps: float | None
-    objective: float
+    objective: float | None
     max_violation: float
     stationarity: float
     n_iter: int
@@ -94,6 +106,7 @@ class Certificate:
     tol: float
     achieved_gap: float | None = None
     eps_met: bool | None = None
+    zero_one_error: float | None = None
     multipliers: tuple = ()
     notes: tuple = field(default_factory=tuple)
     resolution: float | None = None
@@ -109,6 +122,8 @@ class Certificate:
                   "aimed_at"):
             if d[k] is not None:
                 d[k] = float(d[k])
+        if d["zero_one_error"] is not None:
+            d["zero_one_error"] = float(d["zero_one_error"])
         d["n_iter"] = int(d["n_iter"])
         for k in ("passes", "passes_lower_bound"):
             if d[k] is not None:
@@ -122,6 +137,9 @@ class Certificate:
         d = dict(d)
         d["multipliers"] = tuple(d.get("multipliers", ()))
         d["notes"] = tuple(d.get("notes", ()))
+        if "zero_one_error" not in d and d.get("achieved_gap") is not None:
+            # written before the rename: a rate head's "objective" was its 0-1 error
+            d["zero_one_error"], d["objective"] = d.get("objective"), None
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 

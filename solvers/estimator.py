@@ -94,6 +94,11 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         Elastic-net mixing (``penalty="elasticnet"``).
     balance : {None, "group", "label-group"}, default=None
         Reweight so every group, or every (label, group) cell, has equal total weight.
+        The same weights enter the loss **and the constraint**: ``eps`` then bounds the gap
+        under the balanced weights (``"group"``: each group's rate against the plain mean of
+        the group rates; ``"label-group"``: each group's rate is the mean of its per-label
+        rates), and ``certificate_.achieved_gap`` is that gap. Measure it elsewhere with
+        ``fairhead.measure.constraint_value(..., balance=...)``.
     backend : {"auto", "cvxpy", "torch"}, default="auto"
         ``auto`` picks cvxpy when ``n * d <= AUTO_CVXPY_MAX_SIZE`` (200,000) or the penalty
         is ``l1`` / ``elasticnet``, torch above. Rate constraints always run their weighted

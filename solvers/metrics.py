@@ -4,6 +4,17 @@ These are what every table reports; they are kept apart from the training constr
 Group metrics take ``sensitive_features`` keyword-only (1-D, 2-D, DataFrame or dict; several
 attributes form intersectional groups, as in fairlearn's MetricFrame). Differences are
 ``max - min`` over groups and ratios ``min / max`` (fairlearn's ``between_groups``).
+
+Undefined rates follow fairlearn (which takes them from scikit-learn's confusion matrix with
+``normalize="true"``): a rate whose conditioning event is empty in a group (TPR or FNR of a
+group without positives, FPR of a group without negatives) counts as **0**, so a group
+without positives and a TPR of 0.5 elsewhere give an equal-opportunity difference of 0.5,
+as fairlearn reports. :meth:`GroupTable.undefined` and :func:`undefined_rates` name such
+groups so that reports can say so.
+
+These between-groups differences are *not* the quantity a rate constraint bounds: a
+constraint bounds each group against the overall rate (``|r_g - r| <= eps``, see
+:mod:`solvers.constraints`), so its ``eps`` caps ``max - min`` only at ``2 eps``.
 """
 
 from __future__ import annotations
@@ -42,6 +53,12 @@ def _mean(x, w):
     return float((x * w).sum() / s) if s > 0 else float("nan")
 
 
+def _rate(x, w):
+    """A conditional rate; 0 when its event has no weight (fairlearn's and scikit-learn's convention)."""
+    s = w.sum()
+    return float((x * w).sum() / s) if s > 0 else 0.0
+
+
 def accuracy(y_true, y_pred, *, sample_weight=None) -> float:
     """Fraction of correct predictions."""
     yt = _arr(y_true)
@@ -56,22 +73,24 @@ def selection_rate(y_true, y_pred, *, pos_label=1, sample_weight=None) -> float:
 
 
 def true_positive_rate(y_true, y_pred, sample_weight=None, pos_label=1) -> float:
-    """``P(yhat = 1 | y = 1)``."""
+    """``P(yhat = 1 | y = 1)``; 0 without positives (as fairlearn)."""
     yt, yp = _binary(y_true, pos_label), _binary(y_pred, pos_label)
     w = _w(sample_weight, yt.shape[0])
-    return _mean(yp, w * yt)
+    return _rate(yp, w * yt)
 
 
 def false_positive_rate(y_true, y_pred, sample_weight=None, pos_label=1) -> float:
-    """``P(yhat = 1 | y = 0)``."""
+    """``P(yhat = 1 | y = 0)``; 0 without negatives (as fairlearn)."""
     yt, yp = _binary(y_true, pos_label), _binary(y_pred, pos_label)
     w = _w(sample_weight, yt.shape[0])
-    return _mean(yp, w * (1 - yt))
+    return _rate(yp, w * (1 - yt))
 
 
 def false_negative_rate(y_true, y_pred, sample_weight=None, pos_label=1) -> float:
-    """``P(yhat = 0 | y = 1)``."""
-    return 1.0 - true_positive_rate(y_true, y_pred, sample_weight=sample_weight, pos_label=pos_label)
+    """``P(yhat = 0 | y = 1)``; 0 without positives (as fairlearn, so not ``1 - TPR`` there)."""
+    yt, yp = _binary(y_true, pos_label), _binary(y_pred, pos_label)
+    w = _w(sample_weight, yt.shape[0])
+    return _rate(1.0 - yp, w * yt)
 
 
 def balanced_accuracy(y_true, y_pred, *, sample_weight=None, pos_label=1) -> float:
@@ -137,6 +156,12 @@ class GroupTable:
     overall: dict
     by_group: dict  # group label -> {metric: value}
     names: tuple
+    #: metric -> groups whose conditioning event is empty there (their rate is reported as 0)
+    undefined_by_metric: dict = None
+
+    def undefined(self) -> dict:
+        """``{metric: (group, ...)}`` for rates that are undefined in some group (counted as 0)."""
+        return {k: v for k, v in (self.undefined_by_metric or {}).items() if v}
 
     def difference(self) -> dict:
         return {k: _spread(self.by_group, k, "difference") for k in self.names if k != "count"}
@@ -162,6 +187,12 @@ def _spread(by_group, key, kind):
     return float(vals.min() / mx) if mx > 0 else float("nan")
 
 
+def _undefined(yt, w):
+    """Which rates of one group have an empty conditioning event."""
+    pos, neg = float((w * yt).sum()), float((w * (1 - yt)).sum())
+    return {"true_positive_rate": pos <= 0, "false_negative_rate": pos <= 0, "false_positive_rate": neg <= 0}
+
+
 def _row(yt, yp, w, y_score=None):
     return {
         "selection_rate": selection_rate(yt, yp, sample_weight=w),
@@ -179,11 +210,36 @@ def by_group(y_true, y_pred, *, sensitive_features, y_score=None, sample_weight=
     yp = _arr(y_pred, yt.shape[0])
     w = _w(sample_weight, yt.shape[0])
     codes, labels, _ = encode_groups(sensitive_features, yt.shape[0])
-    table = {}
+    table, undefined = {}, {}
+    ytb = _binary(yt)
     for g, lab in enumerate(labels):
         m = codes == g
         table[lab] = _row(yt[m], yp[m], w[m])
-    return GroupTable(overall=_row(yt, yp, w), by_group=table, names=GROUP_METRICS)
+        for metric, empty in _undefined(ytb[m], w[m]).items():
+            undefined.setdefault(metric, [])
+            if empty:
+                undefined[metric].append(lab)
+    return GroupTable(overall=_row(yt, yp, w), by_group=table, names=GROUP_METRICS,
+                      undefined_by_metric={k: tuple(v) for k, v in undefined.items()})
+
+
+def undefined_rates(y_true, *, sensitive_features, sample_weight=None) -> list[str]:
+    """Readable notes for rates that are undefined in a group (fairlearn counts them as 0).
+
+    E.g. ``["true_positive_rate of group 'b' (no y=1 rows; counted as 0)"]``; empty when every
+    group has both labels.
+    """
+    yt = _arr(y_true)
+    w = _w(sample_weight, yt.shape[0])
+    codes, labels, _ = encode_groups(sensitive_features, yt.shape[0])
+    notes = []
+    for g, lab in enumerate(labels):
+        m = codes == g
+        for metric, empty in _undefined(_binary(yt[m]), w[m]).items():
+            if empty and metric != "false_negative_rate":
+                event = "y=1" if metric == "true_positive_rate" else "y=0"
+                notes.append(f"{metric} of group {lab!r} (no {event} rows; counted as 0, as fairlearn)")
+    return notes
 
 
 def demographic_parity_difference(y_true, y_pred, *, sensitive_features, method="between_groups",
@@ -238,7 +294,22 @@ error_rate_difference = accuracy_equality_difference
 
 
 def worst_group_accuracy(y_true, y_pred, *, sensitive_features, sample_weight=None) -> float:
-    """Smallest accuracy over the (label, group) cells (the seed's worst-group accuracy)."""
+    """Smallest accuracy over the sensitive groups: the seed paper's max-min fairness (MMF).
+
+    .. math:: \\mathrm{MMF} = \\min_g P(\\hat y = y \\mid g)
+
+    See :func:`worst_cell_accuracy` for the smallest over (label, group) cells.
+    """
+    t = by_group(y_true, y_pred, sensitive_features=sensitive_features, sample_weight=sample_weight)
+    return float(min(row["accuracy"] for row in t.by_group.values()))
+
+
+max_min_fairness = worst_group_accuracy
+
+
+def worst_cell_accuracy(y_true, y_pred, *, sensitive_features, sample_weight=None) -> float:
+    """Smallest accuracy over the (label, group) cells (worst-group accuracy in the
+    group-robustness sense, e.g. Waterbirds' four cells); at most :func:`worst_group_accuracy`."""
     yt = _arr(y_true)
     yp = _arr(y_pred, yt.shape[0])
     w = _w(sample_weight, yt.shape[0])
@@ -285,6 +356,7 @@ def evaluate(y_true, y_pred, *, sensitive_features, y_score=None, sample_weight=
         "equal_opportunity_difference": equal_opportunity_difference(y_true, y_pred, **kw),
         "accuracy_equality_difference": accuracy_equality_difference(y_true, y_pred, **kw),
         "worst_group_accuracy": worst_group_accuracy(y_true, y_pred, **kw),
+        "worst_cell_accuracy": worst_cell_accuracy(y_true, y_pred, **kw),
     }
     if y_score is not None:
         s = _arr(y_score, _arr(y_true).shape[0], "y_score")

@@ -347,7 +347,8 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
                           "pairs": _numpy_pairs(state["pairs"]) if state["pairs"] is not None else None})
     cert = Certificate(
         backend="torch", solver=sol.solver, status=sol.status, constraint=constraint.name, eps=float(eps),
-        objective=e2, max_violation=max(0.0, gap - eps), stationarity=float(h[4]), n_iter=total_it,
+        objective=None, zero_one_error=e2,  # a rate head minimises the 0-1 error, not the logistic loss
+        max_violation=max(0.0, gap - eps), stationarity=float(h[4]), n_iter=total_it,
         wall_time=wall, tol=float(est.tol), achieved_gap=gap, eps_met=bool(met),
         multipliers=tuple(float(x) for x in h[2]), notes=tuple(notes),
         resolution=resolution, aimed_at=aim, passes=design.passes - passes0 + checks[0],

@@ -38,6 +38,26 @@ def test_fit_prints_metrics_per_split_and_saves_the_head(cache_path, tmp_path):
     assert head.coef_.shape[1] == 6
 
 
+def test_fit_shows_the_bounded_gap_and_the_between_groups_gap_labelled(cache_path, tmp_path):
+    """eps bounds each group against the overall rate (under the balance weights); the tables report
+    fairlearn's max - min between groups. The output shows both, each named, and they match the head."""
+    import re
+
+    from solvers import load_head
+
+    head_path = tmp_path / "head.json"
+    code, out, err = run_cli("fit", cache_path, "--constraint", "dp", "--eps", "0.05", "--balance", "group",
+                             "--eval-split", "test", "--save", head_path)
+    assert code == 0, err
+    head = load_head(head_path)
+    bounded = float(re.search(r"bounded gap on 'train': ([0-9.]+) \(eps 0.05; met: True\)", out).group(1))
+    assert bounded == pytest.approx(head.certificate_.achieved_gap, abs=1e-4)
+    assert "measured with balance='group' weights" in out
+    between = float(re.search(r"between-groups difference on 'train': dp_diff ([0-9.]+)", out).group(1))
+    assert between > bounded  # the two quantities differ; neither is printed under the other's name
+    assert any(line.startswith("split") and "bounded_gap" in line for line in out.splitlines())
+
+
 @pytest.mark.parametrize(
     "args, code, needle",
     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fairhead import protocols
 
@@ -31,3 +32,20 @@ def test_all_five_protocols_in_one_table(split_arrays, tmp_path):
         assert 0.0 <= rows[("B1", "test")][f"FPR[{g}]"] <= 1.0
     assert (tmp_path / "protocols.csv").exists() and (tmp_path / "protocols.json").exists()
     assert "M2" in table.to_text()
+
+
+def test_maxmin_is_the_worst_sensitive_group_not_the_worst_cell(split_arrays):
+    """``maxmin_acc`` is the seed's max-min fairness (groups only); ``worst_cell_acc`` the (label, group) version."""
+    from solvers import FairLogisticRegression
+
+    train, test = split_arrays["train"], split_arrays["test"]
+    table = protocols.run_protocols(None, constraint="eo", eps=0.05, data=split_arrays)
+    row = next(r for r in table.rows if (r["protocol"], r["split"]) == ("B1", "test"))
+    head = FairLogisticRegression().fit(train.X, train.y)
+    correct = head.predict(test.X) == test.y
+    g = test.groups[:, 0]
+    by_group = [correct[g == k].mean() for k in (0, 1)]
+    by_cell = [correct[(g == k) & (test.y == c)].mean() for k in (0, 1) for c in (0, 1)]
+    assert row["maxmin_acc"] == pytest.approx(min(by_group), abs=1e-12)
+    assert row["worst_cell_acc"] == pytest.approx(min(by_cell), abs=1e-12)
+    assert row["worst_cell_acc"] < row["maxmin_acc"]

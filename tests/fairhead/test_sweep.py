@@ -149,3 +149,108 @@ def test_two_attributes_sweep_over_intersectional_groups(split_arrays, tmp_path)
         per_group = [z[train.group_names == g].mean() - z.mean() for g in np.unique(train.group_names)]
         assert max(abs(v) for v in per_group) <= rec.eps + 1e-6
         assert rec.metrics["train"]["constraint_value"] == pytest.approx(max(abs(v) for v in per_group), abs=1e-9)
+
+
+def test_balanced_sweep_reports_the_gap_its_certificates_bound(split_arrays, tmp_path):
+    """Under balance, eps bounds the balance-weighted gap; the table reports that same quantity (defect 3)."""
+    result = sweep.run_sweep(None, out=tmp_path, constraint="dp", eps_grid=[0.1, 0.05], balance="label-group",
+                             progress=False, plots=False, data=(split_arrays, "fp", {}))
+    train = split_arrays["train"]
+    differs = []
+    for rec in (r for r in result.records if r.method == "fairhead"):
+        assert rec.metrics["train"]["constraint_value"] == pytest.approx(rec.certificate["achieved_gap"], abs=1e-12)
+        z = train.X @ np.asarray(rec.coef) + rec.intercept
+        unit = constraint_value("dp", y=train.y, scores=z, sensitive_features=train.groups[:, 0])
+        differs.append(abs(unit - rec.certificate["achieved_gap"]) > 1e-3)
+    assert any(differs)  # on this data the unit-weight gap is another number: reporting it was the defect
+    assert "balance='label-group' weights" in result.summary()
+    assert "balance='label-group'" in json.loads(result.files["json"].read_text())["columns"]["constraint_value"]
+
+
+def _record(method, eps, acc_test, dp_test, *, eps_met=None, alpha=None, gap_fit=0.0):
+    cert = {} if eps_met is None else {"eps": eps, "eps_met": eps_met, "max_violation": max(0.0, gap_fit - eps)}
+    metrics = {split: {"accuracy": acc_test, "demographic_parity_difference": dp_test,
+                       "equalized_odds_difference": dp_test,
+                       "constraint_value": gap_fit if split == "train" else dp_test}
+               for split in ("train", "test")}
+    return sweep.HeadRecord(method=method, eps=eps, coef=[], intercept=0.0, certificate=cert, metrics=metrics,
+                            wall_time=0.1, alpha=alpha)
+
+
+def test_summary_names_the_heads_that_missed_their_bound(tmp_path):
+    records = [_record("unconstrained", float("nan"), 0.9, 0.3, gap_fit=0.2),
+               _record("fairhead", 0.1, 0.85, 0.08, eps_met=True, gap_fit=0.09),
+               _record("fairhead", 0.02, 0.8, 0.04, eps_met=False, gap_fit=0.031),
+               _record("fairhead", 0.0, 0.78, 0.03, eps_met=False, gap_fit=0.0007)]
+    rows = [row for r in records for row in r.rows("dp")]
+    result = sweep.SweepResult(out=tmp_path, constraint="dp", fit_split="train", records=records, rows=rows,
+                               split_sizes={"train": 100, "test": 100})
+    text = result.summary()
+    assert ("MISSED: 2 of 3 heads miss their bound on 'train': eps=0.02 (bounded gap 0.031), "
+            "eps=0 (bounded gap 0.0007)") in text
+    assert [r.eps for r in result.missed()] == [0.02, 0.0]
+    met = sweep.SweepResult(out=tmp_path, constraint="dp", fit_split="train", records=records[:2],
+                            rows=[row for r in records[:2] for row in r.rows("dp")])
+    assert "all 1 heads meet their bound" in met.summary() and "MISSED" not in met.summary()
+
+
+def test_fronts_compare_measured_test_gaps_not_matched_eps():
+    """Best test accuracy at test gap <= t: a head counts by its measured gap, whatever eps it was given."""
+    from fairhead import compare
+
+    records = [_record("fairhead", 0.05, 0.80, 0.045, eps_met=True),
+               _record("fairhead", 0.02, 0.76, 0.019, eps_met=True),
+               _record("expgrad", 0.05, 0.82, 0.06),   # its own eps is 0.05 but its test gap is 0.06
+               _record("expgrad", 0.02, 0.79, 0.028),
+               _record("penalty", float("nan"), 0.81, 0.09, alpha=2.0)]
+    rows = [row for r in records for row in r.rows("dp")]
+    front = {(f["method"], f["t"]): f for f in compare.fronts(rows, split="test", n=400)
+             if f["gap"] == "DP diff"}
+    assert front[("fairhead", 0.02)]["accuracy"] == 0.76
+    assert np.isnan(front[("expgrad", 0.02)]["accuracy"])
+    assert front[("expgrad", 0.03)]["accuracy"] == 0.79 and front[("fairhead", 0.03)]["accuracy"] == 0.76
+    assert front[("fairhead", 0.05)]["accuracy"] == 0.80 and front[("expgrad", 0.05)]["accuracy"] == 0.79
+    assert front[("expgrad", 0.1)]["accuracy"] == 0.82 and front[("penalty", 0.1)]["alpha"] == 2.0
+    assert front[("fairhead", 0.05)]["se"] == pytest.approx(np.sqrt(0.8 * 0.2 / 400))
+    table = compare.front_table(compare.fronts(rows, split="test", n=400))
+    assert {"gap <= t", "method", "t=0.02", "t=0.03", "t=0.05", "t=0.1"} <= set(table[0])
+
+
+def test_report_and_summary_label_both_gaps_and_compare_fronts(split_arrays, tmp_path):
+    pytest.importorskip("fairlearn")
+    result = sweep.run_sweep(None, out=tmp_path, constraint="dp", eps_grid=[0.1, 0.03], progress=False,
+                             compare=["penalty"], data=(split_arrays, "fp", {}))
+    text = result.summary()
+    assert "bounded_gap" in text and "|P(yhat=1)(group) - P(yhat=1)(all)|" in text
+    assert "between-groups" in text and "fronts on 'test'" in text
+    front_text = text.split("fronts on 'test'")[1]
+    assert "DP diff" in front_text and "EO diff" not in front_text  # the summary reads the dp family's gap
+    report = result.files["report"].read_text()
+    assert "## What the gap columns measure" in report and "## Fronts on test" in report
+    assert "| bounded gap |" in report and "| DP diff (between groups) |" in report
+    payload = json.loads(result.files["json"].read_text())
+    assert {"constraint_value", "demographic_parity_difference"} <= set(payload["columns"])
+    assert {f["method"] for f in payload["fronts"]} == {"unconstrained", "fairhead", "penalty"}
+    with open(result.files["table"]) as f:
+        penalty = [r for r in csv.DictReader(f) if r["method"] == "penalty"]
+    # penalty rows carry their alpha (one head per alpha, on every split)
+    from fairhead.compare import PENALTY_ALPHAS
+
+    assert sorted({float(r["alpha"]) for r in penalty}) == sorted(PENALTY_ALPHAS)
+
+
+def test_undefined_rates_are_reported_loudly(split_arrays, tmp_path):
+    """A split where a group has no positives: its TPR counts as 0 (fairlearn), and the outputs say so."""
+    import dataclasses
+
+    test = split_arrays["test"]
+    keep = ~((test.groups[:, 0] == 1) & (test.y == 1))
+    arrays = dict(split_arrays, test=dataclasses.replace(
+        test, X=test.X[keep], y=test.y[keep], groups=test.groups[keep], sample_ids=test.sample_ids[keep]))
+    result = sweep.run_sweep(None, out=tmp_path, constraint="dp-score", eps_grid=[0.1], progress=False,
+                             plots=False, data=(arrays, "fp", {}))
+    assert result.undefined_rates == {"test": ["true_positive_rate of group 'b' (no y=1 rows; counted as 0, "
+                                               "as fairlearn)"]}
+    assert "UNDEFINED on 'test': true_positive_rate of group 'b'" in result.summary()
+    assert "Undefined on test" in result.files["report"].read_text()
+    assert json.loads(result.files["json"].read_text())["undefined_rates"] == result.undefined_rates

@@ -117,6 +117,31 @@ def test_certificate_round_trip():
     assert Certificate.from_dict(c.to_dict()) == c
 
 
+def test_rate_certificate_names_its_0_1_error_apart_from_the_logistic_objective(tmp_path, embed_problem):
+    """A rate head's 0-1 error is ``zero_one_error``; ``objective`` is only ever the logistic objective."""
+    import json
+
+    (X, y, a), _ = embed_problem
+    rate = FairLogisticRegression(constraint="dp", eps=0.1, backend="torch").fit(X, y, sensitive_features=a)
+    score = FairLogisticRegression(constraint="dp-score", eps=0.1, backend="torch").fit(X, y, sensitive_features=a)
+    assert rate.certificate_.objective is None
+    assert rate.certificate_.zero_one_error == pytest.approx(np.mean(rate.predict(X) != y), abs=1e-12)
+    assert score.certificate_.zero_one_error is None
+    z = score.decision_function(X)
+    loss = np.mean(np.logaddexp(0.0, -(2 * y - 1) * z)) + score.coef_.ravel() @ score.coef_.ravel() / (2 * len(y))
+    assert score.certificate_.objective == pytest.approx(loss, rel=1e-6)  # float32 X: products to ~1e-8
+    # a head file written before the rename (rate "objective" = 0-1 error) still reads, with the right names
+    path = save_head(rate, tmp_path / "rate.json")
+    doc = json.loads(path.read_text())
+    cert = doc["certificate"]
+    cert["objective"] = cert.pop("zero_one_error")
+    path.write_text(json.dumps(doc))
+    old = load_head(path)
+    assert old.certificate_.objective is None
+    assert old.certificate_.zero_one_error == pytest.approx(rate.certificate_.zero_one_error)
+    assert old.certificate_ == rate.certificate_
+
+
 @pytest.mark.parametrize("backend", ["cvxpy", "torch"])
 def test_fit_path_matches_fresh_fits(small_problem, backend):
     X, y, a = small_problem

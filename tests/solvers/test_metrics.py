@@ -70,7 +70,61 @@ def test_accuracy_equality_and_worst_group(preds):
     mf = flm.MetricFrame(metrics=lambda t, p: np.mean(t == p), y_true=y, y_pred=yhat, sensitive_features=a)
     assert metrics.accuracy_equality_difference(y, yhat, sensitive_features=a) == pytest.approx(mf.difference(), abs=ATOL)
     cells = [np.mean(yhat[(a == g) & (y == c)] == c) for g in ("f", "m", "x") for c in (0, 1)]
-    assert metrics.worst_group_accuracy(y, yhat, sensitive_features=a) == pytest.approx(min(cells), abs=ATOL)
+    assert metrics.worst_cell_accuracy(y, yhat, sensitive_features=a) == pytest.approx(min(cells), abs=ATOL)
+
+
+def test_max_min_fairness_is_over_sensitive_groups_only(preds):
+    """The seed's MMF is min_g accuracy_g (groups only); the (label, group) cell version is another metric."""
+    y, yhat, _, a, _, _ = preds
+    mf = flm.MetricFrame(metrics=lambda t, p: np.mean(t == p), y_true=y, y_pred=yhat, sensitive_features=a)
+    assert metrics.worst_group_accuracy(y, yhat, sensitive_features=a) == pytest.approx(mf.group_min(), abs=ATOL)
+    assert metrics.max_min_fairness is metrics.worst_group_accuracy
+    # on this data the worst cell (0.72) is worse than the worst group (0.76): the two names differ
+    assert metrics.worst_cell_accuracy(y, yhat, sensitive_features=a) < metrics.worst_group_accuracy(
+        y, yhat, sensitive_features=a) - 0.02
+    out = metrics.evaluate(y, yhat, sensitive_features=a)
+    assert out["worst_group_accuracy"] == pytest.approx(mf.group_min(), abs=ATOL)
+    assert out["worst_cell_accuracy"] < out["worst_group_accuracy"]
+
+
+@pytest.fixture()
+def no_positives_in_one_group():
+    """Group 'b' has no y=1 (undefined TPR/FNR) and group 'c' no y=0 (undefined FPR)."""
+    y = np.array([1, 1, 0, 0, 0, 0, 0, 1, 1, 1])
+    yhat = np.array([1, 0, 0, 1, 0, 1, 0, 1, 0, 1])
+    a = np.array(["a", "a", "a", "a", "b", "b", "b", "c", "c", "c"])
+    return y, yhat, a
+
+
+@pytest.mark.parametrize("name", ["equal_opportunity_difference", "equal_opportunity_ratio",
+                                  "equalized_odds_difference", "equalized_odds_ratio",
+                                  "demographic_parity_difference", "true_positive_rate_by_group",
+                                  "false_positive_rate_by_group", "false_negative_rate_by_group"])
+def test_undefined_rates_match_fairlearn(no_positives_in_one_group, name):
+    """An undefined rate counts as 0, as in fairlearn: TPR 0.5 vs an empty group gives a gap of 0.5, not 0."""
+    y, yhat, a = no_positives_in_one_group
+    if name.endswith("_by_group"):
+        rate = name[: -len("_by_group")]
+        mf = flm.MetricFrame(metrics=getattr(flm, rate), y_true=y, y_pred=yhat, sensitive_features=a)
+        table = metrics.by_group(y, yhat, sensitive_features=a)
+        for g in ("a", "b", "c"):
+            assert table.by_group[g][rate] == pytest.approx(mf.by_group[g], abs=ATOL)
+        return
+    ours = getattr(metrics, name)(y, yhat, sensitive_features=a)
+    theirs = getattr(flm, name)(y, yhat, sensitive_features=a)
+    assert ours == pytest.approx(theirs, abs=ATOL)
+
+
+def test_undefined_rates_are_named(no_positives_in_one_group):
+    y, yhat, a = no_positives_in_one_group
+    # TPRs: a 1/2, c 2/3, b undefined -> 0 (dropping b would give 1/6)
+    assert metrics.equal_opportunity_difference(y, yhat, sensitive_features=a) == pytest.approx(2 / 3, abs=ATOL)
+    table = metrics.by_group(y, yhat, sensitive_features=a)
+    assert table.undefined() == {"true_positive_rate": ("b",), "false_negative_rate": ("b",),
+                                 "false_positive_rate": ("c",)}
+    notes = metrics.undefined_rates(y, sensitive_features=a)
+    assert len(notes) == 2 and "'b'" in notes[0] and "y=1" in notes[0] and "'c'" in notes[1]
+    assert metrics.undefined_rates(np.array([0, 1, 0, 1]), sensitive_features=np.array([0, 0, 1, 1])) == []
 
 
 def test_auc_ece_and_evaluate(preds):
