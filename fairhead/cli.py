@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-split", default="train")
     p.add_argument("--eval-split", nargs="+", default=None, help="splits to evaluate (default: all)")
     p.add_argument("--save", type=Path, help="where to save the head (.json or .npz; default: next to the cache)")
+    p.add_argument("--pos-label", metavar="CLASS",
+                   help="the label category that is the positive class (default: the second, e.g. 1 or yes)")
     p.set_defaults(handler=_cmd_fit)
 
     p = sub.add_parser("sweep", help="sweep eps for a constraint and report accuracy vs fairness on every split")
@@ -172,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list the named dataset presets")
     p.set_defaults(handler=_cmd_presets)
+    _add_predict_parser(sub)
+    _add_export_parser(sub)
     return parser
 
 
@@ -233,7 +237,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     result = pipeline.fit_on_cache(
         args.cache, fit_split=args.fit_split, eval_splits=args.eval_split,
-        attributes=args.attributes, eps=args.eps, save=args.save, **_head_params(args),
+        attributes=args.attributes, eps=args.eps, save=args.save, pos_label=args.pos_label, **_head_params(args),
     )
     print(result.summary())
     return 0
@@ -277,6 +281,110 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
     for name, preset in presets.list_presets().items():
         print(f"{name:24s} {preset['description']}")
+    return 0
+
+
+# --------------------------------------------------------------------------- predict / export
+PREDICT_EPILOG = """examples:
+  fairhead predict --head celeba.head-eo-0.05.json --images new_faces/ --out preds.csv
+  fairhead predict --head celeba.head-eo-0.05.json --celeba /data/celeba --split test --out preds.csv
+  fairhead predict --head xray.head-dp-0.05.json --manifest meta.csv --root images/ --image-col path \\
+                   --weights-file my_finetuned.pt --out preds.csv
+
+The head file records the cache's backbone (architecture, weights, their sha256, preprocessing);
+predict rebuilds it and refuses weights whose sha256 differs. The CSV has one row per id: score
+(the logit z), probability (sigmoid z, of the positive class), prediction (0/1) and the class name;
+with labels (--celeba, --manifest) also the label, the groups, and group metrics (printed and
+written to PREDS.metrics.json)."""
+
+EXPORT_EPILOG = """examples:
+  fairhead export --head head.json --to sklearn --out head.joblib   # a fitted LogisticRegression
+  fairhead export --head head.json --to linear  --out head.pt       # torch.nn.Linear(d, 1) state_dict
+  fairhead export --head head.json --to program --out model.pt2     # backbone + head, torch.export
+  fairhead export --head head.json --to onnx    --out model.onnx    # backbone + head (pip install "fairhead[onnx]")
+
+Every export gives the head's scores: sklearn's decision_function, the Linear's output on
+float64 features, and the full models' output on images preprocessed by the backbone's transform."""
+
+
+def _add_predict_parser(sub) -> None:
+    p = sub.add_parser("predict", help="run a saved head (and its cache's backbone) on new images",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=PREDICT_EPILOG)
+    p.add_argument("--head", type=Path, required=True, help="head file written by `fairhead fit` (.json or .npz)")
+    which = p.add_argument_group("images (choose one)").add_mutually_exclusive_group(required=True)
+    which.add_argument("--images", metavar="DIR", type=Path, help="a folder of images (recursive; no labels)")
+    which.add_argument("--celeba", metavar="ROOT", type=Path, help="a CelebA-layout folder (labels and groups)")
+    which.add_argument("--manifest", metavar="CSV", type=Path, help="a CSV manifest (labels and groups)")
+    opts = p.add_argument_group("manifest / CelebA columns (default: the head's label and attributes)")
+    opts.add_argument("--root", type=Path, help="image root of --manifest (default: the manifest's folder)")
+    opts.add_argument("--target", help="label column / attribute")
+    opts.add_argument("--sensitive", nargs="+", metavar="NAME", help="sensitive columns / attributes")
+    opts.add_argument("--image-col", default="path", help="manifest column of image paths (default: path)")
+    opts.add_argument("--split-col", help="manifest column of split names (default: none)")
+    opts.add_argument("--id-col", help="manifest column of sample ids (default: the image path)")
+    opts.add_argument("--split", nargs="+", metavar="NAME", help="only these splits (default: every row)")
+    run = p.add_argument_group("backbone")
+    run.add_argument("--weights-file", type=Path, help="the weights file the cache was built with (checked by sha256)")
+    run.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    run.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--out", type=Path, required=True, help="predictions CSV to write")
+    p.set_defaults(handler=_cmd_predict)
+
+
+def _add_export_parser(sub) -> None:
+    from fairhead.export import FORMATS
+
+    p = sub.add_parser("export", help="export a head to scikit-learn, torch.nn.Linear, torch.export or ONNX",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXPORT_EPILOG)
+    p.add_argument("--head", type=Path, required=True, help="head file written by `fairhead fit` (.json or .npz)")
+    p.add_argument("--to", choices=FORMATS, required=True,
+                   help="sklearn (.joblib), linear (.pt), program (backbone + head, .pt2), onnx (backbone + head)")
+    p.add_argument("--weights-file", type=Path, help="the weights file the cache was built with (program, onnx)")
+    p.add_argument("--out", type=Path, required=True, help="file to write")
+    p.set_defaults(handler=_cmd_export)
+
+
+def _predict_source(args: argparse.Namespace, head_extra: dict):
+    from embedcache import sources
+
+    from fairhead.predict import ImageFolder
+
+    if args.images:
+        return ImageFolder(args.images)
+    label = (head_extra.get("label") or {}).get("name")
+    sensitive = tuple(args.sensitive or head_extra.get("attributes") or ())
+    if args.celeba:
+        from fairhead import pipeline
+
+        return sources.CelebASource(args.celeba, target=args.target or label or pipeline.CELEBA_TARGET_DEFAULT,
+                                    sensitive=sensitive or pipeline.CELEBA_SENSITIVE_DEFAULT)
+    return sources.ManifestSource(args.manifest, root=args.root, image_col=args.image_col,
+                                  label_col=args.target or label, sensitive_cols=sensitive,
+                                  split_col=args.split_col, id_col=args.id_col)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from fairhead import predict
+    from solvers import load_head
+
+    extra = getattr(load_head(args.head), "extra_", None) or {}
+    result = predict.predict_images(
+        args.head, _predict_source(args, extra), weights_file=args.weights_file, splits=args.split,
+        batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
+    )
+    result.write_csv(args.out)
+    print(result.summary())
+    metrics_path = predict.write_metrics(result, args.out.with_suffix(".metrics.json"))
+    print(f"wrote {args.out}" + (f" and {metrics_path}" if metrics_path else ""))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from fairhead.export import export_head
+
+    path = export_head(args.head, args.out, fmt=args.to, weights_file=args.weights_file)
+    print(f"wrote {path}")
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,11 @@ from fairhead.tables import format_table
 
 NO_SENSITIVE_MSG = "cache '{path}' has no sensitive attribute; a fair head needs at least one (re-extract with --sensitive)"
 UNKNOWN_ATTRIBUTE_MSG = "sensitive attribute {name!r} is not in cache '{path}' (it has: {have}); pick one of those"
+RANDOM_WEIGHTS_WARNING = (
+    "fairhead: warning: {arch} runs with RANDOM weights (no --weights given), so its features are not "
+    "pretrained; pass --weights NAME (e.g. DEFAULT) or --weights-file PATH, or --weights none to silence this"
+)
+UNKNOWN_POS_LABEL_MSG = "--pos-label {value!r} is not a class of label {name!r} in cache '{path}' (it has: {have}); pick one of those"
 CELEBA_TARGET_DEFAULT = "Blond_Hair"
 CELEBA_SENSITIVE_DEFAULT = ("Male",)
 
@@ -60,8 +66,12 @@ def extract_cache(source, *, backbone: str, weights: str | None = None, weights_
                   image_size: int | None = None, autocast: str = "auto", out: Path, **extract_options) -> Path:
     """Build the backbone by name and run one extraction pass of ``source`` into ``out``."""
     import embedcache
+    from embedcache.backbones import RANDOM_WEIGHTS
 
     model = embedcache.build_backbone(backbone, weights=weights, weights_file=weights_file, image_size=image_size)
+    if model.spec.weights == RANDOM_WEIGHTS and weights is None:
+        # random features are rarely what a user wants; say so loudly but let it run (tests, smoke runs)
+        print(RANDOM_WEIGHTS_WARNING.format(arch=backbone), file=sys.stderr, flush=True)
     return embedcache.extract(source, model, out, autocast=None if autocast == "auto" else autocast, **extract_options)
 
 
@@ -132,13 +142,29 @@ def resolve_attributes(cache, attributes) -> tuple[str, ...]:
     return tuple(attributes)
 
 
-def load_arrays(cache, splits, attributes=None) -> SplitArrays:
-    """Read one split (or several, concatenated) of an open cache into :class:`SplitArrays`."""
+def positive_code(cache, pos_label) -> int:
+    """The label code that counts as the positive class: 1 by default, or the code of ``pos_label``."""
+    if pos_label is None:
+        return 1
+    categories = [str(c) for c in cache.label_categories]
+    if str(pos_label) not in categories:
+        raise DataError(UNKNOWN_POS_LABEL_MSG.format(value=pos_label, name=cache.label_name, path=cache.path,
+                                                     have=", ".join(categories)))
+    return categories.index(str(pos_label))
+
+
+def load_arrays(cache, splits, attributes=None, *, pos_label=None) -> SplitArrays:
+    """Read one split (or several, concatenated) of an open cache into :class:`SplitArrays`.
+
+    ``y`` is 1 for the positive class: the label's second category, or ``pos_label``.
+    """
     attributes = resolve_attributes(cache, attributes)
+    positive = positive_code(cache, pos_label)
     data = cache.load(splits, sensitive=list(attributes))
     groups = np.stack([np.asarray(data.sensitive[a]) for a in attributes], axis=1)
+    y = np.asarray(data.labels)
     return SplitArrays(
-        X=np.asarray(data.features), y=np.asarray(data.labels), groups=groups, attributes=attributes,
+        X=np.asarray(data.features), y=y if positive == 1 else 1 - y, groups=groups, attributes=attributes,
         categories={a: tuple(cache.categories(a)) for a in attributes},
         sample_ids=np.asarray(data.sample_ids),
     )
@@ -202,25 +228,42 @@ class FitResult:
         return "\n".join(lines)
 
 
+def label_provenance(cache, pos_label=None) -> dict[str, Any]:
+    """What a saved head records about its label: the name, the categories, which one is positive,
+    and the class names in the head's 0/1 coding (``class_names[1]`` is the positive class)."""
+    categories = [str(c) for c in cache.label_categories]
+    positive = positive_code(cache, pos_label)
+    return {"name": cache.label_name, "categories": categories, "positive": categories[positive],
+            "class_names": [categories[1 - positive], categories[positive]]}
+
+
 def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None, attributes=None,
-                 save: Path | None = None, **head_params) -> FitResult:
-    """Fit one :class:`solvers.FairLogisticRegression` on ``fit_split`` and evaluate it on ``eval_splits``."""
+                 save: Path | None = None, pos_label=None, **head_params) -> FitResult:
+    """Fit one :class:`solvers.FairLogisticRegression` on ``fit_split`` and evaluate it on ``eval_splits``.
+
+    The saved head records the cache's backbone and label, so ``fairhead predict`` can rebuild
+    the backbone (checked by its weights' sha256) and run both on new images.
+    """
     import embedcache
+    from fairhead.predict import backbone_provenance
     from solvers import FairLogisticRegression, save_head
 
     with embedcache.open(cache_path) as cache:
-        train = load_arrays(cache, fit_split, attributes)
+        train = load_arrays(cache, fit_split, attributes, pos_label=pos_label)
         head = FairLogisticRegression(**head_params)
         head.fit(train.X, train.y, sensitive_features=sensitive_arg(train))
         splits = list(eval_splits) if eval_splits else list(cache.splits)
         per_split = {}
         for split in splits:
-            arrays = train if split == fit_split else load_arrays(cache, split, train.attributes)
+            arrays = train if split == fit_split else load_arrays(cache, split, train.attributes, pos_label=pos_label)
             per_split[split] = evaluate_head(head, arrays)
         fingerprint = cache.fingerprint
+        provenance = {"backbone": backbone_provenance(cache), "label": label_provenance(cache, pos_label),
+                      "categories": {a: list(train.categories[a]) for a in train.attributes}}
     if save is None:
         cache_path = Path(cache_path)
         save = cache_path.with_name(f"{cache_path.stem}.head-{head.constraint or 'none'}-{head.eps:g}.json")
     save_head(head, save, cache_fingerprint=fingerprint,
-              extra={"fit_split": fit_split, "attributes": list(train.attributes), "cache": str(cache_path)})
+              extra={"fit_split": fit_split, "attributes": list(train.attributes), "cache": str(cache_path),
+                     **provenance})
     return FitResult(head=head, fit_split=fit_split, metrics=per_split, saved_to=Path(save))
