@@ -73,7 +73,7 @@ def _add_backbone_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--image-size", type=int, help="input size (default: the weights' own preprocessing)")
     group.add_argument("--autocast", choices=("auto", "off", "bf16", "fp16"), default="auto",
                        help="mixed precision on CUDA (default: bf16 where supported; always off on CPU)")
-    group.add_argument("--batch-size", type=int, default=64)
+    group.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     group.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: auto)")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     group.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored feature dtype")
@@ -88,12 +88,15 @@ def _add_fit_options(parser: argparse.ArgumentParser, *, eps_default: float | No
     if eps_default is not None:
         group.add_argument("--eps", type=float, default=eps_default, help="constraint tolerance (default: 0.05)")
     group.add_argument("--C", type=float, default=1.0, help="inverse L2 strength, scikit-learn's meaning (default: 1)")
-    group.add_argument("--backend", choices=("auto", "torch", "cvxpy"), default="auto")
+    group.add_argument("--backend", choices=("auto", "torch", "cvxpy"), default="auto",
+                       help="solver: cvxpy (exact reference, small problems), torch (large ones), auto picks by size")
     group.add_argument("--balance", choices=("none", "group", "label-group"), default="none",
                        help="reweight so every group / (label, group) cell has equal total weight")
     group.add_argument("--attributes", nargs="+", metavar="NAME",
                        help="sensitive attributes to constrain (default: all in the cache; several -> intersectional)")
     group.add_argument("--solver-device", default="cpu", help="torch backend device (cpu or cuda)")
+    group.add_argument("--min-group-size", type=int, default=10, metavar="N",
+                       help="refuse groups (and, for eo/eopp, (group, label) cells) with fewer rows")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,10 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="write the generated default dataset as JPEG files + CSV manifest")
     p.add_argument("--out", type=Path, required=True, help="folder to write")
-    p.add_argument("--n", type=int, default=3000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--correlation", type=float, default=0.8)
-    p.add_argument("--minority-fraction", type=float, default=0.3)
+    p.add_argument("--n", type=int, default=3000, help="number of images")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed")
+    p.add_argument("--correlation", type=float, default=0.8, help="P(label agrees with the sensitive attribute)")
+    p.add_argument("--minority-fraction", type=float, default=0.3, help="share of the smaller sensitive group")
     p.set_defaults(handler=_cmd_generate)
 
     p = sub.add_parser("import", help="write already-computed features (CSV, Parquet, .npz) into a cache")
@@ -132,12 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="print a cache's provenance and its split x label x group counts")
     p.add_argument("cache", type=Path)
+    p.add_argument("--all-groups", action="store_true",
+                   help="list every group, not only the largest (empty groups are never listed)")
     p.set_defaults(handler=_cmd_info)
 
     p = sub.add_parser("fit", help="fit one fair head on a cache split and evaluate it on others")
     p.add_argument("cache", type=Path)
     _add_fit_options(p)
-    p.add_argument("--fit-split", default="train")
+    p.add_argument("--fit-split", default="train", help="split the head is fit on")
     p.add_argument("--eval-split", nargs="+", default=None, help="splits to evaluate (default: all)")
     p.add_argument("--save", type=Path, help="where to save the head (.json or .npz; default: next to the cache)")
     p.add_argument("--pos-label", metavar="CLASS",
@@ -149,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit_options(p, eps_default=None)
     p.add_argument("--eps-grid", nargs="+", type=float, help="eps values (default: 20 points from inactive to 0)")
     p.add_argument("--n-eps", type=int, default=20, help="grid size when --eps-grid is not given")
-    p.add_argument("--fit-split", default="train")
+    p.add_argument("--fit-split", default="train", help="split the heads are fit on")
     p.add_argument("--compare", nargs="*", default=None,
                    help="baselines to add: expgrad gridsearch threshold penalty (needs fairlearn for the first three)")
     p.add_argument("--out", type=Path, required=True, help="report folder")
@@ -166,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole pipeline offline on the embedded default data and backbone")
     p.add_argument("--out", type=Path, default=Path("fairhead-demo"), help="output folder (default: fairhead-demo)")
     p.add_argument("--n", type=int, default=3000, help="images to generate (default: 3000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="dataset seed")
     p.add_argument("--n-eps", type=int, default=12, help="sweep grid size (default: 12)")
     p.add_argument("--no-compare", action="store_true", help="skip the fairlearn / penalty comparisons")
     p.add_argument("--no-progress", action="store_true")
@@ -176,7 +181,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_presets)
     _add_predict_parser(sub)
     _add_export_parser(sub)
+    _document(parser, sub)
     return parser
+
+
+# --------------------------------------------------------------------------- help texts
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default (unless its help already says it, or there is none) and keeps the
+    examples' line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            return text
+        return super()._get_help_string(action)
+
+
+PROTOCOLS_DESCRIPTION = """The seed paper's five last-layer protocols. Each fits one head and evaluates it on
+train, on the data it was fit on ("fine-tune") and on test:
+
+  B1  the train split, unconstrained
+  B2  the validation split, unconstrained
+  B3  train + validation down-sampled (--seed) so every (label, group) cell has as many
+      rows as the smallest one; unconstrained
+  M1  B2's data with the fairness constraint (--constraint, --eps)
+  M2  B3's data with the fairness constraint
+
+own_value is the constraint's own bounded quantity (a rate gap for rate constraints, a
+logit gap for score constraints), which M1 and M2 keep within eps on their fine-tune data."""
+
+#: one example per command, shown under its --help
+EPILOGS = {
+    "extract": """examples:
+  fairhead extract --synthetic --n 3000 --seed 0 --out synthetic.h5
+  fairhead extract --backbone resnet50 --weights IMAGENET1K_V2 --celeba /data/celeba --out celeba_r50.h5
+  fairhead extract --preset celeba-blond-male --root /data/celeba --backbone resnet50 --weights DEFAULT --out c.h5
+  fairhead extract --manifest meta.csv --root images/ --image-col path --target label --sensitive sex \\
+                   --backbone convnext_tiny --weights-file my_finetuned.pt --out xray.h5""",
+    "generate": "example:\n  fairhead generate --out shapes/ --n 3000 --seed 0   # then: fairhead extract --manifest shapes/manifest.csv ...",
+    "import": "example:\n  fairhead import adult.parquet --label income --sensitive sex --out adult.h5",
+    "info": "example:\n  fairhead info celeba_r50.h5",
+    "fit": """examples:
+  fairhead fit celeba_r50.h5 --constraint eo --eps 0.05 --eval-split valid test
+  fairhead fit adult.h5 --constraint dp-score --eps 0.1 --pos-label '>50K' --save adult-head.json""",
+    "sweep": "example:\n  fairhead sweep celeba_r50.h5 --constraint dp --compare expgrad threshold penalty --out sweep-dp/",
+    "protocols": "example:\n  fairhead protocols celeba_r50.h5 --constraint eo --eps 0.05 --out protocols/",
+    "demo": "example:\n  fairhead demo --out fairhead-demo",
+    "presets": "example:\n  fairhead presets   # then: fairhead extract --preset NAME --root DIR ...",
+}
+
+
+def _document(parser: argparse.ArgumentParser, sub) -> None:
+    """Defaults and examples in every command's --help (set here, so each parser stays short)."""
+    parser.formatter_class = HelpFormatter
+    parser.epilog = "run `fairhead COMMAND --help` for a command's options and examples"
+    for name, command in sub.choices.items():
+        command.formatter_class = HelpFormatter
+        if name in EPILOGS and not command.epilog:
+            command.epilog = EPILOGS[name]
+    sub.choices["protocols"].description = PROTOCOLS_DESCRIPTION
 
 
 # --------------------------------------------------------------------------- handlers
@@ -219,7 +282,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from fairhead import pipeline
 
-    print(pipeline.describe_cache(args.cache))
+    print(pipeline.describe_cache(args.cache, max_groups=None if args.all_groups else pipeline.INFO_MAX_GROUPS))
     return 0
 
 
@@ -228,7 +291,7 @@ def _head_params(args: argparse.Namespace) -> dict:
         constraint=None if args.constraint == "none" else args.constraint,
         C=args.C, backend=args.backend,
         balance=None if args.balance == "none" else args.balance,
-        device=args.solver_device,
+        device=args.solver_device, min_group_size=args.min_group_size,
     )
 
 

@@ -89,7 +89,40 @@ def import_features(table: Path, **options) -> Path:
     return import_table(table, **options)
 
 
-def describe_cache(path: Path) -> str:
+#: ``fairhead info`` lists at most this many groups per split (the largest), unless --all-groups
+INFO_MAX_GROUPS = 30
+
+
+def format_counts(table, *, max_groups: int | None = INFO_MAX_GROUPS) -> str:
+    """The split x group x label counts, one line per non-empty group (at most ``max_groups`` per
+    split, the largest first, then one line counting the rest): a continuous column given as
+    sensitive would otherwise print one row per value and split, mostly zeros."""
+    counts = np.asarray(table.counts)
+    heads = [f"{table.label_name}={c}" for c in table.label_categories] + ["total"]
+    body = []
+    for i, split in enumerate(table.splits):
+        sizes = counts[i].sum(axis=1)
+        present = np.flatnonzero(sizes > 0)
+        keep = set(present.tolist())
+        if max_groups is not None and len(present) > max_groups:
+            keep = set(present[np.argsort(-sizes[present], kind="stable")[:max_groups]].tolist())
+        shown = [j for j in present if j in keep]
+        rest = [j for j in present if j not in keep]
+        for k, j in enumerate(shown):
+            cells = [int(v) for v in counts[i, j]]
+            body.append([split if k == 0 else "", str(table.groups[j]), *cells, sum(cells)])
+        if rest:
+            cells = [int(v) for v in counts[i, rest].sum(axis=0)]
+            body.append(["", f"... {len(rest)} more groups (--all-groups lists them)", *cells, sum(cells)])
+        totals = [int(v) for v in counts[i].sum(axis=0)]
+        body.append(["", "all", *totals, sum(totals)])
+    totals = [int(v) for v in counts.sum(axis=(0, 1))]
+    body.append(["all", "all", *totals, sum(totals)])
+    rows = [dict(zip(["split", "group", *heads], row)) for row in body]
+    return format_table(rows)
+
+
+def describe_cache(path: Path, *, max_groups: int | None = INFO_MAX_GROUPS) -> str:
     """Provenance and the split x label x group count table, as printed by ``fairhead info``."""
     import embedcache
 
@@ -104,7 +137,7 @@ def describe_cache(path: Path) -> str:
             text = str(value)
             lines.append(f"{key:<{width}s} {text if len(text) <= 160 else text[:157] + '...'}")
         lines.append("")
-        lines.append(str(cache.count_table()))
+        lines.append(format_counts(cache.count_table(), max_groups=max_groups))
     return "\n".join(lines)
 
 
@@ -171,8 +204,22 @@ def load_arrays(cache, splits, attributes=None, *, pos_label=None) -> SplitArray
 
 
 def sensitive_arg(arrays: SplitArrays) -> np.ndarray:
-    """The ``sensitive_features`` argument: 1-D for one attribute, (n, k) for intersectional groups."""
-    return arrays.groups[:, 0] if arrays.groups.shape[1] == 1 else arrays.groups
+    """The ``sensitive_features`` argument: one readable group name per row, ``"Male=yes"`` or
+    ``"Male=yes,Young=no"`` (intersectional), so heads, metrics and errors name groups by their
+    categories, never by their codes."""
+    parts = [np.asarray([f"{a}={c}" for c in arrays.categories[a]], dtype=object)[arrays.groups[:, j]]
+             for j, a in enumerate(arrays.attributes)]
+    if len(parts) == 1:
+        return parts[0]
+    return np.asarray([",".join(row) for row in zip(*parts)], dtype=object)
+
+
+def fit_head(head, arrays: SplitArrays, *, split: str):
+    """``head.fit`` on ``arrays``; a data error (e.g. a group too small) also names the split."""
+    try:
+        return head.fit(arrays.X, arrays.y, sensitive_features=sensitive_arg(arrays))
+    except DataError as err:
+        raise DataError(f"{err} (fitting on the {split!r} rows)") from err
 
 
 # --------------------------------------------------------------------------- head -> metrics
@@ -251,7 +298,7 @@ def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None
     with embedcache.open(cache_path) as cache:
         train = load_arrays(cache, fit_split, attributes, pos_label=pos_label)
         head = FairLogisticRegression(**head_params)
-        head.fit(train.X, train.y, sensitive_features=sensitive_arg(train))
+        fit_head(head, train, split=fit_split)
         splits = list(eval_splits) if eval_splits else list(cache.splits)
         per_split = {}
         for split in splits:

@@ -116,7 +116,7 @@ def _row(protocol: str, split: str, head, arrays: pipeline.SplitArrays, constrai
 
 
 def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, seed=0, out=None,
-                  C=1.0, backend="auto", balance=None, device="cpu", data=None) -> ProtocolTable:
+                  C=1.0, backend="auto", balance=None, device="cpu", min_group_size=10, data=None) -> ProtocolTable:
     """Fit B1, B2, B3, M1 and M2 on a cache and evaluate each on train, its fine-tune data and test."""
     import embedcache
     from solvers import FairLogisticRegression
@@ -128,7 +128,7 @@ def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, see
             data = {s: pipeline.load_arrays(cache, s, attributes) for s in ("train", "valid", "test")}
     train, valid, test = data["train"], data["valid"], data["test"]
     balanced = group_balanced(_concat([train, valid]), seed=seed)
-    base = dict(C=C, backend=backend, balance=balance, device=device)
+    base = dict(C=C, backend=backend, balance=balance, device=device, min_group_size=min_group_size)
     if constraint in (None, "none"):
         raise DataError("protocols M1 and M2 need a constraint; pass --constraint eo (or another)")
     plans = {
@@ -138,7 +138,7 @@ def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, see
     rows = []
     for name, (fit_on, cons) in plans.items():
         head = FairLogisticRegression(constraint=cons, eps=eps, **base)
-        head.fit(fit_on.X, fit_on.y, sensitive_features=pipeline.sensitive_arg(fit_on))
+        pipeline.fit_head(head, fit_on, split=f"{name} fine-tune")
         for split, arrays in (("train", train), ("fine-tune", fit_on), ("test", test)):
             rows.append(_row(name, split, head, arrays, constraint))
     group_names = sorted({str(g) for arrays in (train, valid, test) for g in np.unique(arrays.group_names)})

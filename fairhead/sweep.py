@@ -180,7 +180,7 @@ def load_sweep_data(cache_path, *, fit_split, attributes):
 
 def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_split="train",
               attributes=None, compare=None, plots=True, C=1.0, backend="auto", balance=None,
-              device="cpu", progress=True, seed=0, data=None) -> SweepResult:
+              device="cpu", progress=True, seed=0, min_group_size=10, data=None) -> SweepResult:
     """Sweep ``eps`` for ``constraint`` on a cache; write the table, plots and report to ``out``.
 
     ``compare`` lists baselines from :mod:`fairhead.compare` to put in the same table
@@ -199,14 +199,14 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     sens = pipeline.sensitive_arg(fit)
     cons = make_constraint(constraint)
     name = cons.name
-    base = dict(C=C, backend=backend, balance=balance, device=device)
+    base = dict(C=C, backend=backend, balance=balance, device=device, min_group_size=min_group_size)
 
     def scores(head):
         return lambda a: head.decision_function(a.X)
 
     # the unconstrained head anchors the grid (its own constraint value = where the bound is inactive)
     t0 = time.perf_counter()
-    free = FairLogisticRegression(constraint=None, **base).fit(fit.X, fit.y, sensitive_features=sens)
+    free = pipeline.fit_head(FairLogisticRegression(constraint=None, **base), fit, split=fit_split)
     free_time = time.perf_counter() - t0
     inactive = constraint_value(cons, y=fit.y, scores=free.decision_function(fit.X), sensitive_features=sens)
 
