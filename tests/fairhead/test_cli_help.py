@@ -123,3 +123,28 @@ def test_info_lists_only_nonempty_groups_and_caps_them():
     assert "age=44" in capped[2 + 3] and "41 more groups" in capped[2 + 4]
     full = format_counts(table, max_groups=None)
     assert "age=50" not in full and full.count("age=") == 46  # only groups with rows
+
+
+def test_baselines_show_a_progress_bar_whose_clock_runs_during_a_fit(monkeypatch, capsys):
+    import time
+
+    from fairhead import compare
+    from fairhead.sweep import HeadRecord
+    from solvers.constraints import make_constraint
+
+    def slow_penalty(fit, arrays, **_):  # stands in for a long fit: one record every 1.2 s
+        for alpha in (1, 2, 3, 4):
+            time.sleep(1.2)
+            yield HeadRecord(method="penalty", eps=float("nan"), coef=[], intercept=0.0, certificate={},
+                             metrics={}, wall_time=1.2, notes=f"alpha={alpha}")
+
+    monkeypatch.setitem(compare.RUNNERS, "penalty", slow_penalty)
+    from fairhead.pipeline import SplitArrays
+
+    tiny = SplitArrays(X=np.zeros((4, 2)), y=np.array([0, 1, 0, 1]), groups=np.array([[0], [0], [1], [1]]),
+                       attributes=("g",), categories={"g": ("a", "b")}, sample_ids=np.arange(4).astype(str))
+    records = list(compare.run_baselines(["penalty"], tiny, {"train": tiny}, constraint=make_constraint("dp"),
+                                         grid=np.array([0.1]), C=1.0, progress=True))
+    err = capsys.readouterr().err
+    assert len(records) == 4 and "baseline penalty" in err and "4/4" in err
+    assert "0/4 [00:01" in err  # redrawn while the first fit was still running
