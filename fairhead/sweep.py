@@ -303,6 +303,6 @@ def write_sweep(result: SweepResult, meta: dict, *, plots: bool = True) -> dict[
         from fairhead import plots as plotting
 
         files.update(plotting.plot_sweep(result.rows, out, fit_split=result.fit_split,
-                                         title=f"constraint '{result.constraint}'"))
+                                         title=f"constraint '{result.constraint}'", constraint=result.constraint))
     files["report"] = report.write_sweep_report(result, files, meta)
     return files
