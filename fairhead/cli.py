@@ -95,6 +95,8 @@ def _add_fit_options(parser: argparse.ArgumentParser, *, eps_default: float | No
     group.add_argument("--attributes", nargs="+", metavar="NAME",
                        help="sensitive attributes to constrain (default: all in the cache; several -> intersectional)")
     group.add_argument("--solver-device", default="cpu", help="torch backend device (cpu or cuda)")
+    group.add_argument("--pos-label", metavar="CLASS",
+                       help="the label category that is the positive class (default: the second, e.g. 1 or yes)")
     group.add_argument("--min-group-size", type=int, default=10, metavar="N",
                        help="refuse groups (and, for eo/eopp, (group, label) cells) with fewer rows")
 
@@ -145,8 +147,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-split", default="train", help="split the head is fit on")
     p.add_argument("--eval-split", nargs="+", default=None, help="splits to evaluate (default: all)")
     p.add_argument("--save", type=Path, help="where to save the head (.json or .npz; default: next to the cache)")
-    p.add_argument("--pos-label", metavar="CLASS",
-                   help="the label category that is the positive class (default: the second, e.g. 1 or yes)")
     p.set_defaults(handler=_cmd_fit)
 
     p = sub.add_parser("sweep", help="sweep eps for a constraint and report accuracy vs fairness on every split")
@@ -291,7 +291,7 @@ def _head_params(args: argparse.Namespace) -> dict:
         constraint=None if args.constraint == "none" else args.constraint,
         C=args.C, backend=args.backend,
         balance=None if args.balance == "none" else args.balance,
-        device=args.solver_device, min_group_size=args.min_group_size,
+        device=args.solver_device, min_group_size=args.min_group_size, pos_label=args.pos_label,
     )
 
 
@@ -300,7 +300,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     result = pipeline.fit_on_cache(
         args.cache, fit_split=args.fit_split, eval_splits=args.eval_split,
-        attributes=args.attributes, eps=args.eps, save=args.save, pos_label=args.pos_label, **_head_params(args),
+        attributes=args.attributes, eps=args.eps, save=args.save, **_head_params(args),
     )
     print(result.summary())
     return 0

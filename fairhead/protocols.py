@@ -116,7 +116,8 @@ def _row(protocol: str, split: str, head, arrays: pipeline.SplitArrays, constrai
 
 
 def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, seed=0, out=None,
-                  C=1.0, backend="auto", balance=None, device="cpu", min_group_size=10, data=None) -> ProtocolTable:
+                  C=1.0, backend="auto", balance=None, device="cpu", min_group_size=10, pos_label=None,
+                  data=None) -> ProtocolTable:
     """Fit B1, B2, B3, M1 and M2 on a cache and evaluate each on train, its fine-tune data and test."""
     import embedcache
     from solvers import FairLogisticRegression
@@ -125,7 +126,7 @@ def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, see
         with embedcache.open(cache_path) as cache:
             if not {"train", "valid", "test"} <= set(cache.splits):
                 raise DataError(MISSING_SPLIT_MSG.format(path=cache_path, have=", ".join(cache.splits)))
-            data = {s: pipeline.load_arrays(cache, s, attributes) for s in ("train", "valid", "test")}
+            data = {s: pipeline.load_arrays(cache, s, attributes, pos_label=pos_label) for s in ("train", "valid", "test")}
     train, valid, test = data["train"], data["valid"], data["test"]
     balanced = group_balanced(_concat([train, valid]), seed=seed)
     base = dict(C=C, backend=backend, balance=balance, device=device, min_group_size=min_group_size)

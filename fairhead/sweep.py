@@ -163,8 +163,9 @@ def _append_progress(path: Path, key: str, record: HeadRecord) -> None:
         f.flush()
 
 
-def load_sweep_data(cache_path, *, fit_split, attributes):
-    """Open the cache and read every split (fit split first) as :class:`pipeline.SplitArrays`."""
+def load_sweep_data(cache_path, *, fit_split, attributes, pos_label=None):
+    """Open the cache and read every split (fit split first) as :class:`pipeline.SplitArrays`
+    (``y = 1`` for ``pos_label``, by default the label's second category)."""
     import embedcache
 
     with embedcache.open(cache_path) as cache:
@@ -174,13 +175,13 @@ def load_sweep_data(cache_path, *, fit_split, attributes):
         arrays = {}
         for split in splits:
             arrays[split] = pipeline.load_arrays(cache, split, attributes if not arrays else
-                                                 arrays[fit_split].attributes)
+                                                 arrays[fit_split].attributes, pos_label=pos_label)
         return arrays, cache.fingerprint, dict(cache.provenance)
 
 
 def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_split="train",
               attributes=None, compare=None, plots=True, C=1.0, backend="auto", balance=None,
-              device="cpu", progress=True, seed=0, min_group_size=10, data=None) -> SweepResult:
+              device="cpu", progress=True, seed=0, min_group_size=10, pos_label=None, data=None) -> SweepResult:
     """Sweep ``eps`` for ``constraint`` on a cache; write the table, plots and report to ``out``.
 
     ``compare`` lists baselines from :mod:`fairhead.compare` to put in the same table
@@ -194,7 +195,7 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     arrays, fingerprint, cache_prov = data or load_sweep_data(cache_path, fit_split=fit_split,
-                                                              attributes=attributes)
+                                                              attributes=attributes, pos_label=pos_label)
     fit = arrays[fit_split]
     sens = pipeline.sensitive_arg(fit)
     cons = make_constraint(constraint)
@@ -224,6 +225,8 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
 
     config = {"cache": fingerprint, "constraint": cons.to_dict(), "grid": [float(e) for e in grid],
               "fit_split": fit_split, "attributes": list(fit.attributes), "seed": seed, **base}
+    if pos_label is not None:  # another positive class is another problem: never resume across it
+        config["pos_label"] = str(pos_label)
     key = _config_key(config)
     progress_path = out / PROGRESS_FILE
     done = {_eps_key(r.eps): r for r in _load_progress(progress_path, key) if r.method == "fairhead"}

@@ -148,3 +148,14 @@ def test_baselines_show_a_progress_bar_whose_clock_runs_during_a_fit(monkeypatch
     err = capsys.readouterr().err
     assert len(records) == 4 and "baseline penalty" in err and "4/4" in err
     assert "0/4 [00:01" in err  # redrawn while the first fit was still running
+
+
+def test_pos_label_reaches_sweep_and_protocols(cache_path, tmp_path, capsys):
+    from fairhead.cli import main
+
+    code = main(["protocols", str(cache_path), "--constraint", "dp-score", "--pos-label", "0"])
+    assert code == 0, capsys.readouterr().err
+    code = main(["sweep", str(cache_path), "--constraint", "dp-score", "--eps-grid", "0.5", "--pos-label", "nope",
+                 "--no-plots", "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 3 and "--pos-label 'nope'" in err
