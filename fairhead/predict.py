@@ -56,6 +56,8 @@ MISMATCH_MSG = (
 SHA_FIX = "pass the weights file the cache was built with (--weights-file PATH)"
 EMPTY_FOLDER_MSG = "image folder '{path}' has no image files ({suffixes}); point --images at a folder of images"
 NOT_A_FOLDER_MSG = "image folder '{path}' does not exist or is not a folder; pass an existing folder to --images"
+NO_ROWS_IN_SPLIT_MSG = "no rows in split(s) {splits} of the new data (it has: {have}); pick one of those with --split"
+NO_SPLITS_MSG = "--split {splits} needs images with a split (--celeba, or --manifest with --split-col); drop --split"
 LABEL_MISMATCH_MSG = (
     "the new data's label {name!r} has categories {got} but the head was fit on {expected}; "
     "encode the label the same way (or pass --pos-label at fit time to pick the positive class)"
@@ -79,8 +81,9 @@ def backbone_provenance(cache) -> dict[str, Any]:
     }
 
 
-def head_backbone(head, path) -> dict[str, Any]:
-    """The backbone a loaded head records, or a one-line error saying why it cannot predict images."""
+def head_backbone(head, path, *, custom_ok: bool = False) -> dict[str, Any]:
+    """The backbone a loaded head records, or a one-line error saying why it cannot predict images
+    (``custom_ok``: the caller brings a custom module's backbone itself)."""
     from embedcache.backbones import CUSTOM_WEIGHTS
     from embedcache.importer import IMPORTED_ARCH
 
@@ -89,7 +92,7 @@ def head_backbone(head, path) -> dict[str, Any]:
         raise DataError(NO_BACKBONE_MSG.format(path=path))
     if prov["arch"] == IMPORTED_ARCH:
         raise DataError(IMPORTED_MSG.format(path=path, what=prov.get("preprocessing")))
-    if prov.get("weights") == CUSTOM_WEIGHTS:
+    if prov.get("weights") == CUSTOM_WEIGHTS and not custom_ok:
         raise DataError(CUSTOM_MSG.format(path=path, arch=prov["arch"]))
     return prov
 
@@ -114,9 +117,16 @@ def rebuild_backbone(prov: dict[str, Any], *, path, weights_file=None):
     if backbone.spec.preprocessing != prov.get("preprocessing") and crop is not None:
         # the cache was built with --image-size: rebuild at that size
         backbone = embedcache.build_backbone(prov["arch"], weights=name, weights_file=weights_file, image_size=crop)
+    check_backbone(backbone, prov, path=path, by_file=weights_file is not None)
+    return backbone
+
+
+def check_backbone(backbone, prov: dict[str, Any], *, path, by_file: bool = False) -> None:
+    """Refuse a backbone whose architecture, weights sha256, preprocessing, feature node or width
+    differ from what the head records (``by_file``: the weights id may differ, the sha256 decides)."""
     spec = backbone.spec.as_dict()
     for key in BACKBONE_FIELDS:
-        if key == "weights" and weights_file is not None:
+        if key == "weights" and (by_file or spec.get(key) == "custom"):
             continue  # the sha256 below is what identifies a file's weights
         expected, got = prov.get(key), spec.get(key)
         if key == "feature_dim":
@@ -126,7 +136,6 @@ def rebuild_backbone(prov: dict[str, Any], *, path, weights_file=None):
             shown = (lambda v: repr(v)[:80])
             raise BackboneError(MISMATCH_MSG.format(path=path, field=key.replace("_", " "), got=shown(got),
                                                     expected=shown(expected), fix=fix))
-    return backbone
 
 
 # --------------------------------------------------------------------------- sources
@@ -293,16 +302,20 @@ def predict_images(head_path, source, *, backbone=None, weights_file=None, split
     from solvers import load_head, metrics
 
     head = load_head(head_path)
-    prov = head_backbone(head, head_path)
+    prov = head_backbone(head, head_path, custom_ok=backbone is not None)
     if backbone is None:
         backbone = rebuild_backbone(prov, path=head_path, weights_file=weights_file)
+    else:
+        check_backbone(backbone, prov, path=head_path, by_file=True)
     rows = None
     source_splits = getattr(source, "splits", None)
-    if splits and source_splits is not None:
+    if splits and source_splits is None:
+        raise DataError(NO_SPLITS_MSG.format(splits=" ".join(splits)))
+    if splits:
         rows = np.flatnonzero(np.isin(np.asarray(source_splits, dtype=str), list(splits)))
         if not len(rows):
             have = ", ".join(sorted(set(map(str, source_splits))))
-            raise DataError(f"no rows in split(s) {', '.join(splits)} of the new data (it has: {have}); pick one of those")
+            raise DataError(NO_ROWS_IN_SPLIT_MSG.format(splits=", ".join(splits), have=have))
     features = compute_features(source, backbone, rows=rows, batch_size=batch_size, device=device,
                                 num_workers=num_workers, progress=progress)
     stored = prov.get("feature_dtype", "float32")
@@ -323,15 +336,15 @@ def predict_images(head_path, source, *, backbone=None, weights_file=None, split
         result.groups = {name: take(values) for name, values in groups.items()}
         result.splits = take(source_splits) if source_splits is not None else None
         if result.groups:
-            sensitive = (next(iter(result.groups.values())) if len(result.groups) == 1
-                         else np.column_stack(list(result.groups.values())))
+            # one readable name per row, "attr=value[,attr=value]", as the fit named the groups
+            sensitive = np.asarray([",".join(f"{a}={v}" for a, v in zip(result.groups, row))
+                                    for row in zip(*result.groups.values())], dtype=object)
             result.metrics = {"all": metrics.evaluate(result.labels, pred, sensitive_features=sensitive, y_score=proba)}
             if result.splits is not None and len(set(result.splits)) > 1:
                 for split in sorted(set(result.splits)):
-                    m = result.splits == split
-                    s = sensitive[m]
-                    if len(np.unique(s if s.ndim == 1 else [tuple(r) for r in s], axis=0)) > 1:
-                        result.metrics[split] = metrics.evaluate(result.labels[m], pred[m], sensitive_features=s,
+                    m = np.asarray(result.splits == split)
+                    if len(set(sensitive[m])) > 1:  # group metrics need two groups in the split
+                        result.metrics[split] = metrics.evaluate(result.labels[m], pred[m], sensitive_features=sensitive[m],
                                                                  y_score=proba[m])
     return result
 

@@ -253,3 +253,34 @@ def test_solvers_export_needs_a_fitted_head():
     for export in (to_sklearn, to_torch_linear):
         with pytest.raises(DataError, match="call fit"):
             export(FairLogisticRegression())
+
+
+def test_a_custom_module_backbone_predicts_through_the_python_api(trained, tmp_path):
+    """Backbone.from_module: the head records the module's state_dict sha256; another module is refused."""
+    import torchvision.transforms.v2 as T
+
+    import embedcache
+    from fairhead import pipeline, predict
+    from fairhead_errors import BackboneError, DataError
+
+    def tiny(seed):
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                  torch.nn.Flatten())
+        transform = T.Compose([T.PILToTensor(), T.Resize((32, 32)), T.ToDtype(torch.float32, scale=True)])
+        return embedcache.Backbone.from_module(net, transform, name="tiny-cnn")
+
+    cache = tmp_path / "custom.h5"
+    embedcache.extract(trained["source"], tiny(0), cache, batch_size=16, num_workers=0, progress=False)
+    head = tmp_path / "custom-head.json"
+    pipeline.fit_on_cache(cache, constraint=None, save=head, min_group_size=2)
+    result = predict.predict_images(head, trained["source"], backbone=tiny(0), batch_size=16, progress=False)
+    with embedcache.open(cache) as c:
+        from solvers import load_head
+
+        expected = load_head(head).decision_function(np.asarray(c.load(None).features))
+    np.testing.assert_allclose(result.scores, expected, rtol=0, atol=SCORE_ATOL)
+    with pytest.raises(BackboneError, match="sha256"):
+        predict.predict_images(head, trained["source"], backbone=tiny(1), progress=False)
+    with pytest.raises(DataError, match="Backbone.from_module"):
+        predict.predict_images(head, trained["source"], progress=False)
