@@ -219,7 +219,7 @@ def fit_head(head, arrays: SplitArrays, *, split: str):
     try:
         return head.fit(arrays.X, arrays.y, sensitive_features=sensitive_arg(arrays))
     except DataError as err:
-        raise DataError(f"{err} (fitting on the {split!r} rows)") from err
+        raise DataError(f"fitting on the {split!r} rows: {err}") from err
 
 
 # --------------------------------------------------------------------------- head -> metrics

@@ -262,7 +262,7 @@ class Predictions:
         return "\n".join(lines)
 
 
-def _labelled_parts(source, head, attributes, path):
+def _labelled_parts(source, head, attributes):
     """Labels (0/1 in the head's coding) and group names of a labelled source, checked against the head."""
     extra = getattr(head, "extra_", None) or {}
     label = extra.get("label") or {}
@@ -331,7 +331,7 @@ def predict_images(head_path, source, *, backbone=None, weights_file=None, split
                          class_names=class_names)
     if getattr(source, "labels", None) is not None:
         attributes = extra.get("attributes") or list(getattr(source, "sensitive", {}))
-        labels, groups = _labelled_parts(source, head, attributes, head_path)
+        labels, groups = _labelled_parts(source, head, attributes)
         result.labels = take(labels)
         result.groups = {name: take(values) for name, values in groups.items()}
         result.splits = take(source_splits) if source_splits is not None else None

@@ -3,7 +3,6 @@ small-group errors in the user's words, a loud warning for random weights, the p
 
 from __future__ import annotations
 
-import io
 import re
 import tokenize
 from pathlib import Path

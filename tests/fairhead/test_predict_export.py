@@ -284,3 +284,13 @@ def test_a_custom_module_backbone_predicts_through_the_python_api(trained, tmp_p
         predict.predict_images(head, trained["source"], backbone=tiny(1), progress=False)
     with pytest.raises(DataError, match="Backbone.from_module"):
         predict.predict_images(head, trained["source"], progress=False)
+
+
+def test_onnx_export_without_the_extra_says_how_to_install_it(trained, tmp_path, capsys):
+    from fairhead.export import onnx_available
+
+    if onnx_available():
+        pytest.skip("the onnx extra is installed here; this checks the message when it is not")
+    code, _, err = main_cli(capsys, "export", "--head", trained["head"], "--to", "onnx", "--out", tmp_path / "m.onnx")
+    assert code == 3 and len(err.strip().splitlines()) == 1 and "fairhead[onnx]" in err
+    assert not (tmp_path / "m.onnx").exists()
