@@ -274,8 +274,8 @@ def build_backbone(
         (``"IMAGENET1K_V1"``, ``"DEFAULT"``, or the full
         ``"ResNet50_Weights.IMAGENET1K_V2"``); torchvision downloads it on a
         machine with internet. ``None`` means a seeded random initialisation
-        (``"none"``) for torchvision models and the embedded ImageNet weights
-        for ``efficientnet_lite0``.
+        (``"none"``, which may also be passed by name) for torchvision models and
+        the embedded ImageNet weights for ``efficientnet_lite0``.
     weights_file : path, optional
         A local state_dict for the same architecture (torchvision's file or a
         fine-tuned checkpoint with any number of output classes), loaded with
@@ -338,6 +338,8 @@ def _weights_names(enum) -> str:
 def _build_torchvision(arch: str, *, weights: str | None, weights_file, image_size: int | None) -> Backbone:
     from torchvision.models import get_model, get_model_weights
 
+    if weights == RANDOM_WEIGHTS:  # "none": a seeded random initialisation, asked for by name
+        weights = None
     enum_member = _resolve_torchvision_weights(arch, weights) if weights is not None else None
     # Without named weights the preprocessing still comes from torchvision: the
     # DEFAULT weights' transform (ImageNet normalisation at the usual sizes).

@@ -115,12 +115,17 @@ def _add_fit_options(parser: argparse.ArgumentParser, *, eps_default: float | No
     if eps_default is not None:  # default None: an --eps given with a constraint that has no bound is refused
         group.add_argument("--eps", type=float, default=None, help=f"constraint tolerance (default: {eps_default:g})")
     group.add_argument("--C", type=float, default=1.0, help="inverse L2 strength, scikit-learn's meaning (default: 1)")
-    group.add_argument("--backend", choices=("auto", "torch", "cvxpy"), default="auto")
+    group.add_argument("--backend", choices=("auto", "torch", "cvxpy"), default="auto",
+                       help="solver: cvxpy (exact reference, small problems), torch (large ones), auto picks by size")
     group.add_argument("--balance", choices=("none", "group", "label-group"), default="none",
                        help="reweight so every group / (label, group) cell has equal total weight")
     group.add_argument("--attributes", nargs="+", metavar="NAME",
                        help="sensitive attributes to constrain (default: all in the cache; several -> intersectional)")
     group.add_argument("--solver-device", default="cpu", help="torch backend device (cpu or cuda)")
+    group.add_argument("--pos-label", metavar="CLASS",
+                       help="the label category that is the positive class (default: the second, e.g. 1 or yes)")
+    group.add_argument("--min-group-size", type=int, default=10, metavar="N",
+                       help="refuse groups (and, for eo/eopp, (group, label) cells) with fewer rows")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,10 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="write the generated default dataset as JPEG files + CSV manifest")
     p.add_argument("--out", type=Path, required=True, help="folder to write")
-    p.add_argument("--n", type=int, default=3000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--correlation", type=float, default=0.8)
-    p.add_argument("--minority-fraction", type=float, default=0.3)
+    p.add_argument("--n", type=int, default=3000, help="number of images")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed")
+    p.add_argument("--correlation", type=float, default=0.8, help="P(label agrees with the sensitive attribute)")
+    p.add_argument("--minority-fraction", type=float, default=0.3, help="share of the smaller sensitive group")
     p.set_defaults(handler=_cmd_generate)
 
     p = sub.add_parser("import", help="write already-computed features (CSV, Parquet, .npz) into a cache")
@@ -165,12 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="print a cache's provenance and its split x label x group counts")
     p.add_argument("cache", type=Path)
+    p.add_argument("--all-groups", action="store_true",
+                   help="list every group, not only the largest (empty groups are never listed)")
     p.set_defaults(handler=_cmd_info)
 
     p = sub.add_parser("fit", help="fit one fair head on a cache split and evaluate it on others")
     p.add_argument("cache", type=Path)
     _add_fit_options(p)
-    p.add_argument("--fit-split", default="train")
+    p.add_argument("--fit-split", default="train", help="split the head is fit on")
     p.add_argument("--eval-split", nargs="+", default=None, help="splits to evaluate (default: all)")
     p.add_argument("--save", type=Path, help="where to save the head (.json or .npz; default: next to the cache)")
     p.set_defaults(handler=_cmd_fit)
@@ -182,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"eps values (default: {N_EPS_DEFAULT} points from inactive to 0)")
     p.add_argument("--n-eps", type=GRID_SIZE, default=None,
                    help=f"grid size when --eps-grid is not given (default: {N_EPS_DEFAULT})")
-    p.add_argument("--fit-split", default="train")
+    p.add_argument("--fit-split", default="train", help="split the heads are fit on")
     p.add_argument("--compare", nargs="*", default=None,
                    help="baselines to add: expgrad gridsearch threshold penalty (needs fairlearn for the first three)")
     p.add_argument("--out", type=Path, required=True, help="report folder")
@@ -199,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole pipeline offline on the embedded default data and backbone")
     p.add_argument("--out", type=Path, default=Path("fairhead-demo"), help="output folder (default: fairhead-demo)")
     p.add_argument("--n", type=POSITIVE_INT, default=3000, help="images to generate (default: 3000)")
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--seed", type=SEED, default=0, help="dataset seed")
     p.add_argument("--n-eps", type=GRID_SIZE, default=12, help="sweep grid size (default: 12)")
     p.add_argument("--no-compare", action="store_true", help="skip the fairlearn / penalty comparisons")
     p.add_argument("--no-progress", action="store_true")
@@ -207,7 +214,67 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list the named dataset presets")
     p.set_defaults(handler=_cmd_presets)
+    _add_predict_parser(sub)
+    _add_export_parser(sub)
+    _document(parser, sub)
     return parser
+
+
+# --------------------------------------------------------------------------- help texts
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default (unless its help already says it, or there is none) and keeps the
+    examples' line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            return text
+        return super()._get_help_string(action)
+
+
+PROTOCOLS_DESCRIPTION = """The seed paper's five last-layer protocols. Each fits one head and evaluates it on
+train, on the data it was fit on ("fine-tune") and on test:
+
+  B1  the train split, unconstrained
+  B2  the validation split, unconstrained
+  B3  train + validation down-sampled (--seed) so every (label, group) cell has as many
+      rows as the smallest one; unconstrained
+  M1  B2's data with the fairness constraint (--constraint, --eps)
+  M2  B3's data with the fairness constraint
+
+own_value is the constraint's own bounded quantity (a rate gap for rate constraints, a
+logit gap for score constraints), which M1 and M2 keep within eps on their fine-tune data."""
+
+#: one example per command, shown under its --help
+EPILOGS = {
+    "extract": """examples:
+  fairhead extract --synthetic --n 3000 --seed 0 --out synthetic.h5
+  fairhead extract --backbone resnet50 --weights IMAGENET1K_V2 --celeba /data/celeba --out celeba_r50.h5
+  fairhead extract --preset celeba-blond-male --root /data/celeba --backbone resnet50 --weights DEFAULT --out c.h5
+  fairhead extract --manifest meta.csv --root images/ --image-col path --target label --sensitive sex \\
+                   --backbone convnext_tiny --weights-file my_finetuned.pt --out xray.h5""",
+    "generate": "example:\n  fairhead generate --out shapes/ --n 3000 --seed 0   # then: fairhead extract --manifest shapes/manifest.csv ...",
+    "import": "example:\n  fairhead import adult.parquet --label income --sensitive sex --out adult.h5",
+    "info": "example:\n  fairhead info celeba_r50.h5",
+    "fit": """examples:
+  fairhead fit celeba_r50.h5 --constraint eo --eps 0.05 --eval-split valid test
+  fairhead fit adult.h5 --constraint dp-score --eps 0.1 --pos-label '>50K' --save adult-head.json""",
+    "sweep": "example:\n  fairhead sweep celeba_r50.h5 --constraint dp --compare expgrad threshold penalty --out sweep-dp/",
+    "protocols": "example:\n  fairhead protocols celeba_r50.h5 --constraint eo --eps 0.05 --out protocols/",
+    "demo": "example:\n  fairhead demo --out fairhead-demo",
+    "presets": "example:\n  fairhead presets   # then: fairhead extract --preset NAME --root DIR ...",
+}
+
+
+def _document(parser: argparse.ArgumentParser, sub) -> None:
+    """Defaults and examples in every command's --help (set here, so each parser stays short)."""
+    parser.formatter_class = HelpFormatter
+    parser.epilog = "run `fairhead COMMAND --help` for a command's options and examples"
+    for name, command in sub.choices.items():
+        command.formatter_class = HelpFormatter
+        if name in EPILOGS and not command.epilog:
+            command.epilog = EPILOGS[name]
+    sub.choices["protocols"].description = PROTOCOLS_DESCRIPTION
 
 
 # --------------------------------------------------------------------------- handlers
@@ -250,7 +317,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from fairhead import pipeline
 
-    print(pipeline.describe_cache(args.cache))
+    print(pipeline.describe_cache(args.cache, max_groups=None if args.all_groups else pipeline.INFO_MAX_GROUPS))
     return 0
 
 
@@ -288,7 +355,7 @@ def _head_params(args: argparse.Namespace) -> dict:
         constraint=None if args.constraint == "none" else args.constraint,
         C=args.C, backend=args.backend,
         balance=None if args.balance == "none" else args.balance,
-        device=args.solver_device,
+        device=args.solver_device, min_group_size=args.min_group_size, pos_label=args.pos_label,
     )
 
 
@@ -346,6 +413,110 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
     for name, preset in presets.list_presets().items():
         print(f"{name:24s} {preset['description']}")
+    return 0
+
+
+# --------------------------------------------------------------------------- predict / export
+PREDICT_EPILOG = """examples:
+  fairhead predict --head celeba.head-eo-0.05.json --images new_faces/ --out preds.csv
+  fairhead predict --head celeba.head-eo-0.05.json --celeba /data/celeba --split test --out preds.csv
+  fairhead predict --head xray.head-dp-0.05.json --manifest meta.csv --root images/ --image-col path \\
+                   --weights-file my_finetuned.pt --out preds.csv
+
+The head file records the cache's backbone (architecture, weights, their sha256, preprocessing);
+predict rebuilds it and refuses weights whose sha256 differs. The CSV has one row per id: score
+(the logit z), probability (sigmoid z, of the positive class), prediction (0/1) and the class name;
+with labels (--celeba, --manifest) also the label, the groups, and group metrics (printed and
+written to PREDS.metrics.json)."""
+
+EXPORT_EPILOG = """examples:
+  fairhead export --head head.json --to sklearn --out head.joblib   # a fitted LogisticRegression
+  fairhead export --head head.json --to linear  --out head.pt       # torch.nn.Linear(d, 1) state_dict
+  fairhead export --head head.json --to program --out model.pt2     # backbone + head, torch.export
+  fairhead export --head head.json --to onnx    --out model.onnx    # backbone + head (pip install "fairhead[onnx]")
+
+Every export gives the head's scores: sklearn's decision_function, the Linear's output on
+float64 features, and the full models' output on images preprocessed by the backbone's transform."""
+
+
+def _add_predict_parser(sub) -> None:
+    p = sub.add_parser("predict", help="run a saved head (and its cache's backbone) on new images",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=PREDICT_EPILOG)
+    p.add_argument("--head", type=Path, required=True, help="head file written by `fairhead fit` (.json or .npz)")
+    which = p.add_argument_group("images (choose one)").add_mutually_exclusive_group(required=True)
+    which.add_argument("--images", metavar="DIR", type=Path, help="a folder of images (recursive; no labels)")
+    which.add_argument("--celeba", metavar="ROOT", type=Path, help="a CelebA-layout folder (labels and groups)")
+    which.add_argument("--manifest", metavar="CSV", type=Path, help="a CSV manifest (labels and groups)")
+    opts = p.add_argument_group("manifest / CelebA columns (default: the head's label and attributes)")
+    opts.add_argument("--root", type=Path, help="image root of --manifest (default: the manifest's folder)")
+    opts.add_argument("--target", help="label column / attribute")
+    opts.add_argument("--sensitive", nargs="+", metavar="NAME", help="sensitive columns / attributes")
+    opts.add_argument("--image-col", default="path", help="manifest column of image paths (default: path)")
+    opts.add_argument("--split-col", help="manifest column of split names (default: none)")
+    opts.add_argument("--id-col", help="manifest column of sample ids (default: the image path)")
+    opts.add_argument("--split", nargs="+", metavar="NAME", help="only these splits (default: every row)")
+    run = p.add_argument_group("backbone")
+    run.add_argument("--weights-file", type=Path, help="the weights file the cache was built with (checked by sha256)")
+    run.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    run.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--out", type=Path, required=True, help="predictions CSV to write")
+    p.set_defaults(handler=_cmd_predict)
+
+
+def _add_export_parser(sub) -> None:
+    from fairhead.export import FORMATS
+
+    p = sub.add_parser("export", help="export a head to scikit-learn, torch.nn.Linear, torch.export or ONNX",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXPORT_EPILOG)
+    p.add_argument("--head", type=Path, required=True, help="head file written by `fairhead fit` (.json or .npz)")
+    p.add_argument("--to", choices=FORMATS, required=True,
+                   help="sklearn (.joblib), linear (.pt), program (backbone + head, .pt2), onnx (backbone + head)")
+    p.add_argument("--weights-file", type=Path, help="the weights file the cache was built with (program, onnx)")
+    p.add_argument("--out", type=Path, required=True, help="file to write")
+    p.set_defaults(handler=_cmd_export)
+
+
+def _predict_source(args: argparse.Namespace, head_extra: dict):
+    from embedcache import sources
+
+    from fairhead.predict import ImageFolder
+
+    if args.images:
+        return ImageFolder(args.images)
+    label = (head_extra.get("label") or {}).get("name")
+    sensitive = tuple(args.sensitive or head_extra.get("attributes") or ())
+    if args.celeba:
+        from fairhead import pipeline
+
+        return sources.CelebASource(args.celeba, target=args.target or label or pipeline.CELEBA_TARGET_DEFAULT,
+                                    sensitive=sensitive or pipeline.CELEBA_SENSITIVE_DEFAULT)
+    return sources.ManifestSource(args.manifest, root=args.root, image_col=args.image_col,
+                                  label_col=args.target or label, sensitive_cols=sensitive,
+                                  split_col=args.split_col, id_col=args.id_col)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from fairhead import predict
+    from solvers import load_head
+
+    extra = getattr(load_head(args.head), "extra_", None) or {}
+    result = predict.predict_images(
+        args.head, _predict_source(args, extra), weights_file=args.weights_file, splits=args.split,
+        batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
+    )
+    result.write_csv(args.out)
+    print(result.summary())
+    metrics_path = predict.write_metrics(result, args.out.with_suffix(".metrics.json"))
+    print(f"wrote {args.out}" + (f" and {metrics_path}" if metrics_path else ""))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from fairhead.export import export_head
+
+    path = export_head(args.head, args.out, fmt=args.to, weights_file=args.weights_file)
+    print(f"wrote {path}")
     return 0
 
 

@@ -25,7 +25,9 @@ between-groups DP or EO difference) is at most ``t``, for ``t`` in :data:`FRONT_
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
 import time
 import warnings
 
@@ -341,16 +343,52 @@ def run_baselines(names, fit, arrays, *, constraint, grid, C, seed=0, progress=T
         have_fairlearn = True
     except ImportError:
         have_fairlearn = False
+    from tqdm.auto import tqdm
+
     for name in names:
         if name in NEEDS_FAIRLEARN and not have_fairlearn:
             print(NO_FAIRLEARN_NOTE.format(name=name))
             continue
-        if progress:
-            print(f"baseline {name} ...", flush=True)
-        with warnings.catch_warnings():
+        records = []
+        # one tick per fitted model; the clock keeps running during a long fit (ExponentiatedGradient
+        # can take minutes per bound), so a slow baseline never looks frozen
+        with tqdm(total=expected_fits(name, constraint, grid), desc=f"baseline {name}", unit="fit",
+                  disable=not progress, dynamic_ncols=True) as bar, _ticking(bar), warnings.catch_warnings():
             # fairlearn's own pandas/sklearn deprecation notices are not the user's to fix
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
-            records = list(RUNNERS[name](fit, arrays, constraint=constraint, grid=grid, C=C, seed=seed,
-                                         balance=balance))
+            for record in RUNNERS[name](fit, arrays, constraint=constraint, grid=grid, C=C, seed=seed,
+                                        balance=balance):
+                records.append(record)
+                bar.update(1)
         yield from records
+
+
+def expected_fits(name: str, constraint, grid) -> int:
+    """How many models a baseline fits (the length of its progress bar)."""
+    if name == "expgrad":
+        return len(matched_bounds(constraint, grid))
+    if name == "penalty":
+        return len(PENALTY_ALPHAS)
+    return 1
+
+
+@contextlib.contextmanager
+def _ticking(bar, every_s: float = 1.0):
+    """Redraw ``bar`` every ``every_s`` seconds from a daemon thread (its elapsed time keeps moving)."""
+    if bar.disable:
+        yield
+        return
+    stop = threading.Event()
+
+    def tick():
+        while not stop.wait(every_s):
+            bar.refresh()
+
+    thread = threading.Thread(target=tick, name="fairhead-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,11 @@ NO_SENSITIVE_MSG = "cache '{path}' has no sensitive attribute; a fair head needs
 UNKNOWN_ATTRIBUTE_MSG = "sensitive attribute {name!r} is not in cache '{path}' (it has: {have}); pick one of those"
 NONFINITE_FEATURES_MSG = ("split {split!r} of cache '{path}' has {n} row(s) with NaN or infinite features "
                           "(first: sample {first!r}); drop or impute those rows and rebuild the cache")
+RANDOM_WEIGHTS_WARNING = (
+    "fairhead: warning: {arch} runs with RANDOM weights (no --weights given), so its features are not "
+    "pretrained; pass --weights NAME (e.g. DEFAULT) or --weights-file PATH, or --weights none to silence this"
+)
+UNKNOWN_POS_LABEL_MSG = "--pos-label {value!r} is not a class of label {name!r} in cache '{path}' (it has: {have}); pick one of those"
 CELEBA_TARGET_DEFAULT = "Blond_Hair"
 CELEBA_SENSITIVE_DEFAULT = ("Male",)
 
@@ -62,8 +68,12 @@ def extract_cache(source, *, backbone: str, weights: str | None = None, weights_
                   image_size: int | None = None, autocast: str = "auto", out: Path, **extract_options) -> Path:
     """Build the backbone by name and run one extraction pass of ``source`` into ``out``."""
     import embedcache
+    from embedcache.backbones import RANDOM_WEIGHTS
 
     model = embedcache.build_backbone(backbone, weights=weights, weights_file=weights_file, image_size=image_size)
+    if model.spec.weights == RANDOM_WEIGHTS and weights is None:
+        # random features are rarely what a user wants; say so loudly but let it run (tests, smoke runs)
+        print(RANDOM_WEIGHTS_WARNING.format(arch=backbone), file=sys.stderr, flush=True)
     return embedcache.extract(source, model, out, autocast=None if autocast == "auto" else autocast, **extract_options)
 
 
@@ -83,7 +93,40 @@ def import_features(table: Path, **options) -> Path:
     return import_table(table, **options)
 
 
-def describe_cache(path: Path) -> str:
+#: ``fairhead info`` lists at most this many groups per split (the largest), unless --all-groups
+INFO_MAX_GROUPS = 30
+
+
+def format_counts(table, *, max_groups: int | None = INFO_MAX_GROUPS) -> str:
+    """The split x group x label counts, one line per non-empty group (at most ``max_groups`` per
+    split, the largest first, then one line counting the rest): a continuous column given as
+    sensitive would otherwise print one row per value and split, mostly zeros."""
+    counts = np.asarray(table.counts)
+    heads = [f"{table.label_name}={c}" for c in table.label_categories] + ["total"]
+    body = []
+    for i, split in enumerate(table.splits):
+        sizes = counts[i].sum(axis=1)
+        present = np.flatnonzero(sizes > 0)
+        keep = set(present.tolist())
+        if max_groups is not None and len(present) > max_groups:
+            keep = set(present[np.argsort(-sizes[present], kind="stable")[:max_groups]].tolist())
+        shown = [j for j in present if j in keep]
+        rest = [j for j in present if j not in keep]
+        for k, j in enumerate(shown):
+            cells = [int(v) for v in counts[i, j]]
+            body.append([split if k == 0 else "", str(table.groups[j]), *cells, sum(cells)])
+        if rest:
+            cells = [int(v) for v in counts[i, rest].sum(axis=0)]
+            body.append(["", f"... {len(rest)} more groups (--all-groups lists them)", *cells, sum(cells)])
+        totals = [int(v) for v in counts[i].sum(axis=0)]
+        body.append(["", "all", *totals, sum(totals)])
+    totals = [int(v) for v in counts.sum(axis=(0, 1))]
+    body.append(["all", "all", *totals, sum(totals)])
+    rows = [dict(zip(["split", "group", *heads], row)) for row in body]
+    return format_table(rows)
+
+
+def describe_cache(path: Path, *, max_groups: int | None = INFO_MAX_GROUPS) -> str:
     """Provenance and the split x label x group count table, as printed by ``fairhead info``."""
     import embedcache
 
@@ -98,7 +141,7 @@ def describe_cache(path: Path) -> str:
             text = str(value)
             lines.append(f"{key:<{width}s} {text if len(text) <= 160 else text[:157] + '...'}")
         lines.append("")
-        lines.append(str(cache.count_table()))
+        lines.append(format_counts(cache.count_table(), max_groups=max_groups))
     return "\n".join(lines)
 
 
@@ -116,12 +159,13 @@ class SplitArrays:
 
     @property
     def group_names(self) -> np.ndarray:
-        """Readable intersectional group names per row, e.g. ``"Male=1,Young=0"``."""
-        parts = [np.asarray(self.categories[a], dtype=object)[self.groups[:, j]]
+        """One readable group name per row, ``"Male=yes"`` or ``"Male=yes,Young=no"`` (intersectional),
+        so heads, metrics and errors name groups by their categories, never by their codes."""
+        parts = [np.asarray([f"{a}={c}" for c in self.categories[a]], dtype=object)[self.groups[:, j]]
                  for j, a in enumerate(self.attributes)]
         if len(parts) == 1:
-            return parts[0].astype(str)
-        return np.array([",".join(f"{a}={v}" for a, v in zip(self.attributes, row)) for row in zip(*parts)])
+            return parts[0]
+        return np.asarray([",".join(row) for row in zip(*parts)], dtype=object)
 
 
 def resolve_attributes(cache, attributes) -> tuple[str, ...]:
@@ -136,15 +180,31 @@ def resolve_attributes(cache, attributes) -> tuple[str, ...]:
     return tuple(attributes)
 
 
-def load_arrays(cache, splits, attributes=None) -> SplitArrays:
-    """Read one split (or several, concatenated) of an open cache into :class:`SplitArrays`."""
+def positive_code(cache, pos_label) -> int:
+    """The label code that counts as the positive class: 1 by default, or the code of ``pos_label``."""
+    if pos_label is None:
+        return 1
+    categories = [str(c) for c in cache.label_categories]
+    if str(pos_label) not in categories:
+        raise DataError(UNKNOWN_POS_LABEL_MSG.format(value=pos_label, name=cache.label_name, path=cache.path,
+                                                     have=", ".join(categories)))
+    return categories.index(str(pos_label))
+
+
+def load_arrays(cache, splits, attributes=None, *, pos_label=None) -> SplitArrays:
+    """Read one split (or several, concatenated) of an open cache into :class:`SplitArrays`.
+
+    ``y`` is 1 for the positive class: the label's second category, or ``pos_label``.
+    """
     attributes = resolve_attributes(cache, attributes)
+    positive = positive_code(cache, pos_label)
     data = cache.load(splits, sensitive=list(attributes))
     groups = np.stack([np.asarray(data.sensitive[a]) for a in attributes], axis=1)
+    y = np.asarray(data.labels)
     X = np.asarray(data.features)
     check_finite_features(X, np.asarray(data.sample_ids), split=splits, path=cache.path)
     return SplitArrays(
-        X=X, y=np.asarray(data.labels), groups=groups, attributes=attributes,
+        X=X, y=y if positive == 1 else 1 - y, groups=groups, attributes=attributes,
         categories={a: tuple(cache.categories(a)) for a in attributes},
         sample_ids=np.asarray(data.sample_ids),
     )
@@ -162,8 +222,16 @@ def check_finite_features(X: np.ndarray, sample_ids: np.ndarray, *, split, path)
 
 
 def sensitive_arg(arrays: SplitArrays) -> np.ndarray:
-    """The ``sensitive_features`` argument: 1-D for one attribute, (n, k) for intersectional groups."""
-    return arrays.groups[:, 0] if arrays.groups.shape[1] == 1 else arrays.groups
+    """The ``sensitive_features`` argument: :attr:`SplitArrays.group_names`."""
+    return arrays.group_names
+
+
+def fit_head(head, arrays: SplitArrays, *, split: str):
+    """``head.fit`` on ``arrays``; a data error (e.g. a group too small) also names the split."""
+    try:
+        return head.fit(arrays.X, arrays.y, sensitive_features=sensitive_arg(arrays))
+    except DataError as err:
+        raise DataError(f"fitting on the {split!r} rows: {err}") from err
 
 
 # --------------------------------------------------------------------------- head -> metrics
@@ -259,10 +327,24 @@ class FitResult:
         return "\n".join(lines)
 
 
+def label_provenance(cache, pos_label=None) -> dict[str, Any]:
+    """What a saved head records about its label: the name, the categories, which one is positive,
+    and the class names in the head's 0/1 coding (``class_names[1]`` is the positive class)."""
+    categories = [str(c) for c in cache.label_categories]
+    positive = positive_code(cache, pos_label)
+    return {"name": cache.label_name, "categories": categories, "positive": categories[positive],
+            "class_names": [categories[1 - positive], categories[positive]]}
+
+
 def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None, attributes=None,
-                 save: Path | None = None, **head_params) -> FitResult:
-    """Fit one :class:`solvers.FairLogisticRegression` on ``fit_split`` and evaluate it on ``eval_splits``."""
+                 save: Path | None = None, pos_label=None, **head_params) -> FitResult:
+    """Fit one :class:`solvers.FairLogisticRegression` on ``fit_split`` and evaluate it on ``eval_splits``.
+
+    The saved head records the cache's backbone and label, so ``fairhead predict`` can rebuild
+    the backbone (checked by its weights' sha256) and run both on new images.
+    """
     import embedcache
+    from fairhead.predict import backbone_provenance
     from fairhead_io import check_file_target
     from solvers import FairLogisticRegression, metrics, save_head
     from solvers.persistence import check_head_path
@@ -276,19 +358,23 @@ def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None
         # before the fit: a head that cannot be saved, or would replace another file, fails in a second
         check_head_path(save)
         check_file_target(save, flag="--save", fix="pass --save PATH in a writable folder")
-        train = load_arrays(cache, fit_split, attributes)
+        train = load_arrays(cache, fit_split, attributes, pos_label=pos_label)
         splits = list(eval_splits) if eval_splits else list(cache.splits)
         # every split is read (and checked) before the fit, so bad evaluation rows fail before the work
-        evaluated = {split: train if split == fit_split else load_arrays(cache, split, train.attributes)
+        evaluated = {split: train if split == fit_split else load_arrays(cache, split, train.attributes,
+                                                                          pos_label=pos_label)
                      for split in splits}
         fingerprint = cache.fingerprint
+        provenance = {"backbone": backbone_provenance(cache), "label": label_provenance(cache, pos_label),
+                      "categories": {a: list(train.categories[a]) for a in train.attributes}}
     head = FairLogisticRegression(**head_params)
-    head.fit(train.X, train.y, sensitive_features=sensitive_arg(train))
+    fit_head(head, train, split=fit_split)
     per_split = {split: evaluate_head(head, arrays, bounded=True) for split, arrays in evaluated.items()}
     undefined = {split: metrics.undefined_rates(arrays.y, sensitive_features=arrays.group_names)
                  for split, arrays in evaluated.items()}
     fit_metrics = per_split.get(fit_split) or evaluate_head(head, train, bounded=True)
     save_head(head, save, cache_fingerprint=fingerprint,
-              extra={"fit_split": fit_split, "attributes": list(train.attributes), "cache": str(cache_path)})
+              extra={"fit_split": fit_split, "attributes": list(train.attributes), "cache": str(cache_path),
+                     **provenance})
     return FitResult(head=head, fit_split=fit_split, metrics=per_split, saved_to=Path(save), fit_metrics=fit_metrics,
                      undefined_rates={s: v for s, v in undefined.items() if v})

@@ -25,6 +25,38 @@ MARKERS = {"fairhead": "o", "unconstrained": "*", "expgrad": "s", "gridsearch": 
            "threshold": "^", "penalty": "v"}
 
 
+#: the smallest accuracy range an axis shows: two heads 0.002 apart (sampling noise on a few thousand test
+#: rows) must not fill the whole panel and read as a trade-off
+ACC_MIN_SPAN = 0.05
+#: the smallest range of a gap axis (gaps start at 0)
+GAP_MIN_SPAN = 0.05
+#: the unit of each constraint's own bounded value (``constraint_value``)
+OWN_VALUE_UNITS = {
+    "dp": "selection-rate gap", "eopp": "TPR gap", "eo": "TPR/FPR gap", "error-rate": "error-rate gap",
+    "dp-score": "mean-score gap, logits", "eopp-score": "mean-score gap on y=1, logits",
+    "eo-score": "mean-score gap per label, logits", "cov": "cov(s, z), logits",
+    "group-loss": "worst group log-loss, nats", "minimax": "worst group log-loss, nats",
+}
+
+
+def own_value_label(constraint: str | None) -> str:
+    """Axis label of the constraint's own value, with its unit (logits for the score constraints)."""
+    unit = OWN_VALUE_UNITS.get(str(constraint))
+    return f"constraint's own value ({unit})" if unit else "constraint's own value"
+
+
+def _span_at_least(low: float, high: float, span: float, *, floor: float | None = None) -> tuple[float, float]:
+    """Widen ``[low, high]`` about its centre to at least ``span`` (not below ``floor``)."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return low, high
+    if high - low < span:
+        centre = (low + high) / 2
+        low, high = centre - span / 2, centre + span / 2
+    if floor is not None and low < floor:
+        low, high = floor, max(high, floor + span)
+    return low, high
+
+
 def pareto_front(gap: np.ndarray, acc: np.ndarray) -> np.ndarray:
     """Indices of the points no other point beats on both (lower gap, higher accuracy), by gap."""
     ok = np.isfinite(gap) & np.isfinite(acc)
@@ -67,13 +99,17 @@ def _head_key(row) -> tuple:
     return row["method"], num(row.get("eps")), num(row.get("alpha"))
 
 
-def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "", staged=None) -> dict[str, Path]:
+def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "", constraint: str | None = None,
+               staged=None) -> dict[str, Path]:
+    """Write the sweep's plots; every panel has a legend, accuracy axes span at least
+    :data:`ACC_MIN_SPAN`, gap axes start at 0, and the constraint's own value carries its unit."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out = Path(out)
+    gaps = [(key, own_value_label(constraint) if key == "constraint_value" else label) for key, label in GAPS]
     splits = [fit_split] + (["test"] if any(r["split"] == "test" for r in rows) and fit_split != "test" else [])
     files = {}
 
@@ -81,7 +117,7 @@ def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "", staged=None)
     for r, split in enumerate(splits):
         series = _series(rows, split)
         all_rows = [row for group in series.values() for row in group]
-        for c, (key, label) in enumerate(GAPS):
+        for c, (key, label) in enumerate(gaps):
             ax = axes[r, c]
             for method, group in series.items():
                 gap = np.array([g.get(key, np.nan) for g in group], dtype=float)
@@ -96,12 +132,15 @@ def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "", staged=None)
             front = pareto_front(gap, acc)
             if front.size:
                 ax.step(gap[front], acc[front], where="post", color="k", linewidth=1, alpha=0.6)
-                ax.scatter(gap[front], acc[front], s=70, facecolors="none", edgecolors="k",
-                           label="Pareto front" if (r, c) == (0, 0) else None)
-            ax.set_xlabel(f"{label} ({split})")
+                ax.scatter(gap[front], acc[front], s=70, facecolors="none", edgecolors="k", label="Pareto front")
+            ax.set_xlabel(f"{label} ({split})", fontsize=8)
             ax.set_ylabel(f"accuracy ({split})")
+            if np.isfinite(acc).any():
+                ax.set_ylim(*_span_at_least(np.nanmin(acc), np.nanmax(acc), ACC_MIN_SPAN, floor=None))
+            if np.isfinite(gap).any():
+                ax.set_xlim(*_span_at_least(0.0, np.nanmax(gap) * 1.05, GAP_MIN_SPAN, floor=0.0))
             ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=7, loc="lower right")
+            ax.legend(fontsize=6, loc="best")
     fig.suptitle(f"Accuracy vs fairness gap {title}".strip())
     fig.tight_layout()
     files["tradeoff_plot"] = _save(fig, out / "tradeoff.png", staged)
@@ -110,8 +149,8 @@ def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "", staged=None)
     if len(splits) == 2:
         fit_rows = {_head_key(r): r for r in rows if r["split"] == fit_split}
         pairs = [(fit_rows[_head_key(r)], r) for r in rows if r["split"] == "test" and _head_key(r) in fit_rows]
-        fig, axes = plt.subplots(1, len(GAPS), figsize=(4.2 * len(GAPS), 3.8), squeeze=False)
-        for c, (key, label) in enumerate(GAPS):
+        fig, axes = plt.subplots(1, len(gaps), figsize=(4.2 * len(gaps), 3.8), squeeze=False)
+        for c, (key, label) in enumerate(gaps):
             ax = axes[0, c]
             methods = sorted({p[0]["method"] for p in pairs})
             for method in methods:
@@ -126,11 +165,14 @@ def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "", staged=None)
                     ax.scatter(x, y, marker=MARKERS.get(_method_base(method), "x"), s=30, alpha=0.8, label=method,
                                color=COLORS.get(_method_base(method)))
             lim = np.nanmax([[p[0].get(key, np.nan), p[1].get(key, np.nan)] for p in pairs] + [[1e-3, 1e-3]])
+            lim = max(float(lim) * 1.05, GAP_MIN_SPAN)
             ax.plot([0, lim], [0, lim], "k--", linewidth=1, label="test = fit")
-            ax.set_xlabel(f"{label} on {fit_split}")
-            ax.set_ylabel(f"{label} on test")
+            ax.set_xlim(0, lim)  # the same range on both axes, so the diagonal is the diagonal
+            ax.set_ylim(0, lim)
+            ax.set_xlabel(f"{label} on {fit_split}", fontsize=8)
+            ax.set_ylabel(f"{label} on test", fontsize=8)
             ax.grid(alpha=0.3)
-        axes[0, 0].legend(fontsize=7)
+            ax.legend(fontsize=6, loc="best")
         fig.suptitle(f"Does the fairness on the fit split hold on test? {title}".strip())
         fig.tight_layout()
         files["fit_vs_test_plot"] = _save(fig, out / "fit_vs_test.png", staged)

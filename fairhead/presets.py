@@ -1,4 +1,4 @@
-"""Named dataset presets, read from the repository's ``data/presets/*.json``.
+"""Named dataset presets: the JSON files in ``fairhead/presets_data/`` (installed with the package).
 
 A preset fixes a source kind and its columns (e.g. the seed paper's CelebA task:
 target ``Blond_Hair``, sensitive ``Male``); the user only supplies ``--root``.
@@ -11,10 +11,11 @@ from pathlib import Path
 
 from fairhead_errors import DataError
 
-PRESET_DIR = Path(__file__).resolve().parents[1] / "data" / "presets"
+#: shipped as package data, so a wheel install (not only a source checkout) has them
+PRESET_DIR = Path(__file__).resolve().parent / "presets_data"
 UNKNOWN_PRESET_MSG = "unknown preset {name!r} (known: {known}); run `fairhead presets` to list them"
 NEEDS_ROOT_MSG = "preset {name!r} needs --root: {what}"
-NO_PRESETS_MSG = "no preset folder at '{path}'; presets ship with a source checkout (pip install -e .)"
+NO_PRESETS_MSG = "no preset folder at '{path}'; this install is incomplete, reinstall fairhead (pip install .)"
 
 
 def list_presets() -> dict[str, dict]:
@@ -36,4 +37,4 @@ def source_from_preset(name: str, *, root: Path | None, target: str | None = Non
     if preset["source"] == "celeba":
         return sources.CelebASource(root, target=target or preset["target"],
                                     sensitive=tuple(sensitive or preset["sensitive"]))
-    raise DataError(f"preset {name!r} has an unknown source kind {preset['source']!r}; fix data/presets/{name}.json")
+    raise DataError(f"preset {name!r} has an unknown source kind {preset['source']!r}; fix fairhead/presets_data/{name}.json")

@@ -129,7 +129,8 @@ def _row(protocol: str, split: str, head, arrays: pipeline.SplitArrays, constrai
 
 
 def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, seed=0, out=None,
-                  C=1.0, backend="auto", balance=None, device="cpu", data=None) -> ProtocolTable:
+                  C=1.0, backend="auto", balance=None, device="cpu", min_group_size=10, pos_label=None,
+                  data=None) -> ProtocolTable:
     """Fit B1, B2, B3, M1 and M2 on a cache and evaluate each on train, its fine-tune data and test."""
     import embedcache
     from solvers import FairLogisticRegression
@@ -142,10 +143,10 @@ def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, see
         with embedcache.open(cache_path) as cache:
             if not {"train", "valid", "test"} <= set(cache.splits):
                 raise DataError(MISSING_SPLIT_MSG.format(path=cache_path, have=", ".join(cache.splits)))
-            data = {s: pipeline.load_arrays(cache, s, attributes) for s in ("train", "valid", "test")}
+            data = {s: pipeline.load_arrays(cache, s, attributes, pos_label=pos_label) for s in ("train", "valid", "test")}
     train, valid, test = data["train"], data["valid"], data["test"]
     balanced = group_balanced(_concat([train, valid]), seed=seed)
-    base = dict(C=C, backend=backend, balance=balance, device=device)
+    base = dict(C=C, backend=backend, balance=balance, device=device, min_group_size=min_group_size)
     plans = {
         "B1": (train, None), "B2": (valid, None), "B3": (balanced, None),
         "M1": (valid, constraint), "M2": (balanced, constraint),
@@ -153,7 +154,7 @@ def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, see
     rows = []
     for name, (fit_on, cons) in plans.items():
         head = FairLogisticRegression(constraint=cons, eps=eps, **base)
-        head.fit(fit_on.X, fit_on.y, sensitive_features=pipeline.sensitive_arg(fit_on))
+        pipeline.fit_head(head, fit_on, split=f"{name} fine-tune")
         for split, arrays in (("train", train), ("fine-tune", fit_on), ("test", test)):
             rows.append(_row(name, split, head, arrays, constraint, balance))
     group_names = sorted({str(g) for arrays in (train, valid, test) for g in np.unique(arrays.group_names)})

@@ -281,8 +281,9 @@ def _append_progress(path: Path, key: str, record: HeadRecord) -> None:
         os.fsync(f.fileno())
 
 
-def load_sweep_data(cache_path, *, fit_split, attributes):
-    """Open the cache and read every split (fit split first) as :class:`pipeline.SplitArrays`."""
+def load_sweep_data(cache_path, *, fit_split, attributes, pos_label=None):
+    """Open the cache and read every split (fit split first) as :class:`pipeline.SplitArrays`
+    (``y = 1`` for ``pos_label``, by default the label's second category)."""
     import embedcache
 
     with embedcache.open(cache_path) as cache:
@@ -292,13 +293,13 @@ def load_sweep_data(cache_path, *, fit_split, attributes):
         arrays = {}
         for split in splits:
             arrays[split] = pipeline.load_arrays(cache, split, attributes if not arrays else
-                                                 arrays[fit_split].attributes)
+                                                 arrays[fit_split].attributes, pos_label=pos_label)
         return arrays, cache.fingerprint, dict(cache.provenance)
 
 
 def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_split="train",
               attributes=None, compare=None, plots=True, C=1.0, backend="auto", balance=None,
-              device="cpu", progress=True, seed=0, data=None) -> SweepResult:
+              device="cpu", progress=True, seed=0, min_group_size=10, pos_label=None, data=None) -> SweepResult:
     """Sweep ``eps`` for ``constraint`` on a cache; write the table, plots and report to ``out``.
 
     ``compare`` lists baselines from :mod:`fairhead.compare` to put in the same table
@@ -319,19 +320,19 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
         check_grid(eps_grid)
     out = ensure_output_folder(out, flag="--out")  # before any work: a bad --out fails in a second
     arrays, fingerprint, cache_prov = data or load_sweep_data(cache_path, fit_split=fit_split,
-                                                              attributes=attributes)
+                                                              attributes=attributes, pos_label=pos_label)
     fit = arrays[fit_split]
     sens = pipeline.sensitive_arg(fit)
     cons = make_constraint(constraint)
     name = cons.name
-    base = dict(C=C, backend=backend, balance=balance, device=device)
+    base = dict(C=C, backend=backend, balance=balance, device=device, min_group_size=min_group_size)
 
     def scores(head):
         return lambda a: head.decision_function(a.X)
 
     # the unconstrained head anchors the grid (its own constraint value = where the bound is inactive)
     t0 = time.perf_counter()
-    free = FairLogisticRegression(constraint=None, **base).fit(fit.X, fit.y, sensitive_features=sens)
+    free = pipeline.fit_head(FairLogisticRegression(constraint=None, **base), fit, split=fit_split)
     free_time = time.perf_counter() - t0
     inactive = constraint_value(cons, y=fit.y, scores=free.decision_function(fit.X), sensitive_features=sens,
                                 balance=balance)
@@ -351,6 +352,8 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
 
     config = {"cache": fingerprint, "constraint": cons.to_dict(), "grid": [float(e) for e in grid],
               "fit_split": fit_split, "attributes": list(fit.attributes), "seed": seed, **base}
+    if pos_label is not None:  # another positive class is another problem: never resume across it
+        config["pos_label"] = str(pos_label)
     key = _config_key(config)
     progress_path = out / PROGRESS_FILE
     done = {_eps_key(r.eps): r for r in _load_progress(progress_path, key) if r.method == "fairhead"}
@@ -446,6 +449,7 @@ def write_sweep(result: SweepResult, meta: dict, *, plots: bool = True) -> dict[
             from fairhead import plots as plotting
 
             files.update(plotting.plot_sweep(result.rows, out, fit_split=result.fit_split,
-                                             title=f"constraint '{result.constraint}'", staged=staged))
+                                             title=f"constraint '{result.constraint}'", constraint=result.constraint,
+                                             staged=staged))
         files["report"] = report.write_sweep_report(result, files, meta, staged=staged)
     return files

@@ -6,6 +6,7 @@ Public API::
     fit_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, **params)
     save_head(estimator, path, *, cache_fingerprint=None, extra=None) / load_head(path)
     Certificate, metrics (module), constraints (module)
+    export.to_sklearn(head) / export.to_torch_linear(head)
 
 ``import solvers`` imports neither torch nor cvxpy (nor torchvision / embedcache); the
 backends load at the first fit that needs them.
@@ -24,6 +25,7 @@ __all__ = [
     "load_head",
     "metrics",
     "constraints",
+    "export",
     "AUTO_CVXPY_MAX_SIZE",
 ]
 
@@ -37,6 +39,7 @@ _LAZY = {
     "load_head": ("solvers.persistence", "load_head"),
     "metrics": ("solvers.metrics", None),
     "constraints": ("solvers.constraints", None),
+    "export": ("solvers.export", None),
 }
 
 

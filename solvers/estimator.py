@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import time
-import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -15,6 +14,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._linalg import x_dot
 from ._validation import Interval, Options, validate_params
+from ._warnings import warn_at_caller
 from .certificate import Certificate, passes_lower_bound, score_certificate_numbers
 from .constraints import CONSTRAINTS, Constraint, make_constraint
 from .errors import DataError, SolverError
@@ -306,12 +306,12 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
             msg = MSG_EPS_NOT_MET.format(name=cert.constraint, eps=cert.eps, gap=cert.achieved_gap)
             if self.strict:
                 raise SolverError(msg)
-            warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+            warn_at_caller(msg, ConvergenceWarning)  # at the user's fit / iter_path line
         elif not cert.converged:
-            warnings.warn(
+            warn_at_caller(
                 MSG_NOT_CONVERGED.format(backend=cert.backend, solver=cert.solver, tol=cert.tol, status=cert.status,
                                          stat=cert.stationarity, viol=cert.max_violation, n_iter=cert.n_iter),
-                ConvergenceWarning, stacklevel=3,
+                ConvergenceWarning,
             )
 
     # -------------------------------------------------------------- predict

@@ -39,7 +39,7 @@ MSG_SF_NAN = "sensitive_features contains missing values (NaN/None); encode them
 MSG_SF_NDIM = "sensitive_features must be 1-D, 2-D (n, k), a DataFrame or a dict of 1-D arrays; got an array with {ndim} dimensions"
 MSG_SMALL_GROUP = (
     "group {label!r} has {count} samples{where}, fewer than min_group_size={min_size}; "
-    "merge small categories, drop that attribute, or lower min_group_size"
+    "merge small categories, drop that attribute, or lower min_group_size (fairhead: --min-group-size)"
 )
 MSG_Y_BINARY = (
     "y must have exactly 2 classes for a binary head; got {k} class(es): {classes}"
