@@ -368,8 +368,8 @@ def expected_fits(name: str, constraint, grid) -> int:
     """How many models a baseline fits (the length of its progress bar)."""
     if name == "expgrad":
         return len(matched_bounds(constraint, grid))
-    if name == "penalty":
-        return len(PENALTY_ALPHAS)
+    if name == "penalty":  # the seed's MMF form fits one head, the others one per alpha
+        return 1 if SEED_PENALTY.get(constraint.name) == "MMF" else len(PENALTY_ALPHAS)
     return 1
 
 

@@ -132,7 +132,7 @@ def test_baselines_show_a_progress_bar_whose_clock_runs_during_a_fit(monkeypatch
     from solvers.constraints import make_constraint
 
     def slow_penalty(fit, arrays, **_):  # stands in for a long fit: one record every 1.2 s
-        for alpha in (1, 2, 3, 4):
+        for alpha in compare.PENALTY_ALPHAS:
             time.sleep(1.2)
             yield HeadRecord(method="penalty", eps=float("nan"), coef=[], intercept=0.0, certificate={},
                              metrics={}, wall_time=1.2, notes=f"alpha={alpha}")
@@ -145,8 +145,9 @@ def test_baselines_show_a_progress_bar_whose_clock_runs_during_a_fit(monkeypatch
     records = list(compare.run_baselines(["penalty"], tiny, {"train": tiny}, constraint=make_constraint("dp"),
                                          grid=np.array([0.1]), C=1.0, progress=True))
     err = capsys.readouterr().err
-    assert len(records) == 4 and "baseline penalty" in err and "4/4" in err
-    assert "0/4 [00:01" in err  # redrawn while the first fit was still running
+    n = len(compare.PENALTY_ALPHAS)
+    assert len(records) == n and "baseline penalty" in err and f"{n}/{n}" in err
+    assert f"0/{n} [00:01" in err  # redrawn while the first fit was still running
 
 
 def test_pos_label_reaches_sweep_and_protocols(cache_path, tmp_path, capsys):
