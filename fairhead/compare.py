@@ -69,8 +69,8 @@ SEED_PENALTY = {
 SEED_SGD = dict(lr=1e-2, momentum=0.9, weight_decay=5e-4)
 SEED_EPOCHS, SEED_STEP, SEED_GAMMA, SEED_PATIENCE, SEED_MIN_EPOCHS = 1000, 100, 0.5, 3, 50
 #: below this many feature entries the penalty's epochs run on one thread: on small designs torch's
-#: thread pool costs more than the product (measured 6-10x slower on two shared cores)
-ONE_THREAD_BELOW = 1_000_000
+#: thread pool costs more than the product (measured 1.7-10x slower on two shared cores, up to 600 x 1280)
+ONE_THREAD_BELOW = 10_000_000
 #: penalty weights tried (the seed's default is 2)
 PENALTY_ALPHAS = (0.5, 1.0, 2.0, 4.0, 8.0)
 #: bounds used for baselines when the swept constraint's eps is not a rate gap
