@@ -167,7 +167,7 @@ def atomic_write_bytes(path, data: bytes) -> Path:
     return Path(path)
 
 
-def _probe(folder: Path, flag: str, fix: str) -> None:
+def _probe(folder: Path, fix: str) -> None:
     """Create and remove a temporary file: the only reliable test that a write will succeed."""
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".fairhead-write-check.", suffix=".tmp")
@@ -190,8 +190,47 @@ def ensure_output_folder(path, *, flag: str = "--out") -> Path:
     except OSError as err:
         raise DataError(f"cannot create {flag} folder {_short(path)!r} ({_reason(err)}); "
                         f"{_fix(err)}") from err
-    _probe(path, flag, f"pass {flag} in a writable folder")
+    _probe(path, f"pass {flag} in a writable folder")
     return path
+
+
+#: bytes read from the start of an existing output to recognise it as fairhead's own
+SIGNATURE_BYTES = 4096
+FOREIGN_OUTPUT_MSG = ("{flag} {folder!r} already holds {name!r}, which fairhead did not write; fairhead only "
+                      "replaces its own outputs: pass a new or empty folder for {flag}, or move that file away")
+
+
+def starts_with(*prefixes: bytes):
+    """A signature test: the file starts with one of ``prefixes``."""
+    return lambda head: head.startswith(prefixes)
+
+
+def contains(*needles: bytes):
+    """A signature test: the file's first bytes hold every one of ``needles``."""
+    return lambda head: all(n in head for n in needles)
+
+
+def PNG_BY_MATPLOTLIB(head: bytes) -> bool:  # noqa: N802 - used like the constants built above
+    """A signature test: a PNG whose text chunk names matplotlib as its writer."""
+    return head.startswith(b"\x89PNG") and b"Matplotlib" in head
+
+
+def check_own_outputs(folder, signatures: dict, *, flag: str = "--out") -> None:
+    """Refuse an output folder where a file that fairhead is about to replace was not written by
+    fairhead (``--out .`` in a project with its own ``report.md``): a result must never replace a user's
+    file. ``signatures`` maps each output name to a test of its first bytes."""
+    folder = Path(os.fspath(folder))
+    for name, looks_like_ours in signatures.items():
+        path = folder / name
+        if not os.path.lexists(path):
+            continue
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(SIGNATURE_BYTES)
+        except OSError:
+            head = None  # a folder, a broken link, an unreadable file: not ours either
+        if head is None or not (head == b"" or looks_like_ours(head)):
+            raise DataError(FOREIGN_OUTPUT_MSG.format(flag=flag, folder=_short(folder), name=name))
 
 
 def check_file_target(path, *, flag: str = "--out", fix: str | None = None) -> Path:
@@ -206,7 +245,7 @@ def check_file_target(path, *, flag: str = "--out", fix: str | None = None) -> P
     if len(path.name.encode()) > _name_max(folder):
         raise DataError(f"file name too long for {flag}: {_short(path.name)!r} ({len(path.name.encode())} bytes, "
                         f"the limit is {_name_max(folder)}); pass a shorter name")
-    _probe(folder, flag, fix or f"pass {flag} in a writable folder")
+    _probe(folder, fix or f"pass {flag} in a writable folder")
     return path
 
 
@@ -258,5 +297,6 @@ def os_error_message(err: OSError) -> str:
 
 __all__ = [
     "StagedFiles", "atomic_open", "atomic_write_text", "atomic_write_bytes", "ensure_output_folder", "check_file_target",
-    "os_error_message", "fsync_folder", "naming_the_file",
+    "os_error_message", "fsync_folder", "naming_the_file", "check_own_outputs", "starts_with", "contains",
+    "PNG_BY_MATPLOTLIB",
 ]

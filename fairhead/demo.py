@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fairhead_errors import DataError
-from fairhead_io import atomic_write_text, ensure_output_folder
+from fairhead_io import atomic_write_text, check_own_outputs, ensure_output_folder, starts_with
 
 from fairhead import pipeline, provenance
 from fairhead.report import markdown_table
@@ -138,6 +138,10 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
         raise DataError(BAD_N_EPS_MSG.format(n=n_eps))
     check_dataset_size(n, seed, dataset_params)
     out = ensure_output_folder(out, flag="--out")  # a file or a read-only folder fails before the first stage
+    check_own_outputs(out, {"report.md": starts_with(b"# fairhead")}, flag="--out")
+    for name, _ in SWEEPS:
+        check_own_outputs(out / f"sweep-{name}", sweep.SWEEP_OUTPUTS, flag="--out")
+    check_own_outputs(out / "protocols", protocols.PROTOCOL_OUTPUTS, flag="--out")
     started = time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
     stage_times: dict[str, float] = {}

@@ -80,9 +80,14 @@ def extract_cache(source, *, backbone: str, weights: str | None = None, weights_
 def generate_dataset(out: Path, **synthetic_params) -> Path:
     """Write the generated default dataset as image files plus a CSV manifest; return the manifest."""
     from embedcache.sources import write_synthetic_dataset
-    from fairhead_io import ensure_output_folder
+    from embedcache.sources.synthetic import LABEL_NAME, SENSITIVE_NAME
+    from fairhead_io import check_own_outputs, contains, ensure_output_folder, starts_with
 
     ensure_output_folder(out, flag="--out")  # a file or a read-only folder fails before any image is drawn
+    # a manifest.csv or dataset.json that was not generated (a user's own dataset) is never replaced
+    header = ",".join(["path", "id", LABEL_NAME, SENSITIVE_NAME, "split"]).encode()
+    check_own_outputs(out, {"manifest.csv": starts_with(header), "dataset.json": contains(b'"generator"')},
+                      flag="--out")
     return write_synthetic_dataset(out, **synthetic_params)
 
 

@@ -31,13 +31,15 @@ from pathlib import Path
 import numpy as np
 
 from fairhead_errors import DataError
-from fairhead_io import StagedFiles, ensure_output_folder
+from fairhead_io import StagedFiles, check_own_outputs, contains, ensure_output_folder, starts_with
 
 from fairhead import pipeline, provenance
 from fairhead.measure import constraint_value, describe_bounded_gap
 from fairhead.tables import format_table
 
 PROTOCOLS = ("B1", "B2", "B3", "M1", "M2")
+#: the files written into --out, with the first bytes that mark them as fairhead's own
+PROTOCOL_OUTPUTS = {"protocols.csv": starts_with(b"protocol,split,n"), "protocols.json": contains(b'"rows"')}
 MISSING_SPLIT_MSG = "protocols need splits train, valid and test; cache '{path}' has {have}; re-extract with all three"
 PROTOCOL_METRICS = (
     ("accuracy", "acc"), ("balanced_accuracy", "bal_acc"), ("roc_auc", "auc"),
@@ -101,6 +103,7 @@ class ProtocolTable:
         import csv
 
         out = ensure_output_folder(out, flag="--out")
+        check_own_outputs(out, PROTOCOL_OUTPUTS, flag="--out")
         csv_path, json_path = out / "protocols.csv", out / "protocols.json"
         with StagedFiles() as staged:  # both replaced together: a kill leaves the old pair or the new one
             with staged.open(csv_path, "w", newline="") as f:
@@ -138,7 +141,7 @@ def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, see
     if constraint in (None, "none"):
         raise DataError("protocols M1 and M2 need a constraint; pass --constraint eo (or another)")
     if out is not None:  # before the five fits: a bad --out fails in a second, not after all the work
-        ensure_output_folder(out, flag="--out")
+        check_own_outputs(ensure_output_folder(out, flag="--out"), PROTOCOL_OUTPUTS, flag="--out")
     if data is None:
         with embedcache.open(cache_path) as cache:
             if not {"train", "valid", "test"} <= set(cache.splits):

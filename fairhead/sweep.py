@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from fairhead_errors import DataError
-from fairhead_io import StagedFiles, atomic_write_text, ensure_output_folder, naming_the_file
+from fairhead_io import (PNG_BY_MATPLOTLIB, StagedFiles, atomic_write_text, check_own_outputs, contains,
+                         ensure_output_folder, naming_the_file, starts_with)
 
 from fairhead import pipeline, provenance
 from fairhead.measure import constraint_value, describe_bounded_gap
@@ -48,6 +49,16 @@ MINIMAX_GRID_MSG = ("constraint 'minimax' minimises the largest group loss and h
                     "drop --eps-grid (the sweep fits the one minimax head)")
 NO_SPLIT_MSG = "fit split {split!r} is not in cache '{path}' (it has: {have}); pick one with --fit-split"
 PROGRESS_FILE = "progress.jsonl"
+#: every file a sweep writes into --out, with the first bytes that mark it as a sweep's own
+SWEEP_OUTPUTS = {
+    "sweep.csv": starts_with(b"method,constraint,eps,split"),
+    "sweep.json": contains(b'"provenance"'),
+    "report.md": starts_with(b"# fairhead"),
+    "tradeoff.png": PNG_BY_MATPLOTLIB,
+    "fit_vs_test.png": PNG_BY_MATPLOTLIB,
+    # a kill may have torn even the first entry: a prefix of the marker is ours too
+    PROGRESS_FILE: lambda head: head.startswith(b'{"config_key"') or b'{"config_key"'.startswith(head),
+}
 
 #: per-split metric columns written for each head (metric key in solvers.metrics.evaluate -> column)
 SWEEP_METRICS = (
@@ -319,6 +330,7 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     if eps_grid is not None:
         check_grid(eps_grid)
     out = ensure_output_folder(out, flag="--out")  # before any work: a bad --out fails in a second
+    check_own_outputs(out, SWEEP_OUTPUTS, flag="--out")
     arrays, fingerprint, cache_prov = data or load_sweep_data(cache_path, fit_split=fit_split,
                                                               attributes=attributes, pos_label=pos_label)
     fit = arrays[fit_split]

@@ -301,6 +301,16 @@ def test_a_torn_progress_line_is_dropped_and_later_resumes_read_everything(input
     assert _progress_lines(out) == resumed, "a third run recomputes nothing"
 
 
+def test_a_progress_file_torn_inside_its_first_entry_is_still_ours(inputs, tmp_path):
+    from fairhead import sweep
+
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "progress.jsonl").write_text('{"conf')  # killed 6 bytes into the first entry
+    sweep.run_sweep(inputs["cache"], out=out, **SWEEP_KW)
+    assert len(_progress_lines(out)) == 4 and all(json.loads(line) for line in _progress_lines(out))
+
+
 def test_entries_appended_after_a_torn_line_by_older_versions_are_recovered(inputs, tmp_path):
     from fairhead import sweep
 
@@ -431,6 +441,30 @@ def test_out_that_is_an_existing_file_fails_before_any_work(inputs, tmp_path, ca
     code, err = run_main(capsys, *args)
     assert_one_line_error(code, err, 3, "results.csv", "is a file, not a folder", "pass a folder path")
     assert target.read_text() == "precious,data\n1,2\n"
+
+
+@pytest.mark.parametrize("command, name", [
+    (["sweep", "{cache}", "--no-plots"], "report.md"),
+    (["sweep", "{cache}", "--no-plots"], "sweep.json"),
+    (["sweep", "{cache}", "--no-plots"], "tradeoff.png"),
+    (["sweep", "{cache}", "--no-plots"], "progress.jsonl"),
+    (["protocols", "{cache}"], "protocols.csv"),
+    (["generate", "--n", "10"], "manifest.csv"),
+    (["demo"], "report.md"),
+    (["demo"], "sweep-dp/sweep.csv"),
+], ids=["sweep-report", "sweep-json", "sweep-png", "sweep-progress", "protocols-table", "generate-manifest",
+        "demo-report", "demo-sweep-table"])
+def test_out_holding_a_users_file_of_the_same_name_is_refused(inputs, tmp_path, capsys, monkeypatch, command, name):
+    """`--out .` in a project with its own report.md (or manifest.csv, ...) must not replace it."""
+    out = tmp_path / "project"
+    (out / name).parent.mkdir(parents=True)
+    (out / name).write_bytes(b"my own notes, not fairhead's\n")
+    monkeypatch.setattr("solvers.FairLogisticRegression.fit", lambda *a, **k: pytest.fail("computed anyway"))
+    monkeypatch.setattr("embedcache.sources.write_synthetic_dataset", lambda *a, **k: pytest.fail("generated"))
+    before = tree_digest(out)
+    code, err = run_main(capsys, *[a.format(cache=inputs["cache"]) for a in command], "--out", out)
+    assert_one_line_error(code, err, 3, Path(name).name, "fairhead did not write", "pass a new or empty folder")
+    assert tree_digest(out) == before
 
 
 def test_save_into_a_missing_folder_or_with_a_too_long_name(inputs, tmp_path, capsys):
