@@ -29,7 +29,7 @@ def test_all_five_protocols_in_one_table(split_arrays, tmp_path):
     assert rows[("M1", "fine-tune")]["eo_diff"] < rows[("B2", "fine-tune")]["eo_diff"]
     assert rows[("M2", "fine-tune")]["eo_diff"] < rows[("B3", "fine-tune")]["eo_diff"]
     for g in ("a", "b"):
-        assert 0.0 <= rows[("B1", "test")][f"FPR[{g}]"] <= 1.0
+        assert 0.0 <= rows[("B1", "test")][f"FPR[group={g}]"] <= 1.0  # groups by their readable names
     assert (tmp_path / "protocols.csv").exists() and (tmp_path / "protocols.json").exists()
     assert "M2" in table.to_text()
 
