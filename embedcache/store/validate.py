@@ -13,7 +13,7 @@ Rules, in the order they are checked:
 * every dataset is stored in this file (no soft or external links, no virtual
   or external storage) and is a dataset, ``/sensitive`` a group of datasets;
 * ``/features`` 2-D float32/float16 of shape (n-rows, feature-dim), its dtype
-  equal to ``feature-dtype``;
+  equal to ``feature-dtype``, its optional ``column-names`` one string per column;
 * ``/labels`` 1-D integer codes in {0, 1} with 2 category names and a name;
 * each ``/sensitive/<name>`` and ``/split``: 1-D integer codes in
   ``[0, len(categories))``, categories unique strings;
@@ -123,6 +123,12 @@ def check_cache(f: h5py.File, path) -> int:
     for key, dset in [(schema.LABELS, labels), (schema.SPLIT, split), (schema.SAMPLE_ID, ids), *sensitive.items()]:
         _rows(dset, key, n, path)
 
+    if schema.FEATURE_COLUMNS_ATTR in features.attrs:  # MAY: imported tables name their columns
+        names = schema.decode_attr(features.attrs[schema.FEATURE_COLUMNS_ATTR])
+        if not isinstance(names, list) or len(names) != d or not all(isinstance(c, str) for c in names):
+            raise CacheError(_malformed(path, CATEGORIES_PROBLEM.format(
+                key=f"{schema.FEATURES}/@{schema.FEATURE_COLUMNS_ATTR}", found=names if not isinstance(names, list)
+                else names[:5], rule=f"expected {d} strings, one per feature")))
     declared = _str_attr(attrs, schema.FEATURE_DTYPE_ATTR, path)
     if features.dtype.name not in schema.FEATURE_DTYPES or features.dtype.name != declared:
         expected = f"{declared} (feature-dtype), one of {', '.join(schema.FEATURE_DTYPES)}"

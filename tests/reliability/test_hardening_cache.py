@@ -48,6 +48,18 @@ def resnet():
     return embedcache.build_backbone("resnet18", **RESNET)
 
 
+@pytest.fixture(scope="module")
+def references(resnet, tmp_path_factory):
+    """Uninterrupted extractions of generated images (24 and 48 rows), to compare resumed files with."""
+    folder = tmp_path_factory.mktemp("references")
+    paths = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SOURCE_DATE_EPOCH", EPOCH)
+        for n in (N_IMAGES, 48):
+            paths[n] = _extract(embedcache.SyntheticSource(n, seed=5, image_size=32), resnet, folder / f"ref{n}.h5")
+    return paths
+
+
 def _one_line(message: str) -> str:
     assert "\n" not in message and "Traceback" not in message, message
     return message
@@ -147,6 +159,8 @@ HAND_EDITS = [
                  id="numeric-sample-ids"),
     pytest.param(lambda f, p: _replace(f, "labels", f["labels"][()][:599]), "with 599 rows but n-rows is 600",
                  id="short-labels"),
+    pytest.param(lambda f, p: f["features"].attrs.__setitem__("column-names", ["f0", "f1"]),
+                 "expected 6 strings, one per feature", id="column-names-too-few"),
 ]
 
 
@@ -328,9 +342,9 @@ def _killed_in_finish(out: Path, resnet, kill_at: str) -> None:
 
 
 @pytest.mark.parametrize("kill_at", ["before-rename", "while-deleting"])
-def test_kill_9_while_the_journal_is_removed_then_rerun_finishes_without_recomputing(tmp_path, resnet, kill_at):
-    reference, out = tmp_path / "reference.h5", tmp_path / "x.h5"
-    _extract(_Counting(N_IMAGES, seed=5, image_size=32), resnet, reference)
+def test_kill_9_while_the_journal_is_removed_then_rerun_finishes_without_recomputing(tmp_path, resnet, references,
+                                                                                     kill_at):
+    reference, out = references[N_IMAGES], tmp_path / "x.h5"
     # a real journal with every row committed: the run stopped just before writing the HDF5 file
     original = extract_module._finish
     extract_module._finish = lambda *a, **k: None
@@ -376,7 +390,7 @@ def _journal_with_16_rows(tmp_path, resnet) -> Path:
     ("inputs-torn", "inputs.jsonl does not cover the 16 committed rows"),
     ("old-journal", "written by an older fairhead"),
 ])
-def test_a_damaged_journal_names_overwrite_and_overwrite_fixes_it(tmp_path, resnet, damage, needle):
+def test_a_damaged_journal_names_overwrite_and_overwrite_fixes_it(tmp_path, resnet, references, damage, needle):
     out = _journal_with_16_rows(tmp_path, resnet)
     folder = schema.journal_path(out)
     if damage == "features-gone":
@@ -396,19 +410,16 @@ def test_a_damaged_journal_names_overwrite_and_overwrite_fixes_it(tmp_path, resn
     message = _one_line(str(err.value))
     assert needle in message and "--overwrite" in message, message
     _extract(source, resnet, out, overwrite=True)
-    _extract(source, resnet, tmp_path / "fresh.h5")
-    assert out.read_bytes() == (tmp_path / "fresh.h5").read_bytes()
+    assert out.read_bytes() == references[N_IMAGES].read_bytes()
 
 
-def test_a_torn_inputs_line_past_the_committed_rows_is_dropped_on_resume(tmp_path, resnet):
+def test_a_torn_inputs_line_past_the_committed_rows_is_dropped_on_resume(tmp_path, resnet, references):
     """A kill between appending a batch's inputs line and its commit leaves a line (maybe half) past row k."""
     out = _journal_with_16_rows(tmp_path, resnet)
     with open(schema.journal_path(out) / schema.JOURNAL_INPUTS, "a") as fh:
         fh.write('{"start":16,"stop":24,"fi')
-    source = embedcache.SyntheticSource(N_IMAGES, seed=5, image_size=32)
-    _extract(source, resnet, out)
-    _extract(source, resnet, tmp_path / "fresh.h5")
-    assert out.read_bytes() == (tmp_path / "fresh.h5").read_bytes()
+    _extract(embedcache.SyntheticSource(N_IMAGES, seed=5, image_size=32), resnet, out)
+    assert out.read_bytes() == references[N_IMAGES].read_bytes()
 
 
 # =========================================================================== item 12: a full disk
@@ -420,14 +431,16 @@ FULL_DISK_ERRORS = [
     pytest.param(OSError(errno.EDQUOT, "Disk quota exceeded"), "no space left on device", id="quota"),
     pytest.param(OSError(errno.EFBIG, "File too large"), "outgrew the largest file allowed here", id="file-too-large"),
     pytest.param(OSError(errno.EIO, "Input/output error"), "Input/output error", id="io-error"),
+    pytest.param(OSError(errno.EROFS, "Read-only file system"), "choose an output in a folder you can write to",
+                 id="read-only-file-system"),
 ]
 
 
 @pytest.mark.parametrize("error, needle", FULL_DISK_ERRORS)
-def test_a_failed_hdf5_write_removes_the_tmp_file_and_keeps_the_journal(tmp_path, resnet, monkeypatch, error, needle):
+def test_a_failed_hdf5_write_removes_the_tmp_file_and_keeps_the_journal(tmp_path, resnet, references, monkeypatch,
+                                                                        error, needle):
     source = embedcache.SyntheticSource(N_IMAGES, seed=5, image_size=32)
-    out, reference = tmp_path / "x.h5", tmp_path / "reference.h5"
-    _extract(source, resnet, reference)
+    out, reference = tmp_path / "x.h5", references[N_IMAGES]
 
     def failing_write(path, **kw):
         path.write_bytes(b"\0" * 100_000)  # HDF5 got this far
@@ -465,10 +478,10 @@ def test_hdf5_crashing_the_writer_process_is_survived(tmp_path, resnet, monkeypa
 
 
 @pytest.mark.parametrize("failing_batch", [0, 2])
-def test_a_full_disk_while_journaling_keeps_the_committed_rows(tmp_path, resnet, monkeypatch, failing_batch):
+def test_a_full_disk_while_journaling_keeps_the_committed_rows(tmp_path, resnet, references, monkeypatch,
+                                                               failing_batch):
     source = embedcache.SyntheticSource(N_IMAGES, seed=5, image_size=32)
-    out, reference = tmp_path / "x.h5", tmp_path / "reference.h5"
-    _extract(source, resnet, reference)
+    out, reference = tmp_path / "x.h5", references[N_IMAGES]
     original, calls = Journal.append, []
 
     def append(self, block, **kw):
@@ -644,11 +657,9 @@ def _oom_after(backbone, monkeypatch, *, calls_ok: int, max_batch: int, error):
     pytest.param(MemoryError(), id="python"),
 ])
 def test_out_of_memory_names_half_the_batch_size_and_a_smaller_resume_gives_the_same_file(
-        tmp_path, monkeypatch, error):
+        tmp_path, resnet, references, monkeypatch, error):
     source = embedcache.SyntheticSource(48, seed=5, image_size=32)
-    backbone = embedcache.build_backbone("resnet18", **RESNET)
-    reference, out = tmp_path / "reference.h5", tmp_path / "x.h5"
-    _extract(source, backbone, reference)
+    backbone, reference, out = resnet, references[48], tmp_path / "x.h5"
     _oom_after(backbone, monkeypatch, calls_ok=2, max_batch=4, error=error)
     with pytest.raises(BackboneError) as err:
         _extract(source, backbone, out)
@@ -659,9 +670,8 @@ def test_out_of_memory_names_half_the_batch_size_and_a_smaller_resume_gives_the_
     assert out.read_bytes() == reference.read_bytes(), "rows are rows: the batch size must not change the file"
 
 
-def test_a_resume_without_a_batch_size_keeps_the_one_it_last_used(tmp_path, monkeypatch):
-    source = embedcache.SyntheticSource(48, seed=5, image_size=32)
-    backbone = embedcache.build_backbone("resnet18", **RESNET)
+def test_a_resume_without_a_batch_size_keeps_the_one_it_last_used(tmp_path, resnet, monkeypatch):
+    source, backbone = embedcache.SyntheticSource(48, seed=5, image_size=32), resnet
     out = tmp_path / "x.h5"
     calls = _oom_after(backbone, monkeypatch, calls_ok=2, max_batch=4, error=MemoryError())
     with pytest.raises(BackboneError):
@@ -680,9 +690,8 @@ def test_a_resume_without_a_batch_size_keeps_the_one_it_last_used(tmp_path, monk
     assert set(calls) == {4}, calls
 
 
-def test_out_of_memory_at_batch_size_1_says_to_free_memory(tmp_path, monkeypatch):
-    source = embedcache.SyntheticSource(8, seed=5, image_size=32)
-    backbone = embedcache.build_backbone("resnet18", **RESNET)
+def test_out_of_memory_at_batch_size_1_says_to_free_memory(tmp_path, resnet, monkeypatch):
+    source, backbone = embedcache.SyntheticSource(8, seed=5, image_size=32), resnet
     _oom_after(backbone, monkeypatch, calls_ok=0, max_batch=0, error=MemoryError())
     with pytest.raises(BackboneError) as err:
         _extract(source, backbone, tmp_path / "x.h5", batch_size=1)
@@ -724,6 +733,22 @@ def test_overwrite_never_replaces_a_file_that_is_not_a_cache(tmp_path, resnet):
     assert precious.read_text() == "id,label\n1,0\n"
     with pytest.raises(CacheError, match="is a folder; give a file path"):
         _extract(source, resnet, tmp_path)
+
+
+def test_an_output_folder_that_cannot_be_made_or_locked_gives_one_line(tmp_path, resnet, monkeypatch):
+    source = embedcache.SyntheticSource(N_IMAGES, seed=5, image_size=32)
+    (tmp_path / "file.txt").write_text("not a folder\n")
+    with pytest.raises(CacheError) as err:
+        _extract(source, resnet, tmp_path / "file.txt" / "x.h5")
+    assert "choose an output in a folder you can write to" in _one_line(str(err.value))
+
+    def refused(self, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(embedcache.store.journal.filelock.FileLock, "acquire", refused)  # root ignores chmod
+    with pytest.raises(CacheError) as err:
+        _extract(source, resnet, tmp_path / "x.h5")
+    assert "cannot create the write lock" in _one_line(str(err.value)) and "Permission denied" in str(err.value)
 
 
 def test_import_embedcache_needs_no_fcntl():
