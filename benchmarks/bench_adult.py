@@ -85,16 +85,16 @@ def _eg(X, y, a, kind, eps):
     return eg
 
 
-def part_paths():
+def part_paths(cases=("dp2", "eo2", "eo4")):
     tr, _ = load_adult()
     X, y = tr.X, tr.y
     sex, inter = tr.sensitive["sex"], tr.groups("sex", "age_over_40")
     inter_codes = inter[:, 0] * 2 + inter[:, 1]
     FairLogisticRegression(backend="torch").fit(X[:500], y[:500])
     rows = []
-    for kind, groups, eg_groups, label, goal in (("dp", sex, sex, "dp, 2 groups", 0.1),
-                                                 ("eo", sex, sex, "eo, 2 groups", 0.2),
-                                                 ("eo", inter, inter_codes, "eo, 4 groups", 0.2)):
+    all_cases = {"dp2": ("dp", sex, sex, "dp, 2 groups", 0.1), "eo2": ("eo", sex, sex, "eo, 2 groups", 0.2),
+                 "eo4": ("eo", inter, inter_codes, "eo, 4 groups", 0.2)}
+    for kind, groups, eg_groups, label, goal in (all_cases[c] for c in cases):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             t_path, heads = timed(lambda: fit_path(X, y, sensitive_features=groups, eps_grid=PATH_GRID,
@@ -159,12 +159,14 @@ def main(argv=None):
     parser.add_argument("--part", choices=("fits", "paths", "quality"), required=True)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--cases", nargs="+", default=["dp2", "eo2", "eo4"], choices=["dp2", "eo2", "eo4"],
+                        help="paths: which paths")
     parser.add_argument("--kinds", nargs="+", default=["dp", "eo"], help="quality: which gaps")
     parser.add_argument("--eg-grid", nargs="+", type=float, default=[0.10, 0.05, 0.03, 0.02, 0.01],
                         help="quality: the bounds of the EG fits")
     args = parser.parse_args(argv)
     print(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}", flush=True)
-    rows = {"fits": lambda: part_fits(args.repeat), "paths": part_paths, "quality": lambda: part_quality(args.kinds, args.eg_grid)}[args.part]()
+    rows = {"fits": lambda: part_fits(args.repeat), "paths": lambda: part_paths(args.cases), "quality": lambda: part_quality(args.kinds, args.eg_grid)}[args.part]()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1, default=float)

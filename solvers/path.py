@@ -138,7 +138,9 @@ def _best_meeting(head, solved):
             f"{best.certificate_.eps:g} meets it (feasibility is monotone along the path)")
     out.certificate_ = dataclasses.replace(
         best.certificate_, eps=cert.eps, status="eps_met", eps_met=True, max_violation=0.0,
-        wall_time=cert.wall_time, n_iter=cert.n_iter, notes=tuple(best.certificate_.notes) + (note,))
+        notes=tuple(best.certificate_.notes) + (note,),
+        # the cost is this bound's own search
+        wall_time=cert.wall_time, n_iter=cert.n_iter, passes=cert.passes, aimed_at=cert.aimed_at)
     out.constraint_violation_ = 0.0
     out._solver_state = head._solver_state
     return out
