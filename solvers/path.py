@@ -123,6 +123,11 @@ def _reported(head):
     return head
 
 
+def _fit_error(cert) -> float:
+    """What a head minimised on the fit split: the 0-1 error for rate heads, else the logistic objective."""
+    return cert.zero_one_error if cert.zero_one_error is not None else cert.objective
+
+
 def _best_meeting(head, solved):
     """``head``, or when its bound is unmet, a copy of the best solved head that meets that bound."""
     cert = head.certificate_
@@ -131,7 +136,7 @@ def _best_meeting(head, solved):
     ok = [h for h in solved if h.certificate_.achieved_gap is not None and h.certificate_.achieved_gap <= cert.eps]
     if not ok:
         return head
-    best = min(ok, key=lambda h: (h.certificate_.objective, h.certificate_.achieved_gap))
+    best = min(ok, key=lambda h: (_fit_error(h.certificate_), h.certificate_.achieved_gap))
     out = copy.copy(best)  # coefficients and certificate are replaced, never mutated: a shallow copy will do
     out.set_params(eps=cert.eps)
     note = (f"this bound's own search ended at gap {cert.achieved_gap:.4g}; the head of eps="
