@@ -154,6 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true")
     p.set_defaults(handler=_cmd_sweep)
 
+    p = sub.add_parser("select", help="certify the most accurate head of a sweep on a held-out split, or abstain")
+    p.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help="the --out folder of `fairhead sweep`")
+    p.add_argument("--target", required=True, help="gap bound to certify, e.g. eo<=0.05 (gaps: dp, eo, eopp, ae)")
+    p.add_argument("--confidence", type=float, default=0.95, help="confidence level (default: 0.95)")
+    p.add_argument("--split", default="valid", help="certification split, never the fit split (default: valid)")
+    p.add_argument("--method", choices=("fixed-sequence", "bonferroni"), default="fixed-sequence",
+                   help="error control over the heads (default: fixed-sequence)")
+    p.add_argument("--cache", type=Path, help="the cache (default: the one the sweep recorded)")
+    p.set_defaults(handler=_cmd_select)
+
     p = sub.add_parser("protocols", help="run the seed paper's B1 B2 B3 M1 M2 protocols on a cache")
     p.add_argument("cache", type=Path)
     _add_fit_options(p)
@@ -248,6 +258,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         plots=not args.no_plots, **_head_params(args),
     )
     print(result.summary())
+    return 0
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    from fairhead import certify
+
+    sel = certify.select_from_sweep(args.sweep_dir, target=args.target, confidence=args.confidence,
+                                    split=args.split, method=args.method, cache=args.cache)
+    print(certify.selection_summary(sel, args.sweep_dir))
     return 0
 
 

@@ -331,6 +331,10 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
             t0 = time.perf_counter()  # the evaluation above is not the solver's time
     bar.close()
     records.extend(done.get(_eps_key(e)) or solved[_eps_key(e)] for e in grid)
+    from fairhead import certify  # the heads on disk, for `fairhead select`
+
+    certify.save_sweep_heads(out, records, constraint=cons, params=base, fit=fit, fit_split=fit_split,
+                             fingerprint=fingerprint, cache_path=cache_path)
 
     if compare:
         from fairhead import compare as baselines

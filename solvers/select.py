@@ -165,7 +165,7 @@ def _default_order(heads):
 
 
 def select_head(heads, X, y, sensitive_features, *, target, confidence: float = 0.95,
-                method: str = "fixed-sequence", order=None, predictions=None) -> Selection:
+                method: str = "fixed-sequence", order=None, predictions=None, labels=None) -> Selection:
     """The most accurate head whose gap is certified ``<= target`` on ``(X, y)``, or an abstention.
 
     Parameters
@@ -181,6 +181,7 @@ def select_head(heads, X, y, sensitive_features, *, target, confidence: float = 
     order : one sort key per head, fixed without the certification data (e.g. the gap on the
         fit split); ascending keys are tested first. Default: ``eps`` ascending, unconstrained last.
     predictions : optional precomputed ``predict(X)`` per head (skips the predictions).
+    labels : optional name per head for the explanation (default: index, constraint and eps).
 
     Returns
     -------
@@ -214,7 +215,7 @@ def select_head(heads, X, y, sensitive_features, *, target, confidence: float = 
         certified = tested and gi.high <= value
         if method == "fixed-sequence" and tested and not certified:
             stopped = True
-        bounds[i] = HeadBound(index=i, label=_label(heads[i], i), accuracy=acc_k / acc_n if acc_n else float("nan"),
+        bounds[i] = HeadBound(index=i, label=labels[i] if labels else _label(heads[i], i), accuracy=acc_k / acc_n if acc_n else float("nan"),
                               accuracy_low=acc_lo, accuracy_high=acc_hi, gap=gi.estimate, bound=gi.high,
                               level=level if tested else float("nan"), certified=certified, tested=tested)
     ordered = [bounds[i] for i in sequence]
