@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="baselines to add: expgrad gridsearch threshold penalty (needs fairlearn for the first three)")
     p.add_argument("--out", type=Path, required=True, help="report folder")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--confidence", type=float, default=0.95, help="level of every interval (default: 0.95)")
     p.set_defaults(handler=_cmd_sweep)
 
     p = sub.add_parser("select", help="certify the most accurate head of a sweep on a held-out split, or abstain")
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit_options(p)
     p.add_argument("--seed", type=int, default=0, help="seed of B3/M2's group-balanced down-sampling")
     p.add_argument("--out", type=Path, help="write protocols.csv / protocols.json here")
+    p.add_argument("--confidence", type=float, default=0.95, help="level of every interval (default: 0.95)")
     p.set_defaults(handler=_cmd_protocols)
 
     p = sub.add_parser("demo", help="the whole pipeline offline on the embedded default data and backbone")
@@ -255,7 +257,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     result = sweep.run_sweep(
         args.cache, out=args.out, eps_grid=args.eps_grid, n_eps=args.n_eps,
         fit_split=args.fit_split, attributes=args.attributes, compare=args.compare,
-        plots=not args.no_plots, **_head_params(args),
+        plots=not args.no_plots, confidence=args.confidence, **_head_params(args),
     )
     print(result.summary())
     return 0
@@ -275,7 +277,7 @@ def _cmd_protocols(args: argparse.Namespace) -> int:
 
     table = protocols.run_protocols(
         args.cache, attributes=args.attributes, eps=args.eps, seed=args.seed, out=args.out,
-        **_head_params(args),
+        confidence=args.confidence, **_head_params(args),
     )
     print(table.to_text())
     return 0

@@ -128,11 +128,26 @@ class SweepResult:
     split_sizes: dict[str, int] = field(default_factory=dict)
     #: split -> rates undefined in some group there (no y=1 or no y=0 rows), which count as 0
     undefined_rates: dict[str, list[str]] = field(default_factory=dict)
+    confidence: float = 0.95
+    #: per (head, split, group, rate) exact intervals of selection rate, TPR, FPR (fairhead.uncertainty)
+    group_rates: list[dict] = field(default_factory=list)
 
     def gap_legend(self) -> dict[str, str]:
         """What each gap column measures, for this sweep's constraint and balance."""
         bounded = describe_bounded_gap(self.constraint, self.balance)
         return {k: v.format(bounded=bounded) for k, v in GAP_COLUMNS.items()}
+
+    def overfitting(self) -> dict:
+        """Per head: the gap on the fit split, on the held-out split (with its bound) and on test."""
+        from fairhead import uncertainty
+        from fairhead.measure import BETWEEN_GROUPS
+
+        metric = BETWEEN_GROUPS.get(self.constraint, "equalized_odds_difference")
+        metric = metric if metric in uncertainty.GAP_OF_METRIC else "equalized_odds_difference"
+        cert = uncertainty.certification_split(self.split_sizes, self.fit_split)
+        return {"metric": metric, "fit_split": self.fit_split, "cert_split": cert, "confidence": self.confidence,
+                "rows": uncertainty.overfitting_rows(self.rows, fit_split=self.fit_split, cert_split=cert,
+                                                     metric=metric) if cert else []}
 
     def missed(self) -> list[HeadRecord]:
         """fairhead heads that miss their own bound on the fit split."""
@@ -174,19 +189,25 @@ class SweepResult:
                          "measured gap, not by the eps they aimed at)")
             lines.append(format_table(compare.front_table(self.fronts(test))))
         lines += [f"UNDEFINED on '{split}': {note}" for split, notes in self.undefined_rates.items() for note in notes]
+        from fairhead import uncertainty
+
+        lines += uncertainty.wide_group_notes(self.group_rates, self.rows)
         lines += [f"wrote {name}: {path}" for name, path in self.files.items()]
         return "\n".join(lines)
 
 
 def evaluate_predictor(scores_fn, predict_fn, arrays_by_split, constraint, *,
-                       balance=None) -> dict[str, dict[str, float]]:
+                       balance=None, confidence=0.95) -> dict[str, dict[str, float]]:
     """Metrics of one predictor on every split, plus the constraint's bounded gap.
 
     ``scores_fn(arrays)`` gives decision scores; ``predict_fn(arrays)`` the hard predictions,
     or ``None`` for a linear head, whose predictions are ``scores > 0`` (one product per split).
     ``constraint_value`` is measured under the sweep's ``balance`` weights, as the heads bound it.
+    ``*_low`` / ``*_high`` are ``confidence`` intervals (:func:`fairhead.uncertainty.interval_columns`).
     """
     from solvers import metrics
+
+    from fairhead import uncertainty
 
     out = {}
     for split, arrays in arrays_by_split.items():
@@ -195,6 +216,7 @@ def evaluate_predictor(scores_fn, predict_fn, arrays_by_split, constraint, *,
         yhat = (z > 0).astype(np.int64) if predict_fn is None else predict_fn(arrays)
         m = metrics.evaluate(arrays.y, yhat, sensitive_features=sens, y_score=1.0 / (1.0 + np.exp(-z)))
         values = {k: float(m.get(k, float("nan"))) for k in SWEEP_METRICS}
+        values.update(uncertainty.interval_columns(arrays.y, yhat, sens, confidence))
         values["constraint_value"] = constraint_value(constraint, y=arrays.y, scores=z, sensitive_features=sens,
                                                       predictions=yhat, balance=balance)
         out[split] = values
@@ -248,17 +270,21 @@ def load_sweep_data(cache_path, *, fit_split, attributes):
 
 def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_split="train",
               attributes=None, compare=None, plots=True, C=1.0, backend="auto", balance=None,
-              device="cpu", progress=True, seed=0, data=None) -> SweepResult:
+              device="cpu", progress=True, seed=0, data=None, confidence=0.95) -> SweepResult:
     """Sweep ``eps`` for ``constraint`` on a cache; write the table, plots and report to ``out``.
 
     ``compare`` lists baselines from :mod:`fairhead.compare` to put in the same table
     (``expgrad``, ``gridsearch``, ``threshold``, ``penalty``). ``data`` may pass
     pre-loaded ``(arrays_by_split, fingerprint, provenance)`` to skip reading the cache.
+    ``confidence`` is the level of every interval in the outputs.
     """
     from solvers import FairLogisticRegression, iter_path
     from solvers.constraints import make_constraint
     from tqdm.auto import tqdm
 
+    from solvers.intervals import check_confidence
+
+    confidence = check_confidence(confidence)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     arrays, fingerprint, cache_prov = data or load_sweep_data(cache_path, fit_split=fit_split,
@@ -302,7 +328,7 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     records.append(HeadRecord(
         method="unconstrained", eps=float("nan"), coef=free.coef_.ravel().tolist(),
         intercept=float(free.intercept_[0]), certificate=free.certificate_.to_dict(),
-        metrics=evaluate_predictor(scores(free), None, arrays, cons, balance=balance), wall_time=free_time))
+        metrics=evaluate_predictor(scores(free), None, arrays, cons, balance=balance, confidence=confidence), wall_time=free_time))
 
     # one warm-started path over the bounds not already finished; each head is written as soon as it is solved
     todo = [float(e) for e in grid if _eps_key(e) not in done]
@@ -321,7 +347,7 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
             rec = HeadRecord(
                 method="fairhead", eps=eps, coef=head.coef_.ravel().tolist(),
                 intercept=float(head.intercept_[0]), certificate=head.certificate_.to_dict(),
-                metrics=evaluate_predictor(scores(head), None, arrays, cons, balance=balance),
+                metrics=evaluate_predictor(scores(head), None, arrays, cons, balance=balance, confidence=confidence),
                 wall_time=wall, notes=notes)
             solved[_eps_key(eps)] = rec
             _append_progress(progress_path, key, rec)
@@ -349,7 +375,16 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     undefined = {s: undefined_rates(a.y, sensitive_features=a.group_names) for s, a in arrays.items()}
     result = SweepResult(out=out, constraint=name, fit_split=fit_split, records=records, rows=rows, balance=balance,
                          split_sizes={s: int(len(a.y)) for s, a in arrays.items()},
-                         undefined_rates={s: v for s, v in undefined.items() if v})
+                         undefined_rates={s: v for s, v in undefined.items() if v}, confidence=confidence)
+    from fairhead import uncertainty
+
+    for rec in records:
+        if rec.method in ("fairhead", "unconstrained"):
+            name_ = "unconstrained" if rec.method == "unconstrained" else f"eps={rec.eps:.4g}"
+            for split, a in arrays.items():
+                yhat = (a.X @ np.asarray(rec.coef) + rec.intercept > 0).astype(np.int64)
+                result.group_rates += uncertainty.group_rate_rows(a.y, yhat, a.group_names, confidence,
+                                                                  head=name_, split=split)
     meta = provenance.collect(seed=seed, extra={"cache_fingerprint": fingerprint, "config": config,
                                                 "cache_provenance": cache_prov,
                                                 "unconstrained_value": inactive, "floor": floor})
@@ -372,10 +407,18 @@ def write_sweep(result: SweepResult, meta: dict, *, plots: bool = True) -> dict[
         writer.writeheader()
         writer.writerows(result.rows)
     files["table"] = csv_path
+    if result.group_rates:
+        rates_path = out / "group_rates.csv"
+        with open(rates_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(result.group_rates[0]))
+            writer.writeheader()
+            writer.writerows(result.group_rates)
+        files["group_rates"] = rates_path
     json_path = out / "sweep.json"
     payload = {"provenance": meta, "constraint": result.constraint, "fit_split": result.fit_split,
                "columns": result.gap_legend(), "fronts": result.fronts() if "test" in result.split_sizes else [],
                "missed_bound": [r.eps for r in result.missed()], "undefined_rates": result.undefined_rates,
+               "confidence": result.confidence, "overfitting": result.overfitting(),
                "rows": result.rows,
                "heads": [{k: v for k, v in r.__dict__.items() if k != "metrics"} for r in result.records]}
     json_path.write_text(json.dumps(provenance.strict_json(payload), indent=1, default=str, allow_nan=False))
@@ -385,5 +428,14 @@ def write_sweep(result: SweepResult, meta: dict, *, plots: bool = True) -> dict[
 
         files.update(plotting.plot_sweep(result.rows, out, fit_split=result.fit_split,
                                          title=f"constraint '{result.constraint}'"))
+        from fairhead import uncertainty
+
+        over = result.overfitting()
+        if over["rows"]:
+            files["overfitting_plot"] = uncertainty.plot_overfitting(
+                over["rows"], out, fit_split=result.fit_split, cert_split=over["cert_split"], metric=over["metric"])
+        split = "test" if "test" in result.split_sizes else result.fit_split
+        if result.group_rates:
+            files["group_rates_plot"] = uncertainty.plot_group_rates(result.group_rates, out, split=split)
     files["report"] = report.write_sweep_report(result, files, meta)
     return files
