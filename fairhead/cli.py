@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-split", default="train")
     p.add_argument("--eval-split", nargs="+", default=None, help="splits to evaluate (default: all)")
     p.add_argument("--save", type=Path, help="where to save the head (.json or .npz; default: next to the cache)")
+    p.add_argument("--confidence", type=float, default=0.95, help="level of every interval (default: 0.95)")
     p.set_defaults(handler=_cmd_fit)
 
     p = sub.add_parser("sweep", help="sweep eps for a constraint and report accuracy vs fairness on every split")
@@ -245,7 +246,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     result = pipeline.fit_on_cache(
         args.cache, fit_split=args.fit_split, eval_splits=args.eval_split,
-        attributes=args.attributes, eps=args.eps, save=args.save, **_head_params(args),
+        attributes=args.attributes, eps=args.eps, save=args.save, confidence=args.confidence,
+        **_head_params(args),
     )
     print(result.summary())
     return 0

@@ -184,10 +184,18 @@ METRIC_COLUMNS = (
 )
 
 
+def _ci(m: dict, key: str) -> str:
+    lo, hi = m.get(f"{key}_low"), m.get(f"{key}_high")
+    return "" if lo is None else f"[{lo:.3f}, {hi:.3f}]"
+
+
 def metric_rows(per_split: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """One row per split; ``acc_ci`` / ``eo_diff_ci`` are the intervals when the metrics carry them."""
     bounded = any("constraint_value" in m for m in per_split.values())
+    with_ci = any("accuracy_low" in m for m in per_split.values())
     return [{"split": split, **({"bounded_gap": m.get("constraint_value", float("nan"))} if bounded else {}),
-             **{h: m.get(k, float("nan")) for k, h in METRIC_COLUMNS}}
+             **{h: m.get(k, float("nan")) for k, h in METRIC_COLUMNS},
+             **({"acc_ci": _ci(m, "accuracy"), "eo_diff_ci": _ci(m, "equalized_odds_difference")} if with_ci else {})}
             for split, m in per_split.items()]
 
 
@@ -243,11 +251,18 @@ class FitResult:
 
 
 def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None, attributes=None,
-                 save: Path | None = None, **head_params) -> FitResult:
-    """Fit one :class:`solvers.FairLogisticRegression` on ``fit_split`` and evaluate it on ``eval_splits``."""
+                 save: Path | None = None, confidence: float = 0.95, **head_params) -> FitResult:
+    """Fit one :class:`solvers.FairLogisticRegression` on ``fit_split`` and evaluate it on ``eval_splits``.
+
+    Every split's metrics carry ``confidence`` intervals (:func:`fairhead.uncertainty.interval_columns`).
+    """
     import embedcache
     from solvers import FairLogisticRegression, metrics, save_head
+    from solvers.intervals import check_confidence
 
+    from fairhead.uncertainty import interval_columns
+
+    confidence = check_confidence(confidence)
     with embedcache.open(cache_path) as cache:
         train = load_arrays(cache, fit_split, attributes)
         head = FairLogisticRegression(**head_params)
@@ -257,6 +272,8 @@ def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None
         for split in splits:
             arrays = train if split == fit_split else load_arrays(cache, split, train.attributes)
             per_split[split] = evaluate_head(head, arrays, bounded=True)
+            per_split[split].update(interval_columns(arrays.y, head.predict(arrays.X), sensitive_arg(arrays),
+                                                     confidence))
             undefined[split] = metrics.undefined_rates(arrays.y, sensitive_features=arrays.group_names)
         fit_metrics = per_split.get(fit_split) or evaluate_head(head, train, bounded=True)
         fingerprint = cache.fingerprint

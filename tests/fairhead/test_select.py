@@ -153,3 +153,29 @@ def test_cli_select_refuses_the_fit_split(sweep_dir, capsys):
 def test_cli_select_without_heads(tmp_path, capsys):
     assert cli.main(["select", str(tmp_path), "--target", "eo<=0.1"]) == 3
     assert "no heads" in capsys.readouterr().err
+
+
+def test_sweep_outputs_carry_intervals_and_the_overfitting_report(sweep_dir):
+    doc = json.loads((sweep_dir / "sweep.json").read_text())
+    assert doc["confidence"] == 0.95
+    for row in doc["rows"]:
+        for key in ("accuracy", "equalized_odds_difference", "demographic_parity_difference", "worst_group_accuracy"):
+            if row.get(f"{key}_low") is not None and row.get(key) is not None:
+                assert row[f"{key}_low"] - 1e-12 <= row[key] <= row[f"{key}_high"] + 1e-12, (key, row)
+    over = doc["overfitting"]
+    assert over["cert_split"] == "valid" and over["metric"] == "equalized_odds_difference"
+    assert len(over["rows"]) == 4 and all(r["cert_bound"] >= r["cert_gap"] for r in over["rows"])
+    report = (sweep_dir / "report.md").read_text()
+    assert "## Overfitting" in report and "Clopper-Pearson" in report
+    rates = (sweep_dir / "group_rates.csv").read_text().splitlines()
+    assert rates[0].split(",") == ["head", "split", "group", "rate", "estimate", "low", "high"]
+    assert len(rates) - 1 == 4 * 3 * 2 * 3  # heads x splits x groups x rates
+
+
+def test_fit_prints_intervals_at_the_chosen_level(cache_path, tmp_path, capsys):
+    code = cli.main(["fit", str(cache_path), "--constraint", "dp", "--eps", "0.1", "--confidence", "0.9",
+                     "--save", str(tmp_path / "head.json")])
+    out = capsys.readouterr().out
+    assert code == 0 and "acc_ci" in out and "eo_diff_ci" in out
+    assert cli.main(["fit", str(cache_path), "--confidence", "95", "--save", str(tmp_path / "h2.json")]) == 3
+    assert "confidence must be a number in (0, 1)" in capsys.readouterr().err
