@@ -35,12 +35,15 @@ MSG_NO_SPLIT = "split {split!r} is not in cache '{cache}' (it has: {have}); pick
 
 
 def write_json_atomic(path: Path, doc) -> Path:
-    """Write ``doc`` as JSON via a temporary file and ``os.replace`` (no torn files)."""
+    """Write ``doc`` as strict JSON (NaN -> null) via a temporary file and ``os.replace`` (no torn files)."""
+    from fairhead.provenance import strict_json
+
+    doc = strict_json(doc)
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1, default=float)
+            json.dump(doc, f, indent=1, default=float, allow_nan=False)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -320,6 +320,8 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
 
     config = {"cache": fingerprint, "constraint": cons.to_dict(), "grid": [float(e) for e in grid],
               "fit_split": fit_split, "attributes": list(fit.attributes), "seed": seed, **base}
+    if confidence != 0.95:  # finished rows carry intervals at their level (0.95: keys of older progress files)
+        config["confidence"] = confidence
     key = _config_key(config)
     progress_path = out / PROGRESS_FILE
     done = {_eps_key(r.eps): r for r in _load_progress(progress_path, key) if r.method == "fairhead"}
@@ -328,7 +330,8 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     records.append(HeadRecord(
         method="unconstrained", eps=float("nan"), coef=free.coef_.ravel().tolist(),
         intercept=float(free.intercept_[0]), certificate=free.certificate_.to_dict(),
-        metrics=evaluate_predictor(scores(free), None, arrays, cons, balance=balance, confidence=confidence), wall_time=free_time))
+        metrics=evaluate_predictor(scores(free), None, arrays, cons, balance=balance, confidence=confidence),
+        wall_time=free_time))
 
     # one warm-started path over the bounds not already finished; each head is written as soon as it is solved
     todo = [float(e) for e in grid if _eps_key(e) not in done]
@@ -347,7 +350,8 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
             rec = HeadRecord(
                 method="fairhead", eps=eps, coef=head.coef_.ravel().tolist(),
                 intercept=float(head.intercept_[0]), certificate=head.certificate_.to_dict(),
-                metrics=evaluate_predictor(scores(head), None, arrays, cons, balance=balance, confidence=confidence),
+                metrics=evaluate_predictor(scores(head), None, arrays, cons, balance=balance,
+                                           confidence=confidence),
                 wall_time=wall, notes=notes)
             solved[_eps_key(eps)] = rec
             _append_progress(progress_path, key, rec)

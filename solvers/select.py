@@ -215,7 +215,8 @@ def select_head(heads, X, y, sensitive_features, *, target, confidence: float = 
         certified = tested and gi.high <= value
         if method == "fixed-sequence" and tested and not certified:
             stopped = True
-        bounds[i] = HeadBound(index=i, label=labels[i] if labels else _label(heads[i], i), accuracy=acc_k / acc_n if acc_n else float("nan"),
+        bounds[i] = HeadBound(index=i, label=labels[i] if labels else _label(heads[i], i),
+                              accuracy=acc_k / acc_n if acc_n else float("nan"),
                               accuracy_low=acc_lo, accuracy_high=acc_hi, gap=gi.estimate, bound=gi.high,
                               level=level if tested else float("nan"), certified=certified, tested=tested)
     ordered = [bounds[i] for i in sequence]
