@@ -180,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-split", default="train", help="split the head is fit on")
     p.add_argument("--eval-split", nargs="+", default=None, help="splits to evaluate (default: all)")
     p.add_argument("--save", type=Path, help="where to save the head (.json or .npz; default: next to the cache)")
+    p.add_argument("--confidence", type=float, default=0.95, help="level of every interval (default: 0.95)")
     p.set_defaults(handler=_cmd_fit)
 
     p = sub.add_parser("sweep", help="sweep eps for a constraint and report accuracy vs fairness on every split")
@@ -194,13 +195,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="baselines to add: expgrad gridsearch threshold penalty (needs fairlearn for the first three)")
     p.add_argument("--out", type=Path, required=True, help="report folder")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--confidence", type=float, default=0.95, help="level of every interval (default: 0.95)")
     p.set_defaults(handler=_cmd_sweep)
+
+    p = sub.add_parser("select", help="certify the most accurate head of a sweep on a held-out split, or abstain")
+    p.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help="the --out folder of `fairhead sweep`")
+    p.add_argument("--target", required=True, help="gap bound to certify, e.g. eo<=0.05 (gaps: dp, eo, eopp, ae)")
+    p.add_argument("--confidence", type=float, default=0.95, help="confidence level (default: 0.95)")
+    p.add_argument("--split", default="valid", help="certification split, never the fit split (default: valid)")
+    p.add_argument("--method", choices=("fixed-sequence", "bonferroni"), default="fixed-sequence",
+                   help="error control over the heads (default: fixed-sequence)")
+    p.add_argument("--cache", type=Path, help="the cache (default: the one the sweep recorded)")
+    p.set_defaults(handler=_cmd_select)
 
     p = sub.add_parser("protocols", help="run the seed paper's B1 B2 B3 M1 M2 protocols on a cache")
     p.add_argument("cache", type=Path)
     _add_fit_options(p)
     p.add_argument("--seed", type=SEED, default=0, help="seed of B3/M2's group-balanced down-sampling")
     p.add_argument("--out", type=Path, help="write protocols.csv / protocols.json here")
+    p.add_argument("--confidence", type=float, default=0.95, help="level of every interval (default: 0.95)")
     p.set_defaults(handler=_cmd_protocols)
 
     p = sub.add_parser("demo", help="the whole pipeline offline on the embedded default data and backbone")
@@ -364,7 +377,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     result = pipeline.fit_on_cache(
         args.cache, fit_split=args.fit_split, eval_splits=args.eval_split,
-        attributes=args.attributes, eps=_eps(args), save=args.save, **_head_params(args),
+        attributes=args.attributes, eps=_eps(args), save=args.save, confidence=args.confidence,
+        **_head_params(args),
     )
     print(result.summary())
     return 0
@@ -381,9 +395,18 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         args.cache, out=args.out, eps_grid=args.eps_grid,
         n_eps=N_EPS_DEFAULT if args.n_eps is None else args.n_eps,
         fit_split=args.fit_split, attributes=args.attributes, compare=args.compare,
-        plots=not args.no_plots, **_head_params(args),
+        plots=not args.no_plots, confidence=args.confidence, **_head_params(args),
     )
     print(result.summary())
+    return 0
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    from fairhead import certify
+
+    sel = certify.select_from_sweep(args.sweep_dir, target=args.target, confidence=args.confidence,
+                                    split=args.split, method=args.method, cache=args.cache)
+    print(certify.selection_summary(sel, args.sweep_dir))
     return 0
 
 
@@ -392,7 +415,7 @@ def _cmd_protocols(args: argparse.Namespace) -> int:
 
     table = protocols.run_protocols(
         args.cache, attributes=args.attributes, eps=_eps(args), seed=args.seed, out=args.out,
-        **_head_params(args),
+        confidence=args.confidence, **_head_params(args),
     )
     print(table.to_text())
     return 0

@@ -274,10 +274,18 @@ METRIC_COLUMNS = (
 )
 
 
+def _ci(m: dict, key: str) -> str:
+    lo, hi = m.get(f"{key}_low"), m.get(f"{key}_high")
+    return "" if lo is None else f"[{lo:.3f}, {hi:.3f}]"
+
+
 def metric_rows(per_split: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """One row per split; ``acc_ci`` / ``eo_diff_ci`` are the intervals when the metrics carry them."""
     bounded = any("constraint_value" in m for m in per_split.values())
+    with_ci = any("accuracy_low" in m for m in per_split.values())
     return [{"split": split, **({"bounded_gap": m.get("constraint_value", float("nan"))} if bounded else {}),
-             **{h: m.get(k, float("nan")) for k, h in METRIC_COLUMNS}}
+             **{h: m.get(k, float("nan")) for k, h in METRIC_COLUMNS},
+             **({"acc_ci": _ci(m, "accuracy"), "eo_diff_ci": _ci(m, "equalized_odds_difference")} if with_ci else {})}
             for split, m in per_split.items()]
 
 
@@ -342,18 +350,23 @@ def label_provenance(cache, pos_label=None) -> dict[str, Any]:
 
 
 def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None, attributes=None,
-                 save: Path | None = None, pos_label=None, **head_params) -> FitResult:
+                 save: Path | None = None, pos_label=None, confidence: float = 0.95, **head_params) -> FitResult:
     """Fit one :class:`solvers.FairLogisticRegression` on ``fit_split`` and evaluate it on ``eval_splits``.
 
     The saved head records the cache's backbone and label, so ``fairhead predict`` can rebuild
-    the backbone (checked by its weights' sha256) and run both on new images.
+    the backbone (checked by its weights' sha256) and run both on new images. Every split's
+    metrics carry ``confidence`` intervals (:func:`fairhead.uncertainty.interval_columns`).
     """
     import embedcache
     from fairhead.predict import backbone_provenance
     from fairhead_io import check_file_target
     from solvers import FairLogisticRegression, metrics, save_head
+    from solvers.intervals import check_confidence
     from solvers.persistence import check_head_path
 
+    from fairhead.uncertainty import interval_columns
+
+    confidence = check_confidence(confidence)
     with embedcache.open(cache_path) as cache:
         if save is None:  # beside the cache, named by the constraint and the bound
             cache_path = Path(cache_path)

@@ -127,6 +127,16 @@ def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "", constraint: 
                 ax.plot(gap, acc, marker=marker, linestyle="-" if method == "fairhead" else "none",
                         color=COLORS.get(_method_base(method)),
                         markersize=9 if marker == "*" else 5, alpha=0.8, label=method)
+                if all(f"{key}_low" in g for g in group):  # the rows' confidence intervals as error bars
+                    xerr = np.abs(np.array([[g[key] - g[f"{key}_low"], g[f"{key}_high"] - g[key]] for g in group]).T)
+                    yerr = np.abs(np.array([[g["accuracy"] - g["accuracy_low"], g["accuracy_high"] - g["accuracy"]]
+                                            for g in group]).T)
+                    ax.errorbar(gap, acc, xerr=xerr, yerr=yerr, fmt="none", ecolor=COLORS.get(_method_base(method)),
+                                elinewidth=0.6, alpha=0.4)
+                missed = np.array([g.get("eps_met") is False for g in group])
+                if missed.any():  # heads that miss their own bound on the fit split
+                    ax.scatter(gap[missed], acc[missed], marker="x", s=60, color="red",
+                               label="misses its bound" if (r, c) == (0, 0) else None)
             gap = np.array([g.get(key, np.nan) for g in all_rows], dtype=float)
             acc = np.array([g["accuracy"] for g in all_rows], dtype=float)
             front = pareto_front(gap, acc)

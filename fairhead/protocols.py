@@ -36,11 +36,15 @@ from fairhead_io import StagedFiles, check_own_outputs, contains, ensure_output_
 from fairhead import pipeline, provenance
 from fairhead.measure import constraint_value, describe_bounded_gap
 from fairhead.tables import format_table
+from fairhead.uncertainty import INTERVAL_LEGEND, interval_columns
 
 PROTOCOLS = ("B1", "B2", "B3", "M1", "M2")
 #: the files written into --out, with the first bytes that mark them as fairhead's own
 PROTOCOL_OUTPUTS = {"protocols.csv": starts_with(b"protocol,split,n"), "protocols.json": contains(b'"rows"')}
 MISSING_SPLIT_MSG = "protocols need splits train, valid and test; cache '{path}' has {have}; re-extract with all three"
+#: metrics that carry ``_low`` / ``_high`` intervals (fairhead.uncertainty.interval_columns)
+INTERVAL_KEYS = ("accuracy", "equalized_odds_difference", "demographic_parity_difference",
+                 "accuracy_equality_difference", "worst_group_accuracy")
 PROTOCOL_METRICS = (
     ("accuracy", "acc"), ("balanced_accuracy", "bal_acc"), ("roc_auc", "auc"),
     ("equalized_odds_difference", "eo_diff"), ("equalized_odds_ratio", "eo_ratio"),
@@ -83,9 +87,12 @@ class ProtocolTable:
     group_names: list[str]
     constraint: str | None = None
     balance: str | None = None
+    confidence: float = 0.95
 
-    def columns(self) -> list[str]:
+    def columns(self, intervals: bool = True) -> list[str]:
         cols = ["protocol", "split", "n"] + [h for _, h in PROTOCOL_METRICS] + ["own_value"]
+        if intervals:
+            cols += [f"{h}_{end}" for k, h in PROTOCOL_METRICS if k in INTERVAL_KEYS for end in ("low", "high")]
         for g in self.group_names:
             cols += [f"FPR[{g}]", f"FNR[{g}]"]
         return cols
@@ -94,10 +101,11 @@ class ProtocolTable:
         """What ``own_value`` and the between-groups columns measure."""
         return [f"own_value: the bounded gap, {describe_bounded_gap(self.constraint, self.balance)}",
                 "eo_diff, dp_diff, acc_eq_diff: between-groups max - min (fairlearn), unit weights; "
-                "maxmin_acc: the worst sensitive group's accuracy (MMF); worst_cell_acc: the worst (label, group) cell"]
+                "maxmin_acc: the worst sensitive group's accuracy (MMF); worst_cell_acc: the worst (label, group) cell",
+                "*_low/*_high (CSV, JSON): " + INTERVAL_LEGEND.format(conf=self.confidence)]
 
     def to_text(self) -> str:
-        return "\n".join([format_table(self.rows, self.columns()), *self.legend()])
+        return "\n".join([format_table(self.rows, self.columns(intervals=False)), *self.legend()])
 
     def write(self, out: Path) -> dict[str, Path]:
         import csv
@@ -115,12 +123,16 @@ class ProtocolTable:
         return {"protocols_table": csv_path, "protocols_json": json_path}
 
 
-def _row(protocol: str, split: str, head, arrays: pipeline.SplitArrays, constraint, balance=None) -> dict:
+def _row(protocol: str, split: str, head, arrays: pipeline.SplitArrays, constraint, balance=None,
+         confidence=0.95) -> dict:
     yhat = head.predict(arrays.X)
     values = pipeline.evaluate_head(head, arrays)
+    values.update(interval_columns(arrays.y, yhat, pipeline.sensitive_arg(arrays), confidence))
     row = {"protocol": protocol, "split": split, "n": int(len(arrays.y))}
     row.update({h: float(values.get(k, float("nan"))) for k, h in PROTOCOL_METRICS})
     # the quantity the M-protocols bound (group vs overall), next to the paper's metrics
+    row.update({f"{h}_{end}": values[f"{k}_{end}"] for k, h in PROTOCOL_METRICS if k in INTERVAL_KEYS
+                for end in ("low", "high")})
     row["own_value"] = constraint_value(constraint, y=arrays.y, scores=head.decision_function(arrays.X),
                                         sensitive_features=pipeline.sensitive_arg(arrays), balance=balance)
     names = arrays.group_names
@@ -133,15 +145,17 @@ def _row(protocol: str, split: str, head, arrays: pipeline.SplitArrays, constrai
 
 def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, seed=0, out=None,
                   C=1.0, backend="auto", balance=None, device="cpu", min_group_size=10, pos_label=None,
-                  data=None) -> ProtocolTable:
+                  data=None, confidence=0.95) -> ProtocolTable:
     """Fit B1, B2, B3, M1 and M2 on a cache and evaluate each on train, its fine-tune data and test."""
     import embedcache
     from solvers import FairLogisticRegression
+    from solvers.intervals import check_confidence
 
     if constraint in (None, "none"):
         raise DataError("protocols M1 and M2 need a constraint; pass --constraint eo (or another)")
     if out is not None:  # before the five fits: a bad --out fails in a second, not after all the work
         check_own_outputs(ensure_output_folder(out, flag="--out"), PROTOCOL_OUTPUTS, flag="--out")
+    confidence = check_confidence(confidence)
     if data is None:
         with embedcache.open(cache_path) as cache:
             if not {"train", "valid", "test"} <= set(cache.splits):
@@ -159,9 +173,10 @@ def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, see
         head = FairLogisticRegression(constraint=cons, eps=eps, **base)
         pipeline.fit_head(head, fit_on, split=f"{name} fine-tune")
         for split, arrays in (("train", train), ("fine-tune", fit_on), ("test", test)):
-            rows.append(_row(name, split, head, arrays, constraint, balance))
+            rows.append(_row(name, split, head, arrays, constraint, balance, confidence))
     group_names = sorted({str(g) for arrays in (train, valid, test) for g in np.unique(arrays.group_names)})
-    table = ProtocolTable(rows=rows, group_names=group_names, constraint=constraint, balance=balance)
+    table = ProtocolTable(rows=rows, group_names=group_names, constraint=constraint, balance=balance,
+                          confidence=confidence)
     if out is not None:
         table.write(out)
     return table

@@ -109,9 +109,18 @@ def sweep_report_text(result, files: Mapping[str, Path], meta: Mapping[str, Any]
     ]
     for key, caption in (("tradeoff_plot", "Accuracy against each fairness gap (Pareto front circled)"),
                          ("fit_vs_test_plot", "Gap on test against gap on the fit split (above the diagonal: "
-                                              "the constraint overfits)")):
+                                              "the constraint overfits)"),
+                         ("overfitting_plot", "Gap on the fit split against the certified upper bound on the "
+                                              "held-out split (and the gap on test)"),
+                         ("group_rates_plot", "Selection rate, TPR and FPR per group, with exact intervals")):
         if key in files:
             parts += [f"## {caption}", "", f"![{caption}]({Path(files[key]).name})", ""]
+    from fairhead import uncertainty
+
+    over = result.overfitting()
+    parts += uncertainty.overfitting_section(over["rows"], fit_split=result.fit_split, cert_split=over["cert_split"],
+                                             metric=over["metric"], confidence=result.confidence)
+    parts += [uncertainty.INTERVAL_LEGEND.format(conf=result.confidence), ""]
     parts += [*_fronts(result), *_legend(result), "## Results", "", markdown_table(result.rows, REPORT_COLUMNS), "",
               f"Full table: `{Path(files['table']).name}`; provenance and certificates: `{Path(files['json']).name}`.",
               "", f"_Versions: {versions}_", ""]

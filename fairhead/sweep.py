@@ -56,6 +56,9 @@ SWEEP_OUTPUTS = {
     "report.md": starts_with(b"# fairhead"),
     "tradeoff.png": PNG_BY_MATPLOTLIB,
     "fit_vs_test.png": PNG_BY_MATPLOTLIB,
+    "overfitting.png": PNG_BY_MATPLOTLIB,
+    "group_rates.png": PNG_BY_MATPLOTLIB,
+    "group_rates.csv": starts_with(b"head,"),
     # a kill may have torn even the first entry: a prefix of the marker is ours too
     PROGRESS_FILE: lambda head: head.startswith(b'{"config_key"') or b'{"config_key"'.startswith(head),
 }
@@ -150,11 +153,26 @@ class SweepResult:
     split_sizes: dict[str, int] = field(default_factory=dict)
     #: split -> rates undefined in some group there (no y=1 or no y=0 rows), which count as 0
     undefined_rates: dict[str, list[str]] = field(default_factory=dict)
+    confidence: float = 0.95
+    #: per (head, split, group, rate) exact intervals of selection rate, TPR, FPR (fairhead.uncertainty)
+    group_rates: list[dict] = field(default_factory=list)
 
     def gap_legend(self) -> dict[str, str]:
         """What each gap column measures, for this sweep's constraint and balance."""
         bounded = describe_bounded_gap(self.constraint, self.balance)
         return {k: v.format(bounded=bounded) for k, v in GAP_COLUMNS.items()}
+
+    def overfitting(self) -> dict:
+        """Per head: the gap on the fit split, on the held-out split (with its bound) and on test."""
+        from fairhead import uncertainty
+        from fairhead.measure import BETWEEN_GROUPS
+
+        metric = BETWEEN_GROUPS.get(self.constraint, "equalized_odds_difference")
+        metric = metric if metric in uncertainty.GAP_OF_METRIC else "equalized_odds_difference"
+        cert = uncertainty.certification_split(self.split_sizes, self.fit_split)
+        return {"metric": metric, "fit_split": self.fit_split, "cert_split": cert, "confidence": self.confidence,
+                "rows": uncertainty.overfitting_rows(self.rows, fit_split=self.fit_split, cert_split=cert,
+                                                     metric=metric) if cert else []}
 
     def missed(self) -> list[HeadRecord]:
         """fairhead heads that miss their own bound on the fit split."""
@@ -204,19 +222,25 @@ class SweepResult:
                          "measured gap, not by the eps they aimed at)")
             lines.append(format_table(compare.front_table(self.fronts(test, family_only=True))))
         lines += [f"UNDEFINED on '{split}': {note}" for split, notes in self.undefined_rates.items() for note in notes]
+        from fairhead import uncertainty
+
+        lines += uncertainty.wide_group_notes(self.group_rates, self.rows)
         lines += [f"wrote {name}: {path}" for name, path in self.files.items()]
         return "\n".join(lines)
 
 
 def evaluate_predictor(scores_fn, predict_fn, arrays_by_split, constraint, *,
-                       balance=None) -> dict[str, dict[str, float]]:
+                       balance=None, confidence=0.95) -> dict[str, dict[str, float]]:
     """Metrics of one predictor on every split, plus the constraint's bounded gap.
 
     ``scores_fn(arrays)`` gives decision scores; ``predict_fn(arrays)`` the hard predictions,
     or ``None`` for a linear head, whose predictions are ``scores > 0`` (one product per split).
     ``constraint_value`` is measured under the sweep's ``balance`` weights, as the heads bound it.
+    ``*_low`` / ``*_high`` are ``confidence`` intervals (:func:`fairhead.uncertainty.interval_columns`).
     """
     from solvers import metrics
+
+    from fairhead import uncertainty
 
     out = {}
     for split, arrays in arrays_by_split.items():
@@ -225,6 +249,7 @@ def evaluate_predictor(scores_fn, predict_fn, arrays_by_split, constraint, *,
         yhat = (z > 0).astype(np.int64) if predict_fn is None else predict_fn(arrays)
         m = metrics.evaluate(arrays.y, yhat, sensitive_features=sens, y_score=1.0 / (1.0 + np.exp(-z)))
         values = {k: float(m.get(k, float("nan"))) for k in SWEEP_METRICS}
+        values.update(uncertainty.interval_columns(arrays.y, yhat, sens, confidence))
         values["constraint_value"] = constraint_value(constraint, y=arrays.y, scores=z, sensitive_features=sens,
                                                       predictions=yhat, balance=balance)
         out[split] = values
@@ -310,17 +335,22 @@ def load_sweep_data(cache_path, *, fit_split, attributes, pos_label=None):
 
 def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_split="train",
               attributes=None, compare=None, plots=True, C=1.0, backend="auto", balance=None,
-              device="cpu", progress=True, seed=0, min_group_size=10, pos_label=None, data=None) -> SweepResult:
+              device="cpu", progress=True, seed=0, min_group_size=10, pos_label=None, data=None,
+              confidence=0.95) -> SweepResult:
     """Sweep ``eps`` for ``constraint`` on a cache; write the table, plots and report to ``out``.
 
     ``compare`` lists baselines from :mod:`fairhead.compare` to put in the same table
     (``expgrad``, ``gridsearch``, ``threshold``, ``penalty``). ``data`` may pass
     pre-loaded ``(arrays_by_split, fingerprint, provenance)`` to skip reading the cache.
+    ``confidence`` is the level of every interval in the outputs.
     """
     from solvers import FairLogisticRegression, iter_path
     from solvers.constraints import make_constraint
     from tqdm.auto import tqdm
 
+    from solvers.intervals import check_confidence
+
+    confidence = check_confidence(confidence)
     if constraint is None:
         raise DataError(NO_CONSTRAINT_MSG)
     if eps_grid is not None and make_constraint(constraint).name == "minimax":
@@ -366,6 +396,8 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
               "fit_split": fit_split, "attributes": list(fit.attributes), "seed": seed, **base}
     if pos_label is not None:  # another positive class is another problem: never resume across it
         config["pos_label"] = str(pos_label)
+    if confidence != 0.95:  # finished rows carry intervals at their level (0.95: keys of older progress files)
+        config["confidence"] = confidence
     key = _config_key(config)
     progress_path = out / PROGRESS_FILE
     done = {_eps_key(r.eps): r for r in _load_progress(progress_path, key) if r.method == "fairhead"}
@@ -374,7 +406,8 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     records.append(HeadRecord(
         method="unconstrained", eps=float("nan"), coef=free.coef_.ravel().tolist(),
         intercept=float(free.intercept_[0]), certificate=free.certificate_.to_dict(),
-        metrics=evaluate_predictor(scores(free), None, arrays, cons, balance=balance), wall_time=free_time))
+        metrics=evaluate_predictor(scores(free), None, arrays, cons, balance=balance, confidence=confidence),
+        wall_time=free_time))
 
     # one warm-started path, starting from the unconstrained head; each head is written as soon as it is
     # solved. A resumed sweep replays the finished heads' solves (not their evaluation) so that the
@@ -399,7 +432,8 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
             rec = HeadRecord(
                 method="fairhead", eps=eps, coef=head.coef_.ravel().tolist(),
                 intercept=float(head.intercept_[0]), certificate=head.certificate_.to_dict(),
-                metrics=evaluate_predictor(scores(head), None, arrays, cons, balance=balance),
+                metrics=evaluate_predictor(scores(head), None, arrays, cons, balance=balance,
+                                           confidence=confidence),
                 wall_time=wall, notes=notes)
             solved[_eps_key(eps)] = rec
             _append_progress(progress_path, key, rec)
@@ -408,6 +442,10 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
             caught.clear()
     bar.close()
     records.extend(done.get(_eps_key(e)) or solved[_eps_key(e)] for e in grid)
+    from fairhead import certify  # the heads on disk, for `fairhead select`
+
+    certify.save_sweep_heads(out, records, constraint=cons, params=base, fit=fit, fit_split=fit_split,
+                             fingerprint=fingerprint, cache_path=cache_path)
 
     if compare:
         from fairhead import compare as baselines
@@ -422,7 +460,16 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     undefined = {s: undefined_rates(a.y, sensitive_features=a.group_names) for s, a in arrays.items()}
     result = SweepResult(out=out, constraint=name, fit_split=fit_split, records=records, rows=rows, balance=balance,
                          split_sizes={s: int(len(a.y)) for s, a in arrays.items()},
-                         undefined_rates={s: v for s, v in undefined.items() if v})
+                         undefined_rates={s: v for s, v in undefined.items() if v}, confidence=confidence)
+    from fairhead import uncertainty
+
+    for rec in records:
+        if rec.method in ("fairhead", "unconstrained"):
+            name_ = "unconstrained" if rec.method == "unconstrained" else f"eps={rec.eps:.4g}"
+            for split, a in arrays.items():
+                yhat = (a.X @ np.asarray(rec.coef) + rec.intercept > 0).astype(np.int64)
+                result.group_rates += uncertainty.group_rate_rows(a.y, yhat, a.group_names, confidence,
+                                                                  head=name_, split=split)
     meta = provenance.collect(seed=seed, extra={"cache_fingerprint": fingerprint, "config": config,
                                                 "cache_provenance": cache_prov,
                                                 "unconstrained_value": inactive, "floor": floor})
@@ -450,18 +497,35 @@ def write_sweep(result: SweepResult, meta: dict, *, plots: bool = True) -> dict[
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(result.rows)
+        if result.group_rates:
+            files["group_rates"] = out / "group_rates.csv"
+            with staged.open(files["group_rates"], "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(result.group_rates[0]))
+                writer.writeheader()
+                writer.writerows(result.group_rates)
         payload = {"provenance": meta, "constraint": result.constraint, "fit_split": result.fit_split,
                    "columns": result.gap_legend(), "fronts": result.fronts() if "test" in result.split_sizes else [],
                    "missed_bound": [r.eps for r in result.missed()], "undefined_rates": result.undefined_rates,
+                   "confidence": result.confidence, "overfitting": result.overfitting(),
                    "rows": result.rows,
                    "heads": [{k: v for k, v in r.__dict__.items() if k != "metrics"} for r in result.records]}
         files["json"] = staged.write_text(out / "sweep.json", json.dumps(
             provenance.strict_json(payload), indent=1, default=str, allow_nan=False))
         if plots:
             from fairhead import plots as plotting
+            from fairhead import uncertainty
 
             files.update(plotting.plot_sweep(result.rows, out, fit_split=result.fit_split,
                                              title=f"constraint '{result.constraint}'", constraint=result.constraint,
                                              staged=staged))
+            over = result.overfitting()
+            if over["rows"]:
+                files["overfitting_plot"] = uncertainty.plot_overfitting(
+                    over["rows"], out, fit_split=result.fit_split, cert_split=over["cert_split"],
+                    metric=over["metric"], staged=staged)
+            split = "test" if "test" in result.split_sizes else result.fit_split
+            if result.group_rates:
+                files["group_rates_plot"] = uncertainty.plot_group_rates(result.group_rates, out, split=split,
+                                                                         staged=staged)
         files["report"] = report.write_sweep_report(result, files, meta, staged=staged)
     return files

@@ -5,7 +5,8 @@ Public API::
     FairLogisticRegression(*, constraint=None, eps=0.05, C=1.0, ...)
     fit_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, **params)
     save_head(estimator, path, *, cache_fingerprint=None, extra=None) / load_head(path)
-    Certificate, metrics (module), constraints (module)
+    select_head(heads, X, y, sensitive_features, *, target="eo<=0.05", confidence=0.95)
+    Certificate, metrics (module), constraints (module), intervals (module)
     export.to_sklearn(head) / export.to_torch_linear(head)
 
 ``import solvers`` imports neither torch nor cvxpy (nor torchvision / embedcache); the
@@ -26,6 +27,8 @@ __all__ = [
     "metrics",
     "constraints",
     "export",
+    "intervals",
+    "select_head",
     "AUTO_CVXPY_MAX_SIZE",
 ]
 
@@ -40,6 +43,8 @@ _LAZY = {
     "metrics": ("solvers.metrics", None),
     "constraints": ("solvers.constraints", None),
     "export": ("solvers.export", None),
+    "intervals": ("solvers.intervals", None),
+    "select_head": ("solvers.select", "select_head"),
 }
 
 

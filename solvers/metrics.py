@@ -365,21 +365,3 @@ def evaluate(y_true, y_pred, *, sensitive_features, y_score=None, sample_weight=
             out["expected_calibration_error"] = expected_calibration_error(y_true, s, sample_weight=sample_weight)
     return out
 
-
-def bootstrap_ci(metric, y_true, y_pred, *, sensitive_features=None, n_boot=200, alpha=0.05, seed=0, **kwargs):
-    """Percentile bootstrap ``(low, high)`` of ``metric`` resampling rows with replacement."""
-    yt, yp = _arr(y_true), _arr(y_pred)
-    sf = None if sensitive_features is None else np.asarray(sensitive_features)
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, yt.shape[0], yt.shape[0])
-        kw = dict(kwargs)
-        if sf is not None:
-            kw["sensitive_features"] = sf[idx]
-        try:
-            vals.append(metric(yt[idx], yp[idx], **kw))
-        except DataError:
-            continue
-    vals = np.asarray(vals, dtype=np.float64)
-    return float(np.nanquantile(vals, alpha / 2)), float(np.nanquantile(vals, 1 - alpha / 2))

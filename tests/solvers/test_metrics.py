@@ -137,5 +137,8 @@ def test_auc_ece_and_evaluate(preds):
     assert set(out) >= {"accuracy", "balanced_accuracy", "roc_auc", "demographic_parity_difference",
                         "equalized_odds_difference", "worst_group_accuracy", "expected_calibration_error"}
     assert all(isinstance(v, float) for v in out.values())
-    lo, hi = metrics.bootstrap_ci(metrics.demographic_parity_difference, y, yhat, sensitive_features=a, n_boot=50)
-    assert lo <= out["demographic_parity_difference"] <= hi
+    from solvers import intervals
+
+    gap = intervals.gap_interval(y, yhat, sensitive_features=a, gap="dp")
+    assert gap.low <= out["demographic_parity_difference"] <= gap.high
+    assert gap.estimate == pytest.approx(out["demographic_parity_difference"], abs=ATOL)

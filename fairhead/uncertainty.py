@@ -1,0 +1,177 @@
+"""Intervals on every number fairhead reports, and the overfitting report.
+
+Columns (added to each row of ``sweep`` and each split of ``fit`` / ``protocols``), at the
+run's ``confidence`` (default 0.95):
+
+* ``accuracy_low`` / ``accuracy_high``: exact Clopper-Pearson on the correct predictions;
+* ``<gap>_low`` / ``<gap>_high`` for the DP, EO, equal-opportunity and accuracy-equality
+  differences: the Clopper-Pearson union bound over groups and events
+  (:func:`solvers.intervals.gap_interval_from_counts`);
+* ``worst_group_accuracy_low`` / ``_high``: the union bound over groups.
+
+The overfitting section compares, per eps, a head's gap on the fit split, on the
+certification split (the held-out split that is neither fit nor test, with its upper bound)
+and on test: the seed paper's point (fairness fitted on one split does not hold on another),
+measured on the user's own data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+#: report metric -> gap name in :mod:`solvers.intervals`
+GAP_OF_METRIC = {"demographic_parity_difference": "dp", "equalized_odds_difference": "eo",
+                 "equal_opportunity_difference": "eopp", "accuracy_equality_difference": "ae"}
+INTERVAL_LEGEND = ("`*_low`/`*_high`: {conf:g} intervals; accuracy: exact Clopper-Pearson; gaps and worst-group "
+                   "accuracy: Clopper-Pearson per group rate with a union (Bonferroni) bound over groups and events")
+
+
+def interval_columns(y, y_pred, sensitive_features, confidence: float = 0.95) -> dict[str, float]:
+    """``{metric_low, metric_high}`` for accuracy, the four gaps and the worst-group accuracy."""
+    from solvers import intervals
+
+    counts = intervals.GroupCounts.from_predictions(y, y_pred, sensitive_features=sensitive_features)
+    correct = sum(rates["accuracy"][0] for rates in counts.counts.values())
+    lo, hi = intervals.clopper_pearson(correct, counts.n_rows(), confidence)
+    out = {"accuracy_low": lo, "accuracy_high": hi}
+    for metric, gap in GAP_OF_METRIC.items():
+        gi = intervals.gap_interval_from_counts(counts, gap, confidence)
+        out[f"{metric}_low"], out[f"{metric}_high"] = gi.low, gi.high
+    wg = intervals.worst_group_accuracy_interval(counts, confidence)
+    out["worst_group_accuracy_low"], out["worst_group_accuracy_high"] = wg.low, wg.high
+    return out
+
+
+def group_rate_rows(y, y_pred, group_names, confidence: float = 0.95, **labels) -> list[dict]:
+    """One row per (group, rate): selection rate, TPR, FPR with exact intervals, plus ``labels``."""
+    from solvers import intervals
+
+    table = intervals.group_rate_intervals(y, y_pred, sensitive_features=group_names, confidence=confidence)
+    return [{**labels, "group": str(g), "rate": rate, "estimate": iv.estimate, "low": iv.low,
+             "high": iv.high}
+            for g, rates in table.items() for rate, iv in rates.items() if rate != "accuracy"]
+
+
+def certification_split(splits, fit_split: str) -> str | None:
+    """The held-out split for the overfitting report: ``valid`` if present, else the first non-fit, non-test."""
+    others = [s for s in splits if s not in (fit_split, "test")]
+    return "valid" if "valid" in others else (others[0] if others else None)
+
+
+def overfitting_rows(rows, *, fit_split: str, cert_split: str | None, metric: str) -> list[dict]:
+    """Per fairhead eps: the gap on the fit split, on the certification split (with bounds) and on test."""
+    by_key = {}
+    for r in rows:
+        if r["method"] in ("fairhead", "unconstrained"):
+            by_key.setdefault((r["method"], r["eps"]), {})[r["split"]] = r
+    out = []
+    for (method, eps), splits in by_key.items():
+        fit, cert, test = splits.get(fit_split, {}), splits.get(cert_split, {}), splits.get("test", {})
+        out.append({"method": method, "eps": eps, "fit_gap": fit.get(metric, float("nan")),
+                    "cert_gap": cert.get(metric, float("nan")), "cert_low": cert.get(f"{metric}_low", float("nan")),
+                    "cert_bound": cert.get(f"{metric}_high", float("nan")),
+                    "test_gap": test.get(metric, float("nan")),
+                    "test_low": test.get(f"{metric}_low", float("nan")),
+                    "test_high": test.get(f"{metric}_high", float("nan"))})
+    return out
+
+
+def wide_group_notes(group_rows, rows) -> list[str]:
+    """Group rates whose interval is wider than the largest gap measured on that split (any head)."""
+    largest = {}
+    for r in rows:
+        for metric in GAP_OF_METRIC:
+            v = r.get(metric)
+            if v is not None and np.isfinite(v):
+                largest[r["split"]] = max(largest.get(r["split"], 0.0), float(v))
+    seen, notes = set(), []
+    for g in group_rows:
+        width = g["high"] - g["low"]
+        key = (g["split"], g["group"], g["rate"])
+        if key not in seen and width > largest.get(g["split"], np.inf):
+            seen.add(key)
+            notes.append(f"WIDE on '{g['split']}': group {g['group']!r} {g['rate']} interval width {width:.3f} is "
+                         f"wider than the largest gap on that split ({largest[g['split']]:.3f}); its gaps cannot "
+                         "be resolved there")
+    return notes
+
+
+def _save(fig, path: Path, staged) -> Path:
+    from fairhead.plots import _save as save_png  # one atomic PNG writer for every plot
+
+    return save_png(fig, path, staged)
+
+
+def plot_overfitting(over_rows, out: Path, *, fit_split: str, cert_split: str, metric: str, staged=None) -> Path:
+    """Fit-split gap against the certified upper bound (and the test gap), one point per head."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fit = np.array([r["fit_gap"] for r in over_rows], dtype=float)
+    bound = np.array([r["cert_bound"] for r in over_rows], dtype=float)
+    test = np.array([r["test_gap"] for r in over_rows], dtype=float)
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    ax.scatter(fit, bound, color="tab:red", label=f"upper bound on '{cert_split}'")
+    if np.isfinite(test).any():
+        ax.scatter(fit, test, color="tab:blue", marker="s", label="gap on 'test'")
+    top = np.nanmax(np.concatenate([fit, bound, test, [0.01]]))
+    ax.plot([0, top], [0, top], color="k", linewidth=0.8, alpha=0.6, label="y = x")
+    ax.set_xlabel(f"{metric} on '{fit_split}' (fit)")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = _save(fig, Path(out) / "overfitting.png", staged)
+    plt.close(fig)
+    return path
+
+
+def plot_group_rates(group_rows, out: Path, *, split: str, staged=None) -> Path:
+    """Selection rate, TPR and FPR per group with their intervals, one row of points per head."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [g for g in group_rows if g["split"] == split]
+    rates = ("selection_rate", "true_positive_rate", "false_positive_rate")
+    heads = list(dict.fromkeys(g["head"] for g in rows))
+    groups = list(dict.fromkeys(g["group"] for g in rows))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 0.35 * len(heads) + 2), squeeze=False, sharey=True)
+    for c, rate in enumerate(rates):
+        ax = axes[0, c]
+        for j, grp in enumerate(groups):
+            pts = [g for g in rows if g["rate"] == rate and g["group"] == grp]
+            y = np.array([heads.index(g["head"]) for g in pts]) + (j - (len(groups) - 1) / 2) * 0.18
+            est = np.array([g["estimate"] for g in pts], dtype=float)
+            err = np.array([[g["estimate"] - g["low"], g["high"] - g["estimate"]] for g in pts], dtype=float).T
+            ax.errorbar(est, y, xerr=np.abs(err), fmt="o", markersize=3, capsize=2, label=f"group {grp}")
+        ax.set_title(f"{rate} ({split})", fontsize=9)
+        ax.set_yticks(range(len(heads)))
+        ax.set_yticklabels(heads, fontsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = _save(fig, Path(out) / "group_rates.png", staged)
+    plt.close(fig)
+    return path
+
+
+def overfitting_section(over_rows, *, fit_split: str, cert_split: str | None, metric: str,
+                        confidence: float) -> list[str]:
+    from fairhead.report import markdown_table
+
+    if not over_rows:
+        return []
+    cols = [("method", "method"), ("eps", "eps"), ("fit_gap", f"{metric} on {fit_split}"),
+            ("cert_gap", f"on {cert_split}"), ("cert_bound", f"upper bound ({confidence:g}) on {cert_split}"),
+            ("test_gap", "on test"), ("test_low", "test low"), ("test_high", "test high")]
+    return ["## Overfitting: the gap on the fit split, on a held-out split (with its bound) and on test", "",
+            f"Bounds: Clopper-Pearson per group rate, union bound over groups and events, level {confidence:g}. "
+            f"A fit-split gap far below the bound on `{cert_split}` is fairness that may not hold on new data; "
+            "`fairhead select` certifies a head on that split.", "",
+            markdown_table(over_rows, cols), ""]
