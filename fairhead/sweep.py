@@ -51,7 +51,7 @@ NO_SPLIT_MSG = "fit split {split!r} is not in cache '{path}' (it has: {have}); p
 PROGRESS_FILE = "progress.jsonl"
 #: every file a sweep writes into --out, with the first bytes that mark it as a sweep's own
 SWEEP_OUTPUTS = {
-    "sweep.csv": starts_with(b"method,constraint,eps,split"),
+    "sweep.csv": starts_with(b"method,constraint,eps,"),
     "sweep.json": contains(b'"provenance"'),
     "report.md": starts_with(b"# fairhead"),
     "tradeoff.png": PNG_BY_MATPLOTLIB,
