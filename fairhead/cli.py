@@ -274,6 +274,7 @@ EPILOGS = {
   fairhead fit adult.h5 --constraint dp-score --eps 0.1 --pos-label '>50K' --save adult-head.json""",
     "sweep": "example:\n  fairhead sweep celeba_r50.h5 --constraint dp --compare expgrad threshold penalty --out sweep-dp/",
     "protocols": "example:\n  fairhead protocols celeba_r50.h5 --constraint eo --eps 0.05 --out protocols/",
+    "select": "example:\n  fairhead select sweep-eo/ --target eo<=0.05 --confidence 0.95 --split valid",
     "demo": "example:\n  fairhead demo --out fairhead-demo",
     "presets": "example:\n  fairhead presets   # then: fairhead extract --preset NAME --root DIR ...",
 }

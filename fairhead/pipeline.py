@@ -387,7 +387,10 @@ def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None
                       "categories": {a: list(train.categories[a]) for a in train.attributes}}
     head = FairLogisticRegression(**head_params)
     fit_head(head, train, split=fit_split)
-    per_split = {split: evaluate_head(head, arrays, bounded=True) for split, arrays in evaluated.items()}
+    per_split = {}
+    for split, arrays in evaluated.items():
+        per_split[split] = evaluate_head(head, arrays, bounded=True)
+        per_split[split].update(interval_columns(arrays.y, head.predict(arrays.X), sensitive_arg(arrays), confidence))
     undefined = {split: metrics.undefined_rates(arrays.y, sensitive_features=arrays.group_names)
                  for split, arrays in evaluated.items()}
     fit_metrics = per_split.get(fit_split) or evaluate_head(head, train, bounded=True)

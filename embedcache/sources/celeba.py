@@ -31,7 +31,8 @@ PARTITION_NAMES = {"0": "train", "1": "valid", "2": "test"}
 #: names of codes 0 and 1 of every attribute (-1 and +1 in the file)
 ATTRIBUTE_CATEGORIES = ("no", "yes")
 
-MISSING_FILE_MSG = "CelebA root '{root}' has no {name}; point --celeba (or --root with --preset) at the folder that holds {expected}"
+MISSING_FILE_MSG = ("CelebA root '{root}' has no {name}; point --celeba at the folder that holds {expected} "
+                    "(with --preset, point --root there)")
 UNKNOWN_ATTR_MSG = "CelebA has no attribute {name!r}{hint}; choose from: {available}"
 BAD_LINE_MSG = "{file} line {line} is malformed ({problem}); restore the original CelebA file"
 COUNT_MSG = "{file} says {declared} images but lists {found}; restore the original CelebA file"

@@ -18,6 +18,9 @@ import torch
 #: the head's scores on the cache's features vs prediction through the rebuilt backbone. The same float32 network
 #: on the same pixels gives the same features, so only float64 rounding of the head remains.
 SCORE_ATOL = 1e-6
+#: onnxruntime's float32 convolution kernels round differently from torch's (6e-6 seen on resnet18 at 32 px);
+#: torch.export and the head itself stay within SCORE_ATOL
+ONNX_SCORE_ATOL = 2e-5
 MANIFEST_COLUMNS = dict(label_col="shape", sensitive_cols=("background",), split_col="split", id_col="id")
 
 
@@ -233,7 +236,7 @@ def test_onnx_export_gives_the_heads_scores(trained, tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (scores,) = session.run(None, {"images": images.numpy()})
     expected = _cache_scores(trained)
-    np.testing.assert_allclose(scores, [expected[i] for i in ids], rtol=0, atol=SCORE_ATOL)
+    np.testing.assert_allclose(scores, [expected[i] for i in ids], rtol=0, atol=ONNX_SCORE_ATOL)
 
 
 def test_export_docstring_example_runs():

@@ -249,8 +249,8 @@ def test_undefined_rates_are_reported_loudly(split_arrays, tmp_path):
         test, X=test.X[keep], y=test.y[keep], groups=test.groups[keep], sample_ids=test.sample_ids[keep]))
     result = sweep.run_sweep(None, out=tmp_path, constraint="dp-score", eps_grid=[0.1], progress=False,
                              plots=False, data=(arrays, "fp", {}))
-    assert result.undefined_rates == {"test": ["true_positive_rate of group 'b' (no y=1 rows; counted as 0, "
+    assert result.undefined_rates == {"test": ["true_positive_rate of group 'group=b' (no y=1 rows; counted as 0, "
                                                "as fairlearn)"]}
-    assert "UNDEFINED on 'test': true_positive_rate of group 'b'" in result.summary()
+    assert "UNDEFINED on 'test': true_positive_rate of group 'group=b'" in result.summary()
     assert "Undefined on test" in result.files["report"].read_text()
     assert json.loads(result.files["json"].read_text())["undefined_rates"] == result.undefined_rates

@@ -545,8 +545,8 @@ def test_a_file_size_limit_exits_3_with_one_line_and_the_rerun_resumes(tmp_path,
     from fairhead import cli
 
     out, reference = tmp_path / "x.h5", tmp_path / "reference.h5"
-    args = ["extract", "--synthetic", "--n", "64", "--seed", "5", "--backbone", "resnet18", "--image-size", "32",
-            "--batch-size", "8", "--workers", "0", "--no-progress", "--out"]
+    args = ["extract", "--synthetic", "--n", "64", "--seed", "5", "--backbone", "resnet18", "--weights", "none",
+            "--image-size", "32", "--batch-size", "8", "--workers", "0", "--no-progress", "--out"]
     assert cli.main([*args, str(reference)]) == 0
     limit = 64 * resnet.feature_dim * 4 + 4096  # the journal fits, the finished HDF5 file does not
     assert reference.stat().st_size > limit
