@@ -105,7 +105,7 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
     precond = design.preconditioner(lam2, d + 1)
     passes0 = design.passes
     checks = [0]  # exact predict() products, outside the design
-    tol = max(float(est.tol), 1e-6)  # the chosen head is polished to this
+    tol = max(float(est.tol), 1e-6)  # a chosen head that stopped at max_iter is polished to this
     # the search only needs each head's predictions: sklearn's default tolerance is enough
     search_tol = max(tol, SEARCH_TOL)
     base = v * (1.0 - 2.0 * y) / V
@@ -143,7 +143,7 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         # curvature pairs carry over: the weighted objectives along the path are alike
         exact = state["exact"]
         # the head's scores carry over from the last fit (they do not depend on lam); refreshed
-        # every few fits against drift, and always by the final polish
+        # every few fits against drift
         z0 = state.get("z") if state["fits"] % 8 else None
         res = minimize(design, obj, state["theta"], fixed=fixed, tol=state.get("tol", search_tol),
                        max_iter=int(est.max_iter) if exact else INEXACT_ITERS, pairs=state["pairs"], z0=z0,
@@ -319,9 +319,12 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
 
     chosen = None
     for h in feas[:5]:
-        # polish first (one exact product check instead of two): keep it if still feasible,
-        # else the unpolished fit if that is feasible (the exact predict() arithmetic decides)
-        if h[4] > tol:
+        # a rate head is judged by its hard predictions, checked exactly below: a search fit that
+        # converged at the search tolerance is kept as it is (polishing it to ``tol`` cost a third
+        # to a half of a warm path's passes over X and moved no 0-1 error). Only a fit that
+        # stopped at max_iter is polished first; it is kept if still feasible, else the
+        # unpolished fit if that is feasible (the exact predict() arithmetic decides)
+        if h[4] > tol and not h[5]:
             cand = polish(h)
             if float(np.abs(cand[2]).max()) <= level:
                 chosen = cand
