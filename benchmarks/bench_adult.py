@@ -28,21 +28,13 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]
 
+from bench_solvers import _timed as timed  # noqa: E402  (best of `repeat` wall times)
 from real_tables import load_adult  # noqa: E402
 from solvers import FairLogisticRegression, fit_path, metrics  # noqa: E402
 from solvers.synthetic import make_fair_classification  # noqa: E402
 
 PATH_GRID = np.linspace(0.15, 0.0, 12)
 FRONT_T = (0.02, 0.03, 0.05, 0.10)
-
-
-def timed(fn, repeat=1):
-    best, out = np.inf, None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def tables():
