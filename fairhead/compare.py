@@ -143,7 +143,7 @@ def _moment(constraint, bound):
     return getattr(reductions, FAMILY[constraint.name][0])(difference_bound=bound)
 
 
-def run_expgrad(fit, arrays, *, constraint, grid, C, seed, balance=None, **_):
+def run_expgrad(fit, arrays, *, constraint, grid, C, seed, balance=None, confidence=0.95, **_):
     from fairlearn.reductions import ExponentiatedGradient
 
     for bound in matched_bounds(constraint, grid):
@@ -153,12 +153,13 @@ def run_expgrad(fit, arrays, *, constraint, grid, C, seed, balance=None, **_):
         wall = time.perf_counter() - t0
         metrics = evaluate_predictor(
             lambda a: _logit(model._pmf_predict(a.X)[:, 1]),
-            lambda a: model.predict(a.X, random_state=seed), arrays, constraint, balance=balance)
+            lambda a: model.predict(a.X, random_state=seed), arrays, constraint, balance=balance,
+            confidence=confidence)
         yield HeadRecord(method="expgrad", eps=bound, coef=[], intercept=float("nan"), certificate={},
                          metrics=metrics, wall_time=wall, notes="randomized classifier")
 
 
-def run_gridsearch(fit, arrays, *, constraint, grid, C, seed, balance=None, **_):
+def run_gridsearch(fit, arrays, *, constraint, grid, C, seed, balance=None, confidence=0.95, **_):
     from fairlearn.reductions import GridSearch
 
     for bound in matched_bounds(constraint, grid)[-1:]:  # GridSearch picks its own trade-off; one run
@@ -171,11 +172,11 @@ def run_gridsearch(fit, arrays, *, constraint, grid, C, seed, balance=None, **_)
                          intercept=float(best.intercept_[0]), certificate={},
                          metrics=evaluate_predictor(lambda a: best.decision_function(a.X),
                                                     lambda a: model.predict(a.X), arrays, constraint,
-                                                    balance=balance),
+                                                    balance=balance, confidence=confidence),
                          wall_time=wall, notes="best of a 10-point Lagrange grid")
 
 
-def run_threshold(fit, arrays, *, constraint, C, seed, balance=None, **_):
+def run_threshold(fit, arrays, *, constraint, C, seed, balance=None, confidence=0.95, **_):
     from fairlearn.postprocessing import ThresholdOptimizer
 
     target = FAMILY[constraint.name][1]
@@ -195,7 +196,7 @@ def run_threshold(fit, arrays, *, constraint, C, seed, balance=None, **_):
         method="threshold", eps=float("nan"), coef=[], intercept=float("nan"), certificate={},
         metrics=evaluate_predictor(lambda a: _logit(model._pmf_predict(a.X, sensitive_features=sens(a))[:, 1]),
                                    lambda a: model.predict(a.X, sensitive_features=sens(a), random_state=seed),
-                                   arrays, constraint, balance=balance),
+                                   arrays, constraint, balance=balance, confidence=confidence),
         wall_time=wall, notes="post-processing: needs the sensitive attribute at test time")
 
 
@@ -240,7 +241,8 @@ def seed_penalty(form, z, y, groups, n_groups):
     return _pairwise(losses) if form == "AE" else losses.max()
 
 
-def run_penalty(fit, arrays, *, constraint, C, seed, balance=None, alphas=PENALTY_ALPHAS, epochs=SEED_EPOCHS,
+def run_penalty(fit, arrays, *, constraint, C, seed, balance=None, confidence=0.95, alphas=PENALTY_ALPHAS,
+                epochs=SEED_EPOCHS,
                 **_):
     """The seed code's penalised fine-tuning of the head, one head per ``alpha`` (MMF: one head).
 
@@ -267,12 +269,13 @@ def run_penalty(fit, arrays, *, constraint, C, seed, balance=None, alphas=PENALT
         torch.set_num_threads(1)
     try:
         yield from _penalty_heads(form, Xs, y, groups, len(labels), mean, std, arrays, constraint, seed=seed,
-                                  balance=balance, alphas=alphas, epochs=epochs)
+                                  balance=balance, confidence=confidence, alphas=alphas, epochs=epochs)
     finally:
         torch.set_num_threads(threads)
 
 
-def _penalty_heads(form, Xs, y, groups, n_groups, mean, std, arrays, constraint, *, seed, balance, alphas, epochs):
+def _penalty_heads(form, Xs, y, groups, n_groups, mean, std, arrays, constraint, *, seed, balance, confidence,
+                   alphas, epochs):
     import torch
 
     for alpha in ((None,) if form == "MMF" else alphas):
@@ -309,7 +312,8 @@ def _penalty_heads(form, Xs, y, groups, n_groups, mean, std, arrays, constraint,
         # alpha first: the demo's summary labels a baseline by the first clause of its note
         what = "seed penalty MMF (largest group loss)" if form == "MMF" else f"alpha={alpha:g}, seed penalty {form}"
         yield HeadRecord(method="penalty", eps=float("nan"), coef=coef.tolist(), intercept=intercept,
-                         certificate={}, metrics=evaluate_predictor(score, None, arrays, constraint, balance=balance),
+                         certificate={}, metrics=evaluate_predictor(score, None, arrays, constraint, balance=balance,
+                                                                    confidence=confidence),
                          wall_time=wall, alpha=alpha,
                          notes=f"{what}, {done} SGD epochs")
 
@@ -329,7 +333,8 @@ def _float64(a: pipeline.SplitArrays) -> pipeline.SplitArrays:
     return dataclasses.replace(a, X=np.asarray(a.X, dtype=np.float64))
 
 
-def run_baselines(names, fit, arrays, *, constraint, grid, C, seed=0, progress=True, balance=None):
+def run_baselines(names, fit, arrays, *, constraint, grid, C, seed=0, progress=True, balance=None,
+                  confidence=0.95):
     """Run the named baselines (all of :data:`BASELINES` for an empty list) and yield their records."""
     from fairhead_errors import DataError
 
@@ -358,7 +363,7 @@ def run_baselines(names, fit, arrays, *, constraint, grid, C, seed=0, progress=T
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
             for record in RUNNERS[name](fit, arrays, constraint=constraint, grid=grid, C=C, seed=seed,
-                                        balance=balance):
+                                        balance=balance, confidence=confidence):
                 records.append(record)
                 bar.update(1)
         yield from records

@@ -451,7 +451,7 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
         from fairhead import compare as baselines
 
         for rec in baselines.run_baselines(compare, fit, arrays, constraint=cons, grid=grid, C=C,
-                                           seed=seed, progress=progress, balance=balance):
+                                           seed=seed, progress=progress, balance=balance, confidence=confidence):
             records.append(rec)
 
     rows = [row for rec in records for row in rec.rows(name)]

@@ -254,3 +254,16 @@ def test_undefined_rates_are_reported_loudly(split_arrays, tmp_path):
     assert "UNDEFINED on 'test': true_positive_rate of group 'group=b'" in result.summary()
     assert "Undefined on test" in result.files["report"].read_text()
     assert json.loads(result.files["json"].read_text())["undefined_rates"] == result.undefined_rates
+
+
+def test_baseline_rows_carry_intervals_at_the_sweeps_confidence(split_arrays, tmp_path):
+    """Baselines are evaluated at ``--confidence`` like the heads, not at a fixed 0.95."""
+    widths = {}
+    for level in (0.8, 0.99):
+        result = sweep.run_sweep(None, out=tmp_path / str(level), constraint="dp", eps_grid=[0.1], progress=False,
+                                 plots=False, compare=["penalty"], confidence=level,
+                                 data=(split_arrays, "test-fingerprint", {}))
+        row = next(r for r in result.rows if r["method"] == "penalty" and r["split"] == "test")
+        assert row["accuracy_low"] <= row["accuracy"] <= row["accuracy_high"]
+        widths[level] = row["accuracy_high"] - row["accuracy_low"]
+    assert widths[0.8] < widths[0.99]
