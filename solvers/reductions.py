@@ -40,6 +40,7 @@ import numpy as np
 from ._linalg import x_dot
 from .certificate import Certificate, passes_lower_bound
 from .backends import Solution
+from .multiplier_newton import NewtonTargets, gap_jacobian, kkt_residual, newton_affordable
 
 #: aim the search at this fraction of eps so that small sample effects stay inside the bound
 TARGET_FRACTION = 0.9
@@ -54,6 +55,10 @@ WARM_BAND = 0.05
 WARM_STALL = 8
 #: along a path, the search fits' tolerance is at most this times eps
 WARM_TOL_PER_EPS = 0.01
+#: Newton steps on the multipliers before the bracketing search takes over
+NEWTON_STEPS = 8
+#: a Newton step that does not shrink the KKT residual is halved at most this many times
+NEWTON_HALVINGS = 3
 
 
 def _evaluate(z, y, v, V, mom):
@@ -131,7 +136,8 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         prev = (float(init["eps"]), lam.copy(), np.asarray(init["gaps"], dtype=np.float64))
     lam_hist = list(init.get("lam_hist", ())) if prev else []
     history = []
-    state = {"theta": theta, "it": 0, "pairs": None, "exact": True, "fits": 0}
+    state = {"theta": theta, "it": 0, "pairs": None, "exact": True, "fits": 0, "newton": 0}
+    targets = NewtonTargets(Ma)
     if prev and init.get("pairs") is not None:
         state["pairs"] = init["pairs"]
 
@@ -158,6 +164,39 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
             history.append((err, float(np.abs(gaps).max()), lam_k.copy(), res.theta.clone(), res.stationarity,
                             res.converged))
         return gaps
+
+    def newton(lam_k, gaps_k):
+        """Newton steps from the converged fit at ``lam_k`` (:mod:`solvers.multiplier_newton`).
+
+        True once a converged head meets the bound with every binding gap within ``WARM_BAND``
+        of the target (or meets it with no multiplier at all); False when a step, halved
+        ``NEWTON_HALVINGS`` times, no longer shrinks the KKT residual (the state is left at
+        the last accepted head, a good warm start for the bracketing search).
+        """
+        for _ in range(NEWTON_STEPS if newton_affordable(design) else 0):
+            r = kkt_residual(lam_k, gaps_k, eps_t)
+            if float(np.abs(gaps_k).max()) <= aim and (float(np.abs(r).max()) <= WARM_BAND * aim or not lam_k.any()):
+                return True
+            theta_k, z_k, pairs_k = state["theta"], state["z"], state["pairs"]
+            J, dtheta = gap_jacobian(design, z_k, base + Ma.T @ lam_k, Ma, lam2, est.fit_intercept)
+            goal = targets(lam_k, gaps_k, J, eps_t)
+            merit = float(np.linalg.norm(r))
+            step = 1.0
+            state["newton"] += 1
+            for _ in range(NEWTON_HALVINGS + 1):
+                lam_n = lam_k + step * (goal - lam_k)
+                # the predicted head warm-starts the fit: a few L-BFGS iterations correct it
+                state["theta"] = theta_k + dtheta @ torch.as_tensor(lam_n - lam_k, dtype=torch.float64, device=dev)
+                state.pop("z", None)
+                gaps_n = run(lam_n)
+                if float(np.linalg.norm(kkt_residual(lam_n, gaps_n, eps_t))) < merit:
+                    break
+                step *= 0.5
+            else:
+                state["theta"], state["z"], state["pairs"] = theta_k, z_k, pairs_k
+                return False
+            lam_k, gaps_k = lam_n, gaps_n
+        return False
 
     def search(lam_s, gaps_s, t_init, log, band=None):
         """Ray + Illinois (then Rprop) from ``lam_s``; ``log`` collects (lam, max gap, err proxy).
@@ -264,8 +303,9 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         state["tol"] = max(tol, min(search_tol, WARM_TOL_PER_EPS * aim)) if aim > 0 else search_tol
         # the previous head is a candidate too: a head never ends with a larger gap than the
         # previous (looser) one, even where the search wanders off (one fit, converged at once)
-        run(lam_p)
-        search(lam_p, gaps0, t_ray, [], band=WARM_BAND * aim)
+        # Newton from there first; the bracketing search where its steps stop helping
+        if not newton(lam_p, run(lam_p)):
+            search(lam_p, gaps0, t_ray, [], band=WARM_BAND * aim)
         state.pop("tol")
         if not any(e[1] <= aim for e in history) and eps >= resolution:
             # the warm search missed: exactly the cold search (from lam = 0 and the cold start;
@@ -279,7 +319,7 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
             gaps0 = None
     else:
         gaps0 = run(lam)
-    if gaps0 is not None and float(np.abs(gaps0).max()) > aim:
+    if gaps0 is not None and float(np.abs(gaps0).max()) > aim and not newton(lam, gaps0):
         # stage 1: steer the multipliers with a few warm L-BFGS steps per value (cheap, inexact)
         state["exact"] = False
         theta_start, pairs_start = state["theta"], state["pairs"]
@@ -340,7 +380,8 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
     gap = float(np.abs(g2).max())
     met = gap <= eps
     wall = time.perf_counter() - t_start
-    notes = [f"{state['fits']} weighted fits on the multiplier path ({len(history)} converged)"]
+    notes = [f"{state['fits']} weighted fits on the multiplier path ({len(history)} converged, "
+             f"{state['newton']} Newton steps)"]
     if not h[5]:
         notes.append("the chosen weighted fit stopped at max_iter (its predictions were still checked)")
     sol = Solution(coef=th[:d].copy(), intercept=float(th[d]), multipliers=h[2], status="eps_met" if met else "eps_not_met",
