@@ -140,6 +140,8 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
     targets = NewtonTargets(Ma)
     if prev and init.get("pairs") is not None:
         state["pairs"] = init["pairs"]
+    if prev and init.get("jac") is not None and np.shape(init["jac"][0]) == (K, K):
+        state["jac"] = (init["jac"][0], _tensor(init["jac"][1], dev))
 
     def run(lam_k):
         delta = base + Ma.T @ lam_k
@@ -173,17 +175,23 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         ``NEWTON_HALVINGS`` times, no longer shrinks the KKT residual (the state is left at
         the last accepted head, a good warm start for the bracketing search).
         """
-        for _ in range(NEWTON_STEPS if newton_affordable(design) else 0):
+        steps = NEWTON_STEPS if newton_affordable(design) else 0
+        while steps > 0:
             r = kkt_residual(lam_k, gaps_k, eps_t)
-            if float(np.abs(gaps_k).max()) <= aim and (float(np.abs(r).max()) <= WARM_BAND * aim or not lam_k.any()):
+            met = float(np.abs(gaps_k).max()) <= aim
+            # below the resolution any head that reaches it will do: the gaps cannot be steered finer
+            if met and (float(np.abs(r).max()) <= WARM_BAND * aim or not lam_k.any() or eps < resolution):
                 return True
             theta_k, z_k, pairs_k = state["theta"], state["z"], state["pairs"]
-            J, dtheta = gap_jacobian(design, z_k, base + Ma.T @ lam_k, Ma, lam2, est.fit_intercept)
+            # along a path the last head's Jacobian serves until a full step with it fails
+            fresh = state.get("jac") is None
+            if fresh:
+                state["jac"] = gap_jacobian(design, z_k, base + Ma.T @ lam_k, Ma, lam2, est.fit_intercept)
+            J, dtheta = state["jac"]
             goal = targets(lam_k, gaps_k, J, eps_t)
             merit = float(np.linalg.norm(r))
             step = 1.0
-            state["newton"] += 1
-            for _ in range(NEWTON_HALVINGS + 1):
+            for _ in range(NEWTON_HALVINGS + 1 if fresh else 1):
                 lam_n = lam_k + step * (goal - lam_k)
                 # the predicted head warm-starts the fit: a few L-BFGS iterations correct it
                 state["theta"] = theta_k + dtheta @ torch.as_tensor(lam_n - lam_k, dtype=torch.float64, device=dev)
@@ -194,7 +202,12 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
                 step *= 0.5
             else:
                 state["theta"], state["z"], state["pairs"] = theta_k, z_k, pairs_k
-                return False
+                state.pop("jac")
+                if fresh:
+                    return False
+                continue  # a stale Jacobian: retry with a fresh one
+            state["newton"] += 1
+            steps -= 1
             lam_k, gaps_k = lam_n, gaps_n
         return False
 
@@ -300,7 +313,7 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         # tight bounds need fits that resolve small multiplier moves: a fit stopped at the loose
         # tolerance barely leaves its warm start, so its gaps stick and the search stalls
         # (eps = 0 has no scale to resolve: exact parity of hard rates is a matter of counts)
-        state["tol"] = max(tol, min(search_tol, WARM_TOL_PER_EPS * aim)) if aim > 0 else search_tol
+        state["tol"] = max(tol, min(search_tol, WARM_TOL_PER_EPS * max(aim, 1e-3))) if aim > 0 else search_tol
         # the previous head is a candidate too: a head never ends with a larger gap than the
         # previous (looser) one, even where the search wanders off (one fit, converged at once)
         # Newton from there first; the bracketing search where its steps stop helping
@@ -388,7 +401,8 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
                    solver="lagrangian-reduction/active-set-lbfgs", n_iter=total_it, wall_time=wall, notes=notes,
                    state={"theta": th, "lam": h[2], "gaps": np.asarray(g2, dtype=np.float64),
                           "lam_hist": (lam_hist + [(prev[0], prev[1])])[-2:] if prev else [],
-                          "pairs": _numpy_pairs(state["pairs"]) if state["pairs"] is not None else None})
+                          "pairs": _numpy_pairs(state["pairs"]) if state["pairs"] is not None else None,
+                          "jac": (state["jac"][0], state["jac"][1].cpu().numpy()) if state.get("jac") else None})
     cert = Certificate(
         backend="torch", solver=sol.solver, status=sol.status, constraint=constraint.name, eps=float(eps),
         objective=None, zero_one_error=e2,  # a rate head minimises the 0-1 error, not the logistic loss
