@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cache", type=Path)
     _add_fit_options(p)
     p.add_argument("--seed", type=SEED, default=0, help="seed of B3/M2's group-balanced down-sampling")
-    p.add_argument("--out", type=Path, help="write protocols.csv / protocols.json here")
+    p.add_argument("--out", type=Path, help="write protocols.csv / protocols.json / overfitting.png here")
     p.add_argument("--confidence", type=float, default=0.95, help="level of every interval (default: 0.95)")
     p.set_defaults(handler=_cmd_protocols)
 

@@ -20,27 +20,40 @@ own bounded quantity (group vs overall rate gap for rate constraints, under the
 ``balance`` weights when given), which M1 and M2 keep within ``eps`` on their fine-tune
 data. ``own_value`` and the paper's ``eo_diff`` / ``dp_diff`` (fairlearn's between-groups
 ``max - min``) are different quantities; :meth:`ProtocolTable.to_text` says so under the table.
+
+Below the table, :meth:`ProtocolTable.to_text` adds the overfitting section of
+:mod:`fairhead.uncertainty` (``overfitting.png`` in ``--out``, ``overfitting`` in the JSON): per
+protocol, the between-groups gap on its fine-tune data, on its held-out split (:data:`HELD_OUT`, the
+split it never saw besides test) with the upper confidence bound there, and on test.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from fairhead_errors import DataError
-from fairhead_io import StagedFiles, check_own_outputs, contains, ensure_output_folder, starts_with
+from fairhead_io import PNG_BY_MATPLOTLIB, StagedFiles, check_own_outputs, contains, ensure_output_folder, starts_with
 
 from fairhead import pipeline, provenance
 from fairhead.measure import constraint_value, describe_bounded_gap
 from fairhead.tables import format_table
-from fairhead.uncertainty import INTERVAL_LEGEND, interval_columns
+from fairhead.uncertainty import (INTERVAL_LEGEND, interval_columns, overfitting_metric, overfitting_row,
+                                  overfitting_section, plot_overfitting)
 
 PROTOCOLS = ("B1", "B2", "B3", "M1", "M2")
 #: the files written into --out, with the first bytes that mark them as fairhead's own
-PROTOCOL_OUTPUTS = {"protocols.csv": starts_with(b"protocol,split,n"), "protocols.json": contains(b'"rows"')}
+PROTOCOL_OUTPUTS = {"protocols.csv": starts_with(b"protocol,split,n"), "protocols.json": contains(b'"rows"'),
+                    "overfitting.png": PNG_BY_MATPLOTLIB}
+#: protocol -> the split its head never saw besides test, for the overfitting section; B3 and M2
+#: are fit on train and valid together, so only test is held out for them
+HELD_OUT = {"B1": "valid", "B2": "train", "B3": None, "M1": "train", "M2": None}
+NO_HELD_OUT = "none (fit on train+valid)"
+HELD_OUT_HINT = ("each head's held-out split is the one it never saw besides test (B1: valid; B2, M1: train); "
+                 "B3 and M2 are fit on train and valid together, so only test is held out for them.")
 MISSING_SPLIT_MSG = "protocols need splits train, valid and test; cache '{path}' has {have}; re-extract with all three"
 #: metrics that carry ``_low`` / ``_high`` intervals (fairhead.uncertainty.interval_columns)
 INTERVAL_KEYS = ("accuracy", "equalized_odds_difference", "demographic_parity_difference",
@@ -88,6 +101,8 @@ class ProtocolTable:
     constraint: str | None = None
     balance: str | None = None
     confidence: float = 0.95
+    #: rows of a head on its held-out split where the table has none (B1 on valid), same columns
+    held_out_rows: list[dict] = field(default_factory=list)
 
     def columns(self, intervals: bool = True) -> list[str]:
         cols = ["protocol", "split", "n"] + [h for _, h in PROTOCOL_METRICS] + ["own_value"]
@@ -104,8 +119,28 @@ class ProtocolTable:
                 "maxmin_acc: the worst sensitive group's accuracy (MMF); worst_cell_acc: the worst (label, group) cell",
                 "*_low/*_high (CSV, JSON): " + INTERVAL_LEGEND.format(conf=self.confidence)]
 
+    def overfitting(self) -> dict:
+        """Per protocol: the gap on its fine-tune data, on its held-out split (with its bound) and on test."""
+        long = overfitting_metric(self.constraint, available=INTERVAL_KEYS)  # a gap the rows carry intervals of
+        metric = dict(PROTOCOL_METRICS)[long]
+        by_split = {(r["protocol"], r["split"]): r for r in [*self.rows, *self.held_out_rows]}
+        rows = [{"protocol": p, "held_out": HELD_OUT.get(p) or NO_HELD_OUT,
+                 **overfitting_row(by_split.get((p, "fine-tune")), by_split.get((p, HELD_OUT.get(p))),
+                                   by_split.get((p, "test")), metric=metric)}
+                for p in dict.fromkeys(r["protocol"] for r in self.rows)]
+        return {"metric": metric, "fit_split": "fine-tune", "cert_split": "held-out", "confidence": self.confidence,
+                "rows": rows}
+
+    def overfitting_section(self) -> list[str]:
+        over = self.overfitting()
+        return overfitting_section(over["rows"], fit_split=over["fit_split"], cert_split=over["cert_split"],
+                                   metric=over["metric"], confidence=self.confidence,
+                                   id_columns=(("protocol", "protocol"), ("held_out", "held-out split")),
+                                   hint=HELD_OUT_HINT)
+
     def to_text(self) -> str:
-        return "\n".join([format_table(self.rows, self.columns(intervals=False)), *self.legend()])
+        return "\n".join([format_table(self.rows, self.columns(intervals=False)), *self.legend(), "",
+                          *self.overfitting_section()]).rstrip("\n")
 
     def write(self, out: Path) -> dict[str, Path]:
         import csv
@@ -118,9 +153,15 @@ class ProtocolTable:
                 writer = csv.DictWriter(f, fieldnames=self.columns())
                 writer.writeheader()
                 writer.writerows(self.rows)
-            payload = provenance.strict_json({"rows": self.rows, "groups": self.group_names, "columns": self.legend()})
+            over = self.overfitting()
+            # "rows" first: its key marks the file as ours (PROTOCOL_OUTPUTS reads the first bytes)
+            payload = provenance.strict_json({"rows": self.rows, "groups": self.group_names, "columns": self.legend(),
+                                              "overfitting": over})
             staged.write_text(json_path, json.dumps(payload, indent=1, allow_nan=False))
-        return {"protocols_table": csv_path, "protocols_json": json_path}
+            png_path = plot_overfitting(over["rows"], out, fit_split=over["fit_split"], cert_split=over["cert_split"],
+                                        metric=over["metric"], staged=staged,
+                                        labels=[r["protocol"] for r in over["rows"]])
+        return {"protocols_table": csv_path, "protocols_json": json_path, "overfitting_plot": png_path}
 
 
 def _row(protocol: str, split: str, head, arrays: pipeline.SplitArrays, constraint, balance=None,
@@ -168,15 +209,18 @@ def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, see
         "B1": (train, None), "B2": (valid, None), "B3": (balanced, None),
         "M1": (valid, constraint), "M2": (balanced, constraint),
     }
-    rows = []
+    rows, held_out_rows = [], []
     for name, (fit_on, cons) in plans.items():
         head = FairLogisticRegression(constraint=cons, eps=eps, **base)
         pipeline.fit_head(head, fit_on, split=f"{name} fine-tune")
         for split, arrays in (("train", train), ("fine-tune", fit_on), ("test", test)):
             rows.append(_row(name, split, head, arrays, constraint, balance, confidence))
+        held = HELD_OUT[name]
+        if held is not None and held != "train":  # a train row is in the table already
+            held_out_rows.append(_row(name, held, head, data[held], constraint, balance, confidence))
     group_names = sorted({str(g) for arrays in (train, valid, test) for g in np.unique(arrays.group_names)})
     table = ProtocolTable(rows=rows, group_names=group_names, constraint=constraint, balance=balance,
-                          confidence=confidence)
+                          confidence=confidence, held_out_rows=held_out_rows)
     if out is not None:
         table.write(out)
     return table

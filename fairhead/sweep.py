@@ -165,10 +165,8 @@ class SweepResult:
     def overfitting(self) -> dict:
         """Per head: the gap on the fit split, on the held-out split (with its bound) and on test."""
         from fairhead import uncertainty
-        from fairhead.measure import BETWEEN_GROUPS
 
-        metric = BETWEEN_GROUPS.get(self.constraint, "equalized_odds_difference")
-        metric = metric if metric in uncertainty.GAP_OF_METRIC else "equalized_odds_difference"
+        metric = uncertainty.overfitting_metric(self.constraint)
         cert = uncertainty.certification_split(self.split_sizes, self.fit_split)
         return {"metric": metric, "fit_split": self.fit_split, "cert_split": cert, "confidence": self.confidence,
                 "rows": uncertainty.overfitting_rows(self.rows, fit_split=self.fit_split, cert_split=cert,

@@ -9,10 +9,11 @@ run's ``confidence`` (default 0.95):
   (:func:`solvers.intervals.gap_interval_from_counts`);
 * ``worst_group_accuracy_low`` / ``_high``: the union bound over groups.
 
-The overfitting section compares, per eps, a head's gap on the fit split, on the
-certification split (the held-out split that is neither fit nor test, with its upper bound)
-and on test: the seed paper's point (fairness fitted on one split does not hold on another),
-measured on the user's own data.
+The overfitting section compares a head's gap on the fit split, on the certification split
+(the held-out split that is neither fit nor test, with its upper bound) and on test: the seed
+paper's point (fairness fitted on one split does not hold on another), measured on the user's
+own data. ``sweep`` shows one line per eps; ``protocols`` one per protocol (each with its own
+held-out split).
 """
 
 from __future__ import annotations
@@ -60,22 +61,36 @@ def certification_split(splits, fit_split: str) -> str | None:
     return "valid" if "valid" in others else (others[0] if others else None)
 
 
+def overfitting_metric(constraint: str | None, available=GAP_OF_METRIC) -> str:
+    """The between-groups gap the overfitting report follows: the constraint's own family when the
+    rows carry it with intervals (a key of ``available``), else the equalized-odds difference."""
+    from fairhead.measure import BETWEEN_GROUPS
+
+    metric = BETWEEN_GROUPS.get(constraint, "equalized_odds_difference")
+    return metric if metric in available else "equalized_odds_difference"
+
+
+def overfitting_row(fit, cert, test, *, metric: str) -> dict[str, float]:
+    """One head's ``metric`` on its fit split, on its certification split (estimate, lower bound,
+    upper bound) and on test (estimate and interval), read from its rows there (``{}`` or ``None``
+    where a split is missing: NaN)."""
+    fit, cert, test = fit or {}, cert or {}, test or {}
+    nan = float("nan")
+    return {"fit_gap": fit.get(metric, nan), "cert_gap": cert.get(metric, nan),
+            "cert_low": cert.get(f"{metric}_low", nan), "cert_bound": cert.get(f"{metric}_high", nan),
+            "test_gap": test.get(metric, nan), "test_low": test.get(f"{metric}_low", nan),
+            "test_high": test.get(f"{metric}_high", nan)}
+
+
 def overfitting_rows(rows, *, fit_split: str, cert_split: str | None, metric: str) -> list[dict]:
     """Per fairhead eps: the gap on the fit split, on the certification split (with bounds) and on test."""
     by_key = {}
     for r in rows:
         if r["method"] in ("fairhead", "unconstrained"):
             by_key.setdefault((r["method"], r["eps"]), {})[r["split"]] = r
-    out = []
-    for (method, eps), splits in by_key.items():
-        fit, cert, test = splits.get(fit_split, {}), splits.get(cert_split, {}), splits.get("test", {})
-        out.append({"method": method, "eps": eps, "fit_gap": fit.get(metric, float("nan")),
-                    "cert_gap": cert.get(metric, float("nan")), "cert_low": cert.get(f"{metric}_low", float("nan")),
-                    "cert_bound": cert.get(f"{metric}_high", float("nan")),
-                    "test_gap": test.get(metric, float("nan")),
-                    "test_low": test.get(f"{metric}_low", float("nan")),
-                    "test_high": test.get(f"{metric}_high", float("nan"))})
-    return out
+    return [{"method": method, "eps": eps,
+             **overfitting_row(splits.get(fit_split), splits.get(cert_split), splits.get("test"), metric=metric)}
+            for (method, eps), splits in by_key.items()]
 
 
 def wide_group_notes(group_rows, rows) -> list[str]:
@@ -104,8 +119,12 @@ def _save(fig, path: Path, staged) -> Path:
     return save_png(fig, path, staged)
 
 
-def plot_overfitting(over_rows, out: Path, *, fit_split: str, cert_split: str, metric: str, staged=None) -> Path:
-    """Fit-split gap against the certified upper bound (and the test gap), one point per head."""
+def plot_overfitting(over_rows, out: Path, *, fit_split: str, cert_split: str, metric: str, staged=None,
+                     labels=None) -> Path:
+    """Fit-split gap against the certified upper bound (and the test gap), one point per head.
+
+    ``labels`` (one per row, e.g. the protocol names) are written beside each head's bound, or
+    beside its test gap where it has no bound."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,6 +139,10 @@ def plot_overfitting(over_rows, out: Path, *, fit_split: str, cert_split: str, m
         ax.scatter(fit, test, color="tab:blue", marker="s", label="gap on 'test'")
     top = np.nanmax(np.concatenate([fit, bound, test, [0.01]]))
     ax.plot([0, top], [0, top], color="k", linewidth=0.8, alpha=0.6, label="y = x")
+    for label, x, b, t in zip(labels or (), fit, bound, test):
+        y = b if np.isfinite(b) else t
+        if np.isfinite(x) and np.isfinite(y):
+            ax.annotate(str(label), (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7)
     ax.set_xlabel(f"{metric} on '{fit_split}' (fit)")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
@@ -161,17 +184,23 @@ def plot_group_rates(group_rows, out: Path, *, split: str, staged=None) -> Path:
     return path
 
 
+SELECT_HINT = "`fairhead select` certifies a head on that split."
+
+
 def overfitting_section(over_rows, *, fit_split: str, cert_split: str | None, metric: str,
-                        confidence: float) -> list[str]:
+                        confidence: float, id_columns=(("method", "method"), ("eps", "eps")),
+                        hint: str = SELECT_HINT) -> list[str]:
+    """The Markdown lines of the overfitting section: one table line per row of :func:`overfitting_row`
+    values, named by ``id_columns`` (``(key, header)``), and what the bounds are; ``hint`` ends the text."""
     from fairhead.report import markdown_table
 
     if not over_rows:
         return []
-    cols = [("method", "method"), ("eps", "eps"), ("fit_gap", f"{metric} on {fit_split}"),
+    cols = [*id_columns, ("fit_gap", f"{metric} on {fit_split}"),
             ("cert_gap", f"on {cert_split}"), ("cert_bound", f"upper bound ({confidence:g}) on {cert_split}"),
             ("test_gap", "on test"), ("test_low", "test low"), ("test_high", "test high")]
     return ["## Overfitting: the gap on the fit split, on a held-out split (with its bound) and on test", "",
             f"Bounds: Clopper-Pearson per group rate, union bound over groups and events, level {confidence:g}. "
-            f"A fit-split gap far below the bound on `{cert_split}` is fairness that may not hold on new data; "
-            "`fairhead select` certifies a head on that split.", "",
+            f"A fit-split gap far below the bound on `{cert_split}` is fairness that may not hold on new data"
+            + (f"; {hint}" if hint else "."), "",
             markdown_table(over_rows, cols), ""]
