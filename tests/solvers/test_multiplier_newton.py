@@ -1,0 +1,120 @@
+"""Newton steps on the rate multipliers: the Jacobian, the active set, and what they buy."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from solvers import FairLogisticRegression, fit_path
+from solvers.backends.torch import Design, WeightedLogistic, _tensor, minimize
+from solvers.multiplier_newton import NewtonTargets, gap_jacobian, kkt_residual
+from solvers.synthetic import make_fair_classification
+
+
+def _reduction(constraint, n=3000, d=8, seed=0):
+    """The pieces of the reduction for one problem: ``fit(lam) -> (theta, z)`` and the moments."""
+    X, y, a = make_fair_classification(n, d, seed=seed)
+    est = FairLogisticRegression(constraint=constraint, backend="torch")
+    problem, cons, _ = est._prepare(X, y, a, None)
+    v = problem.sample_weight
+    V = float(v.sum())
+    mom = cons.moments(problem.y, problem.groups, v, problem.group_labels)
+    Ma = mom.M * mom.a
+    base = v * (1.0 - 2.0 * problem.y) / V
+    design = Design(problem.X, "cpu", center=True)
+    lam2 = 1.0 / V
+
+    def fit(lam, theta=None):
+        delta = base + Ma.T @ lam
+        obj = WeightedLogistic(_tensor((delta < 0).astype(np.float64), "cpu"), _tensor(np.abs(delta), "cpu"), lam2, d)
+        start = torch.zeros(d + 1, dtype=torch.float64) if theta is None else theta
+        res = minimize(design, obj, start, tol=1e-11, max_iter=5000)
+        assert res.converged
+        return res
+
+    return design, mom, Ma, base, lam2, fit
+
+
+@pytest.mark.parametrize("constraint", ["dp", "eo"])
+def test_the_jacobian_matches_finite_differences(constraint):
+    design, mom, Ma, base, lam2, fit = _reduction(constraint)
+    K = Ma.shape[0]
+    lam = np.zeros(K)
+    res = fit(lam)
+    J, dtheta = gap_jacobian(design, res.z, base + Ma.T @ lam, Ma, lam2, True)
+    assert J.shape == (K, K) and dtheta.shape == (design.d + 1, K)
+    h = 1e-3
+    for k in range(K):
+        step = np.zeros(K)
+        step[k] = h
+        moved = fit(lam + step, res.theta)
+        # the head's derivative is exact (implicit function theorem) ...
+        fd_theta = (moved.theta - res.theta).numpy() / h
+        np.testing.assert_allclose(dtheta[:, k].numpy(), fd_theta, rtol=0.05, atol=0.02 * np.abs(fd_theta).max())
+        # ... and the gaps' is that of the kernel-smoothed step function: compare with the smoothed
+        # gaps' finite difference through the head's exact move
+        dz = (moved.z - res.z).numpy() / h
+        zn = res.z.numpy()
+        spread = min(np.std(zn), np.subtract(*np.percentile(zn, [75, 25])) / 1.34)
+        tau = 0.9 * spread * len(zn) ** -0.2
+        kern = np.exp(-0.5 * (zn / tau) ** 2) / (np.sqrt(2 * np.pi) * tau)
+        np.testing.assert_allclose(J[:, k], Ma @ (kern * dz), rtol=0.05, atol=0.02 * np.abs(J).max())
+
+
+def test_the_jacobian_predicts_the_hard_gaps_of_a_small_move():
+    design, mom, Ma, base, lam2, fit = _reduction("dp", n=20000)
+    K = Ma.shape[0]
+    res = fit(np.zeros(K))
+    J, _ = gap_jacobian(design, res.z, base, Ma, lam2, True)
+    g0 = mom.gaps((res.z.numpy() > 0).astype(float))
+    k = int(np.argmax(np.abs(g0)))
+    step = np.zeros(K)
+    step[k] = -0.05 * g0[k] / J[k, k]  # predicted to close 5% of the largest gap
+    g1 = mom.gaps((fit(step, res.theta).z.numpy() > 0).astype(float))
+    change = g1 - g0
+    assert np.abs(change).max() > 0.02 * np.abs(g0).max()  # the move is visible
+    np.testing.assert_allclose(J @ step, change, atol=0.25 * np.abs(change).max())
+
+
+def test_kkt_residual():
+    lam = np.array([0.5, -0.5, 0.0, 0.0])
+    gaps = np.array([0.03, -0.01, 0.05, 0.01])
+    np.testing.assert_allclose(kkt_residual(lam, gaps, 0.02), [0.01, 0.01, 0.03, 0.0])
+
+
+def test_targets_keep_one_of_two_dependent_rows_the_most_violated():
+    # two groups: row 1 is -(1/2) row 0 (the weighted group gaps of one event sum to zero)
+    Ma = np.array([[1.0, -1.0, 0.5, -0.5], [-0.5, 0.5, -0.25, 0.25]])
+    targets = NewtonTargets(Ma)
+    gaps = np.array([0.1, -0.05])
+    J = np.array([[-2.0, 1.0], [1.0, -0.5]])
+    new = targets(np.zeros(2), gaps, J, 0.02)
+    assert new[1] == 0.0 and new[0] > 0  # only the row that binds carries a multiplier
+    assert gaps[0] + J[0] @ new == pytest.approx(0.02)
+
+
+def test_targets_release_a_row_whose_multiplier_would_change_side():
+    Ma = np.eye(2)
+    targets = NewtonTargets(Ma)
+    # row 1 is violated on the low side, but reaching row 0's target drags it up past its upper
+    # bound: holding it at -eps_t would take a multiplier of the wrong sign
+    gaps = np.array([0.10, -0.03])
+    J = np.array([[-1.0, 0.0], [2.0, -1.0]])
+    new = targets(np.zeros(2), gaps, J, 0.02)
+    assert new[1] == 0.0  # released
+    assert new[0] == pytest.approx(0.08)
+
+
+def test_a_dp_path_costs_about_two_weighted_fits_per_active_bound():
+    X, y, a = make_fair_classification(6000, 16, seed=3)
+    grid = np.linspace(0.2, 0.02, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        heads = fit_path(X, y, sensitive_features=a, eps_grid=grid, constraint="dp", backend="torch")
+    assert all(h.certificate_.eps_met for h in heads)
+    fits = [int(h.certificate_.notes[0].split()[0]) for h in heads]
+    newton = [int(h.certificate_.notes[0].split("converged, ")[1].split()[0]) for h in heads]
+    active = [f for f, h in zip(fits, heads) if h.certificate_.multipliers and any(h.certificate_.multipliers)]
+    assert active and sum(newton) >= len(active)  # the Newton steps did the work
+    assert np.mean(active) <= 4, fits
