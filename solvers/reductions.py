@@ -316,8 +316,12 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         state["tol"] = max(tol, min(search_tol, WARM_TOL_PER_EPS * max(aim, 1e-3))) if aim > 0 else search_tol
         # the previous head is a candidate too: a head never ends with a larger gap than the
         # previous (looser) one, even where the search wanders off (one fit, converged at once)
-        # Newton from there first; the bracketing search where its steps stop helping
-        if not newton(lam_p, run(lam_p)):
+        # Newton from there first; where its steps stop helping, the bracketing search from
+        # the previous head as it was (Newton's last head sits where the linear model failed)
+        gaps_p = run(lam_p)
+        at_p = (state["theta"], state["z"], state["pairs"])
+        if not newton(lam_p, gaps_p):
+            state["theta"], state["z"], state["pairs"] = at_p
             search(lam_p, gaps0, t_ray, [], band=WARM_BAND * aim)
         state.pop("tol")
         if not any(e[1] <= aim for e in history) and eps >= resolution:
@@ -328,11 +332,13 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
             state.pop("z", None)
             lam = np.zeros(K)
             gaps0 = run(lam)
+            state["newton_failed"] = True  # from the warm start already: the cold search goes on without it
         else:
             gaps0 = None
     else:
         gaps0 = run(lam)
-    if gaps0 is not None and float(np.abs(gaps0).max()) > aim and not newton(lam, gaps0):
+    if (gaps0 is not None and float(np.abs(gaps0).max()) > aim
+            and (state.get("newton_failed") or not newton(lam, gaps0))):
         # stage 1: steer the multipliers with a few warm L-BFGS steps per value (cheap, inexact)
         state["exact"] = False
         theta_start, pairs_start = state["theta"], state["pairs"]
