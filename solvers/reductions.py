@@ -332,13 +332,11 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
             state.pop("z", None)
             lam = np.zeros(K)
             gaps0 = run(lam)
-            state["newton_failed"] = True  # from the warm start already: the cold search goes on without it
         else:
             gaps0 = None
     else:
         gaps0 = run(lam)
-    if (gaps0 is not None and float(np.abs(gaps0).max()) > aim
-            and (state.get("newton_failed") or not newton(lam, gaps0))):
+    if gaps0 is not None and float(np.abs(gaps0).max()) > aim and not newton(lam, gaps0):
         # stage 1: steer the multipliers with a few warm L-BFGS steps per value (cheap, inexact)
         state["exact"] = False
         theta_start, pairs_start = state["theta"], state["pairs"]
