@@ -77,13 +77,18 @@ def _series(rows, split):
     return by_method
 
 
-def _save(fig, path: Path, staged=None) -> Path:
-    """The PNG, written atomically (a kill mid-write leaves the previous plot, never a torn file);
-    with ``staged`` (a :class:`fairhead_io.StagedFiles`) it is replaced together with the other outputs."""
+def finish(fig, path: Path, staged=None) -> Path:
+    """Lay out, write and close ``fig``: the PNG is written atomically (a kill mid-write leaves the
+    previous plot, never a torn file); with ``staged`` (a :class:`fairhead_io.StagedFiles`) it is
+    replaced together with the other outputs."""
+    import matplotlib.pyplot as plt
+
     from fairhead_io import atomic_open
 
+    fig.tight_layout()
     with (staged.open(path, "wb") if staged is not None else atomic_open(path, "wb")) as fh:
         fig.savefig(fh, format="png", dpi=110)
+    plt.close(fig)
     return path
 
 
@@ -152,9 +157,7 @@ def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "", constraint: 
             ax.grid(alpha=0.3)
             ax.legend(fontsize=6, loc="best")
     fig.suptitle(f"Accuracy vs fairness gap {title}".strip())
-    fig.tight_layout()
-    files["tradeoff_plot"] = _save(fig, out / "tradeoff.png", staged)
-    plt.close(fig)
+    files["tradeoff_plot"] = finish(fig, out / "tradeoff.png", staged)
 
     if len(splits) == 2:
         fit_rows = {_head_key(r): r for r in rows if r["split"] == fit_split}
@@ -184,7 +187,5 @@ def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "", constraint: 
             ax.grid(alpha=0.3)
             ax.legend(fontsize=6, loc="best")
         fig.suptitle(f"Does the fairness on the fit split hold on test? {title}".strip())
-        fig.tight_layout()
-        files["fit_vs_test_plot"] = _save(fig, out / "fit_vs_test.png", staged)
-        plt.close(fig)
+        files["fit_vs_test_plot"] = finish(fig, out / "fit_vs_test.png", staged)
     return files

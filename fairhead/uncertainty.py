@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fairhead.plots import finish
+
 #: report metric -> gap name in :mod:`solvers.intervals`
 GAP_OF_METRIC = {"demographic_parity_difference": "dp", "equalized_odds_difference": "eo",
                  "equal_opportunity_difference": "eopp", "accuracy_equality_difference": "ae"}
@@ -113,12 +115,6 @@ def wide_group_notes(group_rows, rows) -> list[str]:
     return notes
 
 
-def _save(fig, path: Path, staged) -> Path:
-    from fairhead.plots import _save as save_png  # one atomic PNG writer for every plot
-
-    return save_png(fig, path, staged)
-
-
 def plot_overfitting(over_rows, out: Path, *, fit_split: str, cert_split: str, metric: str, staged=None,
                      labels=None) -> Path:
     """Fit-split gap against the certified upper bound (and the test gap), one point per head.
@@ -147,10 +143,7 @@ def plot_overfitting(over_rows, out: Path, *, fit_split: str, cert_split: str, m
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = _save(fig, Path(out) / "overfitting.png", staged)
-    plt.close(fig)
-    return path
+    return finish(fig, Path(out) / "overfitting.png", staged)
 
 
 def plot_group_rates(group_rows, out: Path, *, split: str, staged=None) -> Path:
@@ -178,10 +171,7 @@ def plot_group_rates(group_rows, out: Path, *, split: str, staged=None) -> Path:
         ax.set_yticklabels(heads, fontsize=7)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = _save(fig, Path(out) / "group_rates.png", staged)
-    plt.close(fig)
-    return path
+    return finish(fig, Path(out) / "group_rates.png", staged)
 
 
 SELECT_HINT = "`fairhead select` certifies a head on that split."

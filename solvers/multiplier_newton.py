@@ -56,9 +56,18 @@ def kkt_residual(lam: np.ndarray, gaps: np.ndarray, eps_t: float) -> np.ndarray:
                     np.sign(gaps) * np.maximum(np.abs(gaps) - eps_t, 0.0)))
 
 
+def step_density(z: np.ndarray) -> np.ndarray:
+    """``K_tau(z)``: the Gaussian kernel at Silverman's bandwidth, the smoothed derivative of ``1[z > 0]``."""
+    spread = min(float(np.std(z)), float(np.subtract(*np.percentile(z, [75, 25]))) / 1.34)
+    tau = max(0.9 * spread * len(z) ** -0.2, 1e-6)
+    u = z / tau
+    return np.exp(-0.5 * u * u) / (np.sqrt(2.0 * np.pi) * tau)
+
+
 def gap_jacobian(design, z: torch.Tensor, delta: np.ndarray, Ma: np.ndarray, lam2: float,
                  fit_intercept: bool):
-    """``(J, dtheta)``: ``d gaps / d lam`` (K, K) and ``d theta / d lam`` (p, K) in centred coordinates.
+    """``(J, dtheta)``: ``d gaps / d lam`` (K, K) and ``d theta / d lam`` (d + 1, K) in centred
+    coordinates (the intercept's row is zero without ``fit_intercept``).
 
     ``z`` are the scores of the converged weighted fit at the multipliers behind ``delta``.
     """
@@ -69,10 +78,7 @@ def gap_jacobian(design, z: torch.Tensor, delta: np.ndarray, Ma: np.ndarray, lam
     s = 1.0 / (1.0 + np.exp(-np.clip(zn, -500, 500)))
     c = np.where(delta >= 0, s, 1.0 - s)
     h = np.abs(delta) * s * (1.0 - s)
-    spread = min(float(np.std(zn)), float(np.subtract(*np.percentile(zn, [75, 25]))) / 1.34)
-    tau = max(0.9 * spread * n ** -0.2, 1e-6)
-    u = zn / tau
-    kern = np.exp(-0.5 * u * u) / (np.sqrt(2.0 * np.pi) * tau)
+    kern = step_density(zn)
     p = d + 1 if fit_intercept else d
     f64 = torch.float64
     R = torch.as_tensor(np.hstack([c[:, None] * Ma.T, kern[:, None] * Ma.T, h[:, None]]), dtype=f64, device=dev)
@@ -141,4 +147,4 @@ class NewtonTargets:
         return new
 
 
-__all__ = ["NewtonTargets", "gap_jacobian", "kkt_residual", "newton_affordable"]
+__all__ = ["NewtonTargets", "gap_jacobian", "kkt_residual", "newton_affordable", "step_density"]

@@ -281,8 +281,7 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
             best = min(best, log[-1][1])
             if band is not None and since >= WARM_STALL:
                 break
-            r = np.where(lam_k > 0, gaps - eps_t, np.where(lam_k < 0, gaps + eps_t,
-                         np.sign(gaps) * np.maximum(np.abs(gaps) - eps_t, 0.0)))
+            r = kkt_residual(lam_k, gaps, eps_t)
             active = np.abs(r) > 1e-12
             if not active.any() or step.max() < 1e-6:
                 break
