@@ -29,6 +29,13 @@ A 0/1 rate gap moves in steps of one prediction's weight over its group's weight
 **resolution**, the largest entry of ``|M a|``). Below it a bound can rarely be met exactly, so
 the search aims at ``max(eps, resolution)`` and skips the cold fallback there; the certificate
 records both (``resolution``, ``aimed_at``) and the passes over ``X`` the head cost.
+
+Along a path the reduction can reach a **floor**: on Adult's ``eo``, below a gap of about 0.025
+the multipliers that would go further drive one group's cell costs through zero, and the gaps
+jump to 0.5 (no multipliers of the reduction give a smaller gap). A bound below a gap at which
+the previous bound's search stalled (it did not reach its own target) gets Newton steps only,
+and a bound below one the path already missed is not searched again: its head is the previous
+head, reported unmet (whatever meets it would have met the looser bound).
 """
 
 from __future__ import annotations
@@ -134,6 +141,14 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
     if (init and init.get("eps") is not None and "gaps" in init and len(init["gaps"]) == K
             and "lam" in init and len(init["lam"]) == K and len(init.get("theta", ())) == d + 1):
         prev = (float(init["eps"]), lam.copy(), np.asarray(init["gaps"], dtype=np.float64))
+    # along a path: the previous (looser) bound's search missed its own aim, so no head the search
+    # reaches meets this one either (whatever meets it meets the looser aim): the previous head
+    # is re-checked and returned, unmet, instead of failing the same search again
+    floor = prev is not None and init.get("missed_aim") is not None and float(init["missed_aim"]) >= aim
+    # ... and when its search stalled above its own target at a gap this bound lies below, the
+    # reduction is near a floor: Newton steps get a try, the bracketing searches (20-130 fits
+    # each, on Adult's eo paths always in vain) do not
+    stalled = prev is not None and init.get("stalled_at") is not None and float(init["stalled_at"]) > aim
     lam_hist = list(init.get("lam_hist", ())) if prev else []
     history = []
     state = {"theta": theta, "it": 0, "pairs": None, "exact": True, "fits": 0, "newton": 0}
@@ -171,9 +186,10 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         """Newton steps from the converged fit at ``lam_k`` (:mod:`solvers.multiplier_newton`).
 
         True once a converged head meets the bound with every binding gap within ``WARM_BAND``
-        of the target (or meets it with no multiplier at all); False when a step, halved
-        ``NEWTON_HALVINGS`` times, no longer shrinks the KKT residual (the state is left at
-        the last accepted head, a good warm start for the bracketing search).
+        of the target (or meets it with no multiplier at all), or meets it when the steps run
+        out or stop helping; False when a step, halved ``NEWTON_HALVINGS`` times, no longer
+        shrinks the KKT residual of a head that misses the bound (the state is left at the last
+        accepted head, a good warm start for the bracketing search).
         """
         steps = NEWTON_STEPS if newton_affordable(design) else 0
         while steps > 0:
@@ -204,12 +220,15 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
                 state["theta"], state["z"], state["pairs"] = theta_k, z_k, pairs_k
                 state.pop("jac")
                 if fresh:
-                    return False
+                    # the linear model fails here; a head that meets the bound is kept as it is
+                    # (near a floor of the reduction the bracketing search spends 20-40 fits to
+                    # move it a little closer to the target)
+                    return met
                 continue  # a stale Jacobian: retry with a fresh one
             state["newton"] += 1
             steps -= 1
             lam_k, gaps_k = lam_n, gaps_n
-        return False
+        return steps == 0 and float(np.abs(gaps_k).max()) <= aim  # out of steps: a head that meets it is kept
 
     def search(lam_s, gaps_s, t_init, log, band=None):
         """Ray + Illinois (then Rprop) from ``lam_s``; ``log`` collects (lam, max gap, err proxy).
@@ -294,7 +313,10 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
             prev_r = np.where(active, r, prev_r)
         return lam_k
 
-    if prev and float(np.abs(prev[2]).max()) > aim:
+    if floor:
+        run(prev[1])
+        gaps0 = None
+    elif prev and float(np.abs(prev[2]).max()) > aim:
         # warm along a path: the previous head (already solved) misses the new bound. Search
         # with converged fits from its multipliers, first probing where the multipliers of the
         # last heads extrapolate to (tightening the bound moves them a little).
@@ -319,23 +341,30 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         # the previous head as it was (Newton's last head sits where the linear model failed)
         gaps_p = run(lam_p)
         at_p = (state["theta"], state["z"], state["pairs"])
-        if not newton(lam_p, gaps_p):
+        if not newton(lam_p, gaps_p) and not stalled:
             state["theta"], state["z"], state["pairs"] = at_p
             search(lam_p, gaps0, t_ray, [], band=WARM_BAND * aim)
         state.pop("tol")
-        if not any(e[1] <= aim for e in history) and eps >= resolution:
-            # the warm search missed: exactly the cold search (from lam = 0 and the cold start;
-            # the warm candidates stay in the running), so a path head never does worse than a
-            # cold solve (a cold search from far-away warm multipliers can be much slower)
+        warm_best = min(e[1] for e in history)
+        if warm_best > aim and eps >= resolution and not stalled:
+            # the warm search missed: the cold search (from lam = 0 and the cold start; the warm
+            # candidates stay in the running), so a path head never does worse than a cold solve
+            # (a cold search from far-away warm multipliers can be much slower)
             state["theta"], state["pairs"] = theta_cold, None
             state.pop("z", None)
             lam = np.zeros(K)
+            cold_from = len(history)
             gaps0 = run(lam)
         else:
             gaps0 = None
     else:
         gaps0 = run(lam)
-    if gaps0 is not None and float(np.abs(gaps0).max()) > aim and not newton(lam, gaps0):
+        warm_best = None
+    if gaps0 is not None and float(np.abs(gaps0).max()) > aim and not newton(lam, gaps0) and not (
+            # Newton from lam = 0 stalled no lower than the warm search did: two starts end at the
+            # same floor of the reduction (e.g. eo on Adult below ~0.025, where one group's cells
+            # reach zero cost), and the bracketing search only spends fits there (80 on Adult)
+            warm_best is not None and min(e[1] for e in history[cold_from:]) >= 0.98 * warm_best):
         # stage 1: steer the multipliers with a few warm L-BFGS steps per value (cheap, inexact)
         state["exact"] = False
         theta_start, pairs_start = state["theta"], state["pairs"]
@@ -392,17 +421,26 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
     if chosen is None:
         chosen = check(min(history, key=lambda h: (h[1], h[0])))
     h, th, g2, e2 = chosen
+    best_gap = min(e[1] for e in history)
     total_it = state["it"]
     gap = float(np.abs(g2).max())
     met = gap <= eps
     wall = time.perf_counter() - t_start
     notes = [f"{state['fits']} weighted fits on the multiplier path ({len(history)} converged, "
              f"{state['newton']} Newton steps)"]
+    if stalled and not floor:
+        notes.append(f"Newton steps only: the looser bound eps={prev[0]:g} stalled at gap "
+                     f"{float(init['stalled_at']):.4g}, above this bound")
+    if floor:
+        notes.append(f"not searched: the looser bound eps={prev[0]:g} already ended unmet (aimed at "
+                     f"{float(init['missed_aim']):.4g}), so no head of the reduction's search meets this one")
     if not h[5]:
         notes.append("the chosen weighted fit stopped at max_iter (its predictions were still checked)")
     sol = Solution(coef=th[:d].copy(), intercept=float(th[d]), multipliers=h[2], status="eps_met" if met else "eps_not_met",
                    solver="lagrangian-reduction/active-set-lbfgs", n_iter=total_it, wall_time=wall, notes=notes,
                    state={"theta": th, "lam": h[2], "gaps": np.asarray(g2, dtype=np.float64),
+                          "missed_aim": aim if gap > aim else None,
+                          "stalled_at": best_gap if best_gap > eps_t else None,
                           "lam_hist": (lam_hist + [(prev[0], prev[1])])[-2:] if prev else [],
                           "pairs": _numpy_pairs(state["pairs"]) if state["pairs"] is not None else None,
                           "jac": (state["jac"][0], state["jac"][1].cpu().numpy()) if state.get("jac") else None})

@@ -115,3 +115,60 @@ def test_a_dp_path_costs_about_two_weighted_fits_per_active_bound():
     active = [f for f, h in zip(fits, heads) if h.certificate_.multipliers and any(h.certificate_.multipliers)]
     assert active and sum(newton) >= len(active)  # the Newton steps did the work
     assert np.mean(active) <= 4, fits
+
+
+def _path_start(constraint="eo", eps=0.05, seed=1):
+    """A head solved at ``eps`` and what the next bound's reduction needs (estimator, problem, state)."""
+    from solvers.backends.torch import Design
+
+    X, y, a = make_fair_classification(4000, 8, seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (head,) = fit_path(X, y, sensitive_features=a, eps_grid=[eps], constraint=constraint, backend="torch")
+    est = FairLogisticRegression(constraint=constraint, backend="torch")
+    problem, cons, backend = est._prepare(X, y, a, None)
+    return head, est, problem, cons, backend, Design(problem.X, "cpu", center=True)
+
+
+def _fits(cert):
+    return int(cert.notes[0].split()[0])
+
+
+def test_a_bound_below_one_the_path_already_missed_is_not_searched_again():
+    from solvers.reductions import fit_rate_constraint
+
+    head, est, problem, cons, backend, design = _path_start()
+    state = dict(head._solver_state, missed_aim=0.05)  # as if the search at 0.05 had ended unmet
+    _, cert = fit_rate_constraint(est, problem, cons, eps=0.01, backend=backend, init=state, design=design)
+    assert _fits(cert) == 1  # the previous head, re-checked
+    assert cert.achieved_gap == pytest.approx(head.certificate_.achieved_gap, abs=1e-12)
+    assert cert.eps_met is (cert.achieved_gap <= 0.01)
+    assert any("not searched" in n for n in cert.notes)
+    # a looser bound than the missed one is searched as usual
+    _, cert = fit_rate_constraint(est, problem, cons, eps=0.06, backend=backend, init=state, design=design)
+    assert not any("not searched" in n for n in cert.notes)
+
+
+def test_below_a_stall_only_newton_steps_are_tried():
+    from solvers.reductions import NEWTON_HALVINGS, NEWTON_STEPS, fit_rate_constraint
+
+    head, est, problem, cons, backend, design = _path_start()
+    gap = head.certificate_.achieved_gap
+    state = dict(head._solver_state, stalled_at=0.5 * gap)  # stalled well below this head's gap
+    eps = 0.25 * gap
+    _, cert = fit_rate_constraint(est, problem, cons, eps=eps, backend=backend, init=state, design=design)
+    assert any("Newton steps only" in n for n in cert.notes)
+    assert _fits(cert) <= 1 + 2 * NEWTON_STEPS * (NEWTON_HALVINGS + 1)  # no bracketing, no cold search
+    # without the stall the same bound gets the whole search, and a head at least as close
+    _, full = fit_rate_constraint(est, problem, cons, eps=eps, backend=backend, init=head._solver_state,
+                                  design=design)
+    assert not any("Newton steps only" in n for n in full.notes)
+    assert full.achieved_gap <= cert.achieved_gap + 1e-12 or full.eps_met
+
+
+def test_a_search_that_reaches_its_target_records_no_stall():
+    head, *_ = _path_start(eps=0.02)
+    cert, state = head.certificate_, head._solver_state
+    assert cert.eps_met and any(cert.multipliers)  # an active bound, met
+    assert cert.achieved_gap <= 0.9 * cert.aimed_at  # at the search's target: no stall
+    assert state["stalled_at"] is None and state["missed_aim"] is None
