@@ -60,8 +60,6 @@ INEXACT_ITERS = 8
 WARM_BAND = 0.05
 #: along a path, the sign-step stage stops after this many probes without a smaller largest gap
 WARM_STALL = 8
-#: along a path, the search fits' tolerance is at most this times eps
-WARM_TOL_PER_EPS = 0.01
 #: Newton steps on the multipliers before the bracketing search takes over
 NEWTON_STEPS = 8
 #: a Newton step that does not shrink the KKT residual is halved at most this many times
@@ -168,7 +166,7 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         # the head's scores carry over from the last fit (they do not depend on lam); refreshed
         # every few fits against drift
         z0 = state.get("z") if state["fits"] % 8 else None
-        res = minimize(design, obj, state["theta"], fixed=fixed, tol=state.get("tol", search_tol),
+        res = minimize(design, obj, state["theta"], fixed=fixed, tol=search_tol,
                        max_iter=int(est.max_iter) if exact else INEXACT_ITERS, pairs=state["pairs"], z0=z0,
                        precond=precond)
         state["it"] += res.n_iter
@@ -180,6 +178,19 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         if exact:  # only converged heads are candidates
             history.append((err, float(np.abs(gaps).max()), lam_k.copy(), res.theta.clone(), res.stationarity,
                             res.converged))
+        return gaps
+
+    def adopt(lam_k):
+        """The previous head of a path as it is, a candidate and the search's start: its scores
+        cost one product with X (a refit to this bound's tolerance cost 2-20)."""
+        if "stationarity" not in init:
+            return run(lam_k)
+        th = state["theta"]
+        state["z"] = design.mv(th[:d]) + th[d]
+        gaps, err = _evaluate(state["z"].cpu().numpy(), y, v, V, mom)
+        history.append((err, float(np.abs(gaps).max()), lam_k.copy(), th.clone(), float(init["stationarity"]),
+                        bool(init["converged"])))
+        state["adopted"] = 1
         return gaps
 
     def newton(lam_k, gaps_k):
@@ -314,7 +325,7 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         return lam_k
 
     if floor:
-        run(prev[1])
+        adopt(prev[1])
         gaps0 = None
     elif prev and float(np.abs(prev[2]).max()) > aim:
         # warm along a path: the previous head (already solved) misses the new bound. Search
@@ -331,20 +342,15 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
                 t_pred = float(np.dot(pred - lam_p, u) / np.dot(u, u))
                 if t_pred > 0:
                     t_ray = t_pred
-        # tight bounds need fits that resolve small multiplier moves: a fit stopped at the loose
-        # tolerance barely leaves its warm start, so its gaps stick and the search stalls
-        # (eps = 0 has no scale to resolve: exact parity of hard rates is a matter of counts)
-        state["tol"] = max(tol, min(search_tol, WARM_TOL_PER_EPS * max(aim, 1e-3))) if aim > 0 else search_tol
         # the previous head is a candidate too: a head never ends with a larger gap than the
-        # previous (looser) one, even where the search wanders off (one fit, converged at once)
+        # previous (looser) one, even where the search wanders off (no refit: one product)
         # Newton from there first; where its steps stop helping, the bracketing search from
         # the previous head as it was (Newton's last head sits where the linear model failed)
-        gaps_p = run(lam_p)
+        gaps_p = adopt(lam_p)
         at_p = (state["theta"], state["z"], state["pairs"])
         if not newton(lam_p, gaps_p) and not stalled:
             state["theta"], state["z"], state["pairs"] = at_p
             search(lam_p, gaps0, t_ray, [], band=WARM_BAND * aim)
-        state.pop("tol")
         warm_best = min(e[1] for e in history)
         if warm_best > aim and eps >= resolution and not stalled:
             # the warm search missed: the cold search (from lam = 0 and the cold start; the warm
@@ -426,7 +432,7 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
     gap = float(np.abs(g2).max())
     met = gap <= eps
     wall = time.perf_counter() - t_start
-    notes = [f"{state['fits']} weighted fits on the multiplier path ({len(history)} converged, "
+    notes = [f"{state['fits']} weighted fits on the multiplier path ({len(history) - state.get('adopted', 0)} converged, "
              f"{state['newton']} Newton steps)"]
     if stalled and not floor:
         notes.append(f"Newton steps only: the looser bound eps={prev[0]:g} stalled at gap "
@@ -439,10 +445,12 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
     sol = Solution(coef=th[:d].copy(), intercept=float(th[d]), multipliers=h[2], status="eps_met" if met else "eps_not_met",
                    solver="lagrangian-reduction/active-set-lbfgs", n_iter=total_it, wall_time=wall, notes=notes,
                    state={"theta": th, "lam": h[2], "gaps": np.asarray(g2, dtype=np.float64),
+                          "stationarity": float(h[4]), "converged": bool(h[5]),
                           "missed_aim": aim if gap > aim else None,
                           "stalled_at": best_gap if best_gap > eps_t else None,
                           "lam_hist": (lam_hist + [(prev[0], prev[1])])[-2:] if prev else [],
-                          "pairs": _numpy_pairs(state["pairs"]) if state["pairs"] is not None else None,
+                          "pairs": (_numpy_pairs(state["pairs"]) if state["pairs"] is not None and state["pairs"] is not (init or {}).get("pairs")
+                                    else state["pairs"]),  # unchanged when no fit ran
                           "jac": (state["jac"][0], state["jac"][1].cpu().numpy()) if state.get("jac") else None})
     cert = Certificate(
         backend="torch", solver=sol.solver, status=sol.status, constraint=constraint.name, eps=float(eps),
