@@ -36,6 +36,7 @@ import numpy as np
 
 from embedcache.errors import CacheError
 from embedcache.store import schema
+from embedcache.store.journal import WriteLock
 from embedcache.store.reader import Cache
 from embedcache.store.writer import CacheTable, atomic_write_text, commit_file, write_cache, write_error
 
@@ -247,10 +248,16 @@ def finish_shards(out: Path, plan: ShardPlan, *, identity: Mapping[str, Any], ta
 
 
 def remove_shards(out: Path, plan: ShardPlan) -> None:
-    """Delete the shard files, then the plan (so a kill part way leaves the plan that names the rest)."""
+    """Delete the shard files, then the plan (so a kill part way leaves the plan that names the rest).
+
+    The lock file a killed rank left beside its shard goes too, unless someone holds it.
+    """
     for path, _, _ in plan.shards(out):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+        if WriteLock(path).holder() is None:
+            with contextlib.suppress(FileNotFoundError):
+                schema.lock_path(path).unlink()
     with contextlib.suppress(FileNotFoundError):
         schema.shard_plan_path(out).unlink()
 
