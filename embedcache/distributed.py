@@ -39,7 +39,7 @@ from typing import Any, Mapping
 import torch
 import torch.distributed as dist
 
-import fairhead_errors
+from embedcache import errors
 from embedcache.backbones import Backbone
 from embedcache.errors import CacheError, DataError, FairheadError
 from embedcache.extract import (
@@ -283,7 +283,7 @@ def raise_if_any_failed(outcomes: list[tuple[str, str] | None], own: BaseExcepti
     if own is not None and (launch.rank != 0 or str(own) == message):
         err = own
     else:
-        cls = getattr(fairhead_errors, name, None)
+        cls = getattr(errors, name, None)
         err = (cls if isinstance(cls, type) and issubclass(cls, FairheadError) else CacheError)(message)
     err.reported_by_rank_0 = launch.rank != 0  # the CLI prints it on rank 0 only
     if err is own:
