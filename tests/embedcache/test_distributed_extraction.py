@@ -20,10 +20,11 @@ import pytest
 import embedcache
 from embedcache import CacheError, DataError
 from embedcache.distributed import (
-    EXTRACT, MERGE, Launch, ShardSource, finish_run, launch_from_env, plan_run, raise_if_any_failed,
+    DONE, EXTRACT, MERGE, Launch, ShardSource, finish_run, launch_from_env, plan_run, raise_if_any_failed,
 )
 from embedcache.extract import BATCH_DELAY_ENV, resolve_device, run_identity
 from embedcache.store import schema
+from embedcache.store.journal import Journal
 from embedcache.store.shards import ShardPlan, read_plan, write_plan
 from fairhead import cli, pipeline
 
@@ -192,6 +193,28 @@ def test_another_world_size_is_refused(tmp_path, source, backbone, capsys):
     assert [line for line in err.splitlines() if line.startswith("fairhead: error:")] == [err.splitlines()[-1]]
     assert "this run has 1" in err
     assert read_plan(out) == plan and sorted(os.listdir(tmp_path)) == ["planned.h5.shards.json"]  # nothing touched
+
+
+def test_rank_0_decides_from_what_is_on_disk(tmp_path, reference, source, backbone):
+    """A finished cache is left alone; a single-process journal and another dataset's plan are refused."""
+    identity = run_identity(source, backbone, feature_dtype="float32", device=resolve_device("cpu"), amp_dtype=None)
+    decide = dict(world_size=2, identity=identity, batch_size=BATCH, merge=True)
+    done = tmp_path / "done.h5"
+    done.write_bytes(reference.read_bytes())
+    assert plan_run(done, overwrite=False, **decide) == (DONE, None)
+
+    journaled = tmp_path / "journaled.h5"
+    Journal(journaled).start({"identity": identity})
+    with pytest.raises(CacheError, match="unfinished single-process extraction in .* rerun without torchrun"):
+        plan_run(journaled, overwrite=True, **decide)
+
+    other = tmp_path / "other.h5"
+    write_plan(other, ShardPlan.make(n_rows=N_ROWS, world_size=2, batch_size=BATCH,
+                                     identity={**identity, schema.DATASET_FINGERPRINT_ATTR: "0" * 64}))
+    with pytest.raises(CacheError, match="unfinished distributed extraction .* was built from dataset fingerprint"):
+        plan_run(other, overwrite=False, **decide)
+    action, plan = plan_run(other, overwrite=True, **decide)  # --overwrite: a new plan for this run
+    assert action == EXTRACT and read_plan(other) == plan and plan.identity == identity
 
 
 def test_plan_is_contiguous_and_batch_aligned():
