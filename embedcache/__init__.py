@@ -5,6 +5,7 @@ The pipeline, one module per step::
     sources/   images + label + sensitive attributes + split   (CelebA, CSV manifest, synthetic)
     backbones  frozen network + its preprocessing               (registry, torchvision, any nn.Module)
     extract    batched inference loop -> journal -> cache       (resumable, crash-safe)
+    distributed  the same under torchrun: one shard per rank, merged by rank 0
     store/     the HDF5 format: schema, writer, reader, journal
     importer   an existing features table -> the same format
 

@@ -27,6 +27,7 @@ from embedcache.errors import BackboneError, CacheError, DataError
 from embedcache.store import inputs, schema
 from embedcache.store.journal import JOURNAL_VERSION, Journal, WriteLock, remove_leftover_trash
 from embedcache.store.reader import Cache, existing_cache_matches
+from embedcache.store.shards import check_no_unfinished_shards
 from embedcache.store.writer import (
     NOT_WRITABLE_MSG,
     CacheTable,
@@ -92,6 +93,7 @@ def extract(
     autocast: Any = None,
     overwrite: bool = False,
     progress: bool = True,
+    merge: bool = True,
 ) -> Path:
     """Run ``backbone`` once over ``source`` and write the features to an HDF5 cache.
 
@@ -126,11 +128,17 @@ def extract(
         HDF5 is never replaced.
     progress : bool, default True
         Show a tqdm bar with images/s on stderr.
+    merge : bool, default True
+        Only under ``torchrun`` (see :mod:`embedcache.distributed`): True
+        copies the ranks' shards into one cache; False writes ``out_path``
+        as a view (an HDF5 virtual dataset) over the shards, which stay.
+        A single process ignores it.
 
     Returns
     -------
     pathlib.Path
-        ``out_path``, now a complete cache.
+        ``out_path``, now a complete cache (under ``torchrun``: on rank 0;
+        the other ranks return once their shards are written).
 
     Raises
     ------
@@ -152,12 +160,27 @@ def extract(
     journal is removed (renamed aside first, so a kill leaves either a journal
     or none). Rerun the same call after any interruption to continue.
 
+    Launched by ``torchrun`` with more than one process (``WORLD_SIZE`` > 1),
+    each rank extracts its own contiguous block of rows into a shard cache
+    and rank 0 merges them: see :func:`embedcache.distributed.extract_distributed`.
+
     On CPU, the features of an image did not depend on the batch it ran in for
     batches of 2 or more images (resnet18 and EfficientNet-Lite0, torch 2.x),
     so a resume with another batch size gave the same file; a batch of a single
     image, or a GPU, may differ in the last bits (3e-6 measured).
     """
-    out = Path(out_path)
+    options = dict(batch_size=batch_size, num_workers=num_workers, device=device, feature_dtype=feature_dtype,
+                   autocast=autocast, overwrite=overwrite, progress=progress)
+    from embedcache import distributed  # it imports this module: import it at call time
+
+    launch = distributed.launch_from_env()
+    if launch is not None:
+        return distributed.extract_distributed(source, backbone, out_path, launch=launch, merge=merge, **options)
+    return extract_local(source, backbone, out_path, **options)
+
+
+def check_options(source, *, batch_size, num_workers, feature_dtype: str) -> str:
+    """Refuse bad arguments before any work; return the normalised feature dtype."""
     feature_dtype = check_feature_dtype(feature_dtype)
     if batch_size is not None and (
         isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1
@@ -169,18 +192,43 @@ def extract(
         raise DataError(BAD_WORKERS_MSG.format(value=num_workers))
     for name in source.sensitive:
         check_member_name(name)  # before any compute: HDF5 could never store it
-    torch_device = _resolve_device(device)
-    amp_dtype = _resolve_autocast(autocast, torch_device)
-    compute = torch_device.type + (f"+autocast-{str(amp_dtype).replace('torch.', '')}" if amp_dtype else "")
-    n = len(source)
-    identity = identity_attrs(
+    return feature_dtype
+
+
+def run_identity(source, backbone: Backbone, *, feature_dtype: str, device: torch.device,
+                 amp_dtype: torch.dtype | None) -> dict[str, Any]:
+    """The identity attributes of the cache this run writes (see ``schema.IDENTITY_ATTRS``)."""
+    compute = device.type + (f"+autocast-{str(amp_dtype).replace('torch.', '')}" if amp_dtype else "")
+    return identity_attrs(
         backbone=backbone.spec.as_dict(),
         dataset_fingerprint=source.fingerprint(),
         feature_dtype=feature_dtype,
         feature_dim=backbone.feature_dim,
-        n_rows=n,
+        n_rows=len(source),
         compute=compute,
     )
+
+
+def extract_local(
+    source,
+    backbone: Backbone,
+    out_path,
+    *,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    device: str = "auto",
+    feature_dtype: str = "float32",
+    autocast: Any = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """:func:`extract` in this process alone; each rank of a distributed run calls it for its shard."""
+    out = Path(out_path)
+    feature_dtype = check_options(source, batch_size=batch_size, num_workers=num_workers, feature_dtype=feature_dtype)
+    torch_device = resolve_device(device)
+    amp_dtype = resolve_autocast(autocast, torch_device)
+    n = len(source)
+    identity = run_identity(source, backbone, feature_dtype=feature_dtype, device=torch_device, amp_dtype=amp_dtype)
     check_replaceable(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -188,6 +236,7 @@ def extract(
         raise CacheError(NOT_WRITABLE_MSG.format(path=out, error=err.strerror or err, then="rerun")) from err
     with WriteLock(out):
         remove_leftover_trash(out)  # a kill while the last run removed its journal
+        check_no_unfinished_shards(out, identity, world_size=1)  # a distributed run's shards are its own
         journal = Journal(out)
         meta = _journal_meta(journal, overwrite=overwrite)
         resumable = meta is not None and schema.identity_mismatch(meta.get("identity", {}), identity, path=out) is None
@@ -382,7 +431,7 @@ def _check_image_files(source) -> None:
         raise DataError(MISSING_IMAGES_MSG.format(missing=len(missing), total=len(paths), where=where, first=missing[0]))
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -396,7 +445,7 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
-def _resolve_autocast(autocast: Any, device: torch.device) -> torch.dtype | None:
+def resolve_autocast(autocast: Any, device: torch.device) -> torch.dtype | None:
     if autocast is None:
         if device.type != "cuda":
             return None

@@ -79,7 +79,8 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--split-col", help="manifest column holding the split name (default: none, hashed split)")
     group.add_argument("--id-col", help="manifest column holding sample ids (default: the image path)")
     synth = parser.add_argument_group("generated dataset (--synthetic)")
-    synth.add_argument("--n", type=int, default=3000, help="number of images (default: 3000)")
+    # --num-images: under torchrun, whose parser reads a bare --n as an abbreviation of its own --nnodes/--nproc-per-node
+    synth.add_argument("--n", "--num-images", type=int, default=3000, help="number of images (default: 3000)")
     synth.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
     synth.add_argument("--correlation", type=float, default=0.8,
                        help="P(label agrees with the sensitive attribute) (default: 0.8)")
@@ -140,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_options(p)
     _add_backbone_options(p)
     p.add_argument("--out", type=Path, required=True, help="cache file to write (.h5)")
+    p.add_argument("--no-merge", action="store_true",
+                   help="under torchrun: keep the ranks' shard files and write --out as a view over them "
+                        "(an HDF5 virtual dataset, no copy) instead of merging them (a single process ignores it)")
     p.set_defaults(handler=_cmd_extract)
 
     p = sub.add_parser("generate", help="write the generated default dataset as JPEG files + CSV manifest")
@@ -265,7 +269,9 @@ EPILOGS = {
   fairhead extract --backbone resnet50 --weights IMAGENET1K_V2 --celeba /data/celeba --out celeba_r50.h5
   fairhead extract --preset celeba-blond-male --root /data/celeba --backbone resnet50 --weights DEFAULT --out c.h5
   fairhead extract --manifest meta.csv --root images/ --image-col path --target label --sensitive sex \\
-                   --backbone convnext_tiny --weights-file my_finetuned.pt --out xray.h5""",
+                   --backbone convnext_tiny --weights-file my_finetuned.pt --out xray.h5
+  torchrun --nproc-per-node 4 -m fairhead extract --celeba /data/celeba --backbone resnet50 --out c.h5
+      (one shard per process, merged by rank 0 into the single-process cache; README: Distributed extraction)""",
     "generate": "example:\n  fairhead generate --out shapes/ --n 3000 --seed 0   # then: fairhead extract --manifest shapes/manifest.csv ...",
     "import": "example:\n  fairhead import adult.parquet --label income --sensitive sex --out adult.h5",
     "info": "example:\n  fairhead info celeba_r50.h5",
@@ -299,9 +305,10 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         pipeline.source_from_args(args),
         backbone=args.backbone, weights=args.weights, weights_file=args.weights_file,
         image_size=args.image_size, autocast=args.autocast, out=args.out, batch_size=args.batch_size, num_workers=args.workers, device=args.device,
-        feature_dtype=args.dtype, overwrite=args.overwrite, progress=not args.no_progress,
+        feature_dtype=args.dtype, overwrite=args.overwrite, progress=not args.no_progress, merge=not args.no_merge,
     )
-    print(pipeline.describe_cache(path))
+    if path is not None:  # under torchrun only rank 0 has the finished cache
+        print(pipeline.describe_cache(path))
     return 0
 
 
@@ -551,9 +558,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except FairheadError as err:
-        if args.debug:
-            traceback.print_exc()
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        if not getattr(err, "reported_by_rank_0", False):  # under torchrun, rank 0 prints what all ranks share
+            if args.debug:
+                traceback.print_exc()
+            print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         sys.stderr.close()
@@ -561,9 +569,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # a full disk, a read-only folder, a missing folder: the user's to fix, not a bug
         from fairhead_io import os_error_message
 
-        if args.debug:
-            traceback.print_exc()
-        print(f"{PROG}: error: {os_error_message(err)}", file=sys.stderr)
+        if not getattr(err, "reported_by_rank_0", False):
+            if args.debug:
+                traceback.print_exc()
+            print(f"{PROG}: error: {os_error_message(err)}", file=sys.stderr)
         return DataError.exit_code
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted; rerun the same command to resume from what was committed",

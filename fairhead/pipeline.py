@@ -65,16 +65,24 @@ def source_from_args(args: argparse.Namespace):
 
 
 def extract_cache(source, *, backbone: str, weights: str | None = None, weights_file: Path | None = None,
-                  image_size: int | None = None, autocast: str = "auto", out: Path, **extract_options) -> Path:
-    """Build the backbone by name and run one extraction pass of ``source`` into ``out``."""
+                  image_size: int | None = None, autocast: str = "auto", out: Path, **extract_options) -> Path | None:
+    """Build the backbone by name and run one extraction pass of ``source`` into ``out``.
+
+    Under ``torchrun`` every rank extracts its shard and rank 0 merges them
+    (:mod:`embedcache.distributed`); ranks other than 0 return None, since
+    the finished cache is rank 0's to report.
+    """
     import embedcache
     from embedcache.backbones import RANDOM_WEIGHTS
+    from embedcache.distributed import launch_from_env
 
+    launch = launch_from_env()
     model = embedcache.build_backbone(backbone, weights=weights, weights_file=weights_file, image_size=image_size)
-    if model.spec.weights == RANDOM_WEIGHTS and weights is None:
+    if model.spec.weights == RANDOM_WEIGHTS and weights is None and (launch is None or launch.rank == 0):
         # random features are rarely what a user wants; say so loudly but let it run (tests, smoke runs)
         print(RANDOM_WEIGHTS_WARNING.format(arch=backbone), file=sys.stderr, flush=True)
-    return embedcache.extract(source, model, out, autocast=None if autocast == "auto" else autocast, **extract_options)
+    path = embedcache.extract(source, model, out, autocast=None if autocast == "auto" else autocast, **extract_options)
+    return path if launch is None or launch.rank == 0 else None
 
 
 def generate_dataset(out: Path, **synthetic_params) -> Path:

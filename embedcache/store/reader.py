@@ -250,6 +250,16 @@ class Cache:
         return list(self._f[schema.SENSITIVE_GROUP].keys())
 
     @property
+    def is_view(self) -> bool:
+        """True for a view over shard files (distributed ``--no-merge``): ``/features`` is a virtual dataset."""
+        return bool(self._f[schema.FEATURES].is_virtual)
+
+    @property
+    def sample_ids(self) -> np.ndarray:
+        """Every row's sample id (no features are read)."""
+        return self._f[schema.SAMPLE_ID].asstr()[()].astype(object)
+
+    @property
     def feature_columns(self) -> list[str] | None:
         value = self._f[schema.FEATURES].attrs.get(schema.FEATURE_COLUMNS_ATTR)
         return None if value is None else list(schema.decode_attr(value))

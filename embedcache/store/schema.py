@@ -95,6 +95,12 @@ JOURNAL_TRASH_SUFFIX = ".partial-removing"
 TMP_SUFFIX = ".tmp"
 LOCK_SUFFIX = ".lock"
 
+# --- distributed extraction (sibling files of the cache while ranks write their shards)
+#: ``x.h5`` -> ``x.h5.shard-00001-of-00004.h5``: a complete cache of one rank's rows
+SHARD_NAME = "{name}.shard-{rank:05d}-of-{world:05d}.h5"
+#: ``x.h5`` -> ``x.h5.shards.json``: the world size and row ranges every rank follows
+SHARD_PLAN_SUFFIX = ".shards.json"
+
 # --- messages -----------------------------------------------------------------
 NEWER_VERSION_MSG = (
     "cache '{path}' has format version {found}, newer than this fairhead reads "
@@ -141,6 +147,16 @@ def tmp_path(cache_path) -> Any:
 def lock_path(cache_path) -> Any:
     """The lock file that makes one writer per cache exclusive."""
     return cache_path.with_name(cache_path.name + LOCK_SUFFIX)
+
+
+def shard_path(cache_path, rank: int, world_size: int) -> Any:
+    """The shard file rank ``rank`` of ``world_size`` writes for ``cache_path``."""
+    return cache_path.with_name(SHARD_NAME.format(name=cache_path.name, rank=int(rank), world=int(world_size)))
+
+
+def shard_plan_path(cache_path) -> Any:
+    """The shard plan of a distributed extraction into ``cache_path``."""
+    return cache_path.with_name(cache_path.name + SHARD_PLAN_SUFFIX)
 
 
 def check_format_version(found: Any, path) -> None:

@@ -12,6 +12,10 @@ Rules, in the order they are checked:
   attribute a string; ``source`` and ``library-versions`` JSON objects;
 * every dataset is stored in this file (no soft or external links, no virtual
   or external storage) and is a dataset, ``/sensitive`` a group of datasets;
+  the one exception is ``/features`` of a distributed ``--no-merge`` view: a
+  virtual dataset over the ``/features`` of shard caches in the same folder,
+  every one of which must exist (HDF5 reads a missing source as fill values,
+  which would be silently wrong features);
 * ``/features`` 2-D float32/float16 of shape (n-rows, feature-dim), its dtype
   equal to ``feature-dtype``, its optional ``column-names`` one string per column;
 * ``/labels`` 1-D integer codes in {0, 1} with 2 category names and a name;
@@ -25,6 +29,7 @@ Reading the codes and ids costs O(N) small reads (no features are read).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import h5py
@@ -51,6 +56,11 @@ CATEGORIES_PROBLEM = "{key!r} has categories {found!r}; {rule}"
 CODE_RANGE_PROBLEM = "{key!r} holds code {code} at row {row}, outside 0..{top} (its {count} categories)"
 DUPLICATE_IDS_PROBLEM = "'sample_id' has {count} duplicate ids (first: {first!r})"
 NO_SENSITIVE_PROBLEM = "'sensitive' holds no attribute"
+VIEW_SOURCE_PROBLEM = "{key!r} reads {what} from '{source}'"
+SHARD_MISSING_MSG = (
+    "cache '{path}' is a view over shard files (`fairhead extract --no-merge`) and its shard '{shard}' is missing; "
+    "restore it, or rerun the same torchrun `fairhead extract` command to rebuild it"
+)
 
 #: root attributes every cache has (format name and version are checked by the reader first)
 REQUIRED_STR_ATTRS = (
@@ -103,7 +113,9 @@ def check_cache(f: h5py.File, path) -> int:
     n = _int_attr(attrs, schema.N_ROWS_ATTR, path)
     d = _int_attr(attrs, schema.FEATURE_DIM_ATTR, path)
 
-    features = _dataset(f, schema.FEATURES, path)
+    features = _dataset(f, schema.FEATURES, path, virtual_ok=True)
+    if features.is_virtual:
+        _check_view_sources(features, path)
     labels = _dataset(f, schema.LABELS, path)
     split = _dataset(f, schema.SPLIT, path)
     ids = _dataset(f, schema.SAMPLE_ID, path)
@@ -180,16 +192,32 @@ def _member(group: h5py.Group, name: str, path, *, key: str | None = None):
     return group[name]
 
 
-def _dataset(group: h5py.Group, name: str, path, *, key: str | None = None) -> h5py.Dataset:
+def _dataset(group: h5py.Group, name: str, path, *, key: str | None = None, virtual_ok: bool = False) -> h5py.Dataset:
     key = key or name
     obj = _member(group, name, path, key=key)
     if not isinstance(obj, h5py.Dataset):
         raise CacheError(_malformed(path, NOT_KIND_PROBLEM.format(key=key, found=_kind(obj), expected="dataset")))
-    if obj.is_virtual:
+    if obj.is_virtual and not virtual_ok:
         raise CacheError(_malformed(path, STORAGE_PROBLEM.format(key=key, how="a virtual dataset")))
     if obj.external:
         raise CacheError(_malformed(path, STORAGE_PROBLEM.format(key=key, how="external raw files")))
     return obj
+
+
+def _check_view_sources(features: h5py.Dataset, path) -> None:
+    """Every source of a virtual ``/features`` is the ``/features`` of an existing file beside the cache.
+
+    HDF5 resolves a relative source name against the folder of the virtual
+    file, so the view and its shards move together.
+    """
+    folder = Path(path).parent
+    for source in features.virtual_sources():
+        dset = source.dset_name.lstrip("/")
+        if source.file_name == "." or Path(source.file_name).is_absolute() or dset != schema.FEATURES:
+            problem = VIEW_SOURCE_PROBLEM.format(key=schema.FEATURES, what=f"{dset!r}", source=source.file_name)
+            raise CacheError(_malformed(path, problem))
+        if not (folder / source.file_name).is_file():
+            raise CacheError(SHARD_MISSING_MSG.format(path=path, shard=folder / source.file_name))
 
 
 def _int_attr(attrs, key: str, path) -> int:

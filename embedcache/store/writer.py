@@ -287,8 +287,10 @@ def write_cache(
         File to create (replaced if it exists).
     table : CacheTable
         Ids, labels, sensitive attributes and splits.
-    features : array-like (N, D)
-        Anything sliceable by rows (a numpy array or memmap of the journal).
+    features : array-like (N, D) or h5py.VirtualLayout
+        Anything sliceable by rows (a numpy array or memmap of the journal),
+        or a virtual layout over other caches' ``/features`` (stored as an
+        HDF5 virtual dataset: no rows are copied).
     identity : mapping
         From :func:`identity_attrs`; also written as root attributes.
     source_description : mapping
@@ -386,17 +388,20 @@ def _fill(f: h5py.File, *, table: CacheTable, features, identity, n: int, d: int
     attrs[schema.LIBRARY_VERSIONS_ATTR] = schema.dumps_json(library_versions())
     attrs[schema.CREATED_ATTR] = creation_time()
 
-    dset = f.create_dataset(
-        schema.FEATURES,
-        shape=(n, d),
-        maxshape=(None, d),
-        dtype=dtype,
-        chunks=(min(schema.CHUNK_ROWS, n), d),
-        track_times=False,
-    )
-    for start in range(0, n, WRITE_BLOCK_ROWS):
-        stop = min(n, start + WRITE_BLOCK_ROWS)
-        dset[start:stop] = np.asarray(features[start:stop], dtype=dtype)
+    if isinstance(features, h5py.VirtualLayout):  # a view over shard files (distributed --no-merge): no copy
+        dset = f.create_virtual_dataset(schema.FEATURES, features)
+    else:
+        dset = f.create_dataset(
+            schema.FEATURES,
+            shape=(n, d),
+            maxshape=(None, d),
+            dtype=dtype,
+            chunks=(min(schema.CHUNK_ROWS, n), d),
+            track_times=False,
+        )
+        for start in range(0, n, WRITE_BLOCK_ROWS):
+            stop = min(n, start + WRITE_BLOCK_ROWS)
+            dset[start:stop] = np.asarray(features[start:stop], dtype=dtype)
     if feature_columns is not None:
         dset.attrs.create(schema.FEATURE_COLUMNS_ATTR, _string_array(feature_columns), dtype=text)
 

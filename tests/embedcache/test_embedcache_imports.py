@@ -1,4 +1,4 @@
-"""Dependency boundaries: importing embedcache pulls in neither cvxpy, the solvers nor torchvision."""
+"""Dependency boundaries: importing embedcache (and its torchrun module) pulls in neither cvxpy, the solvers nor torchvision."""
 
 import subprocess
 import sys
@@ -9,7 +9,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def test_import_embedcache_stays_in_its_lane():
     code = (
-        "import sys, embedcache; "
+        "import sys, embedcache, embedcache.distributed; "
         "bad = [m for m in ('cvxpy', 'solvers', 'torchvision', 'fairhead') if m in sys.modules]; "
         "print(','.join(bad))"
     )

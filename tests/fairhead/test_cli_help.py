@@ -14,7 +14,7 @@ from fairhead.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 #: flags a message may suggest that are not fairhead's own (other programs' options)
-FOREIGN_FLAGS = {"--no-deps", "--no-build-isolation"}
+FOREIGN_FLAGS = {"--no-deps", "--no-build-isolation", "--nnodes", "--nproc-per-node"}  # pip's, torchrun's
 
 
 def _subcommands():
