@@ -267,3 +267,14 @@ def test_a_warm_refit_on_other_rows_ignores_the_old_scores(small_problem):
     cold = FairLogisticRegression(constraint="dp-score", eps=0.1, backend="torch", tol=1e-9)
     cold.fit(X[half:], y[half:], sensitive_features=a[half:])
     np.testing.assert_allclose(warm.coef_, cold.coef_, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("missing", [None, float("nan"), "pandas-NA"])
+def test_a_missing_sensitive_value_in_an_object_column_is_refused(small_problem, missing):
+    X, y, a = small_problem
+    if missing == "pandas-NA":
+        missing = pytest.importorskip("pandas").NA
+    groups = np.where(a == a[0], "f", "m").astype(object)
+    groups[7] = missing
+    with pytest.raises(DataError, match="missing"):
+        FairLogisticRegression(constraint="dp-score").fit(X, y, sensitive_features=groups)
