@@ -399,7 +399,7 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         if float(np.abs(gaps1).max()) > aim:
             scale = max(float(np.abs(lam_1 - lam).max()), 0.25)
             search(lam_1, gaps1, 0.05 * scale, [(e[2], e[1]) for e in history])
-        if not any(e[1] <= aim for e in history) and eps >= resolution:
+        if not reached() and eps >= resolution:
             # the cheap stage misled us: rerun the whole search with converged fits
             state["theta"], state["pairs"] = theta_start, pairs_start
             state.pop("z", None)
