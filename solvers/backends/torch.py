@@ -161,6 +161,38 @@ class Design:
             out -= self.mu * r.to(_F64).sum()
         return out
 
+    def mm(self, V: torch.Tensor) -> torch.Tensor:
+        """``(X - mu) V`` in float64 for ``V`` of shape (d, K): one pass over X for all K columns."""
+        self._passes[0] += 1
+        Vc = V.to(self.cdt)
+        if self._np is not None:
+            out = torch.from_numpy(self._np @ Vc.numpy()).to(_F64)
+        elif not self.half:
+            out = (self.X @ Vc).to(_F64)
+        else:
+            out = torch.empty((self.n, V.shape[1]), dtype=_F64, device=self.device)
+            for s in range(0, self.n, self._CHUNK):
+                out[s : s + self._CHUNK] = self.X[s : s + self._CHUNK].to(self.cdt) @ Vc
+        if self.mu is not None:
+            out -= self.mu @ V.to(_F64)
+        return out
+
+    def rmm(self, R: torch.Tensor) -> torch.Tensor:
+        """``(X - mu)^T R`` in float64 for ``R`` of shape (n, K), shape (d, K)."""
+        self._passes[0] += 1
+        Rc = R.to(self.cdt)
+        if self._np is not None:
+            out = torch.from_numpy(self._np.T @ Rc.numpy()).to(_F64)
+        elif not self.half:
+            out = (self.X.t() @ Rc).to(_F64)
+        else:
+            out = torch.zeros((self.d, R.shape[1]), dtype=_F64, device=self.device)
+            for s in range(0, self.n, self._CHUNK):
+                out += (self.X[s : s + self._CHUNK].to(self.cdt).t() @ Rc[s : s + self._CHUNK]).to(_F64)
+        if self.mu is not None:
+            out -= torch.outer(self.mu, R.to(_F64).sum(0))
+        return out
+
     def to_centered(self, theta: torch.Tensor) -> torch.Tensor:
         """``[w; b] -> [w; b + mu.w]`` (identity without centring)."""
         th = theta.clone()
@@ -232,7 +264,8 @@ def numpy_ops(design: Design):
     plain.mu = None
 
     def xd(X, w):
-        return plain.mv(torch.as_tensor(np.asarray(w, dtype=np.float64), device=plain.device)).cpu().numpy()
+        w = torch.as_tensor(np.asarray(w, dtype=np.float64), device=plain.device)
+        return (plain.mm(w) if w.ndim == 2 else plain.mv(w)).cpu().numpy()
 
     def xtd(X, r):
         r = np.asarray(r, dtype=np.float64)
@@ -332,7 +365,7 @@ class _Result:
 
 
 def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=1e-6, max_iter=1000,
-             memory=20, c2=0.3, pairs=None, z0=None, precond=None):
+             memory=20, c2=0.3, pairs=None, z0=None, precond=None, layout=None):
     """Active-set L-BFGS for ``min obj`` s.t. ``A theta <= rhs``, coordinates in ``fixed`` held.
 
     ``A`` rows must have unit norm. Returns a ``_Result`` with multipliers for every row of A.
@@ -342,6 +375,10 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
     are projected on the working set's null space in ``phi`` (rows ``A_W T``) and mapped back
     by ``T``; the stopping test, the multipliers and the ratio test stay in ``theta``, so the
     tolerance means the same with or without it. Curvature ``pairs`` live in ``phi``.
+
+    ``layout`` maps ``theta`` to scores and back for heads with several score columns (the
+    multinomial head: :class:`solvers.backends.torch_softmax.ClassBlocks`); ``None`` is the
+    binary head ``theta = [w; b]`` with scores ``z = X w + b``.
     """
     d = design.d
     p = theta.numel()
@@ -355,11 +392,16 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
         theta[j] = 0.0
 
     def scores(th):
+        if layout is not None:
+            return layout.scores(design, th)
         return design.mv(th[:d]) + th[d]
 
     last = {}
 
     def full_grad(gz, gdir):
+        if layout is not None:
+            g, last["xtr"], last["gsum"] = layout.grad(design, gz, gdir)
+            return g
         g = gdir.clone()
         last["xtr"] = design.rmv(gz)  # (X - mu)^T gz at the current iterate
         g[:d] += last["xtr"]
@@ -410,6 +452,8 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
 
     def stat_measure(pg):
         """inf-norm of the projected gradient in the original (uncentred) coordinates."""
+        if layout is not None:
+            return layout.stationarity(pg, mu)
         if mu is None:
             return float(pg.abs().max())
         gw = pg[:d] + mu * pg[d]
@@ -463,7 +507,7 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
             direc_phi = -gt
             direc = to_theta(direc_phi)
             gd = float(torch.dot(g, direc))
-        Xd = design.mv(direc[:d]) + direc[d]
+        Xd = scores(direc)
         a_max, block = math.inf, None
         if m:
             Ad = A @ direc
@@ -523,7 +567,10 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
     res.converged, res.stationarity, res.f = converged, stat_measure(proj(g)), f
     res.pairs = (list(S), list(Yl), list(W))
     # X^T gz (uncentred) at the returned theta: g is always the gradient at the current iterate
-    res.xtr = last["xtr"] + (mu * last["gsum"] if mu is not None else 0.0)
+    if layout is not None:
+        res.xtr = last["xtr"] + (torch.outer(mu, last["gsum"]) if mu is not None else 0.0)
+    else:
+        res.xtr = last["xtr"] + (mu * last["gsum"] if mu is not None else 0.0)
     return res
 
 
@@ -537,7 +584,8 @@ def _line_search(obj, z, theta, Xd, direc, f0, d0, a_max, a0, c2, max_eval=30):
     def phi(a):
         th = theta + a * direc
         val, gz, gdir = obj.eval(z + a * Xd, th)
-        der = float(torch.dot(gz, Xd) + torch.dot(gdir, direc))
+        # scores of several columns (multinomial) are flattened: a view, the binary bits unchanged
+        der = float(torch.dot(gz.reshape(-1), Xd.reshape(-1)) + torch.dot(gdir, direc))
         return val, der, gz, gdir
 
     lo, dlo = 0.0, d0

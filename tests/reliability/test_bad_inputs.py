@@ -239,7 +239,8 @@ CASES = [
                  "pass finite", id="api-inf-sample-weight"),
     pytest.param(api(_fit(sample_weight=np.zeros(240))), DataError, "sums to 0", "positive sum",
                  id="api-zero-total-weight"),
-    pytest.param(api(_fit(y=lambda y, a: np.arange(240) % 3)), DataError, "3 class", "binary", id="api-three-classes"),
+    pytest.param(api(_fit(constraint="cov", y=lambda y, a: np.arange(240) % 3)), DataError, "3 classes",
+                 "pick one of", id="api-binary-constraint-three-classes"),
 ]
 
 
