@@ -257,6 +257,13 @@ class DemographicParityScore(LinearScoreConstraint):
 
     Bounds the weighted mean score of each group against the overall mean. Linear in
     ``(w, b)``; the intercept cancels.
+
+    With K > 2 classes, for every class ``k`` and group ``g``, on the class-``k`` logit
+    :math:`z_k = x^\\top w_k + b_k` (centred: :math:`\\sum_k w_k = 0`, :math:`\\sum_k b_k = 0`):
+
+    .. math::
+
+        \\bigl| \\bar z_{k; g} - \\bar z_{k} \\bigr| \\le \\varepsilon.
     """
 
     name = "dp-score"
@@ -272,6 +279,8 @@ class EqualOpportunityScore(LinearScoreConstraint):
         \\quad \\text{for every group } g,
 
     where :math:`\\bar z_{S}` is the ``v``-weighted mean score over the set ``S``.
+    With K > 2 classes: :math:`|\\bar z_{k; g, y=k} - \\bar z_{k; y=k}| \\le \\varepsilon` for every
+    class ``k`` and group ``g`` (the class-``k`` logit among the rows of class ``k``).
     """
 
     name = "eopp-score"
@@ -286,6 +295,13 @@ class EqualizedOddsScore(LinearScoreConstraint):
 
         \\bigl| \\bar z_{g, y=c} - \\bar z_{y=c} \\bigr| \\le \\varepsilon
         \\quad \\text{for every group } g \\text{ and } c \\in \\{0, 1\\}.
+
+    With K > 2 classes, one-vs-rest on the class-``k`` logit ``z_k``, for every class ``k``,
+    group ``g`` and event :math:`E \\in \\{y = k,\\ y \\ne k\\}`:
+
+    .. math::
+
+        \\bigl| \\bar z_{k; g, E} - \\bar z_{k; E} \\bigr| \\le \\varepsilon.
     """
 
     name = "eo-score"
@@ -398,7 +414,9 @@ class DemographicParity(RateConstraint):
         \\bigl| P_v(\\hat y = 1 \\mid g) - P_v(\\hat y = 1) \\bigr| \\le \\varepsilon
         \\quad \\text{for every group } g,
 
-    measured on the fit split with the sample weights ``v``.
+    measured on the fit split with the sample weights ``v``. With K > 2 classes, for every
+    class ``k`` and group ``g``: :math:`|P_v(\\hat y = k \\mid g) - P_v(\\hat y = k)| \\le \\varepsilon`,
+    with :math:`\\hat y = \\arg\\max_k z_k`.
     """
 
     name = "dp"
@@ -411,6 +429,9 @@ class EqualOpportunity(RateConstraint):
     .. math::
 
         \\bigl| P_v(\\hat y = 1 \\mid g, y=1) - P_v(\\hat y = 1 \\mid y=1) \\bigr| \\le \\varepsilon.
+
+    With K > 2 classes: :math:`|P_v(\\hat y = k \\mid g, y=k) - P_v(\\hat y = k \\mid y=k)| \\le
+    \\varepsilon` for every class ``k`` (the one-vs-rest TPR of class ``k``).
     """
 
     name = "eopp"
@@ -425,6 +446,9 @@ class EqualizedOdds(RateConstraint):
 
         \\bigl| P_v(\\hat y = 1 \\mid g, y=c) - P_v(\\hat y = 1 \\mid y=c) \\bigr| \\le \\varepsilon
         \\quad c \\in \\{0, 1\\}.
+
+    With K > 2 classes, one-vs-rest for every class ``k`` and group ``g``: the same for
+    :math:`\\hat y = k` given :math:`y = k` (TPR of class k) and given :math:`y \\ne k` (FPR of class k).
     """
 
     name = "eo"

@@ -89,3 +89,76 @@ def test_deterministic(mc_problem):
              for _ in range(2)]
     np.testing.assert_array_equal(heads[0].coef_, heads[1].coef_)
     np.testing.assert_array_equal(heads[0].intercept_, heads[1].intercept_)
+
+
+# ----------------------------------------------------------------------------- score constraints per class
+SCORE_CASES = [
+    # constraint, eps, K, groups
+    ("dp-score", 0.1, 3, 2),
+    ("dp-score", 0.0, 4, 3),
+    ("eopp-score", 0.05, 3, 2),
+    ("eo-score", 0.05, 4, 3),
+    ("eo-score", 0.0, 3, 2),
+]
+
+
+def _class_gaps(z, y, a, event):
+    """max over (class k, group g, event E) of |mean_{g,E} z_k - mean_E z_k|, written out directly."""
+    K = z.shape[1]
+    gaps = []
+    for k in range(K):
+        events = {"all": [np.ones_like(y, dtype=bool)], "y=k": [y == k], "both": [y == k, y != k]}[event]
+        for e in events:
+            for g in np.unique(a):
+                gaps.append(abs(z[e & (a == g), k].mean() - z[e, k].mean()))
+    return max(gaps)
+
+
+@pytest.mark.parametrize("constraint,eps,K,G", SCORE_CASES, ids=[f"{c}-{e}-K{k}-G{g}" for c, e, k, g in SCORE_CASES])
+def test_score_constraints_torch_agrees_with_cvxpy(constraint, eps, K, G):
+    X, y, a = make_multiclass(400, 5, K=K, n_groups=G, seed=K + G)
+    heads = {b: FairLogisticRegression(constraint=constraint, eps=eps, backend=b, **TIGHT).fit(X, y, sensitive_features=a)
+             for b in ("cvxpy", "torch")}
+    c, t = heads["cvxpy"].certificate_, heads["torch"].certificate_
+    assert t.status == "optimal" and c.status == "optimal"
+    assert abs(c.objective - t.objective) <= OBJ_RTOL * abs(c.objective)
+    event = {"dp-score": "all", "eopp-score": "y=k", "eo-score": "both"}[constraint]
+    free = FairLogisticRegression(**TIGHT).fit(X, y)
+    assert _class_gaps(free.decision_function(X), y, a, event) > eps + 0.05  # the bound is active
+    for head in heads.values():
+        assert head.certificate_.max_violation <= VIOL_ATOL
+        # the bounded quantity, recomputed from the fitted logits (centred: rows sum to 0)
+        z = head.decision_function(X)
+        np.testing.assert_allclose(z.sum(axis=1), 0.0, atol=1e-8)
+        assert _class_gaps(z, y, a, event) <= eps + VIOL_ATOL
+
+
+@pytest.mark.parametrize("backend", ["torch", "cvxpy"])
+def test_score_path_matches_cold_solves(backend):
+    from solvers import fit_path
+
+    X, y, a = make_multiclass(400, 5, K=3, seed=5)
+    grid = [0.3, 0.1, 0.02, 0.0]
+    path = fit_path(X, y, sensitive_features=a, eps_grid=grid, constraint="eo-score", backend=backend, **TIGHT)
+    for eps, head in zip(grid, path):
+        cold = FairLogisticRegression(constraint="eo-score", eps=eps, backend="cvxpy", **TIGHT)
+        cold.fit(X, y, sensitive_features=a)
+        assert abs(head.certificate_.objective - cold.certificate_.objective) <= OBJ_RTOL * cold.certificate_.objective
+
+
+def test_cvxpy_multiclass_model_is_dpp_and_resolves(mc_problem):
+    from solvers.backends.cvxpy_softmax import CvxpySoftmaxModel
+    from solvers.constraints import DemographicParityScore
+    from solvers.problem import build_problem
+
+    X, y, a = mc_problem
+    problem = build_problem(X, y.astype(float), a, n_classes=3)
+    cons = DemographicParityScore()
+    form = cons.linear_form(X, problem.y, problem.groups, problem.sample_weight, problem.group_labels, n_classes=3)
+    model = CvxpySoftmaxModel(problem, cons, C=1.0, penalty="l2", l1_ratio=None, fit_intercept=True, linear_form=form)
+    assert model.is_dpp()
+    model.solve(0.2, tol=1e-10)
+    again = model.solve(0.05, tol=1e-10)
+    fresh = CvxpySoftmaxModel(problem, cons, C=1.0, penalty="l2", l1_ratio=None, fit_intercept=True,
+                              linear_form=form).solve(0.05, tol=1e-10)
+    np.testing.assert_allclose(again.coef, fresh.coef, atol=1e-6)
