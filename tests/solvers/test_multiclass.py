@@ -162,3 +162,54 @@ def test_cvxpy_multiclass_model_is_dpp_and_resolves(mc_problem):
     fresh = CvxpySoftmaxModel(problem, cons, C=1.0, penalty="l2", l1_ratio=None, fit_intercept=True,
                               linear_form=form).solve(0.05, tol=1e-10)
     np.testing.assert_allclose(again.coef, fresh.coef, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- metrics for K classes
+# the same counts in the same order: fairlearn's numbers to rounding
+METRIC_ATOL = 1e-12
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unit", "weighted"])
+def test_metrics_equal_fairlearn_class_by_class(weighted):
+    fm = pytest.importorskip("fairlearn.metrics")
+    from solvers import metrics
+
+    X, y, a = make_multiclass(600, 6, K=4, n_groups=3, seed=2)
+    head = FairLogisticRegression(backend="torch").fit(X, y)
+    pred = head.predict(X)
+    w = np.random.default_rng(3).uniform(0.5, 2.0, y.shape[0]) if weighted else None
+    kw = dict(sensitive_features=a, sample_weight=w)
+    per_class = metrics.per_class_differences(y, pred, **kw)
+    for k in range(4):
+        yt, yp = (y == k).astype(int), (pred == k).astype(int)
+        want = {"demographic_parity_difference": fm.demographic_parity_difference(yt, yp, **kw),
+                "equal_opportunity_difference": fm.equal_opportunity_difference(yt, yp, **kw),
+                "equalized_odds_difference": fm.equalized_odds_difference(yt, yp, **kw)}
+        for name, value in want.items():
+            assert abs(per_class[k][name] - value) <= METRIC_ATOL, (k, name)
+    out = metrics.evaluate(y, pred, y_score=head.predict_proba(X), classes=head.classes_, **kw)
+    for name in ("demographic_parity_difference", "equal_opportunity_difference", "equalized_odds_difference"):
+        assert out[name] == max(per_class[k][name] for k in range(4))
+        assert 0 < out[name] < 1
+    ratio = min(fm.demographic_parity_ratio((y == k).astype(int), (pred == k).astype(int), **kw) for k in range(4))
+    assert abs(out["demographic_parity_ratio"] - ratio) <= METRIC_ATOL
+    assert "selection_rate" not in out  # a binary notion
+
+
+def test_multiclass_summary_metrics_match_sklearn():
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    from solvers import metrics
+
+    X, y, a = make_multiclass(600, 6, K=4, n_groups=3, seed=2)
+    head = FairLogisticRegression(backend="torch").fit(X, y)
+    pred, proba = head.predict(X), head.predict_proba(X)
+    out = metrics.evaluate(y, pred, y_score=proba, sensitive_features=a, classes=head.classes_)
+    assert abs(out["balanced_accuracy"] - balanced_accuracy_score(y, pred)) <= METRIC_ATOL
+    assert abs(out["roc_auc"] - roc_auc_score(y, proba, multi_class="ovr")) <= 1e-10
+    # a split without class 3 is still read as 4-class when classes are given
+    keep = y != 3
+    sub = metrics.evaluate(y[keep], pred[keep], sensitive_features=a[keep], classes=head.classes_)
+    assert "selection_rate" not in sub
+    notes = metrics.undefined_rates(y[keep], sensitive_features=a[keep], classes=head.classes_)
+    assert any(n.startswith("true_positive_rate of class 3 in group") for n in notes)
