@@ -18,13 +18,14 @@ TIGHT = dict(tol=1e-10, max_iter=20000)
 
 
 def make_multiclass(n=600, d=6, K=3, n_groups=2, seed=0, dtype=np.float64):
-    """K classes whose shares differ by group (so an unconstrained head violates parity per class)."""
+    """K classes whose shares and separability differ by group (so an unconstrained head violates
+    parity and equalized odds per class)."""
     rng = np.random.default_rng(seed)
     a = rng.integers(0, n_groups, n)
     logits = rng.normal(size=(n, K)) + 1.2 * np.eye(K)[(a * 2) % K]  # group g leans to class 2g mod K
     y = np.array([rng.choice(K, p=np.exp(r) / np.exp(r).sum()) for r in logits])
     X = rng.normal(size=(n, d))
-    X[:, :K] += 1.5 * np.eye(K)[y]
+    X[:, :K] += 1.5 * np.eye(K)[y] * (1.0 - 0.3 * a)[:, None]  # weaker class signal in later groups: TPR gaps
     X[:, K] += 0.8 * a
     return X.astype(dtype), y, a
 
@@ -213,3 +214,56 @@ def test_multiclass_summary_metrics_match_sklearn():
     assert "selection_rate" not in sub
     notes = metrics.undefined_rates(y[keep], sensitive_features=a[keep], classes=head.classes_)
     assert any(n.startswith("true_positive_rate of class 3 in group") for n in notes)
+
+
+# ----------------------------------------------------------------------------- rate constraints per class
+def _bounded_rate_gap(pred, y, a, constraint):
+    """max over (class k, group g, event E) of |P(yhat=k | g, E) - P(yhat=k | E)|, written out directly."""
+    gaps = []
+    for k in np.unique(y):
+        events = {"dp": [np.ones_like(y, dtype=bool)], "eopp": [y == k], "eo": [y == k, y != k]}[constraint]
+        for e in events:
+            for g in np.unique(a):
+                gaps.append(abs((pred[e & (a == g)] == k).mean() - (pred[e] == k).mean()))
+    return max(gaps)
+
+
+RATE_CASES = [
+    # constraint, eps, K, groups
+    ("dp", 0.05, 3, 2),
+    ("dp", 0.03, 4, 3),
+    ("eo", 0.05, 3, 2),
+    ("eo", 0.08, 3, 3),
+    ("eopp", 0.05, 4, 2),
+]
+
+
+@pytest.mark.parametrize("constraint,eps,K,G", RATE_CASES, ids=[f"{c}-{e}-K{k}-G{g}" for c, e, k, g in RATE_CASES])
+def test_rate_bound_met_on_the_fit_split(constraint, eps, K, G):
+    X, y, a = make_multiclass(1500, 8, K=K, n_groups=G, seed=10 + K + G)
+    free = FairLogisticRegression().fit(X, y)
+    assert _bounded_rate_gap(free.predict(X), y, a, constraint) > eps + 0.02  # the bound is active
+    head = FairLogisticRegression(constraint=constraint, eps=eps).fit(X, y, sensitive_features=a)
+    cert = head.certificate_
+    assert cert.eps_met and cert.status == "eps_met" and cert.max_violation == 0.0
+    pred = head.predict(X)
+    gap = _bounded_rate_gap(pred, y, a, constraint)
+    assert gap <= eps and abs(gap - cert.achieved_gap) <= 1e-12
+    assert abs(cert.zero_one_error - (pred != y).mean()) <= 1e-12
+    assert head.coef_.shape == (K, 8) and len(cert.multipliers) == len(np.unique(a)) * K * (2 if constraint == "eo" else 1)
+    # one deterministic head: the same inputs give the same bits
+    again = FairLogisticRegression(constraint=constraint, eps=eps).fit(X, y, sensitive_features=a)
+    np.testing.assert_array_equal(again.coef_, head.coef_)
+
+
+def test_rate_path_is_monotone_and_reports_unmet():
+    from solvers import fit_path
+
+    X, y, a = make_multiclass(1500, 8, K=3, n_groups=2, seed=11)
+    grid = [0.1, 0.05, 0.02, 0.0]
+    with pytest.warns(Warning, match="no head on the multiplier path meets dp eps=0"):
+        path = fit_path(X, y, sensitive_features=a, eps_grid=grid, constraint="dp")
+    gaps = [h.certificate_.achieved_gap for h in path]
+    assert all(h.certificate_.eps_met for h in path[:3])
+    assert path[3].certificate_.eps_met is False  # eps = 0 is below the resolution here
+    assert gaps[2] <= 0.02 and all(g1 >= g2 - 1e-12 or g2 <= e for g1, g2, e in zip(gaps, gaps[1:], grid[1:]))
