@@ -267,3 +267,23 @@ def test_rate_path_is_monotone_and_reports_unmet():
     assert all(h.certificate_.eps_met for h in path[:3])
     assert path[3].certificate_.eps_met is False  # eps = 0 is below the resolution here
     assert gaps[2] <= 0.02 and all(g1 >= g2 - 1e-12 or g2 <= e for g1, g2, e in zip(gaps, gaps[1:], grid[1:]))
+
+
+@pytest.mark.parametrize("suffix", [".json", ".npz"])
+def test_save_load_and_exports_give_the_same_scores(mc_problem, tmp_path, suffix):
+    import torch
+
+    from solvers import load_head, save_head
+    from solvers.export import to_sklearn, to_torch_linear
+
+    X, y, a = mc_problem
+    head = FairLogisticRegression(constraint="dp", eps=0.1).fit(X, np.array(["cat", "dog", "emu"])[y],
+                                                                   sensitive_features=a)
+    loaded = load_head(save_head(head, tmp_path / f"head{suffix}"))
+    np.testing.assert_array_equal(loaded.decision_function(X), head.decision_function(X))
+    assert list(loaded.classes_) == ["cat", "dog", "emu"] and loaded.certificate_ == head.certificate_
+    sk = to_sklearn(loaded)
+    np.testing.assert_allclose(sk.predict_proba(X), head.predict_proba(X), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(sk.predict(X), head.predict(X))
+    linear = to_torch_linear(loaded)
+    np.testing.assert_allclose(linear(torch.from_numpy(X)).numpy(), head.decision_function(X), rtol=0, atol=1e-12)
