@@ -1,0 +1,321 @@
+"""Out-of-core feature matrices: ``X`` streamed from disk in row chunks under a memory budget.
+
+A :class:`RowChunks` stands for ``X`` wherever the solvers take it
+(:meth:`FairLogisticRegression.fit`, ``predict``, :func:`solvers.fit_path`) when the matrix does
+not fit in memory. Each pass over ``X`` reads it one chunk of file rows at a time, keeps the
+rows asked for (a split scattered through the file: the read plan, with each chunk's
+positions, is computed once) and hands them on in **blocks**; nothing holds the whole matrix.
+
+**Budget.** A pass holds one chunk of ``R`` file rows as read, the split's rows picked from it
+(scattered rows only), one block of ``B`` rows being assembled, that block's float64 copy for a
+float64 product, and HDF5's chunk cache (1 MiB). With ``b`` bytes per stored row and ``d``
+features, the chunk is the largest whole number of blocks with
+
+.. math::
+
+    2 R b + B (b + 8 d) + 2^{20} \\le \\text{HEADROOM} \\cdot \\text{max\\_memory},
+
+``HEADROOM = 0.8`` leaving a fifth of the budget for allocator slack.
+
+The budget covers the feature matrix only: the O(n) vectors of a fit (scores, labels, weights:
+tens of bytes per row) and the O(d^2) preconditioner come on top, as they do in memory.
+
+**Blocks and exactness.** Every product with ``X`` (:class:`solvers.backends.torch.Design`, the
+certificates, the constraint rows, ``predict``) runs over blocks of :func:`block_rows` rows of
+the *selected* matrix and sums the blocks in float64, in memory and streamed alike. A block's
+product does not depend on where the block came from, so on the CPU a streamed fit performs the
+in-memory fit's arithmetic exactly: the same L-BFGS iterates, bit for bit. float16 rows stay
+float16 on disk and in the chunks; each block is computed in float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+
+import numpy as np
+
+from .errors import DataError
+
+#: bytes of one block in float32 (rows per block: :func:`block_rows`); small enough for any
+#: budget, large enough that one BLAS call per block costs nothing extra
+BLOCK_BYTES = 2**20
+#: the share of the budget the chunk, the picked rows and a block may take (see the module docstring)
+HEADROOM = 0.8
+#: HDF5's chunk cache for the dataset (h5py's default ``rdcc_nbytes``)
+HDF5_CACHE_BYTES = 2**20
+#: budget of a RowChunks built without one
+DEFAULT_MAX_MEMORY = "1GB"
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
+
+MSG_BAD_MEMORY = ("max_memory={value!r} is not a memory size; pass a number of bytes or a size such as "
+                  "'2GB', '512MB' or '1.5GiB'")
+MSG_SMALL_BUDGET = ("max_memory={value!r} is too small for {d} {dtype} features: a pass needs at least {need}; "
+                    "raise max_memory to {need} or more")
+MSG_NOT_2D = "an out-of-core X must be a 2-D array-like (n_samples, n_features); got shape {shape}"
+MSG_DTYPE = "an out-of-core X must hold float16, float32 or float64 features; got {dtype}; convert the cache"
+MSG_NEED_DATASET = "RowChunks({path!r}) needs dataset=NAME, the 2-D dataset of features in that HDF5 file"
+MSG_ROWS = ("rows must be sorted, distinct row numbers in [0, {n}); got {problem}; pass e.g. "
+            "np.flatnonzero(split == 'train')")
+MSG_IN_MEMORY = ("this X is streamed from disk (RowChunks, {shape[0]} x {shape[1]}) and is never loaded whole; "
+                 "use solvers.FairLogisticRegression with backend 'torch' or 'auto', or load the rows into memory")
+
+
+def parse_memory(value) -> int:
+    """Bytes from ``value``: a positive integer, or a string ``'2GB'``, ``'512MB'``, ``'1.5GiB'``.
+
+    ``KB``/``MB``/``GB``/``TB`` are powers of 1000 and ``KiB``/``MiB``/``GiB``/``TiB`` powers of 1024
+    (dask's ``parse_bytes`` convention); a bare number is bytes.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        raise DataError(MSG_BAD_MEMORY.format(value=value))
+    if isinstance(value, (int, np.integer)):
+        if value <= 0:
+            raise DataError(MSG_BAD_MEMORY.format(value=value))
+        return int(value)
+    match = _SIZE.match(value) if isinstance(value, str) else None
+    if match is None or match.group(2).lower() not in _UNITS:
+        raise DataError(MSG_BAD_MEMORY.format(value=value))
+    size = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not size >= 1:
+        raise DataError(MSG_BAD_MEMORY.format(value=value))
+    return int(size)
+
+
+def format_memory(n: int) -> str:
+    """``1500000000 -> '1.5 GB'`` (decimal units, as the budgets are usually written)."""
+    for unit, size in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} B"
+
+
+def block_rows(d: int) -> int:
+    """Rows per block for ``d`` features: the power of two nearest below ``BLOCK_BYTES / (4 d)``,
+    in [16, 8192]. It depends on ``d`` alone, so every copy of a matrix is cut the same way."""
+    rows = BLOCK_BYTES // (4 * max(int(d), 1))
+    return int(min(8192, max(16, 2 ** int(math.floor(math.log2(max(rows, 1)))))))
+
+
+def array_blocks(X: np.ndarray):
+    """``(start, block)`` over the row blocks of an in-memory ``X`` (views, no copy)."""
+    step = block_rows(X.shape[1])
+    for s in range(0, X.shape[0], step):
+        yield s, X[s : s + step]
+
+
+def row_blocks(X):
+    """``(start, block)`` over the row blocks of ``X``, in memory or a :class:`RowChunks`."""
+    return X.blocks() if isinstance(X, RowChunks) else array_blocks(X)
+
+
+class RowChunks:
+    """A feature matrix read from disk in row chunks: the out-of-core ``X`` of the solvers.
+
+    Parameters
+    ----------
+    source : str, path, h5py.Dataset, numpy.memmap or ndarray
+        The whole matrix, stored row-major: a path to an HDF5 file (with ``dataset``), opened
+        for each pass, or any 2-D array-like whose row slices ``source[a:b]`` read those rows.
+    rows : array-like of int, optional
+        Sorted row numbers of the rows to use (a split); all rows when omitted.
+    dataset : str, optional
+        The dataset's name in the file when ``source`` is a path.
+    max_memory : int or str, default="1GB"
+        The budget of a pass over the rows (see the module docstring): bytes, or ``"2GB"``,
+        ``"512MiB"``.
+
+    Attributes
+    ----------
+    shape : (int, int)
+        ``(len(rows), n_features)``.
+    dtype : numpy.dtype
+        The stored dtype (float16, float32 or float64).
+    chunk_rows : int
+        File rows read at once.
+    n_chunks : int
+        Reads per pass.
+
+    Notes
+    -----
+    Blocks are views of buffers that the next block may overwrite: use each one before
+    asking for the next. Converting a RowChunks to an array is refused (it would load it all).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solvers.out_of_core import RowChunks
+    >>> X = np.arange(12.0).reshape(6, 2)
+    >>> Xs = RowChunks(X, rows=[0, 2, 5])
+    >>> Xs.shape, (Xs @ np.ones(2)).tolist()
+    ((3, 2), [1.0, 9.0, 21.0])
+    """
+
+    def __init__(self, source, rows=None, *, dataset=None, max_memory=DEFAULT_MAX_MEMORY):
+        self._path = self._key = self._array = None
+        if isinstance(source, (str, os.PathLike)):
+            if dataset is None:
+                raise DataError(MSG_NEED_DATASET.format(path=os.fspath(source)))
+            import h5py
+
+            self._path, self._key = os.fspath(source), dataset
+            with h5py.File(self._path, "r") as f:
+                shape, dtype = f[dataset].shape, f[dataset].dtype
+        else:
+            self._array = source
+            shape, dtype = getattr(source, "shape", ()), getattr(source, "dtype", None)
+        if len(shape) != 2:
+            raise DataError(MSG_NOT_2D.format(shape=tuple(shape)))
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float16, np.float32, np.float64):
+            raise DataError(MSG_DTYPE.format(dtype=self.dtype))
+        self._n_file, d = int(shape[0]), int(shape[1])
+        self._rows = None if rows is None else self._check_rows(rows)
+        self.shape = (self._n_file if self._rows is None else len(self._rows), d)
+        self.ndim = 2
+        self.max_memory = max_memory
+        self.budget = parse_memory(max_memory)
+        self.block_rows = block_rows(d)
+        b, B = max(d, 1) * self.dtype.itemsize, self.block_rows
+        fixed = B * (b + 8 * max(d, 1)) + HDF5_CACHE_BYTES
+        chunk = int((HEADROOM * self.budget - fixed) // (2 * b)) // B * B
+        if chunk < B:
+            need = math.ceil((fixed + 2 * B * b) / HEADROOM)
+            raise DataError(MSG_SMALL_BUDGET.format(value=max_memory, d=d, dtype=self.dtype.name,
+                                                    need=format_memory(need)))
+        self.chunk_rows = chunk
+        self._plan = self._make_plan()
+        self._nonfinite = ()  # not checked yet
+
+    def _check_rows(self, rows) -> np.ndarray:
+        r = np.asarray(rows)
+        if r.ndim != 1 or (r.size and r.dtype.kind not in "iu"):
+            raise DataError(MSG_ROWS.format(n=self._n_file, problem=f"an array of shape {r.shape} and dtype {r.dtype}"))
+        r = r.astype(np.int64)
+        if r.size and (r[0] < 0 or r[-1] >= self._n_file or np.any(np.diff(r) <= 0)):
+            raise DataError(MSG_ROWS.format(n=self._n_file, problem="rows out of range, unsorted or repeated"))
+        return r
+
+    def _make_plan(self) -> list:
+        """Reads ``(lo, hi, positions)``: file rows ``[lo, hi)`` of at most ``chunk_rows``, and the
+        wanted rows' positions in them (``None``: all of them)."""
+        R = self.chunk_rows
+        if self._rows is None:
+            return [(lo, min(lo + R, self._n_file), None) for lo in range(0, self._n_file, R)]
+        rows, plan, i = self._rows, [], 0
+        while i < len(rows):
+            lo = int(rows[i])
+            j = int(np.searchsorted(rows, lo + R, side="left"))
+            hi = int(rows[j - 1]) + 1
+            plan.append((lo, hi, None if hi - lo == j - i else rows[i:j] - lo))
+            i = j
+        return plan
+
+    # ------------------------------------------------------------------ derived views
+    def with_budget(self, max_memory) -> "RowChunks":
+        """The same rows under another budget."""
+        src = self._array if self._path is None else self._path
+        out = RowChunks(src, self._rows, dataset=self._key, max_memory=max_memory)
+        out._nonfinite = self._nonfinite  # the rows are the same: a finished check holds
+        return out
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self._plan)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        where = self._path if self._path is not None else type(self._array).__name__
+        return (f"RowChunks({where!r}, {self.shape[0]} x {self.shape[1]} {self.dtype.name}, "
+                f"{self.n_chunks} chunks of <= {self.chunk_rows} rows, budget {format_memory(self.budget)})")
+
+    def describe(self) -> str:
+        """The certificate's note: what one pass reads and under which budget."""
+        return (f"out-of-core: streamed {self.n_chunks} chunk(s) of at most {self.chunk_rows} rows per pass over "
+                f"{self.shape[0]} x {self.shape[1]} {self.dtype.name} (budget {format_memory(self.budget)})")
+
+    def __array__(self, dtype=None, copy=None):
+        raise DataError(MSG_IN_MEMORY.format(shape=self.shape))
+
+    def __matmul__(self, w):
+        """``X @ w`` in float64 (:func:`solvers._linalg.x_dot`)."""
+        from ._linalg import x_dot
+
+        return x_dot(self, w)
+
+    # ------------------------------------------------------------------ passes
+    @contextlib.contextmanager
+    def _opened(self):
+        if self._path is None:
+            yield self._array
+            return
+        import h5py
+
+        with h5py.File(self._path, "r") as f:
+            yield f[self._key]
+
+    def chunks(self):
+        """The wanted rows of each read, in order: one pass (each array valid until the next)."""
+        d = self.shape[1]
+        with self._opened() as src:
+            direct = hasattr(src, "read_direct")  # h5py: read into one reused buffer
+            buf = np.empty((self.chunk_rows, d), dtype=self.dtype) if direct else None
+            picked = None
+            for lo, hi, pos in self._plan:
+                if direct:
+                    part = buf[: hi - lo]
+                    src.read_direct(part, np.s_[lo:hi], np.s_[0 : hi - lo])
+                else:
+                    part = np.asarray(src[lo:hi], dtype=self.dtype)
+                if pos is not None:
+                    if picked is None:
+                        picked = np.empty((self.chunk_rows, d), dtype=self.dtype)
+                    part = np.take(part, pos, axis=0, out=picked[: len(pos)])
+                yield part
+
+    def blocks(self):
+        """``(start, block)`` over blocks of :attr:`block_rows` selected rows (the last may be shorter),
+        the same blocks :func:`array_blocks` cuts from the rows in memory."""
+        B, d = self.block_rows, self.shape[1]
+        buf, fill, start = None, 0, 0
+        for part in self.chunks():
+            pos, m = 0, len(part)
+            while pos < m:
+                if fill == 0 and m - pos >= B:  # whole blocks: views of the chunk
+                    yield start, part[pos : pos + B]
+                    start += B
+                    pos += B
+                    continue
+                if buf is None:
+                    buf = np.empty((B, d), dtype=self.dtype)
+                take = min(B - fill, m - pos)
+                buf[fill : fill + take] = part[pos : pos + take]
+                fill += take
+                pos += take
+                if fill == B:
+                    yield start, buf
+                    start += B
+                    fill = 0
+        if fill:
+            yield start, buf[:fill]
+
+    def first_nonfinite(self) -> int | None:
+        """Position of the first row with a NaN or infinite feature, or ``None`` (one pass, remembered)."""
+        if self._nonfinite == ():
+            self._nonfinite = None
+            for s, blk in self.blocks():
+                bad = ~np.isfinite(blk).all(axis=1)
+                if bad.any():
+                    self._nonfinite = s + int(np.flatnonzero(bad)[0])
+                    break
+        return self._nonfinite
+
+
+__all__ = ["RowChunks", "block_rows", "format_memory", "parse_memory", "row_blocks"]
