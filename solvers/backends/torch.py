@@ -141,7 +141,7 @@ class Design:
                 yield s, torch.from_numpy(blk).to(self.device)
 
     def gram(self) -> torch.Tensor:
-        """The centred Gram matrix ``(X - mu)^T (X - mu) / n`` (float64), or its diagonal.
+        """The centred Gram matrix ``(X - mu)^T (X - mu) / n`` (float64), or its diagonal (1-D).
 
         The full matrix (blocks, products in ``cdt``) when it costs at most
         ``GRAM_FULL_FLOPS`` multiply-adds (``n d^2``; about 10 passes over X at gemm speed);
@@ -157,7 +157,7 @@ class Design:
                 Xc = Xc - mu
             G += ((Xc.t() @ Xc) if full else (Xc * Xc).sum(0)).to(_F64)
         G /= max(self.n, 1)
-        self._gram = G if full else torch.diag(G)
+        self._gram = G  # (d,) when only the diagonal: no dense d x d copy (33 MB at d = 2048)
         return self._gram
 
     def preconditioner(self, lam2: float, p: int) -> "Preconditioner":
@@ -242,14 +242,17 @@ class Preconditioner:
     features at any scale (1e6 included) cost no extra iterations. Coordinate ``d`` is the
     intercept (in centred coordinates its Hessian is about 1/4); later ones (minimax's ``t``)
     are left alone. ``epsilon`` (1e-6 of the mean diagonal) keeps ``H_0`` definite when columns
-    are collinear.
+    are collinear. A 1-D ``gram`` (the diagonal) gives a diagonal ``L``, kept as a vector.
     """
 
     def __init__(self, gram: torch.Tensor, lam2: float, d: int, p: int):
         H = 0.25 * gram
-        ridge = float(lam2) + 1e-6 * max(float(torch.diagonal(H).mean()) if d else 1.0, 1e-300)
-        H = H + ridge * torch.eye(d, dtype=_F64, device=gram.device)
-        self.L = torch.linalg.cholesky(H)
+        diag = H if H.ndim == 1 else torch.diagonal(H)
+        ridge = float(lam2) + 1e-6 * max(float(diag.mean()) if d else 1.0, 1e-300)
+        if H.ndim == 1:
+            self.L = torch.sqrt(H + ridge)
+        else:
+            self.L = torch.linalg.cholesky(H + ridge * torch.eye(d, dtype=_F64, device=gram.device))
         self.d, self.p = d, p
         self.scale = torch.ones(p - d, dtype=_F64, device=gram.device)
         self.scale[0] = 2.0
@@ -258,7 +261,8 @@ class Preconditioner:
         """``T v`` for ``v`` of shape (p,) or (p, k)."""
         vv = v[:, None] if v.ndim == 1 else v
         out = torch.empty_like(vv)
-        out[: self.d] = torch.linalg.solve_triangular(self.L.t(), vv[: self.d], upper=True)
+        out[: self.d] = (vv[: self.d] / self.L[:, None] if self.L.ndim == 1 else
+                         torch.linalg.solve_triangular(self.L.t(), vv[: self.d], upper=True))
         out[self.d:] = vv[self.d:] * self.scale[:, None]
         return out[:, 0] if v.ndim == 1 else out
 
@@ -266,7 +270,8 @@ class Preconditioner:
         """``T^T v`` for ``v`` of shape (p,) or (p, k)."""
         vv = v[:, None] if v.ndim == 1 else v
         out = torch.empty_like(vv)
-        out[: self.d] = torch.linalg.solve_triangular(self.L, vv[: self.d], upper=False)
+        out[: self.d] = (vv[: self.d] / self.L[:, None] if self.L.ndim == 1 else
+                         torch.linalg.solve_triangular(self.L, vv[: self.d], upper=False))
         out[self.d:] = vv[self.d:] * self.scale[:, None]
         return out[:, 0] if v.ndim == 1 else out
 
