@@ -6,14 +6,20 @@ not fit in memory. Each pass over ``X`` reads it one chunk of file rows at a tim
 rows asked for (a split scattered through the file: the read plan, with each chunk's
 positions, is computed once) and hands them on in **blocks**; nothing holds the whole matrix.
 
-**Budget.** A pass holds one chunk of ``R`` file rows as read, the split's rows picked from it
-(scattered rows only), one block of ``B`` rows being assembled, that block's float64 copy for a
-float64 product, and 1 MiB for HDF5's own buffers (the chunk cache is off). With ``b`` bytes per stored row and ``d``
-features, the chunk is the largest whole number of blocks with
+**Reads.** An uncompressed cache (every cache ``fairhead extract`` and ``import`` write) is
+memory-mapped: a chunk is a view of the page cache, mapped for its pass and unmapped after, so
+the rows are copied only when a split's rows are picked out. Other datasets (compressed,
+virtual views over shards, arrays) are read with HDF5 into one reused buffer.
+
+**Budget.** A pass holds a chunk of ``R`` file rows as read or mapped, the previous one (while
+its last block is in use), the split's rows picked from it (scattered rows only), one block of
+``B`` rows being assembled, that block's float64 copy for a float64 product, and 1 MiB for HDF5's
+own buffers (the chunk cache is off). With ``b`` bytes per stored row and ``d`` features, the
+chunk is the largest whole number of blocks with
 
 .. math::
 
-    2 R b + B (b + 8 d) + 2^{20} \\le \\text{HEADROOM} \\cdot \\text{max\\_memory},
+    3 R b + B (b + 8 d) + 2^{20} \\le \\text{HEADROOM} \\cdot \\text{max\\_memory},
 
 ``HEADROOM = 0.8`` leaving a fifth of the budget for the fit's O(n) vectors (a few hundred bytes
 a row: scores, labels, weights, gradients) and allocator slack.
@@ -46,6 +52,9 @@ from .errors import DataError
 BLOCK_BYTES = 2**20
 #: the share of the budget the chunk, the picked rows and a block may take (see the module docstring)
 HEADROOM = 0.8
+#: a chunk as read (or mapped), the previous one (still referenced by its last block while the
+#: next is mapped), the split's rows picked from it
+CHUNK_COPIES = 3
 #: HDF5's own buffers while reading (its chunk cache is turned off)
 HDF5_CACHE_BYTES = 2**20
 #: budget of a RowChunks built without one
@@ -104,6 +113,38 @@ def block_rows(d: int) -> int:
     return int(min(8192, max(16, 2 ** int(math.floor(math.log2(max(rows, 1)))))))
 
 
+def _mapped_runs(dset) -> list | None:
+    """``[(row_start, row_stop, byte_offset), ...]``: the dataset's rows as runs of adjacent bytes in
+    its file, or ``None`` when they cannot be memory-mapped (compressed or filtered, virtual,
+    chunks narrower than a row, unallocated chunks, a non-native byte order)."""
+    try:
+        n, d = dset.shape
+        if dset.is_virtual or dset.dtype.byteorder not in ("=", "<", "|") or n == 0:
+            return None
+        if dset.id.get_create_plist().get_nfilters():
+            return None
+        row_bytes = d * dset.dtype.itemsize
+        if dset.chunks is None:
+            offset = dset.id.get_offset()
+            return None if offset is None else [(0, n, int(offset))]
+        c = dset.chunks[0]
+        if dset.chunks[1] != d or dset.id.get_num_chunks() != -(-n // c):
+            return None
+        info = sorted((dset.id.get_chunk_info(i) for i in range(dset.id.get_num_chunks())),
+                      key=lambda k: k.chunk_offset[0])
+        runs = []
+        for k in info:
+            row, offset = int(k.chunk_offset[0]), int(k.byte_offset)
+            stop = min(row + c, n)
+            if runs and runs[-1][1] == row and runs[-1][2] + (row - runs[-1][0]) * row_bytes == offset:
+                runs[-1] = (runs[-1][0], stop, runs[-1][2])
+            else:
+                runs.append((row, stop, offset))
+        return runs
+    except (AttributeError, OSError, RuntimeError, ValueError):  # an HDF5 without chunk queries: read it
+        return None
+
+
 def array_blocks(X: np.ndarray):
     """``(start, block)`` over the row blocks of an in-memory ``X`` (views, no copy)."""
     step = block_rows(X.shape[1])
@@ -159,7 +200,7 @@ class RowChunks:
     """
 
     def __init__(self, source, rows=None, *, dataset=None, max_memory=DEFAULT_MAX_MEMORY):
-        self._path = self._key = self._array = None
+        self._path = self._key = self._array = self._runs = None
         if isinstance(source, (str, os.PathLike)):
             if dataset is None:
                 raise DataError(MSG_NEED_DATASET.format(path=os.fspath(source)))
@@ -168,6 +209,7 @@ class RowChunks:
             self._path, self._key = os.fspath(source), dataset
             with h5py.File(self._path, "r") as f:
                 shape, dtype = f[dataset].shape, f[dataset].dtype
+                self._runs = _mapped_runs(f[dataset])
         else:
             self._array = source
             shape, dtype = getattr(source, "shape", ()), getattr(source, "dtype", None)
@@ -185,9 +227,9 @@ class RowChunks:
         self.block_rows = block_rows(d)
         b, B = max(d, 1) * self.dtype.itemsize, self.block_rows
         fixed = B * (b + 8 * max(d, 1)) + HDF5_CACHE_BYTES
-        chunk = int((HEADROOM * self.budget - fixed) // (2 * b)) // B * B
+        chunk = int((HEADROOM * self.budget - fixed) // (CHUNK_COPIES * b)) // B * B
         if chunk < B:
-            need = math.ceil((fixed + 2 * B * b) / HEADROOM)
+            need = math.ceil((fixed + CHUNK_COPIES * B * b) / HEADROOM)
             raise DataError(MSG_SMALL_BUDGET.format(value=max_memory, d=d, dtype=self.dtype.name,
                                                     need=format_memory(need)))
         self.chunk_rows = chunk
@@ -207,12 +249,14 @@ class RowChunks:
         """Reads ``(lo, hi, positions)``: file rows ``[lo, hi)`` of at most ``chunk_rows``, and the
         wanted rows' positions in them (``None``: all of them)."""
         R = self.chunk_rows
-        if self._rows is None:
-            return [(lo, min(lo + R, self._n_file), None) for lo in range(0, self._n_file, R)]
-        rows, plan, i = self._rows, [], 0
+        rows = np.arange(self._n_file, dtype=np.int64) if self._rows is None else self._rows
+        # a mapped read stays inside one run of the file (one mapping, no copy)
+        stops = np.array([stop for _, stop, _ in self._runs] if self._runs else [self._n_file], dtype=np.int64)
+        plan, i = [], 0
         while i < len(rows):
             lo = int(rows[i])
-            j = int(np.searchsorted(rows, lo + R, side="left"))
+            end = min(lo + R, int(stops[np.searchsorted(stops, lo, side="right")]))
+            j = int(np.searchsorted(rows, end, side="left"))
             hi = int(rows[j - 1]) + 1
             plan.append((lo, hi, None if hi - lo == j - i else rows[i:j] - lo))
             i = j
@@ -240,8 +284,9 @@ class RowChunks:
 
     def describe(self) -> str:
         """The certificate's note: what one pass reads and under which budget."""
+        how = "memory-mapped" if self.mapped else "HDF5 reads"
         return (f"out-of-core: streamed {self.n_chunks} chunk(s) of at most {self.chunk_rows} rows per pass over "
-                f"{self.shape[0]} x {self.shape[1]} {self.dtype.name} (budget {format_memory(self.budget)})")
+                f"{self.shape[0]} x {self.shape[1]} {self.dtype.name} ({how}, budget {format_memory(self.budget)})")
 
     def __array__(self, dtype=None, copy=None):
         raise DataError(MSG_IN_MEMORY.format(shape=self.shape))
@@ -265,25 +310,48 @@ class RowChunks:
         with h5py.File(self._path, "r", rdcc_nbytes=0) as f:
             yield f[self._key]
 
-    def chunks(self):
-        """The wanted rows of each read, in order: one pass (each array valid until the next)."""
-        d = self.shape[1]
+    def spans(self):
+        """``(start, rows, positions)`` per read: the file rows as read (or mapped), the positions of
+        the wanted ones among them (``None``: all) and the index of the first wanted one."""
+        d, start = self.shape[1], 0
+        if self._runs:
+            firsts = np.array([first for first, _, _ in self._runs], dtype=np.int64)
+            for lo, hi, pos in self._plan:
+                first, _, offset = self._runs[int(np.searchsorted(firsts, lo, side="right")) - 1]
+                view = np.memmap(self._path, dtype=self.dtype, mode="r", shape=(hi - lo, d),
+                                 offset=offset + (lo - first) * d * self.dtype.itemsize)
+                yield start, view, pos
+                start += hi - lo if pos is None else len(pos)
+                del view  # unmapped once the caller drops it too
+            return
         with self._opened() as src:
             direct = hasattr(src, "read_direct")  # h5py: read into one reused buffer
             buf = np.empty((self.chunk_rows, d), dtype=self.dtype) if direct else None
-            picked = None
             for lo, hi, pos in self._plan:
                 if direct:
                     part = buf[: hi - lo]
                     src.read_direct(part, np.s_[lo:hi], np.s_[0 : hi - lo])
                 else:
                     part = np.asarray(src[lo:hi], dtype=self.dtype)
-                if pos is not None:
-                    if picked is None:
-                        picked = np.empty((self.chunk_rows, d), dtype=self.dtype)
-                    # mode="clip": an unbuffered copy (the positions are in range by construction)
-                    part = np.take(part, pos, axis=0, out=picked[: len(pos)], mode="clip")
+                yield start, part, pos
+                start += hi - lo if pos is None else len(pos)
+
+    def chunks(self):
+        """The wanted rows of each read, in order: one pass (each array valid until the next)."""
+        picked = None
+        for _, part, pos in self.spans():
+            if pos is None:
                 yield part
+                continue
+            if picked is None:
+                picked = np.empty((self.chunk_rows, self.shape[1]), dtype=self.dtype)
+            # mode="clip": an unbuffered copy (the positions are in range by construction)
+            yield np.take(part, pos, axis=0, out=picked[: len(pos)], mode="clip")
+
+    @property
+    def mapped(self) -> bool:
+        """Whether passes read a memory map of the file (an uncompressed cache) instead of HDF5 reads."""
+        return bool(self._runs)
 
     def blocks(self):
         """``(start, block)`` over blocks of :attr:`block_rows` selected rows (the last may be shorter),

@@ -171,7 +171,7 @@ class Design:
         """``(X - mu) v`` in float64."""
         self._passes[0] += 1
         vc = v.to(self.cdt)
-        if self.device.type == "cpu":  # each row's dot product: the same bits in any block
+        if self.device.type == "cpu":  # the same blocks as in memory: the same bits
             vn = vc.numpy()
             out = np.empty(self.n, dtype=self._np_cdt)
             for s, blk in self._blocks():

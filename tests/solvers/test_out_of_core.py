@@ -81,6 +81,21 @@ def test_products_are_bitwise_the_in_memory_ones(scattered_cache):
     np.testing.assert_array_equal(Xs @ w, x_dot(X, w))
 
 
+def test_caches_are_memory_mapped_and_compressed_files_read_with_hdf5_alike(scattered_cache, tmp_path):
+    path, rows, X, y, a = scattered_cache
+    with h5py.File(path, "r") as f:
+        full = f["features"][()]
+    with h5py.File(tmp_path / "gz.h5", "w") as f:
+        f.create_dataset("X", data=full, chunks=(64, full.shape[1]), compression="gzip")
+    mapped, read = _streamed(path, rows), RowChunks(tmp_path / "gz.h5", rows, dataset="X", max_memory=SMALL_BUDGET)
+    assert mapped.mapped and not read.mapped
+    assert "memory-mapped" in mapped.describe() and "HDF5 reads" in read.describe()
+    kw = dict(constraint="dp-score", eps=0.02, backend="torch")
+    heads = [FairLogisticRegression(**kw).fit(Xs, y, sensitive_features=a) for Xs in (X, mapped, read)]
+    for head in heads[1:]:
+        np.testing.assert_array_equal(head.coef_, heads[0].coef_)
+
+
 def test_converting_a_streamed_x_to_an_array_is_refused(scattered_cache):
     path, rows, *_ = scattered_cache
     with pytest.raises(DataError, match="streamed from disk"):
