@@ -163,8 +163,9 @@ class RowChunks:
     Parameters
     ----------
     source : str, path, h5py.Dataset, numpy.memmap or ndarray
-        The whole matrix, stored row-major: a path to an HDF5 file (with ``dataset``), opened
-        for each pass, or any 2-D array-like whose row slices ``source[a:b]`` read those rows.
+        The whole matrix, stored row-major: a path to an HDF5 file (with ``dataset``),
+        memory-mapped (uncompressed) or opened for each pass, or any 2-D array-like whose row
+        slices ``source[a:b]`` read those rows.
     rows : array-like of int, optional
         Sorted row numbers of the rows to use (a split); all rows when omitted.
     dataset : str, optional

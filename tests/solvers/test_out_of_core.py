@@ -280,3 +280,12 @@ def test_streamed_fit_stays_under_a_budget_of_a_tenth_of_x(tmp_path):
     assert extra <= budget, f"streaming took {extra / 1e6:.1f} MB over the fit's own, budget {budget / 1e6:.1f} MB"
     assert out["streamed"] < out["x_bytes"] / 2, out  # X was never materialised
     assert out["same"] and out["passes"] >= 10 and "budget 12 MB" in out["note"]
+
+
+def test_the_module_examples_run():
+    import doctest
+
+    import solvers.out_of_core
+
+    result = doctest.testmod(solvers.out_of_core)
+    assert result.attempted >= 2 and result.failed == 0
