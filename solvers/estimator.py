@@ -135,7 +135,7 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         backend, L2 penalty; on the CPU the head is bit for bit the in-memory head, and the
         certificate says how it was streamed.
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
 
     Attributes
     ----------
