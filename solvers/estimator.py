@@ -341,7 +341,7 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         if (prev and "theta" in prev and prev.get("eps") is not None and eps is not None
                 and prev["eps"] != eps and len(prev["theta"]) == len(state.get("theta", ()))
                 and sorted(prev.get("working", ())) == sorted(state.get("working", ()))):
-            state["prev"] = (list(prev.get("prev", ())) + [(prev["theta"], prev["eps"])])[-2:]
+            state["prev"] = (list(prev.get("prev", ())) + [(prev["theta"], prev["eps"], prev.get("z"))])[-2:]
         self._solver_state = state
         if report:  # a path reports its heads when it yields them (it may replace an unmet one)
             self._report(cert)
@@ -349,7 +349,11 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
     def _warm_init(self):
         state = getattr(self, "_solver_state", None)
         if state and "theta" in state and getattr(self, "coef_", None) is not None:
-            return dict(state)
+            # a refit may see other rows: scores of X (the path's shortcut) must be recomputed
+            state = {k: val for k, val in state.items() if k not in ("z", "row_scores")}
+            if "prev" in state:
+                state["prev"] = [tuple(entry[:2]) for entry in state["prev"]]
+            return state
         return None
 
     def _report(self, cert: Certificate) -> None:

@@ -67,10 +67,9 @@ def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_he
     problem, constraint, backend = base._prepare(X, y, sensitive_features, sample_weight)
     state = _head_state(init_head, problem.d)
     if constraint is not None and constraint.kind == "rate":
-        from .backends.torch import Design
-        from .reductions import fit_rate_constraint
+        from .reductions import fit_rate_constraint, rate_design
 
-        design = Design(problem.X, base.device, center=base.fit_intercept)
+        design = rate_design(problem.X, base.device, center=base.fit_intercept)
         solved, queue = [], []
         for e in grid:
             est = _fresh(base, e)

@@ -33,7 +33,7 @@ records both (``resolution``, ``aimed_at``) and the passes over ``X`` the head c
 Along a path the reduction can reach a **floor**: on Adult's ``eo``, below a gap of about 0.025
 the multipliers that would go further drive one group's cell costs through zero, and the gaps
 jump to 0.5 (no multipliers of the reduction give a smaller gap). A bound below a gap at which
-the previous bound's search stalled (it did not reach its own target) gets Newton steps only,
+the previous bound's Newton steps stalled short of their target gets one Newton step only,
 and a bound below one the path already missed is not searched again: its head is the previous
 head, reported unmet (whatever meets it would have met the looser bound).
 """
@@ -73,6 +73,20 @@ def _evaluate(z, y, v, V, mom):
     return gaps, err
 
 
+def rate_design(X, device, *, center):
+    """The :class:`~solvers.backends.torch.Design` of a rate head's weighted fits.
+
+    float64 features are multiplied in float32 on the CPU (a copy: half the memory traffic of
+    a pass, about 1e-7 relative error in the scores): a rate head is judged by its hard
+    predictions, and the chosen head's are checked with float64 products of ``X``.
+    """
+    from .backends.torch import Design
+
+    if X.dtype == np.float64 and str(device) == "cpu":
+        X = X.astype(np.float32)
+    return Design(X, device, center=center)
+
+
 def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, design=None):
     """Run the reduction; return ``(Solution, Certificate)`` (see module docstring).
 
@@ -108,7 +122,7 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
     mom = constraint.moments(y, problem.groups, v, problem.group_labels)
     K = mom.M.shape[0]
     if design is None:
-        design = Design(X, est.device, center=est.fit_intercept)
+        design = rate_design(X, est.device, center=est.fit_intercept)
     dev = design.device
     lam2 = 0.0 if est.penalty is None else 1.0 / (float(est.C) * V)
     fixed = () if est.fit_intercept else (d,)
@@ -143,9 +157,9 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
     # reaches meets this one either (whatever meets it meets the looser aim): the previous head
     # is re-checked and returned, unmet, instead of failing the same search again
     floor = prev is not None and init.get("missed_aim") is not None and float(init["missed_aim"]) >= aim
-    # ... and when its search stalled above its own target at a gap this bound lies below, the
-    # reduction is near a floor: Newton steps get a try, the bracketing searches (20-130 fits
-    # each, on Adult's eo paths always in vain) do not
+    # ... and when its Newton steps stalled (a fresh step failed, or they ran out) above its own
+    # target at a gap this bound lies below, the reduction is near a floor: one Newton step gets
+    # a try, the bracketing searches (20-130 fits each, on Adult's eo paths always in vain) do not
     stalled = prev is not None and init.get("stalled_at") is not None and float(init["stalled_at"]) > aim
     lam_hist = list(init.get("lam_hist", ())) if prev else []
     history = []
@@ -193,13 +207,18 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         state["adopted"] = 1
         return gaps
 
-    def newton(lam_k, gaps_k):
+    def reached():
+        """Whether a converged head so far meets the aim (the merit of the steps, the KKT
+        residual, may prefer a head that misses it to one that meets it)."""
+        return any(e[1] <= aim for e in history)
+
+    def newton(lam_k, gaps_k, halvings=NEWTON_HALVINGS):
         """Newton steps from the converged fit at ``lam_k`` (:mod:`solvers.multiplier_newton`).
 
         True once a converged head meets the bound with every binding gap within ``WARM_BAND``
-        of the target (or meets it with no multiplier at all), or meets it when the steps run
-        out or stop helping; False when a step, halved ``NEWTON_HALVINGS`` times, no longer
-        shrinks the KKT residual of a head that misses the bound (the state is left at the last
+        of the target (or meets it with no multiplier at all), or when the steps run out or stop
+        helping and some head on the way met it; otherwise False when a step, halved
+        ``halvings`` times, no longer shrinks the KKT residual (the state is left at the last
         accepted head, a good warm start for the bracketing search).
         """
         steps = NEWTON_STEPS if newton_affordable(design) else 0
@@ -208,7 +227,9 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
             met = float(np.abs(gaps_k).max()) <= aim
             # below the resolution any head that reaches it will do: the gaps cannot be steered finer
             if met and (float(np.abs(r).max()) <= WARM_BAND * aim or not lam_k.any() or eps < resolution):
+                state["stall"] = False
                 return True
+
             theta_k, z_k, pairs_k = state["theta"], state["z"], state["pairs"]
             # along a path the last head's Jacobian serves until a full step with it fails
             fresh = state.get("jac") is None
@@ -218,7 +239,7 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
             goal = targets(lam_k, gaps_k, J, eps_t)
             merit = float(np.linalg.norm(r))
             step = 1.0
-            for _ in range(NEWTON_HALVINGS + 1 if fresh else 1):
+            for _ in range(halvings + 1 if fresh else 1):
                 lam_n = lam_k + step * (goal - lam_k)
                 # the predicted head warm-starts the fit: a few L-BFGS iterations correct it
                 state["theta"] = theta_k + dtheta @ torch.as_tensor(lam_n - lam_k, dtype=torch.float64, device=dev)
@@ -234,12 +255,14 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
                     # the linear model fails here; a head that meets the bound is kept as it is
                     # (near a floor of the reduction the bracketing search spends 20-40 fits to
                     # move it a little closer to the target)
-                    return met
+                    state["stall"] = True
+                    return reached()
                 continue  # a stale Jacobian: retry with a fresh one
             state["newton"] += 1
             steps -= 1
             lam_k, gaps_k = lam_n, gaps_n
-        return steps == 0 and float(np.abs(gaps_k).max()) <= aim  # out of steps: a head that meets it is kept
+        state["stall"] = newton_affordable(design)  # out of steps short of the target
+        return reached()
 
     def search(lam_s, gaps_s, t_init, log, band=None):
         """Ray + Illinois (then Rprop) from ``lam_s``; ``log`` collects (lam, max gap, err proxy).
@@ -348,29 +371,24 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         # the previous head as it was (Newton's last head sits where the linear model failed)
         gaps_p = adopt(lam_p)
         at_p = (state["theta"], state["z"], state["pairs"])
-        if not newton(lam_p, gaps_p) and not stalled:
+        # near a floor one full step (with a fresh Jacobian) shows whether the linear model sees a
+        # way down; halving it only finds the floor again, at 20-50 passes a fit there
+        if not newton(lam_p, gaps_p, halvings=0 if stalled else NEWTON_HALVINGS) and not stalled:
             state["theta"], state["z"], state["pairs"] = at_p
             search(lam_p, gaps0, t_ray, [], band=WARM_BAND * aim)
-        warm_best = min(e[1] for e in history)
-        if warm_best > aim and eps >= resolution and not stalled:
+        if not reached() and eps >= resolution and not stalled:
             # the warm search missed: the cold search (from lam = 0 and the cold start; the warm
             # candidates stay in the running), so a path head never does worse than a cold solve
             # (a cold search from far-away warm multipliers can be much slower)
             state["theta"], state["pairs"] = theta_cold, None
             state.pop("z", None)
             lam = np.zeros(K)
-            cold_from = len(history)
             gaps0 = run(lam)
         else:
             gaps0 = None
     else:
         gaps0 = run(lam)
-        warm_best = None
-    if gaps0 is not None and float(np.abs(gaps0).max()) > aim and not newton(lam, gaps0) and not (
-            # Newton from lam = 0 stalled no lower than the warm search did: two starts end at the
-            # same floor of the reduction (e.g. eo on Adult below ~0.025, where one group's cells
-            # reach zero cost), and the bracketing search only spends fits there (80 on Adult)
-            warm_best is not None and min(e[1] for e in history[cold_from:]) >= 0.98 * warm_best):
+    if gaps0 is not None and float(np.abs(gaps0).max()) > aim and not newton(lam, gaps0):
         # stage 1: steer the multipliers with a few warm L-BFGS steps per value (cheap, inexact)
         state["exact"] = False
         theta_start, pairs_start = state["theta"], state["pairs"]
@@ -447,7 +465,8 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
                    state={"theta": th, "lam": h[2], "gaps": np.asarray(g2, dtype=np.float64),
                           "stationarity": float(h[4]), "converged": bool(h[5]),
                           "missed_aim": aim if gap > aim else None,
-                          "stalled_at": best_gap if best_gap > eps_t else None,
+                          # Newton stopped short of its target (not in the band): the gap it stalled at
+                          "stalled_at": best_gap if state.get("stall") and best_gap > eps_t else None,
                           "lam_hist": (lam_hist + [(prev[0], prev[1])])[-2:] if prev else [],
                           "pairs": (_numpy_pairs(state["pairs"]) if state["pairs"] is not None and state["pairs"] is not (init or {}).get("pairs")
                                     else state["pairs"]),  # unchanged when no fit ran

@@ -654,7 +654,8 @@ def _fit_torch(problem, constraint, *, eps, C, penalty, l1_ratio, fit_intercept,
     lam2 = 0.0 if penalty in (None, "none") else 1.0 / (C * V)
     fixed = () if fit_intercept else (d,)
     name = None if constraint is None else constraint.name
-    theta0 = _start_theta(problem, fit_intercept, init, linear_form, eps, d)
+    row_scores = dict(init.get("row_scores", {})) if init else {}
+    theta0, z0 = _start_theta(problem, fit_intercept, init, linear_form, eps, d, design, row_scores)
     if name in ("group-loss", "minimax"):
         sol = _fit_auglag(design, problem, y, q, lam2, d, cells, eps, name == "minimax", fixed, theta0,
                           tol, max_iter, init, C=C, fit_intercept=fit_intercept)
@@ -681,7 +682,8 @@ def _fit_torch(problem, constraint, *, eps, C, penalty, l1_ratio, fit_intercept,
     working = tuple(init.get("working", ())) if init else ()
     pairs = init.get("pairs") if init else None
     res = minimize(design, obj, theta, A=A, rhs=rhs, fixed=fixed, working=working, tol=tol, max_iter=max_iter,
-                   pairs=pairs, precond=design.preconditioner(lam2, d + 1))
+                   pairs=pairs, precond=design.preconditioner(lam2, d + 1),
+                   z0=None if z0 is None else _tensor(z0, dev))
     th = design.from_centered(res.theta).cpu().numpy()
     lam = np.zeros(0)
     if A is not None:
@@ -689,7 +691,8 @@ def _fit_torch(problem, constraint, *, eps, C, penalty, l1_ratio, fit_intercept,
     status = "optimal" if res.converged else "max_iter"
     return Solution(coef=th[:d].copy(), intercept=float(th[d]), multipliers=lam, status=status,
                     solver="active-set-lbfgs", n_iter=res.n_iter, wall_time=time.perf_counter() - t0,
-                    notes=[], state={"theta": th, "working": res.working, "pairs": _numpy_pairs(res.pairs)},
+                    notes=[], state={"theta": th, "working": res.working, "pairs": _numpy_pairs(res.pairs),
+                                     "z": res.z.cpu().numpy(), "row_scores": row_scores},
                     products=(res.z.cpu().numpy(), res.xtr.cpu().numpy()))
 
 
@@ -699,33 +702,47 @@ def _numpy_pairs(pairs):
     return ([x.cpu().numpy() for x in S], [x.cpu().numpy() for x in Y], list(W))
 
 
-def _start_theta(problem, fit_intercept, init, linear_form, eps, d):
-    """A feasible start: the warm start shrunk toward ``w = 0`` until it satisfies the rows."""
+def _start_theta(problem, fit_intercept, init, linear_form, eps, d, design=None, row_scores=None):
+    """A feasible start and its scores ``z = X w + b`` when they come without a pass over X (else None).
+
+    The warm start, extrapolated along a path and moved onto the new bound, or shrunk toward
+    ``w = 0`` until it satisfies the rows. Along a path the scores are extrapolated with the
+    heads (``z`` is linear in theta) and moved with the rows' own scores ``X a_k + a_k0``
+    (``row_scores``, one product per row, computed once per path): the start's product with X
+    is one of the 4-6 passes a warm point costs.
+    """
     y, v = problem.y, problem.sample_weight
     p = float(np.clip((v * y).sum() / v.sum(), 1e-6, 1 - 1e-6))
     base = np.zeros(d + 1)
     if fit_intercept:
         base[d] = math.log(p / (1 - p))
     if not init or "theta" not in init:
-        return base
+        return base, None
     th = np.asarray(init["theta"], dtype=np.float64)[: d + 1].copy()
+    z = init.get("z")
     if init.get("prev") and init.get("eps") is not None:
         # along a path: extrapolate the last heads in eps (Lagrange, degree <= 2); with an
         # unchanged active set the solution path is smooth in eps
-        pts = [(np.asarray(t, dtype=np.float64)[: d + 1], float(e)) for t, e in init["prev"]]
-        pts.append((th, float(init["eps"])))
-        es = [e for _, e in pts]
+        pts = [(np.asarray(t[0], dtype=np.float64)[: d + 1], float(t[1]), t[2] if len(t) > 2 else None)
+               for t in init["prev"]]
+        pts.append((th, float(init["eps"]), z))
+        es = [e for _, e, _ in pts]
         if len(set(es)) == len(es):
             ext = np.zeros(d + 1)
-            for i, (ti, ei) in enumerate(pts):
+            zs = [zi for _, _, zi in pts]
+            z_ext = np.zeros_like(z) if all(zi is not None and len(zi) == len(z) for zi in zs) and z is not None else None
+            for i, (ti, ei, zi) in enumerate(pts):
                 li = 1.0
                 for j, ej in enumerate(es):
                     if j != i:
                         li *= (float(eps) - ej) / (ei - ej)
                 ext += li * ti
-            th = ext
+                if z_ext is not None:
+                    z_ext += li * zi
+            th, z = ext, z_ext
     if not fit_intercept:
         th[d] = 0.0
+        z = None
     if linear_form is not None:
         # move the previous active rows, and rows the start violates, onto the new bound with the
         # least change of theta (a small least-squares problem: few rows)
@@ -743,7 +760,12 @@ def _start_theta(problem, fit_intercept, init, linear_form, eps, d):
             if fit_intercept or abs(th2[d]) < 1e-300:
                 scale = 1e-9 * max(1.0, float(np.abs(linear_form.A).max() * np.abs(th2).sum()))
                 if np.all(linear_form.A @ th2 <= eps + linear_form.c0 + scale):
-                    return th2
+                    if z is not None and design is not None and row_scores is not None:
+                        z = z - sum(c * _row_scores(design, linear_form.A, k, row_scores)
+                                    for c, k in zip(corr, Wp))
+                    else:
+                        z = None
+                    return th2, z
     if linear_form is not None:
         Aw = linear_form.A[:, :d] @ th[:d]
         rest = linear_form.A[:, d] * th[d]
@@ -753,9 +775,19 @@ def _start_theta(problem, fit_intercept, init, linear_form, eps, d):
             # homogeneous rows (A[:, d] = 0, c0 = 0): scaling w by t keeps feasibility
             t = np.min(np.where(Aw > 0, np.maximum(room, 0.0) / np.where(Aw > 0, Aw, 1.0), 1.0))
             th[:d] *= max(0.0, min(1.0, t)) * (1 - 1e-12)
+            z = None
             if np.any(linear_form.A @ th > eps + linear_form.c0 + 1e-12):
-                return base
-    return th
+                return base, None
+    return th, z
+
+
+def _row_scores(design, A, k, cache):
+    """``X a_k + a_k0`` for row ``k`` of ``A`` (original coordinates), one product, cached along a path."""
+    if k not in cache:
+        a = torch.as_tensor(A[k, : design.d], dtype=_F64, device=design.device)
+        Xa = design.mv(a) + (0.0 if design.mu is None else torch.dot(design.mu, a))
+        cache[k] = Xa.cpu().numpy() + float(A[k, design.d])
+    return cache[k]
 
 
 def _fit_auglag(design, problem, y, q, lam2, d, cells, eps, minimax, fixed, theta0, tol, max_iter, init, *, C,

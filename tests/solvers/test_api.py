@@ -237,3 +237,44 @@ def test_warm_start_sweep_extrapolates(small_problem):
         fresh.fit(X, y, sensitive_features=a)
         assert head.certificate_.objective == pytest.approx(fresh.certificate_.objective, rel=OBJ_RTOL)
     assert len(head._solver_state.get("prev", ())) == 2
+
+
+def test_a_score_path_start_carries_its_exact_scores(small_problem):
+    """The warm start's scores come extrapolated, not from a product with X: they must be X w + b."""
+    from solvers.backends.torch import Design, _start_theta
+    from solvers.estimator import _problem_pieces
+
+    X, y, a = small_problem
+    grid = [0.3, 0.2, 0.12, 0.06]
+    heads = fit_path(X, y, sensitive_features=a, eps_grid=grid, constraint="dp-score", backend="torch")
+    est = FairLogisticRegression(constraint="dp-score", backend="torch")
+    problem, constraint, _ = est._prepare(X, y, a, None)
+    design = Design(problem.X, "cpu", center=True)
+    linear_form, _ = _problem_pieces(problem, constraint, design)
+    init = heads[-1]._solver_state
+    assert init.get("prev") and init.get("z") is not None  # a path state: extrapolation with scores
+    th, z = _start_theta(problem, True, init, linear_form, 0.03, problem.d, design, dict(init["row_scores"]))
+    assert z is not None
+    np.testing.assert_allclose(z, problem.X @ th[:-1] + th[-1], rtol=1e-9, atol=1e-9)
+
+
+def test_a_warm_refit_on_other_rows_ignores_the_old_scores(small_problem):
+    X, y, a = small_problem
+    half = len(y) // 2
+    warm = FairLogisticRegression(constraint="dp-score", eps=0.1, backend="torch", warm_start=True, tol=1e-9)
+    warm.fit(X[:half], y[:half], sensitive_features=a[:half])
+    warm.fit(X[half:], y[half:], sensitive_features=a[half:])
+    cold = FairLogisticRegression(constraint="dp-score", eps=0.1, backend="torch", tol=1e-9)
+    cold.fit(X[half:], y[half:], sensitive_features=a[half:])
+    np.testing.assert_allclose(warm.coef_, cold.coef_, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("missing", [None, float("nan"), "pandas-NA"])
+def test_a_missing_sensitive_value_in_an_object_column_is_refused(small_problem, missing):
+    X, y, a = small_problem
+    if missing == "pandas-NA":
+        missing = pytest.importorskip("pandas").NA
+    groups = np.where(a == a[0], "f", "m").astype(object)
+    groups[7] = missing
+    with pytest.raises(DataError, match="missing"):
+        FairLogisticRegression(constraint="dp-score").fit(X, y, sensitive_features=groups)
