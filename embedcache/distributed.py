@@ -65,7 +65,7 @@ from embedcache.store.shards import (
     world_size_error,
     write_plan,
 )
-from embedcache.store.writer import NOT_WRITABLE_MSG, CacheTable, check_replaceable
+from embedcache.store.writer import CacheTable, prepare_output
 
 logger = logging.getLogger("embedcache")
 
@@ -191,11 +191,7 @@ def plan_run(out: Path, *, world_size: int, identity: Mapping[str, Any], batch_s
     nodes may be writing is the user's call), and a cache or plan of another
     backbone or dataset (unless ``overwrite``).
     """
-    check_replaceable(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise CacheError(NOT_WRITABLE_MSG.format(path=out, error=err.strerror or err, then="rerun")) from err
+    prepare_output(out)
     plan = read_plan(out)
     ours = plan is not None and dict(plan.identity) == dict(identity)
     state = None if overwrite else complete_state(out, identity)  # --overwrite redoes even a finished cache

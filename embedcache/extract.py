@@ -29,15 +29,14 @@ from embedcache.store.journal import JOURNAL_VERSION, Journal, WriteLock, remove
 from embedcache.store.reader import Cache, existing_cache_matches
 from embedcache.store.shards import check_no_unfinished_shards
 from embedcache.store.writer import (
-    NOT_WRITABLE_MSG,
     CacheTable,
     check_feature_dtype,
     check_free_space,
     check_member_name,
-    check_replaceable,
     commit_file,
     estimate_cache_bytes,
     identity_attrs,
+    prepare_output,
     write_cache,
     write_error,
 )
@@ -229,11 +228,7 @@ def extract_local(
     amp_dtype = resolve_autocast(autocast, torch_device)
     n = len(source)
     identity = run_identity(source, backbone, feature_dtype=feature_dtype, device=torch_device, amp_dtype=amp_dtype)
-    check_replaceable(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise CacheError(NOT_WRITABLE_MSG.format(path=out, error=err.strerror or err, then="rerun")) from err
+    prepare_output(out)
     with WriteLock(out):
         remove_leftover_trash(out)  # a kill while the last run removed its journal
         check_no_unfinished_shards(out, identity, world_size=1)  # a distributed run's shards are its own

@@ -30,9 +30,9 @@ A 0/1 rate gap moves in steps of one prediction's weight over its group's weight
 the search aims at ``max(eps, resolution)`` and skips the cold fallback there; the certificate
 records both (``resolution``, ``aimed_at``) and the passes over ``X`` the head cost.
 
-Along a path the reduction can reach a **floor**: on Adult's ``eo``, below a gap of about 0.025
-the multipliers that would go further drive one group's cell costs through zero, and the gaps
-jump to 0.5 (no multipliers of the reduction give a smaller gap). A bound below a gap at which
+Along a path the reduction can reach a **floor**: on Adult's ``eo`` the gaps flatten out at
+about 0.02-0.027, where the multipliers that would go further drive one group's cell costs
+through zero and the gaps jump to 0.5 (see the README's benchmarks). A bound below a gap at which
 the previous bound's Newton steps stalled short of their target gets one Newton step only,
 and a bound below one the path already missed is not searched again: its head is the previous
 head, reported unmet (whatever meets it would have met the looser bound).
@@ -399,7 +399,7 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         if float(np.abs(gaps1).max()) > aim:
             scale = max(float(np.abs(lam_1 - lam).max()), 0.25)
             search(lam_1, gaps1, 0.05 * scale, [(e[2], e[1]) for e in history])
-        if not any(e[1] <= aim for e in history) and eps >= resolution:
+        if not reached() and eps >= resolution:
             # the cheap stage misled us: rerun the whole search with converged fits
             state["theta"], state["pairs"] = theta_start, pairs_start
             state.pop("z", None)

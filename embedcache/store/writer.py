@@ -143,6 +143,15 @@ def check_replaceable(out) -> None:
         raise CacheError(NOT_A_CACHE_TO_REPLACE_MSG.format(path=out))
 
 
+def prepare_output(out: Path) -> None:
+    """:func:`check_replaceable`, then create the output's folder (one line naming it if that fails)."""
+    check_replaceable(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CacheError(NOT_WRITABLE_MSG.format(path=out, error=err.strerror or err, then="rerun")) from err
+
+
 def estimate_cache_bytes(table: "CacheTable", *, feature_dim: int, feature_dtype: str) -> int:
     """An upper bound of the size of the cache file of ``table`` (checked against real files in the tests).
 

@@ -730,7 +730,7 @@ def _start_theta(problem, fit_intercept, init, linear_form, eps, d, design=None,
         if len(set(es)) == len(es):
             ext = np.zeros(d + 1)
             zs = [zi for _, _, zi in pts]
-            z_ext = np.zeros_like(z) if all(zi is not None and len(zi) == len(z) for zi in zs) and z is not None else None
+            z_ext = np.zeros_like(z) if z is not None and all(zi is not None and len(zi) == len(z) for zi in zs) else None
             for i, (ti, ei, zi) in enumerate(pts):
                 li = 1.0
                 for j, ej in enumerate(es):
