@@ -47,9 +47,12 @@ import numpy as np
 
 from .errors import DataError
 
-#: bytes of one block in float32 (rows per block: :func:`block_rows`); small enough for any
-#: budget, large enough that one BLAS call per block costs nothing extra
-BLOCK_BYTES = 2**20
+#: bytes of one block in float32 (rows per block: :func:`block_rows`). Large enough that an
+#: in-memory matrix of up to 32 MiB is one block (its product is the whole-matrix BLAS call) and
+#: a larger one costs one BLAS call per 32 MiB (``benchmarks/bench_row_blocks.py``: each call
+#: with more than one BLAS thread pays a synchronisation, which a busy machine makes costly).
+#: It sets the smallest budget of a streamed pass: about 240 MB for float32 features, whatever d
+BLOCK_BYTES = 32 * 2**20
 #: the share of the budget the chunk, the picked rows and a block may take (see the module docstring)
 HEADROOM = 0.8
 #: a chunk as read (or mapped), the previous one (still referenced by its last block while the
@@ -108,9 +111,9 @@ def format_memory(n: int) -> str:
 
 def block_rows(d: int) -> int:
     """Rows per block for ``d`` features: the power of two nearest below ``BLOCK_BYTES / (4 d)``,
-    in [16, 8192]. It depends on ``d`` alone, so every copy of a matrix is cut the same way."""
+    at least 16. It depends on ``d`` alone, so every copy of a matrix is cut the same way."""
     rows = BLOCK_BYTES // (4 * max(int(d), 1))
-    return int(min(8192, max(16, 2 ** int(math.floor(math.log2(max(rows, 1)))))))
+    return int(max(16, 2 ** int(math.floor(math.log2(max(rows, 1))))))
 
 
 def _mapped_runs(dset) -> list | None:

@@ -9,10 +9,16 @@ import pytest
 
 from fairhead import sweep
 from fairhead.cli import main
-from solvers import load_head
+from solvers import load_head, out_of_core
 
 #: streamed and in-memory heads run the same arithmetic block by block (bitwise equal on the CPU)
 RTOL_SAME = 1e-8
+
+
+@pytest.fixture(autouse=True)
+def _small_blocks(monkeypatch):
+    """256 KiB blocks (production: 16 MiB), so the tiny test caches stream under budgets of a few MB."""
+    monkeypatch.setattr(out_of_core, "BLOCK_BYTES", 2**18)
 
 
 def test_fit_with_max_memory_saves_the_in_memory_head_and_says_it_streamed(cache_path, tmp_path, capsys):

@@ -21,6 +21,7 @@ import pytest
 import embedcache
 from solvers import FairLogisticRegression, RowChunks, fit_path
 from solvers._linalg import x_dot, xt_dot
+from solvers import out_of_core
 from solvers.errors import DataError
 from solvers.out_of_core import block_rows, parse_memory
 from solvers.synthetic import make_fair_classification
@@ -29,6 +30,14 @@ from solvers.synthetic import make_fair_classification
 RTOL_SAME = 1e-8
 #: a budget that cuts the 9000-row, 128-feature test cache into 5 reads (blocks of 2048 rows)
 SMALL_BUDGET = "10MB"
+#: test-sized blocks (production blocks are 16 MiB: every matrix here would be one block), so the
+#: test matrices are cut into many blocks, in memory and streamed alike
+TEST_BLOCK_BYTES = 2**20
+
+
+@pytest.fixture(autouse=True)
+def _small_blocks(monkeypatch):
+    monkeypatch.setattr(out_of_core, "BLOCK_BYTES", TEST_BLOCK_BYTES)
 
 
 def _write_cache(path, X, y, a, split, *, dtype="float32"):
@@ -161,7 +170,7 @@ def test_float16_cache_streams_as_float16_and_equals_the_in_memory_half_fit(tmp_
     with embedcache.open(path) as cache:
         data = cache.load("train")
     assert data.features.dtype == np.float16
-    Xs = RowChunks(path, data.rows, dataset="features", max_memory="4MB")
+    Xs = RowChunks(path, data.rows, dataset="features", max_memory="8MB")
     assert Xs.dtype == np.float16 and all(blk.dtype == np.float16 for _, blk in Xs.blocks())
     kw = dict(constraint="eo", eps=0.05, backend="torch")
     mem = FairLogisticRegression(**kw).fit(data.features, data.labels, sensitive_features=data.sensitive["group"])
@@ -208,7 +217,7 @@ def test_non_finite_rows_and_wrong_lengths_are_refused(tmp_path):
     X[417, 3] = np.nan
     with h5py.File(tmp_path / "x.h5", "w") as f:
         f["X"] = X
-    Xs = RowChunks(tmp_path / "x.h5", dataset="X", max_memory="4MB")
+    Xs = RowChunks(tmp_path / "x.h5", dataset="X", max_memory="16MB")
     y = np.arange(600) % 2
     with pytest.raises(DataError, match="NaN or infinite feature in row 417"):
         FairLogisticRegression().fit(Xs, y)
@@ -221,7 +230,9 @@ MEASURE = textwrap.dedent("""
     import json, sys, warnings
     import h5py
     import numpy as np
-    from solvers import FairLogisticRegression, RowChunks
+    from solvers import FairLogisticRegression, RowChunks, out_of_core
+
+    out_of_core.BLOCK_BYTES = %d  # the test's blocks (see TEST_BLOCK_BYTES)
 
     path, budget = sys.argv[1], int(sys.argv[2])
     with h5py.File(path, "r") as f:
@@ -270,7 +281,7 @@ def test_streamed_fit_stays_under_a_budget_of_a_tenth_of_x(tmp_path):
         f["y"] = y
     budget = X.nbytes // 10
     script = tmp_path / "measure.py"
-    script.write_text(MEASURE)
+    script.write_text(MEASURE % TEST_BLOCK_BYTES)
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "big.h5"), str(budget)],
                           capture_output=True, text=True, timeout=120, env=env)
