@@ -51,6 +51,17 @@ def _int_at_least(low: int, what: str):
     return parse
 
 
+def MEMORY_SIZE(text: str) -> str:
+    """An argparse ``type``: a memory budget such as ``2GB`` (checked here, passed on as written)."""
+    from solvers.out_of_core import parse_memory
+
+    try:
+        parse_memory(text)
+    except DataError:
+        raise argparse.ArgumentTypeError(f"must be a memory size such as 2GB, 512MB or 1.5GiB; got {text!r}") from None
+    return text
+
+
 POSITIVE_INT = _int_at_least(1, "an integer >= 1")
 SEED = _int_at_least(0, "an integer >= 0")
 GRID_SIZE = _int_at_least(2, "an integer >= 2 (a sweep needs at least two bounds)")
@@ -130,6 +141,12 @@ def _add_fit_options(parser: argparse.ArgumentParser, *, eps_default: float | No
                        help="refuse groups (and, for eo/eopp, (group, label) cells) with fewer rows")
 
 
+def _add_memory_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-memory", type=MEMORY_SIZE, metavar="SIZE",
+                        help="fit out of core: stream the features from the cache in chunks, holding at most SIZE "
+                             "of them at once (e.g. 2GB, 512MB; default: read them into memory)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -187,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-split", nargs="+", default=None, help="splits to evaluate (default: all)")
     p.add_argument("--save", type=Path, help="where to save the head (.json or .npz; default: next to the cache)")
     p.add_argument("--confidence", type=float, default=0.95, help="level of every interval (default: 0.95)")
+    _add_memory_option(p)
     p.set_defaults(handler=_cmd_fit)
 
     p = sub.add_parser("sweep", help="sweep eps for a constraint and report accuracy vs fairness on every split")
@@ -202,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="report folder")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--confidence", type=float, default=0.95, help="level of every interval (default: 0.95)")
+    _add_memory_option(p)
     p.set_defaults(handler=_cmd_sweep)
 
     p = sub.add_parser("select", help="certify the most accurate head of a sweep on a held-out split, or abstain")
@@ -388,7 +407,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     result = pipeline.fit_on_cache(
         args.cache, fit_split=args.fit_split, eval_splits=args.eval_split,
         attributes=args.attributes, eps=_eps(args), save=args.save, confidence=args.confidence,
-        **_head_params(args),
+        max_memory=args.max_memory, **_head_params(args),
     )
     print(result.summary())
     return 0
@@ -405,7 +424,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         args.cache, out=args.out, eps_grid=args.eps_grid,
         n_eps=N_EPS_DEFAULT if args.n_eps is None else args.n_eps,
         fit_split=args.fit_split, attributes=args.attributes, compare=args.compare,
-        plots=not args.no_plots, confidence=args.confidence, **_head_params(args),
+        plots=not args.no_plots, confidence=args.confidence, max_memory=args.max_memory, **_head_params(args),
     )
     print(result.summary())
     return 0

@@ -169,9 +169,13 @@ def describe_cache(path: Path, *, max_groups: int | None = INFO_MAX_GROUPS) -> s
 # --------------------------------------------------------------------------- cache -> arrays
 @dataclass
 class SplitArrays:
-    """Everything a head needs from one or more splits of a cache, as numpy arrays."""
+    """Everything a head needs from one or more splits of a cache, as numpy arrays.
 
-    X: np.ndarray
+    ``X`` is a :class:`solvers.RowChunks` instead of an array when the split is read out of
+    core (``max_memory``): the features stay on disk and every pass streams them.
+    """
+
+    X: Any
     y: np.ndarray
     groups: np.ndarray  # (n, k) integer codes, one column per attribute
     attributes: tuple[str, ...]
@@ -224,18 +228,26 @@ def positive_code(cache, pos_label) -> int:
     return categories.index(str(pos_label))
 
 
-def load_arrays(cache, splits, attributes=None, *, pos_label=None) -> SplitArrays:
+def load_arrays(cache, splits, attributes=None, *, pos_label=None, max_memory=None) -> SplitArrays:
     """Read one split (or several, concatenated) of an open cache into :class:`SplitArrays`.
 
     ``y`` is 1 for the positive class: the label's second category, or ``pos_label``; for a
-    label of K > 2 classes ``y`` holds the codes ``0 .. K-1`` (``pos_label`` is refused).
+    label of K > 2 classes ``y`` holds the codes ``0 .. K-1`` (``pos_label`` is refused). With
+    ``max_memory`` (bytes, or ``"2GB"``) the features are not read: ``X`` is a
+    :class:`solvers.RowChunks` that streams the split's rows from the cache file in each pass,
+    holding at most that much of them at once (the check for non-finite rows is one such pass).
     """
     attributes = resolve_attributes(cache, attributes)
     positive = positive_code(cache, pos_label)
-    data = cache.load(splits, sensitive=list(attributes))
+    data = cache.load(splits, sensitive=list(attributes), features=max_memory is None)
     groups = np.stack([np.asarray(data.sensitive[a]) for a in attributes], axis=1)
     y = np.asarray(data.labels)
-    X = np.asarray(data.features)
+    if max_memory is None:
+        X = np.asarray(data.features)
+    else:
+        from solvers import RowChunks
+
+        X = RowChunks(cache.path, data.rows, dataset=cache.features_key, max_memory=max_memory)
     check_finite_features(X, np.asarray(data.sample_ids), split=splits, path=cache.path)
     return SplitArrays(
         X=X, y=y if positive == 1 else 1 - y, groups=groups, attributes=attributes,
@@ -245,14 +257,18 @@ def load_arrays(cache, splits, attributes=None, *, pos_label=None) -> SplitArray
     )
 
 
-def check_finite_features(X: np.ndarray, sample_ids: np.ndarray, *, split, path) -> None:
+def check_finite_features(X, sample_ids: np.ndarray, *, split, path) -> None:
     """Refuse NaN or infinite features in any split that is read (fit or evaluation), naming the rows:
     a head fitted on clean rows must not crash, or score silently, on damaged test rows."""
-    bad = ~np.isfinite(X).all(axis=1)  # chunked by the cache's rows: one boolean per row
-    if bad.any():
-        first = np.flatnonzero(bad)[0]
+    if isinstance(X, np.ndarray):
+        bad = ~np.isfinite(X).all(axis=1)  # chunked by the cache's rows: one boolean per row
+        count, first = int(bad.sum()), (int(np.flatnonzero(bad)[0]) if bad.any() else None)
+    else:  # streamed: the first bad row (one pass, remembered by X so the fit does not repeat it)
+        first = X.first_nonfinite()
+        count = "at least 1"
+    if first is not None:
         split_name = split if isinstance(split, str) else "+".join(map(str, split))
-        raise DataError(NONFINITE_FEATURES_MSG.format(split=split_name, path=path, n=int(bad.sum()),
+        raise DataError(NONFINITE_FEATURES_MSG.format(split=split_name, path=path, n=count,
                                                       first=str(sample_ids[first])))
 
 
@@ -389,8 +405,12 @@ def label_provenance(cache, pos_label=None) -> dict[str, Any]:
 
 
 def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None, attributes=None,
-                 save: Path | None = None, pos_label=None, confidence: float = 0.95, **head_params) -> FitResult:
+                 save: Path | None = None, pos_label=None, confidence: float = 0.95, max_memory=None,
+                 **head_params) -> FitResult:
     """Fit one :class:`solvers.FairLogisticRegression` on ``fit_split`` and evaluate it on ``eval_splits``.
+
+    ``max_memory`` (bytes, or ``"2GB"``) fits and evaluates out of core: every split's
+    features are streamed from the cache in each pass (:func:`load_arrays`).
 
     The saved head records the cache's backbone and label, so ``fairhead predict`` can rebuild
     the backbone (checked by its weights' sha256) and run both on new images. Every split's
@@ -415,11 +435,11 @@ def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None
         # before the fit: a head that cannot be saved, or would replace another file, fails in a second
         check_head_path(save)
         check_file_target(save, flag="--save", fix="pass --save PATH in a writable folder")
-        train = load_arrays(cache, fit_split, attributes, pos_label=pos_label)
+        train = load_arrays(cache, fit_split, attributes, pos_label=pos_label, max_memory=max_memory)
         splits = list(eval_splits) if eval_splits else list(cache.splits)
         # every split is read (and checked) before the fit, so bad evaluation rows fail before the work
         evaluated = {split: train if split == fit_split else load_arrays(cache, split, train.attributes,
-                                                                          pos_label=pos_label)
+                                                                          pos_label=pos_label, max_memory=max_memory)
                      for split in splits}
         fingerprint = cache.fingerprint
         provenance = {"backbone": backbone_provenance(cache), "label": label_provenance(cache, pos_label),

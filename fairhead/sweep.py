@@ -51,6 +51,8 @@ MULTICLASS_COMPARE_MSG = (
 )
 MINIMAX_GRID_MSG = ("constraint 'minimax' minimises the largest group loss and has no bound to sweep; "
                     "drop --eps-grid (the sweep fits the one minimax head)")
+COMPARE_OUT_OF_CORE_MSG = ("the baselines of --compare ({names}) need the features in memory, and --max-memory "
+                           "streams them; drop --compare or --max-memory")
 NO_SPLIT_MSG = "fit split {split!r} is not in cache '{path}' (it has: {have}); pick one with --fit-split"
 PROGRESS_FILE = "progress.jsonl"
 #: every file a sweep writes into --out, with the first bytes that mark it as a sweep's own
@@ -342,9 +344,10 @@ def _append_progress(path: Path, key: str, record: HeadRecord) -> None:
         os.fsync(f.fileno())
 
 
-def load_sweep_data(cache_path, *, fit_split, attributes, pos_label=None):
+def load_sweep_data(cache_path, *, fit_split, attributes, pos_label=None, max_memory=None):
     """Open the cache and read every split (fit split first) as :class:`pipeline.SplitArrays`
-    (``y = 1`` for ``pos_label``, by default the label's second category)."""
+    (``y = 1`` for ``pos_label``, by default the label's second category; ``max_memory``: features
+    streamed from the cache, see :func:`pipeline.load_arrays`)."""
     import embedcache
 
     with embedcache.open(cache_path) as cache:
@@ -354,20 +357,23 @@ def load_sweep_data(cache_path, *, fit_split, attributes, pos_label=None):
         arrays = {}
         for split in splits:
             arrays[split] = pipeline.load_arrays(cache, split, attributes if not arrays else
-                                                 arrays[fit_split].attributes, pos_label=pos_label)
+                                                 arrays[fit_split].attributes, pos_label=pos_label,
+                                                 max_memory=max_memory)
         return arrays, cache.fingerprint, dict(cache.provenance)
 
 
 def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_split="train",
               attributes=None, compare=None, plots=True, C=1.0, backend="auto", balance=None,
               device="cpu", progress=True, seed=0, min_group_size=10, pos_label=None, data=None,
-              confidence=0.95) -> SweepResult:
+              confidence=0.95, max_memory=None) -> SweepResult:
     """Sweep ``eps`` for ``constraint`` on a cache; write the table, plots and report to ``out``.
 
     ``compare`` lists baselines from :mod:`fairhead.compare` to put in the same table
     (``expgrad``, ``gridsearch``, ``threshold``, ``penalty``). ``data`` may pass
     pre-loaded ``(arrays_by_split, fingerprint, provenance)`` to skip reading the cache.
-    ``confidence`` is the level of every interval in the outputs.
+    ``confidence`` is the level of every interval in the outputs. ``max_memory`` (bytes, or
+    ``"2GB"``) sweeps out of core: the features are streamed from the cache in each pass (the
+    heads equal the in-memory sweep's; the fairlearn and penalty baselines need them in memory).
     """
     from solvers import FairLogisticRegression, iter_path
     from solvers.constraints import make_constraint
@@ -384,10 +390,13 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
         raise DataError(BAD_N_EPS_MSG.format(n=n_eps))
     if eps_grid is not None:
         check_grid(eps_grid)
+    if compare and max_memory is not None:
+        raise DataError(COMPARE_OUT_OF_CORE_MSG.format(names=" ".join(compare)))
     out = ensure_output_folder(out, flag="--out")  # before any work: a bad --out fails in a second
     check_own_outputs(out, SWEEP_OUTPUTS, flag="--out")
     arrays, fingerprint, cache_prov = data or load_sweep_data(cache_path, fit_split=fit_split,
-                                                              attributes=attributes, pos_label=pos_label)
+                                                              attributes=attributes, pos_label=pos_label,
+                                                              max_memory=max_memory)
     fit = arrays[fit_split]
     sens = pipeline.sensitive_arg(fit)
     cons = make_constraint(constraint)

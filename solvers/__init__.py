@@ -8,6 +8,7 @@ Public API::
     select_head(heads, X, y, sensitive_features, *, target="eo<=0.05", confidence=0.95)
     Certificate, metrics (module), constraints (module), intervals (module)
     export.to_sklearn(head) / export.to_torch_linear(head)
+    RowChunks(path, rows, dataset="features", max_memory="2GB")   # an out-of-core X
 
 ``import solvers`` imports neither torch nor cvxpy (nor torchvision / embedcache); the
 backends load at the first fit that needs them.
@@ -30,6 +31,7 @@ __all__ = [
     "intervals",
     "select_head",
     "AUTO_CVXPY_MAX_SIZE",
+    "RowChunks",
 ]
 
 _LAZY = {
@@ -45,6 +47,7 @@ _LAZY = {
     "export": ("solvers.export", None),
     "intervals": ("solvers.intervals", None),
     "select_head": ("solvers.select", "select_head"),
+    "RowChunks": ("solvers.out_of_core", "RowChunks"),
 }
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from ._linalg import x_dot
 from ._validation import Interval, Options, validate_params
@@ -19,6 +19,7 @@ from .certificate import Certificate, passes_lower_bound, score_certificate_numb
 from . import multinomial
 from .constraints import CONSTRAINTS, MSG_BINARY_ONLY, MULTICLASS_NAMES, Constraint, make_constraint
 from .errors import DataError, SolverError
+from .out_of_core import RowChunks, parse_memory
 from .problem import build_problem
 
 #: ``backend="auto"`` uses cvxpy when ``n * d <= AUTO_CVXPY_MAX_SIZE`` (and always for
@@ -47,6 +48,12 @@ MSG_EPS_NOT_MET = (
 )
 MSG_STRICT_EPS = MSG_EPS_NOT_MET
 MSG_CONSTRAINT_NEEDS_SF = "constraint={name!r} needs sensitive_features in fit"
+MSG_OOC_CVXPY = ("an out-of-core X ({what}) is solved by the torch backend only, and backend={backend!r}"
+                 "{why}; pass backend='torch' (or 'auto') and penalty='l2'")
+MSG_OOC_NONFINITE = "X has a NaN or infinite feature in row {row}; drop or impute the non-finite feature values before fitting"
+MSG_OOC_LENGTH = "X has {n} rows but y has {m}; pass one row of X per label (and per sensitive value)"
+MSG_OOC_FEATURES = ("X has {got} features, but FairLogisticRegression is expecting {want} features as input; "
+                    "pass features from the backbone (and cache) the head was fitted on")
 
 
 MSG_FIX_NONFINITE = "drop or impute the non-finite feature values before fitting"
@@ -133,6 +140,16 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
     strict : bool, default=False
         Rate constraints: raise :class:`~solvers.errors.SolverError` instead of warning when
         no head on the multiplier path meets ``eps``.
+    max_memory : int, str or None, default=None
+        Fit out of core: ``X`` is streamed in row chunks in every pass and the fit holds at
+        most this much of it at once (bytes, or ``"2GB"``, ``"512MiB"``; see
+        :mod:`solvers.out_of_core`). ``X`` is then a :class:`~solvers.out_of_core.RowChunks`
+        (a cache split on disk; this budget replaces its own) or an array (a ``np.memmap``).
+        ``None``: an array is fitted in memory, a RowChunks under its own budget. Torch
+        backend, L2 penalty; on the CPU the head is bit for bit the in-memory head, and the
+        certificate says how it was streamed.
+
+        .. versionadded:: 0.1
 
     Attributes
     ----------
@@ -186,6 +203,7 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         "warm_start": [bool],
         "fit_intercept": [bool],
         "strict": [bool],
+        "max_memory": [None, str, Interval(numbers.Integral, 1, None, "left")],
     }
 
     def __init__(
@@ -205,6 +223,7 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         warm_start=False,
         fit_intercept=True,
         strict=False,
+        max_memory=None,
     ):
         self.constraint = constraint
         self.eps = eps
@@ -220,6 +239,7 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         self.warm_start = warm_start
         self.fit_intercept = fit_intercept
         self.strict = strict
+        self.max_memory = max_memory
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -240,8 +260,9 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
-            float16 / float32 / float64 are kept as stored (torch backend).
+        X : array-like of shape (n_samples, n_features) or RowChunks
+            float16 / float32 / float64 are kept as stored (torch backend). A
+            :class:`~solvers.out_of_core.RowChunks` is streamed from disk (see ``max_memory``).
         y : array-like of shape (n_samples,)
             Two classes (``classes_[1]`` is the positive one) or K > 2 (a multinomial head).
         sensitive_features : array-like (n,), (n, k), DataFrame, dict or None
@@ -262,18 +283,41 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
             sol, cert = fit_rate_constraint(self, problem, constraint, eps=eps, backend=backend, init=init)
         else:
             sol, cert = _fit_score(self, problem, constraint, eps=eps, backend=backend, init=init)
-        self._set_fitted(sol, cert, eps=eps)
+        self._set_fitted(sol, with_stream_note(cert, problem.X, self.device), eps=eps)
         return self
+
+    def _check_X_y(self, X, y):
+        """``validate_data`` for arrays; for an out-of-core fit, the same checks done by streaming."""
+        if self.max_memory is not None:
+            parse_memory(self.max_memory)  # a bad size string: one line before any work
+        if not isinstance(X, RowChunks):
+            try:
+                X, y = validate_data(self, X, y, dtype=[np.float64, np.float32, np.float16], reset=True)
+            except ValueError as err:  # sklearn's wording names the problem; add the fix, keep one line
+                raise DataError(_bad_arrays_message(err)) from err
+            return (X, y) if self.max_memory is None else (RowChunks(X, max_memory=self.max_memory), y)
+        if self.max_memory is not None:
+            X = X.with_budget(self.max_memory)
+        try:
+            y = column_or_1d(y)
+        except ValueError as err:
+            raise DataError(_bad_arrays_message(err)) from err
+        if len(y) != X.shape[0]:
+            raise DataError(MSG_OOC_LENGTH.format(n=X.shape[0], m=len(y)))
+        bad = X.first_nonfinite()
+        if bad is not None:
+            raise DataError(MSG_OOC_NONFINITE.format(row=bad))
+        self.n_features_in_ = X.shape[1]
+        if hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+        return X, y
 
     def _prepare(self, X, y, sensitive_features, sample_weight):
         """Validate everything; return ``(FairProblem, constraint or None, backend name)``."""
         validate_params(self)
         if self.penalty == "elasticnet" and self.l1_ratio is None:
             raise DataError("penalty='elasticnet' needs l1_ratio in [0, 1]; pass l1_ratio")
-        try:
-            X, y = validate_data(self, X, y, dtype=[np.float64, np.float32, np.float16], reset=True)
-        except ValueError as err:  # sklearn's wording names the problem; add the fix, keep one line
-            raise DataError(_bad_arrays_message(err)) from err
+        X, y = self._check_X_y(X, y)
         check_classification_targets(y)
         self.classes_ = np.unique(y)
         K = self.classes_.shape[0]
@@ -303,7 +347,14 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
             n_classes=K,
         )
         self.groups_ = list(problem.group_labels)
-        return problem, constraint, self._resolve_backend(problem.n, problem.d, constraint)
+        backend = self._resolve_backend(problem.n, problem.d, constraint)
+        if isinstance(X, RowChunks):  # the torch backend, whatever the size
+            if self.backend == "cvxpy" or self.penalty not in ("l2", None):
+                why = f" with penalty={self.penalty!r} needs cvxpy" if self.penalty not in ("l2", None) else ""
+                raise DataError(MSG_OOC_CVXPY.format(what=f"{X.shape[0]} x {X.shape[1]}", backend=self.backend,
+                                                     why=why))
+            backend = "torch"
+        return problem, constraint, backend
 
     def _set_fitted(self, sol, cert, *, eps=None, report=True):
         if np.ndim(sol.intercept) == 0:
@@ -357,11 +408,18 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         """Scores ``X @ coef_.T + intercept_``: shape (n_samples,) for two classes, (n_samples, K)
         for K > 2 (the centred logits ``z_k = log p_k - mean_j log p_j``)."""
         check_is_fitted(self)
-        try:
-            X = validate_data(self, X, dtype=[np.float64, np.float32, np.float16], reset=False)
-        except ValueError as err:  # NaN, or another feature dimension: one line with the fix
-            raise DataError(_bad_arrays_message(err, predicting=True)) from err
-        if np.ndim(self.coef_) == 2 and np.shape(self.coef_)[0] > 1:
+        if isinstance(X, RowChunks):  # streamed: the same checks, then one pass
+            if X.shape[1] != self.n_features_in_:
+                raise DataError(MSG_OOC_FEATURES.format(got=X.shape[1], want=self.n_features_in_))
+            bad = X.first_nonfinite()
+            if bad is not None:
+                raise DataError(MSG_OOC_NONFINITE.format(row=bad).replace("before fitting", "before predicting"))
+        else:
+            try:
+                X = validate_data(self, X, dtype=[np.float64, np.float32, np.float16], reset=False)
+            except ValueError as err:  # NaN, or another feature dimension: one line with the fix
+                raise DataError(_bad_arrays_message(err, predicting=True)) from err
+        if np.ndim(self.coef_) == 2 and np.shape(self.coef_)[0] > 1:  # K classes: one score per class
             coef = np.asarray(self.coef_, dtype=np.float64)
             if coef.shape[1] != X.shape[1]:
                 raise DataError(MSG_HEAD_DIM.format(k=coef.shape[1], d=self.n_features_in_))
@@ -393,6 +451,15 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         if z.ndim == 2:
             return self.classes_[np.argmax(z, axis=1)]
         return self.classes_[(z > 0).astype(int)]
+
+
+def with_stream_note(cert: Certificate, X, device) -> Certificate:
+    """``cert`` with a note on how an out-of-core ``X`` was streamed (unchanged for arrays)."""
+    if not isinstance(X, RowChunks):
+        return cert
+    same = ("the in-memory fit's blocks and arithmetic: the same iterates" if str(device) == "cpu" else
+            f"on {device}, the in-memory fit's iterates up to float32 summation order")
+    return dataclasses.replace(cert, notes=tuple(cert.notes) + (f"{X.describe()}; {same}",))
 
 
 def _problem_pieces(problem, constraint, design=None):

@@ -86,8 +86,7 @@ def gap_jacobian(design, z: torch.Tensor, delta: np.ndarray, Ma: np.ndarray, lam
     # products with the raw X, centred afterwards (no copy of X): X^T [R, h] and X^T diag(h) X
     XR = torch.zeros((d, 2 * K + 1), dtype=f64, device=dev)
     XhX = torch.zeros((d, d), dtype=f64, device=dev)
-    for start in range(0, n, design._CHUNK):
-        Xc = design.X[start : start + design._CHUNK].to(cdt)
+    for start, Xc in design.device_blocks():  # in memory or streamed from disk
         stop = start + Xc.shape[0]
         XR += (Xc.t() @ R[start:stop].to(cdt)).to(f64)
         XhX += (Xc.t() @ (Xc * ht[start:stop].to(cdt)[:, None])).to(f64)

@@ -20,7 +20,7 @@ import dataclasses
 import numpy as np
 from sklearn.base import clone
 
-from .estimator import FairLogisticRegression, _fit_score, _problem_pieces
+from .estimator import FairLogisticRegression, _fit_score, _problem_pieces, with_stream_note
 
 
 def fit_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_head=None, **estimator_params):
@@ -75,7 +75,7 @@ def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_he
             est = _fresh(base, e)
             sol, cert = fit_rate_constraint(est, problem, constraint, eps=e, backend=backend, init=state,
                                             design=design)
-            est._set_fitted(sol, cert, eps=e, report=False)
+            est._set_fitted(sol, with_stream_note(cert, problem.X, base.device), eps=e, report=False)
             state = est._solver_state
             solved.append(est)
             queue.append(est)
@@ -104,7 +104,7 @@ def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_he
         sol, cert = _fit_score(est, problem, constraint, eps=e, backend=backend, init=state, pieces=pieces,
                                model=model, design=design)
         est._solver_state = state  # the previous head's state: the extrapolation chain continues
-        est._set_fitted(sol, cert, eps=e)
+        est._set_fitted(sol, with_stream_note(cert, problem.X, base.device), eps=e)
         state = est._solver_state
         yield est
 

@@ -82,7 +82,7 @@ def rate_design(X, device, *, center):
     """
     from .backends.torch import Design
 
-    if X.dtype == np.float64 and str(device) == "cpu":
+    if isinstance(X, np.ndarray) and X.dtype == np.float64 and str(device) == "cpu":  # not a streamed source
         X = X.astype(np.float32)
     return Design(X, device, center=center)
 

@@ -260,6 +260,11 @@ class Cache:
         return self._f[schema.SAMPLE_ID].asstr()[()].astype(object)
 
     @property
+    def features_key(self) -> str:
+        """The name of the (n, D) features dataset in the file, for readers that stream it."""
+        return schema.FEATURES
+
+    @property
     def feature_columns(self) -> list[str] | None:
         value = self._f[schema.FEATURES].attrs.get(schema.FEATURE_COLUMNS_ATTR)
         return None if value is None else list(schema.decode_attr(value))
@@ -319,6 +324,7 @@ class Cache:
         as_: str = "numpy",
         device: str = "cpu",
         dtype: Any = None,
+        features: bool = True,
     ) -> CacheData:
         """Read the rows of some splits.
 
@@ -334,6 +340,9 @@ class Cache:
             Torch device (``as_="torch"`` only).
         dtype : numpy or torch dtype name, optional
             Convert the features (e.g. ``"float32"`` for a float16 cache).
+        features : bool, default True
+            False reads everything but the features (``features`` is then None): an
+            out-of-core fit streams them from :attr:`features_key` in this file itself.
 
         Returns
         -------
@@ -356,21 +365,21 @@ class Cache:
                         )
                     )
         try:
-            features = read_rows(self._f[schema.FEATURES], rows)
+            features = read_rows(self._f[schema.FEATURES], rows) if features else None
             labels = self._f[schema.LABELS][()][rows]
             codes = {name: self._f[schema.SENSITIVE_GROUP][name][()][rows] for name in names}
             sample_ids = self._f[schema.SAMPLE_ID].asstr()[()][rows].astype(object)
         except OSError as err:  # a file cut short past its header fails only here
             raise CacheError(CORRUPT_MSG.format(path=self.path, error=_short(err))) from err
         split_names = np.asarray(self.splits, dtype=object)[self._split_codes()[rows]]
-        if dtype is not None and as_ == "numpy":
+        if features is not None and dtype is not None and as_ == "numpy":
             features = features.astype(np.dtype(dtype), copy=False)
         if as_ == "torch":
             import torch
 
             to = {"device": device}
-            features = torch.from_numpy(features).to(**to)
-            if dtype is not None:
+            features = None if features is None else torch.from_numpy(features).to(**to)
+            if features is not None and dtype is not None:
                 features = features.to(getattr(torch, str(dtype).replace("torch.", "")))
             labels = torch.from_numpy(labels).to(**to)
             codes = {name: torch.from_numpy(c).to(**to) for name, c in codes.items()}

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, InfeasibleConstraintError
+from ..out_of_core import RowChunks, array_blocks
 from . import Solution
 
 MSG_PENALTY = "penalty={penalty!r} is solved by backend='cvxpy' only; use backend='cvxpy' (or 'auto') or penalty='l2'"
@@ -69,23 +70,39 @@ def fit_threads(device):
 
 
 class Design:
-    """``X`` on the device in its stored dtype, with float64-returning products."""
+    """``X`` on the device in its stored dtype, with float64-returning products.
 
-    _CHUNK = 8192
+    ``X`` is an in-memory array or an out-of-core :class:`~solvers.out_of_core.RowChunks`
+    (streamed from disk in each product, never held whole). On the CPU every product runs
+    over the same row blocks (:func:`~solvers.out_of_core.block_rows`) in both cases, each
+    in numpy's BLAS at ``cdt`` precision, and sums the blocks' ``X^T r`` in float64 in order:
+    a streamed fit makes the in-memory fit's iterates, bit for bit. On another device an
+    in-memory ``X`` is multiplied whole (one kernel), a streamed one block by block.
+    """
 
-    def __init__(self, X: np.ndarray, device="cpu", center=True):
-        with warnings.catch_warnings():
-            # read-only arrays (memmaps, caches) are shared without a copy; X is never written
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            Xt = torch.from_numpy(np.ascontiguousarray(X))
-        self.X = Xt.to(device) if str(device) != "cpu" else Xt
-        self.device = self.X.device
-        # on the CPU the products go through numpy's BLAS on the same memory: single-threaded
-        # float32 gemv there is ~1.7x faster than torch.mv on our machines (same float32 accumulation)
-        self._np = Xt.numpy() if self.X.device.type == "cpu" and Xt.dtype in (torch.float32, _F64) else None
+    _CHUNK = 8192  # rows per device block of an in-memory X on an accelerator
+
+    def __init__(self, X, device="cpu", center=True):
+        self.source = X if isinstance(X, RowChunks) else None
+        self.X = None
+        if self.source is None:
+            with warnings.catch_warnings():
+                # read-only arrays (memmaps, caches) are shared without a copy; X is never written
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                Xt = torch.from_numpy(np.ascontiguousarray(X))
+            self.X = Xt.to(device) if str(device) != "cpu" else Xt
+            self.device = self.X.device
+            dtype = self.X.dtype
+        else:
+            self.device = torch.device(device)
+            dtype = {np.float16: torch.float16, np.float32: torch.float32}.get(X.dtype.type, _F64)
+        # on the CPU the products go through numpy's BLAS, block by block: single-threaded float32
+        # gemv there is ~1.7x faster than torch.mv on our machines (same float32 accumulation)
+        self._np = Xt.numpy() if self.source is None and self.device.type == "cpu" else None
         self.n, self.d = X.shape
-        self.half = self.X.dtype in (torch.float16, torch.bfloat16)
-        self.cdt = _F64 if self.X.dtype == _F64 else torch.float32
+        self.half = dtype in (torch.float16, torch.bfloat16)
+        self.cdt = _F64 if dtype == _F64 else torch.float32
+        self._np_cdt = np.float64 if dtype == _F64 else np.float32
         # implicit centring (z = (X - mu) w + b'), a free preconditioner: no copy of X
         # (one float32 pass; any mu is exact as a reparametrisation, it only has to be used consistently)
         self._passes = [0]  # shared with numpy_ops' copy, so certificate products count too
@@ -101,10 +118,32 @@ class Design:
         """Products with X (or X^T) so far: the unit of a fit's cost (the Gram counts as none)."""
         return self._passes[0]
 
-    def gram(self) -> torch.Tensor:
-        """The centred Gram matrix ``(X - mu)^T (X - mu) / n`` (float64), or its diagonal.
+    @property
+    def streamed(self) -> bool:
+        """Whether X is read from disk in each product (out of core)."""
+        return self.source is not None
 
-        The full matrix (chunked, products in ``cdt``) when it costs at most
+    def _blocks(self):
+        """``(start, block)`` numpy row blocks of X at ``cdt`` precision (CPU, or streamed)."""
+        blocks = self.source.blocks() if self.source is not None else array_blocks(self._np)
+        for s, blk in blocks:
+            yield s, (blk if blk.dtype == self._np_cdt else blk.astype(self._np_cdt))
+
+    def device_blocks(self):
+        """``(start, block)`` row blocks of X as ``cdt`` tensors on the device (valid until the next)."""
+        if self._np is None and self.source is None:  # in memory on an accelerator
+            for s in range(0, self.n, self._CHUNK):
+                yield s, self.X[s : s + self._CHUNK].to(self.cdt)
+            return
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            for s, blk in self._blocks():
+                yield s, torch.from_numpy(blk).to(self.device)
+
+    def gram(self) -> torch.Tensor:
+        """The centred Gram matrix ``(X - mu)^T (X - mu) / n`` (float64), or its diagonal (1-D).
+
+        The full matrix (blocks, products in ``cdt``) when it costs at most
         ``GRAM_FULL_FLOPS`` multiply-adds (``n d^2``; about 10 passes over X at gemm speed);
         beyond that only its diagonal (one pass), which still fixes the scale of every column.
         """
@@ -113,13 +152,12 @@ class Design:
         mu = None if self.mu is None else self.mu.to(self.cdt)
         full = self.n * self.d * self.d <= GRAM_FULL_FLOPS
         G = torch.zeros((self.d, self.d) if full else (self.d,), dtype=_F64, device=self.device)
-        for s in range(0, self.n, self._CHUNK):
-            Xc = self.X[s : s + self._CHUNK].to(self.cdt)
+        for _, Xc in self.device_blocks():
             if mu is not None:
                 Xc = Xc - mu
             G += ((Xc.t() @ Xc) if full else (Xc * Xc).sum(0)).to(_F64)
         G /= max(self.n, 1)
-        self._gram = G if full else torch.diag(G)
+        self._gram = G  # (d,) when only the diagonal: no dense d x d copy (33 MB at d = 2048)
         return self._gram
 
     def preconditioner(self, lam2: float, p: int) -> "Preconditioner":
@@ -130,67 +168,46 @@ class Design:
         return self._preconditioners[key]
 
     def mv(self, v: torch.Tensor) -> torch.Tensor:
-        """``(X - mu) v`` in float64."""
+        """``(X - mu) v`` in float64; ``v`` of shape (d,), or (d, K) for K score columns (a
+        multinomial head: one pass over X for all K)."""
         self._passes[0] += 1
         vc = v.to(self.cdt)
-        if self._np is not None:
-            out = torch.from_numpy(self._np @ vc.numpy()).to(_F64)
-        elif not self.half:
-            out = torch.mv(self.X, vc).to(_F64)
+        if self.device.type == "cpu":  # the same blocks as in memory: the same bits
+            vn = vc.numpy()
+            out = np.empty((self.n,) + tuple(v.shape[1:]), dtype=self._np_cdt)
+            for s, blk in self._blocks():
+                np.matmul(blk, vn, out=out[s : s + len(blk)])
+            out = torch.from_numpy(out).to(_F64)
+        elif self.source is None and not self.half:
+            out = (torch.mv(self.X, vc) if v.ndim == 1 else self.X @ vc).to(_F64)
         else:
-            out = torch.empty(self.n, dtype=_F64, device=self.device)
-            for s in range(0, self.n, self._CHUNK):
-                out[s : s + self._CHUNK] = torch.mv(self.X[s : s + self._CHUNK].to(self.cdt), vc)
+            out = torch.empty((self.n,) + tuple(v.shape[1:]), dtype=_F64, device=self.device)
+            for s, Xc in self.device_blocks():
+                out[s : s + len(Xc)] = torch.mv(Xc, vc) if v.ndim == 1 else Xc @ vc
         if self.mu is not None:
-            out -= torch.dot(self.mu, v.to(_F64))
+            out -= torch.dot(self.mu, v.to(_F64)) if v.ndim == 1 else self.mu @ v.to(_F64)
         return out
 
     def rmv(self, r: torch.Tensor) -> torch.Tensor:
-        """``(X - mu)^T r`` in float64."""
+        """``(X - mu)^T r`` in float64 (blocks summed in float64, in order); ``r`` of shape (n,),
+        or (n, K) giving (d, K)."""
         self._passes[0] += 1
         rc = r.to(self.cdt)
-        if self._np is not None:
-            out = torch.from_numpy(rc.numpy() @ self._np).to(_F64)
-        elif not self.half:
-            out = torch.mv(self.X.t(), rc).to(_F64)
+        if self.device.type == "cpu":
+            rn = rc.numpy()
+            acc = np.zeros((self.d,) + tuple(r.shape[1:]), dtype=np.float64)
+            for s, blk in self._blocks():
+                acc += rn[s : s + len(blk)] @ blk if r.ndim == 1 else blk.T @ rn[s : s + len(blk)]
+            out = torch.from_numpy(acc)
+        elif self.source is None and not self.half:
+            out = (torch.mv(self.X.t(), rc) if r.ndim == 1 else self.X.t() @ rc).to(_F64)
         else:
-            out = torch.zeros(self.d, dtype=_F64, device=self.device)
-            for s in range(0, self.n, self._CHUNK):
-                out += torch.mv(self.X[s : s + self._CHUNK].to(self.cdt).t(), rc[s : s + self._CHUNK]).to(_F64)
+            out = torch.zeros((self.d,) + tuple(r.shape[1:]), dtype=_F64, device=self.device)
+            for s, Xc in self.device_blocks():
+                rb = rc[s : s + len(Xc)]
+                out += (torch.mv(Xc.t(), rb) if r.ndim == 1 else Xc.t() @ rb).to(_F64)
         if self.mu is not None:
-            out -= self.mu * r.to(_F64).sum()
-        return out
-
-    def mm(self, V: torch.Tensor) -> torch.Tensor:
-        """``(X - mu) V`` in float64 for ``V`` of shape (d, K): one pass over X for all K columns."""
-        self._passes[0] += 1
-        Vc = V.to(self.cdt)
-        if self._np is not None:
-            out = torch.from_numpy(self._np @ Vc.numpy()).to(_F64)
-        elif not self.half:
-            out = (self.X @ Vc).to(_F64)
-        else:
-            out = torch.empty((self.n, V.shape[1]), dtype=_F64, device=self.device)
-            for s in range(0, self.n, self._CHUNK):
-                out[s : s + self._CHUNK] = self.X[s : s + self._CHUNK].to(self.cdt) @ Vc
-        if self.mu is not None:
-            out -= self.mu @ V.to(_F64)
-        return out
-
-    def rmm(self, R: torch.Tensor) -> torch.Tensor:
-        """``(X - mu)^T R`` in float64 for ``R`` of shape (n, K), shape (d, K)."""
-        self._passes[0] += 1
-        Rc = R.to(self.cdt)
-        if self._np is not None:
-            out = torch.from_numpy(self._np.T @ Rc.numpy()).to(_F64)
-        elif not self.half:
-            out = (self.X.t() @ Rc).to(_F64)
-        else:
-            out = torch.zeros((self.d, R.shape[1]), dtype=_F64, device=self.device)
-            for s in range(0, self.n, self._CHUNK):
-                out += (self.X[s : s + self._CHUNK].to(self.cdt).t() @ Rc[s : s + self._CHUNK]).to(_F64)
-        if self.mu is not None:
-            out -= torch.outer(self.mu, R.to(_F64).sum(0))
+            out -= self.mu * r.to(_F64).sum() if r.ndim == 1 else torch.outer(self.mu, r.to(_F64).sum(0))
         return out
 
     def to_centered(self, theta: torch.Tensor) -> torch.Tensor:
@@ -228,14 +245,17 @@ class Preconditioner:
     features at any scale (1e6 included) cost no extra iterations. Coordinate ``d`` is the
     intercept (in centred coordinates its Hessian is about 1/4); later ones (minimax's ``t``)
     are left alone. ``epsilon`` (1e-6 of the mean diagonal) keeps ``H_0`` definite when columns
-    are collinear.
+    are collinear. A 1-D ``gram`` (the diagonal) gives a diagonal ``L``, kept as a vector.
     """
 
     def __init__(self, gram: torch.Tensor, lam2: float, d: int, p: int):
         H = 0.25 * gram
-        ridge = float(lam2) + 1e-6 * max(float(torch.diagonal(H).mean()) if d else 1.0, 1e-300)
-        H = H + ridge * torch.eye(d, dtype=_F64, device=gram.device)
-        self.L = torch.linalg.cholesky(H)
+        diag = H if H.ndim == 1 else torch.diagonal(H)
+        ridge = float(lam2) + 1e-6 * max(float(diag.mean()) if d else 1.0, 1e-300)
+        if H.ndim == 1:
+            self.L = torch.sqrt(H + ridge)
+        else:
+            self.L = torch.linalg.cholesky(H + ridge * torch.eye(d, dtype=_F64, device=gram.device))
         self.d, self.p = d, p
         self.scale = torch.ones(p - d, dtype=_F64, device=gram.device)
         self.scale[0] = 2.0
@@ -244,7 +264,8 @@ class Preconditioner:
         """``T v`` for ``v`` of shape (p,) or (p, k)."""
         vv = v[:, None] if v.ndim == 1 else v
         out = torch.empty_like(vv)
-        out[: self.d] = torch.linalg.solve_triangular(self.L.t(), vv[: self.d], upper=True)
+        out[: self.d] = (vv[: self.d] / self.L[:, None] if self.L.ndim == 1 else
+                         torch.linalg.solve_triangular(self.L.t(), vv[: self.d], upper=True))
         out[self.d:] = vv[self.d:] * self.scale[:, None]
         return out[:, 0] if v.ndim == 1 else out
 
@@ -252,7 +273,8 @@ class Preconditioner:
         """``T^T v`` for ``v`` of shape (p,) or (p, k)."""
         vv = v[:, None] if v.ndim == 1 else v
         out = torch.empty_like(vv)
-        out[: self.d] = torch.linalg.solve_triangular(self.L, vv[: self.d], upper=False)
+        out[: self.d] = (vv[: self.d] / self.L[:, None] if self.L.ndim == 1 else
+                         torch.linalg.solve_triangular(self.L, vv[: self.d], upper=False))
         out[self.d:] = vv[self.d:] * self.scale[:, None]
         return out[:, 0] if v.ndim == 1 else out
 
@@ -264,8 +286,7 @@ def numpy_ops(design: Design):
     plain.mu = None
 
     def xd(X, w):
-        w = torch.as_tensor(np.asarray(w, dtype=np.float64), device=plain.device)
-        return (plain.mm(w) if w.ndim == 2 else plain.mv(w)).cpu().numpy()
+        return plain.mv(torch.as_tensor(np.asarray(w, dtype=np.float64), device=plain.device)).cpu().numpy()
 
     def xtd(X, r):
         r = np.asarray(r, dtype=np.float64)

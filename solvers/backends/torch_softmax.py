@@ -3,7 +3,7 @@
 The binary solver (:func:`solvers.backends.torch.minimize`) runs unchanged on the flat
 parameter vector ``theta = [w_0; b_0; ...; w_{K-1}; b_{K-1}]`` of :mod:`solvers.multinomial`;
 :class:`ClassBlocks` tells it how ``theta`` becomes the score matrix ``Z = X W^T + b`` (one
-product ``X V`` with ``V`` of shape (d, K) per evaluation: one pass over ``X`` for all
+product ``X V`` with ``V`` of shape (d, K) per evaluation (:meth:`Design.mv` with a 2-D operand): one pass over ``X`` for all
 classes) and how a score gradient becomes a ``theta`` gradient (one ``X^T R``). Linear score
 constraints keep their meaning: rows of ``A`` act on ``theta``.
 
@@ -47,12 +47,12 @@ class ClassBlocks:
 
     def scores(self, design, theta):
         T = theta.view(self.K, self.q)
-        return design.mm(T[:, : self.d].t()) + T[:, self.d]
+        return design.mv(T[:, : self.d].t()) + T[:, self.d]
 
     def grad(self, design, GZ, gdir):
         g = gdir.clone()
         G = g.view(self.K, self.q)
-        xtr = design.rmm(GZ)  # (X - mu)^T GZ, (d, K)
+        xtr = design.rmv(GZ)  # (X - mu)^T GZ, (d, K)
         gsum = GZ.sum(0)
         G[:, : self.d] += xtr.t()
         G[:, self.d] += gsum

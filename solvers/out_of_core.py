@@ -1,0 +1,398 @@
+"""Out-of-core feature matrices: ``X`` streamed from disk in row chunks under a memory budget.
+
+A :class:`RowChunks` stands for ``X`` wherever the solvers take it
+(:meth:`FairLogisticRegression.fit`, ``predict``, :func:`solvers.fit_path`) when the matrix does
+not fit in memory. Each pass over ``X`` reads it one chunk of file rows at a time, keeps the
+rows asked for (a split scattered through the file: the read plan, with each chunk's
+positions, is computed once) and hands them on in **blocks**; nothing holds the whole matrix.
+
+**Reads.** An uncompressed cache (every cache ``fairhead extract`` and ``import`` write) is
+memory-mapped: a chunk is a view of the page cache, mapped for its pass and unmapped after, so
+the rows are copied only when a split's rows are picked out. Other datasets (compressed,
+virtual views over shards, arrays) are read with HDF5 into one reused buffer.
+
+**Budget.** A pass holds a chunk of ``R`` file rows as read or mapped, the previous one (while
+its last block is in use), the split's rows picked from it (scattered rows only), one block of
+``B`` rows being assembled, that block's float64 copy for a float64 product, and 1 MiB for HDF5's
+own buffers (the chunk cache is off). With ``b`` bytes per stored row and ``d`` features, the
+chunk is the largest whole number of blocks with
+
+.. math::
+
+    3 R b + B (b + 8 d) + 2^{20} \\le \\text{HEADROOM} \\cdot \\text{max\\_memory},
+
+``HEADROOM = 0.8`` leaving a fifth of the budget for the fit's O(n) vectors (a few hundred bytes
+a row: scores, labels, weights, gradients) and allocator slack.
+
+The budget is sized for the feature matrix: the O(n) vectors of a fit come out of the headroom,
+and the O(d^2) of a full Gram preconditioner (used only while ``n d^2 <= 1e9``) or of the
+multiplier Newton steps comes on top, as it does in memory.
+
+**Blocks and exactness.** Every product with ``X`` (:class:`solvers.backends.torch.Design`, the
+certificates, the constraint rows, ``predict``) runs over blocks of :func:`block_rows` rows of
+the *selected* matrix and sums the blocks in float64, in memory and streamed alike. A block's
+product does not depend on where the block came from, so on the CPU a streamed fit performs the
+in-memory fit's arithmetic exactly: the same L-BFGS iterates, bit for bit. float16 rows stay
+float16 on disk and in the chunks; each block is computed in float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+
+import numpy as np
+
+from .errors import DataError
+
+#: bytes of one block in float32 (rows per block: :func:`block_rows`). Large enough that an
+#: in-memory matrix of up to 32 MiB is one block (its product is the whole-matrix BLAS call) and
+#: a larger one costs one BLAS call per 32 MiB (``benchmarks/bench_row_blocks.py``: each call
+#: with more than one BLAS thread pays a synchronisation, which a busy machine makes costly).
+#: It sets the smallest budget of a streamed pass: about 240 MB for float32 features, whatever d
+BLOCK_BYTES = 32 * 2**20
+#: the share of the budget the chunk, the picked rows and a block may take (see the module docstring)
+HEADROOM = 0.8
+#: a chunk as read (or mapped), the previous one (still referenced by its last block while the
+#: next is mapped), the split's rows picked from it
+CHUNK_COPIES = 3
+#: HDF5's own buffers while reading (its chunk cache is turned off)
+HDF5_CACHE_BYTES = 2**20
+#: budget of a RowChunks built without one
+DEFAULT_MAX_MEMORY = "1GB"
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
+
+MSG_BAD_MEMORY = ("max_memory={value!r} is not a memory size; pass a number of bytes or a size such as "
+                  "'2GB', '512MB' or '1.5GiB'")
+MSG_SMALL_BUDGET = ("max_memory={value!r} is too small for {d} {dtype} features: a pass needs at least {need}; "
+                    "raise max_memory to {need} or more")
+MSG_NOT_2D = "an out-of-core X must be a 2-D array-like (n_samples, n_features); got shape {shape}"
+MSG_DTYPE = "an out-of-core X must hold float16, float32 or float64 features; got {dtype}; convert the cache"
+MSG_NEED_DATASET = "RowChunks({path!r}) needs dataset=NAME, the 2-D dataset of features in that HDF5 file"
+MSG_ROWS = ("rows must be sorted, distinct row numbers in [0, {n}); got {problem}; pass e.g. "
+            "np.flatnonzero(split == 'train')")
+MSG_IN_MEMORY = ("this X is streamed from disk (RowChunks, {shape[0]} x {shape[1]}) and is never loaded whole; "
+                 "use solvers.FairLogisticRegression with backend 'torch' or 'auto', or load the rows into memory")
+
+
+def parse_memory(value) -> int:
+    """Bytes from ``value``: a positive integer, or a string ``'2GB'``, ``'512MB'``, ``'1.5GiB'``.
+
+    ``KB``/``MB``/``GB``/``TB`` are powers of 1000 and ``KiB``/``MiB``/``GiB``/``TiB`` powers of 1024
+    (dask's ``parse_bytes`` convention); a bare number is bytes.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        raise DataError(MSG_BAD_MEMORY.format(value=value))
+    if isinstance(value, (int, np.integer)):
+        if value <= 0:
+            raise DataError(MSG_BAD_MEMORY.format(value=value))
+        return int(value)
+    match = _SIZE.match(value) if isinstance(value, str) else None
+    if match is None or match.group(2).lower() not in _UNITS:
+        raise DataError(MSG_BAD_MEMORY.format(value=value))
+    size = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not size >= 1:
+        raise DataError(MSG_BAD_MEMORY.format(value=value))
+    return int(size)
+
+
+def format_memory(n: int) -> str:
+    """``1500000000 -> '1.5 GB'`` (decimal units, as the budgets are usually written)."""
+    for unit, size in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} B"
+
+
+def block_rows(d: int) -> int:
+    """Rows per block for ``d`` features: the power of two nearest below ``BLOCK_BYTES / (4 d)``,
+    at least 16. It depends on ``d`` alone, so every copy of a matrix is cut the same way."""
+    rows = BLOCK_BYTES // (4 * max(int(d), 1))
+    return int(max(16, 2 ** int(math.floor(math.log2(max(rows, 1))))))
+
+
+def _mapped_runs(dset) -> list | None:
+    """``[(row_start, row_stop, byte_offset), ...]``: the dataset's rows as runs of adjacent bytes in
+    its file, or ``None`` when they cannot be memory-mapped (compressed or filtered, virtual,
+    chunks narrower than a row, unallocated chunks, a non-native byte order)."""
+    try:
+        n, d = dset.shape
+        if dset.is_virtual or dset.dtype.byteorder not in ("=", "<", "|") or n == 0:
+            return None
+        if dset.id.get_create_plist().get_nfilters():
+            return None
+        row_bytes = d * dset.dtype.itemsize
+        if dset.chunks is None:
+            offset = dset.id.get_offset()
+            return None if offset is None else [(0, n, int(offset))]
+        c = dset.chunks[0]
+        if dset.chunks[1] != d or dset.id.get_num_chunks() != -(-n // c):
+            return None
+        info = sorted((dset.id.get_chunk_info(i) for i in range(dset.id.get_num_chunks())),
+                      key=lambda k: k.chunk_offset[0])
+        runs = []
+        for k in info:
+            row, offset = int(k.chunk_offset[0]), int(k.byte_offset)
+            stop = min(row + c, n)
+            if runs and runs[-1][1] == row and runs[-1][2] + (row - runs[-1][0]) * row_bytes == offset:
+                runs[-1] = (runs[-1][0], stop, runs[-1][2])
+            else:
+                runs.append((row, stop, offset))
+        return runs
+    except (AttributeError, OSError, RuntimeError, ValueError):  # an HDF5 without chunk queries: read it
+        return None
+
+
+def array_blocks(X: np.ndarray):
+    """``(start, block)`` over the row blocks of an in-memory ``X`` (views, no copy)."""
+    step = block_rows(X.shape[1])
+    for s in range(0, X.shape[0], step):
+        yield s, X[s : s + step]
+
+
+def row_blocks(X):
+    """``(start, block)`` over the row blocks of ``X``, in memory or a :class:`RowChunks`."""
+    return X.blocks() if isinstance(X, RowChunks) else array_blocks(X)
+
+
+class RowChunks:
+    """A feature matrix read from disk in row chunks: the out-of-core ``X`` of the solvers.
+
+    Parameters
+    ----------
+    source : str, path, h5py.Dataset, numpy.memmap or ndarray
+        The whole matrix, stored row-major: a path to an HDF5 file (with ``dataset``),
+        memory-mapped (uncompressed) or opened for each pass, or any 2-D array-like whose row
+        slices ``source[a:b]`` read those rows.
+    rows : array-like of int, optional
+        Sorted row numbers of the rows to use (a split); all rows when omitted.
+    dataset : str, optional
+        The dataset's name in the file when ``source`` is a path.
+    max_memory : int or str, default="1GB"
+        The budget of a pass over the rows (see the module docstring): bytes, or ``"2GB"``,
+        ``"512MiB"``.
+
+    Attributes
+    ----------
+    shape : (int, int)
+        ``(len(rows), n_features)``.
+    dtype : numpy.dtype
+        The stored dtype (float16, float32 or float64).
+    chunk_rows : int
+        File rows read at once.
+    n_chunks : int
+        Reads per pass.
+
+    Notes
+    -----
+    Blocks are views of buffers that the next block may overwrite: use each one before
+    asking for the next. Converting a RowChunks to an array is refused (it would load it all).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solvers.out_of_core import RowChunks
+    >>> X = np.arange(12.0).reshape(6, 2)
+    >>> Xs = RowChunks(X, rows=[0, 2, 5])
+    >>> Xs.shape, (Xs @ np.ones(2)).tolist()
+    ((3, 2), [1.0, 9.0, 21.0])
+    """
+
+    def __init__(self, source, rows=None, *, dataset=None, max_memory=DEFAULT_MAX_MEMORY):
+        self._path = self._key = self._array = self._runs = None
+        if isinstance(source, (str, os.PathLike)):
+            if dataset is None:
+                raise DataError(MSG_NEED_DATASET.format(path=os.fspath(source)))
+            import h5py
+
+            self._path, self._key = os.fspath(source), dataset
+            with h5py.File(self._path, "r") as f:
+                shape, dtype = f[dataset].shape, f[dataset].dtype
+                self._runs = _mapped_runs(f[dataset])
+        else:
+            self._array = source
+            shape, dtype = getattr(source, "shape", ()), getattr(source, "dtype", None)
+        if len(shape) != 2:
+            raise DataError(MSG_NOT_2D.format(shape=tuple(shape)))
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float16, np.float32, np.float64):
+            raise DataError(MSG_DTYPE.format(dtype=self.dtype))
+        self._n_file, d = int(shape[0]), int(shape[1])
+        self._rows = None if rows is None else self._check_rows(rows)
+        self.shape = (self._n_file if self._rows is None else len(self._rows), d)
+        self.ndim = 2
+        self.max_memory = max_memory
+        self.budget = parse_memory(max_memory)
+        self.block_rows = block_rows(d)
+        b, B = max(d, 1) * self.dtype.itemsize, self.block_rows
+        fixed = B * (b + 8 * max(d, 1)) + HDF5_CACHE_BYTES
+        chunk = int((HEADROOM * self.budget - fixed) // (CHUNK_COPIES * b)) // B * B
+        if chunk < B:
+            need = math.ceil((fixed + CHUNK_COPIES * B * b) / HEADROOM)
+            raise DataError(MSG_SMALL_BUDGET.format(value=max_memory, d=d, dtype=self.dtype.name,
+                                                    need=format_memory(need)))
+        self.chunk_rows = chunk
+        self._plan = self._make_plan()
+        self._nonfinite = ()  # not checked yet
+
+    def _check_rows(self, rows) -> np.ndarray:
+        r = np.asarray(rows)
+        if r.ndim != 1 or (r.size and r.dtype.kind not in "iu"):
+            raise DataError(MSG_ROWS.format(n=self._n_file, problem=f"an array of shape {r.shape} and dtype {r.dtype}"))
+        r = r.astype(np.int64)
+        if r.size and (r[0] < 0 or r[-1] >= self._n_file or np.any(np.diff(r) <= 0)):
+            raise DataError(MSG_ROWS.format(n=self._n_file, problem="rows out of range, unsorted or repeated"))
+        return r
+
+    def _make_plan(self) -> list:
+        """Reads ``(lo, hi, positions)``: file rows ``[lo, hi)`` of at most ``chunk_rows``, and the
+        wanted rows' positions in them (``None``: all of them)."""
+        R = self.chunk_rows
+        rows = np.arange(self._n_file, dtype=np.int64) if self._rows is None else self._rows
+        # a mapped read stays inside one run of the file (one mapping, no copy)
+        stops = np.array([stop for _, stop, _ in self._runs] if self._runs else [self._n_file], dtype=np.int64)
+        plan, i = [], 0
+        while i < len(rows):
+            lo = int(rows[i])
+            end = min(lo + R, int(stops[np.searchsorted(stops, lo, side="right")]))
+            j = int(np.searchsorted(rows, end, side="left"))
+            hi = int(rows[j - 1]) + 1
+            plan.append((lo, hi, None if hi - lo == j - i else rows[i:j] - lo))
+            i = j
+        return plan
+
+    # ------------------------------------------------------------------ derived views
+    def with_budget(self, max_memory) -> "RowChunks":
+        """The same rows under another budget."""
+        src = self._array if self._path is None else self._path
+        out = RowChunks(src, self._rows, dataset=self._key, max_memory=max_memory)
+        out._nonfinite = self._nonfinite  # the rows are the same: a finished check holds
+        return out
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self._plan)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        where = self._path if self._path is not None else type(self._array).__name__
+        return (f"RowChunks({where!r}, {self.shape[0]} x {self.shape[1]} {self.dtype.name}, "
+                f"{self.n_chunks} chunks of <= {self.chunk_rows} rows, budget {format_memory(self.budget)})")
+
+    def describe(self) -> str:
+        """The certificate's note: what one pass reads and under which budget."""
+        how = "memory-mapped" if self.mapped else "HDF5 reads"
+        return (f"out-of-core: streamed {self.n_chunks} chunk(s) of at most {self.chunk_rows} rows per pass over "
+                f"{self.shape[0]} x {self.shape[1]} {self.dtype.name} ({how}, budget {format_memory(self.budget)})")
+
+    def __array__(self, dtype=None, copy=None):
+        raise DataError(MSG_IN_MEMORY.format(shape=self.shape))
+
+    def __matmul__(self, w):
+        """``X @ w`` in float64 (:func:`solvers._linalg.x_dot`)."""
+        from ._linalg import x_dot
+
+        return x_dot(self, w)
+
+    # ------------------------------------------------------------------ passes
+    @contextlib.contextmanager
+    def _opened(self):
+        if self._path is None:
+            yield self._array
+            return
+        import h5py
+
+        # no chunk cache: a chunk read whole goes straight into the buffer (about 1.7x faster
+        # than through HDF5's 1 MiB cache, which rows read once gain nothing from)
+        with h5py.File(self._path, "r", rdcc_nbytes=0) as f:
+            yield f[self._key]
+
+    def spans(self):
+        """``(start, rows, positions)`` per read: the file rows as read (or mapped), the positions of
+        the wanted ones among them (``None``: all) and the index of the first wanted one."""
+        d, start = self.shape[1], 0
+        if self._runs:
+            firsts = np.array([first for first, _, _ in self._runs], dtype=np.int64)
+            for lo, hi, pos in self._plan:
+                first, _, offset = self._runs[int(np.searchsorted(firsts, lo, side="right")) - 1]
+                view = np.memmap(self._path, dtype=self.dtype, mode="r", shape=(hi - lo, d),
+                                 offset=offset + (lo - first) * d * self.dtype.itemsize)
+                yield start, view, pos
+                start += hi - lo if pos is None else len(pos)
+                del view  # unmapped once the caller drops it too
+            return
+        with self._opened() as src:
+            direct = hasattr(src, "read_direct")  # h5py: read into one reused buffer
+            buf = np.empty((self.chunk_rows, d), dtype=self.dtype) if direct else None
+            for lo, hi, pos in self._plan:
+                if direct:
+                    part = buf[: hi - lo]
+                    src.read_direct(part, np.s_[lo:hi], np.s_[0 : hi - lo])
+                else:
+                    part = np.asarray(src[lo:hi], dtype=self.dtype)
+                yield start, part, pos
+                start += hi - lo if pos is None else len(pos)
+
+    def chunks(self):
+        """The wanted rows of each read, in order: one pass (each array valid until the next)."""
+        picked = None
+        for _, part, pos in self.spans():
+            if pos is None:
+                yield part
+                continue
+            if picked is None:
+                picked = np.empty((self.chunk_rows, self.shape[1]), dtype=self.dtype)
+            # mode="clip": an unbuffered copy (the positions are in range by construction)
+            yield np.take(part, pos, axis=0, out=picked[: len(pos)], mode="clip")
+
+    @property
+    def mapped(self) -> bool:
+        """Whether passes read a memory map of the file (an uncompressed cache) instead of HDF5 reads."""
+        return bool(self._runs)
+
+    def blocks(self):
+        """``(start, block)`` over blocks of :attr:`block_rows` selected rows (the last may be shorter),
+        the same blocks :func:`array_blocks` cuts from the rows in memory."""
+        B, d = self.block_rows, self.shape[1]
+        buf, fill, start = None, 0, 0
+        for part in self.chunks():
+            pos, m = 0, len(part)
+            while pos < m:
+                if fill == 0 and m - pos >= B:  # whole blocks: views of the chunk
+                    yield start, part[pos : pos + B]
+                    start += B
+                    pos += B
+                    continue
+                if buf is None:
+                    buf = np.empty((B, d), dtype=self.dtype)
+                take = min(B - fill, m - pos)
+                buf[fill : fill + take] = part[pos : pos + take]
+                fill += take
+                pos += take
+                if fill == B:
+                    yield start, buf
+                    start += B
+                    fill = 0
+        if fill:
+            yield start, buf[:fill]
+
+    def first_nonfinite(self) -> int | None:
+        """Position of the first row with a NaN or infinite feature, or ``None`` (one pass, remembered)."""
+        if self._nonfinite == ():
+            self._nonfinite = None
+            for s, blk in self.blocks():
+                bad = ~np.isfinite(blk).all(axis=1)
+                if bad.any():
+                    self._nonfinite = s + int(np.flatnonzero(bad)[0])
+                    break
+        return self._nonfinite
+
+
+__all__ = ["RowChunks", "block_rows", "format_memory", "parse_memory", "row_blocks"]
