@@ -123,7 +123,7 @@ def _fit(est, problem, constraint, *, eps, init=None, design=None):
             lam0 = np.asarray(init["lam"], dtype=np.float64).copy()
     state = {"theta": lay.to_centered(_tensor(theta0, dev), mu), "pairs": init.get("pairs") if warm else None,
              "it": 0, "fits": 0}
-    history = []  # (err, max gap, lam, theta (centred), stationarity, converged, scores)
+    history = []  # (err, max gap, lam, theta (centred), stationarity, converged)
     gaps_of = {}  # id(history entry) -> its gaps
 
     def run(lam_k):
@@ -138,7 +138,7 @@ def _fit(est, problem, constraint, *, eps, init=None, design=None):
         state["Z"] = res.z.cpu().numpy()
         gaps, err = _evaluate(state["Z"], y, v, V, mom)
         history.append((err, float(np.abs(gaps).max()), lam_k.copy(), res.theta.clone(), res.stationarity,
-                        res.converged, state["Z"]))
+                        res.converged))
         gaps_of[id(history[-1])] = gaps
         return gaps
 
@@ -159,7 +159,9 @@ def _fit(est, problem, constraint, *, eps, init=None, design=None):
         smallest gap; it becomes the state's head."""
         ok = [e for e in history if e[1] <= bound]
         best = min(ok, key=lambda e: e[0]) if ok else min(history, key=lambda e: e[1])
-        state["theta"], state["Z"] = best[3], best[6]
+        if best is not history[-1]:  # its scores: one product (a probe's (n, K) scores are not kept)
+            state["Z"] = lay.scores(design, best[3]).cpu().numpy()
+        state["theta"] = best[3]
         return best[2], gaps_of[id(best)]
 
     def newton(lam_k, gaps_k, scale, bound):
