@@ -423,6 +423,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         raise DataError("constraint 'minimax' has no bound to sweep (it fits one head); drop --n-eps")
     from fairhead import data_parallel
 
+    if args.compare:  # before joining the ranks: one line, not one per rank after a rendezvous
+        data_parallel.check_in_memory_baselines(args.compare)
     with data_parallel.launched("sweep", args.solver_device) as parallel:  # torchrun: each rank a share of the rows
         result = sweep.run_sweep(
             args.cache, out=args.out, eps_grid=args.eps_grid,

@@ -70,6 +70,14 @@ def check_command(command: str) -> None:
         raise DataError(NOT_PARALLEL_MSG.format(command=command))
 
 
+def check_in_memory_baselines(compare) -> None:
+    """Refuse ``--compare`` baselines (fairlearn, penalties: X in memory, one process) under torchrun."""
+    from embedcache.distributed import launch_from_env
+
+    if compare and launch_from_env() is not None:
+        raise DataError(COMPARE_MSG.format(names=" ".join(compare)))
+
+
 @contextlib.contextmanager
 def launched(command: str, solver_device: str = "cpu"):
     """The :class:`DataParallel` of a torchrun launch (the process group joined for its duration),
