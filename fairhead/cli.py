@@ -21,6 +21,7 @@ Known errors print one line, ``fairhead: error: <message>``; ``--debug`` adds th
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -402,14 +403,16 @@ def _head_params(args: argparse.Namespace) -> dict:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from fairhead import pipeline
+    from fairhead import data_parallel, pipeline
 
-    result = pipeline.fit_on_cache(
-        args.cache, fit_split=args.fit_split, eval_splits=args.eval_split,
-        attributes=args.attributes, eps=_eps(args), save=args.save, confidence=args.confidence,
-        max_memory=args.max_memory, **_head_params(args),
-    )
-    print(result.summary())
+    with data_parallel.launched("fit", args.solver_device) as parallel:  # torchrun: each rank a share of the rows
+        result = pipeline.fit_on_cache(
+            args.cache, fit_split=args.fit_split, eval_splits=args.eval_split,
+            attributes=args.attributes, eps=_eps(args), save=args.save, confidence=args.confidence,
+            max_memory=args.max_memory, parallel=parallel, **_head_params(args),
+        )
+    if data_parallel.writes(parallel):
+        print(result.summary())
     return 0
 
 
@@ -420,13 +423,20 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         raise DataError("--eps-grid and --n-eps both set the grid; pass one of them")
     if args.constraint == "minimax" and args.n_eps is not None:
         raise DataError("constraint 'minimax' has no bound to sweep (it fits one head); drop --n-eps")
-    result = sweep.run_sweep(
-        args.cache, out=args.out, eps_grid=args.eps_grid,
-        n_eps=N_EPS_DEFAULT if args.n_eps is None else args.n_eps,
-        fit_split=args.fit_split, attributes=args.attributes, compare=args.compare,
-        plots=not args.no_plots, confidence=args.confidence, max_memory=args.max_memory, **_head_params(args),
-    )
-    print(result.summary())
+    from fairhead import data_parallel
+
+    if args.compare:  # before joining the ranks: one line, not one per rank after a rendezvous
+        data_parallel.check_in_memory_baselines(args.compare)
+    with data_parallel.launched("sweep", args.solver_device) as parallel:  # torchrun: each rank a share of the rows
+        result = sweep.run_sweep(
+            args.cache, out=args.out, eps_grid=args.eps_grid,
+            n_eps=N_EPS_DEFAULT if args.n_eps is None else args.n_eps,
+            fit_split=args.fit_split, attributes=args.attributes, compare=args.compare,
+            plots=not args.no_plots, confidence=args.confidence, max_memory=args.max_memory, parallel=parallel,
+            **_head_params(args),
+        )
+    if data_parallel.writes(parallel):
+        print(result.summary())
     return 0
 
 
@@ -573,12 +583,26 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- entry point
+def _other_rank_of_fit(args) -> bool:
+    """A torchrun rank other than 0 in a data-parallel fit or sweep (it leaves printing to rank 0)."""
+    from fairhead.data_parallel import COMMANDS
+
+    return (getattr(args.handler, "__name__", "").removeprefix("_cmd_") in COMMANDS
+            and os.environ.get("WORLD_SIZE", "1") != "1" and os.environ.get("RANK", "0") != "0")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.handler is not _cmd_extract:  # extract shards images, fit and sweep rows; the rest run in one process
+            from fairhead.data_parallel import check_command
+
+            check_command(args.handler.__name__.removeprefix("_cmd_"))
         return args.handler(args)
     except FairheadError as err:
+        if _other_rank_of_fit(args):
+            return err.exit_code  # every rank meets the same error; rank 0 prints it
         if not getattr(err, "reported_by_rank_0", False):  # under torchrun, rank 0 prints what all ranks share
             if args.debug:
                 traceback.print_exc()

@@ -228,7 +228,7 @@ def positive_code(cache, pos_label) -> int:
     return categories.index(str(pos_label))
 
 
-def load_arrays(cache, splits, attributes=None, *, pos_label=None, max_memory=None) -> SplitArrays:
+def load_arrays(cache, splits, attributes=None, *, pos_label=None, max_memory=None, parallel=None) -> SplitArrays:
     """Read one split (or several, concatenated) of an open cache into :class:`SplitArrays`.
 
     ``y`` is 1 for the positive class: the label's second category, or ``pos_label``; for a
@@ -236,13 +236,19 @@ def load_arrays(cache, splits, attributes=None, *, pos_label=None, max_memory=No
     ``max_memory`` (bytes, or ``"2GB"``) the features are not read: ``X`` is a
     :class:`solvers.RowChunks` that streams the split's rows from the cache file in each pass,
     holding at most that much of them at once (the check for non-finite rows is one such pass).
+    Under torchrun (``parallel``, a :class:`fairhead.data_parallel.DataParallel`) ``X`` is this
+    rank's share of the rows, a :class:`solvers.RowShard` (the other arrays are whole).
     """
     attributes = resolve_attributes(cache, attributes)
     positive = positive_code(cache, pos_label)
-    data = cache.load(splits, sensitive=list(attributes), features=max_memory is None)
+    data = cache.load(splits, sensitive=list(attributes), features=max_memory is None and parallel is None)
     groups = np.stack([np.asarray(data.sensitive[a]) for a in attributes], axis=1)
     y = np.asarray(data.labels)
-    if max_memory is None:
+    if parallel is not None:
+        from fairhead.data_parallel import shard_features
+
+        X = shard_features(cache, np.asarray(data.rows), parallel, max_memory=max_memory)
+    elif max_memory is None:
         X = np.asarray(data.features)
     else:
         from solvers import RowChunks
@@ -406,11 +412,13 @@ def label_provenance(cache, pos_label=None) -> dict[str, Any]:
 
 def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None, attributes=None,
                  save: Path | None = None, pos_label=None, confidence: float = 0.95, max_memory=None,
-                 **head_params) -> FitResult:
+                 parallel=None, **head_params) -> FitResult:
     """Fit one :class:`solvers.FairLogisticRegression` on ``fit_split`` and evaluate it on ``eval_splits``.
 
     ``max_memory`` (bytes, or ``"2GB"``) fits and evaluates out of core: every split's
-    features are streamed from the cache in each pass (:func:`load_arrays`).
+    features are streamed from the cache in each pass (:func:`load_arrays`). ``parallel`` (a
+    :class:`fairhead.data_parallel.DataParallel`, under torchrun) fits on the ranks' shares of the
+    rows; every rank gets the same head and rank 0 saves it.
 
     The saved head records the cache's backbone and label, so ``fairhead predict`` can rebuild
     the backbone (checked by its weights' sha256) and run both on new images. Every split's
@@ -433,13 +441,16 @@ def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None
             name = getattr(name, "name", name)
             save = cache_path.with_name(f"{cache_path.stem}.head-{name}-{head_params.get('eps', 0.05):g}.json")
         # before the fit: a head that cannot be saved, or would replace another file, fails in a second
-        check_head_path(save)
-        check_file_target(save, flag="--save", fix="pass --save PATH in a writable folder")
-        train = load_arrays(cache, fit_split, attributes, pos_label=pos_label, max_memory=max_memory)
+        if parallel is None or parallel.writes:
+            check_head_path(save)
+            check_file_target(save, flag="--save", fix="pass --save PATH in a writable folder")
+        train = load_arrays(cache, fit_split, attributes, pos_label=pos_label, max_memory=max_memory,
+                            parallel=parallel)
         splits = list(eval_splits) if eval_splits else list(cache.splits)
         # every split is read (and checked) before the fit, so bad evaluation rows fail before the work
         evaluated = {split: train if split == fit_split else load_arrays(cache, split, train.attributes,
-                                                                          pos_label=pos_label, max_memory=max_memory)
+                                                                          pos_label=pos_label, max_memory=max_memory,
+                                                                          parallel=parallel)
                      for split in splits}
         fingerprint = cache.fingerprint
         provenance = {"backbone": backbone_provenance(cache), "label": label_provenance(cache, pos_label),
@@ -454,8 +465,9 @@ def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None
     undefined = {split: metrics.undefined_rates(arrays.y, sensitive_features=arrays.group_names, classes=arrays.classes)
                  for split, arrays in evaluated.items()}
     fit_metrics = per_split.get(fit_split) or evaluate_head(head, train, bounded=True)
-    save_head(head, save, cache_fingerprint=fingerprint,
-              extra={"fit_split": fit_split, "attributes": list(train.attributes), "cache": str(cache_path),
-                     **provenance})
+    if parallel is None or parallel.writes:
+        save_head(head, save, cache_fingerprint=fingerprint,
+                  extra={"fit_split": fit_split, "attributes": list(train.attributes), "cache": str(cache_path),
+                         **provenance})
     return FitResult(head=head, fit_split=fit_split, metrics=per_split, saved_to=Path(save), fit_metrics=fit_metrics,
                      undefined_rates={s: v for s, v in undefined.items() if v})

@@ -344,7 +344,7 @@ def _append_progress(path: Path, key: str, record: HeadRecord) -> None:
         os.fsync(f.fileno())
 
 
-def load_sweep_data(cache_path, *, fit_split, attributes, pos_label=None, max_memory=None):
+def load_sweep_data(cache_path, *, fit_split, attributes, pos_label=None, max_memory=None, parallel=None):
     """Open the cache and read every split (fit split first) as :class:`pipeline.SplitArrays`
     (``y = 1`` for ``pos_label``, by default the label's second category; ``max_memory``: features
     streamed from the cache, see :func:`pipeline.load_arrays`)."""
@@ -358,14 +358,14 @@ def load_sweep_data(cache_path, *, fit_split, attributes, pos_label=None, max_me
         for split in splits:
             arrays[split] = pipeline.load_arrays(cache, split, attributes if not arrays else
                                                  arrays[fit_split].attributes, pos_label=pos_label,
-                                                 max_memory=max_memory)
+                                                 max_memory=max_memory, parallel=parallel)
         return arrays, cache.fingerprint, dict(cache.provenance)
 
 
 def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_split="train",
               attributes=None, compare=None, plots=True, C=1.0, backend="auto", balance=None,
               device="cpu", progress=True, seed=0, min_group_size=10, pos_label=None, data=None,
-              confidence=0.95, max_memory=None) -> SweepResult:
+              confidence=0.95, max_memory=None, parallel=None) -> SweepResult:
     """Sweep ``eps`` for ``constraint`` on a cache; write the table, plots and report to ``out``.
 
     ``compare`` lists baselines from :mod:`fairhead.compare` to put in the same table
@@ -374,6 +374,8 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     ``confidence`` is the level of every interval in the outputs. ``max_memory`` (bytes, or
     ``"2GB"``) sweeps out of core: the features are streamed from the cache in each pass (the
     heads equal the in-memory sweep's; the fairlearn and penalty baselines need them in memory).
+    ``parallel`` (a :class:`fairhead.data_parallel.DataParallel`, under torchrun) sweeps on the
+    ranks' shares of the rows: every rank solves the same path, rank 0 writes the files.
     """
     from solvers import FairLogisticRegression, iter_path
     from solvers.constraints import make_constraint
@@ -392,11 +394,19 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
         check_grid(eps_grid)
     if compare and max_memory is not None:
         raise DataError(COMPARE_OUT_OF_CORE_MSG.format(names=" ".join(compare)))
-    out = ensure_output_folder(out, flag="--out")  # before any work: a bad --out fails in a second
-    check_own_outputs(out, SWEEP_OUTPUTS, flag="--out")
+    if compare and parallel is not None:
+        from fairhead.data_parallel import COMPARE_MSG
+
+        raise DataError(COMPARE_MSG.format(names=" ".join(compare)))
+    writes = parallel is None or parallel.writes  # under torchrun, rank 0 writes and shows progress
+    progress = progress and writes
+    if writes:
+        out = ensure_output_folder(out, flag="--out")  # before any work: a bad --out fails in a second
+        check_own_outputs(out, SWEEP_OUTPUTS, flag="--out")
+    out = Path(out)
     arrays, fingerprint, cache_prov = data or load_sweep_data(cache_path, fit_split=fit_split,
                                                               attributes=attributes, pos_label=pos_label,
-                                                              max_memory=max_memory)
+                                                              max_memory=max_memory, parallel=parallel)
     fit = arrays[fit_split]
     sens = pipeline.sensitive_arg(fit)
     cons = make_constraint(constraint)
@@ -436,7 +446,9 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
         config["confidence"] = confidence
     key = _config_key(config)
     progress_path = out / PROGRESS_FILE
-    done = {_eps_key(r.eps): r for r in _load_progress(progress_path, key) if r.method == "fairhead"}
+    done = {_eps_key(r.eps): r for r in _load_progress(progress_path, key) if r.method == "fairhead"} if writes else {}
+    if parallel is not None:  # every rank replays rank 0's finished heads: the same solves, the same collectives
+        done = parallel.broadcast(done)
 
     records: list[HeadRecord] = []
     records.append(HeadRecord(
@@ -470,7 +482,8 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
                                            confidence=confidence),
                 wall_time=wall, notes=notes)
             solved[_eps_key(eps)] = rec
-            _append_progress(progress_path, key, rec)
+            if writes:
+                _append_progress(progress_path, key, rec)
             bar.update(1)
             bar.set_postfix(eps=f"{eps:.4f}", fit_gap=f"{rec.metrics[fit_split]['constraint_value']:.4f}")
             caught.clear()
@@ -478,8 +491,9 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     records.extend(done.get(_eps_key(e)) or solved[_eps_key(e)] for e in grid)
     from fairhead import certify  # the heads on disk, for `fairhead select`
 
-    certify.save_sweep_heads(out, records, constraint=cons, params=base, fit=fit, fit_split=fit_split,
-                             fingerprint=fingerprint, cache_path=cache_path)
+    if writes:
+        certify.save_sweep_heads(out, records, constraint=cons, params=base, fit=fit, fit_split=fit_split,
+                                 fingerprint=fingerprint, cache_path=cache_path)
 
     if compare:
         from fairhead import compare as baselines
@@ -508,7 +522,8 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     meta = provenance.collect(seed=seed, extra={"cache_fingerprint": fingerprint, "config": config,
                                                 "cache_provenance": cache_prov,
                                                 "unconstrained_value": inactive, "floor": floor})
-    result.files.update(write_sweep(result, meta, plots=plots))
+    if writes:
+        result.files.update(write_sweep(result, meta, plots=plots))
     return result
 
 

@@ -9,6 +9,7 @@ Public API::
     Certificate, metrics (module), constraints (module), intervals (module)
     export.to_sklearn(head) / export.to_torch_linear(head)
     RowChunks(path, rows, dataset="features", max_memory="2GB")   # an out-of-core X
+    RowShard(local_rows, n_total=n, start=s)                      # one rank's rows (torchrun)
 
 ``import solvers`` imports neither torch nor cvxpy (nor torchvision / embedcache); the
 backends load at the first fit that needs them.
@@ -32,6 +33,8 @@ __all__ = [
     "select_head",
     "AUTO_CVXPY_MAX_SIZE",
     "RowChunks",
+    "RowShard",
+    "shard_range",
 ]
 
 _LAZY = {
@@ -48,6 +51,8 @@ _LAZY = {
     "intervals": ("solvers.intervals", None),
     "select_head": ("solvers.select", "select_head"),
     "RowChunks": ("solvers.out_of_core", "RowChunks"),
+    "RowShard": ("solvers.distributed", "RowShard"),
+    "shard_range": ("solvers.distributed", "shard_range"),
 }
 
 

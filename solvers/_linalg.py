@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .out_of_core import row_blocks
+from .out_of_core import gather_rows, row_blocks, sum_blocks
 
 
 def x_dot(X, w: np.ndarray) -> np.ndarray:
@@ -22,16 +22,15 @@ def x_dot(X, w: np.ndarray) -> np.ndarray:
     out = np.empty(X.shape[0] if w.ndim == 1 else (X.shape[0], w.shape[1]), dtype=np.float64)
     for s, blk in row_blocks(X):
         out[s : s + len(blk)] = blk.astype(np.float64) @ w
-    return out
+    return gather_rows(X, out)
 
 
 def xt_dot(X, r: np.ndarray) -> np.ndarray:
     """``X.T @ r`` accumulated in float64 (``r`` may be (n,) or (n, k)), summed block by block."""
     r = np.asarray(r, dtype=np.float64)
     out = np.zeros((X.shape[1],) + r.shape[1:], dtype=np.float64)
-    for s, blk in row_blocks(X):
-        out += blk.astype(np.float64, copy=False).T @ r[s : s + len(blk)]
-    return out
+    parts = ((s, blk.astype(np.float64, copy=False).T @ r[s : s + len(blk)]) for s, blk in row_blocks(X))
+    return sum_blocks(X, parts, out)
 
 
 def column_mean_std(X, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -40,8 +39,6 @@ def column_mean_std(X, weights: np.ndarray | None = None) -> tuple[np.ndarray, n
     wts = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     wts = wts / wts.sum()
     mu = xt_dot(X, wts)
-    var = np.zeros(X.shape[1])
-    for s, blk in row_blocks(X):
-        dev = blk.astype(np.float64) - mu
-        var += (dev * dev).T @ wts[s : s + len(blk)]
+    parts = ((s, np.square(blk.astype(np.float64) - mu).T @ wts[s : s + len(blk)]) for s, blk in row_blocks(X))
+    var = sum_blocks(X, parts, np.zeros(X.shape[1]))
     return mu, np.sqrt(np.maximum(var, 0.0))

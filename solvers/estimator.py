@@ -457,6 +457,12 @@ def with_stream_note(cert: Certificate, X, device) -> Certificate:
     """``cert`` with a note on how an out-of-core ``X`` was streamed (unchanged for arrays)."""
     if not isinstance(X, RowChunks):
         return cert
+    from .distributed import RowShard
+
+    if isinstance(X, RowShard):
+        same = ("the single-process fit's blocks and arithmetic: the same iterates" if str(device) == "cpu" else
+                f"on {device}, the single-process fit's iterates up to float32 summation order")
+        return dataclasses.replace(cert, notes=tuple(cert.notes) + (f"{X.describe()}; {same}",))
     same = ("the in-memory fit's blocks and arithmetic: the same iterates" if str(device) == "cpu" else
             f"on {device}, the in-memory fit's iterates up to float32 summation order")
     return dataclasses.replace(cert, notes=tuple(cert.notes) + (f"{X.describe()}; {same}",))

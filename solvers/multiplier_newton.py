@@ -38,6 +38,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .out_of_core import sum_blocks
+
 #: Newton steps are taken when the Hessian costs at most this many multiply-adds (n p^2) on the
 #: CPU (about a second at one thread); on a GPU the budget is 1000x. A subsampled Hessian is no
 #: way out: it loses the rare one-hot columns and the step goes wild.
@@ -84,12 +86,14 @@ def gap_jacobian(design, z: torch.Tensor, delta: np.ndarray, Ma: np.ndarray, lam
     R = torch.as_tensor(np.hstack([c[:, None] * Ma.T, kern[:, None] * Ma.T, h[:, None]]), dtype=f64, device=dev)
     ht = R[:, -1]
     # products with the raw X, centred afterwards (no copy of X): X^T [R, h] and X^T diag(h) X
-    XR = torch.zeros((d, 2 * K + 1), dtype=f64, device=dev)
-    XhX = torch.zeros((d, d), dtype=f64, device=dev)
-    for start, Xc in design.device_blocks():  # in memory or streamed from disk
-        stop = start + Xc.shape[0]
-        XR += (Xc.t() @ R[start:stop].to(cdt)).to(f64)
-        XhX += (Xc.t() @ (Xc * ht[start:stop].to(cdt)[:, None])).to(f64)
+    def part(start, Xc):  # [X^T R, X^T diag(h) X] over one block of rows
+        Rc, hc = R[start : start + Xc.shape[0]].to(cdt), ht[start : start + Xc.shape[0]].to(cdt)
+        return torch.cat([(Xc.t() @ Rc).to(f64), (Xc.t() @ (Xc * hc[:, None])).to(f64)], dim=1)
+
+    # in memory, streamed from disk or one rank's rows (summed over the ranks in block order)
+    parts = ((start, part(start, Xc)) for start, Xc in design.device_blocks())
+    acc = sum_blocks(design.source, parts, torch.zeros((d, 2 * K + 1 + d), dtype=f64, device=dev))
+    XR, XhX = acc[:, : 2 * K + 1], acc[:, 2 * K + 1 :]
     Rsum = R.sum(0)
     xh_s, h_s = XR[:, -1], float(Rsum[-1])
     H = torch.zeros((d + 1, d + 1), dtype=f64, device=dev)

@@ -51,7 +51,9 @@ from .errors import DataError
 #: in-memory matrix of up to 32 MiB is one block (its product is the whole-matrix BLAS call) and
 #: a larger one costs one BLAS call per 32 MiB (``benchmarks/bench_row_blocks.py``: each call
 #: with more than one BLAS thread pays a synchronisation, which a busy machine makes costly).
-#: It sets the smallest budget of a streamed pass: about 240 MB for float32 features, whatever d
+#: It sets the smallest budget of a streamed pass: about 240 MB for float32 features, whatever d.
+#: The environment variable ``FAIRHEAD_BLOCK_BYTES`` (bytes, or ``"4MiB"``) replaces it: smaller
+#: blocks for small budgets, or finer shards of a data-parallel fit (every rank must use the same)
 BLOCK_BYTES = 32 * 2**20
 #: the share of the budget the chunk, the picked rows and a block may take (see the module docstring)
 HEADROOM = 0.8
@@ -109,10 +111,26 @@ def format_memory(n: int) -> str:
     return f"{n} B"
 
 
+MSG_BLOCK_ENV = "FAIRHEAD_BLOCK_BYTES={value!r} is not a size of at least 4 KiB; set it to bytes or a size such as '4MiB', or unset it"
+
+
+def _block_bytes_from_env() -> int:
+    text = os.environ.get("FAIRHEAD_BLOCK_BYTES")
+    if text is None:
+        return BLOCK_BYTES
+    try:
+        size = parse_memory(text)
+    except DataError:
+        size = 0
+    if size < 4096:
+        raise DataError(MSG_BLOCK_ENV.format(value=text))
+    return size
+
+
 def block_rows(d: int) -> int:
     """Rows per block for ``d`` features: the power of two nearest below ``BLOCK_BYTES / (4 d)``,
     at least 16. It depends on ``d`` alone, so every copy of a matrix is cut the same way."""
-    rows = BLOCK_BYTES // (4 * max(int(d), 1))
+    rows = _block_bytes_from_env() // (4 * max(int(d), 1))
     return int(max(16, 2 ** int(math.floor(math.log2(max(rows, 1))))))
 
 
@@ -158,6 +176,23 @@ def array_blocks(X: np.ndarray):
 def row_blocks(X):
     """``(start, block)`` over the row blocks of ``X``, in memory or a :class:`RowChunks`."""
     return X.blocks() if isinstance(X, RowChunks) else array_blocks(X)
+
+
+def gather_rows(X, out):
+    """``out`` (n rows, numpy or torch) once its rows from :func:`row_blocks` are written: as is for
+    an array or a RowChunks; a :class:`~solvers.distributed.RowShard` fills in the other ranks' rows."""
+    return X.gather_rows(out) if isinstance(X, RowChunks) else out
+
+
+def sum_blocks(X, parts, out):
+    """``out += p`` for each ``(start, p)`` of ``parts`` (one per block of :func:`row_blocks`), in
+    block order; a :class:`~solvers.distributed.RowShard` adds the other ranks' blocks in their
+    places in that order. Returns ``out`` (numpy or torch, zeros on entry)."""
+    if isinstance(X, RowChunks):
+        return X.sum_blocks(parts, out)
+    for _, p in parts:
+        out += p
+    return out
 
 
 class RowChunks:
@@ -383,6 +418,19 @@ class RowChunks:
         if fill:
             yield start, buf[:fill]
 
+    # ------------------------------------------------------------------ combining a pass
+    # every row and every block of this X is here: nothing to combine (a RowShard, one rank's
+    # rows of a data-parallel fit, overrides both)
+    def gather_rows(self, out):
+        """``out`` as is (see :func:`gather_rows`)."""
+        return out
+
+    def sum_blocks(self, parts, out):
+        """The blocks' partial results summed in order into ``out`` (see :func:`sum_blocks`)."""
+        for _, p in parts:
+            out += p
+        return out
+
     def first_nonfinite(self) -> int | None:
         """Position of the first row with a NaN or infinite feature, or ``None`` (one pass, remembered)."""
         if self._nonfinite == ():
@@ -395,4 +443,4 @@ class RowChunks:
         return self._nonfinite
 
 
-__all__ = ["RowChunks", "block_rows", "format_memory", "parse_memory", "row_blocks"]
+__all__ = ["RowChunks", "block_rows", "format_memory", "gather_rows", "parse_memory", "row_blocks", "sum_blocks"]

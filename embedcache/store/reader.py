@@ -228,6 +228,10 @@ class Cache:
     def feature_dim(self) -> int:
         return int(self._f[schema.FEATURES].shape[1])
 
+    def read_features(self, rows: np.ndarray) -> np.ndarray:
+        """The features of the given sorted row numbers (a share of a split, say), read alone."""
+        return read_rows(self._f[schema.FEATURES], np.asarray(rows, dtype=np.int64))
+
     @property
     def feature_dtype(self) -> str:
         return self._f[schema.FEATURES].dtype.name

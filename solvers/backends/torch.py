@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, InfeasibleConstraintError
-from ..out_of_core import RowChunks, array_blocks
+from ..out_of_core import RowChunks, array_blocks, gather_rows, sum_blocks
 from . import Solution
 
 MSG_PENALTY = "penalty={penalty!r} is solved by backend='cvxpy' only; use backend='cvxpy' (or 'auto') or penalty='l2'"
@@ -152,10 +152,12 @@ class Design:
         mu = None if self.mu is None else self.mu.to(self.cdt)
         full = self.n * self.d * self.d <= GRAM_FULL_FLOPS
         G = torch.zeros((self.d, self.d) if full else (self.d,), dtype=_F64, device=self.device)
-        for _, Xc in self.device_blocks():
-            if mu is not None:
-                Xc = Xc - mu
-            G += ((Xc.t() @ Xc) if full else (Xc * Xc).sum(0)).to(_F64)
+
+        def part(Xc):
+            Xc = Xc if mu is None else Xc - mu
+            return ((Xc.t() @ Xc) if full else (Xc * Xc).sum(0)).to(_F64)
+
+        G = sum_blocks(self.source, ((s, part(Xc)) for s, Xc in self.device_blocks()), G)
         G /= max(self.n, 1)
         self._gram = G  # (d,) when only the diagonal: no dense d x d copy (33 MB at d = 2048)
         return self._gram
@@ -172,18 +174,20 @@ class Design:
         multinomial head: one pass over X for all K)."""
         self._passes[0] += 1
         vc = v.to(self.cdt)
+        tail = tuple(v.shape[1:])
         if self.device.type == "cpu":  # the same blocks as in memory: the same bits
             vn = vc.numpy()
-            out = np.empty((self.n,) + tuple(v.shape[1:]), dtype=self._np_cdt)
+            out = np.empty((self.n,) + tail, dtype=self._np_cdt)
             for s, blk in self._blocks():
                 np.matmul(blk, vn, out=out[s : s + len(blk)])
-            out = torch.from_numpy(out).to(_F64)
+            out = torch.from_numpy(gather_rows(self.source, out)).to(_F64)
         elif self.source is None and not self.half:
             out = (torch.mv(self.X, vc) if v.ndim == 1 else self.X @ vc).to(_F64)
         else:
-            out = torch.empty((self.n,) + tuple(v.shape[1:]), dtype=_F64, device=self.device)
+            out = torch.empty((self.n,) + tail, dtype=_F64, device=self.device)
             for s, Xc in self.device_blocks():
                 out[s : s + len(Xc)] = torch.mv(Xc, vc) if v.ndim == 1 else Xc @ vc
+            out = gather_rows(self.source, out)
         if self.mu is not None:
             out -= torch.dot(self.mu, v.to(_F64)) if v.ndim == 1 else self.mu @ v.to(_F64)
         return out
@@ -193,19 +197,18 @@ class Design:
         or (n, K) giving (d, K)."""
         self._passes[0] += 1
         rc = r.to(self.cdt)
+        tail = tuple(r.shape[1:])
         if self.device.type == "cpu":
             rn = rc.numpy()
-            acc = np.zeros((self.d,) + tuple(r.shape[1:]), dtype=np.float64)
-            for s, blk in self._blocks():
-                acc += rn[s : s + len(blk)] @ blk if r.ndim == 1 else blk.T @ rn[s : s + len(blk)]
-            out = torch.from_numpy(acc)
+            parts = ((s, rn[s : s + len(blk)] @ blk if r.ndim == 1 else blk.T @ rn[s : s + len(blk)])
+                     for s, blk in self._blocks())
+            out = torch.from_numpy(sum_blocks(self.source, parts, np.zeros((self.d,) + tail, dtype=np.float64)))
         elif self.source is None and not self.half:
             out = (torch.mv(self.X.t(), rc) if r.ndim == 1 else self.X.t() @ rc).to(_F64)
         else:
-            out = torch.zeros((self.d,) + tuple(r.shape[1:]), dtype=_F64, device=self.device)
-            for s, Xc in self.device_blocks():
-                rb = rc[s : s + len(Xc)]
-                out += (torch.mv(Xc.t(), rb) if r.ndim == 1 else Xc.t() @ rb).to(_F64)
+            parts = ((s, (torch.mv(Xc.t(), rc[s : s + len(Xc)]) if r.ndim == 1 else Xc.t() @ rc[s : s + len(Xc)])
+                      .to(_F64)) for s, Xc in self.device_blocks())
+            out = sum_blocks(self.source, parts, torch.zeros((self.d,) + tail, dtype=_F64, device=self.device))
         if self.mu is not None:
             out -= self.mu * r.to(_F64).sum() if r.ndim == 1 else torch.outer(self.mu, r.to(_F64).sum(0))
         return out

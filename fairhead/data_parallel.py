@@ -1,0 +1,124 @@
+"""``torchrun -m fairhead fit|sweep``: data-parallel heads, each rank holding a row shard of the features.
+
+Every rank reads the labels, groups and ids of a split (O(n)) and only its own block-aligned
+share of the feature rows (:func:`solvers.shard_range`), into memory or, with ``--max-memory``,
+streamed from the cache. The products with the features are combined with ``all_reduce``
+(:mod:`solvers.distributed`): every rank runs the same solver and ends with the single-process
+head. Rank 0 alone prints, writes the head and the sweep's files, and shows progress bars.
+
+The process group is ``gloo`` for a CPU solver and ``nccl`` for a CUDA one (``--solver-device``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+
+from fairhead_errors import DataError
+
+#: commands that run data-parallel under torchrun (extract shards the images; these the rows)
+COMMANDS = ("fit", "sweep")
+WAIT_FOR_RANKS = timedelta(hours=2)
+NOT_PARALLEL_MSG = ("`fairhead {command}` runs in one process; under torchrun only extract, fit and sweep are "
+                    "distributed: run `fairhead {command} ...` without torchrun")
+JOIN_FAILED_MSG = ("cannot join the {backend} process group ({error}); launch with "
+                   "`torchrun --nproc-per-node N -m fairhead {command} ...`, or unset WORLD_SIZE to run one process")
+COMPARE_MSG = ("--compare {names} needs the features in memory in one process; drop --compare under torchrun, "
+               "or run the baselines in a plain `fairhead sweep`")
+
+
+@dataclass(frozen=True)
+class DataParallel:
+    """This process's place in a data-parallel fit or sweep."""
+
+    rank: int
+    world_size: int
+
+    @property
+    def writes(self) -> bool:
+        """Whether this rank prints and writes files (rank 0)."""
+        return self.rank == 0
+
+    def broadcast(self, value):
+        """Rank 0's ``value`` on every rank (a resumed sweep's finished heads, read by rank 0 alone)."""
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def shard(self, n: int, d: int) -> tuple[int, int]:
+        """Rows ``[start, stop)`` of ``n`` that this rank holds."""
+        from solvers import shard_range
+
+        return shard_range(n, d, self.rank, self.world_size)
+
+
+def writes(parallel: DataParallel | None) -> bool:
+    """Whether this process prints and writes (a plain process, or rank 0)."""
+    return parallel is None or parallel.writes
+
+
+def check_command(command: str) -> None:
+    """Refuse, in one line, a command that does not run data-parallel when torchrun launched it."""
+    from embedcache.distributed import launch_from_env
+
+    if command not in COMMANDS and launch_from_env() is not None:
+        raise DataError(NOT_PARALLEL_MSG.format(command=command))
+
+
+def check_in_memory_baselines(compare) -> None:
+    """Refuse ``--compare`` baselines (fairlearn, penalties: X in memory, one process) under torchrun."""
+    from embedcache.distributed import launch_from_env
+
+    if compare and launch_from_env() is not None:
+        raise DataError(COMPARE_MSG.format(names=" ".join(compare)))
+
+
+@contextlib.contextmanager
+def launched(command: str, solver_device: str = "cpu"):
+    """The :class:`DataParallel` of a torchrun launch (the process group joined for its duration),
+    or None in a plain process."""
+    from embedcache.distributed import launch_from_env
+
+    launch = launch_from_env()
+    if launch is None:
+        yield None
+        return
+    check_command(command)
+    import torch
+    import torch.distributed as dist
+
+    owned = False
+    if not dist.is_initialized():
+        cuda = str(solver_device).startswith("cuda")
+        backend = "nccl" if cuda else "gloo"
+        if cuda:
+            torch.cuda.set_device(launch.local_rank)
+        try:
+            dist.init_process_group(backend=backend, timeout=WAIT_FOR_RANKS)
+        except (ValueError, RuntimeError) as err:
+            raise DataError(JOIN_FAILED_MSG.format(backend=backend, error=" ".join(str(err).split())[:200],
+                                                   command=command)) from err
+        owned = True
+    try:
+        yield DataParallel(rank=launch.rank, world_size=launch.world_size)
+    finally:
+        if owned:
+            dist.destroy_process_group()
+
+
+def shard_features(cache, rows: np.ndarray, parallel: DataParallel, *, max_memory=None):
+    """This rank's share of the features of ``rows`` (sorted row numbers of the cache) as a
+    :class:`solvers.RowShard`: read into memory, or streamed under ``max_memory``."""
+    from solvers import RowShard
+
+    n, d = len(rows), int(cache.feature_dim)
+    start, stop = parallel.shard(n, d)
+    mine = rows[start:stop]
+    if max_memory is not None:
+        return RowShard(cache.path, mine, n_total=n, start=start, dataset=cache.features_key, max_memory=max_memory)
+    return RowShard(cache.read_features(mine), n_total=n, start=start)
