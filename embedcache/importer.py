@@ -26,7 +26,7 @@ from embedcache.errors import CacheError, DataError
 from embedcache.sources.base import (
     TableSource,
     duplicate_names,
-    encode_binary_label,
+    encode_label,
     encode_categorical,
     hash_splits,
     is_missing,
@@ -215,7 +215,7 @@ def import_table(
         return values[rows] if isinstance(values, np.ndarray) else [values[r] for r in rows]
 
     ids = [_id_text(v) for v in kept(id_col)] if id_col is not None else [str(r) for r in rows]
-    label_codes, label_categories = encode_binary_label(list(kept(label)), name=label)
+    label_codes, label_categories = encode_label(list(kept(label)), name=label)
     table = TableSource(
         ids=ids,
         labels=label_codes,

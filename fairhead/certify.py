@@ -24,6 +24,8 @@ from fairhead_errors import DataError
 HEADS_DIR = "heads"
 SELECTION_FILE = "selection.json"
 CERT_SUFFIX = ".certificate.json"
+MSG_MULTICLASS = ("sweep '{path}' holds {k}-class heads; `fairhead select` certifies the between-groups gaps of "
+                 "binary heads only: select a {k}-class head by its per-class gaps in sweep.csv instead")
 MSG_NO_HEADS = ("no heads in '{path}'; run `fairhead sweep ... --out {path}` first (sweeps written before "
                 "heads were saved must be rerun)")
 MSG_FIT_SPLIT = ("split {split!r} is the split the heads were fitted on; certify on a held-out split "
@@ -52,7 +54,7 @@ def save_sweep_heads(out: Path, records, *, constraint, params: dict, fit, fit_s
 
     folder = Path(out) / HEADS_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    classes = np.unique(fit.y)
+    classes = np.arange(fit.n_classes) if fit.n_classes > 2 else np.unique(fit.y)
     k = 0
     for rec in records:
         if rec.method not in ("unconstrained", "fairhead"):
@@ -60,8 +62,8 @@ def save_sweep_heads(out: Path, records, *, constraint, params: dict, fit, fit_s
         constrained = rec.method == "fairhead"
         eps = float(rec.eps) if constrained and np.isfinite(rec.eps) else 0.0
         head = FairLogisticRegression(constraint=constraint if constrained else None, eps=eps, **params)
-        head.coef_ = np.asarray(rec.coef, dtype=np.float64).reshape(1, -1)
-        head.intercept_ = np.array([float(rec.intercept)])
+        head.intercept_ = np.asarray(rec.intercept, dtype=np.float64).reshape(-1)  # one per class for K > 2
+        head.coef_ = np.asarray(rec.coef, dtype=np.float64).reshape(head.intercept_.shape[0], -1)
         head.classes_ = classes
         head.n_features_in_ = head.coef_.shape[1]
         head.n_iter_ = int((rec.certificate or {}).get("n_iter") or 1)
@@ -98,6 +100,8 @@ def select_from_sweep(sweep_dir, *, target, confidence=0.95, split="valid", meth
 
     gap, _ = parse_target(target)
     heads = load_sweep_heads(sweep_dir)
+    if len(heads[0][1].classes_) > 2:
+        raise DataError(MSG_MULTICLASS.format(path=sweep_dir, k=len(heads[0][1].classes_)))
     extras = [h.extra_ for _, h in heads]
     fit_split = extras[0].get("fit_split")
     if split == fit_split:

@@ -136,7 +136,8 @@ def _add_fit_options(parser: argparse.ArgumentParser, *, eps_default: float | No
                        help="sensitive attributes to constrain (default: all in the cache; several -> intersectional)")
     group.add_argument("--solver-device", default="cpu", help="torch backend device (cpu or cuda)")
     group.add_argument("--pos-label", metavar="CLASS",
-                       help="the label category that is the positive class (default: the second, e.g. 1 or yes)")
+                       help="the label category that is the positive class (default: the second, e.g. 1 or yes); "
+                            "binary labels only")
     group.add_argument("--min-group-size", type=int, default=10, metavar="N",
                        help="refuse groups (and, for eo/eopp, (group, label) cells) with fewer rows")
 
@@ -174,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import", help="write already-computed features (CSV, Parquet, .npz) into a cache")
     p.add_argument("table", type=Path, help="CSV, Parquet or .npz file")
-    p.add_argument("--label", required=True, help="label column (binary)")
+    p.add_argument("--label", required=True,
+                   help="label column: 2 classes, or K > 2 (a multinomial head, fairness per class)")
     p.add_argument("--sensitive", nargs="+", required=True, help="sensitive column(s)")
     p.add_argument("--features", "--features-col", nargs="+", metavar="COLUMN",
                    help="feature columns, or a vector column (Parquet list<float>, .npz 2-D array) "

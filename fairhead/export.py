@@ -12,7 +12,8 @@
 The head-only exports live in :mod:`solvers.export`; this module adds the backbone (so it knows
 :mod:`embedcache`). The full models map preprocessed images ``(N, 3, H, W)`` (the backbone's own
 transform, recorded in the head file) to the head's scores ``z`` (N,), float64; the probability of
-the positive class is ``sigmoid(z)``.
+the positive class is ``sigmoid(z)``. A K-class head exports ``Linear(d, K)`` and scores (N, K), whose
+softmax is the class probabilities.
 
 TorchScript is not offered: ``torch.jit.trace`` is deprecated in the torch this project uses,
 and ``torch.export`` is its replacement.

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from solvers.constraints import GroupLoss, LinearScoreConstraint, MinimaxLoss, RateConstraint, make_constraint
+from fairhead_errors import DataError
+from solvers.constraints import (MSG_BINARY_ONLY, MULTICLASS_NAMES, GroupLoss, LinearScoreConstraint, MinimaxLoss,
+                                 RateConstraint, make_constraint)
 from solvers.problem import balance_weights, encode_groups
 
 #: the between-groups difference (fairlearn's, a key of :func:`solvers.metrics.evaluate`) that reports
@@ -44,11 +46,14 @@ BETWEEN_GROUPS = {
 }
 
 
-def describe_bounded_gap(constraint, balance=None) -> str:
-    """One line saying what ``eps`` bounds for ``constraint`` (for legends and summaries)."""
+def describe_bounded_gap(constraint, balance=None, n_classes: int = 2) -> str:
+    """One line saying what ``eps`` bounds for ``constraint`` (for legends and summaries); with
+    ``n_classes`` K > 2, per class k, one-vs-rest."""
     constraint = make_constraint(constraint)
     if constraint is None:
         return "no constraint"
+    if n_classes > 2:
+        return _describe_class_gap(constraint, balance, n_classes)
     within = {"all": "", "y=1": " among y=1 rows", "label": " within each label (y=1 and y=0)"}
     if isinstance(constraint, RateConstraint):
         rate = "error rate" if constraint.utility == "error" else "P(yhat=1)"
@@ -65,6 +70,18 @@ def describe_bounded_gap(constraint, balance=None) -> str:
     return f"{what}; measured with {weights}"
 
 
+def _describe_class_gap(constraint, balance, K: int) -> str:
+    within = {"all": "", "y=1": " among y=k rows", "label": " within y=k and within y!=k"}[constraint.event]
+    if isinstance(constraint, RateConstraint):
+        what = (f"max over classes k and groups of |P(yhat=k)(group) - P(yhat=k)(all)|{within} ('{constraint.name}', "
+                f"{K} classes, one-vs-rest)")
+    else:
+        what = (f"max over classes k and groups of |mean z_k(group) - mean z_k(all)|{within} ('{constraint.name}', "
+                f"{K} classes; z_k the centred class-k logit, not a rate)")
+    weights = "unit weights" if balance is None else f"balance={balance!r} weights"
+    return f"{what}; measured with {weights}"
+
+
 def _mean_losses(z: np.ndarray, y: np.ndarray, cells: np.ndarray, n_cells: int, sw: np.ndarray) -> np.ndarray:
     signed = np.where(y == 1, z, -z)
     losses = np.logaddexp(0.0, -signed)
@@ -77,7 +94,9 @@ def constraint_value(constraint, *, y, scores, sensitive_features, predictions=N
     """The largest bounded quantity of ``constraint`` for decision scores ``scores``.
 
     Hard predictions are ``predictions`` when given (a randomized or post-processed
-    baseline), else ``scores > 0``. ``balance`` (``None``, ``"group"``, ``"label-group"``)
+    baseline), else ``scores > 0``; scores of shape (n, K) are a K-class head's (labels ``y`` the
+    class codes, predictions the largest score, the rows per class of
+    :mod:`solvers.constraints`). ``balance`` (``None``, ``"group"``, ``"label-group"``)
     measures it under the head's balance weights, as the fit bounds it. Groups that a split
     lacks (e.g. an empty cell on a small split) are skipped rather than failing the whole report.
     """
@@ -86,15 +105,22 @@ def constraint_value(constraint, *, y, scores, sensitive_features, predictions=N
         return float("nan")
     y = np.asarray(y).astype(np.float64)
     z = np.asarray(scores, dtype=np.float64)
+    K = z.shape[1] if z.ndim == 2 else 2
+    multi = {"n_classes": K} if K > 2 else {}
+    if K > 2 and not constraint.multiclass:
+        raise DataError(MSG_BINARY_ONLY.format(name=constraint.name, k=K, names=", ".join(MULTICLASS_NAMES)))
     groups, labels, _ = encode_groups(sensitive_features, y.shape[0])
-    sw = balance_weights(np.ones_like(y), y, groups, balance)
+    sw = balance_weights(np.ones_like(y), y, groups, balance, K)
     if isinstance(constraint, (GroupLoss, MinimaxLoss)):
         cells, cell_labels = constraint.cells_codes(y, groups, labels)
         return float(_mean_losses(z, y, cells, len(cell_labels), sw).max())
     try:
         if isinstance(constraint, RateConstraint):
-            moments = constraint.moments(y, groups, sw, labels)
-            yhat = (z > 0) if predictions is None else np.asarray(predictions)
+            moments = constraint.moments(y, groups, sw, labels, **multi)
+            if predictions is not None:
+                yhat = np.asarray(predictions)
+            else:
+                yhat = np.argmax(z, axis=1) if K > 2 else (z > 0)
             return float(np.abs(moments.gaps(yhat.astype(np.float64))).max())
         if isinstance(constraint, LinearScoreConstraint):
             return float(np.abs(constraint.values(z, y, groups, sw, labels)).max())

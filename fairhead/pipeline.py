@@ -33,6 +33,14 @@ RANDOM_WEIGHTS_WARNING = (
     "pretrained; pass --weights NAME (e.g. DEFAULT) or --weights-file PATH, or --weights none to silence this"
 )
 UNKNOWN_POS_LABEL_MSG = "--pos-label {value!r} is not a class of label {name!r} in cache '{path}' (it has: {have}); pick one of those"
+POS_LABEL_MULTICLASS_MSG = (
+    "--pos-label picks the positive class of a binary label, but label {name!r} in cache '{path}' has {k} classes "
+    "(fitted as one multinomial head, fairness per class); drop --pos-label"
+)
+MISSING_CLASS_MSG = (
+    "the {split!r} rows have no row of class(es) {missing} of label {name!r} ({k} classes); a {k}-class head "
+    "needs every class in its fit rows: fit on another split, or merge those classes when building the cache"
+)
 CELEBA_TARGET_DEFAULT = "Blond_Hair"
 CELEBA_SENSITIVE_DEFAULT = ("Male",)
 
@@ -173,6 +181,15 @@ class SplitArrays:
     attributes: tuple[str, ...]
     categories: dict[str, tuple[str, ...]]
     sample_ids: np.ndarray
+    #: classes of the label: 2 (``y`` in {0, 1}, 1 the positive class) or K > 2 (``y`` the codes 0 .. K-1)
+    n_classes: int = 2
+    label_name: str = "label"
+    label_categories: tuple[str, ...] = ()
+
+    @property
+    def classes(self):
+        """The class codes for K-class metrics (``None`` for a binary label)."""
+        return np.arange(self.n_classes) if self.n_classes > 2 else None
 
     @property
     def group_names(self) -> np.ndarray:
@@ -198,10 +215,13 @@ def resolve_attributes(cache, attributes) -> tuple[str, ...]:
 
 
 def positive_code(cache, pos_label) -> int:
-    """The label code that counts as the positive class: 1 by default, or the code of ``pos_label``."""
+    """The label code that counts as the positive class: 1 by default, or the code of ``pos_label``
+    (refused for a label of K > 2 classes, which has no positive class)."""
+    categories = [str(c) for c in cache.label_categories]
+    if pos_label is not None and len(categories) > 2:
+        raise DataError(POS_LABEL_MULTICLASS_MSG.format(name=cache.label_name, path=cache.path, k=len(categories)))
     if pos_label is None:
         return 1
-    categories = [str(c) for c in cache.label_categories]
     if str(pos_label) not in categories:
         raise DataError(UNKNOWN_POS_LABEL_MSG.format(value=pos_label, name=cache.label_name, path=cache.path,
                                                      have=", ".join(categories)))
@@ -211,7 +231,8 @@ def positive_code(cache, pos_label) -> int:
 def load_arrays(cache, splits, attributes=None, *, pos_label=None, max_memory=None, parallel=None) -> SplitArrays:
     """Read one split (or several, concatenated) of an open cache into :class:`SplitArrays`.
 
-    ``y`` is 1 for the positive class: the label's second category, or ``pos_label``. With
+    ``y`` is 1 for the positive class: the label's second category, or ``pos_label``; for a
+    label of K > 2 classes ``y`` holds the codes ``0 .. K-1`` (``pos_label`` is refused). With
     ``max_memory`` (bytes, or ``"2GB"``) the features are not read: ``X`` is a
     :class:`solvers.RowChunks` that streams the split's rows from the cache file in each pass,
     holding at most that much of them at once (the check for non-finite rows is one such pass).
@@ -237,7 +258,8 @@ def load_arrays(cache, splits, attributes=None, *, pos_label=None, max_memory=No
     return SplitArrays(
         X=X, y=y if positive == 1 else 1 - y, groups=groups, attributes=attributes,
         categories={a: tuple(cache.categories(a)) for a in attributes},
-        sample_ids=np.asarray(data.sample_ids),
+        sample_ids=np.asarray(data.sample_ids), n_classes=max(2, len(cache.label_categories)),
+        label_name=str(cache.label_name), label_categories=tuple(str(c) for c in cache.label_categories),
     )
 
 
@@ -263,6 +285,12 @@ def sensitive_arg(arrays: SplitArrays) -> np.ndarray:
 
 def fit_head(head, arrays: SplitArrays, *, split: str):
     """``head.fit`` on ``arrays``; a data error (e.g. a group too small) also names the split."""
+    if arrays.n_classes > 2:
+        absent = np.setdiff1d(np.arange(arrays.n_classes), np.unique(arrays.y))
+        if absent.size:
+            names = [arrays.label_categories[k] if k < len(arrays.label_categories) else str(k) for k in absent]
+            raise DataError(MISSING_CLASS_MSG.format(split=split, missing=", ".join(map(repr, names)),
+                                                     name=arrays.label_name, k=arrays.n_classes))
     try:
         return head.fit(arrays.X, arrays.y, sensitive_features=sensitive_arg(arrays))
     except DataError as err:
@@ -278,9 +306,10 @@ def evaluate_head(head, arrays: SplitArrays, *, bounded: bool = False) -> dict[s
     """
     from solvers import metrics
 
+    proba = head.predict_proba(arrays.X)
     out = metrics.evaluate(
         arrays.y, head.predict(arrays.X), sensitive_features=sensitive_arg(arrays),
-        y_score=head.predict_proba(arrays.X)[:, 1],
+        y_score=proba if arrays.n_classes > 2 else proba[:, 1], classes=arrays.classes,
     )
     if bounded and head.constraint not in (None, "none"):
         from fairhead.measure import constraint_value
@@ -347,7 +376,7 @@ class FitResult:
         else:
             met = cert.eps_met if cert.eps_met is not None else cert.max_violation <= max(cert.tol, 1e-9)
             lines.append(f"bounded gap on '{self.fit_split}': {bounded:.4f} (eps {cert.eps:g}; met: {met})")
-        lines.append(f"  = {describe_bounded_gap(name, self.head.balance)}")
+        lines.append(f"  = {describe_bounded_gap(name, self.head.balance, len(self.head.classes_))}")
         key = BETWEEN_GROUPS[name]
         short = dict(METRIC_COLUMNS)[key]
         lines.append(f"between-groups difference on '{self.fit_split}': {short} {self.fit_metrics[key]:.4f} "
@@ -375,6 +404,8 @@ def label_provenance(cache, pos_label=None) -> dict[str, Any]:
     and the class names in the head's 0/1 coding (``class_names[1]`` is the positive class)."""
     categories = [str(c) for c in cache.label_categories]
     positive = positive_code(cache, pos_label)
+    if len(categories) > 2:  # a multinomial head: class k of the head is category k
+        return {"name": cache.label_name, "categories": categories, "positive": None, "class_names": categories}
     return {"name": cache.label_name, "categories": categories, "positive": categories[positive],
             "class_names": [categories[1 - positive], categories[positive]]}
 
@@ -429,8 +460,9 @@ def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None
     per_split = {}
     for split, arrays in evaluated.items():
         per_split[split] = evaluate_head(head, arrays, bounded=True)
-        per_split[split].update(interval_columns(arrays.y, head.predict(arrays.X), sensitive_arg(arrays), confidence))
-    undefined = {split: metrics.undefined_rates(arrays.y, sensitive_features=arrays.group_names)
+        per_split[split].update(interval_columns(arrays.y, head.predict(arrays.X), sensitive_arg(arrays), confidence,
+                                                 classes=arrays.classes))
+    undefined = {split: metrics.undefined_rates(arrays.y, sensitive_features=arrays.group_names, classes=arrays.classes)
                  for split, arrays in evaluated.items()}
     fit_metrics = per_split.get(fit_split) or evaluate_head(head, train, bounded=True)
     if parallel is None or parallel.writes:

@@ -214,8 +214,8 @@ class Predictions:
     ids: np.ndarray
     scores: np.ndarray
     probabilities: np.ndarray
-    predictions: np.ndarray  # 0/1: 1 = the head's positive class
-    class_names: tuple[str, str] = ("0", "1")
+    predictions: np.ndarray  # 0/1: 1 = the head's positive class (K classes: the class code 0 .. K-1)
+    class_names: tuple[str, ...] = ("0", "1")
     labels: np.ndarray | None = None
     groups: dict[str, np.ndarray] = field(default_factory=dict)  # attribute -> category name per row
     splits: np.ndarray | None = None
@@ -253,8 +253,14 @@ class Predictions:
     def summary(self) -> str:
         from fairhead.tables import format_table
 
-        positive = float(np.mean(self.predictions)) if len(self.predictions) else float("nan")
-        lines = [f"{len(self.ids)} images; predicted {self.class_names[1]!r} for {positive:.1%}"]
+        if len(self.class_names) > 2:
+            shares = np.bincount(np.asarray(self.predictions, dtype=np.int64), minlength=len(self.class_names))
+            shares = shares / max(len(self.predictions), 1)
+            lines = [f"{len(self.ids)} images; predicted " + ", ".join(
+                f"{name!r} {share:.1%}" for name, share in zip(self.class_names, shares))]
+        else:
+            positive = float(np.mean(self.predictions)) if len(self.predictions) else float("nan")
+            lines = [f"{len(self.ids)} images; predicted {self.class_names[1]!r} for {positive:.1%}"]
         if self.metrics:
             from fairhead.pipeline import metric_rows
 
@@ -272,7 +278,9 @@ def _labelled_parts(source, head, attributes):
     if expected is not None and sorted(expected) != sorted(got):
         raise DataError(LABEL_MISMATCH_MSG.format(name=source.label_name, got=got, expected=list(expected)))
     positive = label.get("positive")
-    if positive is not None and positive in got and got.index(positive) == 0:
+    if expected is not None and len(expected) > 2:  # a K-class head: class k is the head's category k
+        labels = np.asarray([list(expected).index(got[c]) for c in range(len(got))], dtype=np.int64)[labels]
+    elif positive is not None and positive in got and got.index(positive) == 0:
         labels = 1 - labels  # the head was fit with the first category as the positive class
     groups = {}
     for name in attributes:
@@ -321,8 +329,15 @@ def predict_images(head_path, source, *, backbone=None, weights_file=None, split
     stored = prov.get("feature_dtype", "float32")
     X = features.astype(stored).astype(np.float64)  # the precision the head was fit on
     scores = head.decision_function(X)
-    proba = head.predict_proba(X)[:, 1]
-    pred = (scores > 0).astype(np.int64)
+    if scores.ndim == 2:  # a K-class head: the predicted class, its logit and its probability
+        pred = np.argmax(scores, axis=1)
+        proba_k = head.predict_proba(X)
+        proba_all, proba = proba_k, proba_k[np.arange(len(pred)), pred]
+        scores = scores[np.arange(len(pred)), pred]
+    else:
+        proba = proba_all = head.predict_proba(X)[:, 1]
+        pred = (scores > 0).astype(np.int64)
+    classes = np.arange(len(head.classes_)) if len(head.classes_) > 2 else None
     take = (lambda a: np.asarray(a) if rows is None else np.asarray(a)[rows])
     extra = getattr(head, "extra_", None) or {}
     label = extra.get("label") or {}
@@ -339,13 +354,14 @@ def predict_images(head_path, source, *, backbone=None, weights_file=None, split
             # one readable name per row, "attr=value[,attr=value]", as the fit named the groups
             sensitive = np.asarray([",".join(f"{a}={v}" for a, v in zip(result.groups, row))
                                     for row in zip(*result.groups.values())], dtype=object)
-            result.metrics = {"all": metrics.evaluate(result.labels, pred, sensitive_features=sensitive, y_score=proba)}
+            result.metrics = {"all": metrics.evaluate(result.labels, pred, sensitive_features=sensitive, y_score=proba_all,
+                                                      classes=classes)}
             if result.splits is not None and len(set(result.splits)) > 1:
                 for split in sorted(set(result.splits)):
                     m = np.asarray(result.splits == split)
                     if len(set(sensitive[m])) > 1:  # group metrics need two groups in the split
                         result.metrics[split] = metrics.evaluate(result.labels[m], pred[m], sensitive_features=sensitive[m],
-                                                                 y_score=proba[m])
+                                                                 y_score=proba_all[m], classes=classes)
     return result
 
 

@@ -72,13 +72,15 @@ def _concat(parts: list[pipeline.SplitArrays]) -> pipeline.SplitArrays:
     return pipeline.SplitArrays(
         X=np.concatenate([p.X for p in parts]), y=np.concatenate([p.y for p in parts]),
         groups=np.concatenate([p.groups for p in parts]), attributes=first.attributes,
-        categories=first.categories, sample_ids=np.concatenate([p.sample_ids for p in parts]))
+        categories=first.categories, sample_ids=np.concatenate([p.sample_ids for p in parts]),
+        n_classes=first.n_classes, label_name=first.label_name, label_categories=first.label_categories)
 
 
 def _take(arrays: pipeline.SplitArrays, idx: np.ndarray) -> pipeline.SplitArrays:
     return pipeline.SplitArrays(X=arrays.X[idx], y=arrays.y[idx], groups=arrays.groups[idx],
                                 attributes=arrays.attributes, categories=arrays.categories,
-                                sample_ids=arrays.sample_ids[idx])
+                                sample_ids=arrays.sample_ids[idx], n_classes=arrays.n_classes,
+                                label_name=arrays.label_name, label_categories=arrays.label_categories)
 
 
 def group_balanced(arrays: pipeline.SplitArrays, *, seed: int) -> pipeline.SplitArrays:
@@ -103,6 +105,7 @@ class ProtocolTable:
     confidence: float = 0.95
     #: rows of a head on its held-out split where the table has none (B1 on valid), same columns
     held_out_rows: list[dict] = field(default_factory=list)
+    n_classes: int = 2
 
     def columns(self, intervals: bool = True) -> list[str]:
         cols = ["protocol", "split", "n"] + [h for _, h in PROTOCOL_METRICS] + ["own_value"]
@@ -114,9 +117,11 @@ class ProtocolTable:
 
     def legend(self) -> list[str]:
         """What ``own_value`` and the between-groups columns measure."""
-        return [f"own_value: the bounded gap, {describe_bounded_gap(self.constraint, self.balance)}",
+        return [f"own_value: the bounded gap, {describe_bounded_gap(self.constraint, self.balance, self.n_classes)}",
                 "eo_diff, dp_diff, acc_eq_diff: between-groups max - min (fairlearn), unit weights; "
                 "maxmin_acc: the worst sensitive group's accuracy (MMF); worst_cell_acc: the worst (label, group) cell",
+                *(["K classes: each gap is the largest over classes of its one-vs-rest value; FPR[g], FNR[g] are "
+                   "the mean over classes of the one-vs-rest rates"] if self.n_classes > 2 else []),
                 "*_low/*_high (CSV, JSON): " + INTERVAL_LEGEND.format(conf=self.confidence)]
 
     def overfitting(self) -> dict:
@@ -168,7 +173,7 @@ def _row(protocol: str, split: str, head, arrays: pipeline.SplitArrays, constrai
          confidence=0.95) -> dict:
     yhat = head.predict(arrays.X)
     values = pipeline.evaluate_head(head, arrays)
-    values.update(interval_columns(arrays.y, yhat, pipeline.sensitive_arg(arrays), confidence))
+    values.update(interval_columns(arrays.y, yhat, pipeline.sensitive_arg(arrays), confidence, classes=arrays.classes))
     row = {"protocol": protocol, "split": split, "n": int(len(arrays.y))}
     row.update({h: float(values.get(k, float("nan"))) for k, h in PROTOCOL_METRICS})
     # the quantity the M-protocols bound (group vs overall), next to the paper's metrics
@@ -178,10 +183,21 @@ def _row(protocol: str, split: str, head, arrays: pipeline.SplitArrays, constrai
                                         sensitive_features=pipeline.sensitive_arg(arrays), balance=balance)
     names = arrays.group_names
     for g in np.unique(names):
+        if arrays.n_classes > 2:  # K classes: the mean over classes of the one-vs-rest rates
+            row[f"FPR[{g}]"], row[f"FNR[{g}]"] = _class_mean_rates(arrays.y[names == g], yhat[names == g],
+                                                                   arrays.n_classes)
+            continue
         neg, pos = (names == g) & (arrays.y == 0), (names == g) & (arrays.y == 1)
         row[f"FPR[{g}]"] = float(yhat[neg].mean()) if neg.any() else float("nan")
         row[f"FNR[{g}]"] = float(1 - yhat[pos].mean()) if pos.any() else float("nan")
     return row
+
+
+def _class_mean_rates(y, yhat, n_classes: int) -> tuple[float, float]:
+    """The mean over classes (those with rows of each event) of the one-vs-rest FPR and FNR."""
+    fpr = [float((yhat[y != k] == k).mean()) for k in range(n_classes) if (y != k).any()]
+    fnr = [float((yhat[y == k] != k).mean()) for k in range(n_classes) if (y == k).any()]
+    return (float(np.mean(fpr)) if fpr else float("nan"), float(np.mean(fnr)) if fnr else float("nan"))
 
 
 def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, seed=0, out=None,
@@ -220,7 +236,7 @@ def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, see
             held_out_rows.append(_row(name, held, head, data[held], constraint, balance, confidence))
     group_names = sorted({str(g) for arrays in (train, valid, test) for g in np.unique(arrays.group_names)})
     table = ProtocolTable(rows=rows, group_names=group_names, constraint=constraint, balance=balance,
-                          confidence=confidence, held_out_rows=held_out_rows)
+                          confidence=confidence, held_out_rows=held_out_rows, n_classes=train.n_classes)
     if out is not None:
         table.write(out)
     return table

@@ -45,6 +45,10 @@ from fairhead.tables import format_table
 BAD_GRID_MSG = "eps grid must hold finite values >= 0; got {grid}; pass e.g. --eps-grid 0.1 0.05 0.02 0"
 BAD_N_EPS_MSG = "--n-eps must be an integer >= 2 (a sweep runs from the inactive bound down to the tightest); got {n}"
 NO_CONSTRAINT_MSG = "a sweep tightens a constraint; pass --constraint dp (or another), not 'none'"
+MULTICLASS_COMPARE_MSG = (
+    "--compare {names} fits binary baselines (fairlearn's reductions and the seed's penalties), and label {label!r} "
+    "has {k} classes; drop --compare for a {k}-class sweep"
+)
 MINIMAX_GRID_MSG = ("constraint 'minimax' minimises the largest group loss and has no bound to sweep; "
                     "drop --eps-grid (the sweep fits the one minimax head)")
 COMPARE_OUT_OF_CORE_MSG = ("the baselines of --compare ({names}) need the features in memory, and --max-memory "
@@ -116,8 +120,8 @@ class HeadRecord:
 
     method: str
     eps: float
-    coef: list
-    intercept: float
+    coef: list  # one list per class for a K-class head
+    intercept: float | list
     certificate: dict
     metrics: dict[str, dict[str, float]]  # split -> metric -> value
     wall_time: float
@@ -158,10 +162,12 @@ class SweepResult:
     confidence: float = 0.95
     #: per (head, split, group, rate) exact intervals of selection rate, TPR, FPR (fairhead.uncertainty)
     group_rates: list[dict] = field(default_factory=list)
+    #: classes of the label (K > 2: a multinomial head, gaps per class one-vs-rest)
+    n_classes: int = 2
 
     def gap_legend(self) -> dict[str, str]:
         """What each gap column measures, for this sweep's constraint and balance."""
-        bounded = describe_bounded_gap(self.constraint, self.balance)
+        bounded = describe_bounded_gap(self.constraint, self.balance, self.n_classes)
         return {k: v.format(bounded=bounded) for k, v in GAP_COLUMNS.items()}
 
     def overfitting(self) -> dict:
@@ -234,7 +240,9 @@ def evaluate_predictor(scores_fn, predict_fn, arrays_by_split, constraint, *,
     """Metrics of one predictor on every split, plus the constraint's bounded gap.
 
     ``scores_fn(arrays)`` gives decision scores; ``predict_fn(arrays)`` the hard predictions,
-    or ``None`` for a linear head, whose predictions are ``scores > 0`` (one product per split).
+    or ``None`` for a linear head, whose predictions are ``scores > 0`` (one product per split);
+    scores of shape (n, K) are a K-class head's (predictions: the largest score; metrics per
+    class, one-vs-rest).
     ``constraint_value`` is measured under the sweep's ``balance`` weights, as the heads bound it.
     ``*_low`` / ``*_high`` are ``confidence`` intervals (:func:`fairhead.uncertainty.interval_columns`).
     """
@@ -246,14 +254,33 @@ def evaluate_predictor(scores_fn, predict_fn, arrays_by_split, constraint, *,
     for split, arrays in arrays_by_split.items():
         sens = pipeline.sensitive_arg(arrays)
         z = np.asarray(scores_fn(arrays), dtype=np.float64)
-        yhat = (z > 0).astype(np.int64) if predict_fn is None else predict_fn(arrays)
-        m = metrics.evaluate(arrays.y, yhat, sensitive_features=sens, y_score=1.0 / (1.0 + np.exp(-z)))
+        if z.ndim == 2:  # a K-class head
+            from solvers.multinomial import softmax
+
+            yhat = np.argmax(z, axis=1) if predict_fn is None else predict_fn(arrays)
+            score = softmax(z)
+        else:
+            yhat = (z > 0).astype(np.int64) if predict_fn is None else predict_fn(arrays)
+            score = 1.0 / (1.0 + np.exp(-z))
+        m = metrics.evaluate(arrays.y, yhat, sensitive_features=sens, y_score=score, classes=arrays.classes)
         values = {k: float(m.get(k, float("nan"))) for k in SWEEP_METRICS}
-        values.update(uncertainty.interval_columns(arrays.y, yhat, sens, confidence))
+        values.update(uncertainty.interval_columns(arrays.y, yhat, sens, confidence, classes=arrays.classes))
         values["constraint_value"] = constraint_value(constraint, y=arrays.y, scores=z, sensitive_features=sens,
                                                       predictions=yhat, balance=balance)
         out[split] = values
     return out
+
+
+def _coef(head) -> list:
+    """A head's coefficients for a record: one flat list (binary), one list per class (K classes)."""
+    coef = np.asarray(head.coef_, dtype=np.float64)
+    return coef.ravel().tolist() if coef.shape[0] == 1 else coef.tolist()
+
+
+def _intercept(head):
+    """A head's intercept for a record: a float (binary) or one per class (K classes)."""
+    b = np.asarray(head.intercept_, dtype=np.float64).ravel()
+    return float(b[0]) if b.shape[0] == 1 else b.tolist()
 
 
 def _eps_key(eps: float) -> float:
@@ -384,6 +411,8 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     sens = pipeline.sensitive_arg(fit)
     cons = make_constraint(constraint)
     name = cons.name
+    if compare and fit.n_classes > 2:
+        raise DataError(MULTICLASS_COMPARE_MSG.format(names=" ".join(compare), label=fit.label_name, k=fit.n_classes))
     base = dict(C=C, backend=backend, balance=balance, device=device, min_group_size=min_group_size)
 
     def scores(head):
@@ -423,8 +452,7 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
 
     records: list[HeadRecord] = []
     records.append(HeadRecord(
-        method="unconstrained", eps=float("nan"), coef=free.coef_.ravel().tolist(),
-        intercept=float(free.intercept_[0]), certificate=free.certificate_.to_dict(),
+        method="unconstrained", eps=float("nan"), coef=_coef(free), intercept=_intercept(free), certificate=free.certificate_.to_dict(),
         metrics=evaluate_predictor(scores(free), None, arrays, cons, balance=balance, confidence=confidence),
         wall_time=free_time))
 
@@ -449,8 +477,7 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
             wall = head.certificate_.wall_time  # the solver's own time (a path may yield heads late)
             notes = "; ".join(sorted({str(w.message) for w in caught}))
             rec = HeadRecord(
-                method="fairhead", eps=eps, coef=head.coef_.ravel().tolist(),
-                intercept=float(head.intercept_[0]), certificate=head.certificate_.to_dict(),
+                method="fairhead", eps=eps, coef=_coef(head), intercept=_intercept(head), certificate=head.certificate_.to_dict(),
                 metrics=evaluate_predictor(scores(head), None, arrays, cons, balance=balance,
                                            confidence=confidence),
                 wall_time=wall, notes=notes)
@@ -478,13 +505,14 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     rows = [row for rec in records for row in rec.rows(name)]
     from solvers.metrics import undefined_rates
 
-    undefined = {s: undefined_rates(a.y, sensitive_features=a.group_names) for s, a in arrays.items()}
+    undefined = {s: undefined_rates(a.y, sensitive_features=a.group_names, classes=a.classes) for s, a in arrays.items()}
     result = SweepResult(out=out, constraint=name, fit_split=fit_split, records=records, rows=rows, balance=balance,
                          split_sizes={s: int(len(a.y)) for s, a in arrays.items()},
-                         undefined_rates={s: v for s, v in undefined.items() if v}, confidence=confidence)
+                         undefined_rates={s: v for s, v in undefined.items() if v}, confidence=confidence,
+                         n_classes=fit.n_classes)
     from fairhead import uncertainty
 
-    for rec in records:
+    for rec in records if fit.n_classes == 2 else ():  # selection rate, TPR, FPR: binary rates
         if rec.method in ("fairhead", "unconstrained"):
             name_ = "unconstrained" if rec.method == "unconstrained" else f"eps={rec.eps:.4g}"
             for split, a in arrays.items():

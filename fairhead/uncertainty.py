@@ -31,10 +31,19 @@ INTERVAL_LEGEND = ("`*_low`/`*_high`: {conf:g} intervals; accuracy: exact Cloppe
                    "accuracy: Clopper-Pearson per group rate with a union (Bonferroni) bound over groups and events")
 
 
-def interval_columns(y, y_pred, sensitive_features, confidence: float = 0.95) -> dict[str, float]:
-    """``{metric_low, metric_high}`` for accuracy, the four gaps and the worst-group accuracy."""
-    from solvers import intervals
+def interval_columns(y, y_pred, sensitive_features, confidence: float = 0.95, classes=None) -> dict[str, float]:
+    """``{metric_low, metric_high}`` for accuracy, the four gaps and the worst-group accuracy.
 
+    K classes (``classes`` with more than two): a gap is the largest over classes of its one-vs-rest
+    value, so its interval is ``[max_k low_k, max_k high_k]`` with each class's interval at level
+    ``1 - alpha / K`` (a union bound over classes, on top of the one over groups and events).
+    """
+    from solvers import intervals
+    from solvers.metrics import multiclass_labels
+
+    labels = multiclass_labels(y, y_pred, classes)
+    if labels is not None:
+        return _class_interval_columns(y, y_pred, sensitive_features, confidence, labels)
     counts = intervals.GroupCounts.from_predictions(y, y_pred, sensitive_features=sensitive_features)
     correct = sum(rates["accuracy"][0] for rates in counts.counts.values())
     lo, hi = intervals.clopper_pearson(correct, counts.n_rows(), confidence)
@@ -43,6 +52,32 @@ def interval_columns(y, y_pred, sensitive_features, confidence: float = 0.95) ->
         gi = intervals.gap_interval_from_counts(counts, gap, confidence)
         out[f"{metric}_low"], out[f"{metric}_high"] = gi.low, gi.high
     wg = intervals.worst_group_accuracy_interval(counts, confidence)
+    out["worst_group_accuracy_low"], out["worst_group_accuracy_high"] = wg.low, wg.high
+    return out
+
+
+def _class_interval_columns(y, y_pred, sensitive_features, confidence, labels) -> dict[str, float]:
+    from solvers import intervals
+    from solvers.problem import encode_groups
+
+    y, y_pred = np.asarray(y).reshape(-1), np.asarray(y_pred).reshape(-1)
+    hit = y == y_pred
+    lo, hi = intervals.clopper_pearson(int(hit.sum()), int(hit.shape[0]), confidence)
+    out = {"accuracy_low": lo, "accuracy_high": hi}
+    per_class = 1.0 - (1.0 - confidence) / len(labels)
+    by_class = [intervals.GroupCounts.from_predictions((y == k).astype(int), (y_pred == k).astype(int),
+                                                       sensitive_features=sensitive_features) for k in labels]
+    for metric, gap in GAP_OF_METRIC.items():
+        if gap == "ae":  # accuracy is not per class: the K-class hits, per group
+            continue
+        gis = [intervals.gap_interval_from_counts(c, gap, per_class) for c in by_class]
+        out[f"{metric}_low"], out[f"{metric}_high"] = max(g.low for g in gis), max(g.high for g in gis)
+    codes, groups, _ = encode_groups(sensitive_features, y.shape[0])
+    acc = intervals.GroupCounts(groups=tuple(groups), counts={
+        g: {"accuracy": (int(hit[codes == j].sum()), int((codes == j).sum()))} for j, g in enumerate(groups)})
+    gi = intervals.gap_interval_from_counts(acc, "ae", confidence)
+    out["accuracy_equality_difference_low"], out["accuracy_equality_difference_high"] = gi.low, gi.high
+    wg = intervals.worst_group_accuracy_interval(acc, confidence)
     out["worst_group_accuracy_low"], out["worst_group_accuracy_high"] = wg.low, wg.high
     return out
 

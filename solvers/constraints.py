@@ -17,6 +17,14 @@ convex; the cvxpy backend certifies them and the torch backend reaches the same 
 the fit split. They expose :meth:`RateConstraint.moments` -> ``RateMoments`` (a matrix ``M``
 with ``gaps = M @ (a * yhat + b0)``), used by :mod:`solvers.reductions`.
 
+*K classes* (the multinomial head, :mod:`solvers.multinomial`): ``dp``, ``eopp``, ``eo`` and
+their score versions hold **per class** ``k`` and group ``g``, one-vs-rest: ``dp`` bounds
+:math:`|P(\\hat y = k \\mid g) - P(\\hat y = k)|`, ``eopp`` the same given ``y = k``, ``eo`` given
+``y = k`` and given ``y \\ne k``; the score versions bound the same means of the class-``k``
+logit :math:`z_k = x^\\top w_k + b_k` (the centred logit: fitted heads have
+:math:`\\sum_k w_k = 0`, :math:`\\sum_k b_k = 0`). ``cov``, ``group-loss``, ``minimax`` and
+``error-rate`` are binary only (:attr:`Constraint.multiclass`).
+
 This module imports neither cvxpy nor torch.
 """
 
@@ -32,6 +40,10 @@ from .errors import DataError
 MSG_UNKNOWN_CONSTRAINT = (
     "unknown constraint {got!r}; use one of {names} or a solvers.constraints.Constraint object"
 )
+MSG_BINARY_ONLY = (
+    "constraint {name!r} is defined for binary labels only, and y has {k} classes; "
+    "pick one of {names} (per class, one-vs-rest) or binarise y"
+)
 MSG_MINIMAX_CELLS = "MinimaxLoss cells must be 'group' or 'label-group'; got {got!r}"
 
 
@@ -42,6 +54,40 @@ class LinearForm:
     A: np.ndarray
     c0: np.ndarray
     names: tuple
+
+
+@dataclass(frozen=True)
+class ClassRateMoments:
+    """K-class rate gaps: ``gaps_r = M_r @ [yhat = classes_r]`` for class codes ``yhat``;
+    constraint ``|gaps_r| <= eps`` for every row r."""
+
+    M: np.ndarray  # (R, n)
+    classes: np.ndarray  # (R,) the class each row is about
+    n_classes: int
+    names: tuple
+
+    def gaps(self, yhat: np.ndarray) -> np.ndarray:
+        yhat = np.asarray(yhat).astype(np.int64)
+        out = np.empty(self.M.shape[0])
+        for k in range(self.n_classes):
+            rows = self.classes == k
+            if rows.any():
+                out[rows] = self.M[rows] @ (yhat == k).astype(np.float64)
+        return out
+
+    def costs(self, lam: np.ndarray) -> np.ndarray:
+        """``C (n, K)``: what predicting class k for row i adds to ``lam @ gaps``."""
+        C = np.zeros((self.M.shape[1], self.n_classes))
+        for k in range(self.n_classes):
+            rows = self.classes == k
+            if rows.any():
+                C[:, k] = self.M[rows].T @ lam[rows]
+        return C
+
+    @property
+    def resolution(self) -> float:
+        """The largest change of a gap from one prediction (one row's weight over its group's)."""
+        return float(np.abs(self.M).max()) if self.M.size else 0.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +109,8 @@ class Constraint:
     name: str = ""
     kind: str = ""  # "score" or "rate"
     needs_label_cells: bool = False
+    #: whether the constraint has a K-class (one-vs-rest, per class) version
+    multiclass: bool = False
     _param_names: tuple = ()
 
     def get_params(self, deep: bool = True) -> dict:
@@ -97,10 +145,21 @@ def _event_masks(event: str, y: np.ndarray) -> list[tuple[str, np.ndarray]]:
     raise ValueError(event)  # pragma: no cover - internal
 
 
-def _parity_matrix(event: str, y, groups, sw, n_groups, labels):
+def _class_event_masks(event: str, y: np.ndarray, k: int) -> list[tuple[str, np.ndarray]]:
+    """The events of class k, one-vs-rest: all rows, ``y = k``, or ``y = k`` and ``y != k``."""
+    if event == "all":
+        return [("all", np.ones(y.shape[0], dtype=bool))]
+    if event == "y=1":
+        return [(f"y={k}", y == k)]
+    if event == "label":
+        return [(f"y={k}", y == k), (f"y!={k}", y != k)]
+    raise ValueError(event)  # pragma: no cover - internal
+
+
+def _parity_matrix(event: str, y, groups, sw, n_groups, labels, masks=None):
     """Rows ``m_k`` with ``m_k @ u = mean_{E,g} u - mean_E u`` (v-weighted), one per (event E, group g)."""
     rows, names = [], []
-    for ename, emask in _event_masks(event, y):
+    for ename, emask in (_event_masks(event, y) if masks is None else masks):
         ve = sw * emask
         VE = ve.sum()
         for g in range(n_groups):
@@ -116,6 +175,17 @@ def _parity_matrix(event: str, y, groups, sw, n_groups, labels):
     return np.asarray(rows), names
 
 
+def _class_parity_matrix(event: str, y, groups, sw, labels, n_classes: int):
+    """The parity rows of every class (one-vs-rest events); returns ``(M, classes, names)``."""
+    rows, classes, names = [], [], []
+    for k in range(n_classes):
+        M, nm = _parity_matrix(event, y, groups, sw, len(labels), labels, masks=_class_event_masks(event, y, k))
+        rows.append(M)
+        classes += [k] * len(nm)
+        names += [f"class={k},{s}" for s in nm]
+    return np.vstack(rows), np.asarray(classes, dtype=np.int64), names
+
+
 class ScoreConstraint(Constraint):
     kind = "score"
 
@@ -124,17 +194,23 @@ class LinearScoreConstraint(ScoreConstraint):
     """Base of linear score constraints: ``|m_k(z)| <= eps`` for linear functionals m_k."""
 
     event = "all"
+    multiclass = True
 
     def _functionals(self, y, groups, sw, labels):
         """Rows of shape (K, n): the linear functionals of z to bound."""
         return _parity_matrix(self.event, y, groups, sw, len(labels), labels)
 
-    def linear_form(self, X, y, groups, sample_weight, labels, *, matmul=None) -> LinearForm:
+    def linear_form(self, X, y, groups, sample_weight, labels, *, matmul=None, n_classes=2) -> LinearForm:
         """Return ``LinearForm(A, c0)``: ``A @ [w; b] <= eps + c0`` (both signs of each row).
 
         ``matmul(X, R)`` computes ``X.T @ R`` (default: float64 numpy in blocks); the torch
-        backend passes its device product.
+        backend passes its device product. With ``n_classes`` K > 2 the rows act on the
+        class-by-class ``theta`` of :mod:`solvers.multinomial`: row ``m`` of class k bounds
+        ``m @ (z_k - mean_j z_j)``, the centred class-k logit (so a common shift of every class,
+        which leaves the softmax unchanged, leaves the rows unchanged too).
         """
+        if n_classes > 2:
+            return self._class_linear_form(X, y, groups, sample_weight, labels, matmul, n_classes)
         M, names = self._functionals(y, groups, sample_weight, labels)
         Aw = (xt_dot if matmul is None else matmul)(X, M.T).T  # (K, d): m_k @ X
         Ab = M.sum(axis=1)  # ~0 for parity rows
@@ -144,8 +220,28 @@ class LinearScoreConstraint(ScoreConstraint):
         names2 = tuple(f"+({s})" for s in names) + tuple(f"-({s})" for s in names)
         return LinearForm(A=A, c0=np.zeros(A.shape[0]), names=names2)
 
+    def _class_linear_form(self, X, y, groups, sw, labels, matmul, K) -> LinearForm:
+        M, classes, names = _class_parity_matrix(self.event, y, groups, sw, labels, K)
+        Mx = (xt_dot if matmul is None else matmul)(X, M.T).T  # (R, d)
+        Mb = M.sum(axis=1)
+        Mb = np.where(np.abs(Mb) < 1e-12, 0.0, Mb)
+        row = np.hstack([Mx, Mb[:, None]])  # the row on [w_k; b_k] of one class's logit
+        C = np.eye(K)[classes] - 1.0 / K  # centring: class j's block gets [j = k] - 1/K
+        A1 = (C[:, :, None] * row[:, None, :]).reshape(M.shape[0], -1)
+        A = np.vstack([A1, -A1])
+        names2 = tuple(f"+({s})" for s in names) + tuple(f"-({s})" for s in names)
+        return LinearForm(A=A, c0=np.zeros(A.shape[0]), names=names2)
+
     def values(self, z, y, groups, sample_weight, labels) -> np.ndarray:
-        """The bounded quantities ``m_k(z)`` for given scores (diagnostics)."""
+        """The bounded quantities ``m_k(z)`` for given scores (diagnostics); scores of shape
+        (n, K) give the K-class rows (on the centred logits)."""
+        z = np.asarray(z, dtype=np.float64)
+        if z.ndim == 2:
+            if not self.multiclass:
+                raise DataError(MSG_BINARY_ONLY.format(name=self.name, k=z.shape[1], names=", ".join(MULTICLASS_NAMES)))
+            M, classes, _ = _class_parity_matrix(self.event, y, groups, sample_weight, labels, z.shape[1])
+            zc = z - z.mean(axis=1, keepdims=True)
+            return np.einsum("rn,nr->r", M, zc[:, classes])
         M, _ = self._functionals(y, groups, sample_weight, labels)
         return M @ z
 
@@ -161,6 +257,13 @@ class DemographicParityScore(LinearScoreConstraint):
 
     Bounds the weighted mean score of each group against the overall mean. Linear in
     ``(w, b)``; the intercept cancels.
+
+    With K > 2 classes, for every class ``k`` and group ``g``, on the class-``k`` logit
+    :math:`z_k = x^\\top w_k + b_k` (centred: :math:`\\sum_k w_k = 0`, :math:`\\sum_k b_k = 0`):
+
+    .. math::
+
+        \\bigl| \\bar z_{k; g} - \\bar z_{k} \\bigr| \\le \\varepsilon.
     """
 
     name = "dp-score"
@@ -176,6 +279,8 @@ class EqualOpportunityScore(LinearScoreConstraint):
         \\quad \\text{for every group } g,
 
     where :math:`\\bar z_{S}` is the ``v``-weighted mean score over the set ``S``.
+    With K > 2 classes: :math:`|\\bar z_{k; g, y=k} - \\bar z_{k; y=k}| \\le \\varepsilon` for every
+    class ``k`` and group ``g`` (the class-``k`` logit among the rows of class ``k``).
     """
 
     name = "eopp-score"
@@ -190,6 +295,13 @@ class EqualizedOddsScore(LinearScoreConstraint):
 
         \\bigl| \\bar z_{g, y=c} - \\bar z_{y=c} \\bigr| \\le \\varepsilon
         \\quad \\text{for every group } g \\text{ and } c \\in \\{0, 1\\}.
+
+    With K > 2 classes, one-vs-rest on the class-``k`` logit ``z_k``, for every class ``k``,
+    group ``g`` and event :math:`E \\in \\{y = k,\\ y \\ne k\\}`:
+
+    .. math::
+
+        \\bigl| \\bar z_{k; g, E} - \\bar z_{k; E} \\bigr| \\le \\varepsilon.
     """
 
     name = "eo-score"
@@ -210,6 +322,7 @@ class CovarianceConstraint(LinearScoreConstraint):
     """
 
     name = "cov"
+    multiclass = False
 
     def _functionals(self, y, groups, sw, labels):
         V = sw.sum()
@@ -275,8 +388,16 @@ class RateConstraint(Constraint):
     kind = "rate"
     event = "all"
     utility = "selection"  # u = yhat ; "error": u = [yhat != y]
+    multiclass = True
 
-    def moments(self, y, groups, sample_weight, labels) -> RateMoments:
+    def moments(self, y, groups, sample_weight, labels, n_classes=2) -> RateMoments | ClassRateMoments:
+        """The gaps as linear functions of the predictions: ``RateMoments`` (binary) or, with
+        ``n_classes`` K > 2, ``ClassRateMoments`` (rows per class, one-vs-rest events)."""
+        if n_classes > 2:
+            if not self.multiclass:
+                raise DataError(MSG_BINARY_ONLY.format(name=self.name, k=n_classes, names=", ".join(MULTICLASS_NAMES)))
+            M, classes, names = _class_parity_matrix(self.event, y, groups, sample_weight, labels, n_classes)
+            return ClassRateMoments(M=M, classes=classes, n_classes=n_classes, names=tuple(names))
         M, names = _parity_matrix(self.event, y, groups, sample_weight, len(labels), labels)
         if self.utility == "selection":
             a, b0 = np.ones_like(y), np.zeros_like(y)
@@ -293,7 +414,9 @@ class DemographicParity(RateConstraint):
         \\bigl| P_v(\\hat y = 1 \\mid g) - P_v(\\hat y = 1) \\bigr| \\le \\varepsilon
         \\quad \\text{for every group } g,
 
-    measured on the fit split with the sample weights ``v``.
+    measured on the fit split with the sample weights ``v``. With K > 2 classes, for every
+    class ``k`` and group ``g``: :math:`|P_v(\\hat y = k \\mid g) - P_v(\\hat y = k)| \\le \\varepsilon`,
+    with :math:`\\hat y = \\arg\\max_k z_k`.
     """
 
     name = "dp"
@@ -306,6 +429,9 @@ class EqualOpportunity(RateConstraint):
     .. math::
 
         \\bigl| P_v(\\hat y = 1 \\mid g, y=1) - P_v(\\hat y = 1 \\mid y=1) \\bigr| \\le \\varepsilon.
+
+    With K > 2 classes: :math:`|P_v(\\hat y = k \\mid g, y=k) - P_v(\\hat y = k \\mid y=k)| \\le
+    \\varepsilon` for every class ``k`` (the one-vs-rest TPR of class ``k``).
     """
 
     name = "eopp"
@@ -320,6 +446,9 @@ class EqualizedOdds(RateConstraint):
 
         \\bigl| P_v(\\hat y = 1 \\mid g, y=c) - P_v(\\hat y = 1 \\mid y=c) \\bigr| \\le \\varepsilon
         \\quad c \\in \\{0, 1\\}.
+
+    With K > 2 classes, one-vs-rest for every class ``k`` and group ``g``: the same for
+    :math:`\\hat y = k` given :math:`y = k` (TPR of class k) and given :math:`y \\ne k` (FPR of class k).
     """
 
     name = "eo"
@@ -338,6 +467,7 @@ class ErrorRateParity(RateConstraint):
     name = "error-rate"
     event = "all"
     utility = "error"
+    multiclass = False
 
 
 CONSTRAINTS = {
@@ -355,6 +485,7 @@ CONSTRAINTS = {
         ErrorRateParity,
     )
 }
+MULTICLASS_NAMES = tuple(k for k, c in CONSTRAINTS.items() if c.multiclass)
 SCORE_NAMES = tuple(k for k, c in CONSTRAINTS.items() if c.kind == "score")
 RATE_NAMES = tuple(k for k, c in CONSTRAINTS.items() if c.kind == "rate")
 

@@ -16,7 +16,8 @@ from ._linalg import x_dot
 from ._validation import Interval, Options, validate_params
 from ._warnings import warn_at_caller
 from .certificate import Certificate, passes_lower_bound, score_certificate_numbers
-from .constraints import CONSTRAINTS, Constraint, make_constraint
+from . import multinomial
+from .constraints import CONSTRAINTS, MSG_BINARY_ONLY, MULTICLASS_NAMES, Constraint, make_constraint
 from .errors import DataError, SolverError
 from .out_of_core import RowChunks, parse_memory
 from .problem import build_problem
@@ -27,9 +28,15 @@ from .problem import build_problem
 AUTO_CVXPY_MAX_SIZE = 200_000
 
 MSG_NOT_BINARY = (
-    "Only binary classification is supported. The type of the target is {kind}: y has {k} class(es) {classes}; "
-    "pass labels with exactly 2 classes"
+    "Classification needs at least 2 classes. The type of the target is {kind}: y has {k} class(es) {classes}; "
+    "pass labels with 2 or more classes"
 )
+MSG_TOO_MANY_CLASSES = (
+    "y has {k} classes, more than the {most} a head supports (is it a continuous column?); "
+    "pass class labels, or bin the values first"
+)
+#: the most classes a head accepts: a label column with more values is almost surely not a class
+MAX_CLASSES = 1000
 MSG_NOT_CONVERGED = (
     "FairLogisticRegression ({backend}/{solver}) did not reach tol={tol:g}: status={status}, "
     "stationarity={stat:.3g}, max_violation={viol:.3g} after {n_iter} iterations; "
@@ -73,7 +80,7 @@ def _bad_arrays_message(err: ValueError, *, predicting: bool = False) -> str:
 
 
 class FairLogisticRegression(ClassifierMixin, BaseEstimator):
-    """Logistic regression head under a fairness constraint (deterministic, binary).
+    """Logistic regression head under a fairness constraint (deterministic; binary or K classes).
 
     Minimises the sklearn objective on mean form
 
@@ -84,6 +91,13 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
 
     subject to the chosen constraint with bound ``eps`` (see :mod:`solvers.constraints`).
     Without a constraint the argmin is scikit-learn's ``LogisticRegression(C=C)``.
+
+    With K > 2 classes the head is **multinomial** (softmax), as scikit-learn's: one
+    ``(w_k, b_k)`` per class and the loss :math:`\\log \\sum_k e^{z_{ik}} - z_{i y_i}`, with the
+    same L2 penalty :math:`\\lVert W\\rVert_F^2 / (2 C V)`. The penalty makes ``W`` unique and the
+    intercepts are fixed by :math:`\\sum_k b_k = 0` (see :mod:`solvers.multinomial`); ``dp``,
+    ``eopp``, ``eo`` and their score versions then hold per class, one-vs-rest. Two classes
+    keep the single-logit binary head.
 
     Parameters
     ----------
@@ -139,9 +153,10 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
 
     Attributes
     ----------
-    coef_ : ndarray of shape (1, n_features)
-    intercept_ : ndarray of shape (1,)
-    classes_ : ndarray of shape (2,)
+    coef_ : ndarray of shape (1, n_features) or (n_classes, n_features)
+        One row for two classes, one per class for K > 2 (then summing to 0 over classes).
+    intercept_ : ndarray of shape (1,) or (n_classes,)
+    classes_ : ndarray of shape (n_classes,)
     n_features_in_ : int
     n_iter_ : int
     groups_ : list
@@ -158,6 +173,8 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
     The fit is deterministic: rate constraints return one head (never a randomized mixture).
 
     .. versionadded:: 0.1
+    .. versionadded:: 0.2
+       K > 2 classes: the multinomial head.
 
     Examples
     --------
@@ -226,7 +243,7 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_class = False
+        tags.classifier_tags.multi_class = True
         tags.input_tags.allow_nan = False
         return tags
 
@@ -247,7 +264,7 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
             float16 / float32 / float64 are kept as stored (torch backend). A
             :class:`~solvers.out_of_core.RowChunks` is streamed from disk (see ``max_memory``).
         y : array-like of shape (n_samples,)
-            Two classes; ``classes_[1]`` is the positive one.
+            Two classes (``classes_[1]`` is the positive one) or K > 2 (a multinomial head).
         sensitive_features : array-like (n,), (n, k), DataFrame, dict or None
             Several attributes combine into intersectional groups. ``None`` fits without a
             constraint (balance needs groups).
@@ -303,18 +320,31 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         X, y = self._check_X_y(X, y)
         check_classification_targets(y)
         self.classes_ = np.unique(y)
-        if self.classes_.shape[0] != 2:
+        K = self.classes_.shape[0]
+        if K < 2:
             kind = type_of_target(y, input_name="y")
-            raise DataError(MSG_NOT_BINARY.format(kind=kind, k=self.classes_.shape[0],
+            raise DataError(MSG_NOT_BINARY.format(kind=kind, k=K,
                                                   classes=[c.item() if hasattr(c, "item") else c for c in self.classes_]))
-        y01 = (y == self.classes_[1]).astype(np.float64)
+        if K > MAX_CLASSES:
+            raise DataError(MSG_TOO_MANY_CLASSES.format(k=K, most=MAX_CLASSES))
+        if K == 2:
+            y01 = (y == self.classes_[1]).astype(np.float64)
+        else:  # class codes 0 .. K-1 in classes_ order
+            y01 = np.searchsorted(self.classes_, y).astype(np.float64)
         constraint = make_constraint(self.constraint)
         if sensitive_features is None:
             constraint = None
+        if K > 2 and constraint is not None and not constraint.multiclass:
+            raise DataError(MSG_BINARY_ONLY.format(name=constraint.name, k=K, names=", ".join(MULTICLASS_NAMES)))
+        if K > 2 and self.penalty not in ("l2", None):
+            from .backends.cvxpy_softmax import MSG_PENALTY_MULTICLASS
+
+            raise DataError(MSG_PENALTY_MULTICLASS.format(penalty=self.penalty, k=K))
         problem = build_problem(
             X, y01, sensitive_features, sample_weight, balance=self.balance,
             min_group_size=self.min_group_size,
             need_label_cells=bool(constraint is not None and constraint.needs_label_cells),
+            n_classes=K,
         )
         self.groups_ = list(problem.group_labels)
         backend = self._resolve_backend(problem.n, problem.d, constraint)
@@ -327,8 +357,12 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         return problem, constraint, backend
 
     def _set_fitted(self, sol, cert, *, eps=None, report=True):
-        self.coef_ = np.asarray(sol.coef, dtype=np.float64).reshape(1, -1)
-        self.intercept_ = np.array([float(sol.intercept)])
+        if np.ndim(sol.intercept) == 0:
+            self.coef_ = np.asarray(sol.coef, dtype=np.float64).reshape(1, -1)
+            self.intercept_ = np.array([float(sol.intercept)])
+        else:  # multinomial: one row per class
+            self.intercept_ = np.asarray(sol.intercept, dtype=np.float64).reshape(-1).copy()
+            self.coef_ = np.asarray(sol.coef, dtype=np.float64).reshape(self.intercept_.shape[0], -1).copy()
         self.n_iter_ = max(1, int(sol.n_iter))
         self.certificate_ = cert
         self.constraint_violation_ = float(cert.max_violation)
@@ -371,7 +405,8 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
 
     # -------------------------------------------------------------- predict
     def decision_function(self, X):
-        """Scores ``X @ coef_.T + intercept_``, shape (n_samples,)."""
+        """Scores ``X @ coef_.T + intercept_``: shape (n_samples,) for two classes, (n_samples, K)
+        for K > 2 (the centred logits ``z_k = log p_k - mean_j log p_j``)."""
         check_is_fitted(self)
         if isinstance(X, RowChunks):  # streamed: the same checks, then one pass
             if X.shape[1] != self.n_features_in_:
@@ -384,24 +419,37 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
                 X = validate_data(self, X, dtype=[np.float64, np.float32, np.float16], reset=False)
             except ValueError as err:  # NaN, or another feature dimension: one line with the fix
                 raise DataError(_bad_arrays_message(err, predicting=True)) from err
+        if np.ndim(self.coef_) == 2 and np.shape(self.coef_)[0] > 1:  # K classes: one score per class
+            coef = np.asarray(self.coef_, dtype=np.float64)
+            if coef.shape[1] != X.shape[1]:
+                raise DataError(MSG_HEAD_DIM.format(k=coef.shape[1], d=self.n_features_in_))
+            return x_dot(X, coef.T) + self.intercept_
         coef = np.asarray(self.coef_).ravel()
         if coef.shape[0] != X.shape[1]:
             raise DataError(MSG_HEAD_DIM.format(k=coef.shape[0], d=self.n_features_in_))
         return x_dot(X, coef) + self.intercept_[0]
 
     def predict_proba(self, X):
-        """Class probabilities, shape (n_samples, 2), columns in ``classes_`` order."""
+        """Class probabilities, shape (n_samples, n_classes), columns in ``classes_`` order
+        (the softmax of the scores for K > 2)."""
         z = self.decision_function(X)
+        if z.ndim == 2:
+            return multinomial.softmax(z)
         p1 = 0.5 * (1.0 + np.tanh(0.5 * z))
         return np.column_stack([1.0 - p1, p1])
 
     def predict_log_proba(self, X):
         z = self.decision_function(X)
+        if z.ndim == 2:
+            return multinomial.log_softmax(z)
         return np.column_stack([-np.logaddexp(0.0, z), -np.logaddexp(0.0, -z)])
 
     def predict(self, X):
-        """Hard labels from ``classes_``: class 1 when the score is positive."""
+        """Hard labels from ``classes_``: class 1 when the score is positive (K > 2: the largest
+        score, ties to the first class)."""
         z = self.decision_function(X)
+        if z.ndim == 2:
+            return self.classes_[np.argmax(z, axis=1)]
         return self.classes_[(z > 0).astype(int)]
 
 
@@ -429,8 +477,9 @@ def _problem_pieces(problem, constraint, design=None):
         # float64 products on purpose: rows that are linearly dependent in exact arithmetic (the
         # group means of two groups) must stay dependent to ~1e-16, or at eps = 0 float32 noise
         # would turn them into an extra independent equality and over-constrain the head
+        multi = {"n_classes": problem.n_classes} if problem.n_classes > 2 else {}
         linear_form = constraint.linear_form(problem.X, problem.y, problem.groups, problem.sample_weight,
-                                             problem.group_labels)
+                                             problem.group_labels, **multi)
     elif hasattr(constraint, "cells_codes"):
         codes, labels = constraint.cells_codes(problem.y, problem.groups, problem.group_labels)
         cells = (codes, len(labels))
@@ -449,9 +498,14 @@ def _fit_score(est, problem, constraint, *, eps, backend, init=None, pieces=None
     t0 = time.perf_counter()
     ops = None
     passes0 = design.passes if design is not None else None
+    multi = problem.n_classes > 2
     if backend == "cvxpy":
         if model is not None:
             sol = model.solve(eps, tol=kw["tol"], max_iter=kw["max_iter"])
+        elif multi:
+            from .backends.cvxpy_softmax import fit_cvxpy_softmax
+
+            sol = fit_cvxpy_softmax(problem, constraint, linear_form=linear_form, cells=cells, **kw)
         else:
             from .backends.cvxpy import fit_cvxpy
 
@@ -459,6 +513,8 @@ def _fit_score(est, problem, constraint, *, eps, backend, init=None, pieces=None
     else:
         from .backends.torch import fit_torch, numpy_ops
 
+        if multi:
+            from .backends.torch_softmax import fit_torch_softmax as fit_torch
         sol = fit_torch(problem, constraint, linear_form=linear_form, cells=cells, device=est.device, init=init,
                         design=design, **kw)
         ops = numpy_ops(design)
@@ -472,11 +528,16 @@ def _fit_score(est, problem, constraint, *, eps, backend, init=None, pieces=None
 
 
 def make_score_certificate(est, problem, constraint, sol, *, eps, backend, linear_form, cells, wall, ops=None):
-    obj, viol, stat = score_certificate_numbers(
-        problem, constraint, sol.coef, sol.intercept, sol.multipliers, eps=eps, C=float(est.C),
-        penalty=est.penalty, l1_ratio=est.l1_ratio, linear_form=linear_form, cells=cells, ops=ops,
-        fit_intercept=est.fit_intercept, products=getattr(sol, "products", None),
-    )
+    if problem.n_classes > 2:
+        obj, viol, stat = multinomial.certificate_numbers(
+            problem, sol.coef, sol.intercept, sol.multipliers, eps=eps, C=float(est.C), penalty=est.penalty,
+            linear_form=linear_form, ops=ops, fit_intercept=est.fit_intercept)
+    else:
+        obj, viol, stat = score_certificate_numbers(
+            problem, constraint, sol.coef, sol.intercept, sol.multipliers, eps=eps, C=float(est.C),
+            penalty=est.penalty, l1_ratio=est.l1_ratio, linear_form=linear_form, cells=cells, ops=ops,
+            fit_intercept=est.fit_intercept, products=getattr(sol, "products", None),
+        )
     status = sol.status
     tol = float(est.tol)
     # the reference solvers stop on their own criteria; judge both backends by ours, loosely

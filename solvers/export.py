@@ -1,7 +1,7 @@
 """Export a fitted head to the models other libraries run: scikit-learn and ``torch.nn.Linear``.
 
 A fair head is a plain logistic model: the score is ``z = X @ coef_.T + intercept_`` and
-``P(y = classes_[1] | x) = sigmoid(z)``. Only the fit differs (the fairness constraint), so
+``P(y = classes_[1] | x) = sigmoid(z)`` (K > 2 classes: one score per class and the softmax). Only the fit differs (the fairness constraint), so
 the exported models carry the same coefficients and give the same scores, probabilities
 and predictions. Anything that also holds a backbone lives in :mod:`fairhead.export`.
 
@@ -48,8 +48,8 @@ def to_sklearn(head):
 
     _check_fitted(head, "to_sklearn")
     model = LogisticRegression(C=float(getattr(head, "C", 1.0)), fit_intercept=True)
-    model.coef_ = np.asarray(head.coef_, dtype=np.float64).reshape(1, -1).copy()
-    model.intercept_ = np.asarray(head.intercept_, dtype=np.float64).reshape(1).copy()
+    model.intercept_ = np.asarray(head.intercept_, dtype=np.float64).reshape(-1).copy()  # (1,) or (K,)
+    model.coef_ = np.asarray(head.coef_, dtype=np.float64).reshape(model.intercept_.shape[0], -1).copy()
     model.classes_ = np.asarray(head.classes_).copy()
     model.n_features_in_ = int(model.coef_.shape[1])
     model.n_iter_ = np.array([int(getattr(head, "n_iter_", 1))], dtype=np.int32)
@@ -59,7 +59,8 @@ def to_sklearn(head):
 
 
 def to_torch_linear(head, *, dtype=None):
-    """A ``torch.nn.Linear(d, 1)`` whose output is the head's score ``z`` (shape (N, 1)).
+    """A ``torch.nn.Linear(d, 1)`` whose output is the head's score ``z`` (shape (N, 1)); for a
+    K-class head ``torch.nn.Linear(d, K)``, the K class scores (softmax: the probabilities).
 
     Parameters
     ----------
@@ -79,11 +80,12 @@ def to_torch_linear(head, *, dtype=None):
 
     _check_fitted(head, "to_torch_linear")
     dtype = torch.float64 if dtype is None else dtype
-    coef = np.asarray(head.coef_, dtype=np.float64).reshape(1, -1)
-    linear = torch.nn.Linear(coef.shape[1], 1, bias=True, dtype=dtype)
+    bias = np.asarray(head.intercept_, dtype=np.float64).reshape(-1)
+    coef = np.asarray(head.coef_, dtype=np.float64).reshape(bias.shape[0], -1)
+    linear = torch.nn.Linear(coef.shape[1], coef.shape[0], bias=True, dtype=dtype)
     with torch.no_grad():
         linear.weight.copy_(torch.from_numpy(coef))
-        linear.bias.copy_(torch.from_numpy(np.asarray(head.intercept_, dtype=np.float64).reshape(1)))
+        linear.bias.copy_(torch.from_numpy(bias))
     return linear.eval().requires_grad_(False)
 
 

@@ -15,6 +15,20 @@ groups so that reports can say so.
 These between-groups differences are *not* the quantity a rate constraint bounds: a
 constraint bounds each group against the overall rate (``|r_g - r| <= eps``, see
 :mod:`solvers.constraints`), so its ``eps`` caps ``max - min`` only at ``2 eps``.
+
+**K classes** (more than two distinct labels in ``y_true`` and ``y_pred``, or ``classes=`` with
+more than two): every parity metric is computed **one-vs-rest, class by class**, as
+fairlearn's binary metric on ``y_true == k`` and ``y_pred == k``, and the difference is the
+largest over classes (a ratio the smallest):
+
+.. math::
+
+    \\mathrm{DP}_K = \\max_k \\bigl(\\max_g P(\\hat y = k \\mid g) - \\min_g P(\\hat y = k \\mid g)\\bigr),
+
+and likewise for the TPR and FPR of each class (:func:`per_class_differences` gives every class's
+value). Accuracy-based metrics need no change; ``balanced_accuracy`` is the mean per-class
+recall, ``roc_auc`` the mean one-vs-rest AUC of the class scores (``y_score`` (n, K)) and
+``expected_calibration_error`` the top-label one.
 """
 
 from __future__ import annotations
@@ -30,6 +44,25 @@ MSG_LENGTH = "{what} has {got} entries but y_true has {n}; pass one value per sa
 MSG_NOT_BINARY = "metrics expect binary labels in {{0, 1}} (or pos_label); got values {vals}"
 
 GROUP_METRICS = ("selection_rate", "true_positive_rate", "false_positive_rate", "false_negative_rate", "accuracy", "count")
+
+
+def multiclass_labels(y_true, y_pred=None, classes=None):
+    """The class labels when the metrics are K-class (K > 2), else ``None`` (binary).
+
+    ``classes`` (e.g. a head's ``classes_``) decides when given: a split that lacks some classes
+    is still read as K-class. Otherwise the distinct values of ``y_true`` and ``y_pred`` do.
+    """
+    if classes is not None:
+        classes = np.asarray(classes)
+        return classes if classes.shape[0] > 2 else None
+    values = np.unique(np.asarray(y_true).reshape(-1))
+    if y_pred is not None:
+        values = np.union1d(values, np.unique(np.asarray(y_pred).reshape(-1)))
+    return values if values.shape[0] > 2 else None
+
+
+def _one_vs_rest(values, k):
+    return (np.asarray(values).reshape(-1) == k).astype(np.int64)
 
 
 def _arr(v, n=None, what="y_pred"):
@@ -93,15 +126,31 @@ def false_negative_rate(y_true, y_pred, sample_weight=None, pos_label=1) -> floa
     return _rate(1.0 - yp, w * yt)
 
 
-def balanced_accuracy(y_true, y_pred, *, sample_weight=None, pos_label=1) -> float:
-    """Mean of TPR and TNR."""
+def balanced_accuracy(y_true, y_pred, *, sample_weight=None, pos_label=1, classes=None) -> float:
+    """Mean of TPR and TNR (K classes: the mean recall of the classes present in ``y_true``)."""
+    labels = multiclass_labels(y_true, y_pred, classes)
+    if labels is not None:
+        present = [k for k in labels if np.any(np.asarray(y_true).reshape(-1) == k)]
+        return float(np.mean([true_positive_rate(_one_vs_rest(y_true, k), _one_vs_rest(y_pred, k),
+                                                 sample_weight=sample_weight) for k in present]))
     tpr = true_positive_rate(y_true, y_pred, sample_weight=sample_weight, pos_label=pos_label)
     fpr = false_positive_rate(y_true, y_pred, sample_weight=sample_weight, pos_label=pos_label)
     return 0.5 * (tpr + 1.0 - fpr)
 
 
-def roc_auc(y_true, y_score, *, sample_weight=None, pos_label=1) -> float:
-    """Area under the ROC curve (ties count one half); NaN with one class."""
+def roc_auc(y_true, y_score, *, sample_weight=None, pos_label=1, classes=None) -> float:
+    """Area under the ROC curve (ties count one half); NaN with one class.
+
+    K classes (``y_score`` of shape (n, K), columns in ``classes`` order): the mean one-vs-rest
+    AUC over the classes present in ``y_true`` with at least one other class (scikit-learn's
+    ``multi_class="ovr"``, ``average="macro"``).
+    """
+    if np.ndim(y_score) == 2:
+        labels = np.asarray(classes) if classes is not None else np.unique(np.asarray(y_true))
+        score = np.asarray(y_score, dtype=np.float64)
+        aucs = [roc_auc(_one_vs_rest(y_true, k), score[:, j], sample_weight=sample_weight) for j, k in enumerate(labels)]
+        aucs = [a for a in aucs if np.isfinite(a)]
+        return float(np.mean(aucs)) if aucs else float("nan")
     yt = _binary(y_true, pos_label)
     s = _arr(y_score, yt.shape[0], "y_score").astype(np.float64)
     w = _w(sample_weight, yt.shape[0])
@@ -125,11 +174,19 @@ def roc_auc(y_true, y_score, *, sample_weight=None, pos_label=1) -> float:
     return float(auc)
 
 
-def expected_calibration_error(y_true, y_prob, *, n_bins=10, sample_weight=None, pos_label=1) -> float:
+def expected_calibration_error(y_true, y_prob, *, n_bins=10, sample_weight=None, pos_label=1, classes=None) -> float:
     """Expected calibration error with ``n_bins`` equal-width bins on ``P(y=1)``.
 
     .. math:: \\mathrm{ECE} = \\sum_b \\frac{|B_b|}{n} \\,\\bigl|\\bar y_{B_b} - \\bar p_{B_b}\\bigr|
+
+    K classes (``y_prob`` of shape (n, K), columns in ``classes`` order): the top-label ECE, the
+    confidence ``max_k p_k`` against whether the most probable class is the label.
     """
+    if np.ndim(y_prob) == 2:
+        prob = np.asarray(y_prob, dtype=np.float64)
+        labels = np.asarray(classes) if classes is not None else np.unique(np.asarray(y_true))
+        hit = (labels[np.argmax(prob, axis=1)] == np.asarray(y_true).reshape(-1)).astype(np.int64)
+        return expected_calibration_error(hit, prob.max(axis=1), n_bins=n_bins, sample_weight=sample_weight)
     yt = _binary(y_true, pos_label)
     p = _arr(y_prob, yt.shape[0], "y_prob").astype(np.float64)
     if p.ndim == 2:  # pragma: no cover - reshape(-1) above flattens; keep API simple
@@ -223,12 +280,28 @@ def by_group(y_true, y_pred, *, sensitive_features, y_score=None, sample_weight=
                       undefined_by_metric={k: tuple(v) for k, v in undefined.items()})
 
 
-def undefined_rates(y_true, *, sensitive_features, sample_weight=None) -> list[str]:
+def undefined_rates(y_true, *, sensitive_features, sample_weight=None, classes=None) -> list[str]:
     """Readable notes for rates that are undefined in a group (fairlearn counts them as 0).
 
     E.g. ``["true_positive_rate of group 'b' (no y=1 rows; counted as 0)"]``; empty when every
-    group has both labels.
+    group has both labels. K classes (``classes`` with more than two): per class, one-vs-rest.
     """
+    labels = multiclass_labels(y_true, None, classes)
+    if labels is not None:
+        yt = _arr(y_true)
+        w = _w(sample_weight, yt.shape[0])
+        codes, groups, _ = encode_groups(sensitive_features, yt.shape[0])
+        notes = []
+        for k in labels:
+            k = k.item() if isinstance(k, np.generic) else k
+            for g, lab in enumerate(groups):
+                m = codes == g
+                empty = _undefined(_one_vs_rest(yt[m], k), w[m])
+                for metric, event in (("true_positive_rate", f"y={k}"), ("false_positive_rate", f"y!={k}")):
+                    if empty[metric]:
+                        notes.append(f"{metric} of class {k!r} in group {lab!r} (no {event} rows; counted as 0, "
+                                     "as fairlearn)")
+        return notes
     yt = _arr(y_true)
     w = _w(sample_weight, yt.shape[0])
     codes, labels, _ = encode_groups(sensitive_features, yt.shape[0])
@@ -242,20 +315,44 @@ def undefined_rates(y_true, *, sensitive_features, sample_weight=None) -> list[s
     return notes
 
 
+def _per_class(fn, y_true, y_pred, classes, reduce, **kw) -> float | None:
+    """``reduce`` over classes of ``fn`` on one-vs-rest labels; ``None`` for binary labels."""
+    labels = multiclass_labels(y_true, y_pred, classes)
+    if labels is None:
+        return None
+    vals = np.array([fn(_one_vs_rest(y_true, k), _one_vs_rest(y_pred, k), **kw) for k in labels], dtype=np.float64)
+    vals = vals[~np.isnan(vals)]
+    return float(reduce(vals)) if vals.size else float("nan")
+
+
 def demographic_parity_difference(y_true, y_pred, *, sensitive_features, method="between_groups",
-                                  sample_weight=None) -> float:
-    """``max_g P(yhat=1|g) - min_g P(yhat=1|g)``."""
+                                  sample_weight=None, classes=None) -> float:
+    """``max_g P(yhat=1|g) - min_g P(yhat=1|g)`` (K classes: the largest over classes, one-vs-rest)."""
+    multi = _per_class(demographic_parity_difference, y_true, y_pred, classes, np.max,
+                       sensitive_features=sensitive_features, method=method, sample_weight=sample_weight)
+    if multi is not None:
+        return multi
     return _between(y_true, y_pred, sensitive_features, sample_weight, ("selection_rate",), "difference", method)
 
 
-def demographic_parity_ratio(y_true, y_pred, *, sensitive_features, method="between_groups", sample_weight=None) -> float:
-    """``min_g P(yhat=1|g) / max_g P(yhat=1|g)``."""
+def demographic_parity_ratio(y_true, y_pred, *, sensitive_features, method="between_groups", sample_weight=None,
+                             classes=None) -> float:
+    """``min_g P(yhat=1|g) / max_g P(yhat=1|g)`` (K classes: the smallest over classes)."""
+    multi = _per_class(demographic_parity_ratio, y_true, y_pred, classes, np.min,
+                       sensitive_features=sensitive_features, method=method, sample_weight=sample_weight)
+    if multi is not None:
+        return multi
     return _between(y_true, y_pred, sensitive_features, sample_weight, ("selection_rate",), "ratio", method)
 
 
 def equalized_odds_difference(y_true, y_pred, *, sensitive_features, method="between_groups", sample_weight=None,
-                              agg="worst_case") -> float:
-    """Larger (``agg="mean"``: mean) of the TPR and FPR differences between groups."""
+                              agg="worst_case", classes=None) -> float:
+    """Larger (``agg="mean"``: mean) of the TPR and FPR differences between groups (K classes:
+    the largest over classes of each class's one-vs-rest value)."""
+    multi = _per_class(equalized_odds_difference, y_true, y_pred, classes, np.max,
+                       sensitive_features=sensitive_features, method=method, sample_weight=sample_weight, agg=agg)
+    if multi is not None:
+        return multi
     vals = [
         _between(y_true, y_pred, sensitive_features, sample_weight, (k,), "difference", method)
         for k in ("true_positive_rate", "false_positive_rate")
@@ -264,8 +361,13 @@ def equalized_odds_difference(y_true, y_pred, *, sensitive_features, method="bet
 
 
 def equalized_odds_ratio(y_true, y_pred, *, sensitive_features, method="between_groups", sample_weight=None,
-                         agg="worst_case") -> float:
-    """Smaller (``agg="mean"``: mean) of the TPR and FPR ratios between groups."""
+                         agg="worst_case", classes=None) -> float:
+    """Smaller (``agg="mean"``: mean) of the TPR and FPR ratios between groups (K classes: the
+    smallest over classes)."""
+    multi = _per_class(equalized_odds_ratio, y_true, y_pred, classes, np.min,
+                       sensitive_features=sensitive_features, method=method, sample_weight=sample_weight, agg=agg)
+    if multi is not None:
+        return multi
     vals = [
         _between(y_true, y_pred, sensitive_features, sample_weight, (k,), "ratio", method)
         for k in ("true_positive_rate", "false_positive_rate")
@@ -274,13 +376,22 @@ def equalized_odds_ratio(y_true, y_pred, *, sensitive_features, method="between_
 
 
 def equal_opportunity_difference(y_true, y_pred, *, sensitive_features, method="between_groups",
-                                 sample_weight=None) -> float:
-    """``max_g TPR_g - min_g TPR_g``."""
+                                 sample_weight=None, classes=None) -> float:
+    """``max_g TPR_g - min_g TPR_g`` (K classes: the largest over classes, one-vs-rest)."""
+    multi = _per_class(equal_opportunity_difference, y_true, y_pred, classes, np.max,
+                       sensitive_features=sensitive_features, method=method, sample_weight=sample_weight)
+    if multi is not None:
+        return multi
     return _between(y_true, y_pred, sensitive_features, sample_weight, ("true_positive_rate",), "difference", method)
 
 
-def equal_opportunity_ratio(y_true, y_pred, *, sensitive_features, method="between_groups", sample_weight=None) -> float:
-    """``min_g TPR_g / max_g TPR_g``."""
+def equal_opportunity_ratio(y_true, y_pred, *, sensitive_features, method="between_groups", sample_weight=None,
+                            classes=None) -> float:
+    """``min_g TPR_g / max_g TPR_g`` (K classes: the smallest over classes)."""
+    multi = _per_class(equal_opportunity_ratio, y_true, y_pred, classes, np.min,
+                       sensitive_features=sensitive_features, method=method, sample_weight=sample_weight)
+    if multi is not None:
+        return multi
     return _between(y_true, y_pred, sensitive_features, sample_weight, ("true_positive_rate",), "ratio", method)
 
 
@@ -338,30 +449,64 @@ def _between(y_true, y_pred, sensitive_features, sample_weight, keys, kind, meth
     return float(np.nanmin(ratios))
 
 
-def evaluate(y_true, y_pred, *, sensitive_features, y_score=None, sample_weight=None) -> dict:
+def per_class_differences(y_true, y_pred, *, sensitive_features, sample_weight=None, classes=None) -> dict:
+    """Each class's one-vs-rest between-groups differences (fairlearn's binary metrics on
+    ``y_true == k`` and ``y_pred == k``): ``{class: {"demographic_parity_difference": ...,
+    "equal_opportunity_difference": ..., "equalized_odds_difference": ...}}``. The K-class
+    metrics of this module are the largest of these over the classes."""
+    labels = multiclass_labels(y_true, y_pred, classes)
+    if labels is None:
+        labels = np.asarray(classes) if classes is not None else np.union1d(np.unique(y_true), np.unique(y_pred))
+    kw = dict(sensitive_features=sensitive_features, sample_weight=sample_weight)
+    out = {}
+    for k in labels:
+        yt, yp = _one_vs_rest(y_true, k), _one_vs_rest(y_pred, k)
+        out[k.item() if isinstance(k, np.generic) else k] = {
+            "demographic_parity_difference": demographic_parity_difference(yt, yp, **kw),
+            "equal_opportunity_difference": equal_opportunity_difference(yt, yp, **kw),
+            "equalized_odds_difference": equalized_odds_difference(yt, yp, **kw),
+        }
+    return out
+
+
+def evaluate(y_true, y_pred, *, sensitive_features, y_score=None, sample_weight=None, classes=None) -> dict:
     """All scalar metrics in one dict (the row of every fairhead table).
 
     ``y_score`` (probability of class 1 or a decision score) adds ``roc_auc`` and, when it
-    lies in [0, 1], ``expected_calibration_error``.
+    lies in [0, 1], ``expected_calibration_error``. K classes (see the module docstring; pass
+    ``classes`` so that a split missing a class is still read as K-class): the parity metrics
+    are the largest over classes, one-vs-rest, ``y_score`` is the (n, K) probabilities in
+    ``classes`` order, and ``selection_rate`` (a binary notion) is left out.
     """
+    labels = multiclass_labels(y_true, y_pred, classes)
     kw = dict(sensitive_features=sensitive_features, sample_weight=sample_weight)
+    kc = dict(kw, classes=labels) if labels is not None else kw
     out = {
         "accuracy": accuracy(y_true, y_pred, sample_weight=sample_weight),
-        "balanced_accuracy": balanced_accuracy(y_true, y_pred, sample_weight=sample_weight),
-        "selection_rate": selection_rate(y_true, y_pred, sample_weight=sample_weight),
-        "demographic_parity_difference": demographic_parity_difference(y_true, y_pred, **kw),
-        "demographic_parity_ratio": demographic_parity_ratio(y_true, y_pred, **kw),
-        "equalized_odds_difference": equalized_odds_difference(y_true, y_pred, **kw),
-        "equalized_odds_ratio": equalized_odds_ratio(y_true, y_pred, **kw),
-        "equal_opportunity_difference": equal_opportunity_difference(y_true, y_pred, **kw),
+        "balanced_accuracy": balanced_accuracy(y_true, y_pred, sample_weight=sample_weight,
+                                               **({"classes": labels} if labels is not None else {})),
+    }
+    if labels is None:
+        out["selection_rate"] = selection_rate(y_true, y_pred, sample_weight=sample_weight)
+    out.update({
+        "demographic_parity_difference": demographic_parity_difference(y_true, y_pred, **kc),
+        "demographic_parity_ratio": demographic_parity_ratio(y_true, y_pred, **kc),
+        "equalized_odds_difference": equalized_odds_difference(y_true, y_pred, **kc),
+        "equalized_odds_ratio": equalized_odds_ratio(y_true, y_pred, **kc),
+        "equal_opportunity_difference": equal_opportunity_difference(y_true, y_pred, **kc),
         "accuracy_equality_difference": accuracy_equality_difference(y_true, y_pred, **kw),
         "worst_group_accuracy": worst_group_accuracy(y_true, y_pred, **kw),
         "worst_cell_accuracy": worst_cell_accuracy(y_true, y_pred, **kw),
-    }
-    if y_score is not None:
+    })
+    if y_score is not None and labels is not None:
+        prob = np.asarray(y_score, dtype=np.float64)
+        out["roc_auc"] = roc_auc(y_true, prob, sample_weight=sample_weight, classes=labels)
+        if prob.min() >= 0 and prob.max() <= 1:
+            out["expected_calibration_error"] = expected_calibration_error(y_true, prob, sample_weight=sample_weight,
+                                                                           classes=labels)
+    elif y_score is not None:
         s = _arr(y_score, _arr(y_true).shape[0], "y_score")
         out["roc_auc"] = roc_auc(y_true, s, sample_weight=sample_weight)
         if s.min() >= 0 and s.max() <= 1:
             out["expected_calibration_error"] = expected_calibration_error(y_true, s, sample_weight=sample_weight)
     return out
-

@@ -65,7 +65,7 @@ def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_he
         return
     base.set_params(eps=grid[0])
     problem, constraint, backend = base._prepare(X, y, sensitive_features, sample_weight)
-    state = _head_state(init_head, problem.d)
+    state = _head_state(init_head, problem.d, problem.n_classes)
     if constraint is not None and constraint.kind == "rate":
         from .reductions import fit_rate_constraint, rate_design
 
@@ -95,6 +95,8 @@ def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_he
     if backend == "cvxpy":
         from .backends.cvxpy import CvxpyModel
 
+        if problem.n_classes > 2:
+            from .backends.cvxpy_softmax import CvxpySoftmaxModel as CvxpyModel
         model = CvxpyModel(problem, constraint, C=float(base.C), penalty=base.penalty, l1_ratio=base.l1_ratio,
                            fit_intercept=base.fit_intercept, linear_form=pieces[0], cells=pieces[1])
     for e in grid:
@@ -107,10 +109,18 @@ def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_he
         yield est
 
 
-def _head_state(head, d):
+def _head_state(head, d, n_classes=2):
     """The warm-start state of a fitted head given by its coefficients alone (or ``None``)."""
     if head is None:
         return None
+    if n_classes > 2:
+        from .multinomial import stack
+
+        coef = np.asarray(head.coef_, dtype=np.float64)
+        if coef.shape != (n_classes, d):
+            raise ValueError(f"init_head has coefficients of shape {coef.shape} for {n_classes} classes and {d} "
+                             "features; fit it on the same X and y")
+        return {"theta": stack(coef, head.intercept_)}
     coef = np.asarray(head.coef_, dtype=np.float64).ravel()
     if coef.shape[0] != d:
         raise ValueError(f"init_head has {coef.shape[0]} coefficients for {d} features; fit it on the same X")

@@ -5,7 +5,7 @@ coefficients as float64 arrays ``coef`` and ``intercept``)::
 
     {"format": "fairhead-head", "format_version": "1.0",
      "params": {...}, "constraint": {...} | null, "eps": ..., "classes": [...],
-     "groups": [...], "n_features_in": d, "coef": [[...]], "intercept": [...],
+     "groups": [...], "n_features_in": d, "coef": [[...]], "intercept": [...],   # one row per class for K > 2
      "certificate": {...}, "cache_fingerprint": ..., "extra": {...}, "versions": {...}}
 
 JSON stores floats with ``repr`` precision, so a loaded head predicts identically. The files are
@@ -122,8 +122,8 @@ def save_head(estimator, path, *, cache_fingerprint=None, extra=None) -> Path:
     suffix = path.suffix.lower()
     if not hasattr(estimator, "coef_"):
         raise DataError(MSG_NOT_FITTED)
-    coef = np.asarray(estimator.coef_, dtype=np.float64).reshape(1, -1)
     intercept = np.asarray(estimator.intercept_, dtype=np.float64).reshape(-1)
+    coef = np.asarray(estimator.coef_, dtype=np.float64).reshape(intercept.shape[0], -1)  # (1, d) or (K, d)
     for what, value in (("coefficient", coef), ("intercept", intercept),
                         ("eps", np.float64(estimator.eps)), ("C", np.float64(estimator.C))):
         if not np.all(np.isfinite(value)):
@@ -146,8 +146,8 @@ def save_head(estimator, path, *, cache_fingerprint=None, extra=None) -> Path:
         "versions": _versions(),
     }
     if suffix == ".json":
-        doc["coef"] = [[float(x) for x in coef.ravel()]]
-        doc["intercept"] = [float(intercept[0])]
+        doc["coef"] = [[float(x) for x in row] for row in coef]
+        doc["intercept"] = [float(x) for x in intercept]
         atomic_write_text(path, json.dumps(doc, indent=1, allow_nan=False))
     else:
         with atomic_open(path, "wb") as fh:
@@ -207,13 +207,16 @@ def _validated(doc: dict, coef, intercept, path: Path):
     n_features = doc["n_features_in"]
     if isinstance(n_features, bool) or not isinstance(n_features, int) or n_features < 1:
         raise damaged(f"n_features_in is {n_features!r}, not a positive integer")
-    if coef.ndim > 2 or (coef.ndim == 2 and coef.shape[0] != 1) or coef.size != n_features:
-        raise damaged(f"coef has shape {coef.shape} but n_features_in is {n_features}; they must agree")
-    if intercept.size != 1:
-        raise damaged(f"intercept has {intercept.size} values; a binary head has 1")
     classes = doc["classes"]
-    if not isinstance(classes, list) or len(classes) != 2 or classes[0] == classes[1]:
-        raise damaged(f"classes is {classes!r}; a binary head has two distinct classes")
+    if (not isinstance(classes, list) or len(classes) < 2
+            or len({json.dumps(c, sort_keys=True) for c in classes}) != len(classes)):
+        raise damaged(f"classes is {classes!r}; a head has two or more distinct classes")
+    rows = 1 if len(classes) == 2 else len(classes)  # the binary head has one logit, a K-class head K
+    if coef.ndim > 2 or (coef.ndim == 2 and coef.shape[0] != rows) or coef.size != rows * n_features:
+        raise damaged(f"coef has shape {coef.shape} but n_features_in is {n_features} and there are {len(classes)} "
+                      "classes; they must agree")
+    if intercept.size != rows:
+        raise damaged(f"intercept has {intercept.size} values; a head with {len(classes)} classes has {rows}")
     if not isinstance(doc["params"], dict) or not isinstance(doc["certificate"], dict):
         raise damaged("params and certificate must be JSON objects")
     params = dict(doc["params"])
@@ -243,7 +246,7 @@ def load_head(path):
     """Read a head written by :func:`save_head`; return a fitted FairLogisticRegression.
 
     Every field a prediction depends on is checked (finite coefficients of the stated
-    dimension, two classes, valid parameters, one constraint throughout); a damaged or
+    dimension, one row per class for K > 2 classes, valid parameters, one constraint throughout); a damaged or
     hand-edited file raises a one-line :class:`DataError`.
     """
     from .estimator import FairLogisticRegression
@@ -263,8 +266,8 @@ def load_head(path):
         raise DataError(MSG_VERSION.format(path=str(path), got=doc["format_version"], ours=FORMAT_VERSION))
     params, coef, intercept, n_features = _validated(doc, coef, intercept, path)
     est = FairLogisticRegression(**params)
-    est.coef_ = coef.reshape(1, -1)
-    est.intercept_ = intercept.reshape(1)
+    est.coef_ = coef.reshape(intercept.size, -1)
+    est.intercept_ = intercept.reshape(-1)
     est.classes_ = np.asarray(doc["classes"])
     est.n_features_in_ = n_features
     try:

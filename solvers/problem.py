@@ -3,7 +3,7 @@
 A :class:`FairProblem` holds plain numpy arrays only:
 
 * ``X`` (n, d) in its stored floating dtype (float16 / float32 / float64 are kept),
-* ``y`` (n,) in {0, 1} as float64,
+* ``y`` (n,) in {0, 1} as float64 (a K-class head: the class codes ``0 .. K-1``),
 * ``groups`` (n,) integer codes ``0 .. G-1`` of the (possibly intersectional) groups,
 * ``group_labels`` the label of each code (a value for one attribute, a tuple for several),
 * ``sample_weight`` ``v`` (n,) float64, positive, after the ``balance`` reweighting.
@@ -61,13 +61,15 @@ class FairProblem:
     X : ndarray of shape (n, d)
         Features in their stored floating dtype.
     y : ndarray of shape (n,)
-        Labels in {0., 1.}.
+        Labels in {0., 1.}, or class codes ``0 .. K-1`` (float64) when ``n_classes > 2``.
     groups : ndarray of shape (n,) or None
         Integer group codes, ``None`` for an unconstrained fit.
     group_labels : tuple
         Label of each group code.
     sample_weight : ndarray of shape (n,)
         Positive weights after the balance reweighting.
+    n_classes : int
+        2 for the binary head; K > 2 for the multinomial head (:mod:`solvers.multinomial`).
     """
 
     X: np.ndarray
@@ -75,6 +77,7 @@ class FairProblem:
     groups: np.ndarray | None
     group_labels: tuple = ()
     sample_weight: np.ndarray = field(default=None)
+    n_classes: int = 2
 
     @property
     def n(self) -> int:
@@ -200,7 +203,7 @@ def check_sample_weight(sample_weight, n: int) -> np.ndarray:
     return sw
 
 
-def balance_weights(sw: np.ndarray, y: np.ndarray, groups: np.ndarray, balance) -> np.ndarray:
+def balance_weights(sw: np.ndarray, y: np.ndarray, groups: np.ndarray, balance, n_classes: int = 2) -> np.ndarray:
     """Reweight so every group (or every (label, group) cell) has equal total weight.
 
     The total ``V = sum(v)`` is unchanged, so the weights keep their average.
@@ -210,7 +213,7 @@ def balance_weights(sw: np.ndarray, y: np.ndarray, groups: np.ndarray, balance) 
     if balance == "group":
         cell = groups
     else:
-        cell = groups * 2 + y.astype(np.int64)
+        cell = groups * max(2, n_classes) + y.astype(np.int64)
     uniq, inv = np.unique(cell, return_inverse=True)
     totals = np.bincount(inv, weights=sw, minlength=len(uniq))
     if np.any(totals <= 0):
@@ -228,10 +231,12 @@ def build_problem(
     balance=None,
     min_group_size: int = 1,
     need_label_cells: bool = False,
+    n_classes: int = 2,
 ) -> FairProblem:
     """Assemble and validate a :class:`FairProblem`.
 
-    ``X`` and ``y01`` are already validated by the estimator (finite, 2-D, binary).
+    ``X`` and ``y01`` are already validated by the estimator (finite, 2-D; binary, or class
+    codes ``0 .. n_classes-1`` for a K-class head).
     ``need_label_cells`` asks that every (group, label) cell reaches ``min_group_size``
     (conditional constraints such as equal opportunity need it).
     """
@@ -243,7 +248,7 @@ def build_problem(
     if sensitive_features is None:
         if balance is not None:
             raise DataError(MSG_BALANCE_NO_GROUPS.format(balance=balance))
-        return FairProblem(X=X, y=y, groups=None, group_labels=(), sample_weight=sw)
+        return FairProblem(X=X, y=y, groups=None, group_labels=(), sample_weight=sw, n_classes=n_classes)
     codes, labels, _ = encode_groups(sensitive_features, n)
     if len(labels) < 2:
         raise DataError(MSG_SF_ONE_GROUP.format(k=len(labels), labels=list(labels)))
@@ -252,7 +257,7 @@ def build_problem(
         if c < min_group_size:
             raise DataError(MSG_SMALL_GROUP.format(label=labels[g], count=int(c), where="", min_size=min_group_size))
     if need_label_cells:
-        for lab in (0, 1):
+        for lab in range(max(2, n_classes)):
             cnt = np.bincount(codes[y == lab], minlength=len(labels))
             for g, c in enumerate(cnt):
                 if c < max(1, min_group_size):
@@ -261,5 +266,5 @@ def build_problem(
                             label=labels[g], count=int(c), where=f" with y={lab}", min_size=max(1, min_group_size)
                         )
                     )
-    sw = balance_weights(sw, y, codes, balance)
-    return FairProblem(X=X, y=y, groups=codes, group_labels=labels, sample_weight=sw)
+    sw = balance_weights(sw, y, codes, balance, n_classes)
+    return FairProblem(X=X, y=y, groups=codes, group_labels=labels, sample_weight=sw, n_classes=n_classes)

@@ -95,6 +95,10 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
     """
     from .backends.torch import fit_threads
 
+    if problem.n_classes > 2:  # the same reduction with cost-sensitive multinomial fits
+        from .reductions_multiclass import fit_rate_multiclass
+
+        return fit_rate_multiclass(est, problem, constraint, eps=eps, backend=backend, init=init, design=design)
     with fit_threads(est.device):
         return _fit_rate_constraint(est, problem, constraint, eps=eps, backend=backend, init=init, design=design)
 

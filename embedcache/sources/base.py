@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from embedcache.errors import DataError
+from embedcache.store.schema import MAX_LABEL_CLASSES
 
 #: the split names sources produce when the data has no split of its own
 DEFAULT_SPLITS = ("train", "valid", "test")
@@ -77,9 +78,10 @@ def is_missing(value: Any) -> bool:
 
 
 NOT_BINARY_MSG = (
-    "label column {name!r} has {count} distinct values {values}; a binary label needs exactly 2 "
-    "(map it to two classes first)"
+    "label column {name!r} has {count} distinct values {values}{why}; a label needs 2 to "
+    "{most} classes (map it to two classes, or bin it into a few)"
 )
+
 ONE_GROUP_MSG = (
     "sensitive attribute {name!r} has only {count} value {values}; it needs at least 2 groups "
     "(pick another column)"
@@ -154,7 +156,7 @@ class TableSource:
     ----------
     ids, labels, label_name, label_categories, sensitive, splits
         See :class:`Source`. All are validated here: one row each, unique ids,
-        binary labels, at least two groups per sensitive attribute.
+        labels of 2 to ``MAX_LABEL_CLASSES`` classes, at least two groups per sensitive attribute.
     where : str
         How error messages name this dataset (e.g. ``"manifest 'meta.csv'"``).
     """
@@ -183,11 +185,12 @@ class TableSource:
         _check_length(self.labels, n, f"label {label_name!r}")
         self.label_name = str(label_name)
         self.label_categories = tuple(str(c) for c in label_categories)
-        if len(self.label_categories) != 2 or not np.isin(self.labels, (0, 1)).all():
+        K = len(self.label_categories)
+        if not 2 <= K <= MAX_LABEL_CLASSES or not np.isin(self.labels, np.arange(K)).all():
             raise DataError(
                 NOT_BINARY_MSG.format(
-                    name=label_name, count=len(self.label_categories), values=list(self.label_categories)[:5]
-                )
+                    name=label_name, count=K, values=list(self.label_categories)[:5], why="",
+                    most=MAX_LABEL_CLASSES)
             )
         self.sensitive = {}
         for name, (codes, categories) in sensitive.items():
@@ -385,13 +388,26 @@ def _warn_if_continuous(name: str, categories: Sequence[str]) -> None:
         )
 
 
-def encode_binary_label(values: Sequence[Any], *, name: str) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Like :func:`encode_categorical` but require exactly two values."""
+def encode_label(values: Sequence[Any], *, name: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Like :func:`encode_categorical`, for a label: 2 classes (codes 0/1, the second value is 1)
+    or K classes up to :data:`MAX_LABEL_CLASSES` (codes ``0 .. K-1`` in category order).
+
+    Refused: a single value, more classes than that, and numbers with fractions (a continuous
+    column, e.g. a score or an age, is binned first).
+    """
     codes, categories = encode_categorical(values, name=name, kind="label")
-    if len(categories) != 2:
+    numbers = [_sort_key(c)[1] for c in categories if _sort_key(c)[0] == 0]
+    fractional = len(categories) > 2 and any(not float(x).is_integer() for x in numbers)
+    if not 2 <= len(categories) <= MAX_LABEL_CLASSES or fractional:
         shown_values = [shown(c, 20) for c in categories[:5]] + (["..."] if len(categories) > 5 else [])
-        raise DataError(NOT_BINARY_MSG.format(name=name, count=len(categories), values="[" + ", ".join(shown_values) + "]"))
+        raise DataError(NOT_BINARY_MSG.format(name=name, count=len(categories), values="[" + ", ".join(shown_values) + "]",
+                                              why=" (fractional numbers: it looks continuous)" if fractional else "",
+                                              most=MAX_LABEL_CLASSES))
     return codes, categories
+
+
+#: the binary-era name, kept for callers that import it
+encode_binary_label = encode_label
 
 
 #: split spellings mapped to the canonical names (0/1/2 as in CelebA's and Waterbirds' files)

@@ -22,7 +22,7 @@ from embedcache.sources.base import (
     MISSING_SENSITIVE_FIX,
     TableSource,
     duplicate_names,
-    encode_binary_label,
+    encode_label,
     encode_categorical,
     hash_splits,
     normalize_splits,
@@ -117,7 +117,7 @@ class ManifestSource(TableSource):
 
         self.relative_paths = [self._checked_relative(value, row) for row, value in enumerate(column(image_col), 2)]
         ids = column(id_col) if id_col is not None else self.relative_paths
-        labels, label_categories = encode_binary_label(column(label_col), name=label_col)
+        labels, label_categories = encode_label(column(label_col), name=label_col)
         sensitive = {
             name: encode_categorical(column(name), name=name, kind="sensitive", fix=MISSING_SENSITIVE_FIX)
             for name in sensitive_cols

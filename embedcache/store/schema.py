@@ -74,6 +74,8 @@ CATEGORIES_ATTR = "categories"
 SENSITIVE_GROUP = "sensitive"
 SAMPLE_ID = "sample_id"
 SPLIT = "split"
+#: a label has 2 to this many classes (codes 0 .. K-1); more values are a continuous column
+MAX_LABEL_CLASSES = 100
 
 #: rows per chunk of /features; (64, 1280) float32 is 320 KiB, inside h5py's
 #: advised 10 KiB - 1 MiB band for the usual feature widths

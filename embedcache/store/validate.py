@@ -148,10 +148,11 @@ def check_cache(f: h5py.File, path) -> int:
 
     _str_attr(labels.attrs, schema.LABEL_NAME_DSET_ATTR, path, where=schema.LABELS)
     label_names = _categories(labels, schema.LABELS, path)
-    if len(label_names) != 2:
+    if not 2 <= len(label_names) <= schema.MAX_LABEL_CLASSES:
         raise CacheError(_malformed(path, CATEGORIES_PROBLEM.format(
-            key=schema.LABELS, found=label_names, rule="a binary label needs exactly 2")))
-    _codes(labels, schema.LABELS, n, 2, path)
+            key=schema.LABELS, found=label_names[:5],
+            rule=f"a label needs 2 to {schema.MAX_LABEL_CLASSES} classes")))
+    _codes(labels, schema.LABELS, n, len(label_names), path)
     for key, dset in sensitive.items():
         _codes(dset, key, n, len(_categories(dset, key, path)), path)
     _codes(split, schema.SPLIT, n, len(_categories(split, schema.SPLIT, path)), path)

@@ -16,8 +16,8 @@ import numpy as np
 class Solution:
     """What a backend returns: coefficients in original feature units plus solver facts."""
 
-    coef: np.ndarray  # (d,)
-    intercept: float
+    coef: np.ndarray  # (d,); a K-class head (K, d)
+    intercept: float  # a K-class head: (K,)
     multipliers: np.ndarray  # per constraint row / cell; empty when unconstrained
     status: str  # "optimal" | "optimal_inaccurate" | "max_iter"
     solver: str

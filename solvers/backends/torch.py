@@ -170,41 +170,47 @@ class Design:
         return self._preconditioners[key]
 
     def mv(self, v: torch.Tensor) -> torch.Tensor:
-        """``(X - mu) v`` in float64."""
+        """``(X - mu) v`` in float64; ``v`` of shape (d,), or (d, K) for K score columns (a
+        multinomial head: one pass over X for all K)."""
         self._passes[0] += 1
         vc = v.to(self.cdt)
+        tail = tuple(v.shape[1:])
         if self.device.type == "cpu":  # the same blocks as in memory: the same bits
             vn = vc.numpy()
-            out = np.empty(self.n, dtype=self._np_cdt)
+            out = np.empty((self.n,) + tail, dtype=self._np_cdt)
             for s, blk in self._blocks():
                 np.matmul(blk, vn, out=out[s : s + len(blk)])
             out = torch.from_numpy(gather_rows(self.source, out)).to(_F64)
         elif self.source is None and not self.half:
-            out = torch.mv(self.X, vc).to(_F64)
+            out = (torch.mv(self.X, vc) if v.ndim == 1 else self.X @ vc).to(_F64)
         else:
-            out = torch.empty(self.n, dtype=_F64, device=self.device)
+            out = torch.empty((self.n,) + tail, dtype=_F64, device=self.device)
             for s, Xc in self.device_blocks():
-                out[s : s + len(Xc)] = torch.mv(Xc, vc)
+                out[s : s + len(Xc)] = torch.mv(Xc, vc) if v.ndim == 1 else Xc @ vc
             out = gather_rows(self.source, out)
         if self.mu is not None:
-            out -= torch.dot(self.mu, v.to(_F64))
+            out -= torch.dot(self.mu, v.to(_F64)) if v.ndim == 1 else self.mu @ v.to(_F64)
         return out
 
     def rmv(self, r: torch.Tensor) -> torch.Tensor:
-        """``(X - mu)^T r`` in float64 (blocks summed in float64, in order)."""
+        """``(X - mu)^T r`` in float64 (blocks summed in float64, in order); ``r`` of shape (n,),
+        or (n, K) giving (d, K)."""
         self._passes[0] += 1
         rc = r.to(self.cdt)
+        tail = tuple(r.shape[1:])
         if self.device.type == "cpu":
             rn = rc.numpy()
-            parts = ((s, rn[s : s + len(blk)] @ blk) for s, blk in self._blocks())
-            out = torch.from_numpy(sum_blocks(self.source, parts, np.zeros(self.d, dtype=np.float64)))
+            parts = ((s, rn[s : s + len(blk)] @ blk if r.ndim == 1 else blk.T @ rn[s : s + len(blk)])
+                     for s, blk in self._blocks())
+            out = torch.from_numpy(sum_blocks(self.source, parts, np.zeros((self.d,) + tail, dtype=np.float64)))
         elif self.source is None and not self.half:
-            out = torch.mv(self.X.t(), rc).to(_F64)
+            out = (torch.mv(self.X.t(), rc) if r.ndim == 1 else self.X.t() @ rc).to(_F64)
         else:
-            parts = ((s, torch.mv(Xc.t(), rc[s : s + len(Xc)]).to(_F64)) for s, Xc in self.device_blocks())
-            out = sum_blocks(self.source, parts, torch.zeros(self.d, dtype=_F64, device=self.device))
+            parts = ((s, (torch.mv(Xc.t(), rc[s : s + len(Xc)]) if r.ndim == 1 else Xc.t() @ rc[s : s + len(Xc)])
+                      .to(_F64)) for s, Xc in self.device_blocks())
+            out = sum_blocks(self.source, parts, torch.zeros((self.d,) + tail, dtype=_F64, device=self.device))
         if self.mu is not None:
-            out -= self.mu * r.to(_F64).sum()
+            out -= self.mu * r.to(_F64).sum() if r.ndim == 1 else torch.outer(self.mu, r.to(_F64).sum(0))
         return out
 
     def to_centered(self, theta: torch.Tensor) -> torch.Tensor:
@@ -383,7 +389,7 @@ class _Result:
 
 
 def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=1e-6, max_iter=1000,
-             memory=20, c2=0.3, pairs=None, z0=None, precond=None):
+             memory=20, c2=0.3, pairs=None, z0=None, precond=None, layout=None):
     """Active-set L-BFGS for ``min obj`` s.t. ``A theta <= rhs``, coordinates in ``fixed`` held.
 
     ``A`` rows must have unit norm. Returns a ``_Result`` with multipliers for every row of A.
@@ -393,6 +399,10 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
     are projected on the working set's null space in ``phi`` (rows ``A_W T``) and mapped back
     by ``T``; the stopping test, the multipliers and the ratio test stay in ``theta``, so the
     tolerance means the same with or without it. Curvature ``pairs`` live in ``phi``.
+
+    ``layout`` maps ``theta`` to scores and back for heads with several score columns (the
+    multinomial head: :class:`solvers.backends.torch_softmax.ClassBlocks`); ``None`` is the
+    binary head ``theta = [w; b]`` with scores ``z = X w + b``.
     """
     d = design.d
     p = theta.numel()
@@ -406,11 +416,16 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
         theta[j] = 0.0
 
     def scores(th):
+        if layout is not None:
+            return layout.scores(design, th)
         return design.mv(th[:d]) + th[d]
 
     last = {}
 
     def full_grad(gz, gdir):
+        if layout is not None:
+            g, last["xtr"], last["gsum"] = layout.grad(design, gz, gdir)
+            return g
         g = gdir.clone()
         last["xtr"] = design.rmv(gz)  # (X - mu)^T gz at the current iterate
         g[:d] += last["xtr"]
@@ -461,6 +476,8 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
 
     def stat_measure(pg):
         """inf-norm of the projected gradient in the original (uncentred) coordinates."""
+        if layout is not None:
+            return layout.stationarity(pg, mu)
         if mu is None:
             return float(pg.abs().max())
         gw = pg[:d] + mu * pg[d]
@@ -514,7 +531,7 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
             direc_phi = -gt
             direc = to_theta(direc_phi)
             gd = float(torch.dot(g, direc))
-        Xd = design.mv(direc[:d]) + direc[d]
+        Xd = scores(direc)
         a_max, block = math.inf, None
         if m:
             Ad = A @ direc
@@ -574,7 +591,10 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
     res.converged, res.stationarity, res.f = converged, stat_measure(proj(g)), f
     res.pairs = (list(S), list(Yl), list(W))
     # X^T gz (uncentred) at the returned theta: g is always the gradient at the current iterate
-    res.xtr = last["xtr"] + (mu * last["gsum"] if mu is not None else 0.0)
+    if layout is not None:
+        res.xtr = last["xtr"] + (torch.outer(mu, last["gsum"]) if mu is not None else 0.0)
+    else:
+        res.xtr = last["xtr"] + (mu * last["gsum"] if mu is not None else 0.0)
     return res
 
 
@@ -588,7 +608,8 @@ def _line_search(obj, z, theta, Xd, direc, f0, d0, a_max, a0, c2, max_eval=30):
     def phi(a):
         th = theta + a * direc
         val, gz, gdir = obj.eval(z + a * Xd, th)
-        der = float(torch.dot(gz, Xd) + torch.dot(gdir, direc))
+        # scores of several columns (multinomial) are flattened: a view, the binary bits unchanged
+        der = float(torch.dot(gz.reshape(-1), Xd.reshape(-1)) + torch.dot(gdir, direc))
         return val, der, gz, gdir
 
     lo, dlo = 0.0, d0

@@ -105,14 +105,14 @@ def test_npy_folder(tmp_path):
 @pytest.mark.parametrize(
     "edit, kwargs, match",
     [
-        (lambda c: c.update(income=np.asarray(["a", "b", "c", "d"] * 10)), {}, "4 distinct values"),
+        (lambda c: c.update(income=np.asarray(["0.5", "1.5", "2.5", "3"] * 10)), {}, "looks continuous"),
         (lambda c: c.update(sex=np.asarray(["Male"] * N)), {}, "has only 1 value"),
         (lambda c: None, {"label": "salary"}, "no column 'salary'"),
         (lambda c: None, {"features": ["age", "sex"]}, "feature column 'sex' is not numeric"),
         (lambda c: c.update(hours=np.asarray(["nan"] + ["1"] * (N - 1))), {"features": ["hours"]}, "non-finite"),
         (lambda c: c.update(person=np.asarray(["same"] * N)), {}, "duplicate sample ids"),
     ],
-    ids=["multiclass", "one-group", "unknown-col", "text-feature", "nan-feature", "dup-ids"],
+    ids=["continuous-label", "one-group", "unknown-col", "text-feature", "nan-feature", "dup-ids"],
 )
 def test_bad_tables(tmp_path, edit, kwargs, match):
     columns = adult_like()

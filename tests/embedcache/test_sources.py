@@ -150,7 +150,7 @@ def test_manifest_encodes_categories(tmp_path):
     [
         (["../x.png,cat,f,train", *GOOD_ROWS], {}, "points outside the image root"),
         (["/etc/passwd,cat,f,train", *GOOD_ROWS], {}, "points outside the image root"),
-        ([*GOOD_ROWS, "img/d.png,bird,f,train"], {}, "3 distinct values"),
+        ([*GOOD_ROWS, "img/d.png,2.5,f,train"], {}, "3 distinct values .*looks continuous"),
         (["img/a.png,cat,f,train", "img/b.png,dog,f,train"], {}, "has only 1 value"),
         ([*GOOD_ROWS, "img/a.png,cat,f,test"], {}, "duplicate sample ids"),
         (GOOD_ROWS, {"sensitive_cols": ["gender"]}, "no column 'gender'"),
@@ -158,7 +158,7 @@ def test_manifest_encodes_categories(tmp_path):
         ([*GOOD_ROWS, "img/e.png,,f,train"], {}, "label column 'label' is empty at row 3"),
         ([*GOOD_ROWS, "img/e.png,cat,f"], {}, "has 3 fields but the header has 4"),
     ],
-    ids=["dotdot", "absolute", "three-labels", "one-group", "duplicate-ids", "unknown-col", "typo", "empty", "ragged"],
+    ids=["dotdot", "absolute", "fractional-label", "one-group", "duplicate-ids", "unknown-col", "typo", "empty", "ragged"],
 )
 def test_manifest_bad_input(tmp_path, rows, kwargs, match):
     path = write_manifest(tmp_path, rows)

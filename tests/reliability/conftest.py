@@ -64,7 +64,7 @@ def bad_inputs(tmp_path_factory) -> dict[str, Path]:
     variant("empty", lambda h, n: (h, []))
     variant("one-label", set_col("shape", ["circle"] * N_IMAGES))
     variant("one-group", set_col("background", ["blue"] * N_IMAGES))
-    variant("three-labels", set_col("shape", ["triangle"]))
+    variant("fractional-label", set_col("shape", ["2.5"]))
     variant("escaping-path", set_col("path", ["../../../etc/passwd"]))
     variant("absolute-path", set_col("path", ["/etc/passwd"]))
     variant("duplicate-ids", set_col("id", [rows[1][col["id"]]]))

@@ -153,8 +153,8 @@ CASES = [
                  id="api-label-with-one-value"),
     pytest.param(api(lambda p, t: _manifest(p, "one-group")), DataError, "only 1 value", "pick another column",
                  id="api-sensitive-with-one-value"),
-    pytest.param(api(lambda p, t: _manifest(p, "three-labels")), DataError, "3 distinct values", "two classes",
-                 id="api-non-binary-label"),
+    pytest.param(api(lambda p, t: _manifest(p, "fractional-label")), DataError, "looks continuous", "two classes",
+                 id="api-continuous-label"),
     pytest.param(cli("extract", "--manifest", "{escaping-path}", "--target", "shape", "--sensitive", "background",
                      *RESNET, "--out", "{tmp}/x.h5"),
                  DataError, "outside the image root", "relative to the root", id="cli-csv-path-escapes-root"),
@@ -239,7 +239,8 @@ CASES = [
                  "pass finite", id="api-inf-sample-weight"),
     pytest.param(api(_fit(sample_weight=np.zeros(240))), DataError, "sums to 0", "positive sum",
                  id="api-zero-total-weight"),
-    pytest.param(api(_fit(y=lambda y, a: np.arange(240) % 3)), DataError, "3 class", "binary", id="api-three-classes"),
+    pytest.param(api(_fit(constraint="cov", y=lambda y, a: np.arange(240) % 3)), DataError, "3 classes",
+                 "pick one of", id="api-binary-constraint-three-classes"),
 ]
 
 

@@ -15,7 +15,7 @@ from solvers import FairLogisticRegression, RowShard, fit_path, shard_range
 from solvers.errors import DataError
 
 sys.path.insert(0, sys.argv[2])  # the tests folder, for the shared problem
-from data_parallel_problem import CASES, PATH_EPS, problem  # noqa: E402
+from data_parallel_problem import CASES, MC_CASES, PATH_EPS, mc_problem, problem  # noqa: E402
 
 
 def main(out):
@@ -35,6 +35,14 @@ def main(out):
                                   "notes": list(head.certificate_.notes)}
         path = fit_path(Xs, y, sensitive_features=a, eps_grid=PATH_EPS, constraint="dp", backend="torch")
         got["path"] = [h.coef_.ravel().tolist() for h in path]
+        Xm, ym, am = mc_problem()
+        lo, hi = shard_range(len(ym), Xm.shape[1], rank, world)
+        Xms = RowShard(Xm[lo:hi], n_total=len(ym), start=lo)
+        for name, (constraint, eps) in MC_CASES.items():
+            head = FairLogisticRegression(constraint=constraint, eps=eps, backend="torch").fit(
+                Xms, ym, sensitive_features=am)
+            got["heads"][name] = {"coef": head.coef_.ravel().tolist(), "intercept": head.intercept_.tolist(),
+                                  "scores": head.decision_function(Xms).ravel().tolist()}
     # shards that overlap (each one aligned) are refused on every rank, in one line
     B = Xs.block_rows
     bad = RowShard(X[rank * B : rank * B + 2 * B], n_total=len(y), start=rank * B)

@@ -18,7 +18,7 @@ from solvers.errors import DataError
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from data_parallel_problem import BLOCK_BYTES, CASES, PATH_EPS, problem  # noqa: E402
+from data_parallel_problem import BLOCK_BYTES, CASES, MC_CASES, PATH_EPS, mc_problem, problem  # noqa: E402
 
 LAUNCH_TIMEOUT = 240
 
@@ -103,3 +103,23 @@ def test_a_bad_block_size_in_the_environment_is_named(monkeypatch, bad):
     monkeypatch.setenv("FAIRHEAD_BLOCK_BYTES", bad)
     with pytest.raises(DataError, match=f"FAIRHEAD_BLOCK_BYTES={bad!r} is not a size of at least 4 KiB"):
         shard_range(3000, 16, 0, 2)
+
+
+@pytest.mark.parametrize("name", list(MC_CASES))
+def test_k_class_heads_on_every_rank_are_the_single_process_ones(ranks, name):
+    """2-D products (X @ W, X^T R with K columns) combined across ranks in block order: the same bits."""
+    constraint, eps = MC_CASES[name]
+    os.environ["FAIRHEAD_BLOCK_BYTES"] = BLOCK_BYTES
+    try:
+        X, y, a = mc_problem()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            head = FairLogisticRegression(constraint=constraint, eps=eps, backend="torch").fit(X, y, sensitive_features=a)
+    finally:
+        del os.environ["FAIRHEAD_BLOCK_BYTES"]
+    assert head.coef_.shape == (3, 16)
+    for rank in ranks:
+        got = rank["heads"][name]
+        np.testing.assert_array_equal(np.asarray(got["coef"]), head.coef_.ravel())
+        np.testing.assert_array_equal(np.asarray(got["intercept"]), head.intercept_)
+        np.testing.assert_array_equal(np.asarray(got["scores"]), head.decision_function(X).ravel())

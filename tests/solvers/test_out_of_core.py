@@ -300,3 +300,24 @@ def test_the_module_examples_run():
 
     result = doctest.testmod(solvers.out_of_core)
     assert result.attempted >= 2 and result.failed == 0
+
+
+# --------------------------------------------------------------------------- K-class heads
+@pytest.mark.parametrize("constraint,eps", [(None, 0.05), ("dp-score", 0.05), ("dp", 0.05)],
+                         ids=["unconstrained", "dp-score", "dp"])
+def test_k_class_heads_streamed_are_the_in_memory_ones(tmp_path, constraint, eps):
+    """2-D products (X @ W, W of shape (d, K)) run over the same row blocks streamed and in memory."""
+    from solvers.synthetic import make_fair_multiclass
+
+    X, y, a = make_fair_multiclass(9000, 128, n_classes=4, embedding_like=True, dtype=np.float32, seed=5)
+    path = _write_cache(tmp_path / "k.h5", X, y, a, np.full(len(y), "train"))
+    with embedcache.open(path) as cache:
+        data = cache.load("train")
+    Xs = _streamed(path, data.rows)
+    assert Xs.n_chunks > 1 and len(list(Xs.blocks())) > 1
+    kw = dict(constraint=constraint, eps=eps, backend="torch")
+    mem = FairLogisticRegression(**kw).fit(data.features, data.labels, sensitive_features=data.sensitive["group"])
+    streamed = FairLogisticRegression(**kw).fit(Xs, data.labels, sensitive_features=data.sensitive["group"])
+    assert mem.coef_.shape == (4, 128)
+    np.testing.assert_array_equal(streamed.coef_, mem.coef_)
+    np.testing.assert_array_equal(streamed.decision_function(Xs), mem.decision_function(data.features))

@@ -27,3 +27,13 @@ def _expected_failed_checks(estimator):
 )
 def test_sklearn_compatible_estimator(estimator, check):
     check(estimator)
+
+
+def test_estimator_checks_cover_three_classes():
+    """With the ``multi_class`` tag on, ``check_classifiers_train`` and friends above also fit
+    and predict 3-class data (K = 3: the multinomial head); the tag is what turns them on."""
+    from sklearn.utils.estimator_checks import check_classifiers_train
+
+    est = FairLogisticRegression(backend="torch")
+    assert est.__sklearn_tags__().classifier_tags.multi_class
+    check_classifiers_train("FairLogisticRegression", est)  # 3 classes (and 2) inside
