@@ -138,7 +138,8 @@ def _rows_fingerprint(fingerprint: str, data: dict) -> str:
 def _evaluate(scores_fn, data, constraint, confidence) -> dict[str, dict[str, float]]:
     from fairhead.sweep import evaluate_predictor
 
-    return evaluate_predictor(scores_fn, None, {s: data[s] for s in SPLITS}, constraint, confidence=confidence)
+    metrics = evaluate_predictor(scores_fn, None, {s: data[s] for s in SPLITS}, constraint, confidence=confidence)
+    return {s: {"n": int(len(data[s].y)), **metrics[s]} for s in SPLITS}
 
 
 # --------------------------------------------------------------------------- last layer
@@ -173,7 +174,7 @@ def last_layer_models(data, *, constraint, eps, seed, head_params, confidence, o
             continue  # its unconstrained head is B1's
         models.append(ModelRecord(
             family="last-layer", method="eps path", fit_on="train", eps=float(rec.eps), alpha=float("nan"),
-            metrics={s: rec.metrics[s] for s in SPLITS}, wall_s=float(rec.wall_time),
+            metrics={s: {"n": int(len(data[s].y)), **rec.metrics[s]} for s in SPLITS}, wall_s=float(rec.wall_time),
             peak_rss_mb=usage.peak_rss_mb, added_rss_mb=usage.added_rss_mb,
             notes="; ".join(filter(None, [rec.notes, "time: this head's solve; memory: the whole path's"]))))
     return models
@@ -247,17 +248,28 @@ def _train_data(data, source, transform, *, cache_path, fingerprint):
                      valid_pos=n_train + np.arange(n_valid), identity=digest.hexdigest())
 
 
-def full_network_models(cache_path, data, *, backbone_prov, source, methods, constraint, eps, seed, options,
-                        confidence, out, progress, restart, weights_file=None, fingerprint) -> tuple[list, dict]:
-    """Train each method's network (resuming from its checkpoint) and evaluate it on the three splits."""
-    import gc
+@dataclass
+class NetworkPlan:
+    """Everything the full-network stage needs, checked before any model is fitted."""
 
-    import torch
+    backbone: object
+    transform: object
+    data: object  # fairhead.full_network.TrainData
+    configs: dict  # method -> TrainConfig
+    device: str
+    threads: int
+    checkpoints: Path
+    backbone_sha: str
+    options: NetworkOptions
 
+
+def prepare_full_network(cache_path, data, *, backbone_prov, source, methods, constraint, eps, seed, options,
+                         out, restart, weights_file=None, fingerprint) -> NetworkPlan:
+    """Rebuild the backbone (checked by its sha256), the images and the training configurations, and refuse
+    a checkpoint of another configuration, all before the first fit: a run that cannot finish fails at once."""
     from fairhead.cache_images import training_transform
-    from fairhead.full_network import check_image_size, default_threads, predict_scores, train_network, trainable_copy
+    from fairhead.full_network import TrainingObjective, check_image_size, config_key, default_threads, load_checkpoint
     from fairhead.predict import rebuild_backbone
-    from fairhead.resources import added, measure, peak_so_far
 
     device = resolve_device(options.device)
     check_image_size(backbone_prov["arch"], options.image_size)
@@ -265,22 +277,41 @@ def full_network_models(cache_path, data, *, backbone_prov, source, methods, con
     transform = training_transform(backbone.transform, options.image_size)
     tdata = _train_data(data, source, transform, cache_path=cache_path, fingerprint=fingerprint)
     checkpoints = Path(out) / CHECKPOINT_DIR
+    sha = str(backbone_prov.get("weights_sha256"))
+    configs = {m: options.train_config(m, constraint=constraint, eps=eps, seed=seed) for m in methods}
+    for method, config in configs.items():
+        TrainingObjective(config, tdata, "cpu")  # a constraint the training rows cannot carry fails here
+        if not restart:
+            load_checkpoint(checkpoints / f"{method}.pt", config_key(config, tdata, sha))
     checkpoints.mkdir(parents=True, exist_ok=True)
+    return NetworkPlan(backbone=backbone, transform=transform, data=tdata, configs=configs, device=device,
+                       threads=options.threads or default_threads(), checkpoints=checkpoints, backbone_sha=sha,
+                       options=options)
+
+
+def full_network_models(plan: NetworkPlan, data, *, constraint, confidence, progress, restart) -> tuple[list, dict]:
+    """Train each method's network (resuming from its checkpoint) and evaluate it on the three splits."""
+    import gc
+
+    import torch
+
+    from fairhead.full_network import predict_scores, train_network, trainable_copy
+    from fairhead.resources import added, measure, peak_so_far
+
+    options, device, tdata = plan.options, plan.device, plan.data
     sizes = [len(data[s].y) for s in SPLITS]
     everything = np.arange(sum(sizes))
     bounds = np.cumsum([0, *sizes])
     threads = torch.get_num_threads()
-    torch.set_num_threads(options.threads or default_threads())
+    torch.set_num_threads(plan.threads)
     models, training = [], {}
     try:
-        for method in methods:
-            config = options.train_config(method, constraint=constraint, eps=eps, seed=seed)
-            net = trainable_copy(backbone.model, backbone.feature_dim)
+        for method, config in plan.configs.items():
+            net = trainable_copy(plan.backbone.model, plan.backbone.feature_dim)
             with measure(device) as usage:
-                result = train_network(net, tdata, config, checkpoint=checkpoints / f"{method}.pt",
-                                       backbone_sha=str(backbone_prov.get("weights_sha256")), device=device,
-                                       workers=options.workers, progress=progress, restart=restart,
-                                       usage_of_run=lambda: peak_so_far(device))
+                result = train_network(net, tdata, config, checkpoint=plan.checkpoints / f"{method}.pt",
+                                       backbone_sha=plan.backbone_sha, device=device, workers=options.workers,
+                                       progress=progress, restart=restart, usage_of_run=lambda: peak_so_far(device))
                 started = time.perf_counter()
                 z = predict_scores(net, tdata.images, everything, device=device, workers=options.workers,
                                    progress=progress, desc=f"evaluate {method}")
@@ -298,8 +329,8 @@ def full_network_models(cache_path, data, *, backbone_prov, source, methods, con
                 notes.append(f"resumed after epoch {result.resumed_at_epoch}")
             models.append(ModelRecord(
                 family="full-network", method=method, fit_on="train (images)",
-                eps=eps if method == "lagrangian" else float("nan"),
-                alpha=options.alpha if method == "penalty" else float("nan"), metrics=metrics,
+                eps=config.eps if method == "lagrangian" else float("nan"),
+                alpha=config.alpha if method == "penalty" else float("nan"), metrics=metrics,
                 wall_s=result.train_seconds + eval_s, peak_rss_mb=peak, added_rss_mb=added(peak, usage.start_rss_mb),
                 peak_cuda_mb=max(cuda) if cuda else None, notes="; ".join(notes), epochs_run=result.epochs_run,
                 best_epoch=result.best_epoch))
@@ -311,9 +342,9 @@ def full_network_models(cache_path, data, *, backbone_prov, source, methods, con
             gc.collect()
     finally:
         torch.set_num_threads(threads)
-    setting = {"device": device, "threads": options.threads or default_threads(), "image_size": options.image_size,
-               "backbone": f"{backbone_prov['arch']}/{backbone_prov['weights']}",
-               "transform": str(transform), "workers": options.workers}
+    arch, weights = plan.backbone.spec.arch, plan.backbone.spec.weights
+    setting = {"device": device, "threads": plan.threads, "image_size": options.image_size,
+               "backbone": f"{arch}/{weights}", "transform": str(plan.transform), "workers": options.workers}
     return models, {"training": training, "setting": setting}
 
 
@@ -370,15 +401,17 @@ def run_full_comparison(cache_path, *, out, constraint="eo", eps=0.05, methods=N
     rows_fp = _rows_fingerprint(fingerprint, data)
     head_params = dict(C=C, backend=backend, device=solver_device, min_group_size=min_group_size)
     say = print if progress else (lambda *a, **k: None)
+    plan = prepare_full_network(cache_path, data, backbone_prov=backbone_prov, source=source, methods=methods,
+                                constraint=cons.name, eps=eps, seed=seed, options=options, out=out, restart=restart,
+                                weights_file=weights_file, fingerprint=rows_fp)
     say(f"last layer: protocols B1 B2 B3 M1 M2 and the {cons.name} eps path on the cache's features")
     models = last_layer_models(data, constraint=cons.name, eps=eps, seed=seed, head_params=head_params,
                                confidence=confidence, out=out, n_eps=n_eps, fingerprint=rows_fp,
                                progress=progress, cache_path=cache_path)
-    say(f"full network: {', '.join(methods)} on {options.image_size} px images")
-    full, extra = full_network_models(cache_path, data, backbone_prov=backbone_prov, source=source, methods=methods,
-                                      constraint=cons.name, eps=eps, seed=seed, options=options,
-                                      confidence=confidence, out=out, progress=progress, restart=restart,
-                                      weights_file=weights_file, fingerprint=rows_fp)
+    say(f"full network: {', '.join(methods)} on {options.image_size} px images ({plan.device}, "
+        f"{plan.threads} thread(s))")
+    full, extra = full_network_models(plan, data, constraint=cons.name, confidence=confidence, progress=progress,
+                                      restart=restart)
     setting = {**extra["setting"], "cache": str(cache_path), "cache_fingerprint": fingerprint,
                "rows": {s: int(len(data[s].y)) for s in SPLITS}, "max_train": max_train, "max_eval": max_eval,
                "seed": seed, "n_eps": n_eps, "head_params": head_params,

@@ -176,7 +176,8 @@ def epoch_batches(n: int, batch_size: int, *, seed: int, epoch: int) -> list[np.
     order = np.random.default_rng([int(seed), int(epoch)]).permutation(n)
     batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
     if len(batches) > 1 and len(batches[-1]) < 2:
-        batches[-2] = np.concatenate([batches[-2], batches.pop()])
+        tail = batches.pop()
+        batches[-1] = np.concatenate([batches[-1], tail])
     return batches
 
 
@@ -246,7 +247,7 @@ def _optimizer(net: FairNet, config: TrainConfig):
     return torch.optim.SGD(groups, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
-class _Objective:
+class TrainingObjective:
     """The method's training objective on a batch, and its early-stopping value on the validation rows."""
 
     def __init__(self, config: TrainConfig, data: TrainData, device) -> None:
@@ -321,7 +322,7 @@ def train_network(net: FairNet, data: TrainData, config: TrainConfig, *, checkpo
     key = config_key(config, data, backbone_sha)
     state = None if restart else load_checkpoint(checkpoint, key)
     net.to(device).to(memory_format=torch.channels_last)
-    objective = _Objective(config, data, device)
+    objective = TrainingObjective(config, data, device)
     opt = _optimizer(net, config)
     mu = torch.zeros(objective.n_multipliers(), device=device)
     y_all = torch.as_tensor(data.y, dtype=torch.float32, device=device)

@@ -124,14 +124,19 @@ def plot_gaps(result, path: Path, *, staged=None) -> Path:
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(names) + 2), 3.8))
     for k, (split, color) in enumerate((("train", "tab:blue"), ("valid", "tab:orange"), ("test", "tab:red"))):
-        values = [m.metrics[split][key] for m in result.models]
+        values = np.array([m.metrics[split][key] for m in result.models], dtype=float)
+        low = np.array([m.metrics[split].get(f"{key}_low", np.nan) for m in result.models], dtype=float)
+        high = np.array([m.metrics[split].get(f"{key}_high", np.nan) for m in result.models], dtype=float)
         ax.bar(x + (k - 1) * 0.27, values, width=0.27, color=color, label=split)
+        ax.errorbar(x + (k - 1) * 0.27, values, yerr=np.abs(np.vstack([values - low, high - values])), fmt="none",
+                    ecolor="k", elinewidth=0.6, alpha=0.5)
     n_last = sum(m.family == "last-layer" for m in result.models)
     if 0 < n_last < len(names):
         ax.axvline(n_last - 0.5, color="k", linewidth=1, linestyle=":")
     ax.set_xticks(x, names, rotation=45, ha="right", fontsize=7)
     ax.set_ylabel(f"{short} (between groups)")
-    ax.set_title(f"last layer (left) vs full network (right): '{result.constraint}' eps={result.eps:g}", fontsize=9)
+    ax.set_title(f"last layer (left) vs full network (right): '{result.constraint}' eps={result.eps:g}; "
+                 "bars: the intervals of the rows", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
     return finish(fig, path, staged)
