@@ -470,7 +470,7 @@ a crash or Ctrl-C and training resumes where it stopped, to the same result."""
 
 def _add_finetune_full_parser(sub) -> None:
     from fairhead.full_compare import MAX_EVAL, MAX_TRAIN, N_EPS
-    from fairhead.full_network import DEFAULT_METHODS, METHODS, OPTIMIZERS
+    from fairhead.full_objectives import DEFAULT_METHODS, METHODS, OPTIMIZERS
 
     p = sub.add_parser("finetune-full", help="fine-tune the whole network with the fairness term, beside the "
                                              "last-layer heads (train/valid/test gaps, time, memory)",
@@ -514,6 +514,7 @@ def _add_finetune_full_parser(sub) -> None:
     data.add_argument("--root", type=Path, help="the manifest's image root, if it moved")
     data.add_argument("--celeba", type=Path, metavar="ROOT", help="the CelebA folder, if it moved")
     p.add_argument("--confidence", type=float, default=0.95, help="level of every interval (default: 0.95)")
+    p.add_argument("--no-plots", action="store_true", help="skip gaps.png and the eps path's plots")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(handler=_cmd_finetune_full)
 
@@ -547,7 +548,7 @@ def _cmd_finetune_full(args: argparse.Namespace) -> int:
         n_eps=args.n_eps, seed=args.seed, options=options, C=args.C, backend=args.backend, balance=params["balance"],
         solver_device=params["device"], min_group_size=args.min_group_size, confidence=args.confidence,
         progress=not args.no_progress, restart=args.restart, manifest=args.manifest, root=args.root,
-        celeba=args.celeba, weights_file=args.weights_file)
+        celeba=args.celeba, weights_file=args.weights_file, plots=not args.no_plots)
     print(result.summary())
     return 0
 

@@ -144,7 +144,7 @@ def _evaluate(scores_fn, data, constraint, confidence) -> dict[str, dict[str, fl
 
 # --------------------------------------------------------------------------- last layer
 def last_layer_models(data, *, constraint, eps, seed, head_params, confidence, out, n_eps, fingerprint, progress,
-                      cache_path=None) -> list[ModelRecord]:
+                      cache_path=None, plots=True) -> list[ModelRecord]:
     """B1 B2 B3 M1 M2 and the eps path on the train rows, each with its time and peak memory."""
     from solvers import FairLogisticRegression
 
@@ -168,7 +168,7 @@ def last_layer_models(data, *, constraint, eps, seed, head_params, confidence, o
     with measure() as usage:
         result = sweep.run_sweep(cache_path, out=Path(out) / EPS_PATH_DIR, constraint=constraint, n_eps=n_eps,
                                  fit_split="train", progress=progress, seed=seed, confidence=confidence,
-                                 data=(arrays, fingerprint, {}), **head_params)
+                                 data=(arrays, fingerprint, {}), plots=plots, **head_params)
     for rec in result.records:
         if rec.method != "fairhead":
             continue  # its unconstrained head is B1's
@@ -353,7 +353,7 @@ def run_full_comparison(cache_path, *, out, constraint="eo", eps=0.05, methods=N
                         pos_label=None, max_train=MAX_TRAIN, max_eval=MAX_EVAL, n_eps=N_EPS, seed=0,
                         options: NetworkOptions | None = None, C=1.0, backend="auto", balance=None,
                         solver_device="cpu", min_group_size=10, confidence=0.95, progress=True, restart=False,
-                        manifest=None, root=None, celeba=None, weights_file=None) -> FullComparison:
+                        manifest=None, root=None, celeba=None, weights_file=None, plots=True) -> FullComparison:
     """Fine-tune the whole network with each method and put it beside the last-layer heads (module docstring)."""
     import embedcache
     from solvers.constraints import make_constraint
@@ -361,8 +361,7 @@ def run_full_comparison(cache_path, *, out, constraint="eo", eps=0.05, methods=N
 
     from fairhead import full_report, sweep
     from fairhead.cache_images import source_of_cache
-    from fairhead.full_network import DEFAULT_METHODS, METHODS
-    from fairhead.full_objectives import MINIMAX_LAGRANGIAN_MSG
+    from fairhead.full_objectives import DEFAULT_METHODS, METHODS, MINIMAX_LAGRANGIAN_MSG
     from fairhead.predict import backbone_provenance
 
     started = time.perf_counter()
@@ -407,7 +406,7 @@ def run_full_comparison(cache_path, *, out, constraint="eo", eps=0.05, methods=N
     say(f"last layer: protocols B1 B2 B3 M1 M2 and the {cons.name} eps path on the cache's features")
     models = last_layer_models(data, constraint=cons.name, eps=eps, seed=seed, head_params=head_params,
                                confidence=confidence, out=out, n_eps=n_eps, fingerprint=rows_fp,
-                               progress=progress, cache_path=cache_path)
+                               progress=progress, cache_path=cache_path, plots=plots)
     say(f"full network: {', '.join(methods)} on {options.image_size} px images ({plan.device}, "
         f"{plan.threads} thread(s))")
     full, extra = full_network_models(plan, data, constraint=cons.name, confidence=confidence, progress=progress,
@@ -420,5 +419,5 @@ def run_full_comparison(cache_path, *, out, constraint="eo", eps=0.05, methods=N
                             split_sizes={s: int(len(data[s].y)) for s in SPLITS}, setting=setting,
                             training=extra["training"])
     result.wall_s = time.perf_counter() - started
-    result.files = full_report.write_outputs(result)
+    result.files = full_report.write_outputs(result, plots=plots)
     return result

@@ -44,9 +44,8 @@ from torch import nn
 
 from fairhead_errors import DataError
 
-METHODS = ("unconstrained", "penalty", "lagrangian")
-DEFAULT_METHODS = ("penalty", "lagrangian")
-OPTIMIZERS = ("adamw", "sgd")
+from fairhead.full_objectives import DEFAULT_METHODS, METHODS, OPTIMIZERS  # noqa: F401 - re-exported
+
 CHECKPOINT_FORMAT = "fairhead-full-network-checkpoint"
 CHECKPOINT_VERSION = 1
 #: test hook: seconds to sleep after each checkpoint is written (lets a test kill a run between epochs)

@@ -43,9 +43,15 @@ On a batch, ``c`` is estimated without bias from the batch's columns of ``M``:
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from fairhead_errors import DataError
+
+#: the objectives of whole-network training (module docstring; ``unconstrained``: the loss alone)
+METHODS = ("unconstrained", "penalty", "lagrangian")
+#: what ``fairhead finetune-full`` trains by default: the two fairness objectives
+DEFAULT_METHODS = ("penalty", "lagrangian")
+#: the descent steps on ``theta``: AdamW (decoupled weight decay) or SGD with momentum
+OPTIMIZERS = ("adamw", "sgd")
 
 MINIMAX_LAGRANGIAN_MSG = ("constraint 'minimax' has no bound eps, so it has no Lagrangian; use --methods penalty "
                           "(the seed's MMF form) or another --constraint")
@@ -53,6 +59,8 @@ MINIMAX_LAGRANGIAN_MSG = ("constraint 'minimax' has no bound eps, so it has no L
 
 def batch_penalty(form: str, z: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     """The seed penalty of ``form`` on one batch, over the groups present in it (0 with fewer than two)."""
+    import torch
+
     from fairhead.compare import seed_penalty
 
     present, codes = torch.unique(groups, return_inverse=True)
@@ -79,6 +87,8 @@ class ConstraintRelaxation:
     """
 
     def __init__(self, constraint, *, y: np.ndarray, groups: np.ndarray, labels, eps: float, device="cpu") -> None:
+        import torch
+
         from solvers.constraints import GroupLoss, LinearScoreConstraint, MinimaxLoss, RateConstraint, make_constraint
 
         cons = make_constraint(constraint)
@@ -116,6 +126,8 @@ class ConstraintRelaxation:
 
     def gaps(self, z: torch.Tensor, y: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """The unbiased batch estimate of ``c`` (K,) for scores ``z`` of the training rows ``rows``."""
+        import torch
+
         if self.stand_in == "probability":
             p = torch.sigmoid(z)
             u = self.a[rows] * p + self.b0[rows]
@@ -127,10 +139,14 @@ class ConstraintRelaxation:
 
     def violations(self, gaps: torch.Tensor) -> torch.Tensor:
         """``(c - eps, -c - eps)`` (two-sided) or ``c - eps``: the terms the multipliers price."""
+        import torch
+
         if self.two_sided:
             return torch.cat([gaps - self.eps, -gaps - self.eps])
         return gaps - self.eps
 
     def full_gaps(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``c`` on all ``n`` training rows at once (``z`` for every row, in order)."""
+        import torch
+
         return self.gaps(z, y, torch.arange(self.n, device=z.device))

@@ -164,10 +164,10 @@ def report_section(result, *, link: str = "", level: int = 2) -> list[str]:
     """The side-by-side table, the headline and the plot, for ``report.md`` or the demo's report
     (``link``: the folder of the outputs, relative to the report)."""
     h = "#" * level
+    plot = [f"![gaps]({link}gaps.png)", ""] if "plot" in result.files or not result.files else []
     return [f"{h} Full network vs last layer (`{result.constraint}`, eps={result.eps:g})", "",
             *headline(result), "", markdown_table(side_by_side(result)), "",
-            *(f"- {line}" for line in legend(result)), "",
-            f"![gaps]({link}gaps.png)", ""]
+            *(f"- {line}" for line in legend(result)), "", *plot]
 
 
 def report_text(result, meta) -> str:
@@ -186,13 +186,15 @@ def report_text(result, meta) -> str:
         "own report: [eps-path/report.md](eps-path/report.md).", "", f"_Versions: {versions}_", ""])
 
 
-def write_outputs(result) -> dict[str, Path]:
-    """Write ``full_network.csv``, ``full_network.json``, ``gaps.png`` and ``report.md`` together (staged)."""
+def write_outputs(result, *, plots: bool = True) -> dict[str, Path]:
+    """Write ``full_network.csv``, ``full_network.json``, ``gaps.png`` (with ``plots``) and ``report.md``
+    together (staged: a kill leaves the old set or the new one)."""
     out = Path(result.out)
     rows = result.rows
     meta = provenance.collect(seed=result.setting.get("seed"), extra={"setting": result.setting})
-    files = {"table": out / "full_network.csv", "json": out / "full_network.json", "plot": out / "gaps.png",
-             "report": out / "report.md"}
+    files = {"table": out / "full_network.csv", "json": out / "full_network.json",
+             **({"plot": out / "gaps.png"} if plots else {}), "report": out / "report.md"}
+    result.files = files
     columns = list(dict.fromkeys(k for row in rows for k in row))
     with StagedFiles() as staged:
         with staged.open(files["table"], "w", newline="") as fh:
@@ -204,6 +206,7 @@ def write_outputs(result) -> dict[str, Path]:
                    "wall_s": result.wall_s}
         staged.write_text(files["json"], json.dumps(provenance.strict_json(payload), indent=1, allow_nan=False,
                                                     default=str))
-        plot_gaps(result, files["plot"], staged=staged)
+        if plots:
+            plot_gaps(result, files["plot"], staged=staged)
         staged.write_text(files["report"], report_text(result, meta))
     return files
