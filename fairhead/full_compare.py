@@ -221,6 +221,9 @@ def resolve_device(name: str) -> str:
         raise DataError(f"--device {name!r} is not a torch device; pass cpu, cuda or cuda:N") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DataError(f"--device {name!r}: no CUDA device is available here; pass --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DataError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                        f"pass cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
     if device.type not in ("cpu", "cuda"):
         raise DataError(f"--device {name!r} is not supported for training; pass cpu or cuda")
     return str(device)

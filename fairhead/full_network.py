@@ -15,9 +15,10 @@ Training is standard torch: AdamW (or SGD with momentum), minibatches in an orde
 ``(seed, epoch)`` and ``torch.manual_seed`` set from ``(seed, epoch)`` at every epoch (dropout and
 drop-connect), a tqdm bar per epoch, and early stopping on the validation rows: after every epoch
 the method's objective is measured on them (``unconstrained``: the loss; ``penalty``: loss +
-``alpha`` P; ``lagrangian``: loss + ``sum_k mu_k max(0, c_k - eps)``, the Lagrangian with slack
-constraints costing nothing), the best epoch's weights are kept, and training stops after
-``patience`` epochs without improvement.
+``alpha`` P; ``lagrangian``: the epochs that meet ``eps`` on the validation rows, by the bounded gap
+the heads report, compete on their loss, the others on how far they miss it), the best epoch's
+weights are kept, and training stops after ``patience`` epochs without improvement
+(:meth:`TrainingObjective.stopping_key`).
 
 After every epoch a checkpoint (weights, optimizer state, multipliers, the best weights, the
 history) is written with :func:`torch.save` to a temporary file and renamed over the last one;
@@ -44,7 +45,7 @@ from torch import nn
 
 from fairhead_errors import DataError
 
-from fairhead.full_objectives import DEFAULT_METHODS, METHODS, OPTIMIZERS  # noqa: F401 - re-exported
+from fairhead.full_objectives import METHODS, OPTIMIZERS
 
 CHECKPOINT_FORMAT = "fairhead-full-network-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -255,11 +256,9 @@ class TrainingObjective:
 
         self.config, self.device = config, device
         self.form = SEED_PENALTY[config.constraint]
-        self.relax = self.valid_relax = None
+        self.relax = None
         if config.method == "lagrangian":
-            train, valid = data.train_pos, data.valid_pos
-            self.relax = _relaxation(ConstraintRelaxation, config, data, train, "training", device)
-            self.valid_relax = _relaxation(ConstraintRelaxation, config, data, valid, "validation", device)
+            self.relax = _relaxation(ConstraintRelaxation, config, data, data.train_pos, "training", device)
 
     def n_multipliers(self) -> int:
         return self.relax.n_multipliers if self.relax is not None else 0
@@ -278,21 +277,27 @@ class TrainingObjective:
         viol = self.relax.violations(self.relax.gaps(z, y, rows))
         return loss + (mu * viol).sum(), loss, viol.max(), viol
 
-    def valid_value(self, z, y, groups, mu) -> tuple[float, float]:
-        """``(stopping value, validation loss)`` for the validation logits ``z``."""
+    def stopping_key(self, z, y, groups, bounded_gap: float) -> tuple[tuple[float, float], float, float]:
+        """``(key, objective, loss)`` on the validation rows; the epoch with the smallest key is kept.
+
+        ``unconstrained`` and ``penalty``: ``(0, objective)``, the objective being ``L`` or ``L + alpha P``
+        (MMF: the largest group loss). ``lagrangian``: ``(violation, L)`` with ``violation = max(0, bounded gap
+        - eps)`` (the gap the heads' ``eps`` bounds, on hard predictions): the epochs that meet ``eps`` on the
+        validation rows compete on their loss, the others on their violation. (Its value at the current
+        multipliers is no yardstick: the multipliers move between epochs.)
+        """
         from fairhead.full_objectives import batch_penalty
 
-        loss = nn.functional.binary_cross_entropy_with_logits(z, y)
+        loss = float(nn.functional.binary_cross_entropy_with_logits(z, y))
         method = self.config.method
-        if method == "unconstrained":
-            value = loss
-        elif method == "penalty":
-            pen = batch_penalty(self.form, z, y, groups)
+        if method == "lagrangian":
+            violation = max(0.0, bounded_gap - self.config.eps) if np.isfinite(bounded_gap) else 0.0
+            return (violation, loss), loss, loss
+        value = loss
+        if method == "penalty":
+            pen = float(batch_penalty(self.form, z, y, groups))
             value = pen if self.form == "MMF" else loss + self.config.alpha * pen
-        else:
-            viol = self.valid_relax.violations(self.valid_relax.full_gaps(z, y))
-            value = loss + (mu * viol.clamp_min(0.0)).sum()
-        return float(value), float(loss)
+        return (0.0, value), value, loss
 
 
 def _relaxation(cls, config, data, positions, what, device):
@@ -314,6 +319,8 @@ def train_network(net: FairNet, data: TrainData, config: TrainConfig, *, checkpo
     """
     from tqdm.auto import tqdm
 
+    from fairhead.measure import constraint_value
+
     for split, pos in (("training", data.train_pos), ("validation", data.valid_pos)):
         if len(pos) < 2:
             raise DataError(TOO_FEW_ROWS_MSG.format(split=split, n=len(pos)))
@@ -326,14 +333,15 @@ def train_network(net: FairNet, data: TrainData, config: TrainConfig, *, checkpo
     mu = torch.zeros(objective.n_multipliers(), device=device)
     y_all = torch.as_tensor(data.y, dtype=torch.float32, device=device)
     g_all = torch.as_tensor(data.groups, dtype=torch.int64, device=device)
-    history, best_value, best_epoch, bad_epochs, stopped, done_epochs = [], float("inf"), 0, 0, False, 0
+    history, best_key, best_epoch, bad_epochs, stopped, done_epochs = [], (float("inf"),) * 2, 0, 0, False, 0
     train_seconds, peak_rss, peak_cuda = 0.0, float("nan"), None
     best_state = _state_on_cpu(net)
     if state is not None:
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         mu = state["multipliers"].to(device)
-        best_state, best_value, best_epoch = state["best_model"], float(state["best_value"]), int(state["best_epoch"])
+        best_state, best_epoch = state["best_model"], int(state["best_epoch"])
+        best_key = tuple(float(v) for v in state["best_key"])
         bad_epochs, stopped, done_epochs = int(state["bad_epochs"]), bool(state["stopped"]), int(state["epoch"])
         history, train_seconds = list(state["history"]), float(state["train_seconds"])
         peak_rss = float(state["peak_rss_mb"])
@@ -370,19 +378,22 @@ def train_network(net: FairNet, data: TrainData, config: TrainConfig, *, checkpo
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}", **({"mu_max": f"{float(mu.max()):.2f}"} if len(mu) else {}))
         z_valid = torch.as_tensor(predict_scores(net, data.images, valid_pos, device=device, workers=workers),
                                   dtype=torch.float32, device=device)
-        value, valid_loss = objective.valid_value(z_valid, y_all[torch.as_tensor(valid_pos, device=device)],
-                                                  g_all[torch.as_tensor(valid_pos, device=device)], mu)
-        improved = value < best_value
+        z_numpy = z_valid.double().cpu().numpy()
+        valid_acc = float(np.mean((z_numpy > 0) == (data.y[valid_pos] == 1)))
+        valid_gap = constraint_value(config.constraint, y=data.y[valid_pos], scores=z_numpy,
+                                     sensitive_features=data.groups[valid_pos])
+        index = torch.as_tensor(valid_pos, device=device)
+        stop_key, value, valid_loss = objective.stopping_key(z_valid, y_all[index], g_all[index], valid_gap)
+        improved = stop_key < best_key
         if improved:
-            best_value, best_epoch, bad_epochs, best_state = value, epoch, 0, _state_on_cpu(net)
+            best_key, best_epoch, bad_epochs, best_state = stop_key, epoch, 0, _state_on_cpu(net)
         else:
             bad_epochs += 1
             stopped = bad_epochs >= config.patience
         train_seconds += time.perf_counter() - started
-        valid_acc = float(np.mean((z_valid.cpu().numpy() > 0) == (data.y[valid_pos] == 1)))
         history.append({"epoch": epoch, "train_loss": sums["loss"] / max(sums["n"], 1),
                         "train_fairness_term": sums["fair"] / max(sums["n"], 1), "valid_loss": valid_loss,
-                        "valid_objective": value, "valid_accuracy": valid_acc,
+                        "valid_objective": value, "valid_accuracy": valid_acc, "valid_bounded_gap": valid_gap,
                         "mu_max": float(mu.max()) if len(mu) else 0.0, "kept": bool(improved),
                         "seconds": time.perf_counter() - started})
         if usage_of_run is not None:
@@ -393,7 +404,7 @@ def train_network(net: FairNet, data: TrainData, config: TrainConfig, *, checkpo
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config_key": key,
             "config": json.dumps(config.as_dict(), sort_keys=True), "epoch": epoch,
             "model": _state_on_cpu(net), "optimizer": opt.state_dict(), "multipliers": mu.detach().cpu(),
-            "best_model": best_state, "best_value": best_value, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+            "best_model": best_state, "best_key": [float(v) for v in best_key], "best_epoch": best_epoch, "bad_epochs": bad_epochs,
             "stopped": stopped, "history": history, "train_seconds": train_seconds, "peak_rss_mb": peak_rss,
             "peak_cuda_mb": -1.0 if peak_cuda is None else float(peak_cuda)})
         if delay:

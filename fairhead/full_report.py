@@ -26,9 +26,13 @@ PAPERS_SETTING = ("The papers' setting: CelebA (162,770 train images; e.g. targe
                   "tens of epochs: on a GPU run `fairhead finetune-full CACHE --max-train 0 --max-eval 0 "
                   "--epochs 20 --batch-size 128 --device cuda` on a cache extracted with "
                   "`--backbone resnet18 --weights IMAGENET1K_V1`.")
+STOPPING_RULE = ("Early stopping keeps the epoch with the best validation objective (unconstrained: the loss; "
+                 "penalty: loss + alpha P); the Lagrangian's epochs that meet eps on the validation rows (valid "
+                 "bounded gap) compete on their loss, the others on how far they miss eps.")
 HISTORY_COLUMNS = (("epoch", "epoch"), ("train_loss", "train loss"), ("train_fairness_term", "train fairness term"),
-                   ("valid_loss", "valid loss"), ("valid_objective", "valid objective (stopping)"),
-                   ("valid_accuracy", "valid acc"), ("mu_max", "max multiplier"), ("kept", "best so far"),
+                   ("valid_loss", "valid loss"), ("valid_objective", "valid objective"),
+                   ("valid_accuracy", "valid acc"), ("valid_bounded_gap", "valid bounded gap"),
+                   ("mu_max", "max multiplier"), ("kept", "best so far"),
                    ("seconds", "seconds"))
 
 
@@ -157,7 +161,7 @@ def _history_section(result) -> list[str]:
                   + ("; stopped early" if info["stopped_early"] else "")
                   + (f"; resumed after epoch {info['resumed_at_epoch']}" if info["resumed_at_epoch"] else "") + ".",
                   "", markdown_table(info["history"], HISTORY_COLUMNS), ""]
-    return parts
+    return [*parts, STOPPING_RULE, ""]
 
 
 def report_section(result, *, link: str = "", level: int = 2) -> list[str]:

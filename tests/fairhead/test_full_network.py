@@ -226,3 +226,29 @@ def test_an_efficientnet_size_it_cannot_pad_is_refused(image_cache, tmp_path, ca
                  "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 3 and "--image-size 64" in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--constraint", "none"], "pass --constraint"),
+    (["--constraint", "minimax"], "no Lagrangian"),
+    (["--balance", "group"], "drop --balance"),
+    (["--device", "cuda:7"], "--device"),
+], ids=["no-constraint", "minimax-lagrangian", "balance", "device"])
+def test_options_that_cannot_run_are_refused_before_the_cache_is_read(tmp_path, capsys, extra, words):
+    from fairhead.cli import main
+
+    if "cuda:7" in extra and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    code = main(["finetune-full", str(tmp_path / "absent.h5"), *extra, "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip()
+    assert code == 3 and len(err.splitlines()) == 1 and words in err, err
+
+
+def test_a_damaged_checkpoint_is_refused_with_the_fix(image_cache, tmp_path, capsys):
+    from fairhead.cli import main
+
+    (tmp_path / "x" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "x" / "checkpoints" / "penalty.pt").write_bytes(b"PK\x03\x04 torn by a full disk")
+    code = main(["finetune-full", str(image_cache), "--methods", "penalty", "--out", str(tmp_path / "x"), *TINY])
+    err = capsys.readouterr().err.strip()
+    assert code == 3 and len(err.splitlines()) == 1 and "cannot be read" in err and "--restart" in err, err
