@@ -285,7 +285,7 @@ def prepare_full_network(cache_path, data, *, backbone_prov, source, methods, co
     for method, config in configs.items():
         TrainingObjective(config, tdata, "cpu")  # a constraint the training rows cannot carry fails here
         if not restart:
-            load_checkpoint(checkpoints / f"{method}.pt", config_key(config, tdata, sha))
+            load_checkpoint(checkpoints / f"{method}.pt", config_key(config, tdata, sha), config)
     checkpoints.mkdir(parents=True, exist_ok=True)
     return NetworkPlan(backbone=backbone, transform=transform, data=tdata, configs=configs, device=device,
                        threads=options.threads or default_threads(), checkpoints=checkpoints, backbone_sha=sha,

@@ -103,8 +103,9 @@ class TrainConfig:
 class TrainData:
     """The rows one network trains and stops on, as a dataset of transformed images plus labels and groups.
 
-    ``images`` maps a position ``k`` to the image tensor of row ``k`` of the concatenation
-    ``train rows, valid rows`` (``train_pos`` / ``valid_pos``). ``groups`` are codes into ``group_labels``.
+    ``images`` maps a position ``k`` to the image tensor of row ``k`` of the rows evaluated (train, valid,
+    test, concatenated); ``train_pos`` / ``valid_pos`` are the positions trained and stopped on. ``groups``
+    are codes into ``group_labels``.
     """
 
     images: object
@@ -160,9 +161,10 @@ def check_image_size(arch: str, size: int) -> None:
 
 
 def default_threads() -> int:
-    """Half the cores (at least one). torch's worker threads spin while they wait for each other, so on
-    cores shared with other work (or with the data loading) all-core training ran 6-10x slower than
-    one thread on a 2-core machine; half the cores keeps most of the speed-up on large machines."""
+    """Half the cores (at least one). torch's worker threads spin while they wait for each other: on a
+    2-core machine two threads trained 1.6x faster than one when the machine was quiet, but 6-13x slower
+    with other jobs on the cores (or the data loading); half the cores keeps most of the speed-up of
+    large machines and leaves room for the rest."""
     return max(1, (os.cpu_count() or 1) // 2)
 
 
@@ -195,8 +197,20 @@ def save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, fh)
 
 
-def load_checkpoint(path: Path, key: str) -> dict | None:
-    """The checkpoint at ``path`` (``None`` when there is none); refused when it belongs to another run."""
+def _differences(saved: str | None, config: TrainConfig | None) -> str:
+    """What differs between a checkpoint's configuration and this run's, in words."""
+    try:
+        before = json.loads(saved) if saved else {}
+    except ValueError:
+        before = {}
+    now = config.as_dict() if config is not None else {}
+    changed = [f"{k} {before[k]!r} -> {now[k]!r}" for k in now if k in before and before[k] != now[k]]
+    return ", ".join(changed) if changed else "the rows, their images or the backbone differ"
+
+
+def load_checkpoint(path: Path, key: str, config: TrainConfig | None = None) -> dict | None:
+    """The checkpoint at ``path`` (``None`` when there is none); refused when it belongs to another run
+    (the message names the options that differ from ``config``)."""
     if not path.exists():
         return None
     try:
@@ -206,7 +220,7 @@ def load_checkpoint(path: Path, key: str) -> dict | None:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise DataError(BAD_CHECKPOINT_MSG.format(path=path, error="not a fairhead full-network checkpoint"))
     if state.get("config_key") != key:
-        raise DataError(OTHER_RUN_MSG.format(path=path, what=f"key {state.get('config_key')} vs {key}"))
+        raise DataError(OTHER_RUN_MSG.format(path=path, what=_differences(state.get("config"), config)))
     return state
 
 
@@ -326,7 +340,7 @@ def train_network(net: FairNet, data: TrainData, config: TrainConfig, *, checkpo
             raise DataError(TOO_FEW_ROWS_MSG.format(split=split, n=len(pos)))
     device = torch.device(device)
     key = config_key(config, data, backbone_sha)
-    state = None if restart else load_checkpoint(checkpoint, key)
+    state = None if restart else load_checkpoint(checkpoint, key, config)
     net.to(device).to(memory_format=torch.channels_last)
     objective = TrainingObjective(config, data, device)
     opt = _optimizer(net, config)

@@ -118,6 +118,7 @@ def test_finetune_full_end_to_end_writes_rows_beside_the_heads(whole_run, image_
     code = main(["finetune-full", str(image_cache), *RUN, "--lr", "0.001", "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert code == 3 and len(err.splitlines()) == 1 and "--restart" in err and "Traceback" not in err
+    assert "lr 0.0001 -> 0.001" in err  # names what changed
 
 
 @pytest.mark.slow
