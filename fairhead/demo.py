@@ -231,7 +231,7 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
     if full is not None:
         from fairhead import full_report
 
-        story += full_report.headline(full)
+        story += full_report.headline(full, protocols=False)
     meta = provenance.collect(seed=seed, extra={"n_images": n, "backbone": DEMO_BACKBONE})
     report = out / "report.md"
     atomic_write_text(report, "\n".join([
