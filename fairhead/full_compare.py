@@ -55,6 +55,8 @@ NO_CONSTRAINT_MSG = "finetune-full compares fairness constraints; pass --constra
 BALANCE_MSG = ("--balance reweights the heads only, and the full network trains with unit weights; drop --balance "
                "so that every model bounds the same quantity")
 NO_METHODS_MSG = "pass at least one full-network method: --methods {known}"
+BINARY_ONLY_MSG = ("finetune-full trains a network with one logit (a binary label), but label {name!r} in cache "
+                   "'{path}' has {k} classes; build the cache with a binary label")
 
 
 @dataclass
@@ -390,6 +392,9 @@ def run_full_comparison(cache_path, *, out, constraint="eo", eps=0.05, methods=N
     with embedcache.open(cache_path) as cache:
         if not set(SPLITS) <= set(cache.splits):
             raise DataError(MISSING_SPLIT_MSG.format(path=cache_path, have=", ".join(cache.splits)))
+        if len(cache.label_categories) > 2:
+            raise DataError(BINARY_ONLY_MSG.format(name=cache.label_name, path=cache_path,
+                                                   k=len(cache.label_categories)))
         source = source_of_cache(cache, manifest=manifest, root=root, celeba=celeba)
         data = {}
         for salt, split in enumerate(SPLITS):
