@@ -242,12 +242,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confidence", type=float, default=0.95, help="level of every interval (default: 0.95)")
     p.set_defaults(handler=_cmd_protocols)
 
+    _add_finetune_full_parser(sub)
+
     p = sub.add_parser("demo", help="the whole pipeline offline on the embedded default data and backbone")
     p.add_argument("--out", type=Path, default=Path("fairhead-demo"), help="output folder (default: fairhead-demo)")
     p.add_argument("--n", type=POSITIVE_INT, default=3000, help="images to generate (default: 3000)")
     p.add_argument("--seed", type=SEED, default=0, help="dataset seed")
     p.add_argument("--n-eps", type=GRID_SIZE, default=12, help="sweep grid size (default: 12)")
     p.add_argument("--no-compare", action="store_true", help="skip the fairlearn / penalty comparisons")
+    p.add_argument("--full-network", action="store_true",
+                   help="also fine-tune the whole network (penalty and Lagrangian, `fairhead finetune-full`'s "
+                        "defaults: about 5 more minutes on 2 CPU cores) and put it beside the last-layer heads")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_cmd_demo)
 
@@ -465,7 +470,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     demo.run_demo(
         args.out, n=args.n, seed=args.seed, n_eps=args.n_eps, compare=not args.no_compare,
-        progress=not args.no_progress,
+        progress=not args.no_progress, full_network=args.full_network,
     )
     return 0
 
@@ -475,6 +480,107 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
     for name, preset in presets.list_presets().items():
         print(f"{name:24s} {preset['description']}")
+    return 0
+
+
+# --------------------------------------------------------------------------- finetune-full
+FINETUNE_FULL_EPILOG = """examples:
+  fairhead finetune-full demo.h5 --constraint eo --eps 0.05 --out full/      # CPU default: about 5 min, 3000 images
+  fairhead finetune-full celeba_r18.h5 --constraint eo --eps 0.05 --max-train 0 --max-eval 0 \\
+                         --epochs 20 --batch-size 128 --device cuda --out full-celeba/   # the papers' setting, on a GPU
+
+Trains the cache's backbone (rebuilt from the weights the cache records, checked by sha256) with a
+linear head on the cache's images, end to end, for each --methods: penalty (the seed code's form,
+loss + alpha * P), lagrangian (the same constraint and eps as the heads: descent on the weights,
+projected ascent on the multipliers, gaps relaxed to probabilities), unconstrained. Beside them:
+the last-layer protocols B1 B2 B3 M1 M2 and the eps path, fitted on the cache's features of the same
+rows. Every model is evaluated on the same train, valid and test rows, with its wall time and peak
+memory. A checkpoint is written after every epoch (--out/checkpoints/): rerun the same command after
+a crash or Ctrl-C and training resumes where it stopped, to the same result."""
+
+
+def _add_finetune_full_parser(sub) -> None:
+    from fairhead.full_compare import MAX_EVAL, MAX_TRAIN, N_EPS
+    from fairhead.full_objectives import DEFAULT_METHODS, METHODS, OPTIMIZERS
+
+    p = sub.add_parser("finetune-full", help="fine-tune the whole network with the fairness term, beside the "
+                                             "last-layer heads (train/valid/test gaps, time, memory)",
+                       epilog=FINETUNE_FULL_EPILOG)
+    p.add_argument("cache", type=Path, help="a cache built by `fairhead extract` (it records its images and backbone)")
+    _add_fit_options(p)
+    p.add_argument("--out", type=Path, required=True, help="report folder (checkpoints go to OUT/checkpoints)")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(DEFAULT_METHODS),
+                   help="full-network objectives (default: penalty lagrangian)")
+    rows = p.add_argument_group("rows")
+    rows.add_argument("--max-train", type=_int_at_least(0, "an integer >= 0 (0: every row)"), default=MAX_TRAIN,
+                      help=f"train rows, a seeded subset; 0 = all (default: {MAX_TRAIN})")
+    rows.add_argument("--max-eval", type=_int_at_least(0, "an integer >= 0 (0: every row)"), default=MAX_EVAL,
+                      help=f"valid and test rows each, a seeded subset; 0 = all (default: {MAX_EVAL})")
+    rows.add_argument("--seed", type=SEED, default=0, help="seed of the subsets, the batch order, the network's "
+                                                           "randomness and B3/M2's down-sampling")
+    rows.add_argument("--n-eps", type=GRID_SIZE, default=N_EPS, help=f"bounds of the eps path (default: {N_EPS})")
+    train = p.add_argument_group("full-network training")
+    train.add_argument("--image-size", type=POSITIVE_INT, default=64, help="input size in pixels (default: 64)")
+    train.add_argument("--epochs", type=POSITIVE_INT, default=3, help="most epochs (default: 3)")
+    train.add_argument("--patience", type=POSITIVE_INT, default=2,
+                       help="stop after this many epochs without a better validation objective (default: 2)")
+    train.add_argument("--batch-size", type=_int_at_least(2, "an integer >= 2"), default=32,
+                       help="images per step (default: 32)")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="(default: adamw)")
+    train.add_argument("--lr", type=float, default=1e-4, help="the backbone's learning rate (default: 1e-4)")
+    train.add_argument("--head-lr", type=float, default=1e-3, help="the linear head's learning rate (default: 1e-3)")
+    train.add_argument("--weight-decay", type=float, default=1e-2, help="(default: 0.01)")
+    train.add_argument("--momentum", type=float, default=0.9, help="SGD's momentum (default: 0.9)")
+    train.add_argument("--alpha", type=float, default=2.0, help="the penalty's weight (default: 2, the seed's)")
+    train.add_argument("--dual-lr", type=float, default=0.5,
+                       help="the Lagrangian's multiplier ascent step (default: 0.5)")
+    train.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    train.add_argument("--threads", type=POSITIVE_INT, help="CPU threads (default: half the cores)")
+    train.add_argument("--workers", type=_int_at_least(0, "an integer >= 0"), default=0,
+                       help="DataLoader worker processes decoding images (default: 0)")
+    train.add_argument("--restart", action="store_true", help="ignore the checkpoints and train from the start")
+    train.add_argument("--weights-file", type=Path, help="the weights file the cache was built with (checked by sha256)")
+    data = p.add_argument_group("images (default: where the cache says they are)")
+    data.add_argument("--manifest", type=Path, metavar="CSV", help="the manifest, if it moved")
+    data.add_argument("--root", type=Path, help="the manifest's image root, if it moved")
+    data.add_argument("--celeba", type=Path, metavar="ROOT", help="the CelebA folder, if it moved")
+    p.add_argument("--confidence", type=float, default=0.95, help="level of every interval (default: 0.95)")
+    p.add_argument("--no-plots", action="store_true", help="skip gaps.png and the eps path's plots")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(handler=_cmd_finetune_full)
+
+
+def _positive(value: float, flag: str) -> float:
+    if not (value > 0 and value < float("inf")):
+        raise DataError(f"{flag} must be a positive number; got {value!r}")
+    return value
+
+
+def _nonnegative(value: float, flag: str) -> float:
+    if not (value >= 0 and value < float("inf")):
+        raise DataError(f"{flag} must be a number >= 0; got {value!r}")
+    return value
+
+
+def _cmd_finetune_full(args: argparse.Namespace) -> int:
+    from fairhead.full_compare import NetworkOptions, run_full_comparison
+
+    params = _head_params(args)
+    options = NetworkOptions(
+        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+        lr=_positive(args.lr, "--lr"), head_lr=_positive(args.head_lr, "--head-lr"),
+        weight_decay=_nonnegative(args.weight_decay, "--weight-decay"), momentum=_nonnegative(args.momentum, "--momentum"),
+        alpha=_nonnegative(args.alpha, "--alpha"), dual_lr=_positive(args.dual_lr, "--dual-lr"),
+        patience=args.patience, image_size=args.image_size, device=args.device, threads=args.threads,
+        workers=args.workers)
+    result = run_full_comparison(
+        args.cache, out=args.out, constraint=params["constraint"], eps=_eps(args), methods=args.methods,
+        attributes=args.attributes, pos_label=args.pos_label, max_train=args.max_train, max_eval=args.max_eval,
+        n_eps=args.n_eps, seed=args.seed, options=options, C=args.C, backend=args.backend, balance=params["balance"],
+        solver_device=params["device"], min_group_size=args.min_group_size, confidence=args.confidence,
+        progress=not args.no_progress, restart=args.restart, manifest=args.manifest, root=args.root,
+        celeba=args.celeba, weights_file=args.weights_file, plots=not args.no_plots)
+    print(result.summary())
     return 0
 
 

@@ -204,7 +204,7 @@ def _pairwise(values):
     """``sum_{g < h} |v_g - v_h|``: the seed's between-group difference, summed over pairs of groups."""
     import torch
 
-    i, j = torch.triu_indices(len(values), len(values), offset=1)
+    i, j = torch.triu_indices(len(values), len(values), offset=1, device=values.device)
     return (values[i] - values[j]).abs().sum()
 
 
@@ -228,7 +228,7 @@ def seed_penalty(form, z, y, groups, n_groups):
     counts = torch.bincount(groups, minlength=n_groups).to(z.dtype)
 
     def mean_by_group(u):
-        return torch.zeros(n_groups, dtype=z.dtype).index_add(0, groups, u) / counts
+        return torch.zeros(n_groups, dtype=z.dtype, device=z.device).index_add(0, groups, u) / counts
 
     p = torch.sigmoid(z)
     if form in ("EO", "EOpp"):

@@ -6,6 +6,11 @@
    with the baselines in the rate sweep;
 4. run the seed paper's protocols (B1 B2 B3 M1 M2, constraint ``eo``);
 5. print a summary and write ``report.md`` that links every table and plot.
+
+With ``full_network=True`` (``fairhead demo --full-network``) a stage between 4 and 5 fine-tunes the
+whole network on the images (``fairhead finetune-full``'s defaults, into ``full-network/``) and the
+report puts it beside the last-layer heads. It is off by default: it adds about five minutes on two
+CPU cores.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ MIN_CELL_ROWS = 10
 TOO_SMALL_MSG = ("--n {n} is too small for the demo: split {split!r} has {rows} row(s) in its smallest "
                  "(label, background) cell and the fair heads need {need}; {suggest}")
 FIT_SPLITS = ("train", "valid")  # the splits the demo's heads are fitted on
+#: where ``--full-network`` writes its comparison (``fairhead finetune-full``'s outputs)
+FULL_NETWORK_DIR = "full-network"
 SUMMARY_COLUMNS = (
     ("head", "head"), ("fit_acc", "train acc"), ("test_acc", "test acc"),
     ("fit_dp", "train DP diff"), ("test_dp", "test DP diff"),
@@ -123,10 +130,13 @@ def check_dataset_size(n: int, seed: int, dataset_params: dict) -> None:
 
 
 def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compare: bool = True,
-             progress: bool = True, batch_size: int = 64, compare_with=None, **dataset_params) -> dict:
+             progress: bool = True, batch_size: int = 64, compare_with=None, full_network: bool = False,
+             full_network_options: dict | None = None, **dataset_params) -> dict:
     """Run the demo into ``out``; returns the paths it wrote.
 
     ``dataset_params`` go to the generated dataset (``correlation``, ``minority_fraction``, ...).
+    ``full_network`` adds the whole-network comparison (``full_network_options``: keyword arguments of
+    :func:`fairhead.full_compare.run_full_comparison`, e.g. a smaller ``options`` for tests).
     """
     from embedcache.sources import ManifestSource
     from embedcache.sources.synthetic import LABEL_NAME, SENSITIVE_NAME
@@ -142,6 +152,11 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
     for name, _ in SWEEPS:
         check_own_outputs(out / f"sweep-{name}", sweep.SWEEP_OUTPUTS, flag="--out")
     check_own_outputs(out / "protocols", protocols.PROTOCOL_OUTPUTS, flag="--out")
+    if full_network:
+        from fairhead import full_compare
+
+        check_own_outputs(out / FULL_NETWORK_DIR, full_compare.FULL_OUTPUTS, flag="--out")
+    stages = 6 if full_network else 5
     started = time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
     stage_times: dict[str, float] = {}
@@ -152,11 +167,11 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
         stage_times[stage] = now - clock[0]
         clock[0] = now
 
-    say(f"[1/5] generating {n} images of the default dataset into {out / 'data'}")
+    say(f"[1/{stages}] generating {n} images of the default dataset into {out / 'data'}")
     manifest = pipeline.generate_dataset(out / "data", n=n, seed=seed, **dataset_params)
     lap("generate")
 
-    say(f"[2/5] extracting {DEMO_BACKBONE} features into {out / 'features.h5'}")
+    say(f"[2/{stages}] extracting {DEMO_BACKBONE} features into {out / 'features.h5'}")
     source = ManifestSource(manifest, root=manifest.parent, image_col="path", label_col=LABEL_NAME,
                             sensitive_cols=(SENSITIVE_NAME,), split_col="split", id_col="id")
     cache = pipeline.extract_cache(source, backbone=DEMO_BACKBONE, out=out / "features.h5",
@@ -167,19 +182,30 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
     data = sweep.load_sweep_data(cache, fit_split="train", attributes=None)
     results = {}
     for i, (name, what) in enumerate(SWEEPS):
-        say(f"[3/5] sweeping '{name}' ({what})")
+        say(f"[3/{stages}] sweeping '{name}' ({what})")
         baselines = (compare_with if compare_with is not None else ["expgrad", "threshold", "penalty"]) \
             if (compare and i == 0) else None
         results[name] = sweep.run_sweep(cache, out=out / f"sweep-{name}", constraint=name, n_eps=n_eps,
                                         compare=baselines, progress=progress, seed=seed, data=data)
         lap(f"sweep {name}")
 
-    say(f"[4/5] protocols B1 B2 B3 M1 M2 with '{PROTOCOL_CONSTRAINT}' eps={PROTOCOL_EPS}")
+    say(f"[4/{stages}] protocols B1 B2 B3 M1 M2 with '{PROTOCOL_CONSTRAINT}' eps={PROTOCOL_EPS}")
     table = protocols.run_protocols(cache, constraint=PROTOCOL_CONSTRAINT, eps=PROTOCOL_EPS, seed=seed,
                                     out=out / "protocols")
     lap("protocols")
 
-    say("[5/5] summary")
+    full = None
+    if full_network:
+        from fairhead import full_compare
+
+        say(f"[5/{stages}] full network vs last layer ('{PROTOCOL_CONSTRAINT}', eps={PROTOCOL_EPS}) "
+            f"into {out / FULL_NETWORK_DIR}")
+        full = full_compare.run_full_comparison(cache, out=out / FULL_NETWORK_DIR, constraint=PROTOCOL_CONSTRAINT,
+                                                eps=PROTOCOL_EPS, seed=seed, progress=progress,
+                                                **(full_network_options or {}))
+        lap("full network")
+
+    say(f"[{stages}/{stages}] summary")
     lines, md = [], []
     for name, result in results.items():
         rows = _summary_rows(result)
@@ -193,8 +219,19 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
     lines += [f"\n== protocols ({PROTOCOL_CONSTRAINT}, eps={PROTOCOL_EPS}) ==", table.to_text()]
     md += [f"## Protocols (`{PROTOCOL_CONSTRAINT}`, eps={PROTOCOL_EPS})", "",
            markdown_table(table.rows, [(c, c) for c in table.columns()]), ""]
+    if full is not None:
+        from fairhead import full_report
+
+        lines += [f"\n== full network vs last layer ({PROTOCOL_CONSTRAINT}, eps={PROTOCOL_EPS}) ==",
+                  format_table(full_report.side_by_side(full))]
+        md += [*full_report.report_section(full, link=f"{FULL_NETWORK_DIR}/"),
+               f"Details: [{FULL_NETWORK_DIR}/report.md]({FULL_NETWORK_DIR}/report.md)", ""]
     elapsed = time.perf_counter() - started
     story = headline(results, table)
+    if full is not None:
+        from fairhead import full_report
+
+        story += full_report.headline(full, protocols=False)
     meta = provenance.collect(seed=seed, extra={"n_images": n, "backbone": DEMO_BACKBONE})
     report = out / "report.md"
     atomic_write_text(report, "\n".join([
@@ -207,4 +244,5 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
     print("\n".join(lines + ["", "== what this shows =="] + story))
     timing = ", ".join(f"{k} {v:.0f}s" for k, v in stage_times.items())
     print(f"\ndemo finished in {elapsed:.0f} s ({timing}); report: {report}")
-    return {"report": report, "cache": cache, **{f"sweep-{k}": v.out for k, v in results.items()}}
+    return {"report": report, "cache": cache, **{f"sweep-{k}": v.out for k, v in results.items()},
+            **({"full-network": full.out} if full is not None else {})}

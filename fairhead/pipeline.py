@@ -191,6 +191,11 @@ class SplitArrays:
         """The class codes for K-class metrics (``None`` for a binary label)."""
         return np.arange(self.n_classes) if self.n_classes > 2 else None
 
+    def take(self, idx) -> "SplitArrays":
+        """The rows ``idx`` (positions or a boolean mask), in that order."""
+        return SplitArrays(X=self.X[idx], y=self.y[idx], groups=self.groups[idx], attributes=self.attributes,
+                           categories=self.categories, sample_ids=self.sample_ids[idx])
+
     @property
     def group_names(self) -> np.ndarray:
         """One readable group name per row, ``"Male=yes"`` or ``"Male=yes,Young=no"`` (intersectional),

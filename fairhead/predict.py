@@ -163,7 +163,7 @@ class ImageFolder:
         return open_rgb(self.paths[i], where=f"image folder '{self.root}'", draft_size=draft_size)
 
 
-class _Rows:
+class ImageRows:
     """Rows ``idx`` of a source, transformed (a map-style dataset for the DataLoader)."""
 
     def __init__(self, source, transform, idx: np.ndarray) -> None:
@@ -192,7 +192,7 @@ def compute_features(source, backbone, *, rows=None, batch_size: int = 64, devic
     torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                 ("cpu" if device == "auto" else device))
     backbone.model.to(torch_device)
-    loader = DataLoader(_Rows(source, backbone.transform, idx), batch_size=batch_size, shuffle=False,
+    loader = DataLoader(ImageRows(source, backbone.transform, idx), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers)
     out = np.empty((len(idx), backbone.feature_dim), dtype=np.float32)
     start = 0
@@ -376,5 +376,5 @@ def write_metrics(result: Predictions, path) -> Path | None:
     return path
 
 
-__all__ = ["ImageFolder", "Predictions", "predict_images", "rebuild_backbone", "backbone_provenance",
+__all__ = ["ImageFolder", "ImageRows", "Predictions", "predict_images", "rebuild_backbone", "backbone_provenance",
            "compute_features", "write_metrics"]

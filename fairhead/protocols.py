@@ -96,6 +96,17 @@ def group_balanced(arrays: pipeline.SplitArrays, *, seed: int) -> pipeline.Split
     return _take(arrays, np.sort(np.concatenate(keep)))
 
 
+#: each protocol's fine-tune data, in words (for tables that list the heads by protocol)
+FIT_ON = {"B1": "train", "B2": "valid", "B3": "train+valid balanced", "M1": "valid", "M2": "train+valid balanced"}
+
+
+def protocol_plans(train: pipeline.SplitArrays, valid: pipeline.SplitArrays, *, constraint, seed: int) -> dict:
+    """``protocol -> (fine-tune data, constraint or None)``: what each of B1 B2 B3 M1 M2 fits its head on."""
+    balanced = group_balanced(_concat([train, valid]), seed=seed)
+    return {"B1": (train, None), "B2": (valid, None), "B3": (balanced, None),
+            "M1": (valid, constraint), "M2": (balanced, constraint)}
+
+
 @dataclass
 class ProtocolTable:
     rows: list[dict]
@@ -219,14 +230,9 @@ def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, see
                 raise DataError(MISSING_SPLIT_MSG.format(path=cache_path, have=", ".join(cache.splits)))
             data = {s: pipeline.load_arrays(cache, s, attributes, pos_label=pos_label) for s in ("train", "valid", "test")}
     train, valid, test = data["train"], data["valid"], data["test"]
-    balanced = group_balanced(_concat([train, valid]), seed=seed)
     base = dict(C=C, backend=backend, balance=balance, device=device, min_group_size=min_group_size)
-    plans = {
-        "B1": (train, None), "B2": (valid, None), "B3": (balanced, None),
-        "M1": (valid, constraint), "M2": (balanced, constraint),
-    }
     rows, held_out_rows = [], []
-    for name, (fit_on, cons) in plans.items():
+    for name, (fit_on, cons) in protocol_plans(train, valid, constraint=constraint, seed=seed).items():
         head = FairLogisticRegression(constraint=cons, eps=eps, **base)
         pipeline.fit_head(head, fit_on, split=f"{name} fine-tune")
         for split, arrays in (("train", train), ("fine-tune", fit_on), ("test", test)):

@@ -245,6 +245,14 @@ class LinearScoreConstraint(ScoreConstraint):
         M, _ = self._functionals(y, groups, sample_weight, labels)
         return M @ z
 
+    def functionals(self, y, groups, sample_weight, labels) -> tuple[np.ndarray, list]:
+        """``(M, names)``: the rows ``m_k`` (K, n) with ``m_k(z) = M[k] @ z``, bounded as ``|M z| <= eps``.
+
+        For callers whose scores are not linear in their parameters (a whole network, in
+        :mod:`fairhead.full_objectives`), so that they bound the same quantities as the heads.
+        """
+        return self._functionals(y, groups, sample_weight, labels)
+
 
 class DemographicParityScore(LinearScoreConstraint):
     """Mean-score parity (score constraint, ``"dp-score"``).
