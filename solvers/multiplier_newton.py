@@ -58,6 +58,22 @@ def kkt_residual(lam: np.ndarray, gaps: np.ndarray, eps_t: float) -> np.ndarray:
                     np.sign(gaps) * np.maximum(np.abs(gaps) - eps_t, 0.0)))
 
 
+def sign_step(lam: np.ndarray, r: np.ndarray, prev_r: np.ndarray, step: np.ndarray):
+    """One per-coordinate sign step (Rprop) on the KKT residual ``r``: ``(lam, prev_r, step)`` next.
+
+    On the active rows (``|r| > 1e-12``) a step grows 1.5x while ``r`` keeps its sign and halves when
+    it flips; ``lam`` moves by ``sign(r) step`` and stops at 0 rather than cross it (a multiplier
+    changes side only through 0, where the row's bound switches).
+    """
+    active = np.abs(r) > 1e-12
+    same = np.sign(r) == np.sign(prev_r)
+    flip = (np.sign(r) == -np.sign(prev_r)) & (prev_r != 0)
+    step = np.where(same & active, step * 1.5, np.where(flip, step * 0.5, step))
+    new = lam + np.where(active, np.sign(r) * step, 0.0)
+    lam = np.where((np.sign(new) != np.sign(lam)) & (lam != 0), 0.0, new)
+    return lam, np.where(active, r, prev_r), step
+
+
 def step_density(z: np.ndarray) -> np.ndarray:
     """``K_tau(z)``: the Gaussian kernel at Silverman's bandwidth, the smoothed derivative of ``1[z > 0]``."""
     spread = min(float(np.std(z)), float(np.subtract(*np.percentile(z, [75, 25]))) / 1.34)
@@ -150,4 +166,4 @@ class NewtonTargets:
         return new
 
 
-__all__ = ["NewtonTargets", "gap_jacobian", "kkt_residual", "newton_affordable", "step_density"]
+__all__ = ["NewtonTargets", "gap_jacobian", "kkt_residual", "newton_affordable", "sign_step", "step_density"]

@@ -47,7 +47,7 @@ import numpy as np
 from ._linalg import x_dot
 from .certificate import Certificate, passes_lower_bound
 from .backends import Solution
-from .multiplier_newton import NewtonTargets, gap_jacobian, kkt_residual, newton_affordable
+from .multiplier_newton import NewtonTargets, gap_jacobian, kkt_residual, newton_affordable, sign_step
 
 #: aim the search at this fraction of eps so that small sample effects stay inside the bound
 TARGET_FRACTION = 0.9
@@ -339,16 +339,9 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
             if band is not None and since >= WARM_STALL:
                 break
             r = kkt_residual(lam_k, gaps, eps_t)
-            active = np.abs(r) > 1e-12
-            if not active.any() or step.max() < 1e-6:
+            if not (np.abs(r) > 1e-12).any() or step.max() < 1e-6:
                 break
-            same = np.sign(r) == np.sign(prev_r)
-            flip = (np.sign(r) == -np.sign(prev_r)) & (prev_r != 0)
-            step = np.where(same & active, step * 1.5, np.where(flip, step * 0.5, step))
-            new_lam = lam_k + np.where(active, np.sign(r) * step, 0.0)
-            cross = (np.sign(new_lam) != np.sign(lam_k)) & (lam_k != 0)
-            lam_k = np.where(cross, 0.0, new_lam)
-            prev_r = np.where(active, r, prev_r)
+            lam_k, prev_r, step = sign_step(lam_k, r, prev_r, step)
         return lam_k
 
     if floor:

@@ -47,7 +47,7 @@ import numpy as np
 from . import multinomial as mn
 from .backends import Solution
 from .certificate import Certificate, passes_lower_bound
-from .multiplier_newton import NewtonTargets, kkt_residual
+from .multiplier_newton import NewtonTargets, kkt_residual, sign_step
 from .reductions import SEARCH_TOL, TARGET_FRACTION, WARM_BAND
 
 #: probes of the ray search (doubling, then Illinois) and of the sign-step stage
@@ -249,15 +249,9 @@ def _fit(est, problem, constraint, *, eps, init=None, design=None):
             if float(np.abs(gaps).max()) <= bound:
                 return
             r = kkt_residual(lam_k, gaps, target)
-            active = np.abs(r) > 1e-12
-            if not active.any() or step.max() < 1e-6:
+            if not (np.abs(r) > 1e-12).any() or step.max() < 1e-6:
                 return
-            same = np.sign(r) == np.sign(prev_r)
-            flip = (np.sign(r) == -np.sign(prev_r)) & (prev_r != 0)
-            step = np.where(same & active, step * 1.5, np.where(flip, step * 0.5, step))
-            new = lam_k + np.where(active, np.sign(r) * step, 0.0)
-            lam_k = np.where((np.sign(new) != np.sign(lam_k)) & (lam_k != 0), 0.0, new)
-            prev_r = np.where(active, r, prev_r)
+            lam_k, prev_r, step = sign_step(lam_k, r, prev_r, step)
 
     def attempt(bound, t_ray, probes=MAX_OUTER):
         """Meet ``bound`` from the best head so far: the ray (which finds the multipliers' scale),
