@@ -263,7 +263,7 @@ def cpu_heads(sizes: dict, table, fitted: dict) -> dict:
 
 # -- 3. sweep ------------------------------------------------------------------------------------
 
-def sweep(sizes: dict, device: torch.device, table, tmp: Path, profile_dir: Path | None) -> dict:
+def sweep(sizes: dict, device: torch.device, table, tmp: Path, profile_dir: Path | None, cli: bool = True) -> dict:
     from solvers import fit_path
 
     X, y, a = table
@@ -279,6 +279,8 @@ def sweep(sizes: dict, device: torch.device, table, tmp: Path, profile_dir: Path
                  "goal_seconds": GOALS["sweep_20_s"]}
     print(f"   fit_path eo x{points} on {device}: {fit_path_s:.1f} s", flush=True)
 
+    if not cli:
+        return out
     # the whole command a user runs: import (once, not timed as the sweep) then `fairhead sweep`
     table_file = tmp / "table.npz"
     splits = np.where(np.arange(len(y)) % 10 < 8, "train", np.where(np.arange(len(y)) % 10 < 9, "valid", "test"))
@@ -312,6 +314,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cuda, cuda:N or cpu")
     parser.add_argument("--sections", nargs="+", default=["extraction", "heads", "sweep"],
                         choices=["extraction", "heads", "sweep"])
+    parser.add_argument("--skip-cli-sweep", action="store_true",
+                        help="time fit_path only, not the whole `fairhead sweep` command (import + plots)")
     parser.add_argument("--profile-dir", type=Path, default=None,
                         help="run the CLI sweep under cProfile and write cli_sweep.prof there")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_check.json")
@@ -335,7 +339,8 @@ def main(argv=None) -> int:
         if "heads" in args.sections:
             report.section("heads", lambda: heads(sizes, device, table, fitted))
         if "sweep" in args.sections:
-            report.section("sweep", lambda: sweep(sizes, device, table, tmp, args.profile_dir))
+            report.section("sweep", lambda: sweep(sizes, device, table, tmp, args.profile_dir,
+                                                     cli=not args.skip_cli_sweep))
         if "heads" in args.sections and len(fitted) == len(HEAD_EPS):  # on a CPU run: a determinism check
             report.section("cpu_heads", lambda: cpu_heads(sizes, table, fitted))
     print(f"wrote {args.json}", flush=True)
