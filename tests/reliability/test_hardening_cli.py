@@ -25,7 +25,7 @@ import pytest
 
 from fairhead.cli import main
 from fairhead_errors import DataError
-from reliability_helpers import tree_digest, write_feature_table
+from support.files import tree_digest, write_feature_table
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: a sweep small enough to run several times per test: a score constraint, 4 bounds, no plots
@@ -343,6 +343,7 @@ def _failing_fsync(monkeypatch, name_prefix: str):
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files through /proc")
+@pytest.mark.slow
 def test_a_failed_output_write_keeps_every_previous_output_intact(inputs, tmp_path, monkeypatch):
     """A sweep's outputs are replaced together: whichever write fails (a full disk), the previous
     sweep.csv, sweep.json, plots and report.md all stay byte-identical, and no temporary file is left."""
