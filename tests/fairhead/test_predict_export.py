@@ -62,6 +62,7 @@ def _cache_scores(trained):
         return dict(zip(map(str, data.sample_ids), head.decision_function(np.asarray(data.features))))
 
 
+@pytest.mark.slow
 def test_the_head_file_records_the_backbone_and_the_label(trained):
     doc = json.loads(trained["head"].read_text())
     backbone = doc["extra"]["backbone"]
@@ -142,6 +143,7 @@ def test_a_head_without_backbone_provenance_gets_a_one_line_error(trained, tmp_p
 
 
 # --------------------------------------------------------------------------- exports
+@pytest.mark.slow
 def test_sklearn_and_linear_exports_give_the_heads_scores(trained):
     import embedcache
     from solvers import load_head
@@ -159,6 +161,7 @@ def test_sklearn_and_linear_exports_give_the_heads_scores(trained):
                                rtol=0, atol=SCORE_ATOL)
 
 
+@pytest.mark.slow
 def test_export_cli_sklearn_and_linear_files(trained, tmp_path, capsys):
     import joblib
 
@@ -275,6 +278,7 @@ def test_a_custom_module_backbone_predicts_through_the_python_api(trained, tmp_p
         predict.predict_images(head, trained["source"], progress=False)
 
 
+@pytest.mark.slow
 def test_onnx_export_without_the_extra_says_how_to_install_it(trained, tmp_path, capsys):
     from fairhead.export import onnx_available
 

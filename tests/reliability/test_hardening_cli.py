@@ -235,6 +235,7 @@ def test_save_head_replaces_its_own_head_and_refuses_folders(inputs, tmp_path):
     assert no_temporary_files(tmp_path)
 
 
+@pytest.mark.fault
 def test_a_head_write_that_hits_the_file_size_limit_keeps_the_old_head(inputs, tmp_path):
     """A real fault: RLIMIT_FSIZE makes the write fail with EFBIG part-way (as a full disk would)."""
     path = tmp_path / "head.json"

@@ -304,8 +304,8 @@ def test_the_module_examples_run():
 
 
 # --------------------------------------------------------------------------- K-class heads
-@pytest.mark.parametrize("constraint,eps", [(None, 0.05), pytest.param("dp-score", 0.05, marks=pytest.mark.slow),
-                                             pytest.param("dp", 0.05, marks=pytest.mark.slow)],
+@pytest.mark.slow
+@pytest.mark.parametrize("constraint,eps", [(None, 0.05), ("dp-score", 0.05), ("dp", 0.05)],
                          ids=["unconstrained", "dp-score", "dp"])
 def test_k_class_heads_streamed_are_the_in_memory_ones(tmp_path, constraint, eps):
     """2-D products (X @ W, W of shape (d, K)) run over the same row blocks streamed and in memory."""
