@@ -42,9 +42,6 @@ def _wheel_sources() -> tuple[tuple[str, ...], tuple[str, ...]]:
 #: what a wheel is built from, and the top-level modules and packages it installs
 SOURCES, MODULES = _wheel_sources()
 
-#: every test builds and installs the wheel (pip in subprocesses)
-pytestmark = pytest.mark.slow
-
 
 def _pip(*args, cwd):
     proc = subprocess.run([sys.executable, "-m", "pip", *args, "--no-deps", "--no-index", "--quiet",
@@ -78,6 +75,7 @@ def _run_installed(site: Path, *args, cwd: Path):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
 
 
+@pytest.mark.slow
 def test_the_wheel_ships_the_presets_and_the_cli_lists_them(installed, tmp_path):
     where = _run_installed(installed, "-c", "import fairhead, fairhead.presets as p; print(fairhead.__file__); "
                                             "print(p.PRESET_DIR)", cwd=tmp_path)
@@ -90,6 +88,7 @@ def test_the_wheel_ships_the_presets_and_the_cli_lists_them(installed, tmp_path)
     assert "celeba-blond-male" in listed.stdout and "Blond_Hair" in listed.stdout
 
 
+@pytest.mark.slow
 def test_a_preset_resolves_from_the_installed_package(installed, tmp_path):
     """``--preset celeba-blond-male`` reaches the CelebA reader (which then names the missing root files)."""
     proc = _run_installed(installed, "-m", "fairhead.cli", "extract", "--preset", "celeba-blond-male",
@@ -99,9 +98,17 @@ def test_a_preset_resolves_from_the_installed_package(installed, tmp_path):
     assert "list_attr_celeba.txt" in proc.stderr or "img_align_celeba" in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_the_wheel_installs_every_module_pyproject_names(installed, tmp_path):
     code = "import importlib, sys; print('\\n'.join(importlib.import_module(m).__file__ for m in sys.argv[1:]))"
     proc = _run_installed(installed, "-c", code, *MODULES, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     files = proc.stdout.split()
     assert len(files) == len(MODULES) and all(Path(f).is_relative_to(installed) for f in files), files
+
+
+def test_pyproject_names_every_top_level_module_and_package_of_the_checkout():
+    """What the wheel tests build from is pyproject's list, and that list is the checkout's: no module left out."""
+    in_checkout = {p.stem for p in REPO.glob("*.py")} | {p.parent.name for p in REPO.glob("*/__init__.py")}
+    assert set(MODULES) == in_checkout
+    assert all((REPO / name).exists() for name in SOURCES), SOURCES
