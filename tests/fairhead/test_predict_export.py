@@ -6,14 +6,13 @@ init, saved as a local weights file so the cache records a sha256) at 32 px, a r
 
 from __future__ import annotations
 
-import csv
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+
+from support.cli import main_cli, read_rows, run_cli
 
 #: the head's scores on the cache's features vs prediction through the rebuilt backbone. The same float32 network
 #: on the same pixels gives the same features, so only float64 rounding of the head remains.
@@ -22,26 +21,6 @@ SCORE_ATOL = 1e-6
 #: torch.export and the head itself stay within SCORE_ATOL
 ONNX_SCORE_ATOL = 2e-5
 MANIFEST_COLUMNS = dict(label_col="shape", sensitive_cols=("background",), split_col="split", id_col="id")
-
-
-def run_cli(*args):
-    proc = subprocess.run([sys.executable, "-m", "fairhead.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
-    return proc.returncode, proc.stdout, proc.stderr
-
-
-def main_cli(capsys, *args):
-    """The CLI in this process (no interpreter start-up): exit code and stdout."""
-    from fairhead.cli import main
-
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def read_rows(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def _save_resnet18(path, seed):
@@ -83,6 +62,7 @@ def _cache_scores(trained):
         return dict(zip(map(str, data.sample_ids), head.decision_function(np.asarray(data.features))))
 
 
+@pytest.mark.slow
 def test_the_head_file_records_the_backbone_and_the_label(trained):
     doc = json.loads(trained["head"].read_text())
     backbone = doc["extra"]["backbone"]
@@ -92,6 +72,7 @@ def test_the_head_file_records_the_backbone_and_the_label(trained):
     assert doc["extra"]["label"]["name"] == "shape" and doc["extra"]["label"]["class_names"] == ["circle", "square"]
 
 
+@pytest.mark.slow
 def test_predict_gives_the_heads_scores_on_the_cache_images(trained):
     from fairhead import predict
 
@@ -109,6 +90,7 @@ def test_predict_gives_the_heads_scores_on_the_cache_images(trained):
     assert result.metrics["train"]["accuracy"] == pytest.approx(train_acc, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_predict_cli_on_an_image_folder_and_on_a_manifest(trained, tmp_path, capsys):
     expected = _cache_scores(trained)
     out = tmp_path / "folder.csv"
@@ -134,6 +116,7 @@ def test_predict_cli_on_an_image_folder_and_on_a_manifest(trained, tmp_path, cap
     assert "dp_diff" in stdout
 
 
+@pytest.mark.slow
 def test_predict_refuses_other_weights_and_a_missing_weights_file(trained, tmp_path):
     from fairhead import predict
     from fairhead_errors import BackboneError
@@ -148,6 +131,7 @@ def test_predict_refuses_other_weights_and_a_missing_weights_file(trained, tmp_p
     assert not (tmp_path / "p.csv").exists()
 
 
+@pytest.mark.slow
 def test_a_head_without_backbone_provenance_gets_a_one_line_error(trained, tmp_path):
     doc = json.loads(trained["head"].read_text())
     del doc["extra"]["backbone"]
@@ -159,6 +143,7 @@ def test_a_head_without_backbone_provenance_gets_a_one_line_error(trained, tmp_p
 
 
 # --------------------------------------------------------------------------- exports
+@pytest.mark.slow
 def test_sklearn_and_linear_exports_give_the_heads_scores(trained):
     import embedcache
     from solvers import load_head
@@ -176,6 +161,7 @@ def test_sklearn_and_linear_exports_give_the_heads_scores(trained):
                                rtol=0, atol=SCORE_ATOL)
 
 
+@pytest.mark.slow
 def test_export_cli_sklearn_and_linear_files(trained, tmp_path, capsys):
     import joblib
 
@@ -211,6 +197,7 @@ def _preprocessed(trained, n=8):
     return images, [str(i) for i in source.ids[:n]]
 
 
+@pytest.mark.slow
 def test_backbone_plus_head_program_gives_the_heads_scores(trained, tmp_path):
     from fairhead.export import export_head
 
@@ -225,6 +212,7 @@ def test_backbone_plus_head_program_gives_the_heads_scores(trained, tmp_path):
     np.testing.assert_allclose(single, scores[:1], rtol=0, atol=SCORE_ATOL)
 
 
+@pytest.mark.slow
 def test_onnx_export_gives_the_heads_scores(trained, tmp_path):
     from fairhead.export import export_head, onnx_available
 
@@ -258,6 +246,7 @@ def test_solvers_export_needs_a_fitted_head():
             export(FairLogisticRegression())
 
 
+@pytest.mark.slow
 def test_a_custom_module_backbone_predicts_through_the_python_api(trained, tmp_path):
     """Backbone.from_module: the head records the module's state_dict sha256; another module is refused."""
     import torchvision.transforms.v2 as T
@@ -289,6 +278,7 @@ def test_a_custom_module_backbone_predicts_through_the_python_api(trained, tmp_p
         predict.predict_images(head, trained["source"], progress=False)
 
 
+@pytest.mark.slow
 def test_onnx_export_without_the_extra_says_how_to_install_it(trained, tmp_path, capsys):
     from fairhead.export import onnx_available
 

@@ -120,6 +120,7 @@ def test_bad_grid_is_a_clear_error(split_arrays, tmp_path):
         _run(split_arrays, tmp_path, "dp", eps_grid=[0.1, -1])
 
 
+@pytest.mark.slow
 def test_baselines_share_the_table(split_arrays, tmp_path):
     pytest.importorskip("fairlearn")
     result = sweep.run_sweep(None, out=tmp_path, constraint="dp", eps_grid=[0.1, 0.05, 0.02], progress=False,
