@@ -41,6 +41,7 @@ def test_an_overshooting_first_step_still_finds_the_minimum_region():
     assert abs(float(gz.sum())) <= c2 * abs(d0)  # the curvature condition the search promises
 
 
+@pytest.mark.slow  # 6-9 s each on 2 loaded cores; the unit test above holds the mechanism
 @pytest.mark.parametrize("constraint, eps", [(None, 0.05), ("dp-score", 0.02)])
 def test_nearly_separable_wide_embeddings_are_fitted_not_left_at_zero(constraint, eps):
     X, y, a = make_fair_classification(3000, 1024, embedding_like=True, dtype=np.float32, seed=0)
