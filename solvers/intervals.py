@@ -227,8 +227,12 @@ def gap_interval_from_counts(counts: GroupCounts, gap: str = "eo", confidence: f
 BOUND_METHODS = ("exact", "union")
 EXACT_DIFFERENCE = "exact unconditional (Berger-Boos) bound on each pairwise difference"
 MSG_BOUND = "bound must be one of exact, union; got {got!r}"
-#: cells the nuisance interval is cut into (the sup over a cell is bounded at its corner)
-N_CELLS = 32
+#: cells the nuisance interval is cut into at the start (the sup over a cell is bounded at its corner)
+N_CELLS = 16
+#: branch and bound on the sup over the nuisance: rounds, cells split per round, pieces per split
+REFINE_ROUNDS, REFINE_TOP, REFINE_SPLIT = 4, 6, 4
+#: the sup's bound may exceed the largest value found by this much (it is then returned as it is)
+SUP_SLACK = 1e-3
 #: the bisection on the bound stops when its bracket is this narrow (the bound returned is the upper end)
 BOUND_RESOLUTION = 1e-4
 
@@ -241,28 +245,43 @@ def _gamma(alpha: float) -> float:
 def _tail_le(k1: int, n1: int, k2: int, n2: int, p1, p2):
     """``P(X1/n1 - X2/n2 <= k1/n1 - k2/n2)`` for ``X1 ~ Bin(n1, p1)``, ``X2 ~ Bin(n2, p2)`` (vectors of pairs).
 
-    The sum runs over ``X1`` within its ``1e-13`` quantiles; the mass outside is added whole, so the value
-    returned is an upper bound on the exact probability (tight to about 1e-13).
+    One binomial is summed over (the one with the shorter support), the other enters through its
+    exact tail (the regularised incomplete beta function). The sum runs over about 7.5 standard
+    deviations either side of the mean; the mass outside is added whole, so the value returned is an
+    upper bound on the exact probability (tight to about 1e-13).
     """
-    from scipy.special import betainc
+    from scipy.special import betainc, gammaln
     from scipy.stats import binom
 
     p1, p2 = np.atleast_1d(np.asarray(p1, dtype=np.float64)), np.atleast_1d(np.asarray(p2, dtype=np.float64))
-    tau = 1e-13
-    lo = int(np.min(binom.ppf(tau, n1, p1)))
-    hi = int(np.max(binom.isf(tau, n1, p1)))
-    lo, hi = max(lo, 0), min(hi, n1)
-    x1 = np.arange(lo, hi + 1, dtype=np.int64)
-    # X1/n1 - X2/n2 <= k1/n1 - k2/n2  <=>  X2 >= k2 + ceil(n2 (X1 - k1) / n1), in integers
-    c = k2 - ((-(n2 * (x1 - k1))) // n1)
-    pmf = binom.pmf(x1[None, :], n1, p1[:, None])
-    cc = np.clip(c, 1, n2)[None, :]
-    with np.errstate(invalid="ignore"):
-        sf2 = betainc(cc.astype(np.float64), (n2 - cc + 1).astype(np.float64), p2[:, None])  # P(X2 >= c)
-    sf2 = np.where(c[None, :] <= 0, 1.0, np.where(c[None, :] > n2, 0.0, sf2))
-    sf2 = np.where(np.isnan(sf2), 1.0, sf2)
-    outside = (binom.cdf(lo - 1, n1, p1) if lo > 0 else 0.0) + (binom.sf(hi, n1, p1) if hi < n1 else 0.0)
-    return np.minimum(1.0, (pmf * sf2).sum(axis=1) + outside)
+    sd1, sd2 = np.sqrt(n1 * p1 * (1 - p1)).max(), np.sqrt(n2 * p2 * (1 - p2)).max()
+    sum_over_1 = sd1 <= sd2
+    n, p, sd = (n1, p1, sd1) if sum_over_1 else (n2, p2, sd2)
+    lo = max(0, int(np.floor(n * p.min() - 7.5 * sd - 3)))
+    hi = min(n, int(np.ceil(n * p.max() + 7.5 * sd + 3)))
+    x = np.arange(lo, hi + 1, dtype=np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logc = gammaln(n + 1.0) - gammaln(x + 1.0) - gammaln(n - x + 1.0)
+        logpmf = logc[None, :] + np.where(x[None, :] > 0, x[None, :] * np.log(p[:, None]), 0.0) + \
+            np.where(x[None, :] < n, (n - x[None, :]) * np.log1p(-p[:, None]), 0.0)
+    pmf = np.exp(logpmf)
+    if sum_over_1:
+        # X1/n1 - X2/n2 <= k1/n1 - k2/n2  <=>  X2 >= k2 + ceil(n2 (X1 - k1) / n1), in integers
+        c = k2 - ((-(n2 * (x - k1))) // n1)
+        cc = np.clip(c, 1, n2).astype(np.float64)[None, :]
+        with np.errstate(invalid="ignore"):
+            tail = betainc(cc, n2 - cc + 1.0, p2[:, None])  # P(X2 >= c)
+        tail = np.where(c[None, :] <= 0, 1.0, np.where(c[None, :] > n2, 0.0, tail))
+    else:
+        # <=>  X1 <= k1 + floor(n1 (X2 - k2) / n2)
+        c = k1 + (n1 * (x - k2)) // n2
+        cc = np.clip(c, 0, n1 - 1).astype(np.float64)[None, :]
+        with np.errstate(invalid="ignore"):
+            tail = 1.0 - betainc(cc + 1.0, n1 - cc, p1[:, None])  # P(X1 <= c)
+        tail = np.where(c[None, :] < 0, 0.0, np.where(c[None, :] >= n1, 1.0, tail))
+    tail = np.where(np.isnan(tail), 1.0, np.clip(tail, 0.0, 1.0))
+    outside = (binom.cdf(lo - 1, n, p) if lo > 0 else 0.0) + (binom.sf(hi, n, p) if hi < n else 0.0)
+    return np.minimum(1.0, (pmf * tail).sum(axis=1) + outside)
 
 
 class _DifferenceTest:
@@ -276,7 +295,12 @@ class _DifferenceTest:
 
     valid at every level (Berger and Boos 1994). The sup is bounded from above, never approximated:
     ``C`` is cut into cells, and since ``P(T <= t)`` falls in ``p1`` and rises in ``p2``, its sup over a
-    cell is at most its value at the cell's smallest ``p1`` and largest ``p2``. ``p(d)`` falls in ``d``.
+    cell is at most its value at the cell's smallest ``p1`` and largest ``p2``. Cells whose bound is
+    above the largest value seen at a cell's midpoint are split (branch and bound, :data:`N_CELLS`
+    cells at the start, :data:`REFINE_ROUNDS` rounds) until the bound is within
+    :data:`SUP_SLACK` of that value, or until the test's decision at ``alpha`` is settled; the p-value is
+    the largest cell bound plus ``gamma``: an upper bound on the exact Berger-Boos p-value, which falls in
+    ``d`` (so a ``d`` at which it rejects bounds the difference from above).
     """
 
     def __init__(self, k1, n1, k2, n2, alpha):
@@ -285,23 +309,57 @@ class _DifferenceTest:
         self.gamma = _gamma(self.alpha)
         self.nuisance_is_2 = self.n2 >= self.n1
         k, n = (self.k2, self.n2) if self.nuisance_is_2 else (self.k1, self.n1)
-        lo, hi = clopper_pearson(k, n, 1.0 - self.gamma)
-        self.edges = np.linspace(lo, hi, N_CELLS + 1)
+        self.nu_lo, self.nu_hi = clopper_pearson(k, n, 1.0 - self.gamma)
+        self._memo: dict[float, float] = {}
+
+    def _rates(self, a, b, d):
+        """Corner ``(p1, p2)`` (smallest p1, largest p2) and midpoint rates of nuisance cells ``[a, b]``."""
+        if self.nuisance_is_2:  # p2 = nu, p1 = nu + d
+            a, b = np.maximum(a, max(0.0, -d)), np.minimum(b, min(1.0, 1.0 - d))
+            m = 0.5 * (a + b)
+            corner, mid = (a + d, b), (m + d, m)
+        else:  # p1 = nu, p2 = nu - d
+            a, b = np.maximum(a, max(0.0, d)), np.minimum(b, min(1.0, 1.0 + d))
+            m = 0.5 * (a + b)
+            corner, mid = (a, b - d), (m, m - d)
+        keep = a <= b
+        clip = lambda t: (np.clip(t[0][keep], 0, 1), np.clip(t[1][keep], 0, 1))  # noqa: E731
+        return a[keep], b[keep], clip(corner), clip(mid)
 
     def pvalue(self, d: float) -> float:
-        a, b = self.edges[:-1], self.edges[1:]
-        if self.nuisance_is_2:  # p2 = nu in [a, b], p1 = nu + d
-            a, b = np.maximum(a, max(0.0, -d)), np.minimum(b, min(1.0, 1.0 - d))
-            keep = a <= b
-            p1, p2 = a[keep] + d, b[keep]
-        else:  # p1 = nu in [a, b], p2 = nu - d
-            a, b = np.maximum(a, max(0.0, d)), np.minimum(b, min(1.0, 1.0 + d))
-            keep = a <= b
-            p1, p2 = a[keep], b[keep] - d
-        if p1.size == 0:
+        d = float(d)
+        if d not in self._memo:
+            self._memo[d] = self._pvalue(d)
+        return self._memo[d]
+
+    def _pvalue(self, d: float) -> float:
+        edges = np.linspace(self.nu_lo, self.nu_hi, N_CELLS + 1)
+        a, b, corner, mid = self._rates(edges[:-1], edges[1:], d)
+        if a.size == 0:
             return self.gamma
-        p1, p2 = np.clip(p1, 0.0, 1.0), np.clip(p2, 0.0, 1.0)
-        return float(np.max(_tail_le(self.k1, self.n1, self.k2, self.n2, p1, p2))) + self.gamma
+        k = (self.k1, self.n1, self.k2, self.n2)
+        upper = _tail_le(*k, *corner)
+        lower = float(np.max(_tail_le(*k, *mid)))
+        for _ in range(REFINE_ROUNDS):
+            if upper.max() - lower <= SUP_SLACK:
+                break
+            # refining cannot change the decision at alpha any more: stop (the value stays a valid bound)
+            if upper.max() + self.gamma <= self.alpha or lower + self.gamma > self.alpha:
+                break
+            top = np.argsort(-upper)[:REFINE_TOP]
+            top = top[upper[top] > lower + SUP_SLACK]
+            sub = np.linspace(0.0, 1.0, REFINE_SPLIT + 1)
+            na = (a[top, None] + (b - a)[top, None] * sub[None, :-1]).ravel()
+            nb = (a[top, None] + (b - a)[top, None] * sub[None, 1:]).ravel()
+            na_, nb_, c2, m2 = self._rates(na, nb, d)
+            if na_.size == 0:
+                break
+            keep = np.ones(a.size, dtype=bool)
+            keep[top] = False
+            a, b = np.concatenate([a[keep], na_]), np.concatenate([b[keep], nb_])
+            upper = np.concatenate([upper[keep], _tail_le(*k, *c2)])
+            lower = max(lower, float(np.max(_tail_le(*k, *m2))))
+        return float(upper.max()) + self.gamma
 
     def rejects(self, d: float) -> bool:
         return self.pvalue(d) <= self.alpha
@@ -330,7 +388,8 @@ def difference_upper_bound(k1, n1, k2, n2, alpha: float) -> float:
     from scipy.stats import norm
 
     se = np.sqrt(max(k1 * (n1 - k1) / n1 ** 3 + k2 * (n2 - k2) / n2 ** 3, 0.25 / max(n1, n2) ** 2))
-    lo, hi = est, min(1.0, est + 2.0 * norm.isf(alpha) * se + 2.0 / min(n1, n2))
+    z = norm.isf(alpha)
+    lo, hi = min(1.0, est + 0.9 * z * se), min(1.0, est + 1.3 * z * se + 1.0 / min(n1, n2))
     while test.rejects(lo):  # the observed difference itself is (almost) never rejected
         lo, hi = max(-1.0, lo - 4 * se - 1.0 / min(n1, n2)), lo
         if lo <= -1.0:
@@ -339,9 +398,21 @@ def difference_upper_bound(k1, n1, k2, n2, alpha: float) -> float:
         if hi >= 1.0:
             return 1.0
         lo, hi = hi, min(1.0, hi + 4 * se + 1.0 / min(n1, n2))
+    # regula falsi (Illinois) on log p(d) - log alpha, kept inside the bracket [lo (not rejected), hi (rejected)]
+    f_lo, f_hi = np.log(test.pvalue(lo)) - np.log(alpha), np.log(test.pvalue(hi)) - np.log(alpha)
+    side = 0
     while hi - lo > BOUND_RESOLUTION:
-        mid = 0.5 * (lo + hi)
-        lo, hi = (lo, mid) if test.rejects(mid) else (mid, hi)
+        mid = hi - f_hi * (hi - lo) / (f_hi - f_lo) if f_lo > f_hi else 0.5 * (lo + hi)
+        mid = min(max(mid, lo + 0.25 * BOUND_RESOLUTION), hi - 0.25 * BOUND_RESOLUTION)
+        f_mid = np.log(test.pvalue(mid)) - np.log(alpha)
+        if f_mid <= 0:  # rejected: the bound is at most mid
+            hi, f_hi = mid, f_mid
+            f_lo = f_lo / 2 if side == -1 else f_lo
+            side = -1
+        else:
+            lo, f_lo = mid, f_mid
+            f_hi = f_hi / 2 if side == 1 else f_hi
+            side = 1
     return float(hi)
 
 

@@ -260,7 +260,7 @@ def _check_binary(values, what: str) -> np.ndarray:
 
 def select_head(heads, X, y, sensitive_features, *, target, confidence: float = 0.95,
                 method: str = "fixed-sequence", bound: str = "exact", order=None, predictions=None,
-                labels=None, plan: bool = True) -> Selection:
+                labels=None, plan: bool = True, bound_untested: bool = True) -> Selection:
     """The most accurate head whose gap is certified ``<= target`` on ``(X, y)``, or an abstention.
 
     Parameters
@@ -281,6 +281,7 @@ def select_head(heads, X, y, sensitive_features, *, target, confidence: float = 
     predictions : optional precomputed ``predict(X)`` per head (skips the predictions).
     labels : optional name per head for the explanation (default: index, constraint and eps).
     plan : on abstention, compute the rows needed and the planning table (a few bounds each).
+    bound_untested : also bound the heads the fixed sequence did not reach (for the report; NaN if False).
 
     Returns
     -------
@@ -323,8 +324,8 @@ def select_head(heads, X, y, sensitive_features, *, target, confidence: float = 
         acc_k, acc_n = sum(c["accuracy"][0] for c in counts[i].counts.values()), counts[i].n_rows()
         acc_lo, acc_hi = clopper_pearson(acc_k, acc_n, conf)
         estimate = gap_interval_from_counts(counts[i], gap, 1.0 - level).estimate
-        upper = gap_upper_bound(counts[i], gap, level, bound=bound)
         tested = not stopped
+        upper = gap_upper_bound(counts[i], gap, level, bound=bound) if tested or bound_untested else float("nan")
         certified = tested and upper <= value
         if method == "fixed-sequence" and tested and not certified:
             stopped = True
