@@ -137,6 +137,8 @@ class Selection:
     #: on abstention: ``{"rows", "group_rows", "smallest_certifiable"}`` at 1, 2, 4, 8 times the rows
     plan: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: set by callers that know the fit split: ``{"margin", "eps", ...}`` to aim below the target
+    aim: dict | None = None
 
     @property
     def abstained(self) -> bool:
