@@ -203,7 +203,7 @@ def selection_summary(sel, sweep_dir) -> str:
     if aim:
         lines.append(f"to certify an accurate head, aim below the target: the bound's margin at {sel.n_rows} rows is "
                      f"{aim['margin']:.4f} (fit-split rates); sweep with --eps-grid "
-                     f"{' '.join(f'{e:g}' for e in aim['eps'])} and select again")
+                     f"{' '.join(f'{e:.4g}' for e in aim['eps'])} and select again")
     if not sel.abstained:
         lines.append(f"wrote certificate beside the head and {Path(sweep_dir) / SELECTION_FILE}")
     else:
