@@ -10,7 +10,8 @@ i.i.d. setting the guarantee speaks about. Then:
 * an eps path is fitted on the fit split (refitted on a new fit split every ``--refit-every`` re-splits):
   the fixed eps ``2t, 1.5t, t, t/2, t/4`` for the target ``t``, the eps *aimed below the target*
   (:func:`solvers.select.aimed_eps`: ``t - f * margin``, ``f`` in 0.5, 1, 1.5, 2, 3, with the bound's margin
-  at confidence 0.9 from the fit split's counts of the head at ``t`` scaled to the certification size),
+  at confidence 0.9 from the fit split's counts of the head at ``t`` scaled to the certification size;
+  those below ``t/4`` dropped),
   and the unconstrained head;
 * ``exact`` / ``union``: :func:`solvers.select_head` (fixed-sequence, tested in the order of the
   fit-split gap) with the exact difference bound or the old union bound picks the most accurate head
@@ -126,7 +127,8 @@ def path_for(X, y, a, gap, target, n_cert, C, log):
     at_target = heads[2]
     counts = GroupCounts.from_predictions(y, at_target.predict(X), sensitive_features=a)
     margin = certification_margin(counts, gap, confidence=0.9, n_rows=n_cert)
-    aimed = [e for e in aimed_eps(target, margin, fractions=(0.5, 1.0, 1.5, 2.0, 3.0)) if e not in fixed and e > 0]
+    # below the t/4 anchor an aimed head adds nothing but a slow tight fit
+    aimed = [e for e in aimed_eps(target, margin, fractions=(0.5, 1.0, 1.5, 2.0, 3.0)) if e not in fixed and e > fixed[-1]]
     more = fit_heads(X, y, a, gap, aimed, C)[:-1] if aimed else []
     log(f"  margin at {n_cert} certification rows: {margin:.4f}; aimed eps {aimed}")
     return heads[:-1] + more + heads[-1:], margin, aimed
