@@ -294,3 +294,16 @@ def test_cli_select_one_group_and_union_bound(tmp_path, capsys, table_csv):
     assert doc["bound_name"] == "union" and doc["abstained"]
     assert "smallest certifiable dp gap of the first head by certification rows" in printed
     assert "aim below the target" in printed and doc["aim_below"]["margin"] > 0
+
+
+def test_cli_select_uses_the_sweeps_positive_class(cache_path, split_arrays, tmp_path, capsys):
+    """A sweep run with --pos-label 0 is certified on y = (label == 0), not on the default class."""
+    out = tmp_path / "sweep0"
+    assert cli.main(["sweep", str(cache_path), "--constraint", "eo", "--eps-grid", "0.2", "--pos-label", "0",
+                     "--out", str(out), "--no-plots"]) == 0
+    assert cli.main(["select", str(out), "--target", "eo<=0.5", "--split", "valid"]) == 0
+    capsys.readouterr()
+    doc = json.loads((out / certify.SELECTION_FILE).read_text())
+    assert doc["pos_label"] == "0"
+    positives = sum(v["true_positive_rate"]["n"] for v in doc["group_counts"].values())
+    assert positives == int((split_arrays["valid"].y == 0).sum())
