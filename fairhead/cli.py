@@ -73,6 +73,18 @@ UNBOUNDED_CONSTRAINTS = ("none", "minimax")
 
 
 # --------------------------------------------------------------------------- parsers
+def _version() -> str:
+    """The installed distribution's version, or the source tree's when run from a checkout."""
+    from importlib import metadata
+
+    import fairhead
+
+    try:
+        return metadata.version("fairhead")
+    except metadata.PackageNotFoundError:
+        return fairhead.__version__
+
+
 def _add_source_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data source (choose one)")
     which = group.add_mutually_exclusive_group(required=True)
@@ -124,7 +136,8 @@ def _add_backbone_options(parser: argparse.ArgumentParser) -> None:
 def _add_fit_options(parser: argparse.ArgumentParser, *, eps_default: float | None = EPS_DEFAULT) -> None:
     group = parser.add_argument_group("fair head")
     group.add_argument("--constraint", default="dp", choices=CONSTRAINTS + ("none",),
-                       help="rate: " + ", ".join(RATE_CONSTRAINTS) + "; score: " + ", ".join(SCORE_CONSTRAINTS))
+                       help="rate: " + ", ".join(RATE_CONSTRAINTS) + "; score: " + ", ".join(SCORE_CONSTRAINTS)
+                       + "; none: unconstrained (default: dp; the Python estimator's default is none)")
     if eps_default is not None:  # default None: an --eps given with a constraint that has no bound is refused
         group.add_argument("--eps", type=float, default=None, help=f"constraint tolerance (default: {eps_default:g})")
     group.add_argument("--C", type=float, default=1.0, help="inverse L2 strength, scikit-learn's meaning (default: 1)")
@@ -149,11 +162,14 @@ def _add_memory_option(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fairhead.compare import BASELINES
+
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Fair last-layer fine-tuning: cache features once, fit exact fair heads, sweep tightness.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of known errors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("extract", help="run a frozen backbone once over a dataset into an HDF5 cache")
@@ -216,8 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-eps", type=GRID_SIZE, default=None,
                    help=f"grid size when --eps-grid is not given (default: {N_EPS_DEFAULT})")
     p.add_argument("--fit-split", default="train", help="split the heads are fit on")
-    p.add_argument("--compare", nargs="*", default=None,
-                   help="baselines to add: expgrad gridsearch threshold penalty (needs fairlearn for the first three)")
+    p.add_argument("--compare", nargs="+", default=None, choices=BASELINES, metavar="NAME",
+                   help="baselines to add, one or more of: " + " ".join(BASELINES)
+                        + " (fairlearn's need pip install 'fairhead[compare]')")
     p.add_argument("--out", type=Path, required=True, help="report folder")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--confidence", type=float, default=0.95, help="level of every interval (default: 0.95)")
@@ -226,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("select", help="certify the most accurate head of a sweep on a held-out split, or abstain")
     p.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help="the --out folder of `fairhead sweep`")
-    p.add_argument("--target", required=True, help="gap bound to certify, e.g. eo<=0.05 (gaps: dp, eo, eopp, ae)")
+    p.add_argument("--target", required=True,
+                   help="gap bound to certify: eo:0.05, or 'eo<=0.05' quoted (an unquoted < is a shell "
+                        "redirection); gaps: dp, eo, eopp, ae")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence level (default: 0.95)")
     p.add_argument("--split", default="valid", help="certification split, never the fit split (default: valid)")
     p.add_argument("--method", choices=("fixed-sequence", "bonferroni"), default="fixed-sequence",
@@ -307,7 +326,9 @@ EPILOGS = {
   fairhead fit adult.h5 --constraint dp-score --eps 0.1 --pos-label '>50K' --save adult-head.json""",
     "sweep": "example:\n  fairhead sweep celeba_r50.h5 --constraint dp --compare expgrad threshold penalty --out sweep-dp/",
     "protocols": "example:\n  fairhead protocols celeba_r50.h5 --constraint eo --eps 0.05 --out protocols/",
-    "select": "example:\n  fairhead select sweep-eo/ --target eo<=0.05 --confidence 0.95 --split valid",
+    "select": """examples:
+  fairhead select sweep-eo/ --target eo:0.05 --confidence 0.95 --split valid
+  fairhead select sweep-eo/ --target 'eo<=0.05'     # the same target; quote it, < is a shell redirection""",
     "demo": "example:\n  fairhead demo --out fairhead-demo",
     "presets": "example:\n  fairhead presets   # then: fairhead extract --preset NAME --root DIR ...",
 }
@@ -398,13 +419,22 @@ def _eps(args: argparse.Namespace) -> float:
 
 
 def _head_params(args: argparse.Namespace) -> dict:
+    """The head options of a command, every one checked before the cache is read: the device here,
+    the numbers (``--eps``, ``--C``, ``--min-group-size``) by the estimator's own parameter validator,
+    so the message is the one Python gives (``The 'eps' parameter of FairLogisticRegression ...``)."""
+    from solvers import FairLogisticRegression
+    from solvers._validation import validate_params
+
     _check_solver_device(args.solver_device)
-    return dict(
+    params = dict(
         constraint=None if args.constraint == "none" else args.constraint,
         C=args.C, backend=args.backend,
         balance=None if args.balance == "none" else args.balance,
-        device=args.solver_device, min_group_size=args.min_group_size, pos_label=args.pos_label,
+        device=args.solver_device, min_group_size=args.min_group_size,
     )
+    eps = _eps(args) if hasattr(args, "eps") else EPS_DEFAULT  # sweep: its grid is checked by run_sweep first
+    validate_params(FairLogisticRegression(eps=eps, **params))
+    return dict(params, pos_label=args.pos_label)
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:

@@ -41,7 +41,8 @@ from .errors import DataError
 from .intervals import GroupCounts, check_confidence, clopper_pearson, gap_interval_from_counts, gap_name
 
 METHODS = ("fixed-sequence", "bonferroni")
-MSG_TARGET = "target must look like 'eo<=0.05' (gap dp, eo, eopp or ae, a bound in [0, 1]); got {got!r}"
+MSG_TARGET = ("target must look like 'eo<=0.05' or 'eo:0.05' (gap dp, eo, eopp or ae, a bound in [0, 1]; "
+              "quote the '<=' form in a shell); got {got!r}")
 MSG_METHOD = "method must be one of fixed-sequence, bonferroni; got {got!r}"
 MSG_NO_HEADS = "select_head needs at least one fitted head; got none"
 MSG_ORDER = "order has {got} entries for {n} heads; pass one sort key per head"
@@ -50,11 +51,13 @@ MAX_PLAN_FACTOR = 1e4
 
 
 def parse_target(target) -> tuple[str, float]:
-    """``"eo<=0.05"`` -> ``("eo", 0.05)``; a ``(gap, value)`` pair passes through checked."""
+    """``"eo<=0.05"`` or ``"eo:0.05"`` -> ``("eo", 0.05)``; a ``(gap, value)`` pair passes through checked.
+
+    The ``:`` form needs no quoting in a shell (an unquoted ``<`` is a redirection there)."""
     if isinstance(target, (tuple, list)) and len(target) == 2:
         name, value = target
     else:
-        m = re.fullmatch(r"\s*([A-Za-z_-]+)\s*<=\s*([0-9.eE+-]+)\s*", str(target))
+        m = re.fullmatch(r"\s*([A-Za-z_-]+)\s*(?:<=|:)\s*([0-9.eE+-]+)\s*", str(target))
         if not m:
             raise DataError(MSG_TARGET.format(got=target))
         name, value = m.group(1), m.group(2)
