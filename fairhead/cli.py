@@ -21,6 +21,7 @@ Known errors print one line, ``fairhead: error: <message>``; ``--debug`` adds th
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import traceback
@@ -155,6 +156,11 @@ def _add_fit_options(parser: argparse.ArgumentParser, *, eps_default: float | No
                        help="refuse groups (and, for eo/eopp, (group, label) cells) with fewer rows")
 
 
+def _add_json_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help=f"print JSON instead of the text tables: {what} (the names of sweep.csv)")
+
+
 def _add_memory_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-memory", type=MEMORY_SIZE, metavar="SIZE",
                         help="fit out of core: stream the features from the cache in chunks, holding at most SIZE "
@@ -212,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cache", type=Path)
     p.add_argument("--all-groups", action="store_true",
                    help="list every group, not only the largest (empty groups are never listed)")
+    _add_json_option(p, "the provenance and every (split, group, label) count")
     p.set_defaults(handler=_cmd_info)
 
     p = sub.add_parser("fit", help="fit one fair head on a cache split and evaluate it on others")
@@ -222,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", type=Path, help="where to save the head (.json or .npz; default: next to the cache)")
     p.add_argument("--confidence", type=float, default=0.95, help="level of every interval (default: 0.95)")
     _add_memory_option(p)
+    _add_json_option(p, "the head's certificate and every split's metrics")
     p.set_defaults(handler=_cmd_fit)
 
     p = sub.add_parser("sweep", help="sweep eps for a constraint and report accuracy vs fairness on every split")
@@ -259,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=SEED, default=0, help="seed of B3/M2's group-balanced down-sampling")
     p.add_argument("--out", type=Path, help="write protocols.csv / protocols.json / overfitting.png here")
     p.add_argument("--confidence", type=float, default=0.95, help="level of every interval (default: 0.95)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar over the five fits")
+    _add_json_option(p, "protocols.json's content: every row and column, the notes, the provenance")
     p.set_defaults(handler=_cmd_protocols)
 
     _add_finetune_full_parser(sub)
@@ -305,8 +315,12 @@ train, on the data it was fit on ("fine-tune") and on test:
   M1  B2's data with the fairness constraint (--constraint, --eps)
   M2  B3's data with the fairness constraint
 
-own_value is the constraint's own bounded quantity (a rate gap for rate constraints, a
-logit gap for score constraints), which M1 and M2 keep within eps on their fine-tune data."""
+constraint_value is the constraint's own bounded quantity (a rate gap for rate constraints,
+a logit gap for score constraints), which M1 and M2 are fitted to keep within eps on their
+fine-tune data; eps_met says whether they did (a head that misses it is named under the
+table). When B3 already meets eps, M2's constraint is inactive and M2 is B3's head: the
+table says so. With --out, protocols.json records the constraint, eps, seed, the cache's
+fingerprint and the library versions."""
 
 #: one example per command, shown under its --help
 EPILOGS = {
@@ -386,6 +400,9 @@ def _cmd_import(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from fairhead import pipeline
 
+    if args.json:
+        print(json.dumps(pipeline.cache_info(args.cache), indent=1, allow_nan=False))
+        return 0
     print(pipeline.describe_cache(args.cache, max_groups=None if args.all_groups else pipeline.INFO_MAX_GROUPS))
     return 0
 
@@ -447,7 +464,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             max_memory=args.max_memory, parallel=parallel, **_head_params(args),
         )
     if data_parallel.writes(parallel):
-        print(result.summary())
+        print(json.dumps(result.to_json(), indent=1, allow_nan=False) if args.json else result.summary())
     return 0
 
 
@@ -489,9 +506,9 @@ def _cmd_protocols(args: argparse.Namespace) -> int:
 
     table = protocols.run_protocols(
         args.cache, attributes=args.attributes, eps=_eps(args), seed=args.seed, out=args.out,
-        confidence=args.confidence, **_head_params(args),
+        confidence=args.confidence, progress=not args.no_progress, **_head_params(args),
     )
-    print(table.to_text())
+    print(json.dumps(table.to_json(), indent=1, allow_nan=False) if args.json else table.to_text())
     return 0
 
 

@@ -99,7 +99,7 @@ def headline(results, table) -> list[str]:
     m1_fit, m1_test = cells.get(("M1", "fine-tune")), cells.get(("M1", "test"))
     if m1_fit and m1_test:
         lines.append(f"- M1 (constrained head on the validation split): its own {PROTOCOL_CONSTRAINT} gap is "
-                     f"{m1_fit['own_value']:.3f} where it was fitted and {m1_test['own_value']:.3f} on test.")
+                     f"{m1_fit['constraint_value']:.3f} where it was fitted and {m1_test['constraint_value']:.3f} on test.")
     return lines
 
 

@@ -147,6 +147,26 @@ def format_counts(table, *, max_groups: int | None = INFO_MAX_GROUPS) -> str:
     return format_table(rows)
 
 
+def cache_info(path: Path) -> dict[str, Any]:
+    """What ``fairhead info --json`` prints: the provenance, the shape and every non-empty
+    (split, group, label) count."""
+    import embedcache
+
+    from fairhead import provenance
+
+    with embedcache.open(path) as cache:
+        table = cache.count_table()
+        counts = [{"split": split, "group": group, "label": str(label), "n": int(table.counts[i, j, k])}
+                  for i, split in enumerate(table.splits) for j, group in enumerate(table.groups)
+                  for k, label in enumerate(table.label_categories) if table.counts[i, j, k]]
+        return provenance.strict_json({"cache": str(path), "rows": int(cache.n_rows),
+                                       "feature_dim": int(cache.feature_dim), "splits": list(cache.splits),
+                                       "label": table.label_name, "label_categories": [str(c) for c in
+                                                                                       table.label_categories],
+                                       "sensitive": list(cache.sensitive_names), "fingerprint": cache.fingerprint,
+                                       "provenance": cache.provenance, "counts": counts})
+
+
 def describe_cache(path: Path, *, max_groups: int | None = INFO_MAX_GROUPS) -> str:
     """Provenance and the split x label x group count table, as printed by ``fairhead info``."""
     import embedcache
@@ -333,7 +353,7 @@ METRIC_COLUMNS = (
     ("equalized_odds_difference", "eo_diff"),
     ("equal_opportunity_difference", "eopp_diff"),
     ("accuracy_equality_difference", "acc_eq_diff"),
-    ("worst_group_accuracy", "mmf_acc"),
+    ("worst_group_accuracy", "worst_group_accuracy"),
     ("worst_cell_accuracy", "worst_cell_acc"),
 )
 
@@ -347,7 +367,7 @@ def metric_rows(per_split: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """One row per split; ``acc_ci`` / ``eo_diff_ci`` are the intervals when the metrics carry them."""
     bounded = any("constraint_value" in m for m in per_split.values())
     with_ci = any("accuracy_low" in m for m in per_split.values())
-    return [{"split": split, **({"bounded_gap": m.get("constraint_value", float("nan"))} if bounded else {}),
+    return [{"split": split, **({"constraint_value": m.get("constraint_value", float("nan"))} if bounded else {}),
              **{h: m.get(k, float("nan")) for k, h in METRIC_COLUMNS},
              **({"acc_ci": _ci(m, "accuracy"), "eo_diff_ci": _ci(m, "equalized_odds_difference")} if with_ci else {})}
             for split, m in per_split.items()]
@@ -377,16 +397,35 @@ class FitResult:
         bounded = self.fit_metrics.get("constraint_value", float("nan"))
         lines = []
         if name == "minimax":
-            lines.append(f"bounded gap on '{self.fit_split}': {bounded:.4f} (minimax: minimised, no eps)")
+            lines.append(f"constraint_value on '{self.fit_split}': {bounded:.4f} (minimax: minimised, no eps)")
         else:
-            met = cert.eps_met if cert.eps_met is not None else cert.max_violation <= max(cert.tol, 1e-9)
-            lines.append(f"bounded gap on '{self.fit_split}': {bounded:.4f} (eps {cert.eps:g}; met: {met})")
+            lines.append(f"constraint_value on '{self.fit_split}': {bounded:.4f} (eps {cert.eps:g}; "
+                         f"eps_met: {self.eps_met()})")
         lines.append(f"  = {describe_bounded_gap(name, self.head.balance, len(self.head.classes_))}")
         key = BETWEEN_GROUPS[name]
         short = dict(METRIC_COLUMNS)[key]
         lines.append(f"between-groups difference on '{self.fit_split}': {short} {self.fit_metrics[key]:.4f} "
                      "(fairlearn's max - min over groups, unit weights; not the bounded quantity)")
         return lines
+
+    def eps_met(self) -> bool | None:
+        """Whether the head keeps its bound on the fit split (None: unconstrained or minimax)."""
+        cert = self.head.certificate_
+        if cert.constraint is None or cert.eps is None or cert.constraint == "minimax":
+            return None
+        return bool(cert.eps_met if cert.eps_met is not None else cert.max_violation <= max(cert.tol, 1e-9))
+
+    def to_json(self) -> dict:
+        """What ``fairhead fit --json`` prints: the head, its certificate, every split's metrics
+        (the sweep's names: ``constraint_value``, ``worst_group_accuracy``, ``*_low`` / ``*_high``)."""
+        from fairhead import provenance
+
+        head = self.head
+        return provenance.strict_json({
+            "constraint": head.certificate_.constraint, "eps": head.eps, "C": head.C, "balance": head.balance,
+            "fit_split": self.fit_split, "eps_met": self.eps_met(), "certificate": head.certificate_.to_dict(),
+            "fit_metrics": self.fit_metrics, "metrics": self.metrics, "undefined_rates": self.undefined_rates or {},
+            "saved_to": None if self.saved_to is None else str(self.saved_to)})
 
     def summary(self) -> str:
         cert = self.head.certificate_

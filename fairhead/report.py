@@ -11,11 +11,11 @@ from fairhead_io import atomic_write_text
 
 REPORT_COLUMNS = (
     ("method", "method"), ("eps", "eps"), ("alpha", "alpha"), ("split", "split"), ("accuracy", "acc"),
-    ("balanced_accuracy", "bal. acc"), ("roc_auc", "AUC"), ("constraint_value", "bounded gap"),
+    ("balanced_accuracy", "bal. acc"), ("roc_auc", "AUC"), ("constraint_value", "constraint_value (bounded gap)"),
     ("demographic_parity_difference", "DP diff (between groups)"),
-    ("equalized_odds_difference", "EO diff (between groups)"), ("worst_group_accuracy", "MMF (worst group acc)"),
+    ("equalized_odds_difference", "EO diff (between groups)"), ("worst_group_accuracy", "worst_group_accuracy (MMF)"),
     ("worst_cell_accuracy", "worst cell acc"),
-    ("eps_met", "eps met"), ("fit_time_s", "time (s)"),
+    ("eps_met", "eps_met"), ("fit_time_s", "time (s)"),
 )
 
 

@@ -207,17 +207,17 @@ class SweepResult:
             "equalized_odds_difference", "eps_met", "fit_time_s"]
         shown = [{c: r.get(c) for c in cols} for r in self.rows if r["split"] in splits]
         short = {"demographic_parity_difference": "dp_diff", "equalized_odds_difference": "eo_diff",
-                 "constraint_value": "bounded_gap", "fit_time_s": "time_s"}
+                 "fit_time_s": "time_s"}
         shown = [{short.get(k, k): v for k, v in r.items()} for r in shown]
         legend = self.gap_legend()
         lines = [f"sweep of '{self.constraint}' fitted on '{self.fit_split}' "
                  f"({len(self.records)} heads)", format_table(shown),
-                 f"bounded_gap: {legend['constraint_value']}",
+                 f"constraint_value: {legend['constraint_value']}",
                  "dp_diff, eo_diff: fairlearn's between-groups differences (max - min over groups, unit weights)"]
         heads = [r for r in self.records if r.method == "fairhead"]
         missed = self.missed()
         if missed:
-            gaps = ", ".join(f"eps={r.eps:.4g} (bounded gap {r.metrics[self.fit_split]['constraint_value']:.4g})"
+            gaps = ", ".join(f"eps={r.eps:.4g} (constraint_value {r.metrics[self.fit_split]['constraint_value']:.4g})"
                              for r in missed)
             lines.append(f"MISSED: {len(missed)} of {len(heads)} heads miss their bound on '{self.fit_split}': {gaps}")
         elif heads:

@@ -152,3 +152,85 @@ def test_arguments_are_refused_before_the_cache_is_read(tmp_path, capsys, no_cac
     last = err.strip().splitlines()[-1]
     assert all(n in last for n in needles), err
     assert list(tmp.iterdir()) == [], "a refused command wrote something"
+
+
+# --------------------------------------------------------------------------- protocols: honest about bounds
+def test_protocols_say_which_head_misses_its_bound(split_arrays, tmp_path, recwarn):
+    import csv
+    import json
+
+    from fairhead import protocols
+
+    table = protocols.run_protocols(None, constraint="dp", eps=0.0, data=split_arrays, out=tmp_path)
+    fit = {r["protocol"]: r for r in table.rows if r["split"] == "fine-tune"}
+    assert [fit[p]["eps_met"] for p in ("B1", "B2", "B3")] == [None] * 3  # unconstrained: nothing to meet
+    m1 = fit["M1"]
+    assert m1["eps_met"] is False and m1["constraint_value"] > 0.0
+    assert not [w for w in recwarn if "ConvergenceWarning" in w.category.__name__], "the raw warning leaked"
+    text = table.to_text()
+    assert "eps_met" in text.splitlines()[0]
+    assert any(line.startswith("M1 MISSES its bound") and "valid" in line for line in text.splitlines())
+    with open(tmp_path / "protocols.csv", newline="") as f:
+        cells = {(r["protocol"], r["split"]): r for r in csv.DictReader(f)}
+    assert cells[("M1", "fine-tune")]["eps_met"] == "False" and cells[("B1", "test")]["eps_met"] == ""
+    doc = json.loads((tmp_path / "protocols.json").read_text())
+    assert next(r for r in doc["rows"] if (r["protocol"], r["split"]) == ("M1", "fine-tune"))["eps_met"] is False
+    assert any(n.startswith("M1 MISSES") for n in doc["notes"])
+    prov = doc["provenance"]
+    assert (prov["constraint"], prov["eps"], prov["seed"]) == ("dp", 0.0, 0)
+    assert "numpy" in prov["versions"] and "cache_fingerprint" in prov
+
+
+def test_protocols_say_when_an_m_head_is_its_b_head(split_arrays):
+    from fairhead import protocols
+
+    table = protocols.run_protocols(None, constraint="dp", eps=0.9, data=split_arrays)
+    fit = {r["protocol"]: r for r in table.rows if r["split"] == "fine-tune"}
+    assert fit["M1"]["eps_met"] is True and fit["M2"]["eps_met"] is True
+    assert [n.split(":")[0] for n in table.notes] == ["M1 = B2", "M2 = B3"]
+    # the constraint is inactive: the M heads predict what the B heads predict, up to the solvers' tolerance
+    for m, b in (("M1", "B2"), ("M2", "B3")):
+        assert abs(fit[m]["acc"] - fit[b]["acc"]) <= 2 / fit[m]["n"]
+
+
+def test_protocols_cli_json_progress_and_provenance(cache_path, tmp_path, capsys):
+    import json
+
+    code = main(["protocols", str(cache_path), "--constraint", "dp", "--eps", "0.05", "--json",
+                 "--out", str(tmp_path / "p")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    doc = json.loads(captured.out)
+    assert {"rows", "notes", "provenance", "overfitting", "columns"} <= set(doc)
+    assert doc["provenance"]["cache_fingerprint"] and doc["provenance"]["cache"] == str(cache_path)
+    assert "protocols" in captured.err and "5/5" in captured.err  # the bar over the five fits
+    assert json.loads((tmp_path / "p" / "protocols.json").read_text())["rows"] == doc["rows"]
+
+
+def test_fit_and_info_print_json_with_the_sweeps_names(cache_path, tmp_path, capsys):
+    import json
+
+    code = main(["fit", str(cache_path), "--constraint", "dp", "--eps", "0.05", "--json",
+                 "--save", str(tmp_path / "head.json")])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0 and doc["eps_met"] is True and doc["constraint"] == "dp"
+    for split in ("train", "valid", "test"):
+        assert {"constraint_value", "worst_group_accuracy", "accuracy_low"} <= set(doc["metrics"][split])
+    assert doc["certificate"]["constraint"] == "dp"
+    assert main(["info", str(cache_path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["splits"] == ["train", "valid", "test"] and info["sensitive"] == ["group"]
+    assert sum(c["n"] for c in info["counts"]) == info["rows"] == 2000
+
+
+def test_one_name_per_quantity_in_every_printed_table(cache_path, tmp_path, capsys):
+    """The constraint's own value is constraint_value and the worst group's accuracy worst_group_accuracy,
+    in fit's table, protocols' table and the sweep's CSV alike."""
+    from fairhead import protocols
+    from fairhead.pipeline import METRIC_COLUMNS
+
+    assert main(["fit", str(cache_path), "--constraint", "dp", "--save", str(tmp_path / "h.json")]) == 0
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("split"))
+    assert "constraint_value" in header and "worst_group_accuracy" in header
+    names = set(dict(METRIC_COLUMNS).values()) | {h for _, h in protocols.PROTOCOL_METRICS}
+    assert not names & {"mmf_acc", "maxmin_acc", "own_value", "bounded_gap"}
