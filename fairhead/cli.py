@@ -68,6 +68,9 @@ POSITIVE_INT = _int_at_least(1, "an integer >= 1")
 SEED = _int_at_least(0, "an integer >= 0")
 GRID_SIZE = _int_at_least(2, "an integer >= 2 (a sweep needs at least two bounds)")
 N_EPS_DEFAULT = 20
+#: ``embedcache.SyntheticSource``'s default (its module imports torch, so the number is repeated here;
+#: a test holds the two equal), so ``extract --synthetic`` and the Python example make one dataset
+MINORITY_FRACTION = 0.2
 EPS_DEFAULT = 0.05
 #: constraints without a bound: an --eps given with them would be ignored, so it is refused
 UNBOUNDED_CONSTRAINTS = ("none", "minimax")
@@ -109,8 +112,8 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
     synth.add_argument("--correlation", type=float, default=0.8,
                        help="P(label agrees with the sensitive attribute) (default: 0.8)")
-    synth.add_argument("--minority-fraction", type=float, default=0.3,
-                       help="share of the smaller sensitive group (default: 0.3)")
+    synth.add_argument("--minority-fraction", type=float, default=MINORITY_FRACTION,
+                       help=f"share of the smaller sensitive group (default: {MINORITY_FRACTION:g}, as SyntheticSource)")
 
 
 def _add_backbone_options(parser: argparse.ArgumentParser) -> None:
@@ -187,12 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(an HDF5 virtual dataset, no copy) instead of merging them (a single process ignores it)")
     p.set_defaults(handler=_cmd_extract)
 
-    p = sub.add_parser("generate", help="write the generated default dataset as JPEG files + CSV manifest")
+    p = sub.add_parser("generate", help="write the generated default dataset as PNG files + CSV manifest")
     p.add_argument("--out", type=Path, required=True, help="folder to write")
     p.add_argument("--n", type=int, default=3000, help="number of images")
     p.add_argument("--seed", type=int, default=0, help="dataset seed")
     p.add_argument("--correlation", type=float, default=0.8, help="P(label agrees with the sensitive attribute)")
-    p.add_argument("--minority-fraction", type=float, default=0.3, help="share of the smaller sensitive group")
+    p.add_argument("--minority-fraction", type=float, default=MINORITY_FRACTION,
+                   help="share of the smaller sensitive group (as SyntheticSource)")
     p.set_defaults(handler=_cmd_generate)
 
     p = sub.add_parser("import", help="write already-computed features (CSV, Parquet, .npz) into a cache")
@@ -732,6 +736,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     path = export_head(args.head, args.out, fmt=args.to, weights_file=args.weights_file)
     print(f"wrote {path}")
+    if args.to == "onnx":
+        from fairhead.export import export_sidecars
+
+        for sidecar in export_sidecars(path):  # the weights beside the graph: both must travel together
+            print(f"wrote {sidecar} (the model's weights, read by {path.name}: keep the two files together)")
     return 0
 
 
