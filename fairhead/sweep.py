@@ -261,7 +261,9 @@ def evaluate_predictor(scores_fn, predict_fn, arrays_by_split, constraint, *,
             score = softmax(z)
         else:
             yhat = (z > 0).astype(np.int64) if predict_fn is None else predict_fn(arrays)
-            score = 1.0 / (1.0 + np.exp(-z))
+            from scipy.special import expit
+
+            score = expit(z)  # sigmoid without exp's overflow warning for a large negative logit
         m = metrics.evaluate(arrays.y, yhat, sensitive_features=sens, y_score=score, classes=arrays.classes)
         values = {k: float(m.get(k, float("nan"))) for k in SWEEP_METRICS}
         values.update(uncertainty.interval_columns(arrays.y, yhat, sens, confidence, classes=arrays.classes))

@@ -234,3 +234,55 @@ def test_one_name_per_quantity_in_every_printed_table(cache_path, tmp_path, caps
     assert "constraint_value" in header and "worst_group_accuracy" in header
     names = set(dict(METRIC_COLUMNS).values()) | {h for _, h in protocols.PROTOCOL_METRICS}
     assert not names & {"mmf_acc", "maxmin_acc", "own_value", "bounded_gap"}
+
+
+def test_scores_of_huge_logits_raise_no_overflow_warning(split_arrays):
+    """A penalty baseline's logits can reach -1000: the probabilities are 0 and 1, without numpy's warning."""
+    import warnings
+
+    import numpy as np
+
+    from fairhead.sweep import evaluate_predictor
+
+    z = np.where(split_arrays["test"].y == 1, 800.0, -1000.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        values = evaluate_predictor(lambda a: z, None, {"test": split_arrays["test"]}, "dp")
+    assert values["test"]["accuracy"] == 1.0 and values["test"]["roc_auc"] == 1.0
+
+
+def test_the_cli_and_the_python_source_make_the_same_generated_dataset():
+    import inspect
+
+    from embedcache.sources import SyntheticSource
+
+    from fairhead.cli import MINORITY_FRACTION
+
+    assert inspect.signature(SyntheticSource).parameters["minority_fraction"].default == MINORITY_FRACTION
+    commands = _subcommands()
+    for name in ("extract", "generate"):
+        (action,) = [a for a in commands[name]._actions if "--minority-fraction" in a.option_strings]
+        assert action.default == MINORITY_FRACTION
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+    help_line = next(c.help for c in sub._choices_actions if c.dest == "generate")
+    assert "PNG" in help_line and "JPEG" not in help_line
+
+
+def test_protocols_on_an_imported_table_without_a_valid_split_say_how_to_import(tmp_path, capsys):
+    import numpy as np
+
+    import embedcache
+
+    rng = np.random.default_rng(0)
+    table = tmp_path / "t.csv"
+    lines = ["f0,f1,label,group,split"]
+    for i in range(80):
+        lines.append(f"{rng.normal():.6f},{rng.normal():.6f},{i % 2},{'ab'[(i // 2) % 2]},{'train' if i < 60 else 'test'}")
+    table.write_text("\n".join(lines) + "\n")
+    cache = tmp_path / "t.h5"
+    embedcache.import_table(table, label="label", sensitive=["group"], split="split", out=cache)
+    assert main(["protocols", str(cache), "--constraint", "dp"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "has train, test" in err
+    assert "re-import it with --split" in err and "re-extract" not in err
