@@ -286,3 +286,43 @@ def test_protocols_on_an_imported_table_without_a_valid_split_say_how_to_import(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "has train, test" in err
     assert "re-import it with --split" in err and "re-extract" not in err
+
+
+# --------------------------------------------------------------------------- reports a colleague can read
+def test_the_sweep_report_ends_with_the_recommended_head_and_the_select_command(cache_path, tmp_path):
+    import math
+    import shlex
+
+    from fairhead import sweep
+    from solvers.select import parse_target
+
+    result = sweep.run_sweep(cache_path, out=tmp_path / "s", constraint="dp", eps_grid=[0.2, 0.1, 0.05, 0.02],
+                             plots=False, progress=False)
+    text = result.files["report"].read_text()
+    tail = text[text.index("## Recommended head and next step"):]
+    assert "## " not in tail[3:], "the recommendation is the report's last section"
+    command = next(line for line in tail.splitlines() if line.startswith("fairhead select "))
+    argv = shlex.split(command)
+    build_parser().parse_args(argv[1:])
+    gap, target = parse_target(argv[argv.index("--target") + 1])
+    over = result.overfitting()
+    bounds = {r["eps"]: r["cert_bound"] for r in over["rows"] if r["method"] == "fairhead"}
+    assert gap == "dp" and target == math.ceil(min(bounds.values()) * 100 - 1e-9) / 100
+    eps = float(re.search(r"Recommended: the head at eps=([0-9.e-]+)", tail).group(1))
+    chosen = min(bounds, key=lambda e: abs(e - eps))
+    assert bounds[chosen] <= target
+    valid_acc = {r["eps"]: r["accuracy"] for r in result.rows if r["method"] == "fairhead" and r["split"] == "valid"}
+    assert valid_acc[chosen] == max(valid_acc[e] for e, b in bounds.items() if b <= target)
+
+
+def test_a_score_constraint_that_leaves_the_rate_gap_is_explained():
+    from fairhead.report import score_gap_note
+
+    rows = [{"method": "unconstrained", "eps": float("nan"), "split": "test", "demographic_parity_difference": 0.74},
+            {"method": "fairhead", "eps": 0.5, "split": "test", "demographic_parity_difference": 0.72},
+            {"method": "fairhead", "eps": 0.0, "split": "test", "demographic_parity_difference": 0.70}]
+    (note,) = score_gap_note("dp-score", rows)
+    assert "0.700 at eps=0" in note and "mean logits" in note and "--constraint dp" in note
+    assert score_gap_note("dp", rows) == []  # a rate constraint bounds the rate itself
+    rows[-1]["demographic_parity_difference"] = 0.05
+    assert score_gap_note("dp-score", rows) == []  # it did move the gap: nothing to explain
