@@ -645,8 +645,8 @@ PREDICT_EPILOG = """examples:
 The head file records the cache's backbone (architecture, weights, their sha256, preprocessing);
 predict rebuilds it and refuses weights whose sha256 differs. The CSV has one row per id: score
 (the logit z), probability (sigmoid z, of the positive class), prediction (0/1) and the class name;
-with labels (--celeba, --manifest) also the label, the groups, and group metrics (printed and
-written to PREDS.metrics.json)."""
+with labels (--celeba, --manifest) also the label, the groups, and group metrics with 0.95
+intervals (printed and written to PREDS.metrics.json)."""
 
 EXPORT_EPILOG = """examples:
   fairhead export --head head.json --to sklearn --out head.joblib   # a fitted LogisticRegression

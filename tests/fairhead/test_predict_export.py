@@ -132,6 +132,12 @@ def test_predict_cli_on_an_image_folder_and_on_a_manifest(trained, tmp_path, cap
     metrics = json.loads(out.with_suffix(".metrics.json").read_text())
     assert 0 <= metrics["all"]["accuracy"] <= 1 and "demographic_parity_difference" in metrics["all"]
     assert "dp_diff" in stdout
+    # the group metrics carry their intervals, printed and saved
+    m = metrics["all"]
+    for key in ("accuracy", "demographic_parity_difference", "equalized_odds_difference", "worst_group_accuracy"):
+        assert m[f"{key}_low"] <= m[key] <= m[f"{key}_high"], key
+    header = next(line for line in stdout.splitlines() if line.startswith("split"))
+    assert "acc_ci" in header and "eo_diff_ci" in header
 
 
 def test_predict_refuses_other_weights_and_a_missing_weights_file(trained, tmp_path):
