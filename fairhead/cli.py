@@ -234,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confidence", type=float, default=0.95, help="level of every interval (default: 0.95)")
     _add_memory_option(p)
     _add_json_option(p, "the head's certificate and every split's metrics")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(handler=_cmd_fit)
 
     p = sub.add_parser("sweep", help="sweep eps for a constraint and report accuracy vs fairness on every split")
@@ -465,7 +466,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         result = pipeline.fit_on_cache(
             args.cache, fit_split=args.fit_split, eval_splits=args.eval_split,
             attributes=args.attributes, eps=_eps(args), save=args.save, confidence=args.confidence,
-            max_memory=args.max_memory, parallel=parallel, **_head_params(args),
+            max_memory=args.max_memory, parallel=parallel, progress=not args.no_progress, **_head_params(args),
         )
     if data_parallel.writes(parallel):
         print(json.dumps(result.to_json(), indent=1, allow_nan=False) if args.json else result.summary())

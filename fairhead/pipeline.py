@@ -456,7 +456,7 @@ def label_provenance(cache, pos_label=None) -> dict[str, Any]:
 
 def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None, attributes=None,
                  save: Path | None = None, pos_label=None, confidence: float = 0.95, max_memory=None,
-                 parallel=None, **head_params) -> FitResult:
+                 parallel=None, progress: bool = False, **head_params) -> FitResult:
     """Fit one :class:`solvers.FairLogisticRegression` on ``fit_split`` and evaluate it on ``eval_splits``.
 
     ``max_memory`` (bytes, or ``"2GB"``) fits and evaluates out of core: every split's
@@ -467,17 +467,35 @@ def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None
     The saved head records the cache's backbone and label, so ``fairhead predict`` can rebuild
     the backbone (checked by its weights' sha256) and run both on new images. Every split's
     metrics carry ``confidence`` intervals (:func:`fairhead.uncertainty.interval_columns`).
+    ``progress`` shows a bar over the steps (reading, the fit, each evaluated split), its clock
+    running during a long fit.
     """
+    from solvers.intervals import check_confidence
+    from tqdm.auto import tqdm
+
+    from fairhead.compare import _ticking
+
+    confidence = check_confidence(confidence)
+    show = progress and (parallel is None or parallel.writes)
+    # on a terminal only (disable=None): a log or a pipe gets the result and one-line errors, not bar frames
+    bar = tqdm(total=3, desc="fit", unit="step", disable=None if show else True, dynamic_ncols=True)
+    with bar, _ticking(bar):
+        return _fit_on_cache(bar, cache_path, fit_split=fit_split, eval_splits=eval_splits, attributes=attributes,
+                             save=save, pos_label=pos_label, confidence=confidence, max_memory=max_memory,
+                             parallel=parallel, head_params=head_params)
+
+
+def _fit_on_cache(bar, cache_path, *, fit_split, eval_splits, attributes, save, pos_label, confidence, max_memory,
+                  parallel, head_params) -> FitResult:
     import embedcache
     from fairhead.predict import backbone_provenance
     from fairhead_io import check_file_target
     from solvers import FairLogisticRegression, metrics, save_head
-    from solvers.intervals import check_confidence
     from solvers.persistence import check_head_path
 
     from fairhead.uncertainty import interval_columns
 
-    confidence = check_confidence(confidence)
+    bar.set_postfix_str(f"reading '{cache_path}'")
     with embedcache.open(cache_path) as cache:
         if save is None:  # beside the cache, named by the constraint and the bound
             cache_path = Path(cache_path)
@@ -499,13 +517,19 @@ def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None
         fingerprint = cache.fingerprint
         provenance = {"backbone": backbone_provenance(cache), "label": label_provenance(cache, pos_label),
                       "categories": {a: list(train.categories[a]) for a in train.attributes}}
+    bar.total = 2 + len(evaluated)
+    bar.update(1)
+    bar.set_postfix_str(f"fitting on '{fit_split}' ({len(train.y)} rows)")
     head = FairLogisticRegression(**head_params)
     fit_head(head, train, split=fit_split)
+    bar.update(1)
     per_split = {}
     for split, arrays in evaluated.items():
+        bar.set_postfix_str(f"evaluating on '{split}'")
         per_split[split] = evaluate_head(head, arrays, bounded=True)
         per_split[split].update(interval_columns(arrays.y, head.predict(arrays.X), sensitive_arg(arrays), confidence,
                                                  classes=arrays.classes))
+        bar.update(1)
     undefined = {split: metrics.undefined_rates(arrays.y, sensitive_features=arrays.group_names, classes=arrays.classes)
                  for split, arrays in evaluated.items()}
     fit_metrics = per_split.get(fit_split) or evaluate_head(head, train, bounded=True)

@@ -334,7 +334,9 @@ def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, see
     base = dict(C=C, backend=backend, balance=balance, device=device, min_group_size=min_group_size)
     rows, held_out_rows, heads = [], [], {}
     plans = protocol_plans(train, valid, constraint=constraint, seed=seed)
-    with tqdm(total=len(plans), desc=PROGRESS_DESC, unit="head", disable=not progress, dynamic_ncols=True) as bar:
+    # on a terminal only (disable=None): a log or a pipe gets the table and one-line errors, not bar frames
+    with tqdm(total=len(plans), desc=PROGRESS_DESC, unit="head", disable=None if progress else True,
+              dynamic_ncols=True) as bar:
         for protocol, (fit_on, cons) in plans.items():
             bar.set_postfix_str(f"{protocol} on {FIT_ON[protocol]}")
             head = FairLogisticRegression(constraint=cons, eps=eps, **base)

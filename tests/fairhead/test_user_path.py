@@ -196,14 +196,19 @@ def test_protocols_say_when_an_m_head_is_its_b_head(split_arrays):
 def test_protocols_cli_json_progress_and_provenance(cache_path, tmp_path, capsys):
     import json
 
-    code = main(["protocols", str(cache_path), "--constraint", "dp", "--eps", "0.05", "--json",
-                 "--out", str(tmp_path / "p")])
+    import sys
+
+    terminal = _Terminal()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "stderr", terminal)
+        code = main(["protocols", str(cache_path), "--constraint", "dp", "--eps", "0.05", "--json",
+                     "--out", str(tmp_path / "p")])
     captured = capsys.readouterr()
-    assert code == 0, captured.err
+    assert code == 0, terminal.buffer.getvalue()
     doc = json.loads(captured.out)
     assert {"rows", "notes", "provenance", "overfitting", "columns"} <= set(doc)
     assert doc["provenance"]["cache_fingerprint"] and doc["provenance"]["cache"] == str(cache_path)
-    assert "protocols" in captured.err and "5/5" in captured.err  # the bar over the five fits
+    assert "protocols" in terminal.buffer.getvalue() and "5/5" in terminal.buffer.getvalue()  # the five fits
     assert json.loads((tmp_path / "p" / "protocols.json").read_text())["rows"] == doc["rows"]
 
 
@@ -326,3 +331,58 @@ def test_a_score_constraint_that_leaves_the_rate_gap_is_explained():
     assert score_gap_note("dp", rows) == []  # a rate constraint bounds the rate itself
     rows[-1]["demographic_parity_difference"] = 0.05
     assert score_gap_note("dp-score", rows) == []  # it did move the gap: nothing to explain
+
+
+# --------------------------------------------------------------------------- progress on every long step
+@pytest.mark.slow
+def test_expgrad_shows_its_inner_fits(split_arrays, capsys):
+    import numpy as np
+
+    pytest.importorskip("fairlearn")
+    from fairhead import compare
+    from solvers.constraints import make_constraint
+
+    fit, test = split_arrays["train"].take(np.arange(300)), split_arrays["test"].take(np.arange(100))
+    grid = np.array([0.2, 0.1])  # one matched bound
+    run = dict(constraint=make_constraint("dp"), grid=grid, C=1.0)
+    records = list(compare.run_baselines(["expgrad"], fit, {"test": test}, progress=True, **run))
+    err = capsys.readouterr().err
+    assert len(records) == 1 and "inner fit 1 of at most" in err and "s left" in err
+    # the counting estimator is the same LogisticRegression: the same head without the bar
+    quiet = list(compare.run_baselines(["expgrad"], fit, {"test": test}, progress=False, **run))
+    assert [r.metrics for r in quiet] == [r.metrics for r in records]
+
+
+class _Terminal:
+    """A stand-in stderr that says it is a terminal (progress bars show on terminals only)."""
+
+    def __init__(self):
+        import io
+
+        self.buffer = io.StringIO()
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        return self.buffer.write(text)
+
+    def flush(self):
+        pass
+
+
+def test_fit_shows_a_progress_bar_on_a_terminal_only(cache_path, tmp_path, capsys, monkeypatch):
+    import sys
+
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["fit", str(cache_path), "--constraint", "dp", "--save", str(tmp_path / "h.json")]) == 0
+    assert "fit:" in terminal.buffer.getvalue() and "5/5" in terminal.buffer.getvalue()  # read, fit, 3 splits
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["fit", str(cache_path), "--constraint", "dp", "--save", str(tmp_path / "h2.json"),
+                 "--no-progress"]) == 0
+    assert "fit:" not in terminal.buffer.getvalue()
+    monkeypatch.undo()
+    assert main(["fit", str(cache_path), "--constraint", "dp", "--save", str(tmp_path / "h3.json")]) == 0
+    assert "fit:" not in capsys.readouterr().err  # not a terminal: a log gets no bar frames
