@@ -69,7 +69,7 @@ PROGRESS_DESC = "protocols"
 #: an M head whose B head already met eps: the constraint was inactive, so the two heads agree
 INACTIVE_NOTE = ("{m} = {b}: {b} already meets {constraint} eps={eps:g} on the same data (constraint_value "
                  "{value:.4g}), so the constraint is inactive and {m} is {b}'s head up to solver tolerance "
-                 "(coefficients within {diff:.1e})")
+                 "(coefficients within {diff:.1e}; the same prediction on {agree} of {n} fine-tune rows)")
 MISSED_NOTE = ("{m} MISSES its bound: constraint_value {value:.4g} > eps {eps:g} on its fine-tune data ({fit_on}); "
                "no head on the multiplier path meets it there. Raise --eps, lower --C, or use --balance group")
 #: the columns the report (``fairhead demo``'s report.md) keeps; the CSV and JSON keep every one
@@ -283,7 +283,7 @@ def _fit_quietly(head, arrays, *, split: str) -> None:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
-def _notes(rows: list[dict], heads: dict, *, constraint: str, eps: float) -> list[str]:
+def _notes(rows: list[dict], heads: dict, plans: dict, *, constraint: str, eps: float) -> list[str]:
     """MISSED_NOTE for an M head that misses eps; INACTIVE_NOTE for one whose B head (the same data,
     unconstrained) already meets eps: the unconstrained optimum is then feasible, so it is the
     constrained optimum too (the objective is strictly convex), and the two heads differ only by
@@ -298,7 +298,10 @@ def _notes(rows: list[dict], heads: dict, *, constraint: str, eps: float) -> lis
         if base <= eps:
             diff = max(float(np.max(np.abs(heads[m].coef_ - heads[b].coef_))),
                        float(np.max(np.abs(np.asarray(heads[m].intercept_) - np.asarray(heads[b].intercept_)))))
-            notes.append(INACTIVE_NOTE.format(m=m, b=b, constraint=constraint, eps=eps, value=base, diff=diff))
+            X = plans[m][0].X
+            agree = int(np.sum(heads[m].predict(X) == heads[b].predict(X)))
+            notes.append(INACTIVE_NOTE.format(m=m, b=b, constraint=constraint, eps=eps, value=base, diff=diff,
+                                              agree=agree, n=len(plans[m][0].y)))
     return notes
 
 
@@ -358,7 +361,7 @@ def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, see
     table = ProtocolTable(rows=rows, group_names=group_names, constraint=constraint, balance=balance,
                           confidence=confidence, held_out_rows=held_out_rows, n_classes=train.n_classes,
                           eps=eps if bounded else None,
-                          notes=_notes(rows, heads, constraint=name, eps=eps) if bounded else [],
+                          notes=_notes(rows, heads, plans, constraint=name, eps=eps) if bounded else [],
                           provenance=meta)
     if out is not None:
         table.write(out)

@@ -188,6 +188,8 @@ def test_protocols_say_when_an_m_head_is_its_b_head(split_arrays):
     fit = {r["protocol"]: r for r in table.rows if r["split"] == "fine-tune"}
     assert fit["M1"]["eps_met"] is True and fit["M2"]["eps_met"] is True
     assert [n.split(":")[0] for n in table.notes] == ["M1 = B2", "M2 = B3"]
+    n_valid = len(split_arrays["valid"].y)
+    assert f"the same prediction on {n_valid} of {n_valid} fine-tune rows" in table.notes[0]
     # the constraint is inactive: the M heads predict what the B heads predict, up to the solvers' tolerance
     for m, b in (("M1", "B2"), ("M2", "B3")):
         assert abs(fit[m]["acc"] - fit[b]["acc"]) <= 2 / fit[m]["n"]
