@@ -253,6 +253,18 @@ def positive_code(cache, pos_label) -> int:
     return categories.index(str(pos_label))
 
 
+def check_names(cache, *, splits=(), attributes=None, pos_label=None) -> None:
+    """Refuse a split, sensitive attribute or ``--pos-label`` the cache does not have, from its
+    metadata alone: before any features are read or any head is fitted."""
+    from embedcache.store.reader import UNKNOWN_SPLIT_MSG
+
+    for name in splits:
+        if name not in cache.splits:
+            raise DataError(UNKNOWN_SPLIT_MSG.format(path=cache.path, name=name, available=", ".join(cache.splits)))
+    resolve_attributes(cache, attributes)
+    positive_code(cache, pos_label)
+
+
 def load_arrays(cache, splits, attributes=None, *, pos_label=None, max_memory=None, parallel=None) -> SplitArrays:
     """Read one split (or several, concatenated) of an open cache into :class:`SplitArrays`.
 
@@ -497,6 +509,7 @@ def _fit_on_cache(bar, cache_path, *, fit_split, eval_splits, attributes, save, 
 
     bar.set_postfix_str(f"reading '{cache_path}'")
     with embedcache.open(cache_path) as cache:
+        check_names(cache, splits=[fit_split, *(eval_splits or ())], attributes=attributes, pos_label=pos_label)
         if save is None:  # beside the cache, named by the constraint and the bound
             cache_path = Path(cache_path)
             name = head_params.get("constraint") or "none"

@@ -330,6 +330,7 @@ def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, see
             if not {"train", "valid", "test"} <= set(cache.splits):
                 raise DataError(MISSING_SPLIT_MSG.format(path=cache_path, have=", ".join(cache.splits),
                                                          fix=_missing_split_fix(cache)))
+            pipeline.check_names(cache, attributes=attributes, pos_label=pos_label)  # before any features are read
             data = {s: pipeline.load_arrays(cache, s, attributes, pos_label=pos_label) for s in ("train", "valid", "test")}
             fingerprint = cache.fingerprint
     train, valid, test = data["train"], data["valid"], data["test"]

@@ -355,6 +355,7 @@ def load_sweep_data(cache_path, *, fit_split, attributes, pos_label=None, max_me
     with embedcache.open(cache_path) as cache:
         if fit_split not in cache.splits:
             raise DataError(NO_SPLIT_MSG.format(split=fit_split, path=cache_path, have=", ".join(cache.splits)))
+        pipeline.check_names(cache, attributes=attributes, pos_label=pos_label)  # before any features are read
         splits = [fit_split] + [s for s in cache.splits if s != fit_split]
         arrays = {}
         for split in splits:

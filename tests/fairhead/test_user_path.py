@@ -388,3 +388,25 @@ def test_fit_shows_a_progress_bar_on_a_terminal_only(cache_path, tmp_path, capsy
     monkeypatch.undo()
     assert main(["fit", str(cache_path), "--constraint", "dp", "--save", str(tmp_path / "h3.json")]) == 0
     assert "fit:" not in capsys.readouterr().err  # not a terminal: a log gets no bar frames
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["fit", "{cache}", "--eval-split", "valid", "tset"], ["no split 'tset'", "train, valid, test"]),
+    (["fit", "{cache}", "--fit-split", "trian"], ["no split 'trian'"]),
+    (["fit", "{cache}", "--attributes", "sex"], ["'sex'"]),
+    (["sweep", "{cache}", "--attributes", "sex", "--out", "{tmp}/s"], ["'sex'"]),
+    (["protocols", "{cache}", "--attributes", "sex"], ["'sex'"]),
+    (["fit", "{cache}", "--pos-label", "maybe"], ["'maybe'"]),
+], ids=["eval-split", "fit-split", "fit-attribute", "sweep-attribute", "protocols-attribute", "pos-label"])
+def test_names_are_checked_from_the_caches_metadata_before_any_features(cache_path, tmp_path, capsys, monkeypatch,
+                                                                         args, needles):
+    from fairhead import pipeline
+
+    def refuse(*a, **k):
+        raise AssertionError("features were read before the names were checked")
+
+    monkeypatch.setattr(pipeline, "load_arrays", refuse)
+    argv = [a.format(cache=cache_path, tmp=tmp_path) for a in args]
+    assert main(argv) == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(n in err for n in needles), err
