@@ -407,6 +407,13 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
         out = ensure_output_folder(out, flag="--out")  # before any work: a bad --out fails in a second
         check_own_outputs(out, SWEEP_OUTPUTS, flag="--out")
     out = Path(out)
+    if compare and data is None:  # the label's classes are metadata: refuse before any features are read
+        import embedcache
+
+        with embedcache.open(cache_path) as cache:
+            k = len(cache.label_categories)
+            if k > 2:
+                raise DataError(MULTICLASS_COMPARE_MSG.format(names=" ".join(compare), label=cache.label_name, k=k))
     arrays, fingerprint, cache_prov = data or load_sweep_data(cache_path, fit_split=fit_split,
                                                               attributes=attributes, pos_label=pos_label,
                                                               max_memory=max_memory, parallel=parallel)
