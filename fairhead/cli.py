@@ -146,7 +146,8 @@ def _add_fit_options(parser: argparse.ArgumentParser, *, eps_default: float | No
         group.add_argument("--eps", type=float, default=None, help=f"constraint tolerance (default: {eps_default:g})")
     group.add_argument("--C", type=float, default=1.0, help="inverse L2 strength, scikit-learn's meaning (default: 1)")
     group.add_argument("--backend", choices=("auto", "torch", "cvxpy"), default="auto",
-                       help="solver: cvxpy (exact reference, small problems), torch (large ones), auto picks by size")
+                       help="solver: torch (fast, any size) or cvxpy (the exact reference, slow on large "
+                            "problems); auto: torch")
     group.add_argument("--balance", choices=("none", "group", "label-group"), default="none",
                        help="reweight so every group / (label, group) cell has equal total weight")
     group.add_argument("--attributes", nargs="+", metavar="NAME",
