@@ -21,6 +21,7 @@ Known errors print one line, ``fairhead: error: <message>``; ``--debug`` adds th
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import traceback
@@ -67,12 +68,27 @@ POSITIVE_INT = _int_at_least(1, "an integer >= 1")
 SEED = _int_at_least(0, "an integer >= 0")
 GRID_SIZE = _int_at_least(2, "an integer >= 2 (a sweep needs at least two bounds)")
 N_EPS_DEFAULT = 20
+#: ``embedcache.SyntheticSource``'s default (its module imports torch, so the number is repeated here;
+#: a test holds the two equal), so ``extract --synthetic`` and the Python example make one dataset
+MINORITY_FRACTION = 0.2
 EPS_DEFAULT = 0.05
 #: constraints without a bound: an --eps given with them would be ignored, so it is refused
 UNBOUNDED_CONSTRAINTS = ("none", "minimax")
 
 
 # --------------------------------------------------------------------------- parsers
+def _version() -> str:
+    """The installed distribution's version, or the source tree's when run from a checkout."""
+    from importlib import metadata
+
+    import fairhead
+
+    try:
+        return metadata.version("fairhead")
+    except metadata.PackageNotFoundError:
+        return fairhead.__version__
+
+
 def _add_source_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data source (choose one)")
     which = group.add_mutually_exclusive_group(required=True)
@@ -96,8 +112,8 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
     synth.add_argument("--correlation", type=float, default=0.8,
                        help="P(label agrees with the sensitive attribute) (default: 0.8)")
-    synth.add_argument("--minority-fraction", type=float, default=0.3,
-                       help="share of the smaller sensitive group (default: 0.3)")
+    synth.add_argument("--minority-fraction", type=float, default=MINORITY_FRACTION,
+                       help=f"share of the smaller sensitive group (default: {MINORITY_FRACTION:g}, as SyntheticSource)")
 
 
 def _add_backbone_options(parser: argparse.ArgumentParser) -> None:
@@ -124,7 +140,8 @@ def _add_backbone_options(parser: argparse.ArgumentParser) -> None:
 def _add_fit_options(parser: argparse.ArgumentParser, *, eps_default: float | None = EPS_DEFAULT) -> None:
     group = parser.add_argument_group("fair head")
     group.add_argument("--constraint", default="dp", choices=CONSTRAINTS + ("none",),
-                       help="rate: " + ", ".join(RATE_CONSTRAINTS) + "; score: " + ", ".join(SCORE_CONSTRAINTS))
+                       help="rate: " + ", ".join(RATE_CONSTRAINTS) + "; score: " + ", ".join(SCORE_CONSTRAINTS)
+                       + "; none: unconstrained (default: dp; the Python estimator's default is none)")
     if eps_default is not None:  # default None: an --eps given with a constraint that has no bound is refused
         group.add_argument("--eps", type=float, default=None, help=f"constraint tolerance (default: {eps_default:g})")
     group.add_argument("--C", type=float, default=1.0, help="inverse L2 strength, scikit-learn's meaning (default: 1)")
@@ -143,6 +160,11 @@ def _add_fit_options(parser: argparse.ArgumentParser, *, eps_default: float | No
                        help="refuse groups (and, for eo/eopp, (group, label) cells) with fewer rows")
 
 
+def _add_json_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help=f"print JSON instead of the text tables: {what} (the names of sweep.csv)")
+
+
 def _add_memory_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-memory", type=MEMORY_SIZE, metavar="SIZE",
                         help="fit out of core: stream the features from the cache in chunks, holding at most SIZE "
@@ -150,11 +172,14 @@ def _add_memory_option(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fairhead.compare import BASELINES
+
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Fair last-layer fine-tuning: cache features once, fit exact fair heads, sweep tightness.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of known errors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("extract", help="run a frozen backbone once over a dataset into an HDF5 cache")
@@ -166,12 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(an HDF5 virtual dataset, no copy) instead of merging them (a single process ignores it)")
     p.set_defaults(handler=_cmd_extract)
 
-    p = sub.add_parser("generate", help="write the generated default dataset as JPEG files + CSV manifest")
+    p = sub.add_parser("generate", help="write the generated default dataset as PNG files + CSV manifest")
     p.add_argument("--out", type=Path, required=True, help="folder to write")
     p.add_argument("--n", type=int, default=3000, help="number of images")
     p.add_argument("--seed", type=int, default=0, help="dataset seed")
     p.add_argument("--correlation", type=float, default=0.8, help="P(label agrees with the sensitive attribute)")
-    p.add_argument("--minority-fraction", type=float, default=0.3, help="share of the smaller sensitive group")
+    p.add_argument("--minority-fraction", type=float, default=MINORITY_FRACTION,
+                   help="share of the smaller sensitive group (as SyntheticSource)")
     p.set_defaults(handler=_cmd_generate)
 
     p = sub.add_parser("import", help="write already-computed features (CSV, Parquet, .npz) into a cache")
@@ -197,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cache", type=Path)
     p.add_argument("--all-groups", action="store_true",
                    help="list every group, not only the largest (empty groups are never listed)")
+    _add_json_option(p, "the provenance and every (split, group, label) count")
     p.set_defaults(handler=_cmd_info)
 
     p = sub.add_parser("fit", help="fit one fair head on a cache split and evaluate it on others")
@@ -207,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", type=Path, help="where to save the head (.json or .npz; default: next to the cache)")
     p.add_argument("--confidence", type=float, default=0.95, help="level of every interval (default: 0.95)")
     _add_memory_option(p)
+    _add_json_option(p, "the head's certificate and every split's metrics")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(handler=_cmd_fit)
 
     p = sub.add_parser("sweep", help="sweep eps for a constraint and report accuracy vs fairness on every split")
@@ -217,8 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-eps", type=GRID_SIZE, default=None,
                    help=f"grid size when --eps-grid is not given (default: {N_EPS_DEFAULT})")
     p.add_argument("--fit-split", default="train", help="split the heads are fit on")
-    p.add_argument("--compare", nargs="*", default=None,
-                   help="baselines to add: expgrad gridsearch threshold penalty (needs fairlearn for the first three)")
+    p.add_argument("--compare", nargs="+", default=None, choices=BASELINES, metavar="NAME",
+                   help="baselines to add, one or more of: " + " ".join(BASELINES)
+                        + " (fairlearn's need pip install 'fairhead[compare]')")
     p.add_argument("--out", type=Path, required=True, help="report folder")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--confidence", type=float, default=0.95, help="level of every interval (default: 0.95)")
@@ -227,7 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("select", help="certify the most accurate head of a sweep on a held-out split, or abstain")
     p.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help="the --out folder of `fairhead sweep`")
-    p.add_argument("--target", required=True, help="gap bound to certify, e.g. eo<=0.05 (gaps: dp, eo, eopp, ae)")
+    p.add_argument("--target", required=True,
+                   help="gap bound to certify: eo:0.05, or 'eo<=0.05' quoted (an unquoted < is a shell "
+                        "redirection); gaps: dp, eo, eopp, ae")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence level (default: 0.95)")
     p.add_argument("--split", default="valid", help="certification split, never the fit split (default: valid)")
     p.add_argument("--method", choices=("fixed-sequence", "bonferroni"), default="fixed-sequence",
@@ -245,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=SEED, default=0, help="seed of B3/M2's group-balanced down-sampling")
     p.add_argument("--out", type=Path, help="write protocols.csv / protocols.json / overfitting.png here")
     p.add_argument("--confidence", type=float, default=0.95, help="level of every interval (default: 0.95)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar over the five fits")
+    _add_json_option(p, "protocols.json's content: every row and column, the notes, the provenance")
     p.set_defaults(handler=_cmd_protocols)
 
     _add_finetune_full_parser(sub)
@@ -291,8 +325,12 @@ train, on the data it was fit on ("fine-tune") and on test:
   M1  B2's data with the fairness constraint (--constraint, --eps)
   M2  B3's data with the fairness constraint
 
-own_value is the constraint's own bounded quantity (a rate gap for rate constraints, a
-logit gap for score constraints), which M1 and M2 keep within eps on their fine-tune data."""
+constraint_value is the constraint's own bounded quantity (a rate gap for rate constraints,
+a logit gap for score constraints), which M1 and M2 are fitted to keep within eps on their
+fine-tune data; eps_met says whether they did (a head that misses it is named under the
+table). When B3 already meets eps, M2's constraint is inactive and M2 is B3's head: the
+table says so. With --out, protocols.json records the constraint, eps, seed, the cache's
+fingerprint and the library versions."""
 
 #: one example per command, shown under its --help
 EPILOGS = {
@@ -312,7 +350,9 @@ EPILOGS = {
   fairhead fit adult.h5 --constraint dp-score --eps 0.1 --pos-label '>50K' --save adult-head.json""",
     "sweep": "example:\n  fairhead sweep celeba_r50.h5 --constraint dp --compare expgrad threshold penalty --out sweep-dp/",
     "protocols": "example:\n  fairhead protocols celeba_r50.h5 --constraint eo --eps 0.05 --out protocols/",
-    "select": "example:\n  fairhead select sweep-eo/ --target eo<=0.05 --confidence 0.95 --split valid",
+    "select": """examples:
+  fairhead select sweep-eo/ --target eo:0.05 --confidence 0.95 --split valid
+  fairhead select sweep-eo/ --target 'eo<=0.05'     # the same target; quote it, < is a shell redirection""",
     "demo": "example:\n  fairhead demo --out fairhead-demo",
     "presets": "example:\n  fairhead presets   # then: fairhead extract --preset NAME --root DIR ...",
 }
@@ -370,6 +410,9 @@ def _cmd_import(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from fairhead import pipeline
 
+    if args.json:
+        print(json.dumps(pipeline.cache_info(args.cache), indent=1, allow_nan=False))
+        return 0
     print(pipeline.describe_cache(args.cache, max_groups=None if args.all_groups else pipeline.INFO_MAX_GROUPS))
     return 0
 
@@ -403,13 +446,22 @@ def _eps(args: argparse.Namespace) -> float:
 
 
 def _head_params(args: argparse.Namespace) -> dict:
+    """The head options of a command, every one checked before the cache is read: the device here,
+    the numbers (``--eps``, ``--C``, ``--min-group-size``) by the estimator's own parameter validator,
+    so the message is the one Python gives (``The 'eps' parameter of FairLogisticRegression ...``)."""
+    from solvers import FairLogisticRegression
+    from solvers._validation import validate_params
+
     _check_solver_device(args.solver_device)
-    return dict(
+    params = dict(
         constraint=None if args.constraint == "none" else args.constraint,
         C=args.C, backend=args.backend,
         balance=None if args.balance == "none" else args.balance,
-        device=args.solver_device, min_group_size=args.min_group_size, pos_label=args.pos_label,
+        device=args.solver_device, min_group_size=args.min_group_size,
     )
+    eps = _eps(args) if hasattr(args, "eps") else EPS_DEFAULT  # sweep: its grid is checked by run_sweep first
+    validate_params(FairLogisticRegression(eps=eps, **params))
+    return dict(params, pos_label=args.pos_label)
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
@@ -419,10 +471,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         result = pipeline.fit_on_cache(
             args.cache, fit_split=args.fit_split, eval_splits=args.eval_split,
             attributes=args.attributes, eps=_eps(args), save=args.save, confidence=args.confidence,
-            max_memory=args.max_memory, parallel=parallel, **_head_params(args),
+            max_memory=args.max_memory, parallel=parallel, progress=not args.no_progress, **_head_params(args),
         )
     if data_parallel.writes(parallel):
-        print(result.summary())
+        print(json.dumps(result.to_json(), indent=1, allow_nan=False) if args.json else result.summary())
     return 0
 
 
@@ -464,9 +516,9 @@ def _cmd_protocols(args: argparse.Namespace) -> int:
 
     table = protocols.run_protocols(
         args.cache, attributes=args.attributes, eps=_eps(args), seed=args.seed, out=args.out,
-        confidence=args.confidence, **_head_params(args),
+        confidence=args.confidence, progress=not args.no_progress, **_head_params(args),
     )
-    print(table.to_text())
+    print(json.dumps(table.to_json(), indent=1, allow_nan=False) if args.json else table.to_text())
     return 0
 
 
@@ -599,8 +651,8 @@ PREDICT_EPILOG = """examples:
 The head file records the cache's backbone (architecture, weights, their sha256, preprocessing);
 predict rebuilds it and refuses weights whose sha256 differs. The CSV has one row per id: score
 (the logit z), probability (sigmoid z, of the positive class), prediction (0/1) and the class name;
-with labels (--celeba, --manifest) also the label, the groups, and group metrics (printed and
-written to PREDS.metrics.json)."""
+with labels (--celeba, --manifest) also the label, the groups, and group metrics with 0.95
+intervals (printed and written to PREDS.metrics.json)."""
 
 EXPORT_EPILOG = """examples:
   fairhead export --head head.json --to sklearn --out head.joblib   # a fitted LogisticRegression
@@ -690,6 +742,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     path = export_head(args.head, args.out, fmt=args.to, weights_file=args.weights_file)
     print(f"wrote {path}")
+    if args.to == "onnx":
+        from fairhead.export import export_sidecars
+
+        for sidecar in export_sidecars(path):  # the weights beside the graph: both must travel together
+            print(f"wrote {sidecar} (the model's weights, read by {path.name}: keep the two files together)")
     return 0
 
 

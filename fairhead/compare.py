@@ -131,10 +131,56 @@ def matched_bounds(constraint, grid, k: int = 3) -> list[float]:
     return [float(p) for p in picks]
 
 
-def _logistic(C, seed):
+def _logistic(C, seed, *, counted: bool = False):
     from sklearn.linear_model import LogisticRegression
 
+    if counted:  # each fit a reduction makes calls the hook of :func:`_counting_fits`
+        return _counting_class()(C=C, max_iter=2000, random_state=seed)
     return LogisticRegression(C=C, max_iter=2000, random_state=seed)
+
+
+_COUNTING = {}
+
+
+def _counting_class():
+    """A LogisticRegression whose ``fit`` calls ``_COUNTING["hook"]`` (reductions clone their estimator:
+    the class, hence the hook, survives ``sklearn.clone``)."""
+    if "class" not in _COUNTING:
+        from sklearn.linear_model import LogisticRegression
+
+        class CountingLogisticRegression(LogisticRegression):
+            def fit(self, X, y, sample_weight=None):
+                out = super().fit(X, y, sample_weight=sample_weight)
+                hook = _COUNTING.get("hook")
+                if hook is not None:
+                    hook()
+                return out
+
+        _COUNTING["class"] = CountingLogisticRegression
+    return _COUNTING["class"]
+
+
+@contextlib.contextmanager
+def _counting_fits(report, what: str, most: int):
+    """Call ``report(text)`` after every inner fit: how many, of at most ``most``, and the time each takes
+    (ExponentiatedGradient fits its estimator once per iteration: minutes per bound on Adult)."""
+    started, count = time.perf_counter(), [0]
+
+    def hook():
+        count[0] += 1
+        each = (time.perf_counter() - started) / count[0]
+        report(f"{what}: inner fit {count[0]} of at most {most}, {each:.1f} s each, "
+               f"at most {each * max(most - count[0], 0):.0f} s left")
+
+    _COUNTING["hook"] = hook
+    try:
+        yield
+    finally:
+        _COUNTING["hook"] = None
+
+
+#: fairlearn ExponentiatedGradient's default max_iter (one estimator fit per iteration, plus the first)
+EXPGRAD_MAX_ITER = 50
 
 
 def _moment(constraint, bound):
@@ -143,13 +189,16 @@ def _moment(constraint, bound):
     return getattr(reductions, FAMILY[constraint.name][0])(difference_bound=bound)
 
 
-def run_expgrad(fit, arrays, *, constraint, grid, C, seed, balance=None, confidence=0.95, **_):
+def run_expgrad(fit, arrays, *, constraint, grid, C, seed, balance=None, confidence=0.95, report=None, **_):
+    """ExponentiatedGradient at each matched bound; ``report(text)`` hears about every inner fit."""
     from fairlearn.reductions import ExponentiatedGradient
 
     for bound in matched_bounds(constraint, grid):
         t0 = time.perf_counter()
-        model = ExponentiatedGradient(_logistic(C, seed), constraints=_moment(constraint, bound))
-        model.fit(fit.X, fit.y, sensitive_features=pipeline.sensitive_arg(fit))
+        model = ExponentiatedGradient(_logistic(C, seed, counted=report is not None),
+                                      constraints=_moment(constraint, bound), max_iter=EXPGRAD_MAX_ITER)
+        with _counting_fits(report or (lambda text: None), f"bound {bound:g}", EXPGRAD_MAX_ITER + 1):
+            model.fit(fit.X, fit.y, sensitive_features=pipeline.sensitive_arg(fit))
         wall = time.perf_counter() - t0
         metrics = evaluate_predictor(
             lambda a: _logit(model._pmf_predict(a.X)[:, 1]),
@@ -363,7 +412,8 @@ def run_baselines(names, fit, arrays, *, constraint, grid, C, seed=0, progress=T
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
             for record in RUNNERS[name](fit, arrays, constraint=constraint, grid=grid, C=C, seed=seed,
-                                        balance=balance, confidence=confidence):
+                                        balance=balance, confidence=confidence,
+                                        report=None if bar.disable else bar.set_postfix_str):
                 records.append(record)
                 bar.update(1)
         yield from records
@@ -381,7 +431,7 @@ def expected_fits(name: str, constraint, grid) -> int:
 @contextlib.contextmanager
 def _ticking(bar, every_s: float = 1.0):
     """Redraw ``bar`` every ``every_s`` seconds from a daemon thread (its elapsed time keeps moving)."""
-    if bar.disable:
+    if getattr(bar, "disable", True):
         yield
         return
     stop = threading.Event()

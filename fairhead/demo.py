@@ -95,11 +95,14 @@ def headline(results, table) -> list[str]:
         if hit:
             lines.append(f"- `{name}` at its tightest bound (eps={tight:.3f}) leaves a test DP gap of "
                          f"{hit['demographic_parity_difference']:.3f} at accuracy {hit['accuracy']:.3f}.")
+            from fairhead.report import score_gap_note
+
+            lines += score_gap_note(name, result.rows)
     cells = {(r["protocol"], r["split"]): r for r in table.rows}
     m1_fit, m1_test = cells.get(("M1", "fine-tune")), cells.get(("M1", "test"))
     if m1_fit and m1_test:
         lines.append(f"- M1 (constrained head on the validation split): its own {PROTOCOL_CONSTRAINT} gap is "
-                     f"{m1_fit['own_value']:.3f} where it was fitted and {m1_test['own_value']:.3f} on test.")
+                     f"{m1_fit['constraint_value']:.3f} where it was fitted and {m1_test['constraint_value']:.3f} on test.")
     return lines
 
 
@@ -216,9 +219,15 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
                f"![trade-off](sweep-{name}/tradeoff.png)", "",
                f"![train vs test](sweep-{name}/fit_vs_test.png)", "",
                f"Details: [sweep-{name}/report.md](sweep-{name}/report.md)", ""]
-    lines += [f"\n== protocols ({PROTOCOL_CONSTRAINT}, eps={PROTOCOL_EPS}) ==", table.to_text()]
+    lines += [f"\n== protocols ({PROTOCOL_CONSTRAINT}, eps={PROTOCOL_EPS}) ==",
+              table.to_text(columns=protocols.REPORT_COLUMNS),
+              f"(every column, FPR/FNR per group and the intervals: {out / 'protocols' / 'protocols.csv'})"]
     md += [f"## Protocols (`{PROTOCOL_CONSTRAINT}`, eps={PROTOCOL_EPS})", "",
-           markdown_table(table.rows, [(c, c) for c in table.columns()]), ""]
+           markdown_table(table.rows, [(c, c) for c in protocols.REPORT_COLUMNS]), "",
+           *(f"- {note}" for note in table.notes), *([""] if table.notes else []),
+           f"The {len(protocols.REPORT_COLUMNS)} columns that compare the protocols; all {len(table.columns())} "
+           "(balanced accuracy, AUC, ratios, FPR and FNR per group, every interval) are in "
+           "[protocols/protocols.csv](protocols/protocols.csv).", ""]
     if full is not None:
         from fairhead import full_report
 
@@ -233,6 +242,10 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
 
         story += full_report.headline(full, protocols=False)
     meta = provenance.collect(seed=seed, extra={"n_images": n, "backbone": DEMO_BACKBONE})
+    from fairhead.report import recommendation
+
+    first = next(iter(results))  # the rate sweep: its heads are the ones `select` certifies
+    md += recommendation(results[first], sweep_dir=out / f"sweep-{first}")
     report = out / "report.md"
     atomic_write_text(report, "\n".join([
         "# fairhead demo", "",

@@ -15,6 +15,12 @@ transform, recorded in the head file) to the head's scores ``z`` (N,), float64; 
 the positive class is ``sigmoid(z)``. A K-class head exports ``Linear(d, K)`` and scores (N, K), whose
 softmax is the class probabilities.
 
+The ONNX file carries what a consumer needs besides the graph in its ``metadata_props``
+(:func:`onnx_metadata`: the preprocessing, the class names and which one is positive, what the
+output means, the constraint and eps, the fairhead version); its weights may go to a sidecar
+``<name>.data`` beside it (torch's exporter does so for large models), which
+:func:`export_sidecars` lists and ``fairhead export`` names.
+
 TorchScript is not offered: ``torch.jit.trace`` is deprecated in the torch this project uses,
 and ``torch.export`` is its replacement.
 """
@@ -96,6 +102,53 @@ def export_onnx(module, example, path) -> Path:
     return Path(path)
 
 
+def onnx_metadata(head, backbone_prov: dict) -> dict[str, str]:
+    """``metadata_props`` of an exported ONNX model: strings a consumer reads without fairhead."""
+    import json
+
+    import fairhead
+
+    extra = getattr(head, "extra_", None) or {}
+    label = extra.get("label") or {}
+    classes = [str(c) for c in (label.get("class_names") or getattr(head, "classes_", []))]
+    binary = len(classes) <= 2
+    return {
+        "fairhead.version": fairhead.__version__,
+        "fairhead.input": "images (N, 3, H, W) float32 after fairhead.preprocessing",
+        "fairhead.preprocessing": str(backbone_prov.get("preprocessing") or ""),
+        "fairhead.backbone": f"{backbone_prov.get('arch')} {backbone_prov.get('weights')}",
+        "fairhead.output": ("scores (N,) float64: the logit z; sigmoid(z) = P(fairhead.positive_class)" if binary
+                            else "scores (N, K) float64: softmax gives P(class k), k in fairhead.class_names"),
+        "fairhead.class_names": json.dumps(classes),
+        "fairhead.positive_class": str(label.get("positive") or (classes[-1] if binary and classes else "")),
+        "fairhead.label": str(label.get("name") or ""),
+        "fairhead.constraint": str(getattr(head, "constraint", None) or "none"),
+        "fairhead.eps": f"{getattr(head, 'eps', float('nan')):g}",
+    }
+
+
+def add_onnx_metadata(path, metadata: dict[str, str]) -> None:
+    """Write ``metadata`` into the ONNX file's ``metadata_props`` (its external weights untouched)."""
+    import onnx
+
+    model = onnx.load(os.fspath(path), load_external_data=False)
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, metadata)
+    onnx.save(model, os.fspath(path))
+
+
+def export_sidecars(path) -> list[Path]:
+    """The external-data files an ONNX model at ``path`` reads (empty for a self-contained file)."""
+    import onnx
+
+    model = onnx.load(os.fspath(path), load_external_data=False)
+    names = set()
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            names.update(entry.value for entry in tensor.external_data if entry.key == "location")
+    return [Path(path).parent / name for name in sorted(names)]
+
+
 def export_head(head_path, out, *, fmt: str, weights_file=None) -> Path:
     """Write the head of ``head_path`` as ``fmt`` (see the module table) to ``out``."""
     import torch
@@ -110,8 +163,9 @@ def export_head(head_path, out, *, fmt: str, weights_file=None) -> Path:
     head = load_head(head_path)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # ONNX may write its weights to a sidecar named after the file, so it is written in place
-    tmp = out if fmt == "onnx" else out.with_name(out.name + ".tmp")
+    # ONNX may write its weights to a sidecar named after the file, so it is written in place; the
+    # others keep their suffix (torch.export.save warns about a file not ending in .pt2)
+    tmp = out if fmt == "onnx" else out.with_name(f"{out.stem}.tmp{out.suffix}")
     if fmt == "sklearn":
         import joblib
 
@@ -121,14 +175,17 @@ def export_head(head_path, out, *, fmt: str, weights_file=None) -> Path:
     else:
         from fairhead.predict import head_backbone, rebuild_backbone
 
-        backbone = rebuild_backbone(head_backbone(head, head_path), path=head_path, weights_file=weights_file)
+        prov = head_backbone(head, head_path)
+        backbone = rebuild_backbone(prov, path=head_path, weights_file=weights_file)
         module = head_module(backbone, head)
         example = example_images(backbone)
         (export_program if fmt == "program" else export_onnx)(module, example, tmp)
+        if fmt == "onnx":
+            add_onnx_metadata(tmp, onnx_metadata(head, prov))
     if tmp != out:
         tmp.replace(out)  # a failed export never leaves a half-written file under the final name
     return out
 
 
 __all__ = ["FORMATS", "head_module", "example_images", "export_program", "export_onnx", "export_head",
-           "onnx_available"]
+           "onnx_available", "onnx_metadata", "add_onnx_metadata", "export_sidecars"]

@@ -148,6 +148,26 @@ def format_counts(table, *, max_groups: int | None = INFO_MAX_GROUPS) -> str:
     return format_table(rows)
 
 
+def cache_info(path: Path) -> dict[str, Any]:
+    """What ``fairhead info --json`` prints: the provenance, the shape and every non-empty
+    (split, group, label) count."""
+    import embedcache
+
+    from fairhead import provenance
+
+    with embedcache.open(path) as cache:
+        table = cache.count_table()
+        counts = [{"split": split, "group": group, "label": str(label), "n": int(table.counts[i, j, k])}
+                  for i, split in enumerate(table.splits) for j, group in enumerate(table.groups)
+                  for k, label in enumerate(table.label_categories) if table.counts[i, j, k]]
+        return provenance.strict_json({"cache": str(path), "rows": int(cache.n_rows),
+                                       "feature_dim": int(cache.feature_dim), "splits": list(cache.splits),
+                                       "label": table.label_name, "label_categories": [str(c) for c in
+                                                                                       table.label_categories],
+                                       "sensitive": list(cache.sensitive_names), "fingerprint": cache.fingerprint,
+                                       "provenance": cache.provenance, "counts": counts})
+
+
 def describe_cache(path: Path, *, max_groups: int | None = INFO_MAX_GROUPS) -> str:
     """Provenance and the split x label x group count table, as printed by ``fairhead info``."""
     import embedcache
@@ -237,6 +257,18 @@ def positive_code(cache, pos_label) -> int:
         raise DataError(UNKNOWN_POS_LABEL_MSG.format(value=pos_label, name=cache.label_name, path=cache.path,
                                                      have=", ".join(categories)))
     return categories.index(str(pos_label))
+
+
+def check_names(cache, *, splits=(), attributes=None, pos_label=None) -> None:
+    """Refuse a split, sensitive attribute or ``--pos-label`` the cache does not have, from its
+    metadata alone: before any features are read or any head is fitted."""
+    from embedcache.store.reader import UNKNOWN_SPLIT_MSG
+
+    for name in splits:
+        if name not in cache.splits:
+            raise DataError(UNKNOWN_SPLIT_MSG.format(path=cache.path, name=name, available=", ".join(cache.splits)))
+    resolve_attributes(cache, attributes)
+    positive_code(cache, pos_label)
 
 
 def load_arrays(cache, splits, attributes=None, *, pos_label=None, max_memory=None, parallel=None) -> SplitArrays:
@@ -339,7 +371,7 @@ METRIC_COLUMNS = (
     ("equalized_odds_difference", "eo_diff"),
     ("equal_opportunity_difference", "eopp_diff"),
     ("accuracy_equality_difference", "acc_eq_diff"),
-    ("worst_group_accuracy", "mmf_acc"),
+    ("worst_group_accuracy", "worst_group_accuracy"),
     ("worst_cell_accuracy", "worst_cell_acc"),
 )
 
@@ -353,7 +385,7 @@ def metric_rows(per_split: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """One row per split; ``acc_ci`` / ``eo_diff_ci`` are the intervals when the metrics carry them."""
     bounded = any("constraint_value" in m for m in per_split.values())
     with_ci = any("accuracy_low" in m for m in per_split.values())
-    return [{"split": split, **({"bounded_gap": m.get("constraint_value", float("nan"))} if bounded else {}),
+    return [{"split": split, **({"constraint_value": m.get("constraint_value", float("nan"))} if bounded else {}),
              **{h: m.get(k, float("nan")) for k, h in METRIC_COLUMNS},
              **({"acc_ci": _ci(m, "accuracy"), "eo_diff_ci": _ci(m, "equalized_odds_difference")} if with_ci else {})}
             for split, m in per_split.items()]
@@ -383,16 +415,35 @@ class FitResult:
         bounded = self.fit_metrics.get("constraint_value", float("nan"))
         lines = []
         if name == "minimax":
-            lines.append(f"bounded gap on '{self.fit_split}': {bounded:.4f} (minimax: minimised, no eps)")
+            lines.append(f"constraint_value on '{self.fit_split}': {bounded:.4f} (minimax: minimised, no eps)")
         else:
-            met = cert.eps_met if cert.eps_met is not None else cert.max_violation <= max(cert.tol, 1e-9)
-            lines.append(f"bounded gap on '{self.fit_split}': {bounded:.4f} (eps {cert.eps:g}; met: {met})")
+            lines.append(f"constraint_value on '{self.fit_split}': {bounded:.4f} (eps {cert.eps:g}; "
+                         f"eps_met: {self.eps_met()})")
         lines.append(f"  = {describe_bounded_gap(name, self.head.balance, len(self.head.classes_))}")
         key = BETWEEN_GROUPS[name]
         short = dict(METRIC_COLUMNS)[key]
         lines.append(f"between-groups difference on '{self.fit_split}': {short} {self.fit_metrics[key]:.4f} "
                      "(fairlearn's max - min over groups, unit weights; not the bounded quantity)")
         return lines
+
+    def eps_met(self) -> bool | None:
+        """Whether the head keeps its bound on the fit split (None: unconstrained or minimax)."""
+        cert = self.head.certificate_
+        if cert.constraint is None or cert.eps is None or cert.constraint == "minimax":
+            return None
+        return bool(cert.eps_met if cert.eps_met is not None else cert.max_violation <= max(cert.tol, 1e-9))
+
+    def to_json(self) -> dict:
+        """What ``fairhead fit --json`` prints: the head, its certificate, every split's metrics
+        (the sweep's names: ``constraint_value``, ``worst_group_accuracy``, ``*_low`` / ``*_high``)."""
+        from fairhead import provenance
+
+        head = self.head
+        return provenance.strict_json({
+            "constraint": head.certificate_.constraint, "eps": head.eps, "C": head.C, "balance": head.balance,
+            "fit_split": self.fit_split, "eps_met": self.eps_met(), "certificate": head.certificate_.to_dict(),
+            "fit_metrics": self.fit_metrics, "metrics": self.metrics, "undefined_rates": self.undefined_rates or {},
+            "saved_to": None if self.saved_to is None else str(self.saved_to)})
 
     def summary(self) -> str:
         cert = self.head.certificate_
@@ -423,7 +474,7 @@ def label_provenance(cache, pos_label=None) -> dict[str, Any]:
 
 def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None, attributes=None,
                  save: Path | None = None, pos_label=None, confidence: float = 0.95, max_memory=None,
-                 parallel=None, **head_params) -> FitResult:
+                 parallel=None, progress: bool = False, **head_params) -> FitResult:
     """Fit one :class:`solvers.FairLogisticRegression` on ``fit_split`` and evaluate it on ``eval_splits``.
 
     ``max_memory`` (bytes, or ``"2GB"``) fits and evaluates out of core: every split's
@@ -434,18 +485,37 @@ def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None
     The saved head records the cache's backbone and label, so ``fairhead predict`` can rebuild
     the backbone (checked by its weights' sha256) and run both on new images. Every split's
     metrics carry ``confidence`` intervals (:func:`fairhead.uncertainty.interval_columns`).
+    ``progress`` shows a bar over the steps (reading, the fit, each evaluated split), its clock
+    running during a long fit.
     """
+    from solvers.intervals import check_confidence
+    from tqdm.auto import tqdm
+
+    from fairhead.compare import _ticking
+
+    confidence = check_confidence(confidence)
+    show = progress and (parallel is None or parallel.writes)
+    # on a terminal only (disable=None): a log or a pipe gets the result and one-line errors, not bar frames
+    bar = tqdm(total=3, desc="fit", unit="step", disable=None if show else True, dynamic_ncols=True)
+    with bar, _ticking(bar):
+        return _fit_on_cache(bar, cache_path, fit_split=fit_split, eval_splits=eval_splits, attributes=attributes,
+                             save=save, pos_label=pos_label, confidence=confidence, max_memory=max_memory,
+                             parallel=parallel, head_params=head_params)
+
+
+def _fit_on_cache(bar, cache_path, *, fit_split, eval_splits, attributes, save, pos_label, confidence, max_memory,
+                  parallel, head_params) -> FitResult:
     import embedcache
     from fairhead.predict import backbone_provenance
     from fairhead_io import check_file_target
     from solvers import FairLogisticRegression, metrics, save_head
-    from solvers.intervals import check_confidence
     from solvers.persistence import check_head_path
 
     from fairhead.uncertainty import interval_columns
 
-    confidence = check_confidence(confidence)
+    bar.set_postfix_str(f"reading '{cache_path}'")
     with embedcache.open(cache_path) as cache:
+        check_names(cache, splits=[fit_split, *(eval_splits or ())], attributes=attributes, pos_label=pos_label)
         if save is None:  # beside the cache, named by the constraint and the bound
             cache_path = Path(cache_path)
             name = head_params.get("constraint") or "none"
@@ -466,13 +536,19 @@ def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None
         fingerprint = cache.fingerprint
         provenance = {"backbone": backbone_provenance(cache), "label": label_provenance(cache, pos_label),
                       "categories": {a: list(train.categories[a]) for a in train.attributes}}
+    bar.total = 2 + len(evaluated)
+    bar.update(1)
+    bar.set_postfix_str(f"fitting on '{fit_split}' ({len(train.y)} rows)")
     head = FairLogisticRegression(**head_params)
     fit_head(head, train, split=fit_split)
+    bar.update(1)
     per_split = {}
     for split, arrays in evaluated.items():
+        bar.set_postfix_str(f"evaluating on '{split}'")
         per_split[split] = evaluate_head(head, arrays, bounded=True)
         per_split[split].update(interval_columns(arrays.y, head.predict(arrays.X), sensitive_arg(arrays), confidence,
                                                  classes=arrays.classes))
+        bar.update(1)
     undefined = {split: metrics.undefined_rates(arrays.y, sensitive_features=arrays.group_names, classes=arrays.classes)
                  for split, arrays in evaluated.items()}
     fit_metrics = per_split.get(fit_split) or evaluate_head(head, train, bounded=True)

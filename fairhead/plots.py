@@ -1,10 +1,19 @@
 """Sweep plots (PNG, matplotlib's Agg backend, no display needed).
 
-1. ``tradeoff.png``: accuracy against each fairness gap, on the fit split (top row)
-   and on test (bottom row), one series per method, the Pareto front marked.
+1. ``tradeoff.png``: accuracy against each fairness gap, on the fit split and on test,
+   one series per method, the Pareto front marked. When some heads are worse than the
+   unconstrained head on both axes (the seed's penalties on real data), they would squash
+   the others into a corner: a zoomed row per split then shows only the heads the
+   unconstrained head does not beat (:func:`heads_that_matter`).
 2. ``fit_vs_test.png``: each head's gap on test against its gap on the fit split.
    Points above the diagonal are fairness that did not generalise: overfitting to
    the constraint.
+
+Every plot is readable on real data: axis limits come from the points plotted, padded so that
+no marker is cut by the frame (:func:`pad_limits`); one legend per figure, below the panels,
+never over the data; points labelled (eps, the unconstrained head, protocol names) where a
+label fits without covering another (:func:`place_labels`), points at the same place sharing
+one label.
 """
 
 from __future__ import annotations
@@ -57,6 +66,167 @@ def _span_at_least(low: float, high: float, span: float, *, floor: float | None 
     return low, high
 
 
+#: pixels between the outermost marker centre and the frame: the largest marker's radius plus a margin
+MARKER_PAD_PX = 14
+#: label offsets tried in turn (points from the marker), the first free one is used
+LABEL_OFFSETS = ((6, 5), (6, -12), (-6, 5), (-6, -12), (0, 11), (0, -16), (10, -3), (-10, -3), (-8, -22), (-8, 16))
+#: a zoomed row is drawn when the heads that matter span less than this share of the full range
+ZOOM_SHARE = 0.5
+#: readable axis names of the report's metric keys (never snake_case on an axis)
+AXIS_NAMES = {
+    "eo_diff": "EO difference between groups", "dp_diff": "DP difference between groups",
+    "eopp_diff": "equal-opportunity difference between groups", "acc_eq_diff": "accuracy difference between groups",
+    "equalized_odds_difference": "EO difference between groups",
+    "demographic_parity_difference": "DP difference between groups",
+    "equal_opportunity_difference": "equal-opportunity difference between groups",
+    "accuracy_equality_difference": "accuracy difference between groups",
+}
+
+
+def axis_name(metric: str) -> str:
+    """The words for ``metric`` on an axis (``eo_diff`` -> ``EO difference between groups``)."""
+    return AXIS_NAMES.get(metric, metric.replace("_", " "))
+
+
+def pad_limits(ax, xs, ys, *, pad_px: float = MARKER_PAD_PX, x_span: float = 0.0, y_span: float = 0.0,
+               same: bool = False, x_from: float | None = None) -> None:
+    """Set ``ax``'s limits so every point of ``xs, ys`` lies at least ``pad_px`` pixels inside the
+    frame (the figure must be laid out already: the pixel size of the axes is read). Each range is
+    first widened about its centre to ``x_span`` / ``y_span``; ``same`` gives both axes one range
+    (a diagonal stays the diagonal); ``x_from`` is kept in the x range (0 on a gap axis)."""
+    xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    ok = np.isfinite(xs) & np.isfinite(ys)
+    if not ok.any():
+        return
+    low = float(xs[ok].min()) if x_from is None else min(float(xs[ok].min()), x_from)
+    x0, x1 = _span_at_least(low, float(xs[ok].max()), max(x_span, 1e-6), floor=x_from)
+    y0, y1 = _span_at_least(float(ys[ok].min()), float(ys[ok].max()), max(y_span, 1e-6))
+    if same:
+        x0 = y0 = min(x0, y0)
+        x1 = y1 = max(x1, y1)
+    width, height = ax.bbox.width, ax.bbox.height
+
+    def padded(low, high, pixels):
+        pixels = max(pixels, 4 * pad_px)
+        step = (high - low) / (pixels - 2 * pad_px)  # data units per pixel once padded
+        return low - pad_px * step, high + pad_px * step
+
+    if same:
+        x0, x1 = padded(x0, x1, min(width, height))
+        y0, y1 = x0, x1
+    else:
+        (x0, x1), (y0, y1) = padded(x0, x1, width), padded(y0, y1, height)
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+
+
+def _pixel_groups(ax, points, texts, *, within_px: float = 3.0):
+    """``(point, "text, text")`` with the texts of points drawn at the same place merged."""
+    merged: list[tuple[tuple[float, float], list[str], np.ndarray]] = []
+    for (x, y), text in zip(points, texts):
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        at = ax.transData.transform((x, y))
+        for _, names, where in merged:
+            if np.hypot(*(where - at)) <= within_px:
+                if text not in names:
+                    names.append(text)
+                break
+        else:
+            merged.append(((x, y), [text], at))
+    return [(point, ", ".join(names)) for point, names, _ in merged]
+
+
+def marker_boxes(ax) -> list:
+    """Pixel boxes of every marker drawn in ``ax`` (lines with markers and scatters)."""
+    from matplotlib.collections import PathCollection
+    from matplotlib.transforms import Bbox
+
+    centres = []
+    for line in ax.get_lines():
+        if line.get_marker() in (None, "None", "", " ") or not line.get_visible():
+            continue
+        xy = np.column_stack([line.get_xdata(), line.get_ydata()]).astype(float)
+        radius = line.get_markersize() / 2 * ax.figure.dpi / 72
+        centres += [(p, radius) for p in ax.transData.transform(xy[np.isfinite(xy).all(axis=1)])]
+    for coll in ax.collections:
+        if isinstance(coll, PathCollection) and len(coll.get_offsets()):
+            xy = np.asarray(coll.get_offsets(), dtype=float)
+            sizes = coll.get_sizes() if len(coll.get_sizes()) else [36.0]
+            for k, p in enumerate(ax.transData.transform(xy[np.isfinite(xy).all(axis=1)])):
+                centres.append((p, np.sqrt(sizes[k % len(sizes)]) / 2 * ax.figure.dpi / 72))
+    return [Bbox.from_extents(x - r, y - r, x + r, y + r) for (x, y), r in centres]
+
+
+def place_labels(ax, points, texts, *, fontsize: float = 7, taken=None, avoid_markers: bool = True) -> list:
+    """Write each text beside its point where it stays inside the axes and covers no label already
+    placed (``taken``: their pixel boxes, shared across panels; extended here) nor, with
+    ``avoid_markers``, any marker; points drawn at the same place share one label (``"B3, M2"``).
+    A label with no free place is left out, never printed over another. The figure must be laid
+    out and the limits set first."""
+    renderer = ax.figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    taken = [] if taken is None else taken
+    markers = marker_boxes(ax) if avoid_markers else []
+    placed = []
+    for point, text in _pixel_groups(ax, points, texts):
+        for dx, dy in LABEL_OFFSETS:
+            label = ax.annotate(text, point, xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
+                                ha="left" if dx >= 0 else "right", va="center", annotation_clip=True)
+            box = label.get_window_extent(renderer)
+            inside = (box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0 and box.y1 <= frame.y1)
+            if inside and not any(box.overlaps(other) for other in [*taken, *markers]):
+                taken.append(box)
+                placed.append(label)
+                break
+            label.remove()
+    return placed
+
+
+def legend_below(fig, handles_labels, *, title: str | None = None, fontsize: float = 7) -> float:
+    """One legend for the figure, centred below the panels (never over the data); returns the
+    share of the figure's height it takes, for :meth:`Figure.tight_layout`'s ``rect``."""
+    seen = {}
+    for handle, label in handles_labels:
+        if label and not label.startswith("_") and label not in seen:
+            seen[label] = handle
+    if not seen:
+        return 0.0
+    ncol = min(len(seen), 6)
+    legend = fig.legend(list(seen.values()), list(seen), loc="lower center", bbox_to_anchor=(0.5, 0.005),
+                        ncol=ncol, fontsize=fontsize, frameon=False, title=title)
+    height = legend.get_window_extent(fig.canvas.get_renderer()).height / fig.bbox.height
+    return float(height) + 0.015
+
+
+def layout(fig, *, bottom: float = 0.0, top: float = 0.93) -> None:
+    """``tight_layout`` inside ``[bottom, top]`` of the figure (room for the legend and the title);
+    :func:`finish` then keeps this layout, so labels placed after it stay where they were checked."""
+    fig.tight_layout(rect=(0, bottom, 1, top))
+    fig._fairhead_laid_out = True
+
+
+def heads_that_matter(gap: np.ndarray, acc: np.ndarray, methods: list[str]) -> np.ndarray:
+    """The points the unconstrained head does not beat on both axes (lower gap and higher accuracy),
+    plus every fairhead head and the unconstrained head itself: the zoom of a trade-off panel.
+    Without an unconstrained head every point matters."""
+    keep = np.array([_method_base(m) in ("fairhead", "unconstrained") for m in methods], dtype=bool)
+    free = [i for i, m in enumerate(methods) if m == "unconstrained" and np.isfinite(gap[i]) and np.isfinite(acc[i])]
+    if not free:
+        return np.isfinite(gap) & np.isfinite(acc)
+    g0, a0 = gap[free[0]], acc[free[0]]
+    beaten = (gap >= g0) & (acc <= a0) & ((gap > g0) | (acc < a0))
+    return (keep | ~beaten) & np.isfinite(gap) & np.isfinite(acc)
+
+
+def _needs_zoom(gap, acc, matter) -> bool:
+    ok = np.isfinite(gap) & np.isfinite(acc)
+    if matter.sum() < 2 or matter.sum() == ok.sum():
+        return False
+    share = [(v[matter].max() - v[matter].min()) / max(v[ok].max() - v[ok].min(), 1e-12) for v in (gap, acc)]
+    return min(share) < ZOOM_SHARE
+
+
 def pareto_front(gap: np.ndarray, acc: np.ndarray) -> np.ndarray:
     """Indices of the points no other point beats on both (lower gap, higher accuracy), by gap."""
     ok = np.isfinite(gap) & np.isfinite(acc)
@@ -85,7 +255,8 @@ def finish(fig, path: Path, staged=None) -> Path:
 
     from fairhead_io import atomic_open
 
-    fig.tight_layout()
+    if not getattr(fig, "_fairhead_laid_out", False):  # layout() ran already: labels were placed after it
+        fig.tight_layout()
     with (staged.open(path, "wb") if staged is not None else atomic_open(path, "wb")) as fh:
         fig.savefig(fh, format="png", dpi=110)
     plt.close(fig)
@@ -104,10 +275,62 @@ def _head_key(row) -> tuple:
     return row["method"], num(row.get("eps")), num(row.get("alpha"))
 
 
+def _eps_text(row) -> str:
+    if row["method"] == "unconstrained":
+        return "unconstrained"
+    return f"eps={row['eps']:.3g}"
+
+
+def _draw_tradeoff(ax, series, key, *, only=None):
+    """The methods' points (``only``: the (method, index) pairs to draw), their intervals, the heads
+    that miss their bound and the Pareto front; returns the plotted ``(gap, acc, method, row)``."""
+    drawn = []
+    for method, group in series.items():
+        pick = [i for i in range(len(group)) if only is None or (method, i) in only]
+        if not pick:
+            continue
+        rows = [group[i] for i in pick]
+        gap = np.array([g.get(key, np.nan) for g in rows], dtype=float)
+        acc = np.array([g["accuracy"] for g in rows], dtype=float)
+        base = _method_base(method)
+        marker = MARKERS.get(base, "x")
+        star = marker == "*"
+        # only fairhead's heads form a path (ordered by eps); baselines are separate points; the
+        # unconstrained star is drawn last and larger, so no head hides it
+        ax.plot(gap, acc, marker=marker, linestyle="-" if method == "fairhead" else "none", color=COLORS.get(base),
+                markersize=12 if star else 5, alpha=1.0 if star else 0.8, label=method, zorder=6 if star else 3,
+                markeredgecolor="white" if star else None)
+        if all(f"{key}_low" in g for g in rows):  # the rows' confidence intervals as error bars
+            xerr = np.abs(np.array([[g[key] - g[f"{key}_low"], g[f"{key}_high"] - g[key]] for g in rows]).T)
+            yerr = np.abs(np.array([[g["accuracy"] - g["accuracy_low"], g["accuracy_high"] - g["accuracy"]]
+                                    for g in rows]).T)
+            ax.errorbar(gap, acc, xerr=xerr, yerr=yerr, fmt="none", ecolor=COLORS.get(base), elinewidth=0.6, alpha=0.3)
+        missed = np.array([g.get("eps_met") is False for g in rows])
+        if missed.any():  # heads that miss their own bound on the fit split
+            ax.scatter(gap[missed], acc[missed], marker="x", s=60, color="red", label="misses its bound", zorder=5)
+        drawn += [(gp, ac, method, row) for gp, ac, row in zip(gap, acc, rows)]
+    gap = np.array([d[0] for d in drawn], dtype=float)
+    acc = np.array([d[1] for d in drawn], dtype=float)
+    front = pareto_front(gap, acc)
+    if front.size:
+        ax.step(gap[front], acc[front], where="post", color="k", linewidth=1, alpha=0.6)
+        ax.scatter(gap[front], acc[front], s=70, facecolors="none", edgecolors="k", label="Pareto front", zorder=4)
+    ax.grid(alpha=0.3)
+    return drawn
+
+
+def _label_heads(ax, drawn, taken) -> None:
+    """eps beside fairhead's heads and a name beside the unconstrained one (where labels fit)."""
+    ordered = sorted((d for d in drawn if d[2] in ("fairhead", "unconstrained")), key=lambda d: d[2] != "unconstrained")
+    place_labels(ax, [(d[0], d[1]) for d in ordered], [_eps_text(d[3]) for d in ordered], taken=taken, fontsize=6.5)
+
+
 def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "", constraint: str | None = None,
                staged=None) -> dict[str, Path]:
-    """Write the sweep's plots; every panel has a legend, accuracy axes span at least
-    :data:`ACC_MIN_SPAN`, gap axes start at 0, and the constraint's own value carries its unit."""
+    """Write the sweep's plots: limits from the points plotted (padded so no marker is cut, accuracy
+    spanning at least :data:`ACC_MIN_SPAN`, gaps :data:`GAP_MIN_SPAN`), a zoomed row where some heads
+    are worse than the unconstrained one on both axes, one legend below the panels, labelled points,
+    and the constraint's own value with its unit."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -118,74 +341,93 @@ def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "", constraint: 
     splits = [fit_split] + (["test"] if any(r["split"] == "test" for r in rows) and fit_split != "test" else [])
     files = {}
 
-    fig, axes = plt.subplots(len(splits), len(GAPS), figsize=(4.2 * len(GAPS), 3.6 * len(splits)), squeeze=False)
-    for r, split in enumerate(splits):
+    panels = []  # (split, zoomed?)
+    for split in splits:
+        panels.append((split, False))
         series = _series(rows, split)
-        all_rows = [row for group in series.values() for row in group]
+        flat = [(m, i, g) for m, group in series.items() for i, g in enumerate(group)]
+        for key, _ in GAPS:
+            gap = np.array([g.get(key, np.nan) for _, _, g in flat], dtype=float)
+            acc = np.array([g["accuracy"] for _, _, g in flat], dtype=float)
+            if _needs_zoom(gap, acc, heads_that_matter(gap, acc, [m for m, _, _ in flat])):
+                panels.append((split, True))
+                break
+    fig, axes = plt.subplots(len(panels), len(GAPS), figsize=(4.4 * len(GAPS), 3.7 * len(panels)), squeeze=False)
+    placed = []  # per panel: (ax, drawn points, gap key)
+    for r, (split, zoomed) in enumerate(panels):
+        series = _series(rows, split)
+        flat = [(m, i, g) for m, group in series.items() for i, g in enumerate(group)]
         for c, (key, label) in enumerate(gaps):
             ax = axes[r, c]
-            for method, group in series.items():
-                gap = np.array([g.get(key, np.nan) for g in group], dtype=float)
-                acc = np.array([g["accuracy"] for g in group], dtype=float)
-                marker = MARKERS.get(_method_base(method), "x")
-                # only fairhead's heads form a path (ordered by eps); baselines are separate points
-                ax.plot(gap, acc, marker=marker, linestyle="-" if method == "fairhead" else "none",
-                        color=COLORS.get(_method_base(method)),
-                        markersize=9 if marker == "*" else 5, alpha=0.8, label=method)
-                if all(f"{key}_low" in g for g in group):  # the rows' confidence intervals as error bars
-                    xerr = np.abs(np.array([[g[key] - g[f"{key}_low"], g[f"{key}_high"] - g[key]] for g in group]).T)
-                    yerr = np.abs(np.array([[g["accuracy"] - g["accuracy_low"], g["accuracy_high"] - g["accuracy"]]
-                                            for g in group]).T)
-                    ax.errorbar(gap, acc, xerr=xerr, yerr=yerr, fmt="none", ecolor=COLORS.get(_method_base(method)),
-                                elinewidth=0.6, alpha=0.4)
-                missed = np.array([g.get("eps_met") is False for g in group])
-                if missed.any():  # heads that miss their own bound on the fit split
-                    ax.scatter(gap[missed], acc[missed], marker="x", s=60, color="red",
-                               label="misses its bound" if (r, c) == (0, 0) else None)
-            gap = np.array([g.get(key, np.nan) for g in all_rows], dtype=float)
-            acc = np.array([g["accuracy"] for g in all_rows], dtype=float)
-            front = pareto_front(gap, acc)
-            if front.size:
-                ax.step(gap[front], acc[front], where="post", color="k", linewidth=1, alpha=0.6)
-                ax.scatter(gap[front], acc[front], s=70, facecolors="none", edgecolors="k", label="Pareto front")
+            only = None
+            if zoomed:
+                gap = np.array([g.get(key, np.nan) for _, _, g in flat], dtype=float)
+                acc = np.array([g["accuracy"] for _, _, g in flat], dtype=float)
+                matter = heads_that_matter(gap, acc, [m for m, _, _ in flat])
+                only = {(m, i) for (m, i, _), keep in zip(flat, matter) if keep}
+                ax.set_title("zoom: the heads the unconstrained one does not beat on both axes", fontsize=7)
+            drawn = _draw_tradeoff(ax, series, key, only=only)
             ax.set_xlabel(f"{label} ({split})", fontsize=8)
             ax.set_ylabel(f"accuracy ({split})")
-            if np.isfinite(acc).any():
-                ax.set_ylim(*_span_at_least(np.nanmin(acc), np.nanmax(acc), ACC_MIN_SPAN, floor=None))
-            if np.isfinite(gap).any():
-                ax.set_xlim(*_span_at_least(0.0, np.nanmax(gap) * 1.05, GAP_MIN_SPAN, floor=0.0))
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=6, loc="best")
+            placed.append((ax, drawn, key))
+    handles = [hl for ax in axes.flat for hl in zip(*ax.get_legend_handles_labels())]
+    bottom = legend_below(fig, handles)
     fig.suptitle(f"Accuracy vs fairness gap {title}".strip())
+    layout(fig, bottom=bottom, top=0.95 if len(panels) > 2 else 0.93)
+    taken = []
+    for ax, drawn, key in placed:
+        gap = np.array([d[0] for d in drawn], dtype=float)
+        acc = np.array([d[1] for d in drawn], dtype=float)
+        pad_limits(ax, gap, acc, x_span=GAP_MIN_SPAN, y_span=ACC_MIN_SPAN, x_from=0.0)
+    for ax, drawn, key in placed:
+        _label_heads(ax, drawn, taken)
     files["tradeoff_plot"] = finish(fig, out / "tradeoff.png", staged)
 
     if len(splits) == 2:
         fit_rows = {_head_key(r): r for r in rows if r["split"] == fit_split}
         pairs = [(fit_rows[_head_key(r)], r) for r in rows if r["split"] == "test" and _head_key(r) in fit_rows]
-        fig, axes = plt.subplots(1, len(gaps), figsize=(4.2 * len(gaps), 3.8), squeeze=False)
+        fig, axes = plt.subplots(1, len(gaps), figsize=(4.4 * len(gaps), 4.2), squeeze=False)
+        placed = []
         for c, (key, label) in enumerate(gaps):
             ax = axes[0, c]
-            methods = sorted({p[0]["method"] for p in pairs})
+            methods = sorted({p[0]["method"] for p in pairs}, key=lambda m: m == "unconstrained")  # the star last
             for method in methods:
                 sel = [p for p in pairs if p[0]["method"] == method]
                 x = np.array([p[0].get(key, np.nan) for p in sel], dtype=float)
                 y = np.array([p[1].get(key, np.nan) for p in sel], dtype=float)
+                base = _method_base(method)
                 if method == "fairhead":
                     eps = np.array([p[0]["eps"] for p in sel], dtype=float)
                     sc = ax.scatter(x, y, c=eps, cmap="viridis", s=28, label=method, zorder=3)
                     fig.colorbar(sc, ax=ax, label="eps")
+                elif method == "unconstrained":
+                    ax.scatter(x, y, marker="*", s=170, color=COLORS["unconstrained"], edgecolors="white",
+                               linewidths=0.8, label=method, zorder=6)
                 else:
-                    ax.scatter(x, y, marker=MARKERS.get(_method_base(method), "x"), s=30, alpha=0.8, label=method,
-                               color=COLORS.get(_method_base(method)))
-            lim = np.nanmax([[p[0].get(key, np.nan), p[1].get(key, np.nan)] for p in pairs] + [[1e-3, 1e-3]])
-            lim = max(float(lim) * 1.05, GAP_MIN_SPAN)
-            ax.plot([0, lim], [0, lim], "k--", linewidth=1, label="test = fit")
-            ax.set_xlim(0, lim)  # the same range on both axes, so the diagonal is the diagonal
-            ax.set_ylim(0, lim)
+                    ax.scatter(x, y, marker=MARKERS.get(base, "x"), s=30, alpha=0.8, label=method,
+                               color=COLORS.get(base), zorder=4)
+            xs = [p[0].get(key, np.nan) for p in pairs]
+            ys = [p[1].get(key, np.nan) for p in pairs]
             ax.set_xlabel(f"{label} on {fit_split}", fontsize=8)
             ax.set_ylabel(f"{label} on test", fontsize=8)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=6, loc="best")
+            placed.append((ax, xs, ys, pairs, key))
+        handles = [hl for ax in axes.flat for hl in zip(*ax.get_legend_handles_labels())]
+        handles.append((matplotlib.lines.Line2D([], [], color="k", linestyle="--", linewidth=1), "test = fit"))
+        bottom = legend_below(fig, handles)
         fig.suptitle(f"Does the fairness on the fit split hold on test? {title}".strip())
+        layout(fig, bottom=bottom)
+        taken = []
+        for ax, xs, ys, pairs_, key in placed:
+            pad_limits(ax, xs, ys, x_span=GAP_MIN_SPAN, same=True, x_from=0.0)  # one range: the diagonal is the diagonal
+            low, high = ax.get_xlim()
+            ax.plot([low, high], [low, high], "k--", linewidth=1, zorder=1)
+            ax.set_xlim(low, high)
+            ax.set_ylim(low, high)
+        for ax, xs, ys, pairs_, key in placed:
+            labelled = sorted([p for p in pairs_ if p[0]["method"] in ("fairhead", "unconstrained")],
+                              key=lambda p: p[0]["method"] != "unconstrained")
+            place_labels(ax, [(p[0].get(key, np.nan), p[1].get(key, np.nan)) for p in labelled],
+                         [_eps_text(p[0]) for p in labelled], taken=taken, fontsize=6.5)
         files["fit_vs_test_plot"] = finish(fig, out / "fit_vs_test.png", staged)
     return files

@@ -354,14 +354,20 @@ def predict_images(head_path, source, *, backbone=None, weights_file=None, split
             # one readable name per row, "attr=value[,attr=value]", as the fit named the groups
             sensitive = np.asarray([",".join(f"{a}={v}" for a, v in zip(result.groups, row))
                                     for row in zip(*result.groups.values())], dtype=object)
-            result.metrics = {"all": metrics.evaluate(result.labels, pred, sensitive_features=sensitive, y_score=proba_all,
-                                                      classes=classes)}
+            from fairhead.uncertainty import interval_columns
+
+            def measured(rows):  # the metrics with their 0.95 intervals (accuracy, the gaps, worst group)
+                values = metrics.evaluate(result.labels[rows], pred[rows], sensitive_features=sensitive[rows],
+                                          y_score=proba_all[rows], classes=classes)
+                values.update(interval_columns(result.labels[rows], pred[rows], sensitive[rows], 0.95, classes=classes))
+                return values
+
+            result.metrics = {"all": measured(np.ones(len(pred), dtype=bool))}
             if result.splits is not None and len(set(result.splits)) > 1:
                 for split in sorted(set(result.splits)):
                     m = np.asarray(result.splits == split)
                     if len(set(sensitive[m])) > 1:  # group metrics need two groups in the split
-                        result.metrics[split] = metrics.evaluate(result.labels[m], pred[m], sensitive_features=sensitive[m],
-                                                                 y_score=proba_all[m], classes=classes)
+                        result.metrics[split] = measured(m)
     return result
 
 

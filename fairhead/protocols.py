@@ -14,12 +14,15 @@ M2       B3's data with the fairness constraint
 Every head is evaluated on train, on its own fine-tune data and on test, with the
 paper's metrics: accuracy, balanced accuracy, AUC, per-group FPR and FNR, EO
 difference and ratio, DP difference and ratio, accuracy-equality difference,
-max-min fairness ``maxmin_acc`` (the worst sensitive group's accuracy, the paper's MMF)
-and ``worst_cell_acc`` (the worst (label, group) cell's accuracy), plus ``own_value``: the constraint's
-own bounded quantity (group vs overall rate gap for rate constraints, under the
-``balance`` weights when given), which M1 and M2 keep within ``eps`` on their fine-tune
-data. ``own_value`` and the paper's ``eo_diff`` / ``dp_diff`` (fairlearn's between-groups
-``max - min``) are different quantities; :meth:`ProtocolTable.to_text` says so under the table.
+max-min fairness ``worst_group_accuracy`` (the worst sensitive group's accuracy, the paper's MMF)
+and ``worst_cell_acc`` (the worst (label, group) cell's accuracy), plus ``constraint_value``: the
+constraint's own bounded quantity (group vs overall rate gap for rate constraints, under the
+``balance`` weights when given), which M1 and M2 are fitted to keep within ``eps`` on their
+fine-tune data, and ``eps_met``: whether they did (their certificate's verdict; empty for the
+unconstrained B1 B2 B3). A head that misses its bound is named under the table, as is an M head
+equal to its B head because the constraint was inactive there. ``constraint_value`` and the paper's
+``eo_diff`` / ``dp_diff`` (fairlearn's between-groups ``max - min``) are different quantities;
+:meth:`ProtocolTable.to_text` says so under the table.
 
 Below the table, :meth:`ProtocolTable.to_text` adds the overfitting section of
 :mod:`fairhead.uncertainty` (``overfitting.png`` in ``--out``, ``overfitting`` in the JSON): per
@@ -54,7 +57,24 @@ HELD_OUT = {"B1": "valid", "B2": "train", "B3": None, "M1": "train", "M2": None}
 NO_HELD_OUT = "none (fit on train+valid)"
 HELD_OUT_HINT = ("each head's held-out split is the one it never saw besides test (B1: valid; B2, M1: train); "
                  "B3 and M2 are fit on train and valid together, so only test is held out for them.")
-MISSING_SPLIT_MSG = "protocols need splits train, valid and test; cache '{path}' has {have}; re-extract with all three"
+MISSING_SPLIT_MSG = "protocols need splits train, valid and test; cache '{path}' has {have}; {fix}"
+#: the fix of MISSING_SPLIT_MSG, by how the cache was made
+MISSING_SPLIT_FIX = {
+    "extracted": "re-extract with all three (a manifest's --split-col with train, valid and test values)",
+    "imported": "re-import it with --split COLUMN naming train, valid and test per row (without --split, "
+                "`fairhead import` draws a hashed 70/15/15 train/valid/test split)",
+}
+#: the five fits' progress bar
+PROGRESS_DESC = "protocols"
+#: an M head whose B head already met eps: the constraint was inactive, so the two heads agree
+INACTIVE_NOTE = ("{m} = {b}: {b} already meets {constraint} eps={eps:g} on the same data (constraint_value "
+                 "{value:.4g}), so the constraint is inactive and {m} is {b}'s head up to solver tolerance "
+                 "(coefficients within {diff:.1e}; the same prediction on {agree} of {n} fine-tune rows)")
+MISSED_NOTE = ("{m} MISSES its bound: constraint_value {value:.4g} > eps {eps:g} on its fine-tune data ({fit_on}); "
+               "no head on the multiplier path meets it there. Raise --eps, lower --C, or use --balance group")
+#: the columns the report (``fairhead demo``'s report.md) keeps; the CSV and JSON keep every one
+REPORT_COLUMNS = ("protocol", "split", "n", "acc", "eo_diff", "dp_diff", "worst_group_accuracy", "constraint_value",
+                  "eps_met")
 #: metrics that carry ``_low`` / ``_high`` intervals (fairhead.uncertainty.interval_columns)
 INTERVAL_KEYS = ("accuracy", "equalized_odds_difference", "demographic_parity_difference",
                  "accuracy_equality_difference", "worst_group_accuracy")
@@ -62,7 +82,7 @@ PROTOCOL_METRICS = (
     ("accuracy", "acc"), ("balanced_accuracy", "bal_acc"), ("roc_auc", "auc"),
     ("equalized_odds_difference", "eo_diff"), ("equalized_odds_ratio", "eo_ratio"),
     ("demographic_parity_difference", "dp_diff"), ("demographic_parity_ratio", "dp_ratio"),
-    ("accuracy_equality_difference", "acc_eq_diff"), ("worst_group_accuracy", "maxmin_acc"),
+    ("accuracy_equality_difference", "acc_eq_diff"), ("worst_group_accuracy", "worst_group_accuracy"),
     ("worst_cell_accuracy", "worst_cell_acc"),
 )
 
@@ -117,9 +137,14 @@ class ProtocolTable:
     #: rows of a head on its held-out split where the table has none (B1 on valid), same columns
     held_out_rows: list[dict] = field(default_factory=list)
     n_classes: int = 2
+    eps: float | None = None
+    #: one line per head that misses its bound or equals its B head (printed under the table, in the JSON)
+    notes: list[str] = field(default_factory=list)
+    #: how the table was made (constraint, eps, seed, cache fingerprint, versions), written to protocols.json
+    provenance: dict = field(default_factory=dict)
 
     def columns(self, intervals: bool = True) -> list[str]:
-        cols = ["protocol", "split", "n"] + [h for _, h in PROTOCOL_METRICS] + ["own_value"]
+        cols = ["protocol", "split", "n"] + [h for _, h in PROTOCOL_METRICS] + ["constraint_value", "eps_met"]
         if intervals:
             cols += [f"{h}_{end}" for k, h in PROTOCOL_METRICS if k in INTERVAL_KEYS for end in ("low", "high")]
         for g in self.group_names:
@@ -127,10 +152,14 @@ class ProtocolTable:
         return cols
 
     def legend(self) -> list[str]:
-        """What ``own_value`` and the between-groups columns measure."""
-        return [f"own_value: the bounded gap, {describe_bounded_gap(self.constraint, self.balance, self.n_classes)}",
+        """What ``constraint_value`` and the between-groups columns measure."""
+        eps = "" if self.eps is None else f" {self.eps:g}"
+        return [f"constraint_value: the bounded gap, {describe_bounded_gap(self.constraint, self.balance, self.n_classes)}",
+                f"eps_met: whether M1 / M2 keep constraint_value within eps{eps} on their fine-tune data "
+                "(the fit's certificate; empty for the unconstrained B1 B2 B3)",
                 "eo_diff, dp_diff, acc_eq_diff: between-groups max - min (fairlearn), unit weights; "
-                "maxmin_acc: the worst sensitive group's accuracy (MMF); worst_cell_acc: the worst (label, group) cell",
+                "worst_group_accuracy: the worst sensitive group's accuracy (MMF); "
+                "worst_cell_acc: the worst (label, group) cell",
                 *(["K classes: each gap is the largest over classes of its one-vs-rest value; FPR[g], FNR[g] are "
                    "the mean over classes of the one-vs-rest rates"] if self.n_classes > 2 else []),
                 "*_low/*_high (CSV, JSON): " + INTERVAL_LEGEND.format(conf=self.confidence)]
@@ -154,9 +183,17 @@ class ProtocolTable:
                                    id_columns=(("protocol", "protocol"), ("held_out", "held-out split")),
                                    hint=HELD_OUT_HINT)
 
-    def to_text(self) -> str:
-        return "\n".join([format_table(self.rows, self.columns(intervals=False)), *self.legend(), "",
-                          *self.overfitting_section()]).rstrip("\n")
+    def to_text(self, columns=None) -> str:
+        """The table (``columns``, default every column without intervals), the notes, the legend and
+        the overfitting section."""
+        return "\n".join([format_table(self.rows, list(columns or self.columns(intervals=False))),
+                          *self.notes, *self.legend(), "", *self.overfitting_section()]).rstrip("\n")
+
+    def to_json(self) -> dict:
+        """What ``protocols.json`` holds (and ``fairhead protocols --json`` prints): rows first."""
+        return provenance.strict_json({"rows": self.rows, "groups": self.group_names, "columns": self.legend(),
+                                       "constraint": self.constraint, "eps": self.eps, "notes": self.notes,
+                                       "overfitting": self.overfitting(), "provenance": self.provenance})
 
     def write(self, out: Path) -> dict[str, Path]:
         import csv
@@ -171,9 +208,7 @@ class ProtocolTable:
                 writer.writerows(self.rows)
             over = self.overfitting()
             # "rows" first: its key marks the file as ours (PROTOCOL_OUTPUTS reads the first bytes)
-            payload = provenance.strict_json({"rows": self.rows, "groups": self.group_names, "columns": self.legend(),
-                                              "overfitting": over})
-            staged.write_text(json_path, json.dumps(payload, indent=1, allow_nan=False))
+            staged.write_text(json_path, json.dumps(self.to_json(), indent=1, allow_nan=False))
             png_path = plot_overfitting(over["rows"], out, fit_split=over["fit_split"], cert_split=over["cert_split"],
                                         metric=over["metric"], staged=staged,
                                         labels=[r["protocol"] for r in over["rows"]])
@@ -190,8 +225,9 @@ def _row(protocol: str, split: str, head, arrays: pipeline.SplitArrays, constrai
     # the quantity the M-protocols bound (group vs overall), next to the paper's metrics
     row.update({f"{h}_{end}": values[f"{k}_{end}"] for k, h in PROTOCOL_METRICS if k in INTERVAL_KEYS
                 for end in ("low", "high")})
-    row["own_value"] = constraint_value(constraint, y=arrays.y, scores=head.decision_function(arrays.X),
-                                        sensitive_features=pipeline.sensitive_arg(arrays), balance=balance)
+    row["constraint_value"] = constraint_value(constraint, y=arrays.y, scores=head.decision_function(arrays.X),
+                                               sensitive_features=pipeline.sensitive_arg(arrays), balance=balance)
+    row["eps_met"] = eps_met(head)
     names = arrays.group_names
     for g in np.unique(names):
         if arrays.n_classes > 2:  # K classes: the mean over classes of the one-vs-rest rates
@@ -204,6 +240,17 @@ def _row(protocol: str, split: str, head, arrays: pipeline.SplitArrays, constrai
     return row
 
 
+def eps_met(head) -> bool | None:
+    """Whether a constrained head keeps its bound on its fit data (its certificate's verdict, as
+    ``fairhead fit`` prints it); None for an unconstrained head."""
+    cert = head.certificate_
+    if cert.constraint is None or cert.eps is None:
+        return None
+    if cert.eps_met is not None:
+        return bool(cert.eps_met)
+    return bool(cert.max_violation <= max(cert.tol, 1e-9))
+
+
 def _class_mean_rates(y, yhat, n_classes: int) -> tuple[float, float]:
     """The mean over classes (those with rows of each event) of the one-vs-rest FPR and FNR."""
     fpr = [float((yhat[y != k] == k).mean()) for k in range(n_classes) if (y != k).any()]
@@ -211,38 +258,112 @@ def _class_mean_rates(y, yhat, n_classes: int) -> tuple[float, float]:
     return (float(np.mean(fpr)) if fpr else float("nan"), float(np.mean(fnr)) if fnr else float("nan"))
 
 
+def _missing_split_fix(cache) -> str:
+    from embedcache.importer import IMPORTED_ARCH
+    from embedcache.store import schema
+
+    imported = cache.provenance.get(schema.BACKBONE_ARCH_ATTR) == IMPORTED_ARCH
+    return MISSING_SPLIT_FIX["imported" if imported else "extracted"]
+
+
+def _fit_quietly(head, arrays, *, split: str) -> None:
+    """Fit ``head``. The ConvergenceWarning of a bound the multiplier path cannot meet is not printed:
+    the table says it in its own words (``eps_met``, :data:`MISSED_NOTE`). Every other warning
+    (a solver that did not converge) is shown as it would have been."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipeline.fit_head(head, arrays, split=split)
+    said = head.certificate_.eps_met is False
+    for w in caught:
+        if not (said and issubclass(w.category, ConvergenceWarning)):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _notes(rows: list[dict], heads: dict, plans: dict, *, constraint: str, eps: float) -> list[str]:
+    """MISSED_NOTE for an M head that misses eps; INACTIVE_NOTE for one whose B head (the same data,
+    unconstrained) already meets eps: the unconstrained optimum is then feasible, so it is the
+    constrained optimum too (the objective is strictly convex), and the two heads differ only by
+    the solvers' tolerance."""
+    by = {(r["protocol"], r["split"]): r for r in rows}
+    notes = []
+    for m, b in (("M1", "B2"), ("M2", "B3")):
+        fit = by[(m, "fine-tune")]
+        if fit["eps_met"] is False:
+            notes.append(MISSED_NOTE.format(m=m, value=fit["constraint_value"], eps=eps, fit_on=FIT_ON[m]))
+        base = by[(b, "fine-tune")]["constraint_value"]
+        if base <= eps:
+            diff = max(float(np.max(np.abs(heads[m].coef_ - heads[b].coef_))),
+                       float(np.max(np.abs(np.asarray(heads[m].intercept_) - np.asarray(heads[b].intercept_)))))
+            X = plans[m][0].X
+            agree = int(np.sum(heads[m].predict(X) == heads[b].predict(X)))
+            notes.append(INACTIVE_NOTE.format(m=m, b=b, constraint=constraint, eps=eps, value=base, diff=diff,
+                                              agree=agree, n=len(plans[m][0].y)))
+    return notes
+
+
 def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, seed=0, out=None,
                   C=1.0, backend="auto", balance=None, device="cpu", min_group_size=10, pos_label=None,
-                  data=None, confidence=0.95) -> ProtocolTable:
-    """Fit B1, B2, B3, M1 and M2 on a cache and evaluate each on train, its fine-tune data and test."""
+                  data=None, confidence=0.95, progress=False) -> ProtocolTable:
+    """Fit B1, B2, B3, M1 and M2 on a cache and evaluate each on train, its fine-tune data and test.
+
+    ``progress`` shows a bar over the five fits. The table's ``provenance`` (written to
+    ``protocols.json``) records the constraint, eps, seed, the cache's fingerprint and the versions.
+    """
     import embedcache
     from solvers import FairLogisticRegression
+    from solvers.constraints import make_constraint
     from solvers.intervals import check_confidence
+    from tqdm.auto import tqdm
 
     if constraint in (None, "none"):
         raise DataError("protocols M1 and M2 need a constraint; pass --constraint eo (or another)")
     if out is not None:  # before the five fits: a bad --out fails in a second, not after all the work
         check_own_outputs(ensure_output_folder(out, flag="--out"), PROTOCOL_OUTPUTS, flag="--out")
     confidence = check_confidence(confidence)
+    fingerprint = None
     if data is None:
         with embedcache.open(cache_path) as cache:
             if not {"train", "valid", "test"} <= set(cache.splits):
-                raise DataError(MISSING_SPLIT_MSG.format(path=cache_path, have=", ".join(cache.splits)))
+                raise DataError(MISSING_SPLIT_MSG.format(path=cache_path, have=", ".join(cache.splits),
+                                                         fix=_missing_split_fix(cache)))
+            pipeline.check_names(cache, attributes=attributes, pos_label=pos_label)  # before any features are read
             data = {s: pipeline.load_arrays(cache, s, attributes, pos_label=pos_label) for s in ("train", "valid", "test")}
+            fingerprint = cache.fingerprint
     train, valid, test = data["train"], data["valid"], data["test"]
+    name = make_constraint(constraint).name
     base = dict(C=C, backend=backend, balance=balance, device=device, min_group_size=min_group_size)
-    rows, held_out_rows = [], []
-    for name, (fit_on, cons) in protocol_plans(train, valid, constraint=constraint, seed=seed).items():
-        head = FairLogisticRegression(constraint=cons, eps=eps, **base)
-        pipeline.fit_head(head, fit_on, split=f"{name} fine-tune")
-        for split, arrays in (("train", train), ("fine-tune", fit_on), ("test", test)):
-            rows.append(_row(name, split, head, arrays, constraint, balance, confidence))
-        held = HELD_OUT[name]
-        if held is not None and held != "train":  # a train row is in the table already
-            held_out_rows.append(_row(name, held, head, data[held], constraint, balance, confidence))
+    rows, held_out_rows, heads = [], [], {}
+    plans = protocol_plans(train, valid, constraint=constraint, seed=seed)
+    # on a terminal only (disable=None): a log or a pipe gets the table and one-line errors, not bar frames
+    with tqdm(total=len(plans), desc=PROGRESS_DESC, unit="head", disable=None if progress else True,
+              dynamic_ncols=True) as bar:
+        for protocol, (fit_on, cons) in plans.items():
+            bar.set_postfix_str(f"{protocol} on {FIT_ON[protocol]}")
+            head = FairLogisticRegression(constraint=cons, eps=eps, **base)
+            _fit_quietly(head, fit_on, split=f"{protocol} fine-tune")
+            heads[protocol] = head
+            for split, arrays in (("train", train), ("fine-tune", fit_on), ("test", test)):
+                rows.append(_row(protocol, split, head, arrays, constraint, balance, confidence))
+            held = HELD_OUT[protocol]
+            if held is not None and held != "train":  # a train row is in the table already
+                held_out_rows.append(_row(protocol, held, head, data[held], constraint, balance, confidence))
+            bar.update(1)
     group_names = sorted({str(g) for arrays in (train, valid, test) for g in np.unique(arrays.group_names)})
+    bounded = name != "minimax"
+    meta = provenance.collect(seed=seed, extra={
+        "command": "protocols", "cache": None if cache_path is None else str(cache_path),
+        "cache_fingerprint": fingerprint, "constraint": name, "eps": eps if bounded else None,
+        "config": {"C": C, "backend": backend, "balance": balance, "min_group_size": min_group_size,
+                   "attributes": list(train.attributes), "pos_label": pos_label, "confidence": confidence}})
     table = ProtocolTable(rows=rows, group_names=group_names, constraint=constraint, balance=balance,
-                          confidence=confidence, held_out_rows=held_out_rows, n_classes=train.n_classes)
+                          confidence=confidence, held_out_rows=held_out_rows, n_classes=train.n_classes,
+                          eps=eps if bounded else None,
+                          notes=_notes(rows, heads, plans, constraint=name, eps=eps) if bounded else [],
+                          provenance=meta)
     if out is not None:
         table.write(out)
     return table

@@ -11,11 +11,11 @@ from fairhead_io import atomic_write_text
 
 REPORT_COLUMNS = (
     ("method", "method"), ("eps", "eps"), ("alpha", "alpha"), ("split", "split"), ("accuracy", "acc"),
-    ("balanced_accuracy", "bal. acc"), ("roc_auc", "AUC"), ("constraint_value", "bounded gap"),
+    ("balanced_accuracy", "bal. acc"), ("roc_auc", "AUC"), ("constraint_value", "constraint_value (bounded gap)"),
     ("demographic_parity_difference", "DP diff (between groups)"),
-    ("equalized_odds_difference", "EO diff (between groups)"), ("worst_group_accuracy", "MMF (worst group acc)"),
+    ("equalized_odds_difference", "EO diff (between groups)"), ("worst_group_accuracy", "worst_group_accuracy (MMF)"),
     ("worst_cell_accuracy", "worst cell acc"),
-    ("eps_met", "eps met"), ("fit_time_s", "time (s)"),
+    ("eps_met", "eps_met"), ("fit_time_s", "time (s)"),
 )
 
 
@@ -70,7 +70,74 @@ def _headline(result) -> list[str]:
         lines.append(f"- All {n_heads} heads meet their bound on {fit}.")
     lines += [f"- **Undefined on {split}**: {note}." for split, notes in result.undefined_rates.items()
               for note in notes]
+    lines += score_gap_note(result.constraint, rows)
     return lines
+
+
+#: constraints that bound a function of the score, not a hard-prediction rate
+SCORE_FAMILY = ("dp-score", "eopp-score", "eo-score", "cov")
+SCORE_GAP_NOTE = (
+    "- **Why the `{name}` heads barely move the selection-rate gap** (test DP diff {tight:.3f} at eps={eps:.3g} "
+    "against {free:.3f} unconstrained): a score constraint bounds the groups' *mean logits* (or their covariance "
+    "with the group), not the share of each group predicted positive. Two groups can have the same mean logit "
+    "and still put very different shares of their rows above 0 (different spreads, or one group's scores "
+    "bunched just below the threshold), so equal means leave the hard-prediction gap in place. To bound the "
+    "gap users see, sweep the rate constraint (`--constraint {rate}`).")
+#: the rate constraint that bounds what a score constraint only approximates
+RATE_OF_SCORE = {"dp-score": "dp", "eopp-score": "eopp", "eo-score": "eo", "cov": "dp"}
+
+
+def score_gap_note(name: str, rows, *, split: str = "test") -> list[str]:
+    """SCORE_GAP_NOTE when a score constraint's tightest head keeps at least half the unconstrained
+    head's DP difference on ``split`` (measured in ``rows``)."""
+    if name not in SCORE_FAMILY:
+        return []
+    free = [r for r in rows if r["method"] == "unconstrained" and r["split"] == split]
+    heads = [r for r in rows if r["method"] == "fairhead" and r["split"] == split and not math.isnan(r["eps"])]
+    if not free or not heads:
+        return []
+    tight = min(heads, key=lambda r: r["eps"])
+    free_gap, tight_gap = free[0]["demographic_parity_difference"], tight["demographic_parity_difference"]
+    if not (tight_gap >= 0.5 * free_gap > 0):
+        return []
+    return [SCORE_GAP_NOTE.format(name=name, tight=tight_gap, eps=tight["eps"], free=free_gap,
+                                  rate=RATE_OF_SCORE[name])]
+
+
+def recommendation(result, *, sweep_dir=None) -> list[str]:
+    """The report's last section: the head to use and the command that certifies it.
+
+    The target is the tightest one a head of this sweep reaches on the held-out (certification)
+    split: the smallest upper confidence bound of the swept family's between-groups gap there,
+    rounded up to 0.01; the recommended head is the most accurate one on that split whose bound is
+    within it. ``fairhead select`` recomputes the bounds and decides (its fixed-sequence test may
+    stop before that head)."""
+    from fairhead.uncertainty import GAP_OF_METRIC
+
+    over = result.overfitting()
+    cert, gap = over.get("cert_split"), GAP_OF_METRIC.get(over["metric"])
+    title = ["## Recommended head and next step", ""]
+    if not cert or gap is None:
+        return [*title, f"- No held-out split besides `{result.fit_split}` and test: a head cannot be certified "
+                "here. Extract or import the data with a validation split, then run `fairhead select`.", ""]
+    acc = {r["eps"]: r["accuracy"] for r in result.rows if r["method"] == "fairhead" and r["split"] == cert}
+    heads = [(r["eps"], r["cert_bound"], acc[r["eps"]]) for r in over["rows"]
+             if r["method"] == "fairhead" and r["eps"] in acc and r["cert_bound"] is not None
+             and math.isfinite(r["cert_bound"])]
+    if not heads:
+        return [*title, f"- No fairhead head has a bound on `{cert}`; nothing to recommend.", ""]
+    target = math.ceil(min(b for _, b, _ in heads) * 100 - 1e-9) / 100
+    eps, bound, accuracy = max((h for h in heads if h[1] <= target + 1e-12), key=lambda h: (h[2], -h[0]))
+    where = sweep_dir if sweep_dir is not None else result.out
+    conf = result.confidence
+    return [*title,
+            f"- **Recommended: the head at eps={eps:.3g}**: accuracy {accuracy:.3f} on `{cert}`, the most accurate "
+            f"head whose {gap} gap has its {conf:g} upper bound on `{cert}` ({bound:.3f}) within {target:.2f}, the "
+            f"tightest target a head of this sweep reaches there. A looser target certifies a more accurate head.",
+            f"- Next: certify it on the held-out rows (`select` recomputes the bounds and decides; it abstains, "
+            "naming what would certify, when no head does):", "", "```bash",
+            f"fairhead select {where} --target {gap}:{target:.2f} --split {cert} --confidence {conf:g}",
+            "```", ""]
 
 
 def _legend(result) -> list[str]:
@@ -123,7 +190,7 @@ def sweep_report_text(result, files: Mapping[str, Path], meta: Mapping[str, Any]
     parts += [uncertainty.INTERVAL_LEGEND.format(conf=result.confidence), ""]
     parts += [*_fronts(result), *_legend(result), "## Results", "", markdown_table(result.rows, REPORT_COLUMNS), "",
               f"Full table: `{Path(files['table']).name}`; provenance and certificates: `{Path(files['json']).name}`.",
-              "", f"_Versions: {versions}_", ""]
+              "", f"_Versions: {versions}_", "", *recommendation(result)]
     return "\n".join(parts)
 
 

@@ -207,17 +207,17 @@ class SweepResult:
             "equalized_odds_difference", "eps_met", "fit_time_s"]
         shown = [{c: r.get(c) for c in cols} for r in self.rows if r["split"] in splits]
         short = {"demographic_parity_difference": "dp_diff", "equalized_odds_difference": "eo_diff",
-                 "constraint_value": "bounded_gap", "fit_time_s": "time_s"}
+                 "fit_time_s": "time_s"}
         shown = [{short.get(k, k): v for k, v in r.items()} for r in shown]
         legend = self.gap_legend()
         lines = [f"sweep of '{self.constraint}' fitted on '{self.fit_split}' "
                  f"({len(self.records)} heads)", format_table(shown),
-                 f"bounded_gap: {legend['constraint_value']}",
+                 f"constraint_value: {legend['constraint_value']}",
                  "dp_diff, eo_diff: fairlearn's between-groups differences (max - min over groups, unit weights)"]
         heads = [r for r in self.records if r.method == "fairhead"]
         missed = self.missed()
         if missed:
-            gaps = ", ".join(f"eps={r.eps:.4g} (bounded gap {r.metrics[self.fit_split]['constraint_value']:.4g})"
+            gaps = ", ".join(f"eps={r.eps:.4g} (constraint_value {r.metrics[self.fit_split]['constraint_value']:.4g})"
                              for r in missed)
             lines.append(f"MISSED: {len(missed)} of {len(heads)} heads miss their bound on '{self.fit_split}': {gaps}")
         elif heads:
@@ -261,7 +261,9 @@ def evaluate_predictor(scores_fn, predict_fn, arrays_by_split, constraint, *,
             score = softmax(z)
         else:
             yhat = (z > 0).astype(np.int64) if predict_fn is None else predict_fn(arrays)
-            score = 1.0 / (1.0 + np.exp(-z))
+            from scipy.special import expit
+
+            score = expit(z)  # sigmoid without exp's overflow warning for a large negative logit
         m = metrics.evaluate(arrays.y, yhat, sensitive_features=sens, y_score=score, classes=arrays.classes)
         values = {k: float(m.get(k, float("nan"))) for k in SWEEP_METRICS}
         values.update(uncertainty.interval_columns(arrays.y, yhat, sens, confidence, classes=arrays.classes))
@@ -353,6 +355,7 @@ def load_sweep_data(cache_path, *, fit_split, attributes, pos_label=None, max_me
     with embedcache.open(cache_path) as cache:
         if fit_split not in cache.splits:
             raise DataError(NO_SPLIT_MSG.format(split=fit_split, path=cache_path, have=", ".join(cache.splits)))
+        pipeline.check_names(cache, attributes=attributes, pos_label=pos_label)  # before any features are read
         splits = [fit_split] + [s for s in cache.splits if s != fit_split]
         arrays = {}
         for split in splits:
@@ -404,6 +407,13 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
         out = ensure_output_folder(out, flag="--out")  # before any work: a bad --out fails in a second
         check_own_outputs(out, SWEEP_OUTPUTS, flag="--out")
     out = Path(out)
+    if compare and data is None:  # the label's classes are metadata: refuse before any features are read
+        import embedcache
+
+        with embedcache.open(cache_path) as cache:
+            k = len(cache.label_categories)
+            if k > 2:
+                raise DataError(MULTICLASS_COMPARE_MSG.format(names=" ".join(compare), label=cache.label_name, k=k))
     arrays, fingerprint, cache_prov = data or load_sweep_data(cache_path, fit_split=fit_split,
                                                               attributes=attributes, pos_label=pos_label,
                                                               max_memory=max_memory, parallel=parallel)

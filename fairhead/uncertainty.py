@@ -154,30 +154,45 @@ def plot_overfitting(over_rows, out: Path, *, fit_split: str, cert_split: str, m
                      labels=None) -> Path:
     """Fit-split gap against the certified upper bound (and the test gap), one point per head.
 
-    ``labels`` (one per row, e.g. the protocol names) are written beside each head's bound, or
-    beside its test gap where it has no bound."""
+    ``labels`` (one per row, e.g. the protocol names; default: each row's eps, or
+    ``unconstrained``) are written beside each head's bound, or beside its test gap where it has no
+    bound; heads at the same place share one label (``B3, M2``). Axis names are words
+    (:func:`fairhead.plots.axis_name`), the legend sits below the panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from fairhead.plots import axis_name, layout, legend_below, pad_limits, place_labels
+
     fit = np.array([r["fit_gap"] for r in over_rows], dtype=float)
-    bound = np.array([r["cert_bound"] for r in over_rows], dtype=float)
-    test = np.array([r["test_gap"] for r in over_rows], dtype=float)
-    fig, ax = plt.subplots(figsize=(5, 4.2))
-    ax.scatter(fit, bound, color="tab:red", label=f"upper bound on '{cert_split}'")
+    bound = np.array([r["cert_bound"] if r["cert_bound"] is not None else np.nan for r in over_rows], dtype=float)
+    test = np.array([r["test_gap"] if r["test_gap"] is not None else np.nan for r in over_rows], dtype=float)
+    if labels is None:
+        labels = ["unconstrained" if r.get("method") == "unconstrained" else f"eps={r['eps']:.3g}"
+                  if r.get("eps") is not None and np.isfinite(r["eps"]) else str(r.get("method", "")) for r in over_rows]
+    name = axis_name(metric)
+    fig, ax = plt.subplots(figsize=(5.6, 4.8))
+    ax.scatter(fit, bound, color="tab:red", label=f"upper bound on '{cert_split}'", zorder=3)
     if np.isfinite(test).any():
-        ax.scatter(fit, test, color="tab:blue", marker="s", label="gap on 'test'")
-    top = np.nanmax(np.concatenate([fit, bound, test, [0.01]]))
-    ax.plot([0, top], [0, top], color="k", linewidth=0.8, alpha=0.6, label="y = x")
-    for label, x, b, t in zip(labels or (), fit, bound, test):
-        y = b if np.isfinite(b) else t
-        if np.isfinite(x) and np.isfinite(y):
-            ax.annotate(str(label), (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7)
-    ax.set_xlabel(f"{metric} on '{fit_split}' (fit)")
-    ax.set_ylabel(metric)
+        ax.scatter(fit, test, color="tab:blue", marker="s", label="gap on 'test'", zorder=3)
+    handles = list(zip(*ax.get_legend_handles_labels()))
+    handles.append((matplotlib.lines.Line2D([], [], color="k", linewidth=0.8), "y = x (no overfitting)"))
+    bottom = legend_below(fig, handles)
+    fig.suptitle(f"Does the gap fitted on '{fit_split}' hold elsewhere?", fontsize=10)
+    ax.set_xlabel(f"{name} on '{fit_split}' (where fitted)", fontsize=8)
+    ax.set_ylabel(f"{name} elsewhere", fontsize=8)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    layout(fig, bottom=bottom)
+    xs = np.concatenate([fit, fit, [0.0]])
+    ys = np.concatenate([bound, test, [0.0]])
+    pad_limits(ax, xs, ys, x_span=0.05, same=True)
+    low, high = ax.get_xlim()
+    ax.plot([low, high], [low, high], color="k", linewidth=0.8, alpha=0.6, zorder=1)
+    ax.set_xlim(low, high)
+    ax.set_ylim(low, high)
+    points = [(x, b if np.isfinite(b) else t) for x, b, t in zip(fit, bound, test)]
+    place_labels(ax, points, [str(label) for label in labels])
     return finish(fig, Path(out) / "overfitting.png", staged)
 
 
@@ -205,7 +220,9 @@ def plot_group_rates(group_rows, out: Path, *, split: str, staged=None) -> Path:
         ax.set_yticks(range(len(heads)))
         ax.set_yticklabels(heads, fontsize=7)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    from fairhead.plots import layout, legend_below
+
+    layout(fig, bottom=legend_below(fig, list(zip(*axes[0, 0].get_legend_handles_labels()))), top=0.98)
     return finish(fig, Path(out) / "group_rates.png", staged)
 
 

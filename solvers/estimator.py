@@ -105,7 +105,8 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
     constraint : str, Constraint or None, default=None
         Score constraints ``"dp-score"``, ``"eopp-score"``, ``"eo-score"``, ``"cov"``,
         ``"group-loss"``, ``"minimax"``; rate constraints ``"dp"``, ``"eopp"``, ``"eo"``,
-        ``"error-rate"``; or a constraint object.
+        ``"error-rate"``; or a constraint object. ``None`` (the default) fits an unconstrained
+        head; the command line's ``fairhead fit`` defaults to ``--constraint dp`` instead.
     eps : float >= 0, default=0.05
         The bound (unused by ``"minimax"``).
     C : float > 0, default=1.0
@@ -179,8 +180,7 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
     The fit is deterministic: rate constraints return one head (never a randomized mixture).
 
     .. versionadded:: 0.1
-    .. versionadded:: 0.2
-       K > 2 classes: the multinomial head.
+       Binary and K > 2 classes (the multinomial head).
 
     Examples
     --------

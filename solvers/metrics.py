@@ -262,7 +262,34 @@ def _row(yt, yp, w, y_score=None):
 
 
 def by_group(y_true, y_pred, *, sensitive_features, y_score=None, sample_weight=None) -> GroupTable:
-    """Selection rate, TPR, FPR, FNR, accuracy and count per (intersectional) group."""
+    r"""Selection rate, TPR, FPR, FNR, accuracy and count per (intersectional) group.
+
+    For group :math:`g` with rows :math:`G` (weights :math:`v_i`, default 1),
+
+    .. math::
+
+        \mathrm{SR}_g = \frac{\sum_{i \in G} v_i \hat y_i}{\sum_{i \in G} v_i},\quad
+        \mathrm{TPR}_g = \frac{\sum_{i \in G, y_i = 1} v_i \hat y_i}{\sum_{i \in G, y_i = 1} v_i},\quad
+        \mathrm{FPR}_g = \frac{\sum_{i \in G, y_i = 0} v_i \hat y_i}{\sum_{i \in G, y_i = 0} v_i},
+
+    :math:`\mathrm{FNR}_g = 1 - \mathrm{TPR}_g` and accuracy the weighted share of
+    :math:`\hat y_i = y_i`; a rate whose event is empty in a group is reported as 0 and listed
+    by :meth:`GroupTable.undefined`.
+
+    Returns
+    -------
+    GroupTable
+        fairlearn's MetricFrame shape: ``overall``, ``by_group``, ``difference()``, ``ratio()``
+        and ``to_frame()`` (a pandas DataFrame, one row per group). Exact intervals on the
+        same rates per group: :func:`solvers.intervals.group_rate_intervals`.
+
+    Examples
+    --------
+    >>> from solvers.metrics import by_group
+    >>> t = by_group([0, 1, 1, 0], [0, 1, 0, 0], sensitive_features=["a", "a", "b", "b"])
+    >>> t.by_group["a"]["selection_rate"], t.difference()["selection_rate"]
+    (0.5, 0.5)
+    """
     yt = _arr(y_true)
     yp = _arr(y_pred, yt.shape[0])
     w = _w(sample_weight, yt.shape[0])

@@ -24,9 +24,47 @@ from .estimator import FairLogisticRegression, _fit_score, _problem_pieces, with
 
 
 def fit_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_head=None, **estimator_params):
-    """Fit one head per ``eps`` in ``eps_grid`` (in the given order), warm-starting each.
+    r"""Fit one head per ``eps`` in ``eps_grid`` (in the given order), warm-starting each.
 
-    The list form of :func:`iter_path`; see there.
+    Each head solves :class:`FairLogisticRegression`'s problem at its own bound,
+
+    .. math::
+
+        \min_{w, b}\ \frac{1}{V}\sum_i v_i \ell(y_i, x_i^\top w + b) + \frac{\lVert w\rVert^2}{2 C V}
+        \quad\text{s.t.}\quad c(w, b) \le \varepsilon_k, \qquad k = 1, \dots, K,
+
+    where ``c`` is the constraint's own bounded quantity. Tighter bounds give heads with a
+    smaller gap and (weakly) lower accuracy on the fit data.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features) or RowChunks
+    y : array-like of shape (n_samples,)
+    sensitive_features : array-like of shape (n_samples,) or (n_samples, n_attributes)
+    eps_grid : sequence of float
+        The bounds, fitted in the given order (loosest first is fastest: warm starts).
+    sample_weight : array-like of shape (n_samples,), optional
+    init_head : FairLogisticRegression, optional
+        A head already fitted on the same data (see :func:`iter_path`).
+    **estimator_params : parameters of :class:`FairLogisticRegression` (``constraint``, ``C``, ...).
+
+    Returns
+    -------
+    list of FairLogisticRegression
+        One fitted head per ``eps``, each with its ``certificate_``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solvers import fit_path
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(200, 3)); s = rng.integers(0, 2, 200)
+    >>> y = (X[:, 0] + s + rng.normal(size=200) > 0.5).astype(int)
+    >>> heads = fit_path(X, y, sensitive_features=s, eps_grid=[0.2, 0.1], constraint="dp-score")
+    >>> [h.eps for h in heads]
+    [0.2, 0.1]
+
+    The list form of :func:`iter_path`; see there for the rate constraints' monotone repair.
     """
     return list(iter_path(X, y, sensitive_features=sensitive_features, eps_grid=eps_grid,
                           sample_weight=sample_weight, init_head=init_head, **estimator_params))

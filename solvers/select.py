@@ -58,7 +58,8 @@ from .intervals import (BOUND_METHODS, EXACT_DIFFERENCE, GroupCounts, check_conf
 
 METHODS = ("fixed-sequence", "bonferroni")
 BOUNDS = BOUND_METHODS
-MSG_TARGET = "target must look like 'eo<=0.05' (gap dp, eo, eopp or ae, a bound in [0, 1]); got {got!r}"
+MSG_TARGET = ("target must look like 'eo<=0.05' or 'eo:0.05' (gap dp, eo, eopp or ae, a bound in [0, 1]; "
+              "quote the '<=' form in a shell); got {got!r}")
 MSG_METHOD = "method must be one of fixed-sequence, bonferroni; got {got!r}"
 MSG_BOUND = "bound must be one of exact, union; got {got!r}"
 MSG_NO_HEADS = "select_head needs at least one fitted head; got none"
@@ -81,11 +82,13 @@ BOUND_DESCRIPTION = {
 
 
 def parse_target(target) -> tuple[str, float]:
-    """``"eo<=0.05"`` -> ``("eo", 0.05)``; a ``(gap, value)`` pair passes through checked."""
+    """``"eo<=0.05"`` or ``"eo:0.05"`` -> ``("eo", 0.05)``; a ``(gap, value)`` pair passes through checked.
+
+    The ``:`` form needs no quoting in a shell (an unquoted ``<`` is a redirection there)."""
     if isinstance(target, (tuple, list)) and len(target) == 2:
         name, value = target
     else:
-        m = re.fullmatch(r"\s*([A-Za-z_-]+)\s*<=\s*([0-9.eE+-]+)\s*", str(target))
+        m = re.fullmatch(r"\s*([A-Za-z_-]+)\s*(?:<=|:)\s*([0-9.eE+-]+)\s*", str(target))
         if not m:
             raise DataError(MSG_TARGET.format(got=target))
         name, value = m.group(1), m.group(2)

@@ -51,12 +51,12 @@ def test_fit_shows_the_bounded_gap_and_the_between_groups_gap_labelled(cache_pat
                          "--eval-split", "test", "--save", head_path)
     assert code == 0, err
     head = load_head(head_path)
-    bounded = float(re.search(r"bounded gap on 'train': ([0-9.]+) \(eps 0.05; met: True\)", out).group(1))
+    bounded = float(re.search(r"constraint_value on 'train': ([0-9.]+) \(eps 0.05; eps_met: True\)", out).group(1))
     assert bounded == pytest.approx(head.certificate_.achieved_gap, abs=1e-4)
     assert "measured with balance='group' weights" in out
     between = float(re.search(r"between-groups difference on 'train': dp_diff ([0-9.]+)", out).group(1))
     assert between > bounded  # the two quantities differ; neither is printed under the other's name
-    assert any(line.startswith("split") and "bounded_gap" in line for line in out.splitlines())
+    assert any(line.startswith("split") and "constraint_value" in line for line in out.splitlines())
 
 
 @pytest.mark.parametrize(

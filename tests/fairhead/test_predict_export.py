@@ -114,6 +114,12 @@ def test_predict_cli_on_an_image_folder_and_on_a_manifest(trained, tmp_path, cap
     metrics = json.loads(out.with_suffix(".metrics.json").read_text())
     assert 0 <= metrics["all"]["accuracy"] <= 1 and "demographic_parity_difference" in metrics["all"]
     assert "dp_diff" in stdout
+    # the group metrics carry their intervals, printed and saved
+    m = metrics["all"]
+    for key in ("accuracy", "demographic_parity_difference", "equalized_odds_difference", "worst_group_accuracy"):
+        assert m[f"{key}_low"] <= m[key] <= m[f"{key}_high"], key
+    header = next(line for line in stdout.splitlines() if line.startswith("split"))
+    assert "acc_ci" in header and "eo_diff_ci" in header
 
 
 @pytest.mark.slow
@@ -287,3 +293,43 @@ def test_onnx_export_without_the_extra_says_how_to_install_it(trained, tmp_path,
     code, _, err = main_cli(capsys, "export", "--head", trained["head"], "--to", "onnx", "--out", tmp_path / "m.onnx")
     assert code == 3 and len(err.strip().splitlines()) == 1 and "fairhead[onnx]" in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.slow
+def test_onnx_export_carries_metadata_and_names_its_weights_file(trained, tmp_path, capsys):
+    """A consumer without fairhead reads the preprocessing and the classes from the file; the CLI names
+    every file it wrote (torch's exporter may put the weights in a sidecar beside the graph)."""
+    import json
+
+    from fairhead.export import export_sidecars, onnx_available
+
+    if not onnx_available():
+        pytest.skip("the optional onnx extra (onnx, onnxscript) is not installed: pip install 'fairhead[onnx]'")
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime runs the exported file")
+    out = tmp_path / "model.onnx"
+    code, stdout, _ = main_cli(capsys, "export", "--head", trained["head"], "--to", "onnx", "--out", out,
+                               "--weights-file", trained["weights"])
+    assert code == 0
+    written = sorted(p.name for p in tmp_path.iterdir())
+    for name in written:  # every file in the folder is named on stdout
+        assert name in stdout, (name, stdout)
+    assert [p.name for p in export_sidecars(out)] == [n for n in written if n != "model.onnx"]
+    props = {p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}
+    extra = json.loads(trained["head"].read_text())["extra"]
+    assert json.loads(props["fairhead.class_names"]) == extra["label"]["class_names"]
+    assert props["fairhead.positive_class"] == extra["label"]["positive"]
+    assert props["fairhead.preprocessing"] == extra["backbone"]["preprocessing"]
+    assert props["fairhead.constraint"] == "dp-score" and props["fairhead.eps"] == "0.05"
+    images, ids = _preprocessed(trained)  # the metadata did not disturb the weights
+    (scores,) = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"images": images.numpy()})
+    expected = _cache_scores(trained)
+    np.testing.assert_allclose(scores, [expected[i] for i in ids], rtol=0, atol=ONNX_SCORE_ATOL)
+
+
+@pytest.mark.slow
+def test_program_export_prints_no_torch_warning(trained, tmp_path, capfd):
+    code, _, err = run_cli("export", "--head", trained["head"], "--to", "program", "--out", tmp_path / "model.pt2",
+                           "--weights-file", trained["weights"])
+    assert code == 0 and "Warning" not in err and ".tmp" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt2"]

@@ -189,8 +189,8 @@ def test_summary_names_the_heads_that_missed_their_bound(tmp_path):
     result = sweep.SweepResult(out=tmp_path, constraint="dp", fit_split="train", records=records, rows=rows,
                                split_sizes={"train": 100, "test": 100})
     text = result.summary()
-    assert ("MISSED: 2 of 3 heads miss their bound on 'train': eps=0.02 (bounded gap 0.031), "
-            "eps=0 (bounded gap 0.0007)") in text
+    assert ("MISSED: 2 of 3 heads miss their bound on 'train': eps=0.02 (constraint_value 0.031), "
+            "eps=0 (constraint_value 0.0007)") in text
     assert [r.eps for r in result.missed()] == [0.02, 0.0]
     met = sweep.SweepResult(out=tmp_path, constraint="dp", fit_split="train", records=records[:2],
                             rows=[row for r in records[:2] for row in r.rows("dp")])
@@ -224,13 +224,13 @@ def test_report_and_summary_label_both_gaps_and_compare_fronts(split_arrays, tmp
     result = sweep.run_sweep(None, out=tmp_path, constraint="dp", eps_grid=[0.1, 0.03], progress=False,
                              compare=["penalty"], data=(split_arrays, "fp", {}))
     text = result.summary()
-    assert "bounded_gap" in text and "|P(yhat=1)(group) - P(yhat=1)(all)|" in text
+    assert "constraint_value" in text and "|P(yhat=1)(group) - P(yhat=1)(all)|" in text
     assert "between-groups" in text and "fronts on 'test'" in text
     front_text = text.split("fronts on 'test'")[1]
     assert "DP diff" in front_text and "EO diff" not in front_text  # the summary reads the dp family's gap
     report = result.files["report"].read_text()
     assert "## What the gap columns measure" in report and "## Fronts on test" in report
-    assert "| bounded gap |" in report and "| DP diff (between groups) |" in report
+    assert "| constraint_value (bounded gap) |" in report and "| DP diff (between groups) |" in report
     payload = json.loads(result.files["json"].read_text())
     assert {"constraint_value", "demographic_parity_difference"} <= set(payload["columns"])
     assert {f["method"] for f in payload["fronts"]} == {"unconstrained", "fairhead", "penalty"}
