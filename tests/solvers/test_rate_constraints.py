@@ -63,9 +63,22 @@ def test_intersectional_rate_groups():
 
 def test_unreachable_bound_warns_and_strict_raises(embed_problem):
     (X, y, a), _ = embed_problem
-    # eps = 0 on hard predictions: exact equality of rates is out of reach for a linear head here
+    # eps = 0 on hard predictions: exact equality of error rates is out of reach for a linear head
+    # here (dp = 0 is not: a constant head meets it, and the threshold search finds it)
     with pytest.warns(ConvergenceWarning, match="no head on the multiplier path meets"):
-        clf = FairLogisticRegression(constraint="dp", eps=0.0, backend="torch").fit(X, y, sensitive_features=a)
+        clf = FairLogisticRegression(constraint="error-rate", eps=0.0, backend="torch").fit(X, y, sensitive_features=a)
     assert clf.certificate_.eps_met is False
     with pytest.raises(SolverError, match="raise eps"):
-        FairLogisticRegression(constraint="dp", eps=0.0, backend="torch", strict=True).fit(X, y, sensitive_features=a)
+        FairLogisticRegression(constraint="error-rate", eps=0.0, backend="torch", strict=True).fit(
+            X, y, sensitive_features=a)
+
+
+def test_dp_zero_is_met_by_a_constant_head(embed_problem):
+    """Every group's selection rate equals the overall one when all predictions agree."""
+    (X, y, a), _ = embed_problem
+    clf = FairLogisticRegression(constraint="dp", eps=0.0, backend="torch").fit(X, y, sensitive_features=a)
+    yhat = clf.predict(X)
+    assert clf.certificate_.eps_met and clf.certificate_.achieved_gap == 0.0
+    assert yhat.min() == yhat.max()
+    # the more accurate of the two constant heads
+    assert clf.score(X, y) == max(np.mean(y == 0), np.mean(y == 1))
