@@ -103,6 +103,7 @@ def part_paths(cases=("dp2", "eo2", "eo4")):
               flush=True)
         print("   gaps " + " ".join(f"{e:.3f}:{c.achieved_gap:.4f}{'' if c.eps_met else '!'}"
                                     for e, c in zip(PATH_GRID, certs)), flush=True)
+        print("   train accuracy " + " ".join(f"{1 - c.zero_one_error:.4f}" for c in certs), flush=True)
     return rows
 
 

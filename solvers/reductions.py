@@ -88,18 +88,20 @@ class Candidate:
     cut: float = 0.0
 
 
-def _threshold(thr, z, eps, aim):
-    """The threshold of scores ``z``: the most accurate meeting eps, else aim, else the smallest gap."""
+def _threshold(thr, z, aim):
+    """The threshold of scores ``z``: the most accurate within ``aim = max(eps, resolution)``, else
+    the smallest gap. Below the resolution a bound is met, if at all, by a (near) constant head:
+    the most accurate head within the resolution is worth more to a user than that."""
     sc = thr.scan(z)
-    return sc.best(eps) or sc.best(aim) or sc.smallest_gap()
+    return sc.best(aim) or sc.smallest_gap()
 
 
-def _candidate(thr, z, gaps, err, lam, theta, stationarity, converged, eps, aim):
+def _candidate(thr, z, gaps, err, lam, theta, stationarity, converged, aim):
     """The :class:`Candidate` of a converged fit with scores ``z`` (at their best threshold)."""
     raw = float(np.abs(gaps).max())
     if thr is None:  # no intercept to move
         return Candidate(err, raw, lam.copy(), theta, stationarity, converged, raw)
-    ch = _threshold(thr, z, eps, aim)
+    ch = _threshold(thr, z, aim)
     return Candidate(ch.error, ch.max_gap, lam.copy(), theta, stationarity, converged, raw, ch.cut)
 
 
@@ -252,7 +254,7 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         gaps, err = _evaluate(zn, y, v, V, mom)
         if exact:  # only converged heads are candidates
             history.append(_candidate(thr, zn, gaps, err, lam_k, res.theta.clone(), res.stationarity,
-                                      res.converged, eps, aim))
+                                      res.converged, aim))
         return gaps
 
     def adopt(lam_k):
@@ -265,17 +267,20 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         zn = state["z"].cpu().numpy()
         gaps, err = _evaluate(zn, y, v, V, mom)
         history.append(_candidate(thr, zn, gaps, err, lam_k, th.clone(), float(init["stationarity"]),
-                                  bool(init["converged"]), eps, aim))
+                                  bool(init["converged"]), aim))
         state["adopted"] = 1
         return gaps
 
-    def reached():
+    def reached(thresholded=False):
         """Whether a converged head so far meets the aim (the merit of the steps, the KKT
-        residual, may prefer a head that misses it to one that meets it)."""
-        # the fit's own intercept: a head that meets the bound only through the threshold search
-        # does not end the search (stopping there cost accuracy: dp eps=0.005 on the 3000 x 32
-        # embedding problem ended at error 0.294 instead of 0.251)
-        return any(e.raw_gap <= aim for e in history)
+        residual, may prefer a head that misses it to one that meets it).
+
+        The steps go by the fit's own intercept: a head that meets the bound only through the
+        threshold search does not end them (stopping there cost accuracy: dp eps=0.005 on the
+        3000 x 32 embedding problem ended at error 0.294 instead of 0.251). The fallback searches
+        (cold, or all fits converged) are spent only when no head meets it at any threshold.
+        """
+        return any((e.gap if thresholded else e.raw_gap) <= aim for e in history)
 
     def newton(lam_k, gaps_k, halvings=NEWTON_HALVINGS):
         """Newton steps from the converged fit at ``lam_k`` (:mod:`solvers.multiplier_newton`).
@@ -434,7 +439,7 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         if not newton(lam_p, gaps_p, halvings=0 if stalled else NEWTON_HALVINGS) and not stalled:
             state["theta"], state["z"], state["pairs"] = at_p
             search(lam_p, gaps0, t_ray, [], band=WARM_BAND * aim)
-        if not reached() and eps >= resolution and not stalled:
+        if not reached(thresholded=True) and eps >= resolution and not stalled:
             # the warm search missed: the cold search (from lam = 0 and the cold start; the warm
             # candidates stay in the running), so a path head never does worse than a cold solve
             # (a cold search from far-away warm multipliers can be much slower)
@@ -457,14 +462,15 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         if float(np.abs(gaps1).max()) > aim:
             scale = max(float(np.abs(lam_1 - lam).max()), 0.25)
             search(lam_1, gaps1, 0.05 * scale, [(e.lam, e.raw_gap) for e in history])
-        if not reached() and eps >= resolution:
+        if not reached(thresholded=True) and eps >= resolution:
             # the cheap stage misled us: rerun the whole search with converged fits
             state["theta"], state["pairs"] = theta_start, pairs_start
             state.pop("z", None)
             search(lam, gaps0, 0.25, [(e.lam, e.raw_gap) for e in history])
     # choose: feasible with least error, checked with the exact predict() arithmetic
     # (below the resolution: the heads that reach it, if none meets eps itself)
-    level = eps if any(h.gap <= eps for h in history) else aim
+    # (below the resolution: the most accurate head that reaches it)
+    level = aim
     feas = sorted((h for h in history if h.gap <= level), key=lambda h: h.error)
 
     def check(h):
@@ -473,7 +479,7 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         xw = x_dot(X, th[:d])
         raw_g, _ = _evaluate(xw + th[d], y, v, V, mom)
         # the threshold chosen again on the exact scores: ``xw + b > 0`` iff ``xw > -b`` in floats
-        b = float(th[d]) if thr is None else -_threshold(thr, xw, eps, aim).cut
+        b = float(th[d]) if thr is None else -_threshold(thr, xw, aim).cut
         g2, e2 = _evaluate(xw + b, y, v, V, mom)
         return Checked(h, th, b, g2, e2, raw_g)
 
