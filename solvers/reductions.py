@@ -49,6 +49,7 @@ from ._linalg import x_dot
 from .certificate import Certificate, passes_lower_bound
 from .backends import Solution
 from .multiplier_newton import NewtonTargets, gap_jacobian, kkt_residual, newton_affordable, sign_step
+from .smoothed import smoothed_stage
 from .threshold import ThresholdSearch
 
 #: aim the search at this fraction of eps so that small sample effects stay inside the bound
@@ -62,6 +63,8 @@ INEXACT_ITERS = 8
 WARM_BAND = 0.05
 #: along a path, the sign-step stage stops after this many probes without a smaller largest gap
 WARM_STALL = 8
+#: run the smoothed-rate stage (:mod:`solvers.smoothed`) after the reduction where the bound binds
+SMOOTH_STAGE = True
 #: Newton steps on the multipliers before the bracketing search takes over
 NEWTON_STEPS = 8
 #: a Newton step that does not shrink the KKT residual is halved at most this many times
@@ -513,6 +516,29 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
             break
     if chosen is None:
         chosen = check(min(history, key=lambda h: (h.gap, h.error)))
+    red = chosen  # the reduction's head: the warm state of the next bound
+    smooth_mult = None
+    # the smoothed-rate stage, from the reduction's head, where the bound binds
+    if thr is not None and SMOOTH_STAGE and (np.any(red.cand.lam != 0) or red.gap > level):
+        heads, smooth_mult = smoothed_stage(
+            design, y, v, Ma, mom.M @ mom.b0, design.to_centered(_tensor(np.r_[red.theta[:d], red.intercept], dev)),
+            lam2=lam2, bound=eps_t, fixed=fixed, tol=search_tol, max_iter=int(est.max_iter), precond=precond,
+            mult0=init.get("smooth_mult") if prev else None)
+        state["it"] += sum(sh.n_iter for sh in heads)
+        state["smoothed"] = len(heads)
+        cands = []
+        for sh in heads:
+            zn = sh.z.cpu().numpy()
+            g_s, e_s = _evaluate(zn, y, v, V, mom)
+            cands.append(_candidate(thr, zn, g_s, e_s, red.cand.lam, sh.theta, sh.stationarity, sh.converged, aim))
+        pick = next((c for c in map(check, sorted((c for c in cands if c.gap <= level), key=lambda c: c.error)[:3])
+                     if c.gap <= level), None)
+        if pick is None and red.gap > level:
+            pick = check(min(cands, key=lambda c: (c.gap, c.error)))
+        if pick is not None and ((pick.gap <= level and (red.gap > level or pick.error < red.error))
+                                 or (red.gap > level and pick.gap < red.gap)):
+            chosen = pick
+            state["smooth_chosen"] = True
     h, th, g2, e2 = chosen.cand, chosen.theta, chosen.gaps, chosen.error
     best_gap = min(e.raw_gap for e in history)
     total_it = state["it"]
@@ -530,13 +556,19 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
     if chosen.intercept != float(th[d]):
         notes.append(f"intercept re-chosen by the exact threshold search: {float(th[d]):.6g} -> {chosen.intercept:.6g} "
                      f"(gap {float(np.abs(chosen.raw_gaps).max()):.4g} -> {gap:.4g})")
+    if state.get("smoothed"):
+        notes.append(f"smoothed-rate stage: {state['smoothed']} heads from the reduction's (0-1 error "
+                     f"{red.error:.4g}, gap {red.gap:.4g}); "
+                     + ("one of them chosen" if state.get("smooth_chosen") else "the reduction's head kept"))
     if not h.converged:
-        notes.append("the chosen weighted fit stopped at max_iter (its predictions were still checked)")
+        notes.append("the chosen fit stopped at max_iter (its predictions were still checked)")
     sol = Solution(coef=th[:d].copy(), intercept=chosen.intercept, multipliers=h.lam, status="eps_met" if met else "eps_not_met",
                    solver="lagrangian-reduction/active-set-lbfgs", n_iter=total_it, wall_time=wall, notes=notes,
                    # the warm state is the weighted fit and its own gaps (what the multiplier steps steer)
-                   state={"theta": th, "lam": h.lam, "gaps": np.asarray(chosen.raw_gaps, dtype=np.float64),
-                          "stationarity": float(h.stationarity), "converged": bool(h.converged),
+                   # (the reduction's head, also when the smoothed stage's is chosen)
+                   state={"theta": red.theta, "lam": red.cand.lam, "gaps": np.asarray(red.raw_gaps, dtype=np.float64),
+                          "stationarity": float(red.cand.stationarity), "converged": bool(red.cand.converged),
+                          "smooth_mult": smooth_mult,
                           "missed_aim": aim if gap > aim else None,
                           # Newton stopped short of its target (not in the band): the gap it stalled at
                           "stalled_at": best_gap if state.get("stall") and best_gap > eps_t else None,

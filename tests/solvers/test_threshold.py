@@ -95,9 +95,10 @@ def test_rate_head_meets_eps_with_hard_predictions(embed_problem, constraint, ep
 
 
 @pytest.mark.parametrize("eps", [0.03, 0.1])
-def test_threshold_search_only_moves_the_intercept_and_never_loses(eps):
+def test_threshold_search_only_moves_the_intercept_and_never_loses(eps, monkeypatch):
     """The fit's own intercept is one of the thresholds: the chosen one is at least as accurate
     whenever the fit's own already met the bound, and the weights are the fit's."""
+    monkeypatch.setattr("solvers.reductions.SMOOTH_STAGE", False)  # the reduction and threshold stages only
     X, y, a = make_fair_classification(3000, 8, seed=1)
     clf = FairLogisticRegression(constraint="eo", eps=eps, backend="torch").fit(X, y, sensitive_features=a)
     th = clf._solver_state["theta"]
