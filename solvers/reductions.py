@@ -65,6 +65,9 @@ WARM_BAND = 0.05
 WARM_STALL = 8
 #: run the smoothed-rate stage (:mod:`solvers.smoothed`) after the reduction where the bound binds
 SMOOTH_STAGE = True
+#: L-BFGS iterations per temperature and multiplier update (its heads are judged by their hard
+#: predictions, at their best threshold: an inexact stage is fine)
+SMOOTH_ITERS = 40
 #: Newton steps on the multipliers before the bracketing search takes over
 NEWTON_STEPS = 8
 #: a Newton step that does not shrink the KKT residual is halved at most this many times
@@ -212,6 +215,11 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
     # every candidate is judged at its best intercept (one sort of its scores); without an
     # intercept the head's threshold stays at 0
     thr = ThresholdSearch(mom, y, v) if est.fit_intercept else None
+    # with the smoothed-rate stage after it, the reduction's fallback searches (a cold search where
+    # the warm one missed, all fits converged where the cheap stage missed) are skipped: near the
+    # reduction's floor they cost 20-130 fits each (42 s of one Adult eo head) and the smoothed
+    # stage, started from the reduction's best head, reaches the bounds they miss
+    smoothing = thr is not None and SMOOTH_STAGE
     eps_t = TARGET_FRACTION * aim
     # along a path: the previous head's gaps (they do not depend on eps) and its multipliers
     prev = None
@@ -392,6 +400,10 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
                 side = 1
         if t_b is not None and any(e[1] <= aim for e in log):
             return lam_s + t_b * u
+        if smoothing and state["exact"]:
+            # converged sign steps near the floor cost 20-30 fits of ~200 passes each (Adult eo,
+            # 4 groups); the smoothed stage goes on from the best head so far instead
+            return min(log, key=lambda e: e[1])[0].copy() if log else lam_s.copy()
         # several rows pulling different ways: per-coordinate sign steps (Rprop)
         lam_k = min(log, key=lambda e: e[1])[0].copy() if log else lam_s.copy()
         step = np.full(K, 0.1 * max(t_b or t_a or t_init, 0.05 * t_init))
@@ -439,10 +451,12 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         at_p = (state["theta"], state["z"], state["pairs"])
         # near a floor one full step (with a fresh Jacobian) shows whether the linear model sees a
         # way down; halving it only finds the floor again, at 20-50 passes a fit there
-        if not newton(lam_p, gaps_p, halvings=0 if stalled else NEWTON_HALVINGS) and not stalled:
+        if (not newton(lam_p, gaps_p, halvings=0 if stalled else NEWTON_HALVINGS) and not stalled
+                and not (smoothing and reached(thresholded=True))):
+            # (a head that meets the aim at its best threshold goes to the smoothed stage as it is)
             state["theta"], state["z"], state["pairs"] = at_p
             search(lam_p, gaps0, t_ray, [], band=WARM_BAND * aim)
-        if not reached(thresholded=True) and eps >= resolution and not stalled:
+        if not reached(thresholded=True) and eps >= resolution and not stalled and not smoothing:
             # the warm search missed: the cold search (from lam = 0 and the cold start; the warm
             # candidates stay in the running), so a path head never does worse than a cold solve
             # (a cold search from far-away warm multipliers can be much slower)
@@ -465,7 +479,7 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         if float(np.abs(gaps1).max()) > aim:
             scale = max(float(np.abs(lam_1 - lam).max()), 0.25)
             search(lam_1, gaps1, 0.05 * scale, [(e.lam, e.raw_gap) for e in history])
-        if not reached(thresholded=True) and eps >= resolution:
+        if not reached(thresholded=True) and eps >= resolution and not smoothing:
             # the cheap stage misled us: rerun the whole search with converged fits
             state["theta"], state["pairs"] = theta_start, pairs_start
             state.pop("z", None)
@@ -522,7 +536,8 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
     if thr is not None and SMOOTH_STAGE and (np.any(red.cand.lam != 0) or red.gap > level):
         heads, smooth_mult = smoothed_stage(
             design, y, v, Ma, mom.M @ mom.b0, design.to_centered(_tensor(np.r_[red.theta[:d], red.intercept], dev)),
-            lam2=lam2, bound=eps_t, fixed=fixed, tol=search_tol, max_iter=int(est.max_iter), precond=precond,
+            lam2=lam2, bound=eps_t, fixed=fixed, tol=search_tol, max_iter=min(int(est.max_iter), SMOOTH_ITERS),
+            precond=precond,
             mult0=init.get("smooth_mult") if prev else None)
         state["it"] += sum(sh.n_iter for sh in heads)
         state["smoothed"] = len(heads)
