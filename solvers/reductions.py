@@ -219,7 +219,11 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
     # the warm one missed, all fits converged where the cheap stage missed) are skipped: near the
     # reduction's floor they cost 20-130 fits each (42 s of one Adult eo head) and the smoothed
     # stage, started from the reduction's best head, reaches the bounds they miss
-    smoothing = thr is not None and SMOOTH_STAGE
+    # Only rates conditioned on the label (eopp, eo, error-rate) get it: there the weighted fits
+    # floor (Adult eo: 0.02-0.027); on dp the reduction reaches every bound and the stage won no
+    # accuracy on Adult's 12-bound path at 4x its time (docs/design/rate-search.md)
+    smoothing = (thr is not None and SMOOTH_STAGE
+                 and (getattr(constraint, "event", "all") != "all" or getattr(constraint, "utility", "") == "error"))
     eps_t = TARGET_FRACTION * aim
     # along a path: the previous head's gaps (they do not depend on eps) and its multipliers
     prev = None
@@ -533,7 +537,7 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
     red = chosen  # the reduction's head: the warm state of the next bound
     smooth_mult = None
     # the smoothed-rate stage, from the reduction's head, where the bound binds
-    if thr is not None and SMOOTH_STAGE and (np.any(red.cand.lam != 0) or red.gap > level):
+    if smoothing and (np.any(red.cand.lam != 0) or red.gap > level):
         heads, smooth_mult = smoothed_stage(
             design, y, v, Ma, mom.M @ mom.b0, design.to_centered(_tensor(np.r_[red.theta[:d], red.intercept], dev)),
             lam2=lam2, bound=eps_t, fixed=fixed, tol=search_tol, max_iter=min(int(est.max_iter), SMOOTH_ITERS),
