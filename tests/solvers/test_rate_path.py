@@ -100,3 +100,24 @@ def test_init_head_saves_the_refit_of_the_unconstrained_head(constraint):
     assert warm[1].certificate_.converged
     with pytest.raises(ValueError, match="coefficients"):
         fit_path(X[:, :3], y, init_head=free, **kw)
+
+
+def test_fit_path_front_is_monotone_and_never_below_a_cold_fit():
+    """A tighter bound is never more accurate on the fit split than a looser one along fit_path,
+    and each head is at least as accurate as the cold single fit at its bound, unless that cold
+    fit is more accurate by at most the resolution of a rate (one prediction in the smallest cell)."""
+    X, y, a = make_fair_classification(3000, 8, seed=1)
+    grid = [0.1, 0.05, 0.03, 0.02, 0.01]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        heads = fit_path(X, y, sensitive_features=a, eps_grid=grid, constraint="eo", backend="torch")
+        cold = [FairLogisticRegression(constraint="eo", eps=e, backend="torch").fit(X, y, sensitive_features=a)
+                for e in grid]
+    errs = [h.certificate_.zero_one_error for h in heads]
+    met = [h.certificate_.eps_met for h in heads]
+    assert all(met)
+    assert all(errs[j] >= errs[j - 1] for j in range(1, len(errs)))  # looser first: error never falls
+    for h, c in zip(heads, cold):
+        assert h.certificate_.achieved_gap <= h.certificate_.eps
+        # the path's front against cold fits: within the resolution of a 0-1 rate on the fit split
+        assert h.certificate_.zero_one_error <= c.certificate_.zero_one_error + h.certificate_.resolution
