@@ -6,7 +6,7 @@ Everything a ratio compares is measured side by side in one run (the machine is 
                     and at equal tolerance (goal: at most 1x), on Adult and on the synthetic.
 ``--part paths``    a 12-bound ``dp`` path vs ONE fairlearn ExponentiatedGradient fit (goal: 0.1x);
                     12-bound ``eo`` paths with 2 groups (sex) and 4 (sex x age>40) vs one EG fit
-                    (goal: 0.2x), and which bounds above the resolution are unmet on the fit split.
+                    (goals: 0.2x and 0.3x), and which bounds above the resolution are unmet on the fit split.
 ``--part bounds``   ``eo`` paths over the tight bounds 0.03 ... 0.005 with 2 groups (sex) and 4 (sex x race White
                     or not; sex x age>40):
                     which are met on the fit split (goal: every bound >= 0.005 with 2 groups, >= 0.01 with
@@ -89,7 +89,7 @@ def part_paths(cases=("dp2", "eo2", "eo4")):
     FairLogisticRegression(backend="torch").fit(X[:500], y[:500])
     rows = []
     all_cases = {"dp2": ("dp", sex, sex, "dp, 2 groups", 0.1), "eo2": ("eo", sex, sex, "eo, 2 groups", 0.2),
-                 "eo4": ("eo", inter, inter_codes, "eo, 4 groups", 0.2)}
+                 "eo4": ("eo", inter, inter_codes, "eo, 4 groups", 0.3)}
     for kind, groups, eg_groups, label, goal in (all_cases[c] for c in cases):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
