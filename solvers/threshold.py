@@ -24,6 +24,7 @@ chosen head is checked afterwards with its exact hard predictions anyway.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -49,7 +50,7 @@ class ThresholdScan:
     errors: np.ndarray  # (m,)
     gaps: np.ndarray  # (m, K)
 
-    @property
+    @cached_property
     def max_gaps(self) -> np.ndarray:
         return np.abs(self.gaps).max(axis=1) if self.gaps.shape[1] else np.zeros(len(self.cuts))
 
@@ -62,8 +63,9 @@ class ThresholdScan:
         ok = np.flatnonzero(self.max_gaps <= bound)
         if not ok.size:
             return None
-        j = ok[np.lexsort((np.abs(self.cuts[ok]), self.errors[ok]))[0]]
-        return self._pick(int(j))
+        err = self.errors[ok]
+        ties = ok[err == err.min()]
+        return self._pick(int(ties[np.argmin(np.abs(self.cuts[ties]))]))
 
     def smallest_gap(self) -> ThresholdChoice:
         """The threshold with the smallest largest gap (ties: the more accurate, then nearest 0)."""
@@ -98,7 +100,7 @@ class ThresholdSearch:
         s = np.asarray(scores, dtype=np.float64)
         if s.shape != (self.n,) or not np.isfinite(s).all():
             raise ValueError(f"threshold scan needs {self.n} finite scores; got shape {s.shape}")
-        order = np.argsort(-s, kind="stable")
+        order = np.argsort(-s)  # any order of tied scores: prefixes inside a tie are skipped
         ss = s[order]
         # prefix lengths j that end between two distinct scores (and j = 0, j = n)
         ends = np.flatnonzero(ss[:-1] > ss[1:]) + 1
