@@ -20,10 +20,16 @@ head's ``||w||^2 / (2 C V)``). At :math:`\\lambda = 0` this is exactly the uncon
 The multipliers are searched by sign-based per-coordinate steps (Rprop) on the dual
 residual :math:`\\gamma_k - \\varepsilon_t\\,\\mathrm{sign}(\\lambda_k)` (soft-thresholded at
 :math:`\\lambda_k = 0`), with ``eps_t = 0.9 eps`` aiming just inside the bound. Every weighted
-fit is warm-started from the previous head, so each costs a few L-BFGS iterations. Of all
-heads on the path, the one that meets ``|gamma_k| <= eps`` on the fit split with the lowest
-weighted error is returned: **one deterministic head**, never a randomized mixture. If none
-meets the bound, the head with the smallest gap is returned with ``eps_met=False``.
+fit is warm-started from the previous head, so each costs a few L-BFGS iterations.
+
+Every converged fit is a candidate judged at its best intercept: the exact threshold search
+(:mod:`solvers.threshold`) gives the gaps and error of every threshold from one sort of its
+scores. Where the bound binds on a rate conditioned on the label (``eopp``, ``eo``,
+``error-rate``), the smoothed-rate stage (:mod:`solvers.smoothed`) adds candidates from the
+reduction's head. Of all candidates, the one that meets ``|gamma_k| <= eps`` on the fit split
+with the lowest weighted error is returned, checked with the exact ``predict()`` arithmetic:
+**one deterministic head**, never a randomized mixture. If none meets the bound, the head with
+the smallest gap is returned with ``eps_met=False``. (See ``docs/design/rate-search.md``.)
 
 A 0/1 rate gap moves in steps of one prediction's weight over its group's weight (the
 **resolution**, the largest entry of ``|M a|``). Below it a bound can rarely be met exactly, so
