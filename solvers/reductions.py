@@ -133,6 +133,25 @@ class Checked:
         return float(np.abs(self.gaps).max())
 
 
+def _smoothed_candidates(design, problem, mom, thr, red, *, aim, bound, lam2, fixed, tol, max_iter, precond, mult0):
+    """The smoothed-rate stage (:func:`solvers.smoothed.smoothed_stage`) from the checked reduction
+    head ``red`` (at its threshold): ``(candidates, last multipliers, L-BFGS iterations)``."""
+    from .backends.torch import _tensor
+
+    d = design.d
+    y, v = problem.y, problem.sample_weight
+    V = float(v.sum())
+    start = design.to_centered(_tensor(np.r_[red.theta[:d], red.intercept], design.device))
+    heads, mult = smoothed_stage(design, y, v, mom.M * mom.a, mom.M @ mom.b0, start, lam2=lam2, bound=bound,
+                                 fixed=fixed, tol=tol, max_iter=max_iter, precond=precond, mult0=mult0)
+    cands = []
+    for sh in heads:
+        zn = sh.z.cpu().numpy()
+        gaps, err = _evaluate(zn, y, v, V, mom)
+        cands.append(_candidate(thr, zn, gaps, err, red.cand.lam, sh.theta, sh.stationarity, sh.converged, aim))
+    return cands, mult, sum(sh.n_iter for sh in heads)
+
+
 def _evaluate(z, y, v, V, mom):
     yhat = (z > 0).astype(np.float64)
     gaps = mom.gaps(yhat)
@@ -544,18 +563,12 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
     smooth_mult = None
     # the smoothed-rate stage, from the reduction's head, where the bound binds
     if smoothing and (np.any(red.cand.lam != 0) or red.gap > level):
-        heads, smooth_mult = smoothed_stage(
-            design, y, v, Ma, mom.M @ mom.b0, design.to_centered(_tensor(np.r_[red.theta[:d], red.intercept], dev)),
-            lam2=lam2, bound=eps_t, fixed=fixed, tol=search_tol, max_iter=min(int(est.max_iter), SMOOTH_ITERS),
-            precond=precond,
+        cands, smooth_mult, n_it = _smoothed_candidates(
+            design, problem, mom, thr, red, aim=aim, bound=eps_t, lam2=lam2, fixed=fixed, tol=search_tol,
+            max_iter=min(int(est.max_iter), SMOOTH_ITERS), precond=precond,
             mult0=init.get("smooth_mult") if prev else None)
-        state["it"] += sum(sh.n_iter for sh in heads)
-        state["smoothed"] = len(heads)
-        cands = []
-        for sh in heads:
-            zn = sh.z.cpu().numpy()
-            g_s, e_s = _evaluate(zn, y, v, V, mom)
-            cands.append(_candidate(thr, zn, g_s, e_s, red.cand.lam, sh.theta, sh.stationarity, sh.converged, aim))
+        state["it"] += n_it
+        state["smoothed"] = len(cands)
         pick = next((c for c in map(check, sorted((c for c in cands if c.gap <= level), key=lambda c: c.error)[:3])
                      if c.gap <= level), None)
         if pick is None and red.gap > level:
