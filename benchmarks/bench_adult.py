@@ -11,6 +11,8 @@ Everything a ratio compares is measured side by side in one run (the machine is 
                     or not; sex x age>40):
                     which are met on the fit split (goal: every bound >= 0.005 with 2 groups, >= 0.01 with
                     4), with the train accuracy of each head.
+``--part warm``     warm-start independence: the 12-bound ``eo`` path (2 groups) against a cold single fit at
+                    each bound, train and test accuracy side by side (goal: within 0.003).
 ``--part quality``  test fronts: best test accuracy at test DP (and EO) gap <= 0.02, 0.03, 0.05,
                     0.10, fairhead's path vs EG (random_state=0) over the same bounds, with one
                     standard error of the accuracy, sqrt(a (1 - a) / n_test).
@@ -136,6 +138,28 @@ def part_bounds():
     return rows
 
 
+def part_warm():
+    tr, te = load_adult()
+    grid = [0.1, 0.05, 0.03, 0.02, 0.015, 0.01, 0.005]
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = fit_path(tr.X, tr.y, sensitive_features=tr.sensitive["sex"], eps_grid=grid, constraint="eo",
+                        backend="torch")
+        cold = [FairLogisticRegression(constraint="eo", eps=e, backend="torch").fit(
+            tr.X, tr.y, sensitive_features=tr.sensitive["sex"]) for e in grid]
+    print("| eps | path train acc | cold train acc | diff | path test acc | cold test acc | diff | both met |")
+    print("|---|---|---|---|---|---|---|---|")
+    for e, p, c in zip(grid, path, cold):
+        r = dict(eps=e, path_train=p.score(tr.X, tr.y), cold_train=c.score(tr.X, tr.y), path_test=p.score(te.X, te.y),
+                 cold_test=c.score(te.X, te.y), met=bool(p.certificate_.eps_met and c.certificate_.eps_met))
+        rows.append(r)
+        print(f"| {e:g} | {r['path_train']:.4f} | {r['cold_train']:.4f} | {r['path_train'] - r['cold_train']:+.4f} | "
+              f"{r['path_test']:.4f} | {r['cold_test']:.4f} | {r['path_test'] - r['cold_test']:+.4f} | "
+              f"{'yes' if r['met'] else 'no'} |", flush=True)
+    return rows
+
+
 def _front(preds, y, a, kind):
     """best test accuracy at test gap <= t (fairlearn's between-groups difference)"""
     gap_fn = (metrics.demographic_parity_difference if kind == "dp" else metrics.equalized_odds_difference)
@@ -178,7 +202,7 @@ def part_quality(kinds, eg_grid):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("fits", "paths", "bounds", "quality"), required=True)
+    parser.add_argument("--part", choices=("fits", "paths", "bounds", "warm", "quality"), required=True)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", default=None)
     parser.add_argument("--cases", nargs="+", default=["dp2", "eo2", "eo4"], choices=["dp2", "eo2", "eo4"],
@@ -188,7 +212,7 @@ def main(argv=None):
                         help="quality: the bounds of the EG fits")
     args = parser.parse_args(argv)
     print(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}", flush=True)
-    rows = {"fits": lambda: part_fits(args.repeat), "paths": lambda: part_paths(args.cases), "bounds": part_bounds,
+    rows = {"fits": lambda: part_fits(args.repeat), "paths": lambda: part_paths(args.cases), "bounds": part_bounds, "warm": part_warm,
             "quality": lambda: part_quality(args.kinds, args.eg_grid)}[args.part]()
     if args.json:
         with open(args.json, "w") as f:
