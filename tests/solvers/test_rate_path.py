@@ -121,3 +121,22 @@ def test_fit_path_front_is_monotone_and_never_below_a_cold_fit():
         assert h.certificate_.achieved_gap <= h.certificate_.eps
         # the path's front against cold fits: within the resolution of a 0-1 rate on the fit split
         assert h.certificate_.zero_one_error <= c.certificate_.zero_one_error + h.certificate_.resolution
+
+
+@pytest.mark.parametrize("constraint", ["dp", "eo"])
+def test_k_class_fit_path_is_monotone(constraint):
+    """K classes: along fit_path a looser bound is met whenever a tighter one is, and is never less
+    accurate on the fit split (a tighter bound's head meets every looser one)."""
+    from solvers.synthetic import make_fair_multiclass
+
+    X, y, a = make_fair_multiclass(1500, 6, n_classes=3, seed=4)
+    grid = [0.2, 0.15, 0.1, 0.08, 0.05]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        heads = fit_path(X, y, sensitive_features=a, eps_grid=grid, constraint=constraint, backend="torch")
+    certs = [h.certificate_ for h in heads]
+    for j, c in enumerate(certs):
+        assert c.eps_met == (c.achieved_gap <= c.eps)
+        if c.eps_met:
+            assert all(loose.eps_met for loose in certs[:j])
+            assert all(loose.zero_one_error <= c.zero_one_error for loose in certs[:j])
