@@ -10,8 +10,8 @@ the repository (``$FAIRHEAD_DATA/adult`` or ``~/.cache/fairhead/adult``), and bu
 * the 6 numeric columns and one-hot indicators of the 8 categorical ones (``sex`` and ``race`` kept
   as features, as the usual fairness benchmarks on Adult do), standardised with the train split's
   mean and standard deviation: about 100 columns, float64;
-* sensitive attributes ``sex`` (2 groups) and ``age_over_40`` (so ``sex x age>40`` gives the 4
-  intersectional groups).
+* sensitive attributes ``sex`` (2 groups), ``age_over_40`` and ``race_white`` (race is White or
+  not), so ``sex x age>40`` and ``sex x race`` give 4 intersectional groups each.
 
     python benchmarks/real_tables.py       # fetch (once) and print the shapes
 """
@@ -105,7 +105,8 @@ def load_adult(folder: Path | None = None) -> tuple[Table, Table]:
         y = np.array([r[idx["income"]] == ">50K" for r in rows], dtype=np.int64)
         sex = np.array([r[idx["sex"]] == "Male" for r in rows], dtype=np.int64)
         old = (num[:, 0] > 40).astype(np.int64)
-        return X, y, {"sex": sex, "age_over_40": old}
+        white = np.array([r[idx["race"]] == "White" for r in rows], dtype=np.int64)
+        return X, y, {"sex": sex, "age_over_40": old, "race_white": white}
 
     Xtr, ytr, str_ = encode(train_rows)
     Xte, yte, ste = encode(test_rows)

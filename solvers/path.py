@@ -36,6 +36,11 @@ def fit_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_hea
     where ``c`` is the constraint's own bounded quantity. Tighter bounds give heads with a
     smaller gap and (weakly) lower accuracy on the fit data.
 
+    The list form of :func:`iter_path`; see there. Rate constraints: with every head solved, the
+    front is made monotone too: a head is replaced by a copy of the path's most accurate head (on
+    the fit split) that meets its bound, when that head is more accurate (a tighter bound's head
+    meets every looser bound; the searches of two bounds may end in different places).
+
     Parameters
     ----------
     X : array-like of shape (n_samples, n_features) or RowChunks
@@ -63,11 +68,10 @@ def fit_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_hea
     >>> heads = fit_path(X, y, sensitive_features=s, eps_grid=[0.2, 0.1], constraint="dp-score")
     >>> [h.eps for h in heads]
     [0.2, 0.1]
-
-    The list form of :func:`iter_path`; see there for the rate constraints' monotone repair.
     """
-    return list(iter_path(X, y, sensitive_features=sensitive_features, eps_grid=eps_grid,
-                          sample_weight=sample_weight, init_head=init_head, **estimator_params))
+    heads = list(iter_path(X, y, sensitive_features=sensitive_features, eps_grid=eps_grid,
+                           sample_weight=sample_weight, init_head=init_head, **estimator_params))
+    return [_most_accurate_meeting(h, heads) for h in heads]
 
 
 def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_head=None, **estimator_params):
@@ -193,6 +197,29 @@ def _best_meeting(head, solved):
         notes=tuple(best.certificate_.notes) + (note,),
         # the cost is this bound's own search
         wall_time=cert.wall_time, n_iter=cert.n_iter, passes=cert.passes, aimed_at=cert.aimed_at)
+    out.constraint_violation_ = 0.0
+    out._solver_state = head._solver_state
+    return out
+
+
+def _most_accurate_meeting(head, solved):
+    """``head``, or a copy of a more accurate solved rate head that meets ``head``'s bound."""
+    cert = head.certificate_
+    if cert.zero_one_error is None or not cert.eps_met:
+        return head
+    ok = [h for h in solved if h.certificate_.achieved_gap is not None and h.certificate_.achieved_gap <= cert.eps
+          and h.certificate_.zero_one_error is not None]
+    best = min(ok, key=lambda h: (h.certificate_.zero_one_error, h.certificate_.achieved_gap))
+    if best.certificate_.zero_one_error >= cert.zero_one_error:
+        return head
+    out = copy.copy(best)
+    out.set_params(eps=cert.eps)
+    note = (f"this bound's own search ended at 0-1 error {cert.zero_one_error:.4g}; the head of eps="
+            f"{best.certificate_.eps:g} meets it at {best.certificate_.zero_one_error:.4g} (the front is monotone)")
+    out.certificate_ = dataclasses.replace(
+        best.certificate_, eps=cert.eps, status="eps_met", eps_met=True, max_violation=0.0,
+        notes=tuple(best.certificate_.notes) + (note,), wall_time=cert.wall_time, n_iter=cert.n_iter,
+        passes=cert.passes, aimed_at=cert.aimed_at, resolution=cert.resolution)
     out.constraint_violation_ = 0.0
     out._solver_state = head._solver_state
     return out

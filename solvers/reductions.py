@@ -20,10 +20,16 @@ head's ``||w||^2 / (2 C V)``). At :math:`\\lambda = 0` this is exactly the uncon
 The multipliers are searched by sign-based per-coordinate steps (Rprop) on the dual
 residual :math:`\\gamma_k - \\varepsilon_t\\,\\mathrm{sign}(\\lambda_k)` (soft-thresholded at
 :math:`\\lambda_k = 0`), with ``eps_t = 0.9 eps`` aiming just inside the bound. Every weighted
-fit is warm-started from the previous head, so each costs a few L-BFGS iterations. Of all
-heads on the path, the one that meets ``|gamma_k| <= eps`` on the fit split with the lowest
-weighted error is returned: **one deterministic head**, never a randomized mixture. If none
-meets the bound, the head with the smallest gap is returned with ``eps_met=False``.
+fit is warm-started from the previous head, so each costs a few L-BFGS iterations.
+
+Every converged fit is a candidate judged at its best intercept: the exact threshold search
+(:mod:`solvers.threshold`) gives the gaps and error of every threshold from one sort of its
+scores. Where the bound binds on a rate conditioned on the label (``eopp``, ``eo``,
+``error-rate``), the smoothed-rate stage (:mod:`solvers.smoothed`) adds candidates from the
+reduction's head. Of all candidates, the one that meets ``|gamma_k| <= eps`` on the fit split
+with the lowest weighted error is returned, checked with the exact ``predict()`` arithmetic:
+**one deterministic head**, never a randomized mixture. If none meets the bound, the head with
+the smallest gap is returned with ``eps_met=False``. (See ``docs/design/rate-search.md``.)
 
 A 0/1 rate gap moves in steps of one prediction's weight over its group's weight (the
 **resolution**, the largest entry of ``|M a|``). Below it a bound can rarely be met exactly, so
@@ -41,6 +47,7 @@ head, reported unmet (whatever meets it would have met the looser bound).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -48,6 +55,8 @@ from ._linalg import x_dot
 from .certificate import Certificate, passes_lower_bound
 from .backends import Solution
 from .multiplier_newton import NewtonTargets, gap_jacobian, kkt_residual, newton_affordable, sign_step
+from .smoothed import smoothed_stage
+from .threshold import ThresholdSearch
 
 #: aim the search at this fraction of eps so that small sample effects stay inside the bound
 TARGET_FRACTION = 0.9
@@ -60,10 +69,87 @@ INEXACT_ITERS = 8
 WARM_BAND = 0.05
 #: along a path, the sign-step stage stops after this many probes without a smaller largest gap
 WARM_STALL = 8
+#: run the smoothed-rate stage (:mod:`solvers.smoothed`) after the reduction where the bound binds
+SMOOTH_STAGE = True
+#: L-BFGS iterations per temperature and multiplier update (its heads are judged by their hard
+#: predictions, at their best threshold: an inexact stage is fine)
+SMOOTH_ITERS = 40
 #: Newton steps on the multipliers before the bracketing search takes over
 NEWTON_STEPS = 8
 #: a Newton step that does not shrink the KKT residual is halved at most this many times
 NEWTON_HALVINGS = 3
+
+
+@dataclass
+class Candidate:
+    """A converged weighted fit of the search, judged at its best threshold (intercept).
+
+    ``error`` and ``gap`` (the largest ``|gamma_k|``) are those of the threshold that the
+    threshold search (:mod:`solvers.threshold`) chooses for the bound, ``cut`` that threshold on
+    the search's scores; ``raw_gap`` is the gap at the fit's own intercept (what the multiplier
+    steps steer).
+    """
+
+    error: float
+    gap: float
+    lam: np.ndarray
+    theta: object  # torch.Tensor, centred coordinates
+    stationarity: float
+    converged: bool
+    raw_gap: float
+    cut: float = 0.0
+
+
+def _threshold(thr, z, aim):
+    """The threshold of scores ``z``: the most accurate within ``aim = max(eps, resolution)``, else
+    the smallest gap. Below the resolution a bound is met, if at all, by a (near) constant head:
+    the most accurate head within the resolution is worth more to a user than that."""
+    sc = thr.scan(z)
+    return sc.best(aim) or sc.smallest_gap()
+
+
+def _candidate(thr, z, gaps, err, lam, theta, stationarity, converged, aim):
+    """The :class:`Candidate` of a converged fit with scores ``z`` (at their best threshold)."""
+    raw = float(np.abs(gaps).max())
+    if thr is None:  # no intercept to move
+        return Candidate(err, raw, lam.copy(), theta, stationarity, converged, raw)
+    ch = _threshold(thr, z, aim)
+    return Candidate(ch.error, ch.max_gap, lam.copy(), theta, stationarity, converged, raw, ch.cut)
+
+
+@dataclass
+class Checked:
+    """A candidate checked with the exact ``predict()`` arithmetic (float64 ``X @ w``)."""
+
+    cand: Candidate
+    theta: np.ndarray  # the weighted fit, decentred (d + 1,)
+    intercept: float  # the head's intercept after the threshold search
+    gaps: np.ndarray
+    error: float
+    raw_gaps: np.ndarray  # at the fit's own intercept ``theta[d]``
+
+    @property
+    def gap(self) -> float:
+        return float(np.abs(self.gaps).max())
+
+
+def _smoothed_candidates(design, problem, mom, thr, red, *, aim, bound, lam2, fixed, tol, max_iter, precond, mult0):
+    """The smoothed-rate stage (:func:`solvers.smoothed.smoothed_stage`) from the checked reduction
+    head ``red`` (at its threshold): ``(candidates, last multipliers, L-BFGS iterations)``."""
+    from .backends.torch import _tensor
+
+    d = design.d
+    y, v = problem.y, problem.sample_weight
+    V = float(v.sum())
+    start = design.to_centered(_tensor(np.r_[red.theta[:d], red.intercept], design.device))
+    heads, mult = smoothed_stage(design, y, v, mom.M * mom.a, mom.M @ mom.b0, start, lam2=lam2, bound=bound,
+                                 fixed=fixed, tol=tol, max_iter=max_iter, precond=precond, mult0=mult0)
+    cands = []
+    for sh in heads:
+        zn = sh.z.cpu().numpy()
+        gaps, err = _evaluate(zn, y, v, V, mom)
+        cands.append(_candidate(thr, zn, gaps, err, red.cand.lam, sh.theta, sh.stationarity, sh.converged, aim))
+    return cands, mult, sum(sh.n_iter for sh in heads)
 
 
 def _evaluate(z, y, v, V, mom):
@@ -151,6 +237,18 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
     # that step the search cannot land, so it aims at the larger of eps and that resolution
     resolution = float(np.abs(Ma).max()) if Ma.size else 0.0
     aim = max(float(eps), resolution)
+    # every candidate is judged at its best intercept (one sort of its scores); without an
+    # intercept the head's threshold stays at 0
+    thr = ThresholdSearch(mom, y, v) if est.fit_intercept else None
+    # with the smoothed-rate stage after it, the reduction's fallback searches (a cold search where
+    # the warm one missed, all fits converged where the cheap stage missed) are skipped: near the
+    # reduction's floor they cost 20-130 fits each (42 s of one Adult eo head) and the smoothed
+    # stage, started from the reduction's best head, reaches the bounds they miss
+    # Only rates conditioned on the label (eopp, eo, error-rate) get it: there the weighted fits
+    # floor (Adult eo: 0.02-0.027); on dp the reduction reaches every bound and the stage won no
+    # accuracy on Adult's 12-bound path at 4x its time (docs/design/rate-search.md)
+    smoothing = (thr is not None and SMOOTH_STAGE
+                 and (getattr(constraint, "event", "all") != "all" or getattr(constraint, "utility", "") == "error"))
     eps_t = TARGET_FRACTION * aim
     # along a path: the previous head's gaps (they do not depend on eps) and its multipliers
     prev = None
@@ -192,10 +290,11 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         state["theta"] = res.theta
         state["z"] = res.z
         state["pairs"] = res.pairs
-        gaps, err = _evaluate(res.z.cpu().numpy(), y, v, V, mom)
+        zn = res.z.cpu().numpy()
+        gaps, err = _evaluate(zn, y, v, V, mom)
         if exact:  # only converged heads are candidates
-            history.append((err, float(np.abs(gaps).max()), lam_k.copy(), res.theta.clone(), res.stationarity,
-                            res.converged))
+            history.append(_candidate(thr, zn, gaps, err, lam_k, res.theta.clone(), res.stationarity,
+                                      res.converged, aim))
         return gaps
 
     def adopt(lam_k):
@@ -205,16 +304,23 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
             return run(lam_k)
         th = state["theta"]
         state["z"] = design.mv(th[:d]) + th[d]
-        gaps, err = _evaluate(state["z"].cpu().numpy(), y, v, V, mom)
-        history.append((err, float(np.abs(gaps).max()), lam_k.copy(), th.clone(), float(init["stationarity"]),
-                        bool(init["converged"])))
+        zn = state["z"].cpu().numpy()
+        gaps, err = _evaluate(zn, y, v, V, mom)
+        history.append(_candidate(thr, zn, gaps, err, lam_k, th.clone(), float(init["stationarity"]),
+                                  bool(init["converged"]), aim))
         state["adopted"] = 1
         return gaps
 
-    def reached():
+    def reached(thresholded=False):
         """Whether a converged head so far meets the aim (the merit of the steps, the KKT
-        residual, may prefer a head that misses it to one that meets it)."""
-        return any(e[1] <= aim for e in history)
+        residual, may prefer a head that misses it to one that meets it).
+
+        The steps go by the fit's own intercept: a head that meets the bound only through the
+        threshold search does not end them (stopping there cost accuracy: dp eps=0.005 on the
+        3000 x 32 embedding problem ended at error 0.294 instead of 0.251). The fallback searches
+        (cold, or all fits converged) are spent only when no head meets it at any threshold.
+        """
+        return any((e.gap if thresholded else e.raw_gap) <= aim for e in history)
 
     def newton(lam_k, gaps_k, halvings=NEWTON_HALVINGS):
         """Newton steps from the converged fit at ``lam_k`` (:mod:`solvers.multiplier_newton`).
@@ -323,6 +429,10 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
                 side = 1
         if t_b is not None and any(e[1] <= aim for e in log):
             return lam_s + t_b * u
+        if smoothing and state["exact"]:
+            # converged sign steps near the floor cost 20-30 fits of ~200 passes each (Adult eo,
+            # 4 groups); the smoothed stage goes on from the best head so far instead
+            return min(log, key=lambda e: e[1])[0].copy() if log else lam_s.copy()
         # several rows pulling different ways: per-coordinate sign steps (Rprop)
         lam_k = min(log, key=lambda e: e[1])[0].copy() if log else lam_s.copy()
         step = np.full(K, 0.1 * max(t_b or t_a or t_init, 0.05 * t_init))
@@ -370,10 +480,12 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         at_p = (state["theta"], state["z"], state["pairs"])
         # near a floor one full step (with a fresh Jacobian) shows whether the linear model sees a
         # way down; halving it only finds the floor again, at 20-50 passes a fit there
-        if not newton(lam_p, gaps_p, halvings=0 if stalled else NEWTON_HALVINGS) and not stalled:
+        if (not newton(lam_p, gaps_p, halvings=0 if stalled else NEWTON_HALVINGS) and not stalled
+                and not (smoothing and reached(thresholded=True))):
+            # (a head that meets the aim at its best threshold goes to the smoothed stage as it is)
             state["theta"], state["z"], state["pairs"] = at_p
             search(lam_p, gaps0, t_ray, [], band=WARM_BAND * aim)
-        if not reached() and eps >= resolution and not stalled:
+        if not reached(thresholded=True) and eps >= resolution and not stalled and not smoothing:
             # the warm search missed: the cold search (from lam = 0 and the cold start; the warm
             # candidates stay in the running), so a path head never does worse than a cold solve
             # (a cold search from far-away warm multipliers can be much slower)
@@ -395,33 +507,39 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         gaps1 = run(lam_1)
         if float(np.abs(gaps1).max()) > aim:
             scale = max(float(np.abs(lam_1 - lam).max()), 0.25)
-            search(lam_1, gaps1, 0.05 * scale, [(e[2], e[1]) for e in history])
-        if not reached() and eps >= resolution:
+            search(lam_1, gaps1, 0.05 * scale, [(e.lam, e.raw_gap) for e in history])
+        if not reached(thresholded=True) and eps >= resolution and not smoothing:
             # the cheap stage misled us: rerun the whole search with converged fits
             state["theta"], state["pairs"] = theta_start, pairs_start
             state.pop("z", None)
-            search(lam, gaps0, 0.25, [(e[2], e[1]) for e in history])
+            search(lam, gaps0, 0.25, [(e.lam, e.raw_gap) for e in history])
     # choose: feasible with least error, checked with the exact predict() arithmetic
     # (below the resolution: the heads that reach it, if none meets eps itself)
-    level = eps if any(h[1] <= eps for h in history) else aim
-    feas = sorted((h for h in history if h[1] <= level), key=lambda h: h[0])
+    # (below the resolution: the most accurate head that reaches it)
+    level = aim
+    feas = sorted((h for h in history if h.gap <= level), key=lambda h: h.error)
 
     def check(h):
         checks[0] += 1
-        th = design.from_centered(h[3]).cpu().numpy()
-        g2, e2 = _evaluate(x_dot(X, th[:d]) + th[d], y, v, V, mom)
-        return h, th, g2, e2
+        th = design.from_centered(h.theta).cpu().numpy()
+        xw = x_dot(X, th[:d])
+        raw_g, _ = _evaluate(xw + th[d], y, v, V, mom)
+        # the threshold chosen again on the exact scores: ``xw + b > 0`` iff ``xw > -b`` in floats
+        b = float(th[d]) if thr is None else -_threshold(thr, xw, aim).cut
+        g2, e2 = _evaluate(xw + b, y, v, V, mom)
+        return Checked(h, th, b, g2, e2, raw_g)
 
     def polish(h):
         """The weighted fit of ``h`` to the estimator's tolerance, checked."""
-        lam_c = h[2]
-        delta = base + Ma.T @ lam_c
+        delta = base + Ma.T @ h.lam
         obj = WeightedLogistic(_tensor((delta < 0).astype(np.float64), dev), _tensor(np.abs(delta), dev), lam2, d)
-        res = minimize(design, obj, h[3], fixed=fixed, tol=tol, max_iter=int(est.max_iter), pairs=state["pairs"],
+        res = minimize(design, obj, h.theta, fixed=fixed, tol=tol, max_iter=int(est.max_iter), pairs=state["pairs"],
                        precond=precond)
         state["it"] += res.n_iter
-        _, th_p, g_p, e_p = check((0.0, 0.0, lam_c, res.theta, res.stationarity, res.converged))
-        return (e_p, float(np.abs(g_p).max()), lam_c, res.theta, res.stationarity, res.converged), th_p, g_p, e_p
+        c = check(Candidate(0.0, 0.0, h.lam, res.theta, res.stationarity, res.converged, 0.0))
+        c.cand = Candidate(c.error, c.gap, h.lam, res.theta, res.stationarity, res.converged,
+                           float(np.abs(c.raw_gaps).max()))
+        return c
 
     chosen = None
     for h in feas[:5]:
@@ -430,19 +548,37 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
         # to a half of a warm path's passes over X and moved no 0-1 error). Only a fit that
         # stopped at max_iter is polished first; it is kept if still feasible, else the
         # unpolished fit if that is feasible (the exact predict() arithmetic decides)
-        if h[4] > tol and not h[5]:
+        if h.stationarity > tol and not h.converged:
             cand = polish(h)
-            if float(np.abs(cand[2]).max()) <= level:
+            if cand.gap <= level:
                 chosen = cand
                 break
         cand = check(h)
-        if float(np.abs(cand[2]).max()) <= level:
+        if cand.gap <= level:
             chosen = cand
             break
     if chosen is None:
-        chosen = check(min(history, key=lambda h: (h[1], h[0])))
-    h, th, g2, e2 = chosen
-    best_gap = min(e[1] for e in history)
+        chosen = check(min(history, key=lambda h: (h.gap, h.error)))
+    red = chosen  # the reduction's head: the warm state of the next bound
+    smooth_mult = None
+    # the smoothed-rate stage, from the reduction's head, where the bound binds
+    if smoothing and (np.any(red.cand.lam != 0) or red.gap > level):
+        cands, smooth_mult, n_it = _smoothed_candidates(
+            design, problem, mom, thr, red, aim=aim, bound=eps_t, lam2=lam2, fixed=fixed, tol=search_tol,
+            max_iter=min(int(est.max_iter), SMOOTH_ITERS), precond=precond,
+            mult0=init.get("smooth_mult") if prev else None)
+        state["it"] += n_it
+        state["smoothed"] = len(cands)
+        pick = next((c for c in map(check, sorted((c for c in cands if c.gap <= level), key=lambda c: c.error)[:3])
+                     if c.gap <= level), None)
+        if pick is None and red.gap > level:
+            pick = check(min(cands, key=lambda c: (c.gap, c.error)))
+        if pick is not None and ((pick.gap <= level and (red.gap > level or pick.error < red.error))
+                                 or (red.gap > level and pick.gap < red.gap)):
+            chosen = pick
+            state["smooth_chosen"] = True
+    h, th, g2, e2 = chosen.cand, chosen.theta, chosen.gaps, chosen.error
+    best_gap = min(e.raw_gap for e in history)
     total_it = state["it"]
     gap = float(np.abs(g2).max())
     met = gap <= eps
@@ -455,12 +591,22 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
     if floor:
         notes.append(f"not searched: the looser bound eps={prev[0]:g} already ended unmet (aimed at "
                      f"{float(init['missed_aim']):.4g}), so no head of the reduction's search meets this one")
-    if not h[5]:
-        notes.append("the chosen weighted fit stopped at max_iter (its predictions were still checked)")
-    sol = Solution(coef=th[:d].copy(), intercept=float(th[d]), multipliers=h[2], status="eps_met" if met else "eps_not_met",
+    if chosen.intercept != float(th[d]):
+        notes.append(f"intercept re-chosen by the exact threshold search: {float(th[d]):.6g} -> {chosen.intercept:.6g} "
+                     f"(gap {float(np.abs(chosen.raw_gaps).max()):.4g} -> {gap:.4g})")
+    if state.get("smoothed"):
+        notes.append(f"smoothed-rate stage: {state['smoothed']} heads from the reduction's (0-1 error "
+                     f"{red.error:.4g}, gap {red.gap:.4g}); "
+                     + ("one of them chosen" if state.get("smooth_chosen") else "the reduction's head kept"))
+    if not h.converged:
+        notes.append("the chosen fit stopped at max_iter (its predictions were still checked)")
+    sol = Solution(coef=th[:d].copy(), intercept=chosen.intercept, multipliers=h.lam, status="eps_met" if met else "eps_not_met",
                    solver="lagrangian-reduction/active-set-lbfgs", n_iter=total_it, wall_time=wall, notes=notes,
-                   state={"theta": th, "lam": h[2], "gaps": np.asarray(g2, dtype=np.float64),
-                          "stationarity": float(h[4]), "converged": bool(h[5]),
+                   # the warm state is the weighted fit and its own gaps (what the multiplier steps steer)
+                   # (the reduction's head, also when the smoothed stage's is chosen)
+                   state={"theta": red.theta, "lam": red.cand.lam, "gaps": np.asarray(red.raw_gaps, dtype=np.float64),
+                          "stationarity": float(red.cand.stationarity), "converged": bool(red.cand.converged),
+                          "smooth_mult": smooth_mult,
                           "missed_aim": aim if gap > aim else None,
                           # Newton stopped short of its target (not in the band): the gap it stalled at
                           "stalled_at": best_gap if state.get("stall") and best_gap > eps_t else None,
@@ -471,9 +617,9 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
     cert = Certificate(
         backend="torch", solver=sol.solver, status=sol.status, constraint=constraint.name, eps=float(eps),
         objective=None, zero_one_error=e2,  # a rate head minimises the 0-1 error, not the logistic loss
-        max_violation=max(0.0, gap - eps), stationarity=float(h[4]), n_iter=total_it,
+        max_violation=max(0.0, gap - eps), stationarity=float(h.stationarity), n_iter=total_it,
         wall_time=wall, tol=float(est.tol), achieved_gap=gap, eps_met=bool(met),
-        multipliers=tuple(float(x) for x in h[2]), notes=tuple(notes),
+        multipliers=tuple(float(x) for x in h.lam), notes=tuple(notes),
         resolution=resolution, aimed_at=aim, passes=design.passes - passes0 + checks[0],
         passes_lower_bound=passes_lower_bound(bool(init and "theta" in init)),
     )

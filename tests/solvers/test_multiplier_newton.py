@@ -139,9 +139,11 @@ def test_a_bound_below_one_the_path_already_missed_is_not_searched_again():
 
     head, est, problem, cons, backend, design = _path_start()
     state = dict(head._solver_state, missed_aim=0.05)  # as if the search at 0.05 had ended unmet
-    _, cert = fit_rate_constraint(est, problem, cons, eps=0.01, backend=backend, init=state, design=design)
+    sol, cert = fit_rate_constraint(est, problem, cons, eps=0.01, backend=backend, init=state, design=design)
     assert _fits(cert) == 0  # the previous head, re-checked (no fit)
-    assert cert.achieved_gap == pytest.approx(head.certificate_.achieved_gap, abs=1e-12)
+    # ... at the threshold (intercept) this bound chooses: never a larger gap than it had, unless met
+    assert cert.eps_met or cert.achieved_gap <= head.certificate_.achieved_gap + 1e-12
+    np.testing.assert_array_equal(sol.coef, head.coef_.ravel())
     assert cert.eps_met is (cert.achieved_gap <= 0.01)
     assert any("not searched" in n for n in cert.notes)
     # a looser bound than the missed one is searched as usual
@@ -167,8 +169,10 @@ def test_below_a_stall_only_newton_steps_are_tried():
 
 
 def test_a_search_that_reaches_its_target_records_no_stall():
-    head, *_ = _path_start(eps=0.02)
+    head, *_ = _path_start(eps=0.015)  # (at 0.02 the unconstrained fit's best threshold meets it)
     cert, state = head.certificate_, head._solver_state
     assert cert.eps_met and any(cert.multipliers)  # an active bound, met
-    assert cert.achieved_gap <= 0.9 * cert.aimed_at  # at the search's target: no stall
+    # the chosen head is the most accurate candidate at its best threshold, not necessarily the fit
+    # that reached the target, so only its bound is asserted
+    assert cert.achieved_gap <= cert.aimed_at
     assert state["stalled_at"] is None and state["missed_aim"] is None

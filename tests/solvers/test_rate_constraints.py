@@ -63,9 +63,23 @@ def test_intersectional_rate_groups():
 
 def test_unreachable_bound_warns_and_strict_raises(embed_problem):
     (X, y, a), _ = embed_problem
-    # eps = 0 on hard predictions: exact equality of rates is out of reach for a linear head here
+    # eps = 0 on hard predictions: exact equality of error rates is out of reach for a linear head
+    # here (dp = 0 is not: a constant head meets it, and the threshold search finds it)
     with pytest.warns(ConvergenceWarning, match="no head on the multiplier path meets"):
-        clf = FairLogisticRegression(constraint="dp", eps=0.0, backend="torch").fit(X, y, sensitive_features=a)
+        clf = FairLogisticRegression(constraint="error-rate", eps=0.0, backend="torch").fit(X, y, sensitive_features=a)
     assert clf.certificate_.eps_met is False
     with pytest.raises(SolverError, match="raise eps"):
-        FairLogisticRegression(constraint="dp", eps=0.0, backend="torch", strict=True).fit(X, y, sensitive_features=a)
+        FairLogisticRegression(constraint="error-rate", eps=0.0, backend="torch", strict=True).fit(
+            X, y, sensitive_features=a)
+
+
+def test_below_the_resolution_the_head_is_the_most_accurate_within_it_not_a_constant(embed_problem):
+    """dp = 0 is met by a constant head, but below the resolution the search aims at the
+    resolution: the head is the most accurate within it, reported unmet unless its gap is 0."""
+    (X, y, a), _ = embed_problem
+    with pytest.warns(ConvergenceWarning):
+        clf = FairLogisticRegression(constraint="dp", eps=0.0, backend="torch").fit(X, y, sensitive_features=a)
+    cert, yhat = clf.certificate_, clf.predict(X)
+    assert cert.achieved_gap <= cert.resolution and cert.eps_met is (cert.achieved_gap == 0.0)
+    assert yhat.min() != yhat.max()
+    assert clf.score(X, y) > max(np.mean(y == 0), np.mean(y == 1))  # more accurate than any constant head

@@ -100,3 +100,43 @@ def test_init_head_saves_the_refit_of_the_unconstrained_head(constraint):
     assert warm[1].certificate_.converged
     with pytest.raises(ValueError, match="coefficients"):
         fit_path(X[:, :3], y, init_head=free, **kw)
+
+
+def test_fit_path_front_is_monotone_and_never_below_a_cold_fit():
+    """A tighter bound is never more accurate on the fit split than a looser one along fit_path,
+    and each head is at least as accurate as the cold single fit at its bound, unless that cold
+    fit is more accurate by at most the resolution of a rate (one prediction in the smallest cell)."""
+    X, y, a = make_fair_classification(3000, 8, seed=1)
+    grid = [0.1, 0.05, 0.03, 0.02, 0.01]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        heads = fit_path(X, y, sensitive_features=a, eps_grid=grid, constraint="eo", backend="torch")
+        cold = [FairLogisticRegression(constraint="eo", eps=e, backend="torch").fit(X, y, sensitive_features=a)
+                for e in grid]
+    errs = [h.certificate_.zero_one_error for h in heads]
+    met = [h.certificate_.eps_met for h in heads]
+    assert all(met)
+    assert all(errs[j] >= errs[j - 1] for j in range(1, len(errs)))  # looser first: error never falls
+    for h, c in zip(heads, cold):
+        assert h.certificate_.achieved_gap <= h.certificate_.eps
+        # the path's front against cold fits: within the resolution of a 0-1 rate on the fit split
+        assert h.certificate_.zero_one_error <= c.certificate_.zero_one_error + h.certificate_.resolution
+
+
+@pytest.mark.parametrize("constraint", ["dp", "eo"])
+def test_k_class_fit_path_is_monotone(constraint):
+    """K classes: along fit_path a looser bound is met whenever a tighter one is, and is never less
+    accurate on the fit split (a tighter bound's head meets every looser one)."""
+    from solvers.synthetic import make_fair_multiclass
+
+    X, y, a = make_fair_multiclass(1500, 6, n_classes=3, seed=4)
+    grid = [0.2, 0.15, 0.1, 0.08, 0.05]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        heads = fit_path(X, y, sensitive_features=a, eps_grid=grid, constraint=constraint, backend="torch")
+    certs = [h.certificate_ for h in heads]
+    for j, c in enumerate(certs):
+        assert c.eps_met == (c.achieved_gap <= c.eps)
+        if c.eps_met:
+            assert all(loose.eps_met for loose in certs[:j])
+            assert all(loose.zero_one_error <= c.zero_one_error for loose in certs[:j])

@@ -1,0 +1,131 @@
+"""The exact threshold (intercept) search of a binary rate head.
+
+A head predicts :math:`\\hat y_i = [s_i > t]` for its scores :math:`s` and a threshold
+:math:`t` (moving the threshold is moving the intercept, :math:`b' = b - t`). Every rate gap
+is linear in the predictions, :math:`\\gamma(\\hat y) = M(a \\circ \\hat y + b_0)`
+(:class:`~solvers.constraints.RateMoments`), and so is the weighted error,
+:math:`\\mathrm{err}(\\hat y) = \\frac1V \\sum_i v_i y_i + \\sum_i \\hat y_i\\, v_i (1 - 2 y_i) / V`.
+Both are therefore **step functions of t**: sort the scores once in decreasing order; the
+predictions of every threshold are a prefix of that order, and the gaps and the error of every
+prefix are cumulative sums,
+
+.. math::
+
+    \\gamma(j) = M b_0 + \\sum_{r \\le j} (M a)_{\\cdot, \\pi_r}, \\qquad
+    \\mathrm{err}(j) = \\mathrm{err}(0) + \\sum_{r \\le j} \\frac{v_{\\pi_r}(1 - 2y_{\\pi_r})}{V},
+
+O(n log n) for the sort and O(K n) for the sums. Only prefixes that end between two distinct
+scores are reachable by a threshold (tied scores are predicted alike). The threshold of a
+prefix is the midpoint between its last score and the next one, so float rounding of the
+scores moves no prediction unless two distinct scores are within rounding of each other; the
+chosen head is checked afterwards with its exact hard predictions anyway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """One threshold of a head: predict 1 where ``score > cut``; its weighted error and gaps."""
+
+    cut: float
+    error: float
+    gaps: np.ndarray  # (K,)
+
+    @property
+    def max_gap(self) -> float:
+        return float(np.abs(self.gaps).max()) if self.gaps.size else 0.0
+
+
+@dataclass(frozen=True)
+class ThresholdScan:
+    """Every reachable threshold of one score vector, in decreasing order of ``cuts``."""
+
+    cuts: np.ndarray  # (m,)
+    errors: np.ndarray  # (m,)
+    gaps: np.ndarray  # (m, K)
+
+    @cached_property
+    def max_gaps(self) -> np.ndarray:
+        return np.abs(self.gaps).max(axis=1) if self.gaps.shape[1] else np.zeros(len(self.cuts))
+
+    def _pick(self, j: int) -> ThresholdChoice:
+        return ThresholdChoice(float(self.cuts[j]), float(self.errors[j]), self.gaps[j].copy())
+
+    def best(self, bound: float) -> ThresholdChoice | None:
+        """The most accurate threshold whose largest gap is at most ``bound`` (ties: the one
+        nearest ``t = 0``, the head as fitted), or ``None`` when no threshold meets it."""
+        ok = np.flatnonzero(self.max_gaps <= bound)
+        if not ok.size:
+            return None
+        err = self.errors[ok]
+        ties = ok[err == err.min()]
+        return self._pick(int(ties[np.argmin(np.abs(self.cuts[ties]))]))
+
+    def smallest_gap(self) -> ThresholdChoice:
+        """The threshold with the smallest largest gap (ties: the more accurate, then nearest 0)."""
+        mg = self.max_gaps
+        j = np.lexsort((np.abs(self.cuts), self.errors, mg))[0]
+        return self._pick(int(j))
+
+
+class ThresholdSearch:
+    """The threshold scan of one problem's rate moments; built once, applied to many heads.
+
+    Parameters
+    ----------
+    moments : RateMoments
+        ``gaps = M @ (a * yhat + b0)``.
+    y, sample_weight : (n,) arrays
+        The fit split's 0/1 labels and weights ``v``.
+    """
+
+    def __init__(self, moments, y: np.ndarray, sample_weight: np.ndarray):
+        v = np.asarray(sample_weight, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        V = float(v.sum())
+        self._step_gaps = np.ascontiguousarray(moments.M * moments.a)  # (K, n): the gaps' move per yhat_i = 1
+        self._gaps0 = moments.M @ moments.b0  # all predictions 0
+        self._step_err = v * (1.0 - 2.0 * y) / V
+        self._err0 = float((v * y).sum() / V)
+        self.n = y.shape[0]
+
+    def scan(self, scores: np.ndarray) -> ThresholdScan:
+        """All reachable thresholds of ``scores`` with their errors and gaps (see module docstring)."""
+        s = np.asarray(scores, dtype=np.float64)
+        if s.shape != (self.n,) or not np.isfinite(s).all():
+            raise ValueError(f"threshold scan needs {self.n} finite scores; got shape {s.shape}")
+        order = np.argsort(-s)  # any order of tied scores: prefixes inside a tie are skipped
+        ss = s[order]
+        # prefix lengths j that end between two distinct scores (and j = 0, j = n)
+        ends = np.flatnonzero(ss[:-1] > ss[1:]) + 1
+        lengths = np.concatenate([[0], ends, [self.n]])
+        cum_g = np.cumsum(self._step_gaps[:, order], axis=1)
+        cum_e = np.cumsum(self._step_err[order])
+        K = self._step_gaps.shape[0]
+        gaps = np.empty((len(lengths), K))
+        errors = np.empty(len(lengths))
+        gaps[0], errors[0] = self._gaps0, self._err0
+        inner = lengths[1:] - 1
+        gaps[1:] = self._gaps0 + cum_g[:, inner].T
+        errors[1:] = self._err0 + cum_e[inner]
+        # a threshold strictly between the prefix's last score and the next one; none above the top
+        # score is needed (``s > ss[0]`` is never true) and one below the last by a unit at least
+        cuts = np.empty(len(lengths))
+        cuts[0] = ss[0]
+        cuts[1:-1] = 0.5 * (ss[ends - 1] + ss[ends])
+        cuts[-1] = ss[-1] - max(1.0, abs(ss[-1]))
+        return ThresholdScan(cuts=cuts, errors=errors, gaps=gaps)
+
+    def choose(self, scores: np.ndarray, bound: float) -> ThresholdChoice:
+        """The most accurate threshold meeting ``bound``, else the one with the smallest gap."""
+        sc = self.scan(scores)
+        return sc.best(bound) or sc.smallest_gap()
+
+
+__all__ = ["ThresholdChoice", "ThresholdScan", "ThresholdSearch"]

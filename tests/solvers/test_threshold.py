@@ -1,0 +1,113 @@
+"""The exact threshold (intercept) search of binary rate heads, against brute force."""
+
+import numpy as np
+import pytest
+
+from solvers import FairLogisticRegression, metrics
+from solvers.constraints import make_constraint
+from solvers.synthetic import make_fair_classification
+from solvers.threshold import ThresholdSearch
+
+#: the scan's gaps are cumulative sums of n terms of size <= 1 (float64): n * 2^-52 * 1 bounds their rounding
+SUM_TOL = lambda n: n * np.finfo(np.float64).eps  # noqa: E731
+
+
+def _problem(seed, n=60, constraint="eo", n_groups=3):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n).astype(np.float64)
+    g = rng.integers(0, n_groups, n)
+    v = rng.uniform(0.5, 2.0, n)
+    # integer scores: many ties, which a threshold cannot split
+    s = rng.integers(-6, 7, n).astype(np.float64) + 0.5 * y
+    mom = make_constraint(constraint).moments(y, g, v, tuple(range(n_groups)))
+    return y, v, s, mom
+
+
+def _brute(s, y, v, mom):
+    """Every threshold between (and beyond) the distinct scores, evaluated from scratch."""
+    u = np.unique(s)
+    cuts = np.concatenate([[u[-1]], 0.5 * (u[1:] + u[:-1])[::-1], [u[0] - 1.0]])
+    out = []
+    for t in cuts:
+        yhat = (s > t).astype(np.float64)
+        out.append((t, float((v * (yhat != y)).sum() / v.sum()), mom.gaps(yhat)))
+    return out
+
+
+@pytest.mark.parametrize("constraint", ["dp", "eopp", "eo", "error-rate"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_scan_is_every_threshold_exactly(constraint, seed):
+    y, v, s, mom = _problem(seed, constraint=constraint)
+    scan = ThresholdSearch(mom, y, v).scan(s)
+    brute = _brute(s, y, v, mom)
+    assert len(scan.cuts) == len(brute)
+    for j, (t, err, gaps) in enumerate(brute):
+        if j < len(brute) - 1:
+            assert scan.cuts[j] == t
+        else:  # every score predicted 1: any cut below the smallest score
+            assert scan.cuts[j] < s.min()
+        assert scan.errors[j] == pytest.approx(err, abs=SUM_TOL(len(y)))
+        np.testing.assert_allclose(scan.gaps[j], gaps, rtol=0, atol=SUM_TOL(len(y)))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("bound", [0.0, 0.05, 0.1, 0.2, 1.0])
+def test_best_is_the_most_accurate_threshold_meeting_the_bound(seed, bound):
+    y, v, s, mom = _problem(seed)
+    search = ThresholdSearch(mom, y, v)
+    brute = _brute(s, y, v, mom)
+    tol = SUM_TOL(len(y))
+    # the scan's gaps are within ``tol`` of the brute force ones: a threshold whose gap lies within
+    # ``tol`` of the bound may fall on either side, any other must be decided alike
+    strict = [err for t, err, g in brute if np.abs(g).max() <= bound - tol]
+    loose = [err for t, err, g in brute if np.abs(g).max() <= bound + tol]
+    got = search.scan(s).best(bound)
+    if got is None:
+        assert not strict
+        small = search.choose(s, bound)
+        assert small.max_gap == pytest.approx(min(np.abs(g).max() for _, _, g in brute), abs=tol)
+        return
+    assert loose and got.max_gap <= bound
+    assert min(loose) - tol <= got.error <= min(strict, default=np.inf) + tol
+    # the chosen threshold realises its error and gaps with hard predictions
+    yhat = (s > got.cut).astype(np.float64)
+    np.testing.assert_allclose(mom.gaps(yhat), got.gaps, rtol=0, atol=tol)
+
+
+def test_scan_refuses_wrong_scores():
+    y, v, s, mom = _problem(0)
+    with pytest.raises(ValueError, match="finite scores"):
+        ThresholdSearch(mom, y, v).scan(np.r_[s[:-1], np.nan])
+
+
+@pytest.mark.parametrize("constraint,eps", [("eo", 0.01), ("dp", 0.005), ("eopp", 0.005)])
+def test_rate_head_meets_eps_with_hard_predictions(embed_problem, constraint, eps):
+    (X, y, a), _ = embed_problem
+    clf = FairLogisticRegression(constraint=constraint, eps=eps, backend="torch").fit(X, y, sensitive_features=a)
+    cert = clf.certificate_
+    assert cert.eps_met
+    # the certificate's gap is recomputed here from predict() in float64, independently of the solver
+    yhat = clf.predict(X).astype(np.float64)
+    mom = make_constraint(constraint).moments(y.astype(np.float64), a, np.ones(len(y)), (0, 1))
+    assert np.abs(mom.gaps(yhat)).max() == pytest.approx(cert.achieved_gap, abs=SUM_TOL(len(y)))
+    assert cert.achieved_gap <= eps
+    assert cert.zero_one_error == pytest.approx(np.mean(yhat != y), abs=SUM_TOL(len(y)))
+
+
+@pytest.mark.parametrize("eps", [0.03, 0.1])
+def test_threshold_search_only_moves_the_intercept_and_never_loses(eps, monkeypatch):
+    """The fit's own intercept is one of the thresholds: the chosen one is at least as accurate
+    whenever the fit's own already met the bound, and the weights are the fit's."""
+    monkeypatch.setattr("solvers.reductions.SMOOTH_STAGE", False)  # the reduction and threshold stages only
+    X, y, a = make_fair_classification(3000, 8, seed=1)
+    clf = FairLogisticRegression(constraint="eo", eps=eps, backend="torch").fit(X, y, sensitive_features=a)
+    th = clf._solver_state["theta"]
+    np.testing.assert_array_equal(clf.coef_.ravel(), th[:-1])
+    mom = make_constraint("eo").moments(y.astype(np.float64), a, np.ones(len(y)), (0, 1))
+    yhat_fit = ((X @ th[:-1] + th[-1]) > 0).astype(np.float64)
+    yhat = clf.predict(X).astype(np.float64)
+    assert np.abs(mom.gaps(yhat)).max() <= eps and clf.certificate_.eps_met
+    if np.abs(mom.gaps(yhat_fit)).max() <= eps:
+        assert np.mean(yhat == y) >= np.mean(yhat_fit == y)
+    else:  # the threshold alone turned an unmet fit into a head that meets the bound
+        assert any("threshold search" in note for note in clf.certificate_.notes)
