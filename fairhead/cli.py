@@ -668,14 +668,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from fairhead import predict
     from solvers import load_head
 
+    predict.check_prediction_targets(args.out, inputs={
+        "the --head file": args.head, "the --weights-file": args.weights_file, "the --manifest": args.manifest})
     extra = getattr(load_head(args.head), "extra_", None) or {}
     result = predict.predict_images(
         args.head, _predict_source(args, extra), weights_file=args.weights_file, splits=args.split,
         batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
     )
-    result.write_csv(args.out)
+    _, metrics_path = predict.write_predictions(result, args.out)
     print(result.summary())
-    metrics_path = predict.write_metrics(result, args.out.with_suffix(".metrics.json"))
     print(f"wrote {args.out}" + (f" and {metrics_path}" if metrics_path else ""))
     return 0
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from fairhead_errors import BackboneError, DataError
+from fairhead_io import by_signature, starts_with
 
 #: image files ``ImageFolder`` picks up (lower-case suffixes)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -237,17 +238,20 @@ class Predictions:
             out.append(row)
         return out
 
-    def write_csv(self, path) -> Path:
-        """One row per id: score (logit), probability of the positive class, 0/1 prediction, names."""
+    def write_csv(self, path, *, staged=None) -> Path:
+        """One row per id: score (logit), probability of the positive class, 0/1 prediction, names.
+
+        Written through a temporary file beside ``path`` (fsynced, renamed; removed on failure); with
+        ``staged`` (a :class:`fairhead_io.StagedFiles`) it is replaced together with the other staged files.
+        """
+        from fairhead_io import atomic_open
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         rows = self.rows()
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="") as fh:
+        with (staged.open(path, "w", newline="") if staged is not None else atomic_open(path, "w", newline="")) as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        tmp.replace(path)  # never leave a half-written table under the final name
         return path
 
     def summary(self) -> str:
@@ -365,16 +369,55 @@ def predict_images(head_path, source, *, backbone=None, weights_file=None, split
     return result
 
 
-def write_metrics(result: Predictions, path) -> Path | None:
-    """The group metrics as strict JSON next to the predictions (only when labels were known)."""
+def write_metrics(result: Predictions, path, *, staged=None) -> Path | None:
+    """The group metrics as strict JSON next to the predictions (only when labels were known), atomically."""
     if not result.metrics:
         return None
     from fairhead.provenance import strict_json
+    from fairhead_io import atomic_write_text
 
     path = Path(path)
-    path.write_text(json.dumps(strict_json(result.metrics), indent=1, allow_nan=False))
+    text = json.dumps(strict_json(result.metrics), indent=1, allow_nan=False)
+    (staged.write_text if staged is not None else atomic_write_text)(path, text)
     return path
 
 
+#: what ``fairhead predict`` writes; an existing file is replaced only when it is one of these
+PREDICTIONS_KIND = by_signature("a predictions table", starts_with(b"id,score,probability,prediction,"))
+METRICS_KIND = by_signature("a predictions' metrics file", lambda h: h.lstrip().startswith(b"{") and (
+    b'"all"' in h and b'"accuracy"' in h and b'"fairhead-head"' not in h))
+
+
+def metrics_path(out) -> Path:
+    """Where the metrics of the predictions ``out`` go: ``preds.csv`` -> ``preds.metrics.json``."""
+    return Path(out).with_suffix(".metrics.json")
+
+
+def check_prediction_targets(out, *, inputs: dict | None = None) -> tuple[Path, Path]:
+    """The output policy before any image is read: ``out`` and its metrics file may be written
+    (never a folder, the head, the manifest, a cache or a user's own CSV or JSON)."""
+    from fairhead_io import check_output_file
+
+    out = check_output_file(out, PREDICTIONS_KIND, flag="--out", inputs=inputs)
+    metrics = metrics_path(out)
+    if metrics == out:
+        raise DataError(f"--out {str(out)!r} ends in .metrics.json, the name of the metrics file beside it; "
+                        "pass a name such as preds.csv")
+    check_output_file(metrics, METRICS_KIND, flag="--out's metrics file", inputs=inputs)
+    return out, metrics
+
+
+def write_predictions(result: Predictions, out) -> tuple[Path, Path | None]:
+    """The table and its metrics, replaced together (a kill leaves the old pair or the new one)."""
+    from fairhead_io import StagedFiles
+
+    out = Path(out)
+    with StagedFiles() as staged:
+        result.write_csv(out, staged=staged)
+        written = write_metrics(result, metrics_path(out), staged=staged)
+    return out, written
+
+
 __all__ = ["ImageFolder", "ImageRows", "Predictions", "predict_images", "rebuild_backbone", "backbone_provenance",
-           "compute_features", "write_metrics"]
+           "compute_features", "write_metrics", "write_predictions",
+           "check_prediction_targets", "metrics_path"]
