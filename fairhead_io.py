@@ -238,6 +238,8 @@ def check_own_outputs(folder, signatures: dict, *, flag: str = "--out") -> None:
             head = None  # a folder, a broken link, an unreadable file: not ours either
         if head is None or not (head == b"" or looks_like_ours(head)):
             raise DataError(FOREIGN_OUTPUT_MSG.format(flag=flag, folder=_short(folder), name=name))
+    for name in signatures:
+        remove_stale_temps(folder / name)  # a killed earlier write's temporary twins
 
 
 def check_file_target(path, *, flag: str = "--out", fix: str | None = None) -> Path:
@@ -253,6 +255,7 @@ def check_file_target(path, *, flag: str = "--out", fix: str | None = None) -> P
         raise DataError(f"file name too long for {flag}: {_short(path.name)!r} ({len(path.name.encode())} bytes, "
                         f"the limit is {_name_max(folder)}); pass a shorter name")
     _probe(folder, fix or f"pass {flag} in a writable folder")
+    remove_stale_temps(path)  # a killed earlier write's temporary twin
     return path
 
 
@@ -441,9 +444,7 @@ def check_output_file(path, kind: OutputKind, *, flag: str = "--out", inputs: di
         what = describe_file(path)
         if what != "an empty file" and not (path.is_file() and kind.is_own(path)):
             raise DataError(FOREIGN_TARGET_MSG.format(flag=flag, path=_short(path), what=what, kind=kind.name))
-    check_file_target(path, flag=flag, fix=fix)
-    remove_stale_temps(path)
-    return path
+    return check_file_target(path, flag=flag, fix=fix)
 
 
 __all__ = [
