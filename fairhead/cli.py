@@ -58,7 +58,9 @@ def MEMORY_SIZE(text: str) -> str:
 
     try:
         parse_memory(text)
-    except DataError:
+    except DataError as err:
+        if "more than this machine" in str(err):  # a well-formed size the machine does not have
+            raise argparse.ArgumentTypeError(str(err).replace("max_memory ", "", 1)) from None
         raise argparse.ArgumentTypeError(f"must be a memory size such as 2GB, 512MB or 1.5GiB; got {text!r}") from None
     return text
 

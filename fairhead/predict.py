@@ -82,15 +82,50 @@ def backbone_provenance(cache) -> dict[str, Any]:
     }
 
 
+#: the stored feature dtypes a cache may have (embedcache's FEATURE_DTYPES plus float64 for imported tables)
+FEATURE_DTYPES = ("float16", "float32", "float64")
+DAMAGED_RECORD_MSG = "head file '{path}' is damaged: {why}; refit it with `fairhead fit CACHE --save {path}`"
+
+
+def _check_backbone_record(prov, extra: dict, head, path) -> None:
+    """The backbone and label fields a prediction depends on have the types ``fairhead fit`` writes."""
+    def damaged(why):
+        return DataError(DAMAGED_RECORD_MSG.format(path=path, why=why))
+
+    if not isinstance(prov, dict):
+        raise damaged(f"extra.backbone is {type(prov).__name__}, not a JSON object")
+    for key in ("arch", "weights", "weights_sha256", "preprocessing", "feature_node"):
+        if prov.get(key) is not None and not isinstance(prov[key], str):
+            raise damaged(f"extra.backbone.{key} is {prov[key]!r}, not a string")
+    if not prov.get("arch"):
+        raise DataError(NO_BACKBONE_MSG.format(path=path))
+    dim = prov.get("feature_dim")
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim != head.n_features_in_):
+        raise damaged(f"extra.backbone.feature_dim is {dim!r}, but the head has {head.n_features_in_} features")
+    dtype = prov.get("feature_dtype", "float32")
+    if dtype not in FEATURE_DTYPES:
+        raise damaged(f"extra.backbone.feature_dtype is {dtype!r}, not one of {', '.join(FEATURE_DTYPES)}")
+    label = extra.get("label", {})
+    if not isinstance(label, dict):
+        raise damaged(f"extra.label is {type(label).__name__}, not a JSON object")
+    for key in ("class_names", "categories"):
+        names = label.get(key)
+        if names is not None and (not isinstance(names, list) or len(names) != len(head.classes_)
+                                  or not all(isinstance(n, (str, int, float)) for n in names)):
+            raise damaged(f"extra.label.{key} is {names!r}; the head has {len(head.classes_)} classes, one name each")
+
+
 def head_backbone(head, path, *, custom_ok: bool = False) -> dict[str, Any]:
     """The backbone a loaded head records, or a one-line error saying why it cannot predict images
     (``custom_ok``: the caller brings a custom module's backbone itself)."""
     from embedcache.backbones import CUSTOM_WEIGHTS
     from embedcache.importer import IMPORTED_ARCH
 
-    prov = (getattr(head, "extra_", None) or {}).get("backbone")
-    if not prov or not prov.get("arch"):
+    extra = getattr(head, "extra_", None) or {}
+    prov = extra.get("backbone") if isinstance(extra, dict) else None
+    if not prov:
         raise DataError(NO_BACKBONE_MSG.format(path=path))
+    _check_backbone_record(prov, extra, head, path)
     if prov["arch"] == IMPORTED_ARCH:
         raise DataError(IMPORTED_MSG.format(path=path, what=prov.get("preprocessing")))
     if prov.get("weights") == CUSTOM_WEIGHTS and not custom_ok:
@@ -311,8 +346,13 @@ def predict_images(head_path, source, *, backbone=None, weights_file=None, split
     splits : list of str, optional
         Only these splits of a labelled source (default: every row).
     """
+    from fairhead_options import check_batch_size, check_device
     from solvers import load_head, metrics
 
+    batch_size = check_batch_size(batch_size, flag="--batch-size")
+    device = check_device(device, flag="--device")
+    if splits and (getattr(source, "columns", None) or {}).get("split", "") is None:
+        raise DataError(HASHED_SPLITS_MSG.format(splits=" ".join(splits)))
     head = load_head(head_path)
     prov = head_backbone(head, head_path, custom_ok=backbone is not None)
     if backbone is None:
@@ -381,6 +421,9 @@ def write_metrics(result: Predictions, path, *, staged=None) -> Path | None:
     (staged.write_text if staged is not None else atomic_write_text)(path, text)
     return path
 
+
+HASHED_SPLITS_MSG = ("--split {splits} needs the manifest's own split column: without --split-col its rows get "
+                     "hashed splits, which are not the manifest's train/valid/test; pass --split-col COLUMN")
 
 #: what ``fairhead predict`` writes; an existing file is replaced only when it is one of these
 PREDICTIONS_KIND = by_signature("a predictions table", starts_with(b"id,score,probability,prediction,"))

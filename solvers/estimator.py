@@ -47,7 +47,10 @@ MSG_EPS_NOT_MET = (
     "(best achieved gap {gap:.4g}); raise eps, lower C, or use balance='group'"
 )
 MSG_STRICT_EPS = MSG_EPS_NOT_MET
-MSG_CONSTRAINT_NEEDS_SF = "constraint={name!r} needs sensitive_features in fit"
+MSG_CONSTRAINT_NEEDS_SF = ("constraint={name!r} needs sensitive_features in fit: pass fit(X, y, sensitive_features=s) "
+                           "(in GridSearchCV: enable metadata routing with sklearn.set_config(enable_metadata_routing="
+                           "True) and set_fit_request(sensitive_features=True)), or constraint=None for an "
+                           "unconstrained head")
 MSG_OOC_CVXPY = ("an out-of-core X ({what}) is solved by the torch backend only, and backend={backend!r}"
                  "{why}; pass backend='torch' (or 'auto') and penalty='l2'")
 MSG_OOC_NONFINITE = "X has a NaN or infinite feature in row {row}; drop or impute the non-finite feature values before fitting"
@@ -332,8 +335,9 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         else:  # class codes 0 .. K-1 in classes_ order
             y01 = np.searchsorted(self.classes_, y).astype(np.float64)
         constraint = make_constraint(self.constraint)
-        if sensitive_features is None:
-            constraint = None
+        if sensitive_features is None and constraint is not None:
+            # never a silent unconstrained head under a constrained name (GridSearchCV without metadata routing)
+            raise DataError(MSG_CONSTRAINT_NEEDS_SF.format(name=constraint.name))
         if K > 2 and constraint is not None and not constraint.multiclass:
             raise DataError(MSG_BINARY_ONLY.format(name=constraint.name, k=K, names=", ".join(MULTICLASS_NAMES)))
         if K > 2 and self.penalty not in ("l2", None):

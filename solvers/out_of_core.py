@@ -45,6 +45,8 @@ import re
 
 import numpy as np
 
+from fairhead_options import check_memory_budget
+
 from .errors import DataError
 
 #: bytes of one block in float32 (rows per block: :func:`block_rows`). Large enough that an
@@ -93,14 +95,14 @@ def parse_memory(value) -> int:
     if isinstance(value, (int, np.integer)):
         if value <= 0:
             raise DataError(MSG_BAD_MEMORY.format(value=value))
-        return int(value)
+        return check_memory_budget(int(value), value=value, flag="max_memory")
     match = _SIZE.match(value) if isinstance(value, str) else None
     if match is None or match.group(2).lower() not in _UNITS:
         raise DataError(MSG_BAD_MEMORY.format(value=value))
     size = float(match.group(1)) * _UNITS[match.group(2).lower()]
     if not size >= 1:
         raise DataError(MSG_BAD_MEMORY.format(value=value))
-    return int(size)
+    return check_memory_budget(int(size), value=value, flag="max_memory")
 
 
 def format_memory(n: int) -> str:

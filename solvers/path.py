@@ -20,6 +20,7 @@ import dataclasses
 import numpy as np
 from sklearn.base import clone
 
+from ._validation import validate_params
 from .estimator import FairLogisticRegression, _fit_score, _problem_pieces, with_stream_note
 
 
@@ -60,9 +61,12 @@ def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_he
     """
     estimator_params.pop("eps", None)
     base = FairLogisticRegression(**estimator_params)
-    grid = [float(e) for e in eps_grid]
+    grid = list(eps_grid)
     if not grid:
         return
+    for e in grid:  # the estimator's own rule for eps, on every bound, before any fit
+        validate_params(FairLogisticRegression(**estimator_params, eps=e))
+    grid = [float(e) for e in grid]
     base.set_params(eps=grid[0])
     problem, constraint, backend = base._prepare(X, y, sensitive_features, sample_weight)
     state = _head_state(init_head, problem.d, problem.n_classes)
