@@ -670,6 +670,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from fairhead import predict
     from solvers import load_head
 
+    from fairhead_options import check_batch_size, check_device
+
+    check_batch_size(args.batch_size, flag="--batch-size")  # the shared option checks, before any work
+    check_device(args.device, flag="--device")
     predict.check_prediction_targets(args.out, inputs={
         "the --head file": args.head, "the --weights-file": args.weights_file, "the --manifest": args.manifest})
     extra = getattr(load_head(args.head), "extra_", None) or {}

@@ -27,6 +27,25 @@ from .problem import build_problem
 #: while its time grows superlinearly (~230-390 s at 20000 x 512).
 AUTO_CVXPY_MAX_SIZE = 200_000
 
+#: the largest feature magnitude the solvers take: rate constraints work in float32, whose products overflow
+#: at about 1.8e19, and a logit of 1e15 is already beyond any probability's resolution
+MAX_ABS_FEATURE = 1e15
+MSG_TOO_LARGE = ("feature value {value:.3g} (row {row}, column {col}) is too large for the solvers (at most {most:g} "
+                 "in magnitude: larger products overflow); rescale the features, e.g. with sklearn's StandardScaler")
+
+
+def _check_magnitude(X) -> None:
+    """Refuse features whose products overflow (a 1e308 cell), in one line instead of a raw linalg error."""
+    if X.size:
+        magnitude = np.abs(X)
+        flat = int(np.argmax(magnitude))
+        value = float(magnitude.flat[flat])
+        if value > MAX_ABS_FEATURE:
+            row, col = np.unravel_index(flat, X.shape)
+            raise DataError(MSG_TOO_LARGE.format(value=float(X[row, col]), row=int(row), col=int(col),
+                                                 most=MAX_ABS_FEATURE))
+
+
 MSG_NOT_BINARY = (
     "Classification needs at least 2 classes. The type of the target is {kind}: y has {k} class(es) {classes}; "
     "pass labels with 2 or more classes"
@@ -298,6 +317,7 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
                 X, y = validate_data(self, X, y, dtype=[np.float64, np.float32, np.float16], reset=True)
             except ValueError as err:  # sklearn's wording names the problem; add the fix, keep one line
                 raise DataError(_bad_arrays_message(err)) from err
+            _check_magnitude(X)
             return (X, y) if self.max_memory is None else (RowChunks(X, max_memory=self.max_memory), y)
         if self.max_memory is not None:
             X = X.with_budget(self.max_memory)

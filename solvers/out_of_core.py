@@ -248,7 +248,17 @@ class RowChunks:
             import h5py
 
             self._path, self._key = os.fspath(source), dataset
-            with h5py.File(self._path, "r") as f:
+            try:
+                f = h5py.File(self._path, "r")
+            except FileNotFoundError as err:
+                raise DataError(f"RowChunks: no file {self._path!r}; pass the path of an HDF5 file") from err
+            except OSError as err:
+                raise DataError(f"RowChunks: {self._path!r} is not a readable HDF5 file ({err}); pass a cache") from err
+            with f:
+                if not isinstance(f.get(dataset), h5py.Dataset):
+                    have = ", ".join(k for k in f if isinstance(f[k], h5py.Dataset)) or "none"
+                    raise DataError(f"RowChunks: {self._path!r} has no dataset {dataset!r} (datasets at its root: "
+                                    f"{have}); pass dataset='features' for a fairhead cache")
                 shape, dtype = f[dataset].shape, f[dataset].dtype
                 self._runs = _mapped_runs(f[dataset])
         else:
