@@ -17,6 +17,7 @@ import csv
 import difflib
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -194,6 +195,9 @@ def import_table(
             raise DataError(NOT_PLAIN_COLUMN_MSG.format(name=name, role=role))
     if features is None:
         features = [c for c in available if c not in used and (c in blocks or _is_numeric(columns[c]))]
+        for name in available:  # never leave a column of vectors out silently
+            if name not in used and name not in features and _vector_text(columns.get(name)) is not None:
+                raise DataError(VECTOR_TEXT_MSG.format(name=name, value=_vector_text(columns[name])))
         if not features:
             raise DataError(NO_FEATURES_MSG.format(path=path))
     features = list(features)
@@ -539,6 +543,22 @@ def _numbers(values) -> tuple[np.ndarray, np.ndarray]:
             # a missing cell or the number NaN (text "nan" included) is not "text that does not parse"
             failed[k] = not is_missing(values[k])
     return parsed, failed
+
+
+VECTOR_TEXT_MSG = ("column {name!r} holds vectors written as text ({value}); a CSV cell is one number, so it "
+                   "would be left out: write one column per dimension, store it as a Parquet list<float> column or "
+                   "an .npz 2-D array, or pass --features with the columns you want")
+_VECTOR_TEXT = re.compile(r"^\s*[\[(]\s*[-+0-9.eEinfa]+(\s*[,; ]\s*[-+0-9.eEinfa]+)*\s*[\])]\s*$")
+
+
+def _vector_text(values) -> str | None:
+    """The first cell of a text column that reads as a vector (``"[1.0, 2.0]"``), else None."""
+    if values is None or (isinstance(values, np.ndarray) and values.dtype.kind in "iufb"):
+        return None
+    for value in list(values)[:20]:
+        if isinstance(value, str) and value.strip():
+            return repr(value) if _VECTOR_TEXT.match(value) else None
+    return None
 
 
 def _is_numeric(values) -> bool:

@@ -564,6 +564,12 @@ def _nonnegative(value: float, flag: str) -> float:
     return value
 
 
+def _fraction(value: float, flag: str) -> float:
+    if not 0 <= value < 1:  # SGD diverges with momentum >= 1
+        raise DataError(f"{flag} must be a number in [0, 1), e.g. 0.9; got {value!r}")
+    return value
+
+
 def _cmd_finetune_full(args: argparse.Namespace) -> int:
     from fairhead.full_compare import NetworkOptions, run_full_comparison
 
@@ -571,7 +577,7 @@ def _cmd_finetune_full(args: argparse.Namespace) -> int:
     options = NetworkOptions(
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
         lr=_positive(args.lr, "--lr"), head_lr=_positive(args.head_lr, "--head-lr"),
-        weight_decay=_nonnegative(args.weight_decay, "--weight-decay"), momentum=_nonnegative(args.momentum, "--momentum"),
+        weight_decay=_nonnegative(args.weight_decay, "--weight-decay"), momentum=_fraction(args.momentum, "--momentum"),
         alpha=_nonnegative(args.alpha, "--alpha"), dual_lr=_positive(args.dual_lr, "--dual-lr"),
         patience=args.patience, image_size=args.image_size, device=args.device, threads=args.threads,
         workers=args.workers)

@@ -56,6 +56,8 @@ MISMATCH_MSG = (
 )
 SHA_FIX = "pass the weights file the cache was built with (--weights-file PATH)"
 EMPTY_FOLDER_MSG = "image folder '{path}' has no image files ({suffixes}); point --images at a folder of images"
+BROKEN_LINK_MSG = ("image {path!r} is a symbolic link to a file that does not exist{more}; restore its target "
+                   "or remove the link")
 NOT_A_FOLDER_MSG = "image folder '{path}' does not exist or is not a folder; pass an existing folder to --images"
 NO_ROWS_IN_SPLIT_MSG = "no rows in split(s) {splits} of the new data (it has: {have}); pick one of those with --split"
 NO_SPLITS_MSG = "--split {splits} needs images with a split (--celeba, or --manifest with --split-col); drop --split"
@@ -185,7 +187,12 @@ class ImageFolder:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(NOT_A_FOLDER_MSG.format(path=self.root))
-        self.paths = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        candidates = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        broken = [p for p in candidates if p.is_symlink() and not p.exists()]
+        if broken:  # an image name pointing nowhere is a missing image, never silently one row fewer
+            raise DataError(BROKEN_LINK_MSG.format(path=str(broken[0]), more=f" ({len(broken)} in all)" if len(broken) > 1
+                                                   else ""))
+        self.paths = [p for p in candidates if p.is_file()]
         if not self.paths:
             raise DataError(EMPTY_FOLDER_MSG.format(path=self.root, suffixes=" ".join(IMAGE_SUFFIXES)))
         self.ids = np.asarray([p.relative_to(self.root).as_posix() for p in self.paths], dtype=object)

@@ -341,7 +341,13 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         if self.penalty == "elasticnet" and self.l1_ratio is None:
             raise DataError("penalty='elasticnet' needs l1_ratio in [0, 1]; pass l1_ratio")
         X, y = self._check_X_y(X, y)
-        check_classification_targets(y)
+        try:
+            check_classification_targets(y)
+        except ValueError as err:  # sklearn's wording (checks match "Unknown label type"), plus the fix
+            raise DataError(f"{str(err).splitlines()[0].split('. Maybe')[0]}: y holds "
+                            f"{type_of_target(y, input_name='y')} values such as {np.asarray(y).ravel()[:3].tolist()}, "
+                            "not class labels; pass labels such as 0/1 or class names (threshold a "
+                            "continuous target first)") from err
         self.classes_ = np.unique(y)
         K = self.classes_.shape[0]
         if K < 2:

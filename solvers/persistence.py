@@ -273,6 +273,8 @@ def load_head(path):
 
     path = Path(os.fspath(path))
     suffix = _suffix(path)
+    if path.exists() and not path.is_file() and not path.is_dir():  # a FIFO or a device would block the read
+        raise DataError(MSG_UNREADABLE.format(path=str(path), why="it is not a regular file (a pipe or a device)"))
     if path.is_file() and path.stat().st_size > MAX_HEAD_BYTES:
         raise DataError(MSG_UNREADABLE.format(path=str(path), why=f"{path.stat().st_size} bytes is no head"))
     doc, coef, intercept = _read(path, suffix)

@@ -271,3 +271,64 @@ def test_damaged_backbone_records_are_one_line_in_predict(tabular, tmp_path, cap
         line = one_line_cli(capsys, "predict", "--head", head, "--images", tmp_path / "images",
                             "--out", tmp_path / "p.csv")
     assert match in line, line
+
+
+# --------------------------------------------------------------------------- unclear, now one clear line
+def test_a_float_label_names_the_problem_and_the_fix(data):
+    from solvers import FairLogisticRegression
+
+    X, y, _ = data
+    with pytest.raises(DataError, match=r"Unknown label type: continuous: y holds continuous values .* not class "
+                                        r"labels"):
+        FairLogisticRegression().fit(X, y + 0.5)
+
+
+def test_a_string_eps_grid_is_refused_like_a_string_eps(data):
+    from solvers.path import fit_path
+
+    X, y, s = data
+    with pytest.raises(DataError, match="The 'eps' parameter of FairLogisticRegression must be a float"):
+        fit_path(X, y, sensitive_features=s, eps_grid="0.1", constraint="dp-score")
+
+
+def test_import_refuses_a_column_of_text_vectors_instead_of_leaving_it_out(tmp_path):
+    import embedcache
+
+    rows = [[f"r{i}", f"[{i}.0, {i % 3}.5]", i * 0.5, i % 2, "ab"[i % 2]] for i in range(40)]
+    table = write_csv(tmp_path / "v.csv", ["id", "emb", "f0", "label", "g"], rows)
+    with pytest.raises(DataError, match=r"column 'emb' holds vectors written as text \('\[0.0, 0.5\]'\)"):
+        embedcache.import_table(table, label="label", sensitive=["g"], id_col="id", out=tmp_path / "c.h5",
+                                progress=False)
+    cache = embedcache.import_table(table, label="label", sensitive=["g"], id_col="id", features=["f0"],
+                                    out=tmp_path / "c.h5", progress=False)  # chosen explicitly: fine
+    assert cache.exists()
+
+
+def test_a_dangling_symlink_image_is_refused_not_skipped(tmp_path):
+    import os
+
+    from fairhead.predict import ImageFolder
+
+    (tmp_path / "imgs").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "imgs" / "a.png")
+    os.symlink(tmp_path / "gone.png", tmp_path / "imgs" / "b.png")
+    with pytest.raises(DataError, match=r"b.png' is a symbolic link to a file that does not exist"):
+        ImageFolder(tmp_path / "imgs")
+
+
+def test_load_head_on_a_fifo_does_not_block(tmp_path):
+    import os
+
+    from solvers import load_head
+
+    os.mkfifo(tmp_path / "head.json")
+    with pytest.raises(DataError, match="not a regular file"):
+        load_head(tmp_path / "head.json")
+
+
+def test_momentum_of_one_or_more_is_refused(tabular, capsys):
+    line = one_line_cli(capsys, "finetune-full", tabular["cache"], "--optimizer", "sgd", "--momentum", "2",
+                        "--out", tabular["root"] / "full")
+    assert "--momentum must be a number in [0, 1)" in line
