@@ -742,7 +742,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{PROG}: interrupted; rerun the same command to resume from what was committed",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception:  # a bug: show everything so it can be reported
+    except Exception as err:  # a bug: show everything so it can be reported
+        from fairhead.data_parallel import peer_failure
+
+        lost = peer_failure(err)  # under torchrun: another rank was killed mid-collective, not a bug here
+        if lost is not None:
+            if args.debug:
+                traceback.print_exc()
+            print(f"{PROG}: error: {lost}", file=sys.stderr)
+            return DataError.exit_code
         traceback.print_exc()
         print(f"{PROG}: unexpected error (a bug); please report it with the traceback above",
               file=sys.stderr)

@@ -332,3 +332,29 @@ def test_momentum_of_one_or_more_is_refused(tabular, capsys):
     line = one_line_cli(capsys, "finetune-full", tabular["cache"], "--optimizer", "sgd", "--momentum", "2",
                         "--out", tabular["root"] / "full")
     assert "--momentum must be a number in [0, 1)" in line
+
+
+# --------------------------------------------------------------------------- torchrun
+def test_a_lost_peer_rank_is_one_line_not_a_bug(monkeypatch):
+    from fairhead.data_parallel import peer_failure
+
+    gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer "
+                        "[127.0.0.1]:4807")
+    assert peer_failure(gloo) is None  # a plain process: not a lost rank
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    line = peer_failure(gloo)
+    assert line.startswith("rank 0 lost contact with another rank") and "rerun the same command" in line
+    assert peer_failure(RuntimeError("shape mismatch")) is None  # a real bug stays a bug
+
+
+@pytest.mark.parametrize("rank, printed", [("0", 1), ("1", 0)])
+def test_a_refusal_under_torchrun_is_printed_once(tabular, tmp_path, monkeypatch, capsys, rank, printed):
+    from fairhead.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    code = main(["protocols", str(tabular["cache"]), "--out", str(tmp_path / "p")])
+    err = capsys.readouterr().err
+    assert code == 3 and err.count("fairhead: error:") == printed
+    assert ("runs in one process" in err) == bool(printed)
