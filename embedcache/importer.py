@@ -68,6 +68,8 @@ NOT_PLAIN_COLUMN_MSG = (
     "column {name!r} holds vectors; the {role} must be a plain column (one value per row)"
 )
 NOT_NUMERIC_MSG = "feature column {name!r} is not numeric ({value} at row {row}); encode it as numbers or leave it out"
+NO_FEATURE_VALUES_MSG = ("feature column(s) {names} hold no values (empty vectors): a cache needs at least one "
+                         "feature; pass --features with columns that hold numbers")
 VECTOR_TEXT_MSG = (
     "feature column {name!r} holds text that looks like a vector ({value} at row {row}); store vectors as a "
     "Parquet list<float> column (--features-col {name}) or one column per dimension"
@@ -545,6 +547,8 @@ def _numbers(values) -> tuple[np.ndarray, np.ndarray]:
     return parsed, failed
 
 
+NO_FEATURE_VALUES_MSG = ("feature column(s) {names} hold no values (empty vectors): a cache needs at least one "
+                         "feature; pass --features with columns that hold numbers")
 VECTOR_TEXT_MSG = ("column {name!r} holds vectors written as text ({value}); a CSV cell is one number, so it "
                    "would be left out: write one column per dimension, store it as a Parquet list<float> column or "
                    "an .npz 2-D array, or pass --features with the columns you want")
@@ -603,6 +607,8 @@ def _feature_matrix(columns, blocks, names: list[str], rows: np.ndarray) -> tupl
         parts.append(column[:, None])
         out_names.append(name)
     matrix = np.concatenate(parts, axis=1) if parts else np.zeros((len(rows), 0))
+    if matrix.shape[1] == 0:  # e.g. a vector column whose vectors are all empty: no feature to store
+        raise DataError(NO_FEATURE_VALUES_MSG.format(names=", ".join(repr(n) for n in names)))
     return matrix, out_names
 
 

@@ -358,3 +358,28 @@ def test_a_refusal_under_torchrun_is_printed_once(tabular, tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert code == 3 and err.count("fairhead: error:") == printed
     assert ("runs in one process" in err) == bool(printed)
+
+
+def test_a_minimax_path_over_several_bounds_is_refused(data):
+    from solvers.path import fit_path
+
+    X, y, s = data
+    with pytest.raises(DataError, match="'minimax' .* has no bound"):
+        fit_path(X, y, sensitive_features=s, eps_grid=[0.1, 0.05], constraint="minimax")
+    (head,) = fit_path(X, y, sensitive_features=s, eps_grid=[0.0], constraint="minimax")
+    assert head.coef_.shape == (1, 3)
+
+
+def test_a_parquet_column_of_empty_vectors_is_refused_not_blamed_on_the_disk(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    import embedcache
+
+    table = pa.table({"id": [f"r{i}" for i in range(40)], "label": [i % 2 for i in range(40)],
+                      "emb": pa.array([[] for _ in range(40)], type=pa.list_(pa.float32())), "g": ["a", "b"] * 20})
+    pq.write_table(table, tmp_path / "e.parquet")
+    with pytest.raises(DataError, match=r"'emb' hold no values \(empty vectors\)"):
+        embedcache.import_table(tmp_path / "e.parquet", label="label", sensitive=["g"], id_col="id", features=["emb"],
+                                out=tmp_path / "e.h5", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.parquet"]
