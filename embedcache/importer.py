@@ -199,7 +199,7 @@ def import_table(
         features = [c for c in available if c not in used and (c in blocks or _is_numeric(columns[c]))]
         for name in available:  # never leave a column of vectors out silently
             if name not in used and name not in features and _vector_text(columns.get(name)) is not None:
-                raise DataError(VECTOR_TEXT_MSG.format(name=name, value=_vector_text(columns[name])))
+                raise DataError(VECTOR_COLUMN_LEFT_OUT_MSG.format(name=name, value=_vector_text(columns[name])))
         if not features:
             raise DataError(NO_FEATURES_MSG.format(path=path))
     features = list(features)
@@ -549,7 +549,7 @@ def _numbers(values) -> tuple[np.ndarray, np.ndarray]:
 
 NO_FEATURE_VALUES_MSG = ("feature column(s) {names} hold no values (empty vectors): a cache needs at least one "
                          "feature; pass --features with columns that hold numbers")
-VECTOR_TEXT_MSG = ("column {name!r} holds vectors written as text ({value}); a CSV cell is one number, so it "
+VECTOR_COLUMN_LEFT_OUT_MSG = ("column {name!r} holds vectors written as text ({value}); a CSV cell is one number, so it "
                    "would be left out: write one column per dimension, store it as a Parquet list<float> column or "
                    "an .npz 2-D array, or pass --features with the columns you want")
 _VECTOR_TEXT = re.compile(r"^\s*[\[(]\s*[-+0-9.eEinfa]+(\s*[,; ]\s*[-+0-9.eEinfa]+)*\s*[\])]\s*$")
