@@ -17,7 +17,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 #: what a wheel is built from: the project file, the readme it embeds, the packages
-SOURCES = ("pyproject.toml", "README.md", "fairhead_errors.py", "fairhead", "solvers", "embedcache")
+SOURCES = ("pyproject.toml", "README.md", "fairhead_errors.py", "fairhead_io.py", "fairhead_options.py", "fairhead", "solvers",
+           "embedcache")
 PIP_TIMEOUT_S = 120
 
 
