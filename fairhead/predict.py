@@ -450,9 +450,6 @@ def check_prediction_targets(out, *, inputs: dict | None = None) -> tuple[Path, 
 
     out = check_output_file(out, PREDICTIONS_KIND, flag="--out", inputs=inputs)
     metrics = metrics_path(out)
-    if metrics == out:
-        raise DataError(f"--out {str(out)!r} ends in .metrics.json, the name of the metrics file beside it; "
-                        "pass a name such as preds.csv")
     check_output_file(metrics, METRICS_KIND, flag="--out's metrics file", inputs=inputs)
     return out, metrics
 

@@ -224,8 +224,13 @@ def _fail_at_fsync(monkeypatch, exc):
     monkeypatch.setattr(os, "fsync", fsync)
 
 
+#: write cases that run a backbone (seconds each): in the slow set, the rest stay in the default run
+HEAVY_WRITES = ("extract", "predict", "export --to program")
+
+
 def _write_cases():
-    return [n for n in WRITING if COMMANDS[n].write_cases]
+    return [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY_WRITES else n
+            for n in WRITING if COMMANDS[n].write_cases]
 
 
 @pytest.mark.parametrize("name", _write_cases())

@@ -126,3 +126,15 @@ def test_a_large_onnx_model_keeps_its_weights_in_a_hash_named_sidecar_swapped_un
     assert all(len(names) == 1 and names[0].startswith("m.onnx.") and names[0].endswith(".data")
                for names in sidecars), sidecars
     assert sidecars[0] != sidecars[1]  # the new weights had a new name; the old ones are gone
+
+
+def test_predict_refuses_a_users_metrics_file_beside_the_predictions(tmp_path):
+    from fairhead.predict import check_prediction_targets
+
+    (tmp_path / "preds.metrics.json").write_text('{"my": "notes"}')
+    with pytest.raises(DataError, match=r"preds.metrics.json' is a JSON file, not a predictions' metrics file"):
+        check_prediction_targets(tmp_path / "preds.csv")
+    assert (tmp_path / "preds.metrics.json").read_text() == '{"my": "notes"}'
+    (tmp_path / "preds.metrics.json").write_text('{"all": {"accuracy": 0.5}}')  # an earlier run's: replaced
+    assert check_prediction_targets(tmp_path / "preds.csv") == (tmp_path / "preds.csv",
+                                                                 tmp_path / "preds.metrics.json")
