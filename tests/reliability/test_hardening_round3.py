@@ -383,3 +383,14 @@ def test_a_parquet_column_of_empty_vectors_is_refused_not_blamed_on_the_disk(tmp
         embedcache.import_table(tmp_path / "e.parquet", label="label", sensitive=["g"], id_col="id", features=["emb"],
                                 out=tmp_path / "e.h5", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.parquet"]
+
+
+@pytest.mark.parametrize("text", ["hello", "x\ny\n", "hi there, these are my notes"])
+def test_a_text_file_as_weights_is_one_line(tmp_path, text):
+    from embedcache.backbones import load_state_dict_file
+    from fairhead_errors import BackboneError
+
+    path = tmp_path / "notes.pt"
+    path.write_text(text)
+    with pytest.raises(BackboneError, match="cannot be read \\(not a torch file: it starts with"):
+        load_state_dict_file(path)
