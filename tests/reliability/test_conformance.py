@@ -215,6 +215,24 @@ def test_a_target_that_is_not_this_commands_output_is_refused_before_any_work(na
     assert not temporaries(work["dir"])
 
 
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="root writes into read-only folders: the permission case needs a normal user")
+@pytest.mark.parametrize("name", WRITING)
+def test_a_read_only_target_folder_is_refused_before_any_work(name, work, capsys):
+    entry = COMMANDS[name]
+    folder = work["dir"] / "read-only"
+    folder.mkdir()
+    target = folder / entry.fresh
+    before = tree_digest(work["dir"])
+    folder.chmod(0o555)
+    try:
+        code, err = run(capsys, entry.argv(work, target))
+    finally:
+        folder.chmod(0o755)
+    assert_one_line_error(code, err)
+    assert tree_digest(work["dir"]) == before and not temporaries(work["dir"])
+
+
 # --------------------------------------------------------------------------- faults during the write
 def _fail_at_fsync(monkeypatch, exc):
     """Every fsync raises ``exc``: the temporary file is written, the rename has not happened."""
