@@ -394,3 +394,30 @@ def test_a_text_file_as_weights_is_one_line(tmp_path, text):
     path.write_text(text)
     with pytest.raises(BackboneError, match="cannot be read \\(not a torch file: it starts with"):
         load_state_dict_file(path)
+
+
+def test_a_kill_before_the_journals_commit_marker_leaves_a_journal_the_rerun_replaces(tmp_path, monkeypatch):
+    """The journal's meta is written last: stopped just before it, the folder has features, inputs and the
+    committed count but no meta, and the rerun starts over (never 'check free disk space')."""
+    import embedcache
+    from embedcache.store import journal as journal_module
+    from embedcache.store import schema
+
+    source = embedcache.SyntheticSource(8, seed=1, image_size=32)
+    backbone = embedcache.build_backbone("resnet18", image_size=32)
+    real = journal_module.atomic_write_text
+
+    def stop_at_meta(path, text):
+        if path.name == schema.JOURNAL_META:
+            raise KeyboardInterrupt  # the kill, at the last step of creating the journal
+        real(path, text)
+
+    monkeypatch.setattr(journal_module, "atomic_write_text", stop_at_meta)
+    with pytest.raises(KeyboardInterrupt):
+        embedcache.extract(source, backbone, tmp_path / "c.h5", batch_size=4, num_workers=0, progress=False)
+    monkeypatch.undo()
+    journal = next(p for p in tmp_path.iterdir() if p.is_dir())
+    assert (journal / schema.JOURNAL_COMMITTED).exists() and not (journal / schema.JOURNAL_META).exists()
+    out = embedcache.extract(source, backbone, tmp_path / "c.h5", batch_size=4, num_workers=0, progress=False)
+    with embedcache.open(out) as cache:
+        assert cache.load(None).features.shape[0] == 8
