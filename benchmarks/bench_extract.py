@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 import embedcache  # noqa: E402
-from embedcache.extract import _auto_workers, _resolve_device  # noqa: E402
+from embedcache.extract import _auto_workers, resolve_device  # noqa: E402
 from embedcache.sources import ManifestSource, write_synthetic_dataset  # noqa: E402
 from embedcache.store.writer import library_versions  # noqa: E402
 
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "bench_extract.json")
     args = parser.parse_args(argv)
 
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     workers = _auto_workers(args.num_workers, args.n, args.batch_size, device)
     backbone = embedcache.build_backbone(args.backbone, image_size=args.image_size)
     with tempfile.TemporaryDirectory(prefix="bench_extract_") as tmp:

@@ -462,7 +462,9 @@ def _auto_workers(num_workers: int | None, rows: int, batch_size: int, device: t
     decoding is a few percent of a forward pass, so small machines decode
     in-line: on 2 cores a worker process cost more CPU time (shared-memory
     hand-off, threads fighting for cores) than it saved. On a GPU the CPU has
-    nothing else to do, so decode with most cores.
+    nothing else to do, so decode with every core but one (the main process
+    feeds the GPU): on an H200 with 16 cores, 8 workers decoded 1,257 224-px
+    JPEGs/s into ResNet-50, whose bf16 forward runs at 15,000/s.
     """
     if num_workers is not None:
         return int(num_workers)
@@ -471,7 +473,7 @@ def _auto_workers(num_workers: int | None, rows: int, batch_size: int, device: t
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if device.type == "cpu":
         return 0 if cores <= 4 else min(4, cores // 4)
-    return max(1, min(8, cores - 1))
+    return max(1, min(32, cores - 1))
 
 
 class _ImageRows(Dataset):

@@ -131,7 +131,8 @@ def _add_fit_options(parser: argparse.ArgumentParser, *, eps_default: float | No
         group.add_argument("--eps", type=float, default=None, help=f"constraint tolerance (default: {eps_default:g})")
     group.add_argument("--C", type=float, default=1.0, help="inverse L2 strength, scikit-learn's meaning (default: 1)")
     group.add_argument("--backend", choices=("auto", "torch", "cvxpy"), default="auto",
-                       help="solver: cvxpy (exact reference, small problems), torch (large ones), auto picks by size")
+                       help="solver: torch (fast, any size) or cvxpy (the exact reference, slow on large "
+                            "problems); auto: torch")
     group.add_argument("--balance", choices=("none", "group", "label-group"), default="none",
                        help="reweight so every group / (label, group) cell has equal total weight")
     group.add_argument("--attributes", nargs="+", metavar="NAME",
@@ -233,7 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="valid", help="certification split, never the fit split (default: valid)")
     p.add_argument("--method", choices=("fixed-sequence", "bonferroni"), default="fixed-sequence",
                    help="error control over the heads (default: fixed-sequence)")
-    p.add_argument("--cache", type=Path, help="the cache (default: the one the sweep recorded)")
+    p.add_argument("--bound", choices=("exact", "union"), default="exact",
+                   help="upper bound on each head's gap: exact (on each pairwise difference) or union "
+                        "(per-group intervals) (default: exact)")
+    p.add_argument("--cache", type=Path, help="the cache (default: the one the sweep recorded; its fingerprint "
+                                              "must be the heads')")
     p.set_defaults(handler=_cmd_select)
 
     p = sub.add_parser("protocols", help="run the seed paper's B1 B2 B3 M1 M2 protocols on a cache")
@@ -451,7 +456,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
     from fairhead import certify
 
     sel = certify.select_from_sweep(args.sweep_dir, target=args.target, confidence=args.confidence,
-                                    split=args.split, method=args.method, cache=args.cache)
+                                    split=args.split, method=args.method, cache=args.cache, bound=args.bound)
     print(certify.selection_summary(sel, args.sweep_dir))
     return 0
 

@@ -12,6 +12,7 @@ so the same pipeline is available from Python::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from dataclasses import dataclass
@@ -199,15 +200,20 @@ class SplitArrays:
         return dataclasses.replace(self, X=self.X[idx], y=self.y[idx], groups=self.groups[idx],
                                    sample_ids=self.sample_ids[idx])
 
-    @property
+    @functools.cached_property
     def group_names(self) -> np.ndarray:
         """One readable group name per row, ``"Male=yes"`` or ``"Male=yes,Young=no"`` (intersectional),
-        so heads, metrics and errors name groups by their categories, never by their codes."""
+        so heads, metrics and errors name groups by their categories, never by their codes.
+
+        Built and encoded once per instance (read-only, :class:`solvers.problem.EncodedGroups`):
+        every metric call of a sweep reuses the codes instead of re-sorting the names."""
+        from solvers.problem import encoded_groups
+
         parts = [np.asarray([f"{a}={c}" for c in self.categories[a]], dtype=object)[self.groups[:, j]]
                  for j, a in enumerate(self.attributes)]
         if len(parts) == 1:
-            return parts[0]
-        return np.asarray([",".join(row) for row in zip(*parts)], dtype=object)
+            return encoded_groups(parts[0])
+        return encoded_groups(np.asarray([",".join(row) for row in zip(*parts)], dtype=object))
 
 
 def resolve_attributes(cache, attributes) -> tuple[str, ...]:

@@ -31,7 +31,6 @@ __all__ = [
     "export",
     "intervals",
     "select_head",
-    "AUTO_CVXPY_MAX_SIZE",
     "RowChunks",
     "RowShard",
     "shard_range",
@@ -39,7 +38,6 @@ __all__ = [
 
 _LAZY = {
     "FairLogisticRegression": ("solvers.estimator", "FairLogisticRegression"),
-    "AUTO_CVXPY_MAX_SIZE": ("solvers.estimator", "AUTO_CVXPY_MAX_SIZE"),
     "Certificate": ("solvers.certificate", "Certificate"),
     "fit_path": ("solvers.path", "fit_path"),
     "iter_path": ("solvers.path", "iter_path"),

@@ -21,7 +21,11 @@ all ``K`` hold at once with probability at least ``1 - a``, and then
 .. math:: \\max\\bigl(0, \\max_e(\\max_g \\ell_{g,e} - \\min_g u_{g,e})\\bigr) \\le \\Delta
           \\le \\max_e (\\max_g u_{g,e} - \\min_g \\ell_{g,e}),
 
-a ``1 - a`` interval for ``\\Delta`` (method ``"clopper-pearson union bound"``). Rates whose
+a ``1 - a`` interval for ``\\Delta`` (method ``"clopper-pearson union bound"``). That interval is what the sweep
+reports. For certifying (:func:`gap_upper_bound`, used by :func:`solvers.select_head`) only the upper
+end matters, and :func:`difference_upper_bound` bounds each difference ``p_g - p_h`` itself, exactly
+(Berger-Boos): about half the union bound's margin, since the union bound pays both groups'
+half-widths. Rates whose
 conditioning event is empty in a group (no ``y=1`` rows for TPR) get the vacuous interval
 ``[0, 1]``. Statistics without such a form (the ROC AUC, the calibration error) use
 :func:`bootstrap_interval`, a thin wrapper over ``scipy.stats.bootstrap``.
@@ -216,9 +220,245 @@ def gap_interval_from_counts(counts: GroupCounts, gap: str = "eo", confidence: f
     return GapInterval(gap, estimate, lower, upper, conf, UNION_BOUND, by_group, n_int)
 
 
-def gap_upper_bound(counts: GroupCounts, gap: str, alpha: float) -> float:
-    """Upper confidence bound at level ``1 - alpha`` on the gap (see :func:`gap_interval_from_counts`)."""
-    return gap_interval_from_counts(counts, gap, 1.0 - alpha).high
+# --------------------------------------------------------------------------------------------------
+# Upper confidence bounds on the gap itself (not on each group's rate)
+
+#: bound methods for :func:`gap_upper_bound` (and :func:`solvers.select_head`)
+BOUND_METHODS = ("exact", "union")
+EXACT_DIFFERENCE = "exact unconditional (Berger-Boos) bound on each pairwise difference"
+MSG_BOUND = "bound must be one of exact, union; got {got!r}"
+#: cells the nuisance interval is cut into at the start (the sup over a cell is bounded at its corner)
+N_CELLS = 16
+#: branch and bound on the sup over the nuisance: rounds, cells split per round, pieces per split
+REFINE_ROUNDS, REFINE_TOP, REFINE_SPLIT = 4, 6, 4
+#: the sup's bound may exceed the largest value found by this much (it is then returned as it is)
+SUP_SLACK = 1e-3
+#: the bisection on the bound stops when its bracket is this narrow (the bound returned is the upper end)
+BOUND_RESOLUTION = 1e-4
+
+
+def _gamma(alpha: float) -> float:
+    """Berger-Boos ``gamma``: the level spent on the nuisance parameter's confidence set."""
+    return min(1e-3, alpha / 10.0)
+
+
+def _tail_le(k1: int, n1: int, k2: int, n2: int, p1, p2):
+    """``P(X1/n1 - X2/n2 <= k1/n1 - k2/n2)`` for ``X1 ~ Bin(n1, p1)``, ``X2 ~ Bin(n2, p2)`` (vectors of pairs).
+
+    One binomial is summed over (the one with the shorter support), the other enters through its
+    exact tail (the regularised incomplete beta function). The sum runs over about 7.5 standard
+    deviations either side of the mean; the mass outside is added whole, so the value returned is an
+    upper bound on the exact probability (tight to about 1e-13).
+    """
+    from scipy.special import betainc, gammaln
+    from scipy.stats import binom
+
+    p1, p2 = np.atleast_1d(np.asarray(p1, dtype=np.float64)), np.atleast_1d(np.asarray(p2, dtype=np.float64))
+    sd1, sd2 = np.sqrt(n1 * p1 * (1 - p1)).max(), np.sqrt(n2 * p2 * (1 - p2)).max()
+    sum_over_1 = sd1 <= sd2
+    n, p, sd = (n1, p1, sd1) if sum_over_1 else (n2, p2, sd2)
+    lo = max(0, int(np.floor(n * p.min() - 7.5 * sd - 3)))
+    hi = min(n, int(np.ceil(n * p.max() + 7.5 * sd + 3)))
+    x = np.arange(lo, hi + 1, dtype=np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logc = gammaln(n + 1.0) - gammaln(x + 1.0) - gammaln(n - x + 1.0)
+        logpmf = logc[None, :] + np.where(x[None, :] > 0, x[None, :] * np.log(p[:, None]), 0.0) + \
+            np.where(x[None, :] < n, (n - x[None, :]) * np.log1p(-p[:, None]), 0.0)
+    pmf = np.exp(logpmf)
+    if sum_over_1:
+        # X1/n1 - X2/n2 <= k1/n1 - k2/n2  <=>  X2 >= k2 + ceil(n2 (X1 - k1) / n1), in integers
+        c = k2 - ((-(n2 * (x - k1))) // n1)
+        cc = np.clip(c, 1, n2).astype(np.float64)[None, :]
+        with np.errstate(invalid="ignore"):
+            tail = betainc(cc, n2 - cc + 1.0, p2[:, None])  # P(X2 >= c)
+        tail = np.where(c[None, :] <= 0, 1.0, np.where(c[None, :] > n2, 0.0, tail))
+    else:
+        # <=>  X1 <= k1 + floor(n1 (X2 - k2) / n2)
+        c = k1 + (n1 * (x - k2)) // n2
+        cc = np.clip(c, 0, n1 - 1).astype(np.float64)[None, :]
+        with np.errstate(invalid="ignore"):
+            tail = 1.0 - betainc(cc + 1.0, n1 - cc, p1[:, None])  # P(X1 <= c)
+        tail = np.where(c[None, :] < 0, 0.0, np.where(c[None, :] >= n1, 1.0, tail))
+    tail = np.where(np.isnan(tail), 1.0, np.clip(tail, 0.0, 1.0))
+    outside = (binom.cdf(lo - 1, n, p) if lo > 0 else 0.0) + (binom.sf(hi, n, p) if hi < n else 0.0)
+    return np.minimum(1.0, (pmf * tail).sum(axis=1) + outside)
+
+
+class _DifferenceTest:
+    """Berger-Boos p-value of ``H0: p1 - p2 >= d`` against ``p1 - p2 < d`` for fixed counts.
+
+    The statistic is the observed difference ``T = X1/n1 - X2/n2`` (small is evidence against ``H0``).
+    On the boundary ``p1 - p2 = d`` the nuisance is the rate of the larger group, ``nu``; with ``C``
+    its two-sided Clopper-Pearson interval at level ``1 - gamma``, the p-value is
+
+    .. math:: p(d) = \\sup_{\\nu \\in C} P_{\\nu, d}(T \\le t_{obs}) + \\gamma,
+
+    valid at every level (Berger and Boos 1994). The sup is bounded from above, never approximated:
+    ``C`` is cut into cells, and since ``P(T <= t)`` falls in ``p1`` and rises in ``p2``, its sup over a
+    cell is at most its value at the cell's smallest ``p1`` and largest ``p2``. Cells whose bound is
+    above the largest value seen at a cell's midpoint are split (branch and bound, :data:`N_CELLS`
+    cells at the start, :data:`REFINE_ROUNDS` rounds) until the bound is within
+    :data:`SUP_SLACK` of that value, or until the test's decision at ``alpha`` is settled; the p-value is
+    the largest cell bound plus ``gamma``: an upper bound on the exact Berger-Boos p-value, which falls in
+    ``d`` (so a ``d`` at which it rejects bounds the difference from above).
+    """
+
+    def __init__(self, k1, n1, k2, n2, alpha):
+        self.k1, self.n1, self.k2, self.n2 = int(k1), int(n1), int(k2), int(n2)
+        self.alpha = float(alpha)
+        self.gamma = _gamma(self.alpha)
+        self.nuisance_is_2 = self.n2 >= self.n1
+        k, n = (self.k2, self.n2) if self.nuisance_is_2 else (self.k1, self.n1)
+        self.nu_lo, self.nu_hi = clopper_pearson(k, n, 1.0 - self.gamma)
+        self._memo: dict[float, float] = {}
+
+    def _rates(self, a, b, d):
+        """Corner ``(p1, p2)`` (smallest p1, largest p2) and midpoint rates of nuisance cells ``[a, b]``."""
+        if self.nuisance_is_2:  # p2 = nu, p1 = nu + d
+            a, b = np.maximum(a, max(0.0, -d)), np.minimum(b, min(1.0, 1.0 - d))
+            m = 0.5 * (a + b)
+            corner, mid = (a + d, b), (m + d, m)
+        else:  # p1 = nu, p2 = nu - d
+            a, b = np.maximum(a, max(0.0, d)), np.minimum(b, min(1.0, 1.0 + d))
+            m = 0.5 * (a + b)
+            corner, mid = (a, b - d), (m, m - d)
+        keep = a <= b
+        clip = lambda t: (np.clip(t[0][keep], 0, 1), np.clip(t[1][keep], 0, 1))  # noqa: E731
+        return a[keep], b[keep], clip(corner), clip(mid)
+
+    def pvalue(self, d: float) -> float:
+        d = float(d)
+        if d not in self._memo:
+            self._memo[d] = self._pvalue(d)
+        return self._memo[d]
+
+    def _pvalue(self, d: float) -> float:
+        edges = np.linspace(self.nu_lo, self.nu_hi, N_CELLS + 1)
+        a, b, corner, mid = self._rates(edges[:-1], edges[1:], d)
+        if a.size == 0:
+            return self.gamma
+        k = (self.k1, self.n1, self.k2, self.n2)
+        upper = _tail_le(*k, *corner)
+        lower = float(np.max(_tail_le(*k, *mid)))
+        for _ in range(REFINE_ROUNDS):
+            if upper.max() - lower <= SUP_SLACK:
+                break
+            # refining cannot change the decision at alpha any more: stop (the value stays a valid bound)
+            if upper.max() + self.gamma <= self.alpha or lower + self.gamma > self.alpha:
+                break
+            top = np.argsort(-upper)[:REFINE_TOP]
+            top = top[upper[top] > lower + SUP_SLACK]
+            sub = np.linspace(0.0, 1.0, REFINE_SPLIT + 1)
+            na = (a[top, None] + (b - a)[top, None] * sub[None, :-1]).ravel()
+            nb = (a[top, None] + (b - a)[top, None] * sub[None, 1:]).ravel()
+            na_, nb_, c2, m2 = self._rates(na, nb, d)
+            if na_.size == 0:
+                break
+            keep = np.ones(a.size, dtype=bool)
+            keep[top] = False
+            a, b = np.concatenate([a[keep], na_]), np.concatenate([b[keep], nb_])
+            upper = np.concatenate([upper[keep], _tail_le(*k, *c2)])
+            lower = max(lower, float(np.max(_tail_le(*k, *m2))))
+        return float(upper.max()) + self.gamma
+
+    def rejects(self, d: float) -> bool:
+        return self.pvalue(d) <= self.alpha
+
+
+def difference_upper_bound(k1, n1, k2, n2, alpha: float) -> float:
+    """Upper ``1 - alpha`` confidence bound on ``p1 - p2`` from ``k1`` of ``n1`` and ``k2`` of ``n2``.
+
+    Exact and unconditional: the bound is the smallest ``d`` at which the Berger-Boos test of
+    ``H0: p1 - p2 >= d`` (see :class:`_DifferenceTest`) rejects at level ``alpha``, so
+
+    .. math:: P(p_1 - p_2 > U) \\le \\alpha
+
+    for every ``(p1, p2)`` and every sample size (no normal approximation). Assumes two independent
+    binomial samples: independent rows, the groups fixed and known. The value returned is the upper
+    end of a bisection bracket of width :data:`BOUND_RESOLUTION`, so it errs on the safe side. An empty
+    group gives the vacuous bound 1.
+    """
+    k1, n1, k2, n2 = int(k1), int(n1), int(k2), int(n2)
+    if n1 == 0 or n2 == 0:
+        return 1.0
+    if not (0 <= k1 <= n1 and 0 <= k2 <= n2):
+        raise DataError(MSG_COUNTS.format(k=(k1, k2), n=(n1, n2)))
+    test = _DifferenceTest(k1, n1, k2, n2, alpha)
+    est = k1 / n1 - k2 / n2
+    from scipy.stats import norm
+
+    se = np.sqrt(max(k1 * (n1 - k1) / n1 ** 3 + k2 * (n2 - k2) / n2 ** 3, 0.25 / max(n1, n2) ** 2))
+    z = norm.isf(alpha)
+    lo, hi = min(1.0, est + 0.9 * z * se), min(1.0, est + 1.3 * z * se + 1.0 / min(n1, n2))
+    while test.rejects(lo):  # the observed difference itself is (almost) never rejected
+        lo, hi = max(-1.0, lo - 4 * se - 1.0 / min(n1, n2)), lo
+        if lo <= -1.0:
+            break
+    while not test.rejects(hi):
+        if hi >= 1.0:
+            return 1.0
+        lo, hi = hi, min(1.0, hi + 4 * se + 1.0 / min(n1, n2))
+    # regula falsi (Illinois) on log p(d) - log alpha, kept inside the bracket [lo (not rejected), hi (rejected)]
+    f_lo, f_hi = np.log(test.pvalue(lo)) - np.log(alpha), np.log(test.pvalue(hi)) - np.log(alpha)
+    side = 0
+    while hi - lo > BOUND_RESOLUTION:
+        mid = hi - f_hi * (hi - lo) / (f_hi - f_lo) if f_lo > f_hi else 0.5 * (lo + hi)
+        mid = min(max(mid, lo + 0.25 * BOUND_RESOLUTION), hi - 0.25 * BOUND_RESOLUTION)
+        f_mid = np.log(test.pvalue(mid)) - np.log(alpha)
+        if f_mid <= 0:  # rejected: the bound is at most mid
+            hi, f_hi = mid, f_mid
+            f_lo = f_lo / 2 if side == -1 else f_lo
+            side = -1
+        else:
+            lo, f_lo = mid, f_mid
+            f_hi = f_hi / 2 if side == 1 else f_hi
+            side = 1
+    return float(hi)
+
+
+def _pairs(counts: GroupCounts, gap: str):
+    """``(event, group_a, k_a, n_a, group_b, k_b, n_b, estimate)`` for every event and ordered pair."""
+    for e in GAP_EVENTS[gap]:
+        for ga in counts.groups:
+            for gb in counts.groups:
+                if ga == gb:
+                    continue
+                (ka, na), (kb, nb) = counts.counts[ga][e], counts.counts[gb][e]
+                est = (ka / na if na else 0.0) - (kb / nb if nb else 0.0)
+                yield e, ga, ka, na, gb, kb, nb, est
+
+
+def gap_upper_bound(counts: GroupCounts, gap: str, alpha: float, *, bound: str = "exact") -> float:
+    """Upper confidence bound at level ``1 - alpha`` on the population gap (``P(gap > U) <= alpha``).
+
+    ``bound="exact"`` (default): the maximum over events ``e`` and ordered pairs of groups ``(g, h)``
+    of :func:`difference_upper_bound` on ``p_{g,e} - p_{h,e}``, each at the full level ``alpha``. No
+    correction over pairs or events is needed for an *upper* bound on a maximum: with ``(e*, g*, h*)``
+    the (fixed, unknown) triple attaining the population gap ``Delta = p_{g*,e*} - p_{h*,e*}``,
+
+    .. math:: P\\bigl(\\max_{e,g,h} U_{e,g,h} < \\Delta\\bigr) \\le P(U_{e^*,g^*,h^*} < \\Delta) \\le \\alpha.
+
+    ``bound="union"``: the upper end of :func:`gap_interval_from_counts` (each of the ``E G`` group
+    rates in a two-sided Clopper-Pearson interval at level ``1 - alpha/(E G)``), valid but loose: a
+    difference of two rates pays both half-widths.
+
+    Both assume independent rows with fixed, known groups, counted on rows that nothing chosen from
+    them (heads, their order) has seen.
+    """
+    gap = gap_name(gap)
+    if bound not in BOUND_METHODS:
+        raise DataError(MSG_BOUND.format(got=bound))
+    if bound == "union":
+        return gap_interval_from_counts(counts, gap, 1.0 - alpha).high
+    best = 0.0
+    # largest observed differences first: a later pair is skipped when it cannot raise the maximum
+    for e, ga, ka, na, gb, kb, nb, est in sorted(_pairs(counts, gap), key=lambda t: -t[-1]):
+        if na == 0 or nb == 0:
+            return 1.0
+        if best > 0.0 and _DifferenceTest(ka, na, kb, nb, alpha).rejects(best):
+            continue
+        best = max(best, difference_upper_bound(ka, na, kb, nb, alpha))
+    return float(min(1.0, best))
 
 
 def gap_interval(y_true, y_pred, *, sensitive_features, gap: str = "eo", confidence: float = 0.95) -> GapInterval:
@@ -266,4 +506,5 @@ def bootstrap_interval(statistic, *samples, confidence: float = 0.95, n_resample
 
 __all__ = ["clopper_pearson", "rate_interval", "Interval", "GroupCounts", "GapInterval", "gap_interval",
            "gap_interval_from_counts", "gap_upper_bound", "group_rate_intervals", "worst_group_accuracy_interval",
-           "bootstrap_interval", "check_confidence", "gap_name", "GAP_EVENTS", "GAP_METRIC"]
+           "bootstrap_interval", "check_confidence", "gap_name", "GAP_EVENTS", "GAP_METRIC", "BOUND_METHODS",
+           "difference_upper_bound"]

@@ -439,6 +439,11 @@ def _between(y_true, y_pred, sensitive_features, sample_weight, keys, kind, meth
         raise DataError(f"method must be 'between_groups' or 'to_overall'; got {method!r}")
     t = by_group(y_true, y_pred, sensitive_features=sensitive_features, sample_weight=sample_weight)
     (key,) = keys
+    return _between_in_table(t, key, kind, method)
+
+
+def _between_in_table(t: GroupTable, key: str, kind: str, method: str) -> float:
+    """The between-groups (or to-overall) difference or ratio of ``key`` in a :func:`by_group` table."""
     if method == "between_groups":
         return _spread(t.by_group, key, kind)
     vals = np.array([g[key] for g in t.by_group.values()])
@@ -488,16 +493,19 @@ def evaluate(y_true, y_pred, *, sensitive_features, y_score=None, sample_weight=
     }
     if labels is None:
         out["selection_rate"] = selection_rate(y_true, y_pred, sample_weight=sample_weight)
-    out.update({
-        "demographic_parity_difference": demographic_parity_difference(y_true, y_pred, **kc),
-        "demographic_parity_ratio": demographic_parity_ratio(y_true, y_pred, **kc),
-        "equalized_odds_difference": equalized_odds_difference(y_true, y_pred, **kc),
-        "equalized_odds_ratio": equalized_odds_ratio(y_true, y_pred, **kc),
-        "equal_opportunity_difference": equal_opportunity_difference(y_true, y_pred, **kc),
-        "accuracy_equality_difference": accuracy_equality_difference(y_true, y_pred, **kw),
-        "worst_group_accuracy": worst_group_accuracy(y_true, y_pred, **kw),
-        "worst_cell_accuracy": worst_cell_accuracy(y_true, y_pred, **kw),
-    })
+        out.update(_binary_group_metrics(by_group(y_true, y_pred, **kw)))
+        out["worst_cell_accuracy"] = worst_cell_accuracy(y_true, y_pred, **kw)
+    else:
+        out.update({
+            "demographic_parity_difference": demographic_parity_difference(y_true, y_pred, **kc),
+            "demographic_parity_ratio": demographic_parity_ratio(y_true, y_pred, **kc),
+            "equalized_odds_difference": equalized_odds_difference(y_true, y_pred, **kc),
+            "equalized_odds_ratio": equalized_odds_ratio(y_true, y_pred, **kc),
+            "equal_opportunity_difference": equal_opportunity_difference(y_true, y_pred, **kc),
+            "accuracy_equality_difference": accuracy_equality_difference(y_true, y_pred, **kw),
+            "worst_group_accuracy": worst_group_accuracy(y_true, y_pred, **kw),
+            "worst_cell_accuracy": worst_cell_accuracy(y_true, y_pred, **kw),
+        })
     if y_score is not None and labels is not None:
         prob = np.asarray(y_score, dtype=np.float64)
         out["roc_auc"] = roc_auc(y_true, prob, sample_weight=sample_weight, classes=labels)
@@ -510,3 +518,23 @@ def evaluate(y_true, y_pred, *, sensitive_features, y_score=None, sample_weight=
         if s.min() >= 0 and s.max() <= 1:
             out["expected_calibration_error"] = expected_calibration_error(y_true, s, sample_weight=sample_weight)
     return out
+
+
+def _binary_group_metrics(t: GroupTable) -> dict:
+    """The binary parity metrics of :func:`evaluate`, all read from one :func:`by_group` table
+    (the values of the metric functions above, which each build their own table)."""
+
+    def spread(key: str, kind: str) -> float:
+        return _between_in_table(t, key, kind, "between_groups")
+
+    return {
+        "demographic_parity_difference": spread("selection_rate", "difference"),
+        "demographic_parity_ratio": spread("selection_rate", "ratio"),
+        "equalized_odds_difference": float(max([spread("true_positive_rate", "difference"),
+                                                spread("false_positive_rate", "difference")])),
+        "equalized_odds_ratio": float(min([spread("true_positive_rate", "ratio"),
+                                           spread("false_positive_rate", "ratio")])),
+        "equal_opportunity_difference": spread("true_positive_rate", "difference"),
+        "accuracy_equality_difference": spread("accuracy", "difference"),
+        "worst_group_accuracy": float(min(row["accuracy"] for row in t.by_group.values())),
+    }

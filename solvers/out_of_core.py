@@ -387,18 +387,6 @@ class RowChunks:
                 yield start, part, pos
                 start += hi - lo if pos is None else len(pos)
 
-    def chunks(self):
-        """The wanted rows of each read, in order: one pass (each array valid until the next)."""
-        picked = None
-        for _, part, pos in self.spans():
-            if pos is None:
-                yield part
-                continue
-            if picked is None:
-                picked = np.empty((self.chunk_rows, self.shape[1]), dtype=self.dtype)
-            # mode="clip": an unbuffered copy (the positions are in range by construction)
-            yield np.take(part, pos, axis=0, out=picked[: len(pos)], mode="clip")
-
     @property
     def mapped(self) -> bool:
         """Whether passes read a memory map of the file (an uncompressed cache) instead of HDF5 reads."""
@@ -406,23 +394,31 @@ class RowChunks:
 
     def blocks(self):
         """``(start, block)`` over blocks of :attr:`block_rows` selected rows (the last may be shorter),
-        the same blocks :func:`array_blocks` cuts from the rows in memory."""
+        the same blocks :func:`array_blocks` cuts from the rows in memory.
+
+        Whole blocks of a read that keeps all its rows are views of the chunk; a split's
+        scattered rows are picked straight into the block buffer (one copy of each row: picking
+        them into a chunk-sized array first, then into the block, cost a second copy of every
+        row, about a quarter of a streamed pass)."""
         B, d = self.block_rows, self.shape[1]
         buf, fill, start = None, 0, 0
-        for part in self.chunks():
-            pos, m = 0, len(part)
-            while pos < m:
-                if fill == 0 and m - pos >= B:  # whole blocks: views of the chunk
-                    yield start, part[pos : pos + B]
+        for _, part, pos in self.spans():
+            i, m = 0, len(part) if pos is None else len(pos)
+            while i < m:
+                if fill == 0 and pos is None and m - i >= B:  # whole blocks: views of the chunk
+                    yield start, part[i : i + B]
                     start += B
-                    pos += B
+                    i += B
                     continue
                 if buf is None:
                     buf = np.empty((B, d), dtype=self.dtype)
-                take = min(B - fill, m - pos)
-                buf[fill : fill + take] = part[pos : pos + take]
+                take = min(B - fill, m - i)
+                if pos is None:
+                    buf[fill : fill + take] = part[i : i + take]
+                else:  # mode="clip": an unbuffered gather (the positions are in range by construction)
+                    np.take(part, pos[i : i + take], axis=0, out=buf[fill : fill + take], mode="clip")
                 fill += take
-                pos += take
+                i += take
                 if fill == B:
                     yield start, buf
                     start += B

@@ -133,6 +133,33 @@ def _is_missing(col: np.ndarray) -> bool:
     return False
 
 
+class EncodedGroups(np.ndarray):
+    """A read-only 1-D array of group values that carries its own :func:`encode_groups` result.
+
+    A sweep evaluates every head with dozens of metric calls on the same rows; each call used to
+    re-encode the same group names (an object array of strings sorted by ``np.unique``: 825
+    encodings and 1.5-2.9 s of a 7.6 s Adult sweep). :func:`encoded_groups` encodes once and
+    attaches the result; ``encode_groups`` returns it unchanged for this exact array. Slices
+    and copies are plain again (``__array_finalize__`` drops the encoding), and the data are
+    read-only, so an attached encoding cannot go stale.
+    """
+
+    _encoding = None
+
+    def __array_finalize__(self, obj) -> None:
+        self._encoding = None
+
+
+def encoded_groups(values) -> EncodedGroups:
+    """``values`` (1-D group values) as an :class:`EncodedGroups`, encoded once now."""
+    arr = np.array(values, copy=True)
+    encoding = encode_groups(arr, arr.shape[0])
+    out = arr.view(EncodedGroups)
+    out.flags.writeable = False
+    out._encoding = encoding
+    return out
+
+
 def encode_groups(sensitive_features, n: int):
     """Encode one or several sensitive attributes into intersectional group codes.
 
@@ -152,6 +179,9 @@ def encode_groups(sensitive_features, n: int):
     names : list of str
         Attribute names.
     """
+    encoding = getattr(sensitive_features, "_encoding", None)
+    if encoding is not None and sensitive_features.shape == (n,):
+        return encoding
     cols, names = _to_2d_columns(sensitive_features)
     per_col_codes = []
     per_col_uniques = []

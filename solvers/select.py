@@ -3,10 +3,19 @@
 Given heads fitted on one split and a *certification* split never used for fitting,
 :func:`select_head` tests, for each head ``h``, the null hypothesis
 ``H_h: gap(h) > target`` (the population between-groups gap, e.g. the EO difference)
-and rejects it -- certifies the head -- when the exact upper confidence bound
-:func:`solvers.intervals.gap_upper_bound` at its level is ``<= target``. Inside one head the
-bound splits its ``alpha`` over every (group, event) rate by a union (Bonferroni) bound, so
-for EO over ``G`` groups each of the ``2G`` Clopper-Pearson intervals has level ``1 - alpha/(2G)``.
+and rejects it -- certifies the head -- when an upper confidence bound on the gap at its level is
+``<= target``. Two bounds (:func:`solvers.intervals.gap_upper_bound`):
+
+* ``bound="exact"`` (default): a bound on the gap itself. For every event (``eo``: TPR and FPR) and
+  every ordered pair of groups ``(g, h)``, an exact unconditional upper bound on ``p_g - p_h`` (the
+  Berger-Boos test of the difference of two binomial proportions, inverted; valid for every sample
+  size); the gap's bound is their maximum, each at the *full* level ``alpha``: an upper bound on a
+  maximum fails only if the bound of the (fixed, unknown) pair and event attaining it fails, so no
+  correction over pairs, groups or events is needed.
+* ``bound="union"``: the earlier bound, each of the ``E G`` group rates in a two-sided
+  Clopper-Pearson interval at level ``1 - alpha/(E G)`` (Bonferroni over groups and events) and the
+  gap bounded by the largest upper end minus the smallest lower end. Valid, but a difference of two
+  rates pays both half-widths: about twice the exact bound's margin.
 
 Error control over the whole path (the probability that *any* certified head has a true gap
 above the target is at most ``alpha = 1 - confidence``):
@@ -21,12 +30,18 @@ above the target is at most ``alpha = 1 - confidence``):
 
 Among the certified heads the most accurate on the certification split is returned; picking
 among certified heads cannot break the guarantee, which holds for all of them at once.
-If none certifies the selection *abstains* and says why: the smallest gap it could certify
-and how many certification rows would certify the first head, if its observed rates held.
+If none certifies the selection *abstains* and says why: the smallest gap it could certify,
+how many certification rows would certify the first head if its observed rates held, and a
+table of the smallest certifiable gap at 1, 2, 4 and 8 times the rows (:attr:`Selection.plan`).
 
-Assumptions: the certification rows are i.i.d. draws from the deployment distribution,
-independent of the fit split; groups are fixed, known attributes; the heads (and the test
-order) depend on the fit split only.
+To certify an accurate head rather than the first that squeaks through, fit heads *below* the
+target: :func:`certification_margin` gives the bound's margin (bound minus observed gap) for a
+head's rates at the certification split's size, and :func:`aimed_eps` the eps values to add to
+the path (computed from the fit split only, so the certification rows stay untouched).
+
+Assumptions (both bounds): the certification rows are independent draws from the deployment
+distribution, independent of the fit split; groups are fixed, known attributes; the heads (and
+the test order, and any eps aimed from the margin) depend on the fit split only.
 """
 
 from __future__ import annotations
@@ -38,15 +53,31 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import DataError
-from .intervals import GroupCounts, check_confidence, clopper_pearson, gap_interval_from_counts, gap_name
+from .intervals import (BOUND_METHODS, EXACT_DIFFERENCE, GroupCounts, check_confidence, clopper_pearson,
+                        gap_interval_from_counts, gap_name, gap_upper_bound)
 
 METHODS = ("fixed-sequence", "bonferroni")
+BOUNDS = BOUND_METHODS
 MSG_TARGET = "target must look like 'eo<=0.05' (gap dp, eo, eopp or ae, a bound in [0, 1]); got {got!r}"
 MSG_METHOD = "method must be one of fixed-sequence, bonferroni; got {got!r}"
+MSG_BOUND = "bound must be one of exact, union; got {got!r}"
 MSG_NO_HEADS = "select_head needs at least one fitted head; got none"
 MSG_ORDER = "order has {got} entries for {n} heads; pass one sort key per head"
+MSG_ONE_GROUP = ("the certification rows hold {n} group(s) ({groups}) of the sensitive attribute; a between-groups "
+                 "gap needs at least 2: certify on a split with rows of every group")
+MSG_MULTICLASS = ("head {label} has {k} classes; select_head certifies the between-groups gaps of binary (0/1) "
+                  "heads only")
+MSG_NOT_BINARY = ("{what} must hold 0/1 values (binary labels and hard predictions); got {values}: "
+                  "encode the positive class as 1")
+MSG_PRED_LEN = "predictions has {got} entries for {n} heads; pass one array per head"
 #: the largest certification set the row planner considers (beyond it: "more than")
 MAX_PLAN_FACTOR = 1e4
+#: row multiples of the planning table printed on abstention
+PLAN_FACTORS = (1, 2, 4, 8)
+BOUND_DESCRIPTION = {
+    "exact": EXACT_DIFFERENCE + " (each at the full level: an upper bound on a maximum needs no correction)",
+    "union": "clopper-pearson per group rate, union (Bonferroni) bound over groups and events",
+}
 
 
 def parse_target(target) -> tuple[str, float]:
@@ -98,11 +129,16 @@ class Selection:
     bounds: list[HeadBound]
     counts: list[dict]  # per head: per group counts
     n_rows: int
+    bound: str = "exact"
     selected: int | None = None
     explanation: str = ""
     smallest_certifiable: float = float("nan")
     rows_needed: int | None = None
+    #: on abstention: ``{"rows", "group_rows", "smallest_certifiable"}`` at 1, 2, 4, 8 times the rows
+    plan: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: set by callers that know the fit split: ``{"margin", "eps", ...}`` to aim below the target
+    aim: dict | None = None
 
     @property
     def abstained(self) -> bool:
@@ -111,15 +147,16 @@ class Selection:
     def certificate(self, *, split: str | None = None, head_file: str | None = None) -> dict:
         """The JSON certificate: method, level, split, per-group counts and every head's bound."""
         doc = {
-            "format": "fairhead-certificate", "format_version": "1.0",
+            "format": "fairhead-certificate", "format_version": "1.1",
             "target": f"{self.gap}<={self.target:g}", "gap": self.gap, "bound": self.target,
-            "confidence": self.confidence, "method": self.method,
-            "bound_method": "clopper-pearson per group rate, union (Bonferroni) bound over groups and events",
-            "assumptions": "certification rows i.i.d. with the deployment data and unused for fitting; "
-                           "groups fixed and known",
+            "confidence": self.confidence, "method": self.method, "bound_name": self.bound,
+            "bound_method": BOUND_DESCRIPTION[self.bound],
+            "assumptions": "certification rows independent, drawn like the deployment data and unused for "
+                           "fitting and for ordering the heads; groups fixed and known",
             "split": split, "n_rows": self.n_rows, "selected": self.selected, "head_file": head_file,
             "abstained": self.abstained, "explanation": self.explanation,
             "smallest_certifiable_gap": self.smallest_certifiable, "rows_needed": self.rows_needed,
+            "plan": self.plan,
             "heads": [b.to_dict() for b in self.bounds],
             "group_counts": self.counts[self.selected] if self.selected is not None else None,
             "notes": self.notes,
@@ -127,24 +164,68 @@ class Selection:
         return doc
 
 
-def _rows_needed(counts: GroupCounts, gap: str, target: float, alpha: float) -> int | None:
-    """Rows at which ``counts``' observed rates would certify ``gap <= target`` (None: never)."""
+def _group_rows(counts: GroupCounts) -> dict:
+    return {str(g): int(r["accuracy"][1]) for g, r in counts.counts.items()}
+
+
+def _rows_needed(counts: GroupCounts, gap: str, target: float, alpha: float, bound: str) -> int | None:
+    """Rows at which ``counts``' observed rates would certify ``gap <= target`` (None: never).
+
+    The counts are scaled by a factor ``f`` (every cell by the same ``f``, rounded) and ``f`` is found
+    by bisection with the same bound :func:`select_head` uses, to 0.5% of the rows.
+    """
     observed = gap_interval_from_counts(counts, gap, 1.0 - alpha)
     if observed.estimate >= target or counts.n_rows() == 0:
         return None
 
     def ok(f):
-        return gap_interval_from_counts(counts.scaled(f), gap, 1.0 - alpha).high <= target
+        return gap_upper_bound(counts.scaled(f), gap, alpha, bound=bound) <= target
 
     lo, hi = 1.0, 2.0
     while not ok(hi):
         lo, hi = hi, hi * 2
         if hi > MAX_PLAN_FACTOR:
             return None
-    for _ in range(30):
+    while hi - lo > 0.005 * lo:
         mid = 0.5 * (lo + hi)
         lo, hi = (lo, mid) if ok(mid) else (mid, hi)
     return int(math.ceil(hi * counts.n_rows()))
+
+
+def certifiable_table(counts: GroupCounts, gap: str, alpha: float, *, bound: str = "exact",
+                      factors=PLAN_FACTORS) -> list[dict]:
+    """The smallest certifiable gap for ``counts``' observed rates on ``f`` times the rows, per factor."""
+    rows = []
+    for f in factors:
+        c = counts.scaled(f)
+        rows.append({"rows": c.n_rows(), "group_rows": _group_rows(c),
+                     "smallest_certifiable": gap_upper_bound(c, gap, alpha, bound=bound)})
+    return rows
+
+
+def certification_margin(counts: GroupCounts, gap: str, *, confidence: float = 0.95, n_rows: int | None = None,
+                         bound: str = "exact") -> float:
+    """How far below the bound a head's observed gap must be to certify: ``bound - estimate``.
+
+    ``counts`` are a head's group counts on the *fit* split (or any rows not used for certifying);
+    ``n_rows`` is the planned size of the certification split (default: the rows of ``counts``), and
+    the counts are scaled to it. The margin uses the same bound as :func:`select_head` at level
+    ``1 - confidence`` (the fixed-sequence level).
+    """
+    gap = gap_name(gap)
+    alpha = 1.0 - check_confidence(confidence)
+    c = counts if n_rows is None else counts.scaled(n_rows / max(counts.n_rows(), 1))
+    est = gap_interval_from_counts(c, gap, 1.0 - alpha).estimate
+    return float(gap_upper_bound(c, gap, alpha, bound=bound) - est)
+
+
+def aimed_eps(target: float, margin: float, *, fractions=(0.5, 1.0, 1.5)) -> list[float]:
+    """eps values below ``target`` to add to a path: ``target - f * margin`` for each fraction (>= 0).
+
+    A head fitted at ``target - margin`` whose gap holds on fresh rows certifies ``target``; the
+    fractions around 1 hedge the fit-to-certification drift of the gap.
+    """
+    return sorted({round(max(0.0, float(target) - f * float(margin)), 6) for f in fractions}, reverse=True)
 
 
 def _label(head, i):
@@ -164,24 +245,45 @@ def _default_order(heads):
     return keys
 
 
+def _check_binary(values, what: str) -> np.ndarray:
+    arr = np.asarray(values).reshape(-1)
+    if arr.dtype.kind == "b":
+        return arr.astype(np.int64)
+    uniq = np.unique(arr)
+    try:
+        ok = np.all(np.isin(uniq.astype(np.float64), (0.0, 1.0)))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        shown = ", ".join(repr(v.item() if hasattr(v, "item") else v) for v in uniq[:5])
+        raise DataError(MSG_NOT_BINARY.format(what=what, values=shown + (", ..." if uniq.size > 5 else "")))
+    return arr.astype(np.int64)
+
+
 def select_head(heads, X, y, sensitive_features, *, target, confidence: float = 0.95,
-                method: str = "fixed-sequence", order=None, predictions=None, labels=None) -> Selection:
+                method: str = "fixed-sequence", bound: str = "exact", order=None, predictions=None,
+                labels=None, plan: bool = True, bound_untested: bool = True) -> Selection:
     """The most accurate head whose gap is certified ``<= target`` on ``(X, y)``, or an abstention.
 
     Parameters
     ----------
-    heads : sequence of fitted classifiers (``predict(X)`` giving 0/1), fitted on another split.
-    X, y, sensitive_features : the certification split (never the fit split).
+    heads : sequence of fitted binary classifiers (``predict(X)`` giving 0/1), fitted on another split.
+    X, y, sensitive_features : the certification split (never the fit split); ``y`` 0/1, at least
+        two groups.
     target : ``"eo<=0.05"`` or ``("eo", 0.05)``; the gap is the between-groups difference
         (``dp``: selection rate, ``eo``: the larger of the TPR and FPR differences, ``eopp``: TPR,
         ``ae``: accuracy), as :mod:`solvers.metrics` measures it.
     confidence : ``1 - alpha``; the chance that any certified head's true gap exceeds ``target``
         is at most ``alpha``.
     method : ``"fixed-sequence"`` (default) or ``"bonferroni"`` (see the module docstring).
+    bound : ``"exact"`` (default, a bound on each pairwise difference) or ``"union"`` (per-group
+        intervals, Bonferroni over groups and events); see the module docstring.
     order : one sort key per head, fixed without the certification data (e.g. the gap on the
         fit split); ascending keys are tested first. Default: ``eps`` ascending, unconstrained last.
     predictions : optional precomputed ``predict(X)`` per head (skips the predictions).
     labels : optional name per head for the explanation (default: index, constraint and eps).
+    plan : on abstention, compute the rows needed and the planning table (a few bounds each).
+    bound_untested : also bound the heads the fixed sequence did not reach (for the report; NaN if False).
 
     Returns
     -------
@@ -192,16 +294,29 @@ def select_head(heads, X, y, sensitive_features, *, target, confidence: float = 
     conf = check_confidence(confidence)
     if method not in METHODS:
         raise DataError(MSG_METHOD.format(got=method))
+    if bound not in BOUNDS:
+        raise DataError(MSG_BOUND.format(got=bound))
     heads = list(heads)
     if not heads:
         raise DataError(MSG_NO_HEADS)
     keys = _default_order(heads) if order is None else [float(k) for k in order]
     if len(keys) != len(heads):
         raise DataError(MSG_ORDER.format(got=len(keys), n=len(heads)))
+    for i, h in enumerate(heads):
+        classes = getattr(h, "classes_", None)
+        if classes is not None and len(classes) > 2:
+            raise DataError(MSG_MULTICLASS.format(label=labels[i] if labels else _label(h, i), k=len(classes)))
     alpha = 1.0 - conf
-    yt = np.asarray(y).reshape(-1)
+    yt = _check_binary(y, "y")
     preds = predictions if predictions is not None else [h.predict(X) for h in heads]
+    if len(preds) != len(heads):
+        raise DataError(MSG_PRED_LEN.format(got=len(preds), n=len(heads)))
+    preds = [_check_binary(p, f"the predictions of head {labels[i] if labels else _label(heads[i], i)}")
+             for i, p in enumerate(preds)]
     counts = [GroupCounts.from_predictions(yt, p, sensitive_features=sensitive_features) for p in preds]
+    if len(counts[0].groups) < 2:
+        raise DataError(MSG_ONE_GROUP.format(n=len(counts[0].groups),
+                                             groups=", ".join(repr(str(g)) for g in counts[0].groups) or "none"))
     sequence = sorted(range(len(heads)), key=lambda i: (keys[i], i))
     level = alpha if method == "fixed-sequence" else alpha / len(heads)
 
@@ -210,18 +325,19 @@ def select_head(heads, X, y, sensitive_features, *, target, confidence: float = 
     for i in sequence:
         acc_k, acc_n = sum(c["accuracy"][0] for c in counts[i].counts.values()), counts[i].n_rows()
         acc_lo, acc_hi = clopper_pearson(acc_k, acc_n, conf)
-        gi = gap_interval_from_counts(counts[i], gap, 1.0 - level)
+        estimate = gap_interval_from_counts(counts[i], gap, 1.0 - level).estimate
         tested = not stopped
-        certified = tested and gi.high <= value
+        upper = gap_upper_bound(counts[i], gap, level, bound=bound) if tested or bound_untested else float("nan")
+        certified = tested and upper <= value
         if method == "fixed-sequence" and tested and not certified:
             stopped = True
         bounds[i] = HeadBound(index=i, label=labels[i] if labels else _label(heads[i], i),
                               accuracy=acc_k / acc_n if acc_n else float("nan"),
-                              accuracy_low=acc_lo, accuracy_high=acc_hi, gap=gi.estimate, bound=gi.high,
+                              accuracy_low=acc_lo, accuracy_high=acc_hi, gap=estimate, bound=upper,
                               level=level if tested else float("nan"), certified=certified, tested=tested)
     ordered = [bounds[i] for i in sequence]
     sel = Selection(gap=gap, target=value, confidence=conf, method=method, bounds=ordered,
-                    counts=[c.to_dict() for c in counts], n_rows=counts[0].n_rows())
+                    counts=[c.to_dict() for c in counts], n_rows=counts[0].n_rows(), bound=bound)
     certified = [b for b in ordered if b.certified]
     first = sequence[0]
     if method == "fixed-sequence":
@@ -235,17 +351,23 @@ def select_head(heads, X, y, sensitive_features, *, target, confidence: float = 
         sel.selected = best.index
         sel.explanation = (f"selected {best.label}: accuracy {best.accuracy:.4f} [{best.accuracy_low:.4f}, "
                            f"{best.accuracy_high:.4f}], {gap} gap {best.gap:.4f} certified <= {best.bound:.4f} "
-                           f"<= {value:g} at confidence {conf:g} ({method}, {len(certified)} of {len(heads)} "
-                           f"heads certified, {sel.n_rows} rows)")
+                           f"<= {value:g} at confidence {conf:g} ({method}, {bound} bound, {len(certified)} of "
+                           f"{len(heads)} heads certified, {sel.n_rows} rows)")
     else:
-        sel.rows_needed = _rows_needed(counts[planned], gap, value, level)
-        rows = (f"about {sel.rows_needed} certification rows would certify {bounds[planned].label} if its "
-                f"observed rates held" if sel.rows_needed is not None else
-                f"no number of rows would certify {bounds[planned].label}: its observed gap "
-                f"{bounds[planned].gap:.4f} is not below the target")
+        if plan:
+            sel.rows_needed = _rows_needed(counts[planned], gap, value, level, bound)
+            sel.plan = certifiable_table(counts[planned], gap, level, bound=bound)
+        if not plan:
+            rows = "row planning skipped"
+        elif sel.rows_needed is not None:
+            rows = (f"about {sel.rows_needed} certification rows would certify {bounds[planned].label} if its "
+                    f"observed rates held")
+        else:
+            rows = (f"no number of rows would certify {bounds[planned].label}: its observed gap "
+                    f"{bounds[planned].gap:.4f} is not below the target")
         sel.explanation = (f"abstained: no head's {gap} gap is certified <= {value:g} at confidence {conf:g} "
-                           f"on {sel.n_rows} rows; the smallest certifiable gap is {sel.smallest_certifiable:.4f}; "
-                           f"{rows}")
+                           f"({bound} bound) on {sel.n_rows} rows; the smallest certifiable gap is "
+                           f"{sel.smallest_certifiable:.4f}; {rows}")
     for b in ordered[:1] if sel.abstained else [bounds[sel.selected]]:
         gi = gap_interval_from_counts(counts[b.index], gap, 1.0 - level)
         sel.notes += [f"group {g!r}: {r} interval width {w:.3f} is wider than the target {value:g}"
@@ -253,4 +375,5 @@ def select_head(heads, X, y, sensitive_features, *, target, confidence: float = 
     return sel
 
 
-__all__ = ["select_head", "parse_target", "Selection", "HeadBound", "METHODS"]
+__all__ = ["select_head", "parse_target", "Selection", "HeadBound", "METHODS", "BOUNDS", "certification_margin",
+           "aimed_eps", "certifiable_table"]

@@ -632,12 +632,12 @@ def _line_search(obj, z, theta, Xd, direc, f0, d0, a_max, a0, c2, max_eval=30):
         else:
             hi, dhi = a, der
         # secant on phi' inside [lo, hi], safeguarded
-        if dhi is not None and dhi > dlo:
-            a_new = lo - dlo * (hi - lo) / (dhi - dlo)
-        else:
-            a_new = 0.5 * (lo + hi)
         width = hi - lo
-        a = min(max(a_new, lo + 0.05 * width), hi - 0.05 * width)
+        a_new = lo - dlo * width / (dhi - dlo) if dhi > dlo else 0.5 * (lo + hi)
+        # where the value rose, at most half the bracket: the secant alone shrinks it by only a
+        # few percent a step when phi' saturates (a step 60x too long on nearly separable 2,048-d
+        # embeddings: 30 evaluations never left [0.2, 1] and the fit stopped at w = 0)
+        a = min(max(a_new, lo + 0.05 * width), hi - 0.05 * width if ok_val else lo + 0.5 * width)
         if width <= 1e-16 * max(1.0, hi):
             break
     a, val, gz, gdir = best

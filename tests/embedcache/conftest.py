@@ -15,7 +15,7 @@ import pytest
 
 import embedcache
 from embedcache.sources.synthetic import write_synthetic_dataset
-from embedcache_testdata import write_celeba_tree
+from support.celeba import write_celeba_tree
 
 @pytest.fixture(scope="session")
 def celeba_root(tmp_path_factory) -> Path:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 import pytest
 import skimage.data
@@ -12,6 +10,7 @@ from PIL import Image
 
 import embedcache
 from embedcache import Backbone, BackboneError, build_backbone, list_backbones, register_backbone
+from support.backbones import write_bad_weights
 
 #: features of two builds of the same seeded network must agree exactly
 EXACT = dict(rtol=0, atol=0)
@@ -97,28 +96,6 @@ def test_wrapped_and_ddp_checkpoints_load(tmp_path):
     path = tmp_path / "ckpt.pt"
     torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
     assert build_backbone("resnet18", weights_file=path, image_size=32).feature_dim == 512
-
-
-class NotATensor:
-    pass
-
-
-def write_bad_weights(kind: str, path) -> None:
-    torchvision = pytest.importorskip("torchvision")
-    if kind == "other-arch":
-        torch.save(torchvision.models.mobilenet_v3_small().state_dict(), path)
-    elif kind == "corrupt":
-        path.write_bytes(b"PK\x03\x04 this is not a checkpoint")
-    elif kind == "not-state-dict":
-        torch.save({"lr": 0.1, "epochs": 3}, path)
-    elif kind == "unsafe-pickle":
-        with open(path, "wb") as fh:
-            pickle.dump({"fc.weight": NotATensor()}, fh)
-    elif kind == "unsafe-torch-save":
-        torch.save({"fc.weight": NotATensor()}, path)
-    elif kind == "truncated":
-        torch.save(torchvision.models.resnet18().state_dict(), path)
-        path.write_bytes(path.read_bytes()[:5000])
 
 
 @pytest.mark.parametrize(

@@ -139,6 +139,7 @@ def kill_rank_1_part_way(out: Path) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.fault
 def test_a_killed_rank_resumes_its_shard(tmp_path, reference, source, backbone):
     """Kill rank 1 part way; the same command (here with --no-merge) resumes it, and the view equals one process."""
     out = tmp_path / "killed.h5"

@@ -56,6 +56,7 @@ def test_other_backbone_or_dataset_is_refused(small_cache, small_source, tmp_pat
                 small_cache, progress=False)
 
 
+@pytest.mark.slow
 def test_overwrite_replaces(tmp_path, small_source, resnet_small):
     out = tmp_path / "c.h5"
     extract(small_source, resnet_small, out, batch_size=32, num_workers=0, progress=False, feature_dtype="float16")
@@ -68,6 +69,7 @@ def test_overwrite_replaces(tmp_path, small_source, resnet_small):
         assert cache.feature_dtype == "float32"
 
 
+@pytest.mark.slow
 def test_workers_give_the_same_bits(tmp_path, small_cache, small_source, resnet_small):
     out = tmp_path / "workers.h5"
     extract(small_source, resnet_small, out, batch_size=16, num_workers=2, progress=False)
@@ -96,7 +98,7 @@ class FailingSource(TableSource):
         return self.base.describe()
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("num_workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_interrupted_run_resumes_to_the_same_bits(tmp_path, small_cache, small_source, resnet_small, num_workers):
     out = tmp_path / "resumed.h5"
     with pytest.raises(DataError, match="image 40 of failing source cannot be decoded") as err:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,9 +14,9 @@ import pytest
 import embedcache
 from embedcache.extract import BATCH_DELAY_ENV
 from embedcache.store import schema
+from support.extraction import EPOCH, committed_rows
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-EPOCH = "1700000000"
 N_ROWS, BATCH = 96, 8
 #: seconds the subprocess sleeps after each committed batch, so a kill lands mid-run
 BATCH_DELAY = "0.15"
@@ -42,14 +41,6 @@ def run_extraction(out: Path, *, delay: str | None) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         cwd=REPO_ROOT,
     )
-
-
-def committed_rows(out: Path) -> int:
-    try:
-        data = json.loads((schema.journal_path(out) / schema.JOURNAL_COMMITTED).read_text())
-        return int(data[schema.JOURNAL_COMMITTED_ROWS_KEY])
-    except (FileNotFoundError, ValueError):
-        return 0
 
 
 def kill_after(out: Path, rows: int) -> int:
@@ -79,6 +70,7 @@ def extract_in_process(out: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.fault
 def test_kill_9_twice_then_resume_gives_identical_bytes(tmp_path, monkeypatch):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
     reference, killed = tmp_path / "reference.h5", tmp_path / "killed.h5"

@@ -12,7 +12,7 @@ from embedcache import CelebASource, DataError, ManifestSource, SyntheticSource
 from embedcache.sources.base import encode_categorical, hash_splits
 from embedcache.sources.synthetic import write_synthetic_dataset
 
-from embedcache_testdata import CELEBA_ATTRIBUTES, CELEBA_ROWS
+from support.celeba import CELEBA_ATTRIBUTES, CELEBA_ROWS
 
 
 def read_attr_file(root):

@@ -3,31 +3,32 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from fairhead.cli import main
+from support.cli import main_cli, run_cli
 
 
-def run_cli(*args):
-    """Run ``fairhead`` in a subprocess, as a user would."""
-    proc = subprocess.run([sys.executable, "-m", "fairhead.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
-    return proc.returncode, proc.stdout, proc.stderr
+@pytest.fixture(params=["in-process", pytest.param("subprocess", marks=pytest.mark.slow)])
+def cli(request, capsys):
+    """``fairhead ARGS`` -> (exit code, stdout, stderr): in this process, and in a subprocess as a user runs it
+    (that one pays an interpreter and torch start-up per call, so `make test` leaves it to `make test-all`)."""
+    if request.param == "subprocess":
+        return run_cli
+    return lambda *args: main_cli(capsys, *args)
 
 
-def test_info_prints_provenance_and_counts(cache_path):
-    code, out, err = run_cli("info", cache_path)
+def test_info_prints_provenance_and_counts(cache_path, cli):
+    code, out, err = cli("info", cache_path)
     assert code == 0, err
     assert "imported" in out and "train" in out and "test" in out
 
 
-def test_fit_prints_metrics_per_split_and_saves_the_head(cache_path, tmp_path):
+def test_fit_prints_metrics_per_split_and_saves_the_head(cache_path, tmp_path, cli):
     head_path = tmp_path / "head.json"
-    code, out, err = run_cli("fit", cache_path, "--constraint", "eo", "--eps", "0.05", "--fit-split", "train",
-                             "--eval-split", "valid", "test", "--save", head_path)
+    code, out, err = cli("fit", cache_path, "--constraint", "eo", "--eps", "0.05", "--fit-split", "train",
+                         "--eval-split", "valid", "test", "--save", head_path)
     assert code == 0, err
     assert "valid" in out and "test" in out and "eo_diff" in out
     saved = json.loads(head_path.read_text())
@@ -38,7 +39,7 @@ def test_fit_prints_metrics_per_split_and_saves_the_head(cache_path, tmp_path):
     assert head.coef_.shape[1] == 6
 
 
-def test_fit_shows_the_bounded_gap_and_the_between_groups_gap_labelled(cache_path, tmp_path):
+def test_fit_shows_the_bounded_gap_and_the_between_groups_gap_labelled(cache_path, tmp_path, cli):
     """eps bounds each group against the overall rate (under the balance weights); the tables report
     fairlearn's max - min between groups. The output shows both, each named, and they match the head."""
     import re
@@ -46,8 +47,8 @@ def test_fit_shows_the_bounded_gap_and_the_between_groups_gap_labelled(cache_pat
     from solvers import load_head
 
     head_path = tmp_path / "head.json"
-    code, out, err = run_cli("fit", cache_path, "--constraint", "dp", "--eps", "0.05", "--balance", "group",
-                             "--eval-split", "test", "--save", head_path)
+    code, out, err = cli("fit", cache_path, "--constraint", "dp", "--eps", "0.05", "--balance", "group",
+                         "--eval-split", "test", "--save", head_path)
     assert code == 0, err
     head = load_head(head_path)
     bounded = float(re.search(r"bounded gap on 'train': ([0-9.]+) \(eps 0.05; met: True\)", out).group(1))
@@ -70,9 +71,9 @@ def test_fit_shows_the_bounded_gap_and_the_between_groups_gap_labelled(cache_pat
     ],
     ids=["missing-cache", "unknown-attribute", "unknown-split", "negative-eps", "infeasible", "missing-table"],
 )
-def test_errors_are_one_line_with_a_family_exit_code(cache_path, tmp_path, args, code, needle):
+def test_errors_are_one_line_with_a_family_exit_code(cache_path, tmp_path, cli, args, code, needle):
     args = [a.format(cache=cache_path, missing=tmp_path / "missing.h5", tmp=tmp_path) for a in args]
-    got, out, err = run_cli(*args)
+    got, out, err = cli(*args)
     assert got == code, err
     assert "Traceback" not in err
     lines = [line for line in err.strip().splitlines() if line.startswith("fairhead: error:")]
@@ -90,6 +91,7 @@ def test_usage_errors_exit_2():
     assert exc.value.code == 2
 
 
+@pytest.mark.slow
 def test_extract_then_info_from_the_cli(tmp_path):
     """A real extraction through the CLI: generated images, torchvision resnet18 (random init) at 32 px."""
     cache = tmp_path / "synthetic.h5"
@@ -106,13 +108,13 @@ def test_extract_then_info_from_the_cli(tmp_path):
     assert code == 3 and "Traceback" not in err and "--overwrite" in err
 
 
-def test_generate_writes_images_and_a_manifest(tmp_path):
-    code, out, err = run_cli("generate", "--out", tmp_path / "data", "--n", 30)
+def test_generate_writes_images_and_a_manifest(tmp_path, cli):
+    code, out, err = cli("generate", "--out", tmp_path / "data", "--n", 30)
     assert code == 0, err
     manifest = tmp_path / "data" / "manifest.csv"
     assert manifest.exists() and len(manifest.read_text().splitlines()) == 31
 
 
-def test_presets_list_the_celeba_task():
-    code, out, _ = run_cli("presets")
+def test_presets_list_the_celeba_task(cli):
+    code, out, _ = cli("presets")
     assert code == 0 and "celeba-blond-male" in out and "Blond_Hair" in out

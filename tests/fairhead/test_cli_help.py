@@ -124,6 +124,7 @@ def test_info_lists_only_nonempty_groups_and_caps_them():
     assert "age=50" not in full and full.count("age=") == 46  # only groups with rows
 
 
+@pytest.mark.slow
 def test_baselines_show_a_progress_bar_whose_clock_runs_during_a_fit(monkeypatch, capsys):
     import time
 

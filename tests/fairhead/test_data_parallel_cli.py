@@ -33,6 +33,7 @@ def small_blocks(monkeypatch):
     monkeypatch.setenv("FAIRHEAD_BLOCK_BYTES", BLOCK_BYTES)
 
 
+@pytest.mark.slow
 def test_fit_saves_the_single_process_head_and_prints_once(cache_path, tmp_path, small_blocks, capsys):
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     args = ["fit", str(cache_path), "--constraint", "eo", "--eps", "0.03", "--backend", "torch"]
@@ -45,6 +46,7 @@ def test_fit_saves_the_single_process_head_and_prints_once(cache_path, tmp_path,
     assert any(n.startswith("data-parallel: 2 ranks") for n in h2.certificate_.notes)
 
 
+@pytest.mark.slow
 def test_a_streamed_sweep_writes_the_single_process_heads_once(cache_path, tmp_path, small_blocks, capsys):
     args = ["sweep", str(cache_path), "--constraint", "dp", "--eps-grid", "0.1", "0.03", "--no-plots",
             "--backend", "torch"]

@@ -4,22 +4,17 @@ the relaxed gaps equal the constraint's own, and bad input fails in one line."""
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from fairhead import full_network
+from support.cli import read_rows, run_cli, start_cli
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 #: columns that measure the machine (time, memory) or the run's story (resumed or not), not the model
 MACHINE_COLUMNS = {"wall_s", "peak_rss_mb", "added_rss_mb", "peak_cuda_mb", "notes"}
 #: the relaxation's batch estimates average to the full gap exactly up to float32 rounding
@@ -27,6 +22,8 @@ RELAX_ATOL = 1e-5
 #: seconds the killed run sleeps after each checkpoint, so the kill lands between its epochs
 EPOCH_DELAY = "30"
 STARTUP_TIMEOUT = 240.0
+#: the CLI subprocesses run on one thread, as the in-process run does (--threads 1)
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 #: a tiny configuration: 32 px images, batches of 8, few rows, one thread, no bars
 TINY = ["--image-size", "32", "--batch-size", "8", "--n-eps", "2", "--min-group-size", "2", "--threads", "1",
         "--no-progress"]
@@ -42,21 +39,6 @@ def image_cache(tmp_path_factory):
     embedcache.extract(source, embedcache.build_backbone("efficientnet_lite0"), out, batch_size=32, num_workers=0,
                        progress=False)
     return out
-
-
-def read_rows(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def run_cli(args, *, env_extra=None, wait=True):
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1", **(env_extra or {}))
-    proc = subprocess.Popen([sys.executable, "-m", "fairhead.cli", *map(str, args)], env=env, cwd=REPO_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if not wait:
-        return proc
-    out, err = proc.communicate(timeout=STARTUP_TIMEOUT)
-    return proc.returncode, out, err
 
 
 def model_rows(path):
@@ -122,6 +104,7 @@ def test_finetune_full_end_to_end_writes_rows_beside_the_heads(whole_run, image_
 
 
 @pytest.mark.slow
+@pytest.mark.fault
 def test_a_run_killed_after_its_first_checkpoint_resumes_to_the_uninterrupted_result(whole_run, image_cache, tmp_path):
     """Killed (SIGKILL) after the Lagrangian's first epoch, the rerun resumes it and then trains the penalty
     network: both end bit for bit as in the uninterrupted run."""
@@ -129,7 +112,7 @@ def test_a_run_killed_after_its_first_checkpoint_resumes_to_the_uninterrupted_re
     args = ["finetune-full", image_cache, *RUN, "--no-plots"]
     killed = tmp_path / "killed"
     checkpoint = killed / "checkpoints" / "lagrangian.pt"
-    proc = run_cli([*args, "--out", killed], env_extra={full_network.EPOCH_DELAY_ENV: EPOCH_DELAY}, wait=False)
+    proc = start_cli(*args, "--out", killed, env_extra={**ONE_THREAD, full_network.EPOCH_DELAY_ENV: EPOCH_DELAY})
     deadline = time.monotonic() + STARTUP_TIMEOUT
     try:
         while not checkpoint.exists():  # written whole (tmp + rename) after the first epoch
@@ -145,7 +128,7 @@ def test_a_run_killed_after_its_first_checkpoint_resumes_to_the_uninterrupted_re
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
     assert not (killed / "full_network.csv").exists()
 
-    code, _, err = run_cli([*args, "--out", killed])
+    code, _, err = run_cli(*args, "--out", killed, env_extra=ONE_THREAD, timeout=STARTUP_TIMEOUT)
     assert code == 0, err[-2000:]
     assert model_rows(killed / "full_network.csv") == model_rows(whole / "full_network.csv")
     training = json.loads((killed / "full_network.json").read_text())["training"]
@@ -220,6 +203,7 @@ def test_a_cache_without_images_is_refused_in_one_line(cache_path, tmp_path, cap
     assert code == 3 and len(err.splitlines()) == 1 and "fairhead extract" in err and "features table" in err
 
 
+@pytest.mark.slow
 def test_an_efficientnet_size_it_cannot_pad_is_refused(image_cache, tmp_path, capsys):
     from fairhead.cli import main
 
@@ -245,6 +229,7 @@ def test_options_that_cannot_run_are_refused_before_the_cache_is_read(tmp_path, 
     assert code == 3 and len(err.splitlines()) == 1 and words in err, err
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_refused_with_the_fix(image_cache, tmp_path, capsys):
     from fairhead.cli import main
 

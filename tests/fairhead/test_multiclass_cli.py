@@ -10,6 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
+from support.cli import main_cli, read_rows
+
 CLASSES = ("cat", "dog", "emu")
 
 
@@ -29,19 +31,6 @@ def _write_table(path, n=1500, d=6, seed=0):
         for i in range(n):
             writer.writerow([f"r{i}", *[f"{v:.9g}" for v in X[i]], CLASSES[y[i]], "FM"[a[i]], split[i]])
     return path
-
-
-def read_rows(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def main_cli(capsys, *args):
-    from fairhead.cli import main
-
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +101,7 @@ def test_binary_only_options_are_refused_in_one_line(mc_cache, tmp_path, capsys,
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_predict_on_images_with_a_three_class_head(tmp_path, capsys):
     """A manifest whose label has 3 classes, extracted by a real (random) resnet18, a K-class head, and
     `fairhead predict` on the same images: the same classes and probabilities as the head on the cache."""

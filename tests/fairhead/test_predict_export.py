@@ -6,38 +6,17 @@ init, saved as a local weights file so the cache records a sha256) at 32 px, a r
 
 from __future__ import annotations
 
-import csv
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
+from support.cli import main_cli, read_rows, run_cli
+
 #: exports of the head alone on the same float64 features: only float64 rounding of the head remains
 SCORE_ATOL = 1e-6
 MANIFEST_COLUMNS = dict(label_col="shape", sensitive_cols=("background",), split_col="split", id_col="id")
-
-
-def run_cli(*args):
-    proc = subprocess.run([sys.executable, "-m", "fairhead.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
-    return proc.returncode, proc.stdout, proc.stderr
-
-
-def main_cli(capsys, *args):
-    """The CLI in this process (no interpreter start-up): exit code and stdout."""
-    from fairhead.cli import main
-
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def read_rows(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def _save_resnet18(path, seed):
@@ -100,6 +79,7 @@ def assert_scores_close(got, expected, tolerance):
                                f"rounding of the backbone allows ({tolerance[np.argmax(excess)]:.3g})")
 
 
+@pytest.mark.slow
 def test_the_float32_tolerance_is_tight_enough_to_see_a_wrong_score(trained):
     """The bound is a few ulps of the features, far below a score's size: a real error still shows."""
     scores, tolerances = _cache_scores(trained), _score_tolerances(trained)
@@ -107,6 +87,7 @@ def test_the_float32_tolerance_is_tight_enough_to_see_a_wrong_score(trained):
     assert max(tolerances.values()) < 1e-3 * float(np.median(np.abs([scores[i] for i in ids])))
 
 
+@pytest.mark.slow
 def test_the_head_file_records_the_backbone_and_the_label(trained):
     doc = json.loads(trained["head"].read_text())
     backbone = doc["extra"]["backbone"]
@@ -116,6 +97,7 @@ def test_the_head_file_records_the_backbone_and_the_label(trained):
     assert doc["extra"]["label"]["name"] == "shape" and doc["extra"]["label"]["class_names"] == ["circle", "square"]
 
 
+@pytest.mark.slow
 def test_predict_gives_the_heads_scores_on_the_cache_images(trained):
     from fairhead import predict
 
@@ -134,6 +116,7 @@ def test_predict_gives_the_heads_scores_on_the_cache_images(trained):
     assert result.metrics["train"]["accuracy"] == pytest.approx(train_acc, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_predict_cli_on_an_image_folder_and_on_a_manifest(trained, tmp_path, capsys):
     expected, tol = _cache_scores(trained), _score_tolerances(trained)
     out = tmp_path / "folder.csv"
@@ -160,6 +143,7 @@ def test_predict_cli_on_an_image_folder_and_on_a_manifest(trained, tmp_path, cap
     assert "dp_diff" in stdout
 
 
+@pytest.mark.slow
 def test_predict_refuses_other_weights_and_a_missing_weights_file(trained, tmp_path):
     from fairhead import predict
     from fairhead_errors import BackboneError
@@ -174,6 +158,7 @@ def test_predict_refuses_other_weights_and_a_missing_weights_file(trained, tmp_p
     assert not (tmp_path / "p.csv").exists()
 
 
+@pytest.mark.slow
 def test_a_head_without_backbone_provenance_gets_a_one_line_error(trained, tmp_path):
     doc = json.loads(trained["head"].read_text())
     del doc["extra"]["backbone"]
@@ -185,6 +170,7 @@ def test_a_head_without_backbone_provenance_gets_a_one_line_error(trained, tmp_p
 
 
 # --------------------------------------------------------------------------- exports
+@pytest.mark.slow
 def test_sklearn_and_linear_exports_give_the_heads_scores(trained):
     import embedcache
     from solvers import load_head
@@ -202,6 +188,7 @@ def test_sklearn_and_linear_exports_give_the_heads_scores(trained):
                                rtol=0, atol=SCORE_ATOL)
 
 
+@pytest.mark.slow
 def test_export_cli_sklearn_and_linear_files(trained, tmp_path, capsys):
     import joblib
 
@@ -237,6 +224,7 @@ def _preprocessed(trained, n=8):
     return images, [str(i) for i in source.ids[:n]]
 
 
+@pytest.mark.slow
 def test_backbone_plus_head_program_gives_the_heads_scores(trained, tmp_path):
     from fairhead.export import export_head
 
@@ -251,6 +239,7 @@ def test_backbone_plus_head_program_gives_the_heads_scores(trained, tmp_path):
     assert_scores_close(single, scores[:1], [tol[ids[0]]])
 
 
+@pytest.mark.slow
 def test_onnx_export_gives_the_heads_scores(trained, tmp_path):
     from fairhead.export import export_head, onnx_available
 
@@ -284,6 +273,7 @@ def test_solvers_export_needs_a_fitted_head():
             export(FairLogisticRegression())
 
 
+@pytest.mark.slow
 def test_a_custom_module_backbone_predicts_through_the_python_api(trained, tmp_path):
     """Backbone.from_module: the head records the module's state_dict sha256; another module is refused."""
     import torchvision.transforms.v2 as T
@@ -318,6 +308,7 @@ def test_a_custom_module_backbone_predicts_through_the_python_api(trained, tmp_p
         predict.predict_images(head, trained["source"], progress=False)
 
 
+@pytest.mark.slow
 def test_onnx_export_without_the_extra_says_how_to_install_it(trained, tmp_path, capsys):
     from fairhead.export import onnx_available
 

@@ -179,3 +179,131 @@ def test_fit_prints_intervals_at_the_chosen_level(cache_path, tmp_path, capsys):
     assert code == 0 and "acc_ci" in out and "eo_diff_ci" in out
     assert cli.main(["fit", str(cache_path), "--confidence", "95", "--save", str(tmp_path / "h2.json")]) == 3
     assert "confidence must be a number in (0, 1)" in capsys.readouterr().err
+
+
+# --- checks select_head and `fairhead select` make before certifying anything ----------------------------------
+
+class _Fixed:
+    """A stand-in head whose predictions are given (to test what select_head accepts)."""
+
+    def __init__(self, pred, classes=(0, 1)):
+        self.pred, self.classes_ = np.asarray(pred), np.asarray(classes)
+
+    def predict(self, X):
+        return self.pred
+
+
+def test_select_head_refuses_one_group_kclass_and_non_binary():
+    rng = np.random.default_rng(0)
+    y, p = rng.integers(0, 2, 50), rng.integers(0, 2, 50)
+    X = np.zeros((50, 1))
+    with pytest.raises(DataError, match="hold 1 group"):
+        select_head([_Fixed(p)], X, y, np.zeros(50), target="dp<=0.1")
+    with pytest.raises(DataError, match="has 3 classes"):
+        select_head([_Fixed(p, classes=(0, 1, 2))], X, y, rng.integers(0, 2, 50), target="dp<=0.1")
+    with pytest.raises(DataError, match="predictions of head .* must hold 0/1"):
+        select_head([_Fixed(p * 2)], X, y, rng.integers(0, 2, 50), target="dp<=0.1")
+    with pytest.raises(DataError, match="y must hold 0/1"):
+        select_head([_Fixed(p)], X, y + 1, rng.integers(0, 2, 50), target="dp<=0.1")
+    with pytest.raises(DataError, match="bound must be one of"):
+        select_head([_Fixed(p)], X, y, rng.integers(0, 2, 50), target="dp<=0.1", bound="wald")
+
+
+def test_exact_bound_certifies_where_the_union_bound_abstains(path_heads):
+    X, y, a = _draw(3000, 107)
+    preds = [h.predict(X) for h in path_heads]
+    exact = select_head(path_heads, X, y, a, target="eo<=0.1", confidence=0.9, predictions=preds)
+    union = select_head(path_heads, X, y, a, target="eo<=0.1", confidence=0.9, predictions=preds, bound="union")
+    for e, u in zip(exact.bounds, union.bounds):
+        assert e.gap == u.gap and e.bound < u.bound  # same heads, same counts: a tighter bound on each
+    assert exact.certificate()["bound_name"] == "exact" and union.certificate()["bound_name"] == "union"
+    assert sum(b.certified for b in exact.bounds) >= sum(b.certified for b in union.bounds)
+
+
+def test_abstention_plans_with_the_same_bound(path_heads):
+    X, y, a = _draw(500, 108)
+    sel = select_head(path_heads, X, y, a, target="eo<=0.06", confidence=0.9)
+    assert sel.abstained and [p["rows"] for p in sel.plan][0] == 500
+    certifiable = [p["smallest_certifiable"] for p in sel.plan]
+    assert certifiable[0] == pytest.approx(sel.smallest_certifiable, abs=1e-12)
+    assert all(b <= a_ for a_, b in zip(certifiable, certifiable[1:]))  # more rows, smaller certifiable gap
+    if sel.rows_needed is not None:  # the planner's row count certifies the first head's observed rates
+        from solvers.intervals import GroupCounts, gap_upper_bound
+
+        first = sel.bounds[0].index
+        counts = GroupCounts.from_predictions(y, path_heads[first].predict(X), sensitive_features=a)
+        assert gap_upper_bound(counts.scaled(sel.rows_needed / 500), "eo", 0.1) <= 0.06
+
+
+def test_aimed_eps_from_the_margin():
+    from solvers.intervals import GroupCounts
+    from solvers.select import aimed_eps, certification_margin
+
+    counts = GroupCounts(("a", "b"), {"a": {"selection_rate": (300, 1000), "accuracy": (800, 1000)},
+                                      "b": {"selection_rate": (150, 500), "accuracy": (400, 500)}})
+    m1500 = certification_margin(counts, "dp", confidence=0.9)
+    m6000 = certification_margin(counts, "dp", confidence=0.9, n_rows=6000)
+    assert 0 < m6000 < m1500  # four times the rows: about half the margin
+    assert m6000 == pytest.approx(m1500 / 2, rel=0.15)
+    assert aimed_eps(0.05, 0.02) == [0.04, 0.03, 0.02]
+    assert aimed_eps(0.01, 0.02) == [0.0]
+
+
+def test_cli_select_refuses_another_cache(sweep_dir, tmp_path, capsys, split_arrays, table_csv):
+    """A cache whose rows differ (here: the splits renamed, so 'valid' is the heads' fit rows) is refused
+    before anything is certified, and the sweep's selection.json is left as it was."""
+    import embedcache
+
+    text = table_csv.read_text().replace(",train\n", ",tmp\n").replace(",valid\n", ",train\n") \
+        .replace(",tmp\n", ",valid\n")
+    other_csv = tmp_path / "swapped.csv"
+    other_csv.write_text(text)
+    other = tmp_path / "swapped.h5"
+    embedcache.import_table(other_csv, label="label", sensitive=["group"], split="split", id_col="id", out=other)
+    before = (sweep_dir / certify.SELECTION_FILE).read_bytes() if (sweep_dir / certify.SELECTION_FILE).exists() \
+        else None
+    code = cli.main(["select", str(sweep_dir), "--target", "eo<=0.5", "--split", "valid", "--cache", str(other)])
+    err = capsys.readouterr().err
+    assert code == 3 and "is not the cache the heads" in err and len(err.strip().splitlines()) == 1
+    after = (sweep_dir / certify.SELECTION_FILE).read_bytes() if (sweep_dir / certify.SELECTION_FILE).exists() \
+        else None
+    assert after == before
+
+
+def test_cli_select_one_group_and_union_bound(tmp_path, capsys, table_csv):
+    """A certification split with one group is refused in one line; --bound union is recorded."""
+    import embedcache
+
+    lines = table_csv.read_text().splitlines()
+    keep = [lines[0]] + [ln for ln in lines[1:] if not (ln.endswith(",b,valid"))]
+    one = tmp_path / "one.csv"
+    one.write_text("\n".join(keep) + "\n")
+    cache = tmp_path / "one.h5"
+    embedcache.import_table(one, label="label", sensitive=["group"], split="split", id_col="id", out=cache)
+    out = tmp_path / "sweep"
+    assert cli.main(["sweep", str(cache), "--constraint", "dp", "--eps-grid", "0.1", "--out", str(out),
+                     "--no-plots"]) == 0
+    capsys.readouterr()
+    assert cli.main(["select", str(out), "--target", "dp<=0.2", "--split", "valid"]) == 3
+    err = capsys.readouterr().err
+    assert "hold 1 group" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (out / certify.SELECTION_FILE).exists()
+    assert cli.main(["select", str(out), "--target", "dp<=0.01", "--split", "test", "--bound", "union"]) == 0
+    printed = capsys.readouterr().out
+    doc = json.loads((out / certify.SELECTION_FILE).read_text())
+    assert doc["bound_name"] == "union" and doc["abstained"]
+    assert "smallest certifiable dp gap of the first head by certification rows" in printed
+    assert "aim below the target" in printed and doc["aim_below"]["margin"] > 0
+
+
+def test_cli_select_uses_the_sweeps_positive_class(cache_path, split_arrays, tmp_path, capsys):
+    """A sweep run with --pos-label 0 is certified on y = (label == 0), not on the default class."""
+    out = tmp_path / "sweep0"
+    assert cli.main(["sweep", str(cache_path), "--constraint", "eo", "--eps-grid", "0.2", "--pos-label", "0",
+                     "--out", str(out), "--no-plots"]) == 0
+    assert cli.main(["select", str(out), "--target", "eo<=0.5", "--split", "valid"]) == 0
+    capsys.readouterr()
+    doc = json.loads((out / certify.SELECTION_FILE).read_text())
+    assert doc["pos_label"] == "0"
+    positives = sum(v["true_positive_rate"]["n"] for v in doc["group_counts"].values())
+    assert positives == int((split_arrays["valid"].y == 0).sum())

@@ -11,8 +11,10 @@ import pytest
 from fairhead import sweep
 from fairhead.measure import constraint_value
 
-#: warm and cold solves reach the same optimum up to the solvers' own tolerance
-COEF_ATOL = 1e-4
+#: warm and cold solves reach the same optimum up to the solvers' own tolerance: each stops once
+#: the projected gradient is below the default tol (1e-4), so their coefficients differ by about
+#: tol over the loss's curvature along the difference (0.1-0.5 on these standardised features)
+COEF_ATOL = 10 * 1e-4
 N_EPS = 5
 
 
@@ -118,6 +120,7 @@ def test_bad_grid_is_a_clear_error(split_arrays, tmp_path):
         _run(split_arrays, tmp_path, "dp", eps_grid=[0.1, -1])
 
 
+@pytest.mark.slow
 def test_baselines_share_the_table(split_arrays, tmp_path):
     pytest.importorskip("fairlearn")
     result = sweep.run_sweep(None, out=tmp_path, constraint="dp", eps_grid=[0.1, 0.05, 0.02], progress=False,

@@ -8,25 +8,22 @@ from __future__ import annotations
 
 import csv
 import shutil
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS / "embedcache"))  # shared writers: embedcache_testdata, test_backbones.write_bad_weights
+from support.backbones import write_bad_weights
+from support.celeba import write_celeba_tree
+from support.files import write_csv, write_feature_table
 
-from reliability_helpers import N_IMAGES, write_csv, write_feature_table  # noqa: E402
+N_IMAGES = 24
 
 
 @pytest.fixture(scope="session")
 def bad_inputs(tmp_path_factory) -> dict[str, Path]:
     """Every good and bad input file the table uses, under one folder (``paths['root']``)."""
-    from embedcache_testdata import write_celeba_tree
-    from test_backbones import write_bad_weights
-
     import embedcache
     from embedcache.sources.synthetic import write_synthetic_dataset
 

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-from reliability_helpers import tree_digest
+from support.files import tree_digest
 from fairhead_errors import (BackboneError, CacheError, DataError, FairheadError, InfeasibleConstraintError)
 
 CLI_TIMEOUT_S = 300
@@ -242,6 +242,9 @@ CASES = [
     pytest.param(api(_fit(constraint="cov", y=lambda y, a: np.arange(240) % 3)), DataError, "3 classes",
                  "pick one of", id="api-binary-constraint-three-classes"),
 ]
+#: the CLI rows share one session fixture that runs them all as subprocesses (cli_runs): `make test-all` runs them
+CASES = [pytest.param(*c.values, marks=[*c.marks, pytest.mark.slow], id=c.id) if c.values[0][0] == "cli" else c
+         for c in CASES]
 
 
 def _single_line(message: str) -> None:

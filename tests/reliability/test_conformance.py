@@ -27,7 +27,7 @@ from typing import Callable
 
 import pytest
 
-from reliability_helpers import tree_digest, write_feature_table
+from support.files import tree_digest, write_feature_table
 
 ROOT = Path(__file__).resolve().parents[2]
 

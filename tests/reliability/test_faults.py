@@ -25,7 +25,7 @@ import pytest
 import embedcache
 from embedcache.extract import BATCH_DELAY_ENV
 from embedcache.store import schema
-from test_extraction_kill import EPOCH, committed_rows
+from support.extraction import EPOCH, committed_rows
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 N_ROWS, BATCH = 64, 8
@@ -100,6 +100,7 @@ def zygote():
 
 
 @pytest.mark.slow
+@pytest.mark.fault
 def test_kill_9_at_random_moments_then_rerun_gives_identical_bytes(zygote, tmp_path):
     reference, again = tmp_path / "reference.h5", tmp_path / "again.h5"
     t0 = time.monotonic()
@@ -166,6 +167,7 @@ def _rows_without_times(out: Path) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.fault
 def test_sweep_killed_part_way_keeps_finished_rows_and_resumes(bad_inputs, tmp_path):
     cache = bad_inputs["cache"]
     full, killed = tmp_path / "full", tmp_path / "killed"

@@ -28,7 +28,7 @@ import importlib
 from embedcache.store import schema, writer
 from embedcache.store.journal import Journal, WriteLock
 from fairhead_errors import BackboneError, CacheError, DataError
-from reliability_helpers import tree_digest, write_csv
+from support.files import tree_digest, write_csv
 
 extract_module = importlib.import_module("embedcache.extract")  # the module (embedcache.extract is the function)
 
@@ -272,6 +272,7 @@ def test_resume_refuses_images_replaced_after_the_kill(tmp_path, resnet):
     assert out.read_bytes() == (tmp_path / "fresh.h5").read_bytes()
 
 
+@pytest.mark.slow
 def test_resume_accepts_images_that_were_only_touched_or_copied(tmp_path, resnet):
     csv = _png_tree(tmp_path / "data", seed=3)
     out, reference = tmp_path / "x.h5", tmp_path / "reference.h5"
@@ -342,6 +343,7 @@ def _killed_in_finish(out: Path, resnet, kill_at: str) -> None:
 
 
 @pytest.mark.parametrize("kill_at", ["before-rename", "while-deleting"])
+@pytest.mark.fault
 def test_kill_9_while_the_journal_is_removed_then_rerun_finishes_without_recomputing(tmp_path, resnet, references,
                                                                                      kill_at):
     reference, out = references[N_IMAGES], tmp_path / "x.h5"
@@ -385,10 +387,10 @@ def _journal_with_16_rows(tmp_path, resnet) -> Path:
 
 
 @pytest.mark.parametrize("damage, needle", [
-    ("features-gone", "features.bin holds 0 rows but 16 are committed"),
-    ("meta-garbage", "cannot be read"),
+    pytest.param("features-gone", "features.bin holds 0 rows but 16 are committed", marks=pytest.mark.slow),
+    pytest.param("meta-garbage", "cannot be read", marks=pytest.mark.slow),
     ("inputs-torn", "inputs.jsonl does not cover the 16 committed rows"),
-    ("old-journal", "written by an older fairhead"),
+    pytest.param("old-journal", "written by an older fairhead", marks=pytest.mark.slow),
 ])
 def test_a_damaged_journal_names_overwrite_and_overwrite_fixes_it(tmp_path, resnet, references, damage, needle):
     out = _journal_with_16_rows(tmp_path, resnet)
@@ -461,6 +463,7 @@ def test_a_failed_hdf5_write_removes_the_tmp_file_and_keeps_the_journal(tmp_path
 
 
 @pytest.mark.skipif(not writer.ISOLATE_WRITES, reason="HDF5 is written in a child process on Linux only")
+@pytest.mark.fault
 def test_hdf5_crashing_the_writer_process_is_survived(tmp_path, resnet, monkeypatch):
     """After a failed write HDF5 segfaults when it frees the file; the child absorbs it, the caller lives."""
     source = embedcache.SyntheticSource(N_IMAGES, seed=5, image_size=32)
@@ -477,7 +480,7 @@ def test_hdf5_crashing_the_writer_process_is_survived(tmp_path, resnet, monkeypa
     assert not schema.tmp_path(out).exists() and Journal(out).committed_rows() == N_IMAGES
 
 
-@pytest.mark.parametrize("failing_batch", [0, 2])
+@pytest.mark.parametrize("failing_batch", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_a_full_disk_while_journaling_keeps_the_committed_rows(tmp_path, resnet, references, monkeypatch,
                                                                failing_batch):
     source = embedcache.SyntheticSource(N_IMAGES, seed=5, image_size=32)
@@ -540,6 +543,7 @@ sys.exit(cli.main(sys.argv[2:]))
 """
 
 
+@pytest.mark.fault
 def test_a_file_size_limit_exits_3_with_one_line_and_the_rerun_resumes(tmp_path, resnet):
     """A real limit in a real process: RLIMIT_FSIZE makes HDF5's writes fail (EFBIG) past the journal's size."""
     from fairhead import cli
@@ -611,6 +615,7 @@ def _can_mount_tmpfs() -> bool:
 
 
 @pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs user namespaces to mount a small tmpfs")
+@pytest.mark.fault
 def test_a_real_full_disk_gives_one_line_no_crash_and_a_resumable_journal(tmp_path, resnet):
     """A small tmpfs (in a private mount namespace) fills up for real: before the run, mid-journal, mid-HDF5."""
     mnt, kept = tmp_path / "mnt", tmp_path / "kept"
@@ -651,9 +656,10 @@ def _oom_after(backbone, monkeypatch, *, calls_ok: int, max_batch: int, error):
 
 
 @pytest.mark.parametrize("error", [
-    pytest.param(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), id="cuda"),
+    pytest.param(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), id="cuda",
+                 marks=pytest.mark.slow),
     pytest.param(RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
-                              "you tried to allocate 9437184000 bytes."), id="cpu-allocator"),
+                              "you tried to allocate 9437184000 bytes."), id="cpu-allocator", marks=pytest.mark.slow),
     pytest.param(MemoryError(), id="python"),
 ])
 def test_out_of_memory_names_half_the_batch_size_and_a_smaller_resume_gives_the_same_file(
@@ -670,6 +676,7 @@ def test_out_of_memory_names_half_the_batch_size_and_a_smaller_resume_gives_the_
     assert out.read_bytes() == reference.read_bytes(), "rows are rows: the batch size must not change the file"
 
 
+@pytest.mark.slow
 def test_a_resume_without_a_batch_size_keeps_the_one_it_last_used(tmp_path, resnet, monkeypatch):
     source, backbone = embedcache.SyntheticSource(48, seed=5, image_size=32), resnet
     out = tmp_path / "x.h5"
@@ -751,6 +758,7 @@ def test_an_output_folder_that_cannot_be_made_or_locked_gives_one_line(tmp_path,
     assert "cannot create the write lock" in _one_line(str(err.value)) and "Permission denied" in str(err.value)
 
 
+@pytest.mark.slow
 def test_import_embedcache_needs_no_fcntl():
     """Windows has no fcntl: the lock is filelock's, so the package imports without it."""
     code = "import sys; sys.modules['fcntl'] = None; import embedcache; print(embedcache.WriteLock.__name__ " \

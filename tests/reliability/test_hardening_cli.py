@@ -25,7 +25,7 @@ import pytest
 
 from fairhead.cli import main
 from fairhead_errors import DataError
-from reliability_helpers import tree_digest, write_feature_table
+from support.files import tree_digest, write_feature_table
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: a sweep small enough to run several times per test: a score constraint, 4 bounds, no plots
@@ -235,6 +235,7 @@ def test_save_head_replaces_its_own_head_and_refuses_folders(inputs, tmp_path):
     assert no_temporary_files(tmp_path)
 
 
+@pytest.mark.fault
 def test_a_head_write_that_hits_the_file_size_limit_keeps_the_old_head(inputs, tmp_path):
     """A real fault: RLIMIT_FSIZE makes the write fail with EFBIG part-way (as a full disk would)."""
     path = tmp_path / "head.json"
@@ -343,6 +344,7 @@ def _failing_fsync(monkeypatch, name_prefix: str):
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files through /proc")
+@pytest.mark.slow
 def test_a_failed_output_write_keeps_every_previous_output_intact(inputs, tmp_path, monkeypatch):
     """A sweep's outputs are replaced together: whichever write fails (a full disk), the previous
     sweep.csv, sweep.json, plots and report.md all stay byte-identical, and no temporary file is left."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fairhead_errors import DataError
-from reliability_helpers import write_csv, write_feature_table
+from support.files import write_csv, write_feature_table
 
 
 def one_line_cli(capsys, *argv, exit_code=3):

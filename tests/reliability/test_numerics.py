@@ -13,7 +13,7 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning
 
 import embedcache
-from reliability_helpers import write_feature_table
+from support.files import write_feature_table
 from fairhead.measure import constraint_value
 from fairhead_errors import FairheadError
 from solvers import FairLogisticRegression
@@ -136,6 +136,7 @@ def test_float16_import_of_values_beyond_its_range_is_refused(tmp_path):
 
 
 # --------------------------------------------------------------------------- determinism
+@pytest.mark.slow
 def test_same_inputs_and_seed_give_a_bitwise_identical_cache_and_head(tmp_path, monkeypatch):
     """Across runs: two extractions (CPU) and two imports give the same bytes; two fits the same coefficients.
     Across a resume: test_faults.py compares every killed-and-rerun cache with an uninterrupted one."""

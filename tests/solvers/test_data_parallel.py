@@ -8,17 +8,14 @@ import os
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from solvers import FairLogisticRegression, RowShard, fit_path, shard_range
 from solvers.errors import DataError
-
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
-from data_parallel_problem import BLOCK_BYTES, CASES, MC_CASES, PATH_EPS, mc_problem, problem  # noqa: E402
+from support import TESTS_DIR
+from support.data_parallel import BLOCK_BYTES, CASES, MC_CASES, PATH_EPS, mc_problem, problem
 
 LAUNCH_TIMEOUT = 240
 
@@ -28,7 +25,7 @@ def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("dp")
     env = dict(os.environ, FAIRHEAD_BLOCK_BYTES=BLOCK_BYTES, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           str(HERE / "data_parallel_worker.py"), str(out), str(HERE)]
+           str(TESTS_DIR / "support" / "data_parallel_worker.py"), str(out), str(TESTS_DIR)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
@@ -51,12 +48,14 @@ def single():
         del os.environ["FAIRHEAD_BLOCK_BYTES"]
 
 
+@pytest.mark.slow
 def test_each_rank_holds_its_share_of_the_rows(ranks):
     assert ranks[0]["rows"][0] == 0 and ranks[0]["rows"][1] == ranks[1]["rows"][0] and ranks[1]["rows"][1] == 3000
     assert 1000 < ranks[0]["rows"][1] < 2000  # both halves hold rows
 
 
 @pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.slow
 def test_every_rank_gets_the_single_process_head_bit_for_bit(ranks, single, name):
     X, heads, _ = single
     for got in ranks:
@@ -67,12 +66,14 @@ def test_every_rank_gets_the_single_process_head_bit_for_bit(ranks, single, name
         assert any(n.startswith("data-parallel: 2 ranks") for n in h["notes"])
 
 
+@pytest.mark.slow
 def test_a_path_is_the_single_process_path(ranks, single):
     for got in ranks:
         for mine, theirs in zip(got["path"], single[2]):
             np.testing.assert_array_equal(mine, theirs)
 
 
+@pytest.mark.slow
 def test_overlapping_shards_are_refused_on_every_rank(ranks):
     for got in ranks:
         assert got["overlap"] is not None and "do not cover the 3000 rows once each" in got["overlap"]
@@ -106,6 +107,7 @@ def test_a_bad_block_size_in_the_environment_is_named(monkeypatch, bad):
 
 
 @pytest.mark.parametrize("name", list(MC_CASES))
+@pytest.mark.slow
 def test_k_class_heads_on_every_rank_are_the_single_process_ones(ranks, name):
     """2-D products (X @ W, X^T R with K columns) combined across ranks in block order: the same bits."""
     constraint, eps = MC_CASES[name]

@@ -86,3 +86,64 @@ def test_bootstrap_interval_is_scipy_and_deterministic():
 def test_bad_gap_name():
     with pytest.raises(DataError, match="unknown gap"):
         intervals.gap_name("xyz")
+
+
+# --- the exact bound on a difference of two rates, and on the gap -------------------------------------------
+
+#: exact coverage sums (n1+1)(n2+1) products of float64 pmfs: rounding is far below this
+COVERAGE_ROUNDING = 1e-12
+
+
+@pytest.mark.parametrize("p1,p2", [(0.5, 0.5), (0.6, 0.9), (0.9, 0.5)], ids=["equal", "negative", "positive"])
+def test_difference_bound_covers_exactly_at_small_n(p1, p2):
+    """Every outcome of Bin(8, p1) x Bin(12, p2) enumerated: P(p1 - p2 <= U) >= 1 - alpha, not by simulation."""
+    n1, n2, alpha = 8, 12, 0.1
+    pmf = np.outer(binom.pmf(np.arange(n1 + 1), n1, p1), binom.pmf(np.arange(n2 + 1), n2, p2))
+    upper = np.array([[intervals.difference_upper_bound(k1, n1, k2, n2, alpha) for k2 in range(n2 + 1)]
+                      for k1 in range(n1 + 1)])
+    coverage = pmf[upper >= p1 - p2].sum()
+    assert coverage >= 1 - alpha - COVERAGE_ROUNDING, coverage
+    assert np.all(upper >= np.arange(n1 + 1)[:, None] / n1 - np.arange(n2 + 1)[None, :] / n2)  # above the estimate
+
+
+def test_gap_bound_monte_carlo_coverage_eo_three_groups():
+    """The max over events and pairs at the full level: over 120 draws the 90% bound is below the true EO
+    gap at most as often as Bin(120, 0.1) allows (upper tail 0.999)."""
+    rng = np.random.default_rng(3)
+    tpr, fpr = np.array([0.7, 0.6, 0.75]), np.array([0.2, 0.3, 0.25])
+    true_gap = max(np.ptp(tpr), np.ptp(fpr))
+    misses = 0
+    for _ in range(120):
+        g = rng.integers(0, 3, 90)
+        y = rng.integers(0, 2, 90)
+        yhat = (rng.random(90) < np.where(y == 1, tpr[g], fpr[g])).astype(int)
+        counts = intervals.GroupCounts.from_predictions(y, yhat, sensitive_features=g)
+        misses += intervals.gap_upper_bound(counts, "eo", 0.1) < true_gap
+    assert misses <= binom.ppf(0.999, 120, 0.1)
+
+
+def test_exact_bound_is_about_half_the_union_margin():
+    """The issue's sizes: groups of 660 and 440 at rate 0.5, confidence 0.9 (dp, two groups)."""
+    counts = intervals.GroupCounts(("a", "b"),
+                                   {"a": {"selection_rate": (330, 660)}, "b": {"selection_rate": (220, 440)}})
+    exact = intervals.gap_upper_bound(counts, "dp", 0.1)
+    union = intervals.gap_upper_bound(counts, "dp", 0.1, bound="union")
+    from scipy.stats import norm
+
+    wald = norm.isf(0.1) * np.sqrt(0.25 / 660 + 0.25 / 440)  # the normal approximation's margin
+    lo, hi = intervals.clopper_pearson(np.array([330, 220]), np.array([660, 440]), 1 - 0.1 / 2)
+    assert union == pytest.approx(hi.max() - lo.min(), abs=1e-12)  # the smaller group's whole width here
+    assert wald <= exact <= 0.5 * union, (wald, exact, union)
+    # one pair, so the bound is the pair's (either order), to the bisection's resolution
+    assert exact == max(intervals.difference_upper_bound(330, 660, 220, 440, 0.1),
+                        intervals.difference_upper_bound(220, 440, 330, 660, 0.1))
+
+
+def test_difference_bound_edges():
+    assert intervals.difference_upper_bound(3, 10, 0, 0, 0.1) == 1.0  # an empty group: vacuous
+    assert intervals.difference_upper_bound(10, 10, 0, 10, 0.1) == 1.0  # observed 1: nothing above it
+    u = intervals.difference_upper_bound(0, 10, 10, 10, 0.1)
+    assert -1.0 < u < 0.0
+    with pytest.raises(DataError, match="bound must be one of"):
+        intervals.gap_upper_bound(intervals.GroupCounts(("a",), {"a": {"selection_rate": (1, 2)}}), "dp", 0.1,
+                                  bound="wald")

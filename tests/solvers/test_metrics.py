@@ -142,3 +142,23 @@ def test_auc_ece_and_evaluate(preds):
     gap = intervals.gap_interval(y, yhat, sensitive_features=a, gap="dp")
     assert gap.low <= out["demographic_parity_difference"] <= gap.high
     assert gap.estimate == pytest.approx(out["demographic_parity_difference"], abs=ATOL)
+
+
+def test_evaluate_reads_every_binary_parity_metric_from_one_table_with_the_functions_values():
+    """``evaluate`` builds one by-group table for the binary metrics (a sweep calls it per head and
+    split); each value must equal its own function's, NaN and undefined rates included."""
+    rng = np.random.default_rng(0)
+    functions = {name: getattr(metrics, name) for name in (
+        "demographic_parity_difference", "demographic_parity_ratio", "equalized_odds_difference",
+        "equalized_odds_ratio", "equal_opportunity_difference", "accuracy_equality_difference",
+        "worst_group_accuracy", "worst_cell_accuracy")}
+    for trial in range(60):
+        n, G = int(rng.integers(5, 120)), int(rng.integers(2, 5))
+        y, p, a = rng.integers(0, 2, n), rng.integers(0, 2, n), rng.integers(0, G, n)
+        if trial % 3 == 0:
+            y[a == 0] = 1  # group 0 has no negatives: its FPR is undefined
+        w = rng.random(n) if trial % 2 else None
+        got = metrics.evaluate(y, p, sensitive_features=a, sample_weight=w)
+        for name, fn in functions.items():
+            want = fn(y, p, sensitive_features=a, sample_weight=w)
+            assert got[name] == want or (np.isnan(got[name]) and np.isnan(want)), (trial, name)

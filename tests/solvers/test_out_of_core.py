@@ -265,6 +265,7 @@ MEASURE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_streamed_fit_stays_under_a_budget_of_a_tenth_of_x(tmp_path):
     """Peak resident memory (VmHWM, reset before each fit, minus the resident set then) in a fresh
     process, X 120 MB and the budget 12 MB. The in-memory fit of the same rows, with X already
@@ -303,6 +304,7 @@ def test_the_module_examples_run():
 
 
 # --------------------------------------------------------------------------- K-class heads
+@pytest.mark.slow
 @pytest.mark.parametrize("constraint,eps", [(None, 0.05), ("dp-score", 0.05), ("dp", 0.05)],
                          ids=["unconstrained", "dp-score", "dp"])
 def test_k_class_heads_streamed_are_the_in_memory_ones(tmp_path, constraint, eps):

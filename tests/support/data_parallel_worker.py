@@ -15,7 +15,7 @@ from solvers import FairLogisticRegression, RowShard, fit_path, shard_range
 from solvers.errors import DataError
 
 sys.path.insert(0, sys.argv[2])  # the tests folder, for the shared problem
-from data_parallel_problem import CASES, MC_CASES, PATH_EPS, mc_problem, problem  # noqa: E402
+from support.data_parallel import CASES, MC_CASES, PATH_EPS, mc_problem, problem  # noqa: E402
 
 
 def main(out):

@@ -1,4 +1,5 @@
-"""Helpers shared by the reliability tests (a module with a unique name, so tests can import it)."""
+"""Files in the formats users hand to fairhead (CSV tables of features), and a digest of a folder to prove nothing
+on disk changed."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-
-N_IMAGES = 24
 
 
 def tree_digest(root: Path) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""On-disk test data in real formats, shared by the embedcache tests (kept out of conftest.py so tests can import it)."""
+"""A miniature CelebA in the official layout and formats (JPEG files, list_attr_celeba.txt, list_eval_partition.txt)."""
 
 from __future__ import annotations
 
