@@ -34,6 +34,13 @@ NO_PARENT_MSG = "folder {folder!r} for {flag} does not exist; create it first or
 CANNOT_WRITE_MSG = "cannot write into folder {folder!r} ({reason}); {fix}"
 
 
+def temp_prefix(path) -> str:
+    """``.NAME.PID.``: the temporary twin of ``path`` names its writer, so that a later run can tell the
+    leftovers of a killed writer (whose process is gone) from a live writer's file."""
+    path = Path(os.fspath(path))
+    return f".{path.name[:TMP_NAME_CHARS]}.{os.getpid()}."
+
+
 def _short(path) -> str:
     text = os.fspath(path) if path is not None else "?"
     if len(text) <= MESSAGE_PATH_CHARS:
@@ -95,7 +102,7 @@ class StagedFiles:
         if mode not in ("w", "wb"):
             raise ValueError(f"staged files are written whole; mode must be 'w' or 'wb', got {mode!r}")
         path = Path(os.fspath(path))
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:TMP_NAME_CHARS]}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
         self._staged.append((tmp, path))
         with naming_the_file(path), \
                 os.fdopen(fd, mode, **({"encoding": "utf-8", "newline": newline} if mode == "w" else {})) as fh:
@@ -231,6 +238,8 @@ def check_own_outputs(folder, signatures: dict, *, flag: str = "--out") -> None:
             head = None  # a folder, a broken link, an unreadable file: not ours either
         if head is None or not (head == b"" or looks_like_ours(head)):
             raise DataError(FOREIGN_OUTPUT_MSG.format(flag=flag, folder=_short(folder), name=name))
+    for name in signatures:
+        remove_stale_temps(folder / name)  # a killed earlier write's temporary twins
 
 
 def check_file_target(path, *, flag: str = "--out", fix: str | None = None) -> Path:
@@ -246,6 +255,7 @@ def check_file_target(path, *, flag: str = "--out", fix: str | None = None) -> P
         raise DataError(f"file name too long for {flag}: {_short(path.name)!r} ({len(path.name.encode())} bytes, "
                         f"the limit is {_name_max(folder)}); pass a shorter name")
     _probe(folder, fix or f"pass {flag} in a writable folder")
+    remove_stale_temps(path)  # a killed earlier write's temporary twin
     return path
 
 
@@ -295,7 +305,150 @@ def os_error_message(err: OSError) -> str:
     return f"{reason}{where}; {_fix(err)}"
 
 
+# --------------------------------------------------------------------------- the output policy
+#: what an existing target is, by its first bytes (for the one-line refusal)
+_FILE_KINDS = (
+    (lambda h: h.startswith(b"\x89HDF\r\n\x1a\n") and b"embedcache" in h, "a fairhead cache (HDF5)"),
+    (lambda h: h.startswith(b"\x89HDF\r\n\x1a\n"), "an HDF5 file"),
+    (lambda h: h.lstrip().startswith(b"{") and b'"fairhead-head"' in h, "a fairhead head"),
+    (lambda h: h.startswith(b"PK\x03\x04"), "a zip archive (a torch or joblib file?)"),
+    (lambda h: h.startswith(b"\x89PNG"), "a PNG image"),
+    (lambda h: h[:1] in (b"\xff",) and h[1:3] == b"\xd8\xff", "a JPEG image"),
+    (lambda h: h.startswith(b"\x80") and b"sklearn" in h, "a pickled scikit-learn model"),
+    (lambda h: h.startswith(b"\x80"), "a pickle"),
+    (lambda h: h.lstrip().startswith((b"{", b"[")), "a JSON file"),
+    (lambda h: b"," in h.split(b"\n", 1)[0] and b"\x00" not in h, "a CSV table"),
+    (lambda h: b"\x00" not in h, "a text file"),
+)
+FOREIGN_TARGET_MSG = ("{flag} {path!r} is {what}, not {kind} that fairhead wrote; it is not replaced: "
+                      "pass another path for {flag} (or move that file away)")
+TARGET_IS_INPUT_MSG = ("{flag} {path!r} is this command's own input ({role}); writing there would destroy it: "
+                       "pass another path for {flag}")
+
+
+def describe_file(path) -> str:
+    """What an existing path is, in a few words: ``a fairhead cache (HDF5)``, ``a CSV table``, ``a folder``."""
+    path = Path(os.fspath(path))
+    if path.is_dir():
+        return "a folder"
+    if os.path.islink(path) and not path.exists():
+        return "a dangling symbolic link"
+    if not path.is_file():
+        return "not a regular file (a pipe, socket or device)"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(SIGNATURE_BYTES)
+    except OSError as err:
+        return f"a file fairhead cannot read ({_reason(err)})"
+    if not head:
+        return "an empty file"
+    return next((what for test, what in _FILE_KINDS if test(head)), "a binary file")
+
+
+class OutputKind:
+    """One kind of file a command writes, and how to recognise a file of that kind it wrote before.
+
+    ``name`` is said in messages (``"a predictions table"``); ``is_own(path)`` reads at most a few
+    KiB of an existing regular file and says whether fairhead wrote it as this kind of output.
+    """
+
+    def __init__(self, name: str, is_own):
+        self.name = name
+        self._is_own = is_own
+
+    def is_own(self, path) -> bool:
+        try:
+            return bool(self._is_own(Path(os.fspath(path))))
+        except Exception:  # noqa: BLE001 - whatever fails to parse as this kind is not this kind
+            return False
+
+    def __repr__(self) -> str:
+        return f"OutputKind({self.name!r})"
+
+
+def first_bytes(path, n: int = SIGNATURE_BYTES) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(n)
+
+
+def by_signature(name: str, test) -> OutputKind:
+    """An :class:`OutputKind` recognised by a test of its first bytes (see :func:`starts_with`)."""
+    return OutputKind(name, lambda path: test(first_bytes(path)))
+
+
+def remove_stale_temps(path) -> list[Path]:
+    """Remove the temporary twins of ``path`` that a killed writer left (``.NAME.PID.*.tmp`` whose
+    process is gone); a live writer's temporary file is kept. Returns what was removed."""
+    path = Path(os.fspath(path))
+    removed = []
+    try:
+        candidates = list(path.parent.glob(f".{glob_escape(path.name[:TMP_NAME_CHARS])}.*.tmp"))
+    except OSError:
+        return removed
+    for tmp in candidates:
+        pid_text = tmp.name[len(path.name[:TMP_NAME_CHARS]) + 2:].split(".", 1)[0]
+        if pid_text.isdigit() and _alive(int(pid_text)):
+            continue
+        with contextlib.suppress(OSError):
+            if tmp.is_dir():
+                import shutil
+
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def glob_escape(text: str) -> str:
+    import glob
+
+    return glob.escape(text)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process: alive
+    return True
+
+
+def _same_file(a: Path, b) -> bool:
+    try:
+        return os.path.samefile(a, os.fspath(b))
+    except (OSError, TypeError, ValueError):
+        return False
+
+
+def check_output_file(path, kind: OutputKind, *, flag: str = "--out", inputs: dict | None = None,
+                      fix: str | None = None) -> Path:
+    """The output policy's check, run before any work: ``path`` may be written by this command.
+
+    Refused in one line: a folder, a missing or unwritable folder, a name that is too long, one of the
+    command's own inputs (``inputs`` maps a role such as ``"--head"`` to its path), and an existing file
+    that is not ``kind``'s own output (a cache, a head, a user's CSV: said what it is). An empty file, a
+    file this command wrote before, or no file at all may be replaced. The temporary files a killed
+    earlier run left beside ``path`` are removed. The write itself goes through :func:`atomic_open`
+    (or :class:`StagedFiles`): a temporary file in the same folder, fsynced, renamed; removed on failure.
+    """
+    path = Path(os.fspath(path))
+    for role, other in (inputs or {}).items():
+        if other is not None and (_same_file(path, other) or Path(os.fspath(other)).absolute() == path.absolute()):
+            raise DataError(TARGET_IS_INPUT_MSG.format(flag=flag, path=_short(path), role=role))
+    if os.path.lexists(path) and not path.is_dir():
+        what = describe_file(path)
+        if what != "an empty file" and not (path.is_file() and kind.is_own(path)):
+            raise DataError(FOREIGN_TARGET_MSG.format(flag=flag, path=_short(path), what=what, kind=kind.name))
+    return check_file_target(path, flag=flag, fix=fix)
+
+
 __all__ = [
+    "OutputKind", "by_signature", "first_bytes", "check_output_file", "describe_file", "remove_stale_temps", "temp_prefix",
     "StagedFiles", "atomic_open", "atomic_write_text", "atomic_write_bytes", "ensure_output_folder", "check_file_target",
     "os_error_message", "fsync_folder", "naming_the_file", "check_own_outputs", "starts_with", "contains",
     "PNG_BY_MATPLOTLIB",

@@ -469,6 +469,10 @@ def load_state_dict_file(path) -> tuple[dict[str, torch.Tensor], str]:
         raise BackboneError(MISSING_WEIGHTS_FILE_MSG.format(path=path))
     if path.stat().st_size == 0:
         raise BackboneError(EMPTY_WEIGHTS_MSG.format(path=path))
+    with open(path, "rb") as fh:
+        start = fh.read(2)
+    if not start.startswith((b"PK", b"\x80")):  # torch.save writes a zip archive (or, long ago, a pickle)
+        raise BackboneError(CORRUPT_WEIGHTS_MSG.format(path=path, error=f"not a torch file: it starts with {start!r}"))
     try:
         with warnings.catch_warnings():
             # a plain pickle makes torch warn about its protocol before refusing it; we raise our own error
@@ -480,6 +484,9 @@ def load_state_dict_file(path) -> tuple[dict[str, torch.Tensor], str]:
         raise BackboneError(CORRUPT_WEIGHTS_MSG.format(path=path, error=_one_line(err))) from err
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, TypeError) as err:
         raise BackboneError(CORRUPT_WEIGHTS_MSG.format(path=path, error=_one_line(err))) from err
+    except Exception as err:  # noqa: BLE001 - a text file read as a pickle fails anywhere (KeyError, IndexError, ...)
+        raise BackboneError(CORRUPT_WEIGHTS_MSG.format(path=path, error=f"not a torch file ({type(err).__name__})")) \
+            from err
     if isinstance(obj, dict):
         for key in _CHECKPOINT_KEYS:
             inner = obj.get(key)

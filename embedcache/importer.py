@@ -17,6 +17,7 @@ import csv
 import difflib
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -67,6 +68,8 @@ NOT_PLAIN_COLUMN_MSG = (
     "column {name!r} holds vectors; the {role} must be a plain column (one value per row)"
 )
 NOT_NUMERIC_MSG = "feature column {name!r} is not numeric ({value} at row {row}); encode it as numbers or leave it out"
+NO_FEATURE_VALUES_MSG = ("feature column(s) {names} hold no values (empty vectors): a cache needs at least one "
+                         "feature; pass --features with columns that hold numbers")
 VECTOR_TEXT_MSG = (
     "feature column {name!r} holds text that looks like a vector ({value} at row {row}); store vectors as a "
     "Parquet list<float> column (--features-col {name}) or one column per dimension"
@@ -194,6 +197,9 @@ def import_table(
             raise DataError(NOT_PLAIN_COLUMN_MSG.format(name=name, role=role))
     if features is None:
         features = [c for c in available if c not in used and (c in blocks or _is_numeric(columns[c]))]
+        for name in available:  # never leave a column of vectors out silently
+            if name not in used and name not in features and _vector_text(columns.get(name)) is not None:
+                raise DataError(VECTOR_COLUMN_LEFT_OUT_MSG.format(name=name, value=_vector_text(columns[name])))
         if not features:
             raise DataError(NO_FEATURES_MSG.format(path=path))
     features = list(features)
@@ -541,6 +547,24 @@ def _numbers(values) -> tuple[np.ndarray, np.ndarray]:
     return parsed, failed
 
 
+NO_FEATURE_VALUES_MSG = ("feature column(s) {names} hold no values (empty vectors): a cache needs at least one "
+                         "feature; pass --features with columns that hold numbers")
+VECTOR_COLUMN_LEFT_OUT_MSG = ("column {name!r} holds vectors written as text ({value}); a CSV cell is one number, so it "
+                   "would be left out: write one column per dimension, store it as a Parquet list<float> column or "
+                   "an .npz 2-D array, or pass --features with the columns you want")
+_VECTOR_TEXT = re.compile(r"^\s*[\[(]\s*[-+0-9.eEinfa]+(\s*[,; ]\s*[-+0-9.eEinfa]+)*\s*[\])]\s*$")
+
+
+def _vector_text(values) -> str | None:
+    """The first cell of a text column that reads as a vector (``"[1.0, 2.0]"``), else None."""
+    if values is None or (isinstance(values, np.ndarray) and values.dtype.kind in "iufb"):
+        return None
+    for value in list(values)[:20]:
+        if isinstance(value, str) and value.strip():
+            return repr(value) if _VECTOR_TEXT.match(value) else None
+    return None
+
+
 def _is_numeric(values) -> bool:
     """A column is numeric when most of its non-missing cells are numbers.
 
@@ -583,6 +607,8 @@ def _feature_matrix(columns, blocks, names: list[str], rows: np.ndarray) -> tupl
         parts.append(column[:, None])
         out_names.append(name)
     matrix = np.concatenate(parts, axis=1) if parts else np.zeros((len(rows), 0))
+    if matrix.shape[1] == 0:  # e.g. a vector column whose vectors are all empty: no feature to store
+        raise DataError(NO_FEATURE_VALUES_MSG.format(names=", ".join(repr(n) for n in names)))
     return matrix, out_names
 
 

@@ -59,7 +59,9 @@ def MEMORY_SIZE(text: str) -> str:
 
     try:
         parse_memory(text)
-    except DataError:
+    except DataError as err:
+        if "more than this machine" in str(err):  # a well-formed size the machine does not have
+            raise argparse.ArgumentTypeError(str(err).replace("max_memory ", "", 1)) from None
         raise argparse.ArgumentTypeError(f"must be a memory size such as 2GB, 512MB or 1.5GiB; got {text!r}") from None
     return text
 
@@ -619,6 +621,12 @@ def _nonnegative(value: float, flag: str) -> float:
     return value
 
 
+def _fraction(value: float, flag: str) -> float:
+    if not 0 <= value < 1:  # SGD diverges with momentum >= 1
+        raise DataError(f"{flag} must be a number in [0, 1), e.g. 0.9; got {value!r}")
+    return value
+
+
 def _cmd_finetune_full(args: argparse.Namespace) -> int:
     from fairhead.full_compare import NetworkOptions, run_full_comparison
 
@@ -626,7 +634,7 @@ def _cmd_finetune_full(args: argparse.Namespace) -> int:
     options = NetworkOptions(
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
         lr=_positive(args.lr, "--lr"), head_lr=_positive(args.head_lr, "--head-lr"),
-        weight_decay=_nonnegative(args.weight_decay, "--weight-decay"), momentum=_nonnegative(args.momentum, "--momentum"),
+        weight_decay=_nonnegative(args.weight_decay, "--weight-decay"), momentum=_fraction(args.momentum, "--momentum"),
         alpha=_nonnegative(args.alpha, "--alpha"), dual_lr=_positive(args.dual_lr, "--dual-lr"),
         patience=args.patience, image_size=args.image_size, device=args.device, threads=args.threads,
         workers=args.workers)
@@ -725,14 +733,19 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from fairhead import predict
     from solvers import load_head
 
+    from fairhead_options import check_batch_size, check_device
+
+    check_batch_size(args.batch_size, flag="--batch-size")  # the shared option checks, before any work
+    check_device(args.device, flag="--device")
+    predict.check_prediction_targets(args.out, inputs={
+        "the --head file": args.head, "the --weights-file": args.weights_file, "the --manifest": args.manifest})
     extra = getattr(load_head(args.head), "extra_", None) or {}
     result = predict.predict_images(
         args.head, _predict_source(args, extra), weights_file=args.weights_file, splits=args.split,
         batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
     )
-    result.write_csv(args.out)
+    _, metrics_path = predict.write_predictions(result, args.out)
     print(result.summary())
-    metrics_path = predict.write_metrics(result, args.out.with_suffix(".metrics.json"))
     print(f"wrote {args.out}" + (f" and {metrics_path}" if metrics_path else ""))
     return 0
 
@@ -791,7 +804,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{PROG}: interrupted; rerun the same command to resume from what was committed",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception:  # a bug: show everything so it can be reported
+    except Exception as err:  # a bug: show everything so it can be reported
+        from fairhead.data_parallel import peer_failure
+
+        lost = peer_failure(err)  # under torchrun: another rank was killed mid-collective, not a bug here
+        if lost is not None:
+            if args.debug:
+                traceback.print_exc()
+            print(f"{PROG}: error: {lost}", file=sys.stderr)
+            return DataError.exit_code
         traceback.print_exc()
         print(f"{PROG}: unexpected error (a bug); please report it with the traceback above",
               file=sys.stderr)

@@ -66,16 +66,49 @@ def check_command(command: str) -> None:
     """Refuse, in one line, a command that does not run data-parallel when torchrun launched it."""
     from embedcache.distributed import launch_from_env
 
-    if command not in COMMANDS and launch_from_env() is not None:
-        raise DataError(NOT_PARALLEL_MSG.format(command=command))
+    launch = launch_from_env()
+    if command not in COMMANDS and launch is not None:
+        raise _said_once(DataError(NOT_PARALLEL_MSG.format(command=command)), launch)
 
 
 def check_in_memory_baselines(compare) -> None:
     """Refuse ``--compare`` baselines (fairlearn, penalties: X in memory, one process) under torchrun."""
     from embedcache.distributed import launch_from_env
 
-    if compare and launch_from_env() is not None:
-        raise DataError(COMPARE_MSG.format(names=" ".join(compare)))
+    launch = launch_from_env()
+    if compare and launch is not None:
+        raise _said_once(DataError(COMPARE_MSG.format(names=" ".join(compare))), launch)
+
+
+def _said_once(err, launch):
+    """A refusal every rank meets alike is printed by rank 0 only (not once per rank)."""
+    if launch.rank != 0:
+        err.reported_by_rank_0 = True
+    return err
+
+
+PEER_LOST_MSG = ("rank {rank} lost contact with another rank of this torchrun launch ({what}): a rank was killed "
+                 "or failed; see torchrun's report for which, then rerun the same command (a sweep keeps its "
+                 "finished heads)")
+_PEER_LOST_SIGNS = ("connection closed by peer", "connection reset by peer", "gloo", "nccl", "broken pipe",
+                    "timed out", "socket")
+
+
+def peer_failure(err: BaseException) -> str | None:
+    """The one line for an error that means another rank died mid-collective (None for anything else)."""
+    from embedcache.distributed import launch_from_env
+
+    try:
+        launch = launch_from_env()
+    except DataError:
+        return None
+    if launch is None:
+        return None
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    module = type(err).__module__ or ""
+    if module.startswith("torch.distributed") or any(sign in text.lower() for sign in _PEER_LOST_SIGNS):
+        return PEER_LOST_MSG.format(rank=launch.rank, what=text[:160])
+    return None
 
 
 @contextlib.contextmanager

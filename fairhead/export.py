@@ -27,17 +27,48 @@ and ``torch.export`` is its replacement.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import os
+import tempfile
 from pathlib import Path
 
 from fairhead_errors import DataError
+from fairhead_io import (OutputKind, atomic_open, atomic_write_bytes, check_output_file, first_bytes,
+                         naming_the_file, temp_prefix)
 
 FORMATS = ("sklearn", "linear", "program", "onnx")
 SUFFIXES = {"sklearn": ".joblib", "linear": ".pt", "program": ".pt2", "onnx": ".onnx"}
 NO_ONNX_MSG = "ONNX export needs the onnx extra (onnx, onnxscript); install it with pip install \"fairhead[onnx]\""
 UNKNOWN_FORMAT_MSG = "unknown export format {fmt!r}; choose one of: {known}"
+
+
+#: float32's machine epsilon (the gap between 1 and the next float32)
+FLOAT32_EPS = 2.0 ** -23
+
+
+def float32_score_tolerance(coef, features):
+    r"""How far a head's scores may move when the same float32 backbone runs with other kernels.
+
+    Another batch size, another CPU or onnxruntime instead of torch sums the same convolutions in
+    another order, so the features move by rounding: :math:`\|\Delta x\|_2 \le
+    2^{-23} \sqrt{D} \, \|x\|_2` (float32's epsilon times the growth of a sum of ``D``
+    rounding errors of random sign; measured: about 8 epsilons on resnet18 at 32 px, ``D`` = 512,
+    against the bound's 22.6). The score :math:`z = w \cdot x + b` then moves by at most
+    :math:`\|w\|_2 \|\Delta x\|_2` (Cauchy-Schwarz; the float64 head adds nothing
+    measurable). Returns that bound per row, the largest over a K-class head's rows of ``coef``.
+
+    >>> import numpy as np
+    >>> float(float32_score_tolerance(np.array([[3.0, 4.0]]), np.array([[1.0, 0.0]]))[0]) == 5 * 2**-23 * 2**0.5
+    True
+    """
+    import numpy as np
+
+    W = np.atleast_2d(np.asarray(coef, dtype=np.float64))
+    X = np.atleast_2d(np.asarray(features, dtype=np.float64))
+    feature_norm = np.linalg.norm(X, axis=1)
+    return FLOAT32_EPS * np.sqrt(X.shape[1]) * np.linalg.norm(W, axis=1).max() * feature_norm
 
 
 def onnx_available() -> bool:
@@ -80,26 +111,146 @@ def example_images(backbone, n: int = 2):
     return torch.stack([image] * n)
 
 
+def _zip_names(path) -> list[str]:
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        return archive.namelist()
+
+
+def _is_linear_state(path) -> bool:
+    """A ``torch.save``'d state_dict of exactly a weight and a bias (what ``--to linear`` writes)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        pickles = [n for n in names if n.endswith("/data.pkl")]
+        tensors = [n for n in names if "/data/" in n and n.rsplit("/", 1)[-1].isdigit()]
+        if len(pickles) != 1 or len(tensors) != 2 or archive.getinfo(pickles[0]).file_size > 4096:
+            return False
+        text = archive.read(pickles[0])
+    return b"weight" in text and b"bias" in text
+
+
+#: the output kinds of ``fairhead export``: an existing file is replaced only when it is one of these
+OUTPUT_KINDS = {
+    "sklearn": OutputKind("a scikit-learn export (.joblib)", lambda p: (
+        lambda h: h.startswith(b"\x80") and b"sklearn.linear_model" in h and b"LogisticRegression" in h)(first_bytes(p))),
+    "linear": OutputKind("a torch.nn.Linear state_dict export", _is_linear_state),
+    "program": OutputKind("a torch.export program (.pt2)", lambda p: "archive/archive_format" in _zip_names(p)),
+    "onnx": OutputKind("an ONNX model exported from torch", lambda p: (
+        lambda h: h.startswith(b"\x08") and b"pytorch" in h[:64] and b"images" in h)(first_bytes(p))),
+}
+#: largest ONNX model written as one self-contained file (protobuf's limit is 2 GiB); larger models keep
+#: their weights in a sidecar named after the file and the weights' hash (``model.onnx.<sha12>.data``)
+ONNX_INLINE_LIMIT = 2**31 - 2**24
+
+
 def export_program(module, example, path) -> Path:
-    """``torch.export`` the module with a dynamic batch dimension and save it (``.pt2``)."""
+    """``torch.export`` the module with a dynamic batch dimension and save it (``.pt2``), atomically."""
     import torch
 
     batch = torch.export.Dim("batch", min=1)
     program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
-    torch.export.save(program, os.fspath(path))
+    with atomic_open(path, "wb") as fh:  # a full disk is an OSError here, never an abort inside torch
+        torch.export.save(program, fh)
     return Path(path)
 
 
-def export_onnx(module, example, path) -> Path:
-    """ONNX through ``torch.onnx.export`` (dynamo exporter), batch dimension dynamic."""
+def export_onnx(module, example, path, metadata: dict[str, str] | None = None) -> Path:
+    """ONNX through ``torch.onnx.export`` (dynamo exporter), batch dimension dynamic, with
+    ``metadata`` (:func:`onnx_metadata`) in its ``metadata_props``.
+
+    The model is written whole or not at all: as one self-contained file through a temporary file
+    (below :data:`ONNX_INLINE_LIMIT`), or, for larger models, its weights first to a new sidecar named
+    by their hash, then the model file renamed over the old one, then the old model's own sidecar
+    removed. A kill at any moment leaves the old model with its weights, or the new one with its own.
+    """
     import torch
 
     if not onnx_available():
         raise DataError(NO_ONNX_MSG)
     batch = torch.export.Dim("batch", min=1)
-    torch.onnx.export(module, (example,), os.fspath(path), input_names=["images"], output_names=["scores"],
-                      dynamic_shapes=({0: batch},), dynamo=True)
-    return Path(path)
+    program = torch.onnx.export(module, (example,), None, input_names=["images"], output_names=["scores"],
+                                dynamic_shapes=({0: batch},), dynamo=True)
+    path = Path(path)
+    old_sidecars = _onnx_sidecars(path)
+    proto = program.model_proto
+    if proto.ByteSize() <= ONNX_INLINE_LIMIT:
+        _set_metadata(proto, metadata)
+        atomic_write_bytes(path, proto.SerializeToString())
+    else:
+        _write_onnx_with_sidecar(program, path, metadata)
+    for sidecar in old_sidecars - _onnx_sidecars(path):
+        with contextlib.suppress(OSError):
+            (path.parent / sidecar).unlink()
+    return path
+
+
+def _onnx_sidecars(path: Path) -> set[str]:
+    """The external-data files an existing ONNX model at ``path`` names (beside it), if any."""
+    if not OUTPUT_KINDS["onnx"].is_own(path):
+        return set()
+    try:
+        import onnx
+
+        model = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - a damaged old model has no sidecar we may remove
+        return set()
+    names = set()
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location" and "/" not in entry.value and entry.value.startswith(path.name):
+                names.add(entry.value)
+    return names
+
+
+def _set_metadata(model, metadata: dict[str, str] | None) -> None:
+    """Replace the model's ``metadata_props`` with ``metadata`` (before it is written)."""
+    if metadata is not None:
+        import onnx
+
+        del model.metadata_props[:]
+        onnx.helper.set_model_props(model, metadata)
+
+
+def _write_onnx_with_sidecar(program, path: Path, metadata: dict[str, str] | None = None) -> None:
+    import hashlib
+    import shutil
+
+    import onnx
+
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp"))
+    try:
+        program.save(os.fspath(staging / path.name), external_data=True)
+        model = onnx.load(os.fspath(staging / path.name), load_external_data=False)
+        data = staging / f"{path.name}.data"
+        digest = hashlib.sha256()
+        with open(data, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 24), b""):
+                digest.update(block)
+        sidecar = f"{path.name}.{digest.hexdigest()[:12]}.data"
+        for tensor in model.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = sidecar
+        _set_metadata(model, metadata)
+        with naming_the_file(path):
+            with open(data, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(data, path.parent / sidecar)  # a new name: the old model's weights stay untouched
+            atomic_write_bytes(path, model.SerializeToString())
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_export_target(out, fmt: str, *, head_path=None, weights_file=None) -> Path:
+    """The output policy before any work: ``out`` may be replaced by a ``fmt`` export (see
+    :func:`fairhead_io.check_output_file`)."""
+    if fmt not in FORMATS:
+        raise DataError(UNKNOWN_FORMAT_MSG.format(fmt=fmt, known=", ".join(FORMATS)))
+    return check_output_file(out, OUTPUT_KINDS[fmt], flag="--out",
+                             inputs={"the --head file": head_path, "the --weights-file": weights_file})
 
 
 def onnx_metadata(head, backbone_prov: dict) -> dict[str, str]:
@@ -127,16 +278,6 @@ def onnx_metadata(head, backbone_prov: dict) -> dict[str, str]:
     }
 
 
-def add_onnx_metadata(path, metadata: dict[str, str]) -> None:
-    """Write ``metadata`` into the ONNX file's ``metadata_props`` (its external weights untouched)."""
-    import onnx
-
-    model = onnx.load(os.fspath(path), load_external_data=False)
-    del model.metadata_props[:]
-    onnx.helper.set_model_props(model, metadata)
-    onnx.save(model, os.fspath(path))
-
-
 def export_sidecars(path) -> list[Path]:
     """The external-data files an ONNX model at ``path`` reads (empty for a self-contained file)."""
     import onnx
@@ -150,28 +291,28 @@ def export_sidecars(path) -> list[Path]:
 
 
 def export_head(head_path, out, *, fmt: str, weights_file=None) -> Path:
-    """Write the head of ``head_path`` as ``fmt`` (see the module table) to ``out``."""
+    """Write the head of ``head_path`` as ``fmt`` (see the module table) to ``out``.
+
+    ``out`` is checked before any work (:func:`check_export_target`: never a folder, the head, the
+    weights, a cache or any file that is not an export of this format) and written atomically.
+    """
     import torch
 
     from solvers import load_head
     from solvers.export import to_sklearn, to_torch_linear
 
-    if fmt not in FORMATS:
-        raise DataError(UNKNOWN_FORMAT_MSG.format(fmt=fmt, known=", ".join(FORMATS)))
+    out = check_export_target(out, fmt, head_path=head_path, weights_file=weights_file)
     if fmt == "onnx" and not onnx_available():
         raise DataError(NO_ONNX_MSG)
     head = load_head(head_path)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # ONNX may write its weights to a sidecar named after the file, so it is written in place; the
-    # others keep their suffix (torch.export.save warns about a file not ending in .pt2)
-    tmp = out if fmt == "onnx" else out.with_name(f"{out.stem}.tmp{out.suffix}")
     if fmt == "sklearn":
         import joblib
 
-        joblib.dump(to_sklearn(head), tmp)
+        with atomic_open(out, "wb") as fh:
+            joblib.dump(to_sklearn(head), fh)
     elif fmt == "linear":
-        torch.save(to_torch_linear(head).state_dict(), tmp)
+        with atomic_open(out, "wb") as fh:
+            torch.save(to_torch_linear(head).state_dict(), fh)
     else:
         from fairhead.predict import head_backbone, rebuild_backbone
 
@@ -179,13 +320,12 @@ def export_head(head_path, out, *, fmt: str, weights_file=None) -> Path:
         backbone = rebuild_backbone(prov, path=head_path, weights_file=weights_file)
         module = head_module(backbone, head)
         example = example_images(backbone)
-        (export_program if fmt == "program" else export_onnx)(module, example, tmp)
-        if fmt == "onnx":
-            add_onnx_metadata(tmp, onnx_metadata(head, prov))
-    if tmp != out:
-        tmp.replace(out)  # a failed export never leaves a half-written file under the final name
+        if fmt == "program":
+            export_program(module, example, out)
+        else:
+            export_onnx(module, example, out, metadata=onnx_metadata(head, prov))
     return out
 
 
-__all__ = ["FORMATS", "head_module", "example_images", "export_program", "export_onnx", "export_head",
-           "onnx_available", "onnx_metadata", "add_onnx_metadata", "export_sidecars"]
+__all__ = ["FORMATS", "float32_score_tolerance", "head_module", "example_images", "export_program", "export_onnx",
+           "export_head", "onnx_available", "onnx_metadata", "export_sidecars", "check_export_target", "OUTPUT_KINDS"]

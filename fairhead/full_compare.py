@@ -212,23 +212,11 @@ class NetworkOptions:
 
 
 def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; anything else is checked by torch."""
-    import torch
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; anything else is checked by the shared
+    option check (:func:`fairhead_options.check_device`)."""
+    from fairhead_options import check_device
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as err:
-        raise DataError(f"--device {name!r} is not a torch device; pass cpu, cuda or cuda:N") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DataError(f"--device {name!r}: no CUDA device is available here; pass --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise DataError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
-                        f"pass cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
-    if device.type not in ("cpu", "cuda"):
-        raise DataError(f"--device {name!r} is not supported for training; pass cpu or cuda")
-    return str(device)
+    return check_device(name, flag="--device")
 
 
 def _train_data(data, source, transform, *, cache_path, fingerprint):

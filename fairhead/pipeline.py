@@ -214,8 +214,11 @@ class SplitArrays:
 
     def take(self, idx) -> "SplitArrays":
         """The rows ``idx`` (positions or a boolean mask), in that order."""
-        return SplitArrays(X=self.X[idx], y=self.y[idx], groups=self.groups[idx], attributes=self.attributes,
-                           categories=self.categories, sample_ids=self.sample_ids[idx])
+        import dataclasses
+
+        # every per-row field is indexed and every other field kept (n_classes, the label's name and categories)
+        return dataclasses.replace(self, X=self.X[idx], y=self.y[idx], groups=self.groups[idx],
+                                   sample_ids=self.sample_ids[idx])
 
     @functools.cached_property
     def group_names(self) -> np.ndarray:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from fairhead_errors import BackboneError, DataError
+from fairhead_io import by_signature, starts_with
 
 #: image files ``ImageFolder`` picks up (lower-case suffixes)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -55,6 +56,8 @@ MISMATCH_MSG = (
 )
 SHA_FIX = "pass the weights file the cache was built with (--weights-file PATH)"
 EMPTY_FOLDER_MSG = "image folder '{path}' has no image files ({suffixes}); point --images at a folder of images"
+BROKEN_LINK_MSG = ("image {path!r} is a symbolic link to a file that does not exist{more}; restore its target "
+                   "or remove the link")
 NOT_A_FOLDER_MSG = "image folder '{path}' does not exist or is not a folder; pass an existing folder to --images"
 NO_ROWS_IN_SPLIT_MSG = "no rows in split(s) {splits} of the new data (it has: {have}); pick one of those with --split"
 NO_SPLITS_MSG = "--split {splits} needs images with a split (--celeba, or --manifest with --split-col); drop --split"
@@ -81,15 +84,50 @@ def backbone_provenance(cache) -> dict[str, Any]:
     }
 
 
+#: the stored feature dtypes a cache may have (embedcache's FEATURE_DTYPES plus float64 for imported tables)
+FEATURE_DTYPES = ("float16", "float32", "float64")
+DAMAGED_RECORD_MSG = "head file '{path}' is damaged: {why}; refit it with `fairhead fit CACHE --save {path}`"
+
+
+def _check_backbone_record(prov, extra: dict, head, path) -> None:
+    """The backbone and label fields a prediction depends on have the types ``fairhead fit`` writes."""
+    def damaged(why):
+        return DataError(DAMAGED_RECORD_MSG.format(path=path, why=why))
+
+    if not isinstance(prov, dict):
+        raise damaged(f"extra.backbone is {type(prov).__name__}, not a JSON object")
+    for key in ("arch", "weights", "weights_sha256", "preprocessing", "feature_node"):
+        if prov.get(key) is not None and not isinstance(prov[key], str):
+            raise damaged(f"extra.backbone.{key} is {prov[key]!r}, not a string")
+    if not prov.get("arch"):
+        raise DataError(NO_BACKBONE_MSG.format(path=path))
+    dim = prov.get("feature_dim")
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim != head.n_features_in_):
+        raise damaged(f"extra.backbone.feature_dim is {dim!r}, but the head has {head.n_features_in_} features")
+    dtype = prov.get("feature_dtype", "float32")
+    if dtype not in FEATURE_DTYPES:
+        raise damaged(f"extra.backbone.feature_dtype is {dtype!r}, not one of {', '.join(FEATURE_DTYPES)}")
+    label = extra.get("label", {})
+    if not isinstance(label, dict):
+        raise damaged(f"extra.label is {type(label).__name__}, not a JSON object")
+    for key in ("class_names", "categories"):
+        names = label.get(key)
+        if names is not None and (not isinstance(names, list) or len(names) != len(head.classes_)
+                                  or not all(isinstance(n, (str, int, float)) for n in names)):
+            raise damaged(f"extra.label.{key} is {names!r}; the head has {len(head.classes_)} classes, one name each")
+
+
 def head_backbone(head, path, *, custom_ok: bool = False) -> dict[str, Any]:
     """The backbone a loaded head records, or a one-line error saying why it cannot predict images
     (``custom_ok``: the caller brings a custom module's backbone itself)."""
     from embedcache.backbones import CUSTOM_WEIGHTS
     from embedcache.importer import IMPORTED_ARCH
 
-    prov = (getattr(head, "extra_", None) or {}).get("backbone")
-    if not prov or not prov.get("arch"):
+    extra = getattr(head, "extra_", None) or {}
+    prov = extra.get("backbone") if isinstance(extra, dict) else None
+    if not prov:
         raise DataError(NO_BACKBONE_MSG.format(path=path))
+    _check_backbone_record(prov, extra, head, path)
     if prov["arch"] == IMPORTED_ARCH:
         raise DataError(IMPORTED_MSG.format(path=path, what=prov.get("preprocessing")))
     if prov.get("weights") == CUSTOM_WEIGHTS and not custom_ok:
@@ -149,7 +187,12 @@ class ImageFolder:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(NOT_A_FOLDER_MSG.format(path=self.root))
-        self.paths = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        candidates = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        broken = [p for p in candidates if p.is_symlink() and not p.exists()]
+        if broken:  # an image name pointing nowhere is a missing image, never silently one row fewer
+            raise DataError(BROKEN_LINK_MSG.format(path=str(broken[0]), more=f" ({len(broken)} in all)" if len(broken) > 1
+                                                   else ""))
+        self.paths = [p for p in candidates if p.is_file()]
         if not self.paths:
             raise DataError(EMPTY_FOLDER_MSG.format(path=self.root, suffixes=" ".join(IMAGE_SUFFIXES)))
         self.ids = np.asarray([p.relative_to(self.root).as_posix() for p in self.paths], dtype=object)
@@ -237,17 +280,20 @@ class Predictions:
             out.append(row)
         return out
 
-    def write_csv(self, path) -> Path:
-        """One row per id: score (logit), probability of the positive class, 0/1 prediction, names."""
+    def write_csv(self, path, *, staged=None) -> Path:
+        """One row per id: score (logit), probability of the positive class, 0/1 prediction, names.
+
+        Written through a temporary file beside ``path`` (fsynced, renamed; removed on failure); with
+        ``staged`` (a :class:`fairhead_io.StagedFiles`) it is replaced together with the other staged files.
+        """
+        from fairhead_io import atomic_open
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         rows = self.rows()
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="") as fh:
+        with (staged.open(path, "w", newline="") if staged is not None else atomic_open(path, "w", newline="")) as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        tmp.replace(path)  # never leave a half-written table under the final name
         return path
 
     def summary(self) -> str:
@@ -307,8 +353,13 @@ def predict_images(head_path, source, *, backbone=None, weights_file=None, split
     splits : list of str, optional
         Only these splits of a labelled source (default: every row).
     """
+    from fairhead_options import check_batch_size, check_device
     from solvers import load_head, metrics
 
+    batch_size = check_batch_size(batch_size, flag="--batch-size")
+    device = check_device(device, flag="--device")
+    if splits and (getattr(source, "columns", None) or {}).get("split", "") is None:
+        raise DataError(HASHED_SPLITS_MSG.format(splits=" ".join(splits)))
     head = load_head(head_path)
     prov = head_backbone(head, head_path, custom_ok=backbone is not None)
     if backbone is None:
@@ -371,16 +422,55 @@ def predict_images(head_path, source, *, backbone=None, weights_file=None, split
     return result
 
 
-def write_metrics(result: Predictions, path) -> Path | None:
-    """The group metrics as strict JSON next to the predictions (only when labels were known)."""
+def write_metrics(result: Predictions, path, *, staged=None) -> Path | None:
+    """The group metrics as strict JSON next to the predictions (only when labels were known), atomically."""
     if not result.metrics:
         return None
     from fairhead.provenance import strict_json
+    from fairhead_io import atomic_write_text
 
     path = Path(path)
-    path.write_text(json.dumps(strict_json(result.metrics), indent=1, allow_nan=False))
+    text = json.dumps(strict_json(result.metrics), indent=1, allow_nan=False)
+    (staged.write_text if staged is not None else atomic_write_text)(path, text)
     return path
 
 
+HASHED_SPLITS_MSG = ("--split {splits} needs the manifest's own split column: without --split-col its rows get "
+                     "hashed splits, which are not the manifest's train/valid/test; pass --split-col COLUMN")
+
+#: what ``fairhead predict`` writes; an existing file is replaced only when it is one of these
+PREDICTIONS_KIND = by_signature("a predictions table", starts_with(b"id,score,probability,prediction,"))
+METRICS_KIND = by_signature("a predictions' metrics file", lambda h: h.lstrip().startswith(b"{") and (
+    b'"all"' in h and b'"accuracy"' in h and b'"fairhead-head"' not in h))
+
+
+def metrics_path(out) -> Path:
+    """Where the metrics of the predictions ``out`` go: ``preds.csv`` -> ``preds.metrics.json``."""
+    return Path(out).with_suffix(".metrics.json")
+
+
+def check_prediction_targets(out, *, inputs: dict | None = None) -> tuple[Path, Path]:
+    """The output policy before any image is read: ``out`` and its metrics file may be written
+    (never a folder, the head, the manifest, a cache or a user's own CSV or JSON)."""
+    from fairhead_io import check_output_file
+
+    out = check_output_file(out, PREDICTIONS_KIND, flag="--out", inputs=inputs)
+    metrics = metrics_path(out)
+    check_output_file(metrics, METRICS_KIND, flag="--out's metrics file", inputs=inputs)
+    return out, metrics
+
+
+def write_predictions(result: Predictions, out) -> tuple[Path, Path | None]:
+    """The table and its metrics, replaced together (a kill leaves the old pair or the new one)."""
+    from fairhead_io import StagedFiles
+
+    out = Path(out)
+    with StagedFiles() as staged:
+        result.write_csv(out, staged=staged)
+        written = write_metrics(result, metrics_path(out), staged=staged)
+    return out, written
+
+
 __all__ = ["ImageFolder", "ImageRows", "Predictions", "predict_images", "rebuild_backbone", "backbone_provenance",
-           "compute_features", "write_metrics"]
+           "compute_features", "write_metrics", "write_predictions",
+           "check_prediction_targets", "metrics_path"]

@@ -97,10 +97,7 @@ def _concat(parts: list[pipeline.SplitArrays]) -> pipeline.SplitArrays:
 
 
 def _take(arrays: pipeline.SplitArrays, idx: np.ndarray) -> pipeline.SplitArrays:
-    return pipeline.SplitArrays(X=arrays.X[idx], y=arrays.y[idx], groups=arrays.groups[idx],
-                                attributes=arrays.attributes, categories=arrays.categories,
-                                sample_ids=arrays.sample_ids[idx], n_classes=arrays.n_classes,
-                                label_name=arrays.label_name, label_categories=arrays.label_categories)
+    return arrays.take(idx)  # one implementation (SplitArrays.take keeps every field)
 
 
 def group_balanced(arrays: pipeline.SplitArrays, *, seed: int) -> pipeline.SplitArrays:

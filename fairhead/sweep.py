@@ -475,7 +475,7 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     solved: dict[float, HeadRecord] = {}
     bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc=f"sweep {name}", unit="head",
                disable=not progress)
-    with warnings.catch_warnings(record=True) as caught:
+    with bar, warnings.catch_warnings(record=True) as caught:  # a failure closes the bar's line before its message
         # an unmet bound is recorded in its row (certificate + notes), not raised mid-sweep
         warnings.simplefilter("always")
         path = iter_path(fit.X, fit.y, sensitive_features=sens, eps_grid=[e if np.isfinite(e) else 0.0 for e in replay],
@@ -497,7 +497,6 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
             bar.update(1)
             bar.set_postfix(eps=f"{eps:.4f}", fit_gap=f"{rec.metrics[fit_split]['constraint_value']:.4f}")
             caught.clear()
-    bar.close()
     records.extend(done.get(_eps_key(e)) or solved[_eps_key(e)] for e in grid)
     from fairhead import certify  # the heads on disk, for `fairhead select`
 

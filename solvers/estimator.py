@@ -28,6 +28,25 @@ from .problem import build_problem
 #: time grows superlinearly (230-390 s at 20,000 x 512). cvxpy stays the exact reference, on
 #: request (``backend="cvxpy"``) and in the tests that hold the two backends to one optimum.
 
+#: the largest feature magnitude the solvers take: rate constraints work in float32, whose products overflow
+#: at about 1.8e19, and a logit of 1e15 is already beyond any probability's resolution
+MAX_ABS_FEATURE = 1e15
+MSG_TOO_LARGE = ("feature value {value:.3g} (row {row}, column {col}) is too large for the solvers (at most {most:g} "
+                 "in magnitude: larger products overflow); rescale the features, e.g. with sklearn's StandardScaler")
+
+
+def _check_magnitude(X) -> None:
+    """Refuse features whose products overflow (a 1e308 cell), in one line instead of a raw linalg error."""
+    if X.size:
+        magnitude = np.abs(X)
+        flat = int(np.argmax(magnitude))
+        value = float(magnitude.flat[flat])
+        if value > MAX_ABS_FEATURE:
+            row, col = np.unravel_index(flat, X.shape)
+            raise DataError(MSG_TOO_LARGE.format(value=float(X[row, col]), row=int(row), col=int(col),
+                                                 most=MAX_ABS_FEATURE))
+
+
 MSG_NOT_BINARY = (
     "Classification needs at least 2 classes. The type of the target is {kind}: y has {k} class(es) {classes}; "
     "pass labels with 2 or more classes"
@@ -48,7 +67,10 @@ MSG_EPS_NOT_MET = (
     "(best achieved gap {gap:.4g}); raise eps, lower C, or use balance='group'"
 )
 MSG_STRICT_EPS = MSG_EPS_NOT_MET
-MSG_CONSTRAINT_NEEDS_SF = "constraint={name!r} needs sensitive_features in fit"
+MSG_CONSTRAINT_NEEDS_SF = ("constraint={name!r} needs sensitive_features in fit: pass fit(X, y, sensitive_features=s) "
+                           "(in GridSearchCV: enable metadata routing with sklearn.set_config(enable_metadata_routing="
+                           "True) and set_fit_request(sensitive_features=True)), or constraint=None for an "
+                           "unconstrained head")
 MSG_OOC_CVXPY = ("an out-of-core X ({what}) is solved by the torch backend only, and backend={backend!r}"
                  "{why}; pass backend='torch' (or 'auto') and penalty='l2'")
 MSG_OOC_NONFINITE = "X has a NaN or infinite feature in row {row}; drop or impute the non-finite feature values before fitting"
@@ -299,6 +321,7 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
                 X, y = validate_data(self, X, y, dtype=[np.float64, np.float32, np.float16], reset=True)
             except ValueError as err:  # sklearn's wording names the problem; add the fix, keep one line
                 raise DataError(_bad_arrays_message(err)) from err
+            _check_magnitude(X)
             return (X, y) if self.max_memory is None else (RowChunks(X, max_memory=self.max_memory), y)
         if self.max_memory is not None:
             X = X.with_budget(self.max_memory)
@@ -322,7 +345,13 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         if self.penalty == "elasticnet" and self.l1_ratio is None:
             raise DataError("penalty='elasticnet' needs l1_ratio in [0, 1]; pass l1_ratio")
         X, y = self._check_X_y(X, y)
-        check_classification_targets(y)
+        try:
+            check_classification_targets(y)
+        except ValueError as err:  # sklearn's wording (checks match "Unknown label type"), plus the fix
+            raise DataError(f"{str(err).splitlines()[0].split('. Maybe')[0]}: y holds "
+                            f"{type_of_target(y, input_name='y')} values such as {np.asarray(y).ravel()[:3].tolist()}, "
+                            "not class labels; pass labels such as 0/1 or class names (threshold a "
+                            "continuous target first)") from err
         self.classes_ = np.unique(y)
         K = self.classes_.shape[0]
         if K < 2:
@@ -336,8 +365,9 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         else:  # class codes 0 .. K-1 in classes_ order
             y01 = np.searchsorted(self.classes_, y).astype(np.float64)
         constraint = make_constraint(self.constraint)
-        if sensitive_features is None:
-            constraint = None
+        if sensitive_features is None and constraint is not None:
+            # never a silent unconstrained head under a constrained name (GridSearchCV without metadata routing)
+            raise DataError(MSG_CONSTRAINT_NEEDS_SF.format(name=constraint.name))
         if K > 2 and constraint is not None and not constraint.multiclass:
             raise DataError(MSG_BINARY_ONLY.format(name=constraint.name, k=K, names=", ".join(MULTICLASS_NAMES)))
         if K > 2 and self.penalty not in ("l2", None):

@@ -80,6 +80,9 @@ def to_torch_linear(head, *, dtype=None):
 
     _check_fitted(head, "to_torch_linear")
     dtype = torch.float64 if dtype is None else dtype
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise DataError(f"to_torch_linear: dtype must be a torch floating dtype (torch.float64, torch.float32, ...); "
+                        f"got {dtype!r}")
     bias = np.asarray(head.intercept_, dtype=np.float64).reshape(-1)
     coef = np.asarray(head.coef_, dtype=np.float64).reshape(bias.shape[0], -1)
     linear = torch.nn.Linear(coef.shape[1], coef.shape[0], bias=True, dtype=dtype)

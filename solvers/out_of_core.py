@@ -45,6 +45,8 @@ import re
 
 import numpy as np
 
+from fairhead_options import check_memory_budget
+
 from .errors import DataError
 
 #: bytes of one block in float32 (rows per block: :func:`block_rows`). Large enough that an
@@ -93,14 +95,14 @@ def parse_memory(value) -> int:
     if isinstance(value, (int, np.integer)):
         if value <= 0:
             raise DataError(MSG_BAD_MEMORY.format(value=value))
-        return int(value)
+        return check_memory_budget(int(value), value=value, flag="max_memory")
     match = _SIZE.match(value) if isinstance(value, str) else None
     if match is None or match.group(2).lower() not in _UNITS:
         raise DataError(MSG_BAD_MEMORY.format(value=value))
     size = float(match.group(1)) * _UNITS[match.group(2).lower()]
     if not size >= 1:
         raise DataError(MSG_BAD_MEMORY.format(value=value))
-    return int(size)
+    return check_memory_budget(int(size), value=value, flag="max_memory")
 
 
 def format_memory(n: int) -> str:
@@ -246,7 +248,17 @@ class RowChunks:
             import h5py
 
             self._path, self._key = os.fspath(source), dataset
-            with h5py.File(self._path, "r") as f:
+            try:
+                f = h5py.File(self._path, "r")
+            except FileNotFoundError as err:
+                raise DataError(f"RowChunks: no file {self._path!r}; pass the path of an HDF5 file") from err
+            except OSError as err:
+                raise DataError(f"RowChunks: {self._path!r} is not a readable HDF5 file ({err}); pass a cache") from err
+            with f:
+                if not isinstance(f.get(dataset), h5py.Dataset):
+                    have = ", ".join(k for k in f if isinstance(f[k], h5py.Dataset)) or "none"
+                    raise DataError(f"RowChunks: {self._path!r} has no dataset {dataset!r} (datasets at its root: "
+                                    f"{have}); pass dataset='features' for a fairhead cache")
                 shape, dtype = f[dataset].shape, f[dataset].dtype
                 self._runs = _mapped_runs(f[dataset])
         else:

@@ -20,6 +20,8 @@ import dataclasses
 import numpy as np
 from sklearn.base import clone
 
+from ._validation import validate_params
+from .errors import DataError
 from .estimator import FairLogisticRegression, _fit_score, _problem_pieces, with_stream_note
 
 
@@ -102,9 +104,18 @@ def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_he
     """
     estimator_params.pop("eps", None)
     base = FairLogisticRegression(**estimator_params)
-    grid = [float(e) for e in eps_grid]
+    grid = list(eps_grid)
     if not grid:
         return
+    for e in grid:  # the estimator's own rule for eps, on every bound, before any fit
+        validate_params(FairLogisticRegression(**estimator_params, eps=e))
+    grid = [float(e) for e in grid]
+    from .constraints import make_constraint
+
+    unbounded = make_constraint(base.constraint)
+    if unbounded is not None and unbounded.name == "minimax" and len(set(grid)) > 1:
+        raise DataError("constraint 'minimax' minimises the largest group loss and has no bound: every eps of the "
+                        f"grid ({len(set(grid))} values) would give the same head; pass one eps (e.g. eps_grid=[0])")
     base.set_params(eps=grid[0])
     problem, constraint, backend = base._prepare(X, y, sensitive_features, sample_weight)
     state = _head_state(init_head, problem.d, problem.n_classes)

@@ -174,12 +174,24 @@ def _read(path: Path, suffix: str):
         raise DataError(MSG_MISSING.format(path=str(path))) from err
     except IsADirectoryError as err:
         raise DataError(MSG_FOLDER.format(path=str(path))) from err
+    except RecursionError as err:  # a hand-made document nested thousands of levels deep
+        raise DataError(MSG_UNREADABLE.format(path=str(path), why="its JSON is nested too deeply")) from err
     except (ValueError, UnicodeDecodeError, OSError, zipfile.BadZipFile, EOFError) as err:
         why = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(MSG_UNREADABLE.format(path=str(path), why=why)) from err
 
 
+def _holds_bool(value) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return True
+    if isinstance(value, np.ndarray):
+        return value.dtype == np.bool_
+    return isinstance(value, list) and any(_holds_bool(v) for v in value)
+
+
 def _finite_array(value, what: str, path: Path) -> np.ndarray:
+    if _holds_bool(value):  # JSON true/false would read as 1.0/0.0
+        raise DataError(MSG_DAMAGED.format(path=str(path), why=f"{what} holds true/false, not numbers"))
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as err:
@@ -211,6 +223,14 @@ def _validated(doc: dict, coef, intercept, path: Path):
     if (not isinstance(classes, list) or len(classes) < 2
             or len({json.dumps(c, sort_keys=True) for c in classes}) != len(classes)):
         raise damaged(f"classes is {classes!r}; a head has two or more distinct classes")
+    if not all(isinstance(c, str) for c in classes) and not all(
+            isinstance(c, (int, float)) and not isinstance(c, bool) for c in classes):
+        raise damaged(f"classes is {classes!r}; a head's classes are all numbers or all strings")
+    if classes != sorted(classes):  # fit stores np.unique(y), sorted; another order flips the predicted labels
+        raise damaged(f"classes is {classes!r}, not in sorted order as fit writes them (a reordered list would "
+                      "flip every predicted label)")
+    if "extra" in doc and not isinstance(doc["extra"], dict):
+        raise damaged(f"extra is {type(doc['extra']).__name__}, not a JSON object")
     rows = 1 if len(classes) == 2 else len(classes)  # the binary head has one logit, a K-class head K
     if coef.ndim > 2 or (coef.ndim == 2 and coef.shape[0] != rows) or coef.size != rows * n_features:
         raise damaged(f"coef has shape {coef.shape} but n_features_in is {n_features} and there are {len(classes)} "
@@ -253,6 +273,8 @@ def load_head(path):
 
     path = Path(os.fspath(path))
     suffix = _suffix(path)
+    if path.exists() and not path.is_file() and not path.is_dir():  # a FIFO or a device would block the read
+        raise DataError(MSG_UNREADABLE.format(path=str(path), why="it is not a regular file (a pipe or a device)"))
     if path.is_file() and path.stat().st_size > MAX_HEAD_BYTES:
         raise DataError(MSG_UNREADABLE.format(path=str(path), why=f"{path.stat().st_size} bytes is no head"))
     doc, coef, intercept = _read(path, suffix)

@@ -38,6 +38,9 @@ MISSING_MARKERS = frozenset(
 )
 #: the group name a missing sensitive value gets with ``missing="group"``
 MISSING_GROUP = "(missing)"
+MISSING_NAME_TAKEN_MSG = ("{kind} column {name!r} has a real value {group!r} (row {row}) and missing values: keeping "
+                          "the missing ones as the group {group!r} would merge them into it; rename that value, or "
+                          "drop the rows with missing values (--sensitive-missing drop)")
 
 
 def shown(value: Any, limit: int = SHOWN_VALUE_CHARS) -> str:
@@ -356,6 +359,9 @@ def encode_categorical(
                                                      fix=fix or MISSING_OTHER_FIX))
         raise DataError(MISSING_MARKER_MSG.format(kind=kind, name=name, value=shown(value), row=row, more=more,
                                                   fix=fix or MISSING_OTHER_FIX))
+    if missing_rows and len(missing_rows) < sum(t == MISSING_GROUP for t in as_text):
+        row = next(r for r, t in enumerate(as_text) if t == MISSING_GROUP and r not in set(missing_rows))
+        raise DataError(MISSING_NAME_TAKEN_MSG.format(kind=kind, name=name, row=row, group=MISSING_GROUP))
     categories = tuple(sorted(set(as_text), key=_sort_key))
     _check_one_spelling(categories, name=name, kind=kind)
     if kind == "sensitive":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,8 @@ def write_synthetic_dataset(out_dir, *, image_format: str = "png", jpeg_quality:
         read it with ``ManifestSource(path, label_col="shape",
         sensitive_cols=["background"], split_col="split", id_col="id")``.
     """
+    from embedcache.store.writer import atomic_write_text, commit_file
+
     fmt = IMAGE_FORMATS.get(str(image_format).lower())
     if fmt is None:
         raise DataError(BAD_PARAM_MSG.format(name="image_format", value=image_format, rule="'png' or 'jpeg'"))
@@ -203,17 +206,24 @@ def write_synthetic_dataset(out_dir, *, image_format: str = "png", jpeg_quality:
     groups, _ = source.sensitive[SENSITIVE_NAME]
     manifest = out_dir / "manifest.csv"
     tmp = manifest.with_name(manifest.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "id", LABEL_NAME, SENSITIVE_NAME, "split"])
-        for i, sample_id in enumerate(source.ids):
-            rel = f"images/{sample_id}{suffix}"
-            options = {"quality": int(jpeg_quality)} if fmt == "JPEG" else {}
-            source.load_image(i).save(out_dir / rel, format=fmt, **options)
-            writer.writerow(
-                [rel, sample_id, LABEL_CATEGORIES[source.labels[i]], SENSITIVE_CATEGORIES[groups[i]], source.splits[i]]
-            )
-    tmp.replace(manifest)  # the manifest appears only once every image is on disk
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["path", "id", LABEL_NAME, SENSITIVE_NAME, "split"])
+            for i, sample_id in enumerate(source.ids):
+                rel = f"images/{sample_id}{suffix}"
+                options = {"quality": int(jpeg_quality)} if fmt == "JPEG" else {}
+                source.load_image(i).save(out_dir / rel, format=fmt, **options)
+                writer.writerow(
+                    [rel, sample_id, LABEL_CATEGORIES[source.labels[i]], SENSITIVE_CATEGORIES[groups[i]],
+                     source.splits[i]]
+                )
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:  # a full disk or a Ctrl-C: the old manifest stays, no temporary file is left
+        tmp.unlink(missing_ok=True)
+        raise
+    commit_file(tmp, manifest)  # the manifest appears only once every image is on disk
     description = {**source.describe(), "image_format": fmt.lower(), "manifest": manifest.name}
-    (out_dir / "dataset.json").write_text(json.dumps(description, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    atomic_write_text(out_dir / "dataset.json", json.dumps(description, indent=2, sort_keys=True) + "\n")
     return manifest

@@ -204,10 +204,13 @@ class Journal:
         """Create a fresh, empty journal (replacing any old one)."""
         self.remove()
         self.dir.mkdir(parents=True)
-        atomic_write_text(self.meta_path, schema.dumps_json(meta))
         self.features_path.touch()
         self.inputs_path.touch()
         atomic_write_text(self.committed_path, schema.dumps_json({schema.JOURNAL_COMMITTED_ROWS_KEY: 0}))
+        fsync_path(self.dir, directory=True)
+        # the meta is the journal's commit marker, written last: a kill before it leaves a folder without
+        # meta, which the next run removes and starts over (read_meta -> None), never a half-made journal
+        atomic_write_text(self.meta_path, schema.dumps_json(meta))
         fsync_path(self.dir, directory=True)
 
     def input_records(self, committed: int) -> tuple[list[dict[str, Any]], int] | None:

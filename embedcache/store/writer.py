@@ -557,8 +557,12 @@ def atomic_write_text(path, text: str) -> None:
     """Replace ``path`` with ``text`` so a crash leaves the old or the new content, never half."""
     path = Path(path)
     tmp = path.with_name(path.name + schema.TMP_SUFFIX)
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:  # a full disk or a Ctrl-C: no temporary file is left behind
+        _remove_quietly(tmp)
+        raise
     commit_file(tmp, path)

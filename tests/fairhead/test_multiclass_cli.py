@@ -141,10 +141,16 @@ def test_predict_on_images_with_a_three_class_head(tmp_path, capsys):
         data = c.load(None)
         proba = head.predict_proba(np.asarray(data.features))
         ids = list(map(str, data.sample_ids))
+        # predict runs the backbone in batches of 64, the cache was written in batches of 16: float32 rounding of
+        # the features moves each score by at most float32_score_tolerance, and a softmax probability by at most
+        # half the largest score move (its gradient's absolute row sum is 2 p (1 - p) <= 1/2)
+        from fairhead.export import float32_score_tolerance
+
+        proba_tol = 0.5 * float32_score_tolerance(head.coef_, np.asarray(data.features))
     got = {r["id"]: r for r in read_rows(out)}
     names = ["blob", "circle", "square"]
     for i, sample in enumerate(ids):
         k = int(np.argmax(proba[i]))
         assert got[sample]["predicted_label"] == names[k] and int(got[sample]["prediction"]) == k
-        assert abs(float(got[sample]["probability"]) - proba[i, k]) <= 1e-6
+        assert abs(float(got[sample]["probability"]) - proba[i, k]) <= proba_tol[i]
     assert "'blob'" in stdout and json.loads(out.with_suffix(".metrics.json").read_text())["all"]["accuracy"] > 0

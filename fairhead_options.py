@@ -1,0 +1,110 @@
+"""One validation layer for the options several commands and the Python API share.
+
+A batch size, a torch device, a confidence level, a memory budget and a fairness bound ``eps`` mean
+the same thing wherever they are passed, so they are checked once, here, by the CLI and by the API
+functions alike: ``fairhead predict --batch-size 0`` and ``fairhead.predict.predict_images(...,
+batch_size=0)`` give the same one-line :class:`DataError`. Like :mod:`fairhead_io`, this module sits
+outside the packages (it imports only :mod:`fairhead_errors`; torch only when a device is checked).
+
+Messages name the option as the caller spells it (``flag``: ``--batch-size`` or ``batch_size``).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+
+from fairhead_errors import DataError
+
+BATCH_SIZE_MSG = "{flag} must be an integer >= {low}; got {value!r} (e.g. 64)"
+DEVICE_NAME_MSG = "{flag} {value!r} is not a torch device; pass auto, cpu, cuda or cuda:N"
+DEVICE_KIND_MSG = "{flag} {value!r} is not supported here; pass auto, cpu, cuda or cuda:N"
+NO_CUDA_MSG = "{flag} {value!r}: no CUDA device is available here; pass --device cpu (or auto)"
+CUDA_INDEX_MSG = "{flag} {value!r}: this machine has {count} CUDA device(s); pass cuda:0 .. cuda:{last}"
+CONFIDENCE_MSG = "{flag} must be a number strictly between 0 and 1, e.g. 0.95; got {value!r}"
+EPS_MSG = "{flag} must be a finite number >= 0 (the constraint's bound); got {value!r}"
+MEMORY_TOO_LARGE_MSG = ("{flag} {value!r} is {size}, more than this machine's {total} of memory; "
+                        "pass at most {total} (or leave it out to read the features into memory)")
+
+
+def _real(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def check_batch_size(value, *, flag: str = "--batch-size", low: int = 1) -> int:
+    """An integer >= ``low`` (not a bool, not a float such as 8.0)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < low:
+        raise DataError(BATCH_SIZE_MSG.format(flag=flag, low=low, value=value))
+    return int(value)
+
+
+def check_device(value, *, flag: str = "--device", kinds=("cpu", "cuda")) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; otherwise a device torch knows, of one of
+    ``kinds``, that this machine has. Returns the device's name (``cpu``, ``cuda:1``, ...)."""
+    import torch
+
+    name = str(value)
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise DataError(DEVICE_NAME_MSG.format(flag=flag, value=value)) from err
+    if device.type not in kinds:
+        raise DataError(DEVICE_KIND_MSG.format(flag=flag, value=value))
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DataError(NO_CUDA_MSG.format(flag=flag, value=value))
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise DataError(CUDA_INDEX_MSG.format(flag=flag, value=value, count=count, last=count - 1))
+    return str(device)
+
+
+def check_confidence(value, *, flag: str = "--confidence") -> float:
+    """A level strictly between 0 and 1."""
+    level = _real(value)
+    if level is None or not 0 < level < 1:
+        raise DataError(CONFIDENCE_MSG.format(flag=flag, value=value))
+    return level
+
+
+def check_eps(value, *, flag: str = "--eps") -> float:
+    """A finite bound >= 0 (what :class:`solvers.FairLogisticRegression` accepts)."""
+    eps = _real(value)
+    if eps is None or eps < 0:
+        raise DataError(EPS_MSG.format(flag=flag, value=value))
+    return eps
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes (None where the platform does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory_budget(size: int, *, value=None, flag: str = "--max-memory") -> int:
+    """A budget in bytes no larger than the machine's memory: a budget of 100TB would size buffers
+    for more memory than exists instead of limiting them."""
+    total = physical_memory()
+    if total is not None and size > total:
+        raise DataError(MEMORY_TOO_LARGE_MSG.format(flag=flag, value=value if value is not None else size,
+                                                    size=_bytes(size), total=_bytes(total)))
+    return size
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} bytes"
+
+
+__all__ = ["check_batch_size", "check_device", "check_confidence", "check_eps", "check_memory_budget",
+           "physical_memory"]
