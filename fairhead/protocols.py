@@ -70,6 +70,11 @@ PROGRESS_DESC = "protocols"
 INACTIVE_NOTE = ("{m} = {b}: {b} already meets {constraint} eps={eps:g} on the same data (constraint_value "
                  "{value:.4g}), so the constraint is inactive and {m} is {b}'s head up to solver tolerance "
                  "(coefficients within {diff:.1e}; the same prediction on {agree} of {n} fine-tune rows)")
+#: the same for a rate constraint, whose heads also choose their intercept for accuracy on the fit rows
+INACTIVE_RATE_NOTE = ("{m} = {b}: {b} already meets {constraint} eps={eps:g} on the same data (constraint_value "
+                      "{value:.4g}), so the constraint is inactive and {m} is {b}'s fit with its intercept chosen "
+                      "for accuracy on those rows, as every rate head's (coefficients within {diff:.1e}; the same "
+                      "prediction on {agree} of {n} fine-tune rows)")
 MISSED_NOTE = ("{m} MISSES its bound: constraint_value {value:.4g} > eps {eps:g} on its fine-tune data ({fit_on}); "
                "no head on the multiplier path meets it there. Raise --eps, lower --C, or use --balance group")
 #: the columns the report (``fairhead demo``'s report.md) keeps; the CSV and JSON keep every one
@@ -280,11 +285,18 @@ def _fit_quietly(head, arrays, *, split: str) -> None:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
+def _is_rate(constraint: str) -> bool:
+    from solvers.constraints import RateConstraint, make_constraint
+
+    return isinstance(make_constraint(constraint), RateConstraint)
+
+
 def _notes(rows: list[dict], heads: dict, plans: dict, *, constraint: str, eps: float) -> list[str]:
     """MISSED_NOTE for an M head that misses eps; INACTIVE_NOTE for one whose B head (the same data,
     unconstrained) already meets eps: the unconstrained optimum is then feasible, so it is the
     constrained optimum too (the objective is strictly convex), and the two heads differ only by
-    the solvers' tolerance."""
+    the solvers' tolerance (rate heads: and by the intercept the threshold search chooses for
+    accuracy on the fit rows, :mod:`solvers.threshold`)."""
     by = {(r["protocol"], r["split"]): r for r in rows}
     notes = []
     for m, b in (("M1", "B2"), ("M2", "B3")):
@@ -297,8 +309,9 @@ def _notes(rows: list[dict], heads: dict, plans: dict, *, constraint: str, eps: 
                        float(np.max(np.abs(np.asarray(heads[m].intercept_) - np.asarray(heads[b].intercept_)))))
             X = plans[m][0].X
             agree = int(np.sum(heads[m].predict(X) == heads[b].predict(X)))
-            notes.append(INACTIVE_NOTE.format(m=m, b=b, constraint=constraint, eps=eps, value=base, diff=diff,
-                                              agree=agree, n=len(plans[m][0].y)))
+            note = INACTIVE_RATE_NOTE if _is_rate(constraint) else INACTIVE_NOTE
+            notes.append(note.format(m=m, b=b, constraint=constraint, eps=eps, value=base, diff=diff,
+                                     agree=agree, n=len(plans[m][0].y)))
     return notes
 
 

@@ -189,10 +189,11 @@ def test_protocols_say_when_an_m_head_is_its_b_head(split_arrays):
     assert fit["M1"]["eps_met"] is True and fit["M2"]["eps_met"] is True
     assert [n.split(":")[0] for n in table.notes] == ["M1 = B2", "M2 = B3"]
     n_valid = len(split_arrays["valid"].y)
-    assert f"the same prediction on {n_valid} of {n_valid} fine-tune rows" in table.notes[0]
-    # the constraint is inactive: the M heads predict what the B heads predict, up to the solvers' tolerance
+    assert f"of {n_valid} fine-tune rows" in table.notes[0] and "intercept chosen for accuracy" in table.notes[0]
+    # the constraint is inactive: the M heads are the B heads' fits, each with the intercept most accurate on
+    # its fine-tune rows (the rate heads' threshold search), so never less accurate there
     for m, b in (("M1", "B2"), ("M2", "B3")):
-        assert abs(fit[m]["acc"] - fit[b]["acc"]) <= 2 / fit[m]["n"]
+        assert fit[m]["acc"] >= fit[b]["acc"] - 1 / fit[m]["n"]
 
 
 def test_protocols_cli_json_progress_and_provenance(cache_path, tmp_path, capsys):
