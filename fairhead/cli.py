@@ -343,7 +343,7 @@ EPILOGS = {
   fairhead extract --manifest meta.csv --root images/ --image-col path --target label --sensitive sex \\
                    --backbone convnext_tiny --weights-file my_finetuned.pt --out xray.h5
   torchrun --nproc-per-node 4 -m fairhead extract --celeba /data/celeba --backbone resnet50 --out c.h5
-      (one shard per process, merged by rank 0 into the single-process cache; README: Distributed extraction)""",
+      (one shard per process, merged by rank 0 into the single-process cache; docs/guide.md: Distributed extraction)""",
     "generate": "example:\n  fairhead generate --out shapes/ --n 3000 --seed 0   # then: fairhead extract --manifest shapes/manifest.csv ...",
     "import": "example:\n  fairhead import adult.parquet --label income --sensitive sex --out adult.h5",
     "info": "example:\n  fairhead info celeba_r50.h5",

@@ -20,7 +20,7 @@ from fairhead import provenance
 from fairhead.report import markdown_table
 from fairhead.tables import format_table
 
-#: the papers' setting, for readers with a GPU (README: "Full-network baseline")
+#: the papers' setting, for readers with a GPU (docs/guide.md: "Full-network baseline")
 PAPERS_SETTING = ("The papers' setting: CelebA (162,770 train images; e.g. target Blond_Hair, sensitive Male), "
                   "ResNet-18/50 from ImageNet weights, 64 px images in the seed code, whole-network training for "
                   "tens of epochs: on a GPU run `fairhead finetune-full CACHE --max-train 0 --max-eval 0 "

@@ -38,7 +38,7 @@ records both (``resolution``, ``aimed_at``) and the passes over ``X`` the head c
 
 Along a path the reduction can reach a **floor**: on Adult's ``eo`` the gaps flatten out at
 about 0.02-0.027, where the multipliers that would go further drive one group's cell costs
-through zero and the gaps jump to 0.5 (see the README's benchmarks). A bound below a gap at which
+through zero and the gaps jump to 0.5 (see docs/benchmarks.md). A bound below a gap at which
 the previous bound's Newton steps stalled short of their target gets one Newton step only,
 and a bound below one the path already missed is not searched again: its head is the previous
 head, reported unmet (whatever meets it would have met the looser bound).
