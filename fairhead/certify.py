@@ -87,6 +87,11 @@ def save_sweep_heads(out: Path, records, *, constraint, params: dict, fit, fit_s
     return folder
 
 
+def head_label(head) -> str:
+    """How ``select`` names a sweep's head: by its bound (``eps=0.05``), not by its file."""
+    return "unconstrained" if head.constraint in (None, "none") else f"eps={float(head.eps):.4g}"
+
+
 def load_sweep_heads(sweep_dir: Path) -> list[tuple[Path, object]]:
     from solvers import load_head
 
@@ -168,7 +173,7 @@ def select_from_sweep(sweep_dir, *, target, confidence=0.95, split="valid", meth
     order = [o if np.isfinite(o) else np.inf for o in order]
     sel = select_head([h for _, h in heads], arrays.X, arrays.y, arrays.group_names, target=target,
                       confidence=confidence, method=method, bound=bound, order=order,
-                      labels=[p.stem for p, _ in heads])
+                      labels=[head_label(h) for _, h in heads])
     sel.notes = [f"WIDE on '{split}': {n}" for n in sel.notes]
     aim = _aim_hint([h for _, h in heads], order, fit_arrays, gap, value, confidence, sel.n_rows, bound) \
         if fit_arrays is not None else None

@@ -31,6 +31,8 @@ from fairhead_errors import DataError, FairheadError
 
 PROG = "fairhead"
 EXIT_INTERRUPTED = 130
+#: ``fairhead select`` found no head it can certify (it still wrote selection.json): a result, not an error
+EXIT_ABSTAINED = 5
 
 SCORE_CONSTRAINTS = ("dp-score", "eopp-score", "eo-score", "cov", "group-loss", "minimax")
 RATE_CONSTRAINTS = ("dp", "eopp", "eo", "error-rate")
@@ -354,7 +356,8 @@ EPILOGS = {
     "protocols": "example:\n  fairhead protocols celeba_r50.h5 --constraint eo --eps 0.05 --out protocols/",
     "select": """examples:
   fairhead select sweep-eo/ --target eo:0.05 --confidence 0.95 --split valid
-  fairhead select sweep-eo/ --target 'eo<=0.05'     # the same target; quote it, < is a shell redirection""",
+  fairhead select sweep-eo/ --target 'eo<=0.05'     # the same target; quote it, < is a shell redirection
+exit status: 0 a head is certified; 5 it abstains (selection.json is written either way); 3 bad input""",
     "demo": "example:\n  fairhead demo --out fairhead-demo",
     "presets": "example:\n  fairhead presets   # then: fairhead extract --preset NAME --root DIR ...",
 }
@@ -510,7 +513,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
     sel = certify.select_from_sweep(args.sweep_dir, target=args.target, confidence=args.confidence,
                                     split=args.split, method=args.method, cache=args.cache, bound=args.bound)
     print(certify.selection_summary(sel, args.sweep_dir))
-    return 0
+    return EXIT_ABSTAINED if sel.abstained else 0
 
 
 def _cmd_protocols(args: argparse.Namespace) -> int:

@@ -142,7 +142,7 @@ def test_cli_select_end_to_end(sweep_dir, capsys):
 
     code = cli.main(["select", str(sweep_dir), "--target", "eo<=0.001", "--split", "valid"])
     out = capsys.readouterr().out
-    assert code == 0 and "abstained" in out and "smallest certifiable gap" in out
+    assert code == cli.EXIT_ABSTAINED and "abstained" in out and "smallest certifiable gap" in out
 
 
 def test_cli_select_refuses_the_fit_split(sweep_dir, capsys):
@@ -288,7 +288,7 @@ def test_cli_select_one_group_and_union_bound(tmp_path, capsys, table_csv):
     err = capsys.readouterr().err
     assert "hold 1 group" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (out / certify.SELECTION_FILE).exists()
-    assert cli.main(["select", str(out), "--target", "dp<=0.01", "--split", "test", "--bound", "union"]) == 0
+    assert cli.main(["select", str(out), "--target", "dp<=0.01", "--split", "test", "--bound", "union"]) == 5
     printed = capsys.readouterr().out
     doc = json.loads((out / certify.SELECTION_FILE).read_text())
     assert doc["bound_name"] == "union" and doc["abstained"]
@@ -307,3 +307,14 @@ def test_cli_select_uses_the_sweeps_positive_class(cache_path, split_arrays, tmp
     assert doc["pos_label"] == "0"
     positives = sum(v["true_positive_rate"]["n"] for v in doc["group_counts"].values())
     assert positives == int((split_arrays["valid"].y == 0).sum())
+
+
+def test_select_exits_5_when_it_abstains_and_names_heads_by_their_bound(sweep_dir, cache_path, capsys):
+    """Scripts can tell an abstention from a certified head by the exit status; the table names heads
+    by their eps, not by their file."""
+    from fairhead.cli import EXIT_ABSTAINED, main
+
+    code = main(["select", str(sweep_dir), "--target", "dp:0.0", "--split", "valid", "--cache", str(cache_path)])
+    out = capsys.readouterr().out
+    assert code == EXIT_ABSTAINED == 5
+    assert "eps=" in out and "eps-0" not in out
