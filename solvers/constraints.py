@@ -161,17 +161,21 @@ def _event_masks(event: str, y: np.ndarray) -> list[tuple[str, np.ndarray]]:
         return [("all", np.ones(y.shape[0], dtype=bool))]
     if event == "y=1":
         return [("y=1", y == 1)]
+    if event == "y=0":
+        return [("y=0", y == 0)]
     if event == "label":
         return [("y=1", y == 1), ("y=0", y == 0)]
     raise ValueError(event)  # pragma: no cover - internal
 
 
 def _class_event_masks(event: str, y: np.ndarray, k: int) -> list[tuple[str, np.ndarray]]:
-    """The events of class k, one-vs-rest: all rows, ``y = k``, or ``y = k`` and ``y != k``."""
+    """The events of class k, one-vs-rest: all rows, ``y = k``, ``y != k``, or ``y = k`` and ``y != k``."""
     if event == "all":
         return [("all", np.ones(y.shape[0], dtype=bool))]
     if event == "y=1":
         return [(f"y={k}", y == k)]
+    if event == "y=0":
+        return [(f"y!={k}", y != k)]
     if event == "label":
         return [(f"y={k}", y == k), (f"y!={k}", y != k)]
     raise ValueError(event)  # pragma: no cover - internal
@@ -543,6 +547,29 @@ class EqualizedOdds(RateConstraint):
     group_rates = ("true_positive_rate", "false_positive_rate")
 
 
+class FalsePositiveRateParity(RateConstraint):
+    """False-positive-rate parity (rate constraint, ``"fpr"``; the FPR half of ``"eo"``).
+
+    .. math::
+
+        \\bigl| P_v(\\hat y = 1 \\mid g, y=0) - P_v(\\hat y = 1 \\mid y=0) \\bigr| \\le \\varepsilon
+        \\quad \\text{for every group } g.
+
+    With K > 2 classes, one-vs-rest for every class ``k`` and group ``g``:
+    :math:`|P_v(\\hat y = k \\mid g, y \\ne k) - P_v(\\hat y = k \\mid y \\ne k)| \\le \\varepsilon`
+    (the FPR of class ``k``). Reported under the equalized-odds difference, which includes the
+    FPR difference; it has no interval gap of its own.
+    """
+
+    name = "fpr"
+    event = "y=0"
+    needs_label_cells = True
+    metric = "equalized_odds_difference"
+    label = "FPR gap"
+    fairlearn_moment = "FalsePositiveRateParity"
+    fairlearn_threshold = "false_positive_rate_parity"
+
+
 class ErrorRateParity(RateConstraint):
     """Error-rate parity (rate constraint, ``"error-rate"``).
 
@@ -576,6 +603,7 @@ CONSTRAINTS = {
         EqualOpportunity,
         EqualizedOdds,
         ErrorRateParity,
+        FalsePositiveRateParity,
     )
 }
 MULTICLASS_NAMES = tuple(k for k, c in CONSTRAINTS.items() if c.multiclass)
