@@ -37,3 +37,13 @@ def test_help_lists_fpr_among_the_rate_constraints(capsys):
     text = "".join(out.split())  # argparse wraps lines, also at hyphens
     assert "rate:dp,eopp,eo,error-rate,fpr;score:" in text
     assert "for" + "eopp-score/eo-score/eopp/eo/fpr,(group,label)cells" in text
+
+
+def test_compare_picks_fairlearns_fpr_form_and_skips_the_seed_penalty_that_has_none(cache_path, tmp_path, capsys):
+    pytest.importorskip("fairlearn")
+    code, out, err = main_cli(capsys, "sweep", cache_path, "--constraint", "fpr", "--eps-grid", "0.05", "--no-plots",
+                              "--compare", "threshold", "penalty", "--out", tmp_path / "sweep")
+    assert code == 0, err
+    assert "skipped penalty: the seed paper has no penalty form of 'fpr'" in out
+    methods = {r["method"] for r in read_rows(tmp_path / "sweep" / "sweep.csv")}
+    assert "threshold" in methods and "penalty" not in methods
