@@ -28,14 +28,18 @@ import traceback
 from pathlib import Path
 
 from fairhead_errors import DataError, FairheadError
+from solvers.constraints import CONSTRAINTS as CONSTRAINT_CLASSES
 
 PROG = "fairhead"
 EXIT_INTERRUPTED = 130
 #: ``fairhead select`` found no head it can certify (it still wrote selection.json): a result, not an error
 EXIT_ABSTAINED = 5
 
-SCORE_CONSTRAINTS = ("dp-score", "eopp-score", "eo-score", "cov", "group-loss", "minimax")
-RATE_CONSTRAINTS = ("dp", "eopp", "eo", "error-rate")
+#: the constraint names, read from the registry ``solvers.constraints.CONSTRAINTS``
+SCORE_CONSTRAINTS = tuple(name for name, c in CONSTRAINT_CLASSES.items() if c.kind == "score")
+RATE_CONSTRAINTS = tuple(name for name, c in CONSTRAINT_CLASSES.items() if c.kind == "rate")
+#: the constraints that condition on the label, so every (group, label) cell needs rows
+LABEL_CELL_CONSTRAINTS = tuple(name for name, c in CONSTRAINT_CLASSES.items() if c.needs_label_cells)
 CONSTRAINTS = RATE_CONSTRAINTS + SCORE_CONSTRAINTS
 
 
@@ -77,7 +81,7 @@ N_EPS_DEFAULT = 20
 MINORITY_FRACTION = 0.2
 EPS_DEFAULT = 0.05
 #: constraints without a bound: an --eps given with them would be ignored, so it is refused
-UNBOUNDED_CONSTRAINTS = ("none", "minimax")
+UNBOUNDED_CONSTRAINTS = ("none",) + tuple(name for name, c in CONSTRAINT_CLASSES.items() if not c.bounded)
 
 
 # --------------------------------------------------------------------------- parsers
@@ -161,7 +165,8 @@ def _add_fit_options(parser: argparse.ArgumentParser, *, eps_default: float | No
                        help="the label category that is the positive class (default: the second, e.g. 1 or yes); "
                             "binary labels only")
     group.add_argument("--min-group-size", type=int, default=10, metavar="N",
-                       help="refuse groups (and, for eo/eopp, (group, label) cells) with fewer rows")
+                       help="refuse groups (and, for " + "/".join(LABEL_CELL_CONSTRAINTS)
+                       + ", (group, label) cells) with fewer rows")
 
 
 def _add_json_option(parser: argparse.ArgumentParser, what: str) -> None:

@@ -35,6 +35,7 @@ import numpy as np
 
 from fairhead import pipeline
 from fairhead.sweep import HeadRecord, evaluate_predictor
+from solvers.constraints import CONSTRAINTS
 
 BASELINES = ("expgrad", "gridsearch", "threshold", "penalty")
 #: gap levels of the front comparison (best accuracy at gap <= t)
@@ -44,26 +45,11 @@ FRONT_GAPS = (("demographic_parity_difference", "DP diff"), ("equalized_odds_dif
 UNKNOWN_BASELINE_MSG = "unknown baseline {name!r}; choose from {known}"
 NO_FAIRLEARN_NOTE = "skipped {name}: fairlearn is not installed (pip install 'fairhead[compare]')"
 
-#: fairhead constraint -> (fairlearn reductions moment, ThresholdOptimizer constraint)
-FAMILY = {
-    "dp": ("DemographicParity", "demographic_parity"),
-    "dp-score": ("DemographicParity", "demographic_parity"),
-    "cov": ("DemographicParity", "demographic_parity"),
-    "eopp": ("TruePositiveRateParity", "true_positive_rate_parity"),
-    "eopp-score": ("TruePositiveRateParity", "true_positive_rate_parity"),
-    "eo": ("EqualizedOdds", "equalized_odds"),
-    "eo-score": ("EqualizedOdds", "equalized_odds"),
-    "error-rate": ("ErrorRateParity", None),
-    "group-loss": ("ErrorRateParity", None),
-    "minimax": ("ErrorRateParity", None),
-}
-#: fairhead constraint -> the seed code's penalty form (see :func:`seed_penalty`)
-SEED_PENALTY = {
-    "dp": "DI", "dp-score": "DI", "cov": "DI",
-    "eopp": "EOpp", "eopp-score": "EOpp",
-    "eo": "EO", "eo-score": "EO",
-    "error-rate": "AE", "group-loss": "MMF", "minimax": "MMF",
-}
+#: fairhead constraint -> (fairlearn reductions moment, ThresholdOptimizer constraint), each class's
+#: ``fairlearn_moment`` and ``fairlearn_threshold`` (``None``: fairlearn has no such form)
+FAMILY = {name: (c.fairlearn_moment, c.fairlearn_threshold) for name, c in CONSTRAINTS.items()}
+#: fairhead constraint -> the seed code's penalty form (see :func:`seed_penalty`), each class's ``paper``
+SEED_PENALTY = {name: c.paper for name, c in CONSTRAINTS.items()}
 #: the seed's fine-tuning recipe: SGD(lr=1e-2, momentum=0.9, weight_decay=5e-4), StepLR(100, 0.5),
 #: up to 1000 full-batch epochs, stopped after epoch 50 once the loss has risen 3 epochs in a row
 SEED_SGD = dict(lr=1e-2, momentum=0.9, weight_decay=5e-4)
@@ -307,6 +293,9 @@ def run_penalty(fit, arrays, *, constraint, C, seed, balance=None, confidence=0.
     from solvers.problem import encode_groups
 
     form = SEED_PENALTY[constraint.name]
+    if form is None:
+        print(f"skipped penalty: the seed paper has no penalty form of {constraint.name!r}")
+        return
     X = torch.as_tensor(np.asarray(fit.X, dtype=np.float32))
     y = torch.as_tensor(fit.y.astype(np.float32))
     codes, labels, _ = encode_groups(pipeline.sensitive_arg(fit), len(fit.y))
@@ -423,8 +412,9 @@ def expected_fits(name: str, constraint, grid) -> int:
     """How many models a baseline fits (the length of its progress bar)."""
     if name == "expgrad":
         return len(matched_bounds(constraint, grid))
-    if name == "penalty":  # the seed's MMF form fits one head, the others one per alpha
-        return 1 if SEED_PENALTY.get(constraint.name) == "MMF" else len(PENALTY_ALPHAS)
+    if name == "penalty":  # the seed's MMF form fits one head, the others one per alpha (none: no form)
+        form = SEED_PENALTY.get(constraint.name)
+        return 0 if form is None else 1 if form == "MMF" else len(PENALTY_ALPHAS)
     return 1
 
 

@@ -270,6 +270,9 @@ class TrainingObjective:
 
         self.config, self.device = config, device
         self.form = SEED_PENALTY[config.constraint]
+        if config.method == "penalty" and self.form is None:
+            raise DataError(f"the seed paper has no penalty form of constraint {config.constraint!r}; "
+                            "train it with method 'lagrangian'")
         self.relax = None
         if config.method == "lagrangian":
             self.relax = _relaxation(ConstraintRelaxation, config, data, data.train_pos, "training", device)

@@ -30,20 +30,13 @@ from __future__ import annotations
 import numpy as np
 
 from fairhead_errors import DataError
-from solvers.constraints import (MSG_BINARY_ONLY, MULTICLASS_NAMES, GroupLoss, LinearScoreConstraint, MinimaxLoss,
-                                 RateConstraint, make_constraint)
+from solvers.constraints import (CONSTRAINTS, MSG_BINARY_ONLY, MULTICLASS_NAMES, GroupLoss, LinearScoreConstraint,
+                                 MinimaxLoss, RateConstraint, make_constraint)
 from solvers.problem import balance_weights, encode_groups
 
 #: the between-groups difference (fairlearn's, a key of :func:`solvers.metrics.evaluate`) that reports
-#: the family of each constraint, shown next to the constraint's bounded gap
-BETWEEN_GROUPS = {
-    "dp": "demographic_parity_difference", "dp-score": "demographic_parity_difference",
-    "cov": "demographic_parity_difference",
-    "eopp": "equal_opportunity_difference", "eopp-score": "equal_opportunity_difference",
-    "eo": "equalized_odds_difference", "eo-score": "equalized_odds_difference",
-    "error-rate": "accuracy_equality_difference", "group-loss": "accuracy_equality_difference",
-    "minimax": "accuracy_equality_difference",
-}
+#: the family of each constraint, shown next to the constraint's bounded gap (each class's ``metric``)
+BETWEEN_GROUPS = {name: c.metric for name, c in CONSTRAINTS.items()}
 
 
 def describe_bounded_gap(constraint, balance=None, n_classes: int = 2) -> str:
@@ -54,7 +47,7 @@ def describe_bounded_gap(constraint, balance=None, n_classes: int = 2) -> str:
         return "no constraint"
     if n_classes > 2:
         return _describe_class_gap(constraint, balance, n_classes)
-    within = {"all": "", "y=1": " among y=1 rows", "label": " within each label (y=1 and y=0)"}
+    within = {"all": "", "y=1": " among y=1 rows", "y=0": " among y=0 rows", "label": " within each label (y=1 and y=0)"}
     if isinstance(constraint, RateConstraint):
         rate = "error rate" if constraint.utility == "error" else "P(yhat=1)"
         what = (f"max over groups of |{rate}(group) - {rate}(all)|{within[constraint.event]} ('{constraint.name}'; "
@@ -71,7 +64,8 @@ def describe_bounded_gap(constraint, balance=None, n_classes: int = 2) -> str:
 
 
 def _describe_class_gap(constraint, balance, K: int) -> str:
-    within = {"all": "", "y=1": " among y=k rows", "label": " within y=k and within y!=k"}[constraint.event]
+    within = {"all": "", "y=1": " among y=k rows", "y=0": " among y!=k rows",
+              "label": " within y=k and within y!=k"}[constraint.event]
     if isinstance(constraint, RateConstraint):
         what = (f"max over classes k and groups of |P(yhat=k)(group) - P(yhat=k)(all)|{within} ('{constraint.name}', "
                 f"{K} classes, one-vs-rest)")

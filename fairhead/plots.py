@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from solvers.constraints import CONSTRAINTS
+
 #: (row key, axis label): the bounded gap and fairlearn's between-groups differences are different quantities
 GAPS = (
     ("constraint_value", "bounded gap max|g - all| (eps)"),
@@ -40,12 +42,7 @@ ACC_MIN_SPAN = 0.05
 #: the smallest range of a gap axis (gaps start at 0)
 GAP_MIN_SPAN = 0.05
 #: the unit of each constraint's own bounded value (``constraint_value``)
-OWN_VALUE_UNITS = {
-    "dp": "selection-rate gap", "eopp": "TPR gap", "eo": "TPR/FPR gap", "error-rate": "error-rate gap",
-    "dp-score": "mean-score gap, logits", "eopp-score": "mean-score gap on y=1, logits",
-    "eo-score": "mean-score gap per label, logits", "cov": "cov(s, z), logits",
-    "group-loss": "worst group log-loss, nats", "minimax": "worst group log-loss, nats",
-}
+OWN_VALUE_UNITS = {name: c.label for name, c in CONSTRAINTS.items()}
 
 
 def own_value_label(constraint: str | None) -> str:

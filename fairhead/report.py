@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fairhead_io import atomic_write_text
+from solvers.constraints import CONSTRAINTS
 
 REPORT_COLUMNS = (
     ("method", "method"), ("eps", "eps"), ("alpha", "alpha"), ("split", "split"), ("accuracy", "acc"),
@@ -75,7 +76,7 @@ def _headline(result) -> list[str]:
 
 
 #: constraints that bound a function of the score, not a hard-prediction rate
-SCORE_FAMILY = ("dp-score", "eopp-score", "eo-score", "cov")
+SCORE_FAMILY = tuple(name for name, c in CONSTRAINTS.items() if c.family == "score")
 SCORE_GAP_NOTE = (
     "- **Why the `{name}` heads barely move the selection-rate gap** (test DP diff {tight:.3f} at eps={eps:.3g} "
     "against {free:.3f} unconstrained): a score constraint bounds the groups' *mean logits* (or their covariance "
@@ -84,7 +85,7 @@ SCORE_GAP_NOTE = (
     "bunched just below the threshold), so equal means leave the hard-prediction gap in place. To bound the "
     "gap users see, sweep the rate constraint (`--constraint {rate}`).")
 #: the rate constraint that bounds what a score constraint only approximates
-RATE_OF_SCORE = {"dp-score": "dp", "eopp-score": "eopp", "eo-score": "eo", "cov": "dp"}
+RATE_OF_SCORE = {name: c.rate_form for name, c in CONSTRAINTS.items() if c.rate_form}
 
 
 def score_gap_note(name: str, rows, *, split: str = "test") -> list[str]:

@@ -107,10 +107,31 @@ class Constraint:
     """Base class. Subclasses keep only their init parameters (so ``clone`` works)."""
 
     name: str = ""
-    kind: str = ""  # "score" or "rate"
+    kind: str = ""  # "score" or "rate": how the backends solve it
+    #: "score" (linear in the score), "loss" (group losses of the score) or "rate" (hard predictions)
+    family: str = ""
     needs_label_cells: bool = False
     #: whether the constraint has a K-class (one-vs-rest, per class) version
     multiclass: bool = False
+    #: whether ``eps`` bounds anything (``False``: the constraint is an objective, ``eps`` unused)
+    bounded: bool = True
+    #: the between-groups difference (a key of :func:`solvers.metrics.evaluate`) reported for it
+    metric: str = ""
+    #: the unit of its own bounded value (``constraint_value``), for plot axes
+    label: str = ""
+    #: its fairlearn counterparts, as plain names (``solvers`` never imports fairlearn): the
+    #: ``fairlearn.reductions`` moment class and ThresholdOptimizer's ``constraints=`` string
+    #: (``None``: fairlearn has no such form)
+    fairlearn_moment: str | None = None
+    fairlearn_threshold: str | None = None
+    #: the seed paper's penalty form of the same fairness notion (``None``: it has none)
+    paper: str | None = None
+    #: the :mod:`solvers.intervals` gap name for its hard-prediction gap and the group rates that
+    #: gap compares (``None``: no interval of its own; its ``metric`` is another constraint's)
+    gap: str | None = None
+    group_rates: tuple = ()
+    #: the rate constraint that bounds the hard-prediction gap a score constraint only approximates
+    rate_form: str | None = None
     _param_names: tuple = ()
 
     def get_params(self, deep: bool = True) -> dict:
@@ -140,17 +161,21 @@ def _event_masks(event: str, y: np.ndarray) -> list[tuple[str, np.ndarray]]:
         return [("all", np.ones(y.shape[0], dtype=bool))]
     if event == "y=1":
         return [("y=1", y == 1)]
+    if event == "y=0":
+        return [("y=0", y == 0)]
     if event == "label":
         return [("y=1", y == 1), ("y=0", y == 0)]
     raise ValueError(event)  # pragma: no cover - internal
 
 
 def _class_event_masks(event: str, y: np.ndarray, k: int) -> list[tuple[str, np.ndarray]]:
-    """The events of class k, one-vs-rest: all rows, ``y = k``, or ``y = k`` and ``y != k``."""
+    """The events of class k, one-vs-rest: all rows, ``y = k``, ``y != k``, or ``y = k`` and ``y != k``."""
     if event == "all":
         return [("all", np.ones(y.shape[0], dtype=bool))]
     if event == "y=1":
         return [(f"y={k}", y == k)]
+    if event == "y=0":
+        return [(f"y!={k}", y != k)]
     if event == "label":
         return [(f"y={k}", y == k), (f"y!={k}", y != k)]
     raise ValueError(event)  # pragma: no cover - internal
@@ -188,6 +213,7 @@ def _class_parity_matrix(event: str, y, groups, sw, labels, n_classes: int):
 
 class ScoreConstraint(Constraint):
     kind = "score"
+    family = "score"
 
 
 class LinearScoreConstraint(ScoreConstraint):
@@ -276,6 +302,12 @@ class DemographicParityScore(LinearScoreConstraint):
 
     name = "dp-score"
     event = "all"
+    metric = "demographic_parity_difference"
+    fairlearn_moment = "DemographicParity"
+    fairlearn_threshold = "demographic_parity"
+    paper = "DI"
+    label = "mean-score gap, logits"
+    rate_form = "dp"
 
 
 class EqualOpportunityScore(LinearScoreConstraint):
@@ -294,6 +326,12 @@ class EqualOpportunityScore(LinearScoreConstraint):
     name = "eopp-score"
     event = "y=1"
     needs_label_cells = True
+    metric = "equal_opportunity_difference"
+    fairlearn_moment = "TruePositiveRateParity"
+    fairlearn_threshold = "true_positive_rate_parity"
+    paper = "EOpp"
+    label = "mean-score gap on y=1, logits"
+    rate_form = "eopp"
 
 
 class EqualizedOddsScore(LinearScoreConstraint):
@@ -315,6 +353,12 @@ class EqualizedOddsScore(LinearScoreConstraint):
     name = "eo-score"
     event = "label"
     needs_label_cells = True
+    metric = "equalized_odds_difference"
+    fairlearn_moment = "EqualizedOdds"
+    fairlearn_threshold = "equalized_odds"
+    paper = "EO"
+    label = "mean-score gap per label, logits"
+    rate_form = "eo"
 
 
 class CovarianceConstraint(LinearScoreConstraint):
@@ -331,6 +375,12 @@ class CovarianceConstraint(LinearScoreConstraint):
 
     name = "cov"
     multiclass = False
+    metric = "demographic_parity_difference"
+    fairlearn_moment = "DemographicParity"
+    fairlearn_threshold = "demographic_parity"
+    paper = "DI"
+    label = "cov(s, z), logits"
+    rate_form = "dp"
 
     def _functionals(self, y, groups, sw, labels):
         V = sw.sum()
@@ -357,6 +407,11 @@ class GroupLoss(ScoreConstraint):
     """
 
     name = "group-loss"
+    family = "loss"
+    metric = "accuracy_equality_difference"
+    fairlearn_moment = "ErrorRateParity"
+    paper = "MMF"
+    label = "worst group log-loss, nats"
 
     def cells_codes(self, y, groups, labels):
         return groups, tuple(labels)
@@ -374,6 +429,12 @@ class MinimaxLoss(ScoreConstraint):
     """
 
     name = "minimax"
+    family = "loss"
+    bounded = False
+    metric = "accuracy_equality_difference"
+    fairlearn_moment = "ErrorRateParity"
+    paper = "MMF"
+    label = "worst group log-loss, nats"
     _param_names = ("cells",)
 
     def __init__(self, cells: str = "group"):
@@ -394,6 +455,7 @@ class RateConstraint(Constraint):
     """Base of rate constraints: ``|E_w[u(yhat) | E, g] - E_w[u(yhat) | E]| <= eps``."""
 
     kind = "rate"
+    family = "rate"
     event = "all"
     utility = "selection"  # u = yhat ; "error": u = [yhat != y]
     multiclass = True
@@ -429,6 +491,13 @@ class DemographicParity(RateConstraint):
 
     name = "dp"
     event = "all"
+    metric = "demographic_parity_difference"
+    fairlearn_moment = "DemographicParity"
+    fairlearn_threshold = "demographic_parity"
+    paper = "DI"
+    label = "selection-rate gap"
+    gap = "dp"
+    group_rates = ("selection_rate",)
 
 
 class EqualOpportunity(RateConstraint):
@@ -445,6 +514,13 @@ class EqualOpportunity(RateConstraint):
     name = "eopp"
     event = "y=1"
     needs_label_cells = True
+    metric = "equal_opportunity_difference"
+    fairlearn_moment = "TruePositiveRateParity"
+    fairlearn_threshold = "true_positive_rate_parity"
+    paper = "EOpp"
+    label = "TPR gap"
+    gap = "eopp"
+    group_rates = ("true_positive_rate",)
 
 
 class EqualizedOdds(RateConstraint):
@@ -462,6 +538,36 @@ class EqualizedOdds(RateConstraint):
     name = "eo"
     event = "label"
     needs_label_cells = True
+    metric = "equalized_odds_difference"
+    fairlearn_moment = "EqualizedOdds"
+    fairlearn_threshold = "equalized_odds"
+    paper = "EO"
+    label = "TPR/FPR gap"
+    gap = "eo"
+    group_rates = ("true_positive_rate", "false_positive_rate")
+
+
+class FalsePositiveRateParity(RateConstraint):
+    """False-positive-rate parity (rate constraint, ``"fpr"``; the FPR half of ``"eo"``).
+
+    .. math::
+
+        \\bigl| P_v(\\hat y = 1 \\mid g, y=0) - P_v(\\hat y = 1 \\mid y=0) \\bigr| \\le \\varepsilon
+        \\quad \\text{for every group } g.
+
+    With K > 2 classes, one-vs-rest for every class ``k`` and group ``g``:
+    :math:`|P_v(\\hat y = k \\mid g, y \\ne k) - P_v(\\hat y = k \\mid y \\ne k)| \\le \\varepsilon`
+    (the FPR of class ``k``). Reported under the equalized-odds difference, which includes the
+    FPR difference; it has no interval gap of its own.
+    """
+
+    name = "fpr"
+    event = "y=0"
+    needs_label_cells = True
+    metric = "equalized_odds_difference"
+    label = "FPR gap"
+    fairlearn_moment = "FalsePositiveRateParity"
+    fairlearn_threshold = "false_positive_rate_parity"
 
 
 class ErrorRateParity(RateConstraint):
@@ -476,6 +582,12 @@ class ErrorRateParity(RateConstraint):
     event = "all"
     utility = "error"
     multiclass = False
+    metric = "accuracy_equality_difference"
+    fairlearn_moment = "ErrorRateParity"
+    paper = "AE"
+    label = "error-rate gap"
+    gap = "ae"
+    group_rates = ("accuracy",)
 
 
 CONSTRAINTS = {
@@ -491,11 +603,10 @@ CONSTRAINTS = {
         EqualOpportunity,
         EqualizedOdds,
         ErrorRateParity,
+        FalsePositiveRateParity,
     )
 }
 MULTICLASS_NAMES = tuple(k for k, c in CONSTRAINTS.items() if c.multiclass)
-SCORE_NAMES = tuple(k for k, c in CONSTRAINTS.items() if c.kind == "score")
-RATE_NAMES = tuple(k for k, c in CONSTRAINTS.items() if c.kind == "rate")
 
 
 def make_constraint(spec) -> Constraint | None:

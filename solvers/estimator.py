@@ -127,7 +127,8 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
     constraint : str, Constraint or None, default=None
         Score constraints ``"dp-score"``, ``"eopp-score"``, ``"eo-score"``, ``"cov"``,
         ``"group-loss"``, ``"minimax"``; rate constraints ``"dp"``, ``"eopp"``, ``"eo"``,
-        ``"error-rate"``; or a constraint object. ``None`` (the default) fits an unconstrained
+        ``"error-rate"``, ``"fpr"``; or a constraint object (the names are the keys of
+        ``solvers.constraints.CONSTRAINTS``). ``None`` (the default) fits an unconstrained
         head; the command line's ``fairhead fit`` defaults to ``--constraint dp`` instead.
     eps : float >= 0, default=0.05
         The bound (unused by ``"minimax"``).

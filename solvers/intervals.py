@@ -40,27 +40,25 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .constraints import CONSTRAINTS
 from .errors import DataError
 from .problem import encode_groups
 
-#: gap name -> the group rates it compares (``rate`` key -> (numerator, denominator) of counts)
-GAP_EVENTS = {
-    "dp": ("selection_rate",),
-    "eopp": ("true_positive_rate",),
-    "eo": ("true_positive_rate", "false_positive_rate"),
-    "ae": ("accuracy",),
-}
-GAP_ALIASES = {"demographic_parity": "dp", "equalized_odds": "eo", "equal_opportunity": "eopp",
-               "error-rate": "ae", "accuracy_equality": "ae"}
+_GAPS = [c for c in CONSTRAINTS.values() if c.gap]
+#: gap name -> the group rates it compares (``rate`` key -> (numerator, denominator) of counts);
+#: each rate constraint's ``gap`` and ``group_rates``
+GAP_EVENTS = {c.gap: c.group_rates for c in _GAPS}
+#: other names of each gap: its constraint's name and its metric's stem (``demographic_parity``)
+GAP_ALIASES = {alias: c.gap for c in _GAPS
+               for alias in (c.name, c.metric.removesuffix("_difference")) if alias != c.gap}
 #: the solvers.metrics function that measures each gap (between groups, unit weights)
-GAP_METRIC = {"dp": "demographic_parity_difference", "eo": "equalized_odds_difference",
-              "eopp": "equal_opportunity_difference", "ae": "accuracy_equality_difference"}
+GAP_METRIC = {c.gap: c.metric for c in _GAPS}
 UNION_BOUND = "clopper-pearson union bound"
 EXACT = "clopper-pearson"
 BOOTSTRAP = "scipy.stats.bootstrap (percentile)"
 
 MSG_LEVEL = "confidence must be a number in (0, 1), e.g. 0.95; got {got!r}"
-MSG_GAP = "unknown gap {got!r}; use one of: dp, eo, eopp, ae"
+MSG_GAP = "unknown gap {got!r}; use one of: " + ", ".join(GAP_EVENTS)
 MSG_COUNTS = "Clopper-Pearson needs 0 <= k <= n counts; got k={k}, n={n}"
 
 
