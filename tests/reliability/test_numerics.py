@@ -156,8 +156,9 @@ def test_same_inputs_and_seed_give_a_bitwise_identical_cache_and_head(tmp_path, 
 
     with embedcache.open(imports[0]) as cache:
         train = cache.load("train")
-    for constraint, backend in (("dp-score", "torch"), ("dp-score", "cvxpy"), ("eo", "torch")):
-        heads = [FairLogisticRegression(constraint=constraint, eps=EPS, backend=backend).fit(
+    # eo at 0.1: above the resolution of these 180 rows' cells (0.07), where the rate search promises the bound
+    for constraint, backend, eps in (("dp-score", "torch", EPS), ("dp-score", "cvxpy", EPS), ("eo", "torch", 0.1)):
+        heads = [FairLogisticRegression(constraint=constraint, eps=eps, backend=backend).fit(
             train.features, train.labels, sensitive_features=train.sensitive["group"]) for _ in range(2)]
         np.testing.assert_array_equal(heads[0].coef_, heads[1].coef_)
         np.testing.assert_array_equal(heads[0].intercept_, heads[1].intercept_)
