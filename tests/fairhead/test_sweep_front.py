@@ -102,11 +102,12 @@ def test_default_rate_grid_stops_at_the_resolution(split_arrays, tmp_path, const
     # the number the heads' own certificates carry (one prediction's weight over its group's)
     assert all(r.certificate["resolution"] == resolution for r in heads)
     assert all(r.certificate["eps_met"] for r in heads)  # every bound down to the resolution is reached
-    # said once, in the summary (the CLI prints it) and in sweep.json
+    # said once, in the summary (the CLI prints it), report.md and sweep.json
+    line = sweep.GRID_CUT_MSG.format(n=N_EPS, top=eps[0], floor=resolution, name=constraint, split="train")
     summary = result.summary()
-    assert summary.count("the resolution of") == 1 and "pass --eps-grid" in summary
-    line = next(s for s in summary.splitlines() if "the resolution of" in s)
-    assert line == sweep.GRID_CUT_MSG.format(n=N_EPS, top=eps[0], floor=resolution, name=constraint, split="train")
+    assert summary.count("the resolution of") == 1 and line in summary.splitlines()
+    assert result.files["report"].read_text().count(line) == 1
+    assert json.loads(result.files["json"].read_text())["notes"] == [line]
 
 
 def test_balance_changes_the_resolution_the_grid_stops_at(split_arrays, tmp_path):
