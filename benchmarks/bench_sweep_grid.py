@@ -83,13 +83,15 @@ def one_sweep(arrays, constraint, out: Path, eps_grid=None, n_eps=20) -> dict:
                                                   for r in heads}),
             "missed": len(result.missed()), "below_resolution": sum(r.eps < resolution for r in heads),
             "solves_s": sum(r.wall_time for r in heads), "wall_s": wall, "resolution": resolution,
+            "head_s": [r.wall_time for r in heads],
             "grid": [r.eps for r in heads], "notes": result.notes, "replaced": replaced}
 
 
 def _median(runs: list[dict]) -> dict:
     """The first run's heads (the solves are deterministic: every run has them) with the median times."""
     assert all(r["grid"] == runs[0]["grid"] and r["replaced"] == runs[0]["replaced"] for r in runs)
-    return {**runs[0], "solves_s": statistics.median(r["solves_s"] for r in runs),
+    return {**runs[0], "head_s": [statistics.median(t) for t in zip(*(r["head_s"] for r in runs))],
+            "solves_s": statistics.median(r["solves_s"] for r in runs),
             "wall_s": statistics.median(r["wall_s"] for r in runs),
             "rounds": [{"solves_s": r["solves_s"], "wall_s": r["wall_s"]} for r in runs]}
 

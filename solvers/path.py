@@ -176,6 +176,9 @@ def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_he
     every looser one, so a head whose search misses its bound is replaced by the best head of
     the path (least weighted error on the fit split) that meets it, whether solved before or
     after it; heads are still yielded in grid order (an unmet head waits for the later ones).
+    A head that meets its bound is yielded as solved: the monotone front (a more accurate head
+    of a tighter bound taking its place) needs the whole path, so :func:`fit_path` and
+    ``fairhead sweep`` apply :func:`monotone_front` once every head is solved.
 
     Yields
     ------
