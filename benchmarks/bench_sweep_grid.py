@@ -19,7 +19,8 @@ the heads the monotone front replaced (from ``progress.jsonl``, which keeps each
 the train and test accuracy each replacement changed. With ``--cold``, a cold single fit at each bound
 of the sweep beside the sweep's head (train and test accuracy).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_sweep_grid.py [--constraints dp eo] [--groups sex] [--n-eps 20] [--repeat 3] [--cold]
+    OMP_NUM_THREADS=1 python benchmarks/bench_sweep_grid.py [--constraints dp eo] [--groups sex] [--n-eps 20] \
+        [--repeat 3] [--cold]
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ from .estimator import FairLogisticRegression, _fit_score, _problem_pieces, with
 #: how the note of a head that a path replaced starts (:func:`replacement_note` finds it)
 REPLACED_PREFIX = "this bound's own search ended at"
 #: a head whose own search missed its bound takes a path head that meets it
-UNMET_NOTE = REPLACED_PREFIX + " gap {gap:.4g}; the head of eps={eps:g} meets it (feasibility is monotone along the path)"
+UNMET_NOTE = (REPLACED_PREFIX + " gap {gap:.4g}; the head of eps={eps:g} meets it (feasibility is monotone along "
+              "the path)")
 #: a head that met its bound takes a more accurate path head that meets it too
 REPLACED_NOTE = (REPLACED_PREFIX + " 0-1 error {error:.4g}; the head of eps={eps:g} meets it at {best_error:.4g} "
                  "(the front is monotone)")
