@@ -174,6 +174,7 @@ def sweep_report_text(result, files: Mapping[str, Path], meta: Mapping[str, Any]
         "",
         *_headline(result),
         "",
+        *[line for note in result.notes for line in (note, "")],  # e.g. a default grid cut at the resolution
     ]
     for key, caption in (("tradeoff_plot", "Accuracy against each fairness gap (Pareto front circled)"),
                          ("fit_vs_test_plot", "Gap on test against gap on the fit split (above the diagonal: "

@@ -2,9 +2,12 @@
 
 For a constraint and a grid ``eps_0 > eps_1 > ... > eps_m`` (by default from the
 unconstrained head's own constraint value, where the bound is inactive, down to
-0, or to the tightest feasible value for ``group-loss``), the sweep fits one head
+0; to the tightest feasible value for ``group-loss``; to the resolution for rate
+constraints, below which the search cannot steer a gap), the sweep fits one head
 per ``eps`` on the fit split, each warm-started from the previous one, and
-evaluates every head on every split of the cache.
+evaluates every head on every split of the cache. Rate heads then make the front
+monotone exactly as :func:`solvers.fit_path` does (:func:`solvers.path.monotone_front`),
+so a sweep's heads are ``fit_path``'s.
 
 Outputs, in the report folder:
 
@@ -23,6 +26,7 @@ one check each).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -54,6 +58,15 @@ MINIMAX_GRID_MSG = ("constraint 'minimax' minimises the largest group loss and h
 COMPARE_OUT_OF_CORE_MSG = ("the baselines of --compare ({names}) need the features in memory, and --max-memory "
                            "streams them; drop --compare or --max-memory")
 NO_SPLIT_MSG = "fit split {split!r} is not in cache '{path}' (it has: {have}); pick one with --fit-split"
+#: the one line of a default rate grid that stops at the resolution (instead of at 0)
+GRID_CUT_MSG = ("grid: {n} bounds from {top:.4g} down to {floor:.4g}, the resolution of '{name}' on '{split}' (one "
+                "prediction's weight over its group's); a tighter bound is met, if at all, only by a (near) constant "
+                "head, so the sweep stops there (pass --eps-grid to fit tighter bounds anyway)")
+#: ... and when the unconstrained head is already within the resolution: the one bound is the resolution
+GRID_WITHIN_MSG = ("grid: 1 bound, {floor:.4g}, the resolution of '{name}' on '{split}' (one prediction's weight over "
+                   "its group's), which the unconstrained head already meets (its gap {top:.4g}); a tighter bound is "
+                   "met, if at all, only by a (near) constant head, so the sweep stops there (pass --eps-grid to fit "
+                   "tighter bounds anyway)")
 PROGRESS_FILE = "progress.jsonl"
 #: every file a sweep writes into --out, with the first bytes that mark it as a sweep's own
 SWEEP_OUTPUTS = {
@@ -164,6 +177,8 @@ class SweepResult:
     group_rates: list[dict] = field(default_factory=list)
     #: classes of the label (K > 2: a multinomial head, gaps per class one-vs-rest)
     n_classes: int = 2
+    #: lines about the sweep as a whole (a default grid cut at the resolution)
+    notes: list[str] = field(default_factory=list)
 
     def gap_legend(self) -> dict[str, str]:
         """What each gap column measures, for this sweep's constraint and balance."""
@@ -213,7 +228,8 @@ class SweepResult:
         lines = [f"sweep of '{self.constraint}' fitted on '{self.fit_split}' "
                  f"({len(self.records)} heads)", format_table(shown),
                  f"constraint_value: {legend['constraint_value']}",
-                 "dp_diff, eo_diff: fairlearn's between-groups differences (max - min over groups, unit weights)"]
+                 "dp_diff, eo_diff: fairlearn's between-groups differences (max - min over groups, unit weights)",
+                 *self.notes]
         heads = [r for r in self.records if r.method == "fairhead"]
         missed = self.missed()
         if missed:
@@ -385,6 +401,7 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     from tqdm.auto import tqdm
 
     from solvers.intervals import check_confidence
+    from solvers.path import replacement_note
 
     confidence = check_confidence(confidence)
     if constraint is None:
@@ -436,10 +453,17 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
                                 balance=balance)
 
     floor = 0.0
+    sweep_notes = []
     if name == "minimax":
         grid = np.array([np.nan])  # an objective, not a bound: one head
     elif eps_grid is not None:
         grid = check_grid(eps_grid)
+    elif cons.kind == "rate":
+        grid, floor = _rate_grid(fit, sens, cons, inactive, n_eps, base)
+        if floor > 0:
+            msg = GRID_CUT_MSG if len(grid) > 1 else GRID_WITHIN_MSG
+            sweep_notes.append(msg.format(n=len(grid), top=grid[0] if len(grid) > 1 else inactive, floor=floor,
+                                          name=name, split=fit_split))
     else:
         if name == "group-loss":  # the tightest feasible bound is the minimax head's largest group loss
             tight = FairLogisticRegression(constraint="minimax", **base).fit(fit.X, fit.y, sensitive_features=sens)
@@ -485,7 +509,8 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
                 caught.clear()
                 continue
             wall = head.certificate_.wall_time  # the solver's own time (a path may yield heads late)
-            notes = "; ".join(sorted({str(w.message) for w in caught}))
+            replaced = replacement_note(head.certificate_)  # iter_path gave an unmet bound a head that meets it
+            notes = "; ".join(sorted({str(w.message) for w in caught}) + ([replaced] if replaced else []))
             rec = HeadRecord(
                 method="fairhead", eps=eps, coef=_coef(head), intercept=_intercept(head), certificate=head.certificate_.to_dict(),
                 metrics=evaluate_predictor(scores(head), None, arrays, cons, balance=balance,
@@ -497,7 +522,10 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
             bar.update(1)
             bar.set_postfix(eps=f"{eps:.4f}", fit_gap=f"{rec.metrics[fit_split]['constraint_value']:.4f}")
             caught.clear()
-    records.extend(done.get(_eps_key(e)) or solved[_eps_key(e)] for e in grid)
+    heads = [done.get(_eps_key(e)) or solved[_eps_key(e)] for e in grid]
+    # after the whole path, as fit_path does: the progress file keeps each head as it was solved, so a
+    # resumed sweep makes the same choice
+    records.extend(_monotone_front(heads) if cons.kind == "rate" else heads)
     from fairhead import certify  # the heads on disk, for `fairhead select`
 
     if writes:
@@ -518,7 +546,7 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     result = SweepResult(out=out, constraint=name, fit_split=fit_split, records=records, rows=rows, balance=balance,
                          split_sizes={s: int(len(a.y)) for s, a in arrays.items()},
                          undefined_rates={s: v for s, v in undefined.items() if v}, confidence=confidence,
-                         n_classes=fit.n_classes)
+                         n_classes=fit.n_classes, notes=sweep_notes)
     from fairhead import uncertainty
 
     for rec in records if fit.n_classes == 2 else ():  # selection rate, TPR, FPR: binary rates
@@ -534,6 +562,38 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     if writes:
         result.files.update(write_sweep(result, meta, plots=plots))
     return result
+
+
+def _rate_grid(fit, sens, cons, inactive: float, n_eps: int, base: dict) -> tuple[np.ndarray, float]:
+    """The default grid of a rate constraint and its floor: ``n_eps`` bounds from ``inactive`` down to
+    the resolution (:func:`solvers.path.rate_resolution`, the number the heads' certificates carry),
+    or the one bound ``resolution`` when the unconstrained head already meets it (every tighter bound
+    is below the resolution)."""
+    from solvers.path import rate_resolution
+
+    resolution = rate_resolution(fit.y, sensitive_features=sens, constraint=cons, **base)
+    if inactive <= resolution:
+        return np.array([float(resolution)]), float(resolution)
+    return default_eps_grid(inactive, n_eps, floor=resolution), float(resolution)
+
+
+def _monotone_front(heads: list[HeadRecord]) -> list[HeadRecord]:
+    """The path's records with :func:`solvers.path.monotone_front` applied, as :func:`solvers.fit_path`
+    applies it to its heads: a record takes a copy of a more accurate record that meets its bound
+    (coefficients, certificate and metrics: the same head), with its own eps, search time and a note."""
+    from solvers.certificate import Certificate
+    from solvers.path import monotone_front, replaced_certificate, replacement_note
+
+    certs = [Certificate.from_dict(h.certificate) for h in heads]
+    out = []
+    for j, i in enumerate(monotone_front(certs)):
+        if i == j:
+            out.append(heads[j])
+            continue
+        cert = replaced_certificate(certs[j], certs[i])
+        out.append(dataclasses.replace(heads[i], eps=heads[j].eps, certificate=cert.to_dict(),
+                                       wall_time=heads[j].wall_time, notes=replacement_note(cert)))
+    return out
 
 
 def write_sweep(result: SweepResult, meta: dict, *, plots: bool = True) -> dict[str, Path]:
@@ -565,6 +625,7 @@ def write_sweep(result: SweepResult, meta: dict, *, plots: bool = True) -> dict[
         payload = {"provenance": meta, "constraint": result.constraint, "fit_split": result.fit_split,
                    "columns": result.gap_legend(), "fronts": result.fronts() if "test" in result.split_sizes else [],
                    "missed_bound": [r.eps for r in result.missed()], "undefined_rates": result.undefined_rates,
+                   "notes": result.notes,
                    "confidence": result.confidence, "overfitting": result.overfitting(),
                    "rows": result.rows,
                    "heads": [{k: v for k, v in r.__dict__.items() if k != "metrics"} for r in result.records]}

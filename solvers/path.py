@@ -24,6 +24,15 @@ from ._validation import validate_params
 from .errors import DataError
 from .estimator import FairLogisticRegression, _fit_score, _problem_pieces, with_stream_note
 
+#: how the note of a head that a path replaced starts (:func:`replacement_note` finds it)
+REPLACED_PREFIX = "this bound's own search ended at"
+#: a head whose own search missed its bound takes a path head that meets it
+UNMET_NOTE = (REPLACED_PREFIX + " gap {gap:.4g}; the head of eps={eps:g} meets it (feasibility is monotone along "
+              "the path)")
+#: a head that met its bound takes a more accurate path head that meets it too
+REPLACED_NOTE = (REPLACED_PREFIX + " 0-1 error {error:.4g}; the head of eps={eps:g} meets it at {best_error:.4g} "
+                 "(the front is monotone)")
+
 
 def fit_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_head=None, **estimator_params):
     r"""Fit one head per ``eps`` in ``eps_grid`` (in the given order), warm-starting each.
@@ -73,7 +82,79 @@ def fit_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_hea
     """
     heads = list(iter_path(X, y, sensitive_features=sensitive_features, eps_grid=eps_grid,
                            sample_weight=sample_weight, init_head=init_head, **estimator_params))
-    return [_most_accurate_meeting(h, heads) for h in heads]
+    take = monotone_front([h.certificate_ for h in heads])
+    return [head if i == j else _replaced(head, heads[i]) for j, (head, i) in enumerate(zip(heads, take))]
+
+
+def monotone_front(certificates) -> list[int]:
+    """Which solved head each bound of a rate path takes, so that its front is monotone.
+
+    ``certificates`` are the certificates of a path's heads, in grid order (as
+    :func:`iter_path` yields them). Entry ``j`` of the result is ``j`` itself, or the index of
+    the path's most accurate head on the fit split (least 0-1 error; ties: the smaller gap, then
+    the earlier head) among those that meet bound ``j``, when that head is more accurate than
+    head ``j``. Only a rate head that meets its own bound is replaced (a tighter bound's head
+    meets every looser bound; the searches of two bounds may end in different places). Score
+    heads (no 0-1 error) keep their own.
+
+    :func:`fit_path` applies it to its heads, and ``fairhead sweep`` to its records (whose
+    certificates come back from the progress file), so that both give the same heads.
+    """
+    certs = list(certificates)
+    take = []
+    for j, cert in enumerate(certs):
+        if cert.zero_one_error is None or not cert.eps_met:
+            take.append(j)
+            continue
+        ok = [i for i, c in enumerate(certs)
+              if c.achieved_gap is not None and c.zero_one_error is not None and c.achieved_gap <= cert.eps]
+        best = min(ok, key=lambda i: (certs[i].zero_one_error, certs[i].achieved_gap), default=j)
+        take.append(best if certs[best].zero_one_error < cert.zero_one_error else j)
+    return take
+
+
+def replaced_certificate(own, best):
+    """The certificate of bound ``own.eps`` when it takes the head of ``best`` (see
+    :func:`monotone_front`): ``best``'s head and gaps, this bound's own search cost, and a note
+    (the last one) saying so."""
+    note = REPLACED_NOTE.format(error=own.zero_one_error, eps=best.eps, best_error=best.zero_one_error)
+    return dataclasses.replace(
+        best, eps=own.eps, status="eps_met", eps_met=True, max_violation=0.0, notes=tuple(best.notes) + (note,),
+        wall_time=own.wall_time, n_iter=own.n_iter, passes=own.passes, aimed_at=own.aimed_at,
+        resolution=own.resolution)
+
+
+def replacement_note(certificate) -> str:
+    """The note saying that a path replaced this bound's own head (see :func:`monotone_front` and
+    :func:`iter_path`), or ``""``."""
+    notes = tuple(certificate.notes)
+    return notes[-1] if notes and notes[-1].startswith(REPLACED_PREFIX) else ""
+
+
+def rate_resolution(y, *, sensitive_features, sample_weight=None, **estimator_params) -> float | None:
+    r"""The resolution of a rate constraint's gaps on this data, or ``None`` for a score constraint.
+
+    A gap :math:`\gamma_k = \sum_i M_{ki} (a_i \hat y_i + b_i)` moves by at most
+    :math:`\max_{k,i} |M_{ki} a_i|` when one prediction flips: one row's weight over its group's
+    (less its share of the overall rate). The search aims at ``max(eps, resolution)``, so a bound
+    below it is met, if at all, by a (near) constant head; the heads' certificates record the same
+    number (``resolution``). It depends on the labels, groups and weights only (``balance`` changes
+    the weights), not on the features: ``y`` and ``sensitive_features`` are validated as by
+    :meth:`FairLogisticRegression.fit` with ``estimator_params``, and no pass over ``X`` is made.
+    """
+    estimator_params.pop("eps", None)
+    estimator_params.pop("max_memory", None)
+    no_features = np.zeros((len(y), 1), dtype=np.float32)  # stands for X: one column, never read
+    problem, constraint, _ = FairLogisticRegression(**estimator_params)._prepare(no_features, y, sensitive_features,
+                                                                                  sample_weight)
+    if constraint is None or constraint.kind != "rate":
+        return None
+    mom = constraint.moments(problem.y, problem.groups, problem.sample_weight, problem.group_labels,
+                             n_classes=problem.n_classes)
+    if problem.n_classes > 2:
+        return mom.resolution
+    Ma = mom.M * mom.a
+    return float(np.abs(Ma).max()) if Ma.size else 0.0
 
 
 def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_head=None, **estimator_params):
@@ -96,6 +177,9 @@ def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_he
     every looser one, so a head whose search misses its bound is replaced by the best head of
     the path (least weighted error on the fit split) that meets it, whether solved before or
     after it; heads are still yielded in grid order (an unmet head waits for the later ones).
+    A head that meets its bound is yielded as solved: the monotone front (a more accurate head
+    of a tighter bound taking its place) needs the whole path, so :func:`fit_path` and
+    ``fairhead sweep`` apply :func:`monotone_front` once every head is solved.
 
     Yields
     ------
@@ -201,8 +285,7 @@ def _best_meeting(head, solved):
     best = min(ok, key=lambda h: (_fit_error(h.certificate_), h.certificate_.achieved_gap))
     out = copy.copy(best)  # coefficients and certificate are replaced, never mutated: a shallow copy will do
     out.set_params(eps=cert.eps)
-    note = (f"this bound's own search ended at gap {cert.achieved_gap:.4g}; the head of eps="
-            f"{best.certificate_.eps:g} meets it (feasibility is monotone along the path)")
+    note = UNMET_NOTE.format(gap=cert.achieved_gap, eps=best.certificate_.eps)
     out.certificate_ = dataclasses.replace(
         best.certificate_, eps=cert.eps, status="eps_met", eps_met=True, max_violation=0.0,
         notes=tuple(best.certificate_.notes) + (note,),
@@ -213,24 +296,11 @@ def _best_meeting(head, solved):
     return out
 
 
-def _most_accurate_meeting(head, solved):
-    """``head``, or a copy of a more accurate solved rate head that meets ``head``'s bound."""
-    cert = head.certificate_
-    if cert.zero_one_error is None or not cert.eps_met:
-        return head
-    ok = [h for h in solved if h.certificate_.achieved_gap is not None and h.certificate_.achieved_gap <= cert.eps
-          and h.certificate_.zero_one_error is not None]
-    best = min(ok, key=lambda h: (h.certificate_.zero_one_error, h.certificate_.achieved_gap))
-    if best.certificate_.zero_one_error >= cert.zero_one_error:
-        return head
-    out = copy.copy(best)
-    out.set_params(eps=cert.eps)
-    note = (f"this bound's own search ended at 0-1 error {cert.zero_one_error:.4g}; the head of eps="
-            f"{best.certificate_.eps:g} meets it at {best.certificate_.zero_one_error:.4g} (the front is monotone)")
-    out.certificate_ = dataclasses.replace(
-        best.certificate_, eps=cert.eps, status="eps_met", eps_met=True, max_violation=0.0,
-        notes=tuple(best.certificate_.notes) + (note,), wall_time=cert.wall_time, n_iter=cert.n_iter,
-        passes=cert.passes, aimed_at=cert.aimed_at, resolution=cert.resolution)
+def _replaced(head, best):
+    """A copy of ``best`` standing for ``head``'s bound (see :func:`monotone_front`)."""
+    out = copy.copy(best)  # coefficients and certificate are replaced, never mutated: a shallow copy will do
+    out.set_params(eps=head.certificate_.eps)
+    out.certificate_ = replaced_certificate(head.certificate_, best.certificate_)
     out.constraint_violation_ = 0.0
     out._solver_state = head._solver_state
     return out
@@ -250,4 +320,5 @@ def _fresh(base, eps):
     return est
 
 
-__all__ = ["fit_path", "iter_path"]
+__all__ = ["fit_path", "iter_path", "monotone_front", "rate_resolution", "replaced_certificate",
+           "replacement_note"]

@@ -34,6 +34,7 @@ def test_default_grid_spans_inactive_to_zero(dp_score_sweep):
     assert len(eps) == N_EPS and eps[-1] == 0.0
     assert eps == sorted(eps, reverse=True)
     assert eps[0] == pytest.approx(free.metrics["train"]["constraint_value"])
+    assert dp_score_sweep.notes == []  # a score gap has no resolution: the grid is not cut
 
 
 def test_sweep_rows_match_individual_cold_fits(dp_score_sweep, split_arrays):

@@ -140,3 +140,59 @@ def test_k_class_fit_path_is_monotone(constraint):
         if c.eps_met:
             assert all(loose.eps_met for loose in certs[:j])
             assert all(loose.zero_one_error <= c.zero_one_error for loose in certs[:j])
+
+
+def _cert(eps, error, gap, met=None):
+    from solvers.certificate import Certificate
+
+    return Certificate(backend="torch", solver="reduction", status="eps_met", constraint="eo", eps=eps, objective=None,
+                       max_violation=0.0, stationarity=0.0, n_iter=1, wall_time=0.0, tol=1e-4, achieved_gap=gap,
+                       eps_met=gap <= eps if met is None else met, zero_one_error=error)
+
+
+def test_monotone_front_takes_the_most_accurate_head_that_meets_each_bound():
+    from solvers.path import REPLACED_PREFIX, monotone_front, replaced_certificate, replacement_note
+
+    certs = [_cert(0.2, 0.21, 0.15),   # less accurate than the 0.1 head, which meets 0.2 too
+             _cert(0.1, 0.20, 0.08),
+             _cert(0.05, 0.25, 0.04),
+             _cert(0.03, 0.24, 0.03),  # more accurate than the 0.05 head: 0.05 takes it
+             _cert(0.01, 0.22, 0.06)]  # unmet: kept (iter_path gives unmet bounds their head)
+    assert monotone_front(certs) == [1, 1, 3, 3, 4]
+    # any path head that meets a bound counts, an unmet one too (its gap meets a looser bound)
+    assert monotone_front(certs[:4] + [_cert(0.01, 0.22, 0.02)]) == [1, 1, 4, 4, 4]
+    # ties in error: the smaller gap, then the earlier head; a head gives way only to a more accurate one
+    assert monotone_front([_cert(0.2, 0.3, 0.1), _cert(0.1, 0.2, 0.09), _cert(0.09, 0.2, 0.05)]) == [2, 1, 2]
+    assert monotone_front([_cert(0.2, 0.3, 0.1), _cert(0.1, 0.2, 0.05), _cert(0.09, 0.2, 0.05)]) == [1, 1, 2]
+    # score heads (no 0-1 error) keep their own
+    score = [dataclasses.replace(c, zero_one_error=None) for c in certs]
+    assert monotone_front(score) == list(range(5))
+    out = replaced_certificate(certs[0], certs[1])
+    assert (out.eps, out.achieved_gap, out.zero_one_error, out.eps_met) == (0.2, 0.08, 0.20, True)
+    assert replacement_note(out).startswith(REPLACED_PREFIX) and "eps=0.1 meets it at 0.2" in replacement_note(out)
+    assert replacement_note(certs[0]) == ""
+
+
+@pytest.mark.parametrize("constraint", ["dp", "eo", "error-rate"])
+@pytest.mark.parametrize("balance", [None, "label-group"])
+def test_rate_resolution_is_the_certificates(constraint, balance):
+    """Computed from labels, groups and weights alone, it is the number the search's certificate carries."""
+    from solvers.path import rate_resolution
+
+    X, y, a = make_fair_classification(800, 4, seed=3)
+    head = FairLogisticRegression(constraint=constraint, eps=0.05, balance=balance, backend="torch")
+    head.fit(X, y, sensitive_features=a)
+    assert rate_resolution(y, sensitive_features=a, constraint=constraint, balance=balance) == \
+        head.certificate_.resolution
+    assert rate_resolution(y, sensitive_features=a, constraint="dp-score") is None
+
+
+def test_k_class_rate_resolution_is_the_certificates():
+    from solvers.path import rate_resolution
+    from solvers.synthetic import make_fair_multiclass
+
+    X, y, a = make_fair_multiclass(600, 4, n_classes=3, seed=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        head = FairLogisticRegression(constraint="dp", eps=0.1, backend="torch").fit(X, y, sensitive_features=a)
+    assert rate_resolution(y, sensitive_features=a, constraint="dp") == head.certificate_.resolution
