@@ -251,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cache", type=Path)
     _add_fit_options(p, eps_default=None)
     p.add_argument("--eps-grid", nargs="+", type=float,
-                   help=f"eps values (default: {N_EPS_DEFAULT} points from inactive to 0)")
+                   help=f"eps values (default: {N_EPS_DEFAULT} points from inactive to 0; rate constraints: to the "
+                        "resolution, the smallest gap one prediction can change)")
     p.add_argument("--n-eps", type=GRID_SIZE, default=None,
                    help=f"grid size when --eps-grid is not given (default: {N_EPS_DEFAULT})")
     p.add_argument("--fit-split", default="train", help="split the heads are fit on")
