@@ -18,9 +18,9 @@ import os
 from fairhead_errors import DataError
 
 BATCH_SIZE_MSG = "{flag} must be an integer >= {low}; got {value!r} (e.g. 64)"
-DEVICE_NAME_MSG = "{flag} {value!r} is not a torch device; pass auto, cpu, cuda or cuda:N"
-DEVICE_KIND_MSG = "{flag} {value!r} is not supported here; pass auto, cpu, cuda or cuda:N"
-NO_CUDA_MSG = "{flag} {value!r}: no CUDA device is available here; pass --device cpu (or auto)"
+DEVICE_NAME_MSG = "{flag} {value!r} is not a torch device; pass {choices}"
+DEVICE_KIND_MSG = "{flag} {value!r} is not supported here; pass {choices}"
+NO_DEVICE_MSG = "{flag} {value!r}: no {kind} device is available here; pass {fallback}"
 CUDA_INDEX_MSG = "{flag} {value!r}: this machine has {count} CUDA device(s); pass cuda:0 .. cuda:{last}"
 CONFIDENCE_MSG = "{flag} must be a number strictly between 0 and 1, e.g. 0.95; got {value!r}"
 EPS_MSG = "{flag} must be a finite number >= 0 (the constraint's bound); got {value!r}"
@@ -42,26 +42,32 @@ def check_batch_size(value, *, flag: str = "--batch-size", low: int = 1) -> int:
     return int(value)
 
 
-def check_device(value, *, flag: str = "--device", kinds=("cpu", "cuda")) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; otherwise a device torch knows, of one of
-    ``kinds``, that this machine has. Returns the device's name (``cpu``, ``cuda:1``, ...)."""
+def check_device(value, *, flag: str = "--device", kinds=("cpu", "cuda"), allow_auto: bool = True) -> str:
+    """``auto`` (where allowed) -> ``cuda`` when torch sees a GPU, else ``cpu``; otherwise a device torch
+    knows, of one of ``kinds``, that this machine has. Returns the device's name (``cpu``, ``cuda:1``, ...)."""
+    name = str(value)
+    if name == "cpu":  # every machine has one: no torch import for the default
+        return name
     import torch
 
-    name = str(value)
-    if name == "auto":
+    if name == "auto" and allow_auto:
         return "cuda" if torch.cuda.is_available() else "cpu"
+    choices = ("auto, " if allow_auto else "") + "cpu, cuda or cuda:N"
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError, TypeError) as err:
-        raise DataError(DEVICE_NAME_MSG.format(flag=flag, value=value)) from err
+        raise DataError(DEVICE_NAME_MSG.format(flag=flag, value=value, choices=choices)) from err
     if device.type not in kinds:
-        raise DataError(DEVICE_KIND_MSG.format(flag=flag, value=value))
+        raise DataError(DEVICE_KIND_MSG.format(flag=flag, value=value, choices=choices))
+    fallback = f"{flag} cpu" + (" (or auto)" if allow_auto else "")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise DataError(NO_CUDA_MSG.format(flag=flag, value=value))
+            raise DataError(NO_DEVICE_MSG.format(flag=flag, value=value, kind="CUDA", fallback=fallback))
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
             raise DataError(CUDA_INDEX_MSG.format(flag=flag, value=value, count=count, last=count - 1))
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DataError(NO_DEVICE_MSG.format(flag=flag, value=value, kind="MPS", fallback=fallback))
     return str(device)
 
 
@@ -95,16 +101,17 @@ def check_memory_budget(size: int, *, value=None, flag: str = "--max-memory") ->
     total = physical_memory()
     if total is not None and size > total:
         raise DataError(MEMORY_TOO_LARGE_MSG.format(flag=flag, value=value if value is not None else size,
-                                                    size=_bytes(size), total=_bytes(total)))
+                                                    size=format_memory(size), total=format_memory(total)))
     return size
 
 
-def _bytes(n: int) -> str:
+def format_memory(n: int) -> str:
+    """``1500000000 -> '1.5 GB'`` (decimal units, as the budgets are usually written)."""
     for unit, size in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
         if n >= size:
             return f"{n / size:.3g} {unit}"
-    return f"{n} bytes"
+    return f"{n} B"
 
 
 __all__ = ["check_batch_size", "check_device", "check_confidence", "check_eps", "check_memory_budget",
-           "physical_memory"]
+           "format_memory", "physical_memory"]

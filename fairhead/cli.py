@@ -430,23 +430,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _check_solver_device(name: str) -> None:
     """Refuse a ``--solver-device`` torch cannot use before any data is read."""
-    if name == "cpu":
-        return
-    import torch
+    from fairhead_options import check_device
 
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as err:
-        raise DataError(f"--solver-device {name!r} is not a torch device; pass cpu, cuda or cuda:N") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DataError(f"--solver-device {name!r}: no CUDA device is available here; pass --solver-device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise DataError(f"--solver-device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
-                        f"pass cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise DataError(f"--solver-device {name!r}: no MPS device is available here; pass --solver-device cpu")
-    if device.type not in ("cuda", "cpu", "mps"):
-        raise DataError(f"--solver-device {name!r} is not supported by the torch backend; pass cpu or cuda")
+    check_device(name, flag="--solver-device", kinds=("cpu", "cuda", "mps"), allow_auto=False)
 
 
 def _eps(args: argparse.Namespace) -> float:

@@ -188,21 +188,15 @@ def export_onnx(module, example, path, metadata: dict[str, str] | None = None) -
 
 
 def _onnx_sidecars(path: Path) -> set[str]:
-    """The external-data files an existing ONNX model at ``path`` names (beside it), if any."""
+    """The external-data files beside it that an existing ONNX model at ``path`` names, if any (only
+    files named after it: a model pointing elsewhere never gets another file removed)."""
     if not OUTPUT_KINDS["onnx"].is_own(path):
         return set()
     try:
-        import onnx
-
-        model = onnx.load(os.fspath(path), load_external_data=False)
+        files = export_sidecars(path)
     except Exception:  # noqa: BLE001 - a damaged old model has no sidecar we may remove
         return set()
-    names = set()
-    for tensor in model.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location" and "/" not in entry.value and entry.value.startswith(path.name):
-                names.add(entry.value)
-    return names
+    return {p.name for p in files if p.parent == path.parent and p.name.startswith(path.name)}
 
 
 def _set_metadata(model, metadata: dict[str, str] | None) -> None:

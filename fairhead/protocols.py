@@ -41,6 +41,8 @@ import numpy as np
 from fairhead_errors import DataError
 from fairhead_io import PNG_BY_MATPLOTLIB, StagedFiles, check_own_outputs, contains, ensure_output_folder, starts_with
 
+from solvers.constraints import CONSTRAINTS
+
 from fairhead import pipeline, provenance
 from fairhead.measure import constraint_value, describe_bounded_gap
 from fairhead.tables import format_table
@@ -285,12 +287,6 @@ def _fit_quietly(head, arrays, *, split: str) -> None:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
-def _is_rate(constraint: str) -> bool:
-    from solvers.constraints import RateConstraint, make_constraint
-
-    return isinstance(make_constraint(constraint), RateConstraint)
-
-
 def _notes(rows: list[dict], heads: dict, plans: dict, *, constraint: str, eps: float) -> list[str]:
     """MISSED_NOTE for an M head that misses eps; INACTIVE_NOTE for one whose B head (the same data,
     unconstrained) already meets eps: the unconstrained optimum is then feasible, so it is the
@@ -309,7 +305,7 @@ def _notes(rows: list[dict], heads: dict, plans: dict, *, constraint: str, eps: 
                        float(np.max(np.abs(np.asarray(heads[m].intercept_) - np.asarray(heads[b].intercept_)))))
             X = plans[m][0].X
             agree = int(np.sum(heads[m].predict(X) == heads[b].predict(X)))
-            note = INACTIVE_RATE_NOTE if _is_rate(constraint) else INACTIVE_NOTE
+            note = INACTIVE_RATE_NOTE if CONSTRAINTS[constraint].family == "rate" else INACTIVE_NOTE
             notes.append(note.format(m=m, b=b, constraint=constraint, eps=eps, value=base, diff=diff,
                                      agree=agree, n=len(plans[m][0].y)))
     return notes

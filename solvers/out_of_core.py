@@ -45,7 +45,7 @@ import re
 
 import numpy as np
 
-from fairhead_options import check_memory_budget
+from fairhead_options import check_memory_budget, format_memory
 
 from .errors import DataError
 
@@ -103,14 +103,6 @@ def parse_memory(value) -> int:
     if not size >= 1:
         raise DataError(MSG_BAD_MEMORY.format(value=value))
     return check_memory_budget(int(size), value=value, flag="max_memory")
-
-
-def format_memory(n: int) -> str:
-    """``1500000000 -> '1.5 GB'`` (decimal units, as the budgets are usually written)."""
-    for unit, size in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n} B"
 
 
 MSG_BLOCK_ENV = "FAIRHEAD_BLOCK_BYTES={value!r} is not a size of at least 4 KiB; set it to bytes or a size such as '4MiB', or unset it"

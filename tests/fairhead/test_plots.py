@@ -98,38 +98,17 @@ def _adult_like_rows():
     return rows
 
 
-def _marker_points(ax):
-    """Pixel centres and radii of every marker drawn in ``ax`` (lines with markers and scatters)."""
-    from matplotlib.collections import PathCollection
-
-    out = []
-    for line in ax.get_lines():
-        if line.get_marker() in (None, "None", "", " ") or not line.get_visible():
-            continue
-        xy = np.column_stack([line.get_xdata(), line.get_ydata()]).astype(float)
-        radius = line.get_markersize() / 2 * ax.figure.dpi / 72
-        out += [(p, radius) for p in ax.transData.transform(xy[np.isfinite(xy).all(axis=1)])]
-    for coll in ax.collections:
-        if isinstance(coll, PathCollection) and len(coll.get_offsets()):
-            xy = np.asarray(coll.get_offsets(), dtype=float)
-            sizes = coll.get_sizes()
-            for k, p in enumerate(ax.transData.transform(xy[np.isfinite(xy).all(axis=1)])):
-                size = sizes[k % len(sizes)] if len(sizes) else 36.0
-                out.append((p, np.sqrt(size) / 2 * ax.figure.dpi / 72))
-    return out
-
-
 def _assert_readable(fig):
     fig.canvas.draw()
     frames = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
     n_markers = 0
     for ax in frames:
         box = ax.get_window_extent()
-        for (x, y), radius in _marker_points(ax):
+        for marker in plots.marker_boxes(ax):
             n_markers += 1
             # the whole marker inside the frame (a half-pixel for antialiasing)
-            assert box.x0 - 0.5 <= x - radius and x + radius <= box.x1 + 0.5, (ax.get_xlabel(), x, radius)
-            assert box.y0 - 0.5 <= y - radius and y + radius <= box.y1 + 0.5, (ax.get_ylabel(), y, radius)
+            assert box.x0 - 0.5 <= marker.x0 and marker.x1 <= box.x1 + 0.5, (ax.get_xlabel(), marker)
+            assert box.y0 - 0.5 <= marker.y0 and marker.y1 <= box.y1 + 0.5, (ax.get_ylabel(), marker)
     assert n_markers > 0
     labels = [t for ax in frames for t in ax.texts if t.get_visible()]
     boxes = [t.get_window_extent() for t in labels]
