@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import numbers
 import time
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
@@ -15,6 +16,8 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 from ._linalg import x_dot
 from ._validation import Interval, Options, validate_params
 from ._warnings import warn_at_caller
+from .backends import FitParams, WarmStart, get_backend
+from .backends.common import MSG_PENALTY_MULTICLASS
 from .certificate import Certificate, passes_lower_bound, score_certificate_numbers
 from . import multinomial
 from .constraints import CONSTRAINTS, MSG_BINARY_ONLY, MULTICLASS_NAMES, Constraint, make_constraint
@@ -372,8 +375,6 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         if K > 2 and constraint is not None and not constraint.multiclass:
             raise DataError(MSG_BINARY_ONLY.format(name=constraint.name, k=K, names=", ".join(MULTICLASS_NAMES)))
         if K > 2 and self.penalty not in ("l2", None):
-            from .backends.cvxpy_softmax import MSG_PENALTY_MULTICLASS
-
             raise DataError(MSG_PENALTY_MULTICLASS.format(penalty=self.penalty, k=K))
         problem = build_problem(
             X, y01, sensitive_features, sample_weight, balance=self.balance,
@@ -391,6 +392,12 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
             backend = "torch"
         return problem, constraint, backend
 
+    def _fit_params(self) -> FitParams:
+        """The parameters a backend needs (:class:`~solvers.backends.FitParams`)."""
+        return FitParams(C=float(self.C), penalty=self.penalty, l1_ratio=self.l1_ratio,
+                         fit_intercept=self.fit_intercept, tol=float(self.tol), max_iter=int(self.max_iter),
+                         device=self.device)
+
     def _set_fitted(self, sol, cert, *, eps=None, report=True):
         if np.ndim(sol.intercept) == 0:
             self.coef_ = np.asarray(sol.coef, dtype=np.float64).reshape(1, -1)
@@ -401,28 +408,24 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         self.n_iter_ = max(1, int(sol.n_iter))
         self.certificate_ = cert
         self.constraint_violation_ = float(cert.max_violation)
-        # warm-start state (numpy/torch, private): the solution, its working set and multipliers,
-        # plus up to two earlier heads with the same working set so that the next eps along a
-        # sweep starts from an extrapolation (see solvers.backends.torch._start_theta)
+        # warm-start state (a WarmStart of numpy arrays, private): the solution, its working set and
+        # multipliers, plus up to two earlier heads with the same working set so that the next eps
+        # along a sweep starts from an extrapolation (see solvers.backends.torch._start_theta)
         prev = getattr(self, "_solver_state", None)
-        state = dict(sol.state)
-        state["eps"] = eps
-        if (prev and "theta" in prev and prev.get("eps") is not None and eps is not None
-                and prev["eps"] != eps and len(prev["theta"]) == len(state.get("theta", ()))
-                and sorted(prev.get("working", ())) == sorted(state.get("working", ()))):
-            state["prev"] = (list(prev.get("prev", ())) + [(prev["theta"], prev["eps"], prev.get("z"))])[-2:]
+        state = dataclasses.replace(sol.state if sol.state is not None else WarmStart(), eps=eps)
+        if (prev is not None and prev.theta is not None and prev.eps is not None and eps is not None
+                and prev.eps != eps and state.theta is not None and len(prev.theta) == len(state.theta)
+                and sorted(prev.working) == sorted(state.working)):
+            state.prev = tuple((list(prev.prev) + [(prev.theta, prev.eps, prev.z)])[-2:])
         self._solver_state = state
         if report:  # a path reports its heads when it yields them (it may replace an unmet one)
             self._report(cert)
 
     def _warm_init(self):
         state = getattr(self, "_solver_state", None)
-        if state and "theta" in state and getattr(self, "coef_", None) is not None:
+        if state is not None and state.theta is not None and getattr(self, "coef_", None) is not None:
             # a refit may see other rows: scores of X (the path's shortcut) must be recomputed
-            state = {k: val for k, val in state.items() if k not in ("z", "row_scores")}
-            if "prev" in state:
-                state["prev"] = [tuple(entry[:2]) for entry in state["prev"]]
-            return state
+            return dataclasses.replace(state, z=None, row_scores={}, prev=tuple(entry[:2] for entry in state.prev))
         return None
 
     def _report(self, cert: Certificate) -> None:
@@ -488,6 +491,125 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         return self.classes_[(z > 0).astype(int)]
 
 
+class PathFitter:
+    """Heads of one problem at several bounds: validated and prepared once, one head per :meth:`fit`.
+
+    :func:`solvers.iter_path` drives it. The data are validated as by
+    :meth:`FairLogisticRegression.fit` with ``estimator``'s parameters, once; the backend model
+    (:mod:`solvers.backends`: the cvxpy problem with ``eps`` a DPP parameter, or the torch
+    design and constraint rows) or a rate head's design is built at the first :meth:`fit` and
+    kept. Each head starts from the previous head's :class:`~solvers.backends.WarmStart` (score
+    heads also from the extrapolation of the last heads in ``eps``).
+
+    Parameters
+    ----------
+    estimator : FairLogisticRegression
+        The parameters of every head (its ``eps`` is the first bound's, for validation only).
+    X, y, sensitive_features, sample_weight : as in :meth:`FairLogisticRegression.fit`.
+    init_head : FairLogisticRegression, optional
+        A head already fitted on the same data: the first head starts from its coefficients.
+
+    Attributes
+    ----------
+    problem : FairProblem
+    constraint : Constraint or None
+    backend : str
+        The resolved backend name (``"torch"`` or ``"cvxpy"``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from solvers.estimator import FairLogisticRegression, PathFitter
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(200, 3)); s = rng.integers(0, 2, 200)
+    >>> y = (X[:, 0] + s + rng.normal(size=200) > 0.5).astype(int)
+    >>> fitter = PathFitter(FairLogisticRegression(constraint="dp-score"), X, y, sensitive_features=s)
+    >>> [fitter.fit(e).certificate_.eps for e in (0.2, 0.1)]
+    [0.2, 0.1]
+    """
+
+    def __init__(self, estimator, X, y, *, sensitive_features=None, sample_weight=None, init_head=None):
+        self.estimator = estimator
+        self.problem, self.constraint, self.backend = estimator._prepare(X, y, sensitive_features, sample_weight)
+        self._warm = _head_state(init_head, self.problem.d, self.problem.n_classes)
+        self._model = None  # a score path's backend model, or a rate path's design
+
+    @property
+    def rate(self) -> bool:
+        """Whether the constraint is a rate constraint (heads from the reduction)."""
+        return self.constraint is not None and self.constraint.kind == "rate"
+
+    def fit(self, eps: float, *, report: bool = True) -> FairLogisticRegression:
+        """A new head at bound ``eps``, warm-started from the previous one (its warning, or
+        with ``strict`` its error, raised now only with ``report``; see :meth:`report`)."""
+        base, problem, constraint = self.estimator, self.problem, self.constraint
+        est = _fresh(base, eps)
+        if self.rate:
+            from .reductions import fit_rate_constraint, rate_design
+
+            if self._model is None:
+                self._model = rate_design(problem.X, base.device, center=base.fit_intercept)
+            sol, cert = fit_rate_constraint(est, problem, constraint, eps=eps, backend=self.backend, init=self._warm,
+                                            design=self._model)
+        else:
+            if self._model is None:
+                self._model = get_backend(self.backend, problem.n_classes).prepare(problem, constraint,
+                                                                                   base._fit_params())
+            sol, cert = _fit_score(est, problem, constraint, eps=eps, backend=self.backend, init=self._warm,
+                                   model=self._model)
+            est._solver_state = self._warm  # the previous head's state: the extrapolation chain continues
+        est._set_fitted(sol, with_stream_note(cert, problem.X, base.device), eps=eps, report=report)
+        self._warm = est._solver_state
+        return est
+
+    @staticmethod
+    def report(head: FairLogisticRegression) -> FairLogisticRegression:
+        """Raise ``head``'s warning about its certificate (or, ``strict``, its error); return it."""
+        head._report(head.certificate_)
+        return head
+
+    @staticmethod
+    def stand_in(head: FairLogisticRegression, best: FairLogisticRegression, certificate) -> FairLogisticRegression:
+        """A copy of ``best`` standing for ``head``'s bound: ``certificate`` (its ``eps`` is the
+        bound), no violation, and ``head``'s warm state (the path continues from its own search)."""
+        out = copy.copy(best)  # coefficients and certificate are replaced, never mutated: a shallow copy will do
+        out.set_params(eps=certificate.eps)
+        out.certificate_ = certificate
+        out.constraint_violation_ = 0.0
+        out._solver_state = head._solver_state
+        return out
+
+
+def _head_state(head, d, n_classes=2):
+    """The warm start of a fitted head given by its coefficients alone (or ``None``)."""
+    if head is None:
+        return None
+    if n_classes > 2:
+        coef = np.asarray(head.coef_, dtype=np.float64)
+        if coef.shape != (n_classes, d):
+            raise ValueError(f"init_head has coefficients of shape {coef.shape} for {n_classes} classes and {d} "
+                             "features; fit it on the same X and y")
+        return WarmStart(theta=multinomial.stack(coef, head.intercept_))
+    coef = np.asarray(head.coef_, dtype=np.float64).ravel()
+    if coef.shape[0] != d:
+        raise ValueError(f"init_head has {coef.shape[0]} coefficients for {d} features; fit it on the same X")
+    return WarmStart(theta=np.concatenate([coef, np.asarray(head.intercept_, dtype=np.float64).ravel()[:1]]))
+
+
+def _fresh(base, eps):
+    # what clone(base) makes (the same parameters, unfitted), without re-validating and deep-copying
+    # the parameters once per head: the constraint (a name or an object holding only its init
+    # parameters) is cloned once per head only when it is an object
+    params = base.get_params(deep=False)
+    if not isinstance(params.get("constraint"), (str, type(None))):
+        params["constraint"] = clone(params["constraint"])
+    est = type(base)(**params).set_params(eps=eps)
+    for attr in ("classes_", "n_features_in_", "groups_", "feature_names_in_"):
+        if hasattr(base, attr):
+            setattr(est, attr, getattr(base, attr))
+    return est
+
+
 def with_stream_note(cert: Certificate, X, device) -> Certificate:
     """``cert`` with a note on how an out-of-core ``X`` was streamed (unchanged for arrays)."""
     if not isinstance(X, RowChunks):
@@ -503,62 +625,25 @@ def with_stream_note(cert: Certificate, X, device) -> Certificate:
     return dataclasses.replace(cert, notes=tuple(cert.notes) + (f"{X.describe()}; {same}",))
 
 
-def _problem_pieces(problem, constraint, design=None):
-    """Linear form or cells of a score constraint (numpy, float64)."""
-    linear_form = cells = None
-    if constraint is None:
-        return None, None
-    if hasattr(constraint, "linear_form"):
-        # float64 products on purpose: rows that are linearly dependent in exact arithmetic (the
-        # group means of two groups) must stay dependent to ~1e-16, or at eps = 0 float32 noise
-        # would turn them into an extra independent equality and over-constrain the head
-        multi = {"n_classes": problem.n_classes} if problem.n_classes > 2 else {}
-        linear_form = constraint.linear_form(problem.X, problem.y, problem.groups, problem.sample_weight,
-                                             problem.group_labels, **multi)
-    elif hasattr(constraint, "cells_codes"):
-        codes, labels = constraint.cells_codes(problem.y, problem.groups, problem.group_labels)
-        cells = (codes, len(labels))
-    return linear_form, cells
-
-
-def _fit_score(est, problem, constraint, *, eps, backend, init=None, pieces=None, model=None, design=None):
-    """Dispatch a score (or unconstrained) fit; return ``(Solution, Certificate)``."""
-    if backend == "torch" and design is None:
-        from .backends.torch import Design
-
-        design = Design(problem.X, est.device, center=est.fit_intercept)
-    linear_form, cells = pieces if pieces is not None else _problem_pieces(problem, constraint, design)
-    kw = dict(eps=eps, C=float(est.C), penalty=est.penalty, l1_ratio=est.l1_ratio,
-              fit_intercept=est.fit_intercept, tol=float(est.tol), max_iter=int(est.max_iter))
-    t0 = time.perf_counter()
-    ops = None
+def _fit_score(est, problem, constraint, *, eps, backend, init=None, model=None):
+    """A score (or unconstrained) head through the backend contract (:mod:`solvers.backends`):
+    ``model`` (a prepared backend model, e.g. a path's) or one prepared here; ``init`` a
+    :class:`~solvers.backends.WarmStart`. Returns ``(Solution, Certificate)``."""
+    build = 0.0
+    if model is None:
+        model = get_backend(backend, problem.n_classes).prepare(problem, constraint, est._fit_params())
+        build = model.build_time  # the head's own problem building counts in its time
+    design = model.design
     passes0 = design.passes if design is not None else None
-    multi = problem.n_classes > 2
-    if backend == "cvxpy":
-        if model is not None:
-            sol = model.solve(eps, tol=kw["tol"], max_iter=kw["max_iter"])
-        elif multi:
-            from .backends.cvxpy_softmax import fit_cvxpy_softmax
-
-            sol = fit_cvxpy_softmax(problem, constraint, linear_form=linear_form, cells=cells, **kw)
-        else:
-            from .backends.cvxpy import fit_cvxpy
-
-            sol = fit_cvxpy(problem, constraint, linear_form=linear_form, cells=cells, **kw)
-    else:
-        from .backends.torch import fit_torch, numpy_ops
-
-        if multi:
-            from .backends.torch_softmax import fit_torch_softmax as fit_torch
-        sol = fit_torch(problem, constraint, linear_form=linear_form, cells=cells, device=est.device, init=init,
-                        design=design, **kw)
-        ops = numpy_ops(design)
-    wall = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sol = model.solve(eps, init)
+    wall = time.perf_counter() - t0 + build
     cert = make_score_certificate(est, problem, constraint, sol, eps=eps, backend=backend,
-                                  linear_form=linear_form, cells=cells, wall=wall, ops=ops)
-    if ops is not None:
+                                  linear_form=model.linear_form, cells=model.cells, wall=wall,
+                                  ops=model.certificate_ops())
+    if design is not None:
         cert = dataclasses.replace(cert, passes=design.passes - passes0,
-                                   passes_lower_bound=passes_lower_bound(bool(init and "theta" in init)))
+                                   passes_lower_bound=passes_lower_bound(init is not None and init.theta is not None))
     return sol, cert
 
 

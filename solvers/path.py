@@ -14,15 +14,13 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import numpy as np
-from sklearn.base import clone
 
 from ._validation import validate_params
 from .errors import DataError
-from .estimator import FairLogisticRegression, _fit_score, _problem_pieces, with_stream_note
+from .estimator import FairLogisticRegression, PathFitter
 
 #: how the note of a head that a path replaced starts (:func:`replacement_note` finds it)
 REPLACED_PREFIX = "this bound's own search ended at"
@@ -145,8 +143,9 @@ def rate_resolution(y, *, sensitive_features, sample_weight=None, **estimator_pa
     estimator_params.pop("eps", None)
     estimator_params.pop("max_memory", None)
     no_features = np.zeros((len(y), 1), dtype=np.float32)  # stands for X: one column, never read
-    problem, constraint, _ = FairLogisticRegression(**estimator_params)._prepare(no_features, y, sensitive_features,
-                                                                                  sample_weight)
+    fitter = PathFitter(FairLogisticRegression(**estimator_params), no_features, y,
+                        sensitive_features=sensitive_features, sample_weight=sample_weight)
+    problem, constraint = fitter.problem, fitter.constraint
     if constraint is None or constraint.kind != "rate":
         return None
     mom = constraint.moments(problem.y, problem.groups, problem.sample_weight, problem.group_labels,
@@ -201,72 +200,23 @@ def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_he
         raise DataError("constraint 'minimax' minimises the largest group loss and has no bound: every eps of the "
                         f"grid ({len(set(grid))} values) would give the same head; pass one eps (e.g. eps_grid=[0])")
     base.set_params(eps=grid[0])
-    problem, constraint, backend = base._prepare(X, y, sensitive_features, sample_weight)
-    state = _head_state(init_head, problem.d, problem.n_classes)
-    if constraint is not None and constraint.kind == "rate":
-        from .reductions import fit_rate_constraint, rate_design
-
-        design = rate_design(problem.X, base.device, center=base.fit_intercept)
-        solved, queue = [], []
+    fitter = PathFitter(base, X, y, sensitive_features=sensitive_features, sample_weight=sample_weight,
+                        init_head=init_head)
+    if not fitter.rate:
         for e in grid:
-            est = _fresh(base, e)
-            sol, cert = fit_rate_constraint(est, problem, constraint, eps=e, backend=backend, init=state,
-                                            design=design)
-            est._set_fitted(sol, with_stream_note(cert, problem.X, base.device), eps=e, report=False)
-            state = est._solver_state
-            solved.append(est)
-            queue.append(est)
-            # a head whose bound is unmet waits: a later (tighter) head may meet it
-            queue = [_best_meeting(h, solved) for h in queue]
-            while queue and queue[0].certificate_.eps_met is not False:
-                yield _reported(queue.pop(0))
-        for head in queue:
-            yield _reported(head)
+            yield fitter.fit(e)
         return
-    model = design = None
-    if backend == "torch":
-        from .backends.torch import Design
-
-        design = Design(problem.X, base.device, center=base.fit_intercept)
-    pieces = _problem_pieces(problem, constraint, design)
-    if backend == "cvxpy":
-        from .backends.cvxpy import CvxpyModel
-
-        if problem.n_classes > 2:
-            from .backends.cvxpy_softmax import CvxpySoftmaxModel as CvxpyModel
-        model = CvxpyModel(problem, constraint, C=float(base.C), penalty=base.penalty, l1_ratio=base.l1_ratio,
-                           fit_intercept=base.fit_intercept, linear_form=pieces[0], cells=pieces[1])
+    solved, queue = [], []
     for e in grid:
-        est = _fresh(base, e)
-        sol, cert = _fit_score(est, problem, constraint, eps=e, backend=backend, init=state, pieces=pieces,
-                               model=model, design=design)
-        est._solver_state = state  # the previous head's state: the extrapolation chain continues
-        est._set_fitted(sol, with_stream_note(cert, problem.X, base.device), eps=e)
-        state = est._solver_state
-        yield est
-
-
-def _head_state(head, d, n_classes=2):
-    """The warm-start state of a fitted head given by its coefficients alone (or ``None``)."""
-    if head is None:
-        return None
-    if n_classes > 2:
-        from .multinomial import stack
-
-        coef = np.asarray(head.coef_, dtype=np.float64)
-        if coef.shape != (n_classes, d):
-            raise ValueError(f"init_head has coefficients of shape {coef.shape} for {n_classes} classes and {d} "
-                             "features; fit it on the same X and y")
-        return {"theta": stack(coef, head.intercept_)}
-    coef = np.asarray(head.coef_, dtype=np.float64).ravel()
-    if coef.shape[0] != d:
-        raise ValueError(f"init_head has {coef.shape[0]} coefficients for {d} features; fit it on the same X")
-    return {"theta": np.concatenate([coef, np.asarray(head.intercept_, dtype=np.float64).ravel()[:1]])}
-
-
-def _reported(head):
-    head._report(head.certificate_)  # the warning (or, strict, the error) of an unmet bound
-    return head
+        est = fitter.fit(e, report=False)
+        solved.append(est)
+        queue.append(est)
+        # a head whose bound is unmet waits: a later (tighter) head may meet it
+        queue = [_best_meeting(h, solved) for h in queue]
+        while queue and queue[0].certificate_.eps_met is not False:
+            yield PathFitter.report(queue.pop(0))
+    for head in queue:
+        yield PathFitter.report(head)
 
 
 def _fit_error(cert) -> float:
@@ -283,41 +233,17 @@ def _best_meeting(head, solved):
     if not ok:
         return head
     best = min(ok, key=lambda h: (_fit_error(h.certificate_), h.certificate_.achieved_gap))
-    out = copy.copy(best)  # coefficients and certificate are replaced, never mutated: a shallow copy will do
-    out.set_params(eps=cert.eps)
     note = UNMET_NOTE.format(gap=cert.achieved_gap, eps=best.certificate_.eps)
-    out.certificate_ = dataclasses.replace(
+    return PathFitter.stand_in(head, best, dataclasses.replace(
         best.certificate_, eps=cert.eps, status="eps_met", eps_met=True, max_violation=0.0,
         notes=tuple(best.certificate_.notes) + (note,),
         # the cost is this bound's own search
-        wall_time=cert.wall_time, n_iter=cert.n_iter, passes=cert.passes, aimed_at=cert.aimed_at)
-    out.constraint_violation_ = 0.0
-    out._solver_state = head._solver_state
-    return out
+        wall_time=cert.wall_time, n_iter=cert.n_iter, passes=cert.passes, aimed_at=cert.aimed_at))
 
 
 def _replaced(head, best):
     """A copy of ``best`` standing for ``head``'s bound (see :func:`monotone_front`)."""
-    out = copy.copy(best)  # coefficients and certificate are replaced, never mutated: a shallow copy will do
-    out.set_params(eps=head.certificate_.eps)
-    out.certificate_ = replaced_certificate(head.certificate_, best.certificate_)
-    out.constraint_violation_ = 0.0
-    out._solver_state = head._solver_state
-    return out
-
-
-def _fresh(base, eps):
-    # what clone(base) makes (the same parameters, unfitted), without re-validating and deep-copying
-    # the parameters once per head: the constraint (a name or an object holding only its init
-    # parameters) is cloned once per head only when it is an object
-    params = base.get_params(deep=False)
-    if not isinstance(params.get("constraint"), (str, type(None))):
-        params["constraint"] = clone(params["constraint"])
-    est = type(base)(**params).set_params(eps=eps)
-    for attr in ("classes_", "n_features_in_", "groups_", "feature_names_in_"):
-        if hasattr(base, attr):
-            setattr(est, attr, getattr(base, attr))
-    return est
+    return PathFitter.stand_in(head, best, replaced_certificate(head.certificate_, best.certificate_))
 
 
 __all__ = ["fit_path", "iter_path", "monotone_front", "rate_resolution", "replaced_certificate",

@@ -53,7 +53,7 @@ import numpy as np
 
 from ._linalg import x_dot
 from .certificate import Certificate, passes_lower_bound
-from .backends import Solution
+from .backends import Solution, WarmStart
 from .multiplier_newton import NewtonTargets, gap_jacobian, kkt_residual, newton_affordable, sign_step
 from .smoothed import smoothed_stage
 from .threshold import ThresholdSearch
@@ -181,12 +181,35 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
     """
     from .backends.torch import fit_threads
 
+    init = _warm_view(init)
     if problem.n_classes > 2:  # the same reduction with cost-sensitive multinomial fits
         from .reductions_multiclass import fit_rate_multiclass
 
-        return fit_rate_multiclass(est, problem, constraint, eps=eps, backend=backend, init=init, design=design)
-    with fit_threads(est.device):
-        return _fit_rate_constraint(est, problem, constraint, eps=eps, backend=backend, init=init, design=design)
+        sol, cert = fit_rate_multiclass(est, problem, constraint, eps=eps, backend=backend, init=init, design=design)
+    else:
+        with fit_threads(est.device):
+            sol, cert = _fit_rate_constraint(est, problem, constraint, eps=eps, backend=backend, init=init,
+                                             design=design)
+    sol.state = _warm_view(sol.state, back=True)
+    return sol, cert
+
+
+#: the keys of the searches' state dict that are the backends' :class:`~solvers.backends.WarmStart` fields
+_SHARED_KEYS = ("theta", "eps", "pairs")
+
+
+def _warm_view(warm, back=False):
+    """The one adaptation of the reductions to :class:`~solvers.backends.WarmStart`: the state
+    dict the searches read (``theta``, ``eps``, ``pairs`` from the WarmStart's fields, the rest
+    from its ``rate``), or with ``back`` the WarmStart of a search's returned state dict."""
+    if back:
+        return WarmStart(theta=warm["theta"], pairs=warm.get("pairs"),
+                         rate={k: val for k, val in warm.items() if k not in _SHARED_KEYS})
+    if warm is None:
+        return None
+    view = dict(warm.rate or {})
+    view.update((k, getattr(warm, k)) for k in _SHARED_KEYS if getattr(warm, k) is not None)
+    return view
 
 
 def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, design=None):

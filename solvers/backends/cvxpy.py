@@ -17,7 +17,8 @@ constraint rows are normalised to unit norm. All three maps are exact: ``w = w'/
 ``b = b' - mu^T w``, multipliers ``lambda_k = mu_k / ||row_k||``.
 
 ``eps`` is a ``cp.Parameter(nonneg=True)`` and the problem is DPP, so :class:`CvxpyModel`
-builds once and re-solves a sweep.
+builds once and re-solves a sweep. The conditioning, the penalty weights and the row scaling are
+:mod:`solvers.backends.common`'s.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 
 from ..errors import InfeasibleConstraintError, SolverError
 from . import Solution
+from .common import check_penalty, condition, constraint_pieces, penalty_weights, row_norms, scaled_rows
 
 SOLVER_ORDER = ("CLARABEL", "SCS", "ECOS")
 
@@ -55,7 +57,8 @@ def _solver_options(name: str, tol: float, max_iter: int) -> dict:
 
 
 class CvxpyModel:
-    """The problem built once; :meth:`solve` sets ``eps`` and re-solves.
+    """The problem built once; :meth:`solve` sets ``eps`` and re-solves (the registered binary
+    cvxpy backend: :meth:`prepare` is the contract's entry, see :mod:`solvers.backends`).
 
     Parameters
     ----------
@@ -63,90 +66,113 @@ class CvxpyModel:
     constraint : Constraint or None
         A score constraint (rate constraints are handled by :mod:`solvers.reductions`).
     C, penalty, l1_ratio, fit_intercept : as in :class:`~solvers.FairLogisticRegression`.
+    linear_form, cells : the constraint's pieces (:func:`~solvers.backends.common.constraint_pieces`).
+    tol, max_iter : the defaults of :meth:`solve`.
+
+    Subclasses (the K-class head) override :meth:`_variables`, :meth:`_loss`, :meth:`_rows_lhs`
+    and :meth:`_head`; the conditioning, the penalty, the constraint rows, the solve loop and the
+    multipliers are shared.
     """
 
-    def __init__(self, problem, constraint, *, C, penalty, l1_ratio, fit_intercept, linear_form=None, cells=None):
+    #: the head's blocks of ``d + 1`` parameters (1: binary)
+    n_blocks = 1
+
+    def __init__(self, problem, constraint, *, C, penalty, l1_ratio, fit_intercept, linear_form=None, cells=None,
+                 tol=1e-8, max_iter=1000):
+        t0 = time.perf_counter()
+        check_penalty(penalty, backend="cvxpy", n_classes=problem.n_classes)
         self.problem = problem
         self.constraint = constraint
         self.name = None if constraint is None else constraint.name
-        X = np.asarray(problem.X, dtype=np.float64)
-        n, d = X.shape
-        y, v = problem.y, problem.sample_weight
-        V = float(v.sum())
+        self.linear_form, self.cells = linear_form, cells
+        self.tol, self.max_iter = tol, max_iter
+        self.design = None
         self.fit_intercept = fit_intercept
-        mu = X.mean(axis=0) if fit_intercept else np.zeros(d)
-        Xc = X - mu
-        sd = Xc.std(axis=0)
-        s = float(np.sqrt(np.mean(sd**2))) if d else 1.0
-        if not np.isfinite(s) or s <= 1e-12:
-            s = float(np.max(np.abs(Xc))) if Xc.size and np.max(np.abs(Xc)) > 0 else 1.0
-        self.mu, self.s = mu, s
-        Xs = Xc / s
-        self.ws = cp.Variable(d, name="w_scaled")
-        self.bs = cp.Variable(name="b_scaled") if fit_intercept else None
+        self.mu, self.s, Xs = condition(problem.X, fit_intercept)
+        n, d = Xs.shape
+        v = problem.sample_weight
+        V = float(v.sum())
+        self.ws, self.bs = self._variables(d)
         self.eps = cp.Parameter(nonneg=True, name="eps", value=0.0)
-        z = Xs @ self.ws + (self.bs if fit_intercept else 0.0)
-        sgn = 2.0 * y - 1.0
-        # per-sample loss epigraph: ell_i >= log(1 + exp(-s_i z_i)); one cone per sample
-        self.ell = cp.Variable(n, name="loss")
-        cons = [self.ell >= cp.logistic(-cp.multiply(sgn, z))]
-        loss = (v / V) @ self.ell
-        reg = self._penalty(C, V, penalty, l1_ratio)
+        loss, cons = self._loss(Xs, problem.y, v / V)
+        a1, a2 = penalty_weights(C, V, penalty, l1_ratio, self.s)
+        reg = cp.Constant(0.0)
+        if a1:
+            reg = a1 * cp.norm1(self.ws)
+        if a2:
+            reg = a2 * cp.sum_squares(self.ws) if not a1 else reg + a2 * cp.sum_squares(self.ws)
         self.lin_rows = None
-        self.cells = cells
+        self.fair_con = None
         objective = loss + reg
-        if self.name == "minimax":
+        if self.name in ("minimax", "group-loss"):
             codes, nc = cells
             Wc = np.zeros((nc, n))
             Wc[codes, np.arange(n)] = v
             Wc /= Wc.sum(axis=1, keepdims=True)
-            self.t = cp.Variable(name="t")
-            self.fair_con = Wc @ self.ell <= self.t
-            cons.append(self.fair_con)
-            objective = self.t + reg
-        elif self.name == "group-loss":
-            codes, nc = cells
-            Wc = np.zeros((nc, n))
-            Wc[codes, np.arange(n)] = v
-            Wc /= Wc.sum(axis=1, keepdims=True)
-            self.fair_con = Wc @ self.ell <= self.eps * np.ones(nc)
+            if self.name == "minimax":
+                self.t = cp.Variable(name="t")
+                self.fair_con = Wc @ self.ell <= self.t
+                objective = self.t + reg
+            else:
+                self.fair_con = Wc @ self.ell <= self.eps * np.ones(nc)
             cons.append(self.fair_con)
         elif linear_form is not None:
-            A = linear_form.A
-            Aw, Ab = A[:, :-1], A[:, -1]
-            Aws = (Aw - np.outer(Ab, mu)) / s
-            As = np.hstack([Aws, Ab[:, None]]) if fit_intercept else Aws
-            r = np.linalg.norm(As, axis=1)
-            keep = r > 1e-12 * max(1.0, r.max(initial=0.0))
-            self.lin_rows = (np.flatnonzero(keep), r[keep], A.shape[0])
+            As = scaled_rows(linear_form.A, self.mu, self.s, self.n_blocks, fit_intercept)
+            r, keep = row_norms(As)
+            self.lin_rows = (np.flatnonzero(keep), r[keep], As.shape[0])
             if keep.any():
-                Ak = As[keep] / r[keep][:, None]
-                lhs = Ak[:, :-1] @ self.ws + Ak[:, -1] * self.bs if fit_intercept else Ak @ self.ws
+                lhs = self._rows_lhs(As[keep] / r[keep][:, None])
                 rhs = cp.multiply(1.0 / r[keep], self.eps) + linear_form.c0[keep] / r[keep]
                 self.fair_con = lhs <= rhs
                 cons.append(self.fair_con)
-            else:
-                self.fair_con = None
-        else:
-            self.fair_con = None
         self.prob = cp.Problem(cp.Minimize(objective), cons)
+        self.build_time = time.perf_counter() - t0
 
-    def _penalty(self, C, V, penalty, l1_ratio):
-        s = self.s
-        if penalty is None or penalty == "none":
-            return cp.Constant(0.0)
-        if penalty == "l2":
-            return (1.0 / (2.0 * C * V * s * s)) * cp.sum_squares(self.ws)
-        if penalty == "l1":
-            return (1.0 / (C * V * s)) * cp.norm1(self.ws)
-        r = float(l1_ratio)
-        return (r / (C * V * s)) * cp.norm1(self.ws) + ((1 - r) / (2.0 * C * V * s * s)) * cp.sum_squares(self.ws)
+    @classmethod
+    def prepare(cls, problem, constraint, params, *, design=None):
+        """The contract's entry (:mod:`solvers.backends`): the constraint's pieces and the problem,
+        built once with ``eps`` a DPP parameter (``design`` is the torch backend's; unused)."""
+        linear_form, cells = constraint_pieces(problem, constraint)
+        return cls(problem, constraint, C=params.C, penalty=params.penalty, l1_ratio=params.l1_ratio,
+                   fit_intercept=params.fit_intercept, linear_form=linear_form, cells=cells,
+                   tol=params.tol, max_iter=params.max_iter)
+
+    def certificate_ops(self):
+        """Products for the certificate: ``None``, plain numpy."""
+        return None
+
+    def _variables(self, d):
+        return cp.Variable(d, name="w_scaled"), (cp.Variable(name="b_scaled") if self.fit_intercept else None)
+
+    def _loss(self, Xs, y, q):
+        """The mean logistic loss and its constraints: per-sample epigraph variables
+        ``ell_i >= log(1 + exp(-s_i z_i))`` (one cone per sample), which the loss constraints reuse."""
+        z = Xs @ self.ws + (self.bs if self.fit_intercept else 0.0)
+        sgn = 2.0 * y - 1.0
+        self.ell = cp.Variable(Xs.shape[0], name="loss")
+        return q @ self.ell, [self.ell >= cp.logistic(-cp.multiply(sgn, z))]
+
+    def _rows_lhs(self, Ak):
+        """``A theta'`` for unit rows on the conditioned parameters (:func:`~.common.scaled_rows`)."""
+        return Ak[:, :-1] @ self.ws + Ak[:, -1] * self.bs if self.fit_intercept else Ak @ self.ws
+
+    def _head(self):
+        """``(coef, intercept)`` in original units."""
+        ws = np.asarray(self.ws.value, dtype=np.float64).reshape(-1)
+        w = ws / self.s
+        return w, (float(self.bs.value) if self.fit_intercept else 0.0) - float(self.mu @ w)
 
     def is_dpp(self) -> bool:
         return self.prob.is_dcp(dpp=True)
 
-    def solve(self, eps: float, *, tol: float = 1e-8, max_iter: int = 1000, solvers=SOLVER_ORDER) -> Solution:
-        """Set ``eps``, solve with the first solver that succeeds, map back to original units."""
+    def solve(self, eps: float, warm=None, *, tol: float | None = None, max_iter: int | None = None,
+              solvers=SOLVER_ORDER) -> Solution:
+        """Set ``eps``, solve with the first solver that succeeds, map back to original units.
+
+        ``warm`` (the contract's warm start) is not used: re-solving the built problem is this
+        backend's reuse along a path. ``tol`` / ``max_iter`` default to the model's."""
+        tol = self.tol if tol is None else tol
+        max_iter = self.max_iter if max_iter is None else max_iter
         self.eps.value = float(max(eps, 0.0))
         installed = set(cp.installed_solvers())
         notes, details = [], []
@@ -200,9 +226,7 @@ class CvxpyModel:
         return InfeasibleConstraintError(MSG_INFEASIBLE.format(name=self.name, eps=eps, status=status))
 
     def _solution(self, solver, status, notes, wall) -> Solution:
-        ws = np.asarray(self.ws.value, dtype=np.float64).reshape(-1)
-        w = ws / self.s
-        b = (float(self.bs.value) if self.fit_intercept else 0.0) - float(self.mu @ w)
+        w, b = self._head()
         lam = np.zeros(0)
         if self.fair_con is not None and self.fair_con.dual_value is not None:
             dual = np.asarray(self.fair_con.dual_value, dtype=np.float64).reshape(-1)
@@ -220,9 +244,4 @@ class CvxpyModel:
                         n_iter=n_iter, wall_time=wall, notes=list(notes))
 
 
-def fit_cvxpy(problem, constraint, *, eps, C, penalty, l1_ratio, fit_intercept, tol, max_iter,
-              linear_form=None, cells=None) -> Solution:
-    """Build and solve once (see :class:`CvxpyModel`)."""
-    model = CvxpyModel(problem, constraint, C=C, penalty=penalty, l1_ratio=l1_ratio,
-                       fit_intercept=fit_intercept, linear_form=linear_form, cells=cells)
-    return model.solve(eps, tol=tol, max_iter=max_iter)
+__all__ = ["CvxpyModel", "SOLVER_ORDER"]

@@ -38,11 +38,10 @@ import warnings
 import numpy as np
 import torch
 
-from ..errors import DataError, InfeasibleConstraintError
+from ..errors import InfeasibleConstraintError
 from ..out_of_core import RowChunks, array_blocks, gather_rows, sum_blocks
-from . import Solution
-
-MSG_PENALTY = "penalty={penalty!r} is solved by backend='cvxpy' only; use backend='cvxpy' (or 'auto') or penalty='l2'"
+from . import Solution, WarmStart
+from .common import MSG_PENALTY, center_rows, check_penalty, constraint_pieces, l2_weight, unit_rows
 MSG_INFEASIBLE_GROUP_LOSS = (
     "group-loss bound eps={eps:g} is infeasible (smallest reachable largest group loss about {best:.4g}); raise eps"
 )
@@ -648,73 +647,95 @@ def _tensor(x, device):
     return torch.as_tensor(np.asarray(x, dtype=np.float64), device=device)
 
 
-def fit_torch(problem, constraint, *, device="cpu", **kw) -> Solution:
-    """Solve one score-constrained (or unconstrained) fit; see the module docstring.
+class TorchModel:
+    """The registered binary torch backend (see :mod:`solvers.backends` for the contract).
 
-    Keywords: ``eps, C, penalty, l1_ratio, fit_intercept, tol, max_iter`` and optionally
-    ``linear_form``, ``cells``, ``design`` and ``init``, a warm start: a dict with ``theta``
-    (d+1,) and optionally ``working``, ``mult`` and ``rho`` from a previous
-    :class:`Solution`'s ``state``.
+    :meth:`prepare` puts ``X`` on the device once (a :class:`Design`, which keeps its centring,
+    Gram matrix and preconditioners across a path), takes the constraint's pieces and scales its
+    rows to unit norm in centred coordinates; :meth:`solve` runs the active-set L-BFGS (linear
+    rows, or none) or the augmented Lagrangian (``group-loss``, ``minimax``) at one bound, started
+    from a :class:`~solvers.backends.WarmStart` (``theta``, ``working``, ``pairs``, ``z``,
+    ``row_scores``, ``prev`` and ``eps`` for the extrapolation, ``multipliers`` and ``rho`` of the
+    augmented Lagrangian).
+
+    The K-class head (:class:`~solvers.backends.torch_softmax.TorchSoftmaxModel`) subclasses it
+    and replaces :meth:`_setup` and :meth:`_solve`.
     """
-    with fit_threads(device):
-        return _fit_torch(problem, constraint, device=device, **kw)
 
+    #: the head's blocks of ``d + 1`` parameters (1: binary)
+    n_blocks = 1
+    solver = "active-set-lbfgs"
 
-def _fit_torch(problem, constraint, *, eps, C, penalty, l1_ratio, fit_intercept, tol, max_iter,
-               linear_form=None, cells=None, device="cpu", init=None, design=None) -> Solution:
-    if penalty not in ("l2", None, "none"):
-        raise DataError(MSG_PENALTY.format(penalty=penalty))
-    t0 = time.perf_counter()
-    design = design or Design(problem.X, device, center=fit_intercept)
-    dev = design.device
-    n, d = design.n, design.d
-    y = _tensor(problem.y, dev)
-    v = problem.sample_weight
-    V = float(v.sum())
-    q = _tensor(v / V, dev)
-    lam2 = 0.0 if penalty in (None, "none") else 1.0 / (C * V)
-    fixed = () if fit_intercept else (d,)
-    name = None if constraint is None else constraint.name
-    row_scores = dict(init.get("row_scores", {})) if init else {}
-    theta0, z0 = _start_theta(problem, fit_intercept, init, linear_form, eps, d, design, row_scores)
-    if name in ("group-loss", "minimax"):
-        sol = _fit_auglag(design, problem, y, q, lam2, d, cells, eps, name == "minimax", fixed, theta0,
-                          tol, max_iter, init, C=C, fit_intercept=fit_intercept)
-        sol.wall_time = time.perf_counter() - t0
-        return sol
-    obj = WeightedLogistic(y, q, lam2, d)
-    A = rhs = None
-    norms = None
-    if linear_form is not None:
-        A_np = linear_form.A
-        norms = np.linalg.norm(A_np, axis=1)
-        keep = norms > 1e-12 * max(1.0, norms.max(initial=0.0))
-        safe = np.where(keep, norms, 1.0)
-        if design.mu is not None:  # rows in centred coordinates: A_w - A_b mu^T
-            A_np = A_np.copy()
-            A_np[:, :d] -= np.outer(A_np[:, d], design.mu.cpu().numpy())
-            norms = np.linalg.norm(A_np, axis=1)
-            keep = norms > 1e-12 * max(1.0, norms.max(initial=0.0))
-            safe = np.where(keep, norms, 1.0)
-        A = _tensor(A_np / safe[:, None], dev)
-        rhs = _tensor(np.where(keep, (eps + linear_form.c0) / safe, 1.0), dev)
-        A[~torch.as_tensor(keep, device=dev)] = 0.0
-    theta = design.to_centered(_tensor(theta0, dev))
-    working = tuple(init.get("working", ())) if init else ()
-    pairs = init.get("pairs") if init else None
-    res = minimize(design, obj, theta, A=A, rhs=rhs, fixed=fixed, working=working, tol=tol, max_iter=max_iter,
-                   pairs=pairs, precond=design.preconditioner(lam2, d + 1),
-                   z0=None if z0 is None else _tensor(z0, dev))
-    th = design.from_centered(res.theta).cpu().numpy()
-    lam = np.zeros(0)
-    if A is not None:
-        lam = res.lam.cpu().numpy() / np.where(norms > 0, norms, 1.0)
-    status = "optimal" if res.converged else "max_iter"
-    return Solution(coef=th[:d].copy(), intercept=float(th[d]), multipliers=lam, status=status,
-                    solver="active-set-lbfgs", n_iter=res.n_iter, wall_time=time.perf_counter() - t0,
-                    notes=[], state={"theta": th, "working": res.working, "pairs": _numpy_pairs(res.pairs),
-                                     "z": res.z.cpu().numpy(), "row_scores": row_scores},
-                    products=(res.z.cpu().numpy(), res.xtr.cpu().numpy()))
+    def __init__(self, problem, constraint, params, *, design=None, pieces=None):
+        check_penalty(params.penalty, backend="torch", n_classes=problem.n_classes)
+        self.problem, self.constraint, self.params = problem, constraint, params
+        self.name = None if constraint is None else constraint.name
+        self.design = design or Design(problem.X, params.device, center=params.fit_intercept)
+        self.linear_form, self.cells = pieces if pieces is not None else constraint_pieces(problem, constraint)
+        t0 = time.perf_counter()
+        V = float(problem.sample_weight.sum())
+        self.lam2 = l2_weight(params.C, V, params.penalty)
+        self._A = self._rhs = self._norms = None
+        if self.linear_form is not None:  # unit rows in centred coordinates (per class block: a_w - a_b mu)
+            mu = self.design.mu
+            A_np = self.linear_form.A if mu is None else center_rows(self.linear_form.A, mu.cpu().numpy(),
+                                                                     self.n_blocks)
+            A_unit, self._norms, self._rhs = unit_rows(A_np, self.linear_form.c0)
+            self._A = _tensor(A_unit, self.design.device)
+        self._setup(V)
+        self.build_time = time.perf_counter() - t0
+
+    @classmethod
+    def prepare(cls, problem, constraint, params, *, design=None):
+        """The contract's entry: the model of ``problem`` under ``constraint`` (``design``: an
+        existing :class:`Design` of ``problem.X`` to reuse, e.g. a path's)."""
+        return cls(problem, constraint, params, design=design)
+
+    def certificate_ops(self):
+        """``(x_dot, xt_dot)`` on the device, for the certificate (:func:`numpy_ops`)."""
+        return numpy_ops(self.design)
+
+    def solve(self, eps, warm=None) -> Solution:
+        """The head at bound ``eps`` from ``warm`` (a :class:`~solvers.backends.WarmStart` or
+        ``None``); torch runs at one CPU thread meanwhile (:func:`fit_threads`)."""
+        with fit_threads(self.params.device):
+            return self._solve(eps, warm)
+
+    def _multipliers(self, res):
+        return res.lam.cpu().numpy() / np.where(self._norms > 0, self._norms, 1.0) if self._A is not None else np.zeros(0)
+
+    def _setup(self, V):
+        v = self.problem.sample_weight
+        self._y = _tensor(self.problem.y, self.design.device)
+        self._q = _tensor(v / V, self.design.device)
+
+    def _solve(self, eps, warm):
+        p, design = self.params, self.design
+        t0 = time.perf_counter()
+        dev, d = design.device, design.d
+        fixed = () if p.fit_intercept else (d,)
+        row_scores = dict(warm.row_scores) if warm is not None else {}
+        theta0, z0 = _start_theta(self.problem, p.fit_intercept, warm, self.linear_form, eps, d, design, row_scores)
+        if self.name in ("group-loss", "minimax"):
+            sol = _fit_auglag(design, self.problem, self._y, self._q, self.lam2, d, self.cells, eps,
+                              self.name == "minimax", fixed, theta0, p.tol, p.max_iter, warm, C=p.C,
+                              fit_intercept=p.fit_intercept)
+            sol.wall_time = time.perf_counter() - t0
+            return sol
+        obj = WeightedLogistic(self._y, self._q, self.lam2, d)
+        rhs = None if self._A is None else _tensor(self._rhs(eps), dev)
+        theta = design.to_centered(_tensor(theta0, dev))
+        res = minimize(design, obj, theta, A=self._A, rhs=rhs, fixed=fixed,
+                       working=tuple(warm.working) if warm is not None else (), tol=p.tol, max_iter=p.max_iter,
+                       pairs=warm.pairs if warm is not None else None, precond=design.preconditioner(self.lam2, d + 1),
+                       z0=None if z0 is None else _tensor(z0, dev))
+        th = design.from_centered(res.theta).cpu().numpy()
+        status = "optimal" if res.converged else "max_iter"
+        return Solution(coef=th[:d].copy(), intercept=float(th[d]), multipliers=self._multipliers(res), status=status,
+                        solver=self.solver, n_iter=res.n_iter, wall_time=time.perf_counter() - t0,
+                        notes=[], state=WarmStart(theta=th, working=tuple(res.working), pairs=_numpy_pairs(res.pairs),
+                                                  z=res.z.cpu().numpy(), row_scores=row_scores),
+                        products=(res.z.cpu().numpy(), res.xtr.cpu().numpy()))
 
 
 def _numpy_pairs(pairs):
@@ -723,7 +744,7 @@ def _numpy_pairs(pairs):
     return ([x.cpu().numpy() for x in S], [x.cpu().numpy() for x in Y], list(W))
 
 
-def _start_theta(problem, fit_intercept, init, linear_form, eps, d, design=None, row_scores=None):
+def _start_theta(problem, fit_intercept, warm, linear_form, eps, d, design=None, row_scores=None):
     """A feasible start and its scores ``z = X w + b`` when they come without a pass over X (else None).
 
     The warm start, extrapolated along a path and moved onto the new bound, or shrunk toward
@@ -737,16 +758,16 @@ def _start_theta(problem, fit_intercept, init, linear_form, eps, d, design=None,
     base = np.zeros(d + 1)
     if fit_intercept:
         base[d] = math.log(p / (1 - p))
-    if not init or "theta" not in init:
+    if warm is None or warm.theta is None:
         return base, None
-    th = np.asarray(init["theta"], dtype=np.float64)[: d + 1].copy()
-    z = init.get("z")
-    if init.get("prev") and init.get("eps") is not None:
+    th = np.asarray(warm.theta, dtype=np.float64)[: d + 1].copy()
+    z = warm.z
+    if warm.prev and warm.eps is not None:
         # along a path: extrapolate the last heads in eps (Lagrange, degree <= 2); with an
         # unchanged active set the solution path is smooth in eps
         pts = [(np.asarray(t[0], dtype=np.float64)[: d + 1], float(t[1]), t[2] if len(t) > 2 else None)
-               for t in init["prev"]]
-        pts.append((th, float(init["eps"]), z))
+               for t in warm.prev]
+        pts.append((th, float(warm.eps), z))
         es = [e for _, e, _ in pts]
         if len(set(es)) == len(es):
             ext = np.zeros(d + 1)
@@ -768,7 +789,7 @@ def _start_theta(problem, fit_intercept, init, linear_form, eps, d, design=None,
         # move the previous active rows, and rows the start violates, onto the new bound with the
         # least change of theta (a small least-squares problem: few rows)
         m_rows = linear_form.A.shape[0]
-        Wp = [k for k in init.get("working", ()) if k < m_rows]
+        Wp = [k for k in warm.working if k < m_rows]
         viol = np.flatnonzero(linear_form.A @ th > eps + linear_form.c0)
         for k in viol:
             if k not in Wp and np.linalg.matrix_rank(linear_form.A[Wp + [int(k)]], tol=None) == len(Wp) + 1:
@@ -811,7 +832,7 @@ def _row_scores(design, A, k, cache):
     return cache[k]
 
 
-def _fit_auglag(design, problem, y, q, lam2, d, cells, eps, minimax, fixed, theta0, tol, max_iter, init, *, C,
+def _fit_auglag(design, problem, y, q, lam2, d, cells, eps, minimax, fixed, theta0, tol, max_iter, warm, *, C,
                 fit_intercept):
     """Augmented Lagrangian outer loop (multiplier update, rho increase) around :func:`minimize`."""
     codes_np, nc = cells
@@ -821,14 +842,15 @@ def _fit_auglag(design, problem, y, q, lam2, d, cells, eps, minimax, fixed, thet
     codes = torch.as_tensor(codes_np, device=dev)
     cell_w = _tensor(v / Vc[codes_np], dev)
     obj = _AugLagObjective(y, q, lam2, d, codes, cell_w, nc, eps, minimax)
-    if init and "mult" in init and len(init["mult"]) == nc:
-        obj.mult = _tensor(init["mult"], dev)
-        obj.rho = float(init.get("rho", obj.rho))
+    if warm is not None and warm.multipliers is not None and len(warm.multipliers) == nc:
+        obj.mult = _tensor(warm.multipliers, dev)
+        obj.rho = float(obj.rho if warm.rho is None else warm.rho)
     theta = design.to_centered(_tensor(theta0, dev))
     if minimax:
         z = design.mv(theta[:d]) + theta[d]
         L, _, _ = obj.cell_losses(z)
-        t0 = float(init["theta"][d + 1]) if init and len(init.get("theta", ())) == d + 2 else float(L.max())
+        t0 = (float(warm.theta[d + 1]) if warm is not None and warm.theta is not None and len(warm.theta) == d + 2
+              else float(L.max()))
         theta = torch.cat([theta, torch.tensor([t0], dtype=_F64, device=dev)])
     total_it = 0
     converged = False
@@ -865,7 +887,7 @@ def _fit_auglag(design, problem, y, q, lam2, d, cells, eps, minimax, fixed, thet
             raise InfeasibleConstraintError(MSG_INFEASIBLE_GROUP_LOSS.format(eps=eps, best=best))
     return Solution(coef=th[:d].copy(), intercept=float(th[d]), multipliers=obj.mult.cpu().numpy(),
                     status=status, solver="augmented-lagrangian-lbfgs", n_iter=total_it,
-                    notes=[], state={"theta": th, "mult": obj.mult.cpu().numpy(), "rho": obj.rho})
+                    notes=[], state=WarmStart(theta=th, multipliers=obj.mult.cpu().numpy(), rho=obj.rho))
 
 
 def _fit_minimax_value(design, obj, d, fixed, tol, max_iter):

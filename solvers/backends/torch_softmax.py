@@ -31,9 +31,8 @@ import numpy as np
 import torch
 
 from .. import multinomial as mn
-from ..errors import DataError
-from . import Solution
-from .torch import MSG_PENALTY, Design, Preconditioner, _numpy_pairs, _tensor, fit_threads, minimize
+from . import Solution, WarmStart
+from .torch import Preconditioner, TorchModel, _numpy_pairs, _tensor, minimize
 
 _F64 = torch.float64
 
@@ -141,7 +140,7 @@ def class_shares(problem) -> np.ndarray:
     return np.bincount(problem.y.astype(np.int64), weights=v, minlength=problem.n_classes) / v.sum()
 
 
-def start_theta(problem, fit_intercept, init, linear_form, eps) -> np.ndarray:
+def start_theta(problem, fit_intercept, warm, linear_form, eps) -> np.ndarray:
     """A feasible start: the warm start if given (its ``W`` shrunk toward 0 until it meets the
     rows, which are homogeneous in ``W`` and free of ``b``), else the best constant head."""
     d, K = problem.d, problem.n_classes
@@ -149,9 +148,9 @@ def start_theta(problem, fit_intercept, init, linear_form, eps) -> np.ndarray:
     if fit_intercept:
         base[:, d] = mn.base_intercept(problem.y, problem.sample_weight, K)
     base = base.reshape(-1)
-    if not init or "theta" not in init or len(init["theta"]) != base.shape[0]:
+    if warm is None or warm.theta is None or len(warm.theta) != base.shape[0]:
         return base
-    th = np.asarray(init["theta"], dtype=np.float64).copy()
+    th = np.asarray(warm.theta, dtype=np.float64).copy()
     if not fit_intercept:
         th.reshape(K, d + 1)[:, d] = 0.0
     if linear_form is not None:
@@ -167,53 +166,41 @@ def start_theta(problem, fit_intercept, init, linear_form, eps) -> np.ndarray:
     return th
 
 
-def fit_torch_softmax(problem, constraint, *, device="cpu", **kw) -> Solution:
-    """Solve a K-class head, unconstrained or under linear score rows; see the module docstring."""
-    with fit_threads(device):
-        return _fit_torch_softmax(problem, constraint, device=device, **kw)
+class TorchSoftmaxModel(TorchModel):
+    """The registered K-class torch backend: the binary :class:`~solvers.backends.torch.TorchModel`
+    (its design, penalty check, unit rows in centred coordinates per class block, multipliers)
+    with the softmax objective on :class:`ClassBlocks`, unconstrained or under linear score rows."""
+
+    def _setup(self, V):
+        K = self.problem.n_classes
+        self.n_classes = K
+        self._lay = ClassBlocks(self.design.d, K)
+        self._Q = _tensor(mn.one_hot_weights(self.problem.y, self.problem.sample_weight, K), self.design.device)
+
+    @property
+    def n_blocks(self):
+        return self.problem.n_classes
+
+    def _solve(self, eps, warm):
+        p, design, lay, K = self.params, self.design, self._lay, self.n_classes
+        t0 = time.perf_counter()
+        dev, mu = design.device, design.mu
+        obj = WeightedSoftmax(self._Q, self.lam2, lay)
+        fixed = () if p.fit_intercept else lay.intercepts()
+        rhs = None if self._A is None else _tensor(self._rhs(eps), dev)
+        theta0 = start_theta(self.problem, p.fit_intercept, warm, self.linear_form, eps)
+        theta = lay.to_centered(_tensor(theta0, dev), mu)
+        precond = block_preconditioner(design, self.lam2, K, class_shares(self.problem))
+        res = minimize(design, obj, theta, A=self._A, rhs=rhs, fixed=fixed,
+                       working=tuple(warm.working) if warm is not None else (), tol=p.tol, max_iter=p.max_iter,
+                       pairs=warm.pairs if warm is not None else None, precond=precond, layout=lay)
+        th = lay.from_centered(res.theta, mu).cpu().numpy()
+        coef, intercept = mn.identified(*mn.unstack(th, K))
+        status = "optimal" if res.converged else "max_iter"
+        return Solution(coef=coef, intercept=intercept, multipliers=self._multipliers(res), status=status,
+                        solver=self.solver, n_iter=res.n_iter, wall_time=time.perf_counter() - t0, notes=[],
+                        state=WarmStart(theta=mn.stack(coef, intercept), working=tuple(res.working),
+                                        pairs=_numpy_pairs(res.pairs)))
 
 
-def _fit_torch_softmax(problem, constraint, *, eps, C, penalty, l1_ratio, fit_intercept, tol, max_iter,
-                       linear_form=None, cells=None, device="cpu", init=None, design=None) -> Solution:
-    if penalty not in ("l2", None, "none"):
-        raise DataError(MSG_PENALTY.format(penalty=penalty))
-    t0 = time.perf_counter()
-    design = design or Design(problem.X, device, center=fit_intercept)
-    dev = design.device
-    n, d, K = design.n, design.d, problem.n_classes
-    lay = ClassBlocks(d, K)
-    V = float(problem.sample_weight.sum())
-    lam2 = 0.0 if penalty in (None, "none") else 1.0 / (C * V)
-    Q = _tensor(mn.one_hot_weights(problem.y, problem.sample_weight, K), dev)
-    obj = WeightedSoftmax(Q, lam2, lay)
-    fixed = () if fit_intercept else lay.intercepts()
-    mu = design.mu
-    A = rhs = norms = None
-    if linear_form is not None:
-        A_np = linear_form.A if mu is None else lay.center_rows(linear_form.A, mu.cpu().numpy())
-        norms = np.linalg.norm(A_np, axis=1)
-        keep = norms > 1e-12 * max(1.0, norms.max(initial=0.0))
-        safe = np.where(keep, norms, 1.0)
-        A = _tensor(A_np / safe[:, None], dev)
-        rhs = _tensor(np.where(keep, (eps + linear_form.c0) / safe, 1.0), dev)
-        A[~torch.as_tensor(keep, device=dev)] = 0.0
-    theta0 = start_theta(problem, fit_intercept, init, linear_form, eps)
-    theta = lay.to_centered(_tensor(theta0, dev), mu)
-    working = tuple(init.get("working", ())) if init else ()
-    pairs = init.get("pairs") if init else None
-    precond = block_preconditioner(design, lam2, K, class_shares(problem))
-    res = minimize(design, obj, theta, A=A, rhs=rhs, fixed=fixed, working=working, tol=tol, max_iter=max_iter,
-                   pairs=pairs, precond=precond, layout=lay)
-    th = lay.from_centered(res.theta, mu).cpu().numpy()
-    coef, intercept = mn.identified(*mn.unstack(th, K))
-    lam = np.zeros(0)
-    if A is not None:
-        lam = res.lam.cpu().numpy() / np.where(norms > 0, norms, 1.0)
-    status = "optimal" if res.converged else "max_iter"
-    return Solution(coef=coef, intercept=intercept, multipliers=lam, status=status, solver="active-set-lbfgs",
-                    n_iter=res.n_iter, wall_time=time.perf_counter() - t0, notes=[],
-                    state={"theta": mn.stack(coef, intercept), "working": res.working,
-                           "pairs": _numpy_pairs(res.pairs)})
-
-
-__all__ = ["ClassBlocks", "BlockPreconditioner", "WeightedSoftmax", "block_preconditioner", "fit_torch_softmax"]
+__all__ = ["ClassBlocks", "BlockPreconditioner", "TorchSoftmaxModel", "WeightedSoftmax", "block_preconditioner"]

@@ -236,13 +236,13 @@ def test_warm_start_sweep_extrapolates(small_problem):
         fresh = FairLogisticRegression(constraint="dp-score", eps=eps, backend="torch", tol=1e-9)
         fresh.fit(X, y, sensitive_features=a)
         assert head.certificate_.objective == pytest.approx(fresh.certificate_.objective, rel=OBJ_RTOL)
-    assert len(head._solver_state.get("prev", ())) == 2
+    assert len(head._solver_state.prev) == 2
 
 
 def test_a_score_path_start_carries_its_exact_scores(small_problem):
     """The warm start's scores come extrapolated, not from a product with X: they must be X w + b."""
     from solvers.backends.torch import Design, _start_theta
-    from solvers.estimator import _problem_pieces
+    from solvers.backends.common import constraint_pieces
 
     X, y, a = small_problem
     grid = [0.3, 0.2, 0.12, 0.06]
@@ -250,10 +250,10 @@ def test_a_score_path_start_carries_its_exact_scores(small_problem):
     est = FairLogisticRegression(constraint="dp-score", backend="torch")
     problem, constraint, _ = est._prepare(X, y, a, None)
     design = Design(problem.X, "cpu", center=True)
-    linear_form, _ = _problem_pieces(problem, constraint, design)
+    linear_form, _ = constraint_pieces(problem, constraint)
     init = heads[-1]._solver_state
-    assert init.get("prev") and init.get("z") is not None  # a path state: extrapolation with scores
-    th, z = _start_theta(problem, True, init, linear_form, 0.03, problem.d, design, dict(init["row_scores"]))
+    assert init.prev and init.z is not None  # a path state: extrapolation with scores
+    th, z = _start_theta(problem, True, init, linear_form, 0.03, problem.d, design, dict(init.row_scores))
     assert z is not None
     np.testing.assert_allclose(z, problem.X @ th[:-1] + th[-1], rtol=1e-9, atol=1e-9)
 

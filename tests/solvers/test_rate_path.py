@@ -43,7 +43,7 @@ def test_an_unmet_looser_bound_takes_the_head_that_meets_a_tighter_one(eo_path):
     failed = dataclasses.replace(loose.certificate_, eps_met=False, status="eps_not_met", achieved_gap=1.0)
     unmet = FairLogisticRegression(constraint="eo", eps=loose.certificate_.eps)
     unmet.coef_, unmet.intercept_, unmet.certificate_ = loose.coef_ * 0, loose.intercept_, failed
-    unmet._solver_state = {}
+    unmet._solver_state = None
     out = _best_meeting(unmet, heads)
     assert out.certificate_.eps_met and out.certificate_.eps == loose.certificate_.eps
     assert out.certificate_.achieved_gap <= loose.certificate_.eps

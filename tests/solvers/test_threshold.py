@@ -101,7 +101,7 @@ def test_threshold_search_only_moves_the_intercept_and_never_loses(eps, monkeypa
     monkeypatch.setattr("solvers.reductions.SMOOTH_STAGE", False)  # the reduction and threshold stages only
     X, y, a = make_fair_classification(3000, 8, seed=1)
     clf = FairLogisticRegression(constraint="eo", eps=eps, backend="torch").fit(X, y, sensitive_features=a)
-    th = clf._solver_state["theta"]
+    th = clf._solver_state.theta
     np.testing.assert_array_equal(clf.coef_.ravel(), th[:-1])
     mom = make_constraint("eo").moments(y.astype(np.float64), a, np.ones(len(y)), (0, 1))
     yhat_fit = ((X @ th[:-1] + th[-1]) > 0).astype(np.float64)
