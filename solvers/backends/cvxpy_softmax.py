@@ -56,7 +56,8 @@ class CvxpySoftmaxModel(CvxpyModel):
 
     def _head(self):
         W = np.asarray(self.ws.value, dtype=np.float64) / self.s  # (d, K)
-        bs = np.asarray(self.bs.value, dtype=np.float64).reshape(-1) if self.fit_intercept else np.zeros(self.n_classes)
+        K = self.n_classes
+        bs = np.asarray(self.bs.value, dtype=np.float64).reshape(-1) if self.fit_intercept else np.zeros(K)
         return mn.identified(W.T, bs - self.mu @ W)
 
 

@@ -702,7 +702,9 @@ class TorchModel:
             return self._solve(eps, warm)
 
     def _multipliers(self, res):
-        return res.lam.cpu().numpy() / np.where(self._norms > 0, self._norms, 1.0) if self._A is not None else np.zeros(0)
+        if self._A is None:
+            return np.zeros(0)
+        return res.lam.cpu().numpy() / np.where(self._norms > 0, self._norms, 1.0)
 
     def _setup(self, V):
         v = self.problem.sample_weight

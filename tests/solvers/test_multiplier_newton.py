@@ -139,7 +139,9 @@ def test_a_bound_below_one_the_path_already_missed_is_not_searched_again():
     from solvers.reductions import fit_rate_constraint
 
     head, est, problem, cons, backend, design = _path_start()
-    state = dataclasses.replace(head._solver_state, rate={**head._solver_state.rate, "missed_aim": 0.05})  # as if the search at 0.05 had ended unmet
+    warm = head._solver_state
+    # as if the search at 0.05 had ended unmet
+    state = dataclasses.replace(warm, rate={**warm.rate, "missed_aim": 0.05})
     sol, cert = fit_rate_constraint(est, problem, cons, eps=0.01, backend=backend, init=state, design=design)
     assert _fits(cert) == 0  # the previous head, re-checked (no fit)
     # ... at the threshold (intercept) this bound chooses: never a larger gap than it had, unless met
@@ -157,7 +159,8 @@ def test_below_a_stall_only_newton_steps_are_tried():
 
     head, est, problem, cons, backend, design = _path_start()
     gap = head.certificate_.achieved_gap
-    state = dataclasses.replace(head._solver_state, rate={**head._solver_state.rate, "stalled_at": 0.5 * gap})  # stalled well below this head's gap
+    warm = head._solver_state
+    state = dataclasses.replace(warm, rate={**warm.rate, "stalled_at": 0.5 * gap})  # stalled well below its gap
     eps = 0.25 * gap
     _, cert = fit_rate_constraint(est, problem, cons, eps=eps, backend=backend, init=state, design=design)
     assert any("Newton steps only" in n for n in cert.notes)
