@@ -17,7 +17,7 @@ from ._linalg import x_dot
 from ._validation import Interval, Options, validate_params
 from ._warnings import warn_at_caller
 from .backends import FitParams, WarmStart, get_backend
-from .backends.common import MSG_PENALTY_MULTICLASS
+from .backends.common import check_penalty
 from .certificate import Certificate, passes_lower_bound, score_certificate_numbers
 from . import multinomial
 from .constraints import CONSTRAINTS, MSG_BINARY_ONLY, MULTICLASS_NAMES, Constraint, make_constraint
@@ -374,8 +374,8 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
             raise DataError(MSG_CONSTRAINT_NEEDS_SF.format(name=constraint.name))
         if K > 2 and constraint is not None and not constraint.multiclass:
             raise DataError(MSG_BINARY_ONLY.format(name=constraint.name, k=K, names=", ".join(MULTICLASS_NAMES)))
-        if K > 2 and self.penalty not in ("l2", None):
-            raise DataError(MSG_PENALTY_MULTICLASS.format(penalty=self.penalty, k=K))
+        if K > 2:  # the multinomial head has the L2 penalty only, on either backend
+            check_penalty(self.penalty, backend=self.backend, n_classes=K)
         problem = build_problem(
             X, y01, sensitive_features, sample_weight, balance=self.balance,
             min_group_size=self.min_group_size,
@@ -544,6 +544,7 @@ class PathFitter:
         with ``strict`` its error, raised now only with ``report``; see :meth:`report`)."""
         base, problem, constraint = self.estimator, self.problem, self.constraint
         est = _fresh(base, eps)
+        validate_params(est)  # the estimator's own rule for eps (a bad bound: one line before any work)
         if self.rate:
             from .reductions import fit_rate_constraint, rate_design
 

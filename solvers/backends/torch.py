@@ -666,12 +666,12 @@ class TorchModel:
     n_blocks = 1
     solver = "active-set-lbfgs"
 
-    def __init__(self, problem, constraint, params, *, design=None, pieces=None):
+    def __init__(self, problem, constraint, params, *, design=None):
         check_penalty(params.penalty, backend="torch", n_classes=problem.n_classes)
         self.problem, self.constraint, self.params = problem, constraint, params
         self.name = None if constraint is None else constraint.name
         self.design = design or Design(problem.X, params.device, center=params.fit_intercept)
-        self.linear_form, self.cells = pieces if pieces is not None else constraint_pieces(problem, constraint)
+        self.linear_form, self.cells = constraint_pieces(problem, constraint)
         t0 = time.perf_counter()
         V = float(problem.sample_weight.sum())
         self.lam2 = l2_weight(params.C, V, params.penalty)
