@@ -127,7 +127,8 @@ def test_row_maps_of_one_block_are_the_binary_formulas():
     A[2] = 0.0
     Aw, Ab = A[:, :-1], A[:, -1]
     # exact: the same products and differences element by element
-    np.testing.assert_array_equal(scaled_rows(A, mu, s, 1, True), np.hstack([(Aw - np.outer(Ab, mu)) / s, Ab[:, None]]))
+    binary = np.hstack([(Aw - np.outer(Ab, mu)) / s, Ab[:, None]])
+    np.testing.assert_array_equal(scaled_rows(A, mu, s, 1, True), binary)
     np.testing.assert_array_equal(center_rows(A, mu), np.hstack([Aw - np.outer(Ab, mu), Ab[:, None]]))
     A_unit, norms, rhs = unit_rows(A, np.full(4, 0.5))
     np.testing.assert_allclose(np.linalg.norm(A_unit, axis=1), [1, 1, 0, 1], rtol=1e-15)
