@@ -10,6 +10,9 @@
   warm search misses the bound gets exactly the cold search (so it never ends worse than a
   cold solve); see :func:`solvers.reductions.fit_rate_constraint`.
 * torch certificates reuse the solver's last scores and ``X^T r`` at the returned head.
+
+:func:`iter_path` drives :class:`solvers.estimator.PathFitter` (validate and prepare once, one
+head per bound through the backend contract of :mod:`solvers.backends`).
 """
 
 from __future__ import annotations

@@ -26,6 +26,8 @@ float32 inputs) or float64 (float64 inputs), and every scalar reduction is float
 
 ``group-loss`` and ``minimax`` use an **augmented Lagrangian** (minimax through an epigraph
 variable ``t``) with the same L-BFGS inner solver.
+
+:class:`TorchModel` is the registered backend (the contract of :mod:`solvers.backends`).
 """
 
 from __future__ import annotations
