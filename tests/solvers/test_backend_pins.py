@@ -18,6 +18,7 @@ import hashlib
 import json
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -79,16 +80,16 @@ def _path(kind, backend, constraint):
 
 
 def _warm_refit(kind, backend, constraint):
-    """The estimator's own warm start: one head refitted along three bounds."""
+    """The estimator's own warm start: one head refitted along three bounds (each refit pinned)."""
     X, y, a = binary_data() if kind == "binary" else multiclass_data()
     clf = FairLogisticRegression(constraint=constraint, backend=backend, tol=1e-8, max_iter=5000, warm_start=True)
-    heads = []
+    coefs, intercepts = [], []
     for e in (0.2, 0.1, 0.05):
         clf.set_params(eps=e).fit(X, y, sensitive_features=a)
-        heads.append(clf.coef_.copy()), heads.append(clf.intercept_.copy())
-    out = type("Head", (), {})()
-    out.coef_, out.intercept_ = np.concatenate([np.ravel(h) for h in heads[0::2]]), np.concatenate(heads[1::2])
-    return [out]
+        coefs.append(np.ravel(clf.coef_))
+        intercepts.append(clf.intercept_.copy())
+    # one digest over the three refits, in order
+    return [SimpleNamespace(coef_=np.concatenate(coefs), intercept_=np.concatenate(intercepts))]
 
 
 CASES = (
