@@ -74,7 +74,7 @@ def fingerprints(case: Case) -> list:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a tight bound may stay unmet (it warns)
         if case.path:
-            heads = iter_path(X, y, sensitive_features=a, eps_grid=list(case.eps), **params)
+            heads = list(iter_path(X, y, sensitive_features=a, eps_grid=list(case.eps), **params))
         else:
             heads = [FairLogisticRegression(eps=e, **params).fit(X, y, sensitive_features=a) for e in case.eps]
     out = []
