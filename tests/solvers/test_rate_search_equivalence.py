@@ -31,6 +31,9 @@ class Case:
     n_groups: int = 2
     n_classes: int = 2
     fit_intercept: bool = True
+    data: str = "synthetic"  # or "embedding": 800 x 12 embedding-like, 4 groups (sign steps, stalls)
+    max_iter: int = 2000  # the estimator's default; 3: the search's fits stop early, the chosen one is polished
+    from_free: bool = False  # the path starts from the unconstrained head (as ``fairhead sweep``)
 
 
 CASES = [
@@ -48,12 +51,21 @@ CASES = [
     Case("K3-dp", "dp", (0.08, 0.04), n_classes=3),
     Case("K3-eo", "eo", (0.1, 0.05), n_classes=3),
     Case("K3-dp-path", "dp", (0.1, 0.05, 0.03), path=True, n_classes=3),
+    Case("dp-max-iter", "dp", (0.05,), max_iter=3),
+    Case("eo-max-iter", "eo", (0.02,), max_iter=3),
+    Case("dp-embedding", "dp", (0.02, 0.005), data="embedding"),
+    Case("dp-embedding-path", "dp", (0.05, 0.02, 0.005, 0.002), path=True, data="embedding", from_free=True),
+    Case("dp-embedding-path-stall", "dp", (0.01, 0.007, 0.006), path=True, data="embedding", from_free=True),
+    Case("K4-eo-3-groups", "eo", (0.02,), n_classes=4, n_groups=3),
 ]
 
 
 def _data(case: Case):
+    if case.data == "embedding":
+        return make_fair_classification(800, 12, n_groups=4, embedding_like=True, seed=4)
     if case.n_classes > 2:
-        return make_fair_multiclass(600, 6, n_classes=case.n_classes, n_groups=case.n_groups, seed=5)
+        seed = 5 if case.n_groups == 2 else 6
+        return make_fair_multiclass(600, 6, n_classes=case.n_classes, n_groups=case.n_groups, seed=seed)
     if case.n_groups == 2:  # every rate binds: dp 0.27, TPR 0.16, FPR 0.05 unconstrained
         return make_fair_classification(600, 6, base_rates=(0.2, 0.6), group_shift=1.0, seed=3)
     return make_fair_classification(600, 6, n_groups=case.n_groups, seed=3)
@@ -70,11 +82,13 @@ def fingerprints(case: Case) -> list:
     """Per bound: ``(sha of coef and intercept, sha of the multipliers, eps_met, achieved_gap, n_iter,
     passes over X, number of notes)``."""
     X, y, a = _data(case)
-    params = dict(constraint=case.constraint, backend="torch", fit_intercept=case.fit_intercept)
+    params = dict(constraint=case.constraint, backend="torch", fit_intercept=case.fit_intercept,
+                  max_iter=case.max_iter)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a tight bound may stay unmet (it warns)
         if case.path:
-            heads = list(iter_path(X, y, sensitive_features=a, eps_grid=list(case.eps), **params))
+            free = FairLogisticRegression(backend="torch").fit(X, y) if case.from_free else None
+            heads = list(iter_path(X, y, sensitive_features=a, eps_grid=list(case.eps), init_head=free, **params))
         else:
             heads = [FairLogisticRegression(eps=e, **params).fit(X, y, sensitive_features=a) for e in case.eps]
     out = []
@@ -86,6 +100,24 @@ def fingerprints(case: Case) -> list:
 
 
 PINS = {
+    'dp-max-iter': [
+        ('7d195949243dd248', 'cca90d1db68fefbd', True, 0.049999999999999815, 26, 71, 2)],
+    'eo-max-iter': [
+        ('8a081bb1615b1bc9', 'c11158b73d3a0506', True, 0.00793868053654534, 52, 141, 4)],
+    'dp-embedding': [
+        ('812b273e8b0f40e8', '2abe18f35118aeab', True, 0.012528801843317998, 70, 185, 2),
+        ('40fbd76440ded44a', '642f844eafc94de0', False, 0.006296082949308737, 385, 872, 2)],
+    'dp-embedding-path': [
+        ('86de704790ba4b2c', '052010d2ef425021', True, 0.045587349397590377, 25, 65, 2),
+        ('a261024b22a556f1', '16a94ab340900be3', True, 0.01734965635738829, 46, 130, 2),
+        ('1e2905b1bd3e3f5b', '907bfe4ca03f4cdf', False, 0.006071428571428464, 230, 527, 2),
+        ('1e2905b1bd3e3f5b', '907bfe4ca03f4cdf', False, 0.006071428571428464, 30, 72, 3)],
+    'dp-embedding-path-stall': [
+        ('77fe446a1eb7ba23', '6b8e8b313174f27f', True, 0.00825460829493085, 442, 1011, 2),
+        ('1e83cf86acfa526f', 'e57f1428634f0ec4', True, 0.005754608294930855, 214, 464, 2),
+        ('1e83cf86acfa526f', 'e57f1428634f0ec4', True, 0.005754608294930855, 19, 46, 3)],
+    'K4-eo-3-groups': [
+        ('40aa3ae90635f9e5', '0cb7282909fee8e6', False, 0.041091440636673665, 628, 1529, 1)],
     'dp': [
         ('2cc14ba9b9227d6c', '7c2a093d805c4ca6', True, 0.09999999999999976, 47, 123, 2),
         ('8c255d6e3532c3ea', 'e3575aeeed1eaaa5', True, 0.049999999999999815, 50, 119, 2),
