@@ -141,7 +141,8 @@ class NewtonTargets:
         self._cos = G / np.outer(norm, norm)  # row dependence, from the moments alone
         self.K = Ma.shape[0]
 
-    def _independent(self, order) -> list[int]:
+    def independent(self, order) -> list[int]:
+        """A greedy subset of the rows in ``order`` (earlier first) that stays linearly independent; sorted."""
         keep = []
         for k in order:
             trial = keep + [int(k)]
@@ -153,7 +154,7 @@ class NewtonTargets:
         active = (lam != 0) | (np.abs(gaps) > eps_t)
         side = np.where(lam != 0, np.sign(lam), np.sign(gaps))
         # most violated first: of dependent rows, the one that binds is kept
-        idx = self._independent([k for k in np.argsort(-np.abs(gaps), kind="stable") if active[k]])
+        idx = self.independent([k for k in np.argsort(-np.abs(gaps), kind="stable") if active[k]])
         new = np.zeros(self.K)
         while idx:
             sub = np.ix_(idx, idx)

@@ -238,8 +238,8 @@ class BinaryRateSearch(RateSearch):
         return fit.gaps
 
     def adopt(self, lam):
-        """The previous head of a path as it is, a candidate and the search's start: its scores
-        cost one product with X (a refit to this bound's tolerance cost 2-20)."""
+        """The previous head of a path as it is (no refit: its scores are one product with X), a
+        candidate and the search's start."""
         if self.warm.stationarity is None:
             return self.run(lam)
         st, o = self.state, self.oracle
@@ -594,7 +594,7 @@ class ClassRateSearch(RateSearch):
                 return True
             active = (lam != 0) | (np.abs(gaps) > target)
             side = np.where(lam != 0, np.sign(lam), np.sign(gaps))
-            idx = self.targets._independent([k for k in np.argsort(-np.abs(gaps), kind="stable") if active[k]])
+            idx = self.targets.independent([k for k in np.argsort(-np.abs(gaps), kind="stable") if active[k]])
             if not idx:
                 break
             step = self._newton_step(lam, gaps, r, side, idx, scale, target)

@@ -36,12 +36,16 @@ A 0/1 rate gap moves in steps of one prediction's weight over its group's weight
 the search aims at ``max(eps, resolution)`` and skips the cold fallback there; the certificate
 records both (``resolution``, ``aimed_at``) and the passes over ``X`` the head cost.
 
-Along a path the reduction can reach a **floor**: on Adult's ``eo`` the gaps flatten out at
-about 0.02-0.027, where the multipliers that would go further drive one group's cell costs
-through zero and the gaps jump to 0.5 (see docs/benchmarks.md). A bound below a gap at which
-the previous bound's Newton steps stalled short of their target gets one Newton step only,
-and a bound below one the path already missed is not searched again: its head is the previous
-head, reported unmet (whatever meets it would have met the looser bound).
+Along a path the reduction can reach a **floor** (``docs/design/rate-search.md``): the gaps
+flatten out where the multipliers that would go further drive one group's cell costs through
+zero and the gaps jump. A bound below a gap at which the previous bound's Newton steps stalled
+short of their target gets one Newton step only, and a bound below one the path already missed
+is not searched again: its head is the previous head, reported unmet (whatever meets it would
+have met the looser bound).
+
+The search is :class:`solvers.rate_search.BinaryRateSearch` (stages as methods, the
+:class:`~solvers.rate_search_oracles.LogisticOracle` for the weighted fits); this module keeps
+its entry point, its constants and :func:`rate_design`.
 """
 
 from __future__ import annotations

@@ -28,14 +28,15 @@ Jacobian :math:`\\partial\\gamma / \\partial\\lambda` is estimated by finite dif
 warm fit per row. A hard gap is a step function, so the differences are taken of the
 **smoothed** gaps :math:`\\sum_i M_{ri}\\, \\mathrm{softmax}(z_i / \\tau)_{c_r}`, with ``tau`` of
 Silverman's rule on the margins between the two largest scores (the binary Newton steps smooth
-:math:`1[z > 0]` the same way). A row whose multiplier would change sign is released. Where they stall, sign-based per-coordinate steps (Rprop) on the KKT residual
+:math:`1[z > 0]` the same way). A row whose multiplier would change sign is released. Where
+they stall, sign-based per-coordinate steps (Rprop) on the KKT residual
 (:func:`solvers.multiplier_newton.kkt_residual`), and last a continuation over tighter and
-tighter targets, take over. Every weighted fit is warm-started
-from the previous head. Of all converged heads, the one that meets :math:`|\\gamma_r| \\le
+tighter targets, take over. Every weighted fit is warm-started from the previous head. Of all converged heads, the one that meets :math:`|\\gamma_r| \\le
 \\varepsilon` on the fit split with the least weighted 0-1 error is returned (checked with
 float64 products): **one deterministic head**. If none meets it, the head with the smallest gap
 is returned with ``eps_met=False``. As in the binary reduction the search aims at
-``aim = max(eps, resolution)``.
+``aim = max(eps, resolution)``. The search is :class:`solvers.rate_search.ClassRateSearch`, with
+the :class:`~solvers.rate_search_oracles.SoftmaxOracle`.
 """
 
 from __future__ import annotations
