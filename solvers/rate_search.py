@@ -34,7 +34,8 @@ from .backends import Solution
 from .certificate import Certificate, passes_lower_bound
 from .multiplier_newton import NewtonTargets, gap_jacobian, kkt_residual, newton_affordable, sign_step
 from .rate_search_oracles import LogisticOracle, SoftmaxOracle
-from .rate_search_types import Candidate, Checked, Ray, RateWarmStart, SearchState
+from .rate_search_types import (BINARY_STATE, CLASS_STATE, Candidate, Checked, Ray, RateWarmStart, SearchState,
+                                warm_start_state)
 
 SOLVER = "lagrangian-reduction/active-set-lbfgs"
 
@@ -487,7 +488,7 @@ class BinaryRateSearch(RateSearch):
 
     # -- what the head reports -------------------------------------------------------------
     def _warm_state(self, chosen: Checked, reduction: Checked, smooth_mult) -> dict:
-        """The next bound's warm start: the *reduction's* weighted fit and its own gaps (what the
+        """The next bound's warm start (as the estimator's dict): the *reduction's* weighted fit and its own gaps (what the
         multiplier steps steer), also when the smoothed stage's head is chosen."""
         from .backends.torch import _numpy_pairs
 
@@ -496,16 +497,15 @@ class BinaryRateSearch(RateSearch):
         pairs = st.pairs
         if pairs is not None and pairs is not (self.warm.pairs if self.warm is not None else None):
             pairs = _numpy_pairs(pairs)  # unchanged when no fit ran
-        return {"theta": reduction.theta, "lam": reduction.cand.lam,
-                "gaps": np.asarray(reduction.raw_gaps, dtype=np.float64),
-                "stationarity": float(reduction.cand.stationarity), "converged": bool(reduction.cand.converged),
-                "smooth_mult": smooth_mult,
-                "missed_aim": self.aim if chosen.gap > self.aim else None,
-                # Newton stopped short of its target (not in the band): the gap it stalled at
-                "stalled_at": best_gap if st.stall and best_gap > self.eps_t else None,
-                "lam_hist": (self.lam_hist + [(self.prev_eps, self.prev_lam)])[-2:] if self.on_path else [],
-                "pairs": pairs,
-                "jac": (st.jac[0], st.jac[1].cpu().numpy()) if st.jac else None}
+        warm = RateWarmStart(
+            theta=reduction.theta, lam=reduction.cand.lam, gaps=np.asarray(reduction.raw_gaps, dtype=np.float64),
+            stationarity=float(reduction.cand.stationarity), converged=bool(reduction.cand.converged),
+            smooth_mult=smooth_mult, missed_aim=self.aim if chosen.gap > self.aim else None,
+            # Newton stopped short of its target (not in the band): the gap it stalled at
+            stalled_at=best_gap if st.stall and best_gap > self.eps_t else None,
+            lam_hist=(self.lam_hist + [(self.prev_eps, self.prev_lam)])[-2:] if self.on_path else [],
+            pairs=pairs, jac=(st.jac[0], st.jac[1].cpu().numpy()) if st.jac else None)
+        return warm_start_state(warm, BINARY_STATE)
 
     def _notes(self, chosen: Checked, reduction: Checked) -> list:
         st, th = self.state, chosen.theta
@@ -689,9 +689,10 @@ class ClassRateSearch(RateSearch):
         notes = [f"{st.fits} weighted multinomial fits on the multiplier path"]
         if not chosen.cand.converged:
             notes.append("the chosen weighted fit stopped at max_iter (its predictions were still checked)")
-        warm_state = {"theta": mn.stack(coef, intercept), "lam": chosen.cand.lam,
-                      "gaps": np.asarray(chosen.gaps, dtype=np.float64),
-                      "pairs": _numpy_pairs(st.pairs) if st.pairs is not None else None}
+        warm = RateWarmStart(theta=mn.stack(coef, intercept), lam=chosen.cand.lam,
+                             gaps=np.asarray(chosen.gaps, dtype=np.float64),
+                             pairs=_numpy_pairs(st.pairs) if st.pairs is not None else None)
+        warm_state = warm_start_state(warm, CLASS_STATE)
         return self.finish(chosen, notes, warm_state, (coef, intercept), self.warm_started)
 
 

@@ -67,13 +67,17 @@ class RateWarmStart:
     smooth_mult: np.ndarray | None = None
     missed_aim: float | None = None
     stalled_at: float | None = None
-    lam_hist: tuple = ()
+    lam_hist: tuple | list = ()
     pairs: object = None
     jac: tuple | None = None
 
 
 _WARM_KEYS = ("theta", "lam", "eps", "gaps", "stationarity", "converged", "smooth_mult", "missed_aim",
               "stalled_at", "pairs", "jac")
+#: what a binary head hands the next bound (the estimator adds ``eps``); a K-class head
+BINARY_STATE = ("theta", "lam", "gaps", "stationarity", "converged", "smooth_mult", "missed_aim", "stalled_at",
+                "lam_hist", "pairs", "jac")
+CLASS_STATE = ("theta", "lam", "gaps", "pairs")
 
 
 def warm_start_from_state(init: dict | None) -> RateWarmStart | None:
@@ -83,6 +87,12 @@ def warm_start_from_state(init: dict | None) -> RateWarmStart | None:
     if not init:
         return None
     return RateWarmStart(lam_hist=tuple(init.get("lam_hist", ())), **{k: init.get(k) for k in _WARM_KEYS})
+
+
+def warm_start_state(warm: RateWarmStart, keys) -> dict:
+    """The warm-state dict (``Solution.state``) of ``warm``: the fields named in ``keys``
+    (:data:`BINARY_STATE` or :data:`CLASS_STATE`); the inverse of :func:`warm_start_from_state`."""
+    return {k: getattr(warm, k) for k in keys}
 
 
 @dataclass
