@@ -488,8 +488,8 @@ class BinaryRateSearch(RateSearch):
 
     # -- what the head reports -------------------------------------------------------------
     def _warm_state(self, chosen: Checked, reduction: Checked, smooth_mult) -> dict:
-        """The next bound's warm start (as the estimator's dict): the *reduction's* weighted fit and its own gaps (what the
-        multiplier steps steer), also when the smoothed stage's head is chosen."""
+        """The next bound's warm start (as the estimator's dict): the *reduction's* weighted fit and
+        its own gaps (what the multiplier steps steer), also when the smoothed stage's head is chosen."""
         from .backends.torch import _numpy_pairs
 
         st = self.state
