@@ -190,7 +190,7 @@ class BinaryRateSearch(RateSearch):
                 self.lam0 = np.asarray(warm.lam, dtype=np.float64).copy()
         super().__init__(est, constraint, oracle, eps=eps, theta=theta, t_start=t_start)
         self.warm, self.K, self.d = warm, K, d
-        self.targets = NewtonTargets(oracle.Ma)
+        self.targets = NewtonTargets(oracle.Ma, exclusive=getattr(mom, "exclusive", ()))
         self._path_start(warm)
         # rates conditioned on the label (eopp, eo, error-rate): the weighted fits floor there; on
         # dp the reduction reaches every bound (docs/design/rate-search.md)

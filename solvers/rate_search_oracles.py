@@ -39,11 +39,19 @@ class Fit:
     error: float
 
 
-def _best_threshold(thr, z, aim):
+def _best_threshold(thr, z, aim, mom):
     """The threshold of scores ``z``: the most accurate within ``aim = max(eps, resolution)``, else
     the smallest gap. Below the resolution a bound is met, if at all, by a (near) constant head:
-    the most accurate head within the resolution is worth more to a user than that."""
+    the most accurate head within the resolution is worth more to a user than that.
+
+    Gaps that are not linear in the predictions (:class:`~solvers.constraints.RatioMoments`) are
+    scanned as the linear rates they are made of (``thr`` built on ``mom.scan_moments``) and
+    turned into gaps per threshold."""
     sc = thr.scan(z)
+    if hasattr(mom, "scan_moments"):
+        from .threshold import ThresholdScan
+
+        sc = ThresholdScan(cuts=sc.cuts, errors=sc.errors, gaps=mom.shortfalls(sc.gaps))
     return sc.best(aim) or sc.smallest_gap()
 
 
@@ -66,7 +74,7 @@ class LogisticOracle:
         self.Ma = mom.M * mom.a  # (K, n): cost of yhat_i = 1 through gap k
         # every candidate is judged at its best intercept (one sort of its scores); without an
         # intercept the head's threshold stays at 0
-        self.thr = ThresholdSearch(mom, self.y, self.v) if est.fit_intercept else None
+        self.thr = ThresholdSearch(getattr(mom, "scan_moments", mom), self.y, self.v) if est.fit_intercept else None
 
     @property
     def resolution(self) -> float:
@@ -122,7 +130,7 @@ class LogisticOracle:
         raw = float(np.abs(gaps).max())
         if self.thr is None:  # no intercept to move
             return Candidate(err, raw, lam.copy(), theta, stationarity, converged, raw)
-        ch = _best_threshold(self.thr, z, aim)
+        ch = _best_threshold(self.thr, z, aim, self.mom)
         return Candidate(ch.error, ch.max_gap, lam.copy(), theta, stationarity, converged, raw, ch.cut)
 
     def check(self, cand: Candidate, aim) -> Checked:
@@ -132,7 +140,7 @@ class LogisticOracle:
         xw = x_dot(self.X, th[:d])
         raw_g, _ = self.evaluate(xw + th[d])
         # the threshold chosen again on the exact scores: ``xw + b > 0`` iff ``xw > -b`` in floats
-        b = float(th[d]) if self.thr is None else -_best_threshold(self.thr, xw, aim).cut
+        b = float(th[d]) if self.thr is None else -_best_threshold(self.thr, xw, aim, self.mom).cut
         g2, e2 = self.evaluate(xw + b)
         return Checked(cand, th, b, g2, e2, raw_g)
 

@@ -126,7 +126,8 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
     if est.penalty not in ("l2", None):
         raise DataError(MSG_PENALTY.format(penalty=est.penalty))
     t_start = time.perf_counter()  # the head's wall clock
-    mom = constraint.moments(problem.y, problem.groups, problem.sample_weight, problem.group_labels)
+    at_eps = {"eps": eps} if getattr(constraint, "rows_depend_on_eps", False) else {}
+    mom = constraint.moments(problem.y, problem.groups, problem.sample_weight, problem.group_labels, **at_eps)
     if design is None:
         design = rate_design(problem.X, est.device, center=est.fit_intercept)
     search = BinaryRateSearch(est, problem, constraint, mom, design, eps=eps, warm=warm_start_from_state(init),
