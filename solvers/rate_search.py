@@ -148,8 +148,9 @@ class RateSearch:
                 return cand
         return self.check(min(self.history, key=lambda h: (h.gap, h.error)))
 
-    def finish(self, chosen: Checked, notes, warm_state: dict, head, warm: bool):
-        """``(Solution, Certificate)`` of the chosen head (``head``: its coefficients and intercept)."""
+    def finish(self, chosen: Checked, notes, warm_state: dict, head, warm_started: bool):
+        """``(Solution, Certificate)`` of the chosen head (``head``: its coefficients and intercept;
+        ``warm_started``: the head started from a given one, for the passes' lower bound)."""
         h, gap = chosen.cand, chosen.gap
         met = gap <= self.eps
         wall = time.perf_counter() - self.t_start
@@ -163,7 +164,7 @@ class RateSearch:
             wall_time=wall, tol=float(self.est.tol), achieved_gap=gap, eps_met=bool(met),
             multipliers=tuple(float(x) for x in h.lam), notes=tuple(notes),
             resolution=self.resolution, aimed_at=self.aim, passes=self.design.passes - self.passes0 + st.checks,
-            passes_lower_bound=passes_lower_bound(warm),
+            passes_lower_bound=passes_lower_bound(warm_started),
         )
         return sol, cert
 
@@ -207,6 +208,7 @@ class BinaryRateSearch(RateSearch):
                             and warm.theta is not None and len(warm.theta) == d + 1)
         self.floor = self.stalled = False
         self.lam_hist = []
+        self.prev_eps = self.prev_lam = self.prev_gaps = None  # the previous bound, its multipliers and gaps
         if not self.on_path:
             return
         from .backends.torch import _tensor
@@ -390,8 +392,8 @@ class BinaryRateSearch(RateSearch):
         chosen, smooth_mult = self.smoothed_stage(reduction)
         head = self.oracle.head(chosen)
         warm_state = self._warm_state(chosen, reduction, smooth_mult)
-        warm = self.warm is not None and self.warm.theta is not None
-        return self.finish(chosen, self._notes(chosen, reduction), warm_state, head, warm)
+        warm_started = self.warm is not None and self.warm.theta is not None
+        return self.finish(chosen, self._notes(chosen, reduction), warm_state, head, warm_started)
 
     def _warm_path(self):
         """Along a path, the previous head misses the new bound: Newton from its multipliers, the
