@@ -48,7 +48,9 @@ def describe_bounded_gap(constraint, balance=None, n_classes: int = 2) -> str:
     if n_classes > 2:
         return _describe_class_gap(constraint, balance, n_classes)
     within = {"all": "", "y=1": " among y=1 rows", "y=0": " among y=0 rows", "label": " within each label (y=1 and y=0)"}
-    if isinstance(constraint, RateConstraint):
+    if getattr(constraint, "bounded_value", None):  # a rate constraint that says what it bounds itself
+        what = f"{constraint.bounded_value} ('{constraint.name}')"
+    elif isinstance(constraint, RateConstraint):
         rate = "error rate" if constraint.utility == "error" else "P(yhat=1)"
         what = (f"max over groups of |{rate}(group) - {rate}(all)|{within[constraint.event]} ('{constraint.name}'; "
                 "a head that meets eps can show up to 2 eps as a between-groups difference)")

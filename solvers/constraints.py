@@ -103,6 +103,48 @@ class RateMoments:
         return self.M @ (self.a * yhat + self.b0)
 
 
+@dataclass(frozen=True)
+class RatioMoments(RateMoments):
+    """One-sided ratio rows: ``sel_g >= (1 - eps) sel_h`` for every ordered pair of groups.
+
+    ``rates @ yhat`` are the group selection rates ``sel`` (G,). The search's rows ``M`` are the
+    linear form of the bound at its ``eps``, :math:`((1 - \\varepsilon) m_h - m_g)\\cdot\\hat y
+    \\le 0`, which prices predictions in the reduction's weighted fits; its ``gaps`` are the
+    pairs' **ratio shortfalls** :math:`[1 - sel_g / sel_h]_+` (0 where ``sel_h = 0``), which do
+    not depend on eps and are at most eps exactly when the bound holds. Clamped at 0, a gap never
+    binds from below, so the search's ``|gaps_k| <= eps`` is the one-sided bound.
+    """
+
+    rates: np.ndarray = None  # (G, n)
+    pairs: tuple = ()  # (g, h) of each row
+
+    def shortfalls(self, sel: np.ndarray) -> np.ndarray:
+        """``[1 - sel_g / sel_h]_+`` per row, for rates ``sel`` (G,) or (m, G) (one row per threshold)."""
+        sel = np.asarray(sel, dtype=np.float64)
+        g, h = (np.array([p[i] for p in self.pairs], dtype=np.int64) for i in (0, 1))
+        num, den = sel[..., g], sel[..., h]
+        out = np.zeros(np.broadcast(num, den).shape)
+        np.divide(num, den, out=out, where=den > 0)
+        return np.where(den > 0, np.maximum(1.0 - out, 0.0), 0.0)
+
+    def gaps(self, yhat: np.ndarray) -> np.ndarray:
+        return self.shortfalls(self.rates @ np.asarray(yhat, dtype=np.float64))
+
+    @property
+    def exclusive(self) -> tuple:
+        """Row pairs that never bind together: ``(g, h)`` and ``(h, g)`` (both bound at once only
+        where both rates are 0)."""
+        index = {p: k for k, p in enumerate(self.pairs)}
+        return tuple((k, index[(h, g)]) for k, (g, h) in enumerate(self.pairs) if g < h)
+
+    @property
+    def scan_moments(self) -> RateMoments:
+        """The group rates as rate rows: a threshold scan of them gives ``sel`` at every threshold
+        (:meth:`shortfalls` turns those into the gaps)."""
+        return RateMoments(M=self.rates, a=np.ones(self.rates.shape[1]), b0=np.zeros(self.rates.shape[1]),
+                           names=tuple(f"sel,{k}" for k in range(self.rates.shape[0])))
+
+
 class Constraint:
     """Base class. Subclasses keep only their init parameters (so ``clone`` works)."""
 
@@ -459,6 +501,8 @@ class RateConstraint(Constraint):
     event = "all"
     utility = "selection"  # u = yhat ; "error": u = [yhat != y]
     multiclass = True
+    #: its moments' rows depend on eps (``moments(..., eps=)``; ``None``: the rows at eps = 0)
+    rows_depend_on_eps = False
 
     def moments(self, y, groups, sample_weight, labels, n_classes=2) -> RateMoments | ClassRateMoments:
         """The gaps as linear functions of the predictions: ``RateMoments`` (binary) or, with
@@ -590,6 +634,51 @@ class ErrorRateParity(RateConstraint):
     group_rates = ("accuracy",)
 
 
+class DemographicParityRatio(RateConstraint):
+    """The four-fifths rule: a ratio of selection rates (rate constraint, ``"dp-ratio"``).
+
+    .. math::
+
+        P_v(\\hat y = 1 \\mid g) \\ge (1 - \\varepsilon) \\max_h P_v(\\hat y = 1 \\mid h)
+        \\quad \\text{for every group } g,
+
+    i.e. the smallest selection rate is at least ``r = 1 - eps`` times the largest (``eps = 0.2``:
+    the four-fifths rule). Its value (the certificate's gap) is the ratio shortfall
+    :math:`1 - \\min_g P_v(\\hat y = 1 \\mid g) / \\max_h P_v(\\hat y = 1 \\mid h)`. One-sided
+    rows whose coefficients depend on eps (:class:`RatioMoments`); binary heads only.
+    """
+
+    name = "dp-ratio"
+    event = "all"
+    multiclass = False
+    rows_depend_on_eps = True
+    metric = "demographic_parity_difference"
+    label = "selection-rate ratio shortfall"
+    #: what eps bounds, in words (``fairhead.measure.describe_bounded_gap``)
+    bounded_value = ("1 - min over groups of P(yhat=1)(group) / max over groups of P(yhat=1)(group) "
+                     "(eps = 0.2: the four-fifths rule)")
+
+    def moments(self, y, groups, sample_weight, labels, n_classes=2, eps=None) -> RatioMoments:
+        """:class:`RatioMoments` at ``eps`` (``None``: the rows at eps = 0; the gaps do not depend on it)."""
+        if n_classes > 2:
+            raise DataError(MSG_BINARY_ONLY.format(name=self.name, k=n_classes, names=", ".join(MULTICLASS_NAMES)))
+        sw = np.asarray(sample_weight, dtype=np.float64)
+        rates = []
+        for g in range(len(labels)):
+            vg = sw * (groups == g)
+            if vg.sum() <= 0:
+                raise DataError(f"group {labels[g]!r} has no weight; this constraint needs every group; "
+                                "merge groups or pick another constraint")
+            rates.append(vg / vg.sum())
+        rates = np.asarray(rates)
+        r = 1.0 - (0.0 if eps is None else float(eps))
+        pairs = tuple((g, h) for g in range(len(labels)) for h in range(len(labels)) if g != h)
+        M = np.asarray([r * rates[h] - rates[g] for g, h in pairs]).reshape(len(pairs), -1)
+        n = rates.shape[1]
+        return RatioMoments(M=M, a=np.ones(n), b0=np.zeros(n), rates=rates, pairs=pairs,
+                            names=tuple(f"g={labels[g]} vs {labels[h]}" for g, h in pairs))
+
+
 CONSTRAINTS = {
     c.name: c
     for c in (
@@ -604,6 +693,7 @@ CONSTRAINTS = {
         EqualizedOdds,
         ErrorRateParity,
         FalsePositiveRateParity,
+        DemographicParityRatio,
     )
 }
 MULTICLASS_NAMES = tuple(k for k, c in CONSTRAINTS.items() if c.multiclass)

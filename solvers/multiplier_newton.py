@@ -135,15 +135,24 @@ def gap_jacobian(design, z: torch.Tensor, delta: np.ndarray, Ma: np.ndarray, lam
 class NewtonTargets:
     """The next multipliers of a Newton step (see the module docstring); built once per problem."""
 
-    def __init__(self, Ma: np.ndarray):
+    def __init__(self, Ma: np.ndarray, exclusive=()):
         G = Ma @ Ma.T
         norm = np.sqrt(np.maximum(np.diag(G), 1e-300))
         self._cos = G / np.outer(norm, norm)  # row dependence, from the moments alone
         self.K = Ma.shape[0]
+        #: rows that never bind together (one-sided rows of opposite sides, such as a ratio's
+        #: ``sel_g >= r sel_h`` and ``sel_h >= r sel_g``): of each pair, the first in order is kept
+        self._partner = {}
+        for j, k in exclusive:
+            self._partner.setdefault(int(j), set()).add(int(k))
+            self._partner.setdefault(int(k), set()).add(int(j))
 
-    def _independent(self, order) -> list[int]:
+    def independent(self, order) -> list[int]:
+        """A greedy subset of the rows in ``order`` (earlier first) that stays linearly independent; sorted."""
         keep = []
         for k in order:
+            if self._partner.get(int(k), set()).intersection(keep):
+                continue
             trial = keep + [int(k)]
             if np.linalg.eigvalsh(self._cos[np.ix_(trial, trial)]).min() > 1e-8:
                 keep = trial
@@ -153,7 +162,7 @@ class NewtonTargets:
         active = (lam != 0) | (np.abs(gaps) > eps_t)
         side = np.where(lam != 0, np.sign(lam), np.sign(gaps))
         # most violated first: of dependent rows, the one that binds is kept
-        idx = self._independent([k for k in np.argsort(-np.abs(gaps), kind="stable") if active[k]])
+        idx = self.independent([k for k in np.argsort(-np.abs(gaps), kind="stable") if active[k]])
         new = np.zeros(self.K)
         while idx:
             sub = np.ix_(idx, idx)

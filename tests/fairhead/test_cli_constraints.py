@@ -35,7 +35,7 @@ def test_help_lists_fpr_among_the_rate_constraints(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     text = "".join(out.split())  # argparse wraps lines, also at hyphens
-    assert "rate:dp,eopp,eo,error-rate,fpr;score:" in text
+    assert "rate:dp,eopp,eo,error-rate,fpr,dp-ratio;score:" in text
     assert "for" + "eopp-score/eo-score/eopp/eo/fpr,(group,label)cells" in text
 
 

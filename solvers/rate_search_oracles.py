@@ -1,0 +1,211 @@
+"""The weighted-fit oracles of the rate search (:mod:`solvers.rate_search`), one per head kind.
+
+For multipliers :math:`\\lambda` the Lagrangian :math:`\\mathrm{err}(\\hat y) + \\lambda^\\top
+\\gamma(\\hat y)` is a cost-sensitive classification; an oracle fits its convex surrogate and
+judges the fit by its hard predictions:
+
+* :class:`LogisticOracle` (binary heads): the weighted logistic fit with labels
+  :math:`[\\delta_i < 0]` and weights :math:`|\\delta_i|`, :math:`\\delta = \\delta_0 + (Ma)^\\top
+  \\lambda` (:mod:`solvers.reductions`); candidates are judged at their best threshold
+  (:mod:`solvers.threshold`);
+* :class:`SoftmaxOracle` (K-class heads): the cost-weighted softmax fit with weights
+  :math:`Q_{ik} = \\max_j c_{ij} - c_{ik}` (:mod:`solvers.reductions_multiclass`); the head
+  predicts the arg max, no threshold.
+
+Both answer the same small interface: ``fit`` (one warm weighted fit and its judged outcome),
+``candidate`` (a :class:`~solvers.rate_search.Candidate` of a fit), ``scores`` (one product
+with ``X``), ``check`` (a candidate with the exact float64 ``predict()`` arithmetic) and
+``head`` (the returned coefficients and intercept).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._linalg import x_dot
+from .rate_search_types import Candidate, Checked
+
+
+@dataclass
+class Fit:
+    """One weighted fit: the optimizer's result (centred ``theta``, ``z``, ``pairs``...), its scores
+    as numpy, and the hard gaps and weighted 0-1 error of its predictions."""
+
+    res: object
+    scores: np.ndarray
+    gaps: np.ndarray
+    error: float
+
+
+def _best_threshold(thr, z, aim, mom):
+    """The threshold of scores ``z``: the most accurate within ``aim = max(eps, resolution)``, else
+    the smallest gap. Below the resolution a bound is met, if at all, by a (near) constant head:
+    the most accurate head within the resolution is worth more to a user than that.
+
+    Gaps that are not linear in the predictions (:class:`~solvers.constraints.RatioMoments`) are
+    scanned as the linear rates they are made of (``thr`` built on ``mom.scan_moments``) and
+    turned into gaps per threshold."""
+    sc = thr.scan(z)
+    if hasattr(mom, "scan_moments"):
+        from .threshold import ThresholdScan
+
+        sc = ThresholdScan(cuts=sc.cuts, errors=sc.errors, gaps=mom.shortfalls(sc.gaps))
+    return sc.best(aim) or sc.smallest_gap()
+
+
+class LogisticOracle:
+    """Binary heads: weighted logistic fits on the torch backend (see the module docstring)."""
+
+    def __init__(self, est, problem, mom, design, *, search_tol, tol):
+        from .threshold import ThresholdSearch
+
+        self.X, self.y, self.v = problem.X, problem.y, problem.sample_weight
+        self.V = float(self.v.sum())
+        self.d = problem.X.shape[1]
+        self.mom, self.design = mom, design
+        self.max_iter, self.tol, self.search_tol = int(est.max_iter), tol, search_tol
+        self.fit_intercept = est.fit_intercept
+        self.lam2 = 0.0 if est.penalty is None else 1.0 / (float(est.C) * self.V)
+        self.fixed = () if est.fit_intercept else (self.d,)
+        self.precond = design.preconditioner(self.lam2, self.d + 1)
+        self.base = self.v * (1.0 - 2.0 * self.y) / self.V
+        self.Ma = mom.M * mom.a  # (K, n): cost of yhat_i = 1 through gap k
+        # every candidate is judged at its best intercept (one sort of its scores); without an
+        # intercept the head's threshold stays at 0
+        self.thr = ThresholdSearch(getattr(mom, "scan_moments", mom), self.y, self.v) if est.fit_intercept else None
+
+    @property
+    def resolution(self) -> float:
+        """One prediction's move of a gap: the largest ``|(M a)_ki|``."""
+        return float(np.abs(self.Ma).max()) if self.Ma.size else 0.0
+
+    def cold_theta(self):
+        """The unconstrained fit's start: no weights, the intercept at the weighted base rate's logit."""
+        import torch
+
+        d, y, v = self.d, self.y, self.v
+        p = float(np.clip((v * y).sum() / self.V, 1e-6, 1 - 1e-6))
+        theta = torch.zeros(d + 1, dtype=torch.float64, device=self.design.device)
+        theta[d] = np.log(p / (1 - p)) if self.fit_intercept else 0.0
+        return theta
+
+    def evaluate(self, z):
+        yhat = (z > 0).astype(np.float64)
+        return self.mom.gaps(yhat), float((self.v * (yhat != self.y)).sum() / self.V)
+
+    def objective(self, lam):
+        from .backends.torch import WeightedLogistic, _tensor
+
+        delta = self.base + self.Ma.T @ lam
+        dev = self.design.device
+        return WeightedLogistic(_tensor((delta < 0).astype(np.float64), dev), _tensor(np.abs(delta), dev),
+                                self.lam2, self.d)
+
+    def fit(self, lam, theta, pairs, *, exact=True, z0=None, inexact_iters=None) -> Fit:
+        """The weighted fit at ``lam`` from ``theta`` (curvature ``pairs`` and scores ``z0`` carried over)."""
+        from .backends.torch import minimize
+
+        res = minimize(self.design, self.objective(lam), theta, fixed=self.fixed, tol=self.search_tol,
+                       max_iter=self.max_iter if exact else inexact_iters, pairs=pairs, z0=z0, precond=self.precond)
+        zn = res.z.cpu().numpy()
+        gaps, err = self.evaluate(zn)
+        return Fit(res, zn, gaps, err)
+
+    def polish(self, cand: Candidate, pairs):
+        """The weighted fit of ``cand`` to the estimator's tolerance (the optimizer's result)."""
+        from .backends.torch import minimize
+
+        return minimize(self.design, self.objective(cand.lam), cand.theta, fixed=self.fixed, tol=self.tol,
+                        max_iter=self.max_iter, pairs=pairs, precond=self.precond)
+
+    def scores(self, theta):
+        """The scores of centred ``theta``: one product with ``X``."""
+        d = self.d
+        return self.design.mv(theta[:d]) + theta[d]
+
+    def candidate(self, z, gaps, err, lam, theta, stationarity, converged, aim) -> Candidate:
+        """The :class:`Candidate` of a converged fit with scores ``z`` (at their best threshold)."""
+        raw = float(np.abs(gaps).max())
+        if self.thr is None:  # no intercept to move
+            return Candidate(err, raw, lam.copy(), theta, stationarity, converged, raw)
+        ch = _best_threshold(self.thr, z, aim, self.mom)
+        return Candidate(ch.error, ch.max_gap, lam.copy(), theta, stationarity, converged, raw, ch.cut)
+
+    def check(self, cand: Candidate, aim) -> Checked:
+        """``cand`` with the exact ``predict()`` arithmetic; its threshold chosen again on those scores."""
+        d = self.d
+        th = self.design.from_centered(cand.theta).cpu().numpy()
+        xw = x_dot(self.X, th[:d])
+        raw_g, _ = self.evaluate(xw + th[d])
+        # the threshold chosen again on the exact scores: ``xw + b > 0`` iff ``xw > -b`` in floats
+        b = float(th[d]) if self.thr is None else -_best_threshold(self.thr, xw, aim, self.mom).cut
+        g2, e2 = self.evaluate(xw + b)
+        return Checked(cand, th, b, g2, e2, raw_g)
+
+    def head(self, chosen: Checked):
+        """``(coef, intercept)`` of the returned head."""
+        return chosen.theta[: self.d].copy(), chosen.intercept
+
+
+class SoftmaxOracle:
+    """K-class heads: cost-weighted softmax fits on the torch backend (see the module docstring)."""
+
+    def __init__(self, est, problem, mom, design, *, search_tol, tol):
+        from .backends.torch_softmax import ClassBlocks, block_preconditioner, class_shares
+
+        self.X, self.v = problem.X, problem.sample_weight
+        self.y = problem.y.astype(np.int64)
+        self.K, self.V = problem.n_classes, float(self.v.sum())
+        self.d = problem.X.shape[1]
+        self.mom, self.design = mom, design
+        self.lay = ClassBlocks(self.d, self.K)
+        self.max_iter, self.tol, self.search_tol = int(est.max_iter), tol, search_tol
+        self.lam2 = 0.0 if est.penalty is None else 1.0 / (float(est.C) * self.V)
+        self.fixed = () if est.fit_intercept else self.lay.intercepts()
+        self.precond = block_preconditioner(design, self.lam2, self.K, class_shares(problem))
+        self.err_cost = (self.v / self.V)[:, None] * (np.arange(self.K)[None, :] != self.y[:, None])  # (n, K)
+
+    @property
+    def resolution(self) -> float:
+        return self.mom.resolution
+
+    def evaluate(self, Z):
+        yhat = np.argmax(Z, axis=1)
+        return self.mom.gaps(yhat), float((self.v * (yhat != self.y)).sum() / self.V)
+
+    def fit(self, lam, theta, pairs) -> Fit:
+        from .backends.torch import _tensor, minimize
+        from .backends.torch_softmax import WeightedSoftmax
+
+        cost = self.err_cost + self.mom.costs(lam)
+        Q = _tensor(cost.max(axis=1, keepdims=True) - cost, self.design.device)
+        res = minimize(self.design, WeightedSoftmax(Q, self.lam2, self.lay), theta, fixed=self.fixed,
+                       tol=self.search_tol, max_iter=self.max_iter, pairs=pairs, precond=self.precond, layout=self.lay)
+        Z = res.z.cpu().numpy()
+        gaps, err = self.evaluate(Z)
+        return Fit(res, Z, gaps, err)
+
+    def scores(self, theta) -> np.ndarray:
+        """The (n, K) scores of centred ``theta``: one product with ``X``."""
+        return self.lay.scores(self.design, theta).cpu().numpy()
+
+    def candidate(self, Z, gaps, err, lam, theta, stationarity, converged, aim) -> Candidate:
+        """The :class:`Candidate` of a fit (its arg max: no threshold to move)."""
+        g = float(np.abs(gaps).max())
+        return Candidate(err, g, lam.copy(), theta, stationarity, converged, g, gaps=gaps)
+
+    def check(self, cand: Candidate, aim) -> Checked:
+        """``cand`` with the exact ``predict()`` arithmetic (float64 products)."""
+        from . import multinomial as mn
+
+        th = self.lay.from_centered(cand.theta, self.design.mu).cpu().numpy()
+        W, b = mn.unstack(th, self.K)
+        g2, e2 = self.evaluate(mn.scores(self.X, W, b))
+        return Checked(cand, th, 0.0, g2, e2, g2)
+
+    def head(self, chosen: Checked):
+        from . import multinomial as mn
+
+        return mn.identified(*mn.unstack(chosen.theta, self.K))

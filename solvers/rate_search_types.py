@@ -1,0 +1,158 @@
+"""The typed values of the rate search (:mod:`solvers.rate_search`): candidates, checked heads,
+the warm start that flows between the bounds of a path, the search's own state and its ray."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Candidate:
+    """A converged weighted fit of the search, judged at its best threshold (intercept).
+
+    ``error`` and ``gap`` (the largest ``|gamma_k|``) are those of the threshold that the
+    threshold search (:mod:`solvers.threshold`) chooses for the bound, ``cut`` that threshold on
+    the search's scores; ``raw_gap`` is the gap at the fit's own intercept (what the multiplier
+    steps steer). Heads without a threshold (K-class, or no intercept) have ``gap == raw_gap``;
+    ``gaps`` are the fit's own gaps where the search starts again from it (K-class).
+    """
+
+    error: float
+    gap: float
+    lam: np.ndarray
+    theta: object  # torch.Tensor, centred coordinates
+    stationarity: float
+    converged: bool
+    raw_gap: float
+    cut: float = 0.0
+    gaps: np.ndarray | None = None
+
+
+@dataclass
+class Checked:
+    """A candidate checked with the exact ``predict()`` arithmetic (float64 ``X @ w``)."""
+
+    cand: Candidate
+    theta: np.ndarray  # the weighted fit, decentred ((d + 1,), or K (d + 1) for K classes)
+    intercept: float  # the head's intercept after the threshold search (binary)
+    gaps: np.ndarray
+    error: float
+    raw_gaps: np.ndarray  # at the fit's own intercept ``theta[d]``
+
+    @property
+    def gap(self) -> float:
+        return float(np.abs(self.gaps).max())
+
+
+@dataclass
+class RateWarmStart:
+    """The previous head's state along a path (or a head given by its coefficients alone).
+
+    ``None`` marks what the previous head did not record. ``theta`` is decentred; ``gaps`` are
+    the weighted fit's own gaps (what the multiplier steps steer), ``lam`` its multipliers.
+    ``missed_aim``: the looser bound's search ended above its aim; ``stalled_at``: the gap at
+    which its Newton steps stalled; ``lam_hist``: the last two ``(eps, lam)`` of the path (the
+    extrapolation in eps); ``pairs``: L-BFGS curvature pairs; ``jac``: ``(J, dtheta)`` of the
+    Newton steps; ``smooth_mult``: the smoothed stage's last multipliers.
+    """
+
+    theta: np.ndarray | None = None
+    lam: np.ndarray | None = None
+    eps: float | None = None
+    gaps: np.ndarray | None = None
+    stationarity: float | None = None
+    converged: bool | None = None
+    smooth_mult: np.ndarray | None = None
+    missed_aim: float | None = None
+    stalled_at: float | None = None
+    lam_hist: tuple | list = ()
+    pairs: object = None
+    jac: tuple | None = None
+
+
+_WARM_KEYS = ("theta", "lam", "eps", "gaps", "stationarity", "converged", "smooth_mult", "missed_aim",
+              "stalled_at", "pairs", "jac")
+#: what a binary head hands the next bound (the estimator adds ``eps``); a K-class head
+BINARY_STATE = ("theta", "lam", "gaps", "stationarity", "converged", "smooth_mult", "missed_aim", "stalled_at",
+                "lam_hist", "pairs", "jac")
+CLASS_STATE = ("theta", "lam", "gaps", "pairs")
+
+
+def warm_start_from_state(init: dict | None) -> RateWarmStart | None:
+    """The :class:`RateWarmStart` of an estimator's warm-state dict (``Solution.state`` plus the
+    ``eps`` the estimator adds); ``None`` for no (or an empty) warm start. Keys it does not know
+    are ignored."""
+    if not init:
+        return None
+    return RateWarmStart(lam_hist=tuple(init.get("lam_hist", ())), **{k: init.get(k) for k in _WARM_KEYS})
+
+
+def warm_start_state(warm: RateWarmStart, keys) -> dict:
+    """The warm-state dict (``Solution.state``) of ``warm``: the fields named in ``keys``
+    (:data:`BINARY_STATE` or :data:`CLASS_STATE`); the inverse of :func:`warm_start_from_state`."""
+    return {k: getattr(warm, k) for k in keys}
+
+
+@dataclass
+class SearchState:
+    """What the search carries from one weighted fit to the next, and its counters."""
+
+    theta: object  # the current head (centred torch tensor): the next fit's start
+    pairs: object = None  # L-BFGS curvature pairs (the weighted objectives along the search are alike)
+    scores: object = None  # the current head's scores (binary: a tensor, the next fit's ``z0``; K-class: numpy)
+    exact: bool = True  # fits run to convergence (only converged heads are candidates)
+    fits: int = 0
+    n_iter: int = 0
+    newton: int = 0  # Newton steps taken
+    adopted: int = 0  # the previous head, a candidate without a refit
+    stall: bool = False  # the Newton steps stopped short of their target
+    jac: tuple | None = None  # (J, dtheta) of the last Newton step (binary)
+    smoothed: int = 0  # heads of the smoothed stage
+    smooth_chosen: bool = False
+    checks: int = 0  # exact predict() products, outside the design
+
+
+@dataclass
+class Ray:
+    """The ray ``lam_s + t u`` from a start's violation and the bracket ``[t_a, t_b]`` of the
+    target on it: ``f(gaps) = max(gaps * sgn) - target`` falls along the ray (positive: still
+    violated; ``f_b <= 0 < f_a``)."""
+
+    lam_s: np.ndarray
+    u: np.ndarray
+    sgn: np.ndarray
+    target: float
+    t_a: float = 0.0
+    f_a: float = 0.0
+    t_b: float | None = None
+    f_b: float | None = None
+    side: int = 0  # the side of the last Illinois update (-1: t_b moved, 1: t_a moved)
+
+    def at(self, t):
+        return self.lam_s + t * self.u
+
+    def f(self, gaps) -> float:
+        return float(np.max(gaps * self.sgn)) - self.target
+
+    def closed(self) -> bool:
+        """The bracket is 2% wide."""
+        return self.t_b - self.t_a <= 0.02 * self.t_b
+
+    def illinois_point(self) -> float:
+        """The secant of the bracket, kept 5% inside it."""
+        t_a, f_a, t_b, f_b = self.t_a, self.f_a, self.t_b, self.f_b
+        t = t_b - f_b * (t_b - t_a) / (f_b - f_a) if f_b != f_a else 0.5 * (t_a + t_b)
+        return min(max(t, t_a + 0.05 * (t_b - t_a)), t_b - 0.05 * (t_b - t_a))
+
+    def update(self, t: float, f: float) -> None:
+        """Illinois: the end that stays twice in a row has its value halved."""
+        if f <= 0:
+            if self.side == -1:
+                self.f_a *= 0.5
+            self.t_b, self.f_b, self.side = t, f, -1
+        else:
+            if self.side == 1:
+                self.f_b *= 0.5
+            self.t_a, self.f_a, self.side = t, f, 1

@@ -1,0 +1,112 @@
+"""The rate search's pieces (:mod:`solvers.rate_search`): warm start, ray, oracles, and its size."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import warnings
+
+import numpy as np
+import pytest
+
+from solvers import FairLogisticRegression, iter_path
+from solvers.constraints import make_constraint
+from solvers.problem import build_problem
+from solvers.rate_search_types import (BINARY_STATE, CLASS_STATE, Candidate, Ray, RateWarmStart,
+                                       warm_start_from_state, warm_start_state)
+from solvers.synthetic import make_fair_classification, make_fair_multiclass
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def test_warm_start_reads_and_writes_the_estimator_dict():
+    assert warm_start_from_state(None) is None and warm_start_from_state({}) is None
+    X, y, a = make_fair_classification(600, 6, base_rates=(0.2, 0.6), group_shift=1.0, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        heads = list(iter_path(X, y, sensitive_features=a, eps_grid=[0.1, 0.05], constraint="eo", backend="torch"))
+    state = heads[-1]._solver_state
+    assert set(BINARY_STATE) <= set(state) and state["eps"] == 0.05
+    warm = warm_start_from_state(dict(state, unknown_key=1))  # keys it does not know are ignored
+    assert isinstance(warm, RateWarmStart) and warm.eps == 0.05 and warm.lam is state["lam"]
+    assert warm.pairs is state["pairs"] and warm.missed_aim is state["missed_aim"]
+    assert len(warm.lam_hist) == 1 and warm.lam_hist[0][0] == 0.1  # the looser bound and its multipliers
+    back = warm_start_state(warm, BINARY_STATE)
+    assert list(back) == list(BINARY_STATE)
+    assert all(back[k] is state[k] for k in BINARY_STATE if k != "lam_hist")
+    # a head given by its coefficients alone (fit_path's init_head): theta only
+    only = warm_start_from_state({"theta": np.zeros(7)})
+    assert only.lam is None and only.eps is None and only.lam_hist == ()
+    assert list(warm_start_state(only, CLASS_STATE)) == ["theta", "lam", "gaps", "pairs"]
+
+
+def test_ray_brackets_and_illinois_closes_on_the_root():
+    # gaps fall linearly along the ray: f(t) = max(g(t) * sgn) - target has its root at t = 5
+    g0 = np.array([0.5, -0.2])
+    ray = Ray(np.zeros(2), g0 / 0.5, np.sign(g0), target=0.25)
+    ray.f_a = ray.f(g0)
+
+    def gaps(t):
+        return g0 * (1.0 - 0.1 * t)
+
+    assert ray.f(gaps(5.0)) == 0.0
+    ray.t_b, ray.f_b = 8.0, ray.f(gaps(8.0))  # bracketed: f_b <= 0 < f_a
+    for _ in range(20):
+        if ray.closed():
+            break
+        t = ray.illinois_point()
+        assert ray.t_a < t < ray.t_b  # kept inside the bracket
+        ray.update(t, ray.f(gaps(t)))
+    assert ray.closed() and ray.t_a <= 5.0 <= ray.t_b
+    np.testing.assert_array_equal(ray.at(1.0), g0 / 0.5)
+
+
+@pytest.mark.parametrize("K", [2, 3])
+def test_an_oracles_check_is_the_heads_own_predictions(K):
+    """``fit`` / ``candidate`` / ``check`` / ``head`` of both oracles: the checked gaps and error are
+    those of the returned coefficients' hard predictions."""
+    from solvers.rate_search_oracles import LogisticOracle, SoftmaxOracle
+    from solvers.reductions import rate_design
+
+    if K == 2:
+        X, y, a = make_fair_classification(400, 5, seed=2)
+    else:
+        X, y, a = make_fair_multiclass(400, 5, n_classes=K, seed=2)
+    est = FairLogisticRegression(constraint="dp", eps=0.05)
+    problem = build_problem(X, y, a, n_classes=K)
+    cons = make_constraint("dp")
+    mom = cons.moments(problem.y, problem.groups, problem.sample_weight, problem.group_labels, n_classes=K)
+    design = rate_design(X, "cpu", center=True)
+    kind = LogisticOracle if K == 2 else SoftmaxOracle
+    oracle = kind(est, problem, mom, design, search_tol=1e-4, tol=1e-6)
+    if K == 2:
+        theta = oracle.cold_theta()
+    else:
+        from solvers.backends.torch import _tensor
+
+        theta = oracle.lay.to_centered(_tensor(np.zeros(K * 6), "cpu"), design.mu)
+    lam = np.zeros(mom.M.shape[0])
+    lam[0] = 0.5
+    fit = oracle.fit(lam, theta, None)
+    cand = oracle.candidate(fit.scores, fit.gaps, fit.error, lam, fit.res.theta, fit.res.stationarity,
+                            fit.res.converged, 0.05)
+    assert isinstance(cand, Candidate) and cand.lam is not lam and np.array_equal(cand.lam, lam)
+    checked = oracle.check(cand, 0.05)
+    coef, intercept = oracle.head(checked)
+    scores = X @ np.atleast_2d(coef).T + intercept
+    pred = (scores[:, 0] > 0).astype(int) if K == 2 else np.argmax(scores, axis=1)
+    assert checked.error == pytest.approx(float((pred != y).mean()), abs=1e-12)
+    np.testing.assert_allclose(checked.gaps, mom.gaps(pred), atol=1e-12)
+    assert checked.gap == pytest.approx(float(np.abs(mom.gaps(pred)).max()), abs=1e-12)
+
+
+def test_no_function_of_the_search_is_over_80_lines():
+    """Issue 19 item 4: a search a maintainer can read (no long functions, no closures that mutate)."""
+    for name in ("rate_search.py", "rate_search_oracles.py", "rate_search_types.py", "reductions.py",
+                 "reductions_multiclass.py"):
+        tree = ast.parse((ROOT / "solvers" / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert node.end_lineno - node.lineno < 80, (name, node.name)
+                nested = [n for n in ast.walk(node) if n is not node and isinstance(n, ast.FunctionDef)]
+                assert not nested, (name, node.name, [n.name for n in nested])
