@@ -30,12 +30,11 @@ import numpy as np
 
 from . import reductions as red
 from . import reductions_multiclass as mc
-from .backends import Solution
+from .backends import Solution, WarmStart
 from .certificate import Certificate, passes_lower_bound
 from .multiplier_newton import NewtonTargets, gap_jacobian, kkt_residual, newton_affordable, sign_step
 from .rate_search_oracles import LogisticOracle, SoftmaxOracle
-from .rate_search_types import (BINARY_STATE, CLASS_STATE, Candidate, Checked, Ray, RateWarmStart, SearchState,
-                                warm_start_state)
+from .rate_search_types import Candidate, Checked, Ray, RateWarmStart, SearchState, head_warm_start
 
 SOLVER = "lagrangian-reduction/active-set-lbfgs"
 
@@ -148,7 +147,7 @@ class RateSearch:
                 return cand
         return self.check(min(self.history, key=lambda h: (h.gap, h.error)))
 
-    def finish(self, chosen: Checked, notes, warm_state: dict, head, warm_started: bool):
+    def finish(self, chosen: Checked, notes, warm_state: WarmStart, head, warm_started: bool):
         """``(Solution, Certificate)`` of the chosen head (``head``: its coefficients and intercept;
         ``warm_started``: the head started from a given one, for the passes' lower bound)."""
         h, gap = chosen.cand, chosen.gap
@@ -507,7 +506,7 @@ class BinaryRateSearch(RateSearch):
             stalled_at=best_gap if st.stall and best_gap > self.eps_t else None,
             lam_hist=(self.lam_hist + [(self.prev_eps, self.prev_lam)])[-2:] if self.on_path else [],
             pairs=pairs, jac=(st.jac[0], st.jac[1].cpu().numpy()) if st.jac else None)
-        return warm_start_state(warm, BINARY_STATE)
+        return head_warm_start(warm)
 
     def _notes(self, chosen: Checked, reduction: Checked) -> list:
         st, th = self.state, chosen.theta
@@ -694,7 +693,7 @@ class ClassRateSearch(RateSearch):
         warm = RateWarmStart(theta=mn.stack(coef, intercept), lam=chosen.cand.lam,
                              gaps=np.asarray(chosen.gaps, dtype=np.float64),
                              pairs=_numpy_pairs(st.pairs) if st.pairs is not None else None)
-        warm_state = warm_start_state(warm, CLASS_STATE)
+        warm_state = head_warm_start(warm)
         return self.finish(chosen, notes, warm_state, (coef, intercept), self.warm_started)
 
 

@@ -3,9 +3,12 @@ the warm start that flows between the bounds of a path, the search's own state a
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
+
+from .backends import WarmStart
 
 
 @dataclass
@@ -72,27 +75,24 @@ class RateWarmStart:
     jac: tuple | None = None
 
 
-_WARM_KEYS = ("theta", "lam", "eps", "gaps", "stationarity", "converged", "smooth_mult", "missed_aim",
-              "stalled_at", "pairs", "jac")
-#: what a binary head hands the next bound (the estimator adds ``eps``); a K-class head
-BINARY_STATE = ("theta", "lam", "gaps", "stationarity", "converged", "smooth_mult", "missed_aim", "stalled_at",
-                "lam_hist", "pairs", "jac")
-CLASS_STATE = ("theta", "lam", "gaps", "pairs")
+#: the fields a rate head shares with every head's :class:`~solvers.backends.WarmStart`
+SHARED_FIELDS = ("theta", "eps", "pairs")
 
 
-def warm_start_from_state(init: dict | None) -> RateWarmStart | None:
-    """The :class:`RateWarmStart` of an estimator's warm-state dict (``Solution.state`` plus the
-    ``eps`` the estimator adds); ``None`` for no (or an empty) warm start. Keys it does not know
-    are ignored."""
-    if not init:
+def rate_warm_start(warm: WarmStart | None) -> RateWarmStart | None:
+    """The rate search's view of a head's :class:`~solvers.backends.WarmStart`: its shared
+    fields (``theta``, ``eps``, ``pairs``) over its ``rate`` part (``None``: no warm start)."""
+    if warm is None or (warm.theta is None and warm.rate is None):
         return None
-    return RateWarmStart(lam_hist=tuple(init.get("lam_hist", ())), **{k: init.get(k) for k in _WARM_KEYS})
+    rate = warm.rate if isinstance(warm.rate, RateWarmStart) else RateWarmStart()
+    return dataclasses.replace(rate, **{k: getattr(warm, k) for k in SHARED_FIELDS if getattr(warm, k) is not None})
 
 
-def warm_start_state(warm: RateWarmStart, keys) -> dict:
-    """The warm-state dict (``Solution.state``) of ``warm``: the fields named in ``keys``
-    (:data:`BINARY_STATE` or :data:`CLASS_STATE`); the inverse of :func:`warm_start_from_state`."""
-    return {k: getattr(warm, k) for k in keys}
+def head_warm_start(warm: RateWarmStart) -> WarmStart:
+    """The :class:`~solvers.backends.WarmStart` a rate head hands the next bound: the shared
+    fields in place, the rest as its ``rate`` part (the inverse of :func:`rate_warm_start`; the
+    estimator sets ``eps``)."""
+    return WarmStart(theta=warm.theta, pairs=warm.pairs, rate=dataclasses.replace(warm, theta=None, pairs=None))
 
 
 @dataclass

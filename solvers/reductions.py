@@ -54,7 +54,6 @@ import time
 
 import numpy as np
 
-from .backends import WarmStart
 from .rate_search_types import Candidate  # noqa: F401  (the search's candidates, re-exported)
 
 #: aim the search at this fraction of eps so that small sample effects stay inside the bound
@@ -101,7 +100,6 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
     """
     from .backends.torch import fit_threads
 
-    init = _warm_view(init)
     if problem.n_classes > 2:  # the same reduction with cost-sensitive multinomial fits
         from .reductions_multiclass import fit_rate_multiclass
 
@@ -110,33 +108,14 @@ def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, de
         with fit_threads(est.device):
             sol, cert = _fit_rate_constraint(est, problem, constraint, eps=eps, backend=backend, init=init,
                                              design=design)
-    sol.state = _warm_view(sol.state, back=True)
     return sol, cert
-
-
-#: the keys of the searches' state dict that are the backends' :class:`~solvers.backends.WarmStart` fields
-_SHARED_KEYS = ("theta", "eps", "pairs")
-
-
-def _warm_view(warm, back=False):
-    """The one adaptation of the reductions to :class:`~solvers.backends.WarmStart`: the state
-    dict the searches read (``theta``, ``eps``, ``pairs`` from the WarmStart's fields, the rest
-    from its ``rate``), or with ``back`` the WarmStart of a search's returned state dict."""
-    if back:
-        return WarmStart(theta=warm["theta"], pairs=warm.get("pairs"),
-                         rate={k: val for k, val in warm.items() if k not in _SHARED_KEYS})
-    if warm is None:
-        return None
-    view = dict(warm.rate or {})
-    view.update((k, getattr(warm, k)) for k in _SHARED_KEYS if getattr(warm, k) is not None)
-    return view
 
 
 def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, design=None):
     """The reduction itself: a :class:`~solvers.rate_search.BinaryRateSearch`.
 
-    ``init`` (a previous head's ``state``, read as a :class:`~solvers.rate_search_types.RateWarmStart`)
-    warm-starts the head and the multipliers. Along a path (``init`` holds the previous bound and
+    ``init`` (a previous head's :class:`~solvers.backends.WarmStart`, read by
+    :func:`~solvers.rate_search_types.rate_warm_start`) warm-starts the head and the multipliers. Along a path (``init`` holds the previous bound and
     its rate gaps) the search starts at the multipliers extrapolated in ``eps`` from the last
     heads, with converged fits only, and stops as soon as a converged fit lands in the band
     ``[TARGET_FRACTION - WARM_BAND, TARGET_FRACTION] * eps`` (a cold search stops when its
@@ -145,7 +124,7 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
     from .backends.torch import MSG_PENALTY
     from .errors import DataError
     from .rate_search import BinaryRateSearch
-    from .rate_search_types import warm_start_from_state
+    from .rate_search_types import rate_warm_start
 
     if est.penalty not in ("l2", None):
         raise DataError(MSG_PENALTY.format(penalty=est.penalty))
@@ -154,6 +133,6 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
     mom = constraint.moments(problem.y, problem.groups, problem.sample_weight, problem.group_labels, **at_eps)
     if design is None:
         design = rate_design(problem.X, est.device, center=est.fit_intercept)
-    search = BinaryRateSearch(est, problem, constraint, mom, design, eps=eps, warm=warm_start_from_state(init),
+    search = BinaryRateSearch(est, problem, constraint, mom, design, eps=eps, warm=rate_warm_start(init),
                               t_start=t_start)
     return search.solve()

@@ -81,7 +81,7 @@ def _fit(est, problem, constraint, *, eps, init=None, design=None):
     from .backends.torch import MSG_PENALTY
     from .errors import DataError
     from .rate_search import ClassRateSearch
-    from .rate_search_types import warm_start_from_state
+    from .rate_search_types import rate_warm_start
     from .reductions import rate_design
 
     if est.penalty not in ("l2", None):
@@ -91,7 +91,7 @@ def _fit(est, problem, constraint, *, eps, init=None, design=None):
     mom = constraint.moments(problem.y, problem.groups, v, problem.group_labels, n_classes=problem.n_classes)
     if design is None:
         design = rate_design(problem.X, est.device, center=est.fit_intercept)
-    search = ClassRateSearch(est, problem, constraint, mom, design, eps=eps, warm=warm_start_from_state(init),
+    search = ClassRateSearch(est, problem, constraint, mom, design, eps=eps, warm=rate_warm_start(init),
                              t_start=t_start)
     return search.solve()
 

@@ -69,8 +69,8 @@ class WarmStart:
     #: up to two earlier heads of a path with the same working set, ``(theta, eps[, z])``: the next
     #: bound starts from their extrapolation (:func:`solvers.backends.torch._start_theta`)
     prev: tuple = ()
-    #: the rate search's own state (multipliers, gaps, Jacobian, ... of
-    #: :mod:`solvers.reductions`), opaque to the score backends; ``None`` for a score head
+    #: the rate search's own state (a :class:`~solvers.rate_search_types.RateWarmStart`: multipliers,
+    #: gaps, Jacobian, ...), opaque to the score backends; ``None`` for a score head
     rate: object | None = None
 
 

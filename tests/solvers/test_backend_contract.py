@@ -91,23 +91,24 @@ def test_the_warm_state_is_typed_and_chains_a_path(data):
     assert warm.theta.shape == (X.shape[1] + 1,) and warm.z.shape == (X.shape[0],)
     rate = FairLogisticRegression(constraint="dp", eps=0.05, backend="torch").fit(X, y, sensitive_features=a)
     state = rate._solver_state
-    assert isinstance(state, WarmStart) and isinstance(state.rate, dict) and "lam" in state.rate
-    assert "theta" not in state.rate and "pairs" not in state.rate  # the shared fields are not duplicated
+    assert isinstance(state, WarmStart) and state.rate.lam is not None
+    assert state.rate.theta is None and state.rate.pairs is None  # the shared fields are not duplicated
 
 
 def test_the_rate_adaptation_round_trips_the_search_state():
-    from solvers.reductions import _warm_view
+    from solvers.rate_search_types import RateWarmStart, head_warm_start, rate_warm_start
 
     pairs = ([np.ones(3)], [np.ones(3)], [])
-    searched = {"theta": np.arange(3.0), "pairs": pairs, "lam": np.array([0.5]), "gaps": np.array([0.1]),
-                "missed_aim": None}
-    warm = _warm_view(searched, back=True)
-    assert warm.theta is searched["theta"] and warm.pairs is pairs and warm.rate["lam"] is searched["lam"]
-    view = _warm_view(dataclasses.replace(warm, eps=0.05))
-    assert view.keys() == searched.keys() | {"eps"} and view["eps"] == 0.05 and view["pairs"] is pairs
-    assert _warm_view(None) is None
+    searched = RateWarmStart(theta=np.arange(3.0), pairs=pairs, lam=np.array([0.5]), gaps=np.array([0.1]))
+    warm = head_warm_start(searched)
+    assert warm.theta is searched.theta and warm.pairs is pairs and warm.rate.lam is searched.lam
+    assert warm.rate.theta is None and warm.rate.pairs is None
+    view = rate_warm_start(dataclasses.replace(warm, eps=0.05))
+    assert view.eps == 0.05 and view.pairs is pairs and view.theta is searched.theta and view.gaps is searched.gaps
+    assert rate_warm_start(None) is None
     # a score head's state seen by the rate search: its head, bound and pairs only
-    assert _warm_view(WarmStart(theta=np.zeros(3), working=(1,), eps=0.1)).keys() == {"theta", "eps"}
+    score = rate_warm_start(WarmStart(theta=np.zeros(3), working=(1,), eps=0.1))
+    assert score.eps == 0.1 and score.lam is None and score.gaps is None
 
 
 def test_penalty_checks_name_the_fix():

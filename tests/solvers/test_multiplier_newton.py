@@ -141,7 +141,7 @@ def test_a_bound_below_one_the_path_already_missed_is_not_searched_again():
     head, est, problem, cons, backend, design = _path_start()
     warm = head._solver_state
     # as if the search at 0.05 had ended unmet
-    state = dataclasses.replace(warm, rate={**warm.rate, "missed_aim": 0.05})
+    state = dataclasses.replace(warm, rate=dataclasses.replace(warm.rate, missed_aim=0.05))
     sol, cert = fit_rate_constraint(est, problem, cons, eps=0.01, backend=backend, init=state, design=design)
     assert _fits(cert) == 0  # the previous head, re-checked (no fit)
     # ... at the threshold (intercept) this bound chooses: never a larger gap than it had, unless met
@@ -160,7 +160,7 @@ def test_below_a_stall_only_newton_steps_are_tried():
     head, est, problem, cons, backend, design = _path_start()
     gap = head.certificate_.achieved_gap
     warm = head._solver_state
-    state = dataclasses.replace(warm, rate={**warm.rate, "stalled_at": 0.5 * gap})  # stalled well below its gap
+    state = dataclasses.replace(warm, rate=dataclasses.replace(warm.rate, stalled_at=0.5 * gap))  # stalled well below its gap
     eps = 0.25 * gap
     _, cert = fit_rate_constraint(est, problem, cons, eps=eps, backend=backend, init=state, design=design)
     assert any("Newton steps only" in n for n in cert.notes)
@@ -179,4 +179,4 @@ def test_a_search_that_reaches_its_target_records_no_stall():
     # the chosen head is the most accurate candidate at its best threshold, not necessarily the fit
     # that reached the target, so only its bound is asserted
     assert cert.achieved_gap <= cert.aimed_at
-    assert state.rate["stalled_at"] is None and state.rate["missed_aim"] is None
+    assert state.rate.stalled_at is None and state.rate.missed_aim is None

@@ -12,32 +12,31 @@ import pytest
 from solvers import FairLogisticRegression, iter_path
 from solvers.constraints import make_constraint
 from solvers.problem import build_problem
-from solvers.rate_search_types import (BINARY_STATE, CLASS_STATE, Candidate, Ray, RateWarmStart,
-                                       warm_start_from_state, warm_start_state)
+from solvers.backends import WarmStart
+from solvers.rate_search_types import Candidate, Ray, RateWarmStart, head_warm_start, rate_warm_start
 from solvers.synthetic import make_fair_classification, make_fair_multiclass
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def test_warm_start_reads_and_writes_the_estimator_dict():
-    assert warm_start_from_state(None) is None and warm_start_from_state({}) is None
+def test_warm_start_reads_and_writes_the_estimators_warm_state():
+    assert rate_warm_start(None) is None and rate_warm_start(WarmStart()) is None
     X, y, a = make_fair_classification(600, 6, base_rates=(0.2, 0.6), group_shift=1.0, seed=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         heads = list(iter_path(X, y, sensitive_features=a, eps_grid=[0.1, 0.05], constraint="eo", backend="torch"))
     state = heads[-1]._solver_state
-    assert set(BINARY_STATE) <= set(state) and state["eps"] == 0.05
-    warm = warm_start_from_state(dict(state, unknown_key=1))  # keys it does not know are ignored
-    assert isinstance(warm, RateWarmStart) and warm.eps == 0.05 and warm.lam is state["lam"]
-    assert warm.pairs is state["pairs"] and warm.missed_aim is state["missed_aim"]
+    assert isinstance(state, WarmStart) and isinstance(state.rate, RateWarmStart) and state.eps == 0.05
+    assert state.rate.theta is None and state.rate.pairs is None  # the shared fields are not duplicated
+    warm = rate_warm_start(state)
+    assert isinstance(warm, RateWarmStart) and warm.eps == 0.05 and warm.lam is state.rate.lam
+    assert warm.theta is state.theta and warm.pairs is state.pairs and warm.missed_aim is state.rate.missed_aim
     assert len(warm.lam_hist) == 1 and warm.lam_hist[0][0] == 0.1  # the looser bound and its multipliers
-    back = warm_start_state(warm, BINARY_STATE)
-    assert list(back) == list(BINARY_STATE)
-    assert all(back[k] is state[k] for k in BINARY_STATE if k != "lam_hist")
-    # a head given by its coefficients alone (fit_path's init_head): theta only
-    only = warm_start_from_state({"theta": np.zeros(7)})
-    assert only.lam is None and only.eps is None and only.lam_hist == ()
-    assert list(warm_start_state(only, CLASS_STATE)) == ["theta", "lam", "gaps", "pairs"]
+    back = head_warm_start(warm)
+    assert back.theta is state.theta and back.pairs is state.pairs and back.rate.lam is state.rate.lam
+    # a head given by its coefficients alone (fit_path's init_head), or a score head: theta (and eps) only
+    only = rate_warm_start(WarmStart(theta=np.zeros(7), working=(1,), eps=0.1))
+    assert only.lam is None and only.eps == 0.1 and only.lam_hist == () and only.theta.shape == (7,)
 
 
 def test_ray_brackets_and_illinois_closes_on_the_root():
