@@ -8,9 +8,16 @@ imports and a warm-up outside the timing. Also printed: the unconstrained fairhe
 problem as scikit-learn), the bounded gap on the fit split, and test accuracy and fairlearn-style
 per-class DP differences (largest over classes) on a held-out split of the same size.
 
+``--part paths`` (issue 19): 12-bound ``dp`` and ``eo`` paths (``fit_path``, eps from 0.15 to 0) on
+the same fit split: per bound the achieved gap, whether it is met, the train accuracy and the
+seconds, and whether the path is monotone (gaps and train errors never grow as the bound loosens
+... tightens, i.e. a tighter bound never gets a larger gap or a smaller error) and meets every bound
+above the resolution.
+
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_multiclass.py [--n 20000] [--d 512] [--eps 0.02] [--json out.json]
+    OMP_NUM_THREADS=1 python benchmarks/bench_multiclass.py --part paths [--constraints dp eo] [--json out.json]
 """
 
 from __future__ import annotations
@@ -51,6 +58,40 @@ def _timed(fn):
     return time.perf_counter() - t, out
 
 
+PATH_GRID = np.linspace(0.15, 0.0, 12)
+
+
+def part_paths(args, Xf, yf, af):
+    """The 12-bound paths of ``--constraints`` on the fit split (see the module docstring)."""
+    from solvers import fit_path
+
+    FairLogisticRegression(constraint="dp", eps=0.1, backend="torch").fit(Xf[:500], yf[:500], sensitive_features=af[:500])
+    rows = []
+    for kind in args.constraints:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # unmet bounds below the resolution warn
+            t, heads = _timed(lambda: fit_path(Xf, yf, sensitive_features=af, eps_grid=PATH_GRID, constraint=kind,
+                                               C=args.C, backend="torch"))
+        certs = [h.certificate_ for h in heads]
+        gaps = [c.achieved_gap for c in certs]
+        errs = [c.zero_one_error for c in certs]
+        res = max(c.resolution for c in certs)
+        unmet = [round(float(c.eps), 4) for c in certs if not c.eps_met and c.eps > c.resolution]
+        # along the grid (loosest first) the gaps never grow and the errors never fall (float64 sums of
+        # n weights in [0, 1]: 1e-12 is far above their rounding and far below one prediction's weight)
+        monotone = all(g2 <= g1 + 1e-12 and e2 >= e1 - 1e-12 for g1, g2, e1, e2 in zip(gaps, gaps[1:], errs, errs[1:]))
+        rows.append(dict(constraint=kind, path_s=t, resolution=res, eps=[float(e) for e in PATH_GRID], gaps=gaps,
+                         met=[bool(c.eps_met) for c in certs], train_accuracy=[1 - e for e in errs],
+                         head_wall_s=[c.wall_time for c in certs], unmet_above_resolution=unmet, monotone=monotone))
+        print(f"{kind}: 12-bound path {t:.1f}s, resolution {res:.4f}, monotone: {monotone}, "
+              f"unmet above the resolution: {unmet or 'none'}", flush=True)
+        print("| eps | gap | met | train acc | s |\n|---|---|---|---|---|")
+        for e, c in zip(PATH_GRID, certs):
+            print(f"| {e:.4f} | {c.achieved_gap:.4f} | {'yes' if c.eps_met else 'no'} | {1 - c.zero_one_error:.4f} | "
+                  f"{c.wall_time:.2f} |", flush=True)
+    return rows
+
+
 def main(argv=None):
     from sklearn.linear_model import LogisticRegression
 
@@ -64,11 +105,20 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the figures here")
+    p.add_argument("--part", choices=("fit", "paths"), default="fit")
+    p.add_argument("--constraints", nargs="+", default=["dp", "eo"], help="paths: which constraints")
     args = p.parse_args(argv)
 
     X, y, a = make_fair_multiclass(2 * args.n, args.d, n_classes=args.k, n_groups=args.groups, embedding_like=True,
                                    dtype=np.float32, seed=args.seed)
     (Xf, yf, af), (Xt, yt, at) = (X[: args.n], y[: args.n], a[: args.n]), (X[args.n :], y[args.n :], a[args.n :])
+    if args.part == "paths":
+        rows = part_paths(args, Xf, yf, af)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"rows": rows, "n": args.n, "d": args.d, "classes": args.k, "groups": args.groups,
+                           "seed": args.seed, "versions": _versions()}, f, indent=1, default=float)
+        return rows
     # imports and one-off set-up outside the timing
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

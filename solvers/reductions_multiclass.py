@@ -49,6 +49,7 @@ from .backends import Solution
 from .certificate import Certificate, passes_lower_bound
 from .multiplier_newton import NewtonTargets, kkt_residual, sign_step
 from .reductions import SEARCH_TOL, TARGET_FRACTION, WARM_BAND
+from .threshold_multiclass import OffsetSearch
 
 #: probes of the ray search (doubling, then Illinois) and of the sign-step stage
 RAY_PROBES = 14
@@ -123,7 +124,8 @@ def _fit(est, problem, constraint, *, eps, init=None, design=None):
             lam0 = np.asarray(init["lam"], dtype=np.float64).copy()
     state = {"theta": lay.to_centered(_tensor(theta0, dev), mu), "pairs": init.get("pairs") if warm else None,
              "it": 0, "fits": 0}
-    history = []  # (err, max gap, lam, theta (centred), stationarity, converged)
+    offsets = OffsetSearch(mom, y, v, fit_intercept=est.fit_intercept)
+    history = []  # (err, max gap, lam, theta (centred), stationarity, converged, offsets)
     gaps_of = {}  # id(history entry) -> its gaps
 
     def run(lam_k):
@@ -136,9 +138,10 @@ def _fit(est, problem, constraint, *, eps, init=None, design=None):
         state["fits"] += 1
         state["theta"], state["pairs"] = res.theta, res.pairs
         state["Z"] = res.z.cpu().numpy()
-        gaps, err = _evaluate(state["Z"], y, v, V, mom)
-        history.append((err, float(np.abs(gaps).max()), lam_k.copy(), res.theta.clone(), res.stationarity,
-                        res.converged))
+        gaps, _ = _evaluate(state["Z"], y, v, V, mom)  # at the fit's own intercepts: what the steps steer
+        off = offsets.choose(state["Z"], aim)  # the candidate is judged at its best per-class offsets
+        history.append((off.error, off.max_gap, lam_k.copy(), res.theta.clone(), res.stationarity,
+                        res.converged, off.offsets))
         gaps_of[id(history[-1])] = gaps
         return gaps
 
@@ -283,6 +286,7 @@ def _fit(est, problem, constraint, *, eps, init=None, design=None):
     def check(h):
         checks[0] += 1
         th = lay.from_centered(h[3], mu).cpu().numpy()
+        th.reshape(K, d + 1)[:, d] += h[6]  # the intercepts absorb the offsets
         W, b = mn.unstack(th, K)
         g2, e2 = _evaluate(mn.scores(X, W, b), y, v, V, mom)
         return h, th, g2, e2
