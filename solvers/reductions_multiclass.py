@@ -125,7 +125,7 @@ def _fit(est, problem, constraint, *, eps, init=None, design=None):
     state = {"theta": lay.to_centered(_tensor(theta0, dev), mu), "pairs": init.get("pairs") if warm else None,
              "it": 0, "fits": 0}
     offsets = OffsetSearch(mom, y, v, fit_intercept=est.fit_intercept)
-    history = []  # (err, max gap, lam, theta (centred), stationarity, converged, offsets)
+    history = []  # (err, max gap, lam, theta (centred), stationarity, converged, OffsetChoice)
     gaps_of = {}  # id(history entry) -> its gaps
 
     def run(lam_k):
@@ -138,10 +138,10 @@ def _fit(est, problem, constraint, *, eps, init=None, design=None):
         state["fits"] += 1
         state["theta"], state["pairs"] = res.theta, res.pairs
         state["Z"] = res.z.cpu().numpy()
-        gaps, _ = _evaluate(state["Z"], y, v, V, mom)  # at the fit's own intercepts: what the steps steer
-        off = offsets.choose(state["Z"], aim)  # the candidate is judged at its best per-class offsets
-        history.append((off.error, off.max_gap, lam_k.copy(), res.theta.clone(), res.stationarity,
-                        res.converged, off.offsets))
+        gaps, err = _evaluate(state["Z"], y, v, V, mom)
+        # the search steers by the fit's own intercepts; the head is chosen at its best per-class offsets
+        history.append((err, float(np.abs(gaps).max()), lam_k.copy(), res.theta.clone(), res.stationarity,
+                        res.converged, offsets.choose(state["Z"], aim)))
         gaps_of[id(history[-1])] = gaps
         return gaps
 
@@ -278,7 +278,8 @@ def _fit(est, problem, constraint, *, eps, init=None, design=None):
             # aim, each from the last (a sweep's warm path meets bounds one search from afar misses)
             for bound in aim * (g0 / aim) ** (np.arange(CONTINUATION_STEPS - 1, -1, -1) / CONTINUATION_STEPS):
                 attempt(float(bound), 0.25 * t0, probes=MAX_OUTER // 3)
-    # choose: feasible with least error, checked with exact float64 products
+    # choose: feasible with least error at the best offsets, checked with exact float64 products
+    history = [(h[6].error, h[6].max_gap) + h[2:] for h in history]
     level = eps if any(h[1] <= eps for h in history) else aim
     feas = sorted((h for h in history if h[1] <= level), key=lambda h: h[0])
     checks = [0]
@@ -286,7 +287,7 @@ def _fit(est, problem, constraint, *, eps, init=None, design=None):
     def check(h):
         checks[0] += 1
         th = lay.from_centered(h[3], mu).cpu().numpy()
-        th.reshape(K, d + 1)[:, d] += h[6]  # the intercepts absorb the offsets
+        th.reshape(K, d + 1)[:, d] += h[6].offsets  # the intercepts absorb the offsets
         W, b = mn.unstack(th, K)
         g2, e2 = _evaluate(mn.scores(X, W, b), y, v, V, mom)
         return h, th, g2, e2
