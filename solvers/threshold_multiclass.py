@@ -35,7 +35,7 @@ unit at least).
 
 The search starts at :math:`o = 0` (the head as fitted) and sweeps the coordinates
 ``0, 1, ..., K - 1`` (moving class 0 is moving every other class the opposite way: the offsets
-are renormalised to :math:`o_0 = 0` after each move) in rounds until a whole round improves
+are renormalised to :math:`o_0 = 0` after each move) in turn until K visits in a row improve
 nothing. A move is taken only when it strictly improves, judged from the **hard predictions**
 :math:`\\arg\\max_k(z_{ik} + o_k)` recomputed in float64 (the rate moments' own ``gaps``): a
 head meeting the bound first has the least error, otherwise the least largest gap, then the
@@ -52,8 +52,10 @@ import numpy as np
 
 from .threshold import ThresholdScan
 
-#: rounds over the K coordinates at most (each ends the search unless one of its moves improved)
+#: rounds over the K coordinates at most (the search ends earlier: once K visits in a row improve nothing)
 MAX_ROUNDS = 20
+#: ``False``: every head is judged at ``o = 0`` (the K-class reduction as it was; benchmarks compare the two)
+OFFSET_STAGE = True
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,9 @@ class OffsetSearch:
         v = np.asarray(sample_weight, dtype=np.float64)
         self._w = v / float(v.sum())
         self.n = self.y.shape[0]
-        # (R, K): whether gap row r is about class k
-        self._about = np.asarray(moments.classes)[:, None] == np.arange(self.K)[None, :]
+        # (K, R): whether gap row r is about class k; M as (n, R) rows, gathered in score order by the scans
+        self._about = (np.arange(self.K)[:, None] == np.asarray(moments.classes)[None, :]).astype(np.float64)
+        self._MT = np.ascontiguousarray(np.asarray(moments.M, dtype=np.float64).T)
 
     def _check(self, Z) -> np.ndarray:
         Z = np.asarray(Z, dtype=np.float64)
@@ -109,8 +112,11 @@ class OffsetSearch:
 
     def evaluate(self, Z: np.ndarray, offsets: np.ndarray, moves: int = 0) -> OffsetChoice:
         """The error and gaps of the hard predictions ``argmax(Z + offsets)`` (float64, first class on ties)."""
+        return self._evaluate(self._check(Z), offsets, moves)
+
+    def _evaluate(self, Z, offsets, moves=0):
         o = np.asarray(offsets, dtype=np.float64)
-        yhat = np.argmax(self._check(Z) + o, axis=1)
+        yhat = np.argmax(Z + o, axis=1)
         return OffsetChoice(o.copy(), float(self._w[yhat != self.y].sum()), self.mom.gaps(yhat), moves)
 
     def scan(self, Z: np.ndarray, offsets: np.ndarray, c: int) -> ThresholdScan:
@@ -119,28 +125,31 @@ class OffsetSearch:
         ``cuts`` holds the offsets **relative to** ``offsets[c]`` (so :meth:`ThresholdScan.best`
         breaks ties toward the smallest move), in increasing order.
         """
-        Z = self._check(Z)
-        o = np.asarray(offsets, dtype=np.float64)
+        return self._scan(self._check(Z), np.asarray(offsets, dtype=np.float64), int(c))
+
+    def _scan(self, Z, o, c):
         others = Z + o
         others[:, c] = -np.inf
         j = np.argmax(others, axis=1)  # each row's prediction while it does not predict c
         beta = others[np.arange(self.n), j] - Z[:, c]  # row i predicts c iff o_c > beta_i
-        order = np.argsort(beta, kind="stable")
+        order = np.argsort(beta)  # any order of tied breakpoints: prefixes inside a tie are skipped
         bs = beta[order]
         ends = np.flatnonzero(bs[:-1] < bs[1:]) + 1
         lengths = np.concatenate([[0], ends, [self.n]])
-        # the rows' moves from class j_i to c: error and gaps (no row predicts c at the start)
-        step_err = self._w * ((self.y != c).astype(np.float64) - (self.y != j))
-        switch = self._about[:, c][:, None].astype(np.float64) - self._about[:, j]  # (R, n)
-        step_gaps = (self.mom.M * switch)[:, order]
+        # the rows' moves from class j_i to c, in that order: error and gaps (no row predicts c at the start)
+        js, ys = j[order], self.y[order]
+        step_err = self._w[order] * ((ys != c).astype(np.float64) - (ys != js))
+        step_gaps = self._MT[order]  # (n, R)
+        step_gaps *= self._about[c] - self._about[js]
+        np.cumsum(step_gaps, axis=0, out=step_gaps)
         err0 = float(self._w[j != self.y].sum())
         gaps0 = self.mom.gaps(j)
         errors = np.empty(len(lengths))
         gaps = np.empty((len(lengths), gaps0.shape[0]))
         errors[0], gaps[0] = err0, gaps0
         inner = lengths[1:] - 1
-        errors[1:] = err0 + np.cumsum(step_err[order])[inner]
-        gaps[1:] = gaps0 + np.cumsum(step_gaps, axis=1)[:, inner].T
+        errors[1:] = err0 + np.cumsum(step_err)[inner]
+        np.add(gaps0, step_gaps[inner], out=gaps[1:])
         cuts = np.empty(len(lengths))
         cuts[0] = bs[0] - max(1.0, abs(bs[0]))
         cuts[1:-1] = 0.5 * (bs[ends - 1] + bs[ends])
@@ -149,22 +158,30 @@ class OffsetSearch:
 
     def choose(self, Z: np.ndarray, bound: float, max_rounds: int = MAX_ROUNDS) -> OffsetChoice:
         """The coordinate search from ``o = 0`` (module docstring): the offsets of ``Z``'s head
-        with the least error meeting ``bound``, else with the smallest largest gap."""
+        with the least error meeting ``bound``, else with the smallest largest gap.
+
+        The coordinates are visited in turn ``0, 1, ..., K - 1, 0, ...`` until K in a row (the
+        one just moved counting as one) bring no improvement, or ``max_rounds * K`` visits.
+        """
         Z = self._check(Z)
-        best = self.evaluate(Z, np.zeros(self.K))
-        for _ in range(max_rounds if self.fit_intercept else 0):
-            improved = False
-            for c in range(self.K):
-                sc = self.scan(Z, best.offsets, c)
-                pick = sc.best(bound) or sc.smallest_gap()
-                if pick.cut == 0.0:
-                    continue
+        best = self._evaluate(Z, np.zeros(self.K))
+        if not (self.fit_intercept and OFFSET_STAGE):
+            return best
+        idle = 0
+        for visit in range(max_rounds * self.K):
+            c = visit % self.K
+            sc = self._scan(Z, best.offsets, c)
+            pick = sc.best(bound) or sc.smallest_gap()
+            trial = None
+            if pick.cut != 0.0:
                 o = best.offsets.copy()
                 o[c] += pick.cut
-                trial = self.evaluate(Z, o - o[0], best.moves + 1)
-                if trial.key(bound) < best.key(bound):
-                    best, improved = trial, True
-            if not improved:
+                trial = self._evaluate(Z, o - o[0], best.moves + 1)
+            if trial is not None and trial.key(bound) < best.key(bound):
+                best, idle = trial, 1
+            else:
+                idle += 1
+            if idle >= self.K:
                 break
         return best
 
@@ -176,4 +193,4 @@ def choose_offsets(Z, y, sample_weight, moments, bound, *, search: OffsetSearch 
     return search.choose(Z, bound)
 
 
-__all__ = ["MAX_ROUNDS", "OffsetChoice", "OffsetSearch", "choose_offsets"]
+__all__ = ["MAX_ROUNDS", "OFFSET_STAGE", "OffsetChoice", "OffsetSearch", "choose_offsets"]
