@@ -309,7 +309,9 @@ def _fit(est, problem, constraint, *, eps, init=None, design=None):
         notes.append("the chosen weighted fit stopped at max_iter (its predictions were still checked)")
     sol = Solution(coef=coef, intercept=intercept, multipliers=h[2], status="eps_met" if gap <= eps else "eps_not_met",
                    solver="lagrangian-reduction/active-set-lbfgs", n_iter=state["it"], wall_time=wall, notes=notes,
-                   state={"theta": mn.stack(coef, intercept), "lam": h[2], "gaps": np.asarray(g2, dtype=np.float64),
+                   # the warm state: the weighted fit as it was (without the offsets)
+                   state={"theta": mn.stack(*mn.identified(*mn.unstack(lay.from_centered(h[3], mu).cpu().numpy(), K))),
+                          "lam": h[2], "gaps": np.asarray(g2, dtype=np.float64),
                           "pairs": _numpy_pairs(state["pairs"]) if state["pairs"] is not None else None})
     cert = Certificate(
         backend="torch", solver=sol.solver, status=sol.status, constraint=constraint.name, eps=float(eps),

@@ -97,8 +97,9 @@ class OffsetSearch:
         self.fit_intercept = bool(fit_intercept)
         self.K = int(moments.n_classes)
         self.y = np.asarray(y).astype(np.int64)
-        v = np.asarray(sample_weight, dtype=np.float64)
-        self._w = v / float(v.sum())
+        self._v = np.asarray(sample_weight, dtype=np.float64)
+        self._V = float(self._v.sum())
+        self._w = self._v / self._V
         self.n = self.y.shape[0]
         # (K, R): whether gap row r is about class k; M as (n, R) rows, gathered in score order by the scans
         self._about = (np.arange(self.K)[:, None] == np.asarray(moments.classes)[None, :]).astype(np.float64)
@@ -117,7 +118,8 @@ class OffsetSearch:
     def _evaluate(self, Z, offsets, moves=0):
         o = np.asarray(offsets, dtype=np.float64)
         yhat = np.argmax(Z + o, axis=1)
-        return OffsetChoice(o.copy(), float(self._w[yhat != self.y].sum()), self.mom.gaps(yhat), moves)
+        # the error as the reductions compute it: at o = 0 the same bits as theirs
+        return OffsetChoice(o.copy(), float((self._v * (yhat != self.y)).sum() / self._V), self.mom.gaps(yhat), moves)
 
     def scan(self, Z: np.ndarray, offsets: np.ndarray, c: int) -> ThresholdScan:
         """Every reachable value of ``offsets[c]`` (the others fixed) with its error and gaps.

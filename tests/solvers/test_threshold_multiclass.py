@@ -142,11 +142,13 @@ def test_search_meets_bounds_offsets_zero_misses():
 def test_without_intercept_or_stage_nothing_moves(monkeypatch):
     Z, y, g, v, mom = _problem(0)
     search = OffsetSearch(mom, y, v)
+    at_zero = search.evaluate(Z, np.zeros(3))
     assert search.choose(Z, 0.0).moves > 0
-    for got in (OffsetSearch(mom, y, v, fit_intercept=False).choose(Z, 0.0),
-                (monkeypatch.setattr("solvers.threshold_multiclass.OFFSET_STAGE", False), search.choose(Z, 0.0))[1]):
+    no_intercept = OffsetSearch(mom, y, v, fit_intercept=False).choose(Z, 0.0)
+    monkeypatch.setattr("solvers.threshold_multiclass.OFFSET_STAGE", False)
+    for got in (no_intercept, search.choose(Z, 0.0)):
         np.testing.assert_array_equal(got.offsets, np.zeros(3))
-        assert got.moves == 0 and got.key(0.0) == search.evaluate(Z, np.zeros(3)).key(0.0)
+        assert got.moves == 0 and got.key(0.0) == at_zero.key(0.0)
 
 
 def test_scan_refuses_wrong_scores():
