@@ -81,14 +81,16 @@ def _path(Xf, yf, af, kind, C, offsets):
     monotone = all(g2 <= g1 + 1e-12 and e2 >= e1 - 1e-12 for g1, g2, e1, e2 in zip(gaps, gaps[1:], errs, errs[1:]))
     return dict(path_s=t, resolution=max(c.resolution for c in certs), gaps=gaps, met=[bool(c.eps_met) for c in certs],
                 train_accuracy=[1 - e for e in errs], head_wall_s=[c.wall_time for c in certs],
-                unmet_above_resolution=[round(float(c.eps), 4) for c in certs if not c.eps_met and c.eps > c.resolution],
+                unmet_above_resolution=[round(float(c.eps), 4) for c in certs
+                                        if not c.eps_met and c.eps > c.resolution],
                 monotone=monotone)
 
 
 def part_paths(args, Xf, yf, af):
     """The 12-bound paths of ``--constraints`` on the fit split, without and with the offset stage,
     side by side in one run (see the module docstring)."""
-    FairLogisticRegression(constraint="dp", eps=0.1, backend="torch").fit(Xf[:500], yf[:500], sensitive_features=af[:500])
+    FairLogisticRegression(constraint="dp", eps=0.1, backend="torch").fit(Xf[:500], yf[:500],
+                                                                          sensitive_features=af[:500])
     rows = []
     for kind in args.constraints:
         without = _path(Xf, yf, af, kind, args.C, False)
@@ -100,7 +102,8 @@ def part_paths(args, Xf, yf, af):
         for name, r in (("without", without), ("with", with_)):
             print(f"   {name:7s} offsets: monotone {r['monotone']}, unmet above the resolution: "
                   f"{r['unmet_above_resolution'] or 'none'}", flush=True)
-        print("| eps | gap without | train acc without | s | gap with | train acc with | s |\n|---|---|---|---|---|---|---|")
+        print("| eps | gap without | train acc without | s | gap with | train acc with | s |")
+        print("|---|---|---|---|---|---|---|")
         for i, e in enumerate(PATH_GRID):
             cells = [f"{r['gaps'][i]:.4f}{'' if r['met'][i] else ' (unmet)'} | {r['train_accuracy'][i]:.4f} | "
                      f"{r['head_wall_s'][i]:.2f}" for r in (without, with_)]

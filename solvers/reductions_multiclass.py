@@ -31,7 +31,9 @@ Silverman's rule on the margins between the two largest scores (the binary Newto
 :math:`1[z > 0]` the same way). A row whose multiplier would change sign is released. Where they stall, sign-based per-coordinate steps (Rprop) on the KKT residual
 (:func:`solvers.multiplier_newton.kkt_residual`), and last a continuation over tighter and
 tighter targets, take over. Every weighted fit is warm-started
-from the previous head. Of all converged heads, the one that meets :math:`|\\gamma_r| \\le
+from the previous head. Each head is judged at its best per-class logit offsets (the search steers
+by its own intercepts; :mod:`solvers.threshold_multiclass`), which its intercepts absorb. Of all
+converged heads, the one that meets :math:`|\\gamma_r| \\le
 \\varepsilon` on the fit split with the least weighted 0-1 error is returned (checked with
 float64 products): **one deterministic head**. If none meets it, the head with the smallest gap
 is returned with ``eps_met=False``. As in the binary reduction the search aims at
