@@ -667,6 +667,17 @@ class ClassRateSearch(RateSearch):
             self.sign_steps(lam_s, step, bound=bound, target=red.TARGET_FRACTION * bound,
                             probes=mc.MAX_OUTER if probes is None else probes)
 
+    def _choose_at_offsets(self, aim) -> Checked:
+        """The head: the search steers by the fits' own intercepts; where a fit meets ``eps`` at
+        its best per-class offsets (:mod:`solvers.threshold_multiclass`), the least-error such head
+        at its offsets (never less accurate than at its own intercepts). Below that, the search's
+        own fits (offsets that only reach the resolution tend to a near-constant head)."""
+        judged = [self.oracle.at_offsets(h) for h in self.history]
+        if any(h.gap <= self.eps for h in judged):
+            self.history = judged
+            return self.choose_head(self.eps)
+        return self.choose_head(self.eps if self.met(self.eps) else aim)
+
     def solve(self):
         """``(Solution, Certificate)``: search, choose, certificate."""
         from .backends.torch import _numpy_pairs
@@ -684,13 +695,16 @@ class ClassRateSearch(RateSearch):
                 steps = mc.CONTINUATION_STEPS
                 for bound in aim * (g0 / aim) ** (np.arange(steps - 1, -1, -1) / steps):
                     self.attempt(float(bound), 0.25 * t0, probes=mc.MAX_OUTER // 3)
-        chosen = self.choose_head(self.eps if self.met(self.eps) else aim)
+        chosen = self._choose_at_offsets(aim)
         coef, intercept = self.oracle.head(chosen)
         st = self.state
         notes = [f"{st.fits} weighted multinomial fits on the multiplier path"]
         if not chosen.cand.converged:
             notes.append("the chosen weighted fit stopped at max_iter (its predictions were still checked)")
-        warm = RateWarmStart(theta=mn.stack(coef, intercept), lam=chosen.cand.lam,
+        # the next bound starts from the weighted fit as it was (its offsets would have to be undone)
+        own = self.oracle.lay.from_centered(chosen.cand.theta, self.design.mu).cpu().numpy()
+        fit = mn.identified(*mn.unstack(own, self.oracle.K))
+        warm = RateWarmStart(theta=mn.stack(*fit), lam=chosen.cand.lam,
                              gaps=np.asarray(chosen.gaps, dtype=np.float64),
                              pairs=_numpy_pairs(st.pairs) if st.pairs is not None else None)
         warm_state = head_warm_start(warm)

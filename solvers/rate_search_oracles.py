@@ -20,12 +20,14 @@ with ``X``), ``check`` (a candidate with the exact float64 ``predict()`` arithme
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from ._linalg import x_dot
 from .rate_search_types import Candidate, Checked
+from .threshold_multiclass import OffsetSearch
 
 
 @dataclass
@@ -166,6 +168,7 @@ class SoftmaxOracle:
         self.fixed = () if est.fit_intercept else self.lay.intercepts()
         self.precond = block_preconditioner(design, self.lam2, self.K, class_shares(problem))
         self.err_cost = (self.v / self.V)[:, None] * (np.arange(self.K)[None, :] != self.y[:, None])  # (n, K)
+        self.offsets = OffsetSearch(mom, problem.y, self.v, fit_intercept=est.fit_intercept)
 
     @property
     def resolution(self) -> float:
@@ -192,15 +195,25 @@ class SoftmaxOracle:
         return self.lay.scores(self.design, theta).cpu().numpy()
 
     def candidate(self, Z, gaps, err, lam, theta, stationarity, converged, aim) -> Candidate:
-        """The :class:`Candidate` of a fit (its arg max: no threshold to move)."""
+        """The :class:`Candidate` of a fit, judged at its own intercepts (what the search steers),
+        with its best per-class offsets for ``aim`` alongside (:mod:`solvers.threshold_multiclass`)."""
         g = float(np.abs(gaps).max())
-        return Candidate(err, g, lam.copy(), theta, stationarity, converged, g, gaps=gaps)
+        return Candidate(err, g, lam.copy(), theta, stationarity, converged, g, gaps=gaps,
+                         offset_choice=self.offsets.choose(Z, aim))
+
+    @staticmethod
+    def at_offsets(cand: Candidate) -> Candidate:
+        """``cand`` judged at its best offsets (the head choice; its intercepts absorb them)."""
+        choice = cand.offset_choice
+        return dataclasses.replace(cand, error=choice.error, gap=choice.max_gap, offsets=choice.offsets)
 
     def check(self, cand: Candidate, aim) -> Checked:
         """``cand`` with the exact ``predict()`` arithmetic (float64 products)."""
         from . import multinomial as mn
 
         th = self.lay.from_centered(cand.theta, self.design.mu).cpu().numpy()
+        if cand.offsets is not None:
+            th.reshape(self.K, self.d + 1)[:, self.d] += cand.offsets  # the intercepts absorb them
         W, b = mn.unstack(th, self.K)
         g2, e2 = self.evaluate(mn.scores(self.X, W, b))
         return Checked(cand, th, 0.0, g2, e2, g2)

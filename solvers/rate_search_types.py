@@ -31,6 +31,11 @@ class Candidate:
     raw_gap: float
     cut: float = 0.0
     gaps: np.ndarray | None = None
+    #: K-class heads: the fit's best per-class logit offsets for the aim (a
+    #: :class:`~solvers.threshold_multiclass.OffsetChoice`; ``None`` for binary heads), and the
+    #: offsets its intercepts absorb once it is judged at them (``None``: its own intercepts)
+    offset_choice: object = None
+    offsets: np.ndarray | None = None
 
 
 @dataclass

@@ -89,7 +89,8 @@ class ThresholdSearch:
         v = np.asarray(sample_weight, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
         V = float(v.sum())
-        self._step_gaps = np.ascontiguousarray(moments.M * moments.a)  # (K, n): the gaps' move per yhat_i = 1
+        # (n, K): the gaps' move per yhat_i = 1, a row per sample (a scan gathers rows in score order)
+        self._step_gaps = np.ascontiguousarray((moments.M * moments.a).T)
         self._gaps0 = moments.M @ moments.b0  # all predictions 0
         self._step_err = v * (1.0 - 2.0 * y) / V
         self._err0 = float((v * y).sum() / V)
@@ -105,14 +106,15 @@ class ThresholdSearch:
         # prefix lengths j that end between two distinct scores (and j = 0, j = n)
         ends = np.flatnonzero(ss[:-1] > ss[1:]) + 1
         lengths = np.concatenate([[0], ends, [self.n]])
-        cum_g = np.cumsum(self._step_gaps[:, order], axis=1)
+        cum_g = self._step_gaps[order]  # a copy, summed in place
+        np.cumsum(cum_g, axis=0, out=cum_g)
         cum_e = np.cumsum(self._step_err[order])
-        K = self._step_gaps.shape[0]
+        K = self._step_gaps.shape[1]
         gaps = np.empty((len(lengths), K))
         errors = np.empty(len(lengths))
         gaps[0], errors[0] = self._gaps0, self._err0
         inner = lengths[1:] - 1
-        gaps[1:] = self._gaps0 + cum_g[:, inner].T
+        np.add(self._gaps0, cum_g[inner], out=gaps[1:])
         errors[1:] = self._err0 + cum_e[inner]
         # a threshold strictly between the prefix's last score and the next one; none above the top
         # score is needed (``s > ss[0]`` is never true) and one below the last by a unit at least
