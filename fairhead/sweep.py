@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -39,8 +38,8 @@ from typing import Any
 import numpy as np
 
 from fairhead_errors import DataError
-from fairhead_io import (PNG_BY_MATPLOTLIB, StagedFiles, atomic_write_text, check_own_outputs, contains,
-                         ensure_output_folder, naming_the_file, starts_with)
+from fairhead_io import (PNG_BY_MATPLOTLIB, StagedFiles, atomic_write_bytes, atomic_write_text, check_own_outputs,
+                         contains, ensure_output_folder, naming_the_file, starts_with)
 
 from fairhead import pipeline, provenance
 from fairhead.measure import constraint_value, describe_bounded_gap
@@ -355,11 +354,24 @@ def _load_progress(path: Path, key: str) -> list[HeadRecord]:
 
 
 def _append_progress(path: Path, key: str, record: HeadRecord) -> None:
-    """Append one finished head (one line, flushed and fsynced: a kill loses at most this head)."""
+    """Append one finished head: one line, handed to the operating system when the file closes.
+
+    No fsync per line (:func:`_seal_progress` syncs the file once, after the path). What a kill can
+    lose: a killed process loses nothing it appended, since every closed write is in the kernel's page
+    cache and reaches the disk without the process; only a crash of the machine (power, kernel) before
+    the seal can lose lines appended since the last seal, or leave the last one torn. Resume still
+    works: :func:`_load_progress` skips a torn line, and a lost head is simply solved again (a resumed
+    sweep replays every finished head's solve anyway, so the warm-start chain is the same).
+    """
     with naming_the_file(path), open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps({"config_key": key, "record": record.__dict__}, default=float) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+
+
+def _seal_progress(path: Path) -> None:
+    """Make the progress file durable once, after the path: an atomic swap (a temporary copy, one
+    fsync, ``os.replace``, the folder synced) of the very bytes appended, entries of other
+    configurations included. A kill during the swap leaves the appended file as it was."""
+    atomic_write_bytes(path, path.read_bytes())
 
 
 def load_sweep_data(cache_path, *, fit_split, attributes, pos_label=None, max_memory=None, parallel=None):
@@ -522,6 +534,8 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
             bar.update(1)
             bar.set_postfix(eps=f"{eps:.4f}", fit_gap=f"{rec.metrics[fit_split]['constraint_value']:.4f}")
             caught.clear()
+    if writes and solved:  # one fsync for the whole path instead of one per head
+        _seal_progress(progress_path)
     heads = [done.get(_eps_key(e)) or solved[_eps_key(e)] for e in grid]
     # after the whole path, as fit_path does: the progress file keeps each head as it was solved, so a
     # resumed sweep makes the same choice
