@@ -22,19 +22,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from embedcache.errors import CacheError, DataError
-from embedcache.sources.base import (
-    TableSource,
-    duplicate_names,
-    encode_label,
-    encode_categorical,
-    hash_splits,
-    is_missing,
-    normalize_splits,
-    shown,
-    shown_names,
-)
+from embedcache.sources.base import (TableSource, duplicate_names, encode_categorical, encode_label, hash_splits,
+                                     is_missing, normalize_splits, shown, shown_names)
 from embedcache.store import schema
 from embedcache.store.journal import WriteLock
 from embedcache.store.reader import existing_cache_matches
@@ -442,7 +434,6 @@ def _read_csv(path: Path, *, progress: bool = False):
     than turned into a group or a NaN feature by the parser.
     """
     import pandas as pd
-    from tqdm.auto import tqdm
 
     header = _csv_header(path)
     _check_field_counts(path, len(header))

@@ -23,9 +23,10 @@ import numpy as np
 from fairhead_errors import DataError
 from fairhead_io import atomic_write_text, check_own_outputs, ensure_output_folder, starts_with
 
-from fairhead import pipeline, provenance
-from fairhead.report import markdown_table
-from fairhead.tables import format_table
+from fairhead import full_compare, full_report, pipeline, protocols, provenance, sweep
+from fairhead.report import recommendation, score_gap_note
+from fairhead.sweep import BAD_N_EPS_MSG
+from fairhead.tables import format_table, markdown_table
 
 DEMO_BACKBONE = "efficientnet_lite0"
 SWEEPS = (("dp", "rate: hard-prediction selection-rate gap"),
@@ -95,7 +96,6 @@ def headline(results, table) -> list[str]:
         if hit:
             lines.append(f"- `{name}` at its tightest bound (eps={tight:.3f}) leaves a test DP gap of "
                          f"{hit['demographic_parity_difference']:.3f} at accuracy {hit['accuracy']:.3f}.")
-            from fairhead.report import score_gap_note
 
             lines += score_gap_note(name, result.rows)
     cells = {(r["protocol"], r["split"]): r for r in table.rows}
@@ -144,9 +144,6 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
     from embedcache.sources import ManifestSource
     from embedcache.sources.synthetic import LABEL_NAME, SENSITIVE_NAME
 
-    from fairhead import protocols, sweep
-    from fairhead.sweep import BAD_N_EPS_MSG
-
     if isinstance(n_eps, bool) or not isinstance(n_eps, int) or n_eps < 2:
         raise DataError(BAD_N_EPS_MSG.format(n=n_eps))
     check_dataset_size(n, seed, dataset_params)
@@ -156,8 +153,6 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
         check_own_outputs(out / f"sweep-{name}", sweep.SWEEP_OUTPUTS, flag="--out")
     check_own_outputs(out / "protocols", protocols.PROTOCOL_OUTPUTS, flag="--out")
     if full_network:
-        from fairhead import full_compare
-
         check_own_outputs(out / FULL_NETWORK_DIR, full_compare.FULL_OUTPUTS, flag="--out")
     stages = 6 if full_network else 5
     started = time.perf_counter()
@@ -199,8 +194,6 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
 
     full = None
     if full_network:
-        from fairhead import full_compare
-
         say(f"[5/{stages}] full network vs last layer ('{PROTOCOL_CONSTRAINT}', eps={PROTOCOL_EPS}) "
             f"into {out / FULL_NETWORK_DIR}")
         full = full_compare.run_full_comparison(cache, out=out / FULL_NETWORK_DIR, constraint=PROTOCOL_CONSTRAINT,
@@ -229,8 +222,6 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
            "(balanced accuracy, AUC, ratios, FPR and FNR per group, every interval) are in "
            "[protocols/protocols.csv](protocols/protocols.csv).", ""]
     if full is not None:
-        from fairhead import full_report
-
         lines += [f"\n== full network vs last layer ({PROTOCOL_CONSTRAINT}, eps={PROTOCOL_EPS}) ==",
                   format_table(full_report.side_by_side(full))]
         md += [*full_report.report_section(full, link=f"{FULL_NETWORK_DIR}/"),
@@ -238,11 +229,8 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
     elapsed = time.perf_counter() - started
     story = headline(results, table)
     if full is not None:
-        from fairhead import full_report
-
         story += full_report.headline(full, protocols=False)
     meta = provenance.collect(seed=seed, extra={"n_images": n, "backbone": DEMO_BACKBONE})
-    from fairhead.report import recommendation
 
     first = next(iter(results))  # the rate sweep: its heads are the ones `select` certifies
     md += recommendation(results[first], sweep_dir=out / f"sweep-{first}")

@@ -42,10 +42,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from fairhead_errors import DataError
+from fairhead_io import atomic_open
 
-from fairhead.full_objectives import METHODS, OPTIMIZERS
+from fairhead.compare import SEED_PENALTY
+from fairhead.full_objectives import METHODS, OPTIMIZERS, ConstraintRelaxation, batch_penalty
+from fairhead.measure import constraint_value
 
 CHECKPOINT_FORMAT = "fairhead-full-network-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -191,8 +195,6 @@ def config_key(config: TrainConfig, data: TrainData, backbone_sha: str) -> str:
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """``torch.save`` into a temporary file beside ``path``, fsynced, then renamed over it (atomic)."""
-    from fairhead_io import atomic_open
-
     with atomic_open(path, "wb") as fh:
         torch.save(state, fh)
 
@@ -238,8 +240,6 @@ def _loader(images, batches, *, workers: int):
 def predict_scores(net: FairNet, images, positions: np.ndarray, *, device, batch_size: int = 128, workers: int = 0,
                    progress: bool = False, desc: str = "scores") -> np.ndarray:
     """The network's logits ``z`` (float64) for the images at ``positions``, in eval mode."""
-    from tqdm.auto import tqdm
-
     batches = [positions[i:i + batch_size] for i in range(0, len(positions), batch_size)]
     out = []
     net.eval()
@@ -265,9 +265,6 @@ class TrainingObjective:
     """The method's training objective on a batch, and its early-stopping value on the validation rows."""
 
     def __init__(self, config: TrainConfig, data: TrainData, device) -> None:
-        from fairhead.compare import SEED_PENALTY
-        from fairhead.full_objectives import ConstraintRelaxation
-
         self.config, self.device = config, device
         self.form = SEED_PENALTY[config.constraint]
         if config.method == "penalty" and self.form is None:
@@ -282,8 +279,6 @@ class TrainingObjective:
 
     def batch(self, z, y, groups, rows, mu):
         """``(objective, loss, fairness term, violations or None)`` on one batch."""
-        from fairhead.full_objectives import batch_penalty
-
         loss = nn.functional.binary_cross_entropy_with_logits(z, y)
         method = self.config.method
         if method == "unconstrained":
@@ -303,8 +298,6 @@ class TrainingObjective:
         validation rows compete on their loss, the others on their violation. (Its value at the current
         multipliers is no yardstick: the multipliers move between epochs.)
         """
-        from fairhead.full_objectives import batch_penalty
-
         loss = float(nn.functional.binary_cross_entropy_with_logits(z, y))
         method = self.config.method
         if method == "lagrangian":
@@ -334,10 +327,6 @@ def train_network(net: FairNet, data: TrainData, config: TrainConfig, *, checkpo
     ``usage_of_run`` (``() -> (peak_rss_mb, peak_cuda_mb)``) is read at every checkpoint, so the peak
     memory over all runs of a resumed training is kept in the checkpoint.
     """
-    from tqdm.auto import tqdm
-
-    from fairhead.measure import constraint_value
-
     for split, pos in (("training", data.train_pos), ("validation", data.valid_pos)):
         if len(pos) < 2:
             raise DataError(TOO_FEW_ROWS_MSG.format(split=split, n=len(pos)))

@@ -27,7 +27,15 @@ from typing import Any
 import numpy as np
 
 from fairhead_errors import BackboneError, DataError
-from fairhead_io import by_signature, starts_with
+from fairhead_io import StagedFiles, atomic_open, atomic_write_text, by_signature, check_output_file, starts_with
+from fairhead_options import check_batch_size, check_device
+from solvers import load_head, metrics
+
+from fairhead.evaluation import metric_rows
+from fairhead.pipeline import backbone_provenance
+from fairhead.provenance import strict_json
+from fairhead.tables import format_table
+from fairhead.uncertainty import interval_columns
 
 #: image files ``ImageFolder`` picks up (lower-case suffixes)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -65,23 +73,6 @@ LABEL_MISMATCH_MSG = (
     "the new data's label {name!r} has categories {got} but the head was fit on {expected}; "
     "encode the label the same way (or pass --pos-label at fit time to pick the positive class)"
 )
-
-
-# --------------------------------------------------------------------------- provenance
-def backbone_provenance(cache) -> dict[str, Any]:
-    """The backbone fields of an open cache, under :class:`embedcache.BackboneSpec`'s names."""
-    from embedcache.store import schema
-
-    prov = cache.provenance
-    return {
-        "arch": prov.get(schema.BACKBONE_ARCH_ATTR),
-        "weights": prov.get(schema.BACKBONE_WEIGHTS_ATTR),
-        "weights_sha256": prov.get(schema.WEIGHTS_SHA256_ATTR, ""),
-        "preprocessing": prov.get(schema.PREPROCESSING_ATTR),
-        "feature_node": prov.get(schema.FEATURE_NODE_ATTR),
-        "feature_dim": int(cache.feature_dim),
-        "feature_dtype": cache.feature_dtype,
-    }
 
 
 #: the stored feature dtypes a cache may have (embedcache's FEATURE_DTYPES plus float64 for imported tables)
@@ -229,7 +220,7 @@ def compute_features(source, backbone, *, rows=None, batch_size: int = 64, devic
     """Penultimate features (n, D) float32 of ``source``'s images (all rows, or ``rows``)."""
     import torch
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # deferred: 40 ms that `fairhead --help` would pay
 
     idx = np.arange(len(source)) if rows is None else np.asarray(rows)
     torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
@@ -286,8 +277,6 @@ class Predictions:
         Written through a temporary file beside ``path`` (fsynced, renamed; removed on failure); with
         ``staged`` (a :class:`fairhead_io.StagedFiles`) it is replaced together with the other staged files.
         """
-        from fairhead_io import atomic_open
-
         path = Path(path)
         rows = self.rows()
         with (staged.open(path, "w", newline="") if staged is not None else atomic_open(path, "w", newline="")) as fh:
@@ -297,8 +286,6 @@ class Predictions:
         return path
 
     def summary(self) -> str:
-        from fairhead.tables import format_table
-
         if len(self.class_names) > 2:
             shares = np.bincount(np.asarray(self.predictions, dtype=np.int64), minlength=len(self.class_names))
             shares = shares / max(len(self.predictions), 1)
@@ -308,8 +295,6 @@ class Predictions:
             positive = float(np.mean(self.predictions)) if len(self.predictions) else float("nan")
             lines = [f"{len(self.ids)} images; predicted {self.class_names[1]!r} for {positive:.1%}"]
         if self.metrics:
-            from fairhead.pipeline import metric_rows
-
             lines.append(format_table(metric_rows(self.metrics)))
         return "\n".join(lines)
 
@@ -353,9 +338,6 @@ def predict_images(head_path, source, *, backbone=None, weights_file=None, split
     splits : list of str, optional
         Only these splits of a labelled source (default: every row).
     """
-    from fairhead_options import check_batch_size, check_device
-    from solvers import load_head, metrics
-
     batch_size = check_batch_size(batch_size, flag="--batch-size")
     device = check_device(device, flag="--device")
     if splits and (getattr(source, "columns", None) or {}).get("split", "") is None:
@@ -405,7 +387,6 @@ def predict_images(head_path, source, *, backbone=None, weights_file=None, split
             # one readable name per row, "attr=value[,attr=value]", as the fit named the groups
             sensitive = np.asarray([",".join(f"{a}={v}" for a, v in zip(result.groups, row))
                                     for row in zip(*result.groups.values())], dtype=object)
-            from fairhead.uncertainty import interval_columns
 
             def measured(rows):  # the metrics with their 0.95 intervals (accuracy, the gaps, worst group)
                 values = metrics.evaluate(result.labels[rows], pred[rows], sensitive_features=sensitive[rows],
@@ -426,8 +407,6 @@ def write_metrics(result: Predictions, path, *, staged=None) -> Path | None:
     """The group metrics as strict JSON next to the predictions (only when labels were known), atomically."""
     if not result.metrics:
         return None
-    from fairhead.provenance import strict_json
-    from fairhead_io import atomic_write_text
 
     path = Path(path)
     text = json.dumps(strict_json(result.metrics), indent=1, allow_nan=False)
@@ -452,8 +431,6 @@ def metrics_path(out) -> Path:
 def check_prediction_targets(out, *, inputs: dict | None = None) -> tuple[Path, Path]:
     """The output policy before any image is read: ``out`` and its metrics file may be written
     (never a folder, the head, the manifest, a cache or a user's own CSV or JSON)."""
-    from fairhead_io import check_output_file
-
     out = check_output_file(out, PREDICTIONS_KIND, flag="--out", inputs=inputs)
     metrics = metrics_path(out)
     check_output_file(metrics, METRICS_KIND, flag="--out's metrics file", inputs=inputs)
@@ -462,8 +439,6 @@ def check_prediction_targets(out, *, inputs: dict | None = None) -> tuple[Path, 
 
 def write_predictions(result: Predictions, out) -> tuple[Path, Path | None]:
     """The table and its metrics, replaced together (a kill leaves the old pair or the new one)."""
-    from fairhead_io import StagedFiles
-
     out = Path(out)
     with StagedFiles() as staged:
         result.write_csv(out, staged=staged)

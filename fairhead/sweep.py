@@ -26,6 +26,7 @@ one check each).
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import json
@@ -40,9 +41,17 @@ import numpy as np
 from fairhead_errors import DataError
 from fairhead_io import (PNG_BY_MATPLOTLIB, StagedFiles, atomic_write_bytes, atomic_write_text, check_own_outputs,
                          contains, ensure_output_folder, naming_the_file, starts_with)
+from solvers.certificate import Certificate
+from solvers.constraints import make_constraint
+from solvers.intervals import check_confidence
+from solvers.metrics import undefined_rates
 
-from fairhead import pipeline, provenance
-from fairhead.measure import constraint_value, describe_bounded_gap
+from fairhead import certify, pipeline, provenance, report, uncertainty
+from fairhead import compare as baselines  # `compare` is run_sweep's list of baselines
+from fairhead import plots as plotting  # `plots` is run_sweep's flag
+from fairhead.data_parallel import COMPARE_MSG
+from fairhead.evaluation import GAP_COLUMNS, HeadRecord, evaluate_predictor, head_coef, head_intercept
+from fairhead.measure import BETWEEN_GROUPS, constraint_value, describe_bounded_gap
 from fairhead.tables import format_table
 
 BAD_GRID_MSG = "eps grid must hold finite values >= 0; got {grid}; pass e.g. --eps-grid 0.1 0.05 0.02 0"
@@ -81,32 +90,6 @@ SWEEP_OUTPUTS = {
     PROGRESS_FILE: lambda head: head.startswith(b'{"config_key"') or b'{"config_key"'.startswith(head),
 }
 
-#: per-split metric columns written for each head (metric key in solvers.metrics.evaluate -> column)
-SWEEP_METRICS = (
-    "accuracy", "balanced_accuracy", "roc_auc",
-    "demographic_parity_difference", "demographic_parity_ratio",
-    "equalized_odds_difference", "equalized_odds_ratio",
-    "equal_opportunity_difference", "accuracy_equality_difference",
-    "worst_group_accuracy", "worst_cell_accuracy", "expected_calibration_error",
-)
-
-
-#: what the gap columns of the table measure (``sweep.json`` ``columns``; the report's legend)
-GAP_COLUMNS = {
-    "constraint_value": "the quantity eps bounds on the fit split: {bounded}",
-    "demographic_parity_difference": "fairlearn's between-groups difference max_g P(yhat=1|g) - min_g P(yhat=1|g), "
-                                     "unit weights",
-    "equalized_odds_difference": "fairlearn's between-groups difference, the larger of the TPR and FPR "
-                                 "max_g - min_g, unit weights",
-    "equal_opportunity_difference": "fairlearn's between-groups TPR difference max_g - min_g, unit weights",
-    "accuracy_equality_difference": "between-groups accuracy difference max_g - min_g, unit weights",
-    "worst_group_accuracy": "max-min fairness: the smallest accuracy over sensitive groups",
-    "worst_cell_accuracy": "the smallest accuracy over (label, group) cells",
-}
-#: a score head's violation above this (the solvers' tolerance scale) counts as a missed bound
-MISSED_VIOLATION = 1e-5
-
-
 def default_eps_grid(inactive_value: float, n_eps: int, *, floor: float = 0.0) -> np.ndarray:
     """``n_eps`` bounds from ``inactive_value`` down to ``floor``, denser near the floor.
 
@@ -124,39 +107,6 @@ def check_grid(grid) -> np.ndarray:
     if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid < 0):
         raise DataError(BAD_GRID_MSG.format(grid="[" + ", ".join(f"{g:g}" for g in grid) + "]"))
     return np.sort(grid)[::-1]  # loose to tight, so each warm start moves a little
-
-
-@dataclass
-class HeadRecord:
-    """One fitted head of a sweep: its parameters, certificate and per-split metrics."""
-
-    method: str
-    eps: float
-    coef: list  # one list per class for a K-class head
-    intercept: float | list
-    certificate: dict
-    metrics: dict[str, dict[str, float]]  # split -> metric -> value
-    wall_time: float
-    notes: str = ""
-    alpha: float | None = None  # the penalty weight of a penalty baseline
-
-    @property
-    def missed_bound(self) -> bool:
-        """Whether this head misses its own bound on the fit split (per its certificate)."""
-        cert = self.certificate or {}
-        if cert.get("eps_met") is False:
-            return True
-        return cert.get("eps") is not None and float(cert.get("max_violation") or 0.0) > MISSED_VIOLATION
-
-    def rows(self, constraint_name: str) -> list[dict[str, Any]]:
-        return [
-            {"method": self.method, "constraint": constraint_name, "eps": self.eps,
-             "alpha": float("nan") if self.alpha is None else float(self.alpha), "split": split,
-             **values, "fit_time_s": self.wall_time,
-             "eps_met": self.certificate.get("eps_met"), "status": self.certificate.get("status"),
-             "notes": self.notes}
-            for split, values in self.metrics.items()
-        ]
 
 
 @dataclass
@@ -186,8 +136,6 @@ class SweepResult:
 
     def overfitting(self) -> dict:
         """Per head: the gap on the fit split, on the held-out split (with its bound) and on test."""
-        from fairhead import uncertainty
-
         metric = uncertainty.overfitting_metric(self.constraint)
         cert = uncertainty.certification_split(self.split_sizes, self.fit_split)
         return {"metric": metric, "fit_split": self.fit_split, "cert_split": cert, "confidence": self.confidence,
@@ -204,17 +152,12 @@ class SweepResult:
         ``family_only`` keeps the gap of the swept constraint's family (DP for ``dp``, EO for ``eo``)
         when it is one of them.
         """
-        from fairhead import compare
-        from fairhead.measure import BETWEEN_GROUPS
-
-        gaps = compare.FRONT_GAPS
+        gaps = baselines.FRONT_GAPS
         if family_only:
             gaps = tuple(g for g in gaps if g[0] == BETWEEN_GROUPS.get(self.constraint)) or gaps
-        return compare.fronts(self.rows, split=split, n=self.split_sizes.get(split), gaps=gaps)
+        return baselines.fronts(self.rows, split=split, n=self.split_sizes.get(split), gaps=gaps)
 
     def summary(self, splits=None) -> str:
-        from fairhead import compare
-
         splits = splits or [self.fit_split, "test"]
         cols = ["method", "eps"] + (["alpha"] if any(r.alpha is not None for r in self.records) else []) + [
             "split", "accuracy", "constraint_value", "demographic_parity_difference",
@@ -241,63 +184,11 @@ class SweepResult:
         if test and len({r.method for r in self.records}) > 1:
             lines.append(f"fronts on '{test}': best accuracy at a between-groups gap <= t (heads compared by their "
                          "measured gap, not by the eps they aimed at)")
-            lines.append(format_table(compare.front_table(self.fronts(test, family_only=True))))
+            lines.append(format_table(baselines.front_table(self.fronts(test, family_only=True))))
         lines += [f"UNDEFINED on '{split}': {note}" for split, notes in self.undefined_rates.items() for note in notes]
-        from fairhead import uncertainty
-
         lines += uncertainty.wide_group_notes(self.group_rates, self.rows)
         lines += [f"wrote {name}: {path}" for name, path in self.files.items()]
         return "\n".join(lines)
-
-
-def evaluate_predictor(scores_fn, predict_fn, arrays_by_split, constraint, *,
-                       balance=None, confidence=0.95) -> dict[str, dict[str, float]]:
-    """Metrics of one predictor on every split, plus the constraint's bounded gap.
-
-    ``scores_fn(arrays)`` gives decision scores; ``predict_fn(arrays)`` the hard predictions,
-    or ``None`` for a linear head, whose predictions are ``scores > 0`` (one product per split);
-    scores of shape (n, K) are a K-class head's (predictions: the largest score; metrics per
-    class, one-vs-rest).
-    ``constraint_value`` is measured under the sweep's ``balance`` weights, as the heads bound it.
-    ``*_low`` / ``*_high`` are ``confidence`` intervals (:func:`fairhead.uncertainty.interval_columns`).
-    """
-    from solvers import metrics
-
-    from fairhead import uncertainty
-
-    out = {}
-    for split, arrays in arrays_by_split.items():
-        sens = pipeline.sensitive_arg(arrays)
-        z = np.asarray(scores_fn(arrays), dtype=np.float64)
-        if z.ndim == 2:  # a K-class head
-            from solvers.multinomial import softmax
-
-            yhat = np.argmax(z, axis=1) if predict_fn is None else predict_fn(arrays)
-            score = softmax(z)
-        else:
-            yhat = (z > 0).astype(np.int64) if predict_fn is None else predict_fn(arrays)
-            from scipy.special import expit
-
-            score = expit(z)  # sigmoid without exp's overflow warning for a large negative logit
-        m = metrics.evaluate(arrays.y, yhat, sensitive_features=sens, y_score=score, classes=arrays.classes)
-        values = {k: float(m.get(k, float("nan"))) for k in SWEEP_METRICS}
-        values.update(uncertainty.interval_columns(arrays.y, yhat, sens, confidence, classes=arrays.classes))
-        values["constraint_value"] = constraint_value(constraint, y=arrays.y, scores=z, sensitive_features=sens,
-                                                      predictions=yhat, balance=balance)
-        out[split] = values
-    return out
-
-
-def _coef(head) -> list:
-    """A head's coefficients for a record: one flat list (binary), one list per class (K classes)."""
-    coef = np.asarray(head.coef_, dtype=np.float64)
-    return coef.ravel().tolist() if coef.shape[0] == 1 else coef.tolist()
-
-
-def _intercept(head):
-    """A head's intercept for a record: a float (binary) or one per class (K classes)."""
-    b = np.asarray(head.intercept_, dtype=np.float64).ravel()
-    return float(b[0]) if b.shape[0] == 1 else b.tolist()
 
 
 def _eps_key(eps: float) -> float:
@@ -408,11 +299,9 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     ``parallel`` (a :class:`fairhead.data_parallel.DataParallel`, under torchrun) sweeps on the
     ranks' shares of the rows: every rank solves the same path, rank 0 writes the files.
     """
+    from tqdm.auto import tqdm  # deferred: 40 ms that `fairhead --help` would pay
     from solvers import FairLogisticRegression, iter_path
-    from solvers.constraints import make_constraint
-    from tqdm.auto import tqdm
 
-    from solvers.intervals import check_confidence
     from solvers.path import replacement_note
 
     confidence = check_confidence(confidence)
@@ -427,8 +316,6 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     if compare and max_memory is not None:
         raise DataError(COMPARE_OUT_OF_CORE_MSG.format(names=" ".join(compare)))
     if compare and parallel is not None:
-        from fairhead.data_parallel import COMPARE_MSG
-
         raise DataError(COMPARE_MSG.format(names=" ".join(compare)))
     writes = parallel is None or parallel.writes  # under torchrun, rank 0 writes and shows progress
     progress = progress and writes
@@ -498,7 +385,7 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
 
     records: list[HeadRecord] = []
     records.append(HeadRecord(
-        method="unconstrained", eps=float("nan"), coef=_coef(free), intercept=_intercept(free), certificate=free.certificate_.to_dict(),
+        method="unconstrained", eps=float("nan"), coef=head_coef(free), intercept=head_intercept(free), certificate=free.certificate_.to_dict(),
         metrics=evaluate_predictor(scores(free), None, arrays, cons, balance=balance, confidence=confidence),
         wall_time=free_time))
 
@@ -524,7 +411,7 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
             replaced = replacement_note(head.certificate_)  # iter_path gave an unmet bound a head that meets it
             notes = "; ".join(sorted({str(w.message) for w in caught}) + ([replaced] if replaced else []))
             rec = HeadRecord(
-                method="fairhead", eps=eps, coef=_coef(head), intercept=_intercept(head), certificate=head.certificate_.to_dict(),
+                method="fairhead", eps=eps, coef=head_coef(head), intercept=head_intercept(head), certificate=head.certificate_.to_dict(),
                 metrics=evaluate_predictor(scores(head), None, arrays, cons, balance=balance,
                                            confidence=confidence),
                 wall_time=wall, notes=notes)
@@ -540,28 +427,23 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     # after the whole path, as fit_path does: the progress file keeps each head as it was solved, so a
     # resumed sweep makes the same choice
     records.extend(_monotone_front(heads) if cons.kind == "rate" else heads)
-    from fairhead import certify  # the heads on disk, for `fairhead select`
 
     if writes:
         certify.save_sweep_heads(out, records, constraint=cons, params=base, fit=fit, fit_split=fit_split,
                                  fingerprint=fingerprint, cache_path=cache_path)
 
     if compare:
-        from fairhead import compare as baselines
-
         for rec in baselines.run_baselines(compare, fit, arrays, constraint=cons, grid=grid, C=C,
                                            seed=seed, progress=progress, balance=balance, confidence=confidence):
             records.append(rec)
 
     rows = [row for rec in records for row in rec.rows(name)]
-    from solvers.metrics import undefined_rates
 
     undefined = {s: undefined_rates(a.y, sensitive_features=a.group_names, classes=a.classes) for s, a in arrays.items()}
     result = SweepResult(out=out, constraint=name, fit_split=fit_split, records=records, rows=rows, balance=balance,
                          split_sizes={s: int(len(a.y)) for s, a in arrays.items()},
                          undefined_rates={s: v for s, v in undefined.items() if v}, confidence=confidence,
                          n_classes=fit.n_classes, notes=sweep_notes)
-    from fairhead import uncertainty
 
     for rec in records if fit.n_classes == 2 else ():  # selection rate, TPR, FPR: binary rates
         if rec.method in ("fairhead", "unconstrained"):
@@ -595,7 +477,6 @@ def _monotone_front(heads: list[HeadRecord]) -> list[HeadRecord]:
     """The path's records with :func:`solvers.path.monotone_front` applied, as :func:`solvers.fit_path`
     applies it to its heads: a record takes a copy of a more accurate record that meets its bound
     (coefficients, certificate and metrics: the same head), with its own eps, search time and a note."""
-    from solvers.certificate import Certificate
     from solvers.path import monotone_front, replaced_certificate, replacement_note
 
     certs = [Certificate.from_dict(h.certificate) for h in heads]
@@ -617,10 +498,6 @@ def write_sweep(result: SweepResult, meta: dict, *, plots: bool = True) -> dict[
     temporary file first and the renames follow back to back, so a kill or a full disk leaves the
     previous set of outputs whole, never a torn JSON beside a new table and an old report.
     """
-    import csv
-
-    from fairhead import report
-
     out = result.out
     files = {}
     columns = list(result.rows[0].keys())
@@ -646,9 +523,6 @@ def write_sweep(result: SweepResult, meta: dict, *, plots: bool = True) -> dict[
         files["json"] = staged.write_text(out / "sweep.json", json.dumps(
             provenance.strict_json(payload), indent=1, default=str, allow_nan=False))
         if plots:
-            from fairhead import plots as plotting
-            from fairhead import uncertainty
-
             files.update(plotting.plot_sweep(result.rows, out, fit_split=result.fit_split,
                                              title=f"constraint '{result.constraint}'", constraint=result.constraint,
                                              staged=staged))
