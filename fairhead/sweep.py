@@ -299,12 +299,64 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     ``parallel`` (a :class:`fairhead.data_parallel.DataParallel`, under torchrun) sweeps on the
     ranks' shares of the rows: every rank solves the same path, rank 0 writes the files.
     """
-    from tqdm.auto import tqdm  # deferred: 40 ms that `fairhead --help` would pay
-    from solvers import FairLogisticRegression, iter_path
-
-    from solvers.path import replacement_note
-
     confidence = check_confidence(confidence)
+    _check_sweep_options(constraint, eps_grid=eps_grid, n_eps=n_eps, compare=compare, max_memory=max_memory,
+                         parallel=parallel)
+    writes = parallel is None or parallel.writes  # under torchrun, rank 0 writes and shows progress
+    progress = progress and writes
+    if writes:
+        out = ensure_output_folder(out, flag="--out")  # before any work: a bad --out fails in a second
+        check_own_outputs(out, SWEEP_OUTPUTS, flag="--out")
+    out = Path(out)
+    if compare and data is None:  # the label's classes are metadata: refuse before any features are read
+        _refuse_multiclass_compare(cache_path, compare)
+    arrays, fingerprint, cache_prov = data or load_sweep_data(cache_path, fit_split=fit_split,
+                                                              attributes=attributes, pos_label=pos_label,
+                                                              max_memory=max_memory, parallel=parallel)
+    fit = arrays[fit_split]
+    cons = make_constraint(constraint)
+    if compare and fit.n_classes > 2:
+        raise DataError(MULTICLASS_COMPARE_MSG.format(names=" ".join(compare), label=fit.label_name, k=fit.n_classes))
+    base = dict(C=C, backend=backend, balance=balance, device=device, min_group_size=min_group_size)
+    evaluate = dict(arrays=arrays, constraint=cons, balance=balance, confidence=confidence)
+
+    # the unconstrained head anchors the grid (its own constraint value = where the bound is inactive)
+    free, free_record = _fit_unconstrained(fit, fit_split, base, evaluate)
+    inactive = constraint_value(cons, y=fit.y, scores=free.decision_function(fit.X),
+                                sensitive_features=pipeline.sensitive_arg(fit), balance=balance)
+    grid, floor, sweep_notes = _eps_grid(fit, cons, inactive, eps_grid=eps_grid, n_eps=n_eps, base=base,
+                                         fit_split=fit_split)
+    config = _sweep_config(fingerprint, cons, grid, fit, fit_split=fit_split, seed=seed, base=base,
+                           pos_label=pos_label, confidence=confidence)
+    progress_file = _ProgressFile(out / PROGRESS_FILE, _config_key(config), writes=writes)
+    done = progress_file.finished_heads()
+    if parallel is not None:  # every rank replays rank 0's finished heads: the same solves, the same collectives
+        done = parallel.broadcast(done)
+
+    heads = _solve_path(fit, grid, cons, free=free, done=done, progress_file=progress_file, base=base, evaluate=evaluate,
+                        fit_split=fit_split, progress=progress)
+    # after the whole path, as fit_path does: the progress file keeps each head as it was solved, so a
+    # resumed sweep makes the same choice
+    records = [free_record, *(_monotone_front(heads) if cons.kind == "rate" else heads)]
+    if writes:  # the heads on disk, for `fairhead select`
+        certify.save_sweep_heads(out, records, constraint=cons, params=base, fit=fit, fit_split=fit_split,
+                                 fingerprint=fingerprint, cache_path=cache_path)
+    if compare:
+        records += baselines.run_baselines(compare, fit, arrays, constraint=cons, grid=grid, C=C, seed=seed,
+                                           progress=progress, balance=balance, confidence=confidence)
+
+    result = _sweep_result(out, cons.name, fit_split, records, arrays, balance=balance, confidence=confidence,
+                           notes=sweep_notes)
+    meta = provenance.collect(seed=seed, extra={"cache_fingerprint": fingerprint, "config": config,
+                                                "cache_provenance": cache_prov,
+                                                "unconstrained_value": inactive, "floor": floor})
+    if writes:
+        result.files.update(write_sweep(result, meta, plots=plots))
+    return result
+
+
+def _check_sweep_options(constraint, *, eps_grid, n_eps, compare, max_memory, parallel) -> None:
+    """Refuse options that cannot make a sweep, before any file is touched or any row is read."""
     if constraint is None:
         raise DataError(NO_CONSTRAINT_MSG)
     if eps_grid is not None and make_constraint(constraint).name == "minimax":
@@ -317,43 +369,46 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
         raise DataError(COMPARE_OUT_OF_CORE_MSG.format(names=" ".join(compare)))
     if compare and parallel is not None:
         raise DataError(COMPARE_MSG.format(names=" ".join(compare)))
-    writes = parallel is None or parallel.writes  # under torchrun, rank 0 writes and shows progress
-    progress = progress and writes
-    if writes:
-        out = ensure_output_folder(out, flag="--out")  # before any work: a bad --out fails in a second
-        check_own_outputs(out, SWEEP_OUTPUTS, flag="--out")
-    out = Path(out)
-    if compare and data is None:  # the label's classes are metadata: refuse before any features are read
-        import embedcache
 
-        with embedcache.open(cache_path) as cache:
-            k = len(cache.label_categories)
-            if k > 2:
-                raise DataError(MULTICLASS_COMPARE_MSG.format(names=" ".join(compare), label=cache.label_name, k=k))
-    arrays, fingerprint, cache_prov = data or load_sweep_data(cache_path, fit_split=fit_split,
-                                                              attributes=attributes, pos_label=pos_label,
-                                                              max_memory=max_memory, parallel=parallel)
-    fit = arrays[fit_split]
-    sens = pipeline.sensitive_arg(fit)
-    cons = make_constraint(constraint)
-    name = cons.name
-    if compare and fit.n_classes > 2:
-        raise DataError(MULTICLASS_COMPARE_MSG.format(names=" ".join(compare), label=fit.label_name, k=fit.n_classes))
-    base = dict(C=C, backend=backend, balance=balance, device=device, min_group_size=min_group_size)
 
-    def scores(head):
-        return lambda a: head.decision_function(a.X)
+def _refuse_multiclass_compare(cache_path, compare) -> None:
+    """The baselines of ``--compare`` are binary: refuse a K-class label from the cache's metadata."""
+    import embedcache  # deferred: embedcache imports torch (1-2 s)
 
-    # the unconstrained head anchors the grid (its own constraint value = where the bound is inactive)
+    with embedcache.open(cache_path) as cache:
+        k = len(cache.label_categories)
+        if k > 2:
+            raise DataError(MULTICLASS_COMPARE_MSG.format(names=" ".join(compare), label=cache.label_name, k=k))
+
+
+def _head_record(method: str, eps: float, head, *, wall_time: float, notes: str = "", arrays, constraint, balance,
+                 confidence) -> HeadRecord:
+    """A fitted head's record: its parameters, certificate and metrics on every split."""
+    return HeadRecord(
+        method=method, eps=eps, coef=head_coef(head), intercept=head_intercept(head),
+        certificate=head.certificate_.to_dict(),
+        metrics=evaluate_predictor(lambda a: head.decision_function(a.X), None, arrays, constraint, balance=balance,
+                                   confidence=confidence),
+        wall_time=wall_time, notes=notes)
+
+
+def _fit_unconstrained(fit, fit_split: str, base: dict, evaluate: dict):
+    """The unconstrained head on the fit split, and its record (``eps`` NaN)."""
+    from solvers.estimator import FairLogisticRegression  # deferred: sklearn, scipy.stats (about 2 s)
+
     t0 = time.perf_counter()
     free = pipeline.fit_head(FairLogisticRegression(constraint=None, **base), fit, split=fit_split)
     free_time = time.perf_counter() - t0
-    inactive = constraint_value(cons, y=fit.y, scores=free.decision_function(fit.X), sensitive_features=sens,
-                                balance=balance)
+    return free, _head_record("unconstrained", float("nan"), free, wall_time=free_time, **evaluate)
 
-    floor = 0.0
-    sweep_notes = []
-    if name == "minimax":
+
+def _eps_grid(fit, cons, inactive: float, *, eps_grid, n_eps: int, base: dict, fit_split: str):
+    """The bounds to sweep (loose to tight), the grid's floor, and the notes that explain a default grid."""
+    from solvers.estimator import FairLogisticRegression  # deferred: sklearn, scipy.stats (about 2 s)
+
+    sens = pipeline.sensitive_arg(fit)
+    floor, notes = 0.0, []
+    if cons.name == "minimax":
         grid = np.array([np.nan])  # an objective, not a bound: one head
     elif eps_grid is not None:
         grid = check_grid(eps_grid)
@@ -361,102 +416,113 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
         grid, floor = _rate_grid(fit, sens, cons, inactive, n_eps, base)
         if floor > 0:
             msg = GRID_CUT_MSG if len(grid) > 1 else GRID_WITHIN_MSG
-            sweep_notes.append(msg.format(n=len(grid), top=grid[0] if len(grid) > 1 else inactive, floor=floor,
-                                          name=name, split=fit_split))
+            notes.append(msg.format(n=len(grid), top=grid[0] if len(grid) > 1 else inactive, floor=floor,
+                                    name=cons.name, split=fit_split))
     else:
-        if name == "group-loss":  # the tightest feasible bound is the minimax head's largest group loss
+        if cons.name == "group-loss":  # the tightest feasible bound is the minimax head's largest group loss
             tight = FairLogisticRegression(constraint="minimax", **base).fit(fit.X, fit.y, sensitive_features=sens)
             floor = constraint_value(cons, y=fit.y, scores=tight.decision_function(fit.X), sensitive_features=sens,
-                                     balance=balance)
+                                     balance=base["balance"])
             floor *= 1.0 + 1e-4
         grid = default_eps_grid(max(inactive, floor), n_eps, floor=floor)
+    return grid, floor, notes
 
+
+def _sweep_config(fingerprint, cons, grid, fit, *, fit_split, seed, base, pos_label, confidence) -> dict:
+    """What makes two sweeps the same problem: its hash keys the finished heads a rerun may reuse."""
     config = {"cache": fingerprint, "constraint": cons.to_dict(), "grid": [float(e) for e in grid],
               "fit_split": fit_split, "attributes": list(fit.attributes), "seed": seed, **base}
     if pos_label is not None:  # another positive class is another problem: never resume across it
         config["pos_label"] = str(pos_label)
     if confidence != 0.95:  # finished rows carry intervals at their level (0.95: keys of older progress files)
         config["confidence"] = confidence
-    key = _config_key(config)
-    progress_path = out / PROGRESS_FILE
-    done = {_eps_key(r.eps): r for r in _load_progress(progress_path, key) if r.method == "fairhead"} if writes else {}
-    if parallel is not None:  # every rank replays rank 0's finished heads: the same solves, the same collectives
-        done = parallel.broadcast(done)
+    return config
 
-    records: list[HeadRecord] = []
-    records.append(HeadRecord(
-        method="unconstrained", eps=float("nan"), coef=head_coef(free), intercept=head_intercept(free), certificate=free.certificate_.to_dict(),
-        metrics=evaluate_predictor(scores(free), None, arrays, cons, balance=balance, confidence=confidence),
-        wall_time=free_time))
 
-    # one warm-started path, starting from the unconstrained head; each head is written as soon as it is
-    # solved. A resumed sweep replays the finished heads' solves (not their evaluation) so that the
-    # warm-start chain, and with it every later head, is exactly the uninterrupted run's
+@dataclass
+class _ProgressFile:
+    """The progress file of one sweep configuration (``key``): read once, appended per head, sealed once.
+    Only the writing rank keeps one (``writes``); the others read and write nothing."""
+
+    path: Path
+    key: str
+    writes: bool
+    appended: bool = False
+
+    def finished_heads(self) -> dict[float, HeadRecord]:
+        if not self.writes:
+            return {}
+        return {_eps_key(r.eps): r for r in _load_progress(self.path, self.key) if r.method == "fairhead"}
+
+    def append(self, record: HeadRecord) -> None:
+        if self.writes:
+            _append_progress(self.path, self.key, record)
+            self.appended = True
+
+    def seal(self) -> None:
+        if self.appended:  # one fsync for the whole path instead of one per head
+            _seal_progress(self.path)
+
+
+def _solve_path(fit, grid, cons, *, free, done, progress_file: _ProgressFile, base: dict, evaluate: dict, fit_split: str,
+                progress: bool) -> list[HeadRecord]:
+    """One warm-started path over ``grid`` from the unconstrained head ``free``: a record per bound.
+
+    Each head is written to the progress file as soon as it is solved. A resumed sweep replays the finished
+    heads' solves (not their evaluation) so that the warm-start chain, and with it every later head, is
+    exactly the uninterrupted run's.
+    """
+    from tqdm.auto import tqdm  # deferred: 40 ms that `fairhead --help` would pay
+
+    from solvers.path import iter_path, replacement_note  # deferred: sklearn, scipy.stats (about 2 s)
+
     todo = [float(e) for e in grid if _eps_key(e) not in done]
     last = max((i for i, e in enumerate(grid) if _eps_key(e) not in done), default=-1)
     replay = [float(e) for e in grid[: last + 1]]
     solved: dict[float, HeadRecord] = {}
-    bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc=f"sweep {name}", unit="head",
+    bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc=f"sweep {cons.name}", unit="head",
                disable=not progress)
     with bar, warnings.catch_warnings(record=True) as caught:  # a failure closes the bar's line before its message
         # an unmet bound is recorded in its row (certificate + notes), not raised mid-sweep
         warnings.simplefilter("always")
-        path = iter_path(fit.X, fit.y, sensitive_features=sens, eps_grid=[e if np.isfinite(e) else 0.0 for e in replay],
-                         constraint=cons, init_head=free if name != "minimax" else None, **base)
+        path = iter_path(fit.X, fit.y, sensitive_features=pipeline.sensitive_arg(fit),
+                         eps_grid=[e if np.isfinite(e) else 0.0 for e in replay], constraint=cons,
+                         init_head=free if cons.name != "minimax" else None, **base)
         for eps, head in zip(replay, path):
             if _eps_key(eps) in done:
                 caught.clear()
                 continue
-            wall = head.certificate_.wall_time  # the solver's own time (a path may yield heads late)
             replaced = replacement_note(head.certificate_)  # iter_path gave an unmet bound a head that meets it
             notes = "; ".join(sorted({str(w.message) for w in caught}) + ([replaced] if replaced else []))
-            rec = HeadRecord(
-                method="fairhead", eps=eps, coef=head_coef(head), intercept=head_intercept(head), certificate=head.certificate_.to_dict(),
-                metrics=evaluate_predictor(scores(head), None, arrays, cons, balance=balance,
-                                           confidence=confidence),
-                wall_time=wall, notes=notes)
+            # wall time: the solver's own (a path may yield heads late)
+            rec = _head_record("fairhead", eps, head, wall_time=head.certificate_.wall_time, notes=notes, **evaluate)
             solved[_eps_key(eps)] = rec
-            if writes:
-                _append_progress(progress_path, key, rec)
+            progress_file.append(rec)
             bar.update(1)
             bar.set_postfix(eps=f"{eps:.4f}", fit_gap=f"{rec.metrics[fit_split]['constraint_value']:.4f}")
             caught.clear()
-    if writes and solved:  # one fsync for the whole path instead of one per head
-        _seal_progress(progress_path)
-    heads = [done.get(_eps_key(e)) or solved[_eps_key(e)] for e in grid]
-    # after the whole path, as fit_path does: the progress file keeps each head as it was solved, so a
-    # resumed sweep makes the same choice
-    records.extend(_monotone_front(heads) if cons.kind == "rate" else heads)
+    progress_file.seal()
+    return [done.get(_eps_key(e)) or solved[_eps_key(e)] for e in grid]
 
-    if writes:
-        certify.save_sweep_heads(out, records, constraint=cons, params=base, fit=fit, fit_split=fit_split,
-                                 fingerprint=fingerprint, cache_path=cache_path)
 
-    if compare:
-        for rec in baselines.run_baselines(compare, fit, arrays, constraint=cons, grid=grid, C=C,
-                                           seed=seed, progress=progress, balance=balance, confidence=confidence):
-            records.append(rec)
-
-    rows = [row for rec in records for row in rec.rows(name)]
-
-    undefined = {s: undefined_rates(a.y, sensitive_features=a.group_names, classes=a.classes) for s, a in arrays.items()}
-    result = SweepResult(out=out, constraint=name, fit_split=fit_split, records=records, rows=rows, balance=balance,
+def _sweep_result(out: Path, name: str, fit_split: str, records: list[HeadRecord], arrays, *, balance,
+                  confidence: float, notes: list[str]) -> SweepResult:
+    """The sweep's table rows, undefined rates and per-group rate intervals, around its records."""
+    fit = arrays[fit_split]
+    undefined = {s: undefined_rates(a.y, sensitive_features=a.group_names, classes=a.classes)
+                 for s, a in arrays.items()}
+    result = SweepResult(out=out, constraint=name, fit_split=fit_split, records=records,
+                         rows=[row for rec in records for row in rec.rows(name)], balance=balance,
                          split_sizes={s: int(len(a.y)) for s, a in arrays.items()},
                          undefined_rates={s: v for s, v in undefined.items() if v}, confidence=confidence,
-                         n_classes=fit.n_classes, notes=sweep_notes)
-
+                         n_classes=fit.n_classes, notes=notes)
     for rec in records if fit.n_classes == 2 else ():  # selection rate, TPR, FPR: binary rates
         if rec.method in ("fairhead", "unconstrained"):
-            name_ = "unconstrained" if rec.method == "unconstrained" else f"eps={rec.eps:.4g}"
+            head = "unconstrained" if rec.method == "unconstrained" else f"eps={rec.eps:.4g}"
             for split, a in arrays.items():
                 yhat = (a.X @ np.asarray(rec.coef) + rec.intercept > 0).astype(np.int64)
                 result.group_rates += uncertainty.group_rate_rows(a.y, yhat, a.group_names, confidence,
-                                                                  head=name_, split=split)
-    meta = provenance.collect(seed=seed, extra={"cache_fingerprint": fingerprint, "config": config,
-                                                "cache_provenance": cache_prov,
-                                                "unconstrained_value": inactive, "floor": floor})
-    if writes:
-        result.files.update(write_sweep(result, meta, plots=plots))
+                                                                  head=head, split=split)
     return result
 
 
