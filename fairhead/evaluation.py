@@ -145,7 +145,8 @@ def evaluate_head(head, arrays, *, bounded: bool = False) -> dict[str, float]:
         y_score=proba if arrays.n_classes > 2 else proba[:, 1], classes=arrays.classes,
     )
     if bounded and head.constraint not in (None, "none"):
-        out["constraint_value"] = constraint_value(head.constraint, y=arrays.y, scores=head.decision_function(arrays.X),
+        out["constraint_value"] = constraint_value(head.constraint, y=arrays.y,
+                                                   scores=head.decision_function(arrays.X),
                                                    sensitive_features=sensitive_arg(arrays), balance=head.balance)
     return out
 

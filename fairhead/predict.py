@@ -348,29 +348,13 @@ def predict_images(head_path, source, *, backbone=None, weights_file=None, split
         backbone = rebuild_backbone(prov, path=head_path, weights_file=weights_file)
     else:
         check_backbone(backbone, prov, path=head_path, by_file=True)
-    rows = None
     source_splits = getattr(source, "splits", None)
-    if splits and source_splits is None:
-        raise DataError(NO_SPLITS_MSG.format(splits=" ".join(splits)))
-    if splits:
-        rows = np.flatnonzero(np.isin(np.asarray(source_splits, dtype=str), list(splits)))
-        if not len(rows):
-            have = ", ".join(sorted(set(map(str, source_splits))))
-            raise DataError(NO_ROWS_IN_SPLIT_MSG.format(splits=", ".join(splits), have=have))
+    rows = _rows_of_splits(source_splits, splits)
     features = compute_features(source, backbone, rows=rows, batch_size=batch_size, device=device,
                                 num_workers=num_workers, progress=progress)
     stored = prov.get("feature_dtype", "float32")
     X = features.astype(stored).astype(np.float64)  # the precision the head was fit on
-    scores = head.decision_function(X)
-    if scores.ndim == 2:  # a K-class head: the predicted class, its logit and its probability
-        pred = np.argmax(scores, axis=1)
-        proba_k = head.predict_proba(X)
-        proba_all, proba = proba_k, proba_k[np.arange(len(pred)), pred]
-        scores = scores[np.arange(len(pred)), pred]
-    else:
-        proba = proba_all = head.predict_proba(X)[:, 1]
-        pred = (scores > 0).astype(np.int64)
-    classes = np.arange(len(head.classes_)) if len(head.classes_) > 2 else None
+    scores, proba, proba_all, pred = _head_outputs(head, X)
     take = (lambda a: np.asarray(a) if rows is None else np.asarray(a)[rows])
     extra = getattr(head, "extra_", None) or {}
     label = extra.get("label") or {}
@@ -384,23 +368,60 @@ def predict_images(head_path, source, *, backbone=None, weights_file=None, split
         result.groups = {name: take(values) for name, values in groups.items()}
         result.splits = take(source_splits) if source_splits is not None else None
         if result.groups:
-            # one readable name per row, "attr=value[,attr=value]", as the fit named the groups
-            sensitive = np.asarray([",".join(f"{a}={v}" for a, v in zip(result.groups, row))
-                                    for row in zip(*result.groups.values())], dtype=object)
-
-            def measured(rows):  # the metrics with their 0.95 intervals (accuracy, the gaps, worst group)
-                values = metrics.evaluate(result.labels[rows], pred[rows], sensitive_features=sensitive[rows],
-                                          y_score=proba_all[rows], classes=classes)
-                values.update(interval_columns(result.labels[rows], pred[rows], sensitive[rows], 0.95, classes=classes))
-                return values
-
-            result.metrics = {"all": measured(np.ones(len(pred), dtype=bool))}
-            if result.splits is not None and len(set(result.splits)) > 1:
-                for split in sorted(set(result.splits)):
-                    m = np.asarray(result.splits == split)
-                    if len(set(sensitive[m])) > 1:  # group metrics need two groups in the split
-                        result.metrics[split] = measured(m)
+            classes = np.arange(len(head.classes_)) if len(head.classes_) > 2 else None
+            result.metrics = _group_metrics(result, proba_all, classes)
     return result
+
+
+def _rows_of_splits(source_splits, splits) -> np.ndarray | None:
+    """The source's rows in ``splits`` (``None``: every row), refusing splits it does not have."""
+    if splits and source_splits is None:
+        raise DataError(NO_SPLITS_MSG.format(splits=" ".join(splits)))
+    if not splits:
+        return None
+    rows = np.flatnonzero(np.isin(np.asarray(source_splits, dtype=str), list(splits)))
+    if not len(rows):
+        have = ", ".join(sorted(set(map(str, source_splits))))
+        raise DataError(NO_ROWS_IN_SPLIT_MSG.format(splits=", ".join(splits), have=have))
+    return rows
+
+
+def _head_outputs(head, X: np.ndarray):
+    """``(scores, probabilities, all probabilities, predictions)`` of ``head`` on ``X``: for a K-class
+    head the predicted class, its logit and its probability (all probabilities: every class's)."""
+    scores = head.decision_function(X)
+    if scores.ndim == 2:
+        pred = np.argmax(scores, axis=1)
+        proba_k = head.predict_proba(X)
+        proba_all, proba = proba_k, proba_k[np.arange(len(pred)), pred]
+        scores = scores[np.arange(len(pred)), pred]
+    else:
+        proba = proba_all = head.predict_proba(X)[:, 1]
+        pred = (scores > 0).astype(np.int64)
+    return scores, proba, proba_all, pred
+
+
+def _group_metrics(result: Predictions, proba_all: np.ndarray, classes) -> dict[str, dict]:
+    """The metrics with their 0.95 intervals (accuracy, the gaps, worst group) on every labelled row
+    (``all``) and on each split that has two groups."""
+    # one readable name per row, "attr=value[,attr=value]", as the fit named the groups
+    sensitive = np.asarray([",".join(f"{a}={v}" for a, v in zip(result.groups, row))
+                            for row in zip(*result.groups.values())], dtype=object)
+    pred = result.predictions
+
+    def measured(rows):
+        values = metrics.evaluate(result.labels[rows], pred[rows], sensitive_features=sensitive[rows],
+                                  y_score=proba_all[rows], classes=classes)
+        values.update(interval_columns(result.labels[rows], pred[rows], sensitive[rows], 0.95, classes=classes))
+        return values
+
+    out = {"all": measured(np.ones(len(pred), dtype=bool))}
+    if result.splits is not None and len(set(result.splits)) > 1:
+        for split in sorted(set(result.splits)):
+            m = np.asarray(result.splits == split)
+            if len(set(sensitive[m])) > 1:  # group metrics need two groups in the split
+                out[split] = measured(m)
+    return out
 
 
 def write_metrics(result: Predictions, path, *, staged=None) -> Path | None:

@@ -333,8 +333,8 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     if parallel is not None:  # every rank replays rank 0's finished heads: the same solves, the same collectives
         done = parallel.broadcast(done)
 
-    heads = _solve_path(fit, grid, cons, free=free, done=done, progress_file=progress_file, base=base, evaluate=evaluate,
-                        fit_split=fit_split, progress=progress)
+    heads = _solve_path(fit, grid, cons, free=free, done=done, progress_file=progress_file, base=base,
+                        evaluate=evaluate, fit_split=fit_split, progress=progress)
     # after the whole path, as fit_path does: the progress file keeps each head as it was solved, so a
     # resumed sweep makes the same choice
     records = [free_record, *(_monotone_front(heads) if cons.kind == "rate" else heads)]
@@ -464,8 +464,8 @@ class _ProgressFile:
             _seal_progress(self.path)
 
 
-def _solve_path(fit, grid, cons, *, free, done, progress_file: _ProgressFile, base: dict, evaluate: dict, fit_split: str,
-                progress: bool) -> list[HeadRecord]:
+def _solve_path(fit, grid, cons, *, free, done, progress_file: _ProgressFile, base: dict, evaluate: dict,
+                fit_split: str, progress: bool) -> list[HeadRecord]:
     """One warm-started path over ``grid`` from the unconstrained head ``free``: a record per bound.
 
     Each head is written to the progress file as soon as it is solved. A resumed sweep replays the finished
