@@ -34,6 +34,9 @@ from fairhead import pipeline
 from fairhead.provenance import strict_json
 from fairhead.tables import format_table
 
+# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s) and solvers.estimator /
+# solvers.path (scikit-learn, scipy.stats: about 2 s); a command that does not need them does not pay for them.
+
 HEADS_DIR = "heads"
 SELECTION_FILE = "selection.json"
 CERT_SUFFIX = ".certificate.json"

@@ -20,6 +20,9 @@ import numpy as np
 from fairhead_errors import DataError
 from solvers import RowShard, shard_range
 
+# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s); a command that does not need
+# them does not pay for them.
+
 #: commands that run data-parallel under torchrun (extract shards the images; these the rows)
 COMMANDS = ("fit", "sweep")
 WAIT_FOR_RANKS = timedelta(hours=2)

@@ -28,6 +28,9 @@ from fairhead.report import recommendation, score_gap_note
 from fairhead.sweep import BAD_N_EPS_MSG
 from fairhead.tables import format_table, markdown_table
 
+# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s); a command that does not need
+# them does not pay for them.
+
 DEMO_BACKBONE = "efficientnet_lite0"
 SWEEPS = (("dp", "rate: hard-prediction selection-rate gap"),
           ("dp-score", "score: mean-logit gap (convex surrogate)"))

@@ -50,6 +50,10 @@ from fairhead.pipeline import backbone_provenance
 from fairhead.predict import ImageRows, rebuild_backbone
 from fairhead.resources import added, measure, peak_so_far
 
+# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s), solvers.estimator /
+# solvers.path (scikit-learn, scipy.stats: about 2 s) and fairhead.full_network (torch); a command that does not
+# need them does not pay for them.
+
 #: every file written into --out, with the first bytes that mark it as fairhead's own
 FULL_OUTPUTS = {"full_network.csv": starts_with(b"family,method,"), "full_network.json": contains(b'"side_by_side"'),
                 "report.md": starts_with(b"# fairhead"), "gaps.png": PNG_BY_MATPLOTLIB}

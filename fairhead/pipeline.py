@@ -39,6 +39,9 @@ from fairhead.progress_bar import ticking
 from fairhead.tables import format_table
 from fairhead.uncertainty import interval_columns
 
+# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s) and solvers.estimator /
+# solvers.path (scikit-learn, scipy.stats: about 2 s); a command that does not need them does not pay for them.
+
 NO_SENSITIVE_MSG = "cache '{path}' has no sensitive attribute; a fair head needs at least one (re-extract with --sensitive)"
 UNKNOWN_ATTRIBUTE_MSG = "sensitive attribute {name!r} is not in cache '{path}' (it has: {have}); pick one of those"
 NONFINITE_FEATURES_MSG = ("split {split!r} of cache '{path}' has {n} row(s) with NaN or infinite features "

@@ -37,6 +37,9 @@ from fairhead.provenance import strict_json
 from fairhead.tables import format_table
 from fairhead.uncertainty import interval_columns
 
+# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s); a command that does not need
+# them does not pay for them.
+
 #: image files ``ImageFolder`` picks up (lower-case suffixes)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 #: the backbone fields a head records and a rebuilt backbone must match (BackboneSpec names)

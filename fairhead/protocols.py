@@ -51,6 +51,9 @@ from fairhead.tables import format_table
 from fairhead.uncertainty import (INTERVAL_LEGEND, interval_columns, overfitting_metric, overfitting_row,
                                   overfitting_section, plot_overfitting)
 
+# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s) and solvers.estimator /
+# solvers.path (scikit-learn, scipy.stats: about 2 s); a command that does not need them does not pay for them.
+
 PROTOCOLS = ("B1", "B2", "B3", "M1", "M2")
 #: the files written into --out, with the first bytes that mark them as fairhead's own
 PROTOCOL_OUTPUTS = {"protocols.csv": starts_with(b"protocol,split,n"), "protocols.json": contains(b'"rows"'),

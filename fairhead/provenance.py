@@ -8,6 +8,9 @@ import platform
 
 import numpy as np
 
+# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s); a command that does not need
+# them does not pay for them.
+
 PACKAGES = ("fairhead", "torch", "torchvision", "cvxpy", "clarabel", "scs", "numpy", "scipy",
             "scikit-learn", "h5py", "fairlearn", "matplotlib")
 

@@ -54,6 +54,9 @@ from fairhead.evaluation import GAP_COLUMNS, HeadRecord, evaluate_predictor, hea
 from fairhead.measure import BETWEEN_GROUPS, constraint_value, describe_bounded_gap
 from fairhead.tables import format_table
 
+# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s) and solvers.estimator /
+# solvers.path (scikit-learn, scipy.stats: about 2 s); a command that does not need them does not pay for them.
+
 BAD_GRID_MSG = "eps grid must hold finite values >= 0; got {grid}; pass e.g. --eps-grid 0.1 0.05 0.02 0"
 BAD_N_EPS_MSG = "--n-eps must be an integer >= 2 (a sweep runs from the inactive bound down to the tightest); got {n}"
 NO_CONSTRAINT_MSG = "a sweep tightens a constraint; pass --constraint dp (or another), not 'none'"
