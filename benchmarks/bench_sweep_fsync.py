@@ -86,7 +86,8 @@ def main(argv=None):
         sweep._append_progress, sweep._seal_progress = policies["sealed"]
     for policy in policies:
         print(f"{policy:9s} progress-file fsyncs {fsyncs[policy]:3d}   sweep {statistics.median(times[policy]):.3f} s")
-    print(f"sealed / per_head wall time: {statistics.median(times['sealed']) / statistics.median(times['per_head']):.2f}")
+    ratio = statistics.median(times["sealed"]) / statistics.median(times["per_head"])
+    print(f"sealed / per_head wall time: {ratio:.2f}")
 
 
 if __name__ == "__main__":
