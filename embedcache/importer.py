@@ -22,19 +22,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from embedcache.errors import CacheError, DataError
-from embedcache.sources.base import (
-    TableSource,
-    duplicate_names,
-    encode_label,
-    encode_categorical,
-    hash_splits,
-    is_missing,
-    normalize_splits,
-    shown,
-    shown_names,
-)
+from embedcache.sources.base import (TableSource, duplicate_names, encode_categorical, encode_label, hash_splits,
+                                     is_missing, normalize_splits, shown, shown_names)
 from embedcache.store import schema
 from embedcache.store.journal import WriteLock
 from embedcache.store.reader import existing_cache_matches
@@ -172,6 +164,61 @@ def import_table(
     """
     path, out = Path(path), Path(out)
     feature_dtype = check_feature_dtype(feature_dtype)
+    sensitive = _check_import_options(path, out, sensitive=sensitive, sensitive_missing=sensitive_missing)
+    columns, blocks, n = _read_table(path, progress=progress)
+    if n == 0:
+        raise DataError(EMPTY_TABLE_MSG.format(path=path))
+    features = _feature_columns(path, columns, blocks, label=label, sensitive=sensitive, split=split, id_col=id_col,
+                                features=features)
+    rows = _kept_rows(columns, sensitive, n, sensitive_missing=sensitive_missing)
+    matrix, names = _feature_matrix(columns, blocks, features, rows)
+    table = _table_source(path, columns, rows, label=label, sensitive=sensitive, split=split, id_col=id_col,
+                          sensitive_missing=sensitive_missing)
+    stored = _cast_checked(matrix, names, rows, feature_dtype)
+    identity, description = _provenance(path, table, names, stored, n_read=n, n_kept=len(rows), label=label,
+                                        sensitive=sensitive, sensitive_missing=sensitive_missing, split=split,
+                                        id_col=id_col, feature_dtype=feature_dtype)
+    return _write_table_cache(out, table, stored, identity=identity, description=description, feature_columns=names,
+                              overwrite=overwrite)
+
+
+def _provenance(path: Path, table: TableSource, names: list[str], stored: np.ndarray, *, n_read: int, n_kept: int,
+                label, sensitive, sensitive_missing, split, id_col, feature_dtype) -> tuple[dict, dict]:
+    """The cache's identity (the table's sha256 stands for the backbone's weights) and the description
+    of the source it records."""
+    sha = _table_sha256(path)
+    identity = identity_attrs(
+        backbone={
+            "arch": IMPORTED_ARCH,
+            "weights": IMPORTED_WEIGHTS,
+            "weights_sha256": sha,
+            "feature_node": "columns",
+            "preprocessing": f"{len(names)} feature columns",
+        },
+        dataset_fingerprint=table.fingerprint(),
+        feature_dtype=feature_dtype,
+        feature_dim=stored.shape[1],
+        n_rows=n_kept,
+        compute="none",
+    )
+    description = {
+        "kind": "table",
+        "path": str(path.resolve()),
+        "sha256": sha,
+        "label": label,
+        "sensitive": sensitive,
+        "sensitive_missing": sensitive_missing,
+        "split": split if split is not None else "hash(sample_id) 70/15/15",
+        "id": id_col,
+        "features": names if len(names) <= 64 else names[:64] + [f"... {len(names)} in all"],
+        "rows": n_kept,
+        "rows_dropped": int(n_read - n_kept),
+    }
+    return identity, description
+
+
+def _check_import_options(path: Path, out: Path, *, sensitive, sensitive_missing: str) -> list[str]:
+    """Refuse a bad ``sensitive_missing`` or output before the table is read; the sensitive columns as a list."""
     if sensitive_missing not in SENSITIVE_MISSING_CHOICES:
         raise DataError(BAD_SENSITIVE_MISSING_MSG.format(choices=", ".join(SENSITIVE_MISSING_CHOICES),
                                                          value=sensitive_missing))
@@ -180,9 +227,12 @@ def import_table(
         _check_output(path, out)
     except OSError as err:  # a name too long, a parent that is a file, no permission to look
         raise CacheError(OUT_UNWRITABLE_MSG.format(out=out, error=_one_line(err))) from err
-    columns, blocks, n = _read_table(path, progress=progress)
-    if n == 0:
-        raise DataError(EMPTY_TABLE_MSG.format(path=path))
+    return sensitive
+
+
+def _feature_columns(path: Path, columns, blocks, *, label, sensitive, split, id_col, features) -> list[str]:
+    """Check that every named column exists (and the label, sensitive, split and id are plain columns);
+    return the feature columns: those named, or every numeric column not used otherwise."""
     available = list(columns) + list(blocks)
     used = [label, *sensitive] + [c for c in (split, id_col) if c is not None]
     for name in used + list(features or []):
@@ -208,21 +258,28 @@ def import_table(
     twice = duplicate_names(features)
     if twice:
         raise DataError(FEATURE_TWICE_MSG.format(name=twice[0]))
+    return features
 
+
+def _kept_rows(columns, sensitive, n: int, *, sensitive_missing: str) -> np.ndarray:
+    """The rows imported, as original row numbers (so that messages name the row of the file): all of
+    them, or those with every sensitive value present (``sensitive_missing="drop"``)."""
     keep = np.ones(n, dtype=bool)
     if sensitive_missing == "drop":
         for name in sensitive:
             keep &= ~np.fromiter((is_missing(v) for v in columns[name]), dtype=bool, count=n)
-    rows = np.flatnonzero(keep)  # original row numbers, so messages name the row of the file
-    matrix, names = _feature_matrix(columns, blocks, features, rows)
+    return np.flatnonzero(keep)
 
+
+def _table_source(path: Path, columns, rows, *, label, sensitive, split, id_col, sensitive_missing) -> TableSource:
+    """The kept rows' ids, label, sensitive attributes and splits, encoded as a cache stores them."""
     def kept(name):
         values = columns[name]
         return values[rows] if isinstance(values, np.ndarray) else [values[r] for r in rows]
 
     ids = [_id_text(v) for v in kept(id_col)] if id_col is not None else [str(r) for r in rows]
     label_codes, label_categories = encode_label(list(kept(label)), name=label)
-    table = TableSource(
+    return TableSource(
         ids=ids,
         labels=label_codes,
         label_name=label,
@@ -236,36 +293,12 @@ def import_table(
         splits=normalize_splits(list(kept(split)), name=split) if split is not None else hash_splits(ids),
         where=f"table '{path}'",
     )
-    stored = _cast_checked(matrix, names, rows, feature_dtype)
 
-    sha = _table_sha256(path)
-    identity = identity_attrs(
-        backbone={
-            "arch": IMPORTED_ARCH,
-            "weights": IMPORTED_WEIGHTS,
-            "weights_sha256": sha,
-            "feature_node": "columns",
-            "preprocessing": f"{len(names)} feature columns",
-        },
-        dataset_fingerprint=table.fingerprint(),
-        feature_dtype=feature_dtype,
-        feature_dim=stored.shape[1],
-        n_rows=len(rows),
-        compute="none",
-    )
-    description = {
-        "kind": "table",
-        "path": str(path.resolve()),
-        "sha256": sha,
-        "label": label,
-        "sensitive": sensitive,
-        "sensitive_missing": sensitive_missing,
-        "split": split if split is not None else "hash(sample_id) 70/15/15",
-        "id": id_col,
-        "features": names if len(names) <= 64 else names[:64] + [f"... {len(names)} in all"],
-        "rows": len(rows),
-        "rows_dropped": int(n - len(rows)),
-    }
+
+def _write_table_cache(out: Path, table: TableSource, stored: np.ndarray, *, identity, description, feature_columns,
+                       overwrite: bool) -> Path:
+    """Write the cache under a lock, through a temporary file; keep an existing cache of the same data
+    (unless ``overwrite``)."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with WriteLock(out):
@@ -278,7 +311,7 @@ def import_table(
                 features=stored,
                 identity=identity,
                 source_description=description,
-                feature_columns=names,
+                feature_columns=feature_columns,
             )
             commit_file(tmp, out)
     except OSError as err:  # a read-only folder, a parent that is a file, a name too long
@@ -442,7 +475,6 @@ def _read_csv(path: Path, *, progress: bool = False):
     than turned into a group or a NaN feature by the parser.
     """
     import pandas as pd
-    from tqdm.auto import tqdm
 
     header = _csv_header(path)
     _check_field_counts(path, len(header))

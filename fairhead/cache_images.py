@@ -20,6 +20,9 @@ import numpy as np
 
 from fairhead_errors import DataError
 
+# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s); a command that does not need
+# them does not pay for them.
+
 IMPORTED_MSG = ("cache '{path}' was imported from a features table, so it has no images to train a network on; "
                 "build the cache from images with `fairhead extract`")
 UNKNOWN_KIND_MSG = ("cache '{path}' records a source of kind {kind!r}, which fairhead cannot rebuild; "

@@ -24,6 +24,18 @@ from pathlib import Path
 import numpy as np
 
 from fairhead_errors import DataError
+from fairhead_io import atomic_write_text
+from solvers import load_head, save_head, select_head
+from solvers.certificate import Certificate
+from solvers.intervals import GAP_METRIC, GroupCounts, check_confidence
+from solvers.select import BOUNDS, MSG_BOUND, aimed_eps, certification_margin, parse_target
+
+from fairhead import pipeline
+from fairhead.provenance import strict_json
+from fairhead.tables import format_table
+
+# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s) and solvers.estimator /
+# solvers.path (scikit-learn, scipy.stats: about 2 s); a command that does not need them does not pay for them.
 
 HEADS_DIR = "heads"
 SELECTION_FILE = "selection.json"
@@ -45,9 +57,6 @@ MSG_MIXED_HEADS = ("the heads in '{path}' come from different caches or fit spli
 
 def write_json_atomic(path: Path, doc) -> Path:
     """Write ``doc`` as strict JSON (NaN -> null), atomically (:func:`fairhead_io.atomic_write_text`)."""
-    from fairhead.provenance import strict_json
-    from fairhead_io import atomic_write_text
-
     return atomic_write_text(Path(path), json.dumps(strict_json(doc), indent=1, default=float, allow_nan=False))
 
 
@@ -58,8 +67,7 @@ def _head_file_name(record, k: int) -> str:
 def save_sweep_heads(out: Path, records, *, constraint, params: dict, fit, fit_split: str, fingerprint,
                      cache_path) -> Path:
     """Write the sweep's linear heads (``unconstrained`` and ``fairhead``) to ``out/heads``."""
-    from solvers import FairLogisticRegression, save_head
-    from solvers.certificate import Certificate
+    from solvers.estimator import FairLogisticRegression  # deferred: sklearn, scipy.stats (about 2 s)
 
     folder = Path(out) / HEADS_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -93,8 +101,6 @@ def head_label(head) -> str:
 
 
 def load_sweep_heads(sweep_dir: Path) -> list[tuple[Path, object]]:
-    from solvers import load_head
-
     folder = Path(sweep_dir) / HEADS_DIR
     files = sorted(p for p in folder.glob("*.json") if not p.name.endswith(CERT_SUFFIX)) if folder.is_dir() else []
     if not files:
@@ -114,9 +120,6 @@ def _sweep_pos_label(sweep_dir: Path):
 def _aim_hint(heads, orders, fit_arrays, gap, target, confidence, n_cert, bound):
     """The eps to aim below ``target``: the bound's margin for the fit-split rates of the head whose
     fit gap is nearest the target, scaled to ``n_cert`` certification rows (no certification row used)."""
-    from solvers.intervals import GroupCounts
-    from solvers.select import aimed_eps, certification_margin
-
     finite = [i for i, o in enumerate(orders) if np.isfinite(o)]
     if not finite:
         return None
@@ -133,11 +136,6 @@ def select_from_sweep(sweep_dir, *, target, confidence=0.95, split="valid", meth
                       cache=None, bound="exact"):
     """Certify a sweep's heads on ``split`` of their cache; write the certificate; return the Selection."""
     import embedcache
-    from solvers import select_head
-    from solvers.intervals import GAP_METRIC, check_confidence
-    from solvers.select import BOUNDS, MSG_BOUND, parse_target
-
-    from fairhead import pipeline
 
     gap, value = parse_target(target)
     check_confidence(confidence)
@@ -192,8 +190,6 @@ def select_from_sweep(sweep_dir, *, target, confidence=0.95, split="valid", meth
 
 
 def selection_summary(sel, sweep_dir) -> str:
-    from fairhead.tables import format_table
-
     rows = [{"head": b.label, "acc": b.accuracy, "acc_low": b.accuracy_low, "acc_high": b.accuracy_high,
              f"{sel.gap}_gap": b.gap, "upper_bound": b.bound, "tested": b.tested, "certified": b.certified}
             for b in sel.bounds]

@@ -27,15 +27,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import threading
 import time
 import warnings
 
 import numpy as np
 
-from fairhead import pipeline
-from fairhead.sweep import HeadRecord, evaluate_predictor
+from fairhead_errors import DataError
 from solvers.constraints import CONSTRAINTS
+from solvers.problem import encode_groups
+
+from fairhead import pipeline
+from fairhead.evaluation import HeadRecord, evaluate_predictor
+from fairhead.progress_bar import ticking
 
 BASELINES = ("expgrad", "gridsearch", "threshold", "penalty")
 #: gap levels of the front comparison (best accuracy at gap <= t)
@@ -290,8 +293,6 @@ def run_penalty(fit, arrays, *, constraint, C, seed, balance=None, confidence=0.
     """
     import torch
 
-    from solvers.problem import encode_groups
-
     form = SEED_PENALTY[constraint.name]
     if form is None:
         print(f"skipped penalty: the seed paper has no penalty form of {constraint.name!r}")
@@ -374,7 +375,7 @@ def _float64(a: pipeline.SplitArrays) -> pipeline.SplitArrays:
 def run_baselines(names, fit, arrays, *, constraint, grid, C, seed=0, progress=True, balance=None,
                   confidence=0.95):
     """Run the named baselines (all of :data:`BASELINES` for an empty list) and yield their records."""
-    from fairhead_errors import DataError
+    from tqdm.auto import tqdm  # deferred: 40 ms that `fairhead --help` would pay
 
     fit, arrays = _float64(fit), {k: _float64(v) for k, v in arrays.items()}
     names = list(names) or list(BASELINES)
@@ -386,7 +387,6 @@ def run_baselines(names, fit, arrays, *, constraint, grid, C, seed=0, progress=T
         have_fairlearn = True
     except ImportError:
         have_fairlearn = False
-    from tqdm.auto import tqdm
 
     for name in names:
         if name in NEEDS_FAIRLEARN and not have_fairlearn:
@@ -396,7 +396,7 @@ def run_baselines(names, fit, arrays, *, constraint, grid, C, seed=0, progress=T
         # one tick per fitted model; the clock keeps running during a long fit (ExponentiatedGradient
         # can take minutes per bound), so a slow baseline never looks frozen
         with tqdm(total=expected_fits(name, constraint, grid), desc=f"baseline {name}", unit="fit",
-                  disable=not progress, dynamic_ncols=True) as bar, _ticking(bar), warnings.catch_warnings():
+                  disable=not progress, dynamic_ncols=True) as bar, ticking(bar), warnings.catch_warnings():
             # fairlearn's own pandas/sklearn deprecation notices are not the user's to fix
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
@@ -416,24 +416,3 @@ def expected_fits(name: str, constraint, grid) -> int:
         form = SEED_PENALTY.get(constraint.name)
         return 0 if form is None else 1 if form == "MMF" else len(PENALTY_ALPHAS)
     return 1
-
-
-@contextlib.contextmanager
-def _ticking(bar, every_s: float = 1.0):
-    """Redraw ``bar`` every ``every_s`` seconds from a daemon thread (its elapsed time keeps moving)."""
-    if getattr(bar, "disable", True):
-        yield
-        return
-    stop = threading.Event()
-
-    def tick():
-        while not stop.wait(every_s):
-            bar.refresh()
-
-    thread = threading.Thread(target=tick, name="fairhead-progress", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()

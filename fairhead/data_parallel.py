@@ -18,6 +18,10 @@ from datetime import timedelta
 import numpy as np
 
 from fairhead_errors import DataError
+from solvers import RowShard, shard_range
+
+# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s); a command that does not need
+# them does not pay for them.
 
 #: commands that run data-parallel under torchrun (extract shards the images; these the rows)
 COMMANDS = ("fit", "sweep")
@@ -52,8 +56,6 @@ class DataParallel:
 
     def shard(self, n: int, d: int) -> tuple[int, int]:
         """Rows ``[start, stop)`` of ``n`` that this rank holds."""
-        from solvers import shard_range
-
         return shard_range(n, d, self.rank, self.world_size)
 
 
@@ -147,8 +149,6 @@ def launched(command: str, solver_device: str = "cpu"):
 def shard_features(cache, rows: np.ndarray, parallel: DataParallel, *, max_memory=None):
     """This rank's share of the features of ``rows`` (sorted row numbers of the cache) as a
     :class:`solvers.RowShard`: read into memory, or streamed under ``max_memory``."""
-    from solvers import RowShard
-
     n, d = len(rows), int(cache.feature_dim)
     start, stop = parallel.shard(n, d)
     mine = rows[start:stop]

@@ -23,9 +23,13 @@ import numpy as np
 from fairhead_errors import DataError
 from fairhead_io import atomic_write_text, check_own_outputs, ensure_output_folder, starts_with
 
-from fairhead import pipeline, provenance
-from fairhead.report import markdown_table
-from fairhead.tables import format_table
+from fairhead import full_compare, full_report, pipeline, protocols, provenance, sweep
+from fairhead.report import recommendation, score_gap_note
+from fairhead.sweep import BAD_N_EPS_MSG
+from fairhead.tables import format_table, markdown_table
+
+# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s); a command that does not need
+# them does not pay for them.
 
 DEMO_BACKBONE = "efficientnet_lite0"
 SWEEPS = (("dp", "rate: hard-prediction selection-rate gap"),
@@ -95,8 +99,6 @@ def headline(results, table) -> list[str]:
         if hit:
             lines.append(f"- `{name}` at its tightest bound (eps={tight:.3f}) leaves a test DP gap of "
                          f"{hit['demographic_parity_difference']:.3f} at accuracy {hit['accuracy']:.3f}.")
-            from fairhead.report import score_gap_note
-
             lines += score_gap_note(name, result.rows)
     cells = {(r["protocol"], r["split"]): r for r in table.rows}
     m1_fit, m1_test = cells.get(("M1", "fine-tune")), cells.get(("M1", "test"))
@@ -141,74 +143,111 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
     ``full_network`` adds the whole-network comparison (``full_network_options``: keyword arguments of
     :func:`fairhead.full_compare.run_full_comparison`, e.g. a smaller ``options`` for tests).
     """
-    from embedcache.sources import ManifestSource
-    from embedcache.sources.synthetic import LABEL_NAME, SENSITIVE_NAME
-
-    from fairhead import protocols, sweep
-    from fairhead.sweep import BAD_N_EPS_MSG
-
     if isinstance(n_eps, bool) or not isinstance(n_eps, int) or n_eps < 2:
         raise DataError(BAD_N_EPS_MSG.format(n=n_eps))
     check_dataset_size(n, seed, dataset_params)
+    out = _check_demo_outputs(out, full_network=full_network)
+    stages = _Stages(6 if full_network else 5, say=print if progress else (lambda *a, **k: None))
+
+    stages.next(f"generating {n} images of the default dataset into {out / 'data'}")
+    manifest = pipeline.generate_dataset(out / "data", n=n, seed=seed, **dataset_params)
+    stages.lap("generate")
+
+    stages.next(f"extracting {DEMO_BACKBONE} features into {out / 'features.h5'}")
+    cache = _extract_features(manifest, out / "features.h5", batch_size=batch_size, progress=progress)
+    stages.lap("extract")
+    stages.say(pipeline.describe_cache(cache).split("\n\n")[-1])
+
+    baselines = compare_with if compare_with is not None else ["expgrad", "threshold", "penalty"]
+    results = _run_sweeps(cache, out, stages, n_eps=n_eps, baselines=baselines if compare else None, seed=seed,
+                          progress=progress)
+
+    stages.next(f"protocols B1 B2 B3 M1 M2 with '{PROTOCOL_CONSTRAINT}' eps={PROTOCOL_EPS}")
+    table = protocols.run_protocols(cache, constraint=PROTOCOL_CONSTRAINT, eps=PROTOCOL_EPS, seed=seed,
+                                    out=out / "protocols")
+    stages.lap("protocols")
+
+    full = None
+    if full_network:
+        stages.next(f"full network vs last layer ('{PROTOCOL_CONSTRAINT}', eps={PROTOCOL_EPS}) "
+                    f"into {out / FULL_NETWORK_DIR}")
+        full = full_compare.run_full_comparison(cache, out=out / FULL_NETWORK_DIR, constraint=PROTOCOL_CONSTRAINT,
+                                                eps=PROTOCOL_EPS, seed=seed, progress=progress,
+                                                **(full_network_options or {}))
+        stages.lap("full network")
+
+    stages.next("summary")  # the last stage: [5/5], or [6/6] with the full network
+    lines, md = _summary(results, table, full, out)
+    elapsed = time.perf_counter() - stages.started
+    story = headline(results, table)
+    if full is not None:
+        story += full_report.headline(full, protocols=False)
+    first = next(iter(results))  # the rate sweep: its heads are the ones `select` certifies
+    md += recommendation(results[first], sweep_dir=out / f"sweep-{first}")
+    report = _write_demo_report(out, n=n, seed=seed, elapsed=elapsed, story=story, sections=md)
+    print("\n".join(lines + ["", "== what this shows =="] + story))
+    timing = ", ".join(f"{k} {v:.0f}s" for k, v in stages.times.items())
+    print(f"\ndemo finished in {elapsed:.0f} s ({timing}); report: {report}")
+    return {"report": report, "cache": cache, **{f"sweep-{k}": v.out for k, v in results.items()},
+            **({"full-network": full.out} if full is not None else {})}
+
+
+def _check_demo_outputs(out: Path, *, full_network: bool) -> Path:
+    """Refuse, before the first stage, an ``out`` that is a file, read-only, or holds files the demo did
+    not write (its report, and each stage's outputs in its subfolder)."""
     out = ensure_output_folder(out, flag="--out")  # a file or a read-only folder fails before the first stage
     check_own_outputs(out, {"report.md": starts_with(b"# fairhead")}, flag="--out")
     for name, _ in SWEEPS:
         check_own_outputs(out / f"sweep-{name}", sweep.SWEEP_OUTPUTS, flag="--out")
     check_own_outputs(out / "protocols", protocols.PROTOCOL_OUTPUTS, flag="--out")
     if full_network:
-        from fairhead import full_compare
-
         check_own_outputs(out / FULL_NETWORK_DIR, full_compare.FULL_OUTPUTS, flag="--out")
-    stages = 6 if full_network else 5
-    started = time.perf_counter()
-    say = print if progress else (lambda *a, **k: None)
-    stage_times: dict[str, float] = {}
-    clock = [time.perf_counter()]
+    return out
 
-    def lap(stage: str) -> None:
+
+class _Stages:
+    """The demo's numbered stage lines (``[2/5] ...``) and each stage's wall time."""
+
+    def __init__(self, total: int, *, say):
+        self.total, self.say, self.done = total, say, 0
+        self.started = self._clock = time.perf_counter()
+        self.times: dict[str, float] = {}
+
+    def next(self, what: str, *, advance: bool = True) -> None:
+        self.done += advance
+        self.say(f"[{self.done}/{self.total}] {what}")
+
+    def lap(self, stage: str) -> None:
         now = time.perf_counter()
-        stage_times[stage] = now - clock[0]
-        clock[0] = now
+        self.times[stage] = now - self._clock
+        self._clock = now
 
-    say(f"[1/{stages}] generating {n} images of the default dataset into {out / 'data'}")
-    manifest = pipeline.generate_dataset(out / "data", n=n, seed=seed, **dataset_params)
-    lap("generate")
 
-    say(f"[2/{stages}] extracting {DEMO_BACKBONE} features into {out / 'features.h5'}")
+def _extract_features(manifest: Path, out: Path, *, batch_size: int, progress: bool) -> Path:
+    """The demo backbone's features of the generated images, into the cache ``out``."""
+    from embedcache.sources import ManifestSource  # deferred: embedcache imports torch (1-2 s)
+    from embedcache.sources.synthetic import LABEL_NAME, SENSITIVE_NAME
+
     source = ManifestSource(manifest, root=manifest.parent, image_col="path", label_col=LABEL_NAME,
                             sensitive_cols=(SENSITIVE_NAME,), split_col="split", id_col="id")
-    cache = pipeline.extract_cache(source, backbone=DEMO_BACKBONE, out=out / "features.h5",
-                                   batch_size=batch_size, progress=progress)
-    lap("extract")
-    say(pipeline.describe_cache(cache).split("\n\n")[-1])
+    return pipeline.extract_cache(source, backbone=DEMO_BACKBONE, out=out, batch_size=batch_size, progress=progress)
 
+
+def _run_sweeps(cache: Path, out: Path, stages: _Stages, *, n_eps: int, baselines, seed: int, progress: bool) -> dict:
+    """One sweep per constraint of :data:`SWEEPS` on the cache read once; ``baselines`` join the first."""
     data = sweep.load_sweep_data(cache, fit_split="train", attributes=None)
     results = {}
     for i, (name, what) in enumerate(SWEEPS):
-        say(f"[3/{stages}] sweeping '{name}' ({what})")
-        baselines = (compare_with if compare_with is not None else ["expgrad", "threshold", "penalty"]) \
-            if (compare and i == 0) else None
+        stages.next(f"sweeping '{name}' ({what})", advance=i == 0)  # the sweeps share stage 3
         results[name] = sweep.run_sweep(cache, out=out / f"sweep-{name}", constraint=name, n_eps=n_eps,
-                                        compare=baselines, progress=progress, seed=seed, data=data)
-        lap(f"sweep {name}")
+                                        compare=baselines if i == 0 else None, progress=progress, seed=seed,
+                                        data=data)
+        stages.lap(f"sweep {name}")
+    return results
 
-    say(f"[4/{stages}] protocols B1 B2 B3 M1 M2 with '{PROTOCOL_CONSTRAINT}' eps={PROTOCOL_EPS}")
-    table = protocols.run_protocols(cache, constraint=PROTOCOL_CONSTRAINT, eps=PROTOCOL_EPS, seed=seed,
-                                    out=out / "protocols")
-    lap("protocols")
 
-    full = None
-    if full_network:
-        from fairhead import full_compare
-
-        say(f"[5/{stages}] full network vs last layer ('{PROTOCOL_CONSTRAINT}', eps={PROTOCOL_EPS}) "
-            f"into {out / FULL_NETWORK_DIR}")
-        full = full_compare.run_full_comparison(cache, out=out / FULL_NETWORK_DIR, constraint=PROTOCOL_CONSTRAINT,
-                                                eps=PROTOCOL_EPS, seed=seed, progress=progress,
-                                                **(full_network_options or {}))
-        lap("full network")
-
-    say(f"[{stages}/{stages}] summary")
+def _summary(results: dict, table, full, out: Path) -> tuple[list[str], list[str]]:
+    """The terminal summary's lines and the report's sections: each sweep, the protocols, the full network."""
     lines, md = [], []
     for name, result in results.items():
         rows = _summary_rows(result)
@@ -229,23 +268,16 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
            "(balanced accuracy, AUC, ratios, FPR and FNR per group, every interval) are in "
            "[protocols/protocols.csv](protocols/protocols.csv).", ""]
     if full is not None:
-        from fairhead import full_report
-
         lines += [f"\n== full network vs last layer ({PROTOCOL_CONSTRAINT}, eps={PROTOCOL_EPS}) ==",
                   format_table(full_report.side_by_side(full))]
         md += [*full_report.report_section(full, link=f"{FULL_NETWORK_DIR}/"),
                f"Details: [{FULL_NETWORK_DIR}/report.md]({FULL_NETWORK_DIR}/report.md)", ""]
-    elapsed = time.perf_counter() - started
-    story = headline(results, table)
-    if full is not None:
-        from fairhead import full_report
+    return lines, md
 
-        story += full_report.headline(full, protocols=False)
+
+def _write_demo_report(out: Path, *, n: int, seed: int, elapsed: float, story: list[str], sections: list[str]) -> Path:
+    """Write ``report.md``: what the demo ran, what it shows, and each stage's section."""
     meta = provenance.collect(seed=seed, extra={"n_images": n, "backbone": DEMO_BACKBONE})
-    from fairhead.report import recommendation
-
-    first = next(iter(results))  # the rate sweep: its heads are the ones `select` certifies
-    md += recommendation(results[first], sweep_dir=out / f"sweep-{first}")
     report = out / "report.md"
     atomic_write_text(report, "\n".join([
         "# fairhead demo", "",
@@ -253,9 +285,5 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
         f"{DEMO_BACKBONE} features, heads fitted on `train`, evaluated on `valid` and `test`. "
         f"Total time {elapsed:.0f} s. Versions: "
         + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()), "", "## What this shows", "", *story, "",
-        *md]))
-    print("\n".join(lines + ["", "== what this shows =="] + story))
-    timing = ", ".join(f"{k} {v:.0f}s" for k, v in stage_times.items())
-    print(f"\ndemo finished in {elapsed:.0f} s ({timing}); report: {report}")
-    return {"report": report, "cache": cache, **{f"sweep-{k}": v.out for k, v in results.items()},
-            **({"full-network": full.out} if full is not None else {})}
+        *sections]))
+    return report

@@ -29,14 +29,25 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import importlib.util
+import json
 import os
+import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
+import numpy as np
+
 from fairhead_errors import DataError
-from fairhead_io import (OutputKind, atomic_open, atomic_write_bytes, check_output_file, first_bytes,
-                         naming_the_file, temp_prefix)
+from fairhead_io import (OutputKind, atomic_open, atomic_write_bytes, check_output_file, first_bytes, naming_the_file,
+                         temp_prefix)
+from solvers import load_head
+from solvers.export import to_sklearn, to_torch_linear
+
+import fairhead
+from fairhead.predict import head_backbone, rebuild_backbone
 
 FORMATS = ("sklearn", "linear", "program", "onnx")
 SUFFIXES = {"sklearn": ".joblib", "linear": ".pt", "program": ".pt2", "onnx": ".onnx"}
@@ -63,8 +74,6 @@ def float32_score_tolerance(coef, features):
     >>> float(float32_score_tolerance(np.array([[3.0, 4.0]]), np.array([[1.0, 0.0]]))[0]) == 5 * 2**-23 * 2**0.5
     True
     """
-    import numpy as np
-
     W = np.atleast_2d(np.asarray(coef, dtype=np.float64))
     X = np.atleast_2d(np.asarray(features, dtype=np.float64))
     feature_norm = np.linalg.norm(X, axis=1)
@@ -82,8 +91,6 @@ def head_module(backbone, head):
     extraction, so the features are bitwise the same); the head runs in float64 on those features.
     """
     import torch
-
-    from solvers.export import to_torch_linear
 
     class HeadModel(torch.nn.Module):
         """``z = head(backbone(images))``; ``sigmoid(z)`` is P(positive class)."""
@@ -112,16 +119,12 @@ def example_images(backbone, n: int = 2):
 
 
 def _zip_names(path) -> list[str]:
-    import zipfile
-
     with zipfile.ZipFile(path) as archive:
         return archive.namelist()
 
 
 def _is_linear_state(path) -> bool:
     """A ``torch.save``'d state_dict of exactly a weight and a bias (what ``--to linear`` writes)."""
-    import zipfile
-
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         pickles = [n for n in names if n.endswith("/data.pkl")]
@@ -209,9 +212,6 @@ def _set_metadata(model, metadata: dict[str, str] | None) -> None:
 
 
 def _write_onnx_with_sidecar(program, path: Path, metadata: dict[str, str] | None = None) -> None:
-    import hashlib
-    import shutil
-
     import onnx
 
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp"))
@@ -249,10 +249,6 @@ def check_export_target(out, fmt: str, *, head_path=None, weights_file=None) -> 
 
 def onnx_metadata(head, backbone_prov: dict) -> dict[str, str]:
     """``metadata_props`` of an exported ONNX model: strings a consumer reads without fairhead."""
-    import json
-
-    import fairhead
-
     extra = getattr(head, "extra_", None) or {}
     label = extra.get("label") or {}
     classes = [str(c) for c in (label.get("class_names") or getattr(head, "classes_", []))]
@@ -292,9 +288,6 @@ def export_head(head_path, out, *, fmt: str, weights_file=None) -> Path:
     """
     import torch
 
-    from solvers import load_head
-    from solvers.export import to_sklearn, to_torch_linear
-
     out = check_export_target(out, fmt, head_path=head_path, weights_file=weights_file)
     if fmt == "onnx" and not onnx_available():
         raise DataError(NO_ONNX_MSG)
@@ -308,8 +301,6 @@ def export_head(head_path, out, *, fmt: str, weights_file=None) -> Path:
         with atomic_open(out, "wb") as fh:
             torch.save(to_torch_linear(head).state_dict(), fh)
     else:
-        from fairhead.predict import head_backbone, rebuild_backbone
-
         prov = head_backbone(head, head_path)
         backbone = rebuild_backbone(prov, path=head_path, weights_file=weights_file)
         module = head_module(backbone, head)

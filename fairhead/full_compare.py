@@ -26,6 +26,7 @@ side-by-side table, every row, the training configurations and per-epoch histori
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import time
@@ -37,8 +38,21 @@ import numpy as np
 
 from fairhead_errors import DataError
 from fairhead_io import PNG_BY_MATPLOTLIB, check_own_outputs, contains, ensure_output_folder, starts_with
+from fairhead_options import check_device
+from solvers.constraints import make_constraint
+from solvers.intervals import check_confidence
 
-from fairhead import pipeline
+from fairhead import full_report, pipeline, protocols, sweep
+from fairhead.cache_images import source_of_cache, source_rows, training_transform
+from fairhead.evaluation import evaluate_predictor
+from fairhead.full_objectives import DEFAULT_METHODS, METHODS, MINIMAX_LAGRANGIAN_MSG
+from fairhead.pipeline import backbone_provenance
+from fairhead.predict import ImageRows, rebuild_backbone
+from fairhead.resources import added, measure, peak_so_far
+
+# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s), solvers.estimator /
+# solvers.path (scikit-learn, scipy.stats: about 2 s) and fairhead.full_network (torch); a command that does not
+# need them does not pay for them.
 
 #: every file written into --out, with the first bytes that mark it as fairhead's own
 FULL_OUTPUTS = {"full_network.csv": starts_with(b"family,method,"), "full_network.json": contains(b'"side_by_side"'),
@@ -115,8 +129,6 @@ class FullComparison:
         return [row for m in self.models for row in m.rows(self.constraint)]
 
     def summary(self) -> str:
-        from fairhead import full_report
-
         return full_report.summary_text(self)
 
 
@@ -138,8 +150,6 @@ def _rows_fingerprint(fingerprint: str, data: dict) -> str:
 
 
 def _evaluate(scores_fn, data, constraint, confidence) -> dict[str, dict[str, float]]:
-    from fairhead.sweep import evaluate_predictor
-
     metrics = evaluate_predictor(scores_fn, None, {s: data[s] for s in SPLITS}, constraint, confidence=confidence)
     return {s: {"n": int(len(data[s].y)), **metrics[s]} for s in SPLITS}
 
@@ -149,9 +159,6 @@ def last_layer_models(data, *, constraint, eps, seed, head_params, confidence, o
                       cache_path=None, plots=True) -> list[ModelRecord]:
     """B1 B2 B3 M1 M2 and the eps path on the train rows, each with its time and peak memory."""
     from solvers import FairLogisticRegression
-
-    from fairhead import protocols, sweep
-    from fairhead.resources import measure
 
     models = []
     for name, (fit_on, cons) in protocols.protocol_plans(data["train"], data["valid"], constraint=constraint,
@@ -214,15 +221,11 @@ class NetworkOptions:
 def resolve_device(name: str) -> str:
     """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; anything else is checked by the shared
     option check (:func:`fairhead_options.check_device`)."""
-    from fairhead_options import check_device
-
     return check_device(name, flag="--device")
 
 
 def _train_data(data, source, transform, *, cache_path, fingerprint):
-    from fairhead.cache_images import source_rows
     from fairhead.full_network import TrainData
-    from fairhead.predict import ImageRows
 
     from embedcache.backbones import describe_transform
 
@@ -260,9 +263,7 @@ def prepare_full_network(cache_path, data, *, backbone_prov, source, methods, co
                          out, restart, weights_file=None, fingerprint) -> NetworkPlan:
     """Rebuild the backbone (checked by its sha256), the images and the training configurations, and refuse
     a checkpoint of another configuration, all before the first fit: a run that cannot finish fails at once."""
-    from fairhead.cache_images import training_transform
     from fairhead.full_network import TrainingObjective, check_image_size, config_key, default_threads, load_checkpoint
-    from fairhead.predict import rebuild_backbone
 
     device = resolve_device(options.device)
     check_image_size(backbone_prov["arch"], options.image_size)
@@ -284,12 +285,9 @@ def prepare_full_network(cache_path, data, *, backbone_prov, source, methods, co
 
 def full_network_models(plan: NetworkPlan, data, *, constraint, confidence, progress, restart) -> tuple[list, dict]:
     """Train each method's network (resuming from its checkpoint) and evaluate it on the three splits."""
-    import gc
-
     import torch
 
     from fairhead.full_network import predict_scores, train_network, trainable_copy
-    from fairhead.resources import added, measure, peak_so_far
 
     options, device, tdata = plan.options, plan.device, plan.data
     sizes = [len(data[s].y) for s in SPLITS]
@@ -349,13 +347,6 @@ def run_full_comparison(cache_path, *, out, constraint="eo", eps=0.05, methods=N
                         manifest=None, root=None, celeba=None, weights_file=None, plots=True) -> FullComparison:
     """Fine-tune the whole network with each method and put it beside the last-layer heads (module docstring)."""
     import embedcache
-    from solvers.constraints import make_constraint
-    from solvers.intervals import check_confidence
-
-    from fairhead import full_report, sweep
-    from fairhead.cache_images import source_of_cache
-    from fairhead.full_objectives import DEFAULT_METHODS, METHODS, MINIMAX_LAGRANGIAN_MSG
-    from fairhead.predict import backbone_provenance
 
     started = time.perf_counter()
     methods = list(DEFAULT_METHODS if methods is None else methods)

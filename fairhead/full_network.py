@@ -42,10 +42,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from fairhead_errors import DataError
+from fairhead_io import atomic_open
 
-from fairhead.full_objectives import METHODS, OPTIMIZERS
+from fairhead.compare import SEED_PENALTY
+from fairhead.full_objectives import METHODS, OPTIMIZERS, ConstraintRelaxation, batch_penalty
+from fairhead.measure import constraint_value
 
 CHECKPOINT_FORMAT = "fairhead-full-network-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -191,8 +195,6 @@ def config_key(config: TrainConfig, data: TrainData, backbone_sha: str) -> str:
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """``torch.save`` into a temporary file beside ``path``, fsynced, then renamed over it (atomic)."""
-    from fairhead_io import atomic_open
-
     with atomic_open(path, "wb") as fh:
         torch.save(state, fh)
 
@@ -238,8 +240,6 @@ def _loader(images, batches, *, workers: int):
 def predict_scores(net: FairNet, images, positions: np.ndarray, *, device, batch_size: int = 128, workers: int = 0,
                    progress: bool = False, desc: str = "scores") -> np.ndarray:
     """The network's logits ``z`` (float64) for the images at ``positions``, in eval mode."""
-    from tqdm.auto import tqdm
-
     batches = [positions[i:i + batch_size] for i in range(0, len(positions), batch_size)]
     out = []
     net.eval()
@@ -265,9 +265,6 @@ class TrainingObjective:
     """The method's training objective on a batch, and its early-stopping value on the validation rows."""
 
     def __init__(self, config: TrainConfig, data: TrainData, device) -> None:
-        from fairhead.compare import SEED_PENALTY
-        from fairhead.full_objectives import ConstraintRelaxation
-
         self.config, self.device = config, device
         self.form = SEED_PENALTY[config.constraint]
         if config.method == "penalty" and self.form is None:
@@ -282,8 +279,6 @@ class TrainingObjective:
 
     def batch(self, z, y, groups, rows, mu):
         """``(objective, loss, fairness term, violations or None)`` on one batch."""
-        from fairhead.full_objectives import batch_penalty
-
         loss = nn.functional.binary_cross_entropy_with_logits(z, y)
         method = self.config.method
         if method == "unconstrained":
@@ -303,8 +298,6 @@ class TrainingObjective:
         validation rows compete on their loss, the others on their violation. (Its value at the current
         multipliers is no yardstick: the multipliers move between epochs.)
         """
-        from fairhead.full_objectives import batch_penalty
-
         loss = float(nn.functional.binary_cross_entropy_with_logits(z, y))
         method = self.config.method
         if method == "lagrangian":
@@ -334,100 +327,159 @@ def train_network(net: FairNet, data: TrainData, config: TrainConfig, *, checkpo
     ``usage_of_run`` (``() -> (peak_rss_mb, peak_cuda_mb)``) is read at every checkpoint, so the peak
     memory over all runs of a resumed training is kept in the checkpoint.
     """
-    from tqdm.auto import tqdm
-
-    from fairhead.measure import constraint_value
-
     for split, pos in (("training", data.train_pos), ("validation", data.valid_pos)):
         if len(pos) < 2:
             raise DataError(TOO_FEW_ROWS_MSG.format(split=split, n=len(pos)))
     device = torch.device(device)
     key = config_key(config, data, backbone_sha)
-    state = None if restart else load_checkpoint(checkpoint, key, config)
+    saved = None if restart else load_checkpoint(checkpoint, key, config)
     net.to(device).to(memory_format=torch.channels_last)
     objective = TrainingObjective(config, data, device)
     opt = _optimizer(net, config)
-    mu = torch.zeros(objective.n_multipliers(), device=device)
-    y_all = torch.as_tensor(data.y, dtype=torch.float32, device=device)
-    g_all = torch.as_tensor(data.groups, dtype=torch.int64, device=device)
-    history, best_key, best_epoch, bad_epochs, stopped, done_epochs = [], (float("inf"),) * 2, 0, 0, False, 0
-    train_seconds, peak_rss, peak_cuda = 0.0, float("nan"), None
-    best_state = _state_on_cpu(net)
-    if state is not None:
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        mu = state["multipliers"].to(device)
-        best_state, best_epoch = state["best_model"], int(state["best_epoch"])
-        best_key = tuple(float(v) for v in state["best_key"])
-        bad_epochs, stopped, done_epochs = int(state["bad_epochs"]), bool(state["stopped"]), int(state["epoch"])
-        history, train_seconds = list(state["history"]), float(state["train_seconds"])
-        peak_rss = float(state["peak_rss_mb"])
-        peak_cuda = None if state["peak_cuda_mb"] < 0 else float(state["peak_cuda_mb"])
-    resumed_at = done_epochs
+    labels = _Labels(y=torch.as_tensor(data.y, dtype=torch.float32, device=device),
+                     groups=torch.as_tensor(data.groups, dtype=torch.int64, device=device))
+    if saved is None:
+        run = _TrainingState(mu=torch.zeros(objective.n_multipliers(), device=device), best_state=_state_on_cpu(net))
+    else:
+        run = _TrainingState.resume(saved, net, opt, device)
+    resumed_at = run.epoch
     delay = float(os.environ.get(EPOCH_DELAY_ENV, "0") or 0)
-    valid_pos = data.valid_pos
-    epoch = done_epochs
-    while epoch < config.epochs and not stopped:
-        epoch += 1
+    while run.epoch < config.epochs and not run.stopped:
+        run.epoch += 1
         started = time.perf_counter()
-        torch.manual_seed(_epoch_seed(config.seed, epoch))  # dropout / drop-connect of this epoch
-        batches = epoch_batches(len(data.train_pos), config.batch_size, seed=config.seed, epoch=epoch)
-        positions = [data.train_pos[b] for b in batches]
-        net.train()
-        sums = {"loss": 0.0, "fair": 0.0, "n": 0}
-        with tqdm(total=len(data.train_pos), desc=f"{config.method} epoch {epoch}/{config.epochs}", unit="img",
-                  disable=not progress, dynamic_ncols=True) as bar:
-            for batch, rows, x in zip(positions, batches, _loader(data.images, positions, workers=workers)):
-                x = x.to(device).contiguous(memory_format=torch.channels_last)
-                index = torch.as_tensor(batch, device=device)
-                yb, gb = y_all[index], g_all[index]
-                z = net(x)
-                obj, loss, fair, viol = objective.batch(z, yb, gb, torch.as_tensor(rows, device=device), mu)
-                opt.zero_grad(set_to_none=True)
-                obj.backward()
-                opt.step()
-                if viol is not None:  # projected ascent on the multipliers, with the step's own estimate
-                    mu = (mu + config.dual_lr * viol.detach()).clamp_min(0.0)
-                sums["loss"] += float(loss.detach()) * len(batch)
-                sums["fair"] += float(fair.detach()) * len(batch)
-                sums["n"] += len(batch)
-                bar.update(len(batch))
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", **({"mu_max": f"{float(mu.max()):.2f}"} if len(mu) else {}))
-        z_valid = torch.as_tensor(predict_scores(net, data.images, valid_pos, device=device, workers=workers),
-                                  dtype=torch.float32, device=device)
-        z_numpy = z_valid.double().cpu().numpy()
-        valid_acc = float(np.mean((z_numpy > 0) == (data.y[valid_pos] == 1)))
-        valid_gap = constraint_value(config.constraint, y=data.y[valid_pos], scores=z_numpy,
-                                     sensitive_features=data.groups[valid_pos])
-        index = torch.as_tensor(valid_pos, device=device)
-        stop_key, value, valid_loss = objective.stopping_key(z_valid, y_all[index], g_all[index], valid_gap)
-        improved = stop_key < best_key
-        if improved:
-            best_key, best_epoch, bad_epochs, best_state = stop_key, epoch, 0, _state_on_cpu(net)
-        else:
-            bad_epochs += 1
-            stopped = bad_epochs >= config.patience
-        train_seconds += time.perf_counter() - started
-        history.append({"epoch": epoch, "train_loss": sums["loss"] / max(sums["n"], 1),
-                        "train_fairness_term": sums["fair"] / max(sums["n"], 1), "valid_loss": valid_loss,
-                        "valid_objective": value, "valid_accuracy": valid_acc, "valid_bounded_gap": valid_gap,
-                        "mu_max": float(mu.max()) if len(mu) else 0.0, "kept": bool(improved),
-                        "seconds": time.perf_counter() - started})
+        sums = _train_epoch(net, data, config, objective, opt, run, labels, device=device, workers=workers,
+                            progress=progress)
+        valid = _validate(net, data, config, objective, labels, device=device, workers=workers)
+        improved = run.keep_if_best(net, valid["stop_key"], patience=config.patience)
+        run.train_seconds += time.perf_counter() - started
+        run.history.append({"epoch": run.epoch, "train_loss": sums["loss"] / max(sums["n"], 1),
+                            "train_fairness_term": sums["fair"] / max(sums["n"], 1),
+                            "valid_loss": valid["loss"], "valid_objective": valid["objective"],
+                            "valid_accuracy": valid["accuracy"], "valid_bounded_gap": valid["gap"],
+                            "mu_max": float(run.mu.max()) if len(run.mu) else 0.0, "kept": bool(improved),
+                            "seconds": time.perf_counter() - started})
         if usage_of_run is not None:
-            rss, cuda = usage_of_run()
-            peak_rss = float(np.nanmax([peak_rss, rss]))
-            peak_cuda = cuda if peak_cuda is None else max(peak_cuda, cuda or 0.0)
-        save_checkpoint(checkpoint, {
-            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config_key": key,
-            "config": json.dumps(config.as_dict(), sort_keys=True), "epoch": epoch,
-            "model": _state_on_cpu(net), "optimizer": opt.state_dict(), "multipliers": mu.detach().cpu(),
-            "best_model": best_state, "best_key": [float(v) for v in best_key], "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-            "stopped": stopped, "history": history, "train_seconds": train_seconds, "peak_rss_mb": peak_rss,
-            "peak_cuda_mb": -1.0 if peak_cuda is None else float(peak_cuda)})
+            run.add_usage(*usage_of_run())
+        save_checkpoint(checkpoint, run.checkpoint(key, config, net, opt))
         if delay:
             time.sleep(delay)
-    net.load_state_dict(best_state)
+    net.load_state_dict(run.best_state)
     net.eval()
-    return TrainResult(method=config.method, history=history, best_epoch=best_epoch, epochs_run=epoch,
-                       stopped_early=stopped, train_seconds=train_seconds, resumed_at_epoch=resumed_at,
-                       peak_rss_mb=peak_rss, peak_cuda_mb=peak_cuda, multipliers=[float(m) for m in mu.cpu()])
+    return TrainResult(method=config.method, history=run.history, best_epoch=run.best_epoch, epochs_run=run.epoch,
+                       stopped_early=run.stopped, train_seconds=run.train_seconds, resumed_at_epoch=resumed_at,
+                       peak_rss_mb=run.peak_rss, peak_cuda_mb=run.peak_cuda,
+                       multipliers=[float(m) for m in run.mu.cpu()])
+
+
+@dataclass
+class _Labels:
+    """Every row's label and group code on the training device (batches and validation index them)."""
+
+    y: torch.Tensor
+    groups: torch.Tensor
+
+
+@dataclass
+class _TrainingState:
+    """What training keeps between epochs, and what a checkpoint stores to resume it: the multipliers,
+    the best epoch so far (its weights and stopping key), the early-stopping count, the history, the
+    training time and the peak memory over every run."""
+
+    mu: torch.Tensor
+    best_state: dict
+    history: list = field(default_factory=list)
+    best_key: tuple = (float("inf"),) * 2
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped: bool = False
+    epoch: int = 0  # epochs finished
+    train_seconds: float = 0.0
+    peak_rss: float = float("nan")
+    peak_cuda: float | None = None
+
+    @classmethod
+    def resume(cls, state: dict, net: FairNet, opt, device) -> "_TrainingState":
+        """The state a checkpoint saved; ``net`` and ``opt`` get their saved weights and moments."""
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        return cls(mu=state["multipliers"].to(device), best_state=state["best_model"],
+                   best_epoch=int(state["best_epoch"]), best_key=tuple(float(v) for v in state["best_key"]),
+                   bad_epochs=int(state["bad_epochs"]), stopped=bool(state["stopped"]), epoch=int(state["epoch"]),
+                   history=list(state["history"]), train_seconds=float(state["train_seconds"]),
+                   peak_rss=float(state["peak_rss_mb"]),
+                   peak_cuda=None if state["peak_cuda_mb"] < 0 else float(state["peak_cuda_mb"]))
+
+    def keep_if_best(self, net: FairNet, stop_key: tuple, *, patience: int) -> bool:
+        """Keep ``net``'s weights if this epoch's stopping key is the best so far; else count towards
+        ``patience`` epochs without improvement. Returns whether the epoch was kept."""
+        improved = stop_key < self.best_key
+        if improved:
+            self.best_key, self.best_epoch, self.bad_epochs = stop_key, self.epoch, 0
+            self.best_state = _state_on_cpu(net)
+        else:
+            self.bad_epochs += 1
+            self.stopped = self.bad_epochs >= patience
+        return improved
+
+    def add_usage(self, rss: float, cuda: float | None) -> None:
+        """Fold this run's peak memory into the peaks over every run."""
+        self.peak_rss = float(np.nanmax([self.peak_rss, rss]))
+        self.peak_cuda = cuda if self.peak_cuda is None else max(self.peak_cuda, cuda or 0.0)
+
+    def checkpoint(self, key: str, config: TrainConfig, net: FairNet, opt) -> dict:
+        """What :func:`save_checkpoint` writes after an epoch (:func:`load_checkpoint` checks ``key``)."""
+        return {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config_key": key,
+            "config": json.dumps(config.as_dict(), sort_keys=True), "epoch": self.epoch,
+            "model": _state_on_cpu(net), "optimizer": opt.state_dict(), "multipliers": self.mu.detach().cpu(),
+            "best_model": self.best_state, "best_key": [float(v) for v in self.best_key],
+            "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+            "stopped": self.stopped, "history": self.history, "train_seconds": self.train_seconds,
+            "peak_rss_mb": self.peak_rss, "peak_cuda_mb": -1.0 if self.peak_cuda is None else float(self.peak_cuda)}
+
+
+def _train_epoch(net: FairNet, data: TrainData, config: TrainConfig, objective: TrainingObjective, opt,
+                 run: _TrainingState, labels: _Labels, *, device, workers: int, progress: bool) -> dict:
+    """One pass over the training rows in epoch ``run.epoch``'s batches; the multipliers take a projected
+    ascent step per batch. Returns the summed loss and fairness term and the rows (``loss``, ``fair``, ``n``)."""
+    torch.manual_seed(_epoch_seed(config.seed, run.epoch))  # dropout / drop-connect of this epoch
+    batches = epoch_batches(len(data.train_pos), config.batch_size, seed=config.seed, epoch=run.epoch)
+    positions = [data.train_pos[b] for b in batches]
+    net.train()
+    sums = {"loss": 0.0, "fair": 0.0, "n": 0}
+    with tqdm(total=len(data.train_pos), desc=f"{config.method} epoch {run.epoch}/{config.epochs}", unit="img",
+              disable=not progress, dynamic_ncols=True) as bar:
+        for batch, rows, x in zip(positions, batches, _loader(data.images, positions, workers=workers)):
+            x = x.to(device).contiguous(memory_format=torch.channels_last)
+            index = torch.as_tensor(batch, device=device)
+            yb, gb = labels.y[index], labels.groups[index]
+            z = net(x)
+            obj, loss, fair, viol = objective.batch(z, yb, gb, torch.as_tensor(rows, device=device), run.mu)
+            opt.zero_grad(set_to_none=True)
+            obj.backward()
+            opt.step()
+            if viol is not None:  # projected ascent on the multipliers, with the step's own estimate
+                run.mu = (run.mu + config.dual_lr * viol.detach()).clamp_min(0.0)
+            sums["loss"] += float(loss.detach()) * len(batch)
+            sums["fair"] += float(fair.detach()) * len(batch)
+            sums["n"] += len(batch)
+            bar.update(len(batch))
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}",
+                            **({"mu_max": f"{float(run.mu.max()):.2f}"} if len(run.mu) else {}))
+    return sums
+
+
+def _validate(net: FairNet, data: TrainData, config: TrainConfig, objective: TrainingObjective, labels: _Labels, *,
+              device, workers: int) -> dict:
+    """The network on the validation rows: accuracy, the bounded gap, the loss, the objective and the
+    early-stopping key (:meth:`TrainingObjective.stopping_key`)."""
+    valid_pos = data.valid_pos
+    z_valid = torch.as_tensor(predict_scores(net, data.images, valid_pos, device=device, workers=workers),
+                              dtype=torch.float32, device=device)
+    z_numpy = z_valid.double().cpu().numpy()
+    accuracy = float(np.mean((z_numpy > 0) == (data.y[valid_pos] == 1)))
+    gap = constraint_value(config.constraint, y=data.y[valid_pos], scores=z_numpy,
+                           sensitive_features=data.groups[valid_pos])
+    index = torch.as_tensor(valid_pos, device=device)
+    stop_key, value, loss = objective.stopping_key(z_valid, labels.y[index], labels.groups[index], gap)
+    return {"stop_key": stop_key, "objective": value, "loss": loss, "accuracy": accuracy, "gap": gap}

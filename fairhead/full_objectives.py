@@ -45,6 +45,9 @@ from __future__ import annotations
 import numpy as np
 
 from fairhead_errors import DataError
+from solvers.constraints import GroupLoss, LinearScoreConstraint, MinimaxLoss, RateConstraint, make_constraint
+
+from fairhead.compare import seed_penalty
 
 #: the objectives of whole-network training (module docstring; ``unconstrained``: the loss alone)
 METHODS = ("unconstrained", "penalty", "lagrangian")
@@ -60,8 +63,6 @@ MINIMAX_LAGRANGIAN_MSG = ("constraint 'minimax' has no bound eps, so it has no L
 def batch_penalty(form: str, z: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     """The seed penalty of ``form`` on one batch, over the groups present in it (0 with fewer than two)."""
     import torch
-
-    from fairhead.compare import seed_penalty
 
     present, codes = torch.unique(groups, return_inverse=True)
     if form != "MMF" and len(present) < 2:
@@ -88,8 +89,6 @@ class ConstraintRelaxation:
 
     def __init__(self, constraint, *, y: np.ndarray, groups: np.ndarray, labels, eps: float, device="cpu") -> None:
         import torch
-
-        from solvers.constraints import GroupLoss, LinearScoreConstraint, MinimaxLoss, RateConstraint, make_constraint
 
         cons = make_constraint(constraint)
         if isinstance(cons, MinimaxLoss):

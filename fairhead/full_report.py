@@ -17,8 +17,10 @@ import numpy as np
 from fairhead_io import StagedFiles
 
 from fairhead import provenance
-from fairhead.report import markdown_table
-from fairhead.tables import format_table
+from fairhead.evaluation import GAP_COLUMNS, METRIC_COLUMNS
+from fairhead.measure import BETWEEN_GROUPS, describe_bounded_gap
+from fairhead.plots import finish
+from fairhead.tables import format_table, markdown_table
 
 #: the papers' setting, for readers with a GPU (docs/guide.md: "Full-network baseline")
 PAPERS_SETTING = ("The papers' setting: CelebA (162,770 train images; e.g. target Blond_Hair, sensitive Male), "
@@ -38,9 +40,6 @@ HISTORY_COLUMNS = (("epoch", "epoch"), ("train_loss", "train loss"), ("train_fai
 
 def gap_metric(constraint: str) -> tuple[str, str]:
     """``(metric key, short name)`` of the between-groups gap of the constraint's family."""
-    from fairhead.measure import BETWEEN_GROUPS
-    from fairhead.pipeline import METRIC_COLUMNS
-
     key = BETWEEN_GROUPS[constraint]
     return key, dict(METRIC_COLUMNS)[key]
 
@@ -63,9 +62,6 @@ def side_by_side(result) -> list[dict]:
 
 
 def legend(result) -> list[str]:
-    from fairhead.measure import describe_bounded_gap
-    from fairhead.sweep import GAP_COLUMNS
-
     key, short = gap_metric(result.constraint)
     return [f"{short}: {GAP_COLUMNS.get(key, key)}",
             f"bounded: the constraint's own gap, {describe_bounded_gap(result.constraint)}",
@@ -121,8 +117,6 @@ def plot_gaps(result, path: Path, *, staged=None) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from fairhead.plots import finish
 
     key, short = gap_metric(result.constraint)
     names = [m.name for m in result.models]

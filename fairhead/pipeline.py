@@ -12,6 +12,7 @@ so the same pipeline is available from Python::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import sys
@@ -22,8 +23,24 @@ from typing import Any
 import numpy as np
 
 from fairhead_errors import DataError
+from fairhead_io import check_file_target, check_own_outputs, contains, ensure_output_folder, starts_with
+from solvers import metrics
+from solvers.intervals import check_confidence
+from solvers.out_of_core import RowChunks
+from solvers.persistence import check_head_path, save_head
+from solvers.problem import encoded_groups
 
+from fairhead import presets, provenance
+from fairhead.data_parallel import shard_features
+# evaluating a head is fairhead.evaluation's; these names stay importable from here
+from fairhead.evaluation import METRIC_COLUMNS, evaluate_head, metric_rows, sensitive_arg  # noqa: F401
+from fairhead.measure import BETWEEN_GROUPS, describe_bounded_gap
+from fairhead.progress_bar import ticking
 from fairhead.tables import format_table
+from fairhead.uncertainty import interval_columns
+
+# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s) and solvers.estimator /
+# solvers.path (scikit-learn, scipy.stats: about 2 s); a command that does not need them does not pay for them.
 
 NO_SENSITIVE_MSG = "cache '{path}' has no sensitive attribute; a fair head needs at least one (re-extract with --sensitive)"
 UNKNOWN_ATTRIBUTE_MSG = "sensitive attribute {name!r} is not in cache '{path}' (it has: {have}); pick one of those"
@@ -49,11 +66,9 @@ CELEBA_SENSITIVE_DEFAULT = ("Male",)
 # --------------------------------------------------------------------------- sources -> cache
 def source_from_args(args: argparse.Namespace):
     """Build the :mod:`embedcache` source named by the CLI's source options."""
-    from embedcache import sources
+    from embedcache import sources  # deferred here and below: embedcache imports torch (1-2 s)
 
     if args.preset:
-        from fairhead import presets
-
         return presets.source_from_preset(args.preset, root=args.root, target=args.target,
                                           sensitive=args.sensitive)
     if args.celeba:
@@ -98,7 +113,6 @@ def generate_dataset(out: Path, **synthetic_params) -> Path:
     """Write the generated default dataset as image files plus a CSV manifest; return the manifest."""
     from embedcache.sources import write_synthetic_dataset
     from embedcache.sources.synthetic import LABEL_NAME, SENSITIVE_NAME
-    from fairhead_io import check_own_outputs, contains, ensure_output_folder, starts_with
 
     ensure_output_folder(out, flag="--out")  # a file or a read-only folder fails before any image is drawn
     # a manifest.csv or dataset.json that was not generated (a user's own dataset) is never replaced
@@ -152,8 +166,6 @@ def cache_info(path: Path) -> dict[str, Any]:
     """What ``fairhead info --json`` prints: the provenance, the shape and every non-empty
     (split, group, label) count."""
     import embedcache
-
-    from fairhead import provenance
 
     with embedcache.open(path) as cache:
         table = cache.count_table()
@@ -214,8 +226,6 @@ class SplitArrays:
 
     def take(self, idx) -> "SplitArrays":
         """The rows ``idx`` (positions or a boolean mask), in that order."""
-        import dataclasses
-
         # every per-row field is indexed and every other field kept (n_classes, the label's name and categories)
         return dataclasses.replace(self, X=self.X[idx], y=self.y[idx], groups=self.groups[idx],
                                    sample_ids=self.sample_ids[idx])
@@ -227,8 +237,6 @@ class SplitArrays:
 
         Built and encoded once per instance (read-only, :class:`solvers.problem.EncodedGroups`):
         every metric call of a sweep reuses the codes instead of re-sorting the names."""
-        from solvers.problem import encoded_groups
-
         parts = [np.asarray([f"{a}={c}" for c in self.categories[a]], dtype=object)[self.groups[:, j]]
                  for j, a in enumerate(self.attributes)]
         if len(parts) == 1:
@@ -291,14 +299,10 @@ def load_arrays(cache, splits, attributes=None, *, pos_label=None, max_memory=No
     groups = np.stack([np.asarray(data.sensitive[a]) for a in attributes], axis=1)
     y = np.asarray(data.labels)
     if parallel is not None:
-        from fairhead.data_parallel import shard_features
-
         X = shard_features(cache, np.asarray(data.rows), parallel, max_memory=max_memory)
     elif max_memory is None:
         X = np.asarray(data.features)
     else:
-        from solvers import RowChunks
-
         X = RowChunks(cache.path, data.rows, dataset=cache.features_key, max_memory=max_memory)
     check_finite_features(X, np.asarray(data.sample_ids), split=splits, path=cache.path)
     return SplitArrays(
@@ -324,11 +328,6 @@ def check_finite_features(X, sample_ids: np.ndarray, *, split, path) -> None:
                                                       first=str(sample_ids[first])))
 
 
-def sensitive_arg(arrays: SplitArrays) -> np.ndarray:
-    """The ``sensitive_features`` argument: :attr:`SplitArrays.group_names`."""
-    return arrays.group_names
-
-
 def fit_head(head, arrays: SplitArrays, *, split: str):
     """``head.fit`` on ``arrays``; a data error (e.g. a group too small) also names the split."""
     if arrays.n_classes > 2:
@@ -341,57 +340,6 @@ def fit_head(head, arrays: SplitArrays, *, split: str):
         return head.fit(arrays.X, arrays.y, sensitive_features=sensitive_arg(arrays))
     except DataError as err:
         raise DataError(f"fitting on the {split!r} rows: {err}") from err
-
-
-# --------------------------------------------------------------------------- head -> metrics
-def evaluate_head(head, arrays: SplitArrays, *, bounded: bool = False) -> dict[str, float]:
-    """All scalar metrics of :func:`solvers.metrics.evaluate` for ``head`` on ``arrays``.
-
-    ``bounded=True`` adds ``constraint_value``: the head's bounded gap on these rows, under
-    its ``balance`` weights (:func:`fairhead.measure.constraint_value`).
-    """
-    from solvers import metrics
-
-    proba = head.predict_proba(arrays.X)
-    out = metrics.evaluate(
-        arrays.y, head.predict(arrays.X), sensitive_features=sensitive_arg(arrays),
-        y_score=proba if arrays.n_classes > 2 else proba[:, 1], classes=arrays.classes,
-    )
-    if bounded and head.constraint not in (None, "none"):
-        from fairhead.measure import constraint_value
-
-        out["constraint_value"] = constraint_value(head.constraint, y=arrays.y, scores=head.decision_function(arrays.X),
-                                                   sensitive_features=sensitive_arg(arrays), balance=head.balance)
-    return out
-
-
-#: the columns of every per-split table, in order (metric key, header)
-METRIC_COLUMNS = (
-    ("accuracy", "acc"),
-    ("balanced_accuracy", "bal_acc"),
-    ("roc_auc", "auc"),
-    ("demographic_parity_difference", "dp_diff"),
-    ("equalized_odds_difference", "eo_diff"),
-    ("equal_opportunity_difference", "eopp_diff"),
-    ("accuracy_equality_difference", "acc_eq_diff"),
-    ("worst_group_accuracy", "worst_group_accuracy"),
-    ("worst_cell_accuracy", "worst_cell_acc"),
-)
-
-
-def _ci(m: dict, key: str) -> str:
-    lo, hi = m.get(f"{key}_low"), m.get(f"{key}_high")
-    return "" if lo is None else f"[{lo:.3f}, {hi:.3f}]"
-
-
-def metric_rows(per_split: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
-    """One row per split; ``acc_ci`` / ``eo_diff_ci`` are the intervals when the metrics carry them."""
-    bounded = any("constraint_value" in m for m in per_split.values())
-    with_ci = any("accuracy_low" in m for m in per_split.values())
-    return [{"split": split, **({"constraint_value": m.get("constraint_value", float("nan"))} if bounded else {}),
-             **{h: m.get(k, float("nan")) for k, h in METRIC_COLUMNS},
-             **({"acc_ci": _ci(m, "accuracy"), "eo_diff_ci": _ci(m, "equalized_odds_difference")} if with_ci else {})}
-            for split, m in per_split.items()]
 
 
 @dataclass
@@ -409,8 +357,6 @@ class FitResult:
 
     def gap_lines(self) -> list[str]:
         """The bounded gap and the between-groups difference on the fit split, each labelled."""
-        from fairhead.measure import BETWEEN_GROUPS, describe_bounded_gap
-
         cert = self.head.certificate_
         name = cert.constraint
         if name is None or self.fit_metrics is None:
@@ -439,8 +385,6 @@ class FitResult:
     def to_json(self) -> dict:
         """What ``fairhead fit --json`` prints: the head, its certificate, every split's metrics
         (the sweep's names: ``constraint_value``, ``worst_group_accuracy``, ``*_low`` / ``*_high``)."""
-        from fairhead import provenance
-
         head = self.head
         return provenance.strict_json({
             "constraint": head.certificate_.constraint, "eps": head.eps, "C": head.C, "balance": head.balance,
@@ -462,6 +406,22 @@ class FitResult:
         if self.saved_to:
             lines.append(f"saved head to {self.saved_to}")
         return "\n".join(lines)
+
+
+def backbone_provenance(cache) -> dict[str, Any]:
+    """The backbone fields of an open cache, under :class:`embedcache.BackboneSpec`'s names."""
+    from embedcache.store import schema  # deferred: embedcache imports torch (1-2 s)
+
+    prov = cache.provenance
+    return {
+        "arch": prov.get(schema.BACKBONE_ARCH_ATTR),
+        "weights": prov.get(schema.BACKBONE_WEIGHTS_ATTR),
+        "weights_sha256": prov.get(schema.WEIGHTS_SHA256_ATTR, ""),
+        "preprocessing": prov.get(schema.PREPROCESSING_ATTR),
+        "feature_node": prov.get(schema.FEATURE_NODE_ATTR),
+        "feature_dim": int(cache.feature_dim),
+        "feature_dtype": cache.feature_dtype,
+    }
 
 
 def label_provenance(cache, pos_label=None) -> dict[str, Any]:
@@ -491,16 +451,13 @@ def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None
     ``progress`` shows a bar over the steps (reading, the fit, each evaluated split), its clock
     running during a long fit.
     """
-    from solvers.intervals import check_confidence
-    from tqdm.auto import tqdm
-
-    from fairhead.compare import _ticking
+    from tqdm.auto import tqdm  # deferred: 40 ms that `fairhead --help` would pay
 
     confidence = check_confidence(confidence)
     show = progress and (parallel is None or parallel.writes)
     # on a terminal only (disable=None): a log or a pipe gets the result and one-line errors, not bar frames
     bar = tqdm(total=3, desc="fit", unit="step", disable=None if show else True, dynamic_ncols=True)
-    with bar, _ticking(bar):
+    with bar, ticking(bar):
         return _fit_on_cache(bar, cache_path, fit_split=fit_split, eval_splits=eval_splits, attributes=attributes,
                              save=save, pos_label=pos_label, confidence=confidence, max_memory=max_memory,
                              parallel=parallel, head_params=head_params)
@@ -509,12 +466,7 @@ def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None
 def _fit_on_cache(bar, cache_path, *, fit_split, eval_splits, attributes, save, pos_label, confidence, max_memory,
                   parallel, head_params) -> FitResult:
     import embedcache
-    from fairhead.predict import backbone_provenance
-    from fairhead_io import check_file_target
-    from solvers import FairLogisticRegression, metrics, save_head
-    from solvers.persistence import check_head_path
-
-    from fairhead.uncertainty import interval_columns
+    from solvers.estimator import FairLogisticRegression  # deferred: sklearn, scipy.stats (about 2 s)
 
     bar.set_postfix_str(f"reading '{cache_path}'")
     with embedcache.open(cache_path) as cache:
@@ -537,7 +489,7 @@ def _fit_on_cache(bar, cache_path, *, fit_split, eval_splits, attributes, save, 
                                                                           parallel=parallel)
                      for split in splits}
         fingerprint = cache.fingerprint
-        provenance = {"backbone": backbone_provenance(cache), "label": label_provenance(cache, pos_label),
+        head_extra = {"backbone": backbone_provenance(cache), "label": label_provenance(cache, pos_label),
                       "categories": {a: list(train.categories[a]) for a in train.attributes}}
     bar.total = 2 + len(evaluated)
     bar.update(1)
@@ -558,6 +510,6 @@ def _fit_on_cache(bar, cache_path, *, fit_split, eval_splits, attributes, save, 
     if parallel is None or parallel.writes:
         save_head(head, save, cache_fingerprint=fingerprint,
                   extra={"fit_split": fit_split, "attributes": list(train.attributes), "cache": str(cache_path),
-                         **provenance})
+                         **head_extra})
     return FitResult(head=head, fit_split=fit_split, metrics=per_split, saved_to=Path(save), fit_metrics=fit_metrics,
                      undefined_rates={s: v for s, v in undefined.items() if v})

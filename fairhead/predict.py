@@ -27,7 +27,18 @@ from typing import Any
 import numpy as np
 
 from fairhead_errors import BackboneError, DataError
-from fairhead_io import by_signature, starts_with
+from fairhead_io import StagedFiles, atomic_open, atomic_write_text, by_signature, check_output_file, starts_with
+from fairhead_options import check_batch_size, check_device
+from solvers import load_head, metrics
+
+from fairhead.evaluation import metric_rows
+from fairhead.pipeline import backbone_provenance
+from fairhead.provenance import strict_json
+from fairhead.tables import format_table
+from fairhead.uncertainty import interval_columns
+
+# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s); a command that does not need
+# them does not pay for them.
 
 #: image files ``ImageFolder`` picks up (lower-case suffixes)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -65,23 +76,6 @@ LABEL_MISMATCH_MSG = (
     "the new data's label {name!r} has categories {got} but the head was fit on {expected}; "
     "encode the label the same way (or pass --pos-label at fit time to pick the positive class)"
 )
-
-
-# --------------------------------------------------------------------------- provenance
-def backbone_provenance(cache) -> dict[str, Any]:
-    """The backbone fields of an open cache, under :class:`embedcache.BackboneSpec`'s names."""
-    from embedcache.store import schema
-
-    prov = cache.provenance
-    return {
-        "arch": prov.get(schema.BACKBONE_ARCH_ATTR),
-        "weights": prov.get(schema.BACKBONE_WEIGHTS_ATTR),
-        "weights_sha256": prov.get(schema.WEIGHTS_SHA256_ATTR, ""),
-        "preprocessing": prov.get(schema.PREPROCESSING_ATTR),
-        "feature_node": prov.get(schema.FEATURE_NODE_ATTR),
-        "feature_dim": int(cache.feature_dim),
-        "feature_dtype": cache.feature_dtype,
-    }
 
 
 #: the stored feature dtypes a cache may have (embedcache's FEATURE_DTYPES plus float64 for imported tables)
@@ -229,7 +223,7 @@ def compute_features(source, backbone, *, rows=None, batch_size: int = 64, devic
     """Penultimate features (n, D) float32 of ``source``'s images (all rows, or ``rows``)."""
     import torch
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # deferred: 40 ms that `fairhead --help` would pay
 
     idx = np.arange(len(source)) if rows is None else np.asarray(rows)
     torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
@@ -286,8 +280,6 @@ class Predictions:
         Written through a temporary file beside ``path`` (fsynced, renamed; removed on failure); with
         ``staged`` (a :class:`fairhead_io.StagedFiles`) it is replaced together with the other staged files.
         """
-        from fairhead_io import atomic_open
-
         path = Path(path)
         rows = self.rows()
         with (staged.open(path, "w", newline="") if staged is not None else atomic_open(path, "w", newline="")) as fh:
@@ -297,8 +289,6 @@ class Predictions:
         return path
 
     def summary(self) -> str:
-        from fairhead.tables import format_table
-
         if len(self.class_names) > 2:
             shares = np.bincount(np.asarray(self.predictions, dtype=np.int64), minlength=len(self.class_names))
             shares = shares / max(len(self.predictions), 1)
@@ -308,8 +298,6 @@ class Predictions:
             positive = float(np.mean(self.predictions)) if len(self.predictions) else float("nan")
             lines = [f"{len(self.ids)} images; predicted {self.class_names[1]!r} for {positive:.1%}"]
         if self.metrics:
-            from fairhead.pipeline import metric_rows
-
             lines.append(format_table(metric_rows(self.metrics)))
         return "\n".join(lines)
 
@@ -353,9 +341,6 @@ def predict_images(head_path, source, *, backbone=None, weights_file=None, split
     splits : list of str, optional
         Only these splits of a labelled source (default: every row).
     """
-    from fairhead_options import check_batch_size, check_device
-    from solvers import load_head, metrics
-
     batch_size = check_batch_size(batch_size, flag="--batch-size")
     device = check_device(device, flag="--device")
     if splits and (getattr(source, "columns", None) or {}).get("split", "") is None:
@@ -366,29 +351,13 @@ def predict_images(head_path, source, *, backbone=None, weights_file=None, split
         backbone = rebuild_backbone(prov, path=head_path, weights_file=weights_file)
     else:
         check_backbone(backbone, prov, path=head_path, by_file=True)
-    rows = None
     source_splits = getattr(source, "splits", None)
-    if splits and source_splits is None:
-        raise DataError(NO_SPLITS_MSG.format(splits=" ".join(splits)))
-    if splits:
-        rows = np.flatnonzero(np.isin(np.asarray(source_splits, dtype=str), list(splits)))
-        if not len(rows):
-            have = ", ".join(sorted(set(map(str, source_splits))))
-            raise DataError(NO_ROWS_IN_SPLIT_MSG.format(splits=", ".join(splits), have=have))
+    rows = _rows_of_splits(source_splits, splits)
     features = compute_features(source, backbone, rows=rows, batch_size=batch_size, device=device,
                                 num_workers=num_workers, progress=progress)
     stored = prov.get("feature_dtype", "float32")
     X = features.astype(stored).astype(np.float64)  # the precision the head was fit on
-    scores = head.decision_function(X)
-    if scores.ndim == 2:  # a K-class head: the predicted class, its logit and its probability
-        pred = np.argmax(scores, axis=1)
-        proba_k = head.predict_proba(X)
-        proba_all, proba = proba_k, proba_k[np.arange(len(pred)), pred]
-        scores = scores[np.arange(len(pred)), pred]
-    else:
-        proba = proba_all = head.predict_proba(X)[:, 1]
-        pred = (scores > 0).astype(np.int64)
-    classes = np.arange(len(head.classes_)) if len(head.classes_) > 2 else None
+    scores, proba, proba_all, pred = _head_outputs(head, X)
     take = (lambda a: np.asarray(a) if rows is None else np.asarray(a)[rows])
     extra = getattr(head, "extra_", None) or {}
     label = extra.get("label") or {}
@@ -402,32 +371,66 @@ def predict_images(head_path, source, *, backbone=None, weights_file=None, split
         result.groups = {name: take(values) for name, values in groups.items()}
         result.splits = take(source_splits) if source_splits is not None else None
         if result.groups:
-            # one readable name per row, "attr=value[,attr=value]", as the fit named the groups
-            sensitive = np.asarray([",".join(f"{a}={v}" for a, v in zip(result.groups, row))
-                                    for row in zip(*result.groups.values())], dtype=object)
-            from fairhead.uncertainty import interval_columns
-
-            def measured(rows):  # the metrics with their 0.95 intervals (accuracy, the gaps, worst group)
-                values = metrics.evaluate(result.labels[rows], pred[rows], sensitive_features=sensitive[rows],
-                                          y_score=proba_all[rows], classes=classes)
-                values.update(interval_columns(result.labels[rows], pred[rows], sensitive[rows], 0.95, classes=classes))
-                return values
-
-            result.metrics = {"all": measured(np.ones(len(pred), dtype=bool))}
-            if result.splits is not None and len(set(result.splits)) > 1:
-                for split in sorted(set(result.splits)):
-                    m = np.asarray(result.splits == split)
-                    if len(set(sensitive[m])) > 1:  # group metrics need two groups in the split
-                        result.metrics[split] = measured(m)
+            classes = np.arange(len(head.classes_)) if len(head.classes_) > 2 else None
+            result.metrics = _group_metrics(result, proba_all, classes)
     return result
+
+
+def _rows_of_splits(source_splits, splits) -> np.ndarray | None:
+    """The source's rows in ``splits`` (``None``: every row), refusing splits it does not have."""
+    if splits and source_splits is None:
+        raise DataError(NO_SPLITS_MSG.format(splits=" ".join(splits)))
+    if not splits:
+        return None
+    rows = np.flatnonzero(np.isin(np.asarray(source_splits, dtype=str), list(splits)))
+    if not len(rows):
+        have = ", ".join(sorted(set(map(str, source_splits))))
+        raise DataError(NO_ROWS_IN_SPLIT_MSG.format(splits=", ".join(splits), have=have))
+    return rows
+
+
+def _head_outputs(head, X: np.ndarray):
+    """``(scores, probabilities, all probabilities, predictions)`` of ``head`` on ``X``: for a K-class
+    head the predicted class, its logit and its probability (all probabilities: every class's)."""
+    scores = head.decision_function(X)
+    if scores.ndim == 2:
+        pred = np.argmax(scores, axis=1)
+        proba_k = head.predict_proba(X)
+        proba_all, proba = proba_k, proba_k[np.arange(len(pred)), pred]
+        scores = scores[np.arange(len(pred)), pred]
+    else:
+        proba = proba_all = head.predict_proba(X)[:, 1]
+        pred = (scores > 0).astype(np.int64)
+    return scores, proba, proba_all, pred
+
+
+def _group_metrics(result: Predictions, proba_all: np.ndarray, classes) -> dict[str, dict]:
+    """The metrics with their 0.95 intervals (accuracy, the gaps, worst group) on every labelled row
+    (``all``) and on each split that has two groups."""
+    # one readable name per row, "attr=value[,attr=value]", as the fit named the groups
+    sensitive = np.asarray([",".join(f"{a}={v}" for a, v in zip(result.groups, row))
+                            for row in zip(*result.groups.values())], dtype=object)
+    pred = result.predictions
+
+    def measured(rows):
+        values = metrics.evaluate(result.labels[rows], pred[rows], sensitive_features=sensitive[rows],
+                                  y_score=proba_all[rows], classes=classes)
+        values.update(interval_columns(result.labels[rows], pred[rows], sensitive[rows], 0.95, classes=classes))
+        return values
+
+    out = {"all": measured(np.ones(len(pred), dtype=bool))}
+    if result.splits is not None and len(set(result.splits)) > 1:
+        for split in sorted(set(result.splits)):
+            m = np.asarray(result.splits == split)
+            if len(set(sensitive[m])) > 1:  # group metrics need two groups in the split
+                out[split] = measured(m)
+    return out
 
 
 def write_metrics(result: Predictions, path, *, staged=None) -> Path | None:
     """The group metrics as strict JSON next to the predictions (only when labels were known), atomically."""
     if not result.metrics:
         return None
-    from fairhead.provenance import strict_json
-    from fairhead_io import atomic_write_text
 
     path = Path(path)
     text = json.dumps(strict_json(result.metrics), indent=1, allow_nan=False)
@@ -452,8 +455,6 @@ def metrics_path(out) -> Path:
 def check_prediction_targets(out, *, inputs: dict | None = None) -> tuple[Path, Path]:
     """The output policy before any image is read: ``out`` and its metrics file may be written
     (never a folder, the head, the manifest, a cache or a user's own CSV or JSON)."""
-    from fairhead_io import check_output_file
-
     out = check_output_file(out, PREDICTIONS_KIND, flag="--out", inputs=inputs)
     metrics = metrics_path(out)
     check_output_file(metrics, METRICS_KIND, flag="--out's metrics file", inputs=inputs)
@@ -462,8 +463,6 @@ def check_prediction_targets(out, *, inputs: dict | None = None) -> tuple[Path, 
 
 def write_predictions(result: Predictions, out) -> tuple[Path, Path | None]:
     """The table and its metrics, replaced together (a kill leaves the old pair or the new one)."""
-    from fairhead_io import StagedFiles
-
     out = Path(out)
     with StagedFiles() as staged:
         result.write_csv(out, staged=staged)

@@ -11,6 +11,9 @@ from pathlib import Path
 
 from fairhead_errors import DataError
 
+# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s); a command that does not need
+# them does not pay for them.
+
 #: shipped as package data, so a wheel install (not only a source checkout) has them
 PRESET_DIR = Path(__file__).resolve().parent / "presets_data"
 UNKNOWN_PRESET_MSG = "unknown preset {name!r} (known: {known}); run `fairhead presets` to list them"

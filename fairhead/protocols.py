@@ -32,7 +32,9 @@ split it never saw besides test) with the upper confidence bound there, and on t
 
 from __future__ import annotations
 
+import csv
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,14 +42,17 @@ import numpy as np
 
 from fairhead_errors import DataError
 from fairhead_io import PNG_BY_MATPLOTLIB, StagedFiles, check_own_outputs, contains, ensure_output_folder, starts_with
-
-from solvers.constraints import CONSTRAINTS
+from solvers.constraints import CONSTRAINTS, make_constraint
+from solvers.intervals import check_confidence
 
 from fairhead import pipeline, provenance
 from fairhead.measure import constraint_value, describe_bounded_gap
 from fairhead.tables import format_table
 from fairhead.uncertainty import (INTERVAL_LEGEND, interval_columns, overfitting_metric, overfitting_row,
                                   overfitting_section, plot_overfitting)
+
+# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s) and solvers.estimator /
+# solvers.path (scikit-learn, scipy.stats: about 2 s); a command that does not need them does not pay for them.
 
 PROTOCOLS = ("B1", "B2", "B3", "M1", "M2")
 #: the files written into --out, with the first bytes that mark them as fairhead's own
@@ -200,8 +205,6 @@ class ProtocolTable:
                                        "overfitting": self.overfitting(), "provenance": self.provenance})
 
     def write(self, out: Path) -> dict[str, Path]:
-        import csv
-
         out = ensure_output_folder(out, flag="--out")
         check_own_outputs(out, PROTOCOL_OUTPUTS, flag="--out")
         csv_path, json_path = out / "protocols.csv", out / "protocols.json"
@@ -274,8 +277,6 @@ def _fit_quietly(head, arrays, *, split: str) -> None:
     """Fit ``head``. The ConvergenceWarning of a bound the multiplier path cannot meet is not printed:
     the table says it in its own words (``eps_met``, :data:`MISSED_NOTE`). Every other warning
     (a solver that did not converge) is shown as it would have been."""
-    import warnings
-
     from sklearn.exceptions import ConvergenceWarning
 
     with warnings.catch_warnings(record=True) as caught:
@@ -319,11 +320,9 @@ def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, see
     ``progress`` shows a bar over the five fits. The table's ``provenance`` (written to
     ``protocols.json``) records the constraint, eps, seed, the cache's fingerprint and the versions.
     """
+    from tqdm.auto import tqdm  # deferred: 40 ms that `fairhead --help` would pay
     import embedcache
     from solvers import FairLogisticRegression
-    from solvers.constraints import make_constraint
-    from solvers.intervals import check_confidence
-    from tqdm.auto import tqdm
 
     if constraint in (None, "none"):
         raise DataError("protocols M1 and M2 need a constraint; pass --constraint eo (or another)")

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import platform
+
+import numpy as np
+
+# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s); a command that does not need
+# them does not pay for them.
 
 PACKAGES = ("fairhead", "torch", "torchvision", "cvxpy", "clarabel", "scs", "numpy", "scipy",
             "scikit-learn", "h5py", "fairlearn", "matplotlib")
@@ -34,10 +40,6 @@ def collect(*, seed=None, extra=None) -> dict:
 def strict_json(value):
     """``value`` with NaN and infinities as ``None`` and numpy scalars as Python numbers, so that
     every JSON parser (not only Python's) reads the result files."""
-    import math
-
-    import numpy as np
-
     if isinstance(value, dict):
         return {str(k): strict_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

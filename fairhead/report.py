@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from fairhead_io import atomic_write_text
 from solvers.constraints import CONSTRAINTS
+
+from fairhead import compare, uncertainty
+from fairhead.tables import markdown_table
+from fairhead.uncertainty import GAP_OF_METRIC
 
 REPORT_COLUMNS = (
     ("method", "method"), ("eps", "eps"), ("alpha", "alpha"), ("split", "split"), ("accuracy", "acc"),
@@ -18,22 +22,6 @@ REPORT_COLUMNS = (
     ("worst_cell_accuracy", "worst cell acc"),
     ("eps_met", "eps_met"), ("fit_time_s", "time (s)"),
 )
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.4f}"
-    return "" if value is None else str(value)
-
-
-def markdown_table(rows: Sequence[Mapping[str, Any]], columns=None) -> str:
-    """A GitHub-flavoured Markdown table; ``columns`` is a list of ``(key, header)``."""
-    if not rows:
-        return "_no rows_"
-    columns = list(columns or [(k, k) for k in rows[0].keys()])
-    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(row.get(k)) for k, _ in columns) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _headline(result) -> list[str]:
@@ -113,8 +101,6 @@ def recommendation(result, *, sweep_dir=None) -> list[str]:
     rounded up to 0.01; the recommended head is the most accurate one on that split whose bound is
     within it. ``fairhead select`` recomputes the bounds and decides (its fixed-sequence test may
     stop before that head)."""
-    from fairhead.uncertainty import GAP_OF_METRIC
-
     over = result.overfitting()
     cert, gap = over.get("cert_split"), GAP_OF_METRIC.get(over["metric"])
     title = ["## Recommended head and next step", ""]
@@ -150,8 +136,6 @@ def _legend(result) -> list[str]:
 
 def _fronts(result) -> list[str]:
     """The front comparison (best test accuracy at test gap <= t), when several methods ran."""
-    from fairhead import compare
-
     if "test" not in result.split_sizes or len({r.method for r in result.records}) < 2:
         return []
     table = compare.front_table(result.fronts("test"))
@@ -184,7 +168,6 @@ def sweep_report_text(result, files: Mapping[str, Path], meta: Mapping[str, Any]
                          ("group_rates_plot", "Selection rate, TPR and FPR per group, with exact intervals")):
         if key in files:
             parts += [f"## {caption}", "", f"![{caption}]({Path(files[key]).name})", ""]
-    from fairhead import uncertainty
 
     over = result.overfitting()
     parts += uncertainty.overfitting_section(over["rows"], fit_split=result.fit_split, cert_split=over["cert_split"],

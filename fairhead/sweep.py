@@ -26,10 +26,10 @@ one check each).
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import json
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -39,12 +39,23 @@ from typing import Any
 import numpy as np
 
 from fairhead_errors import DataError
-from fairhead_io import (PNG_BY_MATPLOTLIB, StagedFiles, atomic_write_text, check_own_outputs, contains,
-                         ensure_output_folder, naming_the_file, starts_with)
+from fairhead_io import (PNG_BY_MATPLOTLIB, StagedFiles, atomic_write_bytes, atomic_write_text, check_own_outputs,
+                         contains, ensure_output_folder, naming_the_file, starts_with)
+from solvers.certificate import Certificate
+from solvers.constraints import make_constraint
+from solvers.intervals import check_confidence
+from solvers.metrics import undefined_rates
 
-from fairhead import pipeline, provenance
-from fairhead.measure import constraint_value, describe_bounded_gap
+from fairhead import certify, pipeline, provenance, report, uncertainty
+from fairhead import compare as baselines  # `compare` is run_sweep's list of baselines
+from fairhead import plots as plotting  # `plots` is run_sweep's flag
+from fairhead.data_parallel import COMPARE_MSG
+from fairhead.evaluation import GAP_COLUMNS, HeadRecord, evaluate_predictor, head_coef, head_intercept
+from fairhead.measure import BETWEEN_GROUPS, constraint_value, describe_bounded_gap
 from fairhead.tables import format_table
+
+# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s) and solvers.estimator /
+# solvers.path (scikit-learn, scipy.stats: about 2 s); a command that does not need them does not pay for them.
 
 BAD_GRID_MSG = "eps grid must hold finite values >= 0; got {grid}; pass e.g. --eps-grid 0.1 0.05 0.02 0"
 BAD_N_EPS_MSG = "--n-eps must be an integer >= 2 (a sweep runs from the inactive bound down to the tightest); got {n}"
@@ -82,32 +93,6 @@ SWEEP_OUTPUTS = {
     PROGRESS_FILE: lambda head: head.startswith(b'{"config_key"') or b'{"config_key"'.startswith(head),
 }
 
-#: per-split metric columns written for each head (metric key in solvers.metrics.evaluate -> column)
-SWEEP_METRICS = (
-    "accuracy", "balanced_accuracy", "roc_auc",
-    "demographic_parity_difference", "demographic_parity_ratio",
-    "equalized_odds_difference", "equalized_odds_ratio",
-    "equal_opportunity_difference", "accuracy_equality_difference",
-    "worst_group_accuracy", "worst_cell_accuracy", "expected_calibration_error",
-)
-
-
-#: what the gap columns of the table measure (``sweep.json`` ``columns``; the report's legend)
-GAP_COLUMNS = {
-    "constraint_value": "the quantity eps bounds on the fit split: {bounded}",
-    "demographic_parity_difference": "fairlearn's between-groups difference max_g P(yhat=1|g) - min_g P(yhat=1|g), "
-                                     "unit weights",
-    "equalized_odds_difference": "fairlearn's between-groups difference, the larger of the TPR and FPR "
-                                 "max_g - min_g, unit weights",
-    "equal_opportunity_difference": "fairlearn's between-groups TPR difference max_g - min_g, unit weights",
-    "accuracy_equality_difference": "between-groups accuracy difference max_g - min_g, unit weights",
-    "worst_group_accuracy": "max-min fairness: the smallest accuracy over sensitive groups",
-    "worst_cell_accuracy": "the smallest accuracy over (label, group) cells",
-}
-#: a score head's violation above this (the solvers' tolerance scale) counts as a missed bound
-MISSED_VIOLATION = 1e-5
-
-
 def default_eps_grid(inactive_value: float, n_eps: int, *, floor: float = 0.0) -> np.ndarray:
     """``n_eps`` bounds from ``inactive_value`` down to ``floor``, denser near the floor.
 
@@ -125,39 +110,6 @@ def check_grid(grid) -> np.ndarray:
     if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid < 0):
         raise DataError(BAD_GRID_MSG.format(grid="[" + ", ".join(f"{g:g}" for g in grid) + "]"))
     return np.sort(grid)[::-1]  # loose to tight, so each warm start moves a little
-
-
-@dataclass
-class HeadRecord:
-    """One fitted head of a sweep: its parameters, certificate and per-split metrics."""
-
-    method: str
-    eps: float
-    coef: list  # one list per class for a K-class head
-    intercept: float | list
-    certificate: dict
-    metrics: dict[str, dict[str, float]]  # split -> metric -> value
-    wall_time: float
-    notes: str = ""
-    alpha: float | None = None  # the penalty weight of a penalty baseline
-
-    @property
-    def missed_bound(self) -> bool:
-        """Whether this head misses its own bound on the fit split (per its certificate)."""
-        cert = self.certificate or {}
-        if cert.get("eps_met") is False:
-            return True
-        return cert.get("eps") is not None and float(cert.get("max_violation") or 0.0) > MISSED_VIOLATION
-
-    def rows(self, constraint_name: str) -> list[dict[str, Any]]:
-        return [
-            {"method": self.method, "constraint": constraint_name, "eps": self.eps,
-             "alpha": float("nan") if self.alpha is None else float(self.alpha), "split": split,
-             **values, "fit_time_s": self.wall_time,
-             "eps_met": self.certificate.get("eps_met"), "status": self.certificate.get("status"),
-             "notes": self.notes}
-            for split, values in self.metrics.items()
-        ]
 
 
 @dataclass
@@ -187,8 +139,6 @@ class SweepResult:
 
     def overfitting(self) -> dict:
         """Per head: the gap on the fit split, on the held-out split (with its bound) and on test."""
-        from fairhead import uncertainty
-
         metric = uncertainty.overfitting_metric(self.constraint)
         cert = uncertainty.certification_split(self.split_sizes, self.fit_split)
         return {"metric": metric, "fit_split": self.fit_split, "cert_split": cert, "confidence": self.confidence,
@@ -205,17 +155,12 @@ class SweepResult:
         ``family_only`` keeps the gap of the swept constraint's family (DP for ``dp``, EO for ``eo``)
         when it is one of them.
         """
-        from fairhead import compare
-        from fairhead.measure import BETWEEN_GROUPS
-
-        gaps = compare.FRONT_GAPS
+        gaps = baselines.FRONT_GAPS
         if family_only:
             gaps = tuple(g for g in gaps if g[0] == BETWEEN_GROUPS.get(self.constraint)) or gaps
-        return compare.fronts(self.rows, split=split, n=self.split_sizes.get(split), gaps=gaps)
+        return baselines.fronts(self.rows, split=split, n=self.split_sizes.get(split), gaps=gaps)
 
     def summary(self, splits=None) -> str:
-        from fairhead import compare
-
         splits = splits or [self.fit_split, "test"]
         cols = ["method", "eps"] + (["alpha"] if any(r.alpha is not None for r in self.records) else []) + [
             "split", "accuracy", "constraint_value", "demographic_parity_difference",
@@ -242,63 +187,11 @@ class SweepResult:
         if test and len({r.method for r in self.records}) > 1:
             lines.append(f"fronts on '{test}': best accuracy at a between-groups gap <= t (heads compared by their "
                          "measured gap, not by the eps they aimed at)")
-            lines.append(format_table(compare.front_table(self.fronts(test, family_only=True))))
+            lines.append(format_table(baselines.front_table(self.fronts(test, family_only=True))))
         lines += [f"UNDEFINED on '{split}': {note}" for split, notes in self.undefined_rates.items() for note in notes]
-        from fairhead import uncertainty
-
         lines += uncertainty.wide_group_notes(self.group_rates, self.rows)
         lines += [f"wrote {name}: {path}" for name, path in self.files.items()]
         return "\n".join(lines)
-
-
-def evaluate_predictor(scores_fn, predict_fn, arrays_by_split, constraint, *,
-                       balance=None, confidence=0.95) -> dict[str, dict[str, float]]:
-    """Metrics of one predictor on every split, plus the constraint's bounded gap.
-
-    ``scores_fn(arrays)`` gives decision scores; ``predict_fn(arrays)`` the hard predictions,
-    or ``None`` for a linear head, whose predictions are ``scores > 0`` (one product per split);
-    scores of shape (n, K) are a K-class head's (predictions: the largest score; metrics per
-    class, one-vs-rest).
-    ``constraint_value`` is measured under the sweep's ``balance`` weights, as the heads bound it.
-    ``*_low`` / ``*_high`` are ``confidence`` intervals (:func:`fairhead.uncertainty.interval_columns`).
-    """
-    from solvers import metrics
-
-    from fairhead import uncertainty
-
-    out = {}
-    for split, arrays in arrays_by_split.items():
-        sens = pipeline.sensitive_arg(arrays)
-        z = np.asarray(scores_fn(arrays), dtype=np.float64)
-        if z.ndim == 2:  # a K-class head
-            from solvers.multinomial import softmax
-
-            yhat = np.argmax(z, axis=1) if predict_fn is None else predict_fn(arrays)
-            score = softmax(z)
-        else:
-            yhat = (z > 0).astype(np.int64) if predict_fn is None else predict_fn(arrays)
-            from scipy.special import expit
-
-            score = expit(z)  # sigmoid without exp's overflow warning for a large negative logit
-        m = metrics.evaluate(arrays.y, yhat, sensitive_features=sens, y_score=score, classes=arrays.classes)
-        values = {k: float(m.get(k, float("nan"))) for k in SWEEP_METRICS}
-        values.update(uncertainty.interval_columns(arrays.y, yhat, sens, confidence, classes=arrays.classes))
-        values["constraint_value"] = constraint_value(constraint, y=arrays.y, scores=z, sensitive_features=sens,
-                                                      predictions=yhat, balance=balance)
-        out[split] = values
-    return out
-
-
-def _coef(head) -> list:
-    """A head's coefficients for a record: one flat list (binary), one list per class (K classes)."""
-    coef = np.asarray(head.coef_, dtype=np.float64)
-    return coef.ravel().tolist() if coef.shape[0] == 1 else coef.tolist()
-
-
-def _intercept(head):
-    """A head's intercept for a record: a float (binary) or one per class (K classes)."""
-    b = np.asarray(head.intercept_, dtype=np.float64).ravel()
-    return float(b[0]) if b.shape[0] == 1 else b.tolist()
 
 
 def _eps_key(eps: float) -> float:
@@ -355,11 +248,24 @@ def _load_progress(path: Path, key: str) -> list[HeadRecord]:
 
 
 def _append_progress(path: Path, key: str, record: HeadRecord) -> None:
-    """Append one finished head (one line, flushed and fsynced: a kill loses at most this head)."""
+    """Append one finished head: one line, handed to the operating system when the file closes.
+
+    No fsync per line (:func:`_seal_progress` syncs the file once, after the path). What a kill can
+    lose: a killed process loses nothing it appended, since every closed write is in the kernel's page
+    cache and reaches the disk without the process; only a crash of the machine (power, kernel) before
+    the seal can lose lines appended since the last seal, or leave the last one torn. Resume still
+    works: :func:`_load_progress` skips a torn line, and a lost head is simply solved again (a resumed
+    sweep replays every finished head's solve anyway, so the warm-start chain is the same).
+    """
     with naming_the_file(path), open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps({"config_key": key, "record": record.__dict__}, default=float) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+
+
+def _seal_progress(path: Path) -> None:
+    """Make the progress file durable once, after the path: an atomic swap (a temporary copy, one
+    fsync, ``os.replace``, the folder synced) of the very bytes appended, entries of other
+    configurations included. A kill during the swap leaves the appended file as it was."""
+    atomic_write_bytes(path, path.read_bytes())
 
 
 def load_sweep_data(cache_path, *, fit_split, attributes, pos_label=None, max_memory=None, parallel=None):
@@ -396,14 +302,64 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     ``parallel`` (a :class:`fairhead.data_parallel.DataParallel`, under torchrun) sweeps on the
     ranks' shares of the rows: every rank solves the same path, rank 0 writes the files.
     """
-    from solvers import FairLogisticRegression, iter_path
-    from solvers.constraints import make_constraint
-    from tqdm.auto import tqdm
-
-    from solvers.intervals import check_confidence
-    from solvers.path import replacement_note
-
     confidence = check_confidence(confidence)
+    _check_sweep_options(constraint, eps_grid=eps_grid, n_eps=n_eps, compare=compare, max_memory=max_memory,
+                         parallel=parallel)
+    writes = parallel is None or parallel.writes  # under torchrun, rank 0 writes and shows progress
+    progress = progress and writes
+    if writes:
+        out = ensure_output_folder(out, flag="--out")  # before any work: a bad --out fails in a second
+        check_own_outputs(out, SWEEP_OUTPUTS, flag="--out")
+    out = Path(out)
+    if compare and data is None:  # the label's classes are metadata: refuse before any features are read
+        _refuse_multiclass_compare(cache_path, compare)
+    arrays, fingerprint, cache_prov = data or load_sweep_data(cache_path, fit_split=fit_split,
+                                                              attributes=attributes, pos_label=pos_label,
+                                                              max_memory=max_memory, parallel=parallel)
+    fit = arrays[fit_split]
+    cons = make_constraint(constraint)
+    if compare and fit.n_classes > 2:
+        raise DataError(MULTICLASS_COMPARE_MSG.format(names=" ".join(compare), label=fit.label_name, k=fit.n_classes))
+    base = dict(C=C, backend=backend, balance=balance, device=device, min_group_size=min_group_size)
+    evaluate = dict(arrays=arrays, constraint=cons, balance=balance, confidence=confidence)
+
+    # the unconstrained head anchors the grid (its own constraint value = where the bound is inactive)
+    free, free_record = _fit_unconstrained(fit, fit_split, base, evaluate)
+    inactive = constraint_value(cons, y=fit.y, scores=free.decision_function(fit.X),
+                                sensitive_features=pipeline.sensitive_arg(fit), balance=balance)
+    grid, floor, sweep_notes = _eps_grid(fit, cons, inactive, eps_grid=eps_grid, n_eps=n_eps, base=base,
+                                         fit_split=fit_split)
+    config = _sweep_config(fingerprint, cons, grid, fit, fit_split=fit_split, seed=seed, base=base,
+                           pos_label=pos_label, confidence=confidence)
+    progress_file = _ProgressFile(out / PROGRESS_FILE, _config_key(config), writes=writes)
+    done = progress_file.finished_heads()
+    if parallel is not None:  # every rank replays rank 0's finished heads: the same solves, the same collectives
+        done = parallel.broadcast(done)
+
+    heads = _solve_path(fit, grid, cons, free=free, done=done, progress_file=progress_file, base=base,
+                        evaluate=evaluate, fit_split=fit_split, progress=progress)
+    # after the whole path, as fit_path does: the progress file keeps each head as it was solved, so a
+    # resumed sweep makes the same choice
+    records = [free_record, *(_monotone_front(heads) if cons.kind == "rate" else heads)]
+    if writes:  # the heads on disk, for `fairhead select`
+        certify.save_sweep_heads(out, records, constraint=cons, params=base, fit=fit, fit_split=fit_split,
+                                 fingerprint=fingerprint, cache_path=cache_path)
+    if compare:
+        records += baselines.run_baselines(compare, fit, arrays, constraint=cons, grid=grid, C=C, seed=seed,
+                                           progress=progress, balance=balance, confidence=confidence)
+
+    result = _sweep_result(out, cons.name, fit_split, records, arrays, balance=balance, confidence=confidence,
+                           notes=sweep_notes)
+    meta = provenance.collect(seed=seed, extra={"cache_fingerprint": fingerprint, "config": config,
+                                                "cache_provenance": cache_prov,
+                                                "unconstrained_value": inactive, "floor": floor})
+    if writes:
+        result.files.update(write_sweep(result, meta, plots=plots))
+    return result
+
+
+def _check_sweep_options(constraint, *, eps_grid, n_eps, compare, max_memory, parallel) -> None:
+    """Refuse options that cannot make a sweep, before any file is touched or any row is read."""
     if constraint is None:
         raise DataError(NO_CONSTRAINT_MSG)
     if eps_grid is not None and make_constraint(constraint).name == "minimax":
@@ -415,46 +371,47 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     if compare and max_memory is not None:
         raise DataError(COMPARE_OUT_OF_CORE_MSG.format(names=" ".join(compare)))
     if compare and parallel is not None:
-        from fairhead.data_parallel import COMPARE_MSG
-
         raise DataError(COMPARE_MSG.format(names=" ".join(compare)))
-    writes = parallel is None or parallel.writes  # under torchrun, rank 0 writes and shows progress
-    progress = progress and writes
-    if writes:
-        out = ensure_output_folder(out, flag="--out")  # before any work: a bad --out fails in a second
-        check_own_outputs(out, SWEEP_OUTPUTS, flag="--out")
-    out = Path(out)
-    if compare and data is None:  # the label's classes are metadata: refuse before any features are read
-        import embedcache
 
-        with embedcache.open(cache_path) as cache:
-            k = len(cache.label_categories)
-            if k > 2:
-                raise DataError(MULTICLASS_COMPARE_MSG.format(names=" ".join(compare), label=cache.label_name, k=k))
-    arrays, fingerprint, cache_prov = data or load_sweep_data(cache_path, fit_split=fit_split,
-                                                              attributes=attributes, pos_label=pos_label,
-                                                              max_memory=max_memory, parallel=parallel)
-    fit = arrays[fit_split]
-    sens = pipeline.sensitive_arg(fit)
-    cons = make_constraint(constraint)
-    name = cons.name
-    if compare and fit.n_classes > 2:
-        raise DataError(MULTICLASS_COMPARE_MSG.format(names=" ".join(compare), label=fit.label_name, k=fit.n_classes))
-    base = dict(C=C, backend=backend, balance=balance, device=device, min_group_size=min_group_size)
 
-    def scores(head):
-        return lambda a: head.decision_function(a.X)
+def _refuse_multiclass_compare(cache_path, compare) -> None:
+    """The baselines of ``--compare`` are binary: refuse a K-class label from the cache's metadata."""
+    import embedcache  # deferred: embedcache imports torch (1-2 s)
 
-    # the unconstrained head anchors the grid (its own constraint value = where the bound is inactive)
+    with embedcache.open(cache_path) as cache:
+        k = len(cache.label_categories)
+        if k > 2:
+            raise DataError(MULTICLASS_COMPARE_MSG.format(names=" ".join(compare), label=cache.label_name, k=k))
+
+
+def _head_record(method: str, eps: float, head, *, wall_time: float, notes: str = "", arrays, constraint, balance,
+                 confidence) -> HeadRecord:
+    """A fitted head's record: its parameters, certificate and metrics on every split."""
+    return HeadRecord(
+        method=method, eps=eps, coef=head_coef(head), intercept=head_intercept(head),
+        certificate=head.certificate_.to_dict(),
+        metrics=evaluate_predictor(lambda a: head.decision_function(a.X), None, arrays, constraint, balance=balance,
+                                   confidence=confidence),
+        wall_time=wall_time, notes=notes)
+
+
+def _fit_unconstrained(fit, fit_split: str, base: dict, evaluate: dict):
+    """The unconstrained head on the fit split, and its record (``eps`` NaN)."""
+    from solvers.estimator import FairLogisticRegression  # deferred: sklearn, scipy.stats (about 2 s)
+
     t0 = time.perf_counter()
     free = pipeline.fit_head(FairLogisticRegression(constraint=None, **base), fit, split=fit_split)
     free_time = time.perf_counter() - t0
-    inactive = constraint_value(cons, y=fit.y, scores=free.decision_function(fit.X), sensitive_features=sens,
-                                balance=balance)
+    return free, _head_record("unconstrained", float("nan"), free, wall_time=free_time, **evaluate)
 
-    floor = 0.0
-    sweep_notes = []
-    if name == "minimax":
+
+def _eps_grid(fit, cons, inactive: float, *, eps_grid, n_eps: int, base: dict, fit_split: str):
+    """The bounds to sweep (loose to tight), the grid's floor, and the notes that explain a default grid."""
+    from solvers.estimator import FairLogisticRegression  # deferred: sklearn, scipy.stats (about 2 s)
+
+    sens = pipeline.sensitive_arg(fit)
+    floor, notes = 0.0, []
+    if cons.name == "minimax":
         grid = np.array([np.nan])  # an objective, not a bound: one head
     elif eps_grid is not None:
         grid = check_grid(eps_grid)
@@ -462,105 +419,113 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
         grid, floor = _rate_grid(fit, sens, cons, inactive, n_eps, base)
         if floor > 0:
             msg = GRID_CUT_MSG if len(grid) > 1 else GRID_WITHIN_MSG
-            sweep_notes.append(msg.format(n=len(grid), top=grid[0] if len(grid) > 1 else inactive, floor=floor,
-                                          name=name, split=fit_split))
+            notes.append(msg.format(n=len(grid), top=grid[0] if len(grid) > 1 else inactive, floor=floor,
+                                    name=cons.name, split=fit_split))
     else:
-        if name == "group-loss":  # the tightest feasible bound is the minimax head's largest group loss
+        if cons.name == "group-loss":  # the tightest feasible bound is the minimax head's largest group loss
             tight = FairLogisticRegression(constraint="minimax", **base).fit(fit.X, fit.y, sensitive_features=sens)
             floor = constraint_value(cons, y=fit.y, scores=tight.decision_function(fit.X), sensitive_features=sens,
-                                     balance=balance)
+                                     balance=base["balance"])
             floor *= 1.0 + 1e-4
         grid = default_eps_grid(max(inactive, floor), n_eps, floor=floor)
+    return grid, floor, notes
 
+
+def _sweep_config(fingerprint, cons, grid, fit, *, fit_split, seed, base, pos_label, confidence) -> dict:
+    """What makes two sweeps the same problem: its hash keys the finished heads a rerun may reuse."""
     config = {"cache": fingerprint, "constraint": cons.to_dict(), "grid": [float(e) for e in grid],
               "fit_split": fit_split, "attributes": list(fit.attributes), "seed": seed, **base}
     if pos_label is not None:  # another positive class is another problem: never resume across it
         config["pos_label"] = str(pos_label)
     if confidence != 0.95:  # finished rows carry intervals at their level (0.95: keys of older progress files)
         config["confidence"] = confidence
-    key = _config_key(config)
-    progress_path = out / PROGRESS_FILE
-    done = {_eps_key(r.eps): r for r in _load_progress(progress_path, key) if r.method == "fairhead"} if writes else {}
-    if parallel is not None:  # every rank replays rank 0's finished heads: the same solves, the same collectives
-        done = parallel.broadcast(done)
+    return config
 
-    records: list[HeadRecord] = []
-    records.append(HeadRecord(
-        method="unconstrained", eps=float("nan"), coef=_coef(free), intercept=_intercept(free), certificate=free.certificate_.to_dict(),
-        metrics=evaluate_predictor(scores(free), None, arrays, cons, balance=balance, confidence=confidence),
-        wall_time=free_time))
 
-    # one warm-started path, starting from the unconstrained head; each head is written as soon as it is
-    # solved. A resumed sweep replays the finished heads' solves (not their evaluation) so that the
-    # warm-start chain, and with it every later head, is exactly the uninterrupted run's
+@dataclass
+class _ProgressFile:
+    """The progress file of one sweep configuration (``key``): read once, appended per head, sealed once.
+    Only the writing rank keeps one (``writes``); the others read and write nothing."""
+
+    path: Path
+    key: str
+    writes: bool
+    appended: bool = False
+
+    def finished_heads(self) -> dict[float, HeadRecord]:
+        if not self.writes:
+            return {}
+        return {_eps_key(r.eps): r for r in _load_progress(self.path, self.key) if r.method == "fairhead"}
+
+    def append(self, record: HeadRecord) -> None:
+        if self.writes:
+            _append_progress(self.path, self.key, record)
+            self.appended = True
+
+    def seal(self) -> None:
+        if self.appended:  # one fsync for the whole path instead of one per head
+            _seal_progress(self.path)
+
+
+def _solve_path(fit, grid, cons, *, free, done, progress_file: _ProgressFile, base: dict, evaluate: dict,
+                fit_split: str, progress: bool) -> list[HeadRecord]:
+    """One warm-started path over ``grid`` from the unconstrained head ``free``: a record per bound.
+
+    Each head is written to the progress file as soon as it is solved. A resumed sweep replays the finished
+    heads' solves (not their evaluation) so that the warm-start chain, and with it every later head, is
+    exactly the uninterrupted run's.
+    """
+    from tqdm.auto import tqdm  # deferred: 40 ms that `fairhead --help` would pay
+
+    from solvers.path import iter_path, replacement_note  # deferred: sklearn, scipy.stats (about 2 s)
+
     todo = [float(e) for e in grid if _eps_key(e) not in done]
     last = max((i for i, e in enumerate(grid) if _eps_key(e) not in done), default=-1)
     replay = [float(e) for e in grid[: last + 1]]
     solved: dict[float, HeadRecord] = {}
-    bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc=f"sweep {name}", unit="head",
+    bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc=f"sweep {cons.name}", unit="head",
                disable=not progress)
     with bar, warnings.catch_warnings(record=True) as caught:  # a failure closes the bar's line before its message
         # an unmet bound is recorded in its row (certificate + notes), not raised mid-sweep
         warnings.simplefilter("always")
-        path = iter_path(fit.X, fit.y, sensitive_features=sens, eps_grid=[e if np.isfinite(e) else 0.0 for e in replay],
-                         constraint=cons, init_head=free if name != "minimax" else None, **base)
+        path = iter_path(fit.X, fit.y, sensitive_features=pipeline.sensitive_arg(fit),
+                         eps_grid=[e if np.isfinite(e) else 0.0 for e in replay], constraint=cons,
+                         init_head=free if cons.name != "minimax" else None, **base)
         for eps, head in zip(replay, path):
             if _eps_key(eps) in done:
                 caught.clear()
                 continue
-            wall = head.certificate_.wall_time  # the solver's own time (a path may yield heads late)
             replaced = replacement_note(head.certificate_)  # iter_path gave an unmet bound a head that meets it
             notes = "; ".join(sorted({str(w.message) for w in caught}) + ([replaced] if replaced else []))
-            rec = HeadRecord(
-                method="fairhead", eps=eps, coef=_coef(head), intercept=_intercept(head), certificate=head.certificate_.to_dict(),
-                metrics=evaluate_predictor(scores(head), None, arrays, cons, balance=balance,
-                                           confidence=confidence),
-                wall_time=wall, notes=notes)
+            # wall time: the solver's own (a path may yield heads late)
+            rec = _head_record("fairhead", eps, head, wall_time=head.certificate_.wall_time, notes=notes, **evaluate)
             solved[_eps_key(eps)] = rec
-            if writes:
-                _append_progress(progress_path, key, rec)
+            progress_file.append(rec)
             bar.update(1)
             bar.set_postfix(eps=f"{eps:.4f}", fit_gap=f"{rec.metrics[fit_split]['constraint_value']:.4f}")
             caught.clear()
-    heads = [done.get(_eps_key(e)) or solved[_eps_key(e)] for e in grid]
-    # after the whole path, as fit_path does: the progress file keeps each head as it was solved, so a
-    # resumed sweep makes the same choice
-    records.extend(_monotone_front(heads) if cons.kind == "rate" else heads)
-    from fairhead import certify  # the heads on disk, for `fairhead select`
+    progress_file.seal()
+    return [done.get(_eps_key(e)) or solved[_eps_key(e)] for e in grid]
 
-    if writes:
-        certify.save_sweep_heads(out, records, constraint=cons, params=base, fit=fit, fit_split=fit_split,
-                                 fingerprint=fingerprint, cache_path=cache_path)
 
-    if compare:
-        from fairhead import compare as baselines
-
-        for rec in baselines.run_baselines(compare, fit, arrays, constraint=cons, grid=grid, C=C,
-                                           seed=seed, progress=progress, balance=balance, confidence=confidence):
-            records.append(rec)
-
-    rows = [row for rec in records for row in rec.rows(name)]
-    from solvers.metrics import undefined_rates
-
-    undefined = {s: undefined_rates(a.y, sensitive_features=a.group_names, classes=a.classes) for s, a in arrays.items()}
-    result = SweepResult(out=out, constraint=name, fit_split=fit_split, records=records, rows=rows, balance=balance,
+def _sweep_result(out: Path, name: str, fit_split: str, records: list[HeadRecord], arrays, *, balance,
+                  confidence: float, notes: list[str]) -> SweepResult:
+    """The sweep's table rows, undefined rates and per-group rate intervals, around its records."""
+    fit = arrays[fit_split]
+    undefined = {s: undefined_rates(a.y, sensitive_features=a.group_names, classes=a.classes)
+                 for s, a in arrays.items()}
+    result = SweepResult(out=out, constraint=name, fit_split=fit_split, records=records,
+                         rows=[row for rec in records for row in rec.rows(name)], balance=balance,
                          split_sizes={s: int(len(a.y)) for s, a in arrays.items()},
                          undefined_rates={s: v for s, v in undefined.items() if v}, confidence=confidence,
-                         n_classes=fit.n_classes, notes=sweep_notes)
-    from fairhead import uncertainty
-
+                         n_classes=fit.n_classes, notes=notes)
     for rec in records if fit.n_classes == 2 else ():  # selection rate, TPR, FPR: binary rates
         if rec.method in ("fairhead", "unconstrained"):
-            name_ = "unconstrained" if rec.method == "unconstrained" else f"eps={rec.eps:.4g}"
+            head = "unconstrained" if rec.method == "unconstrained" else f"eps={rec.eps:.4g}"
             for split, a in arrays.items():
                 yhat = (a.X @ np.asarray(rec.coef) + rec.intercept > 0).astype(np.int64)
                 result.group_rates += uncertainty.group_rate_rows(a.y, yhat, a.group_names, confidence,
-                                                                  head=name_, split=split)
-    meta = provenance.collect(seed=seed, extra={"cache_fingerprint": fingerprint, "config": config,
-                                                "cache_provenance": cache_prov,
-                                                "unconstrained_value": inactive, "floor": floor})
-    if writes:
-        result.files.update(write_sweep(result, meta, plots=plots))
+                                                                  head=head, split=split)
     return result
 
 
@@ -581,7 +546,6 @@ def _monotone_front(heads: list[HeadRecord]) -> list[HeadRecord]:
     """The path's records with :func:`solvers.path.monotone_front` applied, as :func:`solvers.fit_path`
     applies it to its heads: a record takes a copy of a more accurate record that meets its bound
     (coefficients, certificate and metrics: the same head), with its own eps, search time and a note."""
-    from solvers.certificate import Certificate
     from solvers.path import monotone_front, replaced_certificate, replacement_note
 
     certs = [Certificate.from_dict(h.certificate) for h in heads]
@@ -603,10 +567,6 @@ def write_sweep(result: SweepResult, meta: dict, *, plots: bool = True) -> dict[
     temporary file first and the renames follow back to back, so a kill or a full disk leaves the
     previous set of outputs whole, never a torn JSON beside a new table and an old report.
     """
-    import csv
-
-    from fairhead import report
-
     out = result.out
     files = {}
     columns = list(result.rows[0].keys())
@@ -632,9 +592,6 @@ def write_sweep(result: SweepResult, meta: dict, *, plots: bool = True) -> dict[
         files["json"] = staged.write_text(out / "sweep.json", json.dumps(
             provenance.strict_json(payload), indent=1, default=str, allow_nan=False))
         if plots:
-            from fairhead import plots as plotting
-            from fairhead import uncertainty
-
             files.update(plotting.plot_sweep(result.rows, out, fit_split=result.fit_split,
                                              title=f"constraint '{result.constraint}'", constraint=result.constraint,
                                              staged=staged))

@@ -1,4 +1,4 @@
-"""Plain-text tables for the terminal: aligned columns, floats to 4 places."""
+"""Tables: plain text for the terminal (aligned columns, floats to 4 places) and Markdown for reports."""
 
 from __future__ import annotations
 
@@ -26,3 +26,19 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | Non
         return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
 
     return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+def _markdown_cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns=None) -> str:
+    """A GitHub-flavoured Markdown table; ``columns`` is a list of ``(key, header)``."""
+    if not rows:
+        return "_no rows_"
+    columns = list(columns or [(k, k) for k in rows[0].keys()])
+    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_markdown_cell(row.get(k)) for k, _ in columns) + " |" for row in rows]
+    return "\n".join(lines)

@@ -22,7 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fairhead.plots import finish
+from solvers import intervals
+from solvers.metrics import multiclass_labels
+from solvers.problem import encode_groups
+
+from fairhead.measure import BETWEEN_GROUPS
+from fairhead.plots import axis_name, finish, layout, legend_below, pad_limits, place_labels
+from fairhead.tables import markdown_table
 
 #: report metric -> gap name in :mod:`solvers.intervals`
 GAP_OF_METRIC = {"demographic_parity_difference": "dp", "equalized_odds_difference": "eo",
@@ -38,9 +44,6 @@ def interval_columns(y, y_pred, sensitive_features, confidence: float = 0.95, cl
     value, so its interval is ``[max_k low_k, max_k high_k]`` with each class's interval at level
     ``1 - alpha / K`` (a union bound over classes, on top of the one over groups and events).
     """
-    from solvers import intervals
-    from solvers.metrics import multiclass_labels
-
     labels = multiclass_labels(y, y_pred, classes)
     if labels is not None:
         return _class_interval_columns(y, y_pred, sensitive_features, confidence, labels)
@@ -57,9 +60,6 @@ def interval_columns(y, y_pred, sensitive_features, confidence: float = 0.95, cl
 
 
 def _class_interval_columns(y, y_pred, sensitive_features, confidence, labels) -> dict[str, float]:
-    from solvers import intervals
-    from solvers.problem import encode_groups
-
     y, y_pred = np.asarray(y).reshape(-1), np.asarray(y_pred).reshape(-1)
     hit = y == y_pred
     lo, hi = intervals.clopper_pearson(int(hit.sum()), int(hit.shape[0]), confidence)
@@ -84,8 +84,6 @@ def _class_interval_columns(y, y_pred, sensitive_features, confidence, labels) -
 
 def group_rate_rows(y, y_pred, group_names, confidence: float = 0.95, **labels) -> list[dict]:
     """One row per (group, rate): selection rate, TPR, FPR with exact intervals, plus ``labels``."""
-    from solvers import intervals
-
     table = intervals.group_rate_intervals(y, y_pred, sensitive_features=group_names, confidence=confidence)
     return [{**labels, "group": str(g), "rate": rate, "estimate": iv.estimate, "low": iv.low,
              "high": iv.high}
@@ -101,8 +99,6 @@ def certification_split(splits, fit_split: str) -> str | None:
 def overfitting_metric(constraint: str | None, available=GAP_OF_METRIC) -> str:
     """The between-groups gap the overfitting report follows: the constraint's own family when the
     rows carry it with intervals (a key of ``available``), else the equalized-odds difference."""
-    from fairhead.measure import BETWEEN_GROUPS
-
     metric = BETWEEN_GROUPS.get(constraint, "equalized_odds_difference")
     return metric if metric in available else "equalized_odds_difference"
 
@@ -163,8 +159,6 @@ def plot_overfitting(over_rows, out: Path, *, fit_split: str, cert_split: str, m
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fairhead.plots import axis_name, layout, legend_below, pad_limits, place_labels
-
     fit = np.array([r["fit_gap"] for r in over_rows], dtype=float)
     bound = np.array([r["cert_bound"] if r["cert_bound"] is not None else np.nan for r in over_rows], dtype=float)
     test = np.array([r["test_gap"] if r["test_gap"] is not None else np.nan for r in over_rows], dtype=float)
@@ -220,7 +214,6 @@ def plot_group_rates(group_rows, out: Path, *, split: str, staged=None) -> Path:
         ax.set_yticks(range(len(heads)))
         ax.set_yticklabels(heads, fontsize=7)
         ax.grid(alpha=0.3)
-    from fairhead.plots import layout, legend_below
 
     layout(fig, bottom=legend_below(fig, list(zip(*axes[0, 0].get_legend_handles_labels()))), top=0.98)
     return finish(fig, Path(out) / "group_rates.png", staged)
@@ -234,8 +227,6 @@ def overfitting_section(over_rows, *, fit_split: str, cert_split: str | None, me
                         hint: str = SELECT_HINT) -> list[str]:
     """The Markdown lines of the overfitting section: one table line per row of :func:`overfitting_row`
     values, named by ``id_columns`` (``(key, header)``), and what the bounds are; ``hint`` ends the text."""
-    from fairhead.report import markdown_table
-
     if not over_rows:
         return []
     cols = [*id_columns, ("fit_gap", f"{metric} on {fit_split}"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -271,3 +272,28 @@ def test_baseline_rows_carry_intervals_at_the_sweeps_confidence(split_arrays, tm
         assert row["accuracy_low"] <= row["accuracy"] <= row["accuracy_high"]
         widths[level] = row["accuracy_high"] - row["accuracy_low"]
     assert widths[0.8] < widths[0.99]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names an fd through /proc (Linux)")
+def test_progress_is_synced_once_per_sweep_not_once_per_head(split_arrays, tmp_path, monkeypatch):
+    """The progress file gets one fsync (the final atomic swap), whatever the number of heads; every
+    head is still in it, and a rerun recomputes none of them."""
+    synced = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd):
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    _run(split_arrays, tmp_path, "dp-score", backend="torch", plots=False)
+    progress = tmp_path / sweep.PROGRESS_FILE
+    lines = progress.read_text().splitlines()
+    assert len(lines) == N_EPS and all(json.loads(line)["record"]["method"] == "fairhead" for line in lines)
+    # the swap's temporary twin is the one file synced for it; the progress file itself never is
+    twins = [name for name in synced if name.startswith(".") and sweep.PROGRESS_FILE in name]
+    assert len(twins) == 1 and sweep.PROGRESS_FILE not in synced, synced
+    synced.clear()
+    _run(split_arrays, tmp_path, "dp-score", backend="torch", plots=False)
+    assert progress.read_text().splitlines() == lines, "a rerun recomputes no head"
+    assert not [name for name in synced if sweep.PROGRESS_FILE in name], "nothing new to seal"
