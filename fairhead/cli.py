@@ -196,7 +196,10 @@ def _add_fit_split(container, *, help: str) -> None:
     container.add_argument("--fit-split", default="train", help=help)
 
 
-def _add_weights_file(container, *, help: str = "the weights file the cache was built with (checked by sha256)") -> None:
+WEIGHTS_FILE_HELP = "the weights file the cache was built with (checked by sha256)"
+
+
+def _add_weights_file(container, *, help: str = WEIGHTS_FILE_HELP) -> None:
     container.add_argument("--weights-file", type=Path, help=help)
 
 
@@ -259,7 +262,8 @@ def _extract_parser(p: argparse.ArgumentParser) -> None:
     _add_manifest_columns(group, target_help="target attribute (CelebA) or label column (manifest)",
                           sensitive_help="sensitive attribute(s) / column(s)",
                           split_col_help="manifest column holding the split name (default: none, hashed split)")
-    # --num-images: under torchrun, whose parser reads a bare --n as an abbreviation of its own --nnodes/--nproc-per-node
+    # --num-images: under torchrun, whose parser reads a bare --n as an abbreviation of its own
+    # --nnodes/--nproc-per-node
     _add_generated_dataset(p.add_argument_group("generated dataset (--synthetic)"), n_aliases=("--num-images",))
 
     group = p.add_argument_group("backbone")
@@ -538,13 +542,15 @@ EPILOGS = {
                    --backbone convnext_tiny --weights-file my_finetuned.pt --out xray.h5
   torchrun --nproc-per-node 4 -m fairhead extract --celeba /data/celeba --backbone resnet50 --out c.h5
       (one shard per process, merged by rank 0 into the single-process cache; docs/guide.md: Distributed extraction)""",
-    "generate": "example:\n  fairhead generate --out shapes/ --n 3000 --seed 0   # then: fairhead extract --manifest shapes/manifest.csv ...",
+    "generate": "example:\n  fairhead generate --out shapes/ --n 3000 --seed 0"
+                "   # then: fairhead extract --manifest shapes/manifest.csv ...",
     "import": "example:\n  fairhead import adult.parquet --label income --sensitive sex --out adult.h5",
     "info": "example:\n  fairhead info celeba_r50.h5",
     "fit": """examples:
   fairhead fit celeba_r50.h5 --constraint eo --eps 0.05 --eval-split valid test
   fairhead fit adult.h5 --constraint dp-score --eps 0.1 --pos-label '>50K' --save adult-head.json""",
-    "sweep": "example:\n  fairhead sweep celeba_r50.h5 --constraint dp --compare expgrad threshold penalty --out sweep-dp/",
+    "sweep": "example:\n  fairhead sweep celeba_r50.h5 --constraint dp --compare expgrad threshold penalty"
+             " --out sweep-dp/",
     "protocols": "example:\n  fairhead protocols celeba_r50.h5 --constraint eo --eps 0.05 --out protocols/",
     "select": """examples:
   fairhead select sweep-eo/ --target eo:0.05 --confidence 0.95 --split valid
@@ -567,7 +573,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     path = pipeline.extract_cache(
         pipeline.source_from_args(args),
         backbone=args.backbone, weights=args.weights, weights_file=args.weights_file,
-        image_size=args.image_size, autocast=args.autocast, out=args.out, batch_size=args.batch_size, num_workers=args.workers, device=args.device,
+        image_size=args.image_size, autocast=args.autocast, out=args.out, batch_size=args.batch_size,
+        num_workers=args.workers, device=args.device,
         feature_dtype=args.dtype, overwrite=args.overwrite, progress=not args.no_progress, merge=not args.no_merge,
     )
     if path is not None:  # under torchrun only rank 0 has the finished cache
@@ -617,8 +624,8 @@ def _eps(args: argparse.Namespace) -> float:
 
 def _head_params(args: argparse.Namespace) -> dict:
     """The head options of a command, every one checked before the cache is read: the device by
-    :func:`_check_options`, the numbers (``--eps``, ``--C``, ``--min-group-size``) by the estimator's own parameter validator,
-    so the message is the one Python gives (``The 'eps' parameter of FairLogisticRegression ...``)."""
+    :func:`_check_options`, the numbers (``--eps``, ``--C``, ``--min-group-size``) by the estimator's own
+    parameter validator, so the message is the one Python gives (``The 'eps' parameter of FairLogisticRegression ...``)."""
     from solvers import FairLogisticRegression
     from solvers._validation import validate_params
 
