@@ -7,4 +7,5 @@ from fairhead_errors import (  # noqa: F401
     FairheadError,
     InfeasibleConstraintError,
     SolverError,
+    one_line,
 )

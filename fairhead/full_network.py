@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fairhead_errors import DataError
+from fairhead_errors import DataError, one_line
 
 from fairhead.full_objectives import METHODS, OPTIMIZERS
 
@@ -216,7 +216,7 @@ def load_checkpoint(path: Path, key: str, config: TrainConfig | None = None) -> 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a damaged file
-        raise DataError(BAD_CHECKPOINT_MSG.format(path=path, error=" ".join(str(err).split())[:160])) from err
+        raise DataError(BAD_CHECKPOINT_MSG.format(path=path, error=one_line(err))) from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise DataError(BAD_CHECKPOINT_MSG.format(path=path, error="not a fairhead full-network checkpoint"))
     if state.get("config_key") != key:

@@ -41,9 +41,6 @@ MSG_SMALL_GROUP = (
     "group {label!r} has {count} samples{where}, fewer than min_group_size={min_size}; "
     "merge small categories, drop that attribute, or lower min_group_size (fairhead: --min-group-size)"
 )
-MSG_Y_BINARY = (
-    "y must have exactly 2 classes for a binary head; got {k} class(es): {classes}"
-)
 MSG_SW_SHAPE = "sample_weight has shape {got}; expected ({n},) with one weight per sample"
 MSG_SW_NONFINITE = "sample_weight has a non-finite value ({value}) at row {row}; pass finite, non-negative weights"
 MSG_SW_NEG = "sample_weight has a negative value ({value}) at row {row}; pass finite, non-negative weights"
