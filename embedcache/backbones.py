@@ -49,7 +49,7 @@ MSG_UNKNOWN_BACKBONE = (
 MSG_UNKNOWN_WEIGHTS = "backbone {arch!r} has no weights {weights!r}; choose from: {available}"
 MSG_DOWNLOAD_FAILED = (
     "could not download the {arch} weights {weights} ({error}); download {url} on a machine with "
-    "internet and pass it with --weights-file PATH --weights {weights}"
+    "internet and pass it as `weights_file=PATH` with `weights='{weights}'`"
 )
 MSG_MISSING_WEIGHTS_FILE = "weights file '{path}' does not exist; pass the path of a saved state_dict"
 MSG_WEIGHTS_DIR = "weights file '{path}' is a folder, not a file; pass the state_dict file inside it (e.g. a .pth)"
@@ -68,7 +68,7 @@ MSG_NOT_STATE_DICT = (
 )
 MSG_WRONG_ARCH = (
     "weights file '{path}' does not fit {arch} ({details}); pass a state_dict saved from {arch}, or the "
-    "--backbone it was saved from"
+    "`backbone` it was saved from"
 )
 MSG_NO_CLASSIFIER = "backbone {arch!r} has no final nn.Linear classifier to take features before; pick another architecture"
 MSG_BAD_IMAGE_SIZE = "backbone {arch!r} needs image_size {needed}, got {got}; leave image_size unset"

@@ -77,11 +77,11 @@ MSG_BAD_LAUNCH = (
 )
 MSG_NO_GPU_FOR_RANK = (
     "local rank {local_rank} has no GPU (this node has {count}); pass --nproc-per-node {count} or fewer, "
-    "or --device cpu"
+    "or `device='cpu'`"
 )
 MSG_VIEW_WITHOUT_PLAN = (
     "cache '{out}' is a view over shards but their plan '{plan}' is missing; "
-    "rerun the torchrun command with --no-merge to keep the view, or rebuild the cache with --overwrite"
+    "rerun the torchrun command with `merge=False` to keep the view, or rebuild the cache with `overwrite=True`"
 )
 MSG_OTHER_RANK = "rank {rank} of {world}: {message}"
 #: seconds a rank whose error rank 0 reports waits before exiting, so that rank 0 can print it

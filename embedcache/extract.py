@@ -52,25 +52,25 @@ AUTOCAST_OFF = (False, "off", "none", "fp32", "float32")
 DEFAULT_BATCH_SIZE = 64
 #: what a failed write asks for once its cause is fixed (the committed rows are kept)
 RESUME = "rerun to resume"
-MSG_BAD_BATCH_SIZE = "batch_size={value!r} must be a positive integer; pass e.g. --batch-size 64"
+MSG_BAD_BATCH_SIZE = "`batch_size={value!r}` must be a positive integer; pass e.g. `batch_size=64`"
 MSG_OUT_OF_MEMORY = (
     "out of memory at batch size {size} on {device} ({rows} of {total} rows are committed and kept); "
-    "rerun with --batch-size {half} to resume"
+    "rerun with `batch_size={half}` to resume"
 )
 MSG_OUT_OF_MEMORY_AT_ONE = (
     "out of memory at batch size 1 on {device} ({rows} of {total} rows are committed and kept); "
-    "free memory (other programs, or a smaller backbone or --image-size), then rerun to resume"
+    "free memory (other programs, or a smaller backbone or `image_size`), then rerun to resume"
 )
 MSG_OLD_JOURNAL = (
     "journal '{path}' was written by an older fairhead that did not record which image files it read; "
-    "pass --overwrite to start over"
+    "pass `overwrite=True` to start over"
 )
 MSG_BAD_WORKERS = "num_workers={value!r} must be a non-negative integer or None (auto)"
-MSG_BAD_DEVICE = "device {value!r} is not available here ({reason}); pass --device cpu or a device this machine has"
+MSG_BAD_DEVICE = "device {value!r} is not available here ({reason}); pass `device='cpu'` or a device this machine has"
 MSG_BAD_AUTOCAST = "autocast={value!r} is not supported; use None (auto), 'off', 'bf16' or 'fp16'"
 MSG_MISSING_IMAGES = "{missing} of {total} image files of {where} are missing (first: '{first}'); restore them or drop their rows"
 MSG_DAMAGED_JOURNAL = (
-    "journal '{path}' is damaged ({problem}); remove the folder to start over, or pass --overwrite"
+    "journal '{path}' is damaged ({problem}); remove the folder to start over, or pass `overwrite=True`"
 )
 MSG_BAD_FEATURES = "backbone {name} returned {problem}; {fix}"
 MSG_UNEVEN_BATCH = (

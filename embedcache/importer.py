@@ -61,15 +61,15 @@ MSG_NO_PYARROW = "reading Parquet needs pyarrow; install it with `pip install py
 MSG_UNKNOWN_COLUMN = "table '{path}' has no column {name!r}{hint}; columns are: {available}"
 MSG_DUPLICATE_COLUMN = "table '{path}' has the column {name!r} twice (columns {first} and {second}); rename one"
 MSG_UNNAMED_COLUMN = "table '{path}' column {position} has no name but holds values ({value} at row {row}); name it in the header"
-MSG_LABEL_AS_FEATURE = "the label column {name!r} cannot also be a feature; remove it from --features"
-MSG_FEATURE_TWICE = "feature column {name!r} is listed twice in --features; list it once"
+MSG_LABEL_AS_FEATURE = "the label column {name!r} cannot also be a feature; remove it from `features`"
+MSG_FEATURE_TWICE = "feature column {name!r} is listed twice in `features`; list it once"
 MSG_NOT_PLAIN_COLUMN = (
     "column {name!r} holds vectors; the {role} must be a plain column (one value per row)"
 )
 MSG_NOT_NUMERIC = "feature column {name!r} is not numeric ({value} at row {row}); encode it as numbers or leave it out"
 MSG_VECTOR_TEXT = (
     "feature column {name!r} holds text that looks like a vector ({value} at row {row}); store vectors as a "
-    "Parquet list<float> column (--features-col {name}) or one column per dimension"
+    "Parquet list<float> column (named in `features`) or one column per dimension"
 )
 MSG_MISSING_FEATURE = "feature column {name!r} is missing a value ({value} at row {row}); impute or drop that row"
 MSG_NON_FINITE = "feature column {name!r} has a non-finite value ({value}) at row {row}; impute or drop that row"
@@ -81,8 +81,8 @@ MSG_DTYPE_UNDERFLOW = (
     "{tiny:.3g}): it would be stored as zeros or noise; {fix}"
 )
 RESCALE_FIX = "rescale the features (divide by a constant) before importing"
-FLOAT32_FIX = "use --dtype float32 (feature_dtype='float32')"
-MSG_NO_FEATURES = "table '{path}' has no numeric feature columns besides label, sensitive, split and id; pass --features"
+FLOAT32_FIX = "use `feature_dtype='float32'`"
+MSG_NO_FEATURES = "table '{path}' has no numeric feature columns besides label, sensitive, split and id; pass `features`"
 MSG_RAGGED = "table '{path}' column {name!r} has {got} rows but {expected} are expected; give every column one value per row"
 MSG_RAGGED_LINE = "table '{path}' line {line} has {got} fields but the header has {expected}; fix the quoting or the missing field"
 MSG_RAGGED_VECTOR = (
@@ -91,17 +91,18 @@ MSG_RAGGED_VECTOR = (
 )
 MSG_NULL_VECTOR = "table '{path}' column {name!r} has a missing vector or element at row {row}; impute or drop that row"
 MSG_STRUCTURED_NPY = "'{path}' is a plain array; a .npy table must be a structured array (named fields) or a folder of .npy files"
-MSG_OUT_IS_INPUT = "--out '{out}' is the input table itself; write the cache to another file (e.g. {suggestion})"
-MSG_OUT_IS_DIR = "--out '{out}' is a folder; pass a file path such as '{suggestion}'"
+MSG_OUT_IS_INPUT = "`out` '{out}' is the input table itself; write the cache to another file (e.g. {suggestion})"
+MSG_OUT_IS_DIR = "`out` '{out}' is a folder; pass a file path such as '{suggestion}'"
 MSG_OUT_NOT_CACHE = (
-    "--out '{out}' exists and is not an HDF5 cache; fairhead replaces only caches (even with --overwrite): "
-    "remove it yourself or choose another --out"
+    "`out` '{out}' exists and is not an HDF5 cache; fairhead replaces only caches (even with `overwrite=True`): "
+    "remove it yourself or choose another `out`"
 )
 MSG_EMPTY_TABLE = "table '{path}' has a header but no rows; pass a table with at least one row"
-MSG_OUT_UNWRITABLE = "cannot write the cache '{out}' ({error}); choose a writable --out"
+MSG_OUT_UNWRITABLE = "cannot write the cache '{out}' ({error}); choose a writable `out`"
 MSG_BAD_SENSITIVE_MISSING = "sensitive_missing must be one of {choices}, got {value!r}"
 MISSING_SENSITIVE_FIX = (
-    "fill or drop those rows, or pass --sensitive-missing group (a group of its own) or drop (leave those rows out)"
+    "fill or drop those rows, or pass `sensitive_missing='group'` (a group of its own) or `sensitive_missing='drop'` "
+    "(leave those rows out)"
 )
 #: the first bytes of every HDF5 file (the superblock signature at offset 0)
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -539,10 +540,10 @@ def _numbers(values) -> tuple[np.ndarray, np.ndarray]:
 
 
 MSG_NO_FEATURE_VALUES = ("feature column(s) {names} hold no values (empty vectors): a cache needs at least one "
-                         "feature; pass --features with columns that hold numbers")
+                         "feature; pass `features` with columns that hold numbers")
 MSG_VECTOR_COLUMN_LEFT_OUT = ("column {name!r} holds vectors written as text ({value}); a CSV cell is one number, so it "
                    "would be left out: write one column per dimension, store it as a Parquet list<float> column or "
-                   "an .npz 2-D array, or pass --features with the columns you want")
+                   "an .npz 2-D array, or pass `features` with the columns you want")
 _VECTOR_TEXT = re.compile(r"^\s*[\[(]\s*[-+0-9.eEinfa]+(\s*[,; ]\s*[-+0-9.eEinfa]+)*\s*[\])]\s*$")
 
 

@@ -625,7 +625,8 @@ def _eps(args: argparse.Namespace) -> float:
 def _head_params(args: argparse.Namespace) -> dict:
     """The head options of a command, every one checked before the cache is read: the device by
     :func:`_check_options`, the numbers (``--eps``, ``--C``, ``--min-group-size``) by the estimator's own
-    parameter validator, so the message is the one Python gives (``The 'eps' parameter of FairLogisticRegression ...``)."""
+    parameter validator, so the message is the one Python gives (``The 'eps' parameter of
+    FairLogisticRegression ...``)."""
     from solvers import FairLogisticRegression
     from solvers._validation import validate_params
 
@@ -879,11 +880,11 @@ def _check_options(args: argparse.Namespace) -> None:
 #: the Python parameters that library messages name (in backticks, `` `batch_size` `` or `` `batch_size=64` ``)
 #: and the flag a command-line user types for each; a key ``name=value`` maps that one setting
 PARAMETER_FLAGS = {
-    "batch_size": "--batch-size", "confidence": "--confidence", "device": "--device", "eps": "--eps",
-    "feature_dtype": "--dtype", "features": "--features", "image_size": "--image-size", "max_memory": "--max-memory",
-    "merge=False": "--no-merge", "min_group_size": "--min-group-size", "out": "--out", "overwrite": "--overwrite",
-    "root": "--root", "sensitive_missing": "--sensitive-missing", "weights": "--weights",
-    "weights_file": "--weights-file",
+    "backbone": "--backbone", "batch_size": "--batch-size", "confidence": "--confidence", "device": "--device",
+    "eps": "--eps", "feature_dtype": "--dtype", "features": "--features", "image_size": "--image-size",
+    "max_memory": "--max-memory", "merge=False": "--no-merge", "min_group_size": "--min-group-size", "out": "--out",
+    "overwrite": "--overwrite", "root": "--root", "sensitive_missing": "--sensitive-missing",
+    "weights": "--weights", "weights_file": "--weights-file",
 }
 _PARAMETER = re.compile(r"`(?P<name>[a-z][a-z0-9_]*)(?:=(?P<value>[^`]*))?`")
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from embedcache.errors import DataError
+from embedcache.errors import DataError, one_line
 from embedcache.store.schema import MAX_LABEL_CLASSES
 
 #: the split names sources produce when the data has no split of its own
@@ -40,7 +40,7 @@ MISSING_MARKERS = frozenset(
 MISSING_GROUP = "(missing)"
 MSG_MISSING_NAME_TAKEN = ("{kind} column {name!r} has a real value {group!r} (row {row}) and missing values: keeping "
                           "the missing ones as the group {group!r} would merge them into it; rename that value, or "
-                          "drop the rows with missing values (--sensitive-missing drop)")
+                          "drop the rows with missing values (`sensitive_missing='drop'`)")
 
 
 def shown(value: Any, limit: int = SHOWN_VALUE_CHARS) -> str:
@@ -540,7 +540,7 @@ def open_rgb(path, *, where: str, draft_size: int | None = None) -> Image.Image:
     except DataError:
         raise
     except Image.DecompressionBombError as err:  # over twice PIL's pixel limit: refused, as PIL does, in one line
-        raise DataError(MSG_TOO_LARGE_IMAGE.format(path=path, where=where, error=" ".join(str(err).split()))) from err
+        raise DataError(MSG_TOO_LARGE_IMAGE.format(path=path, where=where, error=one_line(err))) from err
     except (OSError, SyntaxError, ValueError) as err:  # PIL: UnidentifiedImageError is an OSError
         error = f"{type(err).__name__}: {err}".replace("\n", " ")
         raise DataError(MSG_BAD_IMAGE.format(path=path, where=where, error=error)) from err

@@ -35,7 +35,7 @@ MSG_EMPTY_CSV = "manifest '{path}' has no header line; add a header naming the c
 MSG_UNKNOWN_COLUMN = "manifest '{path}' has no column {name!r}{hint}; columns are: {available}"
 MSG_ESCAPING_PATH = (
     "manifest '{path}' row {row} points outside the image root '{root}' ({value!r}); "
-    "use paths relative to the root (pass --root to change it)"
+    "use paths relative to the root (pass `root` to change it)"
 )
 MSG_RAGGED_ROW = "manifest '{path}' row {row} has {got} fields but the header has {expected}; fix the CSV quoting"
 MSG_DUPLICATE_COLUMN = (
@@ -45,7 +45,7 @@ MSG_DUPLICATE_COLUMN = (
 MSG_NOT_UTF8 = "manifest '{path}' is not UTF-8 text (byte {byte} at position {position}); save it as UTF-8 CSV"
 MSG_UNREADABLE_CSV = "manifest '{path}' cannot be parsed as CSV ({error}); fix the file"
 MSG_EMPTY_PATH = "manifest '{path}' row {row} has an empty image path in column {column!r}; fill or drop that row"
-MSG_MISSING_ROOT = "image root '{root}' of manifest '{path}' is not a folder; pass --root DIR"
+MSG_MISSING_ROOT = "image root '{root}' of manifest '{path}' is not a folder; pass the image folder as `root`"
 
 
 class ManifestSource(TableSource):

@@ -24,7 +24,7 @@ from embedcache.errors import CacheError
 READ_BLOCK_BYTES = 1 << 20
 MSG_CHANGED = (
     "the images of rows {start}-{stop} changed since they were extracted into '{journal}' "
-    "(first: '{file}', {what}); restore them, or pass --overwrite to discard the {committed} committed rows "
+    "(first: '{file}', {what}); restore them, or pass `overwrite=True` to discard the {committed} committed rows "
     "and start over"
 )
 

@@ -51,7 +51,7 @@ MSG_LOCKED = (
     "wait for it to finish or stop it"
 )
 MSG_LOCK_FAILED = "cannot create the write lock '{lock}' ({error}); write the cache into a folder you can write to"
-MSG_UNREADABLE_JOURNAL = "journal '{path}' cannot be read ({error}); remove the folder or pass --overwrite"
+MSG_UNREADABLE_JOURNAL = "journal '{path}' cannot be read ({error}); remove the folder or pass `overwrite=True`"
 #: seconds a writer waits for the lock: long enough to outlast a reader's probe, short enough to fail fast
 LOCK_WAIT_S = 2.0
 JOURNAL_VERSION = 2

@@ -42,7 +42,7 @@ MSG_BEING_WRITTEN = (
 )
 MSG_DAMAGED_JOURNAL_READ = (
     "cache '{path}' has a damaged extraction journal '{journal}' ({error}); "
-    "rerun the `fairhead extract` command with --overwrite to start over"
+    "rerun the extraction with `overwrite=True` to start over"
 )
 MSG_NOT_HDF5 = "'{path}' is not an HDF5 file; pass a cache written by `fairhead extract` or `fairhead import`"
 MSG_CORRUPT = "cache '{path}' is truncated or corrupt ({error}); rebuild it with the same `fairhead extract` command"
@@ -53,7 +53,7 @@ MSG_UNKNOWN_SPLIT = "cache '{path}' has no split {name!r}; available splits: {av
 MSG_UNKNOWN_ATTRIBUTE = "cache '{path}' has no sensitive attribute {name!r}; available: {available}"
 MSG_UNKNOWN_CATEGORY_FIELD = "cache '{path}' has no column {name!r}; available: {available}"
 MSG_EXISTING_NOT_CACHE = (
-    "output '{path}' exists but is not a readable cache ({error}); use another --out or pass --overwrite"
+    "output '{path}' exists but is not a readable cache ({error}); use another `out` or pass `overwrite=True`"
 )
 MSG_BAD_AS = "as_={value!r} is not supported; use 'numpy' or 'torch'"
 

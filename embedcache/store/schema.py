@@ -115,7 +115,7 @@ MSG_NOT_EMBEDCACHE = (
 )
 MSG_MISMATCH = (
     "{what} '{path}' was built from {field} {found} but this run uses {expected}; "
-    "use another --out or pass --overwrite"
+    "use another `out` or pass `overwrite=True`"
 )
 IDENTITY_LABELS = {
     DATASET_FINGERPRINT_ATTR: "dataset fingerprint",

@@ -58,7 +58,7 @@ DUPLICATE_IDS_PROBLEM = "'sample_id' has {count} duplicate ids (first: {first!r}
 NO_SENSITIVE_PROBLEM = "'sensitive' holds no attribute"
 VIEW_SOURCE_PROBLEM = "{key!r} reads {what} from '{source}'"
 MSG_SHARD_MISSING = (
-    "cache '{path}' is a view over shard files (`fairhead extract --no-merge`) and its shard '{shard}' is missing; "
+    "cache '{path}' is a view over shard files (`merge=False`) and its shard '{shard}' is missing; "
     "restore it, or rerun the same torchrun `fairhead extract` command to rebuild it"
 )
 

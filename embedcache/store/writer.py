@@ -60,8 +60,8 @@ MSG_BAD_NAME = (
     "(a name without '/', not '.' or '..')"
 )
 MSG_NOT_A_CACHE_TO_REPLACE = (
-    "output '{path}' exists and is not an HDF5 cache; it is not replaced even with --overwrite: "
-    "remove it yourself or use another --out"
+    "output '{path}' exists and is not an HDF5 cache; it is not replaced even with `overwrite=True`: "
+    "remove it yourself or use another `out`"
 )
 MSG_OUTPUT_IS_FOLDER = "output '{path}' is a folder; give a file path such as '{path}/features.h5'"
 #: what a failed write tells the user to do next (extractions pass "rerun to resume")
@@ -487,7 +487,7 @@ def _run_isolated(job) -> None:
                 return
             sent.append(err)
             report = {"type": type(err).__name__, "errno": getattr(err, "errno", None),
-                      "message": " ".join(str(err).split())[:2000], "cache": isinstance(err, CacheError)}
+                      "message": one_line(err, limit=2000), "cache": isinstance(err, CacheError)}
             try:
                 os.write(write_end, json.dumps(report).encode("utf-8"))
             except OSError:
