@@ -31,7 +31,7 @@ PARTITION_NAMES = {"0": "train", "1": "valid", "2": "test"}
 #: names of codes 0 and 1 of every attribute (-1 and +1 in the file)
 ATTRIBUTE_CATEGORIES = ("no", "yes")
 
-MSG_MISSING_FILE = "CelebA root '{root}' has no {name}; pass the folder that holds {expected} as the root"
+MSG_MISSING_FILE = "CelebA root '{root}' has no {name}; point it at the folder that holds {expected}"
 MSG_UNKNOWN_ATTR = "CelebA has no attribute {name!r}{hint}; choose from: {available}"
 MSG_BAD_LINE = "{file} line {line} is malformed ({problem}); restore the original CelebA file"
 MSG_COUNT = "{file} says {declared} images but lists {found}; restore the original CelebA file"
