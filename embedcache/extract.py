@@ -65,7 +65,7 @@ MSG_OLD_JOURNAL = (
     "journal '{path}' was written by an older fairhead that did not record which image files it read; "
     "pass `overwrite=True` to start over"
 )
-MSG_BAD_WORKERS = "num_workers={value!r} must be a non-negative integer or None (auto)"
+MSG_BAD_WORKERS = "`num_workers={value!r}` must be a non-negative integer or None (auto)"
 MSG_BAD_DEVICE = "device {value!r} is not available here ({reason}); pass `device='cpu'` or a device this machine has"
 MSG_BAD_AUTOCAST = "autocast={value!r} is not supported; use None (auto), 'off', 'bf16' or 'fp16'"
 MSG_MISSING_IMAGES = "{missing} of {total} image files of {where} are missing (first: '{first}'); restore them or drop their rows"

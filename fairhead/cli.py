@@ -882,9 +882,9 @@ def _check_options(args: argparse.Namespace) -> None:
 PARAMETER_FLAGS = {
     "backbone": "--backbone", "batch_size": "--batch-size", "confidence": "--confidence", "device": "--device",
     "eps": "--eps", "feature_dtype": "--dtype", "features": "--features", "image_size": "--image-size",
-    "max_memory": "--max-memory", "merge=False": "--no-merge", "min_group_size": "--min-group-size", "out": "--out",
-    "overwrite": "--overwrite", "root": "--root", "sensitive_missing": "--sensitive-missing",
-    "weights": "--weights", "weights_file": "--weights-file",
+    "max_memory": "--max-memory", "merge=False": "--no-merge", "min_group_size": "--min-group-size",
+    "num_workers": "--workers", "out": "--out", "overwrite": "--overwrite", "root": "--root",
+    "sensitive_missing": "--sensitive-missing", "weights": "--weights", "weights_file": "--weights-file",
 }
 _PARAMETER = re.compile(r"`(?P<name>[a-z][a-z0-9_]*)(?:=(?P<value>[^`]*))?`")
 

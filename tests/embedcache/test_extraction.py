@@ -184,8 +184,8 @@ def test_lite0_extracts_from_written_files(tmp_path, synthetic_manifest, lite0):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        ({"batch_size": 0}, DataError, "batch_size=0 must be a positive integer"),
-        ({"num_workers": -1}, DataError, "num_workers=-1"),
+        ({"batch_size": 0}, DataError, "`batch_size=0` must be a positive integer"),
+        ({"num_workers": -1}, DataError, "`num_workers=-1`"),
         ({"feature_dtype": "int8"}, CacheError, "feature dtype 'int8' is not supported"),
         ({"autocast": "fp8"}, DataError, "autocast='fp8' is not supported"),
         ({"device": "cuda:7"} if not torch.cuda.is_available() else {"device": "nonsense"}, DataError, "device"),
