@@ -7,6 +7,8 @@ these names (``embedcache.errors``, ``solvers.errors``, ``fairhead.errors``).
 Every message is one line that names the problem and the fix, with the actual
 values, e.g. ``cache 'x.h5' is incomplete (8192 of 20000 rows); rerun the same
 `fairhead extract` command to resume``. The CLI maps each family to an exit code.
+A message names a Python parameter in backticks (`` `batch_size=64` ``); the CLI prints it as its
+flag (``--batch-size 64``, :func:`fairhead.cli.as_flags`). :func:`one_line` quotes another error.
 """
 
 from __future__ import annotations
@@ -49,7 +51,29 @@ class SolverError(FairheadError):
     exit_code = 4
 
 
+#: the most characters of another error's text that a message quotes
+ONE_LINE_LIMIT = 200
+
+
+def one_line(err: BaseException | str, *, limit: int = ONE_LINE_LIMIT, with_type: bool = False) -> str:
+    r"""Another error's text as one short line for a message: whitespace (newlines included) collapsed,
+    cut at ``limit`` characters. ``with_type`` puts the error's class in front (``OSError: ...``) and quotes
+    an ``OSError`` by its ``strerror`` (the message shows the path already).
+
+    >>> one_line(ValueError("bad\n  value"), with_type=True)
+    'ValueError: bad value'
+    """
+    if isinstance(err, str):
+        text = err
+    else:
+        text = err.strerror if with_type and isinstance(err, OSError) and err.strerror else str(err)
+        if with_type:
+            text = f"{type(err).__name__}: {text}"
+    return " ".join(text.split())[:limit]
+
+
 __all__ = [
+    "one_line",
     "FairheadError",
     "DataError",
     "CacheError",

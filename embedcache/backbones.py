@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from embedcache.errors import BackboneError
+from embedcache.errors import BackboneError, one_line
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 #: weights id recorded for a randomly initialised network (seeded, so reproducible)
@@ -41,38 +41,38 @@ CUSTOM_WEIGHTS = "custom"
 #: seed for random initialisation: "resnet18/none" is the same network in every run
 RANDOM_INIT_SEED = 0
 
-DUPLICATE_NAME_MSG = "backbone name {name!r} is already registered; pick another name"
-UNKNOWN_BACKBONE_MSG = (
+MSG_DUPLICATE_NAME = "backbone name {name!r} is already registered; pick another name"
+MSG_UNKNOWN_BACKBONE = (
     "unknown backbone {name!r}{hint}; use efficientnet_lite0 or a torchvision classification model "
     "(resnet18, resnet50, vit_b_16, convnext_tiny, ...; embedcache.list_backbones() lists them)"
 )
-UNKNOWN_WEIGHTS_MSG = "backbone {arch!r} has no weights {weights!r}; choose from: {available}"
-DOWNLOAD_FAILED_MSG = (
+MSG_UNKNOWN_WEIGHTS = "backbone {arch!r} has no weights {weights!r}; choose from: {available}"
+MSG_DOWNLOAD_FAILED = (
     "could not download the {arch} weights {weights} ({error}); download {url} on a machine with "
-    "internet and pass it with --weights-file PATH --weights {weights}"
+    "internet and pass it as `weights_file=PATH` with `weights='{weights}'`"
 )
-MISSING_WEIGHTS_FILE_MSG = "weights file '{path}' does not exist; pass the path of a saved state_dict"
-WEIGHTS_DIR_MSG = "weights file '{path}' is a folder, not a file; pass the state_dict file inside it (e.g. a .pth)"
-WEIGHTS_NOT_FILE_MSG = (
+MSG_MISSING_WEIGHTS_FILE = "weights file '{path}' does not exist; pass the path of a saved state_dict"
+MSG_WEIGHTS_DIR = "weights file '{path}' is a folder, not a file; pass the state_dict file inside it (e.g. a .pth)"
+MSG_WEIGHTS_NOT_FILE = (
     "weights file '{path}' is not a regular file (a device or a pipe); pass the path of a saved state_dict"
 )
-EMPTY_WEIGHTS_MSG = "weights file '{path}' is empty (0 bytes); pass a file written by torch.save(model.state_dict(), PATH)"
-CORRUPT_WEIGHTS_MSG = "weights file '{path}' cannot be read ({error}); pass a file written by torch.save(model.state_dict(), PATH)"
-UNSAFE_PICKLE_MSG = (
+MSG_EMPTY_WEIGHTS = "weights file '{path}' is empty (0 bytes); pass a file written by torch.save(model.state_dict(), PATH)"
+MSG_CORRUPT_WEIGHTS = "weights file '{path}' cannot be read ({error}); pass a file written by torch.save(model.state_dict(), PATH)"
+MSG_UNSAFE_PICKLE = (
     "weights file '{path}' holds Python objects that torch.load(weights_only=True) refuses to unpickle; "
     "re-save only the tensors with torch.save(model.state_dict(), PATH)"
 )
-NOT_STATE_DICT_MSG = (
+MSG_NOT_STATE_DICT = (
     "weights file '{path}' holds {found}, not a state_dict of tensors; "
     "re-save it with torch.save(model.state_dict(), PATH)"
 )
-WRONG_ARCH_MSG = (
+MSG_WRONG_ARCH = (
     "weights file '{path}' does not fit {arch} ({details}); pass a state_dict saved from {arch}, or the "
-    "--backbone it was saved from"
+    "`backbone` it was saved from"
 )
-NO_CLASSIFIER_MSG = "backbone {arch!r} has no final nn.Linear classifier to take features before; pick another architecture"
-BAD_IMAGE_SIZE_MSG = "backbone {arch!r} needs image_size {needed}, got {got}; leave image_size unset"
-BAD_MODULE_OUTPUT_MSG = (
+MSG_NO_CLASSIFIER = "backbone {arch!r} has no final nn.Linear classifier to take features before; pick another architecture"
+MSG_BAD_IMAGE_SIZE = "backbone {arch!r} needs image_size {needed}, got {got}; leave image_size unset"
+MSG_BAD_MODULE_OUTPUT = (
     "module {name!r} maps images to shape {shape}, not (N, D) features; wrap it so it returns a 2-D tensor"
 )
 
@@ -202,7 +202,7 @@ class Backbone:
         with torch.inference_mode():
             out = module(probe.unsqueeze(0).to(_module_device(module)))
         if out.ndim != 2:
-            raise BackboneError(BAD_MODULE_OUTPUT_MSG.format(name=name, shape=tuple(out.shape)))
+            raise BackboneError(MSG_BAD_MODULE_OUTPUT.format(name=name, shape=tuple(out.shape)))
         spec = BackboneSpec(
             arch=str(name),
             weights=str(weights),
@@ -234,7 +234,7 @@ def register_backbone(name: str) -> Callable[[Callable[..., Backbone]], Callable
 
     def decorator(builder: Callable[..., Backbone]) -> Callable[..., Backbone]:
         if name in _REGISTRY:
-            raise BackboneError(DUPLICATE_NAME_MSG.format(name=name))
+            raise BackboneError(MSG_DUPLICATE_NAME.format(name=name))
         _REGISTRY[name] = builder
         return builder
 
@@ -301,7 +301,7 @@ def build_backbone(
     if name not in available:
         close = difflib.get_close_matches(name, sorted(set(available) | set(_REGISTRY)), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise BackboneError(UNKNOWN_BACKBONE_MSG.format(name=name, hint=hint))
+        raise BackboneError(MSG_UNKNOWN_BACKBONE.format(name=name, hint=hint))
     return _build_torchvision(name, weights=weights, weights_file=weights_file, image_size=image_size)
 
 
@@ -317,16 +317,16 @@ def _resolve_torchvision_weights(arch: str, weights: str):
             found = get_weight(weights)
         except (ValueError, KeyError, AttributeError) as err:
             raise BackboneError(
-                UNKNOWN_WEIGHTS_MSG.format(arch=arch, weights=weights, available=_weights_names(enum))
+                MSG_UNKNOWN_WEIGHTS.format(arch=arch, weights=weights, available=_weights_names(enum))
             ) from err
         if not isinstance(found, enum):
-            raise BackboneError(UNKNOWN_WEIGHTS_MSG.format(arch=arch, weights=weights, available=_weights_names(enum)))
+            raise BackboneError(MSG_UNKNOWN_WEIGHTS.format(arch=arch, weights=weights, available=_weights_names(enum)))
         return found
     try:
         return enum[weights]  # DEFAULT is an alias and resolves to the member it points at
     except KeyError as err:
         raise BackboneError(
-            UNKNOWN_WEIGHTS_MSG.format(arch=arch, weights=weights, available=_weights_names(enum))
+            MSG_UNKNOWN_WEIGHTS.format(arch=arch, weights=weights, available=_weights_names(enum))
         ) from err
 
 
@@ -361,8 +361,8 @@ def _build_torchvision(arch: str, *, weights: str | None, weights_file, image_si
             model = get_model(arch, weights=enum_member)
         except (OSError, RuntimeError) as err:  # URLError is an OSError
             raise BackboneError(
-                DOWNLOAD_FAILED_MSG.format(
-                    arch=arch, weights=enum_member.name, error=_one_line(err), url=enum_member.url
+                MSG_DOWNLOAD_FAILED.format(
+                    arch=arch, weights=enum_member.name, error=one_line(err, with_type=True), url=enum_member.url
                 )
             ) from err
         node, dim = _strip_classifier(model, arch)
@@ -409,7 +409,7 @@ def _strip_classifier(model: nn.Module, arch: str) -> tuple[str, int]:
     """Replace the final linear layer with Identity; return its name and input width."""
     name = _final_linear_name(model)
     if name is None:
-        raise BackboneError(NO_CLASSIFIER_MSG.format(arch=arch))
+        raise BackboneError(MSG_NO_CLASSIFIER.format(arch=arch))
     linear = model.get_submodule(name)
     dim = int(linear.in_features)
     parent_name, _, child = name.rpartition(".")
@@ -422,10 +422,6 @@ def _downloaded_weights_sha256(url: str) -> str:
     """sha256 of the file torch.hub cached for ``url`` ("" if it is not there)."""
     path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
     return file_sha256(path) if path.is_file() else ""
-
-
-def _one_line(err: BaseException) -> str:
-    return re.sub(r"\s+", " ", f"{type(err).__name__}: {err}").strip()[:300]
 
 
 # --- weights files ----------------------------------------------------------------
@@ -462,17 +458,17 @@ def load_state_dict_file(path) -> tuple[dict[str, torch.Tensor], str]:
     """
     path = Path(path)
     if path.is_dir():
-        raise BackboneError(WEIGHTS_DIR_MSG.format(path=path))
+        raise BackboneError(MSG_WEIGHTS_DIR.format(path=path))
     if path.exists() and not path.is_file():
-        raise BackboneError(WEIGHTS_NOT_FILE_MSG.format(path=path))
+        raise BackboneError(MSG_WEIGHTS_NOT_FILE.format(path=path))
     if not path.is_file():
-        raise BackboneError(MISSING_WEIGHTS_FILE_MSG.format(path=path))
+        raise BackboneError(MSG_MISSING_WEIGHTS_FILE.format(path=path))
     if path.stat().st_size == 0:
-        raise BackboneError(EMPTY_WEIGHTS_MSG.format(path=path))
+        raise BackboneError(MSG_EMPTY_WEIGHTS.format(path=path))
     with open(path, "rb") as fh:
         start = fh.read(2)
     if not start.startswith((b"PK", b"\x80")):  # torch.save writes a zip archive (or, long ago, a pickle)
-        raise BackboneError(CORRUPT_WEIGHTS_MSG.format(path=path, error=f"not a torch file: it starts with {start!r}"))
+        raise BackboneError(MSG_CORRUPT_WEIGHTS.format(path=path, error=f"not a torch file: it starts with {start!r}"))
     try:
         with warnings.catch_warnings():
             # a plain pickle makes torch warn about its protocol before refusing it; we raise our own error
@@ -480,12 +476,12 @@ def load_state_dict_file(path) -> tuple[dict[str, torch.Tensor], str]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "weights only" in str(err).lower() or "weights_only" in str(err).lower():
-            raise BackboneError(UNSAFE_PICKLE_MSG.format(path=path)) from err
-        raise BackboneError(CORRUPT_WEIGHTS_MSG.format(path=path, error=_one_line(err))) from err
+            raise BackboneError(MSG_UNSAFE_PICKLE.format(path=path)) from err
+        raise BackboneError(MSG_CORRUPT_WEIGHTS.format(path=path, error=one_line(err, with_type=True))) from err
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, TypeError) as err:
-        raise BackboneError(CORRUPT_WEIGHTS_MSG.format(path=path, error=_one_line(err))) from err
+        raise BackboneError(MSG_CORRUPT_WEIGHTS.format(path=path, error=one_line(err, with_type=True))) from err
     except Exception as err:  # noqa: BLE001 - a text file read as a pickle fails anywhere (KeyError, IndexError, ...)
-        raise BackboneError(CORRUPT_WEIGHTS_MSG.format(path=path, error=f"not a torch file ({type(err).__name__})")) \
+        raise BackboneError(MSG_CORRUPT_WEIGHTS.format(path=path, error=f"not a torch file ({type(err).__name__})")) \
             from err
     if isinstance(obj, dict):
         for key in _CHECKPOINT_KEYS:
@@ -497,7 +493,7 @@ def load_state_dict_file(path) -> tuple[dict[str, torch.Tensor], str]:
         found = f"a {type(obj).__name__}" if not isinstance(obj, dict) else "a dict with non-tensor values"
         if isinstance(obj, dict) and not obj:
             found = "an empty dict"
-        raise BackboneError(NOT_STATE_DICT_MSG.format(path=path, found=found))
+        raise BackboneError(MSG_NOT_STATE_DICT.format(path=path, found=found))
     if all(str(k).startswith("module.") for k in obj):
         obj = {str(k)[len("module.") :]: v for k, v in obj.items()}
     return {str(k): v for k, v in obj.items()}, file_sha256(path)
@@ -530,7 +526,7 @@ def _load_backbone_weights(model: nn.Module, state_dict: dict, *, node: str, dim
     if wrong_shape:
         problems.append(f"{len(wrong_shape)} shape mismatches, e.g. {wrong_shape[0]}")
     if problems:
-        raise BackboneError(WRONG_ARCH_MSG.format(path=path, arch=arch, details="; ".join(problems)))
+        raise BackboneError(MSG_WRONG_ARCH.format(path=path, arch=arch, details="; ".join(problems)))
     model.load_state_dict(body, strict=True)
 
 
@@ -609,10 +605,10 @@ def _build_efficientnet_lite0(*, weights: str | None, weights_file, image_size: 
     arch = "efficientnet_lite0"
     if image_size is not None and int(image_size) != LITE0_PREPROCESS["crop_size"]:
         # its convolutions precompute "same" padding for 224 px inputs
-        raise BackboneError(BAD_IMAGE_SIZE_MSG.format(arch=arch, needed=LITE0_PREPROCESS["crop_size"], got=image_size))
+        raise BackboneError(MSG_BAD_IMAGE_SIZE.format(arch=arch, needed=LITE0_PREPROCESS["crop_size"], got=image_size))
     if weights not in (None, LITE0_WEIGHTS, RANDOM_WEIGHTS):
         raise BackboneError(
-            UNKNOWN_WEIGHTS_MSG.format(arch=arch, weights=weights, available=f"{LITE0_WEIGHTS}, {RANDOM_WEIGHTS}")
+            MSG_UNKNOWN_WEIGHTS.format(arch=arch, weights=weights, available=f"{LITE0_WEIGHTS}, {RANDOM_WEIGHTS}")
         )
     model = _seeded(lambda: EfficientNet.from_name("efficientnet-lite0"))
     node, dim = _strip_classifier(model, arch)

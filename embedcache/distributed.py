@@ -41,7 +41,7 @@ import torch.distributed as dist
 
 from embedcache import errors
 from embedcache.backbones import Backbone
-from embedcache.errors import CacheError, DataError, FairheadError
+from embedcache.errors import CacheError, DataError, FairheadError, one_line
 from embedcache.extract import (
     DEFAULT_BATCH_SIZE,
     check_options,
@@ -54,7 +54,7 @@ from embedcache.store import schema
 from embedcache.store.journal import Journal, WriteLock
 from embedcache.store.reader import existing_cache_matches
 from embedcache.store.shards import (
-    SINGLE_JOURNAL_MSG,
+    MSG_SINGLE_JOURNAL,
     ShardPlan,
     check_shards,
     complete_state,
@@ -72,21 +72,21 @@ logger = logging.getLogger("embedcache")
 #: how long a rank waits for the others at the end: a rank that resumed a nearly finished shard
 #: waits for ranks that start from scratch, so this is the longest a shard may take
 WAIT_FOR_RANKS = timedelta(hours=24)
-BAD_LAUNCH_MSG = (
+MSG_BAD_LAUNCH = (
     "torchrun variable {name}={value!r} is not {what}; launch with `torchrun --nproc-per-node N -m fairhead extract ...`"
 )
-NO_GPU_FOR_RANK_MSG = (
+MSG_NO_GPU_FOR_RANK = (
     "local rank {local_rank} has no GPU (this node has {count}); pass --nproc-per-node {count} or fewer, "
-    "or --device cpu"
+    "or `device='cpu'`"
 )
-VIEW_WITHOUT_PLAN_MSG = (
+MSG_VIEW_WITHOUT_PLAN = (
     "cache '{out}' is a view over shards but their plan '{plan}' is missing; "
-    "rerun the torchrun command with --no-merge to keep the view, or rebuild the cache with --overwrite"
+    "rerun the torchrun command with `merge=False` to keep the view, or rebuild the cache with `overwrite=True`"
 )
-OTHER_RANK_MSG = "rank {rank} of {world}: {message}"
+MSG_OTHER_RANK = "rank {rank} of {world}: {message}"
 #: seconds a rank whose error rank 0 reports waits before exiting, so that rank 0 can print it
 REPORT_GRACE_S = 3.0
-JOIN_FAILED_MSG = (
+MSG_JOIN_FAILED = (
     "cannot join the {backend} process group ({error}); launch with `torchrun --nproc-per-node N -m fairhead extract ...`, "
     "or unset WORLD_SIZE to run one process"
 )
@@ -121,11 +121,11 @@ def launch_from_env(environ: Mapping[str, str] | None = None) -> Launch | None:
         except (TypeError, ValueError):
             values[name] = None
         if values[name] is None or values[name] < low:
-            raise DataError(BAD_LAUNCH_MSG.format(name=name, value=text, what=f"an integer >= {low}"))
+            raise DataError(MSG_BAD_LAUNCH.format(name=name, value=text, what=f"an integer >= {low}"))
     if values["WORLD_SIZE"] == 1:
         return None
     if values["RANK"] >= values["WORLD_SIZE"]:
-        raise DataError(BAD_LAUNCH_MSG.format(name="RANK", value=env["RANK"],
+        raise DataError(MSG_BAD_LAUNCH.format(name="RANK", value=env["RANK"],
                                               what=f"below WORLD_SIZE={values['WORLD_SIZE']}"))
     return Launch(rank=values["RANK"], world_size=values["WORLD_SIZE"], local_rank=values["LOCAL_RANK"])
 
@@ -177,7 +177,7 @@ def rank_device(device: str | torch.device, launch: Launch) -> torch.device:
     if str(device) in ("auto", "cuda") and torch.cuda.is_available():
         count = torch.cuda.device_count()
         if launch.local_rank >= count:
-            raise DataError(NO_GPU_FOR_RANK_MSG.format(local_rank=launch.local_rank, count=count))
+            raise DataError(MSG_NO_GPU_FOR_RANK.format(local_rank=launch.local_rank, count=count))
         return torch.device("cuda", launch.local_rank)
     return resolve_device(device)
 
@@ -201,11 +201,11 @@ def plan_run(out: Path, *, world_size: int, identity: Mapping[str, Any], batch_s
         if not merge:
             return DONE, plan
         if plan is None:
-            raise CacheError(VIEW_WITHOUT_PLAN_MSG.format(out=out, plan=schema.shard_plan_path(out)))
+            raise CacheError(MSG_VIEW_WITHOUT_PLAN.format(out=out, plan=schema.shard_plan_path(out)))
         return MERGE, plan
     journal = Journal(out)
     if journal.exists():
-        raise CacheError(SINGLE_JOURNAL_MSG.format(out=out, journal=journal.dir, world=world_size))
+        raise CacheError(MSG_SINGLE_JOURNAL.format(out=out, journal=journal.dir, world=world_size))
     if plan is not None and plan.world_size != world_size:
         raise world_size_error(out, plan, world_size)
     if out.exists() and not overwrite:
@@ -234,7 +234,7 @@ class _Group:
             try:
                 dist.init_process_group(backend=backend, timeout=WAIT_FOR_RANKS)
             except (ValueError, RuntimeError) as err:  # WORLD_SIZE set by hand, without torchrun's rendezvous
-                raise DataError(JOIN_FAILED_MSG.format(backend=backend, error=" ".join(str(err).split())[:200])) from err
+                raise DataError(MSG_JOIN_FAILED.format(backend=backend, error=one_line(err))) from err
             self.owned = True
         return self
 
@@ -275,7 +275,7 @@ def raise_if_any_failed(outcomes: list[tuple[str, str] | None], own: BaseExcepti
     first, (name, message) = failed[0]
     shared = len(failed) == len(outcomes) and len({outcome[1] for _, outcome in failed}) == 1
     if name_rank and not shared:
-        message = OTHER_RANK_MSG.format(rank=first, world=launch.world_size, message=message)
+        message = MSG_OTHER_RANK.format(rank=first, world=launch.world_size, message=message)
     if own is not None and (launch.rank != 0 or str(own) == message):
         err = own
     else:

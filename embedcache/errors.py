@@ -1,4 +1,4 @@
-"""Re-export of the shared fairhead error hierarchy (see ``fairhead_errors``)."""
+"""Re-export of the shared fairhead error hierarchy and its ``one_line`` helper (see ``fairhead_errors``)."""
 
 from fairhead_errors import (  # noqa: F401
     BackboneError,
@@ -7,4 +7,5 @@ from fairhead_errors import (  # noqa: F401
     FairheadError,
     InfeasibleConstraintError,
     SolverError,
+    one_line,
 )

@@ -52,28 +52,28 @@ AUTOCAST_OFF = (False, "off", "none", "fp32", "float32")
 DEFAULT_BATCH_SIZE = 64
 #: what a failed write asks for once its cause is fixed (the committed rows are kept)
 RESUME = "rerun to resume"
-BAD_BATCH_SIZE_MSG = "batch_size={value!r} must be a positive integer; pass e.g. --batch-size 64"
-OUT_OF_MEMORY_MSG = (
+MSG_BAD_BATCH_SIZE = "`batch_size={value!r}` must be a positive integer; pass e.g. `batch_size=64`"
+MSG_OUT_OF_MEMORY = (
     "out of memory at batch size {size} on {device} ({rows} of {total} rows are committed and kept); "
-    "rerun with --batch-size {half} to resume"
+    "rerun with `batch_size={half}` to resume"
 )
-OUT_OF_MEMORY_AT_ONE_MSG = (
+MSG_OUT_OF_MEMORY_AT_ONE = (
     "out of memory at batch size 1 on {device} ({rows} of {total} rows are committed and kept); "
-    "free memory (other programs, or a smaller backbone or --image-size), then rerun to resume"
+    "free memory (other programs, or a smaller backbone or `image_size`), then rerun to resume"
 )
-OLD_JOURNAL_MSG = (
+MSG_OLD_JOURNAL = (
     "journal '{path}' was written by an older fairhead that did not record which image files it read; "
-    "pass --overwrite to start over"
+    "pass `overwrite=True` to start over"
 )
-BAD_WORKERS_MSG = "num_workers={value!r} must be a non-negative integer or None (auto)"
-BAD_DEVICE_MSG = "device {value!r} is not available here ({reason}); pass --device cpu or a device this machine has"
-BAD_AUTOCAST_MSG = "autocast={value!r} is not supported; use None (auto), 'off', 'bf16' or 'fp16'"
-MISSING_IMAGES_MSG = "{missing} of {total} image files of {where} are missing (first: '{first}'); restore them or drop their rows"
-DAMAGED_JOURNAL_MSG = (
-    "journal '{path}' is damaged ({problem}); remove the folder to start over, or pass --overwrite"
+MSG_BAD_WORKERS = "`num_workers={value!r}` must be a non-negative integer or None (auto)"
+MSG_BAD_DEVICE = "device {value!r} is not available here ({reason}); pass `device='cpu'` or a device this machine has"
+MSG_BAD_AUTOCAST = "autocast={value!r} is not supported; use None (auto), 'off', 'bf16' or 'fp16'"
+MSG_MISSING_IMAGES = "{missing} of {total} image files of {where} are missing (first: '{first}'); restore them or drop their rows"
+MSG_DAMAGED_JOURNAL = (
+    "journal '{path}' is damaged ({problem}); remove the folder to start over, or pass `overwrite=True`"
 )
-BAD_FEATURES_MSG = "backbone {name} returned {problem}; {fix}"
-UNEVEN_BATCH_MSG = (
+MSG_BAD_FEATURES = "backbone {name} returned {problem}; {fix}"
+MSG_UNEVEN_BATCH = (
     "the transform gave images of different shapes ({a} and {b}); make it resize and crop to one fixed size"
 )
 
@@ -184,11 +184,11 @@ def check_options(source, *, batch_size, num_workers, feature_dtype: str) -> str
     if batch_size is not None and (
         isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1
     ):
-        raise DataError(BAD_BATCH_SIZE_MSG.format(value=batch_size))
+        raise DataError(MSG_BAD_BATCH_SIZE.format(value=batch_size))
     if num_workers is not None and (
         isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer)) or num_workers < 0
     ):
-        raise DataError(BAD_WORKERS_MSG.format(value=num_workers))
+        raise DataError(MSG_BAD_WORKERS.format(value=num_workers))
     for name in source.sensitive:
         check_member_name(name)  # before any compute: HDF5 could never store it
     return feature_dtype
@@ -367,18 +367,18 @@ def _resume_point(
     n = int(identity[schema.N_ROWS_ATTR])
     row_bytes = int(identity[schema.FEATURE_DIM_ATTR]) * np.dtype(identity[schema.FEATURE_DTYPE_ATTR]).itemsize
     if meta.get("journal-version") != JOURNAL_VERSION:
-        raise CacheError(OLD_JOURNAL_MSG.format(path=journal.dir))
+        raise CacheError(MSG_OLD_JOURNAL.format(path=journal.dir))
     if not 0 <= committed <= n:
         problem = f"{committed} committed rows for {n} rows"
-        raise CacheError(DAMAGED_JOURNAL_MSG.format(path=journal.dir, problem=problem))
+        raise CacheError(MSG_DAMAGED_JOURNAL.format(path=journal.dir, problem=problem))
     on_disk = journal.valid_rows_on_disk(row_bytes)
     if on_disk < committed:
         problem = f"features.bin holds {on_disk} rows but {committed} are committed"
-        raise CacheError(DAMAGED_JOURNAL_MSG.format(path=journal.dir, problem=problem))
+        raise CacheError(MSG_DAMAGED_JOURNAL.format(path=journal.dir, problem=problem))
     found = journal.input_records(committed)
     if found is None:
         problem = f"inputs.jsonl does not cover the {committed} committed rows"
-        raise CacheError(DAMAGED_JOURNAL_MSG.format(path=journal.dir, problem=problem))
+        raise CacheError(MSG_DAMAGED_JOURNAL.format(path=journal.dir, problem=problem))
     records, inputs_bytes = found
     inputs.check_unchanged(records, paths, journal=journal.dir, committed=committed)
     last = journal.committed_batch_size()
@@ -423,7 +423,7 @@ def _check_image_files(source) -> None:
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         where = getattr(source, "_where", type(source).__name__)
-        raise DataError(MISSING_IMAGES_MSG.format(missing=len(missing), total=len(paths), where=where, first=missing[0]))
+        raise DataError(MSG_MISSING_IMAGES.format(missing=len(missing), total=len(paths), where=where, first=missing[0]))
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -432,11 +432,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise DataError(BAD_DEVICE_MSG.format(value=device, reason="unknown device name")) from err
+        raise DataError(MSG_BAD_DEVICE.format(value=device, reason="unknown device name")) from err
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise DataError(BAD_DEVICE_MSG.format(value=device, reason="no CUDA device"))
+        raise DataError(MSG_BAD_DEVICE.format(value=device, reason="no CUDA device"))
     if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise DataError(BAD_DEVICE_MSG.format(value=device, reason="no MPS device"))
+        raise DataError(MSG_BAD_DEVICE.format(value=device, reason="no MPS device"))
     return resolved
 
 
@@ -451,7 +451,7 @@ def resolve_autocast(autocast: Any, device: torch.device) -> torch.dtype | None:
         return autocast
     if isinstance(autocast, str) and autocast.lower() in AUTOCAST_DTYPES:
         return AUTOCAST_DTYPES[autocast.lower()]
-    raise DataError(BAD_AUTOCAST_MSG.format(value=autocast))
+    raise DataError(MSG_BAD_AUTOCAST.format(value=autocast))
 
 
 def _auto_workers(num_workers: int | None, rows: int, batch_size: int, device: torch.device) -> int:
@@ -542,7 +542,7 @@ def _collate(items):
     first = tuple(tensors[0].shape)
     for t in tensors[1:]:
         if tuple(t.shape) != first:
-            return UNEVEN_BATCH_MSG.format(a=first, b=tuple(t.shape))
+            return MSG_UNEVEN_BATCH.format(a=first, b=tuple(t.shape))
     records = [record for _, _, record in items]
     files = inputs.batch_record(records) if all(r is not None for r in records) else None
     return torch.tensor([row for row, _, _ in items], dtype=torch.int64), torch.stack(tensors), files
@@ -649,7 +649,7 @@ def _run_batches(
             raise
         if pending is not None:  # computed before memory ran out: keep it
             commit(pending)
-        template = OUT_OF_MEMORY_MSG if batch_size > 1 else OUT_OF_MEMORY_AT_ONE_MSG
+        template = MSG_OUT_OF_MEMORY if batch_size > 1 else MSG_OUT_OF_MEMORY_AT_ONE
         raise BackboneError(
             template.format(size=batch_size, half=max(1, batch_size // 2), device=device, rows=journal.rows, total=n)
         ) from err
@@ -660,7 +660,7 @@ def _run_batches(
 def _checked_features(features: torch.Tensor, backbone: Backbone, rows: int) -> torch.Tensor:
     if features.ndim != 2 or tuple(features.shape) != (rows, backbone.feature_dim):
         raise BackboneError(
-            BAD_FEATURES_MSG.format(
+            MSG_BAD_FEATURES.format(
                 name=backbone.name,
                 problem=f"shape {tuple(features.shape)} for {rows} images, not ({rows}, {backbone.feature_dim})",
                 fix="make the module return (N, D) features",
@@ -677,7 +677,7 @@ def _commit(journal: Journal, pending, backbone: Backbone, bar, delay: float, ba
     if not np.isfinite(block).all():
         bad = int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0]) + journal.rows
         fix = "use feature_dtype float32" if block.dtype == np.float16 else "check the weights and the inputs"
-        raise BackboneError(BAD_FEATURES_MSG.format(name=backbone.name, problem=f"non-finite features at row {bad}", fix=fix))
+        raise BackboneError(MSG_BAD_FEATURES.format(name=backbone.name, problem=f"non-finite features at row {bad}", fix=fix))
     journal.append(block, inputs=files, batch_size=batch_size)
     bar.update(rows)
     if delay:

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from embedcache.errors import CacheError, DataError
+from embedcache.errors import CacheError, DataError, one_line
 from embedcache.sources.base import (TableSource, duplicate_names, encode_categorical, encode_label, hash_splits,
                                      is_missing, normalize_splits, shown, shown_names)
 from embedcache.store import schema
@@ -34,7 +34,6 @@ from embedcache.store.writer import CacheTable, check_feature_dtype, commit_file
 
 IMPORTED_ARCH = "imported"
 IMPORTED_WEIGHTS = "table"
-TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".npz", ".npy")
 #: what ``sensitive_missing`` accepts: refuse missing values, keep them as the group "(missing)", or drop their rows
 SENSITIVE_MISSING_CHOICES = ("error", "group", "drop")
 #: rows per pandas chunk: the progress bar moves once per chunk
@@ -42,61 +41,60 @@ CSV_CHUNK_ROWS = 20_000
 #: the import's progress bar appears only once reading has taken this long
 PROGRESS_DELAY_S = 2.0
 
-MISSING_TABLE_MSG = "table '{path}' does not exist; pass a CSV, Parquet, .npz or .npy path"
-UNKNOWN_FORMAT_MSG = "table '{path}' has an unknown format; use .csv, .parquet, .npz, a .npy file or a folder of .npy files"
-UNREADABLE_TABLE_MSG = "table '{path}' cannot be read ({error}); check the file"
-NOT_UTF8_MSG = "table '{path}' is not UTF-8 text (it holds the byte {byte}); save it as UTF-8 CSV"
-NO_HEADER_MSG = "table '{path}' has no header line; add a header naming the columns"
-OTHER_SEPARATOR_MSG = (
+MSG_MISSING_TABLE = "table '{path}' does not exist; pass a CSV, Parquet, .npz or .npy path"
+MSG_UNKNOWN_FORMAT = "table '{path}' has an unknown format; use .csv, .parquet, .npz, a .npy file or a folder of .npy files"
+MSG_UNREADABLE_TABLE = "table '{path}' cannot be read ({error}); check the file"
+MSG_NOT_UTF8 = "table '{path}' is not UTF-8 text (it holds the byte {byte}); save it as UTF-8 CSV"
+MSG_NO_HEADER = "table '{path}' has no header line; add a header naming the columns"
+MSG_OTHER_SEPARATOR = (
     "table '{path}' has a single column {name!r}: it looks {sep}-separated; save it comma-separated"
 )
-NO_PYARROW_MSG = "reading Parquet needs pyarrow; install it with `pip install pyarrow`"
-UNKNOWN_COLUMN_MSG = "table '{path}' has no column {name!r}{hint}; columns are: {available}"
-DUPLICATE_COLUMN_MSG = "table '{path}' has the column {name!r} twice (columns {first} and {second}); rename one"
-UNNAMED_COLUMN_MSG = "table '{path}' column {position} has no name but holds values ({value} at row {row}); name it in the header"
-LABEL_AS_FEATURE_MSG = "the label column {name!r} cannot also be a feature; remove it from --features"
-FEATURE_TWICE_MSG = "feature column {name!r} is listed twice in --features; list it once"
-NOT_PLAIN_COLUMN_MSG = (
+MSG_NO_PYARROW = "reading Parquet needs pyarrow; install it with `pip install pyarrow`"
+MSG_UNKNOWN_COLUMN = "table '{path}' has no column {name!r}{hint}; columns are: {available}"
+MSG_DUPLICATE_COLUMN = "table '{path}' has the column {name!r} twice (columns {first} and {second}); rename one"
+MSG_UNNAMED_COLUMN = "table '{path}' column {position} has no name but holds values ({value} at row {row}); name it in the header"
+MSG_LABEL_AS_FEATURE = "the label column {name!r} cannot also be a feature; remove it from `features`"
+MSG_FEATURE_TWICE = "feature column {name!r} is listed twice in `features`; list it once"
+MSG_NOT_PLAIN_COLUMN = (
     "column {name!r} holds vectors; the {role} must be a plain column (one value per row)"
 )
-NOT_NUMERIC_MSG = "feature column {name!r} is not numeric ({value} at row {row}); encode it as numbers or leave it out"
-NO_FEATURE_VALUES_MSG = ("feature column(s) {names} hold no values (empty vectors): a cache needs at least one "
-                         "feature; pass --features with columns that hold numbers")
-VECTOR_TEXT_MSG = (
+MSG_NOT_NUMERIC = "feature column {name!r} is not numeric ({value} at row {row}); encode it as numbers or leave it out"
+MSG_VECTOR_TEXT = (
     "feature column {name!r} holds text that looks like a vector ({value} at row {row}); store vectors as a "
-    "Parquet list<float> column (--features-col {name}) or one column per dimension"
+    "Parquet list<float> column (named in `features`) or one column per dimension"
 )
-MISSING_FEATURE_MSG = "feature column {name!r} is missing a value ({value} at row {row}); impute or drop that row"
-NON_FINITE_MSG = "feature column {name!r} has a non-finite value ({value}) at row {row}; impute or drop that row"
-DTYPE_OVERFLOW_MSG = (
+MSG_MISSING_FEATURE = "feature column {name!r} is missing a value ({value} at row {row}); impute or drop that row"
+MSG_NON_FINITE = "feature column {name!r} has a non-finite value ({value}) at row {row}; impute or drop that row"
+MSG_DTYPE_OVERFLOW = (
     "feature column {name!r} has {value:.6g} at row {row}, beyond the {dtype} range (|x| <= {limit:.3g}); {fix}"
 )
-DTYPE_UNDERFLOW_MSG = (
+MSG_DTYPE_UNDERFLOW = (
     "feature column {name!r} is below the {dtype} precision (largest |x| = {value:.3g}, smallest normal "
     "{tiny:.3g}): it would be stored as zeros or noise; {fix}"
 )
 RESCALE_FIX = "rescale the features (divide by a constant) before importing"
-FLOAT32_FIX = "use --dtype float32 (feature_dtype='float32')"
-NO_FEATURES_MSG = "table '{path}' has no numeric feature columns besides label, sensitive, split and id; pass --features"
-RAGGED_MSG = "table '{path}' column {name!r} has {got} rows but {expected} are expected; give every column one value per row"
-RAGGED_LINE_MSG = "table '{path}' line {line} has {got} fields but the header has {expected}; fix the quoting or the missing field"
-RAGGED_VECTOR_MSG = (
+FLOAT32_FIX = "use `feature_dtype='float32'`"
+MSG_NO_FEATURES = "table '{path}' has no numeric feature columns besides label, sensitive, split and id; pass `features`"
+MSG_RAGGED = "table '{path}' column {name!r} has {got} rows but {expected} are expected; give every column one value per row"
+MSG_RAGGED_LINE = "table '{path}' line {line} has {got} fields but the header has {expected}; fix the quoting or the missing field"
+MSG_RAGGED_VECTOR = (
     "table '{path}' column {name!r} has vectors of length {expected} and {got} (row {row}); "
     "every row needs a vector of the same length"
 )
-NULL_VECTOR_MSG = "table '{path}' column {name!r} has a missing vector or element at row {row}; impute or drop that row"
-STRUCTURED_NPY_MSG = "'{path}' is a plain array; a .npy table must be a structured array (named fields) or a folder of .npy files"
-OUT_IS_INPUT_MSG = "--out '{out}' is the input table itself; write the cache to another file (e.g. {suggestion})"
-OUT_IS_DIR_MSG = "--out '{out}' is a folder; pass a file path such as '{suggestion}'"
-OUT_NOT_CACHE_MSG = (
-    "--out '{out}' exists and is not an HDF5 cache; fairhead replaces only caches (even with --overwrite): "
-    "remove it yourself or choose another --out"
+MSG_NULL_VECTOR = "table '{path}' column {name!r} has a missing vector or element at row {row}; impute or drop that row"
+MSG_STRUCTURED_NPY = "'{path}' is a plain array; a .npy table must be a structured array (named fields) or a folder of .npy files"
+MSG_OUT_IS_INPUT = "`out` '{out}' is the input table itself; write the cache to another file (e.g. {suggestion})"
+MSG_OUT_IS_DIR = "`out` '{out}' is a folder; pass a file path such as '{suggestion}'"
+MSG_OUT_NOT_CACHE = (
+    "`out` '{out}' exists and is not an HDF5 cache; fairhead replaces only caches (even with `overwrite=True`): "
+    "remove it yourself or choose another `out`"
 )
-EMPTY_TABLE_MSG = "table '{path}' has a header but no rows; pass a table with at least one row"
-OUT_UNWRITABLE_MSG = "cannot write the cache '{out}' ({error}); choose a writable --out"
-BAD_SENSITIVE_MISSING_MSG = "sensitive_missing must be one of {choices}, got {value!r}"
+MSG_EMPTY_TABLE = "table '{path}' has a header but no rows; pass a table with at least one row"
+MSG_OUT_UNWRITABLE = "cannot write the cache '{out}' ({error}); choose a writable `out`"
+MSG_BAD_SENSITIVE_MISSING = "sensitive_missing must be one of {choices}, got {value!r}"
 MISSING_SENSITIVE_FIX = (
-    "fill or drop those rows, or pass --sensitive-missing group (a group of its own) or drop (leave those rows out)"
+    "fill or drop those rows, or pass `sensitive_missing='group'` (a group of its own) or `sensitive_missing='drop'` "
+    "(leave those rows out)"
 )
 #: the first bytes of every HDF5 file (the superblock signature at offset 0)
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -167,7 +165,7 @@ def import_table(
     sensitive = _check_import_options(path, out, sensitive=sensitive, sensitive_missing=sensitive_missing)
     columns, blocks, n = _read_table(path, progress=progress)
     if n == 0:
-        raise DataError(EMPTY_TABLE_MSG.format(path=path))
+        raise DataError(MSG_EMPTY_TABLE.format(path=path))
     features = _feature_columns(path, columns, blocks, label=label, sensitive=sensitive, split=split, id_col=id_col,
                                 features=features)
     rows = _kept_rows(columns, sensitive, n, sensitive_missing=sensitive_missing)
@@ -220,13 +218,13 @@ def _provenance(path: Path, table: TableSource, names: list[str], stored: np.nda
 def _check_import_options(path: Path, out: Path, *, sensitive, sensitive_missing: str) -> list[str]:
     """Refuse a bad ``sensitive_missing`` or output before the table is read; the sensitive columns as a list."""
     if sensitive_missing not in SENSITIVE_MISSING_CHOICES:
-        raise DataError(BAD_SENSITIVE_MISSING_MSG.format(choices=", ".join(SENSITIVE_MISSING_CHOICES),
+        raise DataError(MSG_BAD_SENSITIVE_MISSING.format(choices=", ".join(SENSITIVE_MISSING_CHOICES),
                                                          value=sensitive_missing))
     sensitive = [sensitive] if isinstance(sensitive, str) else list(sensitive)
     try:
         _check_output(path, out)
     except OSError as err:  # a name too long, a parent that is a file, no permission to look
-        raise CacheError(OUT_UNWRITABLE_MSG.format(out=out, error=_one_line(err))) from err
+        raise CacheError(MSG_OUT_UNWRITABLE.format(out=out, error=one_line(err, with_type=True))) from err
     return sensitive
 
 
@@ -239,25 +237,25 @@ def _feature_columns(path: Path, columns, blocks, *, label, sensitive, split, id
         if name not in columns and name not in blocks:
             close = difflib.get_close_matches(name, available, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise DataError(UNKNOWN_COLUMN_MSG.format(path=path, name=name, hint=hint, available=shown_names(available)))
+            raise DataError(MSG_UNKNOWN_COLUMN.format(path=path, name=name, hint=hint, available=shown_names(available)))
     for role, name in [("label", label)] + [("sensitive attribute", s) for s in sensitive] + [
         ("split", split), ("id", id_col)
     ]:
         if name is not None and name in blocks:
-            raise DataError(NOT_PLAIN_COLUMN_MSG.format(name=name, role=role))
+            raise DataError(MSG_NOT_PLAIN_COLUMN.format(name=name, role=role))
     if features is None:
         features = [c for c in available if c not in used and (c in blocks or _is_numeric(columns[c]))]
         for name in available:  # never leave a column of vectors out silently
             if name not in used and name not in features and _vector_text(columns.get(name)) is not None:
-                raise DataError(VECTOR_COLUMN_LEFT_OUT_MSG.format(name=name, value=_vector_text(columns[name])))
+                raise DataError(MSG_VECTOR_COLUMN_LEFT_OUT.format(name=name, value=_vector_text(columns[name])))
         if not features:
-            raise DataError(NO_FEATURES_MSG.format(path=path))
+            raise DataError(MSG_NO_FEATURES.format(path=path))
     features = list(features)
     if label in features:
-        raise DataError(LABEL_AS_FEATURE_MSG.format(name=label))
+        raise DataError(MSG_LABEL_AS_FEATURE.format(name=label))
     twice = duplicate_names(features)
     if twice:
-        raise DataError(FEATURE_TWICE_MSG.format(name=twice[0]))
+        raise DataError(MSG_FEATURE_TWICE.format(name=twice[0]))
     return features
 
 
@@ -315,14 +313,8 @@ def _write_table_cache(out: Path, table: TableSource, stored: np.ndarray, *, ide
             )
             commit_file(tmp, out)
     except OSError as err:  # a read-only folder, a parent that is a file, a name too long
-        raise CacheError(OUT_UNWRITABLE_MSG.format(out=out, error=_one_line(err))) from err
+        raise CacheError(MSG_OUT_UNWRITABLE.format(out=out, error=one_line(err, with_type=True))) from err
     return out
-
-
-def _one_line(err: BaseException) -> str:
-    """``Type: message`` on one line; an OSError without its file name, which the message already shows."""
-    text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-    return " ".join(f"{type(err).__name__}: {text}".split())[:200]
 
 
 def _check_output(path: Path, out: Path) -> None:
@@ -333,15 +325,15 @@ def _check_output(path: Path, out: Path) -> None:
     """
     suggestion = path.with_suffix(".h5") if path.suffix.lower() != ".h5" else path.with_name(path.stem + "-cache.h5")
     if out.is_dir():
-        raise CacheError(OUT_IS_DIR_MSG.format(out=out, suggestion=out / (path.stem + ".h5")))
+        raise CacheError(MSG_OUT_IS_DIR.format(out=out, suggestion=out / (path.stem + ".h5")))
     if not out.exists():
         return
     if path.exists() and os.path.samefile(path, out):
-        raise CacheError(OUT_IS_INPUT_MSG.format(out=out, suggestion=suggestion))
+        raise CacheError(MSG_OUT_IS_INPUT.format(out=out, suggestion=suggestion))
     if out.is_file() and out.stat().st_size > 0:
         with open(out, "rb") as fh:
             if fh.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:
-                raise CacheError(OUT_NOT_CACHE_MSG.format(out=out))
+                raise CacheError(MSG_OUT_NOT_CACHE.format(out=out))
 
 
 def _id_text(value) -> str:
@@ -365,7 +357,7 @@ def _cast_checked(matrix: np.ndarray, names: list[str], rows: np.ndarray, dtype:
         row, col = map(int, np.argwhere(overflow)[0])
         fits_float32 = np.abs(matrix).max() <= np.finfo(np.float32).max
         fix = FLOAT32_FIX if dtype == "float16" and fits_float32 else RESCALE_FIX
-        raise DataError(DTYPE_OVERFLOW_MSG.format(name=names[col], value=matrix[row, col], row=int(rows[row]),
+        raise DataError(MSG_DTYPE_OVERFLOW.format(name=names[col], value=matrix[row, col], row=int(rows[row]),
                                                   dtype=dtype, limit=float(info.max), fix=fix))
     if matrix.size:
         largest = np.abs(matrix).max(axis=0)
@@ -373,7 +365,7 @@ def _cast_checked(matrix: np.ndarray, names: list[str], rows: np.ndarray, dtype:
         if tiny.any():
             col = int(np.flatnonzero(tiny)[0])
             fix = FLOAT32_FIX if dtype == "float16" and largest[col] >= np.finfo(np.float32).smallest_normal else RESCALE_FIX
-            raise DataError(DTYPE_UNDERFLOW_MSG.format(name=names[col], value=float(largest[col]), dtype=dtype,
+            raise DataError(MSG_DTYPE_UNDERFLOW.format(name=names[col], value=float(largest[col]), dtype=dtype,
                                                        tiny=float(info.smallest_normal), fix=fix))
     return stored
 
@@ -384,13 +376,13 @@ def _cast_checked(matrix: np.ndarray, names: list[str], rows: np.ndarray, dtype:
 def _read_table(path: Path, *, progress: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray], int]:
     """Return (1-D columns by name, 2-D feature blocks by name, row count)."""
     if not path.exists():
-        raise DataError(MISSING_TABLE_MSG.format(path=path))
+        raise DataError(MSG_MISSING_TABLE.format(path=path))
     suffix = path.suffix.lower()
     try:
         if path.is_dir():
             arrays = {p.stem: np.load(p, allow_pickle=False) for p in sorted(path.glob("*.npy"))}
             if not arrays:
-                raise DataError(UNKNOWN_FORMAT_MSG.format(path=path))
+                raise DataError(MSG_UNKNOWN_FORMAT.format(path=path))
             return _split_arrays(path, arrays)
         if suffix == ".csv":
             return _read_csv(path, progress=progress)
@@ -402,15 +394,15 @@ def _read_table(path: Path, *, progress: bool = False) -> tuple[dict[str, Any], 
         if suffix == ".npy":
             array = np.load(path, allow_pickle=False)
             if array.dtype.names is None:
-                raise DataError(STRUCTURED_NPY_MSG.format(path=path))
+                raise DataError(MSG_STRUCTURED_NPY.format(path=path))
             return _split_arrays(path, {name: array[name] for name in array.dtype.names})
     except UnicodeDecodeError as err:
-        raise DataError(NOT_UTF8_MSG.format(path=path, byte=hex(err.object[err.start]))) from err
+        raise DataError(MSG_NOT_UTF8.format(path=path, byte=hex(err.object[err.start]))) from err
     except DataError:
         raise
     except (OSError, ValueError, EOFError, csv.Error) as err:  # pandas' ParserError, pyarrow's ArrowInvalid: ValueErrors
-        raise DataError(UNREADABLE_TABLE_MSG.format(path=path, error=_one_line(err))) from err
-    raise DataError(UNKNOWN_FORMAT_MSG.format(path=path))
+        raise DataError(MSG_UNREADABLE_TABLE.format(path=path, error=one_line(err, with_type=True))) from err
+    raise DataError(MSG_UNKNOWN_FORMAT.format(path=path))
 
 
 def _split_arrays(path: Path, arrays: dict[str, np.ndarray]):
@@ -418,10 +410,10 @@ def _split_arrays(path: Path, arrays: dict[str, np.ndarray]):
     n = None
     for name, array in arrays.items():
         if array.ndim not in (1, 2):
-            raise DataError(RAGGED_MSG.format(path=path, name=name, got=array.shape, expected="1-D or 2-D"))
+            raise DataError(MSG_RAGGED.format(path=path, name=name, got=array.shape, expected="1-D or 2-D"))
         n = len(array) if n is None else n
         if len(array) != n:
-            raise DataError(RAGGED_MSG.format(path=path, name=name, got=len(array), expected=n))
+            raise DataError(MSG_RAGGED.format(path=path, name=name, got=len(array), expected=n))
         (blocks if array.ndim == 2 else columns)[name] = array
     return columns, blocks, int(n or 0)
 
@@ -431,16 +423,16 @@ def _csv_header(path: Path) -> list[str]:
     with open(path, newline="", encoding="utf-8-sig") as fh:
         header = next(csv.reader(fh), None)
     if not header or not any(h.strip() for h in header):
-        raise DataError(NO_HEADER_MSG.format(path=path))
+        raise DataError(MSG_NO_HEADER.format(path=path))
     header = [h.strip() for h in header]
     if len(header) == 1:
         for sep, word in ((";", "semicolon"), ("\t", "tab")):
             if sep in header[0]:
-                raise DataError(OTHER_SEPARATOR_MSG.format(path=path, name=shown(header[0])[1:-1], sep=word))
+                raise DataError(MSG_OTHER_SEPARATOR.format(path=path, name=shown(header[0])[1:-1], sep=word))
     duplicate = duplicate_names(header)
     if duplicate:
         name, first, second = duplicate
-        raise DataError(DUPLICATE_COLUMN_MSG.format(path=path, name=name, first=first, second=second))
+        raise DataError(MSG_DUPLICATE_COLUMN.format(path=path, name=name, first=first, second=second))
     return header
 
 
@@ -457,14 +449,14 @@ def _check_field_counts(path: Path, width: int) -> None:
             if b'"' in line:
                 break
             if line.strip() and line.count(b",") != width - 1:
-                raise DataError(RAGGED_LINE_MSG.format(path=path, line=number, got=line.count(b",") + 1, expected=width))
+                raise DataError(MSG_RAGGED_LINE.format(path=path, line=number, got=line.count(b",") + 1, expected=width))
         else:
             return
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh, strict=True)  # a broken quote is an error, not a merged field
         for row in reader:
             if row and any(field.strip() for field in row) and len(row) != width:
-                raise DataError(RAGGED_LINE_MSG.format(path=path, line=reader.line_num, got=len(row), expected=width))
+                raise DataError(MSG_RAGGED_LINE.format(path=path, line=reader.line_num, got=len(row), expected=width))
 
 
 def _read_csv(path: Path, *, progress: bool = False):
@@ -499,7 +491,7 @@ def _read_csv(path: Path, *, progress: bool = False):
         if not name:  # an unnamed column (a trailing comma): fine while empty, refused once it holds data
             filled = [k for k, v in enumerate(values) if not is_missing(v)]
             if filled:
-                raise DataError(UNNAMED_COLUMN_MSG.format(path=path, position=position, value=shown(values[filled[0]]),
+                raise DataError(MSG_UNNAMED_COLUMN.format(path=path, position=position, value=shown(values[filled[0]]),
                                                           row=filled[0]))
             continue
         columns[name] = values
@@ -510,13 +502,13 @@ def _read_parquet(path: Path):
     try:
         import pyarrow.parquet as pq
     except ImportError as err:
-        raise DataError(NO_PYARROW_MSG) from err
+        raise DataError(MSG_NO_PYARROW) from err
     import pyarrow as pa
 
     duplicate = duplicate_names(pq.read_schema(path).names)  # before read_table, which fails on them
     if duplicate:
         name, first, second = duplicate
-        raise DataError(DUPLICATE_COLUMN_MSG.format(path=path, name=name, first=first, second=second))
+        raise DataError(MSG_DUPLICATE_COLUMN.format(path=path, name=name, first=first, second=second))
     table = pq.read_table(path)
     columns, blocks = {}, {}
     for index, name in enumerate(table.column_names):
@@ -543,19 +535,19 @@ def _list_block(path: Path, name: str, column) -> np.ndarray:
     n = len(array)
     if array.null_count:
         row = int(np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False))[0])
-        raise DataError(NULL_VECTOR_MSG.format(path=path, name=name, row=row))
+        raise DataError(MSG_NULL_VECTOR.format(path=path, name=name, row=row))
     lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False) if n else np.zeros(0, dtype=np.int64)
     if n and (lengths != lengths[0]).any():
         row = int(np.flatnonzero(lengths != lengths[0])[0])
-        raise DataError(RAGGED_VECTOR_MSG.format(path=path, name=name, expected=int(lengths[0]),
+        raise DataError(MSG_RAGGED_VECTOR.format(path=path, name=name, expected=int(lengths[0]),
                                                  got=int(lengths[row]), row=row))
     width = int(lengths[0]) if n else 0
     values = array.flatten()
     if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
-        raise DataError(NOT_NUMERIC_MSG.format(name=name, value=f"elements of type {values.type}", row=0))
+        raise DataError(MSG_NOT_NUMERIC.format(name=name, value=f"elements of type {values.type}", row=0))
     if values.null_count:
         element = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
-        raise DataError(NULL_VECTOR_MSG.format(path=path, name=name, row=element // max(width, 1)))
+        raise DataError(MSG_NULL_VECTOR.format(path=path, name=name, row=element // max(width, 1)))
     return values.cast(pa.float64()).to_numpy(zero_copy_only=False).reshape(n, width)
 
 
@@ -579,11 +571,11 @@ def _numbers(values) -> tuple[np.ndarray, np.ndarray]:
     return parsed, failed
 
 
-NO_FEATURE_VALUES_MSG = ("feature column(s) {names} hold no values (empty vectors): a cache needs at least one "
-                         "feature; pass --features with columns that hold numbers")
-VECTOR_COLUMN_LEFT_OUT_MSG = ("column {name!r} holds vectors written as text ({value}); a CSV cell is one number, so it "
+MSG_NO_FEATURE_VALUES = ("feature column(s) {names} hold no values (empty vectors): a cache needs at least one "
+                         "feature; pass `features` with columns that hold numbers")
+MSG_VECTOR_COLUMN_LEFT_OUT = ("column {name!r} holds vectors written as text ({value}); a CSV cell is one number, so it "
                    "would be left out: write one column per dimension, store it as a Parquet list<float> column or "
-                   "an .npz 2-D array, or pass --features with the columns you want")
+                   "an .npz 2-D array, or pass `features` with the columns you want")
 _VECTOR_TEXT = re.compile(r"^\s*[\[(]\s*[-+0-9.eEinfa]+(\s*[,; ]\s*[-+0-9.eEinfa]+)*\s*[\])]\s*$")
 
 
@@ -617,7 +609,7 @@ def _feature_matrix(columns, blocks, names: list[str], rows: np.ndarray) -> tupl
         if name in blocks:
             block = np.asarray(blocks[name])
             if block.dtype.kind not in "iufb":
-                raise DataError(NOT_NUMERIC_MSG.format(name=name, value=f"dtype {block.dtype}", row=0))
+                raise DataError(MSG_NOT_NUMERIC.format(name=name, value=f"dtype {block.dtype}", row=0))
             block = block[rows].astype(np.float64)
             _check_finite(block, [f"{name}[{j}]" for j in range(block.shape[1])], rows)
             parts.append(block)
@@ -629,18 +621,18 @@ def _feature_matrix(columns, blocks, names: list[str], rows: np.ndarray) -> tupl
         if failed.any():
             k = int(np.flatnonzero(failed)[0])
             text = str(values[k]).strip()
-            template = VECTOR_TEXT_MSG if text[:1] in "[(" and ("," in text or " " in text) else NOT_NUMERIC_MSG
+            template = MSG_VECTOR_TEXT if text[:1] in "[(" and ("," in text or " " in text) else MSG_NOT_NUMERIC
             raise DataError(template.format(name=name, value=shown(values[k]), row=int(rows[k])))
         for k in np.flatnonzero(np.isnan(column)):  # only NaN cells can be missing ones
             if _is_missing_cell(values[k]):
-                raise DataError(MISSING_FEATURE_MSG.format(name=name, value=shown(values[k]), row=int(rows[k])))
+                raise DataError(MSG_MISSING_FEATURE.format(name=name, value=shown(values[k]), row=int(rows[k])))
             break  # the first NaN is a number NaN: reported as non-finite below
         _check_finite(column[:, None], [name], rows)
         parts.append(column[:, None])
         out_names.append(name)
     matrix = np.concatenate(parts, axis=1) if parts else np.zeros((len(rows), 0))
     if matrix.shape[1] == 0:  # e.g. a vector column whose vectors are all empty: no feature to store
-        raise DataError(NO_FEATURE_VALUES_MSG.format(names=", ".join(repr(n) for n in names)))
+        raise DataError(MSG_NO_FEATURE_VALUES.format(names=", ".join(repr(n) for n in names)))
     return matrix, out_names
 
 
@@ -655,7 +647,7 @@ def _check_finite(block: np.ndarray, names: list[str], rows: np.ndarray) -> None
     bad = ~np.isfinite(block)
     if bad.any():
         row, col = map(int, np.argwhere(bad)[0])
-        raise DataError(NON_FINITE_MSG.format(name=names[col], value=block[row, col], row=int(rows[row])))
+        raise DataError(MSG_NON_FINITE.format(name=names[col], value=block[row, col], row=int(rows[row])))
 
 
 def _table_sha256(path: Path) -> str:

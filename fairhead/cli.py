@@ -23,9 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from fairhead_errors import DataError, FairheadError
 from solvers.constraints import CONSTRAINTS as CONSTRAINT_CLASSES
@@ -44,17 +47,20 @@ CONSTRAINTS = RATE_CONSTRAINTS + SCORE_CONSTRAINTS
 
 
 # --------------------------------------------------------------------------- numeric flags
-def _int_at_least(low: int, what: str):
-    """An argparse ``type``: an integer >= ``low``, so an out-of-range count is a usage error (exit 2)
-    instead of a silent one-point sweep or a crash deep inside."""
+def _int_at_least(low: int, note: str = ""):
+    """An argparse ``type``: an integer >= ``low`` (checked by :func:`fairhead_options.check_integer`), so an
+    out-of-range count is a usage error (exit 2) instead of a silent one-point sweep or a crash deep inside."""
+    from fairhead_options import check_integer
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}")
-        return value
+            value = text
+        try:
+            return check_integer(value, low=low, note=note)
+        except DataError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
     parse.__name__ = "int"  # argparse names the type in its own messages
     return parse
 
@@ -67,14 +73,16 @@ def MEMORY_SIZE(text: str) -> str:
         parse_memory(text)
     except DataError as err:
         if "more than this machine" in str(err):  # a well-formed size the machine does not have
-            raise argparse.ArgumentTypeError(str(err).replace("max_memory ", "", 1)) from None
+            raise argparse.ArgumentTypeError(str(err).replace("`max_memory` ", "", 1)) from None
         raise argparse.ArgumentTypeError(f"must be a memory size such as 2GB, 512MB or 1.5GiB; got {text!r}") from None
     return text
 
 
-POSITIVE_INT = _int_at_least(1, "an integer >= 1")
-SEED = _int_at_least(0, "an integer >= 0")
-GRID_SIZE = _int_at_least(2, "an integer >= 2 (a sweep needs at least two bounds)")
+POSITIVE_INT = _int_at_least(1)
+NONNEGATIVE_INT = _int_at_least(0)
+SEED = NONNEGATIVE_INT
+COUNT = _int_at_least(0, " (0: every row)")
+GRID_SIZE = _int_at_least(2, " (a sweep needs at least two bounds)")
 N_EPS_DEFAULT = 20
 #: ``embedcache.SyntheticSource``'s default (its module imports torch, so the number is repeated here;
 #: a test holds the two equal), so ``extract --synthetic`` and the Python example make one dataset
@@ -84,7 +92,6 @@ EPS_DEFAULT = 0.05
 UNBOUNDED_CONSTRAINTS = ("none",) + tuple(name for name, c in CONSTRAINT_CLASSES.items() if not c.bounded)
 
 
-# --------------------------------------------------------------------------- parsers
 def _version() -> str:
     """The installed distribution's version, or the source tree's when run from a checkout."""
     from importlib import metadata
@@ -97,55 +104,123 @@ def _version() -> str:
         return fairhead.__version__
 
 
-def _add_source_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("data source (choose one)")
-    which = group.add_mutually_exclusive_group(required=True)
-    which.add_argument("--celeba", metavar="ROOT", type=Path,
-                       help="CelebA folder with img_align_celeba/, list_attr_celeba.txt, list_eval_partition.txt")
-    which.add_argument("--manifest", metavar="CSV", type=Path,
-                       help="CSV manifest: an image path column, a label column, sensitive columns, optional split")
-    which.add_argument("--synthetic", action="store_true",
-                       help="the generated default dataset (deterministic from --seed)")
-    which.add_argument("--preset", metavar="NAME",
-                       help="a named dataset preset (see `fairhead presets`); e.g. celeba-blond-male with --root")
-    group.add_argument("--root", type=Path, help="image root for --manifest / dataset root for --preset")
-    group.add_argument("--target", help="target attribute (CelebA) or label column (manifest)")
-    group.add_argument("--sensitive", nargs="+", metavar="NAME", help="sensitive attribute(s) / column(s)")
-    group.add_argument("--image-col", default="path", help="manifest column holding image paths (default: path)")
-    group.add_argument("--split-col", help="manifest column holding the split name (default: none, hashed split)")
-    group.add_argument("--id-col", help="manifest column holding sample ids (default: the image path)")
-    synth = parser.add_argument_group("generated dataset (--synthetic)")
-    # --num-images: under torchrun, whose parser reads a bare --n as an abbreviation of its own --nnodes/--nproc-per-node
-    synth.add_argument("--n", "--num-images", type=int, default=3000, help="number of images (default: 3000)")
-    synth.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
-    synth.add_argument("--correlation", type=float, default=0.8,
-                       help="P(label agrees with the sensitive attribute) (default: 0.8)")
-    synth.add_argument("--minority-fraction", type=float, default=MINORITY_FRACTION,
-                       help=f"share of the smaller sensitive group (default: {MINORITY_FRACTION:g}, as SyntheticSource)")
+# --------------------------------------------------------------------------- shared options, each defined once
+# An option several commands take is added here, by one function with one type, one help text and one check
+# (fairhead_options); a command passes only what differs for it (a default, what the option is for). The checks
+# that are not argparse types run in main() before the command starts (a DataError: one line, exit 3).
+def _check_before_work(container, dest: str, check) -> None:
+    """Run ``check(value)`` on the option ``dest`` (when given) before the command does any work."""
+    checks = container.get_default("option_checks") or ()
+    container.set_defaults(option_checks=checks + ((dest, check),))
 
 
-def _add_backbone_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("backbone")
-    group.add_argument("--backbone", default="efficientnet_lite0",
-                       help="backbone name: efficientnet_lite0 (offline default) or any torchvision "
-                            "classification model (resnet50, vit_b_16, convnext_tiny, ...)")
-    group.add_argument("--weights", help="torchvision weights name, e.g. IMAGENET1K_V2 or DEFAULT "
-                                         "(with --weights-file: that name's preprocessing, offline)")
-    group.add_argument("--weights-file", type=Path, help="local state_dict for the same architecture "
-                                                         "(torchvision's file or your fine-tuned checkpoint)")
-    group.add_argument("--image-size", type=POSITIVE_INT, help="input size (default: the weights' own preprocessing)")
-    group.add_argument("--autocast", choices=("auto", "off", "bf16", "fp16"), default="auto",
-                       help="mixed precision on CUDA (default: bf16 where supported; always off on CPU)")
-    group.add_argument("--batch-size", type=int, default=None,
-                       help="images per forward pass (default: 64; a resume keeps the size it last used)")
-    group.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: auto)")
-    group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
-    group.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored feature dtype")
-    group.add_argument("--overwrite", action="store_true", help="replace a cache built from something else")
-    group.add_argument("--no-progress", action="store_true", help="hide progress bars")
+def _add_device(container, *, kinds=("cpu", "cuda")) -> None:
+    """``--device``: where a network runs (checked by :func:`fairhead_options.check_device`)."""
+    from fairhead_options import check_device
+
+    container.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    _check_before_work(container, "device", lambda value: check_device(value, flag="--device", kinds=kinds))
+
+
+def _add_batch_size(container, *, default: int | None, help: str, low: int = 1) -> None:
+    """``--batch-size``: images per forward pass or step (checked by :func:`fairhead_options.check_batch_size`)."""
+    from fairhead_options import check_batch_size
+
+    container.add_argument("--batch-size", type=int, default=default, help=help)
+    _check_before_work(container, "batch_size", lambda value: check_batch_size(value, flag="--batch-size", low=low))
+
+
+def _add_confidence(container, *, help: str = "level of every interval (default: 0.95)") -> None:
+    """``--confidence``: the level of intervals and certificates (checked by
+    :func:`fairhead_options.check_confidence`)."""
+    from fairhead_options import check_confidence
+
+    container.add_argument("--confidence", type=float, default=0.95, help=help)
+    _check_before_work(container, "confidence", lambda value: check_confidence(value, flag="--confidence"))
+
+
+def _add_progress(container, *, what: str = "progress bars") -> None:
+    container.add_argument("--no-progress", action="store_true", help=f"hide {what}")
+
+
+def _add_out(container, *, help: str, required: bool = True, default: Path | None = None) -> None:
+    container.add_argument("--out", type=Path, required=required, default=default, help=help)
+
+
+def _add_overwrite(container) -> None:
+    container.add_argument("--overwrite", action="store_true", help="replace a cache built from something else")
+
+
+def _add_dtype(container) -> None:
+    container.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored feature dtype")
+
+
+def _add_plots(container, *, what: str = "the plots") -> None:
+    container.add_argument("--no-plots", action="store_true", help=f"skip {what}")
+
+
+def _add_json(container, what: str) -> None:
+    container.add_argument("--json", action="store_true",
+                           help=f"print JSON instead of the text tables: {what} (the names of sweep.csv)")
+
+
+def _add_memory(container) -> None:
+    container.add_argument("--max-memory", type=MEMORY_SIZE, metavar="SIZE",
+                           help="fit out of core: stream the features from the cache in chunks, holding at most SIZE "
+                                "of them at once (e.g. 2GB, 512MB; default: read them into memory)")
+
+
+def _add_sampling(container, *, n_help: str | None = None, seed_help: str, n_aliases: tuple = ()) -> None:
+    """``--n`` (when ``n_help`` is given) and ``--seed``: how many images to generate and the seed."""
+    if n_help is not None:
+        container.add_argument("--n", *n_aliases, type=POSITIVE_INT, default=3000, help=n_help)
+    container.add_argument("--seed", type=SEED, default=0, help=seed_help)
+
+
+def _add_generated_dataset(container, *, n_aliases: tuple = ()) -> None:
+    """The generated default dataset's options (``extract --synthetic`` and ``generate`` make the same one)."""
+    _add_sampling(container, n_help="number of images (default: 3000)", seed_help="dataset seed (default: 0)",
+                  n_aliases=n_aliases)
+    container.add_argument("--correlation", type=float, default=0.8,
+                           help="P(label agrees with the sensitive attribute) (default: 0.8)")
+    container.add_argument("--minority-fraction", type=float, default=MINORITY_FRACTION,
+                           help=f"share of the smaller sensitive group (default: {MINORITY_FRACTION:g}, "
+                                "as SyntheticSource)")
+
+
+def _add_n_eps(container, *, default: int | None, help: str) -> None:
+    container.add_argument("--n-eps", type=GRID_SIZE, default=default, help=help)
+
+
+def _add_fit_split(container, *, help: str) -> None:
+    container.add_argument("--fit-split", default="train", help=help)
+
+
+WEIGHTS_FILE_HELP = "the weights file the cache was built with (checked by sha256)"
+
+
+def _add_weights_file(container, *, help: str = WEIGHTS_FILE_HELP) -> None:
+    container.add_argument("--weights-file", type=Path, help=help)
+
+
+def _add_head_file(container) -> None:
+    container.add_argument("--head", type=Path, required=True,
+                           help="head file written by `fairhead fit` (.json or .npz)")
+
+
+def _add_manifest_columns(container, *, target_help: str, sensitive_help: str, split_col_help: str) -> None:
+    """The columns of a CSV manifest (and the CelebA attributes), for ``extract`` and ``predict``."""
+    container.add_argument("--target", help=target_help)
+    container.add_argument("--sensitive", nargs="+", metavar="NAME", help=sensitive_help)
+    container.add_argument("--image-col", default="path", help="manifest column holding image paths (default: path)")
+    container.add_argument("--split-col", help=split_col_help)
+    container.add_argument("--id-col", help="manifest column holding sample ids (default: the image path)")
 
 
 def _add_fit_options(parser: argparse.ArgumentParser, *, eps_default: float | None = EPS_DEFAULT) -> None:
+    """The fair head's options (``fit``, ``sweep``, ``protocols``, ``finetune-full``)."""
+    from fairhead_options import check_device
+
     group = parser.add_argument_group("fair head")
     group.add_argument("--constraint", default="dp", choices=CONSTRAINTS + ("none",),
                        help="rate: " + ", ".join(RATE_CONSTRAINTS) + "; score: " + ", ".join(SCORE_CONSTRAINTS)
@@ -161,6 +236,8 @@ def _add_fit_options(parser: argparse.ArgumentParser, *, eps_default: float | No
     group.add_argument("--attributes", nargs="+", metavar="NAME",
                        help="sensitive attributes to constrain (default: all in the cache; several -> intersectional)")
     group.add_argument("--solver-device", default="cpu", help="torch backend device (cpu or cuda)")
+    _check_before_work(group, "solver_device", lambda value: check_device(
+        value, flag="--solver-device", kinds=("cpu", "cuda", "mps"), allow_auto=False))
     group.add_argument("--pos-label", metavar="CLASS",
                        help="the label category that is the positive class (default: the second, e.g. 1 or yes); "
                             "binary labels only")
@@ -169,47 +246,56 @@ def _add_fit_options(parser: argparse.ArgumentParser, *, eps_default: float | No
                        + ", (group, label) cells) with fewer rows")
 
 
-def _add_json_option(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--json", action="store_true",
-                        help=f"print JSON instead of the text tables: {what} (the names of sweep.csv)")
+# --------------------------------------------------------------------------- the commands' parsers
+def _extract_parser(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("data source (choose one)")
+    which = group.add_mutually_exclusive_group(required=True)
+    which.add_argument("--celeba", metavar="ROOT", type=Path,
+                       help="CelebA folder with img_align_celeba/, list_attr_celeba.txt, list_eval_partition.txt")
+    which.add_argument("--manifest", metavar="CSV", type=Path,
+                       help="CSV manifest: an image path column, a label column, sensitive columns, optional split")
+    which.add_argument("--synthetic", action="store_true",
+                       help="the generated default dataset (deterministic from --seed)")
+    which.add_argument("--preset", metavar="NAME",
+                       help="a named dataset preset (see `fairhead presets`); e.g. celeba-blond-male with --root")
+    group.add_argument("--root", type=Path, help="image root for --manifest / dataset root for --preset")
+    _add_manifest_columns(group, target_help="target attribute (CelebA) or label column (manifest)",
+                          sensitive_help="sensitive attribute(s) / column(s)",
+                          split_col_help="manifest column holding the split name (default: none, hashed split)")
+    # --num-images: under torchrun, whose parser reads a bare --n as an abbreviation of its own
+    # --nnodes/--nproc-per-node
+    _add_generated_dataset(p.add_argument_group("generated dataset (--synthetic)"), n_aliases=("--num-images",))
 
-
-def _add_memory_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-memory", type=MEMORY_SIZE, metavar="SIZE",
-                        help="fit out of core: stream the features from the cache in chunks, holding at most SIZE "
-                             "of them at once (e.g. 2GB, 512MB; default: read them into memory)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from fairhead.compare import BASELINES
-
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Fair last-layer fine-tuning: cache features once, fit exact fair heads, sweep tightness.",
-    )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of known errors")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("extract", help="run a frozen backbone once over a dataset into an HDF5 cache")
-    _add_source_options(p)
-    _add_backbone_options(p)
-    p.add_argument("--out", type=Path, required=True, help="cache file to write (.h5)")
+    group = p.add_argument_group("backbone")
+    group.add_argument("--backbone", default="efficientnet_lite0",
+                       help="backbone name: efficientnet_lite0 (offline default) or any torchvision "
+                            "classification model (resnet50, vit_b_16, convnext_tiny, ...)")
+    group.add_argument("--weights", help="torchvision weights name, e.g. IMAGENET1K_V2 or DEFAULT "
+                                         "(with --weights-file: that name's preprocessing, offline)")
+    _add_weights_file(group, help="local state_dict for the same architecture "
+                                  "(torchvision's file or your fine-tuned checkpoint)")
+    group.add_argument("--image-size", type=POSITIVE_INT, help="input size (default: the weights' own preprocessing)")
+    group.add_argument("--autocast", choices=("auto", "off", "bf16", "fp16"), default="auto",
+                       help="mixed precision on CUDA (default: bf16 where supported; always off on CPU)")
+    _add_batch_size(group, default=None,
+                    help="images per forward pass (default: 64; a resume keeps the size it last used)")
+    group.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: auto)")
+    _add_device(group, kinds=("cpu", "cuda", "mps"))
+    _add_dtype(group)
+    _add_overwrite(group)
+    _add_progress(group)
+    _add_out(p, help="cache file to write (.h5)")
     p.add_argument("--no-merge", action="store_true",
                    help="under torchrun: keep the ranks' shard files and write --out as a view over them "
                         "(an HDF5 virtual dataset, no copy) instead of merging them (a single process ignores it)")
-    p.set_defaults(handler=_cmd_extract)
 
-    p = sub.add_parser("generate", help="write the generated default dataset as PNG files + CSV manifest")
-    p.add_argument("--out", type=Path, required=True, help="folder to write")
-    p.add_argument("--n", type=int, default=3000, help="number of images")
-    p.add_argument("--seed", type=int, default=0, help="dataset seed")
-    p.add_argument("--correlation", type=float, default=0.8, help="P(label agrees with the sensitive attribute)")
-    p.add_argument("--minority-fraction", type=float, default=MINORITY_FRACTION,
-                   help="share of the smaller sensitive group (as SyntheticSource)")
-    p.set_defaults(handler=_cmd_generate)
 
-    p = sub.add_parser("import", help="write already-computed features (CSV, Parquet, .npz) into a cache")
+def _generate_parser(p: argparse.ArgumentParser) -> None:
+    _add_out(p, help="folder to write")
+    _add_generated_dataset(p)
+
+
+def _import_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("table", type=Path, help="CSV, Parquet or .npz file")
     p.add_argument("--label", required=True,
                    help="label column: 2 classes, or K > 2 (a multinomial head, fairness per class)")
@@ -219,58 +305,59 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: every other numeric column)")
     p.add_argument("--split", help="split column (default: a deterministic hashed train/valid/test split)")
     p.add_argument("--id-col", help="sample id column (default: row number)")
-    p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    _add_dtype(p)
     p.add_argument("--sensitive-missing", choices=("error", "group", "drop"), default="error",
                    help="a missing sensitive value (empty, NA, NaN, ?): refuse it, keep it as the group "
                         "'(missing)', or drop its row (default: error)")
-    p.add_argument("--overwrite", action="store_true", help="replace a cache built from other data")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--out", type=Path, required=True, help="cache file to write (.h5)")
-    p.set_defaults(handler=_cmd_import)
+    _add_overwrite(p)
+    _add_progress(p, what="the progress bar")
+    _add_out(p, help="cache file to write (.h5)")
 
-    p = sub.add_parser("info", help="print a cache's provenance and its split x label x group counts")
+
+def _info_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("cache", type=Path)
     p.add_argument("--all-groups", action="store_true",
                    help="list every group, not only the largest (empty groups are never listed)")
-    _add_json_option(p, "the provenance and every (split, group, label) count")
-    p.set_defaults(handler=_cmd_info)
+    _add_json(p, "the provenance and every (split, group, label) count")
 
-    p = sub.add_parser("fit", help="fit one fair head on a cache split and evaluate it on others")
+
+def _fit_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("cache", type=Path)
     _add_fit_options(p)
-    p.add_argument("--fit-split", default="train", help="split the head is fit on")
+    _add_fit_split(p, help="split the head is fit on")
     p.add_argument("--eval-split", nargs="+", default=None, help="splits to evaluate (default: all)")
     p.add_argument("--save", type=Path, help="where to save the head (.json or .npz; default: next to the cache)")
-    p.add_argument("--confidence", type=float, default=0.95, help="level of every interval (default: 0.95)")
-    _add_memory_option(p)
-    _add_json_option(p, "the head's certificate and every split's metrics")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(handler=_cmd_fit)
+    _add_confidence(p)
+    _add_memory(p)
+    _add_json(p, "the head's certificate and every split's metrics")
+    _add_progress(p, what="the progress bar")
 
-    p = sub.add_parser("sweep", help="sweep eps for a constraint and report accuracy vs fairness on every split")
+
+def _sweep_parser(p: argparse.ArgumentParser) -> None:
+    from fairhead.compare import BASELINES
+
     p.add_argument("cache", type=Path)
     _add_fit_options(p, eps_default=None)
     p.add_argument("--eps-grid", nargs="+", type=float,
                    help=f"eps values (default: {N_EPS_DEFAULT} points from inactive to 0; rate constraints: to the "
                         "resolution, the smallest gap one prediction can change)")
-    p.add_argument("--n-eps", type=GRID_SIZE, default=None,
-                   help=f"grid size when --eps-grid is not given (default: {N_EPS_DEFAULT})")
-    p.add_argument("--fit-split", default="train", help="split the heads are fit on")
+    _add_n_eps(p, default=None, help=f"grid size when --eps-grid is not given (default: {N_EPS_DEFAULT})")
+    _add_fit_split(p, help="split the heads are fit on")
     p.add_argument("--compare", nargs="+", default=None, choices=BASELINES, metavar="NAME",
                    help="baselines to add, one or more of: " + " ".join(BASELINES)
                         + " (fairlearn's need pip install 'fairhead[compare]')")
-    p.add_argument("--out", type=Path, required=True, help="report folder")
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--confidence", type=float, default=0.95, help="level of every interval (default: 0.95)")
-    _add_memory_option(p)
-    p.set_defaults(handler=_cmd_sweep)
+    _add_out(p, help="report folder")
+    _add_plots(p, what="the plots (tradeoff.png, fit_vs_test.png, ...)")
+    _add_confidence(p)
+    _add_memory(p)
 
-    p = sub.add_parser("select", help="certify the most accurate head of a sweep on a held-out split, or abstain")
+
+def _select_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help="the --out folder of `fairhead sweep`")
     p.add_argument("--target", required=True,
                    help="gap bound to certify: eo:0.05, or 'eo<=0.05' quoted (an unquoted < is a shell "
                         "redirection); gaps: dp, eo, eopp, ae")
-    p.add_argument("--confidence", type=float, default=0.95, help="confidence level (default: 0.95)")
+    _add_confidence(p, help="confidence level (default: 0.95)")
     p.add_argument("--split", default="valid", help="certification split, never the fit split (default: valid)")
     p.add_argument("--method", choices=("fixed-sequence", "bonferroni"), default="fixed-sequence",
                    help="error control over the heads (default: fixed-sequence)")
@@ -279,38 +366,106 @@ def build_parser() -> argparse.ArgumentParser:
                         "(per-group intervals) (default: exact)")
     p.add_argument("--cache", type=Path, help="the cache (default: the one the sweep recorded; its fingerprint "
                                               "must be the heads')")
-    p.set_defaults(handler=_cmd_select)
 
-    p = sub.add_parser("protocols", help="run the seed paper's B1 B2 B3 M1 M2 protocols on a cache")
+
+def _protocols_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("cache", type=Path)
     _add_fit_options(p)
-    p.add_argument("--seed", type=SEED, default=0, help="seed of B3/M2's group-balanced down-sampling")
-    p.add_argument("--out", type=Path, help="write protocols.csv / protocols.json / overfitting.png here")
-    p.add_argument("--confidence", type=float, default=0.95, help="level of every interval (default: 0.95)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar over the five fits")
-    _add_json_option(p, "protocols.json's content: every row and column, the notes, the provenance")
-    p.set_defaults(handler=_cmd_protocols)
+    _add_sampling(p, seed_help="seed of B3/M2's group-balanced down-sampling")
+    _add_out(p, required=False, help="write protocols.csv / protocols.json / overfitting.png here")
+    _add_confidence(p)
+    _add_progress(p, what="the progress bar over the five fits")
+    _add_json(p, "protocols.json's content: every row and column, the notes, the provenance")
 
-    _add_finetune_full_parser(sub)
 
-    p = sub.add_parser("demo", help="the whole pipeline offline on the embedded default data and backbone")
-    p.add_argument("--out", type=Path, default=Path("fairhead-demo"), help="output folder (default: fairhead-demo)")
-    p.add_argument("--n", type=POSITIVE_INT, default=3000, help="images to generate (default: 3000)")
-    p.add_argument("--seed", type=SEED, default=0, help="dataset seed")
-    p.add_argument("--n-eps", type=GRID_SIZE, default=12, help="sweep grid size (default: 12)")
+def _demo_parser(p: argparse.ArgumentParser) -> None:
+    _add_out(p, required=False, default=Path("fairhead-demo"), help="output folder (default: fairhead-demo)")
+    _add_sampling(p, n_help="images to generate (default: 3000)", seed_help="dataset seed")
+    _add_n_eps(p, default=12, help="sweep grid size (default: 12)")
     p.add_argument("--no-compare", action="store_true", help="skip the fairlearn / penalty comparisons")
     p.add_argument("--full-network", action="store_true",
                    help="also fine-tune the whole network (penalty and Lagrangian, `fairhead finetune-full`'s "
                         "defaults: about 5 more minutes on 2 CPU cores) and put it beside the last-layer heads")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(handler=_cmd_demo)
+    _add_progress(p)
 
-    p = sub.add_parser("presets", help="list the named dataset presets")
-    p.set_defaults(handler=_cmd_presets)
-    _add_predict_parser(sub)
-    _add_export_parser(sub)
-    _document(parser, sub)
-    return parser
+
+def _presets_parser(p: argparse.ArgumentParser) -> None:
+    """``presets`` takes no options."""
+
+
+def _finetune_full_parser(p: argparse.ArgumentParser) -> None:
+    from fairhead.full_compare import MAX_EVAL, MAX_TRAIN, N_EPS
+    from fairhead.full_objectives import DEFAULT_METHODS, METHODS, OPTIMIZERS
+
+    p.add_argument("cache", type=Path, help="a cache built by `fairhead extract` (it records its images and backbone)")
+    _add_fit_options(p)
+    _add_out(p, help="report folder (checkpoints go to OUT/checkpoints)")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(DEFAULT_METHODS),
+                   help="full-network objectives (default: penalty lagrangian)")
+    rows = p.add_argument_group("rows")
+    rows.add_argument("--max-train", type=COUNT, default=MAX_TRAIN,
+                      help=f"train rows, a seeded subset; 0 = all (default: {MAX_TRAIN})")
+    rows.add_argument("--max-eval", type=COUNT, default=MAX_EVAL,
+                      help=f"valid and test rows each, a seeded subset; 0 = all (default: {MAX_EVAL})")
+    _add_sampling(rows, seed_help="seed of the subsets, the batch order, the network's randomness and B3/M2's "
+                                  "down-sampling")
+    _add_n_eps(rows, default=N_EPS, help=f"bounds of the eps path (default: {N_EPS})")
+    train = p.add_argument_group("full-network training")
+    train.add_argument("--image-size", type=POSITIVE_INT, default=64, help="input size in pixels (default: 64)")
+    train.add_argument("--epochs", type=POSITIVE_INT, default=3, help="most epochs (default: 3)")
+    train.add_argument("--patience", type=POSITIVE_INT, default=2,
+                       help="stop after this many epochs without a better validation objective (default: 2)")
+    _add_batch_size(train, default=32, low=2, help="images per step (default: 32)")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="(default: adamw)")
+    train.add_argument("--lr", type=float, default=1e-4, help="the backbone's learning rate (default: 1e-4)")
+    train.add_argument("--head-lr", type=float, default=1e-3, help="the linear head's learning rate (default: 1e-3)")
+    train.add_argument("--weight-decay", type=float, default=1e-2, help="(default: 0.01)")
+    train.add_argument("--momentum", type=float, default=0.9, help="SGD's momentum (default: 0.9)")
+    train.add_argument("--alpha", type=float, default=2.0, help="the penalty's weight (default: 2, the seed's)")
+    train.add_argument("--dual-lr", type=float, default=0.5,
+                       help="the Lagrangian's multiplier ascent step (default: 0.5)")
+    _add_device(train)
+    train.add_argument("--threads", type=POSITIVE_INT, help="CPU threads (default: half the cores)")
+    train.add_argument("--workers", type=NONNEGATIVE_INT, default=0,
+                       help="DataLoader worker processes decoding images (default: 0)")
+    train.add_argument("--restart", action="store_true", help="ignore the checkpoints and train from the start")
+    _add_weights_file(train)
+    data = p.add_argument_group("images (default: where the cache says they are)")
+    data.add_argument("--manifest", type=Path, metavar="CSV", help="the manifest, if it moved")
+    data.add_argument("--root", type=Path, help="the manifest's image root, if it moved")
+    data.add_argument("--celeba", type=Path, metavar="ROOT", help="the CelebA folder, if it moved")
+    _add_confidence(p)
+    _add_plots(p, what="gaps.png and the eps path's plots")
+    _add_progress(p)
+
+
+def _predict_parser(p: argparse.ArgumentParser) -> None:
+    _add_head_file(p)
+    which = p.add_argument_group("images (choose one)").add_mutually_exclusive_group(required=True)
+    which.add_argument("--images", metavar="DIR", type=Path, help="a folder of images (recursive; no labels)")
+    which.add_argument("--celeba", metavar="ROOT", type=Path, help="a CelebA-layout folder (labels and groups)")
+    which.add_argument("--manifest", metavar="CSV", type=Path, help="a CSV manifest (labels and groups)")
+    opts = p.add_argument_group("manifest / CelebA columns (default: the head's label and attributes)")
+    opts.add_argument("--root", type=Path, help="image root of --manifest (default: the manifest's folder)")
+    _add_manifest_columns(opts, target_help="label column / attribute", sensitive_help="sensitive columns / attributes",
+                          split_col_help="manifest column holding the split name (default: none)")
+    opts.add_argument("--split", nargs="+", metavar="NAME", help="only these splits (default: every row)")
+    run = p.add_argument_group("backbone")
+    _add_weights_file(run)
+    _add_batch_size(run, default=64, help="images per forward pass (default: 64)")
+    _add_device(run)
+    _add_progress(run, what="the progress bar")
+    _add_out(p, help="predictions CSV to write")
+
+
+def _export_parser(p: argparse.ArgumentParser) -> None:
+    from fairhead.export import FORMATS
+
+    _add_head_file(p)
+    p.add_argument("--to", choices=FORMATS, required=True,
+                   help="sklearn (.joblib), linear (.pt), program (backbone + head, .pt2), onnx (backbone + head)")
+    _add_weights_file(p, help="the weights file the cache was built with (program, onnx)")
+    _add_out(p, help="file to write")
 
 
 # --------------------------------------------------------------------------- help texts
@@ -342,6 +497,41 @@ table). When B3 already meets eps, M2's constraint is inactive and M2 is B3's he
 table says so. With --out, protocols.json records the constraint, eps, seed, the cache's
 fingerprint and the library versions."""
 
+FINETUNE_FULL_EPILOG = """examples:
+  fairhead finetune-full demo.h5 --constraint eo --eps 0.05 --out full/      # CPU default: about 5 min, 3000 images
+  fairhead finetune-full celeba_r18.h5 --constraint eo --eps 0.05 --max-train 0 --max-eval 0 \\
+                         --epochs 20 --batch-size 128 --device cuda --out full-celeba/   # the papers' setting, on a GPU
+
+Trains the cache's backbone (rebuilt from the weights the cache records, checked by sha256) with a
+linear head on the cache's images, end to end, for each --methods: penalty (the seed code's form,
+loss + alpha * P), lagrangian (the same constraint and eps as the heads: descent on the weights,
+projected ascent on the multipliers, gaps relaxed to probabilities), unconstrained. Beside them:
+the last-layer protocols B1 B2 B3 M1 M2 and the eps path, fitted on the cache's features of the same
+rows. Every model is evaluated on the same train, valid and test rows, with its wall time and peak
+memory. A checkpoint is written after every epoch (--out/checkpoints/): rerun the same command after
+a crash or Ctrl-C and training resumes where it stopped, to the same result."""
+
+PREDICT_EPILOG = """examples:
+  fairhead predict --head celeba.head-eo-0.05.json --images new_faces/ --out preds.csv
+  fairhead predict --head celeba.head-eo-0.05.json --celeba /data/celeba --split test --out preds.csv
+  fairhead predict --head xray.head-dp-0.05.json --manifest meta.csv --root images/ --image-col path \\
+                   --weights-file my_finetuned.pt --out preds.csv
+
+The head file records the cache's backbone (architecture, weights, their sha256, preprocessing);
+predict rebuilds it and refuses weights whose sha256 differs. The CSV has one row per id: score
+(the logit z), probability (sigmoid z, of the positive class), prediction (0/1) and the class name;
+with labels (--celeba, --manifest) also the label, the groups, and group metrics with 0.95
+intervals (printed and written to PREDS.metrics.json)."""
+
+EXPORT_EPILOG = """examples:
+  fairhead export --head head.json --to sklearn --out head.joblib   # a fitted LogisticRegression
+  fairhead export --head head.json --to linear  --out head.pt       # torch.nn.Linear(d, 1) state_dict
+  fairhead export --head head.json --to program --out model.pt2     # backbone + head, torch.export
+  fairhead export --head head.json --to onnx    --out model.onnx    # backbone + head (pip install "fairhead[onnx]")
+
+Every export gives the head's scores: sklearn's decision_function, the Linear's output on
+float64 features, and the full models' output on images preprocessed by the backbone's transform."""
+
 #: one example per command, shown under its --help
 EPILOGS = {
     "extract": """examples:
@@ -352,13 +542,15 @@ EPILOGS = {
                    --backbone convnext_tiny --weights-file my_finetuned.pt --out xray.h5
   torchrun --nproc-per-node 4 -m fairhead extract --celeba /data/celeba --backbone resnet50 --out c.h5
       (one shard per process, merged by rank 0 into the single-process cache; docs/guide.md: Distributed extraction)""",
-    "generate": "example:\n  fairhead generate --out shapes/ --n 3000 --seed 0   # then: fairhead extract --manifest shapes/manifest.csv ...",
+    "generate": "example:\n  fairhead generate --out shapes/ --n 3000 --seed 0"
+                "   # then: fairhead extract --manifest shapes/manifest.csv ...",
     "import": "example:\n  fairhead import adult.parquet --label income --sensitive sex --out adult.h5",
     "info": "example:\n  fairhead info celeba_r50.h5",
     "fit": """examples:
   fairhead fit celeba_r50.h5 --constraint eo --eps 0.05 --eval-split valid test
   fairhead fit adult.h5 --constraint dp-score --eps 0.1 --pos-label '>50K' --save adult-head.json""",
-    "sweep": "example:\n  fairhead sweep celeba_r50.h5 --constraint dp --compare expgrad threshold penalty --out sweep-dp/",
+    "sweep": "example:\n  fairhead sweep celeba_r50.h5 --constraint dp --compare expgrad threshold penalty"
+             " --out sweep-dp/",
     "protocols": "example:\n  fairhead protocols celeba_r50.h5 --constraint eo --eps 0.05 --out protocols/",
     "select": """examples:
   fairhead select sweep-eo/ --target eo:0.05 --confidence 0.95 --split valid
@@ -366,18 +558,12 @@ EPILOGS = {
 exit status: 0 a head is certified; 5 it abstains (selection.json is written either way); 3 bad input""",
     "demo": "example:\n  fairhead demo --out fairhead-demo",
     "presets": "example:\n  fairhead presets   # then: fairhead extract --preset NAME --root DIR ...",
+    "finetune-full": FINETUNE_FULL_EPILOG,
+    "predict": PREDICT_EPILOG,
+    "export": EXPORT_EPILOG,
 }
-
-
-def _document(parser: argparse.ArgumentParser, sub) -> None:
-    """Defaults and examples in every command's --help (set here, so each parser stays short)."""
-    parser.formatter_class = HelpFormatter
-    parser.epilog = "run `fairhead COMMAND --help` for a command's options and examples"
-    for name, command in sub.choices.items():
-        command.formatter_class = HelpFormatter
-        if name in EPILOGS and not command.epilog:
-            command.epilog = EPILOGS[name]
-    sub.choices["protocols"].description = PROTOCOLS_DESCRIPTION
+#: a longer description above a command's options
+DESCRIPTIONS = {"protocols": PROTOCOLS_DESCRIPTION}
 
 
 # --------------------------------------------------------------------------- handlers
@@ -387,7 +573,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     path = pipeline.extract_cache(
         pipeline.source_from_args(args),
         backbone=args.backbone, weights=args.weights, weights_file=args.weights_file,
-        image_size=args.image_size, autocast=args.autocast, out=args.out, batch_size=args.batch_size, num_workers=args.workers, device=args.device,
+        image_size=args.image_size, autocast=args.autocast, out=args.out, batch_size=args.batch_size,
+        num_workers=args.workers, device=args.device,
         feature_dtype=args.dtype, overwrite=args.overwrite, progress=not args.no_progress, merge=not args.no_merge,
     )
     if path is not None:  # under torchrun only rank 0 has the finished cache
@@ -428,13 +615,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_solver_device(name: str) -> None:
-    """Refuse a ``--solver-device`` torch cannot use before any data is read."""
-    from fairhead_options import check_device
-
-    check_device(name, flag="--solver-device", kinds=("cpu", "cuda", "mps"), allow_auto=False)
-
-
 def _eps(args: argparse.Namespace) -> float:
     """``--eps``, refused where the constraint has no bound (it would be ignored without a word)."""
     if args.eps is not None and args.constraint in UNBOUNDED_CONSTRAINTS:
@@ -443,13 +623,13 @@ def _eps(args: argparse.Namespace) -> float:
 
 
 def _head_params(args: argparse.Namespace) -> dict:
-    """The head options of a command, every one checked before the cache is read: the device here,
-    the numbers (``--eps``, ``--C``, ``--min-group-size``) by the estimator's own parameter validator,
-    so the message is the one Python gives (``The 'eps' parameter of FairLogisticRegression ...``)."""
+    """The head options of a command, every one checked before the cache is read: the device by
+    :func:`_check_options`, the numbers (``--eps``, ``--C``, ``--min-group-size``) by the estimator's own
+    parameter validator, so the message is the one Python gives (``The 'eps' parameter of
+    FairLogisticRegression ...``)."""
     from solvers import FairLogisticRegression
     from solvers._validation import validate_params
 
-    _check_solver_device(args.solver_device)
     params = dict(
         constraint=None if args.constraint == "none" else args.constraint,
         C=args.C, backend=args.backend,
@@ -480,8 +660,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     if args.eps_grid is not None and args.n_eps is not None:
         raise DataError("--eps-grid and --n-eps both set the grid; pass one of them")
-    if args.constraint == "minimax" and args.n_eps is not None:
-        raise DataError("constraint 'minimax' has no bound to sweep (it fits one head); drop --n-eps")
+    unbounded = args.constraint in CONSTRAINT_CLASSES and not CONSTRAINT_CLASSES[args.constraint].bounded
+    if unbounded and args.n_eps is not None:
+        raise DataError(f"constraint {args.constraint!r} has no bound to sweep (it fits one head); drop --n-eps")
     from fairhead import data_parallel
 
     if args.compare:  # before joining the ranks: one line, not one per rank after a rendezvous
@@ -538,70 +719,6 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- finetune-full
-FINETUNE_FULL_EPILOG = """examples:
-  fairhead finetune-full demo.h5 --constraint eo --eps 0.05 --out full/      # CPU default: about 5 min, 3000 images
-  fairhead finetune-full celeba_r18.h5 --constraint eo --eps 0.05 --max-train 0 --max-eval 0 \\
-                         --epochs 20 --batch-size 128 --device cuda --out full-celeba/   # the papers' setting, on a GPU
-
-Trains the cache's backbone (rebuilt from the weights the cache records, checked by sha256) with a
-linear head on the cache's images, end to end, for each --methods: penalty (the seed code's form,
-loss + alpha * P), lagrangian (the same constraint and eps as the heads: descent on the weights,
-projected ascent on the multipliers, gaps relaxed to probabilities), unconstrained. Beside them:
-the last-layer protocols B1 B2 B3 M1 M2 and the eps path, fitted on the cache's features of the same
-rows. Every model is evaluated on the same train, valid and test rows, with its wall time and peak
-memory. A checkpoint is written after every epoch (--out/checkpoints/): rerun the same command after
-a crash or Ctrl-C and training resumes where it stopped, to the same result."""
-
-
-def _add_finetune_full_parser(sub) -> None:
-    from fairhead.full_compare import MAX_EVAL, MAX_TRAIN, N_EPS
-    from fairhead.full_objectives import DEFAULT_METHODS, METHODS, OPTIMIZERS
-
-    p = sub.add_parser("finetune-full", help="fine-tune the whole network with the fairness term, beside the "
-                                             "last-layer heads (train/valid/test gaps, time, memory)",
-                       epilog=FINETUNE_FULL_EPILOG)
-    p.add_argument("cache", type=Path, help="a cache built by `fairhead extract` (it records its images and backbone)")
-    _add_fit_options(p)
-    p.add_argument("--out", type=Path, required=True, help="report folder (checkpoints go to OUT/checkpoints)")
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(DEFAULT_METHODS),
-                   help="full-network objectives (default: penalty lagrangian)")
-    rows = p.add_argument_group("rows")
-    rows.add_argument("--max-train", type=_int_at_least(0, "an integer >= 0 (0: every row)"), default=MAX_TRAIN,
-                      help=f"train rows, a seeded subset; 0 = all (default: {MAX_TRAIN})")
-    rows.add_argument("--max-eval", type=_int_at_least(0, "an integer >= 0 (0: every row)"), default=MAX_EVAL,
-                      help=f"valid and test rows each, a seeded subset; 0 = all (default: {MAX_EVAL})")
-    rows.add_argument("--seed", type=SEED, default=0, help="seed of the subsets, the batch order, the network's "
-                                                           "randomness and B3/M2's down-sampling")
-    rows.add_argument("--n-eps", type=GRID_SIZE, default=N_EPS, help=f"bounds of the eps path (default: {N_EPS})")
-    train = p.add_argument_group("full-network training")
-    train.add_argument("--image-size", type=POSITIVE_INT, default=64, help="input size in pixels (default: 64)")
-    train.add_argument("--epochs", type=POSITIVE_INT, default=3, help="most epochs (default: 3)")
-    train.add_argument("--patience", type=POSITIVE_INT, default=2,
-                       help="stop after this many epochs without a better validation objective (default: 2)")
-    train.add_argument("--batch-size", type=_int_at_least(2, "an integer >= 2"), default=32,
-                       help="images per step (default: 32)")
-    train.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="(default: adamw)")
-    train.add_argument("--lr", type=float, default=1e-4, help="the backbone's learning rate (default: 1e-4)")
-    train.add_argument("--head-lr", type=float, default=1e-3, help="the linear head's learning rate (default: 1e-3)")
-    train.add_argument("--weight-decay", type=float, default=1e-2, help="(default: 0.01)")
-    train.add_argument("--momentum", type=float, default=0.9, help="SGD's momentum (default: 0.9)")
-    train.add_argument("--alpha", type=float, default=2.0, help="the penalty's weight (default: 2, the seed's)")
-    train.add_argument("--dual-lr", type=float, default=0.5,
-                       help="the Lagrangian's multiplier ascent step (default: 0.5)")
-    train.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
-    train.add_argument("--threads", type=POSITIVE_INT, help="CPU threads (default: half the cores)")
-    train.add_argument("--workers", type=_int_at_least(0, "an integer >= 0"), default=0,
-                       help="DataLoader worker processes decoding images (default: 0)")
-    train.add_argument("--restart", action="store_true", help="ignore the checkpoints and train from the start")
-    train.add_argument("--weights-file", type=Path, help="the weights file the cache was built with (checked by sha256)")
-    data = p.add_argument_group("images (default: where the cache says they are)")
-    data.add_argument("--manifest", type=Path, metavar="CSV", help="the manifest, if it moved")
-    data.add_argument("--root", type=Path, help="the manifest's image root, if it moved")
-    data.add_argument("--celeba", type=Path, metavar="ROOT", help="the CelebA folder, if it moved")
-    p.add_argument("--confidence", type=float, default=0.95, help="level of every interval (default: 0.95)")
-    p.add_argument("--no-plots", action="store_true", help="skip gaps.png and the eps path's plots")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.set_defaults(handler=_cmd_finetune_full)
 
 
 def _positive(value: float, flag: str) -> float:
@@ -645,64 +762,7 @@ def _cmd_finetune_full(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- predict / export
-PREDICT_EPILOG = """examples:
-  fairhead predict --head celeba.head-eo-0.05.json --images new_faces/ --out preds.csv
-  fairhead predict --head celeba.head-eo-0.05.json --celeba /data/celeba --split test --out preds.csv
-  fairhead predict --head xray.head-dp-0.05.json --manifest meta.csv --root images/ --image-col path \\
-                   --weights-file my_finetuned.pt --out preds.csv
 
-The head file records the cache's backbone (architecture, weights, their sha256, preprocessing);
-predict rebuilds it and refuses weights whose sha256 differs. The CSV has one row per id: score
-(the logit z), probability (sigmoid z, of the positive class), prediction (0/1) and the class name;
-with labels (--celeba, --manifest) also the label, the groups, and group metrics with 0.95
-intervals (printed and written to PREDS.metrics.json)."""
-
-EXPORT_EPILOG = """examples:
-  fairhead export --head head.json --to sklearn --out head.joblib   # a fitted LogisticRegression
-  fairhead export --head head.json --to linear  --out head.pt       # torch.nn.Linear(d, 1) state_dict
-  fairhead export --head head.json --to program --out model.pt2     # backbone + head, torch.export
-  fairhead export --head head.json --to onnx    --out model.onnx    # backbone + head (pip install "fairhead[onnx]")
-
-Every export gives the head's scores: sklearn's decision_function, the Linear's output on
-float64 features, and the full models' output on images preprocessed by the backbone's transform."""
-
-
-def _add_predict_parser(sub) -> None:
-    p = sub.add_parser("predict", help="run a saved head (and its cache's backbone) on new images",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=PREDICT_EPILOG)
-    p.add_argument("--head", type=Path, required=True, help="head file written by `fairhead fit` (.json or .npz)")
-    which = p.add_argument_group("images (choose one)").add_mutually_exclusive_group(required=True)
-    which.add_argument("--images", metavar="DIR", type=Path, help="a folder of images (recursive; no labels)")
-    which.add_argument("--celeba", metavar="ROOT", type=Path, help="a CelebA-layout folder (labels and groups)")
-    which.add_argument("--manifest", metavar="CSV", type=Path, help="a CSV manifest (labels and groups)")
-    opts = p.add_argument_group("manifest / CelebA columns (default: the head's label and attributes)")
-    opts.add_argument("--root", type=Path, help="image root of --manifest (default: the manifest's folder)")
-    opts.add_argument("--target", help="label column / attribute")
-    opts.add_argument("--sensitive", nargs="+", metavar="NAME", help="sensitive columns / attributes")
-    opts.add_argument("--image-col", default="path", help="manifest column of image paths (default: path)")
-    opts.add_argument("--split-col", help="manifest column of split names (default: none)")
-    opts.add_argument("--id-col", help="manifest column of sample ids (default: the image path)")
-    opts.add_argument("--split", nargs="+", metavar="NAME", help="only these splits (default: every row)")
-    run = p.add_argument_group("backbone")
-    run.add_argument("--weights-file", type=Path, help="the weights file the cache was built with (checked by sha256)")
-    run.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
-    run.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
-    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--out", type=Path, required=True, help="predictions CSV to write")
-    p.set_defaults(handler=_cmd_predict)
-
-
-def _add_export_parser(sub) -> None:
-    from fairhead.export import FORMATS
-
-    p = sub.add_parser("export", help="export a head to scikit-learn, torch.nn.Linear, torch.export or ONNX",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXPORT_EPILOG)
-    p.add_argument("--head", type=Path, required=True, help="head file written by `fairhead fit` (.json or .npz)")
-    p.add_argument("--to", choices=FORMATS, required=True,
-                   help="sklearn (.joblib), linear (.pt), program (backbone + head, .pt2), onnx (backbone + head)")
-    p.add_argument("--weights-file", type=Path, help="the weights file the cache was built with (program, onnx)")
-    p.add_argument("--out", type=Path, required=True, help="file to write")
-    p.set_defaults(handler=_cmd_export)
 
 
 def _predict_source(args: argparse.Namespace, head_extra: dict):
@@ -728,10 +788,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from fairhead import predict
     from solvers import load_head
 
-    from fairhead_options import check_batch_size, check_device
-
-    check_batch_size(args.batch_size, flag="--batch-size")  # the shared option checks, before any work
-    check_device(args.device, flag="--device")
     predict.check_prediction_targets(args.out, inputs={
         "the --head file": args.head, "the --weights-file": args.weights_file, "the --manifest": args.manifest})
     extra = getattr(load_head(args.head), "extra_", None) or {}
@@ -758,12 +814,112 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- the command table
+@dataclass(frozen=True)
+class Command:
+    """One ``fairhead`` command: its name, its one-line help, the function that adds its options, its handler."""
+
+    name: str
+    help: str
+    build: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[argparse.Namespace], int]
+
+
+#: every command, in the order ``fairhead --help`` lists them
+COMMANDS = (
+    Command("extract", "run a frozen backbone once over a dataset into an HDF5 cache", _extract_parser, _cmd_extract),
+    Command("generate", "write the generated default dataset as PNG files + CSV manifest", _generate_parser,
+            _cmd_generate),
+    Command("import", "write already-computed features (CSV, Parquet, .npz) into a cache", _import_parser,
+            _cmd_import),
+    Command("info", "print a cache's provenance and its split x label x group counts", _info_parser, _cmd_info),
+    Command("fit", "fit one fair head on a cache split and evaluate it on others", _fit_parser, _cmd_fit),
+    Command("sweep", "sweep eps for a constraint and report accuracy vs fairness on every split", _sweep_parser,
+            _cmd_sweep),
+    Command("select", "certify the most accurate head of a sweep on a held-out split, or abstain", _select_parser,
+            _cmd_select),
+    Command("protocols", "run the seed paper's B1 B2 B3 M1 M2 protocols on a cache", _protocols_parser,
+            _cmd_protocols),
+    Command("finetune-full", "fine-tune the whole network with the fairness term, beside the last-layer heads "
+                             "(train/valid/test gaps, time, memory)", _finetune_full_parser, _cmd_finetune_full),
+    Command("demo", "the whole pipeline offline on the embedded default data and backbone", _demo_parser, _cmd_demo),
+    Command("presets", "list the named dataset presets", _presets_parser, _cmd_presets),
+    Command("predict", "run a saved head (and its cache's backbone) on new images", _predict_parser, _cmd_predict),
+    Command("export", "export a head to scikit-learn, torch.nn.Linear, torch.export or ONNX", _export_parser,
+            _cmd_export),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fairhead`` parser: one subparser per row of :data:`COMMANDS`, with its help texts."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=HelpFormatter,
+        description="Fair last-layer fine-tuning: cache features once, fit exact fair heads, sweep tightness.",
+        epilog="run `fairhead COMMAND --help` for a command's options and examples",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of known errors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, formatter_class=HelpFormatter,
+                           description=DESCRIPTIONS.get(command.name), epilog=EPILOGS.get(command.name))
+        command.build(p)
+        p.set_defaults(handler=command.handler)
+    return parser
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """The checks the shared options registered (:func:`_check_before_work`), before the command's work."""
+    for dest, check in getattr(args, "option_checks", ()):
+        value = getattr(args, dest, None)
+        if value is not None:
+            check(value)
+
+
+# --------------------------------------------------------------------------- errors in the user's words
+#: the Python parameters that library messages name (in backticks, `` `batch_size` `` or `` `batch_size=64` ``)
+#: and the flag a command-line user types for each; a key ``name=value`` maps that one setting
+PARAMETER_FLAGS = {
+    "backbone": "--backbone", "batch_size": "--batch-size", "confidence": "--confidence", "device": "--device",
+    "eps": "--eps", "feature_dtype": "--dtype", "features": "--features", "image_size": "--image-size",
+    "max_memory": "--max-memory", "merge=False": "--no-merge", "min_group_size": "--min-group-size",
+    "num_workers": "--workers", "out": "--out", "overwrite": "--overwrite", "root": "--root",
+    "sensitive_missing": "--sensitive-missing", "weights": "--weights", "weights_file": "--weights-file",
+}
+_PARAMETER = re.compile(r"`(?P<name>[a-z][a-z0-9_]*)(?:=(?P<value>[^`]*))?`")
+
+
+def as_flags(message: str) -> str:
+    """``message`` with the parameters it names in backticks written as this command line's flags:
+    `` `batch_size=64` `` -> ``--batch-size 64``, `` `overwrite=True` `` -> ``--overwrite``,
+    `` `min_group_size` `` -> ``--min-group-size``; a name the table does not know is left as it is."""
+    def flag(match: re.Match) -> str:
+        name, value = match.group("name"), match.group("value")
+        if f"{name}={value}" in PARAMETER_FLAGS:
+            return PARAMETER_FLAGS[f"{name}={value}"]
+        if name not in PARAMETER_FLAGS:
+            return match.group(0)
+        if value is None or value == "True":
+            return PARAMETER_FLAGS[name]
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        return f"{PARAMETER_FLAGS[name]} {value}"
+    return _PARAMETER.sub(flag, message)
+
+
+def _print_error(message, debug: bool) -> None:
+    """The one line a known error prints (``--debug``: after its traceback), in the command line's words."""
+    if debug:
+        traceback.print_exc()
+    print(f"{PROG}: error: {as_flags(str(message))}", file=sys.stderr)
+
+
 # --------------------------------------------------------------------------- entry point
 def _other_rank_of_fit(args) -> bool:
     """A torchrun rank other than 0 in a data-parallel fit or sweep (it leaves printing to rank 0)."""
     from fairhead.data_parallel import COMMANDS
 
-    return (getattr(args.handler, "__name__", "").removeprefix("_cmd_") in COMMANDS
+    return (args.command in COMMANDS
             and os.environ.get("WORLD_SIZE", "1") != "1" and os.environ.get("RANK", "0") != "0")
 
 
@@ -771,18 +927,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.handler is not _cmd_extract:  # extract shards images, fit and sweep rows; the rest run in one process
+        if args.command != "extract":  # extract shards images, fit and sweep rows; the rest run in one process
             from fairhead.data_parallel import check_command
 
-            check_command(args.handler.__name__.removeprefix("_cmd_"))
+            check_command(args.command)
+        _check_options(args)
         return args.handler(args)
     except FairheadError as err:
         if _other_rank_of_fit(args):
             return err.exit_code  # every rank meets the same error; rank 0 prints it
         if not getattr(err, "reported_by_rank_0", False):  # under torchrun, rank 0 prints what all ranks share
-            if args.debug:
-                traceback.print_exc()
-            print(f"{PROG}: error: {err}", file=sys.stderr)
+            _print_error(err, args.debug)
         return err.exit_code
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         sys.stderr.close()
@@ -791,9 +946,7 @@ def main(argv: list[str] | None = None) -> int:
         from fairhead_io import os_error_message
 
         if not getattr(err, "reported_by_rank_0", False):
-            if args.debug:
-                traceback.print_exc()
-            print(f"{PROG}: error: {os_error_message(err)}", file=sys.stderr)
+            _print_error(os_error_message(err), args.debug)
         return DataError.exit_code
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted; rerun the same command to resume from what was committed",
@@ -804,9 +957,7 @@ def main(argv: list[str] | None = None) -> int:
 
         lost = peer_failure(err)  # under torchrun: another rank was killed mid-collective, not a bug here
         if lost is not None:
-            if args.debug:
-                traceback.print_exc()
-            print(f"{PROG}: error: {lost}", file=sys.stderr)
+            _print_error(lost, args.debug)
             return DataError.exit_code
         traceback.print_exc()
         print(f"{PROG}: unexpected error (a bug); please report it with the traceback above",

@@ -17,7 +17,7 @@ from datetime import timedelta
 
 import numpy as np
 
-from fairhead_errors import DataError
+from fairhead_errors import DataError, one_line
 from solvers import RowShard, shard_range
 
 # Imported inside the functions that use them: embedcache (it imports torch: 1-2 s); a command that does not need
@@ -109,7 +109,7 @@ def peer_failure(err: BaseException) -> str | None:
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     module = type(err).__module__ or ""
     if module.startswith("torch.distributed") or any(sign in text.lower() for sign in _PEER_LOST_SIGNS):
-        return PEER_LOST_MSG.format(rank=launch.rank, what=text[:160])
+        return PEER_LOST_MSG.format(rank=launch.rank, what=one_line(text))
     return None
 
 
@@ -136,7 +136,7 @@ def launched(command: str, solver_device: str = "cpu"):
         try:
             dist.init_process_group(backend=backend, timeout=WAIT_FOR_RANKS)
         except (ValueError, RuntimeError) as err:
-            raise DataError(JOIN_FAILED_MSG.format(backend=backend, error=" ".join(str(err).split())[:200],
+            raise DataError(JOIN_FAILED_MSG.format(backend=backend, error=one_line(err),
                                                    command=command)) from err
         owned = True
     try:

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from fairhead_errors import DataError
+from fairhead_errors import DataError, one_line
 from fairhead_io import atomic_open
 
 from fairhead.compare import SEED_PENALTY
@@ -218,7 +218,7 @@ def load_checkpoint(path: Path, key: str, config: TrainConfig | None = None) -> 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a damaged file
-        raise DataError(BAD_CHECKPOINT_MSG.format(path=path, error=" ".join(str(err).split())[:160])) from err
+        raise DataError(BAD_CHECKPOINT_MSG.format(path=path, error=one_line(err))) from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise DataError(BAD_CHECKPOINT_MSG.format(path=path, error="not a fairhead full-network checkpoint"))
     if state.get("config_key") != key:

@@ -273,11 +273,11 @@ def positive_code(cache, pos_label) -> int:
 def check_names(cache, *, splits=(), attributes=None, pos_label=None) -> None:
     """Refuse a split, sensitive attribute or ``--pos-label`` the cache does not have, from its
     metadata alone: before any features are read or any head is fitted."""
-    from embedcache.store.reader import UNKNOWN_SPLIT_MSG
+    from embedcache.store.reader import MSG_UNKNOWN_SPLIT
 
     for name in splits:
         if name not in cache.splits:
-            raise DataError(UNKNOWN_SPLIT_MSG.format(path=cache.path, name=name, available=", ".join(cache.splits)))
+            raise DataError(MSG_UNKNOWN_SPLIT.format(path=cache.path, name=name, available=", ".join(cache.splits)))
     resolve_attributes(cache, attributes)
     positive_code(cache, pos_label)
 

@@ -31,14 +31,3 @@ def xt_dot(X, r: np.ndarray) -> np.ndarray:
     out = np.zeros((X.shape[1],) + r.shape[1:], dtype=np.float64)
     parts = ((s, blk.astype(np.float64, copy=False).T @ r[s : s + len(blk)]) for s, blk in row_blocks(X))
     return sum_blocks(X, parts, out)
-
-
-def column_mean_std(X, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted column means and standard deviations in float64."""
-    n = X.shape[0]
-    wts = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
-    wts = wts / wts.sum()
-    mu = xt_dot(X, wts)
-    parts = ((s, np.square(blk.astype(np.float64) - mu).T @ wts[s : s + len(blk)]) for s, blk in row_blocks(X))
-    var = sum_blocks(X, parts, np.zeros(X.shape[1]))
-    return mu, np.sqrt(np.maximum(var, 0.0))

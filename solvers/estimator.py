@@ -69,7 +69,6 @@ MSG_EPS_NOT_MET = (
     "no head on the multiplier path meets {name} eps={eps:g} on the fit split "
     "(best achieved gap {gap:.4g}); raise eps, lower C, or use balance='group'"
 )
-MSG_STRICT_EPS = MSG_EPS_NOT_MET
 MSG_CONSTRAINT_NEEDS_SF = ("constraint={name!r} needs sensitive_features in fit: pass fit(X, y, sensitive_features=s) "
                            "(in GridSearchCV: enable metadata routing with sklearn.set_config(enable_metadata_routing="
                            "True) and set_fit_request(sensitive_features=True)), or constraint=None for an "

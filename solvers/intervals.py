@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fairhead_options import check_confidence as check_level
+
 from .constraints import CONSTRAINTS
 from .errors import DataError
 from .problem import encode_groups
@@ -57,19 +59,19 @@ UNION_BOUND = "clopper-pearson union bound"
 EXACT = "clopper-pearson"
 BOOTSTRAP = "scipy.stats.bootstrap (percentile)"
 
-MSG_LEVEL = "confidence must be a number in (0, 1), e.g. 0.95; got {got!r}"
 MSG_GAP = "unknown gap {got!r}; use one of: " + ", ".join(GAP_EVENTS)
 MSG_COUNTS = "Clopper-Pearson needs 0 <= k <= n counts; got k={k}, n={n}"
 
 
 def check_confidence(confidence) -> float:
-    try:
-        c = float(confidence)
-    except (TypeError, ValueError):
-        raise DataError(MSG_LEVEL.format(got=confidence)) from None
-    if not 0.0 < c < 1.0:
-        raise DataError(MSG_LEVEL.format(got=confidence))
-    return c
+    """A level strictly between 0 and 1 (:func:`fairhead_options.check_confidence`, the CLI's check too);
+    a string such as ``"0.9"`` reads as its number."""
+    if isinstance(confidence, str):
+        try:
+            confidence = float(confidence)
+        except ValueError:
+            pass
+    return check_level(confidence)
 
 
 def gap_name(name: str) -> str:

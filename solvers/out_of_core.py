@@ -95,14 +95,14 @@ def parse_memory(value) -> int:
     if isinstance(value, (int, np.integer)):
         if value <= 0:
             raise DataError(MSG_BAD_MEMORY.format(value=value))
-        return check_memory_budget(int(value), value=value, flag="max_memory")
+        return check_memory_budget(int(value), value=value, flag="`max_memory`")
     match = _SIZE.match(value) if isinstance(value, str) else None
     if match is None or match.group(2).lower() not in _UNITS:
         raise DataError(MSG_BAD_MEMORY.format(value=value))
     size = float(match.group(1)) * _UNITS[match.group(2).lower()]
     if not size >= 1:
         raise DataError(MSG_BAD_MEMORY.format(value=value))
-    return check_memory_budget(int(size), value=value, flag="max_memory")
+    return check_memory_budget(int(size), value=value, flag="`max_memory`")
 
 
 MSG_BLOCK_ENV = "FAIRHEAD_BLOCK_BYTES={value!r} is not a size of at least 4 KiB; set it to bytes or a size such as '4MiB', or unset it"

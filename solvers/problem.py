@@ -38,11 +38,8 @@ MSG_SF_ONE_GROUP = (
 MSG_SF_NAN = "sensitive_features contains missing values (NaN/None); encode them as their own category or drop those rows"
 MSG_SF_NDIM = "sensitive_features must be 1-D, 2-D (n, k), a DataFrame or a dict of 1-D arrays; got an array with {ndim} dimensions"
 MSG_SMALL_GROUP = (
-    "group {label!r} has {count} samples{where}, fewer than min_group_size={min_size}; "
-    "merge small categories, drop that attribute, or lower min_group_size (fairhead: --min-group-size)"
-)
-MSG_Y_BINARY = (
-    "y must have exactly 2 classes for a binary head; got {k} class(es): {classes}"
+    "group {label!r} has {count} samples{where}, fewer than `min_group_size={min_size}`; "
+    "merge small categories, drop that attribute, or lower `min_group_size`"
 )
 MSG_SW_SHAPE = "sample_weight has shape {got}; expected ({n},) with one weight per sample"
 MSG_SW_NONFINITE = "sample_weight has a non-finite value ({value}) at row {row}; pass finite, non-negative weights"

@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from embedcache.errors import DataError
+from embedcache.errors import DataError, one_line
 from embedcache.store.schema import MAX_LABEL_CLASSES
 
 #: the split names sources produce when the data has no split of its own
@@ -24,8 +24,8 @@ DEFAULT_SPLITS = ("train", "valid", "test")
 #: fractions used by :func:`hash_splits` (train, valid, test)
 DEFAULT_SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
 
-DUPLICATE_IDS_MSG = "{where} has {count} duplicate sample ids (first: {first!r}); make the ids unique"
-EMPTY_MSG = "{where} has no rows; pass a dataset with at least one image"
+MSG_DUPLICATE_IDS = "{where} has {count} duplicate sample ids (first: {first!r}); make the ids unique"
+MSG_EMPTY = "{where} has no rows; pass a dataset with at least one image"
 #: longest text of one value that an error message shows (a 13.5 KB vector once filled a message)
 SHOWN_VALUE_CHARS = 60
 #: more distinct numeric values than this in a sensitive column draw the "looks continuous" warning
@@ -38,9 +38,9 @@ MISSING_MARKERS = frozenset(
 )
 #: the group name a missing sensitive value gets with ``missing="group"``
 MISSING_GROUP = "(missing)"
-MISSING_NAME_TAKEN_MSG = ("{kind} column {name!r} has a real value {group!r} (row {row}) and missing values: keeping "
+MSG_MISSING_NAME_TAKEN = ("{kind} column {name!r} has a real value {group!r} (row {row}) and missing values: keeping "
                           "the missing ones as the group {group!r} would merge them into it; rename that value, or "
-                          "drop the rows with missing values (--sensitive-missing drop)")
+                          "drop the rows with missing values (`sensitive_missing='drop'`)")
 
 
 def shown(value: Any, limit: int = SHOWN_VALUE_CHARS) -> str:
@@ -80,38 +80,38 @@ def is_missing(value: Any) -> bool:
     return isinstance(value, str) and value.strip().lower() in MISSING_MARKERS
 
 
-NOT_BINARY_MSG = (
+MSG_NOT_BINARY = (
     "label column {name!r} has {count} distinct values {values}{why}; a label needs 2 to "
     "{most} classes (map it to two classes, or bin it into a few)"
 )
 
-ONE_GROUP_MSG = (
+MSG_ONE_GROUP = (
     "sensitive attribute {name!r} has only {count} value {values}; it needs at least 2 groups "
     "(pick another column)"
 )
-MISSING_VALUE_MSG = "{kind} column {name!r} is empty at row {row}{more}; {fix}"
-MISSING_MARKER_MSG = (
+MSG_MISSING_VALUE = "{kind} column {name!r} is empty at row {row}{more}; {fix}"
+MSG_MISSING_MARKER = (
     "{kind} column {name!r} holds the missing-value marker {value} at row {row}{more}; {fix}"
 )
 #: how to fix a missing sensitive value where no option maps it (a manifest)
 MISSING_SENSITIVE_FIX = "write an explicit category (e.g. 'unknown') in those rows or drop them"
 MISSING_OTHER_FIX = "fill or drop that row"
-CONTINUOUS_SENSITIVE_MSG = (
+MSG_CONTINUOUS_SENSITIVE = (
     "sensitive column {name!r} has {count} distinct numeric values ({low} to {high}) and looks continuous: "
     "each value becomes its own group; bin it into a few ranges first (e.g. age 18-29, 30-44, 45-64, 65+)"
 )
-TWO_SPELLINGS_MSG = (
+MSG_TWO_SPELLINGS = (
     "{kind} column {name!r} spells one value two ways ({first} and {second}), which would make two "
     "{groups}; write it one way"
 )
-EMPTY_ID_MSG = "{where} has an empty sample id at row {row}; give every row an id"
-LENGTH_MSG = "{what} has {got} rows but the dataset has {n}; pass one value per row"
-MISSING_IMAGE_MSG = "image file '{path}' of {where} is missing; restore it or drop its row"
-TOO_LARGE_IMAGE_MSG = (
+MSG_EMPTY_ID = "{where} has an empty sample id at row {row}; give every row an id"
+MSG_LENGTH = "{what} has {got} rows but the dataset has {n}; pass one value per row"
+MSG_MISSING_IMAGE = "image file '{path}' of {where} is missing; restore it or drop its row"
+MSG_TOO_LARGE_IMAGE = (
     "image file '{path}' of {where} is too large to decode safely ({error}); downscale it (the network sees "
     "a few hundred pixels a side)"
 )
-BAD_IMAGE_MSG = (
+MSG_BAD_IMAGE = (
     "image file '{path}' of {where} cannot be decoded ({error}); replace the file or drop its row"
 )
 
@@ -179,10 +179,10 @@ class TableSource:
         self.ids = np.asarray([str(i) for i in ids], dtype=object)
         n = len(self.ids)
         if n == 0:
-            raise DataError(EMPTY_MSG.format(where=where))
+            raise DataError(MSG_EMPTY.format(where=where))
         empty = [k for k, i in enumerate(self.ids) if not i.strip()]
         if empty:
-            raise DataError(EMPTY_ID_MSG.format(where=where, row=empty[0]))
+            raise DataError(MSG_EMPTY_ID.format(where=where, row=empty[0]))
         check_unique_ids(self.ids, where=where)
         self.labels = np.asarray(labels, dtype=np.int64)
         _check_length(self.labels, n, f"label {label_name!r}")
@@ -191,7 +191,7 @@ class TableSource:
         K = len(self.label_categories)
         if not 2 <= K <= MAX_LABEL_CLASSES or not np.isin(self.labels, np.arange(K)).all():
             raise DataError(
-                NOT_BINARY_MSG.format(
+                MSG_NOT_BINARY.format(
                     name=label_name, count=K, values=list(self.label_categories)[:5], why="",
                     most=MAX_LABEL_CLASSES)
             )
@@ -203,7 +203,7 @@ class TableSource:
             present = np.unique(codes)
             if len(present) < 2:
                 values = [c if len(c) <= 20 else c[:17] + "..." for c in (categories[k] for k in present)]
-                raise DataError(ONE_GROUP_MSG.format(name=name, count=len(present), values=values))
+                raise DataError(MSG_ONE_GROUP.format(name=name, count=len(present), values=values))
             self.sensitive[str(name)] = (codes, categories)
         self.splits = np.asarray([str(s) for s in splits], dtype=object)
         _check_length(self.splits, n, "split")
@@ -246,12 +246,12 @@ def check_unique_ids(ids: np.ndarray, *, where: str) -> None:
     uniq, counts = np.unique(ids.astype(str), return_counts=True)
     dup = uniq[counts > 1]
     if len(dup):
-        raise DataError(DUPLICATE_IDS_MSG.format(where=where, count=len(dup), first=str(dup[0])))
+        raise DataError(MSG_DUPLICATE_IDS.format(where=where, count=len(dup), first=str(dup[0])))
 
 
 def _check_length(values: np.ndarray, n: int, what: str) -> None:
     if values.ndim != 1 or len(values) != n:
-        raise DataError(LENGTH_MSG.format(what=what, got=len(values), n=n))
+        raise DataError(MSG_LENGTH.format(what=what, got=len(values), n=n))
 
 
 def table_fingerprint(
@@ -355,13 +355,13 @@ def encode_categorical(
         value = values[row]
         more = f" ({len(missing_rows)} rows in all)" if len(missing_rows) > 1 else ""
         if value is None or (isinstance(value, str) and value.strip() == ""):
-            raise DataError(MISSING_VALUE_MSG.format(kind=kind, name=name, row=row, more=more,
+            raise DataError(MSG_MISSING_VALUE.format(kind=kind, name=name, row=row, more=more,
                                                      fix=fix or MISSING_OTHER_FIX))
-        raise DataError(MISSING_MARKER_MSG.format(kind=kind, name=name, value=shown(value), row=row, more=more,
+        raise DataError(MSG_MISSING_MARKER.format(kind=kind, name=name, value=shown(value), row=row, more=more,
                                                   fix=fix or MISSING_OTHER_FIX))
     if missing_rows and len(missing_rows) < sum(t == MISSING_GROUP for t in as_text):
         row = next(r for r, t in enumerate(as_text) if t == MISSING_GROUP and r not in set(missing_rows))
-        raise DataError(MISSING_NAME_TAKEN_MSG.format(kind=kind, name=name, row=row, group=MISSING_GROUP))
+        raise DataError(MSG_MISSING_NAME_TAKEN.format(kind=kind, name=name, row=row, group=MISSING_GROUP))
     categories = tuple(sorted(set(as_text), key=_sort_key))
     _check_one_spelling(categories, name=name, kind=kind)
     if kind == "sensitive":
@@ -377,7 +377,7 @@ def _check_one_spelling(categories: Sequence[str], *, name: str, kind: str) -> N
     for category in categories:
         key = category.casefold()
         if key in seen:
-            raise DataError(TWO_SPELLINGS_MSG.format(kind=kind, name=name, first=shown(seen[key]),
+            raise DataError(MSG_TWO_SPELLINGS.format(kind=kind, name=name, first=shown(seen[key]),
                                                      second=shown(category),
                                                      groups="classes" if kind == "label" else "groups"))
         seen[key] = category
@@ -387,7 +387,7 @@ def _warn_if_continuous(name: str, categories: Sequence[str]) -> None:
     numbers = [_sort_key(c)[1] for c in categories if _sort_key(c)[0] == 0]
     if len(numbers) > MAX_NUMERIC_GROUPS and len(numbers) == len([c for c in categories if c != MISSING_GROUP]):
         warnings.warn(
-            CONTINUOUS_SENSITIVE_MSG.format(name=name, count=len(numbers), low=f"{min(numbers):g}",
+            MSG_CONTINUOUS_SENSITIVE.format(name=name, count=len(numbers), low=f"{min(numbers):g}",
                                             high=f"{max(numbers):g}"),
             UserWarning,
             stacklevel=3,
@@ -406,7 +406,7 @@ def encode_label(values: Sequence[Any], *, name: str) -> tuple[np.ndarray, tuple
     fractional = len(categories) > 2 and any(not float(x).is_integer() for x in numbers)
     if not 2 <= len(categories) <= MAX_LABEL_CLASSES or fractional:
         shown_values = [shown(c, 20) for c in categories[:5]] + (["..."] if len(categories) > 5 else [])
-        raise DataError(NOT_BINARY_MSG.format(name=name, count=len(categories), values="[" + ", ".join(shown_values) + "]",
+        raise DataError(MSG_NOT_BINARY.format(name=name, count=len(categories), values="[" + ", ".join(shown_values) + "]",
                                               why=" (fractional numbers: it looks continuous)" if fractional else "",
                                               most=MAX_LABEL_CLASSES))
     return codes, categories
@@ -434,9 +434,9 @@ def normalize_splits(values: Sequence[Any], *, name: str = "split") -> np.ndarra
     for k, value in enumerate(values):
         if is_missing(value):
             if value is None or (isinstance(value, str) and value.strip() == ""):
-                raise DataError(MISSING_VALUE_MSG.format(kind="split", name=name, row=k, more="",
+                raise DataError(MSG_MISSING_VALUE.format(kind="split", name=name, row=k, more="",
                                                          fix=MISSING_OTHER_FIX))
-            raise DataError(MISSING_MARKER_MSG.format(kind="split", name=name, value=shown(value), row=k, more="",
+            raise DataError(MSG_MISSING_MARKER.format(kind="split", name=name, value=shown(value), row=k, more="",
                                                       fix=MISSING_OTHER_FIX))
         if isinstance(value, (float, np.floating)) and float(value).is_integer():
             value = int(value)
@@ -464,7 +464,7 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 #: largest value of a 16-bit channel; 16-bit pixels map to 8 bits as round(v * 255 / 65535)
 UINT16_MAX = 65535
 
-WIDE_RANGE_MSG = (
+MSG_WIDE_RANGE = (
     "image file '{path}' of {where} has {kind} pixel values in [{low:g}, {high:g}], outside the {expected} "
     "that fairhead reads for mode {mode!r}; convert it to 8- or 16-bit grayscale or RGB"
 )
@@ -502,14 +502,14 @@ def to_rgb(img: Image.Image, *, path="", where: str = "") -> Image.Image:
         values = np.asarray(img)
         low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
         if low < 0 or high > UINT16_MAX:
-            raise DataError(WIDE_RANGE_MSG.format(path=path, where=where, kind="integer", low=low, high=high,
+            raise DataError(MSG_WIDE_RANGE.format(path=path, where=where, kind="integer", low=low, high=high,
                                                   expected="range 0..65535", mode=mode))
         return _scaled_to_uint8(values, UINT16_MAX).convert("RGB")
     if mode == "F":
         values = np.asarray(img)
         low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
         if not (np.isfinite(values).all() and low >= 0.0 and high <= 1.0):
-            raise DataError(WIDE_RANGE_MSG.format(path=path, where=where, kind="floating-point", low=low,
+            raise DataError(MSG_WIDE_RANGE.format(path=path, where=where, kind="floating-point", low=low,
                                                   high=high, expected="range [0, 1]", mode=mode))
         return _scaled_to_uint8(values, 1.0).convert("RGB")
     if img.has_transparency_data:
@@ -536,11 +536,11 @@ def open_rgb(path, *, where: str, draft_size: int | None = None) -> Image.Image:
                 img.draft("RGB", (draft_size, draft_size))
             return to_rgb(img, path=path, where=where)
     except FileNotFoundError as err:
-        raise DataError(MISSING_IMAGE_MSG.format(path=path, where=where)) from err
+        raise DataError(MSG_MISSING_IMAGE.format(path=path, where=where)) from err
     except DataError:
         raise
     except Image.DecompressionBombError as err:  # over twice PIL's pixel limit: refused, as PIL does, in one line
-        raise DataError(TOO_LARGE_IMAGE_MSG.format(path=path, where=where, error=" ".join(str(err).split()))) from err
+        raise DataError(MSG_TOO_LARGE_IMAGE.format(path=path, where=where, error=one_line(err))) from err
     except (OSError, SyntaxError, ValueError) as err:  # PIL: UnidentifiedImageError is an OSError
         error = f"{type(err).__name__}: {err}".replace("\n", " ")
-        raise DataError(BAD_IMAGE_MSG.format(path=path, where=where, error=error)) from err
+        raise DataError(MSG_BAD_IMAGE.format(path=path, where=where, error=error)) from err

@@ -31,12 +31,11 @@ PARTITION_NAMES = {"0": "train", "1": "valid", "2": "test"}
 #: names of codes 0 and 1 of every attribute (-1 and +1 in the file)
 ATTRIBUTE_CATEGORIES = ("no", "yes")
 
-MISSING_FILE_MSG = ("CelebA root '{root}' has no {name}; point --celeba at the folder that holds {expected} "
-                    "(with --preset, point --root there)")
-UNKNOWN_ATTR_MSG = "CelebA has no attribute {name!r}{hint}; choose from: {available}"
-BAD_LINE_MSG = "{file} line {line} is malformed ({problem}); restore the original CelebA file"
-COUNT_MSG = "{file} says {declared} images but lists {found}; restore the original CelebA file"
-PARTITION_GAP_MSG = "image {image!r} is in {attr} but not in {part}; restore the original CelebA files"
+MSG_MISSING_FILE = "CelebA root '{root}' has no {name}; point it at the folder that holds {expected}"
+MSG_UNKNOWN_ATTR = "CelebA has no attribute {name!r}{hint}; choose from: {available}"
+MSG_BAD_LINE = "{file} line {line} is malformed ({problem}); restore the original CelebA file"
+MSG_COUNT = "{file} says {declared} images but lists {found}; restore the original CelebA file"
+MSG_PARTITION_GAP = "image {image!r} is in {attr} but not in {part}; restore the original CelebA files"
 
 
 class CelebASource(TableSource):
@@ -77,12 +76,12 @@ class CelebASource(TableSource):
             if wanted not in names:
                 close = difflib.get_close_matches(wanted, names, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise DataError(UNKNOWN_ATTR_MSG.format(name=wanted, hint=hint, available=", ".join(names)))
+                raise DataError(MSG_UNKNOWN_ATTR.format(name=wanted, hint=hint, available=", ".join(names)))
         partition = _read_partition(part_path)
         splits = []
         for image in images:
             if image not in partition:
-                raise DataError(PARTITION_GAP_MSG.format(image=image, attr=ATTR_FILE, part=PARTITION_FILE))
+                raise DataError(MSG_PARTITION_GAP.format(image=image, attr=ATTR_FILE, part=PARTITION_FILE))
             splits.append(partition[image])
 
         def codes(attribute: str) -> np.ndarray:
@@ -102,7 +101,7 @@ class CelebASource(TableSource):
         path = self.root / name
         if not path.exists():
             raise DataError(
-                MISSING_FILE_MSG.format(
+                MSG_MISSING_FILE.format(
                     root=self.root, name=name, expected=f"{IMAGE_DIR}/, {ATTR_FILE} and {PARTITION_FILE}"
                 )
             )
@@ -141,13 +140,13 @@ def _read_attributes(path: Path) -> tuple[list[str], list[str], np.ndarray]:
         with open(path, encoding="utf-8") as fh:
             lines = fh.read().splitlines()
     except UnicodeDecodeError as err:
-        raise DataError(BAD_LINE_MSG.format(file=ATTR_FILE, line=1, problem=f"not UTF-8 text at byte {err.start}")) from err
+        raise DataError(MSG_BAD_LINE.format(file=ATTR_FILE, line=1, problem=f"not UTF-8 text at byte {err.start}")) from err
     if len(lines) < 2:
-        raise DataError(BAD_LINE_MSG.format(file=ATTR_FILE, line=1, problem="fewer than 2 header lines"))
+        raise DataError(MSG_BAD_LINE.format(file=ATTR_FILE, line=1, problem="fewer than 2 header lines"))
     try:
         declared = int(lines[0].strip())
     except ValueError as err:
-        raise DataError(BAD_LINE_MSG.format(file=ATTR_FILE, line=1, problem="first line is not a count")) from err
+        raise DataError(MSG_BAD_LINE.format(file=ATTR_FILE, line=1, problem="first line is not a count")) from err
     names = lines[1].split()
     images, rows = [], []
     for number, line in enumerate(lines[2:], start=3):
@@ -156,15 +155,15 @@ def _read_attributes(path: Path) -> tuple[list[str], list[str], np.ndarray]:
             continue
         if len(parts) != len(names) + 1:
             problem = f"{len(parts) - 1} values for {len(names)} attributes"
-            raise DataError(BAD_LINE_MSG.format(file=ATTR_FILE, line=number, problem=problem))
+            raise DataError(MSG_BAD_LINE.format(file=ATTR_FILE, line=number, problem=problem))
         try:
             row = [int(v) for v in parts[1:]]
         except ValueError as err:
-            raise DataError(BAD_LINE_MSG.format(file=ATTR_FILE, line=number, problem="a value is not +1/-1")) from err
+            raise DataError(MSG_BAD_LINE.format(file=ATTR_FILE, line=number, problem="a value is not +1/-1")) from err
         images.append(parts[0])
         rows.append(row)
     if declared != len(images):
-        raise DataError(COUNT_MSG.format(file=ATTR_FILE, declared=declared, found=len(images)))
+        raise DataError(MSG_COUNT.format(file=ATTR_FILE, declared=declared, found=len(images)))
     values = np.asarray(rows, dtype=np.int8).reshape(len(images), len(names))
     return names, images, values
 
@@ -179,6 +178,6 @@ def _read_partition(path: Path) -> dict[str, str]:
                 continue
             if len(parts) != 2 or parts[1] not in PARTITION_NAMES:
                 problem = "expected '<image> <0|1|2>'"
-                raise DataError(BAD_LINE_MSG.format(file=PARTITION_FILE, line=number, problem=problem))
+                raise DataError(MSG_BAD_LINE.format(file=PARTITION_FILE, line=number, problem=problem))
             partition[parts[0]] = PARTITION_NAMES[parts[1]]
     return partition

@@ -16,9 +16,9 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from embedcache.errors import DataError
+from embedcache.errors import DataError, one_line
 from embedcache.sources.base import (
-    EMPTY_MSG,
+    MSG_EMPTY,
     MISSING_SENSITIVE_FIX,
     TableSource,
     duplicate_names,
@@ -30,22 +30,22 @@ from embedcache.sources.base import (
     shown_names,
 )
 
-MISSING_CSV_MSG = "manifest '{path}' does not exist; pass the path of a CSV file"
-EMPTY_CSV_MSG = "manifest '{path}' has no header line; add a header naming the columns"
-UNKNOWN_COLUMN_MSG = "manifest '{path}' has no column {name!r}{hint}; columns are: {available}"
-ESCAPING_PATH_MSG = (
+MSG_MISSING_CSV = "manifest '{path}' does not exist; pass the path of a CSV file"
+MSG_EMPTY_CSV = "manifest '{path}' has no header line; add a header naming the columns"
+MSG_UNKNOWN_COLUMN = "manifest '{path}' has no column {name!r}{hint}; columns are: {available}"
+MSG_ESCAPING_PATH = (
     "manifest '{path}' row {row} points outside the image root '{root}' ({value!r}); "
-    "use paths relative to the root (pass --root to change it)"
+    "use paths relative to the root (pass `root` to change it)"
 )
-RAGGED_ROW_MSG = "manifest '{path}' row {row} has {got} fields but the header has {expected}; fix the CSV quoting"
-DUPLICATE_COLUMN_MSG = (
+MSG_RAGGED_ROW = "manifest '{path}' row {row} has {got} fields but the header has {expected}; fix the CSV quoting"
+MSG_DUPLICATE_COLUMN = (
     "manifest '{path}' has the column {name!r} twice (columns {first} and {second}); rename one, "
     "so that no reader picks the wrong one"
 )
-NOT_UTF8_MSG = "manifest '{path}' is not UTF-8 text (byte {byte} at position {position}); save it as UTF-8 CSV"
-UNREADABLE_CSV_MSG = "manifest '{path}' cannot be parsed as CSV ({error}); fix the file"
-EMPTY_PATH_MSG = "manifest '{path}' row {row} has an empty image path in column {column!r}; fill or drop that row"
-MISSING_ROOT_MSG = "image root '{root}' of manifest '{path}' is not a folder; pass --root DIR"
+MSG_NOT_UTF8 = "manifest '{path}' is not UTF-8 text (byte {byte} at position {position}); save it as UTF-8 CSV"
+MSG_UNREADABLE_CSV = "manifest '{path}' cannot be parsed as CSV ({error}); fix the file"
+MSG_EMPTY_PATH = "manifest '{path}' row {row} has an empty image path in column {column!r}; fill or drop that row"
+MSG_MISSING_ROOT = "image root '{root}' of manifest '{path}' is not a folder; pass the image folder as `root`"
 
 
 class ManifestSource(TableSource):
@@ -86,10 +86,10 @@ class ManifestSource(TableSource):
     ) -> None:
         self.csv_path = Path(csv_path)
         if not self.csv_path.is_file():
-            raise DataError(MISSING_CSV_MSG.format(path=self.csv_path))
+            raise DataError(MSG_MISSING_CSV.format(path=self.csv_path))
         self.root = Path(root) if root is not None else self.csv_path.parent
         if not self.root.is_dir():
-            raise DataError(MISSING_ROOT_MSG.format(root=self.root, path=self.csv_path))
+            raise DataError(MSG_MISSING_ROOT.format(root=self.root, path=self.csv_path))
         if isinstance(sensitive_cols, str):
             sensitive_cols = (sensitive_cols,)
         self.columns = {
@@ -106,10 +106,10 @@ class ManifestSource(TableSource):
                 close = difflib.get_close_matches(name, header, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise DataError(
-                    UNKNOWN_COLUMN_MSG.format(path=self.csv_path, name=name, hint=hint, available=shown_names(header))
+                    MSG_UNKNOWN_COLUMN.format(path=self.csv_path, name=name, hint=hint, available=shown_names(header))
                 )
         if not rows:  # before the label check, which would call an empty column "not binary"
-            raise DataError(EMPTY_MSG.format(where=f"manifest '{self.csv_path}'"))
+            raise DataError(MSG_EMPTY.format(where=f"manifest '{self.csv_path}'"))
 
         def column(name: str) -> list[str]:
             k = header.index(name)
@@ -139,29 +139,29 @@ class ManifestSource(TableSource):
         try:
             return self._read_rows()
         except UnicodeDecodeError as err:
-            raise DataError(NOT_UTF8_MSG.format(path=self.csv_path, byte=hex(err.object[err.start]),
+            raise DataError(MSG_NOT_UTF8.format(path=self.csv_path, byte=hex(err.object[err.start]),
                                                 position=err.start)) from err
         except csv.Error as err:  # a NUL byte, an unterminated quote at the end
-            raise DataError(UNREADABLE_CSV_MSG.format(path=self.csv_path, error=" ".join(str(err).split())[:200])) from err
+            raise DataError(MSG_UNREADABLE_CSV.format(path=self.csv_path, error=one_line(err))) from err
 
     def _read_rows(self) -> tuple[list[str], list[list[str]]]:
         with open(self.csv_path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh, strict=True)  # a broken quote is an error, not a merged field
             header = next(reader, None)
             if not header:
-                raise DataError(EMPTY_CSV_MSG.format(path=self.csv_path))
+                raise DataError(MSG_EMPTY_CSV.format(path=self.csv_path))
             header = [h.strip() for h in header]
             duplicate = duplicate_names(header)
             if duplicate:
                 name, first, second = duplicate
-                raise DataError(DUPLICATE_COLUMN_MSG.format(path=self.csv_path, name=name, first=first, second=second))
+                raise DataError(MSG_DUPLICATE_COLUMN.format(path=self.csv_path, name=name, first=first, second=second))
             rows = []
             for number, row in enumerate(reader, start=2):
                 if not row:
                     continue
                 if len(row) != len(header):
                     raise DataError(
-                        RAGGED_ROW_MSG.format(path=self.csv_path, row=number, got=len(row), expected=len(header))
+                        MSG_RAGGED_ROW.format(path=self.csv_path, row=number, got=len(row), expected=len(header))
                     )
                 rows.append(row)
         return header, rows
@@ -174,11 +174,11 @@ class ManifestSource(TableSource):
         """
         value = value.strip()
         if value == "":
-            raise DataError(EMPTY_PATH_MSG.format(path=self.csv_path, row=row, column=self.columns["image"]))
+            raise DataError(MSG_EMPTY_PATH.format(path=self.csv_path, row=row, column=self.columns["image"]))
         root = os.path.abspath(self.root)
         full = os.path.normpath(os.path.join(root, value))  # join keeps an absolute value as is
         if value == "" or os.path.commonpath([root, full]) != root or full == root:
-            raise DataError(ESCAPING_PATH_MSG.format(path=self.csv_path, row=row, root=self.root, value=value))
+            raise DataError(MSG_ESCAPING_PATH.format(path=self.csv_path, row=row, root=self.root, value=value))
         return Path(os.path.relpath(full, root)).as_posix()
 
     def load_image(self, i: int, *, draft_size: int | None = None) -> Image.Image:

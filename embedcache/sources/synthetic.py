@@ -36,7 +36,7 @@ BACKGROUND_RGB = ((55.0, 95.0, 200.0), (225.0, 140.0, 45.0))
 SPLIT_NAMES = ("train", "valid", "test")
 IMAGE_FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG"}
 
-BAD_PARAM_MSG = "synthetic parameter {name}={value!r} is out of range; it must be {rule}"
+MSG_BAD_PARAM = "synthetic parameter {name}={value!r} is out of range; it must be {rule}"
 
 
 class SyntheticSource(TableSource):
@@ -142,7 +142,7 @@ class SyntheticSource(TableSource):
 
 def _check(name: str, value: Any, ok: bool, rule: str) -> None:
     if not ok:
-        raise DataError(BAD_PARAM_MSG.format(name=name, value=value, rule=rule))
+        raise DataError(MSG_BAD_PARAM.format(name=name, value=value, rule=rule))
 
 
 def render_shape(*, label: int, group: int, rng: np.random.Generator, size: int, faint_fraction: float, noise: float) -> np.ndarray:
@@ -198,7 +198,7 @@ def write_synthetic_dataset(out_dir, *, image_format: str = "png", jpeg_quality:
 
     fmt = IMAGE_FORMATS.get(str(image_format).lower())
     if fmt is None:
-        raise DataError(BAD_PARAM_MSG.format(name="image_format", value=image_format, rule="'png' or 'jpeg'"))
+        raise DataError(MSG_BAD_PARAM.format(name="image_format", value=image_format, rule="'png' or 'jpeg'"))
     source = SyntheticSource(**synthetic_params)
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)

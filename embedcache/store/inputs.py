@@ -22,9 +22,9 @@ from typing import Any
 from embedcache.errors import CacheError
 
 READ_BLOCK_BYTES = 1 << 20
-CHANGED_MSG = (
+MSG_CHANGED = (
     "the images of rows {start}-{stop} changed since they were extracted into '{journal}' "
-    "(first: '{file}', {what}); restore them, or pass --overwrite to discard the {committed} committed rows "
+    "(first: '{file}', {what}); restore them, or pass `overwrite=True` to discard the {committed} committed rows "
     "and start over"
 )
 
@@ -71,7 +71,7 @@ def check_unchanged(records: Sequence[dict[str, Any]], paths: Sequence[Any] | No
             continue
         start, stop = int(record["start"]), int(record["stop"])
         if paths is None or len(files) != stop - start:
-            raise CacheError(CHANGED_MSG.format(start=start, stop=stop - 1, journal=journal, file="?",
+            raise CacheError(MSG_CHANGED.format(start=start, stop=stop - 1, journal=journal, file="?",
                                                 what="the source no longer names its files", committed=committed))
         now = [_stat(paths[row]) for row in range(start, stop)]
         if now == [list(f) for f in files]:
@@ -87,5 +87,5 @@ def check_unchanged(records: Sequence[dict[str, Any]], paths: Sequence[Any] | No
             except OSError:
                 pass
             what = "its content differs"
-        raise CacheError(CHANGED_MSG.format(start=start, stop=stop - 1, journal=journal, file=changed_file,
+        raise CacheError(MSG_CHANGED.format(start=start, stop=stop - 1, journal=journal, file=changed_file,
                                             what=what, committed=committed))

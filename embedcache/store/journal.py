@@ -46,12 +46,12 @@ from embedcache.errors import CacheError
 from embedcache.store import schema
 from embedcache.store.writer import atomic_write_text, fsync_path
 
-LOCKED_MSG = (
+MSG_LOCKED = (
     "cache '{path}' is being written by another process{holder} (lock '{lock}'); "
     "wait for it to finish or stop it"
 )
-LOCK_FAILED_MSG = "cannot create the write lock '{lock}' ({error}); write the cache into a folder you can write to"
-UNREADABLE_JOURNAL_MSG = "journal '{path}' cannot be read ({error}); remove the folder or pass --overwrite"
+MSG_LOCK_FAILED = "cannot create the write lock '{lock}' ({error}); write the cache into a folder you can write to"
+MSG_UNREADABLE_JOURNAL = "journal '{path}' cannot be read ({error}); remove the folder or pass `overwrite=True`"
 #: seconds a writer waits for the lock: long enough to outlast a reader's probe, short enough to fail fast
 LOCK_WAIT_S = 2.0
 JOURNAL_VERSION = 2
@@ -80,10 +80,10 @@ class WriteLock:
         except filelock.Timeout as err:
             holder = _read_pid(self.path)
             raise CacheError(
-                LOCKED_MSG.format(path=self.cache_path, lock=self.path, holder=f" (pid {holder})" if holder else "")
+                MSG_LOCKED.format(path=self.cache_path, lock=self.path, holder=f" (pid {holder})" if holder else "")
             ) from err
         except OSError as err:
-            raise CacheError(LOCK_FAILED_MSG.format(lock=self.path, error=err.strerror or err)) from err
+            raise CacheError(MSG_LOCK_FAILED.format(lock=self.path, error=err.strerror or err)) from err
         return self
 
     def release(self) -> None:
@@ -175,9 +175,9 @@ class Journal:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as err:
-            raise CacheError(UNREADABLE_JOURNAL_MSG.format(path=self.dir, error=err)) from err
+            raise CacheError(MSG_UNREADABLE_JOURNAL.format(path=self.dir, error=err)) from err
         if not isinstance(meta, dict):
-            raise CacheError(UNREADABLE_JOURNAL_MSG.format(path=self.dir, error="meta.json is not a JSON object"))
+            raise CacheError(MSG_UNREADABLE_JOURNAL.format(path=self.dir, error="meta.json is not a JSON object"))
         return meta
 
     def _committed(self) -> dict[str, Any]:
@@ -190,7 +190,7 @@ class Journal:
         except FileNotFoundError:
             return {schema.JOURNAL_COMMITTED_ROWS_KEY: 0}
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise CacheError(UNREADABLE_JOURNAL_MSG.format(path=self.dir, error=err)) from err
+            raise CacheError(MSG_UNREADABLE_JOURNAL.format(path=self.dir, error=err)) from err
 
     def committed_rows(self) -> int:
         return int(self._committed()[schema.JOURNAL_COMMITTED_ROWS_KEY])

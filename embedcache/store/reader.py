@@ -15,47 +15,47 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
-from embedcache.errors import CacheError, DataError
+from embedcache.errors import CacheError, DataError, one_line
 from embedcache.store import schema
 from embedcache.store.journal import Journal, WriteLock
 from embedcache.store.validate import check_cache, check_complete
 
-MISSING_MSG = "no cache at '{path}'; build it with `fairhead extract` or `fairhead import`"
-RESUMABLE_MSG = (
+MSG_MISSING = "no cache at '{path}'; build it with `fairhead extract` or `fairhead import`"
+MSG_RESUMABLE = (
     "cache '{path}' is incomplete ({rows} of {total} rows); rerun the same `fairhead extract` command to resume"
 )
-UNFINISHED_OVERWRITE_MSG = (
+MSG_UNFINISHED_OVERWRITE = (
     "cache '{path}' has an unfinished extraction in '{journal}' ({rows} of {total} rows); rerun it to finish, "
     "or remove that folder to use the existing file"
 )
-NOT_STARTED_MSG = (
+MSG_NOT_STARTED = (
     "cache '{path}' is incomplete (its extraction stopped before committing a batch); "
     "rerun the same `fairhead extract` command"
 )
-NOT_STARTED_OVERWRITE_MSG = (
+MSG_NOT_STARTED_OVERWRITE = (
     "cache '{path}' has an unfinished extraction in '{journal}' that committed no rows yet; rerun it to finish, "
     "or remove that folder to use the existing file"
 )
-BEING_WRITTEN_MSG = (
+MSG_BEING_WRITTEN = (
     "cache '{path}' is being written by another process{holder} right now ({progress}); "
     "wait for it to finish, then open it again"
 )
-DAMAGED_JOURNAL_READ_MSG = (
+MSG_DAMAGED_JOURNAL_READ = (
     "cache '{path}' has a damaged extraction journal '{journal}' ({error}); "
-    "rerun the `fairhead extract` command with --overwrite to start over"
+    "rerun the extraction with `overwrite=True` to start over"
 )
-NOT_HDF5_MSG = "'{path}' is not an HDF5 file; pass a cache written by `fairhead extract` or `fairhead import`"
-CORRUPT_MSG = "cache '{path}' is truncated or corrupt ({error}); rebuild it with the same `fairhead extract` command"
-MARKED_INCOMPLETE_MSG = (
+MSG_NOT_HDF5 = "'{path}' is not an HDF5 file; pass a cache written by `fairhead extract` or `fairhead import`"
+MSG_CORRUPT = "cache '{path}' is truncated or corrupt ({error}); rebuild it with the same `fairhead extract` command"
+MSG_MARKED_INCOMPLETE = (
     "cache '{path}' is marked incomplete (complete=false); rerun the `fairhead extract` command that writes it"
 )
-UNKNOWN_SPLIT_MSG = "cache '{path}' has no split {name!r}; available splits: {available}"
-UNKNOWN_ATTRIBUTE_MSG = "cache '{path}' has no sensitive attribute {name!r}; available: {available}"
-UNKNOWN_CATEGORY_FIELD_MSG = "cache '{path}' has no column {name!r}; available: {available}"
-EXISTING_NOT_CACHE_MSG = (
-    "output '{path}' exists but is not a readable cache ({error}); use another --out or pass --overwrite"
+MSG_UNKNOWN_SPLIT = "cache '{path}' has no split {name!r}; available splits: {available}"
+MSG_UNKNOWN_ATTRIBUTE = "cache '{path}' has no sensitive attribute {name!r}; available: {available}"
+MSG_UNKNOWN_CATEGORY_FIELD = "cache '{path}' has no column {name!r}; available: {available}"
+MSG_EXISTING_NOT_CACHE = (
+    "output '{path}' exists but is not a readable cache ({error}); use another `out` or pass `overwrite=True`"
 )
-BAD_AS_MSG = "as_={value!r} is not supported; use 'numpy' or 'torch'"
+MSG_BAD_AS = "as_={value!r} is not supported; use 'numpy' or 'torch'"
 
 #: rows read per block when the wanted rows are scattered
 READ_BLOCK_ROWS = schema.CHUNK_ROWS * 64
@@ -166,15 +166,15 @@ class Cache:
         if not self.path.exists():
             if journal.exists():
                 raise CacheError(_unfinished_message(self.path, journal, replacing=False))
-            raise CacheError(MISSING_MSG.format(path=self.path))
+            raise CacheError(MSG_MISSING.format(path=self.path))
         if self.path.is_dir():
-            raise CacheError(NOT_HDF5_MSG.format(path=self.path))
+            raise CacheError(MSG_NOT_HDF5.format(path=self.path))
         if not h5py.is_hdf5(self.path):
-            raise CacheError(NOT_HDF5_MSG.format(path=self.path))
+            raise CacheError(MSG_NOT_HDF5.format(path=self.path))
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as err:
-            raise CacheError(CORRUPT_MSG.format(path=self.path, error=_short(err))) from err
+            raise CacheError(MSG_CORRUPT.format(path=self.path, error=one_line(err))) from err
         try:
             self._check(None if ignore_journal else journal)
         except CacheError:
@@ -182,7 +182,7 @@ class Cache:
             raise
         except (OSError, KeyError, TypeError, ValueError, RuntimeError) as err:  # h5py on a damaged object header
             self.close()
-            raise CacheError(CORRUPT_MSG.format(path=self.path, error=_short(err))) from err
+            raise CacheError(MSG_CORRUPT.format(path=self.path, error=one_line(err))) from err
         except BaseException:
             self.close()
             raise
@@ -192,13 +192,13 @@ class Cache:
         found = schema.decode_attr(f.attrs.get(schema.FORMAT_NAME_ATTR))
         if found != schema.FORMAT_NAME:
             raise CacheError(
-                schema.NOT_EMBEDCACHE_MSG.format(path=self.path, attr=schema.FORMAT_NAME_ATTR, found=found)
+                schema.MSG_NOT_EMBEDCACHE.format(path=self.path, attr=schema.FORMAT_NAME_ATTR, found=found)
             )
         schema.check_format_version(f.attrs.get(schema.FORMAT_VERSION_ATTR), self.path)
         if journal is not None and journal.exists():
             raise CacheError(_unfinished_message(self.path, journal, replacing=True))
         if not check_complete(f.attrs, self.path):
-            raise CacheError(MARKED_INCOMPLETE_MSG.format(path=self.path))
+            raise CacheError(MSG_MARKED_INCOMPLETE.format(path=self.path))
         self.n_rows = check_cache(f, self.path)
 
     # --- context manager --------------------------------------------------------------
@@ -282,7 +282,7 @@ class Cache:
         if name == schema.SPLIT:
             return self.splits
         available = ", ".join([*self.sensitive_names, self.label_name, schema.SPLIT])
-        raise DataError(UNKNOWN_CATEGORY_FIELD_MSG.format(path=self.path, name=name, available=available))
+        raise DataError(MSG_UNKNOWN_CATEGORY_FIELD.format(path=self.path, name=name, available=available))
 
     @property
     def provenance(self) -> dict[str, Any]:
@@ -316,7 +316,7 @@ class Cache:
         names = self.splits
         for name in wanted:
             if name not in names:
-                raise DataError(UNKNOWN_SPLIT_MSG.format(path=self.path, name=name, available=", ".join(names)))
+                raise DataError(MSG_UNKNOWN_SPLIT.format(path=self.path, name=name, available=", ".join(names)))
         codes = [names.index(name) for name in wanted]
         return np.flatnonzero(np.isin(self._split_codes(), codes)).astype(np.int64)
 
@@ -355,7 +355,7 @@ class Cache:
             are read as slices, scattered rows block by block.
         """
         if as_ not in ("numpy", "torch"):
-            raise DataError(BAD_AS_MSG.format(value=as_))
+            raise DataError(MSG_BAD_AS.format(value=as_))
         rows = self.rows_of(splits)
         if sensitive is None:
             names = self.sensitive_names
@@ -364,7 +364,7 @@ class Cache:
             for name in names:
                 if name not in self._f[schema.SENSITIVE_GROUP]:
                     raise DataError(
-                        UNKNOWN_ATTRIBUTE_MSG.format(
+                        MSG_UNKNOWN_ATTRIBUTE.format(
                             path=self.path, name=name, available=", ".join(self.sensitive_names)
                         )
                     )
@@ -374,7 +374,7 @@ class Cache:
             codes = {name: self._f[schema.SENSITIVE_GROUP][name][()][rows] for name in names}
             sample_ids = self._f[schema.SAMPLE_ID].asstr()[()][rows].astype(object)
         except OSError as err:  # a file cut short past its header fails only here
-            raise CacheError(CORRUPT_MSG.format(path=self.path, error=_short(err))) from err
+            raise CacheError(MSG_CORRUPT.format(path=self.path, error=one_line(err))) from err
         split_names = np.asarray(self.splits, dtype=object)[self._split_codes()[rows]]
         if features is not None and dtype is not None and as_ == "numpy":
             features = features.astype(np.dtype(dtype), copy=False)
@@ -425,7 +425,7 @@ def existing_cache_matches(path, identity: dict[str, Any]) -> bool:
         with Cache(path) as cache:
             found = cache.identity
     except CacheError as err:
-        raise CacheError(EXISTING_NOT_CACHE_MSG.format(path=path, error=str(err))) from err
+        raise CacheError(MSG_EXISTING_NOT_CACHE.format(path=path, error=str(err))) from err
     mismatch = schema.identity_mismatch(found, identity, path=path)
     if mismatch:
         raise CacheError(mismatch)
@@ -474,18 +474,14 @@ def _unfinished_message(path: Path, journal: Journal, *, replacing: bool) -> str
         meta = journal.read_meta()
         rows = journal.committed_rows()
     except CacheError as err:
-        return DAMAGED_JOURNAL_READ_MSG.format(path=path, journal=journal.dir, error=_short(err.__cause__ or err))
+        return MSG_DAMAGED_JOURNAL_READ.format(path=path, journal=journal.dir, error=one_line(err.__cause__ or err))
     total = (meta or {}).get("identity", {}).get(schema.N_ROWS_ATTR)
     holder = WriteLock(path).holder()
     if holder is not None:
         progress = f"{rows} of {total} rows done" if total is not None else f"{rows} rows done"
-        return BEING_WRITTEN_MSG.format(path=path, holder=f" (pid {holder})" if holder else "", progress=progress)
+        return MSG_BEING_WRITTEN.format(path=path, holder=f" (pid {holder})" if holder else "", progress=progress)
     if meta is None or total is None:
-        template = NOT_STARTED_OVERWRITE_MSG if replacing else NOT_STARTED_MSG
+        template = MSG_NOT_STARTED_OVERWRITE if replacing else MSG_NOT_STARTED
         return template.format(path=path, journal=journal.dir)
-    template = UNFINISHED_OVERWRITE_MSG if replacing else RESUMABLE_MSG
+    template = MSG_UNFINISHED_OVERWRITE if replacing else MSG_RESUMABLE
     return template.format(path=path, journal=journal.dir, rows=rows, total=total)
-
-
-def _short(err: BaseException) -> str:
-    return " ".join(str(err).split())[:200]

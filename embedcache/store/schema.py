@@ -104,18 +104,18 @@ SHARD_NAME = "{name}.shard-{rank:05d}-of-{world:05d}.h5"
 SHARD_PLAN_SUFFIX = ".shards.json"
 
 # --- messages -----------------------------------------------------------------
-NEWER_VERSION_MSG = (
+MSG_NEWER_VERSION = (
     "cache '{path}' has format version {found}, newer than this fairhead reads "
     "(major {readable}); upgrade fairhead"
 )
-BAD_VERSION_MSG = "cache '{path}' has an unreadable format version {found!r}; rebuild it with `fairhead extract`"
-NOT_EMBEDCACHE_MSG = (
+MSG_BAD_VERSION = "cache '{path}' has an unreadable format version {found!r}; rebuild it with `fairhead extract`"
+MSG_NOT_EMBEDCACHE = (
     "'{path}' is an HDF5 file but not an embedcache cache (attribute {attr!r} is {found!r}); "
     "pass a file written by `fairhead extract` or `fairhead import`"
 )
-MISMATCH_MSG = (
+MSG_MISMATCH = (
     "{what} '{path}' was built from {field} {found} but this run uses {expected}; "
-    "use another --out or pass --overwrite"
+    "use another `out` or pass `overwrite=True`"
 )
 IDENTITY_LABELS = {
     DATASET_FINGERPRINT_ATTR: "dataset fingerprint",
@@ -167,12 +167,12 @@ def check_format_version(found: Any, path) -> None:
     try:
         major = int(str(text).split(".", 1)[0])
     except ValueError as err:
-        raise CacheError(BAD_VERSION_MSG.format(path=path, found=text)) from err
+        raise CacheError(MSG_BAD_VERSION.format(path=path, found=text)) from err
     if major not in READABLE_MAJOR_VERSIONS:
         if major > max(READABLE_MAJOR_VERSIONS):
             readable = "/".join(str(m) for m in READABLE_MAJOR_VERSIONS)
-            raise CacheError(NEWER_VERSION_MSG.format(path=path, found=text, readable=readable))
-        raise CacheError(BAD_VERSION_MSG.format(path=path, found=text))
+            raise CacheError(MSG_NEWER_VERSION.format(path=path, found=text, readable=readable))
+        raise CacheError(MSG_BAD_VERSION.format(path=path, found=text))
 
 
 def decode_attr(value: Any) -> Any:
@@ -207,7 +207,7 @@ def identity_mismatch(found: Mapping[str, Any], expected: Mapping[str, Any], *, 
             field = IDENTITY_LABELS[key]
             if key == BACKBONE_WEIGHTS_ATTR:
                 field, key = IDENTITY_LABELS[BACKBONE_ARCH_ATTR], BACKBONE_ARCH_ATTR
-            return MISMATCH_MSG.format(
+            return MSG_MISMATCH.format(
                 what=what,
                 path=path,
                 field=field,

@@ -34,7 +34,7 @@ from typing import Any, Mapping, Sequence
 import h5py
 import numpy as np
 
-from embedcache.errors import CacheError
+from embedcache.errors import CacheError, one_line
 from embedcache.store import schema
 from embedcache.store.journal import WriteLock
 from embedcache.store.reader import Cache
@@ -43,19 +43,19 @@ from embedcache.store.writer import CacheTable, atomic_write_text, commit_file, 
 PLAN_VERSION = 1
 #: what a failed merge asks for once its cause is fixed (the shards are kept)
 RERUN_TORCHRUN = "rerun the same torchrun command to merge the shards"
-WORLD_SIZE_MSG = (
+MSG_WORLD_SIZE = (
     "cache '{out}' has an unfinished extraction by {planned} processes (plan '{plan}') but this run has {world}; "
     "rerun with {planned} processes in all (nnodes x nproc-per-node = {planned}), "
     "or delete '{plan}' and the files '{out_name}.shard-*' to start over"
 )
-SINGLE_JOURNAL_MSG = (
+MSG_SINGLE_JOURNAL = (
     "cache '{out}' has an unfinished single-process extraction in '{journal}' but this run has {world} processes; "
     "rerun without torchrun to finish it, or remove that folder to start over"
 )
-UNREADABLE_PLAN_MSG = (
+MSG_UNREADABLE_PLAN = (
     "shard plan '{plan}' cannot be read ({error}); delete it and the files '{out_name}.shard-*' to start over"
 )
-BAD_SHARD_MSG = (
+MSG_BAD_SHARD = (
     "shard '{shard}' does not hold rows {start}-{stop} of this run ({problem}); "
     "delete it and rerun the same torchrun command to rebuild it"
 )
@@ -129,7 +129,7 @@ def read_plan(out: Path) -> ShardPlan | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise CacheError(UNREADABLE_PLAN_MSG.format(plan=path, error=_short(err), out_name=out.name)) from err
+        raise CacheError(MSG_UNREADABLE_PLAN.format(plan=path, error=one_line(err), out_name=out.name)) from err
 
 
 def write_plan(out: Path, plan: ShardPlan) -> None:
@@ -138,7 +138,7 @@ def write_plan(out: Path, plan: ShardPlan) -> None:
 
 
 def world_size_error(out: Path, plan: ShardPlan, world_size: int) -> CacheError:
-    return CacheError(WORLD_SIZE_MSG.format(out=out, planned=plan.world_size, plan=schema.shard_plan_path(out),
+    return CacheError(MSG_WORLD_SIZE.format(out=out, planned=plan.world_size, plan=schema.shard_plan_path(out),
                                             world=world_size, out_name=out.name))
 
 
@@ -185,7 +185,7 @@ def check_shards(out: Path, plan: ShardPlan, shard_identities: Sequence[Mapping[
         except CacheError as err:
             problem = str(err)
         if problem is not None:
-            raise CacheError(BAD_SHARD_MSG.format(shard=path, start=start, stop=stop - 1, problem=problem))
+            raise CacheError(MSG_BAD_SHARD.format(shard=path, start=start, stop=stop - 1, problem=problem))
 
 
 class _ShardRows:
@@ -260,7 +260,3 @@ def remove_shards(out: Path, plan: ShardPlan) -> None:
                 schema.lock_path(path).unlink()
     with contextlib.suppress(FileNotFoundError):
         schema.shard_plan_path(out).unlink()
-
-
-def _short(err: BaseException) -> str:
-    return " ".join(str(err).split())[:200]

@@ -35,11 +35,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from embedcache.errors import CacheError
+from embedcache.errors import CacheError, one_line
 from embedcache.store import schema
 
 REBUILD = "rebuild it with the `fairhead extract` or `fairhead import` command that wrote it"
-MALFORMED_MSG = "cache '{path}' is malformed: {problem}; " + REBUILD
+MSG_MALFORMED = "cache '{path}' is malformed: {problem}; " + REBUILD
 MISSING_ATTR_PROBLEM = "{where}attribute {key!r} is missing"
 MISSING_MEMBER_PROBLEM = "{key!r} is missing"
 LINK_PROBLEM = "{key!r} is a {kind} link, but a cache must hold its data itself"
@@ -57,8 +57,8 @@ CODE_RANGE_PROBLEM = "{key!r} holds code {code} at row {row}, outside 0..{top} (
 DUPLICATE_IDS_PROBLEM = "'sample_id' has {count} duplicate ids (first: {first!r})"
 NO_SENSITIVE_PROBLEM = "'sensitive' holds no attribute"
 VIEW_SOURCE_PROBLEM = "{key!r} reads {what} from '{source}'"
-SHARD_MISSING_MSG = (
-    "cache '{path}' is a view over shard files (`fairhead extract --no-merge`) and its shard '{shard}' is missing; "
+MSG_SHARD_MISSING = (
+    "cache '{path}' is a view over shard files (`merge=False`) and its shard '{shard}' is missing; "
     "restore it, or rerun the same torchrun `fairhead extract` command to rebuild it"
 )
 
@@ -107,7 +107,7 @@ def check_cache(f: h5py.File, path) -> int:
         try:
             value = json.loads(text)
         except ValueError as err:
-            raise CacheError(_malformed(path, NOT_JSON_PROBLEM.format(key=key, error=_short(err)))) from err
+            raise CacheError(_malformed(path, NOT_JSON_PROBLEM.format(key=key, error=one_line(err)))) from err
         if not isinstance(value, dict):
             raise CacheError(_malformed(path, NOT_JSON_PROBLEM.format(key=key, error=f"a {type(value).__name__}")))
     n = _int_attr(attrs, schema.N_ROWS_ATTR, path)
@@ -169,11 +169,7 @@ def check_cache(f: h5py.File, path) -> int:
 
 # --- pieces -------------------------------------------------------------------------
 def _malformed(path, problem: str) -> str:
-    return MALFORMED_MSG.format(path=path, problem=problem)
-
-
-def _short(err: BaseException) -> str:
-    return " ".join(str(err).split())[:160]
+    return MSG_MALFORMED.format(path=path, problem=problem)
 
 
 def _kind(obj) -> str:
@@ -218,7 +214,7 @@ def _check_view_sources(features: h5py.Dataset, path) -> None:
             problem = VIEW_SOURCE_PROBLEM.format(key=schema.FEATURES, what=f"{dset!r}", source=source.file_name)
             raise CacheError(_malformed(path, problem))
         if not (folder / source.file_name).is_file():
-            raise CacheError(SHARD_MISSING_MSG.format(path=path, shard=folder / source.file_name))
+            raise CacheError(MSG_SHARD_MISSING.format(path=path, shard=folder / source.file_name))
 
 
 def _int_attr(attrs, key: str, path) -> int:

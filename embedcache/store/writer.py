@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
-from embedcache.errors import CacheError
+from embedcache.errors import CacheError, one_line
 from embedcache.store import schema
 
 #: rows copied per write of /features (a whole number of chunks)
@@ -45,25 +45,25 @@ WRITE_BLOCK_ROWS = schema.CHUNK_ROWS * 64
 CANONICAL_SPLITS = ("train", "valid", "test")
 LIBRARIES = ("fairhead", "torch", "torchvision", "h5py", "numpy", "pillow")
 
-BAD_DTYPE_MSG = "feature dtype {dtype!r} is not supported; use one of {allowed}"
-BAD_EPOCH_MSG = "SOURCE_DATE_EPOCH={value!r} is not an integer number of seconds; unset it or fix it"
-WRITE_FAILED_MSG = "could not write '{path}' ({error}); check free disk space and permissions, then {then}"
-NO_SPACE_MSG = "no space left on device '{device}' (writing '{path}'); free {mb} MB there and {then}"
-TOO_LARGE_MSG = (
+MSG_BAD_DTYPE = "feature dtype {dtype!r} is not supported; use one of {allowed}"
+MSG_BAD_EPOCH = "SOURCE_DATE_EPOCH={value!r} is not an integer number of seconds; unset it or fix it"
+MSG_WRITE_FAILED = "could not write '{path}' ({error}); check free disk space and permissions, then {then}"
+MSG_NO_SPACE = "no space left on device '{device}' (writing '{path}'); free {mb} MB there and {then}"
+MSG_TOO_LARGE = (
     "'{path}' outgrew the largest file allowed here (the file-size limit `ulimit -f`, or the file system's "
     "maximum); raise the limit or write to another file system, then {then}"
 )
-NOT_WRITABLE_MSG = "cannot write '{path}' ({error}); choose an output in a folder you can write to, then {then}"
-HDF5_CRASHED_MSG = "the HDF5 library crashed ({signal}) while writing '{path}'; the file was removed; {then}"
-BAD_NAME_MSG = (
+MSG_NOT_WRITABLE = "cannot write '{path}' ({error}); choose an output in a folder you can write to, then {then}"
+MSG_HDF5_CRASHED = "the HDF5 library crashed ({signal}) while writing '{path}'; the file was removed; {then}"
+MSG_BAD_NAME = (
     "sensitive attribute name {name!r} cannot be stored in a cache ({why}); rename that column "
     "(a name without '/', not '.' or '..')"
 )
-NOT_A_CACHE_TO_REPLACE_MSG = (
-    "output '{path}' exists and is not an HDF5 cache; it is not replaced even with --overwrite: "
-    "remove it yourself or use another --out"
+MSG_NOT_A_CACHE_TO_REPLACE = (
+    "output '{path}' exists and is not an HDF5 cache; it is not replaced even with `overwrite=True`: "
+    "remove it yourself or use another `out`"
 )
-OUTPUT_IS_FOLDER_MSG = "output '{path}' is a folder; give a file path such as '{path}/features.h5'"
+MSG_OUTPUT_IS_FOLDER = "output '{path}' is a folder; give a file path such as '{path}/features.h5'"
 #: what a failed write tells the user to do next (extractions pass "rerun to resume")
 RERUN = "rerun the same command"
 MB = 1024 * 1024
@@ -111,7 +111,7 @@ def check_feature_dtype(dtype: str) -> str:
     """Normalise a feature dtype name ("float32"/"float16") or raise."""
     name = np.dtype(dtype).name if str(dtype) in ("float32", "float16", "f4", "f2") else str(dtype)
     if name not in schema.FEATURE_DTYPES:
-        raise CacheError(BAD_DTYPE_MSG.format(dtype=dtype, allowed=", ".join(schema.FEATURE_DTYPES)))
+        raise CacheError(MSG_BAD_DTYPE.format(dtype=dtype, allowed=", ".join(schema.FEATURE_DTYPES)))
     return name
 
 
@@ -130,7 +130,7 @@ def check_member_name(name: str) -> str:
     elif "\x00" in name:
         why = "it holds a NUL character"
     if why:
-        raise CacheError(BAD_NAME_MSG.format(name=name, why=why))
+        raise CacheError(MSG_BAD_NAME.format(name=name, why=why))
     return name
 
 
@@ -138,9 +138,9 @@ def check_replaceable(out) -> None:
     """Refuse an output that --overwrite must never replace: a folder, or a file that is not HDF5."""
     out = Path(out)
     if out.is_dir():
-        raise CacheError(OUTPUT_IS_FOLDER_MSG.format(path=out))
+        raise CacheError(MSG_OUTPUT_IS_FOLDER.format(path=out))
     if out.exists() and out.stat().st_size > 0 and not h5py.is_hdf5(out):
-        raise CacheError(NOT_A_CACHE_TO_REPLACE_MSG.format(path=out))
+        raise CacheError(MSG_NOT_A_CACHE_TO_REPLACE.format(path=out))
 
 
 def prepare_output(out: Path) -> None:
@@ -149,7 +149,7 @@ def prepare_output(out: Path) -> None:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise CacheError(NOT_WRITABLE_MSG.format(path=out, error=err.strerror or err, then="rerun")) from err
+        raise CacheError(MSG_NOT_WRITABLE.format(path=out, error=err.strerror or err, then="rerun")) from err
 
 
 def estimate_cache_bytes(table: "CacheTable", *, feature_dim: int, feature_dtype: str) -> int:
@@ -184,7 +184,7 @@ def free_bytes(path) -> int:
 def no_space_error(path, needed: int, *, then: str = RERUN) -> CacheError:
     """The one-line error for a disk too full to hold ``needed`` more bytes at ``path``."""
     mb = max(1, math.ceil((needed - free_bytes(path)) / MB))
-    return CacheError(NO_SPACE_MSG.format(device=device_of(path), path=path, mb=mb, then=then))
+    return CacheError(MSG_NO_SPACE.format(device=device_of(path), path=path, mb=mb, then=then))
 
 
 def check_free_space(path, needed: int, *, then: str = RERUN) -> None:
@@ -206,11 +206,11 @@ def write_error(err: BaseException, path, *, needed: int, then: str = RERUN) -> 
     if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
         return no_space_error(path, needed, then=then)
     if code == errno.EFBIG:
-        return CacheError(TOO_LARGE_MSG.format(path=path, then=then))
+        return CacheError(MSG_TOO_LARGE.format(path=path, then=then))
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return CacheError(NOT_WRITABLE_MSG.format(path=path, error=os.strerror(code), then=then))
-    text = os.strerror(code) if code else " ".join(str(err).split())[:200]
-    return CacheError(WRITE_FAILED_MSG.format(path=path, error=text, then=then))
+        return CacheError(MSG_NOT_WRITABLE.format(path=path, error=os.strerror(code), then=then))
+    text = os.strerror(code) if code else one_line(err)
+    return CacheError(MSG_WRITE_FAILED.format(path=path, error=text, then=then))
 
 
 def library_versions(libraries=None) -> dict[str, str]:
@@ -231,7 +231,7 @@ def creation_time() -> str:
         try:
             seconds = int(epoch)
         except ValueError as err:
-            raise CacheError(BAD_EPOCH_MSG.format(value=epoch)) from err
+            raise CacheError(MSG_BAD_EPOCH.format(value=epoch)) from err
         moment = _dt.datetime.fromtimestamp(seconds, tz=_dt.timezone.utc)
     else:
         moment = _dt.datetime.now(tz=_dt.timezone.utc).replace(microsecond=0)
@@ -351,10 +351,10 @@ def write_cache(
     except _ChildCrashed as err:
         _remove_quietly(path)
         if err.signum == getattr(signal, "SIGXFSZ", None):
-            raise CacheError(TOO_LARGE_MSG.format(path=path, then=then)) from err
+            raise CacheError(MSG_TOO_LARGE.format(path=path, then=then)) from err
         if free_bytes(path) < needed:
             raise no_space_error(path, needed, then=then) from err
-        raise CacheError(HDF5_CRASHED_MSG.format(signal=err.name, path=path, then=then)) from err
+        raise CacheError(MSG_HDF5_CRASHED.format(signal=err.name, path=path, then=then)) from err
     except BaseException:
         _remove_quietly(path)
         raise
@@ -487,7 +487,7 @@ def _run_isolated(job) -> None:
                 return
             sent.append(err)
             report = {"type": type(err).__name__, "errno": getattr(err, "errno", None),
-                      "message": " ".join(str(err).split())[:2000], "cache": isinstance(err, CacheError)}
+                      "message": one_line(err, limit=2000), "cache": isinstance(err, CacheError)}
             try:
                 os.write(write_end, json.dumps(report).encode("utf-8"))
             except OSError:

@@ -221,5 +221,5 @@ def test_identity_mismatch_message_names_backbones():
     message = schema.identity_mismatch(found, expected, path="x.h5")
     assert message == (
         "cache 'x.h5' was built from backbone resnet18/none but this run uses efficientnet_lite0/imagenet; "
-        "use another --out or pass --overwrite"
+        "use another `out` or pass `overwrite=True`"
     )

@@ -49,7 +49,7 @@ def test_rerun_is_a_no_op(small_cache, small_source, resnet_small):
 
 def test_other_backbone_or_dataset_is_refused(small_cache, small_source, tmp_path):
     other = embedcache.build_backbone("resnet18", image_size=40)
-    with pytest.raises(CacheError, match="was built from preprocessing .* use another --out or pass --overwrite"):
+    with pytest.raises(CacheError, match="was built from preprocessing .* use another `out` or pass `overwrite=True`"):
         extract(small_source, other, small_cache, progress=False)
     with pytest.raises(CacheError, match="was built from dataset fingerprint"):
         extract(SyntheticSource(60, seed=6, image_size=32), embedcache.build_backbone("resnet18", image_size=32),
@@ -184,8 +184,8 @@ def test_lite0_extracts_from_written_files(tmp_path, synthetic_manifest, lite0):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        ({"batch_size": 0}, DataError, "batch_size=0 must be a positive integer"),
-        ({"num_workers": -1}, DataError, "num_workers=-1"),
+        ({"batch_size": 0}, DataError, "`batch_size=0` must be a positive integer"),
+        ({"num_workers": -1}, DataError, "`num_workers=-1`"),
         ({"feature_dtype": "int8"}, CacheError, "feature dtype 'int8' is not supported"),
         ({"autocast": "fp8"}, DataError, "autocast='fp8' is not supported"),
         ({"device": "cuda:7"} if not torch.cuda.is_available() else {"device": "nonsense"}, DataError, "device"),

@@ -109,7 +109,7 @@ def test_bad_options_are_clear_errors(path_heads):
     X, y, a = _draw(100, 106)
     with pytest.raises(DataError, match="method must be"):
         select_head(path_heads, X, y, a, target="eo<=0.1", method="holm")
-    with pytest.raises(DataError, match="confidence must be"):
+    with pytest.raises(DataError, match="`confidence` must be"):
         select_head(path_heads, X, y, a, target="eo<=0.1", confidence=95)
     with pytest.raises(DataError, match="at least one"):
         select_head([], X, y, a, target="eo<=0.1")
@@ -178,7 +178,7 @@ def test_fit_prints_intervals_at_the_chosen_level(cache_path, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "acc_ci" in out and "eo_diff_ci" in out
     assert cli.main(["fit", str(cache_path), "--confidence", "95", "--save", str(tmp_path / "h2.json")]) == 3
-    assert "confidence must be a number in (0, 1)" in capsys.readouterr().err
+    assert "--confidence must be a number strictly between 0 and 1" in capsys.readouterr().err
 
 
 # --- checks select_head and `fairhead select` make before certifying anything ----------------------------------

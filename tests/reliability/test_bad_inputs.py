@@ -211,7 +211,7 @@ CASES = [
                  CacheError, "unfinished extraction", "--overwrite", id="cli-resume-from-another-dataset"),
     pytest.param(api(_open("journal-out")), CacheError, "incomplete (16 of 24 rows)", "rerun the same",
                  id="api-open-half-extracted"),
-    pytest.param(api(_import("table", out_key="not-hdf5")), CacheError, "is not an HDF5 cache", "another --out",
+    pytest.param(api(_import("table", out_key="not-hdf5")), CacheError, "is not an HDF5 cache", "another `out`",
                  id="api-import-over-a-non-cache"),
     # --- solvers
     pytest.param(api(_fit(X=lambda X: _with(X, 3, 1, np.nan))), DataError, "NaN", "impute", id="api-nan-feature"),

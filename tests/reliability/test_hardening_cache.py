@@ -263,7 +263,7 @@ def test_resume_refuses_images_replaced_after_the_kill(tmp_path, resnet):
         _extract(_manifest(csv), resnet, out)
     message = _one_line(str(err.value))
     assert "the images of rows 0-7 changed since they were extracted" in message, message
-    assert "its content differs" in message and "pass --overwrite" in message
+    assert "its content differs" in message and "pass `overwrite=True`" in message
     assert tree_digest(schema.journal_path(out)) == journal_before, "the refusal changed the journal"
     assert not out.exists()
     # the advice works: --overwrite starts over on the new images, giving what a fresh run gives
@@ -410,7 +410,7 @@ def test_a_damaged_journal_names_overwrite_and_overwrite_fixes_it(tmp_path, resn
     with pytest.raises(CacheError) as err:
         _extract(source, resnet, out)
     message = _one_line(str(err.value))
-    assert needle in message and "--overwrite" in message, message
+    assert needle in message and "`overwrite=True`" in message, message
     _extract(source, resnet, out, overwrite=True)
     assert out.read_bytes() == references[N_IMAGES].read_bytes()
 
@@ -671,7 +671,7 @@ def test_out_of_memory_names_half_the_batch_size_and_a_smaller_resume_gives_the_
         _extract(source, backbone, out)
     message = _one_line(str(err.value))
     assert message.startswith("out of memory at batch size 8 on cpu (16 of 48 rows are committed and kept)"), message
-    assert message.endswith("rerun with --batch-size 4 to resume"), message
+    assert message.endswith("rerun with `batch_size=4` to resume"), message
     _extract(source, backbone, out, batch_size=4)  # still "out of memory" above 4 images
     assert out.read_bytes() == reference.read_bytes(), "rows are rows: the batch size must not change the file"
 
@@ -736,7 +736,7 @@ def test_overwrite_never_replaces_a_file_that_is_not_a_cache(tmp_path, resnet):
     for overwrite in (False, True):
         with pytest.raises(CacheError) as err:
             _extract(source, resnet, precious, overwrite=overwrite)
-        assert "is not an HDF5 cache" in _one_line(str(err.value)) and "--overwrite" in str(err.value)
+        assert "is not an HDF5 cache" in _one_line(str(err.value)) and "`overwrite=True`" in str(err.value)
     assert precious.read_text() == "id,label\n1,0\n"
     with pytest.raises(CacheError, match="is a folder; give a file path"):
         _extract(source, resnet, tmp_path)

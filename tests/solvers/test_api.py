@@ -51,7 +51,7 @@ def test_balance_changes_the_fit(small_problem):
 
 ERROR_CASES = [
     dict(kw={}, fit=dict(sensitive_features=np.zeros(600)), match="only 1 group"),
-    dict(kw=dict(min_group_size=400), fit={}, match="fewer than min_group_size=400"),
+    dict(kw=dict(min_group_size=400), fit={}, match="fewer than `min_group_size=400`"),
     dict(kw=dict(C=-1.0), fit={}, match="The 'C' parameter of FairLogisticRegression must be a float"),
     dict(kw=dict(constraint="nope"), fit={}, match="'constraint' parameter"),
     dict(kw=dict(balance="group"), fit=dict(sensitive_features=None), match="needs sensitive_features"),
