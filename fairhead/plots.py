@@ -155,27 +155,56 @@ def marker_boxes(ax) -> list:
     return [Bbox.from_extents(x - r, y - r, x + r, y + r) for (x, y), r in centres]
 
 
+def _overlaps_any(box, obstacles: np.ndarray) -> bool:
+    """:meth:`Bbox.overlaps` of ``box`` against every row ``(x0, y0, x1, y1)`` of ``obstacles`` at once
+    (touching edges overlap, as there)."""
+    if not len(obstacles):
+        return False
+    free = ((obstacles[:, 2] < box.x0) | (obstacles[:, 0] > box.x1)
+            | (obstacles[:, 3] < box.y0) | (obstacles[:, 1] > box.y1))
+    return not bool(free.all())
+
+
+def _fits(box, frame, obstacles: np.ndarray) -> bool:
+    inside = box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0 and box.y1 <= frame.y1
+    return inside and not _overlaps_any(box, obstacles)
+
+
 def place_labels(ax, points, texts, *, fontsize: float = 7, taken=None, avoid_markers: bool = True) -> list:
     """Write each text beside its point where it stays inside the axes and covers no label already
     placed (``taken``: their pixel boxes, shared across panels; extended here) nor, with
     ``avoid_markers``, any marker; points drawn at the same place share one label (``"B3, M2"``).
     A label with no free place is left out, never printed over another. The figure must be laid
-    out and the limits set first."""
+    out and the limits set first.
+
+    Each label's text is measured once: its box at an offset ``(dx, dy)`` (points) is the box at
+    offset 0 translated by ``(dx, dy) * dpi / 72`` (left-aligned for ``dx >= 0``, right-aligned, one
+    width further left, otherwise), so the :data:`LABEL_OFFSETS` are tried with no renderer call; the
+    offset chosen is then checked once more on the label as drawn."""
     renderer = ax.figure.canvas.get_renderer()
     frame = ax.get_window_extent(renderer)
     taken = [] if taken is None else taken
-    markers = marker_boxes(ax) if avoid_markers else []
+    obstacles = np.array([b.extents for b in [*taken, *(marker_boxes(ax) if avoid_markers else [])]],
+                         dtype=float).reshape(-1, 4)
+    px_per_pt = ax.figure.dpi / 72
     placed = []
     for point, text in _pixel_groups(ax, points, texts):
+        label = ax.annotate(text, point, xytext=(0, 0), textcoords="offset points", fontsize=fontsize,
+                            ha="left", va="center", annotation_clip=True)
+        base = label.get_window_extent(renderer)
         for dx, dy in LABEL_OFFSETS:
-            label = ax.annotate(text, point, xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
-                                ha="left" if dx >= 0 else "right", va="center", annotation_clip=True)
-            box = label.get_window_extent(renderer)
-            inside = (box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0 and box.y1 <= frame.y1)
-            if inside and not any(box.overlaps(other) for other in [*taken, *markers]):
+            box = base.translated(dx * px_per_pt - (base.width if dx < 0 else 0.0), dy * px_per_pt)
+            if not _fits(box, frame, obstacles):
+                continue
+            label.set_horizontalalignment("left" if dx >= 0 else "right")
+            label.xyann = (dx, dy)
+            box = label.get_window_extent(renderer)  # the label as drawn (the same box up to rounding)
+            if _fits(box, frame, obstacles):
                 taken.append(box)
+                obstacles = np.vstack([obstacles, box.extents])
                 placed.append(label)
                 break
+        else:
             label.remove()
     return placed
 
