@@ -63,6 +63,9 @@ def _span_at_least(low: float, high: float, span: float, *, floor: float | None 
     return low, high
 
 
+#: the PNGs' resolution (dots per inch): figures are laid out, labelled and saved at it, so every text is measured
+#: once and the label boxes checked are the boxes saved
+DPI = 110
 #: pixels between the outermost marker centre and the frame: the largest marker's radius plus a margin
 MARKER_PAD_PX = 14
 #: label offsets tried in turn (points from the marker), the first free one is used
@@ -226,10 +229,27 @@ def legend_below(fig, handles_labels, *, title: str | None = None, fontsize: flo
 
 
 def layout(fig, *, bottom: float = 0.0, top: float = 0.93) -> None:
-    """``tight_layout`` inside ``[bottom, top]`` of the figure (room for the legend and the title);
-    :func:`finish` then keeps this layout, so labels placed after it stay where they were checked."""
-    fig.tight_layout(rect=(0, bottom, 1, top))
+    """``tight_layout`` inside ``[bottom, top]`` of the figure (room for the legend and the title), at
+    the PNG's :data:`DPI`; :func:`finish` then keeps this layout, so labels placed after it stay where
+    they were checked. The figure is left with no layout engine: saving it then draws it once, where
+    a figure that keeps one (as :meth:`Figure.tight_layout` leaves it) is drawn twice."""
+    from matplotlib.layout_engine import TightLayoutEngine
+
+    if fig.dpi != DPI:  # text measured now is the text saved
+        fig.set_dpi(DPI)
+    TightLayoutEngine(rect=(0, bottom, 1, top)).execute(fig)
     fig._fairhead_laid_out = True
+
+
+def new_figure(nrows: int, ncols: int, *, figsize: tuple[float, float], **subplot_kw):
+    """A figure at :data:`DPI` on its own Agg canvas and its ``(nrows, ncols)`` axes: no pyplot, so
+    no global backend switch and no figure left open if drawing fails."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=False, **subplot_kw)
 
 
 def heads_that_matter(gap: np.ndarray, acc: np.ndarray, methods: list[str]) -> np.ndarray:
@@ -277,16 +297,17 @@ def finish(fig, path: Path, staged=None) -> Path:
     """Lay out, write and close ``fig``: the PNG is written atomically (a kill mid-write leaves the
     previous plot, never a torn file); with ``staged`` (a :class:`fairhead_io.StagedFiles`) it is
     replaced together with the other outputs."""
-    import matplotlib.pyplot as plt
-
     from fairhead_io import atomic_open
 
     if not getattr(fig, "_fairhead_laid_out", False):  # layout() ran already: labels were placed after it
-        fig.tight_layout()
+        layout(fig, top=1.0)
     with (staged.open(path, "wb") if staged is not None else atomic_open(path, "wb")) as fh:
         # zlib level 1: 30% less time per plot than the default 6 (the sweep writes four), files about as small
-        fig.savefig(fh, format="png", dpi=110, pil_kwargs={"compress_level": 1})
-    plt.close(fig)
+        fig.savefig(fh, format="png", dpi=DPI, pil_kwargs={"compress_level": 1})
+    if fig.canvas.manager is not None:  # a pyplot figure: pyplot holds it until closed
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
     return path
 
 
@@ -348,7 +369,8 @@ def _draw_tradeoff(ax, series, key, *, only=None):
 
 def _label_heads(ax, drawn, taken) -> None:
     """eps beside fairhead's heads and a name beside the unconstrained one (where labels fit)."""
-    ordered = sorted((d for d in drawn if d[2] in ("fairhead", "unconstrained")), key=lambda d: d[2] != "unconstrained")
+    ordered = sorted((d for d in drawn if d[2] in ("fairhead", "unconstrained")),
+                     key=lambda d: d[2] != "unconstrained")
     place_labels(ax, [(d[0], d[1]) for d in ordered], [_eps_text(d[3]) for d in ordered], taken=taken, fontsize=6.5)
 
 
@@ -358,10 +380,7 @@ def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "", constraint: 
     spanning at least :data:`ACC_MIN_SPAN`, gaps :data:`GAP_MIN_SPAN`), a zoomed row where some heads
     are worse than the unconstrained one on both axes, one legend below the panels, labelled points,
     and the constraint's own value with its unit."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     out = Path(out)
     gaps = [(key, own_value_label(constraint) if key == "constraint_value" else label) for key, label in GAPS]
@@ -379,7 +398,7 @@ def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "", constraint: 
             if _needs_zoom(gap, acc, heads_that_matter(gap, acc, [m for m, _, _ in flat])):
                 panels.append((split, True))
                 break
-    fig, axes = plt.subplots(len(panels), len(GAPS), figsize=(4.4 * len(GAPS), 3.7 * len(panels)), squeeze=False)
+    fig, axes = new_figure(len(panels), len(GAPS), figsize=(4.4 * len(GAPS), 3.7 * len(panels)))
     placed = []  # per panel: (ax, drawn points, gap key)
     for r, (split, zoomed) in enumerate(panels):
         series = _series(rows, split)
@@ -413,7 +432,7 @@ def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "", constraint: 
     if len(splits) == 2:
         fit_rows = {_head_key(r): r for r in rows if r["split"] == fit_split}
         pairs = [(fit_rows[_head_key(r)], r) for r in rows if r["split"] == "test" and _head_key(r) in fit_rows]
-        fig, axes = plt.subplots(1, len(gaps), figsize=(4.4 * len(gaps), 4.2), squeeze=False)
+        fig, axes = new_figure(1, len(gaps), figsize=(4.4 * len(gaps), 4.2))
         placed = []
         for c, (key, label) in enumerate(gaps):
             ax = axes[0, c]
@@ -440,13 +459,14 @@ def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "", constraint: 
             ax.grid(alpha=0.3)
             placed.append((ax, xs, ys, pairs, key))
         handles = [hl for ax in axes.flat for hl in zip(*ax.get_legend_handles_labels())]
-        handles.append((matplotlib.lines.Line2D([], [], color="k", linestyle="--", linewidth=1), "test = fit"))
+        handles.append((Line2D([], [], color="k", linestyle="--", linewidth=1), "test = fit"))
         bottom = legend_below(fig, handles)
         fig.suptitle(f"Does the fairness on the fit split hold on test? {title}".strip())
         layout(fig, bottom=bottom)
         taken = []
         for ax, xs, ys, pairs_, key in placed:
-            pad_limits(ax, xs, ys, x_span=GAP_MIN_SPAN, same=True, x_from=0.0)  # one range: the diagonal is the diagonal
+            # one range: the diagonal is the diagonal
+            pad_limits(ax, xs, ys, x_span=GAP_MIN_SPAN, same=True, x_from=0.0)
             low, high = ax.get_xlim()
             ax.plot([low, high], [low, high], "k--", linewidth=1, zorder=1)
             ax.set_xlim(low, high)
