@@ -301,13 +301,15 @@ def finish(fig, path: Path, staged=None) -> Path:
 
     if not getattr(fig, "_fairhead_laid_out", False):  # layout() ran already: labels were placed after it
         layout(fig, top=1.0)
-    with (staged.open(path, "wb") if staged is not None else atomic_open(path, "wb")) as fh:
-        # zlib level 1: 30% less time per plot than the default 6 (the sweep writes four), files about as small
-        fig.savefig(fh, format="png", dpi=DPI, pil_kwargs={"compress_level": 1})
-    if fig.canvas.manager is not None:  # a pyplot figure: pyplot holds it until closed
-        import matplotlib.pyplot as plt
+    try:
+        with (staged.open(path, "wb") if staged is not None else atomic_open(path, "wb")) as fh:
+            # zlib level 1: 30% less time per plot than the default 6 (the sweep writes four), files about as small
+            fig.savefig(fh, format="png", dpi=DPI, pil_kwargs={"compress_level": 1})
+    finally:
+        if fig.canvas.manager is not None:  # a pyplot figure: pyplot holds it until closed, a failed write too
+            import matplotlib.pyplot as plt
 
-        plt.close(fig)
+            plt.close(fig)
     return path
 
 
