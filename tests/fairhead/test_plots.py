@@ -3,6 +3,10 @@ readable on an Adult-like spread: no marker cut by the frame, no two labels on t
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -228,3 +232,13 @@ def test_a_laid_out_figure_is_saved_at_the_plot_dpi_with_one_draw(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     assert (width, height) == (round(6.0 * plots.DPI), round(3.0 * plots.DPI))
+
+
+def test_matplotlib_is_imported_only_when_a_plot_is_drawn():
+    """The modules that draw (and the CLI that imports them) leave matplotlib out until a plot is written:
+    ``fairhead fit`` and ``sweep --no-plots`` never pay its import."""
+    code = ("import sys, fairhead.plots, fairhead.uncertainty, fairhead.sweep, fairhead.report, fairhead.cli; "
+            "bad = [m for m in sys.modules if m.split('.')[0] == 'matplotlib']; print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
