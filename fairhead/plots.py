@@ -14,6 +14,11 @@ no marker is cut by the frame (:func:`pad_limits`); one legend per figure, below
 never over the data; points labelled (eps, the unconstrained head, protocol names) where a
 label fits without covering another (:func:`place_labels`), points at the same place sharing
 one label.
+
+Each plot is drawn once (what a sweep waits for): a figure is made at the PNG's :data:`DPI` on its
+own Agg canvas (:func:`new_figure`, no pyplot), laid out once with no layout engine left on it
+(:func:`layout`: ``savefig`` then renders it in one draw), and each label's text is measured once
+whatever the number of places tried. matplotlib is imported only when a plot is drawn.
 """
 
 from __future__ import annotations
@@ -214,7 +219,7 @@ def place_labels(ax, points, texts, *, fontsize: float = 7, taken=None, avoid_ma
 
 def legend_below(fig, handles_labels, *, title: str | None = None, fontsize: float = 7) -> float:
     """One legend for the figure, centred below the panels (never over the data); returns the
-    share of the figure's height it takes, for :meth:`Figure.tight_layout`'s ``rect``."""
+    share of the figure's height it takes, the ``bottom`` of :func:`layout`."""
     seen = {}
     for handle, label in handles_labels:
         if label and not label.startswith("_") and label not in seen:
