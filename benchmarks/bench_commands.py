@@ -73,7 +73,8 @@ def _timed(cmd: list[str], root: Path = None) -> tuple[float, float]:
     """``(wall, cpu)`` seconds of ``cmd`` in a fresh process (cpu: its user + system time)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env(root), capture_output=True, text=True)
+    # run in the tree's folder: ``python -m`` and ``-c`` put the working folder first on sys.path
+    subprocess.run(cmd, check=True, env=env(root), cwd=ROOT if root is None else root, capture_output=True, text=True)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
