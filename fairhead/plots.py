@@ -14,6 +14,11 @@ no marker is cut by the frame (:func:`pad_limits`); one legend per figure, below
 never over the data; points labelled (eps, the unconstrained head, protocol names) where a
 label fits without covering another (:func:`place_labels`), points at the same place sharing
 one label.
+
+Each plot is drawn once (what a sweep waits for): a figure is made at the PNG's :data:`DPI` on its
+own Agg canvas (:func:`new_figure`, no pyplot), laid out once with no layout engine left on it
+(:func:`layout`: ``savefig`` then renders it in one draw), and each label's text is measured once
+whatever the number of places tried. matplotlib is imported only when a plot is drawn.
 """
 
 from __future__ import annotations
@@ -63,6 +68,9 @@ def _span_at_least(low: float, high: float, span: float, *, floor: float | None 
     return low, high
 
 
+#: the PNGs' resolution (dots per inch): figures are laid out, labelled and saved at it, so every text is measured
+#: once and the label boxes checked are the boxes saved
+DPI = 110
 #: pixels between the outermost marker centre and the frame: the largest marker's radius plus a margin
 MARKER_PAD_PX = 14
 #: label offsets tried in turn (points from the marker), the first free one is used
@@ -155,34 +163,63 @@ def marker_boxes(ax) -> list:
     return [Bbox.from_extents(x - r, y - r, x + r, y + r) for (x, y), r in centres]
 
 
+def _overlaps_any(box, obstacles: np.ndarray) -> bool:
+    """:meth:`Bbox.overlaps` of ``box`` against every row ``(x0, y0, x1, y1)`` of ``obstacles`` at once
+    (touching edges overlap, as there)."""
+    if not len(obstacles):
+        return False
+    free = ((obstacles[:, 2] < box.x0) | (obstacles[:, 0] > box.x1)
+            | (obstacles[:, 3] < box.y0) | (obstacles[:, 1] > box.y1))
+    return not bool(free.all())
+
+
+def _fits(box, frame, obstacles: np.ndarray) -> bool:
+    inside = box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0 and box.y1 <= frame.y1
+    return inside and not _overlaps_any(box, obstacles)
+
+
 def place_labels(ax, points, texts, *, fontsize: float = 7, taken=None, avoid_markers: bool = True) -> list:
     """Write each text beside its point where it stays inside the axes and covers no label already
     placed (``taken``: their pixel boxes, shared across panels; extended here) nor, with
     ``avoid_markers``, any marker; points drawn at the same place share one label (``"B3, M2"``).
     A label with no free place is left out, never printed over another. The figure must be laid
-    out and the limits set first."""
+    out and the limits set first.
+
+    Each label's text is measured once: its box at an offset ``(dx, dy)`` (points) is the box at
+    offset 0 translated by ``(dx, dy) * dpi / 72`` (left-aligned for ``dx >= 0``, right-aligned, one
+    width further left, otherwise), so the :data:`LABEL_OFFSETS` are tried with no renderer call; the
+    offset chosen is then checked once more on the label as drawn."""
     renderer = ax.figure.canvas.get_renderer()
     frame = ax.get_window_extent(renderer)
     taken = [] if taken is None else taken
-    markers = marker_boxes(ax) if avoid_markers else []
+    obstacles = np.array([b.extents for b in [*taken, *(marker_boxes(ax) if avoid_markers else [])]],
+                         dtype=float).reshape(-1, 4)
+    px_per_pt = ax.figure.dpi / 72
     placed = []
     for point, text in _pixel_groups(ax, points, texts):
+        label = ax.annotate(text, point, xytext=(0, 0), textcoords="offset points", fontsize=fontsize,
+                            ha="left", va="center", annotation_clip=True)
+        base = label.get_window_extent(renderer)
         for dx, dy in LABEL_OFFSETS:
-            label = ax.annotate(text, point, xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
-                                ha="left" if dx >= 0 else "right", va="center", annotation_clip=True)
-            box = label.get_window_extent(renderer)
-            inside = (box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0 and box.y1 <= frame.y1)
-            if inside and not any(box.overlaps(other) for other in [*taken, *markers]):
+            box = base.translated(dx * px_per_pt - (base.width if dx < 0 else 0.0), dy * px_per_pt)
+            if not _fits(box, frame, obstacles):
+                continue
+            label.set_horizontalalignment("left" if dx >= 0 else "right")
+            label.xyann = (dx, dy)
+            box = label.get_window_extent(renderer)  # the label as drawn (the same box up to rounding)
+            if _fits(box, frame, obstacles):
                 taken.append(box)
+                obstacles = np.vstack([obstacles, box.extents])
                 placed.append(label)
                 break
+        else:
             label.remove()
     return placed
 
 
 def legend_below(fig, handles_labels, *, title: str | None = None, fontsize: float = 7) -> float:
     """One legend for the figure, centred below the panels (never over the data); returns the
-    share of the figure's height it takes, for :meth:`Figure.tight_layout`'s ``rect``."""
+    share of the figure's height it takes, the ``bottom`` of :func:`layout`."""
     seen = {}
     for handle, label in handles_labels:
         if label and not label.startswith("_") and label not in seen:
@@ -197,10 +234,27 @@ def legend_below(fig, handles_labels, *, title: str | None = None, fontsize: flo
 
 
 def layout(fig, *, bottom: float = 0.0, top: float = 0.93) -> None:
-    """``tight_layout`` inside ``[bottom, top]`` of the figure (room for the legend and the title);
-    :func:`finish` then keeps this layout, so labels placed after it stay where they were checked."""
-    fig.tight_layout(rect=(0, bottom, 1, top))
+    """``tight_layout`` inside ``[bottom, top]`` of the figure (room for the legend and the title), at
+    the PNG's :data:`DPI`; :func:`finish` then keeps this layout, so labels placed after it stay where
+    they were checked. The figure is left with no layout engine: saving it then draws it once, where
+    a figure that keeps one (as :meth:`Figure.tight_layout` leaves it) is drawn twice."""
+    from matplotlib.layout_engine import TightLayoutEngine
+
+    if fig.dpi != DPI:  # text measured now is the text saved
+        fig.set_dpi(DPI)
+    TightLayoutEngine(rect=(0, bottom, 1, top)).execute(fig)
     fig._fairhead_laid_out = True
+
+
+def new_figure(nrows: int, ncols: int, *, figsize: tuple[float, float], **subplot_kw):
+    """A figure at :data:`DPI` on its own Agg canvas and its ``(nrows, ncols)`` axes: no pyplot, so
+    no global backend switch and no figure left open if drawing fails."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=False, **subplot_kw)
 
 
 def heads_that_matter(gap: np.ndarray, acc: np.ndarray, methods: list[str]) -> np.ndarray:
@@ -248,16 +302,19 @@ def finish(fig, path: Path, staged=None) -> Path:
     """Lay out, write and close ``fig``: the PNG is written atomically (a kill mid-write leaves the
     previous plot, never a torn file); with ``staged`` (a :class:`fairhead_io.StagedFiles`) it is
     replaced together with the other outputs."""
-    import matplotlib.pyplot as plt
-
     from fairhead_io import atomic_open
 
     if not getattr(fig, "_fairhead_laid_out", False):  # layout() ran already: labels were placed after it
-        fig.tight_layout()
-    with (staged.open(path, "wb") if staged is not None else atomic_open(path, "wb")) as fh:
-        # zlib level 1: 30% less time per plot than the default 6 (the sweep writes four), files about as small
-        fig.savefig(fh, format="png", dpi=110, pil_kwargs={"compress_level": 1})
-    plt.close(fig)
+        layout(fig, top=1.0)
+    try:
+        with (staged.open(path, "wb") if staged is not None else atomic_open(path, "wb")) as fh:
+            # zlib level 1: 30% less time per plot than the default 6 (the sweep writes four), files about as small
+            fig.savefig(fh, format="png", dpi=DPI, pil_kwargs={"compress_level": 1})
+    finally:
+        if fig.canvas.manager is not None:  # a pyplot figure: pyplot holds it until closed, a failed write too
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
     return path
 
 
@@ -319,7 +376,8 @@ def _draw_tradeoff(ax, series, key, *, only=None):
 
 def _label_heads(ax, drawn, taken) -> None:
     """eps beside fairhead's heads and a name beside the unconstrained one (where labels fit)."""
-    ordered = sorted((d for d in drawn if d[2] in ("fairhead", "unconstrained")), key=lambda d: d[2] != "unconstrained")
+    ordered = sorted((d for d in drawn if d[2] in ("fairhead", "unconstrained")),
+                     key=lambda d: d[2] != "unconstrained")
     place_labels(ax, [(d[0], d[1]) for d in ordered], [_eps_text(d[3]) for d in ordered], taken=taken, fontsize=6.5)
 
 
@@ -329,10 +387,7 @@ def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "", constraint: 
     spanning at least :data:`ACC_MIN_SPAN`, gaps :data:`GAP_MIN_SPAN`), a zoomed row where some heads
     are worse than the unconstrained one on both axes, one legend below the panels, labelled points,
     and the constraint's own value with its unit."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     out = Path(out)
     gaps = [(key, own_value_label(constraint) if key == "constraint_value" else label) for key, label in GAPS]
@@ -350,7 +405,7 @@ def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "", constraint: 
             if _needs_zoom(gap, acc, heads_that_matter(gap, acc, [m for m, _, _ in flat])):
                 panels.append((split, True))
                 break
-    fig, axes = plt.subplots(len(panels), len(GAPS), figsize=(4.4 * len(GAPS), 3.7 * len(panels)), squeeze=False)
+    fig, axes = new_figure(len(panels), len(GAPS), figsize=(4.4 * len(GAPS), 3.7 * len(panels)))
     placed = []  # per panel: (ax, drawn points, gap key)
     for r, (split, zoomed) in enumerate(panels):
         series = _series(rows, split)
@@ -384,7 +439,7 @@ def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "", constraint: 
     if len(splits) == 2:
         fit_rows = {_head_key(r): r for r in rows if r["split"] == fit_split}
         pairs = [(fit_rows[_head_key(r)], r) for r in rows if r["split"] == "test" and _head_key(r) in fit_rows]
-        fig, axes = plt.subplots(1, len(gaps), figsize=(4.4 * len(gaps), 4.2), squeeze=False)
+        fig, axes = new_figure(1, len(gaps), figsize=(4.4 * len(gaps), 4.2))
         placed = []
         for c, (key, label) in enumerate(gaps):
             ax = axes[0, c]
@@ -411,13 +466,14 @@ def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "", constraint: 
             ax.grid(alpha=0.3)
             placed.append((ax, xs, ys, pairs, key))
         handles = [hl for ax in axes.flat for hl in zip(*ax.get_legend_handles_labels())]
-        handles.append((matplotlib.lines.Line2D([], [], color="k", linestyle="--", linewidth=1), "test = fit"))
+        handles.append((Line2D([], [], color="k", linestyle="--", linewidth=1), "test = fit"))
         bottom = legend_below(fig, handles)
         fig.suptitle(f"Does the fairness on the fit split hold on test? {title}".strip())
         layout(fig, bottom=bottom)
         taken = []
         for ax, xs, ys, pairs_, key in placed:
-            pad_limits(ax, xs, ys, x_span=GAP_MIN_SPAN, same=True, x_from=0.0)  # one range: the diagonal is the diagonal
+            # one range: the diagonal is the diagonal
+            pad_limits(ax, xs, ys, x_span=GAP_MIN_SPAN, same=True, x_from=0.0)
             low, high = ax.get_xlim()
             ax.plot([low, high], [low, high], "k--", linewidth=1, zorder=1)
             ax.set_xlim(low, high)

@@ -3,6 +3,10 @@ readable on an Adult-like spread: no marker cut by the frame, no two labels on t
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -165,3 +169,76 @@ def test_sweep_overfitting_points_are_labelled_by_eps(tmp_path, figures):
                                  metric="demographic_parity_difference")
     texts = _assert_readable(figures[0])
     assert {"unconstrained", "eps=0.15", "eps=0.1", "eps=0.05", "eps=0"} <= set(texts)
+
+
+# --------------------------------------------------------------------------- drawn once, measured once
+def _reference_place_labels(ax, points, texts, *, fontsize=7, taken=None, avoid_markers=True):
+    """The label placement measured the slow way: one annotation per offset tried, its box from the
+    renderer (what :func:`plots.place_labels` must reproduce without a renderer call per try)."""
+    renderer = ax.figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    taken = [] if taken is None else taken
+    markers = plots.marker_boxes(ax) if avoid_markers else []
+    placed = []
+    for point, text in plots._pixel_groups(ax, points, texts):
+        for dx, dy in plots.LABEL_OFFSETS:
+            label = ax.annotate(text, point, xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
+                                ha="left" if dx >= 0 else "right", va="center", annotation_clip=True)
+            box = label.get_window_extent(renderer)
+            inside = box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0 and box.y1 <= frame.y1
+            if inside and not any(box.overlaps(other) for other in [*taken, *markers]):
+                taken.append(box)
+                placed.append(label)
+                break
+            label.remove()
+    return placed
+
+
+def _labels(figures):
+    return [[(t.get_text(), tuple(t.xyann), t.get_horizontalalignment()) for t in ax.texts]
+            for fig in figures for ax in fig.axes]
+
+
+def test_labels_measured_once_land_where_measuring_every_try_puts_them(tmp_path, figures, monkeypatch):
+    from fairhead import uncertainty
+
+    over = [{"method": "fairhead", "eps": e, "fit_gap": e, "cert_bound": e + 0.1, "test_gap": e + 0.04}
+            for e in np.linspace(0.19, 0.0, 20)]
+
+    rows = [row for row in _adult_like_rows() if row["split"] == "train"]  # one figure: the test stays fast
+
+    def draw():
+        plots.plot_sweep(rows, tmp_path, fit_split="train", title="constraint 'dp'", constraint="dp")
+        uncertainty.plot_overfitting(over, tmp_path, fit_split="train", cert_split="valid", metric="dp_diff")
+
+    draw()
+    fast = _labels(figures)
+    figures.clear()
+    monkeypatch.setattr(plots, "place_labels", _reference_place_labels)
+    draw()
+    assert _labels(figures) == fast
+    assert sum(len(texts) for texts in fast) > 60  # most heads got a label: the comparison is not vacuous
+
+
+def test_a_laid_out_figure_is_saved_at_the_plot_dpi_with_one_draw(tmp_path):
+    fig, axes = plots.new_figure(1, 2, figsize=(6.0, 3.0))
+    axes[0, 0].plot([0.0, 0.1], [0.8, 0.85], "o", label="heads")
+    plots.layout(fig, bottom=plots.legend_below(fig, list(zip(*axes[0, 0].get_legend_handles_labels()))))
+    assert fig.get_layout_engine() is None  # an engine left on the figure makes savefig draw it twice
+    draws = []
+    fig.canvas.mpl_connect("draw_event", draws.append)
+    png = plots.finish(fig, tmp_path / "p.png").read_bytes()
+    assert len(draws) == 1
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert (width, height) == (round(6.0 * plots.DPI), round(3.0 * plots.DPI))
+
+
+def test_matplotlib_is_imported_only_when_a_plot_is_drawn():
+    """The modules that draw (and the CLI that imports them) leave matplotlib out until a plot is written:
+    ``fairhead fit`` and ``sweep --no-plots`` never pay its import."""
+    code = ("import sys, fairhead.plots, fairhead.uncertainty, fairhead.sweep, fairhead.report, fairhead.cli; "
+            "bad = [m for m in sys.modules if m.split('.')[0] == 'matplotlib']; print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
