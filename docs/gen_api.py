@@ -70,6 +70,11 @@ def _is_own(obj) -> bool:
     return module.split(".")[0] in OWN_ROOTS
 
 
+def is_protocol(cls) -> bool:
+    """Whether ``cls`` is a ``typing.Protocol`` (described by its attributes, never constructed)."""
+    return bool(getattr(cls, "_is_protocol", False))
+
+
 def _kind(obj) -> str:
     if isinstance(obj, types.ModuleType):
         return "module"
@@ -418,7 +423,10 @@ class Page:
         bases = [b for b in cls.__bases__ if b is not object]
         base_note = ", ".join(f"{b.__module__}.{b.__qualname__}" if not _is_own(b) or b.__module__ != cls.__module__
                               else b.__qualname__ for b in bases)
-        self.add("```python", _format_call(f"class {qualname}", signature(cls)), "```", "")
+        if is_protocol(cls):  # a protocol has no constructor: only what an object must have
+            self.add("```python", f"class {qualname}(typing.Protocol)", "```", "")
+        else:
+            self.add("```python", _format_call(f"class {qualname}", signature(cls)), "```", "")
         if base_note:
             self.add(f"Bases: `{base_note}`", "")
         self.add(*docstring_markdown(_doc(cls)), "")

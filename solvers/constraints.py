@@ -26,6 +26,15 @@ logit :math:`z_k = x^\\top w_k + b_k` (the centred logit: fitted heads have
 ``error-rate`` are binary only (:attr:`Constraint.multiclass`).
 
 This module imports neither cvxpy nor torch.
+
+Examples
+--------
+>>> from solvers.constraints import CONSTRAINTS, make_constraint
+>>> eo = make_constraint("eo")
+>>> eo.name, eo.kind, eo.metric, type(eo) is CONSTRAINTS["eo"]
+('eo', 'rate', 'equalized_odds_difference', True)
+>>> make_constraint("dp-score").kind
+'score'
 """
 
 from __future__ import annotations

@@ -32,6 +32,13 @@ conditioning event is empty in a group (no ``y=1`` rows for TPR) get the vacuous
 
 Assumptions: the rows are i.i.d. draws from the population the interval speaks about, and the
 group of each row is known and fixed (not estimated).
+
+Examples
+--------
+>>> from solvers import intervals
+>>> ci = intervals.rate_interval(7, 20, confidence=0.95)
+>>> ci.estimate, round(ci.low, 4), round(ci.high, 4), ci.method
+(0.35, 0.1539, 0.5922, 'clopper-pearson')
 """
 
 from __future__ import annotations

@@ -29,6 +29,21 @@ and likewise for the TPR and FPR of each class (:func:`per_class_differences` gi
 value). Accuracy-based metrics need no change; ``balanced_accuracy`` is the mean per-class
 recall, ``roc_auc`` the mean one-vs-rest AUC of the class scores (``y_score`` (n, K)) and
 ``expected_calibration_error`` the top-label one.
+
+Examples
+--------
+>>> import numpy as np
+>>> from solvers import metrics
+>>> y_true = np.array([1, 0, 1, 1, 0, 0, 1, 0])
+>>> y_pred = np.array([1, 0, 1, 0, 1, 1, 1, 0])
+>>> group = np.array(["a", "a", "a", "a", "b", "b", "b", "b"])
+>>> metrics.demographic_parity_difference(y_true, y_pred, sensitive_features=group)
+0.25
+>>> table = metrics.by_group(y_true, y_pred, sensitive_features=group)
+>>> table.to_frame()[["selection_rate", "count"]]
+   selection_rate  count
+a            0.50      4
+b            0.75      4
 """
 
 from __future__ import annotations
