@@ -161,7 +161,8 @@ class CelebASource(TableSource):
         Returns
         -------
         dict
-            JSON-able: the kind of source and what decides its rows (root, attributes, the sha256 of the two list files).
+            JSON-able: the kind of source and what decides its rows (root, attributes, the sha256
+            of the two list files).
         """
         return {
             "kind": "celeba",

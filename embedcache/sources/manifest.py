@@ -232,7 +232,8 @@ class ManifestSource(TableSource):
         Returns
         -------
         dict
-            JSON-able: the kind of source and what decides its rows (the CSV, its sha256, the root and the columns used).
+            JSON-able: the kind of source and what decides its rows (the CSV, its sha256, the root
+            and the columns used).
         """
         return {
             "kind": "manifest",
