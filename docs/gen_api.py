@@ -394,7 +394,8 @@ class Page:
         self.lines.extend(lines)
 
     def heading(self, level: int, text: str) -> None:
-        self.add(f"{'#' * level} {text}", "")
+        # names as code: `fairhead.__version__` would otherwise render as bold "version"
+        self.add(f"{'#' * level} `{text}`", "")
 
     def name(self, qualname: str, obj, level: int, *, package: str) -> None:
         kind = _kind(obj)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import doctest
 import importlib.util
 import inspect
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -133,6 +134,21 @@ def test_constants_are_described():
         assert comment, f"{entry.qualname} has no `#:` comment above its assignment"
 
 
-def test_api_reference_is_current():
+@pytest.fixture(scope="module")
+def rendered() -> str:
+    return gen_api.render()
+
+
+def test_api_reference_is_current(rendered):
     committed = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
-    assert committed == gen_api.render(), "docs/api.md is stale; run `python docs/gen_api.py` and commit it"
+    assert committed == rendered, "docs/api.md is stale; run `python docs/gen_api.py` and commit it"
+
+
+def test_reference_links_resolve(rendered):
+    """Every in-page link of the reference points at one heading (GitHub's anchors, no duplicates)."""
+    text = rendered
+    headings = [gen_api.anchor(h.replace("`", "")) for h in re.findall(r"^#+ (.*)$", text, flags=re.M)]
+    duplicates = sorted({h for h in headings if headings.count(h) > 1})
+    assert not duplicates, f"headings with the same anchor: {duplicates}"
+    missing = sorted(set(re.findall(r"\]\(#([^)]+)\)", text)) - set(headings))
+    assert not missing, f"links to no heading: {missing}"
