@@ -170,7 +170,7 @@ class RateMoments:
         Parameters
         ----------
         yhat : numpy.ndarray of shape (n_samples,)
-            Predictions, 0/1 (or in [0, 1] for a randomized head).
+            Predictions, 0/1.
 
         Returns
         -------

@@ -125,10 +125,11 @@ def save_head(estimator, path, *, cache_fingerprint=None, extra=None) -> Path:
     path : str or os.PathLike
         ``*.json`` (readable text) or ``*.npz``; its folder must exist.
     cache_fingerprint : str, optional
-        The fingerprint of the cache the head was fitted on (``Cache.fingerprint``), so that
-        ``fairhead predict`` can check it is given features of the same kind.
+        The fingerprint of the cache the head was fitted on (``Cache.fingerprint``); the loaded
+        head carries it as ``cache_fingerprint_``, so that later commands can check that heads
+        come from the same data.
     extra : dict, optional
-        JSON-able provenance stored beside the head (command line, splits, ...).
+        JSON-able provenance stored with the head; the loaded head carries it as ``extra_``.
 
     Returns
     -------

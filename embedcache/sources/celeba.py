@@ -55,7 +55,7 @@ class CelebASource(TableSource):
     Examples
     --------
     A miniature CelebA in the official layout (the real one has 40 attributes and 202,599
-    images; only the named attributes are read):
+    images; only the named attributes are used):
 
     >>> import tempfile, pathlib
     >>> from PIL import Image

@@ -114,7 +114,7 @@ class CacheData:
 class CountTable:
     """Counts by split x group x label; a group is one combination of all sensitive attributes.
 
-    What ``fairhead info`` prints (its ``str``), from :meth:`Cache.count_table`.
+    From :meth:`Cache.count_table`; its ``str`` is a printable table (below).
 
     Parameters
     ----------
@@ -177,7 +177,7 @@ class CountTable:
         ]
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the table as a JSON-able dict (what ``fairhead info --json`` prints).
+        """Return the table as a JSON-able dict.
 
         Returns
         -------
@@ -261,7 +261,7 @@ class Cache:
         The cache file.
     ignore_journal : bool, default False
         Open a cache even with the journal of an unfinished extraction beside it (the
-        extractor itself does, to compare what it would resume).
+        extractor does, to check whether a finished cache is the one its journal was building).
 
     Attributes
     ----------
@@ -459,7 +459,10 @@ class Cache:
 
     @property
     def identity(self) -> dict[str, Any]:
-        """What identifies the features: dataset fingerprint, backbone, weights, dtype, shape."""
+        """What identifies the features: dataset fingerprint, backbone, weights, dtype and shape.
+
+        The extractor never resumes or replaces a cache of another identity without ``overwrite``.
+        """
         return schema.identity_of(self._f.attrs)
 
     @property
@@ -571,7 +574,7 @@ class Cache:
         Returns
         -------
         CountTable
-            The counts; ``str()`` of it is ``fairhead info``'s table.
+            The counts; its ``str`` is a printable table.
         """
         names = self.sensitive_names
         columns = [self._f[schema.SENSITIVE_GROUP][name][()] for name in names]
