@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import importlib
 import inspect
+import pprint
 import re
 import sys
 import textwrap
@@ -415,10 +416,13 @@ class Page:
             self.add("```python", _format_call(qualname, signature(obj)), "```", "")
             self.add(*docstring_markdown(_doc(obj)), "")
         else:
-            self.add("```python", f"{qualname} = {obj!r}", "```", "")
+            prefix = f"{qualname} = "
+            value = pprint.pformat(obj, width=max(SIGNATURE_WIDTH - len(prefix), 40), sort_dicts=False)
+            self.add("```python", prefix + value.replace("\n", "\n" + " " * len(prefix)), "```", "")
             comment = constant_comment(qualname.rsplit(".", 1)[-1], obj, _defining_modules(package, qualname))
             if comment:
-                self.add(inline(comment[0].upper() + comment[1:]) + ("" if comment.endswith(".") else "."), "")
+                text = inline(comment[0].upper() + comment[1:]) + ("" if comment.endswith(".") else ".")
+                self.add(*textwrap.wrap(text, SIGNATURE_WIDTH, break_long_words=False, break_on_hyphens=False), "")
 
     def klass(self, qualname: str, cls: type, level: int) -> None:
         bases = [b for b in cls.__bases__ if b is not object]
@@ -456,9 +460,11 @@ def render() -> str:
     entries = public_entries()
     page.add("## Contents", "")
     for package in PACKAGES:
-        page.add(f"- [`{package}`](#{anchor(package)}): " + ", ".join(
+        line = f"- [`{package}`](#{anchor(package)}): " + ", ".join(
             f"[`{e.qualname.split('.', 1)[1]}`](#{anchor(e.qualname)})"
-            for e in entries if e.qualname.split(".", 1)[0] == package))
+            for e in entries if e.qualname.split(".", 1)[0] == package)
+        page.add(*textwrap.wrap(line, SIGNATURE_WIDTH, subsequent_indent="  ", break_long_words=False,
+                                break_on_hyphens=False))
     page.add("")
     for package in PACKAGES:
         mod = importlib.import_module(package)
