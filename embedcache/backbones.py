@@ -332,10 +332,10 @@ def list_backbones(*, include_torchvision: bool = True) -> list[str]:
     Examples
     --------
     >>> from embedcache import list_backbones
-    >>> list_backbones(include_torchvision=False)
-    ['efficientnet_lite0']
-    >>> "resnet50" in list_backbones()
+    >>> "efficientnet_lite0" in list_backbones(include_torchvision=False)
     True
+    >>> "resnet50" in list_backbones(), "resnet50" in list_backbones(include_torchvision=False)
+    (True, False)
     """
     names = set(_REGISTRY)
     if include_torchvision:
