@@ -63,7 +63,6 @@ class Entry:
     qualname: str
     obj: object
     kind: str  # "class", "function", "module" or "constant"
-    depth: int  # heading depth below the package heading (0: a name in the package's __all__)
 
 
 def _is_own(obj) -> bool:
@@ -76,7 +75,7 @@ def is_protocol(cls) -> bool:
     return bool(getattr(cls, "_is_protocol", False))
 
 
-def _kind(obj) -> str:
+def kind_of(obj) -> str:
     if isinstance(obj, types.ModuleType):
         return "module"
     if inspect.isclass(obj):
@@ -137,7 +136,7 @@ def public_entries() -> list[Entry]:
         mod = importlib.import_module(package)
         for name in mod.__all__:
             obj = getattr(mod, name)
-            entries.append(Entry(f"{package}.{name}", obj, _kind(obj), 0))
+            entries.append(Entry(f"{package}.{name}", obj, kind_of(obj)))
     return entries
 
 
@@ -374,8 +373,8 @@ def constant_comment(name: str, value, modules: list[types.ModuleType]) -> str:
 _MISSING = object()
 
 
-def _defining_modules(package: str, name: str) -> list[types.ModuleType]:
-    """The loaded modules of ``package`` (itself first, then by name) that may assign ``name``."""
+def defining_modules(package: str) -> list[types.ModuleType]:
+    """The loaded modules of ``package`` (itself first, then by name): where its constants may be assigned."""
     names = sorted(m for m in sys.modules if m == package or m.startswith(package + "."))
     return [sys.modules[m] for m in names if sys.modules[m] is not None]
 
@@ -399,7 +398,7 @@ class Page:
         self.add(f"{'#' * level} `{text}`", "")
 
     def name(self, qualname: str, obj, level: int, *, package: str) -> None:
-        kind = _kind(obj)
+        kind = kind_of(obj)
         if kind != "constant" and id(obj) in self.rendered:
             first = self.rendered[id(obj)]
             self.heading(level, qualname)
@@ -419,7 +418,7 @@ class Page:
             prefix = f"{qualname} = "
             value = pprint.pformat(obj, width=max(SIGNATURE_WIDTH - len(prefix), 40), sort_dicts=False)
             self.add("```python", prefix + value.replace("\n", "\n" + " " * len(prefix)), "```", "")
-            comment = constant_comment(qualname.rsplit(".", 1)[-1], obj, _defining_modules(package, qualname))
+            comment = constant_comment(qualname.rsplit(".", 1)[-1], obj, defining_modules(package))
             if comment:
                 text = inline(comment[0].upper() + comment[1:]) + ("" if comment.endswith(".") else ".")
                 self.add(*textwrap.wrap(text, SIGNATURE_WIDTH, break_long_words=False, break_on_hyphens=False), "")

@@ -85,7 +85,7 @@ def _documented():
             add(entry.qualname, obj.__name__, obj, MODULE_CHECKS)
             for member in gen_api.module_members(obj):
                 value = getattr(obj, member)
-                kind = gen_api._kind(value)
+                kind = gen_api.kind_of(value)
                 if kind == "class":
                     add_class(f"{entry.qualname}.{member}", value, MEMBER_CHECKS)
                 elif kind == "function":
@@ -130,7 +130,7 @@ def test_constants_are_described():
     for entry in constants:
         package = entry.qualname.split(".")[0]
         name = entry.qualname.rsplit(".", 1)[1]
-        comment = gen_api.constant_comment(name, entry.obj, gen_api._defining_modules(package, name))
+        comment = gen_api.constant_comment(name, entry.obj, gen_api.defining_modules(package))
         assert comment, f"{entry.qualname} has no `#:` comment above its assignment"
 
 
