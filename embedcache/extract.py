@@ -167,6 +167,26 @@ def extract(
     batches of 2 or more images (resnet18 and EfficientNet-Lite0, torch 2.x),
     so a resume with another batch size gave the same file; a batch of a single
     image, or a GPU, may differ in the last bits (3e-6 measured).
+
+    Examples
+    --------
+    Twelve generated images through a tiny network (any module that gives (N, D) features):
+
+    >>> import tempfile, pathlib
+    >>> import numpy as np, torch
+    >>> import embedcache
+    >>> net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
+    >>> def to_tensor(img):
+    ...     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)
+    >>> backbone = embedcache.Backbone.from_module(net, to_tensor, name="pool2x2")
+    >>> source = embedcache.SyntheticSource(12, seed=0, image_size=16)
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = embedcache.extract(source, backbone, pathlib.Path(tmp.name) / "shapes.h5",
+    ...                           device="cpu", num_workers=0, progress=False)
+    >>> with embedcache.open(path) as cache:
+    ...     print(path.name, cache.n_rows, cache.feature_dim, cache.splits)
+    shapes.h5 12 12 ['train', 'valid', 'test']
+    >>> tmp.cleanup()
     """
     options = dict(batch_size=batch_size, num_workers=num_workers, device=device, feature_dtype=feature_dtype,
                    autocast=autocast, overwrite=overwrite, progress=progress)

@@ -158,7 +158,18 @@ def import_table(
 
     Examples
     --------
-    >>> import_table("adult.csv", label="income", sensitive=["sex"], out="adult.h5")  # doctest: +SKIP
+    >>> import tempfile, pathlib
+    >>> import numpy as np, pandas as pd
+    >>> from embedcache import import_table
+    >>> tmp = tempfile.TemporaryDirectory(); folder = pathlib.Path(tmp.name)
+    >>> rng = np.random.default_rng(0)
+    >>> pd.DataFrame({"age": rng.integers(18, 80, 50), "hours": rng.integers(10, 60, 50),
+    ...               "income": rng.choice(["<=50K", ">50K"], 50), "sex": rng.choice(["F", "M"], 50)}
+    ...              ).to_csv(folder / "adult.csv", index=False)
+    >>> import_table(folder / "adult.csv", label="income", sensitive=["sex"], out=folder / "adult.h5",
+    ...              progress=False).name
+    'adult.h5'
+    >>> tmp.cleanup()
     """
     path, out = Path(path), Path(out)
     feature_dtype = check_feature_dtype(feature_dtype)

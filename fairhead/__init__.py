@@ -23,6 +23,7 @@ from fairhead_errors import (  # noqa: F401
     SolverError,
 )
 
+#: the installed fairhead's version (``fairhead --version`` prints it)
 __version__ = "0.1.0"
 
 #: names re-exported from :mod:`solvers` (each loaded on first access, as ``solvers`` does);

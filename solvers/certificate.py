@@ -40,7 +40,9 @@ def passes_lower_bound(warm: bool) -> int:
 class Certificate:
     """What a fit achieved, JSON-able through :meth:`to_dict` / :meth:`from_dict`.
 
-    Attributes
+    Every fitted head carries one as ``certificate_``; the fields below are its attributes too.
+
+    Parameters
     ----------
     backend : str
         ``"cvxpy"``, ``"torch"`` or ``"reduction/<inner backend>"``.
@@ -91,6 +93,19 @@ class Certificate:
         The floor to compare ``passes`` with: a cold fit on a real table takes at least
         ``MIN_COLD_ITERATIONS`` quasi-Newton iterations of one ``X d`` and one ``X^T r`` each
         (easy synthetic data can take fewer); a warm-started head needs 2 (one check).
+
+    Examples
+    --------
+    >>> from solvers import Certificate, FairLogisticRegression
+    >>> from solvers.synthetic import make_fair_classification
+    >>> X, y, a = make_fair_classification(300, 4, seed=0)
+    >>> cert = FairLogisticRegression(constraint="dp-score", eps=0.05).fit(X, y, sensitive_features=a).certificate_
+    >>> cert.constraint, cert.eps, cert.converged
+    ('dp-score', 0.05, True)
+    >>> cert.max_violation <= 1e-6
+    True
+    >>> Certificate.from_dict(cert.to_dict()) == cert
+    True
     """
 
     backend: str
@@ -115,6 +130,13 @@ class Certificate:
     passes_lower_bound: int | None = None
 
     def to_dict(self) -> dict:
+        """Return the certificate as a JSON-able dict (numpy scalars become Python numbers).
+
+        Returns
+        -------
+        dict
+            One key per field; tuples become lists.
+        """
         d = dataclasses.asdict(self)
         d["multipliers"] = [float(x) for x in self.multipliers]
         d["notes"] = list(self.notes)
@@ -134,6 +156,17 @@ class Certificate:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Certificate":
+        """Rebuild a certificate from :meth:`to_dict`'s output (or an older head file's).
+
+        Parameters
+        ----------
+        d : dict
+            The saved fields; unknown keys are ignored, missing optional ones default.
+
+        Returns
+        -------
+        Certificate
+        """
         d = dict(d)
         d["multipliers"] = tuple(d.get("multipliers", ()))
         d["notes"] = tuple(d.get("notes", ()))
@@ -145,6 +178,7 @@ class Certificate:
 
     @property
     def converged(self) -> bool:
+        """Whether the fit reached its tolerance (score heads) or met ``eps`` (rate heads)."""
         return self.status in ("optimal", "eps_met")
 
 

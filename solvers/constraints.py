@@ -26,6 +26,15 @@ logit :math:`z_k = x^\\top w_k + b_k` (the centred logit: fitted heads have
 ``error-rate`` are binary only (:attr:`Constraint.multiclass`).
 
 This module imports neither cvxpy nor torch.
+
+Examples
+--------
+>>> from solvers.constraints import CONSTRAINTS, make_constraint
+>>> eo = make_constraint("eo")
+>>> eo.name, eo.kind, eo.metric, type(eo) is CONSTRAINTS["eo"]
+('eo', 'rate', 'equalized_odds_difference', True)
+>>> make_constraint("dp-score").kind
+'score'
 """
 
 from __future__ import annotations
@@ -49,7 +58,17 @@ MSG_MINIMAX_CELLS = "MinimaxLoss cells must be 'group' or 'label-group'; got {go
 
 @dataclass(frozen=True)
 class LinearForm:
-    """``A @ [w; b] <= eps + c0`` with row names."""
+    """``A @ [w; b] <= eps + c0`` with row names: a linear score constraint, in numpy.
+
+    Parameters
+    ----------
+    A : numpy.ndarray of shape (R, n_params)
+        One row per bounded quantity and sign, acting on the head's ``[w; b]``.
+    c0 : numpy.ndarray of shape (R,)
+        Offsets (zero for the constraints here).
+    names : tuple of str
+        A readable name per row.
+    """
 
     A: np.ndarray
     c0: np.ndarray
@@ -58,8 +77,21 @@ class LinearForm:
 
 @dataclass(frozen=True)
 class ClassRateMoments:
-    """K-class rate gaps: ``gaps_r = M_r @ [yhat = classes_r]`` for class codes ``yhat``;
-    constraint ``|gaps_r| <= eps`` for every row r."""
+    """K-class rate gaps: ``gaps_r = M_r @ [yhat = classes_r]`` for class codes ``yhat``.
+
+    The constraint is ``|gaps_r| <= eps`` for every row r.
+
+    Parameters
+    ----------
+    M : numpy.ndarray of shape (R, n_samples)
+        The gap rows.
+    classes : numpy.ndarray of shape (R,)
+        The class each row is about.
+    n_classes : int
+        K.
+    names : tuple of str
+        A readable name per row.
+    """
 
     M: np.ndarray  # (R, n)
     classes: np.ndarray  # (R,) the class each row is about
@@ -67,6 +99,18 @@ class ClassRateMoments:
     names: tuple
 
     def gaps(self, yhat: np.ndarray) -> np.ndarray:
+        """Evaluate the gaps of given predictions.
+
+        Parameters
+        ----------
+        yhat : numpy.ndarray of shape (n_samples,)
+            Predicted class codes.
+
+        Returns
+        -------
+        numpy.ndarray of shape (R,)
+            The gaps.
+        """
         yhat = np.asarray(yhat).astype(np.int64)
         out = np.empty(self.M.shape[0])
         for k in range(self.n_classes):
@@ -76,7 +120,18 @@ class ClassRateMoments:
         return out
 
     def costs(self, lam: np.ndarray) -> np.ndarray:
-        """``C (n, K)``: what predicting class k for row i adds to ``lam @ gaps``."""
+        """``C (n, K)``: what predicting class k for row i adds to ``lam @ gaps``.
+
+        Parameters
+        ----------
+        lam : numpy.ndarray of shape (R,)
+            One multiplier per gap row.
+
+        Returns
+        -------
+        numpy.ndarray of shape (n_samples, n_classes)
+            ``C[i, k]``: what predicting class k for row i adds to ``lam @ gaps``.
+        """
         C = np.zeros((self.M.shape[1], self.n_classes))
         for k in range(self.n_classes):
             rows = self.classes == k
@@ -92,7 +147,17 @@ class ClassRateMoments:
 
 @dataclass(frozen=True)
 class RateMoments:
-    """``gaps = M @ (a * yhat + b0)``; constraint ``|gaps_k| <= eps`` for every row k."""
+    """``gaps = M @ (a * yhat + b0)``; constraint ``|gaps_k| <= eps`` for every row k.
+
+    Parameters
+    ----------
+    M : numpy.ndarray of shape (R, n_samples)
+        The gap rows.
+    a, b0 : numpy.ndarray of shape (n_samples,)
+        The utility of a prediction, ``a * yhat + b0`` (``yhat`` itself, or the error ``[yhat != y]``).
+    names : tuple of str
+        A readable name per row.
+    """
 
     M: np.ndarray  # (K, n)
     a: np.ndarray  # (n,)
@@ -100,6 +165,18 @@ class RateMoments:
     names: tuple
 
     def gaps(self, yhat: np.ndarray) -> np.ndarray:
+        """Evaluate the gaps of given predictions.
+
+        Parameters
+        ----------
+        yhat : numpy.ndarray of shape (n_samples,)
+            Predictions, 0/1.
+
+        Returns
+        -------
+        numpy.ndarray of shape (R,)
+            The gaps.
+        """
         return self.M @ (self.a * yhat + self.b0)
 
 
@@ -177,14 +254,45 @@ class Constraint:
     _param_names: tuple = ()
 
     def get_params(self, deep: bool = True) -> dict:
+        """Return the init parameters, as scikit-learn's ``get_params``.
+
+        Parameters
+        ----------
+        deep : bool, default=True
+            Unused (a constraint holds no estimators); scikit-learn's signature.
+
+        Returns
+        -------
+        dict
+            Parameter name -> value.
+        """
         return {k: getattr(self, k) for k in self._param_names}
 
     def set_params(self, **params):
+        """Set init parameters, as scikit-learn's ``set_params``.
+
+        Parameters
+        ----------
+        **params : dict
+            Parameter name -> new value.
+
+        Returns
+        -------
+        Constraint
+            ``self``.
+        """
         for k, v in params.items():
             setattr(self, k, v)
         return self
 
     def to_dict(self) -> dict:
+        """Return the name and parameters (what a head file stores; :func:`make_constraint` reads it).
+
+        Returns
+        -------
+        dict
+            ``{"name": ..., **params}``.
+        """
         return {"name": self.name, **self.get_params()}
 
     def __repr__(self) -> str:
@@ -254,6 +362,8 @@ def _class_parity_matrix(event: str, y, groups, sw, labels, n_classes: int):
 
 
 class ScoreConstraint(Constraint):
+    """Base of score constraints: they bound functions of the linear score ``z = x @ w + b``."""
+
     kind = "score"
     family = "score"
 
@@ -276,6 +386,28 @@ class LinearScoreConstraint(ScoreConstraint):
         class-by-class ``theta`` of :mod:`solvers.multinomial`: row ``m`` of class k bounds
         ``m @ (z_k - mean_j z_j)``, the centred class-k logit (so a common shift of every class,
         which leaves the softmax unchanged, leaves the rows unchanged too).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or RowChunks
+            The features.
+        y : numpy.ndarray of shape (n_samples,)
+            Label codes (0/1; class codes ``0 .. K-1`` for K classes).
+        groups : numpy.ndarray of shape (n_samples,)
+            Group codes ``0 .. len(labels) - 1``.
+        sample_weight : numpy.ndarray of shape (n_samples,)
+            Row weights (the fit's, after ``balance``).
+        labels : sequence
+            The group labels, in code order (they name the rows).
+        matmul : callable, optional
+            ``matmul(X, R)`` computes ``X.T @ R``.
+        n_classes : int, default=2
+            Classes of the head; K > 2 gives the class-by-class rows.
+
+        Returns
+        -------
+        LinearForm
+            Both signs of every bounded row, ``c0 = 0``.
         """
         if n_classes > 2:
             return self._class_linear_form(X, y, groups, sample_weight, labels, matmul, n_classes)
@@ -302,7 +434,26 @@ class LinearScoreConstraint(ScoreConstraint):
 
     def values(self, z, y, groups, sample_weight, labels) -> np.ndarray:
         """The bounded quantities ``m_k(z)`` for given scores (diagnostics); scores of shape
-        (n, K) give the K-class rows (on the centred logits)."""
+        (n, K) give the K-class rows (on the centred logits).
+
+        Parameters
+        ----------
+        z : numpy.ndarray of shape (n_samples,) or (n_samples, n_classes)
+            Scores (logits).
+        y : numpy.ndarray of shape (n_samples,)
+            Label codes (0/1; class codes ``0 .. K-1`` for K classes).
+        groups : numpy.ndarray of shape (n_samples,)
+            Group codes ``0 .. len(labels) - 1``.
+        sample_weight : numpy.ndarray of shape (n_samples,)
+            Row weights (the fit's, after ``balance``).
+        labels : sequence
+            The group labels, in code order (they name the rows).
+
+        Returns
+        -------
+        numpy.ndarray
+            One value per bounded row (``|value| <= eps`` when the constraint holds).
+        """
         z = np.asarray(z, dtype=np.float64)
         if z.ndim == 2:
             if not self.multiclass:
@@ -318,6 +469,22 @@ class LinearScoreConstraint(ScoreConstraint):
 
         For callers whose scores are not linear in their parameters (a whole network, in
         :mod:`fairhead.full_objectives`), so that they bound the same quantities as the heads.
+
+        Parameters
+        ----------
+        y : numpy.ndarray of shape (n_samples,)
+            Label codes (0/1; class codes ``0 .. K-1`` for K classes).
+        groups : numpy.ndarray of shape (n_samples,)
+            Group codes ``0 .. len(labels) - 1``.
+        sample_weight : numpy.ndarray of shape (n_samples,)
+            Row weights (the fit's, after ``balance``).
+        labels : sequence
+            The group labels, in code order (they name the rows).
+
+        Returns
+        -------
+        tuple of (numpy.ndarray, list)
+            ``M`` of shape (R, n_samples) and the rows' names.
         """
         return self._functionals(y, groups, sample_weight, labels)
 
@@ -456,6 +623,22 @@ class GroupLoss(ScoreConstraint):
     label = "worst group log-loss, nats"
 
     def cells_codes(self, y, groups, labels):
+        """Give the cells whose losses are bounded: here the groups.
+
+        Parameters
+        ----------
+        y : numpy.ndarray of shape (n_samples,)
+            Label codes.
+        groups : numpy.ndarray of shape (n_samples,)
+            Group codes.
+        labels : sequence
+            The group labels, in code order.
+
+        Returns
+        -------
+        tuple of (numpy.ndarray, tuple)
+            The cell code of every row and the cells' labels.
+        """
         return groups, tuple(labels)
 
 
@@ -468,6 +651,11 @@ class MinimaxLoss(ScoreConstraint):
 
     where the cells ``c`` are the groups (``cells="group"``) or the (label, group) cells
     (``cells="label-group"``, the max-min fairness of the seed paper).
+
+    Parameters
+    ----------
+    cells : {"group", "label-group"}, default="group"
+        The cells whose largest loss is minimised.
     """
 
     name = "minimax"
@@ -483,6 +671,23 @@ class MinimaxLoss(ScoreConstraint):
         self.cells = cells
 
     def cells_codes(self, y, groups, labels):
+        """Give the cells whose largest loss is minimised: the groups or the (label, group) cells.
+
+        Parameters
+        ----------
+        y : numpy.ndarray of shape (n_samples,)
+            Label codes (0/1).
+        groups : numpy.ndarray of shape (n_samples,)
+            Group codes.
+        labels : sequence
+            The group labels, in code order.
+
+        Returns
+        -------
+        tuple of (numpy.ndarray, tuple)
+            The cell code of every row and the cells' labels (``(label, group)`` pairs for
+            ``cells="label-group"``).
+        """
         if self.cells not in ("group", "label-group"):
             raise DataError(MSG_MINIMAX_CELLS.format(got=self.cells))
         if self.cells == "group":
@@ -506,7 +711,26 @@ class RateConstraint(Constraint):
 
     def moments(self, y, groups, sample_weight, labels, n_classes=2) -> RateMoments | ClassRateMoments:
         """The gaps as linear functions of the predictions: ``RateMoments`` (binary) or, with
-        ``n_classes`` K > 2, ``ClassRateMoments`` (rows per class, one-vs-rest events)."""
+        ``n_classes`` K > 2, ``ClassRateMoments`` (rows per class, one-vs-rest events).
+
+        Parameters
+        ----------
+        y : numpy.ndarray of shape (n_samples,)
+            Label codes (0/1; class codes ``0 .. K-1`` for K classes).
+        groups : numpy.ndarray of shape (n_samples,)
+            Group codes ``0 .. len(labels) - 1``.
+        sample_weight : numpy.ndarray of shape (n_samples,)
+            Row weights (the fit's, after ``balance``).
+        labels : sequence
+            The group labels, in code order (they name the rows).
+        n_classes : int, default=2
+            Classes of the head; K > 2 gives per-class rows.
+
+        Returns
+        -------
+        RateMoments or ClassRateMoments
+            The gaps as linear functions of the predictions.
+        """
         if n_classes > 2:
             if not self.multiclass:
                 raise DataError(MSG_BINARY_ONLY.format(name=self.name, k=n_classes, names=", ".join(MULTICLASS_NAMES)))
@@ -700,7 +924,18 @@ MULTICLASS_NAMES = tuple(k for k, c in CONSTRAINTS.items() if c.multiclass)
 
 
 def make_constraint(spec) -> Constraint | None:
-    """``None`` -> ``None``; a name -> a fresh constraint; a Constraint -> itself; a dict -> from_dict."""
+    """``None`` -> ``None``; a name -> a fresh constraint; a Constraint -> itself; a dict -> from_dict.
+
+    Parameters
+    ----------
+    spec : str, Constraint, dict or None
+        A name (a key of ``CONSTRAINTS``), a constraint (returned as is), a ``to_dict()`` dict, or ``None``.
+
+    Returns
+    -------
+    Constraint or None
+        A fresh constraint for a name or a dict; ``None`` for ``None``.
+    """
     if spec is None:
         return None
     if isinstance(spec, Constraint):

@@ -49,8 +49,33 @@ MSG_TILING = ("the ranks' RowShards do not cover the {n} rows once each, in rank
 
 
 def shard_range(n: int, d: int, rank: int, world: int) -> tuple[int, int]:
-    """Rows ``[start, stop)`` of rank ``rank`` of ``world``: whole row blocks of ``d`` features,
-    as even a share as the blocks allow, in rank order (with fewer blocks than ranks, some hold none)."""
+    """Cut ``n`` rows into one range per rank: whole row blocks, as even as the blocks allow.
+
+    Ranges are in rank order; with fewer row blocks than ranks, some ranks hold none. Cutting at
+    block boundaries keeps a data-parallel fit's sums in the order of the in-memory fit.
+
+    Parameters
+    ----------
+    n : int
+        Rows of the whole ``X``.
+    d : int
+        Its features (the block size :func:`~solvers.out_of_core.block_rows` depends on them).
+    rank : int
+        This rank, ``0 <= rank < world``.
+    world : int
+        The number of ranks.
+
+    Returns
+    -------
+    tuple of (int, int)
+        Rows ``[start, stop)`` of rank ``rank``.
+
+    Examples
+    --------
+    >>> from solvers import shard_range
+    >>> [shard_range(5_000_000, 4, rank, 2) for rank in range(2)]
+    [(0, 2097152), (2097152, 5000000)]
+    """
     B = block_rows(d)
     blocks = -(-int(n) // B)
     lo, hi = rank * blocks // world, (rank + 1) * blocks // world
@@ -107,7 +132,19 @@ class RowShard(RowChunks):
 
     Examples
     --------
-    Under ``torchrun --nproc-per-node 2``::
+    Rank 1 of 2 holds the rows :func:`shard_range` gives it (here a zero array of 5,000,000 x 4
+    that takes no memory); the shard has the shape of the whole ``X``:
+
+    >>> import numpy as np
+    >>> from solvers import RowShard, shard_range
+    >>> n, d = 5_000_000, 4
+    >>> start, stop = shard_range(n, d, rank=1, world=2)
+    >>> X_rank1 = np.broadcast_to(np.float32(0.0), (n, d))[start:stop]
+    >>> shard = RowShard(X_rank1, n_total=n, start=start)
+    >>> shard.shape, shard.local_rows
+    ((5000000, 4), 2902848)
+
+    A fit then runs under ``torchrun --nproc-per-node 2``, on every rank::
 
         start, stop = solvers.shard_range(len(y), X_file.shape[1], rank, world)
         X = solvers.RowShard(X_file[start:stop], n_total=len(y), start=start)
@@ -129,7 +166,18 @@ class RowShard(RowChunks):
 
     # ------------------------------------------------------------------ derived views
     def with_budget(self, max_memory) -> "RowShard":
-        """The same rows under another budget."""
+        """The same rows under another budget.
+
+        Parameters
+        ----------
+        max_memory : int or str
+            The new budget of a pass over this rank's rows: bytes, or ``"2GB"``, ``"512MiB"``.
+
+        Returns
+        -------
+        RowShard
+            A new view of the same rows.
+        """
         src = self._array if self._path is None else self._path
         out = RowShard(src, self._rows, n_total=self.n_total, start=self.start, dataset=self._key,
                        max_memory=max_memory, group=self.group)
@@ -143,10 +191,17 @@ class RowShard(RowChunks):
 
     @property
     def world_size(self) -> int:
+        """The number of ranks that share ``X`` (needs an initialised process group)."""
         return _dist().get_world_size(self.group)
 
     def describe(self) -> str:
-        """The certificate's note (the same on every rank)."""
+        """The certificate's note (the same on every rank).
+
+        Returns
+        -------
+        str
+            One line: ranks, the shard layout, how products are combined.
+        """
         return (f"data-parallel: {self.world_size} ranks, each with a block-aligned row shard of "
                 f"{self.shape[0]} x {self.shape[1]} {self.dtype.name}; products combined with all_reduce "
                 f"and summed in block order")
@@ -157,7 +212,15 @@ class RowShard(RowChunks):
 
     # ------------------------------------------------------------------ passes
     def blocks(self):
-        """``(start, block)`` over this rank's blocks, ``start`` counted in the whole ``X``."""
+        """Iterate over this rank's row blocks.
+
+        Yields
+        ------
+        start : int
+            The index of the block's first row in the whole ``X``.
+        block : numpy.ndarray of shape (n_block, n_features)
+            The rows; a buffer the next block may overwrite.
+        """
         for s, blk in super().blocks():
             yield self.start + s, blk
 
@@ -179,14 +242,38 @@ class RowShard(RowChunks):
         self._tiled = True
 
     def gather_rows(self, out):
-        """``out`` with the other ranks' rows filled in (its own rows written by this rank)."""
+        """Fill in the other ranks' rows of a pass's per-row results (all ranks call it).
+
+        Parameters
+        ----------
+        out : numpy.ndarray or torch.Tensor of length n_total
+            The per-row results, this rank's rows written.
+
+        Returns
+        -------
+        numpy.ndarray or torch.Tensor
+            ``out``, every rank's rows filled in (the same on every rank).
+        """
         self._check_tiling()
         out[: self.start] = 0
         out[self.stop :] = 0
         return _all_reduce(out, group=self.group)
 
     def sum_blocks(self, parts, out):
-        """Every rank's block partials added into ``out`` in block order (see the module docstring)."""
+        """Add every rank's block partials into ``out`` in block order (see the module docstring).
+
+        Parameters
+        ----------
+        parts : iterable of (int, numpy.ndarray or torch.Tensor)
+            ``(start, partial result)`` per block of this rank, ``start`` in the whole ``X``.
+        out : numpy.ndarray or torch.Tensor
+            The accumulator (float64), added to in place.
+
+        Returns
+        -------
+        numpy.ndarray or torch.Tensor
+            ``out``, the same sum on every rank, in the in-memory fit's block order.
+        """
         self._check_tiling()
         import torch
 
@@ -209,7 +296,13 @@ class RowShard(RowChunks):
         return out
 
     def first_nonfinite(self) -> int | None:
-        """The first row (of the whole ``X``) with a NaN or infinite feature, or ``None``."""
+        """Find the first row of the whole ``X`` with a NaN or infinite feature (all ranks call it).
+
+        Returns
+        -------
+        int or None
+            Its row in the whole ``X``, or ``None`` when every feature is finite.
+        """
         if self._nonfinite == ():
             import torch
 

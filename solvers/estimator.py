@@ -442,8 +442,19 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
 
     # -------------------------------------------------------------- predict
     def decision_function(self, X):
-        """Scores ``X @ coef_.T + intercept_``: shape (n_samples,) for two classes, (n_samples, K)
-        for K > 2 (the centred logits ``z_k = log p_k - mean_j log p_j``)."""
+        """Scores ``X @ coef_.T + intercept_``, the logits of the head.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or RowChunks
+            Features from the backbone (and cache) the head was fitted on.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,) or (n_samples, n_classes)
+            One score per row for two classes (positive: ``classes_[1]``), one per class for
+            K > 2 (the centred logits ``z_k = log p_k - mean_j log p_j``).
+        """
         check_is_fitted(self)
         if isinstance(X, RowChunks):  # streamed: the same checks, then one pass
             if X.shape[1] != self.n_features_in_:
@@ -467,8 +478,18 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         return x_dot(X, coef) + self.intercept_[0]
 
     def predict_proba(self, X):
-        """Class probabilities, shape (n_samples, n_classes), columns in ``classes_`` order
-        (the softmax of the scores for K > 2)."""
+        """Class probabilities, columns in ``classes_`` order.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or RowChunks
+            Features from the backbone (and cache) the head was fitted on.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+            The sigmoid of the score for two classes, the softmax of the scores for K > 2.
+        """
         z = self.decision_function(X)
         if z.ndim == 2:
             return multinomial.softmax(z)
@@ -476,14 +497,37 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         return np.column_stack([1.0 - p1, p1])
 
     def predict_log_proba(self, X):
+        """Logarithms of the class probabilities, computed without underflow.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or RowChunks
+            Features from the backbone (and cache) the head was fitted on.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+            ``log(predict_proba(X))``, columns in ``classes_`` order.
+        """
         z = self.decision_function(X)
         if z.ndim == 2:
             return multinomial.log_softmax(z)
         return np.column_stack([-np.logaddexp(0.0, z), -np.logaddexp(0.0, -z)])
 
     def predict(self, X):
-        """Hard labels from ``classes_``: class 1 when the score is positive (K > 2: the largest
-        score, ties to the first class)."""
+        """Hard labels from ``classes_``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or RowChunks
+            Features from the backbone (and cache) the head was fitted on.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            ``classes_[1]`` where the score is positive, else ``classes_[0]`` (K > 2: the class
+            of the largest score, ties to the first class).
+        """
         z = self.decision_function(X)
         if z.ndim == 2:
             return self.classes_[np.argmax(z, axis=1)]

@@ -1,10 +1,13 @@
 """Export a fitted head to the models other libraries run: scikit-learn and ``torch.nn.Linear``.
 
 A fair head is a plain logistic model: the score is ``z = X @ coef_.T + intercept_`` and
-``P(y = classes_[1] | x) = sigmoid(z)`` (K > 2 classes: one score per class and the softmax). Only the fit differs (the fairness constraint), so
-the exported models carry the same coefficients and give the same scores, probabilities
-and predictions. Anything that also holds a backbone lives in :mod:`fairhead.export`.
+``P(y = classes_[1] | x) = sigmoid(z)`` (K > 2 classes: one score per class and the softmax).
+Only the fit differs (the fairness constraint), so the exported models carry the same
+coefficients and give the same scores, probabilities and predictions. Anything that also
+holds a backbone lives in :mod:`fairhead.export`.
 
+Examples
+--------
 >>> import numpy as np
 >>> from solvers import FairLogisticRegression
 >>> from solvers.synthetic import make_fair_classification

@@ -32,6 +32,13 @@ conditioning event is empty in a group (no ``y=1`` rows for TPR) get the vacuous
 
 Assumptions: the rows are i.i.d. draws from the population the interval speaks about, and the
 group of each row is known and fixed (not estimated).
+
+Examples
+--------
+>>> from solvers import intervals
+>>> ci = intervals.rate_interval(7, 20, confidence=0.95)
+>>> ci.estimate, round(ci.low, 4), round(ci.high, 4), ci.method
+(0.35, 0.1539, 0.5922, 'clopper-pearson')
 """
 
 from __future__ import annotations
@@ -64,8 +71,18 @@ MSG_COUNTS = "Clopper-Pearson needs 0 <= k <= n counts; got k={k}, n={n}"
 
 
 def check_confidence(confidence) -> float:
-    """A level strictly between 0 and 1 (:func:`fairhead_options.check_confidence`, the CLI's check too);
-    a string such as ``"0.9"`` reads as its number."""
+    """Check a confidence level (:func:`fairhead_options.check_confidence`, the CLI's check too).
+
+    Parameters
+    ----------
+    confidence : float or str
+        The level, strictly between 0 and 1; a string such as ``"0.9"`` reads as its number.
+
+    Returns
+    -------
+    float
+        ``confidence`` as a float.
+    """
     if isinstance(confidence, str):
         try:
             confidence = float(confidence)
@@ -75,7 +92,18 @@ def check_confidence(confidence) -> float:
 
 
 def gap_name(name: str) -> str:
-    """Canonical gap name (``dp``, ``eo``, ``eopp``, ``ae``)."""
+    """Canonical gap name (``dp``, ``eo``, ``eopp``, ``ae``).
+
+    Parameters
+    ----------
+    name : str
+        A gap name or alias (``eo``, ``equalized_odds``, a constraint's name).
+
+    Returns
+    -------
+    str
+        The canonical name.
+    """
     key = GAP_ALIASES.get(str(name).lower(), str(name).lower())
     if key not in GAP_EVENTS:
         raise DataError(MSG_GAP.format(got=name))
@@ -86,6 +114,20 @@ def clopper_pearson(k, n, confidence: float = 0.95):
     """Exact two-sided Clopper-Pearson interval(s) ``(low, high)`` for ``k`` of ``n``.
 
     Scalars give floats, arrays give arrays. ``n = 0`` gives the vacuous ``(0, 1)``.
+
+    Parameters
+    ----------
+    k : int or array-like of int
+        Successes.
+    n : int or array-like of int
+        Trials, ``0 <= k <= n``.
+    confidence : float in (0, 1), default=0.95
+        The level ``1 - alpha``.
+
+    Returns
+    -------
+    tuple of (float, float) or of (numpy.ndarray, numpy.ndarray)
+        ``(low, high)``.
     """
     from scipy.stats import beta
 
@@ -106,7 +148,19 @@ def clopper_pearson(k, n, confidence: float = 0.95):
 
 @dataclass(frozen=True)
 class Interval:
-    """A point estimate with its interval at ``confidence`` and how it was computed."""
+    """A point estimate with its interval at ``confidence`` and how it was computed.
+
+    Parameters
+    ----------
+    estimate : float
+        The point estimate.
+    low, high : float
+        The interval's ends.
+    confidence : float
+        Its level.
+    method : str
+        How it was computed (``"clopper-pearson"``, ...).
+    """
 
     estimate: float
     low: float
@@ -116,15 +170,38 @@ class Interval:
 
     @property
     def width(self) -> float:
+        """``high - low``."""
         return self.high - self.low
 
     def to_dict(self) -> dict:
+        """Return the fields as a JSON-able dict.
+
+        Returns
+        -------
+        dict
+            Field name -> value.
+        """
         return {"estimate": self.estimate, "low": self.low, "high": self.high, "confidence": self.confidence,
                 "method": self.method}
 
 
 def rate_interval(k, n, confidence: float = 0.95) -> Interval:
-    """``k / n`` with its exact Clopper-Pearson interval (NaN estimate when ``n = 0``)."""
+    """``k / n`` with its exact Clopper-Pearson interval (NaN estimate when ``n = 0``).
+
+    Parameters
+    ----------
+    k : int
+        Successes.
+    n : int
+        Trials.
+    confidence : float in (0, 1), default=0.95
+        The level ``1 - alpha``.
+
+    Returns
+    -------
+    Interval
+        The estimate ``k / n`` and its exact interval.
+    """
     low, high = clopper_pearson(int(k), int(n), confidence)
     return Interval(float(k) / n if n else float("nan"), low, high, float(confidence), EXACT)
 
@@ -135,13 +212,38 @@ def _binary(y):
 
 @dataclass(frozen=True)
 class GroupCounts:
-    """Per-group counts behind every rate: ``counts[group][rate] = (k, n)``."""
+    """Per-group counts behind every rate: ``counts[group][rate] = (k, n)``.
+
+    Parameters
+    ----------
+    groups : tuple
+        The group labels.
+    counts : dict
+        ``{group: {rate: (k, n)}}`` for ``selection_rate``, ``true_positive_rate``,
+        ``false_positive_rate`` and ``accuracy``.
+    """
 
     groups: tuple
     counts: dict
 
     @classmethod
     def from_predictions(cls, y_true, y_pred, *, sensitive_features) -> "GroupCounts":
+        """Count the rates' successes and trials per group.
+
+        Parameters
+        ----------
+        y_true : array-like of shape (n_samples,)
+            The true labels (0/1).
+        y_pred : array-like of shape (n_samples,)
+            The predictions (0/1).
+        sensitive_features : array-like, DataFrame or dict
+            The sensitive attributes; several form intersectional groups.
+
+        Returns
+        -------
+        GroupCounts
+            The counts.
+        """
         yt, yp = _binary(y_true), _binary(y_pred)
         if yp.shape[0] != yt.shape[0]:
             raise DataError(f"y_pred has {yp.shape[0]} entries but y_true has {yt.shape[0]}; pass one per sample")
@@ -159,20 +261,63 @@ class GroupCounts:
         return cls(groups=tuple(labels), counts=counts)
 
     def scaled(self, factor: float) -> "GroupCounts":
-        """The same rates observed on ``factor`` times as many rows (for sample-size planning)."""
+        """The same rates observed on ``factor`` times as many rows (for sample-size planning).
+
+        Parameters
+        ----------
+        factor : float
+            How many times as many rows.
+
+        Returns
+        -------
+        GroupCounts
+            The counts scaled (rounded to integers).
+        """
         return GroupCounts(self.groups, {g: {r: (int(round(k * factor)), int(round(n * factor)))
                                              for r, (k, n) in rates.items()} for g, rates in self.counts.items()})
 
     def n_rows(self) -> int:
+        """Count the rows over all groups.
+
+        Returns
+        -------
+        int
+            The number of rows.
+        """
         return int(sum(rates["accuracy"][1] for rates in self.counts.values()))
 
     def to_dict(self) -> dict:
+        """Return the counts as a JSON-able dict.
+
+        Returns
+        -------
+        dict
+            ``{group: {rate: {"k": k, "n": n}}}``.
+        """
         return {str(g): {r: {"k": k, "n": n} for r, (k, n) in rates.items()} for g, rates in self.counts.items()}
 
 
 @dataclass(frozen=True)
 class GapInterval:
-    """A between-groups gap with its union-bound interval and the group intervals behind it."""
+    """A between-groups gap with its union-bound interval and the group intervals behind it.
+
+    Parameters
+    ----------
+    gap : str
+        The gap's name (``dp``, ``eo``, ``eopp``, ``ae``).
+    estimate : float
+        The observed gap.
+    low, high : float
+        The interval's ends.
+    confidence : float
+        Its level.
+    method : str
+        How it was computed.
+    by_group : dict, optional
+        ``{group: {rate: {"k", "n", "estimate", "low", "high"}}}`` at the per-rate level ``1 - a/K``.
+    n_intervals : int, default=0
+        ``K``, the number of group-rate intervals combined.
+    """
 
     gap: str
     estimate: float
@@ -186,21 +331,55 @@ class GapInterval:
 
     @property
     def width(self) -> float:
+        """``high - low``."""
         return self.high - self.low
 
     def to_dict(self) -> dict:
+        """Return the fields as a JSON-able dict.
+
+        Returns
+        -------
+        dict
+            Field name -> value.
+        """
         return {"gap": self.gap, "estimate": self.estimate, "low": self.low, "high": self.high,
                 "confidence": self.confidence, "method": self.method, "n_intervals": self.n_intervals,
                 "by_group": self.by_group}
 
     def wide_groups(self, against: float) -> list[tuple[str, str, float]]:
-        """``(group, rate, width)`` for group rates whose interval is wider than ``against``."""
+        """``(group, rate, width)`` for group rates whose interval is wider than ``against``.
+
+        Parameters
+        ----------
+        against : float
+            A width, e.g. the gap's bound.
+
+        Returns
+        -------
+        list of (str, str, float)
+            ``(group, rate, width)`` of each wider group-rate interval.
+        """
         return [(g, r, v["high"] - v["low"]) for g, rates in self.by_group.items() for r, v in rates.items()
                 if v["high"] - v["low"] > against]
 
 
 def gap_interval_from_counts(counts: GroupCounts, gap: str = "eo", confidence: float = 0.95) -> GapInterval:
-    """The gap's point estimate and its ``confidence`` interval from per-group counts (union bound)."""
+    """The gap's point estimate and its ``confidence`` interval from per-group counts (union bound).
+
+    Parameters
+    ----------
+    counts : GroupCounts
+        Per-group counts (:meth:`GroupCounts.from_predictions`).
+    gap : str, default="eo"
+        ``dp``, ``eo``, ``eopp`` or ``ae`` (or a constraint's or metric's name for it).
+    confidence : float in (0, 1), default=0.95
+        The level ``1 - alpha``.
+
+    Returns
+    -------
+    GapInterval
+        The estimate, the interval and the group intervals behind it.
+    """
     gap = gap_name(gap)
     conf = check_confidence(confidence)
     events = GAP_EVENTS[gap]
@@ -377,6 +556,20 @@ def difference_upper_bound(k1, n1, k2, n2, alpha: float) -> float:
     binomial samples: independent rows, the groups fixed and known. The value returned is the upper
     end of a bisection bracket of width :data:`BOUND_RESOLUTION`, so it errs on the safe side. An empty
     group gives the vacuous bound 1.
+
+    Parameters
+    ----------
+    k1, n1 : int
+        Successes and trials of the first rate.
+    k2, n2 : int
+        Successes and trials of the second rate.
+    alpha : float
+        The error level.
+
+    Returns
+    -------
+    float
+        The upper bound ``U`` on ``p1 - p2``.
     """
     k1, n1, k2, n2 = int(k1), int(n1), int(k2), int(n2)
     if n1 == 0 or n2 == 0:
@@ -444,6 +637,22 @@ def gap_upper_bound(counts: GroupCounts, gap: str, alpha: float, *, bound: str =
 
     Both assume independent rows with fixed, known groups, counted on rows that nothing chosen from
     them (heads, their order) has seen.
+
+    Parameters
+    ----------
+    counts : GroupCounts
+        Per-group counts (:meth:`GroupCounts.from_predictions`).
+    gap : str
+        ``dp``, ``eo``, ``eopp`` or ``ae`` (or a constraint's or metric's name for it).
+    alpha : float
+        The error level: ``P(gap > U) <= alpha``.
+    bound : {"exact", "union"}, default="exact"
+        The method (above).
+
+    Returns
+    -------
+    float
+        The upper bound ``U``, in [0, 1] (1 when a group lacks an event's rows).
     """
     gap = gap_name(gap)
     if bound not in BOUND_METHODS:
@@ -462,20 +671,69 @@ def gap_upper_bound(counts: GroupCounts, gap: str, alpha: float, *, bound: str =
 
 
 def gap_interval(y_true, y_pred, *, sensitive_features, gap: str = "eo", confidence: float = 0.95) -> GapInterval:
-    """The between-groups ``gap`` of hard predictions, with its union-bound interval."""
+    """The between-groups ``gap`` of hard predictions, with its union-bound interval.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        The true labels (0/1).
+    y_pred : array-like of shape (n_samples,)
+        The predictions (0/1).
+    sensitive_features : array-like of shape (n_samples,) or (n_samples, n_attributes), DataFrame or dict
+        The sensitive attributes; several form intersectional groups.
+    gap : str, default="eo"
+        ``dp``, ``eo``, ``eopp`` or ``ae`` (or a constraint's or metric's name for it).
+    confidence : float in (0, 1), default=0.95
+        The level ``1 - alpha``.
+
+    Returns
+    -------
+    GapInterval
+        The estimate, the interval and the group intervals behind it.
+    """
     counts = GroupCounts.from_predictions(y_true, y_pred, sensitive_features=sensitive_features)
     return gap_interval_from_counts(counts, gap, confidence)
 
 
 def group_rate_intervals(y_true, y_pred, *, sensitive_features, confidence: float = 0.95) -> dict:
-    """``{group: {rate: Interval}}`` for selection rate, TPR, FPR and accuracy (each at ``confidence``)."""
+    """``{group: {rate: Interval}}`` for selection rate, TPR, FPR and accuracy (each at ``confidence``).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        The true labels (0/1).
+    y_pred : array-like of shape (n_samples,)
+        The predictions (0/1).
+    sensitive_features : array-like of shape (n_samples,) or (n_samples, n_attributes), DataFrame or dict
+        The sensitive attributes; several form intersectional groups.
+    confidence : float in (0, 1), default=0.95
+        The level ``1 - alpha``.
+
+    Returns
+    -------
+    dict
+        ``{group: {rate: Interval}}``.
+    """
     counts = GroupCounts.from_predictions(y_true, y_pred, sensitive_features=sensitive_features)
     return {g: {r: rate_interval(k, n, confidence) for r, (k, n) in rates.items()}
             for g, rates in counts.counts.items()}
 
 
 def worst_group_accuracy_interval(counts: GroupCounts, confidence: float = 0.95) -> Interval:
-    """``min_g acc_g`` with the union-bound interval ``[min_g l_g, min_g u_g]`` (level ``1 - a/G`` each)."""
+    """``min_g acc_g`` with the union-bound interval ``[min_g l_g, min_g u_g]`` (level ``1 - a/G`` each).
+
+    Parameters
+    ----------
+    counts : GroupCounts
+        Per-group counts (:meth:`GroupCounts.from_predictions`).
+    confidence : float in (0, 1), default=0.95
+        The level ``1 - alpha``.
+
+    Returns
+    -------
+    Interval
+        The worst group accuracy and its interval.
+    """
     conf = check_confidence(confidence)
     per_level = 1.0 - (1.0 - conf) / len(counts.groups)
     k = np.array([counts.counts[g]["accuracy"][0] for g in counts.groups], dtype=np.float64)
@@ -492,6 +750,24 @@ def bootstrap_interval(statistic, *samples, confidence: float = 0.95, n_resample
     For statistics without an exact interval (ROC AUC, calibration error). A thin wrapper
     over ``scipy.stats.bootstrap(..., paired=True, vectorized=False, method="percentile")``;
     deterministic in ``seed``.
+
+    Parameters
+    ----------
+    statistic : callable
+        ``statistic(*samples) -> float``.
+    *samples : array-like
+        Arrays of one row per sample, resampled jointly.
+    confidence : float in (0, 1), default=0.95
+        The level ``1 - alpha``.
+    n_resamples : int, default=999
+        Bootstrap resamples.
+    seed : int, default=0
+        Seed of the resampling.
+
+    Returns
+    -------
+    Interval
+        The statistic on the samples and its percentile interval.
     """
     from scipy.stats import bootstrap
 

@@ -29,6 +29,21 @@ and likewise for the TPR and FPR of each class (:func:`per_class_differences` gi
 value). Accuracy-based metrics need no change; ``balanced_accuracy`` is the mean per-class
 recall, ``roc_auc`` the mean one-vs-rest AUC of the class scores (``y_score`` (n, K)) and
 ``expected_calibration_error`` the top-label one.
+
+Examples
+--------
+>>> import numpy as np
+>>> from solvers import metrics
+>>> y_true = np.array([1, 0, 1, 1, 0, 0, 1, 0])
+>>> y_pred = np.array([1, 0, 1, 0, 1, 1, 1, 0])
+>>> group = np.array(["a", "a", "a", "a", "b", "b", "b", "b"])
+>>> metrics.demographic_parity_difference(y_true, y_pred, sensitive_features=group)
+0.25
+>>> table = metrics.by_group(y_true, y_pred, sensitive_features=group)
+>>> table.to_frame()[["selection_rate", "count"]]
+   selection_rate  count
+a            0.50      4
+b            0.75      4
 """
 
 from __future__ import annotations
@@ -51,6 +66,20 @@ def multiclass_labels(y_true, y_pred=None, classes=None):
 
     ``classes`` (e.g. a head's ``classes_``) decides when given: a split that lacks some classes
     is still read as K-class. Otherwise the distinct values of ``y_true`` and ``y_pred`` do.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        The true labels.
+    y_pred : array-like of shape (n_samples,), optional
+        The predicted labels; their values count too.
+    classes : array-like, optional
+        All class labels (a head's ``classes_``); decides when given.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        The class labels (``classes`` as given, else sorted) when there are more than two, else ``None``.
     """
     if classes is not None:
         classes = np.asarray(classes)
@@ -93,41 +122,144 @@ def _rate(x, w):
 
 
 def accuracy(y_true, y_pred, *, sample_weight=None) -> float:
-    """Fraction of correct predictions."""
+    """Fraction of correct predictions.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        The true labels.
+    y_pred : array-like of shape (n_samples,)
+        The predicted labels (hard predictions).
+    sample_weight : array-like of shape (n_samples,), optional
+        Row weights (default: 1 each).
+
+    Returns
+    -------
+    float
+        The (weighted) share of rows with ``y_pred == y_true``; NaN without rows.
+    """
     yt = _arr(y_true)
     yp = _arr(y_pred, yt.shape[0])
     return _mean((yt == yp).astype(np.float64), _w(sample_weight, yt.shape[0]))
 
 
 def selection_rate(y_true, y_pred, *, pos_label=1, sample_weight=None) -> float:
-    """``P(yhat = pos_label)``."""
+    """``P(yhat = pos_label)``.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        The true labels (unused: the rate depends on the predictions only; fairlearn's signature).
+    y_pred : array-like of shape (n_samples,)
+        The predicted labels (hard predictions).
+    pos_label : int or str, default=1
+        The positive class.
+    sample_weight : array-like of shape (n_samples,), optional
+        Row weights (default: 1 each).
+
+    Returns
+    -------
+    float
+        The (weighted) share of rows predicted ``pos_label``.
+    """
     yp = _binary(y_pred, pos_label)
     return _mean(yp, _w(sample_weight, yp.shape[0]))
 
 
 def true_positive_rate(y_true, y_pred, sample_weight=None, pos_label=1) -> float:
-    """``P(yhat = 1 | y = 1)``; 0 without positives (as fairlearn)."""
+    """``P(yhat = 1 | y = 1)``; 0 without positives (as fairlearn).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        The true labels.
+    y_pred : array-like of shape (n_samples,)
+        The predicted labels (hard predictions).
+    sample_weight : array-like of shape (n_samples,), optional
+        Row weights (default: 1 each).
+    pos_label : int or str, default=1
+        The positive class.
+
+    Returns
+    -------
+    float
+        The rate; 0 when ``y_true`` has no positive rows.
+    """
     yt, yp = _binary(y_true, pos_label), _binary(y_pred, pos_label)
     w = _w(sample_weight, yt.shape[0])
     return _rate(yp, w * yt)
 
 
 def false_positive_rate(y_true, y_pred, sample_weight=None, pos_label=1) -> float:
-    """``P(yhat = 1 | y = 0)``; 0 without negatives (as fairlearn)."""
+    """``P(yhat = 1 | y = 0)``; 0 without negatives (as fairlearn).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        The true labels.
+    y_pred : array-like of shape (n_samples,)
+        The predicted labels (hard predictions).
+    sample_weight : array-like of shape (n_samples,), optional
+        Row weights (default: 1 each).
+    pos_label : int or str, default=1
+        The positive class.
+
+    Returns
+    -------
+    float
+        The rate; 0 when ``y_true`` has no negative rows.
+    """
     yt, yp = _binary(y_true, pos_label), _binary(y_pred, pos_label)
     w = _w(sample_weight, yt.shape[0])
     return _rate(yp, w * (1 - yt))
 
 
 def false_negative_rate(y_true, y_pred, sample_weight=None, pos_label=1) -> float:
-    """``P(yhat = 0 | y = 1)``; 0 without positives (as fairlearn, so not ``1 - TPR`` there)."""
+    """``P(yhat = 0 | y = 1)``; 0 without positives (as fairlearn, so not ``1 - TPR`` there).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        The true labels.
+    y_pred : array-like of shape (n_samples,)
+        The predicted labels (hard predictions).
+    sample_weight : array-like of shape (n_samples,), optional
+        Row weights (default: 1 each).
+    pos_label : int or str, default=1
+        The positive class.
+
+    Returns
+    -------
+    float
+        The rate; 0 when ``y_true`` has no positive rows.
+    """
     yt, yp = _binary(y_true, pos_label), _binary(y_pred, pos_label)
     w = _w(sample_weight, yt.shape[0])
     return _rate(1.0 - yp, w * yt)
 
 
 def balanced_accuracy(y_true, y_pred, *, sample_weight=None, pos_label=1, classes=None) -> float:
-    """Mean of TPR and TNR (K classes: the mean recall of the classes present in ``y_true``)."""
+    """Mean of TPR and TNR (K classes: the mean recall of the classes present in ``y_true``).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        The true labels.
+    y_pred : array-like of shape (n_samples,)
+        The predicted labels (hard predictions).
+    sample_weight : array-like of shape (n_samples,), optional
+        Row weights (default: 1 each).
+    pos_label : int or str, default=1
+        The positive class.
+    classes : array-like, optional
+        All class labels (e.g. a head's ``classes_``); more than two make the metric K-class (one-vs-rest,
+        class by class) even on a split that lacks some class.
+
+    Returns
+    -------
+    float
+        The mean recall.
+    """
     labels = multiclass_labels(y_true, y_pred, classes)
     if labels is not None:
         present = [k for k in labels if np.any(np.asarray(y_true).reshape(-1) == k)]
@@ -144,6 +276,25 @@ def roc_auc(y_true, y_score, *, sample_weight=None, pos_label=1, classes=None) -
     K classes (``y_score`` of shape (n, K), columns in ``classes`` order): the mean one-vs-rest
     AUC over the classes present in ``y_true`` with at least one other class (scikit-learn's
     ``multi_class="ovr"``, ``average="macro"``).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        The true labels.
+    y_score : array-like of shape (n_samples,) or (n_samples, n_classes)
+        Scores of the positive class (any monotone score), or per class in ``classes`` order.
+    sample_weight : array-like of shape (n_samples,), optional
+        Row weights (default: 1 each).
+    pos_label : int or str, default=1
+        The positive class.
+    classes : array-like, optional
+        All class labels (e.g. a head's ``classes_``); more than two make the metric K-class (one-vs-rest,
+        class by class) even on a split that lacks some class.
+
+    Returns
+    -------
+    float
+        The AUC in [0, 1]; NaN when ``y_true`` has one class.
     """
     if np.ndim(y_score) == 2:
         labels = np.asarray(classes) if classes is not None else np.unique(np.asarray(y_true))
@@ -181,6 +332,27 @@ def expected_calibration_error(y_true, y_prob, *, n_bins=10, sample_weight=None,
 
     K classes (``y_prob`` of shape (n, K), columns in ``classes`` order): the top-label ECE, the
     confidence ``max_k p_k`` against whether the most probable class is the label.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        The true labels.
+    y_prob : array-like of shape (n_samples,) or (n_samples, n_classes)
+        Probability of the positive class, or of each class in ``classes`` order.
+    n_bins : int, default=10
+        Equal-width probability bins.
+    sample_weight : array-like of shape (n_samples,), optional
+        Row weights (default: 1 each).
+    pos_label : int or str, default=1
+        The positive class.
+    classes : array-like, optional
+        All class labels (e.g. a head's ``classes_``); more than two make the metric K-class (one-vs-rest,
+        class by class) even on a split that lacks some class.
+
+    Returns
+    -------
+    float
+        The ECE in [0, 1].
     """
     if np.ndim(y_prob) == 2:
         prob = np.asarray(y_prob, dtype=np.float64)
@@ -208,7 +380,21 @@ def expected_calibration_error(y_true, y_prob, *, n_bins=10, sample_weight=None,
 
 @dataclass(frozen=True)
 class GroupTable:
-    """Per-group metrics, like fairlearn's MetricFrame: ``overall``, ``by_group``, ``difference()``."""
+    """Per-group metrics, like fairlearn's MetricFrame: ``overall``, ``by_group``, ``difference()``.
+
+    What :func:`by_group` returns.
+
+    Parameters
+    ----------
+    overall : dict
+        Metric name -> value over all rows.
+    by_group : dict
+        Group label -> ``{metric name: value}``.
+    names : tuple of str
+        The metric names, in column order.
+    undefined_by_metric : dict, optional
+        Metric name -> the groups whose conditioning event is empty there (rate reported as 0).
+    """
 
     overall: dict
     by_group: dict  # group label -> {metric: value}
@@ -217,17 +403,43 @@ class GroupTable:
     undefined_by_metric: dict = None
 
     def undefined(self) -> dict:
-        """``{metric: (group, ...)}`` for rates that are undefined in some group (counted as 0)."""
+        """List the rates that are undefined in some group (counted as 0).
+
+        Returns
+        -------
+        dict
+            ``{metric: (group, ...)}``, only metrics with at least one such group.
+        """
         return {k: v for k, v in (self.undefined_by_metric or {}).items() if v}
 
     def difference(self) -> dict:
+        """Compute ``max - min`` over the groups, per metric (NaN groups left out).
+
+        Returns
+        -------
+        dict
+            Metric name -> difference (``count`` left out).
+        """
         return {k: _spread(self.by_group, k, "difference") for k in self.names if k != "count"}
 
     def ratio(self) -> dict:
+        """Compute ``min / max`` over the groups, per metric (NaN when the largest is 0).
+
+        Returns
+        -------
+        dict
+            Metric name -> ratio (``count`` left out).
+        """
         return {k: _spread(self.by_group, k, "ratio") for k in self.names if k != "count"}
 
     def to_frame(self):
-        """A pandas DataFrame indexed by group (pandas imported lazily)."""
+        """Return the table as a pandas DataFrame (pandas imported lazily).
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per group, one column per metric.
+        """
         import pandas as pd
 
         return pd.DataFrame.from_dict(self.by_group, orient="index")[list(self.names)]
@@ -276,6 +488,20 @@ def by_group(y_true, y_pred, *, sensitive_features, y_score=None, sample_weight=
     :math:`\hat y_i = y_i`; a rate whose event is empty in a group is reported as 0 and listed
     by :meth:`GroupTable.undefined`.
 
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        The true labels.
+    y_pred : array-like of shape (n_samples,)
+        The predicted labels (hard predictions).
+    sensitive_features : array-like of shape (n_samples,) or (n_samples, n_attributes), DataFrame or dict
+        The sensitive attributes; several form intersectional groups.
+    y_score : array-like of shape (n_samples,), optional
+        Accepted for the signature of :func:`evaluate`; the table does not use it.
+    sample_weight : array-like of shape (n_samples,), optional
+        Row weights (default: 1 each).
+
+
     Returns
     -------
     GroupTable
@@ -312,6 +538,22 @@ def undefined_rates(y_true, *, sensitive_features, sample_weight=None, classes=N
 
     E.g. ``["true_positive_rate of group 'b' (no y=1 rows; counted as 0)"]``; empty when every
     group has both labels. K classes (``classes`` with more than two): per class, one-vs-rest.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        The true labels.
+    sensitive_features : array-like of shape (n_samples,) or (n_samples, n_attributes), DataFrame or dict
+        The sensitive attributes; several form intersectional groups.
+    sample_weight : array-like of shape (n_samples,), optional
+        Row weights (default: 1 each).
+    classes : array-like, optional
+        All class labels; more than two give per-class notes.
+
+    Returns
+    -------
+    list of str
+        One readable note per undefined rate; empty when there are none.
     """
     labels = multiclass_labels(y_true, None, classes)
     if labels is not None:
@@ -354,7 +596,29 @@ def _per_class(fn, y_true, y_pred, classes, reduce, **kw) -> float | None:
 
 def demographic_parity_difference(y_true, y_pred, *, sensitive_features, method="between_groups",
                                   sample_weight=None, classes=None) -> float:
-    """``max_g P(yhat=1|g) - min_g P(yhat=1|g)`` (K classes: the largest over classes, one-vs-rest)."""
+    """``max_g P(yhat=1|g) - min_g P(yhat=1|g)`` (K classes: the largest over classes, one-vs-rest).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        The true labels.
+    y_pred : array-like of shape (n_samples,)
+        The predicted labels (hard predictions).
+    sensitive_features : array-like of shape (n_samples,) or (n_samples, n_attributes), DataFrame or dict
+        The sensitive attributes; several form intersectional groups.
+    method : {"between_groups", "to_overall"}, default="between_groups"
+        Compare the groups with each other (fairlearn's default), or each group with the overall value.
+    sample_weight : array-like of shape (n_samples,), optional
+        Row weights (default: 1 each).
+    classes : array-like, optional
+        All class labels (e.g. a head's ``classes_``); more than two make the metric K-class (one-vs-rest,
+        class by class) even on a split that lacks some class.
+
+    Returns
+    -------
+    float
+        The difference, in [0, 1].
+    """
     multi = _per_class(demographic_parity_difference, y_true, y_pred, classes, np.max,
                        sensitive_features=sensitive_features, method=method, sample_weight=sample_weight)
     if multi is not None:
@@ -364,7 +628,29 @@ def demographic_parity_difference(y_true, y_pred, *, sensitive_features, method=
 
 def demographic_parity_ratio(y_true, y_pred, *, sensitive_features, method="between_groups", sample_weight=None,
                              classes=None) -> float:
-    """``min_g P(yhat=1|g) / max_g P(yhat=1|g)`` (K classes: the smallest over classes)."""
+    """``min_g P(yhat=1|g) / max_g P(yhat=1|g)`` (K classes: the smallest over classes).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        The true labels.
+    y_pred : array-like of shape (n_samples,)
+        The predicted labels (hard predictions).
+    sensitive_features : array-like of shape (n_samples,) or (n_samples, n_attributes), DataFrame or dict
+        The sensitive attributes; several form intersectional groups.
+    method : {"between_groups", "to_overall"}, default="between_groups"
+        Compare the groups with each other (fairlearn's default), or each group with the overall value.
+    sample_weight : array-like of shape (n_samples,), optional
+        Row weights (default: 1 each).
+    classes : array-like, optional
+        All class labels (e.g. a head's ``classes_``); more than two make the metric K-class (one-vs-rest,
+        class by class) even on a split that lacks some class.
+
+    Returns
+    -------
+    float
+        The ratio, in [0, 1] (NaN when no group selects anyone).
+    """
     multi = _per_class(demographic_parity_ratio, y_true, y_pred, classes, np.min,
                        sensitive_features=sensitive_features, method=method, sample_weight=sample_weight)
     if multi is not None:
@@ -375,7 +661,31 @@ def demographic_parity_ratio(y_true, y_pred, *, sensitive_features, method="betw
 def equalized_odds_difference(y_true, y_pred, *, sensitive_features, method="between_groups", sample_weight=None,
                               agg="worst_case", classes=None) -> float:
     """Larger (``agg="mean"``: mean) of the TPR and FPR differences between groups (K classes:
-    the largest over classes of each class's one-vs-rest value)."""
+    the largest over classes of each class's one-vs-rest value).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        The true labels.
+    y_pred : array-like of shape (n_samples,)
+        The predicted labels (hard predictions).
+    sensitive_features : array-like of shape (n_samples,) or (n_samples, n_attributes), DataFrame or dict
+        The sensitive attributes; several form intersectional groups.
+    method : {"between_groups", "to_overall"}, default="between_groups"
+        Compare the groups with each other (fairlearn's default), or each group with the overall value.
+    sample_weight : array-like of shape (n_samples,), optional
+        Row weights (default: 1 each).
+    agg : {"worst_case", "mean"}, default="worst_case"
+        Combine the TPR and FPR values by the worse of the two or by their mean (fairlearn's ``agg``).
+    classes : array-like, optional
+        All class labels (e.g. a head's ``classes_``); more than two make the metric K-class (one-vs-rest,
+        class by class) even on a split that lacks some class.
+
+    Returns
+    -------
+    float
+        The difference, in [0, 1].
+    """
     multi = _per_class(equalized_odds_difference, y_true, y_pred, classes, np.max,
                        sensitive_features=sensitive_features, method=method, sample_weight=sample_weight, agg=agg)
     if multi is not None:
@@ -390,7 +700,31 @@ def equalized_odds_difference(y_true, y_pred, *, sensitive_features, method="bet
 def equalized_odds_ratio(y_true, y_pred, *, sensitive_features, method="between_groups", sample_weight=None,
                          agg="worst_case", classes=None) -> float:
     """Smaller (``agg="mean"``: mean) of the TPR and FPR ratios between groups (K classes: the
-    smallest over classes)."""
+    smallest over classes).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        The true labels.
+    y_pred : array-like of shape (n_samples,)
+        The predicted labels (hard predictions).
+    sensitive_features : array-like of shape (n_samples,) or (n_samples, n_attributes), DataFrame or dict
+        The sensitive attributes; several form intersectional groups.
+    method : {"between_groups", "to_overall"}, default="between_groups"
+        Compare the groups with each other (fairlearn's default), or each group with the overall value.
+    sample_weight : array-like of shape (n_samples,), optional
+        Row weights (default: 1 each).
+    agg : {"worst_case", "mean"}, default="worst_case"
+        Combine the TPR and FPR values by the worse of the two or by their mean (fairlearn's ``agg``).
+    classes : array-like, optional
+        All class labels (e.g. a head's ``classes_``); more than two make the metric K-class (one-vs-rest,
+        class by class) even on a split that lacks some class.
+
+    Returns
+    -------
+    float
+        The ratio, in [0, 1].
+    """
     multi = _per_class(equalized_odds_ratio, y_true, y_pred, classes, np.min,
                        sensitive_features=sensitive_features, method=method, sample_weight=sample_weight, agg=agg)
     if multi is not None:
@@ -404,7 +738,29 @@ def equalized_odds_ratio(y_true, y_pred, *, sensitive_features, method="between_
 
 def equal_opportunity_difference(y_true, y_pred, *, sensitive_features, method="between_groups",
                                  sample_weight=None, classes=None) -> float:
-    """``max_g TPR_g - min_g TPR_g`` (K classes: the largest over classes, one-vs-rest)."""
+    """``max_g TPR_g - min_g TPR_g`` (K classes: the largest over classes, one-vs-rest).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        The true labels.
+    y_pred : array-like of shape (n_samples,)
+        The predicted labels (hard predictions).
+    sensitive_features : array-like of shape (n_samples,) or (n_samples, n_attributes), DataFrame or dict
+        The sensitive attributes; several form intersectional groups.
+    method : {"between_groups", "to_overall"}, default="between_groups"
+        Compare the groups with each other (fairlearn's default), or each group with the overall value.
+    sample_weight : array-like of shape (n_samples,), optional
+        Row weights (default: 1 each).
+    classes : array-like, optional
+        All class labels (e.g. a head's ``classes_``); more than two make the metric K-class (one-vs-rest,
+        class by class) even on a split that lacks some class.
+
+    Returns
+    -------
+    float
+        The difference, in [0, 1].
+    """
     multi = _per_class(equal_opportunity_difference, y_true, y_pred, classes, np.max,
                        sensitive_features=sensitive_features, method=method, sample_weight=sample_weight)
     if multi is not None:
@@ -414,7 +770,29 @@ def equal_opportunity_difference(y_true, y_pred, *, sensitive_features, method="
 
 def equal_opportunity_ratio(y_true, y_pred, *, sensitive_features, method="between_groups", sample_weight=None,
                             classes=None) -> float:
-    """``min_g TPR_g / max_g TPR_g`` (K classes: the smallest over classes)."""
+    """``min_g TPR_g / max_g TPR_g`` (K classes: the smallest over classes).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        The true labels.
+    y_pred : array-like of shape (n_samples,)
+        The predicted labels (hard predictions).
+    sensitive_features : array-like of shape (n_samples,) or (n_samples, n_attributes), DataFrame or dict
+        The sensitive attributes; several form intersectional groups.
+    method : {"between_groups", "to_overall"}, default="between_groups"
+        Compare the groups with each other (fairlearn's default), or each group with the overall value.
+    sample_weight : array-like of shape (n_samples,), optional
+        Row weights (default: 1 each).
+    classes : array-like, optional
+        All class labels (e.g. a head's ``classes_``); more than two make the metric K-class (one-vs-rest,
+        class by class) even on a split that lacks some class.
+
+    Returns
+    -------
+    float
+        The ratio, in [0, 1].
+    """
     multi = _per_class(equal_opportunity_ratio, y_true, y_pred, classes, np.min,
                        sensitive_features=sensitive_features, method=method, sample_weight=sample_weight)
     if multi is not None:
@@ -424,7 +802,26 @@ def equal_opportunity_ratio(y_true, y_pred, *, sensitive_features, method="betwe
 
 def accuracy_equality_difference(y_true, y_pred, *, sensitive_features, method="between_groups",
                                  sample_weight=None) -> float:
-    """``max_g acc_g - min_g acc_g`` (equals the error-rate difference)."""
+    """``max_g acc_g - min_g acc_g`` (equals the error-rate difference).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        The true labels.
+    y_pred : array-like of shape (n_samples,)
+        The predicted labels (hard predictions).
+    sensitive_features : array-like of shape (n_samples,) or (n_samples, n_attributes), DataFrame or dict
+        The sensitive attributes; several form intersectional groups.
+    method : {"between_groups", "to_overall"}, default="between_groups"
+        Compare the groups with each other (fairlearn's default), or each group with the overall value.
+    sample_weight : array-like of shape (n_samples,), optional
+        Row weights (default: 1 each).
+
+    Returns
+    -------
+    float
+        The difference, in [0, 1].
+    """
     return _between(y_true, y_pred, sensitive_features, sample_weight, ("accuracy",), "difference", method)
 
 
@@ -437,6 +834,22 @@ def worst_group_accuracy(y_true, y_pred, *, sensitive_features, sample_weight=No
     .. math:: \\mathrm{MMF} = \\min_g P(\\hat y = y \\mid g)
 
     See :func:`worst_cell_accuracy` for the smallest over (label, group) cells.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        The true labels.
+    y_pred : array-like of shape (n_samples,)
+        The predicted labels (hard predictions).
+    sensitive_features : array-like of shape (n_samples,) or (n_samples, n_attributes), DataFrame or dict
+        The sensitive attributes; several form intersectional groups.
+    sample_weight : array-like of shape (n_samples,), optional
+        Row weights (default: 1 each).
+
+    Returns
+    -------
+    float
+        The smallest group accuracy.
     """
     t = by_group(y_true, y_pred, sensitive_features=sensitive_features, sample_weight=sample_weight)
     return float(min(row["accuracy"] for row in t.by_group.values()))
@@ -447,7 +860,24 @@ max_min_fairness = worst_group_accuracy
 
 def worst_cell_accuracy(y_true, y_pred, *, sensitive_features, sample_weight=None) -> float:
     """Smallest accuracy over the (label, group) cells (worst-group accuracy in the
-    group-robustness sense, e.g. Waterbirds' four cells); at most :func:`worst_group_accuracy`."""
+    group-robustness sense, e.g. Waterbirds' four cells); at most :func:`worst_group_accuracy`.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        The true labels.
+    y_pred : array-like of shape (n_samples,)
+        The predicted labels (hard predictions).
+    sensitive_features : array-like of shape (n_samples,) or (n_samples, n_attributes), DataFrame or dict
+        The sensitive attributes; several form intersectional groups.
+    sample_weight : array-like of shape (n_samples,), optional
+        Row weights (default: 1 each).
+
+    Returns
+    -------
+    float
+        The smallest cell accuracy.
+    """
     yt = _arr(y_true)
     yp = _arr(y_pred, yt.shape[0])
     w = _w(sample_weight, yt.shape[0])
@@ -485,7 +915,27 @@ def per_class_differences(y_true, y_pred, *, sensitive_features, sample_weight=N
     """Each class's one-vs-rest between-groups differences (fairlearn's binary metrics on
     ``y_true == k`` and ``y_pred == k``): ``{class: {"demographic_parity_difference": ...,
     "equal_opportunity_difference": ..., "equalized_odds_difference": ...}}``. The K-class
-    metrics of this module are the largest of these over the classes."""
+    metrics of this module are the largest of these over the classes.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        The true labels.
+    y_pred : array-like of shape (n_samples,)
+        The predicted labels (hard predictions).
+    sensitive_features : array-like of shape (n_samples,) or (n_samples, n_attributes), DataFrame or dict
+        The sensitive attributes; several form intersectional groups.
+    sample_weight : array-like of shape (n_samples,), optional
+        Row weights (default: 1 each).
+    classes : array-like, optional
+        All class labels (e.g. a head's ``classes_``); more than two make the metric K-class (one-vs-rest,
+        class by class) even on a split that lacks some class.
+
+    Returns
+    -------
+    dict
+        Class label -> ``{metric name: value}``.
+    """
     labels = multiclass_labels(y_true, y_pred, classes)
     if labels is None:
         labels = np.asarray(classes) if classes is not None else np.union1d(np.unique(y_true), np.unique(y_pred))
@@ -509,6 +959,29 @@ def evaluate(y_true, y_pred, *, sensitive_features, y_score=None, sample_weight=
     ``classes`` so that a split missing a class is still read as K-class): the parity metrics
     are the largest over classes, one-vs-rest, ``y_score`` is the (n, K) probabilities in
     ``classes`` order, and ``selection_rate`` (a binary notion) is left out.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        The true labels.
+    y_pred : array-like of shape (n_samples,)
+        The predicted labels (hard predictions).
+    sensitive_features : array-like of shape (n_samples,) or (n_samples, n_attributes), DataFrame or dict
+        The sensitive attributes; several form intersectional groups.
+    y_score : array-like of shape (n_samples,) or (n_samples, n_classes), optional
+        Probability of class 1 or a decision score (K classes: the probabilities); adds ``roc_auc`` and, for
+        values in [0, 1], ``expected_calibration_error``.
+    sample_weight : array-like of shape (n_samples,), optional
+        Row weights (default: 1 each).
+    classes : array-like, optional
+        All class labels (e.g. a head's ``classes_``); more than two make the metric K-class (one-vs-rest,
+        class by class) even on a split that lacks some class.
+
+    Returns
+    -------
+    dict
+        Metric name -> value: accuracy, balanced accuracy, selection rate (binary), the parity differences and
+        ratios, worst-group and worst-cell accuracy, and with ``y_score`` the ROC AUC and calibration error.
     """
     labels = multiclass_labels(y_true, y_pred, classes)
     kw = dict(sensitive_features=sensitive_features, sample_weight=sample_weight)

@@ -307,7 +307,18 @@ class RowChunks:
 
     # ------------------------------------------------------------------ derived views
     def with_budget(self, max_memory) -> "RowChunks":
-        """The same rows under another budget."""
+        """The same rows under another budget.
+
+        Parameters
+        ----------
+        max_memory : int or str
+            The new budget of a pass: bytes, or ``"2GB"``, ``"512MiB"``.
+
+        Returns
+        -------
+        RowChunks
+            A new view of the same rows (a finished non-finite check carries over).
+        """
         src = self._array if self._path is None else self._path
         out = RowChunks(src, self._rows, dataset=self._key, max_memory=max_memory)
         out._nonfinite = self._nonfinite  # the rows are the same: a finished check holds
@@ -315,6 +326,7 @@ class RowChunks:
 
     @property
     def n_chunks(self) -> int:
+        """Reads per pass over the rows."""
         return len(self._plan)
 
     def __len__(self) -> int:
@@ -326,7 +338,13 @@ class RowChunks:
                 f"{self.n_chunks} chunks of <= {self.chunk_rows} rows, budget {format_memory(self.budget)})")
 
     def describe(self) -> str:
-        """The certificate's note: what one pass reads and under which budget."""
+        """The certificate's note: what one pass reads and under which budget.
+
+        Returns
+        -------
+        str
+            One line: chunks, rows per chunk, shape, dtype, how rows are read, the budget.
+        """
         how = "memory-mapped" if self.mapped else "HDF5 reads"
         return (f"out-of-core: streamed {self.n_chunks} chunk(s) of at most {self.chunk_rows} rows per pass over "
                 f"{self.shape[0]} x {self.shape[1]} {self.dtype.name} ({how}, budget {format_memory(self.budget)})")
@@ -354,8 +372,17 @@ class RowChunks:
             yield f[self._key]
 
     def spans(self):
-        """``(start, rows, positions)`` per read: the file rows as read (or mapped), the positions of
-        the wanted ones among them (``None``: all) and the index of the first wanted one."""
+        """Iterate over the reads of one pass, in file order.
+
+        Yields
+        ------
+        start : int
+            The index (among the selected rows) of the first wanted row of this read.
+        rows : numpy.ndarray of shape (n_read, n_features)
+            The file rows as read (or mapped); a buffer the next read may overwrite.
+        positions : numpy.ndarray of int or None
+            The positions of the wanted rows among ``rows`` (``None``: all of them).
+        """
         d, start = self.shape[1], 0
         if self._runs:
             firsts = np.array([first for first, _, _ in self._runs], dtype=np.int64)
@@ -385,13 +412,21 @@ class RowChunks:
         return bool(self._runs)
 
     def blocks(self):
-        """``(start, block)`` over blocks of :attr:`block_rows` selected rows (the last may be shorter),
-        the same blocks :func:`array_blocks` cuts from the rows in memory.
+        """Iterate over blocks of ``block_rows`` selected rows, the blocks the in-memory rows give.
 
-        Whole blocks of a read that keeps all its rows are views of the chunk; a split's
-        scattered rows are picked straight into the block buffer (one copy of each row: picking
-        them into a chunk-sized array first, then into the block, cost a second copy of every
-        row, about a quarter of a streamed pass)."""
+        The last block may be shorter; the blocks are those :func:`array_blocks` cuts from the
+        rows in memory. Whole blocks of a read that keeps all its rows are views of the chunk; a
+        split's scattered rows are picked straight into the block buffer (one copy of each row:
+        picking them into a chunk-sized array first, then into the block, cost a second copy of
+        every row, about a quarter of a streamed pass).
+
+        Yields
+        ------
+        start : int
+            The index of the block's first row among the selected rows.
+        block : numpy.ndarray of shape (n_block, n_features)
+            The rows, in the stored dtype; a buffer the next block may overwrite.
+        """
         B, d = self.block_rows, self.shape[1]
         buf, fill, start = None, 0, 0
         for _, part, pos in self.spans():
@@ -422,17 +457,49 @@ class RowChunks:
     # every row and every block of this X is here: nothing to combine (a RowShard, one rank's
     # rows of a data-parallel fit, overrides both)
     def gather_rows(self, out):
-        """``out`` as is (see :func:`gather_rows`)."""
+        """Combine a pass's per-row results: here ``out`` as is (see :func:`gather_rows`).
+
+        Every row is in this X, so there is nothing to combine (a :class:`RowShard` overrides it).
+
+        Parameters
+        ----------
+        out : numpy.ndarray
+            The per-row results of a pass.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``out``.
+        """
         return out
 
     def sum_blocks(self, parts, out):
-        """The blocks' partial results summed in order into ``out`` (see :func:`sum_blocks`)."""
+        """Sum the blocks' partial results in block order into ``out`` (see :func:`sum_blocks`).
+
+        Parameters
+        ----------
+        parts : iterable of (int, numpy.ndarray)
+            ``(start, partial result)`` per block, in block order.
+        out : numpy.ndarray
+            The accumulator (float64), added to in place.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``out``, the fixed-order float64 sum (the same bits whatever the chunking).
+        """
         for _, p in parts:
             out += p
         return out
 
     def first_nonfinite(self) -> int | None:
-        """Position of the first row with a NaN or infinite feature, or ``None`` (one pass, remembered)."""
+        """Find the first row with a NaN or infinite feature (one pass, remembered).
+
+        Returns
+        -------
+        int or None
+            Its position among the selected rows, or ``None`` when every feature is finite.
+        """
         if self._nonfinite == ():
             self._nonfinite = None
             for s, blk in self.blocks():

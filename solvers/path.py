@@ -165,16 +165,6 @@ def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_he
     A generator, so a caller can record each head as soon as it is solved (``fairhead
     sweep`` writes its progress file this way and resumes after an interruption).
 
-    Parameters
-    ----------
-    X, y, sensitive_features, sample_weight : as in :meth:`FairLogisticRegression.fit`.
-    eps_grid : sequence of float
-    init_head : FairLogisticRegression, optional
-        A head already fitted on the same data (``fairhead sweep`` passes the unconstrained
-        one): the first point starts from its coefficients instead of from scratch, so a bound
-        that head already meets costs one check instead of a refit.
-    **estimator_params : parameters of :class:`FairLogisticRegression` (``eps`` is ignored).
-
     Rate constraints: feasibility is monotone along the path. A head that meets a bound meets
     every looser one, so a head whose search misses its bound is replaced by the best head of
     the path (least weighted error on the fit split) that meets it, whether solved before or
@@ -183,10 +173,31 @@ def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_he
     of a tighter bound taking its place) needs the whole path, so :func:`fit_path` and
     ``fairhead sweep`` apply :func:`monotone_front` once every head is solved.
 
+    Parameters
+    ----------
+    X, y, sensitive_features, sample_weight : as in :meth:`FairLogisticRegression.fit`.
+    eps_grid : sequence of float
+        The bounds, fitted in the given order (loosest first is fastest: warm starts).
+    init_head : FairLogisticRegression, optional
+        A head already fitted on the same data (``fairhead sweep`` passes the unconstrained
+        one): the first point starts from its coefficients instead of from scratch, so a bound
+        that head already meets costs one check instead of a refit.
+    **estimator_params : parameters of :class:`FairLogisticRegression` (``eps`` is ignored).
+
     Yields
     ------
     FairLogisticRegression
         Fitted heads, one per ``eps`` (each with its own ``certificate_``).
+
+    Examples
+    --------
+    >>> from solvers import iter_path
+    >>> from solvers.synthetic import make_fair_classification
+    >>> X, y, a = make_fair_classification(300, 4, seed=0)
+    >>> for head in iter_path(X, y, sensitive_features=a, eps_grid=[0.2, 0.05], constraint="dp-score"):
+    ...     print(head.eps, head.certificate_.max_violation <= 1e-6)
+    0.2 True
+    0.05 True
     """
     estimator_params.pop("eps", None)
     base = FairLogisticRegression(**estimator_params)

@@ -116,7 +116,39 @@ def save_head(estimator, path, *, cache_fingerprint=None, extra=None) -> Path:
 
     The write is atomic (a temporary file beside ``path``, fsynced, then renamed over it), so
     a kill or a full disk leaves the previous head intact. An existing file that is not a head
-    is never replaced (see :func:`check_head_path`).
+    is never replaced (see :func:`check_head_path`). Heads are never pickled.
+
+    Parameters
+    ----------
+    estimator : FairLogisticRegression
+        A fitted head (binary or K classes).
+    path : str or os.PathLike
+        ``*.json`` (readable text) or ``*.npz``; its folder must exist.
+    cache_fingerprint : str, optional
+        The fingerprint of the cache the head was fitted on (``Cache.fingerprint``); the loaded
+        head carries it as ``cache_fingerprint_``, so that later commands can check that heads
+        come from the same data.
+    extra : dict, optional
+        JSON-able provenance stored with the head; the loaded head carries it as ``extra_``.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import numpy as np
+    >>> from solvers import FairLogisticRegression, load_head, save_head
+    >>> from solvers.synthetic import make_fair_classification
+    >>> X, y, a = make_fair_classification(300, 4, seed=0)
+    >>> head = FairLogisticRegression(constraint="dp-score", eps=0.05).fit(X, y, sensitive_features=a)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = save_head(head, pathlib.Path(folder) / "head.json")
+    ...     again = load_head(path)
+    >>> path.name, np.array_equal(again.coef_, head.coef_), again.certificate_ == head.certificate_
+    ('head.json', True, True)
     """
     path = check_head_path(path)
     suffix = path.suffix.lower()
@@ -268,6 +300,29 @@ def load_head(path):
     Every field a prediction depends on is checked (finite coefficients of the stated
     dimension, one row per class for K > 2 classes, valid parameters, one constraint throughout); a damaged or
     hand-edited file raises a one-line :class:`DataError`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``*.json`` or ``*.npz`` head file.
+
+    Returns
+    -------
+    FairLogisticRegression
+        The head, fitted: the same coefficients, parameters, classes and certificate as the
+        one saved, so it predicts bit for bit the same.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from solvers import FairLogisticRegression, load_head, save_head
+    >>> from solvers.synthetic import make_fair_classification
+    >>> X, y, a = make_fair_classification(300, 4, seed=0)
+    >>> head = FairLogisticRegression().fit(X, y)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     again = load_head(save_head(head, pathlib.Path(folder) / "head.npz"))
+    >>> bool((again.predict(X) == head.predict(X)).all()), again.constraint
+    (True, None)
     """
     from .estimator import FairLogisticRegression
 

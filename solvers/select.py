@@ -292,6 +292,20 @@ def select_head(heads, X, y, sensitive_features, *, target, confidence: float = 
     -------
     Selection : ``selected`` (an index into ``heads``, or None when abstaining), every head's
         bound, the per-group counts and a one-line ``explanation``.
+
+    Examples
+    --------
+    Fit a path of rate heads on one half, certify on the other:
+
+    >>> from solvers import fit_path, select_head
+    >>> from solvers.synthetic import make_fair_classification
+    >>> X, y, a = make_fair_classification(4000, 4, seed=0)
+    >>> heads = fit_path(X[:2000], y[:2000], sensitive_features=a[:2000], eps_grid=[0.2, 0.1, 0.02], constraint="dp")
+    >>> choice = select_head(heads, X[2000:], y[2000:], a[2000:], target="dp<=0.1", confidence=0.9)
+    >>> choice.abstained, heads[choice.selected].eps
+    (False, 0.02)
+    >>> choice.explanation  # doctest: +ELLIPSIS
+    'selected #2 dp eps=0.02: accuracy ... certified <= ... <= 0.1 at confidence 0.9 ...'
     """
     gap, value = parse_target(target)
     conf = check_confidence(confidence)

@@ -120,6 +120,9 @@ MSG_BAD_IMAGE = (
 class Source(Protocol):
     """What the extractor needs from a dataset.
 
+    A protocol: any object with these attributes and methods is a source (the classes here
+    derive from ``TableSource``, which checks the table once).
+
     Attributes
     ----------
     ids : numpy.ndarray of str
@@ -134,6 +137,12 @@ class Source(Protocol):
         ``name -> (int64 codes, tuple of category names)``.
     splits : numpy.ndarray of str
         Split name of each row (``"train"``, ``"valid"``, ``"test"``, ...).
+
+    Examples
+    --------
+    >>> from embedcache import Source, SyntheticSource
+    >>> isinstance(SyntheticSource(12, seed=0), Source)
+    True
     """
 
     ids: np.ndarray
@@ -145,11 +154,37 @@ class Source(Protocol):
 
     def __len__(self) -> int: ...
 
-    def load_image(self, i: int) -> Image.Image: ...
+    def load_image(self, i: int) -> Image.Image:
+        """Load row ``i`` as an RGB image.
 
-    def fingerprint(self) -> str: ...
+        Parameters
+        ----------
+        i : int
+            The row, ``0 <= i < len(self)``.
 
-    def describe(self) -> dict[str, Any]: ...
+        Returns
+        -------
+        PIL.Image.Image
+            An RGB image.
+        """
+
+    def fingerprint(self) -> str:
+        """Hash what decides the rows (ids, labels, sensitive attributes, splits).
+
+        Returns
+        -------
+        str
+            A hex sha256; a cache records it and refuses to mix two datasets.
+        """
+
+    def describe(self) -> dict[str, Any]:
+        """Describe the source for the cache's provenance.
+
+        Returns
+        -------
+        dict
+            JSON-able.
+        """
 
 
 class TableSource:
@@ -226,7 +261,13 @@ class TableSource:
         return {}
 
     def fingerprint(self) -> str:
-        """sha256 over ids, labels, sensitive attributes and splits (hex)."""
+        """Hash the table: ids, labels, sensitive attributes and splits (plus a subclass's extra).
+
+        Returns
+        -------
+        str
+            The hex sha256 (the cache's dataset fingerprint).
+        """
         return table_fingerprint(
             ids=self.ids,
             labels=self.labels,

@@ -71,6 +71,23 @@ class ManifestSource(TableSource):
         by a stable hash of the sample id.
     id_col : str, optional
         Column of unique sample ids; defaults to the image path.
+
+    Examples
+    --------
+    A manifest of generated images (:func:`embedcache.write_synthetic_dataset` writes one):
+
+    >>> import tempfile, pathlib
+    >>> from embedcache import ManifestSource, write_synthetic_dataset
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> csv = write_synthetic_dataset(pathlib.Path(tmp.name) / "shapes", n=12, seed=0, image_size=16)
+    >>> csv.read_text().splitlines()[:2]
+    ['path,id,shape,background,split', 'images/syn0-000000.png,syn0-000000,square,blue,train']
+    >>> src = ManifestSource(csv, label_col="shape", sensitive_cols=["background"], split_col="split", id_col="id")
+    >>> src
+    ManifestSource(12 rows, label 'shape', sensitive ['background'])
+    >>> src.label_categories, src.load_image(0).size
+    (('circle', 'square'), (16, 16))
+    >>> tmp.cleanup()
     """
 
     def __init__(
@@ -182,13 +199,42 @@ class ManifestSource(TableSource):
         return Path(os.path.relpath(full, root)).as_posix()
 
     def load_image(self, i: int, *, draft_size: int | None = None) -> Image.Image:
-        """Decode row ``i`` as an RGB image."""
+        """Decode row ``i`` as an RGB image.
+
+        Parameters
+        ----------
+        i : int
+            The row, ``0 <= i < len(self)``.
+        draft_size : int, optional
+            A JPEG may be decoded at a reduced scale, still at least this many pixels
+            a side (the extractor passes its crop size); other formats ignore it.
+
+        Returns
+        -------
+        PIL.Image.Image
+            An RGB image.
+        """
         return open_rgb(self.root / self.relative_paths[i], where=self._where, draft_size=draft_size)
 
     def image_paths(self) -> list[Path]:
+        """List the image files, checked before an extraction starts.
+
+        Returns
+        -------
+        list of pathlib.Path
+            One file per row.
+        """
         return [self.root / p for p in self.relative_paths]
 
     def describe(self) -> dict[str, Any]:
+        """Describe the source for the cache's provenance.
+
+        Returns
+        -------
+        dict
+            JSON-able: the kind of source and what decides its rows (the CSV, its sha256, the root
+            and the columns used).
+        """
         return {
             "kind": "manifest",
             "csv": str(self.csv_path.resolve()),

@@ -63,6 +63,17 @@ class SyntheticSource(TableSource):
         Standard deviation of the per-pixel noise (0-255 scale).
     split_fractions : tuple of float, default (0.6, 0.2, 0.2)
         Train/valid/test fractions; the splits are contiguous blocks of rows.
+
+    Examples
+    --------
+    >>> from embedcache import SyntheticSource
+    >>> src = SyntheticSource(12, seed=0, image_size=16)
+    >>> src
+    SyntheticSource(12 rows, label 'shape', sensitive ['background'])
+    >>> src.label_categories, src.sensitive["background"][1], list(src.splits).count("train")
+    (('circle', 'square'), ('blue', 'orange'), 7)
+    >>> src.load_image(3).size
+    (16, 16)
     """
 
     def __init__(
@@ -124,7 +135,20 @@ class SyntheticSource(TableSource):
         return {"generator": GENERATOR_VERSION, **self.params}
 
     def load_image(self, i: int, *, draft_size: int | None = None) -> Image.Image:
-        """Render row ``i`` (independent of every other row)."""
+        """Render row ``i`` (independent of every other row).
+
+        Parameters
+        ----------
+        i : int
+            The row, ``0 <= i < len(self)``.
+        draft_size : int, optional
+            Accepted for the extractor's interface; the image is rendered at ``image_size``.
+
+        Returns
+        -------
+        PIL.Image.Image
+            An RGB image.
+        """
         p = self.params
         pixels = render_shape(
             label=int(self.labels[i]),
@@ -137,6 +161,13 @@ class SyntheticSource(TableSource):
         return Image.fromarray(pixels, mode="RGB")
 
     def describe(self) -> dict[str, Any]:
+        """Describe the source for the cache's provenance.
+
+        Returns
+        -------
+        dict
+            JSON-able: the kind of source and what decides its rows (the generator version and every parameter).
+        """
         return {"kind": "synthetic", "generator": GENERATOR_VERSION, **self.params}
 
 
@@ -184,6 +215,8 @@ def write_synthetic_dataset(out_dir, *, image_format: str = "png", jpeg_quality:
         Folder to write into (created). Images go to ``images/``.
     image_format : {"png", "jpeg"}
         PNG keeps pixels exact; JPEG is closer to real photo datasets.
+    jpeg_quality : int, default 95
+        JPEG quality (``image_format="jpeg"`` only).
     **synthetic_params
         Passed to :class:`SyntheticSource`.
 
@@ -193,6 +226,16 @@ def write_synthetic_dataset(out_dir, *, image_format: str = "png", jpeg_quality:
         The manifest, with columns ``path, id, shape, background, split``;
         read it with ``ManifestSource(path, label_col="shape",
         sensitive_cols=["background"], split_col="split", id_col="id")``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from embedcache import write_synthetic_dataset
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> csv = write_synthetic_dataset(pathlib.Path(tmp.name) / "shapes", n=12, seed=0, image_size=16)
+    >>> csv.name, len(list((csv.parent / "images").iterdir()))
+    ('manifest.csv', 12)
+    >>> tmp.cleanup()
     """
     from embedcache.store.writer import atomic_write_text, commit_file
 

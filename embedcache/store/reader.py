@@ -63,16 +63,40 @@ READ_BLOCK_ROWS = schema.CHUNK_ROWS * 64
 
 @dataclass
 class CacheData:
-    """Rows of a cache, as numpy arrays or torch tensors.
+    """Rows of a cache, as numpy arrays or torch tensors (what :meth:`Cache.load` returns).
 
-    Attributes
+    Parameters
     ----------
-    features : (n, D) array or tensor
+    features : (n, D) array or tensor, or None
+        The feature vectors (None when loaded with ``features=False``).
     labels : (n,) int64 array or tensor
-    sensitive : dict name -> (n,) int64 codes
+        Label codes; :attr:`Cache.label_categories` names them.
+    sensitive : dict
+        Attribute name -> (n,) int64 codes; :meth:`Cache.categories` names them.
     sample_ids : (n,) numpy array of str
-    split : (n,) numpy array of str (the split of each row)
-    rows : (n,) numpy int64 array, the row numbers in the cache
+        The sample ids.
+    split : (n,) numpy array of str
+        The split of each row.
+    rows : (n,) numpy int64 array
+        The row numbers in the cache.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import numpy as np, pandas as pd
+    >>> import embedcache
+    >>> tmp = tempfile.TemporaryDirectory(); folder = pathlib.Path(tmp.name)
+    >>> rng = np.random.default_rng(0)
+    >>> pd.DataFrame({"f0": rng.normal(size=40), "f1": rng.normal(size=40), "y": rng.integers(0, 2, 40),
+    ...               "sex": rng.choice(["f", "m"], 40), "split": ["train"] * 30 + ["test"] * 10}
+    ...              ).to_csv(folder / "table.csv", index=False)
+    >>> path = embedcache.import_table(folder / "table.csv", label="y", sensitive="sex", split="split",
+    ...                                out=folder / "table.h5", progress=False)
+    >>> with embedcache.open(path) as cache:
+    ...     train = cache.load("train")
+    >>> len(train), train.features.shape, train.features.dtype.name, sorted(train.sensitive)
+    (30, (30, 2), 'float32', ['sex'])
+    >>> tmp.cleanup()
     """
 
     features: Any
@@ -90,13 +114,45 @@ class CacheData:
 class CountTable:
     """Counts by split x group x label; a group is one combination of all sensitive attributes.
 
-    Attributes
+    From :meth:`Cache.count_table`; its ``str`` is a printable table (below).
+
+    Parameters
     ----------
     splits : list of str
-    groups : list of str, e.g. ``"Male=yes"`` or ``"Male=yes, Young=no"``
+        The split names, in stored order.
+    groups : list of str
+        The groups, e.g. ``"Male=yes"`` or ``"Male=yes, Young=no"``.
     label_name : str
+        The label's name.
     label_categories : list of str
+        The label's category names.
     counts : numpy.ndarray, shape (len(splits), len(groups), len(label_categories))
+        The number of rows in each cell.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import numpy as np, pandas as pd
+    >>> import embedcache
+    >>> tmp = tempfile.TemporaryDirectory(); folder = pathlib.Path(tmp.name)
+    >>> rng = np.random.default_rng(0)
+    >>> pd.DataFrame({"f0": rng.normal(size=40), "f1": rng.normal(size=40), "y": rng.integers(0, 2, 40),
+    ...               "sex": rng.choice(["f", "m"], 40), "split": ["train"] * 30 + ["test"] * 10}
+    ...              ).to_csv(folder / "table.csv", index=False)
+    >>> path = embedcache.import_table(folder / "table.csv", label="y", sensitive="sex", split="split",
+    ...                                out=folder / "table.h5", progress=False)
+    >>> with embedcache.open(path) as cache:
+    ...     print(cache.count_table())
+    split  group  y=0  y=1  total
+    -----  -----  ---  ---  -----
+    train  sex=f    6    6     12
+           sex=m    7   11     18
+           all     13   17     30
+    test   sex=f    4    3      7
+           sex=m    2    1      3
+           all      6    4     10
+    all    all     19   21     40
+    >>> tmp.cleanup()
     """
 
     splits: list[str]
@@ -106,7 +162,13 @@ class CountTable:
     counts: np.ndarray
 
     def rows(self) -> list[dict[str, Any]]:
-        """One dict per (split, group, label) cell, zero counts included."""
+        """List the cells, zero counts included.
+
+        Returns
+        -------
+        list of dict
+            One ``{"split", "group", "label", "count"}`` per (split, group, label) cell.
+        """
         return [
             {"split": s, "group": g, "label": lab, "count": int(self.counts[i, j, k])}
             for i, s in enumerate(self.splits)
@@ -115,6 +177,13 @@ class CountTable:
         ]
 
     def to_dict(self) -> dict[str, Any]:
+        """Return the table as a JSON-able dict.
+
+        Returns
+        -------
+        dict
+            The fields, ``counts`` as nested lists.
+        """
         return {
             "splits": self.splits,
             "groups": self.groups,
@@ -146,7 +215,35 @@ class CountTable:
 
 
 def open_cache(path) -> "Cache":
-    """Open and check a cache file (see :class:`Cache`)."""
+    """Open and check a cache file (``embedcache.open``); see :class:`Cache`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A cache written by :func:`embedcache.extract` or :func:`embedcache.import_table`.
+
+    Returns
+    -------
+    Cache
+        The open cache; use it as a context manager (or call ``close``).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import numpy as np, pandas as pd
+    >>> import embedcache
+    >>> tmp = tempfile.TemporaryDirectory(); folder = pathlib.Path(tmp.name)
+    >>> rng = np.random.default_rng(0)
+    >>> pd.DataFrame({"f0": rng.normal(size=40), "f1": rng.normal(size=40), "y": rng.integers(0, 2, 40),
+    ...               "sex": rng.choice(["f", "m"], 40), "split": ["train"] * 30 + ["test"] * 10}
+    ...              ).to_csv(folder / "table.csv", index=False)
+    >>> path = embedcache.import_table(folder / "table.csv", label="y", sensitive="sex", split="split",
+    ...                                out=folder / "table.h5", progress=False)
+    >>> with embedcache.open(path) as cache:
+    ...     print(cache.n_rows, cache.splits, cache.label_name, cache.categories("sex"))
+    40 ['train', 'test'] y ['f', 'm']
+    >>> tmp.cleanup()
+    """
     return Cache(path)
 
 
@@ -157,6 +254,42 @@ class Cache:
     file, a file that is not HDF5 or is truncated, another HDF5 file, a newer
     major format version, an incomplete cache (``complete`` false, or a journal
     of an unfinished extraction beside it) and inconsistent row counts.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The cache file.
+    ignore_journal : bool, default False
+        Open a cache even with the journal of an unfinished extraction beside it (the
+        extractor does, to check whether a finished cache is the one its journal was building).
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The cache file.
+    n_rows : int
+        Rows in the cache.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import numpy as np, pandas as pd
+    >>> import embedcache
+    >>> tmp = tempfile.TemporaryDirectory(); folder = pathlib.Path(tmp.name)
+    >>> rng = np.random.default_rng(0)
+    >>> pd.DataFrame({"f0": rng.normal(size=40), "f1": rng.normal(size=40), "y": rng.integers(0, 2, 40),
+    ...               "sex": rng.choice(["f", "m"], 40), "split": ["train"] * 30 + ["test"] * 10}
+    ...              ).to_csv(folder / "table.csv", index=False)
+    >>> path = embedcache.import_table(folder / "table.csv", label="y", sensitive="sex", split="split",
+    ...                                out=folder / "table.h5", progress=False)
+    >>> with embedcache.open(path) as cache:
+    ...     test = cache.load("test")
+    ...     names = cache.categories("sex")
+    ...     print(cache.feature_dim, cache.feature_dtype, cache.feature_columns, len(test))
+    2 float32 ['f0', 'f1'] 10
+    >>> [names[code] for code in test.sensitive["sex"][:4]]
+    ['f', 'f', 'f', 'm']
+    >>> tmp.cleanup()
     """
 
     def __init__(self, path, *, ignore_journal: bool = False) -> None:
@@ -203,6 +336,7 @@ class Cache:
 
     # --- context manager --------------------------------------------------------------
     def close(self) -> None:
+        """Close the file (again is a no-op); the cache is unusable afterwards."""
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -226,14 +360,27 @@ class Cache:
     # --- metadata -------------------------------------------------------------------------
     @property
     def feature_dim(self) -> int:
+        """Width D of the feature vectors."""
         return int(self._f[schema.FEATURES].shape[1])
 
     def read_features(self, rows: np.ndarray) -> np.ndarray:
-        """The features of the given sorted row numbers (a share of a split, say), read alone."""
+        """Read the features of some rows alone (a share of a split, say).
+
+        Parameters
+        ----------
+        rows : array-like of int
+            Sorted row numbers of the cache (:meth:`rows_of` gives a split's).
+
+        Returns
+        -------
+        numpy.ndarray of shape (len(rows), D)
+            The features, in the stored dtype.
+        """
         return read_rows(self._f[schema.FEATURES], np.asarray(rows, dtype=np.int64))
 
     @property
     def feature_dtype(self) -> str:
+        """The stored dtype of the features (``"float32"`` or ``"float16"``)."""
         return self._f[schema.FEATURES].dtype.name
 
     @property
@@ -243,14 +390,17 @@ class Cache:
 
     @property
     def label_name(self) -> str:
+        """The label's name (e.g. ``"Blond_Hair"``)."""
         return str(schema.decode_attr(self._f[schema.LABELS].attrs[schema.LABEL_NAME_DSET_ATTR]))
 
     @property
     def label_categories(self) -> list[str]:
+        """The label's category names, in code order."""
         return list(schema.decode_attr(self._f[schema.LABELS].attrs[schema.CATEGORIES_ATTR]))
 
     @property
     def sensitive_names(self) -> list[str]:
+        """The sensitive attributes' names."""
         return list(self._f[schema.SENSITIVE_GROUP].keys())
 
     @property
@@ -270,11 +420,23 @@ class Cache:
 
     @property
     def feature_columns(self) -> list[str] | None:
+        """The feature columns' names of an imported table, or None (a backbone's features)."""
         value = self._f[schema.FEATURES].attrs.get(schema.FEATURE_COLUMNS_ATTR)
         return None if value is None else list(schema.decode_attr(value))
 
     def categories(self, name: str) -> list[str]:
-        """Category names of a sensitive attribute, of the label (its name) or of ``"split"``."""
+        """Name the codes of a sensitive attribute, of the label or of the splits.
+
+        Parameters
+        ----------
+        name : str
+            A sensitive attribute, the label's name, or ``"split"``.
+
+        Returns
+        -------
+        list of str
+            The category names; code ``k`` is ``categories(name)[k]``.
+        """
         if name in self._f[schema.SENSITIVE_GROUP]:
             return list(schema.decode_attr(self._f[schema.SENSITIVE_GROUP][name].attrs[schema.CATEGORIES_ATTR]))
         if name == self.label_name:
@@ -297,6 +459,10 @@ class Cache:
 
     @property
     def identity(self) -> dict[str, Any]:
+        """What identifies the features: dataset fingerprint, backbone, weights, dtype and shape.
+
+        The extractor never resumes or replaces a cache of another identity without ``overwrite``.
+        """
         return schema.identity_of(self._f.attrs)
 
     @property
@@ -309,7 +475,18 @@ class Cache:
         return self._f[schema.SPLIT][()]
 
     def rows_of(self, splits: str | Sequence[str] | None = None) -> np.ndarray:
-        """Sorted row numbers of the given split(s); all rows for None."""
+        """Find the rows of some splits.
+
+        Parameters
+        ----------
+        splits : str or sequence of str, optional
+            Split name(s); None means every row.
+
+        Returns
+        -------
+        numpy.ndarray of int64
+            Sorted row numbers.
+        """
         if splits is None:
             return np.arange(self.n_rows, dtype=np.int64)
         wanted = [splits] if isinstance(splits, str) else list(splits)
@@ -392,7 +569,13 @@ class Cache:
         )
 
     def count_table(self) -> CountTable:
-        """Counts by split x group x label (groups = combinations of all sensitive attributes)."""
+        """Count the rows by split x group x label (groups: combinations of all sensitive attributes).
+
+        Returns
+        -------
+        CountTable
+            The counts; its ``str`` is a printable table.
+        """
         names = self.sensitive_names
         columns = [self._f[schema.SENSITIVE_GROUP][name][()] for name in names]
         stacked = np.stack(columns, axis=1)

@@ -26,6 +26,8 @@ from embedcache.errors import CacheError
 FORMAT_NAME_ATTR = "fairhead-format"
 FORMAT_NAME = "embedcache"
 FORMAT_VERSION_ATTR = "format-version"
+#: the cache format version this fairhead writes (``format-version``); readers refuse a newer major
+#: version (see docs/cache-format.md)
 FORMAT_VERSION = "1.0"
 #: the major versions this code reads; a reader refuses any other major
 READABLE_MAJOR_VERSIONS = (1,)
