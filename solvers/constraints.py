@@ -190,13 +190,37 @@ class RatioMoments(RateMoments):
     pairs' **ratio shortfalls** :math:`[1 - sel_g / sel_h]_+` (0 where ``sel_h = 0``), which do
     not depend on eps and are at most eps exactly when the bound holds. Clamped at 0, a gap never
     binds from below, so the search's ``|gaps_k| <= eps`` is the one-sided bound.
+
+    Parameters
+    ----------
+    M : numpy.ndarray of shape (R, n_samples)
+        The bound's linear rows at its eps, one per ordered pair of groups.
+    a, b0 : numpy.ndarray of shape (n_samples,)
+        The utility of a prediction (``yhat`` itself: ``a = 1``, ``b0 = 0``).
+    names : tuple of str
+        A readable name per row.
+    rates : numpy.ndarray of shape (n_groups, n_samples)
+        ``rates @ yhat`` are the group selection rates.
+    pairs : tuple of (int, int)
+        The groups ``(g, h)`` of each row.
     """
 
     rates: np.ndarray = None  # (G, n)
     pairs: tuple = ()  # (g, h) of each row
 
     def shortfalls(self, sel: np.ndarray) -> np.ndarray:
-        """``[1 - sel_g / sel_h]_+`` per row, for rates ``sel`` (G,) or (m, G) (one row per threshold)."""
+        """The ratio shortfall ``[1 - sel_g / sel_h]_+`` of every row (0 where ``sel_h = 0``).
+
+        Parameters
+        ----------
+        sel : numpy.ndarray of shape (n_groups,) or (m, n_groups)
+            Group selection rates (one row per threshold).
+
+        Returns
+        -------
+        numpy.ndarray of shape (R,) or (m, R)
+            The shortfalls.
+        """
         sel = np.asarray(sel, dtype=np.float64)
         g, h = (np.array([p[i] for p in self.pairs], dtype=np.int64) for i in (0, 1))
         num, den = sel[..., g], sel[..., h]
@@ -205,6 +229,18 @@ class RatioMoments(RateMoments):
         return np.where(den > 0, np.maximum(1.0 - out, 0.0), 0.0)
 
     def gaps(self, yhat: np.ndarray) -> np.ndarray:
+        """The ratio shortfalls of given predictions.
+
+        Parameters
+        ----------
+        yhat : numpy.ndarray of shape (n_samples,)
+            Predictions, 0/1.
+
+        Returns
+        -------
+        numpy.ndarray of shape (R,)
+            ``[1 - sel_g / sel_h]_+`` per ordered pair of groups.
+        """
         return self.shortfalls(self.rates @ np.asarray(yhat, dtype=np.float64))
 
     @property
@@ -883,7 +919,28 @@ class DemographicParityRatio(RateConstraint):
                      "(eps = 0.2: the four-fifths rule)")
 
     def moments(self, y, groups, sample_weight, labels, n_classes=2, eps=None) -> RatioMoments:
-        """:class:`RatioMoments` at ``eps`` (``None``: the rows at eps = 0; the gaps do not depend on it)."""
+        """The ratio rows at ``eps`` as a :class:`RatioMoments` (binary heads only).
+
+        Parameters
+        ----------
+        y : numpy.ndarray of shape (n_samples,)
+            Label codes (0/1).
+        groups : numpy.ndarray of shape (n_samples,)
+            Group codes ``0 .. len(labels) - 1``.
+        sample_weight : numpy.ndarray of shape (n_samples,)
+            Row weights (the fit's, after ``balance``).
+        labels : sequence
+            The group labels, in code order (they name the rows).
+        n_classes : int, default=2
+            Classes of the head; K > 2 is refused (no K-class ratio rows).
+        eps : float, optional
+            The bound the rows are priced at (``None``: eps = 0; the gaps do not depend on it).
+
+        Returns
+        -------
+        RatioMoments
+            The rows and the ratio shortfalls of the predictions.
+        """
         if n_classes > 2:
             raise DataError(MSG_BINARY_ONLY.format(name=self.name, k=n_classes, names=", ".join(MULTICLASS_NAMES)))
         sw = np.asarray(sample_weight, dtype=np.float64)
