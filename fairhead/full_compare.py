@@ -358,7 +358,7 @@ def run_full_comparison(cache_path, *, out, constraint="eo", eps=0.05, methods=N
     if constraint in (None, "none"):
         raise DataError(NO_CONSTRAINT_MSG)
     cons = make_constraint(constraint)
-    if cons.name == "minimax" and "lagrangian" in methods:
+    if not cons.bounded and "lagrangian" in methods:
         raise DataError(MINIMAX_LAGRANGIAN_MSG)
     if balance not in (None, "none"):
         raise DataError(BALANCE_MSG)

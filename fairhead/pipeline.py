@@ -25,6 +25,7 @@ import numpy as np
 from fairhead_errors import DataError
 from fairhead_io import check_file_target, check_own_outputs, contains, ensure_output_folder, starts_with
 from solvers import metrics
+from solvers.constraints import CONSTRAINTS
 from solvers.intervals import check_confidence
 from solvers.out_of_core import RowChunks
 from solvers.persistence import check_head_path, save_head
@@ -363,8 +364,8 @@ class FitResult:
             return []
         bounded = self.fit_metrics.get("constraint_value", float("nan"))
         lines = []
-        if name == "minimax":
-            lines.append(f"constraint_value on '{self.fit_split}': {bounded:.4f} (minimax: minimised, no eps)")
+        if not CONSTRAINTS[name].bounded:
+            lines.append(f"constraint_value on '{self.fit_split}': {bounded:.4f} ({name}: minimised, no eps)")
         else:
             lines.append(f"constraint_value on '{self.fit_split}': {bounded:.4f} (eps {cert.eps:g}; "
                          f"eps_met: {self.eps_met()})")
@@ -378,7 +379,7 @@ class FitResult:
     def eps_met(self) -> bool | None:
         """Whether the head keeps its bound on the fit split (None: unconstrained or minimax)."""
         cert = self.head.certificate_
-        if cert.constraint is None or cert.eps is None or cert.constraint == "minimax":
+        if cert.constraint is None or cert.eps is None or not CONSTRAINTS[cert.constraint].bounded:
             return None
         return bool(cert.eps_met if cert.eps_met is not None else cert.max_violation <= max(cert.tol, 1e-9))
 

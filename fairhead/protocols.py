@@ -358,7 +358,7 @@ def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, see
                 held_out_rows.append(_row(protocol, held, head, data[held], constraint, balance, confidence))
             bar.update(1)
     group_names = sorted({str(g) for arrays in (train, valid, test) for g in np.unique(arrays.group_names)})
-    bounded = name != "minimax"
+    bounded = CONSTRAINTS[name].bounded
     meta = provenance.collect(seed=seed, extra={
         "command": "protocols", "cache": None if cache_path is None else str(cache_path),
         "cache_fingerprint": fingerprint, "constraint": name, "eps": eps if bounded else None,

@@ -362,7 +362,7 @@ def _check_sweep_options(constraint, *, eps_grid, n_eps, compare, max_memory, pa
     """Refuse options that cannot make a sweep, before any file is touched or any row is read."""
     if constraint is None:
         raise DataError(NO_CONSTRAINT_MSG)
-    if eps_grid is not None and make_constraint(constraint).name == "minimax":
+    if eps_grid is not None and not make_constraint(constraint).bounded:
         raise DataError(MINIMAX_GRID_MSG)
     if eps_grid is None and (isinstance(n_eps, bool) or not isinstance(n_eps, (int, np.integer)) or n_eps < 2):
         raise DataError(BAD_N_EPS_MSG.format(n=n_eps))
@@ -411,7 +411,7 @@ def _eps_grid(fit, cons, inactive: float, *, eps_grid, n_eps: int, base: dict, f
 
     sens = pipeline.sensitive_arg(fit)
     floor, notes = 0.0, []
-    if cons.name == "minimax":
+    if not cons.bounded:
         grid = np.array([np.nan])  # an objective, not a bound: one head
     elif eps_grid is not None:
         grid = check_grid(eps_grid)
@@ -422,8 +422,8 @@ def _eps_grid(fit, cons, inactive: float, *, eps_grid, n_eps: int, base: dict, f
             notes.append(msg.format(n=len(grid), top=grid[0] if len(grid) > 1 else inactive, floor=floor,
                                     name=cons.name, split=fit_split))
     else:
-        if cons.name == "group-loss":  # the tightest feasible bound is the minimax head's largest group loss
-            tight = FairLogisticRegression(constraint="minimax", **base).fit(fit.X, fit.y, sensitive_features=sens)
+        if cons.floor_from is not None:  # the tightest feasible bound: that head's own value
+            tight = FairLogisticRegression(constraint=cons.floor_from, **base).fit(fit.X, fit.y, sensitive_features=sens)
             floor = constraint_value(cons, y=fit.y, scores=tight.decision_function(fit.X), sensitive_features=sens,
                                      balance=base["balance"])
             floor *= 1.0 + 1e-4
@@ -490,7 +490,7 @@ def _solve_path(fit, grid, cons, *, free, done, progress_file: _ProgressFile, ba
         warnings.simplefilter("always")
         path = iter_path(fit.X, fit.y, sensitive_features=pipeline.sensitive_arg(fit),
                          eps_grid=[e if np.isfinite(e) else 0.0 for e in replay], constraint=cons,
-                         init_head=free if cons.name != "minimax" else None, **base)
+                         init_head=free if cons.bounded else None, **base)
         for eps, head in zip(replay, path):
             if _eps_key(eps) in done:
                 caught.clear()

@@ -270,6 +270,9 @@ class Constraint:
     multiclass: bool = False
     #: whether ``eps`` bounds anything (``False``: the constraint is an objective, ``eps`` unused)
     bounded: bool = True
+    #: the (unbounded) constraint whose head gives this one's tightest feasible bound (``None``: the
+    #: bound can go to 0); a sweep's default grid starts its search there
+    floor_from: str | None = None
     #: the between-groups difference (a key of :func:`solvers.metrics.evaluate`) reported for it
     metric: str = ""
     #: the unit of its own bounded value (``constraint_value``), for plot axes
@@ -652,6 +655,7 @@ class GroupLoss(ScoreConstraint):
     """
 
     name = "group-loss"
+    floor_from = "minimax"  # no head has a smaller largest group loss than the minimax head
     family = "loss"
     metric = "accuracy_equality_difference"
     fairlearn_moment = "ErrorRateParity"
