@@ -28,10 +28,10 @@ TMP_NAME_CHARS = 48
 #: paths longer than this are shortened in messages (a path that is too long must still fit one line)
 MESSAGE_PATH_CHARS = 120
 
-NOT_A_FOLDER_MSG = "{flag} {path!r} is a file, not a folder; pass a folder path (it is created when missing)"
-NOT_A_FILE_MSG = "{flag} {path!r} is a folder; pass a file name"
-NO_PARENT_MSG = "folder {folder!r} for {flag} does not exist; create it first or pass a path in an existing folder"
-CANNOT_WRITE_MSG = "cannot write into folder {folder!r} ({reason}); {fix}"
+MSG_NOT_A_FOLDER = "{flag} {path!r} is a file, not a folder; pass a folder path (it is created when missing)"
+MSG_NOT_A_FILE = "{flag} {path!r} is a folder; pass a file name"
+MSG_NO_PARENT = "folder {folder!r} for {flag} does not exist; create it first or pass a path in an existing folder"
+MSG_CANNOT_WRITE = "cannot write into folder {folder!r} ({reason}); {fix}"
 
 
 def temp_prefix(path) -> str:
@@ -179,7 +179,7 @@ def _probe(folder: Path, fix: str) -> None:
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".fairhead-write-check.", suffix=".tmp")
     except OSError as err:
-        raise DataError(CANNOT_WRITE_MSG.format(folder=_short(folder), reason=_reason(err), fix=fix)) from err
+        raise DataError(MSG_CANNOT_WRITE.format(folder=_short(folder), reason=_reason(err), fix=fix)) from err
     os.close(fd)
     os.unlink(tmp)
 
@@ -191,7 +191,7 @@ def ensure_output_folder(path, *, flag: str = "--out") -> Path:
     """
     path = Path(os.fspath(path))
     if path.exists() and not path.is_dir():
-        raise DataError(NOT_A_FOLDER_MSG.format(flag=flag, path=_short(path)))
+        raise DataError(MSG_NOT_A_FOLDER.format(flag=flag, path=_short(path)))
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -203,7 +203,7 @@ def ensure_output_folder(path, *, flag: str = "--out") -> Path:
 
 #: bytes read from the start of an existing output to recognise it as fairhead's own
 SIGNATURE_BYTES = 4096
-FOREIGN_OUTPUT_MSG = ("{flag} {folder!r} already holds {name!r}, which fairhead did not write; fairhead only "
+MSG_FOREIGN_OUTPUT = ("{flag} {folder!r} already holds {name!r}, which fairhead did not write; fairhead only "
                       "replaces its own outputs: pass a new or empty folder for {flag}, or move that file away")
 
 
@@ -237,7 +237,7 @@ def check_own_outputs(folder, signatures: dict, *, flag: str = "--out") -> None:
         except OSError:
             head = None  # a folder, a broken link, an unreadable file: not ours either
         if head is None or not (head == b"" or looks_like_ours(head)):
-            raise DataError(FOREIGN_OUTPUT_MSG.format(flag=flag, folder=_short(folder), name=name))
+            raise DataError(MSG_FOREIGN_OUTPUT.format(flag=flag, folder=_short(folder), name=name))
     for name in signatures:
         remove_stale_temps(folder / name)  # a killed earlier write's temporary twins
 
@@ -248,9 +248,9 @@ def check_file_target(path, *, flag: str = "--out", fix: str | None = None) -> P
     path = Path(os.fspath(path))
     folder = path.parent
     if path.is_dir():
-        raise DataError(NOT_A_FILE_MSG.format(flag=flag, path=_short(path)))
+        raise DataError(MSG_NOT_A_FILE.format(flag=flag, path=_short(path)))
     if not folder.is_dir():
-        raise DataError(NO_PARENT_MSG.format(folder=_short(folder), flag=flag))
+        raise DataError(MSG_NO_PARENT.format(folder=_short(folder), flag=flag))
     if len(path.name.encode()) > _name_max(folder):
         raise DataError(f"file name too long for {flag}: {_short(path.name)!r} ({len(path.name.encode())} bytes, "
                         f"the limit is {_name_max(folder)}); pass a shorter name")
@@ -320,9 +320,9 @@ _FILE_KINDS = (
     (lambda h: b"," in h.split(b"\n", 1)[0] and b"\x00" not in h, "a CSV table"),
     (lambda h: b"\x00" not in h, "a text file"),
 )
-FOREIGN_TARGET_MSG = ("{flag} {path!r} is {what}, not {kind} that fairhead wrote; it is not replaced: "
+MSG_FOREIGN_TARGET = ("{flag} {path!r} is {what}, not {kind} that fairhead wrote; it is not replaced: "
                       "pass another path for {flag} (or move that file away)")
-TARGET_IS_INPUT_MSG = ("{flag} {path!r} is this command's own input ({role}); writing there would destroy it: "
+MSG_TARGET_IS_INPUT = ("{flag} {path!r} is this command's own input ({role}); writing there would destroy it: "
                        "pass another path for {flag}")
 
 
@@ -439,11 +439,11 @@ def check_output_file(path, kind: OutputKind, *, flag: str = "--out", inputs: di
     path = Path(os.fspath(path))
     for role, other in (inputs or {}).items():
         if other is not None and (_same_file(path, other) or Path(os.fspath(other)).absolute() == path.absolute()):
-            raise DataError(TARGET_IS_INPUT_MSG.format(flag=flag, path=_short(path), role=role))
+            raise DataError(MSG_TARGET_IS_INPUT.format(flag=flag, path=_short(path), role=role))
     if os.path.lexists(path) and not path.is_dir():
         what = describe_file(path)
         if what != "an empty file" and not (path.is_file() and kind.is_own(path)):
-            raise DataError(FOREIGN_TARGET_MSG.format(flag=flag, path=_short(path), what=what, kind=kind.name))
+            raise DataError(MSG_FOREIGN_TARGET.format(flag=flag, path=_short(path), what=what, kind=kind.name))
     return check_file_target(path, flag=flag, fix=fix)
 
 

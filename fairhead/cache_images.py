@@ -23,21 +23,21 @@ from fairhead_errors import DataError
 # Imported inside the functions that use them: embedcache (it imports torch: 1-2 s); a command that does not need
 # them does not pay for them.
 
-IMPORTED_MSG = ("cache '{path}' was imported from a features table, so it has no images to train a network on; "
+MSG_IMPORTED = ("cache '{path}' was imported from a features table, so it has no images to train a network on; "
                 "build the cache from images with `fairhead extract`")
-UNKNOWN_KIND_MSG = ("cache '{path}' records a source of kind {kind!r}, which fairhead cannot rebuild; "
+MSG_UNKNOWN_KIND = ("cache '{path}' records a source of kind {kind!r}, which fairhead cannot rebuild; "
                     "build the cache with `fairhead extract --synthetic`, `--manifest` or `--celeba`")
-GENERATOR_MSG = ("cache '{path}' was built from generated images of version {found!r} but this fairhead draws {have!r}; "
+MSG_GENERATOR = ("cache '{path}' was built from generated images of version {found!r} but this fairhead draws {have!r}; "
                  "rebuild the cache with `fairhead extract --synthetic`")
-UNREADABLE_MSG = ("cache '{path}' was built from {what}, which cannot be read now ({error}); "
+MSG_UNREADABLE = ("cache '{path}' was built from {what}, which cannot be read now ({error}); "
                   "if the data moved, pass its new location with {flag}")
-CHANGED_MSG = ("the {what} behind cache '{path}' no longer matches it (dataset fingerprint {got}... vs {expected}... "
+MSG_CHANGED = ("the {what} behind cache '{path}' no longer matches it (dataset fingerprint {got}... vs {expected}... "
                "recorded): its ids, labels, groups or splits changed; pass the data the cache was built from, "
                "or rebuild the cache with `fairhead extract`")
-OVERRIDE_KIND_MSG = "{flag} applies to caches built from {kind} data; cache '{path}' was built from {found} data; drop {flag}"
-MISSING_ROWS_MSG = ("{n} sample id(s) of cache '{path}' are not in its rebuilt source (first: {first!r}); "
+MSG_OVERRIDE_KIND = "{flag} applies to caches built from {kind} data; cache '{path}' was built from {found} data; drop {flag}"
+MSG_MISSING_ROWS = ("{n} sample id(s) of cache '{path}' are not in its rebuilt source (first: {first!r}); "
                     "rebuild the cache with `fairhead extract`")
-NO_PREPROCESSING_MSG = ("the backbone's preprocessing ({what}) does not say its normalisation and crop; "
+MSG_NO_PREPROCESSING = ("the backbone's preprocessing ({what}) does not say its normalisation and crop; "
                         "full-network training needs a torchvision or fairhead backbone")
 
 
@@ -54,17 +54,17 @@ def source_of_cache(cache, *, manifest: Path | None = None, root: Path | None = 
     kind = desc.get("kind")
     path = cache.path
     if kind == "table":
-        raise DataError(IMPORTED_MSG.format(path=path))
+        raise DataError(MSG_IMPORTED.format(path=path))
     if (manifest is not None or root is not None) and kind != "manifest":
         flag = "--manifest" if manifest is not None else "--root"
-        raise DataError(OVERRIDE_KIND_MSG.format(flag=flag, kind="manifest", path=path, found=kind))
+        raise DataError(MSG_OVERRIDE_KIND.format(flag=flag, kind="manifest", path=path, found=kind))
     if celeba is not None and kind != "celeba":
-        raise DataError(OVERRIDE_KIND_MSG.format(flag="--celeba", kind="CelebA", path=path, found=kind))
+        raise DataError(MSG_OVERRIDE_KIND.format(flag="--celeba", kind="CelebA", path=path, found=kind))
     if kind == "synthetic":
         from embedcache.sources.synthetic import GENERATOR_VERSION
 
         if desc.get("generator") != GENERATOR_VERSION:
-            raise DataError(GENERATOR_MSG.format(path=path, found=desc.get("generator"), have=GENERATOR_VERSION))
+            raise DataError(MSG_GENERATOR.format(path=path, found=desc.get("generator"), have=GENERATOR_VERSION))
         params = {k: desc[k] for k in ("n", "seed", "correlation", "minority_fraction", "image_size",
                                         "faint_fraction", "noise") if k in desc}
         if "split_fractions" in desc:
@@ -80,7 +80,7 @@ def source_of_cache(cache, *, manifest: Path | None = None, root: Path | None = 
                                             label_col=columns["label"], sensitive_cols=tuple(columns["sensitive"]),
                                             split_col=columns.get("split"), id_col=columns.get("id"))
         except DataError as err:
-            raise DataError(UNREADABLE_MSG.format(path=path, what=what, error=err,
+            raise DataError(MSG_UNREADABLE.format(path=path, what=what, error=err,
                                                   flag="--manifest CSV [--root DIR]")) from err
     elif kind == "celeba":
         folder = Path(celeba) if celeba is not None else Path(desc["root"])
@@ -88,12 +88,12 @@ def source_of_cache(cache, *, manifest: Path | None = None, root: Path | None = 
         try:
             source = sources.CelebASource(folder, target=desc["target"], sensitive=tuple(desc["sensitive"]))
         except DataError as err:
-            raise DataError(UNREADABLE_MSG.format(path=path, what=what, error=err, flag="--celeba ROOT")) from err
+            raise DataError(MSG_UNREADABLE.format(path=path, what=what, error=err, flag="--celeba ROOT")) from err
     else:
-        raise DataError(UNKNOWN_KIND_MSG.format(path=path, kind=kind))
+        raise DataError(MSG_UNKNOWN_KIND.format(path=path, kind=kind))
     got = source.fingerprint()
     if got != cache.fingerprint:
-        raise DataError(CHANGED_MSG.format(what=what, path=path, got=got[:12], expected=cache.fingerprint[:12]))
+        raise DataError(MSG_CHANGED.format(what=what, path=path, got=got[:12], expected=cache.fingerprint[:12]))
     return source
 
 
@@ -103,7 +103,7 @@ def source_rows(source, sample_ids, *, path) -> np.ndarray:
     rows = [index.get(str(i), -1) for i in sample_ids]
     missing = [str(i) for i, r in zip(sample_ids, rows) if r < 0]
     if missing:
-        raise DataError(MISSING_ROWS_MSG.format(n=len(missing), path=path, first=missing[0]))
+        raise DataError(MSG_MISSING_ROWS.format(n=len(missing), path=path, first=missing[0]))
     return np.asarray(rows, dtype=np.int64)
 
 
@@ -118,7 +118,7 @@ def training_transform(transform, image_size: int):
         mean, std = list(transform.mean), list(transform.std)
         interpolation = getattr(transform.interpolation, "value", transform.interpolation)
     except (AttributeError, TypeError, IndexError) as err:
-        raise DataError(NO_PREPROCESSING_MSG.format(what=describe_transform(transform)[:80])) from err
+        raise DataError(MSG_NO_PREPROCESSING.format(what=describe_transform(transform)[:80])) from err
     size = int(image_size)
     return ImagePreprocess(crop_size=size, resize_size=max(size, round(size * resize / crop)), mean=mean, std=std,
                            interpolation=str(interpolation))

@@ -45,7 +45,7 @@ BASELINES = ("expgrad", "gridsearch", "threshold", "penalty")
 FRONT_THRESHOLDS = (0.02, 0.03, 0.05, 0.10)
 #: the gaps fronts are read on (row key -> short name)
 FRONT_GAPS = (("demographic_parity_difference", "DP diff"), ("equalized_odds_difference", "EO diff"))
-UNKNOWN_BASELINE_MSG = "unknown baseline {name!r}; choose from {known}"
+MSG_UNKNOWN_BASELINE = "unknown baseline {name!r}; choose from {known}"
 NO_FAIRLEARN_NOTE = "skipped {name}: fairlearn is not installed (pip install 'fairhead[compare]')"
 
 #: fairhead constraint -> (fairlearn reductions moment, ThresholdOptimizer constraint), each class's
@@ -381,7 +381,7 @@ def run_baselines(names, fit, arrays, *, constraint, grid, C, seed=0, progress=T
     names = list(names) or list(BASELINES)
     for name in names:
         if name not in RUNNERS:
-            raise DataError(UNKNOWN_BASELINE_MSG.format(name=name, known=", ".join(BASELINES)))
+            raise DataError(MSG_UNKNOWN_BASELINE.format(name=name, known=", ".join(BASELINES)))
     try:
         import fairlearn  # noqa: F401
         have_fairlearn = True

@@ -26,11 +26,11 @@ from solvers import RowShard, shard_range
 #: commands that run data-parallel under torchrun (extract shards the images; these the rows)
 COMMANDS = ("fit", "sweep")
 WAIT_FOR_RANKS = timedelta(hours=2)
-NOT_PARALLEL_MSG = ("`fairhead {command}` runs in one process; under torchrun only extract, fit and sweep are "
+MSG_NOT_PARALLEL = ("`fairhead {command}` runs in one process; under torchrun only extract, fit and sweep are "
                     "distributed: run `fairhead {command} ...` without torchrun")
-JOIN_FAILED_MSG = ("cannot join the {backend} process group ({error}); launch with "
+MSG_JOIN_FAILED = ("cannot join the {backend} process group ({error}); launch with "
                    "`torchrun --nproc-per-node N -m fairhead {command} ...`, or unset WORLD_SIZE to run one process")
-COMPARE_MSG = ("--compare {names} needs the features in memory in one process; drop --compare under torchrun, "
+MSG_COMPARE = ("--compare {names} needs the features in memory in one process; drop --compare under torchrun, "
                "or run the baselines in a plain `fairhead sweep`")
 
 
@@ -70,7 +70,7 @@ def check_command(command: str) -> None:
 
     launch = launch_from_env()
     if command not in COMMANDS and launch is not None:
-        raise _said_once(DataError(NOT_PARALLEL_MSG.format(command=command)), launch)
+        raise _said_once(DataError(MSG_NOT_PARALLEL.format(command=command)), launch)
 
 
 def check_in_memory_baselines(compare) -> None:
@@ -79,7 +79,7 @@ def check_in_memory_baselines(compare) -> None:
 
     launch = launch_from_env()
     if compare and launch is not None:
-        raise _said_once(DataError(COMPARE_MSG.format(names=" ".join(compare))), launch)
+        raise _said_once(DataError(MSG_COMPARE.format(names=" ".join(compare))), launch)
 
 
 def _said_once(err, launch):
@@ -89,7 +89,7 @@ def _said_once(err, launch):
     return err
 
 
-PEER_LOST_MSG = ("rank {rank} lost contact with another rank of this torchrun launch ({what}): a rank was killed "
+MSG_PEER_LOST = ("rank {rank} lost contact with another rank of this torchrun launch ({what}): a rank was killed "
                  "or failed; see torchrun's report for which, then rerun the same command (a sweep keeps its "
                  "finished heads)")
 _PEER_LOST_SIGNS = ("connection closed by peer", "connection reset by peer", "gloo", "nccl", "broken pipe",
@@ -109,7 +109,7 @@ def peer_failure(err: BaseException) -> str | None:
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     module = type(err).__module__ or ""
     if module.startswith("torch.distributed") or any(sign in text.lower() for sign in _PEER_LOST_SIGNS):
-        return PEER_LOST_MSG.format(rank=launch.rank, what=one_line(text))
+        return MSG_PEER_LOST.format(rank=launch.rank, what=one_line(text))
     return None
 
 
@@ -136,7 +136,7 @@ def launched(command: str, solver_device: str = "cpu"):
         try:
             dist.init_process_group(backend=backend, timeout=WAIT_FOR_RANKS)
         except (ValueError, RuntimeError) as err:
-            raise DataError(JOIN_FAILED_MSG.format(backend=backend, error=one_line(err),
+            raise DataError(MSG_JOIN_FAILED.format(backend=backend, error=one_line(err),
                                                    command=command)) from err
         owned = True
     try:

@@ -25,7 +25,7 @@ from fairhead_io import atomic_write_text, check_own_outputs, ensure_output_fold
 
 from fairhead import full_compare, full_report, pipeline, protocols, provenance, sweep
 from fairhead.report import recommendation, score_gap_note
-from fairhead.sweep import BAD_N_EPS_MSG
+from fairhead.sweep import MSG_BAD_N_EPS
 from fairhead.tables import format_table, markdown_table
 
 # Imported inside the functions that use them: embedcache (it imports torch: 1-2 s); a command that does not need
@@ -37,7 +37,7 @@ SWEEPS = (("dp", "rate: hard-prediction selection-rate gap"),
 PROTOCOL_CONSTRAINT, PROTOCOL_EPS = "eo", 0.05
 #: rows each (label, group) cell of each split needs: the heads' default min_group_size
 MIN_CELL_ROWS = 10
-TOO_SMALL_MSG = ("--n {n} is too small for the demo: split {split!r} has {rows} row(s) in its smallest "
+MSG_TOO_SMALL = ("--n {n} is too small for the demo: split {split!r} has {rows} row(s) in its smallest "
                  "(label, background) cell and the fair heads need {need}; {suggest}")
 FIT_SPLITS = ("train", "valid")  # the splits the demo's heads are fitted on
 #: where ``--full-network`` writes its comparison (``fairhead finetune-full``'s outputs)
@@ -130,7 +130,7 @@ def check_dataset_size(n: int, seed: int, dataset_params: dict) -> None:
         if smallest < MIN_CELL_ROWS:
             suggest = (f"pass --n {int(np.ceil(2 * MIN_CELL_ROWS / (share * cell_share) / 100) * 100)} or more"
                        if cell_share > 0 else "lower the correlation below 1")
-            raise DataError(TOO_SMALL_MSG.format(n=n, split=split, rows=smallest, need=MIN_CELL_ROWS,
+            raise DataError(MSG_TOO_SMALL.format(n=n, split=split, rows=smallest, need=MIN_CELL_ROWS,
                                                  suggest=suggest))
 
 
@@ -144,7 +144,7 @@ def run_demo(out: Path, *, n: int = 3000, seed: int = 0, n_eps: int = 12, compar
     :func:`fairhead.full_compare.run_full_comparison`, e.g. a smaller ``options`` for tests).
     """
     if isinstance(n_eps, bool) or not isinstance(n_eps, int) or n_eps < 2:
-        raise DataError(BAD_N_EPS_MSG.format(n=n_eps))
+        raise DataError(MSG_BAD_N_EPS.format(n=n_eps))
     check_dataset_size(n, seed, dataset_params)
     out = _check_demo_outputs(out, full_network=full_network)
     stages = _Stages(6 if full_network else 5, say=print if progress else (lambda *a, **k: None))

@@ -51,8 +51,8 @@ from fairhead.predict import head_backbone, rebuild_backbone
 
 FORMATS = ("sklearn", "linear", "program", "onnx")
 SUFFIXES = {"sklearn": ".joblib", "linear": ".pt", "program": ".pt2", "onnx": ".onnx"}
-NO_ONNX_MSG = "ONNX export needs the onnx extra (onnx, onnxscript); install it with pip install \"fairhead[onnx]\""
-UNKNOWN_FORMAT_MSG = "unknown export format {fmt!r}; choose one of: {known}"
+MSG_NO_ONNX = "ONNX export needs the onnx extra (onnx, onnxscript); install it with pip install \"fairhead[onnx]\""
+MSG_UNKNOWN_FORMAT = "unknown export format {fmt!r}; choose one of: {known}"
 
 
 #: float32's machine epsilon (the gap between 1 and the next float32)
@@ -172,7 +172,7 @@ def export_onnx(module, example, path, metadata: dict[str, str] | None = None) -
     import torch
 
     if not onnx_available():
-        raise DataError(NO_ONNX_MSG)
+        raise DataError(MSG_NO_ONNX)
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(module, (example,), None, input_names=["images"], output_names=["scores"],
                                 dynamic_shapes=({0: batch},), dynamo=True)
@@ -242,7 +242,7 @@ def check_export_target(out, fmt: str, *, head_path=None, weights_file=None) -> 
     """The output policy before any work: ``out`` may be replaced by a ``fmt`` export (see
     :func:`fairhead_io.check_output_file`)."""
     if fmt not in FORMATS:
-        raise DataError(UNKNOWN_FORMAT_MSG.format(fmt=fmt, known=", ".join(FORMATS)))
+        raise DataError(MSG_UNKNOWN_FORMAT.format(fmt=fmt, known=", ".join(FORMATS)))
     return check_output_file(out, OUTPUT_KINDS[fmt], flag="--out",
                              inputs={"the --head file": head_path, "the --weights-file": weights_file})
 
@@ -290,7 +290,7 @@ def export_head(head_path, out, *, fmt: str, weights_file=None) -> Path:
 
     out = check_export_target(out, fmt, head_path=head_path, weights_file=weights_file)
     if fmt == "onnx" and not onnx_available():
-        raise DataError(NO_ONNX_MSG)
+        raise DataError(MSG_NO_ONNX)
     head = load_head(head_path)
     if fmt == "sklearn":
         import joblib

@@ -45,7 +45,7 @@ from solvers.intervals import check_confidence
 from fairhead import full_report, pipeline, protocols, sweep
 from fairhead.cache_images import source_of_cache, source_rows, training_transform
 from fairhead.evaluation import evaluate_predictor
-from fairhead.full_objectives import DEFAULT_METHODS, METHODS, MINIMAX_LAGRANGIAN_MSG
+from fairhead.full_objectives import DEFAULT_METHODS, METHODS, MSG_MINIMAX_LAGRANGIAN
 from fairhead.pipeline import backbone_provenance
 from fairhead.predict import ImageRows, rebuild_backbone
 from fairhead.resources import added, measure, peak_so_far
@@ -63,13 +63,13 @@ SPLITS = ("train", "valid", "test")
 #: default row limits: the CPU setting (the generated 3000-image dataset keeps every row)
 MAX_TRAIN, MAX_EVAL = 2000, 1000
 N_EPS = 6
-MISSING_SPLIT_MSG = ("finetune-full needs splits train, valid and test; cache '{path}' has {have}; "
+MSG_MISSING_SPLIT = ("finetune-full needs splits train, valid and test; cache '{path}' has {have}; "
                      "re-extract with all three")
-NO_CONSTRAINT_MSG = "finetune-full compares fairness constraints; pass --constraint eo (or another), not 'none'"
-BALANCE_MSG = ("--balance reweights the heads only, and the full network trains with unit weights; drop --balance "
+MSG_NO_CONSTRAINT = "finetune-full compares fairness constraints; pass --constraint eo (or another), not 'none'"
+MSG_BALANCE = ("--balance reweights the heads only, and the full network trains with unit weights; drop --balance "
                "so that every model bounds the same quantity")
-NO_METHODS_MSG = "pass at least one full-network method: --methods {known}"
-BINARY_ONLY_MSG = ("finetune-full trains a network with one logit (a binary label), but label {name!r} in cache "
+MSG_NO_METHODS = "pass at least one full-network method: --methods {known}"
+MSG_BINARY_ONLY = ("finetune-full trains a network with one logit (a binary label), but label {name!r} in cache "
                    "'{path}' has {k} classes; build the cache with a binary label")
 
 
@@ -351,17 +351,17 @@ def run_full_comparison(cache_path, *, out, constraint="eo", eps=0.05, methods=N
     started = time.perf_counter()
     methods = list(DEFAULT_METHODS if methods is None else methods)
     if not methods:
-        raise DataError(NO_METHODS_MSG.format(known=" ".join(METHODS)))
+        raise DataError(MSG_NO_METHODS.format(known=" ".join(METHODS)))
     for m in methods:
         if m not in METHODS:
             raise DataError(f"unknown full-network method {m!r}; choose from {', '.join(METHODS)}")
     if constraint in (None, "none"):
-        raise DataError(NO_CONSTRAINT_MSG)
+        raise DataError(MSG_NO_CONSTRAINT)
     cons = make_constraint(constraint)
     if not cons.bounded and "lagrangian" in methods:
-        raise DataError(MINIMAX_LAGRANGIAN_MSG)
+        raise DataError(MSG_MINIMAX_LAGRANGIAN)
     if balance not in (None, "none"):
-        raise DataError(BALANCE_MSG)
+        raise DataError(MSG_BALANCE)
     confidence = check_confidence(confidence)
     options = options or NetworkOptions()
     resolve_device(options.device)  # a bad --device fails before any work
@@ -370,9 +370,9 @@ def run_full_comparison(cache_path, *, out, constraint="eo", eps=0.05, methods=N
     check_own_outputs(out / EPS_PATH_DIR, sweep.SWEEP_OUTPUTS, flag="--out")
     with embedcache.open(cache_path) as cache:
         if not set(SPLITS) <= set(cache.splits):
-            raise DataError(MISSING_SPLIT_MSG.format(path=cache_path, have=", ".join(cache.splits)))
+            raise DataError(MSG_MISSING_SPLIT.format(path=cache_path, have=", ".join(cache.splits)))
         if len(cache.label_categories) > 2:
-            raise DataError(BINARY_ONLY_MSG.format(name=cache.label_name, path=cache_path,
+            raise DataError(MSG_BINARY_ONLY.format(name=cache.label_name, path=cache_path,
                                                    k=len(cache.label_categories)))
         source = source_of_cache(cache, manifest=manifest, root=root, celeba=celeba)
         data = {}

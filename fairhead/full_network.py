@@ -58,14 +58,14 @@ EPOCH_DELAY_ENV = "FAIRHEAD_TEST_EPOCH_DELAY"
 #: EfficientNet-Lite's convolutions pad for 224 px inputs; the padding is the same for any multiple of 32
 SAME_PADDING_MULTIPLE = {"efficientnet_lite0": 32}
 
-OTHER_RUN_MSG = ("checkpoint '{path}' belongs to another configuration or other data ({what}); rerun with the "
+MSG_OTHER_RUN = ("checkpoint '{path}' belongs to another configuration or other data ({what}); rerun with the "
                  "options it was started with to resume it, or pass --restart to train from the start")
-BAD_CHECKPOINT_MSG = ("checkpoint '{path}' cannot be read ({error}); delete it (its method trains from the start) "
+MSG_BAD_CHECKPOINT = ("checkpoint '{path}' cannot be read ({error}); delete it (its method trains from the start) "
                       "or pass --restart")
-BAD_METHOD_MSG = "unknown full-network method {name!r}; choose from {known}"
-BAD_IMAGE_SIZE_MSG = ("--image-size {size} does not fit {arch}: its convolutions pad for multiples of {multiple} px; "
+MSG_BAD_METHOD = "unknown full-network method {name!r}; choose from {known}"
+MSG_BAD_IMAGE_SIZE = ("--image-size {size} does not fit {arch}: its convolutions pad for multiples of {multiple} px; "
                       "pass e.g. --image-size {suggest}")
-TOO_FEW_ROWS_MSG = "full-network training needs at least 2 {split} rows; got {n}; use a larger dataset or subset"
+MSG_TOO_FEW_ROWS = "full-network training needs at least 2 {split} rows; got {n}; use a larger dataset or subset"
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise DataError(BAD_METHOD_MSG.format(name=self.method, known=", ".join(METHODS)))
+            raise DataError(MSG_BAD_METHOD.format(name=self.method, known=", ".join(METHODS)))
         if self.optimizer not in OPTIMIZERS:
             raise DataError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
 
@@ -161,7 +161,7 @@ def check_image_size(arch: str, size: int) -> None:
     multiple = SAME_PADDING_MULTIPLE.get(arch)
     if multiple and size % multiple:
         suggest = max(multiple, int(round(size / multiple)) * multiple)
-        raise DataError(BAD_IMAGE_SIZE_MSG.format(size=size, arch=arch, multiple=multiple, suggest=suggest))
+        raise DataError(MSG_BAD_IMAGE_SIZE.format(size=size, arch=arch, multiple=multiple, suggest=suggest))
 
 
 def default_threads() -> int:
@@ -218,11 +218,11 @@ def load_checkpoint(path: Path, key: str, config: TrainConfig | None = None) -> 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a damaged file
-        raise DataError(BAD_CHECKPOINT_MSG.format(path=path, error=one_line(err))) from err
+        raise DataError(MSG_BAD_CHECKPOINT.format(path=path, error=one_line(err))) from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise DataError(BAD_CHECKPOINT_MSG.format(path=path, error="not a fairhead full-network checkpoint"))
+        raise DataError(MSG_BAD_CHECKPOINT.format(path=path, error="not a fairhead full-network checkpoint"))
     if state.get("config_key") != key:
-        raise DataError(OTHER_RUN_MSG.format(path=path, what=_differences(state.get("config"), config)))
+        raise DataError(MSG_OTHER_RUN.format(path=path, what=_differences(state.get("config"), config)))
     return state
 
 
@@ -329,7 +329,7 @@ def train_network(net: FairNet, data: TrainData, config: TrainConfig, *, checkpo
     """
     for split, pos in (("training", data.train_pos), ("validation", data.valid_pos)):
         if len(pos) < 2:
-            raise DataError(TOO_FEW_ROWS_MSG.format(split=split, n=len(pos)))
+            raise DataError(MSG_TOO_FEW_ROWS.format(split=split, n=len(pos)))
     device = torch.device(device)
     key = config_key(config, data, backbone_sha)
     saved = None if restart else load_checkpoint(checkpoint, key, config)

@@ -56,7 +56,7 @@ DEFAULT_METHODS = ("penalty", "lagrangian")
 #: the descent steps on ``theta``: AdamW (decoupled weight decay) or SGD with momentum
 OPTIMIZERS = ("adamw", "sgd")
 
-MINIMAX_LAGRANGIAN_MSG = ("constraint 'minimax' has no bound eps, so it has no Lagrangian; use --methods penalty "
+MSG_MINIMAX_LAGRANGIAN = ("constraint 'minimax' has no bound eps, so it has no Lagrangian; use --methods penalty "
                           "(the seed's MMF form) or another --constraint")
 
 
@@ -92,7 +92,7 @@ class ConstraintRelaxation:
 
         cons = make_constraint(constraint)
         if isinstance(cons, MinimaxLoss):
-            raise DataError(MINIMAX_LAGRANGIAN_MSG)
+            raise DataError(MSG_MINIMAX_LAGRANGIAN)
         y = np.asarray(y, dtype=np.float64)
         n = len(y)
         sw = np.ones(n)

@@ -43,20 +43,20 @@ from fairhead.uncertainty import interval_columns
 # Imported inside the functions that use them: embedcache (it imports torch: 1-2 s) and solvers.estimator /
 # solvers.path (scikit-learn, scipy.stats: about 2 s); a command that does not need them does not pay for them.
 
-NO_SENSITIVE_MSG = "cache '{path}' has no sensitive attribute; a fair head needs at least one (re-extract with --sensitive)"
-UNKNOWN_ATTRIBUTE_MSG = "sensitive attribute {name!r} is not in cache '{path}' (it has: {have}); pick one of those"
-NONFINITE_FEATURES_MSG = ("split {split!r} of cache '{path}' has {n} row(s) with NaN or infinite features "
+MSG_NO_SENSITIVE = "cache '{path}' has no sensitive attribute; a fair head needs at least one (re-extract with --sensitive)"
+MSG_UNKNOWN_ATTRIBUTE = "sensitive attribute {name!r} is not in cache '{path}' (it has: {have}); pick one of those"
+MSG_NONFINITE_FEATURES = ("split {split!r} of cache '{path}' has {n} row(s) with NaN or infinite features "
                           "(first: sample {first!r}); drop or impute those rows and rebuild the cache")
 RANDOM_WEIGHTS_WARNING = (
     "fairhead: warning: {arch} runs with RANDOM weights (no --weights given), so its features are not "
     "pretrained; pass --weights NAME (e.g. DEFAULT) or --weights-file PATH, or --weights none to silence this"
 )
-UNKNOWN_POS_LABEL_MSG = "--pos-label {value!r} is not a class of label {name!r} in cache '{path}' (it has: {have}); pick one of those"
-POS_LABEL_MULTICLASS_MSG = (
+MSG_UNKNOWN_POS_LABEL = "--pos-label {value!r} is not a class of label {name!r} in cache '{path}' (it has: {have}); pick one of those"
+MSG_POS_LABEL_MULTICLASS = (
     "--pos-label picks the positive class of a binary label, but label {name!r} in cache '{path}' has {k} classes "
     "(fitted as one multinomial head, fairness per class); drop --pos-label"
 )
-MISSING_CLASS_MSG = (
+MSG_MISSING_CLASS = (
     "the {split!r} rows have no row of class(es) {missing} of label {name!r} ({k} classes); a {k}-class head "
     "needs every class in its fit rows: fit on another split, or merge those classes when building the cache"
 )
@@ -248,12 +248,12 @@ class SplitArrays:
 def resolve_attributes(cache, attributes) -> tuple[str, ...]:
     names = tuple(cache.sensitive_names)
     if not names:
-        raise DataError(NO_SENSITIVE_MSG.format(path=cache.path))
+        raise DataError(MSG_NO_SENSITIVE.format(path=cache.path))
     if not attributes:
         return names
     for name in attributes:
         if name not in names:
-            raise DataError(UNKNOWN_ATTRIBUTE_MSG.format(name=name, path=cache.path, have=", ".join(names)))
+            raise DataError(MSG_UNKNOWN_ATTRIBUTE.format(name=name, path=cache.path, have=", ".join(names)))
     return tuple(attributes)
 
 
@@ -262,11 +262,11 @@ def positive_code(cache, pos_label) -> int:
     (refused for a label of K > 2 classes, which has no positive class)."""
     categories = [str(c) for c in cache.label_categories]
     if pos_label is not None and len(categories) > 2:
-        raise DataError(POS_LABEL_MULTICLASS_MSG.format(name=cache.label_name, path=cache.path, k=len(categories)))
+        raise DataError(MSG_POS_LABEL_MULTICLASS.format(name=cache.label_name, path=cache.path, k=len(categories)))
     if pos_label is None:
         return 1
     if str(pos_label) not in categories:
-        raise DataError(UNKNOWN_POS_LABEL_MSG.format(value=pos_label, name=cache.label_name, path=cache.path,
+        raise DataError(MSG_UNKNOWN_POS_LABEL.format(value=pos_label, name=cache.label_name, path=cache.path,
                                                      have=", ".join(categories)))
     return categories.index(str(pos_label))
 
@@ -325,7 +325,7 @@ def check_finite_features(X, sample_ids: np.ndarray, *, split, path) -> None:
         count = "at least 1"
     if first is not None:
         split_name = split if isinstance(split, str) else "+".join(map(str, split))
-        raise DataError(NONFINITE_FEATURES_MSG.format(split=split_name, path=path, n=count,
+        raise DataError(MSG_NONFINITE_FEATURES.format(split=split_name, path=path, n=count,
                                                       first=str(sample_ids[first])))
 
 
@@ -335,7 +335,7 @@ def fit_head(head, arrays: SplitArrays, *, split: str):
         absent = np.setdiff1d(np.arange(arrays.n_classes), np.unique(arrays.y))
         if absent.size:
             names = [arrays.label_categories[k] if k < len(arrays.label_categories) else str(k) for k in absent]
-            raise DataError(MISSING_CLASS_MSG.format(split=split, missing=", ".join(map(repr, names)),
+            raise DataError(MSG_MISSING_CLASS.format(split=split, missing=", ".join(map(repr, names)),
                                                      name=arrays.label_name, k=arrays.n_classes))
     try:
         return head.fit(arrays.X, arrays.y, sensitive_features=sensitive_arg(arrays))

@@ -45,34 +45,34 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 #: the backbone fields a head records and a rebuilt backbone must match (BackboneSpec names)
 BACKBONE_FIELDS = ("arch", "weights", "weights_sha256", "preprocessing", "feature_node", "feature_dim")
 
-NO_BACKBONE_MSG = (
+MSG_NO_BACKBONE = (
     "head file '{path}' records no backbone (it was saved by an older fairhead or by solvers.save_head "
     "directly); refit it with `fairhead fit CACHE --save {path}` so it records the cache's backbone"
 )
-IMPORTED_MSG = (
+MSG_IMPORTED = (
     "head file '{path}' was fit on imported features ({what}), not on images; predict with "
     "solvers.load_head('{path}').decision_function(features) instead"
 )
-CUSTOM_MSG = (
+MSG_CUSTOM = (
     "head file '{path}' was fit on features of a custom module ({arch}); rebuild it with "
     "embedcache.Backbone.from_module and call fairhead.predict.predict_images(..., backbone=it)"
 )
-NEEDS_FILE_MSG = (
+MSG_NEEDS_FILE = (
     "head file '{path}' was fit on {arch} features from a local weights file (sha256 {sha}); "
     "pass that file with --weights-file PATH"
 )
-MISMATCH_MSG = (
+MSG_MISMATCH = (
     "the backbone built for head '{path}' has {field} {got} but the head was fit on {expected}; "
     "{fix}"
 )
 SHA_FIX = "pass the weights file the cache was built with (--weights-file PATH)"
-EMPTY_FOLDER_MSG = "image folder '{path}' has no image files ({suffixes}); point --images at a folder of images"
-BROKEN_LINK_MSG = ("image {path!r} is a symbolic link to a file that does not exist{more}; restore its target "
+MSG_EMPTY_FOLDER = "image folder '{path}' has no image files ({suffixes}); point --images at a folder of images"
+MSG_BROKEN_LINK = ("image {path!r} is a symbolic link to a file that does not exist{more}; restore its target "
                    "or remove the link")
-NOT_A_FOLDER_MSG = "image folder '{path}' does not exist or is not a folder; pass an existing folder to --images"
-NO_ROWS_IN_SPLIT_MSG = "no rows in split(s) {splits} of the new data (it has: {have}); pick one of those with --split"
-NO_SPLITS_MSG = "--split {splits} needs images with a split (--celeba, or --manifest with --split-col); drop --split"
-LABEL_MISMATCH_MSG = (
+MSG_NOT_A_FOLDER = "image folder '{path}' does not exist or is not a folder; pass an existing folder to --images"
+MSG_NO_ROWS_IN_SPLIT = "no rows in split(s) {splits} of the new data (it has: {have}); pick one of those with --split"
+MSG_NO_SPLITS = "--split {splits} needs images with a split (--celeba, or --manifest with --split-col); drop --split"
+MSG_LABEL_MISMATCH = (
     "the new data's label {name!r} has categories {got} but the head was fit on {expected}; "
     "encode the label the same way (or pass --pos-label at fit time to pick the positive class)"
 )
@@ -80,13 +80,13 @@ LABEL_MISMATCH_MSG = (
 
 #: the stored feature dtypes a cache may have (embedcache's FEATURE_DTYPES plus float64 for imported tables)
 FEATURE_DTYPES = ("float16", "float32", "float64")
-DAMAGED_RECORD_MSG = "head file '{path}' is damaged: {why}; refit it with `fairhead fit CACHE --save {path}`"
+MSG_DAMAGED_RECORD = "head file '{path}' is damaged: {why}; refit it with `fairhead fit CACHE --save {path}`"
 
 
 def _check_backbone_record(prov, extra: dict, head, path) -> None:
     """The backbone and label fields a prediction depends on have the types ``fairhead fit`` writes."""
     def damaged(why):
-        return DataError(DAMAGED_RECORD_MSG.format(path=path, why=why))
+        return DataError(MSG_DAMAGED_RECORD.format(path=path, why=why))
 
     if not isinstance(prov, dict):
         raise damaged(f"extra.backbone is {type(prov).__name__}, not a JSON object")
@@ -94,7 +94,7 @@ def _check_backbone_record(prov, extra: dict, head, path) -> None:
         if prov.get(key) is not None and not isinstance(prov[key], str):
             raise damaged(f"extra.backbone.{key} is {prov[key]!r}, not a string")
     if not prov.get("arch"):
-        raise DataError(NO_BACKBONE_MSG.format(path=path))
+        raise DataError(MSG_NO_BACKBONE.format(path=path))
     dim = prov.get("feature_dim")
     if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim != head.n_features_in_):
         raise damaged(f"extra.backbone.feature_dim is {dim!r}, but the head has {head.n_features_in_} features")
@@ -120,12 +120,12 @@ def head_backbone(head, path, *, custom_ok: bool = False) -> dict[str, Any]:
     extra = getattr(head, "extra_", None) or {}
     prov = extra.get("backbone") if isinstance(extra, dict) else None
     if not prov:
-        raise DataError(NO_BACKBONE_MSG.format(path=path))
+        raise DataError(MSG_NO_BACKBONE.format(path=path))
     _check_backbone_record(prov, extra, head, path)
     if prov["arch"] == IMPORTED_ARCH:
-        raise DataError(IMPORTED_MSG.format(path=path, what=prov.get("preprocessing")))
+        raise DataError(MSG_IMPORTED.format(path=path, what=prov.get("preprocessing")))
     if prov.get("weights") == CUSTOM_WEIGHTS and not custom_ok:
-        raise DataError(CUSTOM_MSG.format(path=path, arch=prov["arch"]))
+        raise DataError(MSG_CUSTOM.format(path=path, arch=prov["arch"]))
     return prov
 
 
@@ -141,7 +141,7 @@ def rebuild_backbone(prov: dict[str, Any], *, path, weights_file=None):
 
     weights = prov.get("weights")
     if weights == FILE_WEIGHTS and weights_file is None:
-        raise BackboneError(NEEDS_FILE_MSG.format(path=path, arch=prov["arch"], sha=str(prov.get("weights_sha256"))[:12]))
+        raise BackboneError(MSG_NEEDS_FILE.format(path=path, arch=prov["arch"], sha=str(prov.get("weights_sha256"))[:12]))
     # with a weights file, a torchvision name still picks that name's preprocessing
     name = None if weights == FILE_WEIGHTS else weights
     backbone = embedcache.build_backbone(prov["arch"], weights=name, weights_file=weights_file)
@@ -166,7 +166,7 @@ def check_backbone(backbone, prov: dict[str, Any], *, path, by_file: bool = Fals
         if expected != got:
             fix = SHA_FIX if key == "weights_sha256" else "predict with the backbone and weights the cache was built with"
             shown = (lambda v: repr(v)[:80])
-            raise BackboneError(MISMATCH_MSG.format(path=path, field=key.replace("_", " "), got=shown(got),
+            raise BackboneError(MSG_MISMATCH.format(path=path, field=key.replace("_", " "), got=shown(got),
                                                     expected=shown(expected), fix=fix))
 
 
@@ -180,15 +180,15 @@ class ImageFolder:
     def __init__(self, root) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise DataError(NOT_A_FOLDER_MSG.format(path=self.root))
+            raise DataError(MSG_NOT_A_FOLDER.format(path=self.root))
         candidates = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         broken = [p for p in candidates if p.is_symlink() and not p.exists()]
         if broken:  # an image name pointing nowhere is a missing image, never silently one row fewer
-            raise DataError(BROKEN_LINK_MSG.format(path=str(broken[0]), more=f" ({len(broken)} in all)" if len(broken) > 1
+            raise DataError(MSG_BROKEN_LINK.format(path=str(broken[0]), more=f" ({len(broken)} in all)" if len(broken) > 1
                                                    else ""))
         self.paths = [p for p in candidates if p.is_file()]
         if not self.paths:
-            raise DataError(EMPTY_FOLDER_MSG.format(path=self.root, suffixes=" ".join(IMAGE_SUFFIXES)))
+            raise DataError(MSG_EMPTY_FOLDER.format(path=self.root, suffixes=" ".join(IMAGE_SUFFIXES)))
         self.ids = np.asarray([p.relative_to(self.root).as_posix() for p in self.paths], dtype=object)
 
     def __len__(self) -> int:
@@ -310,7 +310,7 @@ def _labelled_parts(source, head, attributes):
     expected = label.get("categories")
     got = list(source.label_categories)
     if expected is not None and sorted(expected) != sorted(got):
-        raise DataError(LABEL_MISMATCH_MSG.format(name=source.label_name, got=got, expected=list(expected)))
+        raise DataError(MSG_LABEL_MISMATCH.format(name=source.label_name, got=got, expected=list(expected)))
     positive = label.get("positive")
     if expected is not None and len(expected) > 2:  # a K-class head: class k is the head's category k
         labels = np.asarray([list(expected).index(got[c]) for c in range(len(got))], dtype=np.int64)[labels]
@@ -344,7 +344,7 @@ def predict_images(head_path, source, *, backbone=None, weights_file=None, split
     batch_size = check_batch_size(batch_size, flag="--batch-size")
     device = check_device(device, flag="--device")
     if splits and (getattr(source, "columns", None) or {}).get("split", "") is None:
-        raise DataError(HASHED_SPLITS_MSG.format(splits=" ".join(splits)))
+        raise DataError(MSG_HASHED_SPLITS.format(splits=" ".join(splits)))
     head = load_head(head_path)
     prov = head_backbone(head, head_path, custom_ok=backbone is not None)
     if backbone is None:
@@ -379,13 +379,13 @@ def predict_images(head_path, source, *, backbone=None, weights_file=None, split
 def _rows_of_splits(source_splits, splits) -> np.ndarray | None:
     """The source's rows in ``splits`` (``None``: every row), refusing splits it does not have."""
     if splits and source_splits is None:
-        raise DataError(NO_SPLITS_MSG.format(splits=" ".join(splits)))
+        raise DataError(MSG_NO_SPLITS.format(splits=" ".join(splits)))
     if not splits:
         return None
     rows = np.flatnonzero(np.isin(np.asarray(source_splits, dtype=str), list(splits)))
     if not len(rows):
         have = ", ".join(sorted(set(map(str, source_splits))))
-        raise DataError(NO_ROWS_IN_SPLIT_MSG.format(splits=", ".join(splits), have=have))
+        raise DataError(MSG_NO_ROWS_IN_SPLIT.format(splits=", ".join(splits), have=have))
     return rows
 
 
@@ -438,7 +438,7 @@ def write_metrics(result: Predictions, path, *, staged=None) -> Path | None:
     return path
 
 
-HASHED_SPLITS_MSG = ("--split {splits} needs the manifest's own split column: without --split-col its rows get "
+MSG_HASHED_SPLITS = ("--split {splits} needs the manifest's own split column: without --split-col its rows get "
                      "hashed splits, which are not the manifest's train/valid/test; pass --split-col COLUMN")
 
 #: what ``fairhead predict`` writes; an existing file is replaced only when it is one of these

@@ -16,14 +16,14 @@ from fairhead_errors import DataError
 
 #: shipped as package data, so a wheel install (not only a source checkout) has them
 PRESET_DIR = Path(__file__).resolve().parent / "presets_data"
-UNKNOWN_PRESET_MSG = "unknown preset {name!r} (known: {known}); run `fairhead presets` to list them"
-NEEDS_ROOT_MSG = "preset {name!r} needs --root: {what}"
-NO_PRESETS_MSG = "no preset folder at '{path}'; this install is incomplete, reinstall fairhead (pip install .)"
+MSG_UNKNOWN_PRESET = "unknown preset {name!r} (known: {known}); run `fairhead presets` to list them"
+MSG_NEEDS_ROOT = "preset {name!r} needs --root: {what}"
+MSG_NO_PRESETS = "no preset folder at '{path}'; this install is incomplete, reinstall fairhead (pip install .)"
 
 
 def list_presets() -> dict[str, dict]:
     if not PRESET_DIR.is_dir():
-        raise DataError(NO_PRESETS_MSG.format(path=PRESET_DIR))
+        raise DataError(MSG_NO_PRESETS.format(path=PRESET_DIR))
     return {p.stem: json.loads(p.read_text()) for p in sorted(PRESET_DIR.glob("*.json"))}
 
 
@@ -33,10 +33,10 @@ def source_from_preset(name: str, *, root: Path | None, target: str | None = Non
 
     presets = list_presets()
     if name not in presets:
-        raise DataError(UNKNOWN_PRESET_MSG.format(name=name, known=", ".join(presets)))
+        raise DataError(MSG_UNKNOWN_PRESET.format(name=name, known=", ".join(presets)))
     preset = presets[name]
     if root is None:
-        raise DataError(NEEDS_ROOT_MSG.format(name=name, what=preset.get("needs_root", "the dataset folder")))
+        raise DataError(MSG_NEEDS_ROOT.format(name=name, what=preset.get("needs_root", "the dataset folder")))
     if preset["source"] == "celeba":
         return sources.CelebASource(root, target=target or preset["target"],
                                     sensitive=tuple(sensitive or preset["sensitive"]))

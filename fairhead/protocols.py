@@ -64,8 +64,8 @@ HELD_OUT = {"B1": "valid", "B2": "train", "B3": None, "M1": "train", "M2": None}
 NO_HELD_OUT = "none (fit on train+valid)"
 HELD_OUT_HINT = ("each head's held-out split is the one it never saw besides test (B1: valid; B2, M1: train); "
                  "B3 and M2 are fit on train and valid together, so only test is held out for them.")
-MISSING_SPLIT_MSG = "protocols need splits train, valid and test; cache '{path}' has {have}; {fix}"
-#: the fix of MISSING_SPLIT_MSG, by how the cache was made
+MSG_MISSING_SPLIT = "protocols need splits train, valid and test; cache '{path}' has {have}; {fix}"
+#: the fix of MSG_MISSING_SPLIT, by how the cache was made
 MISSING_SPLIT_FIX = {
     "extracted": "re-extract with all three (a manifest's --split-col with train, valid and test values)",
     "imported": "re-import it with --split COLUMN naming train, valid and test per row (without --split, "
@@ -333,7 +333,7 @@ def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, see
     if data is None:
         with embedcache.open(cache_path) as cache:
             if not {"train", "valid", "test"} <= set(cache.splits):
-                raise DataError(MISSING_SPLIT_MSG.format(path=cache_path, have=", ".join(cache.splits),
+                raise DataError(MSG_MISSING_SPLIT.format(path=cache_path, have=", ".join(cache.splits),
                                                          fix=_missing_split_fix(cache)))
             pipeline.check_names(cache, attributes=attributes, pos_label=pos_label)  # before any features are read
             data = {s: pipeline.load_arrays(cache, s, attributes, pos_label=pos_label) for s in ("train", "valid", "test")}

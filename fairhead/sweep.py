@@ -49,7 +49,7 @@ from solvers.metrics import undefined_rates
 from fairhead import certify, pipeline, provenance, report, uncertainty
 from fairhead import compare as baselines  # `compare` is run_sweep's list of baselines
 from fairhead import plots as plotting  # `plots` is run_sweep's flag
-from fairhead.data_parallel import COMPARE_MSG
+from fairhead.data_parallel import MSG_COMPARE
 from fairhead.evaluation import GAP_COLUMNS, HeadRecord, evaluate_predictor, head_coef, head_intercept
 from fairhead.measure import BETWEEN_GROUPS, constraint_value, describe_bounded_gap
 from fairhead.tables import format_table
@@ -57,24 +57,24 @@ from fairhead.tables import format_table
 # Imported inside the functions that use them: embedcache (it imports torch: 1-2 s) and solvers.estimator /
 # solvers.path (scikit-learn, scipy.stats: about 2 s); a command that does not need them does not pay for them.
 
-BAD_GRID_MSG = "eps grid must hold finite values >= 0; got {grid}; pass e.g. --eps-grid 0.1 0.05 0.02 0"
-BAD_N_EPS_MSG = "--n-eps must be an integer >= 2 (a sweep runs from the inactive bound down to the tightest); got {n}"
-NO_CONSTRAINT_MSG = "a sweep tightens a constraint; pass --constraint dp (or another), not 'none'"
-MULTICLASS_COMPARE_MSG = (
+MSG_BAD_GRID = "eps grid must hold finite values >= 0; got {grid}; pass e.g. --eps-grid 0.1 0.05 0.02 0"
+MSG_BAD_N_EPS = "--n-eps must be an integer >= 2 (a sweep runs from the inactive bound down to the tightest); got {n}"
+MSG_NO_CONSTRAINT = "a sweep tightens a constraint; pass --constraint dp (or another), not 'none'"
+MSG_MULTICLASS_COMPARE = (
     "--compare {names} fits binary baselines (fairlearn's reductions and the seed's penalties), and label {label!r} "
     "has {k} classes; drop --compare for a {k}-class sweep"
 )
-MINIMAX_GRID_MSG = ("constraint 'minimax' minimises the largest group loss and has no bound to sweep; "
+MSG_MINIMAX_GRID = ("constraint 'minimax' minimises the largest group loss and has no bound to sweep; "
                     "drop --eps-grid (the sweep fits the one minimax head)")
-COMPARE_OUT_OF_CORE_MSG = ("the baselines of --compare ({names}) need the features in memory, and --max-memory "
+MSG_COMPARE_OUT_OF_CORE = ("the baselines of --compare ({names}) need the features in memory, and --max-memory "
                            "streams them; drop --compare or --max-memory")
-NO_SPLIT_MSG = "fit split {split!r} is not in cache '{path}' (it has: {have}); pick one with --fit-split"
+MSG_NO_SPLIT = "fit split {split!r} is not in cache '{path}' (it has: {have}); pick one with --fit-split"
 #: the one line of a default rate grid that stops at the resolution (instead of at 0)
-GRID_CUT_MSG = ("grid: {n} bounds from {top:.4g} down to {floor:.4g}, the resolution of '{name}' on '{split}' (one "
+MSG_GRID_CUT = ("grid: {n} bounds from {top:.4g} down to {floor:.4g}, the resolution of '{name}' on '{split}' (one "
                 "prediction's weight over its group's); a tighter bound is met, if at all, only by a (near) constant "
                 "head, so the sweep stops there (pass --eps-grid to fit tighter bounds anyway)")
 #: ... and when the unconstrained head is already within the resolution: the one bound is the resolution
-GRID_WITHIN_MSG = ("grid: 1 bound, {floor:.4g}, the resolution of '{name}' on '{split}' (one prediction's weight over "
+MSG_GRID_WITHIN = ("grid: 1 bound, {floor:.4g}, the resolution of '{name}' on '{split}' (one prediction's weight over "
                    "its group's), which the unconstrained head already meets (its gap {top:.4g}); a tighter bound is "
                    "met, if at all, only by a (near) constant head, so the sweep stops there (pass --eps-grid to fit "
                    "tighter bounds anyway)")
@@ -108,7 +108,7 @@ def default_eps_grid(inactive_value: float, n_eps: int, *, floor: float = 0.0) -
 def check_grid(grid) -> np.ndarray:
     grid = np.asarray(grid, dtype=float).reshape(-1)
     if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid < 0):
-        raise DataError(BAD_GRID_MSG.format(grid="[" + ", ".join(f"{g:g}" for g in grid) + "]"))
+        raise DataError(MSG_BAD_GRID.format(grid="[" + ", ".join(f"{g:g}" for g in grid) + "]"))
     return np.sort(grid)[::-1]  # loose to tight, so each warm start moves a little
 
 
@@ -276,7 +276,7 @@ def load_sweep_data(cache_path, *, fit_split, attributes, pos_label=None, max_me
 
     with embedcache.open(cache_path) as cache:
         if fit_split not in cache.splits:
-            raise DataError(NO_SPLIT_MSG.format(split=fit_split, path=cache_path, have=", ".join(cache.splits)))
+            raise DataError(MSG_NO_SPLIT.format(split=fit_split, path=cache_path, have=", ".join(cache.splits)))
         pipeline.check_names(cache, attributes=attributes, pos_label=pos_label)  # before any features are read
         splits = [fit_split] + [s for s in cache.splits if s != fit_split]
         arrays = {}
@@ -319,7 +319,7 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     fit = arrays[fit_split]
     cons = make_constraint(constraint)
     if compare and fit.n_classes > 2:
-        raise DataError(MULTICLASS_COMPARE_MSG.format(names=" ".join(compare), label=fit.label_name, k=fit.n_classes))
+        raise DataError(MSG_MULTICLASS_COMPARE.format(names=" ".join(compare), label=fit.label_name, k=fit.n_classes))
     base = dict(C=C, backend=backend, balance=balance, device=device, min_group_size=min_group_size)
     evaluate = dict(arrays=arrays, constraint=cons, balance=balance, confidence=confidence)
 
@@ -361,17 +361,17 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
 def _check_sweep_options(constraint, *, eps_grid, n_eps, compare, max_memory, parallel) -> None:
     """Refuse options that cannot make a sweep, before any file is touched or any row is read."""
     if constraint is None:
-        raise DataError(NO_CONSTRAINT_MSG)
+        raise DataError(MSG_NO_CONSTRAINT)
     if eps_grid is not None and not make_constraint(constraint).bounded:
-        raise DataError(MINIMAX_GRID_MSG)
+        raise DataError(MSG_MINIMAX_GRID)
     if eps_grid is None and (isinstance(n_eps, bool) or not isinstance(n_eps, (int, np.integer)) or n_eps < 2):
-        raise DataError(BAD_N_EPS_MSG.format(n=n_eps))
+        raise DataError(MSG_BAD_N_EPS.format(n=n_eps))
     if eps_grid is not None:
         check_grid(eps_grid)
     if compare and max_memory is not None:
-        raise DataError(COMPARE_OUT_OF_CORE_MSG.format(names=" ".join(compare)))
+        raise DataError(MSG_COMPARE_OUT_OF_CORE.format(names=" ".join(compare)))
     if compare and parallel is not None:
-        raise DataError(COMPARE_MSG.format(names=" ".join(compare)))
+        raise DataError(MSG_COMPARE.format(names=" ".join(compare)))
 
 
 def _refuse_multiclass_compare(cache_path, compare) -> None:
@@ -381,7 +381,7 @@ def _refuse_multiclass_compare(cache_path, compare) -> None:
     with embedcache.open(cache_path) as cache:
         k = len(cache.label_categories)
         if k > 2:
-            raise DataError(MULTICLASS_COMPARE_MSG.format(names=" ".join(compare), label=cache.label_name, k=k))
+            raise DataError(MSG_MULTICLASS_COMPARE.format(names=" ".join(compare), label=cache.label_name, k=k))
 
 
 def _head_record(method: str, eps: float, head, *, wall_time: float, notes: str = "", arrays, constraint, balance,
@@ -418,7 +418,7 @@ def _eps_grid(fit, cons, inactive: float, *, eps_grid, n_eps: int, base: dict, f
     elif cons.kind == "rate":
         grid, floor = _rate_grid(fit, sens, cons, inactive, n_eps, base)
         if floor > 0:
-            msg = GRID_CUT_MSG if len(grid) > 1 else GRID_WITHIN_MSG
+            msg = MSG_GRID_CUT if len(grid) > 1 else MSG_GRID_WITHIN
             notes.append(msg.format(n=len(grid), top=grid[0] if len(grid) > 1 else inactive, floor=floor,
                                     name=cons.name, split=fit_split))
     else:

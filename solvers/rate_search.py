@@ -488,7 +488,7 @@ class BinaryRateSearch(RateSearch):
         return cands, mult
 
     # -- what the head reports -------------------------------------------------------------
-    def _warm_state(self, chosen: Checked, reduction: Checked, smooth_mult) -> dict:
+    def _warm_state(self, chosen: Checked, reduction: Checked, smooth_mult) -> WarmStart:
         """The next bound's warm start (as the estimator's dict): the *reduction's* weighted fit and
         its own gaps (what the multiplier steps steer), also when the smoothed stage's head is chosen."""
         from .backends.torch import _numpy_pairs

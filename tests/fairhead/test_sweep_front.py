@@ -103,7 +103,7 @@ def test_default_rate_grid_stops_at_the_resolution(split_arrays, tmp_path, const
     assert all(r.certificate["resolution"] == resolution for r in heads)
     assert all(r.certificate["eps_met"] for r in heads)  # every bound down to the resolution is reached
     # said once, in the summary (the CLI prints it), report.md and sweep.json
-    line = sweep.GRID_CUT_MSG.format(n=N_EPS, top=eps[0], floor=resolution, name=constraint, split="train")
+    line = sweep.MSG_GRID_CUT.format(n=N_EPS, top=eps[0], floor=resolution, name=constraint, split="train")
     summary = result.summary()
     assert summary.count("the resolution of") == 1 and line in summary.splitlines()
     assert result.files["report"].read_text().count(line) == 1
@@ -150,4 +150,4 @@ def test_an_unconstrained_head_within_the_resolution_is_the_one_bound(tmp_path):
     heads = _heads(result)
     assert [r.eps for r in heads] == [resolution] and heads[0].certificate["eps_met"]
     np.testing.assert_array_equal(heads[0].coef, free.coef)  # the bound is inactive: the unconstrained head
-    assert result.notes == [sweep.GRID_WITHIN_MSG.format(top=inactive, floor=resolution, name="dp", split="train")]
+    assert result.notes == [sweep.MSG_GRID_WITHIN.format(top=inactive, floor=resolution, name="dp", split="train")]
