@@ -676,7 +676,8 @@ class ClassRateSearch(RateSearch):
         if any(h.gap <= self.eps for h in judged):
             self.history = judged
             return self.choose_head(self.eps)
-        return self.choose_head(self.eps if self.met(self.eps) else aim)
+        # no fit meets eps at its own intercepts either (offsets never widen a gap that meets the bound)
+        return self.choose_head(aim)
 
     def solve(self):
         """``(Solution, Certificate)``: search, choose, certificate."""
