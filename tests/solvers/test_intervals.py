@@ -19,6 +19,21 @@ def test_clopper_pearson_equals_scipy(k, n, confidence):
     assert high == pytest.approx(ref.high, abs=1e-10)
 
 
+def test_clopper_pearson_is_scipys_beta_quantile_bit_for_bit():
+    """The quantile comes from ``scipy.special.betaincinv``: the same numbers ``scipy.stats.beta.ppf``
+    gives (it calls the same function), on counts of every size a split has."""
+    from scipy.stats import beta
+
+    rng = np.random.default_rng(0)
+    n = rng.integers(1, 200_000, 500)
+    k = rng.integers(1, n)
+    for confidence in (0.9, 0.95, 1 - 0.05 / 12):
+        a = 1 - confidence
+        low, high = intervals.clopper_pearson(k, n, confidence)
+        np.testing.assert_array_equal(low, beta.ppf(a / 2, k, n - k + 1))
+        np.testing.assert_array_equal(high, beta.ppf(1 - a / 2, k + 1, n - k))
+
+
 def test_clopper_pearson_vectorised_and_empty():
     k, n = np.array([0, 5, 9]), np.array([0, 10, 9])
     low, high = intervals.clopper_pearson(k, n, 0.9)
