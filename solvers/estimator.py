@@ -40,8 +40,9 @@ MSG_TOO_LARGE = ("feature value {value:.3g} (row {row}, column {col}) is too lar
 
 def _check_magnitude(X) -> None:
     """Refuse features whose products overflow (a 1e308 cell), in one line instead of a raw linalg error."""
-    if X.size:
-        magnitude = np.abs(X)
+    # two reductions without a temporary (np.abs(X) was a copy of X: its time and its memory)
+    if X.size and max(float(X.max()), -float(X.min())) > MAX_ABS_FEATURE:
+        magnitude = np.abs(X)  # only to name the cell
         flat = int(np.argmax(magnitude))
         value = float(magnitude.flat[flat])
         if value > MAX_ABS_FEATURE:

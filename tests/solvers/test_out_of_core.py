@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
 
 import h5py
@@ -335,3 +336,70 @@ def test_streamed_head_equals_the_in_memory_head_through_the_smoothed_stage(scat
     _same(ooc.coef_, mem.coef_)
     _same(ooc.intercept_, mem.intercept_)
     assert ooc.certificate_.passes == mem.certificate_.passes
+
+
+def _force_reader(monkeypatch, on: bool):
+    monkeypatch.setattr(out_of_core, "PREFETCH", on)
+    monkeypatch.setattr(out_of_core, "free_cores", lambda: 1)
+
+
+@pytest.mark.parametrize("budget", [SMALL_BUDGET, "1GB"])
+def test_the_reader_thread_hands_on_the_serial_blocks(scattered_cache, monkeypatch, budget):
+    """Issue 23 item 5: the next block read in a thread while the caller multiplies the current
+    one; the same blocks in the same order, so the same products, bit for bit."""
+    path, rows, X, *_ = scattered_cache
+    for contiguous in (False, True):  # a scattered split (gathered into buffers) and all rows (views)
+        sel = rows if not contiguous else None
+        passes = {}
+        for on in (False, True):
+            _force_reader(monkeypatch, on)
+            Xs = RowChunks(path, sel, dataset="features", max_memory=budget)
+            passes[on] = [(s, blk.copy()) for s, blk in Xs.blocks()]
+            w = np.random.default_rng(2).normal(size=X.shape[1])
+            passes[on, "xw"] = x_dot(Xs, w)
+        assert [s for s, _ in passes[True]] == [s for s, _ in passes[False]]
+        for (_, a), (_, b) in zip(passes[True], passes[False]):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(passes[True, "xw"], passes[False, "xw"])
+
+
+def test_a_caller_that_stops_early_stops_the_reader(scattered_cache, monkeypatch):
+    import threading
+
+    path, rows, *_ = scattered_cache
+    _force_reader(monkeypatch, True)
+    Xs = _streamed(path, rows)
+    for _, blk in Xs.blocks():
+        assert len(blk) > 0
+        break
+    deadline = time.monotonic() + 5
+    while any(t.name == "fairhead-block-reader" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(t.name == "fairhead-block-reader" for t in threading.enumerate())
+    assert Xs.first_nonfinite() is None  # and the next pass runs
+
+
+def test_an_error_in_the_reader_reaches_the_caller(scattered_cache, monkeypatch):
+    path, rows, *_ = scattered_cache
+    _force_reader(monkeypatch, True)
+    Xs = _streamed(path, rows)
+
+    def broken_spans():
+        yield from []
+        raise OSError("disk went away")
+
+    monkeypatch.setattr(Xs, "spans", broken_spans)
+    with pytest.raises(OSError, match="disk went away"):
+        list(Xs.blocks())
+
+
+def test_free_cores_reads_the_runnable_tasks(tmp_path, monkeypatch):
+    from solvers import _cores
+
+    monkeypatch.setattr(_cores, "usable_cores", lambda: 4)
+    for running, free in ((1, 3), (3, 1), (9, 0)):
+        (tmp_path / "loadavg").write_text(f"0.50 0.40 0.30 {running}/200 12345\n")
+        monkeypatch.setattr(_cores, "LOADAVG", str(tmp_path / "loadavg"))
+        assert _cores.free_cores() == free
+    monkeypatch.setattr(_cores, "LOADAVG", str(tmp_path / "missing"))
+    assert _cores.free_cores() == 3
