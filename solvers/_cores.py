@@ -11,7 +11,8 @@ The rule (issue 23 item 4), in three parts:
   some shapes (``X @ v`` and ``X^T r`` at 30,162 x 104, ``X^T R`` at 5,000 x 2,048; not at
   20,000 x 512), so a count that followed the load would make the same fit give different heads
   from run to run. On a shared machine, pass ``OMP_NUM_THREADS=1``: two BLAS threads on two busy
-  cores made a 20,000 x 512 fit 3.6x slower, and scikit-learn's 4.9x (``docs/benchmarks.md``).
+  cores made a 20,000 x 512 fit 4.9x slower than one, and scikit-learn's 5.3x
+  (``benchmarks/bench_defaults.py --threads 1 2``, ``docs/benchmarks.md``).
 * **Work whose bits do not depend on it follows the free cores**: a streamed pass reads its next
   block in a thread (:func:`solvers.out_of_core.RowChunks.blocks`) only while a core is free
   (:func:`free_cores`), since on a busy machine the thread only competes with the product.
