@@ -59,7 +59,7 @@ class SmoothedRateObjective:
         self.y, self.q, self.lam2, self.d = y, q, lam2, d
         self.Ma, self.g0, self.bound, self.tau = Ma, g0, bound, tau
         self.mult, self.rho = mult, rho  # (2, K): mu+ and mu-
-        self._sign = 2.0 * y - 1.0  # the labels' signs, once per objective (the same values)
+        self._sign = None if y is None else 2.0 * y - 1.0  # the labels' signs, once per objective (same values)
 
     def smoothed_gaps(self, z):
         s = torch.sigmoid(z / self.tau)
