@@ -234,6 +234,8 @@ MEASURE = textwrap.dedent("""
     from solvers import FairLogisticRegression, RowChunks, out_of_core
 
     out_of_core.BLOCK_BYTES = %d  # the test's blocks (see TEST_BLOCK_BYTES)
+    out_of_core.PREFETCH = %s  # the reader thread on or off, whatever the machine's load
+    out_of_core.free_cores = lambda: 1
 
     path, budget = sys.argv[1], int(sys.argv[2])
     with h5py.File(path, "r") as f:
@@ -267,7 +269,8 @@ MEASURE = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_streamed_fit_stays_under_a_budget_of_a_tenth_of_x(tmp_path):
+@pytest.mark.parametrize("reader", [False, True])
+def test_streamed_fit_stays_under_a_budget_of_a_tenth_of_x(tmp_path, reader):
     """Peak resident memory (VmHWM, reset before each fit, minus the resident set then) in a fresh
     process, X 120 MB and the budget 12 MB. The in-memory fit of the same rows, with X already
     resident, measures the fit's own working set (O(n) vectors, the d x d preconditioner) that the
@@ -283,7 +286,7 @@ def test_streamed_fit_stays_under_a_budget_of_a_tenth_of_x(tmp_path):
         f["y"] = y
     budget = X.nbytes // 10
     script = tmp_path / "measure.py"
-    script.write_text(MEASURE % TEST_BLOCK_BYTES)
+    script.write_text(MEASURE % (TEST_BLOCK_BYTES, reader))
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "big.h5"), str(budget)],
                           capture_output=True, text=True, timeout=120, env=env)
