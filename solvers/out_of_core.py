@@ -66,8 +66,8 @@ HEADROOM = 0.8
 #: chunks the budget allows a pass (it holds two, the caller's and the reader's, and a second block
 #: buffer, at most one chunk's size; see the module docstring)
 CHUNK_COPIES = 3
-#: read the next block in a thread while the current one is used (:meth:`RowChunks.blocks`; files
-#: only, and only while a core is free: :func:`solvers._cores.free_cores`)
+#: read the next block in a thread while the current one is used (:meth:`RowChunks.blocks`; mapped
+#: files only, and only while a core is free: :func:`solvers._cores.free_cores`)
 PREFETCH = True
 #: block buffers of a pass: one being filled by the reader, one in the caller's hands
 BLOCK_BUFFERS = 2
@@ -501,11 +501,11 @@ class RowChunks:
         rows in memory. Whole blocks of a read that keeps all its rows are views of the chunk; a
         split's scattered rows are picked straight into a block buffer (one copy of each row:
         picking them into a chunk-sized array first, then into the block, cost a second copy of
-        every row, about a quarter of a streamed pass). From a file, while a core is free
-        (:func:`solvers._cores.free_cores`, checked once per pass), a reader thread assembles the
-        next block while the caller uses the current one (:data:`PREFETCH`): numpy's gather and
-        the BLAS product both release the GIL, so reading overlaps the arithmetic. The blocks,
-        and so every product's bits, are the same either way.
+        every row, about a quarter of a streamed pass). From a memory-mapped file, while a core
+        is free (:func:`solvers._cores.free_cores`, checked once per pass), a reader thread
+        assembles the next block while the caller uses the current one (:data:`PREFETCH`):
+        numpy's gather and the BLAS product both release the GIL, so reading overlaps the
+        arithmetic. The blocks, and so every product's bits, are the same either way.
 
         Yields
         ------
@@ -514,7 +514,9 @@ class RowChunks:
         block : numpy.ndarray of shape (n_block, n_features)
             The rows, in the stored dtype; a buffer the next block may overwrite.
         """
-        if PREFETCH and self._path is not None and free_cores() >= 1:  # the reader needs a core of its own
+        # mapped reads only: each is its own map, while HDF5 reads refill one chunk buffer that the
+        # caller's block may still be a view of; and the reader needs a core of its own
+        if PREFETCH and self._runs and free_cores() >= 1:
             yield from _prefetched(self)
             return
         buf = []
