@@ -333,12 +333,16 @@ def numpy_ops(design: Design):
     return xd, xtd
 
 
-def _softplus_neg(z, y, sign=None):
-    """log(1 + exp(-s z)) with s = 2y - 1 (``sign``, when the caller keeps it), and its
-    z-derivative sigmoid(z) - y."""
-    sz = (2.0 * y - 1.0 if sign is None else sign) * z
-    loss = torch.nn.functional.softplus(-sz)
+def _softplus_neg(z, y, neg_sign=None):
+    """log(1 + exp(-s z)) with s = 2y - 1, and its z-derivative sigmoid(z) - y. ``neg_sign``:
+    ``-s`` when the caller keeps it (:func:`neg_signs`; ``(-s) z`` is ``-(s z)`` to the bit)."""
+    loss = torch.nn.functional.softplus(-((2.0 * y - 1.0) * z) if neg_sign is None else neg_sign * z)
     return loss, torch.sigmoid(z) - y
+
+
+def neg_signs(y):
+    """``-(2y - 1)``, the labels' negated signs, made once per objective instead of per evaluation."""
+    return -(2.0 * y - 1.0)
 
 
 class WeightedLogistic:
@@ -349,23 +353,23 @@ class WeightedLogistic:
 
     def __init__(self, y, q0, lam2, d, q1=None):
         self.y, self.q0, self.q1, self.lam2, self.d = y, q0, q1, lam2, d
-        # the labels' signs, once per objective rather than per evaluation (the same values)
-        self._sign = 2.0 * y - 1.0
+        self._neg_sign = neg_signs(y)
         self._tails = {}  # zeros for the gradient's coordinates past w, by the length of theta
         if q1 is not None:
             self._y1 = 1.0 - y
-            self._sign1 = 2.0 * self._y1 - 1.0
+            self._neg_sign1 = neg_signs(self._y1)
 
     def eval(self, z, theta):
-        loss, dl = _softplus_neg(z, self.y, self._sign)
-        val = torch.dot(self.q0, loss)
+        loss, dl = _softplus_neg(z, self.y, self._neg_sign)
+        # the scalars as Python floats: the float64 arithmetic of 0-d tensors, without their calls
+        val = float(torch.dot(self.q0, loss))
         gz = self.q0 * dl
         if self.q1 is not None:
-            loss1, dl1 = _softplus_neg(z, self._y1, self._sign1)
-            val = val + torch.dot(self.q1, loss1)
+            loss1, dl1 = _softplus_neg(z, self._y1, self._neg_sign1)
+            val = val + float(torch.dot(self.q1, loss1))
             gz = gz + self.q1 * dl1
         w = theta[: self.d]
-        val = val + 0.5 * self.lam2 * torch.dot(w, w)
+        val = val + 0.5 * self.lam2 * float(torch.dot(w, w))
         tail = self._tails.get(theta.numel())
         if tail is None:
             tail = self._tails[theta.numel()] = theta.new_zeros(theta.numel() - self.d)
@@ -381,10 +385,10 @@ class _AugLagObjective:
         self.bound, self.minimax = bound, minimax
         self.mult = torch.zeros(n_cells, dtype=_F64, device=y.device)
         self.rho = 10.0
-        self._sign = 2.0 * y - 1.0
+        self._neg_sign = neg_signs(y)
 
     def cell_losses(self, z):
-        loss, dl = _softplus_neg(z, self.y, self._sign)
+        loss, dl = _softplus_neg(z, self.y, self._neg_sign)
         L = torch.zeros(self.nc, dtype=_F64, device=z.device).index_add_(0, self.codes, self.cell_w * loss)
         return L, loss, dl
 
