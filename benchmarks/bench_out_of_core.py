@@ -8,7 +8,9 @@ measures each mode in a fresh process (so each has its own peak):
 * ``streamed``: ``solvers.RowChunks`` over the same rows with ``--budget``, nothing loaded.
 
 Each mode times ``--passes`` products with ``X`` / ``X^T`` (``Design.mv`` / ``rmv``, alternating,
-after one warm-up pass) and fits an unconstrained head for ``--iters`` L-BFGS iterations. Peak
+after one warm-up pass) and fits an unconstrained head for ``--iters`` L-BFGS iterations; the
+streamed mode also times ``2 x --passes`` products with the reader thread of ``RowChunks.blocks``
+forced on and off, alternating (a fit uses it only while a core is free). Peak
 memory is VmHWM (reset just before the work) minus the resident set then, with glibc's malloc
 thresholds fixed so freed arrays leave the resident set. Prints the ratios (goals: streamed pass
 at most 1.5x the in-memory one; streamed peak at most the budget + 10%) and writes
@@ -101,6 +103,20 @@ with fit_threads("cpu"):
         design.rmv(r) if k % 2 else design.mv(v)
         times.append(time.perf_counter() - t)
 out["pass_s"] = float(np.median(times))
+if mode == "streamed":  # the reader thread forced on and off, alternating (solvers.out_of_core.PREFETCH)
+    from solvers import out_of_core
+    gate = out_of_core.free_cores
+    out["free_cores_now"] = gate()
+    out_of_core.free_cores = lambda: 1
+    reader = {True: [], False: []}
+    with fit_threads("cpu"):
+        for k in range(2 * passes):
+            out_of_core.PREFETCH = on = k % 2 == 0
+            t = time.perf_counter()
+            design.rmv(r) if k % 4 >= 2 else design.mv(v)
+            reader[on].append(time.perf_counter() - t)
+    out_of_core.PREFETCH, out_of_core.free_cores = True, gate
+    out["reader_pass_s"], out["serial_pass_s"] = float(np.median(reader[True])), float(np.median(reader[False]))
 t = time.perf_counter()
 head = FairLogisticRegression(backend="torch", max_iter=iters).fit(X, y)
 out["fit_s"] = time.perf_counter() - t
@@ -149,6 +165,9 @@ def main(argv=None):
     print(f"  {ooc['note']}")
     print(f"time per pass  in-memory {mem['pass_s']:.3f}s  streamed {ooc['pass_s']:.3f}s  ratio {ratio:.2f}  "
           f"(goal <= 1.5)")
+    print(f"streamed pass with the reader thread {ooc['reader_pass_s']:.3f}s, without {ooc['serial_pass_s']:.3f}s: "
+          f"{ooc['reader_pass_s'] / ooc['serial_pass_s']:.2f}x (forced on and off, alternating; free cores when "
+          f"measured: {ooc['free_cores_now']}; fits use it only while a core is free)")
     print(f"fit ({args.iters} iterations) in-memory {mem['fit_s']:.1f}s / {mem['fit_passes']} passes  streamed "
           f"{ooc['fit_s']:.1f}s / {ooc['fit_passes']} passes  ratio per pass {fit_ratio:.2f}; heads equal: {same}")
     print(f"peak memory    in-memory {mem['peak_bytes'] / 1e9:.2f} GB (X {mem['x_bytes'] / 1e9:.2f} GB resident)  "

@@ -11,11 +11,12 @@ memory-mapped: a chunk is a view of the page cache, mapped for its pass and unma
 the rows are copied only when a split's rows are picked out. Other datasets (compressed,
 virtual views over shards, arrays) are read with HDF5 into one reused buffer.
 
-**Budget.** A pass holds a chunk of ``R`` file rows as read or mapped, the previous one (while
-its last block is in use), the split's rows picked from it (scattered rows only), one block of
-``B`` rows being assembled, that block's float64 copy for a float64 product, and 1 MiB for HDF5's
-own buffers (the chunk cache is off). With ``b`` bytes per stored row and ``d`` features, the
-chunk is the largest whole number of blocks with
+**Budget.** A pass holds at most two chunks of ``R`` file rows as read or mapped (the one the
+caller's block comes from, the one the reader thread is in: it assembles one block ahead), two
+blocks of ``B`` rows (the caller's, the one being assembled), a block's float64 copy for a float64
+product, and 1 MiB for HDF5's own buffers (the chunk cache is off). The chunk is a whole number of
+blocks (``B <= R``), so the bound below, written for three chunks and one block, covers it. With
+``b`` bytes per stored row and ``d`` features, the chunk is the largest whole number of blocks with
 
 .. math::
 
@@ -41,12 +42,15 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import queue
 import re
+import threading
 
 import numpy as np
 
 from fairhead_options import check_memory_budget, format_memory
 
+from ._cores import free_cores
 from .errors import DataError
 
 #: bytes of one block in float32 (rows per block: :func:`block_rows`). Large enough that an
@@ -59,9 +63,14 @@ from .errors import DataError
 BLOCK_BYTES = 32 * 2**20
 #: the share of the budget the chunk, the picked rows and a block may take (see the module docstring)
 HEADROOM = 0.8
-#: a chunk as read (or mapped), the previous one (still referenced by its last block while the
-#: next is mapped), the split's rows picked from it
+#: chunks the budget allows a pass (it holds two, the caller's and the reader's, and a second block
+#: buffer, at most one chunk's size; see the module docstring)
 CHUNK_COPIES = 3
+#: read the next block in a thread while the current one is used (:meth:`RowChunks.blocks`; mapped
+#: files only, and only while a core is free: :func:`solvers._cores.free_cores`)
+PREFETCH = True
+#: block buffers of a pass: one being filled by the reader, one in the caller's hands
+BLOCK_BUFFERS = 2
 #: HDF5's own buffers while reading (its chunk cache is turned off)
 HDF5_CACHE_BYTES = 2**20
 #: budget of a RowChunks built without one
@@ -158,6 +167,80 @@ def _mapped_runs(dset) -> list | None:
         return runs
     except (AttributeError, OSError, RuntimeError, ValueError):  # an HDF5 without chunk queries: read it
         return None
+
+
+def _prefetched(chunks: "RowChunks"):
+    """The blocks of ``chunks._assembled_blocks``, made one block ahead by a reader thread.
+
+    ``BLOCK_BUFFERS`` (2) block buffers take turns: the reader fills one while the caller holds
+    the other, and gets it back when the caller asks for the next block (the contract of
+    :meth:`RowChunks.blocks`: a block is used before the next is asked for). The reader starts a
+    block only once the caller has taken the previous one, so a pass holds at most two chunks
+    (the caller's block's and the reader's). A caller that stops early (a ``break``) stops the
+    reader; an error in the reader is raised in the caller.
+    """
+    free, ready, stop = queue.Queue(), queue.Queue(maxsize=1), threading.Event()
+    taken = threading.Semaphore(0)
+    for _ in range(BLOCK_BUFFERS):
+        free.put(None)  # allocated at first use: a pass of whole-block views needs none
+    pending = []  # the buffer being filled, until its block is handed on
+
+    def new_buffer():
+        buf = _wait(free.get, stop)
+        buf = np.empty((chunks.block_rows, chunks.shape[1]), dtype=chunks.dtype) if buf is None else buf
+        pending.append(buf)
+        return buf
+
+    def read():
+        try:
+            for start, block in chunks._assembled_blocks(new_buffer):
+                own = pending.pop() if pending and (block is pending[0] or block.base is pending[0]) else None
+                _wait(lambda **kw: ready.put((start, block, own), **kw), stop)
+                _acquire(taken, stop)  # the caller has it: the next block is assembled meanwhile
+            _wait(lambda **kw: ready.put(None, **kw), stop)
+        except _Stopped:
+            pass
+        except BaseException as err:  # raised in the caller
+            with contextlib.suppress(_Stopped):
+                _wait(lambda **kw: ready.put(err, **kw), stop)
+
+    thread = threading.Thread(target=read, name="fairhead-block-reader", daemon=True)
+    thread.start()
+    held = None
+    try:
+        while (item := ready.get()) is not None:
+            if held is not None:
+                free.put(held)  # the caller asked for the next block: it is done with this buffer
+            if isinstance(item, BaseException):
+                raise item
+            start, block, held = item
+            taken.release()
+            yield start, block
+    finally:
+        stop.set()
+        thread.join()
+
+
+class _Stopped(Exception):
+    """The caller stopped iterating: the reader thread ends."""
+
+
+def _wait(call, stop, poll=0.05):
+    """``call(timeout=poll)`` (a queue's get or put) until it succeeds, or ``_Stopped`` once
+    ``stop`` is set (a reader never blocks on a caller that has gone)."""
+    while not stop.is_set():
+        try:
+            return call(timeout=poll)
+        except (queue.Empty, queue.Full):
+            continue
+    raise _Stopped
+
+
+def _acquire(semaphore, stop, poll=0.05):
+    """``semaphore.acquire()``, or ``_Stopped`` once ``stop`` is set."""
+    while not semaphore.acquire(timeout=poll):
+        if stop.is_set():
+            raise _Stopped
 
 
 def array_blocks(X: np.ndarray):
@@ -416,9 +499,13 @@ class RowChunks:
 
         The last block may be shorter; the blocks are those :func:`array_blocks` cuts from the
         rows in memory. Whole blocks of a read that keeps all its rows are views of the chunk; a
-        split's scattered rows are picked straight into the block buffer (one copy of each row:
+        split's scattered rows are picked straight into a block buffer (one copy of each row:
         picking them into a chunk-sized array first, then into the block, cost a second copy of
-        every row, about a quarter of a streamed pass).
+        every row, about a quarter of a streamed pass). From a memory-mapped file, while a core
+        is free (:func:`solvers._cores.free_cores`, checked once per pass), a reader thread
+        assembles the next block while the caller uses the current one (:data:`PREFETCH`):
+        numpy's gather and the BLAS product both release the GIL, so reading overlaps the
+        arithmetic. The blocks, and so every product's bits, are the same either way.
 
         Yields
         ------
@@ -427,7 +514,24 @@ class RowChunks:
         block : numpy.ndarray of shape (n_block, n_features)
             The rows, in the stored dtype; a buffer the next block may overwrite.
         """
-        B, d = self.block_rows, self.shape[1]
+        # mapped reads only: each is its own map, while HDF5 reads refill one chunk buffer that the
+        # caller's block may still be a view of; and the reader needs a core of its own
+        if PREFETCH and self._runs and free_cores() >= 1:
+            yield from _prefetched(self)
+            return
+        buf = []
+
+        def one_buffer():  # serial: one block buffer, reused (the caller is done with the last block)
+            if not buf:
+                buf.append(np.empty((self.block_rows, self.shape[1]), dtype=self.dtype))
+            return buf[0]
+
+        yield from self._assembled_blocks(one_buffer)
+
+    def _assembled_blocks(self, new_buffer):
+        """:meth:`blocks` read in this thread; ``new_buffer()`` gives an empty ``(block_rows, d)``
+        buffer for each block that has to be copied together."""
+        B = self.block_rows
         buf, fill, start = None, 0, 0
         for _, part, pos in self.spans():
             i, m = 0, len(part) if pos is None else len(pos)
@@ -437,8 +541,8 @@ class RowChunks:
                     start += B
                     i += B
                     continue
-                if buf is None:
-                    buf = np.empty((B, d), dtype=self.dtype)
+                if fill == 0:
+                    buf = new_buffer()
                 take = min(B - fill, m - i)
                 if pos is None:
                     buf[fill : fill + take] = part[i : i + take]

@@ -59,6 +59,9 @@ class SmoothedRateObjective:
         self.y, self.q, self.lam2, self.d = y, q, lam2, d
         self.Ma, self.g0, self.bound, self.tau = Ma, g0, bound, tau
         self.mult, self.rho = mult, rho  # (2, K): mu+ and mu-
+        from .backends.torch import neg_signs
+
+        self._neg_sign = None if y is None else neg_signs(y)  # once per objective, not per evaluation
 
     def smoothed_gaps(self, z):
         s = torch.sigmoid(z / self.tau)
@@ -71,7 +74,7 @@ class SmoothedRateObjective:
     def eval(self, z, theta):
         from .backends.torch import _softplus_neg
 
-        loss, dl = _softplus_neg(z, self.y)
+        loss, dl = _softplus_neg(z, self.y, self._neg_sign)
         g, s = self.smoothed_gaps(z)
         sh = self.shifted(g)
         w = theta[: self.d]

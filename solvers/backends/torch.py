@@ -100,6 +100,10 @@ class Design:
         # on the CPU the products go through numpy's BLAS, block by block: single-threaded float32
         # gemv there is ~1.7x faster than torch.mv on our machines (same float32 accumulation)
         self._np = Xt.numpy() if self.source is None and self.device.type == "cpu" else None
+        # an in-memory X already at product precision: its row blocks (views) listed once, not
+        # re-cut per product (a small table's product is a few microseconds of BLAS)
+        self._np_blocks = (list(array_blocks(self._np)) if self._np is not None
+                           and self._np.dtype == (np.float64 if dtype == _F64 else np.float32) else None)
         self.n, self.d = X.shape
         self.half = dtype in (torch.float16, torch.bfloat16)
         self.cdt = _F64 if dtype == _F64 else torch.float32
@@ -126,6 +130,11 @@ class Design:
 
     def _blocks(self):
         """``(start, block)`` numpy row blocks of X at ``cdt`` precision (CPU, or streamed)."""
+        if self._np_blocks is not None:
+            return self._np_blocks
+        return self._cast_blocks()
+
+    def _cast_blocks(self):
         blocks = self.source.blocks() if self.source is not None else array_blocks(self._np)
         for s, blk in blocks:
             yield s, (blk if blk.dtype == self._np_cdt else blk.astype(self._np_cdt))
@@ -154,9 +163,20 @@ class Design:
         full = self.n * self.d * self.d <= GRAM_FULL_FLOPS
         G = torch.zeros((self.d, self.d) if full else (self.d,), dtype=_F64, device=self.device)
 
+        scratch = []  # one block-sized buffer for X - mu and its squares: a fresh 32 MiB array per
+        # block costs its page faults, five times the arithmetic (the same operations, the same bits)
+
         def part(Xc):
-            Xc = Xc if mu is None else Xc - mu
-            return ((Xc.t() @ Xc) if full else (Xc * Xc).sum(0)).to(_F64)
+            if mu is None and full:
+                return (Xc.t() @ Xc).to(_F64)
+            if not scratch:
+                scratch.append(torch.empty(Xc.shape, dtype=Xc.dtype, device=Xc.device))
+            buf = scratch[0][: len(Xc)]
+            if mu is not None:
+                Xc = torch.sub(Xc, mu, out=buf)
+            if full:
+                return (Xc.t() @ Xc).to(_F64)
+            return torch.mul(Xc, Xc, out=buf).sum(0).to(_F64)
 
         G = sum_blocks(self.source, ((s, part(Xc)) for s, Xc in self.device_blocks()), G)
         G /= max(self.n, 1)
@@ -203,7 +223,13 @@ class Design:
             rn = rc.numpy()
             parts = ((s, rn[s : s + len(blk)] @ blk if r.ndim == 1 else blk.T @ rn[s : s + len(blk)])
                      for s, blk in self._blocks())
-            out = torch.from_numpy(sum_blocks(self.source, parts, np.zeros((self.d,) + tail, dtype=np.float64)))
+            acc = np.zeros((self.d,) + tail, dtype=np.float64)
+            if self.source is None:  # in memory: the blocks in order (sum_blocks' own loop, without its dispatch)
+                for _, part in parts:
+                    acc += part
+            else:
+                acc = sum_blocks(self.source, parts, acc)
+            out = torch.from_numpy(acc)
         elif self.source is None and not self.half:
             out = (torch.mv(self.X.t(), rc) if r.ndim == 1 else self.X.t() @ rc).to(_F64)
         else:
@@ -266,21 +292,27 @@ class Preconditioner:
 
     def t(self, v: torch.Tensor) -> torch.Tensor:
         """``T v`` for ``v`` of shape (p,) or (p, k)."""
-        vv = v[:, None] if v.ndim == 1 else v
-        out = torch.empty_like(vv)
-        out[: self.d] = (vv[: self.d] / self.L[:, None] if self.L.ndim == 1 else
-                         torch.linalg.solve_triangular(self.L.t(), vv[: self.d], upper=True))
-        out[self.d:] = vv[self.d:] * self.scale[:, None]
-        return out[:, 0] if v.ndim == 1 else out
+        if v.ndim == 1:  # the same arithmetic as a (p, 1) column, in fewer torch calls
+            head = (v[: self.d] / self.L if self.L.ndim == 1 else
+                    torch.linalg.solve_triangular(self.L.t(), v[: self.d, None], upper=True)[:, 0])
+            return torch.cat((head, v[self.d:] * self.scale))
+        out = torch.empty_like(v)
+        out[: self.d] = (v[: self.d] / self.L[:, None] if self.L.ndim == 1 else
+                         torch.linalg.solve_triangular(self.L.t(), v[: self.d], upper=True))
+        out[self.d:] = v[self.d:] * self.scale[:, None]
+        return out
 
     def tt(self, v: torch.Tensor) -> torch.Tensor:
         """``T^T v`` for ``v`` of shape (p,) or (p, k)."""
-        vv = v[:, None] if v.ndim == 1 else v
-        out = torch.empty_like(vv)
-        out[: self.d] = (vv[: self.d] / self.L[:, None] if self.L.ndim == 1 else
-                         torch.linalg.solve_triangular(self.L, vv[: self.d], upper=False))
-        out[self.d:] = vv[self.d:] * self.scale[:, None]
-        return out[:, 0] if v.ndim == 1 else out
+        if v.ndim == 1:
+            head = (v[: self.d] / self.L if self.L.ndim == 1 else
+                    torch.linalg.solve_triangular(self.L, v[: self.d, None], upper=False)[:, 0])
+            return torch.cat((head, v[self.d:] * self.scale))
+        out = torch.empty_like(v)
+        out[: self.d] = (v[: self.d] / self.L[:, None] if self.L.ndim == 1 else
+                         torch.linalg.solve_triangular(self.L, v[: self.d], upper=False))
+        out[self.d:] = v[self.d:] * self.scale[:, None]
+        return out
 
 
 def numpy_ops(design: Design):
@@ -301,11 +333,16 @@ def numpy_ops(design: Design):
     return xd, xtd
 
 
-def _softplus_neg(z, y):
-    """log(1 + exp(-s z)) with s = 2y - 1, and its z-derivative sigmoid(z) - y."""
-    sz = (2.0 * y - 1.0) * z
-    loss = torch.nn.functional.softplus(-sz)
+def _softplus_neg(z, y, neg_sign=None):
+    """log(1 + exp(-s z)) with s = 2y - 1, and its z-derivative sigmoid(z) - y. ``neg_sign``:
+    ``-s`` when the caller keeps it (:func:`neg_signs`; ``(-s) z`` is ``-(s z)`` to the bit)."""
+    loss = torch.nn.functional.softplus(-((2.0 * y - 1.0) * z) if neg_sign is None else neg_sign * z)
     return loss, torch.sigmoid(z) - y
+
+
+def neg_signs(y):
+    """``-(2y - 1)``, the labels' negated signs, made once per objective instead of per evaluation."""
+    return -(2.0 * y - 1.0)
 
 
 class WeightedLogistic:
@@ -316,20 +353,27 @@ class WeightedLogistic:
 
     def __init__(self, y, q0, lam2, d, q1=None):
         self.y, self.q0, self.q1, self.lam2, self.d = y, q0, q1, lam2, d
+        self._neg_sign = neg_signs(y)
+        self._tails = {}  # zeros for the gradient's coordinates past w, by the length of theta
+        if q1 is not None:
+            self._y1 = 1.0 - y
+            self._neg_sign1 = neg_signs(self._y1)
 
     def eval(self, z, theta):
-        loss, dl = _softplus_neg(z, self.y)
-        val = torch.dot(self.q0, loss)
+        loss, dl = _softplus_neg(z, self.y, self._neg_sign)
+        # the scalars as Python floats: the float64 arithmetic of 0-d tensors, without their calls
+        val = float(torch.dot(self.q0, loss))
         gz = self.q0 * dl
         if self.q1 is not None:
-            loss1, dl1 = _softplus_neg(z, 1.0 - self.y)
-            val = val + torch.dot(self.q1, loss1)
+            loss1, dl1 = _softplus_neg(z, self._y1, self._neg_sign1)
+            val = val + float(torch.dot(self.q1, loss1))
             gz = gz + self.q1 * dl1
         w = theta[: self.d]
-        val = val + 0.5 * self.lam2 * torch.dot(w, w)
-        gdir = torch.zeros_like(theta)
-        gdir[: self.d] = self.lam2 * w
-        return float(val), gz, gdir
+        val = val + 0.5 * self.lam2 * float(torch.dot(w, w))
+        tail = self._tails.get(theta.numel())
+        if tail is None:
+            tail = self._tails[theta.numel()] = theta.new_zeros(theta.numel() - self.d)
+        return float(val), gz, torch.cat((self.lam2 * w, tail))
 
 
 class _AugLagObjective:
@@ -341,9 +385,10 @@ class _AugLagObjective:
         self.bound, self.minimax = bound, minimax
         self.mult = torch.zeros(n_cells, dtype=_F64, device=y.device)
         self.rho = 10.0
+        self._neg_sign = neg_signs(y)
 
     def cell_losses(self, z):
-        loss, dl = _softplus_neg(z, self.y)
+        loss, dl = _softplus_neg(z, self.y, self._neg_sign)
         L = torch.zeros(self.nc, dtype=_F64, device=z.device).index_add_(0, self.codes, self.cell_w * loss)
         return L, loss, dl
 
@@ -368,21 +413,45 @@ class _AugLagObjective:
         return float(val), gz, gdir
 
 
-def _two_loop(g, S, Y):
-    q = g.clone()
-    alphas = []
-    for s, yv in zip(reversed(S), reversed(Y)):
-        rho = 1.0 / torch.dot(yv, s)
-        a = rho * torch.dot(s, q)
-        alphas.append((a, rho, s, yv))
-        q -= a * yv
-    if S:
-        gamma = torch.dot(S[-1], Y[-1]) / torch.dot(Y[-1], Y[-1])
-        q *= gamma
-    for a, rho, s, yv in reversed(alphas):
-        b = rho * torch.dot(yv, q)
-        q += (a - b) * s
-    return q
+class _CurvaturePairs:
+    """The L-BFGS memory: the last ``memory`` pairs ``(s, y)`` and their ``rho = 1 / (y . s)``.
+
+    :meth:`apply` is the two-loop recursion ``H g`` (Nocedal and Wright, algorithm 7.4) with
+    ``H_0 = (s . y) / (y . y) I`` from the newest pair. Its scalars are Python floats and ``rho``
+    is kept with its pair: the arithmetic of 0-d float64 tensors, at a fraction of torch's
+    per-operation cost on small problems.
+    """
+
+    def __init__(self, memory: int):
+        self.memory = memory
+        self.S, self.Y, self.rho = [], [], []
+
+    def __bool__(self):
+        return bool(self.S)
+
+    def clear(self):
+        self.S, self.Y, self.rho = [], [], []
+
+    def add(self, s: torch.Tensor, y: torch.Tensor) -> None:
+        self.S.append(s)
+        self.Y.append(y)
+        self.rho.append(1.0 / float(torch.dot(y, s)))
+        if len(self.S) > self.memory:
+            del self.S[0], self.Y[0], self.rho[0]
+
+    def apply(self, g: torch.Tensor) -> torch.Tensor:
+        q = g.clone()
+        alphas = []
+        for s, yv, rho in zip(reversed(self.S), reversed(self.Y), reversed(self.rho)):
+            a = rho * float(torch.dot(s, q))
+            alphas.append(a)
+            q -= a * yv
+        if self.S:
+            q *= float(torch.dot(self.S[-1], self.Y[-1])) / float(torch.dot(self.Y[-1], self.Y[-1]))
+        for a, s, yv, rho in zip(reversed(alphas), self.S, self.Y, self.rho):
+            b = rho * float(torch.dot(yv, q))
+            q += (a - b) * s
+        return q
 
 
 class _Result:
@@ -481,8 +550,7 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
             return layout.stationarity(pg, mu)
         if mu is None:
             return float(pg.abs().max())
-        gw = pg[:d] + mu * pg[d]
-        return max(float(gw.abs().max()), float(pg[d:].abs().max()))
+        return float(torch.cat((pg[:d] + mu * pg[d], pg[d:])).abs().max())
 
     def proj(v):
         return v if Q is None else v - Q @ (Q.t() @ v)
@@ -490,15 +558,14 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
     z = scores(theta) if (z0 is None or len(fixed)) else z0
     f, gz, gdir = obj.eval(z, theta)
     g = full_grad(gz, gdir)
-    S, Yl = [], []
+    mem = _CurvaturePairs(memory)
     if pairs is not None and sorted(pairs[2]) == sorted(W):
         # warm start along a path: curvature pairs from the previous solve stay valid
         for s_, y_ in zip(pairs[0], pairs[1]):
             s_ = projt(torch.as_tensor(s_, dtype=_F64, device=dev))
             y_ = projt(torch.as_tensor(y_, dtype=_F64, device=dev))
             if float(torch.dot(s_, y_)) > 0:
-                S.append(s_)
-                Yl.append(y_)
+                mem.add(s_, y_)
     it = 0
     converged = False
     lamW = None
@@ -520,15 +587,15 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
                 break
             W.pop(kmin)
             Q, R = basis()
-            S, Yl = [], []
+            mem.clear()
             continue
         it += 1
         gt = projt(to_phi(g))
-        direc_phi = projt(-_two_loop(gt, S, Yl))
+        direc_phi = projt(-mem.apply(gt))
         direc = to_theta(direc_phi)
         gd = float(torch.dot(g, direc))
         if not gd < 0:
-            S, Yl = [], []
+            mem.clear()
             direc_phi = -gt
             direc = to_theta(direc_phi)
             gd = float(torch.dot(g, direc))
@@ -548,14 +615,14 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
             # degenerate: an active row (slack 0) blocks at once; add it without moving
             W.append(block)
             Q, R = basis()
-            S, Yl = [], []
+            mem.clear()
             continue
         # preconditioned, the first step is about a Newton step already
-        a0 = 1.0 if (S or Tm is not None) else min(1.0, 1.0 / max(pg_inf, 1e-300))
+        a0 = 1.0 if (mem or Tm is not None) else min(1.0, 1.0 / max(pg_inf, 1e-300))
         alpha, f_new, gz_new, gdir_new = _line_search(obj, z, theta, Xd, direc, f, gd, a_max, a0, c2)
         if alpha <= 0.0:
             stall += 1
-            S, Yl = [], []
+            mem.clear()
             if stall >= 2:
                 break
             continue
@@ -570,17 +637,13 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
         if block is not None and alpha >= a_max:
             W.append(block)
             Q, R = basis()
-            S, Yl = [], []
+            mem.clear()
         else:
             step_phi = alpha * direc_phi
             yv = projt(to_phi(g_new)) - gt
             sy = float(torch.dot(step_phi, yv))
             if sy > 1e-12 * float(torch.dot(step_phi, step_phi)) ** 0.5 * float(torch.linalg.vector_norm(yv)):
-                S.append(step_phi)
-                Yl.append(yv)
-                if len(S) > memory:
-                    S.pop(0)
-                    Yl.pop(0)
+                mem.add(step_phi, yv)
         f, g = f_new, g_new
     # final multipliers for all rows (zeros off the working set)
     lam = torch.zeros(m, dtype=_F64, device=dev)
@@ -590,7 +653,7 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
     res = _Result()
     res.theta, res.z, res.working, res.lam, res.n_iter = theta, z, list(W), lam, it
     res.converged, res.stationarity, res.f = converged, stat_measure(proj(g)), f
-    res.pairs = (list(S), list(Yl), list(W))
+    res.pairs = (list(mem.S), list(mem.Y), list(W))
     # X^T gz (uncentred) at the returned theta: g is always the gradient at the current iterate
     if layout is not None:
         res.xtr = last["xtr"] + (torch.outer(mu, last["gsum"]) if mu is not None else 0.0)
@@ -610,7 +673,8 @@ def _line_search(obj, z, theta, Xd, direc, f0, d0, a_max, a0, c2, max_eval=30):
         th = theta + a * direc
         val, gz, gdir = obj.eval(z + a * Xd, th)
         # scores of several columns (multinomial) are flattened: a view, the binary bits unchanged
-        der = float(torch.dot(gz.reshape(-1), Xd.reshape(-1)) + torch.dot(gdir, direc))
+        der = (float(torch.dot(gz if gz.ndim == 1 else gz.reshape(-1), Xd if Xd.ndim == 1 else Xd.reshape(-1)))
+               + float(torch.dot(gdir, direc)))
         return val, der, gz, gdir
 
     lo, dlo = 0.0, d0

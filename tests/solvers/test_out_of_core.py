@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
 
 import h5py
@@ -233,6 +234,8 @@ MEASURE = textwrap.dedent("""
     from solvers import FairLogisticRegression, RowChunks, out_of_core
 
     out_of_core.BLOCK_BYTES = %d  # the test's blocks (see TEST_BLOCK_BYTES)
+    out_of_core.PREFETCH = %s  # the reader thread on or off, whatever the machine's load
+    out_of_core.free_cores = lambda: 1
 
     path, budget = sys.argv[1], int(sys.argv[2])
     with h5py.File(path, "r") as f:
@@ -266,7 +269,8 @@ MEASURE = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_streamed_fit_stays_under_a_budget_of_a_tenth_of_x(tmp_path):
+@pytest.mark.parametrize("reader", [False, True])
+def test_streamed_fit_stays_under_a_budget_of_a_tenth_of_x(tmp_path, reader):
     """Peak resident memory (VmHWM, reset before each fit, minus the resident set then) in a fresh
     process, X 120 MB and the budget 12 MB. The in-memory fit of the same rows, with X already
     resident, measures the fit's own working set (O(n) vectors, the d x d preconditioner) that the
@@ -282,7 +286,7 @@ def test_streamed_fit_stays_under_a_budget_of_a_tenth_of_x(tmp_path):
         f["y"] = y
     budget = X.nbytes // 10
     script = tmp_path / "measure.py"
-    script.write_text(MEASURE % TEST_BLOCK_BYTES)
+    script.write_text(MEASURE % (TEST_BLOCK_BYTES, reader))
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "big.h5"), str(budget)],
                           capture_output=True, text=True, timeout=120, env=env)
@@ -335,3 +339,79 @@ def test_streamed_head_equals_the_in_memory_head_through_the_smoothed_stage(scat
     _same(ooc.coef_, mem.coef_)
     _same(ooc.intercept_, mem.intercept_)
     assert ooc.certificate_.passes == mem.certificate_.passes
+
+
+def _force_reader(monkeypatch, on: bool):
+    monkeypatch.setattr(out_of_core, "PREFETCH", on)
+    monkeypatch.setattr(out_of_core, "free_cores", lambda: 1)
+
+
+@pytest.mark.parametrize("budget", [SMALL_BUDGET, "1GB"])
+@pytest.mark.parametrize("stored", ["mapped", "gzip"])
+def test_the_reader_thread_hands_on_the_serial_blocks(scattered_cache, monkeypatch, tmp_path, budget, stored):
+    """Issue 23 item 5: the next block read in a thread while the caller multiplies the current
+    one; the same blocks in the same order, so the same products, bit for bit (a compressed
+    file, read with HDF5 into one reused chunk buffer, is read in the caller's thread)."""
+    path, rows, X, *_ = scattered_cache
+    key = "features"
+    if stored == "gzip":
+        with h5py.File(path, "r") as f:
+            full = f["features"][()]
+        path, key = tmp_path / "gz.h5", "X"
+        with h5py.File(path, "w") as f:
+            f.create_dataset(key, data=full, chunks=(64, full.shape[1]), compression="gzip")
+    for contiguous in (False, True):  # a scattered split (gathered into buffers) and all rows (views)
+        sel = rows if not contiguous else None
+        passes = {}
+        for on in (False, True):
+            _force_reader(monkeypatch, on)
+            Xs = RowChunks(path, sel, dataset=key, max_memory=budget)
+            passes[on] = [(s, blk.copy()) for s, blk in Xs.blocks()]
+            w = np.random.default_rng(2).normal(size=X.shape[1])
+            passes[on, "xw"] = x_dot(Xs, w)
+        assert [s for s, _ in passes[True]] == [s for s, _ in passes[False]]
+        for (_, a), (_, b) in zip(passes[True], passes[False]):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(passes[True, "xw"], passes[False, "xw"])
+
+
+def test_a_caller_that_stops_early_stops_the_reader(scattered_cache, monkeypatch):
+    import threading
+
+    path, rows, *_ = scattered_cache
+    _force_reader(monkeypatch, True)
+    Xs = _streamed(path, rows)
+    for _, blk in Xs.blocks():
+        assert len(blk) > 0
+        break
+    deadline = time.monotonic() + 5
+    while any(t.name == "fairhead-block-reader" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(t.name == "fairhead-block-reader" for t in threading.enumerate())
+    assert Xs.first_nonfinite() is None  # and the next pass runs
+
+
+def test_an_error_in_the_reader_reaches_the_caller(scattered_cache, monkeypatch):
+    path, rows, *_ = scattered_cache
+    _force_reader(monkeypatch, True)
+    Xs = _streamed(path, rows)
+
+    def broken_spans():
+        yield from []
+        raise OSError("disk went away")
+
+    monkeypatch.setattr(Xs, "spans", broken_spans)
+    with pytest.raises(OSError, match="disk went away"):
+        list(Xs.blocks())
+
+
+def test_free_cores_reads_the_runnable_tasks(tmp_path, monkeypatch):
+    from solvers import _cores
+
+    monkeypatch.setattr(_cores, "usable_cores", lambda: 4)
+    for running, free in ((1, 3), (3, 1), (9, 0)):
+        (tmp_path / "loadavg").write_text(f"0.50 0.40 0.30 {running}/200 12345\n")
+        monkeypatch.setattr(_cores, "LOADAVG", str(tmp_path / "loadavg"))
+        assert _cores.free_cores() == free
+    monkeypatch.setattr(_cores, "LOADAVG", str(tmp_path / "missing"))
+    assert _cores.free_cores() == 3
