@@ -454,7 +454,7 @@ class BinaryRateSearch(RateSearch):
         its last multipliers)``. A stage head replaces the reduction's if it meets the aim more
         accurately, or misses it by less where the reduction's misses it."""
         level = self.aim
-        if not (self.smoothing and (np.any(reduction.cand.lam != 0) or reduction.gap > level)):
+        if not (self.smoothing and (reduction.gap > level or _max_abs(reduction.raw_gaps) > level)):
             return reduction, None
         cands, mult = self._smoothed_candidates(reduction)
         feasible = sorted((c for c in cands if c.gap <= level), key=lambda c: c.error)[:3]
@@ -468,15 +468,20 @@ class BinaryRateSearch(RateSearch):
         return reduction, mult
 
     def _smoothed_candidates(self, reduction: Checked):
+        from . import smoothed
         from .backends.torch import _tensor
-        from .smoothed import smoothed_stage
 
         o, d, st = self.oracle, self.d, self.state
-        start = self.design.to_centered(_tensor(np.r_[reduction.theta[:d], reduction.intercept], self.design.device))
-        heads, mult = smoothed_stage(self.design, o.y, o.v, o.Ma, o.mom.M @ o.mom.b0, start, lam2=o.lam2,
-                                     bound=self.eps_t, fixed=o.fixed, tol=o.search_tol,
-                                     max_iter=min(o.max_iter, red.SMOOTH_ITERS), precond=o.precond,
-                                     mult0=self.warm.smooth_mult if self.on_path else None)
+        prev = self.warm.smooth_theta if self.on_path and red.SMOOTH_WARM else None
+        start = np.r_[reduction.theta[:d], reduction.intercept] if prev is None else prev
+        start = self.design.to_centered(_tensor(start, self.design.device))
+        temps = smoothed.TEMPERATURES if prev is None else red.SMOOTH_WARM_TEMPS
+        heads, mult = smoothed.smoothed_stage(self.design, o.y, o.v, o.Ma, o.mom.M @ o.mom.b0, start, lam2=o.lam2,
+                                              bound=self.eps_t, fixed=o.fixed, tol=o.search_tol,
+                                              max_iter=min(o.max_iter, red.SMOOTH_ITERS), precond=o.precond,
+                                              mult0=self.warm.smooth_mult if self.on_path else None,
+                                              temperatures=temps)
+        self.smooth_last = self.design.from_centered(heads[-1].theta).cpu().numpy()
         cands = []
         for sh in heads:
             zn = sh.z.cpu().numpy()
@@ -501,7 +506,9 @@ class BinaryRateSearch(RateSearch):
         warm = RateWarmStart(
             theta=reduction.theta, lam=reduction.cand.lam, gaps=np.asarray(reduction.raw_gaps, dtype=np.float64),
             stationarity=float(reduction.cand.stationarity), converged=bool(reduction.cand.converged),
-            smooth_mult=smooth_mult, missed_aim=self.aim if chosen.gap > self.aim else None,
+            smooth_mult=smooth_mult if smooth_mult is not None else (self.warm.smooth_mult if self.on_path else None),
+            smooth_theta=self.smooth_last if smooth_mult is not None else (self.warm.smooth_theta if self.on_path else None),
+            missed_aim=self.aim if chosen.gap > self.aim else None,
             # Newton stopped short of its target (not in the band): the gap it stalled at
             stalled_at=best_gap if st.stall and best_gap > self.eps_t else None,
             lam_hist=(self.lam_hist + [(self.prev_eps, self.prev_lam)])[-2:] if self.on_path else [],

@@ -72,6 +72,8 @@ SMOOTH_STAGE = True
 #: L-BFGS iterations per temperature and multiplier update (its heads are judged by their hard
 #: predictions, at their best threshold: an inexact stage is fine)
 SMOOTH_ITERS = 40
+SMOOTH_WARM = True
+SMOOTH_WARM_TEMPS = (0.25, 0.125)
 #: Newton steps on the multipliers before the bracketing search takes over
 NEWTON_STEPS = 8
 #: a Newton step that does not shrink the KKT residual is halved at most this many times
