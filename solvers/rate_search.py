@@ -286,7 +286,12 @@ class BinaryRateSearch(RateSearch):
                 continue  # retry with a fresh Jacobian
             st.newton += 1
             steps -= 1
+            slow = (self.smoothing and red.NEWTON_SLOW is not None and _max_abs(gaps_n) > aim
+                    and np.linalg.norm(kkt_residual(lam_n, gaps_n, self.eps_t)) > red.NEWTON_SLOW * np.linalg.norm(r))
             lam, gaps = lam_n, gaps_n
+            if slow:  # the linear model is off near the reduction's floor: the smoothed stage's turn
+                st.stall = True
+                return self.reached()
         st.stall = newton_affordable(self.design)  # out of steps short of the target
         return self.reached()
 
@@ -415,7 +420,7 @@ class BinaryRateSearch(RateSearch):
         st = self.state
         at_p = (st.theta, st.scores, st.pairs)
         if (not self.newton(lam_p, gaps_p, halvings=0 if self.stalled else red.NEWTON_HALVINGS)
-                and not self.stalled and not (self.smoothing and self.reached(thresholded=True))):
+                and not self.stalled and not (self.smoothing and (red.SMOOTH_SKIPS_SEARCH or self.reached(thresholded=True)))):
             # the bracketing search from the previous head as it was (Newton's last head sits
             # where the linear model failed)
             st.theta, st.scores, st.pairs = at_p
@@ -480,7 +485,8 @@ class BinaryRateSearch(RateSearch):
                                               bound=self.eps_t, fixed=o.fixed, tol=o.search_tol,
                                               max_iter=min(o.max_iter, red.SMOOTH_ITERS), precond=o.precond,
                                               mult0=self.warm.smooth_mult if self.on_path else None,
-                                              temperatures=temps)
+                                              temperatures=temps,
+                                              outer=smoothed.OUTER if prev is None else red.SMOOTH_WARM_OUTER)
         self.smooth_last = self.design.from_centered(heads[-1].theta).cpu().numpy()
         cands = []
         for sh in heads:
