@@ -259,6 +259,11 @@ class BinaryRateSearch(RateSearch):
         ``thresholded``, at its best threshold (what ends the fallback searches)."""
         return any((e.gap if thresholded else e.raw_gap) <= self.aim for e in self.history)
 
+    def _met_below_resolution(self) -> bool:
+        """Below the resolution a head at its best threshold within it ends the search: the fits'
+        own gaps cannot be steered onto a bound finer than one prediction's step."""
+        return self.eps < self.resolution and self.reached(thresholded=True)
+
     # -- Newton steps ----------------------------------------------------------------------
     def newton(self, lam, gaps, halvings=None) -> bool:
         """Newton steps from the converged fit at ``lam`` (:mod:`solvers.multiplier_newton`).
@@ -420,7 +425,7 @@ class BinaryRateSearch(RateSearch):
         st = self.state
         at_p = (st.theta, st.scores, st.pairs)
         if (not self.newton(lam_p, gaps_p, halvings=0 if self.stalled else red.NEWTON_HALVINGS)
-                and not self.stalled and not (self.smoothing and (red.SMOOTH_SKIPS_SEARCH or self.reached(thresholded=True)))):
+                and not self.stalled and not self.smoothing and not self._met_below_resolution()):
             # the bracketing search from the previous head as it was (Newton's last head sits
             # where the linear model failed)
             st.theta, st.scores, st.pairs = at_p
@@ -437,7 +442,7 @@ class BinaryRateSearch(RateSearch):
     def _cold_stages(self, lam, gaps0):
         """From the fit at ``lam``: Newton steps; where they miss, a cheap search with inexact fits,
         converged fits from where it ended, and (no smoothed stage after) a converged search."""
-        if not (_max_abs(gaps0) > self.aim and not self.newton(lam, gaps0)):
+        if not (_max_abs(gaps0) > self.aim and not self.newton(lam, gaps0)) or self._met_below_resolution():
             return
         st = self.state
         st.exact = False  # stage 1: a few warm L-BFGS steps per multiplier value

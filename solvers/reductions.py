@@ -73,7 +73,6 @@ SMOOTH_STAGE = True
 #: predictions, at their best threshold: an inexact stage is fine)
 SMOOTH_ITERS = 40
 SMOOTH_WARM = True
-SMOOTH_SKIPS_SEARCH = True
 NEWTON_SLOW = 0.8
 SMOOTH_WARM_TEMPS = (0.25, 0.125)
 SMOOTH_WARM_OUTER = 2
