@@ -423,6 +423,11 @@ class BinaryRateSearch(RateSearch):
         # previous (looser) one
         gaps_p = self.adopt(lam_p)
         st = self.state
+        if self.stalled and self.smoothing:
+            # below a stall the smoothed stage goes on from the previous head: the one fresh Newton
+            # step (a Jacobian and a fit) failed at every such bound on Adult and chose no head
+            st.stall = True
+            return None, None
         at_p = (st.theta, st.scores, st.pairs)
         if (not self.newton(lam_p, gaps_p, halvings=0 if self.stalled else red.NEWTON_HALVINGS)
                 and not self.stalled and not self.smoothing and not self._met_below_resolution()):
@@ -533,7 +538,8 @@ class BinaryRateSearch(RateSearch):
         notes = [f"{st.fits} weighted fits on the multiplier path ({len(self.history) - st.adopted} converged, "
                  f"{st.newton} Newton steps)"]
         if self.stalled and not self.floor:
-            notes.append(f"Newton steps only: the looser bound eps={self.prev_eps:g} stalled at gap "
+            notes.append(("no Newton step (the smoothed stage's turn)" if self.smoothing else "Newton steps only")
+                         + f": the looser bound eps={self.prev_eps:g} stalled at gap "
                          f"{float(self.warm.stalled_at):.4g}, above this bound")
         if self.floor:
             notes.append(f"not searched: the looser bound eps={self.prev_eps:g} already ended unmet (aimed at "
