@@ -191,6 +191,7 @@ class BinaryRateSearch(RateSearch):
         super().__init__(est, constraint, oracle, eps=eps, theta=theta, t_start=t_start)
         self.warm, self.K, self.d = warm, K, d
         self.targets = NewtonTargets(oracle.Ma, exclusive=getattr(mom, "exclusive", ()))
+        self.smooth_last = None  # the smoothed stage's last head (decentred), where it ran
         self._path_start(warm)
         # rates conditioned on the label (eopp, eo, error-rate): the weighted fits floor there; on
         # dp the reduction reaches every bound (docs/design/rate-search.md)
@@ -272,7 +273,8 @@ class BinaryRateSearch(RateSearch):
         of the target (or meets it with no multiplier at all, or below the resolution), or when
         the steps run out or stop helping and some head on the way met it. A step that fails with
         a fresh Jacobian (halved ``halvings`` times) marks a stall and leaves the state at the
-        last accepted head.
+        last accepted head; where the smoothed stage follows, so does an accepted step that keeps
+        more than ``NEWTON_SLOW`` of the KKT residual while the bound is still missed.
         """
         halvings = red.NEWTON_HALVINGS if halvings is None else halvings
         st, aim = self.state, self.aim
@@ -291,8 +293,9 @@ class BinaryRateSearch(RateSearch):
                 continue  # retry with a fresh Jacobian
             st.newton += 1
             steps -= 1
-            slow = (self.smoothing and red.NEWTON_SLOW is not None and _max_abs(gaps_n) > aim
-                    and np.linalg.norm(kkt_residual(lam_n, gaps_n, self.eps_t)) > red.NEWTON_SLOW * np.linalg.norm(r))
+            r_n = kkt_residual(lam_n, gaps_n, self.eps_t)
+            slow = (self.smoothing and _max_abs(gaps_n) > aim
+                    and np.linalg.norm(r_n) > red.NEWTON_SLOW * np.linalg.norm(r))
             lam, gaps = lam_n, gaps_n
             if slow:  # the linear model is off near the reduction's floor: the smoothed stage's turn
                 st.stall = True
@@ -518,14 +521,16 @@ class BinaryRateSearch(RateSearch):
 
         st = self.state
         best_gap = min(e.raw_gap for e in self.history)
+        ran = smooth_mult is not None
         pairs = st.pairs
         if pairs is not None and pairs is not (self.warm.pairs if self.warm is not None else None):
             pairs = _numpy_pairs(pairs)  # unchanged when no fit ran
         warm = RateWarmStart(
             theta=reduction.theta, lam=reduction.cand.lam, gaps=np.asarray(reduction.raw_gaps, dtype=np.float64),
             stationarity=float(reduction.cand.stationarity), converged=bool(reduction.cand.converged),
-            smooth_mult=smooth_mult if smooth_mult is not None else (self.warm.smooth_mult if self.on_path else None),
-            smooth_theta=self.smooth_last if smooth_mult is not None else (self.warm.smooth_theta if self.on_path else None),
+            # the last smoothed stage on the path: this bound's, else handed on from the looser one
+            smooth_mult=smooth_mult if ran else (self.warm.smooth_mult if self.on_path else None),
+            smooth_theta=self.smooth_last if ran else (self.warm.smooth_theta if self.on_path else None),
             missed_aim=self.aim if chosen.gap > self.aim else None,
             # Newton stopped short of its target (not in the band): the gap it stalled at
             stalled_at=best_gap if st.stall and best_gap > self.eps_t else None,
