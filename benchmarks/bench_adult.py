@@ -4,7 +4,8 @@ Everything a ratio compares is measured side by side in one run (the machine is 
 
 ``--part fits``     unconstrained and ``dp-score`` fits vs scikit-learn, at each library's defaults
                     and at equal tolerance (goal: at most 1x), on Adult and on the synthetic.
-``--part paths``    a 12-bound ``dp`` path vs ONE fairlearn ExponentiatedGradient fit (goal: 0.1x);
+``--part paths``    a 12-bound ``dp`` path vs ONE fairlearn ExponentiatedGradient fit (goal: 0.1x), each the best
+                    of ``--repeat`` runs, alternating;
                     12-bound ``eo`` paths with 2 groups (sex) and 4 (sex x age>40) vs one EG fit
                     (goals: 0.2x and 0.3x), and which bounds above the resolution are unmet on the fit split.
 ``--part bounds``   ``eo`` paths over the tight bounds 0.03 ... 0.005 with 2 groups (sex) and 4 (sex x race White
@@ -83,7 +84,7 @@ def _eg(X, y, a, kind, eps):
     return eg
 
 
-def part_paths(cases=("dp2", "eo2", "eo4")):
+def part_paths(cases=("dp2", "eo2", "eo4"), repeat=1):
     tr, _ = load_adult()
     X, y = tr.X, tr.y
     sex, inter = tr.sensitive["sex"], tr.groups("sex", "age_over_40")
@@ -95,9 +96,13 @@ def part_paths(cases=("dp2", "eo2", "eo4")):
     for kind, groups, eg_groups, label, goal in (all_cases[c] for c in cases):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            t_path, heads = timed(lambda: fit_path(X, y, sensitive_features=groups, eps_grid=PATH_GRID,
-                                                   constraint=kind, backend="torch"))
-            t_eg, _ = timed(lambda: _eg(X, y, eg_groups, kind, 0.02))
+            # best of ``repeat`` each, alternating path and EG: a shared machine moves one EG fit by 2x
+            t_path, t_eg = np.inf, np.inf
+            for _ in range(repeat):
+                t, heads = timed(lambda: fit_path(X, y, sensitive_features=groups, eps_grid=PATH_GRID,
+                                                  constraint=kind, backend="torch"))
+                t_path = min(t_path, t)
+                t_eg = min(t_eg, timed(lambda: _eg(X, y, eg_groups, kind, 0.02))[0])
         certs = [h.certificate_ for h in heads]
         unmet = [round(c.eps, 4) for c in certs if not c.eps_met and c.eps > c.resolution]
         rows.append(dict(case=label, path_s=t_path, eg_one_fit_s=t_eg, ratio=t_path / t_eg, goal=goal,
@@ -212,7 +217,7 @@ def main(argv=None):
                         help="quality: the bounds of the EG fits")
     args = parser.parse_args(argv)
     print(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}", flush=True)
-    rows = {"fits": lambda: part_fits(args.repeat), "paths": lambda: part_paths(args.cases), "bounds": part_bounds, "warm": part_warm,
+    rows = {"fits": lambda: part_fits(args.repeat), "paths": lambda: part_paths(args.cases, args.repeat), "bounds": part_bounds, "warm": part_warm,
             "quality": lambda: part_quality(args.kinds, args.eg_grid)}[args.part]()
     if args.json:
         with open(args.json, "w") as f:

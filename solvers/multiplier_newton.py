@@ -102,9 +102,9 @@ def gap_jacobian(design, z: torch.Tensor, delta: np.ndarray, Ma: np.ndarray, lam
     R = torch.as_tensor(np.hstack([c[:, None] * Ma.T, kern[:, None] * Ma.T, h[:, None]]), dtype=f64, device=dev)
     ht = R[:, -1]
     # products with the raw X, centred afterwards (no copy of X): X^T [R, h] and X^T diag(h) X
-    def part(start, Xc):  # [X^T R, X^T diag(h) X] over one block of rows
+    def part(start, Xc):  # [X^T R, X^T diag(h) X] over one block of rows, as one product
         Rc, hc = R[start : start + Xc.shape[0]].to(cdt), ht[start : start + Xc.shape[0]].to(cdt)
-        return torch.cat([(Xc.t() @ Rc).to(f64), (Xc.t() @ (Xc * hc[:, None])).to(f64)], dim=1)
+        return (Xc.t() @ torch.cat([Rc, Xc * hc[:, None]], dim=1)).to(f64)
 
     # in memory, streamed from disk or one rank's rows (summed over the ranks in block order)
     parts = ((start, part(start, Xc)) for start, Xc in design.device_blocks())

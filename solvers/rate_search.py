@@ -191,6 +191,7 @@ class BinaryRateSearch(RateSearch):
         super().__init__(est, constraint, oracle, eps=eps, theta=theta, t_start=t_start)
         self.warm, self.K, self.d = warm, K, d
         self.targets = NewtonTargets(oracle.Ma, exclusive=getattr(mom, "exclusive", ()))
+        self.smooth_last = None  # the smoothed stage's last head (decentred), where it ran
         self._path_start(warm)
         # rates conditioned on the label (eopp, eo, error-rate): the weighted fits floor there; on
         # dp the reduction reaches every bound (docs/design/rate-search.md)
@@ -259,6 +260,11 @@ class BinaryRateSearch(RateSearch):
         ``thresholded``, at its best threshold (what ends the fallback searches)."""
         return any((e.gap if thresholded else e.raw_gap) <= self.aim for e in self.history)
 
+    def _met_below_resolution(self) -> bool:
+        """Below the resolution a head at its best threshold within it ends the search: the fits'
+        own gaps cannot be steered onto a bound finer than one prediction's step."""
+        return self.eps < self.resolution and self.reached(thresholded=True)
+
     # -- Newton steps ----------------------------------------------------------------------
     def newton(self, lam, gaps, halvings=None) -> bool:
         """Newton steps from the converged fit at ``lam`` (:mod:`solvers.multiplier_newton`).
@@ -267,7 +273,8 @@ class BinaryRateSearch(RateSearch):
         of the target (or meets it with no multiplier at all, or below the resolution), or when
         the steps run out or stop helping and some head on the way met it. A step that fails with
         a fresh Jacobian (halved ``halvings`` times) marks a stall and leaves the state at the
-        last accepted head.
+        last accepted head; where the smoothed stage follows, so does an accepted step that keeps
+        more than ``NEWTON_SLOW`` of the KKT residual while the bound is still missed.
         """
         halvings = red.NEWTON_HALVINGS if halvings is None else halvings
         st, aim = self.state, self.aim
@@ -286,7 +293,13 @@ class BinaryRateSearch(RateSearch):
                 continue  # retry with a fresh Jacobian
             st.newton += 1
             steps -= 1
+            r_n = kkt_residual(lam_n, gaps_n, self.eps_t)
+            slow = (self.smoothing and _max_abs(gaps_n) > aim
+                    and np.linalg.norm(r_n) > red.NEWTON_SLOW * np.linalg.norm(r))
             lam, gaps = lam_n, gaps_n
+            if slow:  # the linear model is off near the reduction's floor: the smoothed stage's turn
+                st.stall = True
+                return self.reached()
         st.stall = newton_affordable(self.design)  # out of steps short of the target
         return self.reached()
 
@@ -413,9 +426,14 @@ class BinaryRateSearch(RateSearch):
         # previous (looser) one
         gaps_p = self.adopt(lam_p)
         st = self.state
+        if self.stalled and self.smoothing:
+            # below a stall the smoothed stage goes on from the previous head: the one fresh Newton
+            # step (a Jacobian and a fit) failed at every such bound on Adult and chose no head
+            st.stall = True
+            return None, None
         at_p = (st.theta, st.scores, st.pairs)
         if (not self.newton(lam_p, gaps_p, halvings=0 if self.stalled else red.NEWTON_HALVINGS)
-                and not self.stalled and not (self.smoothing and self.reached(thresholded=True))):
+                and not self.stalled and not self.smoothing and not self._met_below_resolution()):
             # the bracketing search from the previous head as it was (Newton's last head sits
             # where the linear model failed)
             st.theta, st.scores, st.pairs = at_p
@@ -432,7 +450,7 @@ class BinaryRateSearch(RateSearch):
     def _cold_stages(self, lam, gaps0):
         """From the fit at ``lam``: Newton steps; where they miss, a cheap search with inexact fits,
         converged fits from where it ended, and (no smoothed stage after) a converged search."""
-        if not (_max_abs(gaps0) > self.aim and not self.newton(lam, gaps0)):
+        if not (_max_abs(gaps0) > self.aim and not self.newton(lam, gaps0)) or self._met_below_resolution():
             return
         st = self.state
         st.exact = False  # stage 1: a few warm L-BFGS steps per multiplier value
@@ -450,11 +468,14 @@ class BinaryRateSearch(RateSearch):
 
     # -- the smoothed-rate stage -----------------------------------------------------------
     def smoothed_stage(self, reduction: Checked):
-        """The smoothed-rate stage from the reduction's head where the bound binds: ``(chosen,
-        its last multipliers)``. A stage head replaces the reduction's if it meets the aim more
-        accurately, or misses it by less where the reduction's misses it."""
+        """The smoothed-rate stage where the reduction's head misses the aim at its own intercept
+        (the reduction is at its floor; where it is not, the stage won at most 0.0003 train accuracy
+        on Adult): ``(chosen, its last multipliers)``, multipliers ``None`` where it did not run. It
+        starts from the reduction's head, or along a path from the last stage's head. A stage head
+        replaces the reduction's if it meets the aim more accurately, or misses it by less where the
+        reduction's misses it."""
         level = self.aim
-        if not (self.smoothing and (np.any(reduction.cand.lam != 0) or reduction.gap > level)):
+        if not (self.smoothing and (reduction.gap > level or _max_abs(reduction.raw_gaps) > level)):
             return reduction, None
         cands, mult = self._smoothed_candidates(reduction)
         feasible = sorted((c for c in cands if c.gap <= level), key=lambda c: c.error)[:3]
@@ -472,11 +493,16 @@ class BinaryRateSearch(RateSearch):
         from .smoothed import smoothed_stage
 
         o, d, st = self.oracle, self.d, self.state
-        start = self.design.to_centered(_tensor(np.r_[reduction.theta[:d], reduction.intercept], self.design.device))
+        # along a path the stage goes on from the last stage's head and multipliers (a looser bound's
+        # smoothed head is nearer this bound's than a reduction head at its floor is)
+        prev = self.warm.smooth_theta if self.on_path else None
+        start = np.r_[reduction.theta[:d], reduction.intercept] if prev is None else prev
+        start = self.design.to_centered(_tensor(start, self.design.device))
         heads, mult = smoothed_stage(self.design, o.y, o.v, o.Ma, o.mom.M @ o.mom.b0, start, lam2=o.lam2,
-                                     bound=self.eps_t, fixed=o.fixed, tol=o.search_tol,
+                                     bound=self.eps_t, fixed=o.fixed, tol=max(o.search_tol, red.SMOOTH_TOL),
                                      max_iter=min(o.max_iter, red.SMOOTH_ITERS), precond=o.precond,
                                      mult0=self.warm.smooth_mult if self.on_path else None)
+        self.smooth_last = self.design.from_centered(heads[-1].theta).cpu().numpy()
         cands = []
         for sh in heads:
             zn = sh.z.cpu().numpy()
@@ -495,13 +521,17 @@ class BinaryRateSearch(RateSearch):
 
         st = self.state
         best_gap = min(e.raw_gap for e in self.history)
+        ran = smooth_mult is not None
         pairs = st.pairs
         if pairs is not None and pairs is not (self.warm.pairs if self.warm is not None else None):
             pairs = _numpy_pairs(pairs)  # unchanged when no fit ran
         warm = RateWarmStart(
             theta=reduction.theta, lam=reduction.cand.lam, gaps=np.asarray(reduction.raw_gaps, dtype=np.float64),
             stationarity=float(reduction.cand.stationarity), converged=bool(reduction.cand.converged),
-            smooth_mult=smooth_mult, missed_aim=self.aim if chosen.gap > self.aim else None,
+            # the last smoothed stage on the path: this bound's, else handed on from the looser one
+            smooth_mult=smooth_mult if ran else (self.warm.smooth_mult if self.on_path else None),
+            smooth_theta=self.smooth_last if ran else (self.warm.smooth_theta if self.on_path else None),
+            missed_aim=self.aim if chosen.gap > self.aim else None,
             # Newton stopped short of its target (not in the band): the gap it stalled at
             stalled_at=best_gap if st.stall and best_gap > self.eps_t else None,
             lam_hist=(self.lam_hist + [(self.prev_eps, self.prev_lam)])[-2:] if self.on_path else [],
@@ -513,7 +543,8 @@ class BinaryRateSearch(RateSearch):
         notes = [f"{st.fits} weighted fits on the multiplier path ({len(self.history) - st.adopted} converged, "
                  f"{st.newton} Newton steps)"]
         if self.stalled and not self.floor:
-            notes.append(f"Newton steps only: the looser bound eps={self.prev_eps:g} stalled at gap "
+            notes.append(("no Newton step (the smoothed stage's turn)" if self.smoothing else "Newton steps only")
+                         + f": the looser bound eps={self.prev_eps:g} stalled at gap "
                          f"{float(self.warm.stalled_at):.4g}, above this bound")
         if self.floor:
             notes.append(f"not searched: the looser bound eps={self.prev_eps:g} already ended unmet (aimed at "

@@ -63,7 +63,8 @@ class RateWarmStart:
     ``missed_aim``: the looser bound's search ended above its aim; ``stalled_at``: the gap at
     which its Newton steps stalled; ``lam_hist``: the last two ``(eps, lam)`` of the path (the
     extrapolation in eps); ``pairs``: L-BFGS curvature pairs; ``jac``: ``(J, dtheta)`` of the
-    Newton steps; ``smooth_mult``: the smoothed stage's last multipliers.
+    Newton steps; ``smooth_mult``, ``smooth_theta``: the last smoothed stage's multipliers and
+    head (decentred) on the path so far (the next stage starts there).
     """
 
     theta: np.ndarray | None = None
@@ -73,6 +74,7 @@ class RateWarmStart:
     stationarity: float | None = None
     converged: bool | None = None
     smooth_mult: np.ndarray | None = None
+    smooth_theta: np.ndarray | None = None
     missed_aim: float | None = None
     stalled_at: float | None = None
     lam_hist: tuple | list = ()

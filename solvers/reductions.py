@@ -72,6 +72,12 @@ SMOOTH_STAGE = True
 #: L-BFGS iterations per temperature and multiplier update (its heads are judged by their hard
 #: predictions, at their best threshold: an inexact stage is fine)
 SMOOTH_ITERS = 40
+#: the smoothed stage's L-BFGS tolerance (same reason): on Adult 3e-3 kept every head's accuracy
+#: at 0.5-0.6x the passes of the search tolerance 1e-4 (docs/design/rate-search.md)
+SMOOTH_TOL = 3e-3
+#: where the smoothed stage follows, an accepted Newton step that keeps more than this fraction of
+#: the KKT residual ends the Newton steps (a stall): near the reduction's floor they crawl
+NEWTON_SLOW = 0.8
 #: Newton steps on the multipliers before the bracketing search takes over
 NEWTON_STEPS = 8
 #: a Newton step that does not shrink the KKT residual is halved at most this many times

@@ -52,7 +52,8 @@ class ThresholdScan:
 
     @cached_property
     def max_gaps(self) -> np.ndarray:
-        return np.abs(self.gaps).max(axis=1) if self.gaps.shape[1] else np.zeros(len(self.cuts))
+        # over the rows of ``gaps.T``: contiguous where the scan built ``gaps`` as a (K, m) array's view
+        return np.abs(self.gaps.T).max(axis=0) if self.gaps.shape[1] else np.zeros(len(self.cuts))
 
     def _pick(self, j: int) -> ThresholdChoice:
         return ThresholdChoice(float(self.cuts[j]), float(self.errors[j]), self.gaps[j].copy())
@@ -89,8 +90,9 @@ class ThresholdSearch:
         v = np.asarray(sample_weight, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
         V = float(v.sum())
-        # (n, K): the gaps' move per yhat_i = 1, a row per sample (a scan gathers rows in score order)
-        self._step_gaps = np.ascontiguousarray((moments.M * moments.a).T)
+        # (K, n): the gaps' move per yhat_i = 1, a column per sample (a scan gathers columns in score
+        # order and sums each row: long contiguous rows, whatever K)
+        self._step_gaps = np.ascontiguousarray(moments.M * moments.a)
         self._gaps0 = moments.M @ moments.b0  # all predictions 0
         self._step_err = v * (1.0 - 2.0 * y) / V
         self._err0 = float((v * y).sum() / V)
@@ -102,27 +104,27 @@ class ThresholdSearch:
         if s.shape != (self.n,) or not np.isfinite(s).all():
             raise ValueError(f"threshold scan needs {self.n} finite scores; got shape {s.shape}")
         order = np.argsort(-s)  # any order of tied scores: prefixes inside a tie are skipped
-        ss = s[order]
+        ss = np.take(s, order)  # np.take: several times faster than fancy indexing for a gather
         # prefix lengths j that end between two distinct scores (and j = 0, j = n)
         ends = np.flatnonzero(ss[:-1] > ss[1:]) + 1
         lengths = np.concatenate([[0], ends, [self.n]])
-        cum_g = self._step_gaps[order]  # a copy, summed in place
-        np.cumsum(cum_g, axis=0, out=cum_g)
-        cum_e = np.cumsum(self._step_err[order])
-        K = self._step_gaps.shape[1]
-        gaps = np.empty((len(lengths), K))
+        cum_g = np.take(self._step_gaps, order, axis=1)  # a copy, summed in place (row by row, in score order)
+        np.cumsum(cum_g, axis=1, out=cum_g)
+        cum_e = np.cumsum(np.take(self._step_err, order))
+        K = self._step_gaps.shape[0]
+        gaps = np.empty((K, len(lengths)))  # handed out as its (m, K) view
         errors = np.empty(len(lengths))
-        gaps[0], errors[0] = self._gaps0, self._err0
+        gaps[:, 0], errors[0] = self._gaps0, self._err0
         inner = lengths[1:] - 1
-        np.add(self._gaps0, cum_g[inner], out=gaps[1:])
-        errors[1:] = self._err0 + cum_e[inner]
+        np.add(self._gaps0[:, None], np.take(cum_g, inner, axis=1), out=gaps[:, 1:])
+        errors[1:] = self._err0 + np.take(cum_e, inner)
         # a threshold strictly between the prefix's last score and the next one; none above the top
         # score is needed (``s > ss[0]`` is never true) and one below the last by a unit at least
         cuts = np.empty(len(lengths))
         cuts[0] = ss[0]
         cuts[1:-1] = 0.5 * (ss[ends - 1] + ss[ends])
         cuts[-1] = ss[-1] - max(1.0, abs(ss[-1]))
-        return ThresholdScan(cuts=cuts, errors=errors, gaps=gaps)
+        return ThresholdScan(cuts=cuts, errors=errors, gaps=gaps.T)
 
     def choose(self, scores: np.ndarray, bound: float) -> ThresholdChoice:
         """The most accurate threshold meeting ``bound``, else the one with the smallest gap."""

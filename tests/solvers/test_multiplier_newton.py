@@ -135,9 +135,11 @@ def _fits(cert):
     return int(cert.notes[0].split()[0])
 
 
-def test_a_bound_below_one_the_path_already_missed_is_not_searched_again():
+def test_a_bound_below_one_the_path_already_missed_is_not_searched_again(monkeypatch):
     from solvers.reductions import fit_rate_constraint
 
+    # the reduction's rule (the smoothed stage, which may still find a head there, is tested apart)
+    monkeypatch.setattr("solvers.reductions.SMOOTH_STAGE", False)
     head, est, problem, cons, backend, design = _path_start()
     warm = head._solver_state
     # as if the search at 0.05 had ended unmet
@@ -154,9 +156,10 @@ def test_a_bound_below_one_the_path_already_missed_is_not_searched_again():
     assert not any("not searched" in n for n in cert.notes)
 
 
-def test_below_a_stall_only_newton_steps_are_tried():
+def test_below_a_stall_only_newton_steps_are_tried(monkeypatch):
     from solvers.reductions import NEWTON_HALVINGS, NEWTON_STEPS, fit_rate_constraint
 
+    monkeypatch.setattr("solvers.reductions.SMOOTH_STAGE", False)  # the reduction alone (the stage: below)
     head, est, problem, cons, backend, design = _path_start()
     gap = head.certificate_.achieved_gap
     warm = head._solver_state
@@ -170,6 +173,23 @@ def test_below_a_stall_only_newton_steps_are_tried():
                                   design=design)
     assert not any("Newton steps only" in n for n in full.notes)
     assert full.achieved_gap <= cert.achieved_gap + 1e-12 or full.eps_met
+
+
+def test_below_a_stall_the_smoothed_stage_goes_on_without_a_weighted_fit():
+    """Where the smoothed stage follows (label-conditioned rates), a bound below a stall gets no
+    Newton step: the previous head is the reduction's, and the stall is handed on."""
+    from solvers.reductions import fit_rate_constraint
+
+    head, est, problem, cons, backend, design = _path_start()
+    gap = head.certificate_.achieved_gap
+    warm = head._solver_state
+    state = dataclasses.replace(warm, rate=dataclasses.replace(warm.rate, stalled_at=0.5 * gap))
+    sol, cert = fit_rate_constraint(est, problem, cons, eps=0.25 * gap, backend=backend, init=state, design=design)
+    assert _fits(cert) == 0
+    assert any(n.startswith("no Newton step") for n in cert.notes)
+    assert sol.state.rate.stalled_at is not None
+    # the next bound starts from the same head (centred and back: equal to rounding)
+    np.testing.assert_allclose(sol.state.theta, warm.theta, rtol=1e-12, atol=1e-12)
 
 
 def test_a_search_that_reaches_its_target_records_no_stall():
