@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from embedcache.backbones import Backbone, draft_size_of
 from embedcache.errors import BackboneError, CacheError, DataError
+from embedcache.read_ahead import ReadAhead
 from embedcache.store import inputs, schema
 from embedcache.store.journal import JOURNAL_VERSION, Journal, WriteLock, remove_leftover_trash
 from embedcache.store.reader import Cache, existing_cache_matches
@@ -547,6 +548,9 @@ def _one_thread_in_main_process():
         yield
         return
     threads = torch.get_num_threads()
+    if threads == 1:  # a read-ahead thread, or a one-thread run: nothing to change
+        yield
+        return
     torch.set_num_threads(1)
     try:
         yield
@@ -600,16 +604,9 @@ def _run_batches(
     if start >= n:
         return
     cuda = device.type == "cuda"
-    loader = DataLoader(
-        _ImageRows(source, backbone.transform, start=start, paths=paths),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=_collate,
-        pin_memory=cuda,
-        prefetch_factor=4 if num_workers > 0 else None,
-        persistent_workers=False,
-    )
+    intra_op_threads = torch.get_num_threads()  # also pins this thread's count before a producer thread starts
+    batches = _batches(source, backbone, paths=paths, start=start, batch_size=batch_size, num_workers=num_workers,
+                       pin_memory=cuda)  # its producer starts at the `with` below
     backbone.model.to(device)  # keeps the channels_last layout the Backbone set
     out_dtype = getattr(torch, feature_dtype)
     delay = float(os.environ.get(BATCH_DELAY_ENV, "0") or 0)
@@ -634,7 +631,7 @@ def _run_batches(
     # is committed as soon as it is computed.
     pending: tuple[torch.Tensor, Any, int, Any] | None = None
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), batches as loader:
             for batch in loader:
                 if isinstance(batch, str):
                     if pending is not None:  # keep the work already done before failing
@@ -675,6 +672,45 @@ def _run_batches(
         ) from err
     finally:
         bar.close()
+        # a read-ahead thread ran its transforms on one thread, which torch also records process-wide
+        torch.set_num_threads(intra_op_threads)
+
+
+def _batches(source, backbone: Backbone, *, paths, start: int, batch_size: int, num_workers: int, pin_memory: bool):
+    """A context manager giving the batches of rows ``start..``, prepared ahead of the network.
+
+    With DataLoader workers, the workers prepare up to 4 batches each. Without
+    workers, a background thread (:class:`ReadAhead`) prepares the next two
+    batches while the network runs on this one; it did not overlap before, which
+    cost the decode and preprocessing time of every batch on top of its forward.
+    A single batch is prepared in-line (there is nothing to overlap it with).
+    Either way the batches come in row order, so the bytes written do not change.
+    """
+    loader = DataLoader(
+        _ImageRows(source, backbone.transform, start=start, paths=paths),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if num_workers > 0 else None,
+        persistent_workers=False,
+    )
+    if num_workers > 0 or len(source) - start <= batch_size:
+        return contextlib.nullcontext(loader)
+    return ReadAhead(_prepared_on_one_thread(loader), depth=2, name="embedcache-prepare")
+
+
+def _prepared_on_one_thread(loader):
+    """Iterate ``loader`` with one intra-op thread on this (producer) thread.
+
+    The transform's tensor operations are tiny; with the network's thread count
+    they spun up a second OpenMP team beside the network's and fought it for
+    the cores. The caller restores its count afterwards (torch keeps a
+    process-wide default that threads started later read).
+    """
+    torch.set_num_threads(1)
+    yield from loader
 
 
 def _checked_features(features: torch.Tensor, backbone: Backbone, rows: int) -> torch.Tensor:
