@@ -745,8 +745,8 @@ def _prepared_on_one_thread(loader, *, network_threads: int):
     network leaves idle instead of taking cores from it (when the network waits
     for a batch, its cores are free). With a spare core it keeps the network's
     priority: on a loaded machine a lowered thread lost that core to other
-    programs' processes and the network waited for it (0.80x the in-line speed at
-    one thread on 2 cores under load, against 1.00-1.24x at two threads).
+    programs and the network waited for it (``benchmarks/bench_extract.py``,
+    see docs/benchmarks.md).
     """
     torch.set_num_threads(1)
     if network_threads >= _usable_cores():
