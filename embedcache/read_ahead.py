@@ -56,7 +56,7 @@ class ReadAhead:
 
     def __init__(self, items: Iterable[Any], *, depth: int = 2, name: str = "embedcache-read-ahead") -> None:
         if depth < 1:
-            raise ValueError(f"`depth={depth!r}` must be at least 1")
+            raise ValueError(f"ReadAhead depth must be at least 1, not {depth!r}")
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         # daemon: a process exiting on an unhandled error never waits for a producer
@@ -88,7 +88,7 @@ class ReadAhead:
 
     def __iter__(self) -> Iterator[Any]:
         if not self._thread.is_alive() and self._thread.ident is None:
-            raise RuntimeError("iterate a ReadAhead inside its `with` block (that starts and stops its thread)")
+            raise RuntimeError("iterate a ReadAhead inside its with block (that starts and stops its thread)")
         while True:
             kind, value = self._queue.get()
             if kind == _END:

@@ -66,8 +66,8 @@ def test_leaving_early_stops_the_producer_and_closes_it_on_its_thread():
 
 def test_it_runs_only_inside_its_block_and_needs_a_depth():
     ahead = ReadAhead(iter(range(3)))
-    with pytest.raises(RuntimeError, match="inside its `with` block"):
+    with pytest.raises(RuntimeError, match="inside its with block"):
         next(iter(ahead))
     ahead.close()  # never started: nothing to wait for
-    with pytest.raises(ValueError, match="`depth=0` must be at least 1"):
+    with pytest.raises(ValueError, match="depth must be at least 1, not 0"):
         ReadAhead(iter(range(3)), depth=0)
