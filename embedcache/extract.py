@@ -1,7 +1,9 @@
 """The batched inference loop: source images -> frozen backbone -> journal -> HDF5 cache.
 
-One pass under ``torch.inference_mode``. DataLoader workers decode and
-preprocess images; only the main process runs the network and writes. Each
+One pass under ``torch.inference_mode``. DataLoader workers, or without
+workers a background thread (:mod:`embedcache.read_ahead`), decode and
+preprocess the next batches while the network runs on this one; only the
+calling thread runs the network and writes. Each
 batch is committed to the journal (``x.h5.partial/``) before the next is
 written, so an interrupted run (Ctrl-C, kill -9, power loss) resumes from the
 last committed batch. Batch boundaries never move (a resume starts on one), so
@@ -14,6 +16,7 @@ import contextlib
 import inspect
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from embedcache.backbones import Backbone, draft_size_of
 from embedcache.errors import BackboneError, CacheError, DataError
+from embedcache.read_ahead import ReadAhead
 from embedcache.store import inputs, schema
 from embedcache.store.journal import JOURNAL_VERSION, Journal, WriteLock, remove_leftover_trash
 from embedcache.store.reader import Cache, existing_cache_matches
@@ -48,6 +52,8 @@ BATCH_DELAY_ENV = "EMBEDCACHE_TEST_BATCH_DELAY"
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 AUTOCAST_OFF = (False, "off", "none", "fp32", "float32")
 
+#: how much lower the read-ahead thread's priority is than the network's (nice increment)
+PREPARE_NICE = 10
 #: images per forward pass of a new extraction (a resume keeps the size it last used)
 DEFAULT_BATCH_SIZE = 64
 #: what a failed write asks for once its cause is fixed (the committed rows are kept)
@@ -110,8 +116,10 @@ def extract(
         and on CPU the bits, do not change). A resume may be given another
         size (after running out of memory, say): rows are rows.
     num_workers : int, optional
-        DataLoader worker processes that decode images; None picks a number
-        from the CPU count and the device.
+        DataLoader worker processes that decode images; 0: one background
+        thread of this process decodes the next batches while the network runs
+        on this one. None picks from the CPU count and the device (0 on CPU
+        machines with up to 4 cores; every core but two next to a GPU).
     device : str, default "auto"
         "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1", ...
     feature_dtype : {"float32", "float16"}
@@ -475,25 +483,30 @@ def resolve_autocast(autocast: Any, device: torch.device) -> torch.dtype | None:
 
 
 def _auto_workers(num_workers: int | None, rows: int, batch_size: int, device: torch.device) -> int:
-    """Worker processes for decoding.
+    """Worker processes for decoding (0: a read-ahead thread of this process decodes).
 
-    Small jobs decode in the main process (starting workers costs more than it
+    Small jobs decode in this process (starting workers costs more than it
     saves). On CPU the network's own threads already use every core, and
-    decoding is a few percent of a forward pass, so small machines decode
-    in-line: on 2 cores a worker process cost more CPU time (shared-memory
-    hand-off, threads fighting for cores) than it saved. On a GPU the CPU has
-    nothing else to do, so decode with every core but one (the main process
-    feeds the GPU): on an H200 with 16 cores, 8 workers decoded 1,257 224-px
-    JPEGs/s into ResNet-50, whose bf16 forward runs at 15,000/s.
+    decoding is a few percent of a forward pass (1.2 ms per 64-px JPEG against
+    34 ms per image of EfficientNet-Lite0 at one thread), so machines with up to
+    4 cores decode on one background thread (see :func:`_batches`): on 2 cores a
+    worker process cost more CPU time than it saved (the batch's hand-off
+    through shared memory, a second process's threads fighting for the cores).
+    Larger CPU machines get a few workers. On a GPU the CPU has nothing else to
+    do, so decode with every core but two: one for this process, which feeds the
+    GPU and writes the journal, and one for the DataLoader's pin-memory thread,
+    which copies each batch into page-locked memory. On an H200 with 16 cores, 8
+    workers decoded 1,257 224-px JPEGs/s into ResNet-50 and 15 workers 1,376/s
+    (whose bf16 forward runs at 15,000/s): the workers were not the limit.
     """
     if num_workers is not None:
         return int(num_workers)
     if rows <= 2 * batch_size:
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = _usable_cores()
     if device.type == "cpu":
         return 0 if cores <= 4 else min(4, cores // 4)
-    return max(1, min(32, cores - 1))
+    return max(1, min(32, cores - 2))
 
 
 class _ImageRows(Dataset):
@@ -547,6 +560,9 @@ def _one_thread_in_main_process():
         yield
         return
     threads = torch.get_num_threads()
+    if threads == 1:  # a read-ahead thread, or a one-thread run: nothing to change
+        yield
+        return
     torch.set_num_threads(1)
     try:
         yield
@@ -565,7 +581,23 @@ def _collate(items):
             return MSG_UNEVEN_BATCH.format(a=first, b=tuple(t.shape))
     records = [record for _, _, record in items]
     files = inputs.batch_record(records) if all(r is not None for r in records) else None
-    return torch.tensor([row for row, _, _ in items], dtype=torch.int64), torch.stack(tensors), files
+    return torch.tensor([row for row, _, _ in items], dtype=torch.int64), _stacked(tensors), files
+
+
+def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(tensors)``; in a DataLoader worker, straight into shared memory.
+
+    A worker hands a batch to the main process through shared memory. Stacked
+    into ordinary memory, the batch was copied once more into a shared segment
+    on its way out (38 MB per batch of 64 224-px images); this is what torch's
+    default collate does too.
+    """
+    if torch.utils.data.get_worker_info() is None:
+        return torch.stack(tensors)
+    first = tensors[0]
+    storage = first._typed_storage()._new_shared(len(tensors) * first.numel(), device=first.device)
+    out = first.new(storage).resize_(len(tensors), *first.shape)
+    return torch.stack(tensors, out=out)
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
@@ -600,16 +632,9 @@ def _run_batches(
     if start >= n:
         return
     cuda = device.type == "cuda"
-    loader = DataLoader(
-        _ImageRows(source, backbone.transform, start=start, paths=paths),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=_collate,
-        pin_memory=cuda,
-        prefetch_factor=4 if num_workers > 0 else None,
-        persistent_workers=False,
-    )
+    intra_op_threads = torch.get_num_threads()  # also pins this thread's count before a producer thread starts
+    batches = _batches(source, backbone, paths=paths, start=start, batch_size=batch_size, num_workers=num_workers,
+                       pin_memory=cuda)  # its producer starts at the `with` below
     backbone.model.to(device)  # keeps the channels_last layout the Backbone set
     out_dtype = getattr(torch, feature_dtype)
     delay = float(os.environ.get(BATCH_DELAY_ENV, "0") or 0)
@@ -634,7 +659,7 @@ def _run_batches(
     # is committed as soon as it is computed.
     pending: tuple[torch.Tensor, Any, int, Any] | None = None
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), batches as loader:
             for batch in loader:
                 if isinstance(batch, str):
                     if pending is not None:  # keep the work already done before failing
@@ -675,6 +700,75 @@ def _run_batches(
         ) from err
     finally:
         bar.close()
+        # a read-ahead thread ran its transforms on one thread, which torch also records process-wide
+        torch.set_num_threads(intra_op_threads)
+
+
+def _batches(source, backbone: Backbone, *, paths, start: int, batch_size: int, num_workers: int, pin_memory: bool,
+             read_ahead: bool = True):
+    """A context manager giving the batches of rows ``start..``, prepared ahead of the network.
+
+    With DataLoader workers, the workers prepare up to 4 batches each. Without
+    workers, a background thread (:class:`ReadAhead`) prepares the next two
+    batches while the network runs on this one; it did not overlap before, which
+    cost the decode and preprocessing time of every batch on top of its forward.
+    A single batch is prepared in-line (there is nothing to overlap it with), and
+    so is every batch with ``read_ahead=False`` (the benchmark's "before" side).
+    Either way the batches come in row order, so the bytes written do not change.
+    """
+    loader = DataLoader(
+        _ImageRows(source, backbone.transform, start=start, paths=paths),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if num_workers > 0 else None,
+        persistent_workers=False,
+    )
+    if num_workers > 0 or len(source) - start <= batch_size or not read_ahead:
+        return contextlib.nullcontext(loader)
+    producer = _prepared_on_one_thread(loader, network_threads=torch.get_num_threads())
+    return ReadAhead(producer, depth=2, name="embedcache-prepare")
+
+
+def _prepared_on_one_thread(loader, *, network_threads: int):
+    """Iterate ``loader`` on this (producer) thread with one intra-op thread.
+
+    The transform's tensor operations are tiny; with the network's thread count
+    they spun up a second OpenMP team beside the network's and fought it for
+    the cores. The caller restores its count afterwards (torch keeps a
+    process-wide default that threads started later read).
+
+    Where the network's threads take every core, this thread's priority is
+    lowered (Linux: nice +10), so that the preparation fills the cycles the
+    network leaves idle instead of taking cores from it (when the network waits
+    for a batch, its cores are free). With a spare core it keeps the network's
+    priority: on a loaded machine a lowered thread lost that core to other
+    programs and the network waited for it (``benchmarks/bench_extract.py``,
+    see docs/benchmarks.md).
+    """
+    torch.set_num_threads(1)
+    if network_threads >= _usable_cores():
+        _lower_this_thread_priority(PREPARE_NICE)
+    yield from loader
+
+
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _lower_this_thread_priority(increment: int) -> None:
+    """Raise the calling thread's nice value by ``increment`` (Linux only; elsewhere it would hit the process)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import threading
+
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
+    except OSError:  # a sandbox may forbid it: the preparation then runs at the network's priority
+        pass
 
 
 def _checked_features(features: torch.Tensor, backbone: Backbone, rows: int) -> torch.Tensor:

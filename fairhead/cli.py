@@ -279,7 +279,9 @@ def _extract_parser(p: argparse.ArgumentParser) -> None:
                        help="mixed precision on CUDA (default: bf16 where supported; always off on CPU)")
     _add_batch_size(group, default=None,
                     help="images per forward pass (default: 64; a resume keeps the size it last used)")
-    group.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: auto)")
+    group.add_argument("--workers", type=int, default=None,
+                       help="DataLoader worker processes that decode images; 0: a background thread of this "
+                            "process does (default: auto, 0 on CPUs with up to 4 cores)")
     _add_device(group, kinds=("cpu", "cuda", "mps"))
     _add_dtype(group)
     _add_overwrite(group)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -75,6 +78,49 @@ def test_workers_give_the_same_bits(tmp_path, small_cache, small_source, resnet_
     extract(small_source, resnet_small, out, batch_size=16, num_workers=2, progress=False)
     with embedcache.open(out) as a, embedcache.open(small_cache) as b:
         np.testing.assert_array_equal(a.load().features, b.load().features)
+
+
+class ThreadRecordingSource(SyntheticSource):
+    """A synthetic source that notes which thread decoded each row."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.decoded_on: dict[int, str] = {}
+
+    def load_image(self, i):
+        self.decoded_on[i] = threading.current_thread().name
+        return super().load_image(i)
+
+
+def test_read_ahead_thread_gives_the_in_line_bits(tmp_path, small_cache, small_source, resnet_small, monkeypatch):
+    """Without workers a background thread decodes; the bytes are those of decoding between forward passes."""
+    threads = torch.get_num_threads()
+    ahead = ThreadRecordingSource(60, seed=5, image_size=32)  # the rows of small_source
+    extract(ahead, resnet_small, tmp_path / "ahead.h5", batch_size=16, num_workers=0, progress=False)
+    assert set(ahead.decoded_on.values()) == {"embedcache-prepare"} and len(ahead.decoded_on) == 60
+    extract_module = sys.modules["embedcache.extract"]
+    monkeypatch.setattr(extract_module, "_batches", functools.partial(extract_module._batches, read_ahead=False))
+    inline = ThreadRecordingSource(60, seed=5, image_size=32)
+    extract(inline, resnet_small, tmp_path / "inline.h5", batch_size=16, num_workers=0, progress=False)
+    assert set(inline.decoded_on.values()) == {threading.current_thread().name}
+    with embedcache.open(tmp_path / "ahead.h5") as a, embedcache.open(tmp_path / "inline.h5") as b, \
+            embedcache.open(small_cache) as c:
+        np.testing.assert_array_equal(a.load().features, b.load().features)
+        np.testing.assert_array_equal(a.load().features, c.load().features)
+    assert not [t for t in threading.enumerate() if t.name == "embedcache-prepare"]
+    assert torch.get_num_threads() == threads  # the producer's one-thread setting did not leak
+
+
+@pytest.mark.parametrize(
+    "cores, device, rows, workers",
+    [(2, "cpu", 10_000, 0), (4, "cpu", 10_000, 0), (16, "cpu", 10_000, 4), (16, "cuda", 10_000, 14),
+     (2, "cuda", 10_000, 1), (16, "cuda", 100, 0)],
+)
+def test_default_workers_follow_the_cores_and_the_device(monkeypatch, cores, device, rows, workers):
+    extract_module = sys.modules["embedcache.extract"]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert extract_module._auto_workers(None, rows, 64, torch.device(device)) == workers
+    assert extract_module._auto_workers(3, rows, 64, torch.device(device)) == 3
 
 
 class FailingSource(TableSource):
