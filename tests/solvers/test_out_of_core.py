@@ -54,12 +54,17 @@ def _write_cache(path, X, y, a, split, *, dtype="float32"):
 def scattered_cache(tmp_path_factory):
     """9000 x 128 float32 rows; the train split is 60% of them, scattered through the file."""
     X, y, a = make_fair_classification(9000, 128, embedding_like=True, dtype=np.float32, seed=11)
+    return _scattered_train(tmp_path_factory.mktemp("ooc") / "c.h5", X, y, a)
+
+
+def _scattered_train(path, X, y, a):
+    """A cache of ``X`` whose train split is 60% of the rows, scattered through the file:
+    ``(path, train rows, features, labels, groups)``."""
     split = np.random.default_rng(0).choice(["train", "valid", "test"], size=len(y), p=[0.6, 0.2, 0.2])
-    path = _write_cache(tmp_path_factory.mktemp("ooc") / "c.h5", X, y, a, split)
+    path = _write_cache(path, X, y, a, split)
     with embedcache.open(path) as cache:
         data = cache.load("train")
-        rows = data.rows
-    return path, rows, data.features, data.labels, data.sensitive["group"]
+    return path, data.rows, data.features, data.labels, data.sensitive["group"]
 
 
 def _streamed(path, rows, budget=SMALL_BUDGET):
@@ -334,12 +339,7 @@ def narrow_cache(tmp_path_factory):
     """5000 x 3 float32 rows, 60% of them train, scattered: three features leave the reduction's
     weighted fits a floor above eo 0.01, so the smoothed-rate stage runs (and wins)."""
     X, y, a = make_fair_classification(5000, 3, dtype=np.float32, seed=3)
-    split = np.random.default_rng(0).choice(["train", "valid", "test"], size=len(y), p=[0.6, 0.2, 0.2])
-    path = _write_cache(tmp_path_factory.mktemp("ooc_narrow") / "c.h5", X, y, a, split)
-    with embedcache.open(path) as cache:
-        data = cache.load("train")
-        rows = data.rows
-    return path, rows, data.features, data.labels, data.sensitive["group"]
+    return _scattered_train(tmp_path_factory.mktemp("ooc_narrow") / "c.h5", X, y, a)
 
 
 def test_streamed_head_equals_the_in_memory_head_through_the_smoothed_stage(narrow_cache):
