@@ -632,7 +632,8 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
             continue
         # preconditioned, the first step is about a Newton step already
         a0 = 1.0 if (mem or Tm is not None) else min(1.0, 1.0 / max(pg_inf, 1e-300))
-        alpha, f_new, gz_new, gdir_new = _line_search(obj, z, theta, Xd, direc, f, gd, a_max, a0, c2)
+        alpha, f_new, gz_new, gdir_new, theta_new, z_new = _line_search(obj, z, theta, Xd, direc, f, gd, a_max,
+                                                                        a0, c2)
         if alpha <= 0.0:
             stall += 1
             mem.clear()
@@ -640,9 +641,7 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
                 break
             continue
         stall = 0
-        step = alpha * direc
-        theta = theta + step
-        z = z + alpha * Xd
+        theta, z = theta_new, z_new  # theta + alpha direc and z + alpha Xd, as the line search made them
         if it % 50 == 0:  # refresh accumulated scores against drift
             z = scores(theta)
             f_new, gz_new, gdir_new = obj.eval(z, theta)
@@ -679,30 +678,32 @@ def _line_search(obj, z, theta, Xd, direc, f0, d0, a_max, a0, c2, max_eval=30):
     """Bracketing secant search on the convex 1-D function phi(a) = obj(theta + a d).
 
     Accepts ``a`` with ``phi(a) <= phi(0)`` and ``|phi'(a)| <= c2 |phi'(0)|``, or ``a_max``
-    when phi still decreases there (the step reaches a constraint).
+    when phi still decreases there (the step reaches a constraint). Returns ``(a, phi(a), gz,
+    gdir, theta + a d, z + a Xd)``: the objective's pieces at the accepted point, and the point
+    and its scores (the caller's next iterate; ``None`` with ``a = 0``).
     """
 
     def phi(a):
-        th = theta + a * direc
-        val, gz, gdir = obj.eval(z + a * Xd, th)
+        th, za = theta + a * direc, z + a * Xd
+        val, gz, gdir = obj.eval(za, th)
         # scores of several columns (multinomial) are flattened: a view, the binary bits unchanged
         der = (float(torch.dot(gz if gz.ndim == 1 else gz.reshape(-1), Xd if Xd.ndim == 1 else Xd.reshape(-1)))
                + float(torch.dot(gdir, direc)))
-        return val, der, gz, gdir
+        return val, der, gz, gdir, th, za
 
     lo, dlo = 0.0, d0
     hi, dhi = None, None
     a = min(a0, a_max)
-    best = (0.0, f0, None, None)
+    best = (0.0, f0, None, None, None, None)
     for _ in range(max_eval):
-        val, der, gz, gdir = phi(a)
+        val, der, gz, gdir, th, za = phi(a)
         ok_val = val <= f0 + 1e-15 * abs(f0)
         if ok_val and abs(der) <= c2 * abs(d0):
-            return a, val, gz, gdir
+            return a, val, gz, gdir, th, za
         if der < 0 and ok_val:
-            best = (a, val, gz, gdir)
+            best = (a, val, gz, gdir, th, za)
             if a >= a_max:
-                return a, val, gz, gdir
+                return best
             lo, dlo = a, der
             if hi is None:
                 a = min(4.0 * a, a_max)
@@ -718,8 +719,7 @@ def _line_search(obj, z, theta, Xd, direc, f0, d0, a_max, a0, c2, max_eval=30):
         a = min(max(a_new, lo + 0.05 * width), hi - 0.05 * width if ok_val else lo + 0.5 * width)
         if width <= 1e-16 * max(1.0, hi):
             break
-    a, val, gz, gdir = best
-    return a, val, gz, gdir
+    return best
 
 
 def _tensor(x, device):
