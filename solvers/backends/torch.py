@@ -446,8 +446,9 @@ class _CurvaturePairs:
 
     def clear(self):
         self.S, self.Y, self.rho = [], [], []
+        self._sy = []  # s . y of each pair, as computed to accept it
         self._views = []  # (s, y) as numpy views on the CPU, else the tensors
-        self._h0 = self._sy = None  # (s . y) / (y . y) of the newest pair, and its s . y
+        self._h0 = None  # (s . y) / (y . y) of the newest pair
 
     def add(self, s: torch.Tensor, y: torch.Tensor, sy: float) -> None:
         """Keep the pair ``(s, y)``; ``sy``: its ``float(torch.dot(s, y))``, which the caller
@@ -455,10 +456,24 @@ class _CurvaturePairs:
         self.S.append(s)
         self.Y.append(y)
         self.rho.append(1.0 / float(torch.dot(y, s)))
+        self._sy.append(sy)
         self._views.append((s.numpy(), y.numpy()) if s.device.type == "cpu" else (s, y))
-        self._h0, self._sy = None, sy
+        self._h0 = None
         if len(self.S) > self.memory:
-            del self.S[0], self.Y[0], self.rho[0], self._views[0]
+            del self.S[0], self.Y[0], self.rho[0], self._sy[0], self._views[0]
+
+    def export(self, working) -> "_KeptPairs":
+        """``(S, Y, W)`` as a solve hands them on, with each pair's scalars for :meth:`restore`."""
+        kept = _KeptPairs((list(self.S), list(self.Y), list(working)))
+        kept.scalars = (list(self.rho), list(self._sy), list(self._views))
+        return kept
+
+    def restore(self, kept: "_KeptPairs") -> None:
+        """The pairs of an earlier solve, taken as they are (the same tensors: the same dots)."""
+        m = self.memory
+        self.S, self.Y = list(kept[0][-m:]), list(kept[1][-m:])
+        self.rho, self._sy, self._views = (list(x[-m:]) for x in kept.scalars)
+        self._h0 = None
 
     def apply(self, g: torch.Tensor) -> torch.Tensor:
         q = g.clone()
@@ -470,12 +485,20 @@ class _CurvaturePairs:
             qv -= a * yv
         if self.S:
             if self._h0 is None:  # once per newest pair (a warm start adds up to ``memory`` at once)
-                self._h0 = self._sy / float(torch.dot(self.Y[-1], self.Y[-1]))
+                self._h0 = self._sy[-1] / float(torch.dot(self.Y[-1], self.Y[-1]))
             qv *= self._h0
         for a, yt, (sv, _), rho in zip(reversed(alphas), self.Y, self._views, self.rho):
             b = rho * float(torch.dot(yt, q))
             qv += (a - b) * sv
         return q
+
+
+class _KeptPairs(tuple):
+    """``(S, Y, W)``: curvature pairs and their working set as :func:`minimize` hands them on,
+    with ``scalars`` (each pair's ``rho``, ``s . y`` and views) for the next solve. Any copy
+    (e.g. as numpy) is a plain tuple, whose scalars the next solve computes again."""
+
+    scalars = None
 
 
 class _Result:
@@ -592,12 +615,15 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
     mem = _CurvaturePairs(memory)
     if pairs is not None and sorted(pairs[2]) == sorted(W):
         # warm start along a path: curvature pairs from the previous solve stay valid
-        for s_, y_ in zip(pairs[0], pairs[1]):
-            s_ = projt(torch.as_tensor(s_, dtype=_F64, device=dev))
-            y_ = projt(torch.as_tensor(y_, dtype=_F64, device=dev))
-            sy = float(torch.dot(s_, y_))
-            if sy > 0:
-                mem.add(s_, y_, sy)
+        if Qt is None and isinstance(pairs, _KeptPairs) and all(s_.device == dev for s_ in pairs[0]):
+            mem.restore(pairs)  # nothing to project: the loop below would recompute the same scalars
+        else:
+            for s_, y_ in zip(pairs[0], pairs[1]):
+                s_ = projt(torch.as_tensor(s_, dtype=_F64, device=dev))
+                y_ = projt(torch.as_tensor(y_, dtype=_F64, device=dev))
+                sy = float(torch.dot(s_, y_))
+                if sy > 0:
+                    mem.add(s_, y_, sy)
     it = 0
     converged = False
     lamW = None
@@ -684,7 +710,7 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
     res = _Result()
     res.theta, res.z, res.working, res.lam, res.n_iter = theta, z, list(W), lam, it
     res.converged, res.stationarity, res.f = converged, stat_measure(proj(g)), f
-    res.pairs = (list(mem.S), list(mem.Y), list(W))
+    res.pairs = mem.export(W)
     # X^T gz (uncentred) at the returned theta: g is always the gradient at the current iterate
     if layout is not None:
         res.xtr = last["xtr"] + (torch.outer(mu, last["gsum"]) if mu is not None else 0.0)
