@@ -207,15 +207,19 @@ class Design:
         """``(X - mu) v`` in float64; ``v`` of shape (d,), or (d, K) for K score columns (a
         multinomial head: one pass over X for all K)."""
         self._passes[0] += 1
-        vc = v.to(self.cdt)
         tail = tuple(v.shape[1:])
         if self.device.type == "cpu":  # the same blocks as in memory: the same bits
-            vn = vc.numpy()
+            # casts and the centring in numpy: the same IEEE operations as torch's, in fewer calls
+            vn = v.numpy().astype(self._np_cdt, copy=False)
             out = np.empty((self.n,) + tail, dtype=self._np_cdt)
             for s, blk in self._blocks():
                 np.matmul(blk, vn, out=out[s : s + len(blk)])
-            out = torch.from_numpy(gather_rows(self.source, out)).to(_F64)
-        elif self.source is None and not self.half:
+            out = gather_rows(self.source, out).astype(np.float64, copy=False)
+            if self.mu is not None:
+                out -= float(torch.dot(self.mu, v.to(_F64))) if v.ndim == 1 else (self.mu @ v.to(_F64)).numpy()
+            return torch.from_numpy(out)
+        vc = v.to(self.cdt)
+        if self.source is None and not self.half:
             out = (torch.mv(self.X, vc) if v.ndim == 1 else self.X @ vc).to(_F64)
         else:
             out = torch.empty((self.n,) + tail, dtype=_F64, device=self.device)
@@ -230,10 +234,9 @@ class Design:
         """``(X - mu)^T r`` in float64 (blocks summed in float64, in order); ``r`` of shape (n,),
         or (n, K) giving (d, K)."""
         self._passes[0] += 1
-        rc = r.to(self.cdt)
         tail = tuple(r.shape[1:])
         if self.device.type == "cpu":
-            rn = rc.numpy()
+            rn = r.numpy().astype(self._np_cdt, copy=False)
             parts = ((s, rn[s : s + len(blk)] @ blk if r.ndim == 1 else blk.T @ rn[s : s + len(blk)])
                      for s, blk in self._blocks())
             acc = np.zeros((self.d,) + tail, dtype=np.float64)
@@ -242,8 +245,13 @@ class Design:
                     acc += part
             else:
                 acc = sum_blocks(self.source, parts, acc)
-            out = torch.from_numpy(acc)
-        elif self.source is None and not self.half:
+            if self.mu is not None:  # in numpy, as in mv; the sum of r stays torch's (its own order)
+                r64 = r.to(_F64)
+                acc -= (self.mu.numpy() * float(r64.sum()) if r.ndim == 1
+                        else torch.outer(self.mu, r64.sum(0)).numpy())
+            return torch.from_numpy(acc)
+        rc = r.to(self.cdt)
+        if self.source is None and not self.half:
             out = (torch.mv(self.X.t(), rc) if r.ndim == 1 else self.X.t() @ rc).to(_F64)
         else:
             parts = ((s, (torch.mv(Xc.t(), rc[s : s + len(Xc)]) if r.ndim == 1 else Xc.t() @ rc[s : s + len(Xc)])
