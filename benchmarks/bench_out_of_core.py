@@ -6,7 +6,7 @@ measures each mode in a fresh process (so each has its own peak):
 
 * ``in-memory``: the train rows read into memory (``embedcache``'s ``read_rows``), then the fit;
 * ``streamed``: ``solvers.RowChunks`` over the same rows with ``--budget``, nothing loaded; the
-  second pass spills the rows to a contiguous temporary file (``solvers._spill``), later passes
+  first pass spills the rows to a contiguous temporary file (``solvers._spill``), later passes
   read that;
 * ``no-spill``: the same, with ``solvers._spill.SPILL = False`` (every pass gathers the rows);
 * with ``--gzip``, ``gzip`` and ``gzip-no-spill``: the fit alone, streamed from a gzip-compressed
@@ -14,7 +14,7 @@ measures each mode in a fresh process (so each has its own peak):
 
 The modes run ``--rounds`` times, in alternating order; the figures are medians over rounds. Each
 mode times ``--passes`` products with ``X`` / ``X^T`` (``Design.mv`` / ``rmv``, alternating,
-after one warm-up pass, which is the streamed modes' second pass: the spilling one) and fits an
+after one warm-up pass; the streamed modes' first pass, centring ``X``, is the spilling one) and fits an
 unconstrained head for ``--iters`` L-BFGS iterations on a fresh ``RowChunks`` (so the streamed
 fit pays for its spill); the streamed modes also time ``2 x --passes`` products with the reader
 thread of ``RowChunks.blocks`` forced on and off, alternating (a fit uses it only while a core is
@@ -115,7 +115,9 @@ else:
     X = RowChunks(features, rows, dataset="features", max_memory=budget)
 out["x_bytes"] = int(len(rows) * X.shape[1] * 4)
 with fit_threads("cpu"):
-    design = Design(X, "cpu", center=True)
+    t = time.perf_counter()
+    design = Design(X, "cpu", center=True)  # X^T 1 / n: the first pass (the spilling one when streamed)
+    out["first_pass_s"] = time.perf_counter() - t
     v = torch.ones(X.shape[1], dtype=torch.float64) / X.shape[1]
     r = torch.ones(len(rows), dtype=torch.float64) / len(rows)
     design.mv(v)  # warm-up (page cache, buffers)
@@ -199,6 +201,8 @@ def report(runs, n, budget, args) -> dict:
               f"passes vs {med(runs, 'in-memory', 'fit_s'):.2f}s / {med(runs, 'in-memory', 'fit_passes'):.0f} = "
               f"{fit_ratio:.2f}x per pass; reader thread on/off {med(runs, mode, 'reader_pass_s'):.3f}s / "
               f"{med(runs, mode, 'serial_pass_s'):.3f}s; peak {med(runs, mode, 'peak_bytes') / budget:.2f} x budget")
+    print(f"first pass (centring X): in-memory {med(runs, 'in-memory', 'first_pass_s'):.3f}s, streamed (spilling) "
+          f"{med(runs, 'streamed', 'first_pass_s'):.3f}s, no-spill (gathering) {med(runs, 'no-spill', 'first_pass_s'):.3f}s")
     print(f"per round, product streamed / no-spill / in-memory: " + "; ".join(
         f"{s['pass_s']:.3f} / {g['pass_s']:.3f} / {m['pass_s']:.3f}"
         for s, g, m in zip(runs["streamed"], runs["no-spill"], runs["in-memory"])))

@@ -37,7 +37,7 @@ in-memory fit's arithmetic exactly: the same L-BFGS iterates, bit for bit. float
 float16 on disk and in the chunks; each block is computed in float32.
 
 **Spill.** A split scattered through a memory-mapped cache is gathered out of the file's rows on
-every pass, and a compressed dataset is decoded on every pass. So the second pass over such an
+every pass, and a compressed dataset is decoded on every pass. So the first pass over such an
 ``X`` also writes its blocks, in order, into one unnamed temporary file (:mod:`solvers._spill`),
 and later passes map that file's contiguous blocks: no gather, no decompression, the same blocks,
 so the same bits. The file goes in ``$FAIRHEAD_SPILL_DIR``, else next to the cache, else in
@@ -318,7 +318,7 @@ class RowChunks:
     asking for the next. Converting a RowChunks to an array is refused (it would load it all).
 
     When a pass gathers a split's rows out of a file or decodes a compressed dataset, the
-    second pass writes the selected rows to a spill file and later passes read it (see the
+    first pass writes the selected rows to a spill file and later passes read it (see the
     module docstring and :mod:`solvers._spill`): disk the size of the selected rows, outside
     ``max_memory``. :meth:`close`, the end of a ``with`` block, or garbage collection frees it.
 

@@ -31,7 +31,7 @@ TEST_BLOCK_BYTES = 2**14
 #: a budget that gives chunks of a few blocks (HDF5_CACHE_BYTES, 1 MiB, is most of it)
 BUDGET = "1.6MB"
 N, D = 3000, 32
-#: passes compared: pass 1 gathers, pass 2 gathers and writes the spill, passes 3 and 4 read it
+#: passes compared: pass 1 gathers and writes the spill (SPILL_PASS), the others read it
 PASSES = 4
 
 
@@ -137,13 +137,18 @@ def test_heads_with_and_without_the_spill_are_the_in_memory_head(stored, monkeyp
         assert head.certificate_.passes == mem.certificate_.passes
 
 
-def test_the_spill_is_written_during_pass_two_and_only_where_passes_gather_or_decode(stored, tmp_path):
+@pytest.mark.parametrize("spill_pass", [1, 2])
+def test_the_spill_is_written_during_pass_spill_pass_and_only_where_passes_gather_or_decode(stored, tmp_path,
+                                                                                          monkeypatch, spill_pass):
     path, X, _, _, rows = stored
+    monkeypatch.setattr(_spill, "SPILL_PASS", spill_pass)
     Xs = RowChunks(path, rows, dataset="X", max_memory=BUDGET)
-    Xs.first_nonfinite()
-    assert Xs.spill_folder is None  # read once: a predict or a check never pays for a spill
-    x_dot(Xs, np.ones(D))
+    for _ in range(spill_pass - 1):
+        x_dot(Xs, np.ones(D))
+    assert Xs.spill_folder is None
+    assert Xs.first_nonfinite() is None  # the estimator's first pass: it writes the spill
     assert Xs.spill_folder == str(tmp_path)
+    np.testing.assert_array_equal(x_dot(Xs, np.ones(D)), x_dot(X[rows], np.ones(D)))
     assert RowChunks(X, rows, max_memory=BUDGET)._spill_pays() is False  # in memory already
     np.save(tmp_path / "x.npy", X)
     mm = np.load(tmp_path / "x.npy", mmap_mode="r")
@@ -278,11 +283,10 @@ def test_close_with_and_garbage_collection_release_the_file_and_leave_no_name(st
 def test_a_pass_stopped_early_drops_its_half_written_spill_and_a_later_pass_writes_it(stored, tmp_path):
     path, X, _, _, rows = stored
     Xs = RowChunks(path, rows, dataset="X", max_memory=BUDGET)
-    x_dot(Xs, np.ones(D))
-    for _ in Xs.blocks():  # pass 2 stops after one block
+    for _ in Xs.blocks():  # the spilling pass stops after one block
         break
     assert Xs.spill_folder is None and not _spill_fds(tmp_path)
-    x_dot(Xs, np.ones(D))  # pass 3 writes it
+    x_dot(Xs, np.ones(D))  # the next pass writes it
     assert Xs.spill_folder == str(tmp_path)
     np.testing.assert_array_equal(x_dot(Xs, np.ones(D)), x_dot(X[rows], np.ones(D)))
     Xs.close()
@@ -293,9 +297,8 @@ def test_copies_under_another_budget_share_a_finished_spill_and_never_a_half_wri
     w = np.random.default_rng(5).normal(size=D)
     want = x_dot(X[rows], w)
     Xs = RowChunks(path, rows, dataset="X", max_memory=BUDGET)
-    x_dot(Xs, w)
     writing = Xs.blocks()
-    next(writing)  # pass 2 has written its first block
+    next(writing)  # the spilling pass has written its first block
     early = Xs.with_budget("2MB")
     assert early._spill is None and Xs._spill is not None and not Xs._spill.complete
     for _ in writing:
