@@ -192,27 +192,31 @@ def report(runs, n, budget, args) -> dict:
           f"medians of {args.rounds} round(s), modes alternating")
     print(f"  {ooc['note']}")
     out = {"heads_equal": same}
+    def m(mode, key):
+        return med(runs, mode, key)
+
     for mode in ("streamed", "no-spill"):
-        ratio = med(runs, mode, "pass_s") / med(runs, "in-memory", "pass_s")
+        ratio = m(mode, "pass_s") / m("in-memory", "pass_s")
         fit_ratio = per_pass[mode] / per_pass["in-memory"]
         out[mode] = {"pass_ratio": ratio, "fit_pass_ratio": fit_ratio}
-        print(f"{mode:>9}: product {med(runs, mode, 'pass_s'):.3f}s vs in-memory {med(runs, 'in-memory', 'pass_s'):.3f}s"
-              f" = {ratio:.2f}x (goal <= 2); fit {med(runs, mode, 'fit_s'):.2f}s / {med(runs, mode, 'fit_passes'):.0f} "
-              f"passes vs {med(runs, 'in-memory', 'fit_s'):.2f}s / {med(runs, 'in-memory', 'fit_passes'):.0f} = "
-              f"{fit_ratio:.2f}x per pass; reader thread on/off {med(runs, mode, 'reader_pass_s'):.3f}s / "
-              f"{med(runs, mode, 'serial_pass_s'):.3f}s; peak {med(runs, mode, 'peak_bytes') / budget:.2f} x budget")
-    print(f"first pass (centring X): in-memory {med(runs, 'in-memory', 'first_pass_s'):.3f}s, streamed (spilling) "
-          f"{med(runs, 'streamed', 'first_pass_s'):.3f}s, no-spill (gathering) {med(runs, 'no-spill', 'first_pass_s'):.3f}s")
-    print(f"per round, product streamed / no-spill / in-memory: " + "; ".join(
-        f"{s['pass_s']:.3f} / {g['pass_s']:.3f} / {m['pass_s']:.3f}"
-        for s, g, m in zip(runs["streamed"], runs["no-spill"], runs["in-memory"])))
-    print(f"in-memory: read the split {med(runs, 'in-memory', 'load_s'):.2f}s, peak "
-          f"{med(runs, 'in-memory', 'peak_bytes') / 1e9:.2f} GB (X resident); heads bitwise equal in every mode: {same}")
+        print(f"{mode:>9}: product {m(mode, 'pass_s'):.3f}s vs in-memory {m('in-memory', 'pass_s'):.3f}s = "
+              f"{ratio:.2f}x (goal <= 2); fit {m(mode, 'fit_s'):.2f}s / {m(mode, 'fit_passes'):.0f} passes vs "
+              f"{m('in-memory', 'fit_s'):.2f}s / {m('in-memory', 'fit_passes'):.0f} = {fit_ratio:.2f}x per pass; "
+              f"reader thread on/off {m(mode, 'reader_pass_s'):.3f}s / {m(mode, 'serial_pass_s'):.3f}s; "
+              f"peak {m(mode, 'peak_bytes') / budget:.2f} x budget")
+    print(f"first pass (centring X): in-memory {m('in-memory', 'first_pass_s'):.3f}s, streamed (spilling) "
+          f"{m('streamed', 'first_pass_s'):.3f}s, no-spill (gathering) {m('no-spill', 'first_pass_s'):.3f}s")
+    print("per round, product streamed / no-spill / in-memory: " + "; ".join(
+        f"{s['pass_s']:.3f} / {g['pass_s']:.3f} / {i['pass_s']:.3f}"
+        for s, g, i in zip(runs["streamed"], runs["no-spill"], runs["in-memory"])))
+    print(f"in-memory: read the split {m('in-memory', 'load_s'):.2f}s, peak "
+          f"{m('in-memory', 'peak_bytes') / 1e9:.2f} GB "
+          f"(X resident); heads bitwise equal in every mode: {same}")
     if "gzip" in runs:
-        gz, nogz = med(runs, "gzip", "fit_s"), med(runs, "gzip-no-spill", "fit_s")
+        gz, nogz = m("gzip", "fit_s"), m("gzip-no-spill", "fit_s")
         out["gzip"] = {"fit_s": gz, "no_spill_fit_s": nogz}
         print(f"gzip-compressed cache, fit: spill {gz:.2f}s, no spill {nogz:.2f}s ({nogz / gz:.1f}x); in memory "
-              f"{med(runs, 'in-memory', 'fit_s'):.2f}s (+ {med(runs, 'in-memory', 'load_s'):.2f}s to read the split)")
+              f"{m('in-memory', 'fit_s'):.2f}s (+ {m('in-memory', 'load_s'):.2f}s to read the split)")
     return out
 
 
