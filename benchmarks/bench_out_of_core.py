@@ -9,6 +9,8 @@ measures each mode in a fresh process (so each has its own peak):
   first pass spills the rows to a contiguous temporary file (``solvers._spill``), later passes
   read that;
 * ``no-spill``: the same, with ``solvers._spill.SPILL = False`` (every pass gathers the rows);
+  the ``streamed`` worker also times the first five passes over a fresh ``RowChunks`` spilled
+  during pass 1, during pass 2 and never (``SPILL_PASS``; a ``predict`` is two passes);
 * with ``--gzip``, ``gzip`` and ``gzip-no-spill``: the fit alone, streamed from a gzip-compressed
   copy of the features (decoded by HDF5 on every pass without the spill).
 
@@ -154,6 +156,21 @@ out["fit_passes"] = int(head.certificate_.passes)
 out["peak_bytes"] = int(max(peak, status("VmHWM") - base))
 if mode != "in-memory":
     out["note"] = X.describe()
+    X.close()
+if mode == "streamed":  # SPILL_PASS: the first five passes of a fresh X, spilled at pass 1, at pass 2, never
+    w32 = np.ones(X.shape[1], dtype=np.float32)
+    costs = {1: [], 2: [], "off": []}
+    for _ in range(2):  # the second round is the one reported: the spill's memory has been used once
+        for when in costs:
+            _spill.SPILL, _spill.SPILL_PASS = when != "off", 1 if when == "off" else when
+            with RowChunks(features, rows, dataset="features", max_memory=budget) as Xp:
+                costs[when] = []
+                for _ in range(5):
+                    t = time.perf_counter()
+                    for _s, blk in Xp.blocks():
+                        blk @ w32
+                    costs[when].append(time.perf_counter() - t)
+    out["pass_costs_s"] = {str(k): v for k, v in costs.items()}
 out["coef"] = head.coef_.ravel().tolist()
 print(json.dumps(out))
 """
@@ -209,6 +226,11 @@ def report(runs, n, budget, args) -> dict:
     print("per round, product streamed / no-spill / in-memory: " + "; ".join(
         f"{s['pass_s']:.3f} / {g['pass_s']:.3f} / {i['pass_s']:.3f}"
         for s, g, i in zip(runs["streamed"], runs["no-spill"], runs["in-memory"])))
+    costs = {k: [median(r["pass_costs_s"][k][i] for r in runs["streamed"]) for i in range(5)]
+             for k in runs["streamed"][0]["pass_costs_s"]}
+    print("first 5 passes of a fresh X (float32 gemv, warm memory), spilled during pass 1 / during pass 2 / never: "
+          + " / ".join(" ".join(f"{t:.3f}" for t in costs[k]) for k in ("1", "2", "off")) + " s")
+    out["pass_costs_s"] = costs
     print(f"in-memory: read the split {m('in-memory', 'load_s'):.2f}s, peak "
           f"{m('in-memory', 'peak_bytes') / 1e9:.2f} GB "
           f"(X resident); heads bitwise equal in every mode: {same}")
