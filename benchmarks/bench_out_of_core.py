@@ -5,20 +5,20 @@ cache's ``(64, d)`` chunks) with a ``train`` split of 70% of the rows scattered 
 measures each mode in a fresh process (so each has its own peak):
 
 * ``in-memory``: the train rows read into memory (``embedcache``'s ``read_rows``), then the fit;
-* ``streamed``: ``solvers.RowChunks`` over the same rows with ``--budget``, nothing loaded; the
-  first pass spills the rows to a contiguous temporary file (``solvers._spill``), later passes
+* ``streamed``: ``solvers.RowChunks`` over the same rows with ``--budget``, nothing loaded; pass
+  ``SPILL_PASS`` spills the rows to a contiguous temporary file (``solvers._spill``), later passes
   read that;
 * ``no-spill``: the same, with ``solvers._spill.SPILL = False`` (every pass gathers the rows);
-  the ``streamed`` worker also times the first five passes over a fresh ``RowChunks`` spilled
-  during pass 1, during pass 2 and never (``SPILL_PASS``; a ``predict`` is two passes);
+  the first ``streamed`` run also times the first six passes over a fresh ``RowChunks`` spilled
+  during pass 1, 2 or 3, or never (the choice of ``SPILL_PASS``; a ``predict`` is two passes);
 * with ``--gzip``, ``gzip`` and ``gzip-no-spill``: the fit alone, streamed from a gzip-compressed
   copy of the features (decoded by HDF5 on every pass without the spill).
 
 The modes run ``--rounds`` times, in alternating order; the figures are medians over rounds. Each
 mode times ``--passes`` products with ``X`` / ``X^T`` (``Design.mv`` / ``rmv``, alternating,
-after one warm-up pass; the streamed modes' first pass, centring ``X``, is the spilling one) and fits an
-unconstrained head for ``--iters`` L-BFGS iterations on a fresh ``RowChunks`` (so the streamed
-fit pays for its spill); the streamed modes also time ``2 x --passes`` products with the reader
+after ``SPILL_PASS`` warm-up passes: the spill is written by then) and fits an unconstrained head
+for ``--iters`` L-BFGS iterations on a fresh ``RowChunks`` (so the streamed fit pays for its
+spill); the streamed modes also time ``2 x --passes`` products with the reader
 thread of ``RowChunks.blocks`` forced on and off, alternating (a fit uses it only while a core is
 free). Peak memory is VmHWM (reset just before the work) minus the resident set then, with glibc's
 malloc thresholds fixed so freed arrays leave the resident set. Prints the ratios (goals: streamed
@@ -88,6 +88,7 @@ from solvers import _spill
 
 mode, path, budget, passes, iters = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 features = sys.argv[6]  # the file the streamed modes read (the gzip copy for the gzip modes)
+pass_costs = sys.argv[7] == "1"  # also time the first passes of fresh Xs spilled at passes 1, 2, 3 and never
 _spill.SPILL = not mode.endswith("no-spill")
 
 def status(field):
@@ -117,12 +118,11 @@ else:
     X = RowChunks(features, rows, dataset="features", max_memory=budget)
 out["x_bytes"] = int(len(rows) * X.shape[1] * 4)
 with fit_threads("cpu"):
-    t = time.perf_counter()
-    design = Design(X, "cpu", center=True)  # X^T 1 / n: the first pass (the spilling one when streamed)
-    out["first_pass_s"] = time.perf_counter() - t
+    design = Design(X, "cpu", center=True)
     v = torch.ones(X.shape[1], dtype=torch.float64) / X.shape[1]
     r = torch.ones(len(rows), dtype=torch.float64) / len(rows)
-    design.mv(v)  # warm-up (page cache, buffers)
+    for _ in range(_spill.SPILL_PASS):  # warm-up (page cache, buffers; the streamed spill is written)
+        design.mv(v)
     times = []
     for k in range(passes):
         t = time.perf_counter()
@@ -157,16 +157,16 @@ out["peak_bytes"] = int(max(peak, status("VmHWM") - base))
 if mode != "in-memory":
     out["note"] = X.describe()
     X.close()
-if mode == "streamed":  # SPILL_PASS: the first five passes of a fresh X, spilled at pass 1, at pass 2, never
+if pass_costs:  # SPILL_PASS: the first six passes of a fresh X, spilled at pass 1, 2 or 3, or never
     w32 = np.ones(X.shape[1], dtype=np.float32)
-    costs = {1: [], 2: [], "off": []}
+    costs = {1: [], 2: [], 3: [], "off": []}
     order = list(costs)
-    for k in range(3):  # each order in turn: a new spill's page cache costs more when memory was freed long ago
-        for when in order[k:] + order[:k]:
+    for k in range(len(order)):  # each order in turn: on a VM a spill's new page cache can cost more when
+        for when in order[k:] + order[:k]:  # the memory was freed long ago (returned to the host)
             _spill.SPILL, _spill.SPILL_PASS = when != "off", 1 if when == "off" else when
             with RowChunks(features, rows, dataset="features", max_memory=budget) as Xp:
                 times = []
-                for _ in range(5):
+                for _ in range(6):
                     t = time.perf_counter()
                     for _s, blk in Xp.blocks():
                         blk @ w32
@@ -179,11 +179,12 @@ print(json.dumps(out))
 """
 
 
-def run_mode(mode, path, features, args) -> dict:
+def run_mode(mode, path, features, args, pass_costs=False) -> dict:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
     passes = 0 if mode.startswith("gzip") else args.passes  # a gzip pass without the spill takes seconds
     proc = subprocess.run([sys.executable, "-c", WORKER, mode, str(path), args.budget, str(passes),
-                           str(args.iters), str(features)], capture_output=True, text=True, env=env)
+                           str(args.iters), str(features), str(int(pass_costs))], capture_output=True, text=True,
+                          env=env)
     if proc.returncode:
         raise SystemExit(f"{mode} worker failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -194,7 +195,8 @@ def run_rounds(modes, path, gz, args) -> dict:
     runs = {mode: [] for mode in modes}
     for k in range(args.rounds):
         for mode in (modes if k % 2 == 0 else modes[::-1]):
-            runs[mode].append(run_mode(mode, path, gz if mode.startswith("gzip") else path, args))
+            costs = k == 0 and mode == "streamed"  # once: a minute of passes
+            runs[mode].append(run_mode(mode, path, gz if mode.startswith("gzip") else path, args, costs))
     return runs
 
 
@@ -224,15 +226,15 @@ def report(runs, n, budget, args) -> dict:
               f"{m('in-memory', 'fit_s'):.2f}s / {m('in-memory', 'fit_passes'):.0f} = {fit_ratio:.2f}x per pass; "
               f"reader thread on/off {m(mode, 'reader_pass_s'):.3f}s / {m(mode, 'serial_pass_s'):.3f}s; "
               f"peak {m(mode, 'peak_bytes') / budget:.2f} x budget")
-    print(f"first pass (centring X): in-memory {m('in-memory', 'first_pass_s'):.3f}s, streamed (spilling) "
-          f"{m('streamed', 'first_pass_s'):.3f}s, no-spill (gathering) {m('no-spill', 'first_pass_s'):.3f}s")
     print("per round, product streamed / no-spill / in-memory: " + "; ".join(
         f"{s['pass_s']:.3f} / {g['pass_s']:.3f} / {i['pass_s']:.3f}"
         for s, g, i in zip(runs["streamed"], runs["no-spill"], runs["in-memory"])))
-    costs = {k: [median(r["pass_costs_s"][k][i] for r in runs["streamed"]) for i in range(5)]
-             for k in runs["streamed"][0]["pass_costs_s"]}
-    print("first 5 passes of a fresh X (float32 gemv, medians of 3 orders), spilled during pass 1 / during pass 2 / never: "
-          + " / ".join(" ".join(f"{t:.3f}" for t in costs[k]) for k in ("1", "2", "off")) + " s")
+    costs = runs["streamed"][0]["pass_costs_s"]
+    print("first 6 passes of a fresh X (float32 gemv; medians of 4 orders), spilled at pass 1, 2, 3 or never "
+          "(a predict is 2 passes: a check and a product):")
+    for when, times in costs.items():
+        print(f"  {when:>3}: " + " ".join(f"{t:.3f}" for t in times) + f" s; 2 passes {sum(times[:2]):.3f} s, "
+              f"6 passes {sum(times):.3f} s")
     out["pass_costs_s"] = costs
     print(f"in-memory: read the split {m('in-memory', 'load_s'):.2f}s, peak "
           f"{m('in-memory', 'peak_bytes') / 1e9:.2f} GB "

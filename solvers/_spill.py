@@ -6,18 +6,23 @@ otherwise unmappable dataset: each pass decodes it with HDF5) writes the blocks 
 that pass hands them on, into a spill file. Later passes memory-map the spill's blocks: the same
 rows in the same order, contiguous, with nothing to gather or decode.
 
-**When.** During pass :data:`SPILL_PASS`, the first. Every use of a streamed ``X`` by the
-estimator reads it at least twice: ``fit`` and ``predict`` first check it for non-finite rows (one
-pass, remembered), then multiply (a fit: tens of passes). On a 0.70 GB scattered split (1024
-float32 features, ``OMP_NUM_THREADS=1``) a gathering pass took 0.17 s, the spilling pass 0.31 s
-(the gather and 0.14 s of writing) and a pass over the spill 0.047 s, as one in memory. Spilling
-during the first pass makes a ``predict`` (two passes) cost what it costs without the spill
-(0.36 s against 0.35 s) and a fit one gather less than spilling during the second, which would
-make a ``predict`` pay the write on its last pass and never read the spill
-(``benchmarks/bench_out_of_core.py`` prints these figures). The spilling pass hands on exactly
-the blocks it would have handed on without the spill (it writes each block before handing it on),
-and the spill's blocks are those same rows cut at the same boundaries, so every product, and so
-every head, has the same bits with the spill, without it, and in memory.
+**When.** During pass :data:`SPILL_PASS`, the third: once ``X`` has been read more often than a
+prediction reads it. Every use of a streamed ``X`` by the estimator first checks it for non-finite
+rows (one pass, remembered); a ``predict`` then makes one product, a fit tens (centring, the
+preconditioner, two or more a step). Writing the spill costs a copy of the rows into new page
+cache, more than a gathering pass, so a spill written during a prediction's first or second pass
+would cost it more than it saves: 0.70 GB of scattered float32 rows (``OMP_NUM_THREADS=1``) took
+0.17 s to gather, 0.047 s a pass from the spill as in memory, and 0.3-1.2 s to spill (the high
+end where the memory was freed long before, as on the VM measured;
+``benchmarks/bench_out_of_core.py`` prints the first passes spilled at pass 1, 2 or 3 or never).
+From pass 3 a fit pays for the spill within a few passes, and the evaluation splits of
+``fairhead fit`` (a check and a prediction) are never spilled. ``with_budget`` copies count the
+passes of the ``X`` they copy.
+
+**Bits.** The spilling pass hands on exactly the blocks it would have handed on without the spill
+(it writes each block before handing it on), and the spill's blocks are those same rows cut at
+the same boundaries, so every product, and so every head, has the same bits with the spill,
+without it, and in memory.
 
 **Where.** The folder named by the environment variable ``FAIRHEAD_SPILL_DIR`` (only there: a
 folder the user chose); otherwise the folder of the file ``X`` is read from (the disk that holds
@@ -53,7 +58,7 @@ import numpy as np
 #: spill the selected rows of a gathered or decoded streamed X (the module switch)
 SPILL = True
 #: the pass (counted from 1) during which the rows are written: see the module docstring
-SPILL_PASS = 1
+SPILL_PASS = 3
 #: space a spill leaves free in its folder's file system (a spill never fills a disk)
 KEEP_FREE_BYTES = 2**30
 #: the environment variable that names the spill's folder

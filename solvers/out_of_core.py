@@ -37,9 +37,9 @@ in-memory fit's arithmetic exactly: the same L-BFGS iterates, bit for bit. float
 float16 on disk and in the chunks; each block is computed in float32.
 
 **Spill.** A split scattered through a memory-mapped cache is gathered out of the file's rows on
-every pass, and a compressed dataset is decoded on every pass. So the first pass over such an
-``X`` also writes its blocks, in order, into one unnamed temporary file (:mod:`solvers._spill`),
-and later passes map that file's contiguous blocks: no gather, no decompression, the same blocks,
+every pass, and a compressed dataset is decoded on every pass. So the third pass over such an
+``X`` (a fit's: a prediction reads ``X`` twice) also writes its blocks, in order, into one unnamed
+temporary file (:mod:`solvers._spill`), and later passes map that file's contiguous blocks: no gather, no decompression, the same blocks,
 so the same bits. The file goes in ``$FAIRHEAD_SPILL_DIR``, else next to the cache, else in
 :func:`tempfile.gettempdir`; it is disk and page cache, not part of ``max_memory`` (a pass maps
 one or two of its blocks at a time, as it maps the cache's chunks). It takes as much disk as the
@@ -318,7 +318,7 @@ class RowChunks:
     asking for the next. Converting a RowChunks to an array is refused (it would load it all).
 
     When a pass gathers a split's rows out of a file or decodes a compressed dataset, the
-    first pass writes the selected rows to a spill file and later passes read it (see the
+    third pass writes the selected rows to a spill file and later passes read it (see the
     module docstring and :mod:`solvers._spill`): disk the size of the selected rows, outside
     ``max_memory``. :meth:`close`, the end of a ``with`` block, or garbage collection frees it.
 
@@ -446,9 +446,10 @@ class RowChunks:
         return out
 
     def _lend_spill(self, out: "RowChunks") -> None:
-        """Share a finished spill with ``out``, a copy of the same rows (the blocks do not depend
-        on the budget); a half-written one stays with the pass writing it."""
+        """Share a finished spill, and the count of passes, with ``out``, a copy of the same rows
+        (the blocks do not depend on the budget); a half-written spill stays with the pass writing it."""
         with self._spill_lock:
+            out._passes = self._passes  # the same rows: their reads so far count towards SPILL_PASS
             if self._spill is not None and self._spill.complete:
                 out._spill = self._spill.acquire()
 

@@ -21,6 +21,8 @@ import h5py
 import numpy as np
 import pytest
 
+from sklearn.exceptions import ConvergenceWarning
+
 from solvers import FairLogisticRegression, RowChunks
 from solvers import _spill, out_of_core
 from solvers._linalg import x_dot, xt_dot
@@ -31,8 +33,8 @@ TEST_BLOCK_BYTES = 2**14
 #: a budget that gives chunks of a few blocks (HDF5_CACHE_BYTES, 1 MiB, is most of it)
 BUDGET = "1.6MB"
 N, D = 3000, 32
-#: passes compared: pass 1 gathers and writes the spill (SPILL_PASS), the others read it
-PASSES = 4
+#: passes compared: the spilling one (SPILL_PASS), those before it (gathering) and two after (reading)
+PASSES = _spill.SPILL_PASS + 2
 
 
 @pytest.fixture(autouse=True)
@@ -69,6 +71,19 @@ def _passes(Xs, w, r):
 def _assert_same_passes(got, want):
     for g, m in zip(got, want):
         np.testing.assert_array_equal(g, m)
+
+
+def _to_spilling_pass(Xs):
+    """Run the passes before the spilling one (``SPILL_PASS - 1``: they gather)."""
+    for _ in range(_spill.SPILL_PASS - 1):
+        x_dot(Xs, np.ones(Xs.shape[1]))
+
+
+def _spilled(Xs):
+    """Run passes up to and including the spilling one; returns ``Xs``."""
+    _to_spilling_pass(Xs)
+    x_dot(Xs, np.ones(Xs.shape[1]))
+    return Xs
 
 
 def _spill_fds(folder):
@@ -137,18 +152,26 @@ def test_heads_with_and_without_the_spill_are_the_in_memory_head(stored, monkeyp
         assert head.certificate_.passes == mem.certificate_.passes
 
 
-@pytest.mark.parametrize("spill_pass", [1, 2])
+@pytest.mark.parametrize("spill_pass", [1, 3])
 def test_the_spill_is_written_during_pass_spill_pass_and_only_where_passes_gather_or_decode(stored, tmp_path,
                                                                                           monkeypatch, spill_pass):
-    path, X, _, _, rows = stored
+    path, X, y, _, rows = stored
     monkeypatch.setattr(_spill, "SPILL_PASS", spill_pass)
     Xs = RowChunks(path, rows, dataset="X", max_memory=BUDGET)
     for _ in range(spill_pass - 1):
         x_dot(Xs, np.ones(D))
     assert Xs.spill_folder is None
-    assert Xs.first_nonfinite() is None  # the estimator's first pass: it writes the spill
+    x_dot(Xs, np.ones(D))
     assert Xs.spill_folder == str(tmp_path)
     np.testing.assert_array_equal(x_dot(Xs, np.ones(D)), x_dot(X[rows], np.ones(D)))
+    Xs.close()
+    head = FairLogisticRegression(backend="torch", max_iter=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter=3: only a head to predict with
+        head.fit(X[rows], y[rows])
+    Xs = RowChunks(path, rows, dataset="X", max_memory=BUDGET)
+    head.predict(Xs)  # a check and a product: spilled only where SPILL_PASS <= 2
+    assert (Xs.spill_folder is not None) == (spill_pass <= 2)
     assert RowChunks(X, rows, max_memory=BUDGET)._spill_pays() is False  # in memory already
     np.save(tmp_path / "x.npy", X)
     mm = np.load(tmp_path / "x.npy", mmap_mode="r")
@@ -166,9 +189,7 @@ def test_the_spill_goes_to_the_env_folder_then_the_cache_folder_then_tmp(stored,
 
     def spilled_to(source):
         with RowChunks(source, rows, dataset="X" if isinstance(source, str) else None, max_memory=BUDGET) as Xs:
-            for _ in range(_spill.SPILL_PASS):
-                x_dot(Xs, np.ones(D))
-            return Xs.spill_folder
+            return _spilled(Xs).spill_folder
 
     monkeypatch.setenv(_spill.SPILL_DIR_ENV, str(chosen))
     assert spilled_to(path) == str(chosen)
@@ -250,7 +271,7 @@ def test_a_file_system_without_fallocate_still_spills(stored, monkeypatch, tmp_p
     monkeypatch.setattr(os, "posix_fallocate", unsupported)
     with RowChunks(path, rows, dataset="X", max_memory=BUDGET) as Xs:
         w = np.ones(D)
-        _assert_same_passes([x_dot(Xs, w) for _ in range(3)], [x_dot(X[rows], w)] * 3)
+        _assert_same_passes([x_dot(Xs, w) for _ in range(PASSES)], [x_dot(X[rows], w)] * PASSES)
         assert Xs.spill_folder == str(tmp_path)
 
 
@@ -258,22 +279,17 @@ def test_a_file_system_without_fallocate_still_spills(stored, monkeypatch, tmp_p
 def test_close_with_and_garbage_collection_release_the_file_and_leave_no_name(stored, tmp_path):
     path, X, _, _, rows = stored
     before = sorted(os.listdir(tmp_path))
-    Xs = RowChunks(path, rows, dataset="X", max_memory=BUDGET)
-    for _ in range(_spill.SPILL_PASS):
-        x_dot(Xs, np.ones(D))
+    Xs = _spilled(RowChunks(path, rows, dataset="X", max_memory=BUDGET))
     assert len(_spill_fds(tmp_path)) == 1 and sorted(os.listdir(tmp_path)) == before  # open, unnamed
     Xs.close()
     assert not _spill_fds(tmp_path)
     np.testing.assert_array_equal(x_dot(Xs, np.ones(D)), x_dot(X[rows], np.ones(D)))  # gathers again
     Xs.close()  # twice is fine
     with RowChunks(path, rows, dataset="X", max_memory=BUDGET) as Xs:
-        for _ in range(_spill.SPILL_PASS):
-            x_dot(Xs, np.ones(D))
+        _spilled(Xs)
         assert len(_spill_fds(tmp_path)) == 1
     assert not _spill_fds(tmp_path)
-    Xs = RowChunks(path, rows, dataset="X", max_memory=BUDGET)
-    for _ in range(_spill.SPILL_PASS):
-        x_dot(Xs, np.ones(D))
+    Xs = _spilled(RowChunks(path, rows, dataset="X", max_memory=BUDGET))
     assert len(_spill_fds(tmp_path)) == 1
     del Xs
     gc.collect()
@@ -283,6 +299,7 @@ def test_close_with_and_garbage_collection_release_the_file_and_leave_no_name(st
 def test_a_pass_stopped_early_drops_its_half_written_spill_and_a_later_pass_writes_it(stored, tmp_path):
     path, X, _, _, rows = stored
     Xs = RowChunks(path, rows, dataset="X", max_memory=BUDGET)
+    _to_spilling_pass(Xs)
     for _ in Xs.blocks():  # the spilling pass stops after one block
         break
     assert Xs.spill_folder is None and not _spill_fds(tmp_path)
@@ -297,10 +314,12 @@ def test_copies_under_another_budget_share_a_finished_spill_and_never_a_half_wri
     w = np.random.default_rng(5).normal(size=D)
     want = x_dot(X[rows], w)
     Xs = RowChunks(path, rows, dataset="X", max_memory=BUDGET)
+    _to_spilling_pass(Xs)
     writing = Xs.blocks()
     next(writing)  # the spilling pass has written its first block
     early = Xs.with_budget("2MB")
     assert early._spill is None and Xs._spill is not None and not Xs._spill.complete
+    assert early._passes == _spill.SPILL_PASS  # the copy's next pass spills: the rows were read as often
     for _ in writing:
         pass
     assert Xs.spill_folder == str(tmp_path) and early.spill_folder is None
@@ -334,7 +353,7 @@ out_of_core.BLOCK_BYTES = {TEST_BLOCK_BYTES}
 Xs = RowChunks({path!r}, np.load({str(tmp_path / 'rows.npy')!r}), dataset="X", max_memory={BUDGET!r})
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    got = [x_dot(Xs, np.ones({D})) for _ in range(3)]
+    got = [x_dot(Xs, np.ones({D})) for _ in range({PASSES})]
 want = np.load({str(tmp_path / 'want.npy')!r})
 print(all(np.array_equal(g, want) for g in got), Xs.spill_folder, len(caught), caught[0].message if caught else "")
 """
