@@ -160,9 +160,9 @@ if mode != "in-memory":
 if pass_costs:  # SPILL_PASS: the first six passes of a fresh X, spilled at pass 1, 2 or 3, or never
     w32 = np.ones(X.shape[1], dtype=np.float32)
     costs = {1: [], 2: [], 3: [], "off": []}
-    order = list(costs)
-    for k in range(len(order)):  # each order in turn: on a VM a spill's new page cache can cost more when
-        for when in order[k:] + order[:k]:  # the memory was freed long ago (returned to the host)
+    spills = [1, 2, 3]
+    for k in range(len(spills)):  # each order in turn, and an unspilled X after each spilled one, so that
+        for when in [w for s in spills[k:] + spills[:k] for w in (s, "off")]:  # every spill finds memory alike
             _spill.SPILL, _spill.SPILL_PASS = when != "off", 1 if when == "off" else when
             with RowChunks(features, rows, dataset="features", max_memory=budget) as Xp:
                 times = []
@@ -230,7 +230,7 @@ def report(runs, n, budget, args) -> dict:
         f"{s['pass_s']:.3f} / {g['pass_s']:.3f} / {i['pass_s']:.3f}"
         for s, g, i in zip(runs["streamed"], runs["no-spill"], runs["in-memory"])))
     costs = runs["streamed"][0]["pass_costs_s"]
-    print("first 6 passes of a fresh X (float32 gemv; medians of 4 orders), spilled at pass 1, 2, 3 or never "
+    print("first 6 passes of a fresh X (float32 gemv; medians of 3 orders), spilled at pass 1, 2, 3 or never "
           "(a predict is 2 passes: a check and a product):")
     for when, times in costs.items():
         print(f"  {when:>3}: " + " ".join(f"{t:.3f}" for t in times) + f" s; 2 passes {sum(times[:2]):.3f} s, "
