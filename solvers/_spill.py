@@ -16,8 +16,11 @@ would cost it more than it saves: 0.70 GB of scattered float32 rows (``OMP_NUM_T
 end where the memory was freed long before, as on the VM measured;
 ``benchmarks/bench_out_of_core.py`` prints the first passes spilled at pass 1, 2 or 3 or never).
 From pass 3 a fit pays for the spill within a few passes, and the evaluation splits of
-``fairhead fit`` (a check and a prediction) are never spilled. ``with_budget`` copies count the
-passes of the ``X`` they copy.
+``fairhead fit`` (a check and a prediction) are never spilled. An ``X`` read with HDF5 (a
+compressed dataset) is spilled during its first pass (:data:`SPILL_PASS_READ`): decoding it
+costs more than writing it (0.35 GB of gzip-compressed float32: about 3 s a pass), so the spill
+pays from the second pass on, a prediction's product. ``with_budget`` copies count the passes of
+the ``X`` they copy.
 
 **Bits.** The spilling pass hands on exactly the blocks it would have handed on without the spill
 (it writes each block before handing it on), and the spill's blocks are those same rows cut at
@@ -59,6 +62,8 @@ import numpy as np
 SPILL = True
 #: the pass (counted from 1) during which the rows are written: see the module docstring
 SPILL_PASS = 3
+#: the pass that writes the spill of an X read with HDF5 (compressed, not mappable): the first
+SPILL_PASS_READ = 1
 #: space a spill leaves free in its folder's file system (a spill never fills a disk)
 KEEP_FREE_BYTES = 2**30
 #: the environment variable that names the spill's folder

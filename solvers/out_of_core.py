@@ -38,9 +38,10 @@ float16 on disk and in the chunks; each block is computed in float32.
 
 **Spill.** A split scattered through a memory-mapped cache is gathered out of the file's rows on
 every pass, and a compressed dataset is decoded on every pass. So the third pass over such an
-``X`` (a fit's: a prediction reads ``X`` twice) also writes its blocks, in order, into one unnamed
-temporary file (:mod:`solvers._spill`), and later passes map that file's contiguous blocks: no gather, no decompression, the same blocks,
-so the same bits. The file goes in ``$FAIRHEAD_SPILL_DIR``, else next to the cache, else in
+``X`` (a fit's: a prediction reads ``X`` twice; the first pass of a decoded one) also writes its
+blocks, in order, into one unnamed temporary file (:mod:`solvers._spill`), and later passes map
+that file's contiguous blocks: no gather, no decompression, the same blocks, so the same bits.
+The file goes in ``$FAIRHEAD_SPILL_DIR``, else next to the cache, else in
 :func:`tempfile.gettempdir`; it is disk and page cache, not part of ``max_memory`` (a pass maps
 one or two of its blocks at a time, as it maps the cache's chunks). It takes as much disk as the
 selected rows; any ``OSError`` (no room, no permission) drops it, with one warning, and passes
@@ -318,7 +319,8 @@ class RowChunks:
     asking for the next. Converting a RowChunks to an array is refused (it would load it all).
 
     When a pass gathers a split's rows out of a file or decodes a compressed dataset, the
-    third pass writes the selected rows to a spill file and later passes read it (see the
+    third pass (the first, when read with HDF5) writes the selected rows to a spill file and
+    later passes read it (see the
     module docstring and :mod:`solvers._spill`): disk the size of the selected rows, outside
     ``max_memory``. :meth:`close`, the end of a ``with`` block, or garbage collection frees it.
 
@@ -382,7 +384,7 @@ class RowChunks:
         self._spill_lock = threading.Lock()  # passes may run in threads: one spill, made once
         self._spill = None  # the spill being written or read (solvers._spill.Spill)
         self._may_spill = self._spill_pays()  # False also once a spill failed or X was closed
-        self._passes = 0  # passes started (the spill is written during pass SPILL_PASS)
+        self._passes = 0  # passes started (the spill is written during pass _spill_pass())
 
     def _check_rows(self, rows) -> np.ndarray:
         r = np.asarray(rows)
@@ -418,6 +420,12 @@ class RowChunks:
         decodes = not self._runs and not isinstance(self._array, np.ndarray)
         return decodes or any(pos is not None for _, _, pos in self._plan)
 
+    def _spill_pass(self) -> int:
+        """The pass that writes the spill: ``SPILL_PASS_READ`` when passes read the rows with HDF5
+        (decoding a compressed dataset costs more than the write), ``SPILL_PASS`` when they gather
+        them out of a map."""
+        return _spill.SPILL_PASS if self._runs or isinstance(self._array, np.ndarray) else _spill.SPILL_PASS_READ
+
     def _source_folder(self) -> str | None:
         """The folder of the file X is read from (a path, an h5py dataset, a memmap), if any."""
         name = self._path or getattr(self._array, "filename", None) or getattr(
@@ -449,7 +457,7 @@ class RowChunks:
         """Share a finished spill, and the count of passes, with ``out``, a copy of the same rows
         (the blocks do not depend on the budget); a half-written spill stays with the pass writing it."""
         with self._spill_lock:
-            out._passes = self._passes  # the same rows: their reads so far count towards SPILL_PASS
+            out._passes = self._passes  # the same rows: their reads so far count towards the spilling pass
             if self._spill is not None and self._spill.complete:
                 out._spill = self._spill.acquire()
 
@@ -574,7 +582,8 @@ class RowChunks:
         numpy's gather and the BLAS product both release the GIL, so reading overlaps the
         arithmetic. The blocks, and so every product's bits, are the same either way.
 
-        Pass :data:`solvers._spill.SPILL_PASS` of an ``X`` whose passes gather or decode also
+        Pass :data:`solvers._spill.SPILL_PASS` of an ``X`` whose passes gather (pass
+        :data:`~solvers._spill.SPILL_PASS_READ` of one read with HDF5: decoded) also
         writes each block to a spill file before handing it on; once that pass has run to its
         end, later passes hand on views of the spill's blocks (the same rows, the same cuts).
 
@@ -612,12 +621,12 @@ class RowChunks:
 
     def _start_pass(self):
         """This pass's spill and whether the pass writes it: a finished spill to read, a new one to
-        write (at pass ``SPILL_PASS``, when passes gather or decode), or ``(None, False)``."""
+        write (at pass ``_spill_pass()``, when passes gather or decode), or ``(None, False)``."""
         with self._spill_lock:
             self._passes += 1
             if self._spill is not None:  # finished: read it; being written by another pass: gather
                 return (self._spill, False) if self._spill.complete and _spill.SPILL else (None, False)
-            if not (_spill.SPILL and self._may_spill and self._passes >= _spill.SPILL_PASS):
+            if not (_spill.SPILL and self._may_spill and self._passes >= self._spill_pass()):
                 return None, False
             folders = _spill.spill_folders(self._source_folder())
             self._spill = _spill.open_spill(self._n_local, self.shape[1], self.dtype, folders)

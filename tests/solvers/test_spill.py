@@ -153,7 +153,7 @@ def test_heads_with_and_without_the_spill_are_the_in_memory_head(stored, monkeyp
 
 
 @pytest.mark.parametrize("spill_pass", [1, 3])
-def test_the_spill_is_written_during_pass_spill_pass_and_only_where_passes_gather_or_decode(stored, tmp_path,
+def test_the_spill_is_written_during_its_pass_and_only_where_passes_gather_or_decode(stored, tmp_path,
                                                                                           monkeypatch, spill_pass):
     path, X, y, _, rows = stored
     monkeypatch.setattr(_spill, "SPILL_PASS", spill_pass)
@@ -172,6 +172,9 @@ def test_the_spill_is_written_during_pass_spill_pass_and_only_where_passes_gathe
     Xs = RowChunks(path, rows, dataset="X", max_memory=BUDGET)
     head.predict(Xs)  # a check and a product: spilled only where SPILL_PASS <= 2
     assert (Xs.spill_folder is not None) == (spill_pass <= 2)
+    decoded = RowChunks(path, rows, dataset="Z", max_memory=BUDGET)  # gzip: spilled on its first pass
+    x_dot(decoded, np.ones(D))
+    assert _spill.SPILL_PASS_READ == 1 and decoded.spill_folder == str(tmp_path)
     assert RowChunks(X, rows, max_memory=BUDGET)._spill_pays() is False  # in memory already
     np.save(tmp_path / "x.npy", X)
     mm = np.load(tmp_path / "x.npy", mmap_mode="r")
