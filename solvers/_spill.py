@@ -11,16 +11,17 @@ prediction reads it. Every use of a streamed ``X`` by the estimator first checks
 rows (one pass, remembered); a ``predict`` then makes one product, a fit tens (centring, the
 preconditioner, two or more a step). Writing the spill costs a copy of the rows into new page
 cache, more than a gathering pass, so a spill written during a prediction's first or second pass
-would cost it more than it saves: 0.70 GB of scattered float32 rows (``OMP_NUM_THREADS=1``) took
-0.17 s to gather, 0.047 s a pass from the spill as in memory, and 0.3-1.2 s to spill (the high
-end where the memory was freed long before, as on the VM measured;
-``benchmarks/bench_out_of_core.py`` prints the first passes spilled at pass 1, 2 or 3 or never).
+would cost it more than it saves: on 0.70 GB of scattered float32 rows (``OMP_NUM_THREADS=1``)
+a gathering pass took 0.2-0.3 s, a pass over the spill 0.05 s (as one in memory), the spilling
+pass 0.3-1.1 s (the high end when the memory was freed a while before, as on the VM measured), so
+a prediction spilled during pass 1 or 2 took 1.0 or 1.4 s against 0.5 s unspilled
+(``benchmarks/bench_out_of_core.py`` prints the first passes spilled at pass 1, 2 or 3 or never).
 From pass 3 a fit pays for the spill within a few passes, and the evaluation splits of
 ``fairhead fit`` (a check and a prediction) are never spilled. An ``X`` read with HDF5 (a
 compressed dataset) is spilled during its first pass (:data:`SPILL_PASS_READ`): decoding it
-costs more than writing it (0.35 GB of gzip-compressed float32: about 3 s a pass), so the spill
-pays from the second pass on, a prediction's product. ``with_budget`` copies count the passes of
-the ``X`` they copy.
+costs more than writing it (0.35 GB of gzip-compressed float32: 47.9 s for a fit of 14 passes,
+3.68 s spilled), so the spill pays from the second pass on, a prediction's product.
+``with_budget`` copies count the passes of the ``X`` they copy.
 
 **Bits.** The spilling pass hands on exactly the blocks it would have handed on without the spill
 (it writes each block before handing it on), and the spill's blocks are those same rows cut at
