@@ -320,9 +320,9 @@ class RowChunks:
 
     When a pass gathers a split's rows out of a file or decodes a compressed dataset, the
     third pass (the first, when read with HDF5) writes the selected rows to a spill file and
-    later passes read it (see the
-    module docstring and :mod:`solvers._spill`): disk the size of the selected rows, outside
-    ``max_memory``. :meth:`close`, the end of a ``with`` block, or garbage collection frees it.
+    later passes read it (see the module docstring and :mod:`solvers._spill`): disk the size of
+    the selected rows, outside ``max_memory``. :meth:`close`, the end of a ``with`` block, or
+    garbage collection frees it.
 
     Examples
     --------
@@ -595,12 +595,14 @@ class RowChunks:
             The rows, in the stored dtype; a buffer the next block may overwrite.
         """
         spill, writing = self._start_pass()
-        if spill is None:
-            produce = self._assembled_blocks
-        elif writing:
-            produce = lambda new_buffer: self._spilling(self._assembled_blocks(new_buffer), spill)  # noqa: E731
-        else:
-            produce = lambda new_buffer: spill.blocks(self.block_rows)  # noqa: E731
+
+        def produce(new_buffer):  # this pass's blocks: gathered, gathered and written, or the spill's
+            if spill is None:
+                return self._assembled_blocks(new_buffer)
+            if writing:
+                return self._spilling(self._assembled_blocks(new_buffer), spill)
+            return spill.blocks(self.block_rows)
+
         try:
             # mapped reads only (the cache's or the spill's): each is its own map, while HDF5 reads refill
             # one chunk buffer that the caller's block may still be a view of; and the reader needs a core
