@@ -158,8 +158,8 @@ class Spill:
 
     Written once, in row order (:meth:`write`, then :meth:`finish`), and only then read
     (:meth:`blocks`). Copies of ``X`` under another budget share a finished spill: each holder
-    :meth:`acquire` s it and :meth:`release` s it, and the file is closed when the last lets go
-    (or when the spill is garbage-collected: the file object closes itself).
+    takes it with :meth:`acquire` and gives it back with :meth:`release`; the file is closed when
+    the last one lets go, or when the spill is garbage-collected.
     """
 
     def __init__(self, file, folder: str, shape: tuple[int, int], dtype: np.dtype):
