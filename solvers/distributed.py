@@ -182,6 +182,7 @@ class RowShard(RowChunks):
         out = RowShard(src, self._rows, n_total=self.n_total, start=self.start, dataset=self._key,
                        max_memory=max_memory, group=self.group)
         out._nonfinite, out._tiled = self._nonfinite, self._tiled
+        self._lend_spill(out)
         return out
 
     @property

@@ -35,6 +35,18 @@ the *selected* matrix and sums the blocks in float64, in memory and streamed ali
 product does not depend on where the block came from, so on the CPU a streamed fit performs the
 in-memory fit's arithmetic exactly: the same L-BFGS iterates, bit for bit. float16 rows stay
 float16 on disk and in the chunks; each block is computed in float32.
+
+**Spill.** A split scattered through a memory-mapped cache is gathered out of the file's rows on
+every pass, and a compressed dataset is decoded on every pass. So the third pass over such an
+``X`` (a fit's: a prediction reads ``X`` twice; the first pass of a decoded one) also writes its
+blocks, in order, into one unnamed temporary file (:mod:`solvers._spill`), and later passes map
+that file's contiguous blocks: no gather, no decompression, the same blocks, so the same bits.
+The file goes in ``$FAIRHEAD_SPILL_DIR``, else next to the cache, else in
+:func:`tempfile.gettempdir`; it is disk and page cache, not part of ``max_memory`` (a pass maps
+one or two of its blocks at a time, as it maps the cache's chunks). It takes as much disk as the
+selected rows; any ``OSError`` (no room, no permission) drops it, with one warning, and passes
+gather as before. :meth:`RowChunks.close` (or leaving ``with RowChunks(...) as X:``) gives the
+space back, as does garbage collection. ``solvers._spill.SPILL = False`` turns it off.
 """
 
 from __future__ import annotations
@@ -50,6 +62,7 @@ import numpy as np
 
 from fairhead_options import check_memory_budget, format_memory
 
+from . import _spill
 from ._cores import free_cores
 from .errors import DataError
 
@@ -169,8 +182,8 @@ def _mapped_runs(dset) -> list | None:
         return None
 
 
-def _prefetched(chunks: "RowChunks"):
-    """The blocks of ``chunks._assembled_blocks``, made one block ahead by a reader thread.
+def _prefetched(chunks: "RowChunks", produce):
+    """The blocks of ``produce(new_buffer)`` (a pass of ``chunks``), made one block ahead by a reader thread.
 
     ``BLOCK_BUFFERS`` (2) block buffers take turns: the reader fills one while the caller holds
     the other, and gets it back when the caller asks for the next block (the contract of
@@ -193,7 +206,7 @@ def _prefetched(chunks: "RowChunks"):
 
     def read():
         try:
-            for start, block in chunks._assembled_blocks(new_buffer):
+            for start, block in produce(new_buffer):
                 own = pending.pop() if pending and (block is pending[0] or block.base is pending[0]) else None
                 _wait(lambda **kw: ready.put((start, block, own), **kw), stop)
                 _acquire(taken, stop)  # the caller has it: the next block is assembled meanwhile
@@ -305,6 +318,12 @@ class RowChunks:
     Blocks are views of buffers that the next block may overwrite: use each one before
     asking for the next. Converting a RowChunks to an array is refused (it would load it all).
 
+    When a pass gathers a split's rows out of a file or decodes a compressed dataset, the
+    third pass (the first, when read with HDF5) writes the selected rows to a spill file and
+    later passes read it (see the module docstring and :mod:`solvers._spill`): disk the size of
+    the selected rows, outside ``max_memory``. :meth:`close`, the end of a ``with`` block, or
+    garbage collection frees it.
+
     Examples
     --------
     >>> import numpy as np
@@ -361,6 +380,11 @@ class RowChunks:
         self.chunk_rows = chunk
         self._plan = self._make_plan()
         self._nonfinite = ()  # not checked yet
+        self._n_local = self.shape[0]  # the selected rows (a RowShard's shape grows to the whole X)
+        self._spill_lock = threading.Lock()  # passes may run in threads: one spill, made once
+        self._spill = None  # the spill being written or read (solvers._spill.Spill)
+        self._may_spill = self._spill_pays()  # False also once a spill failed or X was closed
+        self._passes = 0  # passes started (the spill is written during pass _spill_pass())
 
     def _check_rows(self, rows) -> np.ndarray:
         r = np.asarray(rows)
@@ -388,6 +412,26 @@ class RowChunks:
             i = j
         return plan
 
+    def _spill_pays(self) -> bool:
+        """Whether a pass does work a spill saves: gathering a split's rows out of a file's, or
+        decoding a dataset that cannot be mapped (an in-memory array and views of a map need neither)."""
+        if isinstance(self._array, np.ndarray) and not isinstance(self._array, np.memmap):
+            return False
+        decodes = not self._runs and not isinstance(self._array, np.ndarray)
+        return decodes or any(pos is not None for _, _, pos in self._plan)
+
+    def _spill_pass(self) -> int:
+        """The pass that writes the spill: ``SPILL_PASS_READ`` when passes read the rows with HDF5
+        (decoding a compressed dataset costs more than the write), ``SPILL_PASS`` when they gather
+        them out of a map."""
+        return _spill.SPILL_PASS if self._runs or isinstance(self._array, np.ndarray) else _spill.SPILL_PASS_READ
+
+    def _source_folder(self) -> str | None:
+        """The folder of the file X is read from (a path, an h5py dataset, a memmap), if any."""
+        name = self._path or getattr(self._array, "filename", None) or getattr(
+            getattr(self._array, "file", None), "filename", None)
+        return os.path.dirname(os.path.abspath(name)) if isinstance(name, str) and name else None
+
     # ------------------------------------------------------------------ derived views
     def with_budget(self, max_memory) -> "RowChunks":
         """The same rows under another budget.
@@ -400,12 +444,41 @@ class RowChunks:
         Returns
         -------
         RowChunks
-            A new view of the same rows (a finished non-finite check carries over).
+            A new view of the same rows (a finished non-finite check and a finished spill
+            carry over; a spill still being written does not).
         """
         src = self._array if self._path is None else self._path
         out = RowChunks(src, self._rows, dataset=self._key, max_memory=max_memory)
         out._nonfinite = self._nonfinite  # the rows are the same: a finished check holds
+        self._lend_spill(out)
         return out
+
+    def _lend_spill(self, out: "RowChunks") -> None:
+        """Share a finished spill, and the count of passes, with ``out``, a copy of the same rows
+        (the blocks do not depend on the budget); a half-written spill stays with the pass writing it."""
+        with self._spill_lock:
+            out._passes = self._passes  # the same rows: their reads so far count towards the spilling pass
+            if self._spill is not None and self._spill.complete:
+                out._spill = self._spill.acquire()
+
+    def close(self) -> None:
+        """Free the spill file, if any (its disk space). Passes after it gather again, unspilled."""
+        with self._spill_lock:
+            spill, self._spill, self._may_spill = self._spill, None, False
+        if spill is not None:
+            spill.release()
+
+    def __enter__(self) -> "RowChunks":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def spill_folder(self) -> str | None:
+        """The folder of the finished spill file that passes read, or ``None`` when they gather."""
+        spill = self._spill
+        return spill.folder if spill is not None and spill.complete else None
 
     @property
     def n_chunks(self) -> int:
@@ -429,6 +502,8 @@ class RowChunks:
             One line: chunks, rows per chunk, shape, dtype, how rows are read, the budget.
         """
         how = "memory-mapped" if self.mapped else "HDF5 reads"
+        if self.spill_folder is not None:
+            how += ", then the rows spilled to a contiguous file"
         return (f"out-of-core: streamed {self.n_chunks} chunk(s) of at most {self.chunk_rows} rows per pass over "
                 f"{self.shape[0]} x {self.shape[1]} {self.dtype.name} ({how}, budget {format_memory(self.budget)})")
 
@@ -507,6 +582,11 @@ class RowChunks:
         numpy's gather and the BLAS product both release the GIL, so reading overlaps the
         arithmetic. The blocks, and so every product's bits, are the same either way.
 
+        Pass :data:`solvers._spill.SPILL_PASS` of an ``X`` whose passes gather (pass
+        :data:`~solvers._spill.SPILL_PASS_READ` of one read with HDF5: decoded) also
+        writes each block to a spill file before handing it on; once that pass has run to its
+        end, later passes hand on views of the spill's blocks (the same rows, the same cuts).
+
         Yields
         ------
         start : int
@@ -514,19 +594,70 @@ class RowChunks:
         block : numpy.ndarray of shape (n_block, n_features)
             The rows, in the stored dtype; a buffer the next block may overwrite.
         """
-        # mapped reads only: each is its own map, while HDF5 reads refill one chunk buffer that the
-        # caller's block may still be a view of; and the reader needs a core of its own
-        if PREFETCH and self._runs and free_cores() >= 1:
-            yield from _prefetched(self)
-            return
-        buf = []
+        spill, writing = self._start_pass()
 
-        def one_buffer():  # serial: one block buffer, reused (the caller is done with the last block)
-            if not buf:
-                buf.append(np.empty((self.block_rows, self.shape[1]), dtype=self.dtype))
-            return buf[0]
+        def produce(new_buffer):  # this pass's blocks: gathered, gathered and written, or the spill's
+            if spill is None:
+                return self._assembled_blocks(new_buffer)
+            if writing:
+                return self._spilling(self._assembled_blocks(new_buffer), spill)
+            return spill.blocks(self.block_rows)
 
-        yield from self._assembled_blocks(one_buffer)
+        try:
+            # mapped reads only (the cache's or the spill's): each is its own map, while HDF5 reads refill
+            # one chunk buffer that the caller's block may still be a view of; and the reader needs a core
+            if PREFETCH and (self._runs or (spill is not None and not writing)) and free_cores() >= 1:
+                yield from _prefetched(self, produce)
+                return
+            buf = []
+
+            def one_buffer():  # serial: one block buffer, reused (the caller is done with the last block)
+                if not buf:
+                    buf.append(np.empty((self.block_rows, self.shape[1]), dtype=self.dtype))
+                return buf[0]
+
+            yield from produce(one_buffer)
+        finally:  # the reader thread, if any, has ended: the spill is written as far as it goes
+            if writing:
+                self._end_spill(spill)
+
+    def _start_pass(self):
+        """This pass's spill and whether the pass writes it: a finished spill to read, a new one to
+        write (at pass ``_spill_pass()``, when passes gather or decode), or ``(None, False)``."""
+        with self._spill_lock:
+            self._passes += 1
+            if self._spill is not None:  # finished: read it; being written by another pass: gather
+                return (self._spill, False) if self._spill.complete and _spill.SPILL else (None, False)
+            if not (_spill.SPILL and self._may_spill and self._passes >= self._spill_pass()):
+                return None, False
+            folders = _spill.spill_folders(self._source_folder())
+            self._spill = _spill.open_spill(self._n_local, self.shape[1], self.dtype, folders)
+            self._may_spill = self._spill is not None  # no room anywhere: not tried again
+            return self._spill, self._spill is not None
+
+    def _spilling(self, blocks, spill):
+        """``blocks``, each written to ``spill`` before it is handed on; a failed write ends the
+        writing, never the pass."""
+        for start, blk in blocks:
+            if spill.error is None:
+                try:
+                    spill.write(start, blk)
+                except (OSError, ValueError) as err:  # ValueError: the file was closed meanwhile
+                    spill.error = err
+            yield start, blk
+
+    def _end_spill(self, spill) -> None:
+        """After the writing pass: keep the spill when every row is in it; otherwise drop it (a pass
+        stopped early: a later pass writes it again; a failed write: passes gather from now on)."""
+        with self._spill_lock:
+            if spill.error is None and spill.finish():
+                return
+            if spill.error is not None:
+                self._may_spill = False
+                _spill.warn_no_spill(spill.nbytes, [spill.folder], spill.error)
+            if self._spill is spill:  # not closed meanwhile (close released it)
+                self._spill = None
+                spill.release()
 
     def _assembled_blocks(self, new_buffer):
         """:meth:`blocks` read in this thread; ``new_buffer()`` gives an empty ``(block_rows, d)``
