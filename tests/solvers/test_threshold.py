@@ -6,7 +6,8 @@ import pytest
 from solvers import FairLogisticRegression, metrics
 from solvers.constraints import make_constraint
 from solvers.synthetic import make_fair_classification
-from solvers.threshold import ThresholdSearch, cumsum_rows
+from solvers import threshold
+from solvers.threshold import ThresholdSearch, cumsum_rows, shared_search
 
 #: the scan's gaps are cumulative sums of n terms of size <= 1 (float64): n * 2^-52 * 1 bounds their rounding
 SUM_TOL = lambda n: n * np.finfo(np.float64).eps  # noqa: E731
@@ -99,6 +100,39 @@ def test_cumsum_rows_adds_in_order_like_numpy():
     want = np.cumsum(a, axis=1)
     np.testing.assert_array_equal(cumsum_rows(a.copy()), want)
     np.testing.assert_array_equal(cumsum_rows(a[1].copy()), want[1])
+
+
+def test_scan_remembers_its_last_scores():
+    y, v, s, mom = _problem(0, ties=False)
+    search = ThresholdSearch(mom, y, v)
+    first = search.scan(s)
+    assert search.scan(s.copy()) is first  # the same scores, bit for bit: the same scan
+    assert not (first.gaps.flags.writeable or first.errors.flags.writeable or first.cuts.flags.writeable)
+    moved = s.copy()
+    moved[len(s) // 3] += 1e-12  # one score moved, away from the probed entries: scanned again
+    again = search.scan(moved)
+    assert again is not first
+    np.testing.assert_array_equal(again.errors, ThresholdSearch(mom, y, v).scan(moved).errors)
+    s[:] = 0.0  # the caller's array changed after its scan: the memo kept its own copy
+    assert search.scan(s) is not first
+    for k in range(threshold.MEMO_SCANS):
+        search.scan(s + k + 1)
+    assert search.scan(moved) is not again  # pushed out by the last MEMO_SCANS scans
+
+
+def test_shared_search_is_the_owners_while_its_steps_are_equal():
+    class Owner:
+        pass
+
+    owner = Owner()
+    y, v, _, mom = _problem(0)
+    first = shared_search(owner, mom, y, v)
+    y_again, v_again, _, mom_again = _problem(0)  # the same data, other arrays (the next bound of a path)
+    assert shared_search(owner, mom_again, y_again, v_again) is first
+    y1, v1, _, mom1 = _problem(1)
+    other = shared_search(owner, mom1, y1, v1)  # other data: a new search, the owner's from now on
+    assert other is not first and shared_search(owner, mom1, y1, v1) is other
+    assert shared_search(Owner(), mom1, y1, v1) is not other  # another owner
 
 
 def test_scan_refuses_wrong_scores():
