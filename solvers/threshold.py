@@ -24,6 +24,7 @@ chosen head is checked afterwards with its exact hard predictions anyway.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import threading
 import weakref
 from functools import cached_property
 
@@ -123,6 +124,7 @@ class ThresholdSearch:
         # all predictions 0: the gaps and the error
         self._start = np.append(moments.M @ moments.b0, float((v * y).sum() / V))
         self._memo = []  # (scores, scan), the latest first
+        self._lock = threading.Lock()
         self._memo_size = MEMO_SCANS if MEMO_SCANS * self.n * (K + 5) * 8 <= MEMO_BYTES else 0
 
     def same_problem(self, other: "ThresholdSearch") -> bool:
@@ -135,17 +137,19 @@ class ThresholdSearch:
         s = np.asarray(scores, dtype=np.float64)
         if s.shape != (self.n,) or not np.isfinite(s).all():
             raise ValueError(f"threshold scan needs {self.n} finite scores; got shape {s.shape}")
-        for i, (seen, sc) in enumerate(self._memo):
-            # a probe of three entries first: a different head almost always differs there
-            probe = seen[0] == s[0] and seen[-1] == s[-1] and seen[self.n // 2] == s[self.n // 2]
-            if probe and np.array_equal(seen, s):
-                self._memo.insert(0, self._memo.pop(i))
-                return sc
+        with self._lock:  # a path's search may be shared by threads
+            for i, (seen, sc) in enumerate(self._memo):
+                # a probe of three entries first: a different head almost always differs there
+                probe = seen[0] == s[0] and seen[-1] == s[-1] and seen[self.n // 2] == s[self.n // 2]
+                if probe and np.array_equal(seen, s):
+                    self._memo.insert(0, self._memo.pop(i))
+                    return sc
         sc = self._scan(s)
         if self._memo_size:
             for a in (sc.cuts, sc.errors, sc.gaps):
                 a.flags.writeable = False  # handed out again: nobody may change it
-            self._memo = [(s.copy(), sc)] + self._memo[: self._memo_size - 1]
+            with self._lock:
+                self._memo = [(s.copy(), sc)] + self._memo[: self._memo_size - 1]
         return sc
 
     def _scan(self, s):
