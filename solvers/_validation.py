@@ -68,9 +68,9 @@ def _describe(spec) -> str:
 
 def validate_params(estimator) -> None:
     """Check every parameter against ``estimator._parameter_constraints``; raise DataError."""
-    params = estimator.get_params(deep=False)
+    # the attributes as stored (what get_params(deep=False) returns, without its signature inspection)
     for name, specs in estimator._parameter_constraints.items():
-        v = params[name]
+        v = getattr(estimator, name)
         ok = False
         for spec in specs:
             if spec is None:

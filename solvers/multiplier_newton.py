@@ -146,9 +146,18 @@ class NewtonTargets:
         for j, k in exclusive:
             self._partner.setdefault(int(j), set()).add(int(k))
             self._partner.setdefault(int(k), set()).add(int(j))
+        # the subset depends on the order alone, and a search meets few orders (an eigvalsh per
+        # row and order was a tenth of a Newton step on small tables)
+        self._independent = {}
 
     def independent(self, order) -> list[int]:
         """A greedy subset of the rows in ``order`` (earlier first) that stays linearly independent; sorted."""
+        key = tuple(int(k) for k in order)
+        if key not in self._independent:
+            self._independent[key] = self._greedy_subset(key)
+        return list(self._independent[key])
+
+    def _greedy_subset(self, order) -> list[int]:
         keep = []
         for k in order:
             if self._partner.get(int(k), set()).intersection(keep):

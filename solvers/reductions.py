@@ -101,17 +101,17 @@ def rate_design(X, device, *, center):
 def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, design=None):
     """Run the reduction; return ``(Solution, Certificate)`` (see module docstring).
 
-    See :func:`_fit_rate_constraint`; torch runs at one CPU thread meanwhile
-    (:func:`solvers.backends.torch.fit_threads`).
+    See :func:`_fit_rate_constraint`; torch runs at one CPU thread, without autograd, meanwhile
+    (:func:`solvers.backends.torch.fit_context`).
     """
-    from .backends.torch import fit_threads
+    from .backends.torch import fit_context
 
     if problem.n_classes > 2:  # the same reduction with cost-sensitive multinomial fits
         from .reductions_multiclass import fit_rate_multiclass
 
         sol, cert = fit_rate_multiclass(est, problem, constraint, eps=eps, backend=backend, init=init, design=design)
     else:
-        with fit_threads(est.device):
+        with fit_context(est.device):
             sol, cert = _fit_rate_constraint(est, problem, constraint, eps=eps, backend=backend, init=init,
                                              design=design)
     return sol, cert

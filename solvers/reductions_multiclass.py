@@ -69,9 +69,9 @@ def margin_bandwidth(Z: np.ndarray) -> float:
 
 def fit_rate_multiclass(est, problem, constraint, *, eps, backend, init=None, design=None):
     """Run the reduction for a K-class head; return ``(Solution, Certificate)`` (see module docstring)."""
-    from .backends.torch import fit_threads
+    from .backends.torch import fit_context
 
-    with fit_threads(est.device):
+    with fit_context(est.device):
         return _fit(est, problem, constraint, eps=eps, init=init, design=design)
 
 

@@ -2,20 +2,20 @@
 
 The torch heads are pinned bit for bit (sha256 of the float64 bytes of ``coef_`` and
 ``intercept_``) on the CPU: the solver's arithmetic is deterministic there (fixed row blocks,
-one thread, float64 reductions in a fixed order). Their pins are for this machine's BLAS; a
-platform whose BLAS rounds a gemv differently gets other bits, so they run only where the
-reference head of the first case reproduces. cvxpy's heads are pinned only to the tolerance its
-interior-point solvers guarantee (Clarabel's gap tolerance 1e-8 relative: ``rtol=1e-6`` on the
+one thread, float64 reductions in a fixed order). A platform whose BLAS, CPU or torch rounds
+differently gets other bits, so their pins are kept per platform (``tests/support/pins.py``).
+cvxpy's heads are pinned only to the tolerance its interior-point solvers guarantee (Clarabel's gap tolerance 1e-8 relative: ``rtol=1e-6`` on the
 coefficients, ``atol=1e-7`` for coefficients near 0), since their bits depend on the platform.
 
-The pins (``data/backend_pins.json``) were made with the code before the refactor by running
-this file as a script (``PYTHONPATH=. python tests/solvers/test_backend_pins.py > ...``).
+The pins (``data/backend_pins.json``) were made with the code before the refactor; ``PYTHONPATH=.:tests
+python tests/solvers/test_backend_pins.py --record`` records this platform's torch pins, from code
+known to be right.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import sys
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,6 +25,7 @@ import pytest
 
 from solvers import FairLogisticRegression, fit_path
 from solvers.synthetic import make_fair_classification
+from support.pins import load_sets, pins_for_this_platform, record_this_platform, skip_message
 
 # what cvxpy guarantees: Clarabel stops at a relative duality gap of 1e-8 (tol_gap_rel), which
 # moves a well-conditioned head by about sqrt(1e-8) * condition in the worst case; 1e-6 relative
@@ -123,32 +124,32 @@ def pin(case):
     return [values(h) for h in heads]
 
 
-PINS = json.loads((Path(__file__).parent / "data" / "backend_pins.json").read_text())
-
-
-def _torch_reproducible() -> bool:
-    case = CASES[0]
-    return pin(case) == PINS[case_id(case)]
+PINS_FILE = Path(__file__).parent / "data" / "backend_pins.json"
+# cvxpy's pins hold to its tolerance anywhere: the first set's
+CVXPY_PINS = load_sets(PINS_FILE)[0]["pins"]
 
 
 @pytest.fixture(scope="module")
-def torch_bits():
-    if not _torch_reproducible():
-        pytest.skip("this platform's BLAS rounds the reference head differently: torch bits are pinned elsewhere")
+def torch_pins():
+    reference = CASES[0]
+    found = pins_for_this_platform(PINS_FILE, case_id(reference), lambda: pin(reference))
+    if found is None:
+        pytest.skip(skip_message(PINS_FILE, "tests/solvers/test_backend_pins.py"))
+    return found
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c[2] == "torch"], ids=case_id)
-def test_torch_heads_are_bitwise_pinned(case, torch_bits):
-    assert pin(case) == PINS[case_id(case)]
+def test_torch_heads_are_bitwise_pinned(case, torch_pins):
+    assert pin(case) == torch_pins[case_id(case)]
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c[2] == "cvxpy"], ids=case_id)
 def test_cvxpy_heads_are_pinned_to_the_solver_tolerance(case):
-    got, want = pin(case), PINS[case_id(case)]
+    got, want = pin(case), CVXPY_PINS[case_id(case)]
     assert len(got) == len(want)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=CVXPY_RTOL, atol=CVXPY_ATOL)
 
 
-if __name__ == "__main__":  # regenerate the pins (only from code known to be right)
-    print(json.dumps({case_id(c): pin(c) for c in CASES}, indent=1))
+if __name__ == "__main__" and sys.argv[1:] == ["--record"]:  # this platform's pins (only from code known to be right)
+    record_this_platform(PINS_FILE, {case_id(c): pin(c) for c in CASES if c[2] == "torch"})

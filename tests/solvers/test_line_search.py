@@ -35,7 +35,7 @@ def test_an_overshooting_first_step_still_finds_the_minimum_region():
     f0, g0, _ = obj.eval(z, theta)
     d0 = float(g0.sum())
     c2 = 0.3
-    alpha, val, gz, _ = _line_search(obj, z, theta, Xd, direc, f0, d0, float("inf"), 1.0, c2)
+    alpha, val, gz, *_ = _line_search(obj, z, theta, Xd, direc, f0, d0, float("inf"), 1.0, c2)
     assert alpha > 0.0
     assert val < f0
     assert abs(float(gz.sum())) <= c2 * abs(d0)  # the curvature condition the search promises
