@@ -61,7 +61,7 @@ class LogisticOracle:
     """Binary heads: weighted logistic fits on the torch backend (see the module docstring)."""
 
     def __init__(self, est, problem, mom, design, *, search_tol, tol):
-        from .threshold import ThresholdSearch
+        from .threshold import shared_search
 
         self.X, self.y, self.v = problem.X, problem.y, problem.sample_weight
         self.V = float(self.v.sum())
@@ -74,9 +74,10 @@ class LogisticOracle:
         self.precond = design.preconditioner(self.lam2, self.d + 1)
         self.base = self.v * (1.0 - 2.0 * self.y) / self.V
         self.Ma = mom.M * mom.a  # (K, n): cost of yhat_i = 1 through gap k
-        # every candidate is judged at its best intercept (one sort of its scores); without an
-        # intercept the head's threshold stays at 0
-        self.thr = ThresholdSearch(getattr(mom, "scan_moments", mom), self.y, self.v) if est.fit_intercept else None
+        # every candidate is judged at its best intercept (one sort of its scores; a path's heads
+        # share the design's last scans); without an intercept the head's threshold stays at 0
+        self.thr = (shared_search(design, getattr(mom, "scan_moments", mom), self.y, self.v) if est.fit_intercept
+                    else None)
 
     @property
     def resolution(self) -> float:

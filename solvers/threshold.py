@@ -24,6 +24,8 @@ chosen head is checked afterwards with its exact hard predictions anyway.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import threading
+import weakref
 from functools import cached_property
 
 import numpy as np
@@ -75,8 +77,31 @@ class ThresholdScan:
         return self._pick(int(j))
 
 
+def cumsum_rows(a: np.ndarray) -> np.ndarray:
+    """The running sums of ``a`` (float64, C-contiguous) along its last axis, in place.
+
+    torch's CPU ``cumsum`` adds each row's entries one after another, in order, like numpy's: the
+    same bits, at about a quarter of numpy's time (numpy's accumulate loop does not keep the
+    adder busy). ``a`` comes back, summed.
+    """
+    import torch
+
+    torch.from_numpy(a).cumsum_(dim=-1)
+    return a
+
+
+#: a :class:`ThresholdSearch` keeps its last scans (by their scores) up to this many, ...
+MEMO_SCANS = 4
+#: ... and while they take at most this many bytes: a path's heads repeat scores (the previous
+#: head, adopted or re-checked at the next bound), small tables often, large ones rarely
+MEMO_BYTES = 64 << 20
+
+
 class ThresholdSearch:
     """The threshold scan of one problem's rate moments; built once, applied to many heads.
+
+    It remembers its last scans (:data:`MEMO_SCANS`): the same scores (bit for bit) give the same
+    scan, which is handed out again (its arrays read-only) instead of sorting again.
 
     Parameters
     ----------
@@ -90,41 +115,67 @@ class ThresholdSearch:
         v = np.asarray(sample_weight, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
         V = float(v.sum())
-        # (K, n): the gaps' move per yhat_i = 1, a column per sample (a scan gathers columns in score
-        # order and sums each row: long contiguous rows, whatever K)
-        self._step_gaps = np.ascontiguousarray(moments.M * moments.a)
-        self._gaps0 = moments.M @ moments.b0  # all predictions 0
-        self._step_err = v * (1.0 - 2.0 * y) / V
-        self._err0 = float((v * y).sum() / V)
-        self.n = y.shape[0]
+        K, self.n = moments.M.shape[0], y.shape[0]
+        # (K + 1, n): the gaps' move per yhat_i = 1 (rows 0..K-1) and the error's (row K), a column
+        # per sample: a scan gathers columns in score order and sums each row (long contiguous rows)
+        self._steps = np.empty((K + 1, self.n))
+        np.multiply(moments.M, moments.a, out=self._steps[:K])
+        self._steps[K] = v * (1.0 - 2.0 * y) / V
+        # all predictions 0: the gaps and the error
+        self._start = np.append(moments.M @ moments.b0, float((v * y).sum() / V))
+        self._memo = []  # (scores, scan), the latest first
+        self._lock = threading.Lock()
+        self._memo_size = MEMO_SCANS if MEMO_SCANS * self.n * (K + 5) * 8 <= MEMO_BYTES else 0
+
+    def same_problem(self, other: "ThresholdSearch") -> bool:
+        """Whether ``other`` scans with the same steps (bit for bit): then it gives the same scans."""
+        return (self.n == other.n and np.array_equal(self._start, other._start)
+                and self._steps.shape == other._steps.shape and np.array_equal(self._steps, other._steps))
 
     def scan(self, scores: np.ndarray) -> ThresholdScan:
         """All reachable thresholds of ``scores`` with their errors and gaps (see module docstring)."""
         s = np.asarray(scores, dtype=np.float64)
         if s.shape != (self.n,) or not np.isfinite(s).all():
             raise ValueError(f"threshold scan needs {self.n} finite scores; got shape {s.shape}")
+        with self._lock:  # a path's search may be shared by threads
+            for i, (seen, sc) in enumerate(self._memo):
+                # a probe of three entries first: a different head almost always differs there
+                probe = seen[0] == s[0] and seen[-1] == s[-1] and seen[self.n // 2] == s[self.n // 2]
+                if probe and np.array_equal(seen, s):
+                    self._memo.insert(0, self._memo.pop(i))
+                    return sc
+        sc = self._scan(s)
+        if self._memo_size:
+            for a in (sc.cuts, sc.errors, sc.gaps):
+                a.flags.writeable = False  # handed out again: nobody may change it
+            with self._lock:
+                self._memo = [(s.copy(), sc)] + self._memo[: self._memo_size - 1]
+        return sc
+
+    def _scan(self, s):
         order = np.argsort(-s)  # any order of tied scores: prefixes inside a tie are skipped
         ss = np.take(s, order)  # np.take: several times faster than fancy indexing for a gather
         # prefix lengths j that end between two distinct scores (and j = 0, j = n)
         ends = np.flatnonzero(ss[:-1] > ss[1:]) + 1
-        lengths = np.concatenate([[0], ends, [self.n]])
-        cum_g = np.take(self._step_gaps, order, axis=1)  # a copy, summed in place (row by row, in score order)
-        np.cumsum(cum_g, axis=1, out=cum_g)
-        cum_e = np.cumsum(np.take(self._step_err, order))
-        K = self._step_gaps.shape[0]
-        gaps = np.empty((K, len(lengths)))  # handed out as its (m, K) view
-        errors = np.empty(len(lengths))
-        gaps[:, 0], errors[0] = self._gaps0, self._err0
-        inner = lengths[1:] - 1
-        np.add(self._gaps0[:, None], np.take(cum_g, inner, axis=1), out=gaps[:, 1:])
-        errors[1:] = self._err0 + np.take(cum_e, inner)
+        cum = cumsum_rows(np.take(self._steps, order, axis=1))  # (K + 1, n): each row summed in score order
+        m = len(ends) + 2
+        out = np.empty((len(self._start), m))  # the gaps (rows 0..K-1, handed out as an (m, K) view), the errors
+        out[:, 0] = self._start
+        mids = ss[:-1] + ss[1:]  # the midpoint between neighbours, 0.5 (a + b) as a whole vector:
+        mids *= 0.5  # contiguous, and the same bits as gathered first
+        cuts = np.empty(m)
+        if m == self.n + 1:  # no tied scores: every prefix is reachable, the gathers are the identity
+            np.add(self._start[:, None], cum, out=out[:, 1:])
+            cuts[1:-1] = mids
+        else:
+            inner = np.append(ends - 1, self.n - 1)  # the last index of each reachable prefix
+            np.add(self._start[:, None], np.take(cum, inner, axis=1), out=out[:, 1:])
+            cuts[1:-1] = np.take(mids, ends - 1)
         # a threshold strictly between the prefix's last score and the next one; none above the top
         # score is needed (``s > ss[0]`` is never true) and one below the last by a unit at least
-        cuts = np.empty(len(lengths))
         cuts[0] = ss[0]
-        cuts[1:-1] = 0.5 * (ss[ends - 1] + ss[ends])
         cuts[-1] = ss[-1] - max(1.0, abs(ss[-1]))
-        return ThresholdScan(cuts=cuts, errors=errors, gaps=gaps.T)
+        return ThresholdScan(cuts=cuts, errors=out[-1], gaps=out[:-1].T)
 
     def choose(self, scores: np.ndarray, bound: float) -> ThresholdChoice:
         """The most accurate threshold meeting ``bound``, else the one with the smallest gap."""
@@ -132,4 +183,27 @@ class ThresholdSearch:
         return sc.best(bound) or sc.smallest_gap()
 
 
-__all__ = ["ThresholdChoice", "ThresholdScan", "ThresholdSearch"]
+_SHARED = weakref.WeakKeyDictionary()  # owner -> its last ThresholdSearch
+
+
+def shared_search(owner, moments, y: np.ndarray, sample_weight: np.ndarray) -> ThresholdSearch:
+    """A :class:`ThresholdSearch` of ``moments``: ``owner``'s last one where it scans with the same
+    steps (its remembered scans with it), else a new one, remembered for ``owner`` while it lives.
+
+    A path's heads share one design (``owner``) and, where the rows do not depend on the bound,
+    the same moments: the previous bound's head, adopted or re-checked at the next, is not
+    sorted again.
+    """
+    new = ThresholdSearch(moments, y, sample_weight)
+    try:
+        old = _SHARED.get(owner)
+        if old is not None and old.same_problem(new):
+            return old
+        _SHARED[owner] = new
+    except TypeError:  # an owner without weak references: nothing is shared
+        pass
+    return new
+
+
+__all__ = ["MEMO_BYTES", "MEMO_SCANS", "ThresholdChoice", "ThresholdScan", "ThresholdSearch", "cumsum_rows",
+           "shared_search"]

@@ -6,19 +6,20 @@ import pytest
 from solvers import FairLogisticRegression, metrics
 from solvers.constraints import make_constraint
 from solvers.synthetic import make_fair_classification
-from solvers.threshold import ThresholdSearch
+from solvers import threshold
+from solvers.threshold import ThresholdSearch, cumsum_rows, shared_search
 
 #: the scan's gaps are cumulative sums of n terms of size <= 1 (float64): n * 2^-52 * 1 bounds their rounding
 SUM_TOL = lambda n: n * np.finfo(np.float64).eps  # noqa: E731
 
 
-def _problem(seed, n=60, constraint="eo", n_groups=3):
+def _problem(seed, n=60, constraint="eo", n_groups=3, ties=True):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n).astype(np.float64)
     g = rng.integers(0, n_groups, n)
     v = rng.uniform(0.5, 2.0, n)
-    # integer scores: many ties, which a threshold cannot split
-    s = rng.integers(-6, 7, n).astype(np.float64) + 0.5 * y
+    # integer scores: many ties, which a threshold cannot split; else distinct (the scan's other branch)
+    s = (rng.integers(-6, 7, n).astype(np.float64) if ties else rng.normal(size=n)) + 0.5 * y
     mom = make_constraint(constraint).moments(y, g, v, tuple(range(n_groups)))
     return y, v, s, mom
 
@@ -34,10 +35,11 @@ def _brute(s, y, v, mom):
     return out
 
 
+@pytest.mark.parametrize("ties", [True, False])
 @pytest.mark.parametrize("constraint", ["dp", "eopp", "eo", "error-rate"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_scan_is_every_threshold_exactly(constraint, seed):
-    y, v, s, mom = _problem(seed, constraint=constraint)
+def test_scan_is_every_threshold_exactly(constraint, seed, ties):
+    y, v, s, mom = _problem(seed, constraint=constraint, ties=ties)
     scan = ThresholdSearch(mom, y, v).scan(s)
     brute = _brute(s, y, v, mom)
     assert len(scan.cuts) == len(brute)
@@ -72,6 +74,65 @@ def test_best_is_the_most_accurate_threshold_meeting_the_bound(seed, bound):
     # the chosen threshold realises its error and gaps with hard predictions
     yhat = (s > got.cut).astype(np.float64)
     np.testing.assert_allclose(mom.gaps(yhat), got.gaps, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("ties", [True, False])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_scan_sums_in_score_order_bit_for_bit(seed, ties):
+    """The scan's errors and gaps are numpy's running sums in ``argsort(-s)`` order, bit for bit
+    (the rate search's heads depend on those bits), and its cuts the neighbours' midpoints."""
+    y, v, s, mom = _problem(seed, n=500, ties=ties)
+    order = np.argsort(-s)
+    ss = s[order]
+    last = np.r_[np.flatnonzero(ss[:-1] > ss[1:]), len(s) - 1]  # the last index of each reachable prefix
+    step_gaps, step_err = mom.M * mom.a, v * (1.0 - 2.0 * y) / v.sum()
+    gaps0, err0 = mom.M @ mom.b0, float((v * y).sum() / v.sum())
+    scan = ThresholdSearch(mom, y, v).scan(s)
+    np.testing.assert_array_equal(scan.gaps[1:], (gaps0[:, None] + np.cumsum(step_gaps[:, order], axis=1)[:, last]).T)
+    np.testing.assert_array_equal(scan.errors[1:], err0 + np.cumsum(step_err[order])[last])
+    np.testing.assert_array_equal(scan.cuts[1:-1], 0.5 * (ss[last[:-1]] + ss[last[:-1] + 1]))
+
+
+def test_cumsum_rows_adds_in_order_like_numpy():
+    # entries over 16 decades: any other order of the additions rounds differently somewhere
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3, 5000)) * 10.0 ** rng.integers(-8, 8, size=(3, 5000))
+    want = np.cumsum(a, axis=1)
+    np.testing.assert_array_equal(cumsum_rows(a.copy()), want)
+    np.testing.assert_array_equal(cumsum_rows(a[1].copy()), want[1])
+
+
+def test_scan_remembers_its_last_scores():
+    y, v, s, mom = _problem(0, ties=False)
+    search = ThresholdSearch(mom, y, v)
+    first = search.scan(s)
+    assert search.scan(s.copy()) is first  # the same scores, bit for bit: the same scan
+    assert not (first.gaps.flags.writeable or first.errors.flags.writeable or first.cuts.flags.writeable)
+    moved = s.copy()
+    moved[len(s) // 3] += 1e-12  # one score moved, away from the probed entries: scanned again
+    again = search.scan(moved)
+    assert again is not first
+    np.testing.assert_array_equal(again.errors, ThresholdSearch(mom, y, v).scan(moved).errors)
+    s[:] = 0.0  # the caller's array changed after its scan: the memo kept its own copy
+    assert search.scan(s) is not first
+    for k in range(threshold.MEMO_SCANS):
+        search.scan(s + k + 1)
+    assert search.scan(moved) is not again  # pushed out by the last MEMO_SCANS scans
+
+
+def test_shared_search_is_the_owners_while_its_steps_are_equal():
+    class Owner:
+        pass
+
+    owner = Owner()
+    y, v, _, mom = _problem(0)
+    first = shared_search(owner, mom, y, v)
+    y_again, v_again, _, mom_again = _problem(0)  # the same data, other arrays (the next bound of a path)
+    assert shared_search(owner, mom_again, y_again, v_again) is first
+    y1, v1, _, mom1 = _problem(1)
+    other = shared_search(owner, mom1, y1, v1)  # other data: a new search, the owner's from now on
+    assert other is not first and shared_search(owner, mom1, y1, v1) is other
+    assert shared_search(Owner(), mom1, y1, v1) is not other  # another owner
 
 
 def test_scan_refuses_wrong_scores():
