@@ -178,8 +178,11 @@ class BinaryRateSearch(RateSearch):
         from .backends.torch import _tensor
 
         tol = max(float(est.tol), 1e-6)  # a chosen head that stopped at max_iter is polished to this
-        # the search only needs each head's predictions: sklearn's default tolerance is enough
-        oracle = LogisticOracle(est, problem, mom, design, search_tol=max(tol, red.SEARCH_TOL), tol=tol)
+        # the search only needs each head's predictions: sklearn's default tolerance is enough, and
+        # a looser one where the rates are not conditioned on the label
+        conditioned = getattr(constraint, "event", "all") != "all" or getattr(constraint, "utility", "") == "error"
+        search_tol = red.SEARCH_TOL if conditioned else red.SEARCH_TOL_UNCONDITIONED
+        oracle = LogisticOracle(est, problem, mom, design, search_tol=max(tol, search_tol), tol=tol)
         d, K = oracle.d, mom.M.shape[0]
         theta = oracle.cold_theta()
         self.theta_cold = theta.clone()
