@@ -25,7 +25,7 @@ import pytest
 
 from solvers import FairLogisticRegression, iter_path
 from solvers.synthetic import make_fair_classification, make_fair_multiclass
-from support.pins import plain, pins_for_this_platform, record_this_platform, skip_message
+from support.pins import UNPINNED, plain, pins_for_this_platform, record_this_platform, skip_message
 
 
 @dataclass(frozen=True)
@@ -108,9 +108,13 @@ def fingerprints(case: Case) -> list:
 PINS_FILE = Path(__file__).parent / "data" / "rate_search_pins.json"
 
 
+#: the case that tells an unkeyed platform's set (one whose heads no later change has moved)
+REFERENCE = next(c for c in CASES if c.id == "eopp")
+
+
 @pytest.fixture(scope="module")
 def pins():
-    found = pins_for_this_platform(PINS_FILE, CASES[0].id, lambda: fingerprints(CASES[0]))
+    found = pins_for_this_platform(PINS_FILE, REFERENCE.id, lambda: fingerprints(REFERENCE))
     if found is None:
         pytest.skip(skip_message(PINS_FILE, "tests/solvers/test_rate_search_equivalence.py"))
     return found
@@ -118,6 +122,8 @@ def pins():
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_rate_heads_are_bitwise_those_before_the_refactor(case, pins):
+    if case.id not in pins:
+        pytest.skip(UNPINNED)
     assert plain(fingerprints(case)) == pins[case.id]
 
 

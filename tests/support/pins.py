@@ -12,6 +12,9 @@ whose reference case (the file's first) reproduces here: a platform that rounds 
 pinned (``"platform": null`` marks a set made before keys were recorded). Where no set fits, the
 pins cannot say anything here, and the tests skip with the command that records this platform's
 set, to be run only on code known to be right (the commit the other sets were made on).
+
+A change meant to move some heads re-records them on the platform at hand and removes them from
+the other platforms' sets (their new bits there are unknown): a case missing from a set skips.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ def _arithmetic_fingerprint() -> str:
     for out in (t.dot(t), torch.cumsum(t, 0), torch.nn.functional.softplus(t), torch.sigmoid(t)):
         h.update(out.numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+UNPINNED = "this case's heads were moved on purpose after this platform's pins were made: not pinned here"
 
 
 def platform_key() -> str:
