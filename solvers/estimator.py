@@ -161,7 +161,12 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         (objective within 1e-6 of the best; scikit-learn's default fit 3e-6 / 1.5e-5), and
         0.02-0.05% of predictions differ from the exact optimum's; 1e-6 cost 1.7-1.8x
         scikit-learn's time and moved those predictions only. Use 1e-6 for tight comparisons
-        and 1e-9 or less with float64 data to compare backends.
+        and 1e-9 or less with float64 data to compare backends. Rate constraints (``dp``,
+        ``eo``, ...) search their multipliers with weighted fits stopped at ``max(tol, 1e-4)``
+        (``max(tol, 1e-3)`` for binary heads under rates not conditioned on the label: ``dp``,
+        ``dp-ratio``),
+        since the chosen head's intercept is chosen again and its bound checked on hard
+        predictions; ``tol`` (at least 1e-6) polishes a chosen fit that stopped at ``max_iter``.
     max_iter : int >= 1, default=2000
     min_group_size : int >= 1, default=10
         Groups (and label cells, for conditional constraints) smaller than this are an error.
