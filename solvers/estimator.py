@@ -164,9 +164,8 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         and 1e-9 or less with float64 data to compare backends. Rate constraints (``dp``,
         ``eo``, ...) search their multipliers with weighted fits stopped at ``max(tol, 1e-4)``
         (``max(tol, 1e-3)`` for binary heads under rates not conditioned on the label: ``dp``,
-        ``dp-ratio``),
-        since the chosen head's intercept is chosen again and its bound checked on hard
-        predictions; ``tol`` (at least 1e-6) polishes a chosen fit that stopped at ``max_iter``.
+        ``dp-ratio``), since the chosen head's intercept is chosen again and its bound checked
+        on hard predictions; ``tol`` (at least 1e-6) polishes a chosen fit that stopped at ``max_iter``.
     max_iter : int >= 1, default=2000
     min_group_size : int >= 1, default=10
         Groups (and label cells, for conditional constraints) smaller than this are an error.
