@@ -139,14 +139,21 @@ def evaluate_head(head, arrays, *, bounded: bool = False) -> dict[str, float]:
     ``bounded=True`` adds ``constraint_value``: the head's bounded gap on these rows, under
     its ``balance`` weights (:func:`fairhead.measure.constraint_value`).
     """
-    proba = head.predict_proba(arrays.X)
+    return evaluate_head_scores(head, arrays, head.decision_function(arrays.X), bounded=bounded)
+
+
+def evaluate_head_scores(head, arrays, scores: np.ndarray, *, bounded: bool = False) -> dict[str, float]:
+    """:func:`evaluate_head` from the head's ``scores`` on ``arrays`` (``head.decision_function(arrays.X)``):
+    its probabilities and labels follow from them, so the rows are multiplied once."""
+    from solvers.estimator import labels_from_scores, probabilities_from_scores  # deferred: sklearn
+
+    proba = probabilities_from_scores(scores)
     out = metrics.evaluate(
-        arrays.y, head.predict(arrays.X), sensitive_features=sensitive_arg(arrays),
+        arrays.y, labels_from_scores(scores, head.classes_), sensitive_features=sensitive_arg(arrays),
         y_score=proba if arrays.n_classes > 2 else proba[:, 1], classes=arrays.classes,
     )
     if bounded and head.constraint not in (None, "none"):
-        out["constraint_value"] = constraint_value(head.constraint, y=arrays.y,
-                                                   scores=head.decision_function(arrays.X),
+        out["constraint_value"] = constraint_value(head.constraint, y=arrays.y, scores=scores,
                                                    sensitive_features=sensitive_arg(arrays), balance=head.balance)
     return out
 

@@ -34,7 +34,7 @@ from solvers.problem import encoded_groups
 from fairhead import presets, provenance
 from fairhead.data_parallel import shard_features
 # evaluating a head is fairhead.evaluation's; these names stay importable from here
-from fairhead.evaluation import METRIC_COLUMNS, evaluate_head, metric_rows, sensitive_arg  # noqa: F401
+from fairhead.evaluation import METRIC_COLUMNS, evaluate_head, evaluate_head_scores, metric_rows, sensitive_arg  # noqa: F401
 from fairhead.measure import BETWEEN_GROUPS, describe_bounded_gap
 from fairhead.progress_bar import ticking
 from fairhead.tables import format_table
@@ -221,9 +221,10 @@ class SplitArrays:
     label_categories: tuple[str, ...] = ()
 
     @property
-    def classes(self):
-        """The class codes for K-class metrics (``None`` for a binary label)."""
-        return np.arange(self.n_classes) if self.n_classes > 2 else None
+    def classes(self) -> np.ndarray:
+        """The class codes ``0 .. K-1``, for the metrics' ``classes=``: given, they need not find the
+        labels again (one ``np.unique`` per metric); two codes read as binary, as the labels would."""
+        return np.arange(self.n_classes)
 
     def take(self, idx) -> "SplitArrays":
         """The rows ``idx`` (positions or a boolean mask), in that order."""
@@ -467,7 +468,7 @@ def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None
 def _fit_on_cache(bar, cache_path, *, fit_split, eval_splits, attributes, save, pos_label, confidence, max_memory,
                   parallel, head_params) -> FitResult:
     import embedcache
-    from solvers.estimator import FairLogisticRegression  # deferred: sklearn, scipy.stats (about 2 s)
+    from solvers.estimator import FairLogisticRegression, labels_from_scores  # deferred: sklearn, scipy.stats (about 2 s)
 
     bar.set_postfix_str(f"reading '{cache_path}'")
     with embedcache.open(cache_path) as cache:
@@ -501,9 +502,10 @@ def _fit_on_cache(bar, cache_path, *, fit_split, eval_splits, attributes, save, 
     per_split = {}
     for split, arrays in evaluated.items():
         bar.set_postfix_str(f"evaluating on '{split}'")
-        per_split[split] = evaluate_head(head, arrays, bounded=True)
-        per_split[split].update(interval_columns(arrays.y, head.predict(arrays.X), sensitive_arg(arrays), confidence,
-                                                 classes=arrays.classes))
+        scores = head.decision_function(arrays.X)  # once per split: every metric follows from them
+        per_split[split] = evaluate_head_scores(head, arrays, scores, bounded=True)
+        per_split[split].update(interval_columns(arrays.y, labels_from_scores(scores, head.classes_),
+                                                 sensitive_arg(arrays), confidence, classes=arrays.classes))
         bar.update(1)
     undefined = {split: metrics.undefined_rates(arrays.y, sensitive_features=arrays.group_names, classes=arrays.classes)
                  for split, arrays in evaluated.items()}

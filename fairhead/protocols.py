@@ -224,15 +224,18 @@ class ProtocolTable:
 
 def _row(protocol: str, split: str, head, arrays: pipeline.SplitArrays, constraint, balance=None,
          confidence=0.95) -> dict:
-    yhat = head.predict(arrays.X)
-    values = pipeline.evaluate_head(head, arrays)
+    from solvers.estimator import labels_from_scores  # deferred: sklearn
+
+    scores = head.decision_function(arrays.X)  # once: labels, probabilities and the bounded gap follow
+    yhat = labels_from_scores(scores, head.classes_)
+    values = pipeline.evaluate_head_scores(head, arrays, scores)
     values.update(interval_columns(arrays.y, yhat, pipeline.sensitive_arg(arrays), confidence, classes=arrays.classes))
     row = {"protocol": protocol, "split": split, "n": int(len(arrays.y))}
     row.update({h: float(values.get(k, float("nan"))) for k, h in PROTOCOL_METRICS})
     # the quantity the M-protocols bound (group vs overall), next to the paper's metrics
     row.update({f"{h}_{end}": values[f"{k}_{end}"] for k, h in PROTOCOL_METRICS if k in INTERVAL_KEYS
                 for end in ("low", "high")})
-    row["constraint_value"] = constraint_value(constraint, y=arrays.y, scores=head.decision_function(arrays.X),
+    row["constraint_value"] = constraint_value(constraint, y=arrays.y, scores=scores,
                                                sensitive_features=pipeline.sensitive_arg(arrays), balance=balance)
     row["eps_met"] = eps_met(head)
     names = arrays.group_names

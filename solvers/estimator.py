@@ -105,6 +105,24 @@ def _bad_arrays_message(err: ValueError, *, predicting: bool = False) -> str:
     return f"{problem.rstrip('.')}; {fix}"
 
 
+def probabilities_from_scores(z: np.ndarray) -> np.ndarray:
+    """:meth:`FairLogisticRegression.predict_proba` from the scores ``z`` of ``decision_function``:
+    ``[1 - s(z), s(z)]`` with the sigmoid ``s(z) = (1 + tanh(z / 2)) / 2`` (no overflow), or the
+    softmax of the rows of a K-class ``z`` (n, K)."""
+    if z.ndim == 2:
+        return multinomial.softmax(z)
+    p1 = 0.5 * (1.0 + np.tanh(0.5 * z))
+    return np.column_stack([1.0 - p1, p1])
+
+
+def labels_from_scores(z: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """:meth:`FairLogisticRegression.predict` from the scores ``z``: ``classes[1]`` where ``z > 0``,
+    else ``classes[0]``; for K classes, the class of the largest score (ties to the first)."""
+    if z.ndim == 2:
+        return classes[np.argmax(z, axis=1)]
+    return classes[(z > 0).astype(int)]
+
+
 class FairLogisticRegression(ClassifierMixin, BaseEstimator):
     """Logistic regression head under a fairness constraint (deterministic; binary or K classes).
 
@@ -496,11 +514,7 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
         ndarray of shape (n_samples, n_classes)
             The sigmoid of the score for two classes, the softmax of the scores for K > 2.
         """
-        z = self.decision_function(X)
-        if z.ndim == 2:
-            return multinomial.softmax(z)
-        p1 = 0.5 * (1.0 + np.tanh(0.5 * z))
-        return np.column_stack([1.0 - p1, p1])
+        return probabilities_from_scores(self.decision_function(X))
 
     def predict_log_proba(self, X):
         """Logarithms of the class probabilities, computed without underflow.
@@ -534,10 +548,7 @@ class FairLogisticRegression(ClassifierMixin, BaseEstimator):
             ``classes_[1]`` where the score is positive, else ``classes_[0]`` (K > 2: the class
             of the largest score, ties to the first class).
         """
-        z = self.decision_function(X)
-        if z.ndim == 2:
-            return self.classes_[np.argmax(z, axis=1)]
-        return self.classes_[(z > 0).astype(int)]
+        return labels_from_scores(self.decision_function(X), self.classes_)
 
 
 class PathFitter:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from fairhead.cli import main
-from support.cli import main_cli, run_cli
+from support.cli import assert_fit_metrics_match_head, main_cli, run_cli
 
 
 @pytest.fixture(params=["in-process", pytest.param("subprocess", marks=pytest.mark.slow)])
@@ -38,6 +38,11 @@ def test_fit_prints_metrics_per_split_and_saves_the_head(cache_path, tmp_path, c
     head = load_head(head_path)
     assert head.coef_.shape[1] == 6
 
+
+
+@pytest.mark.parametrize("constraint", ["dp", "dp-score"])
+def test_fit_metrics_from_one_product_equal_the_heads_own_predictions(cache_path, tmp_path, constraint):
+    assert_fit_metrics_match_head(cache_path, tmp_path, constraint)
 
 def test_fit_shows_the_bounded_gap_and_the_between_groups_gap_labelled(cache_path, tmp_path, cli):
     """eps bounds each group against the overall rate (under the balance weights); the tables report

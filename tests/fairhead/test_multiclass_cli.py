@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from support.cli import main_cli, read_rows
+from support.cli import assert_fit_metrics_match_head, main_cli, read_rows
 
 CLASSES = ("cat", "dog", "emu")
 
@@ -154,3 +154,9 @@ def test_predict_on_images_with_a_three_class_head(tmp_path, capsys):
         assert got[sample]["predicted_label"] == names[k] and int(got[sample]["prediction"]) == k
         assert abs(float(got[sample]["probability"]) - proba[i, k]) <= proba_tol[i]
     assert "'blob'" in stdout and json.loads(out.with_suffix(".metrics.json").read_text())["all"]["accuracy"] > 0
+
+
+
+@pytest.mark.parametrize("constraint", ["dp", "eo-score"])
+def test_fit_metrics_from_one_product_equal_the_heads_own_predictions(mc_cache, tmp_path, constraint):
+    assert_fit_metrics_match_head(mc_cache, tmp_path, constraint)

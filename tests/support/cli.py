@@ -45,3 +45,29 @@ def read_rows(path) -> list[dict[str, str]]:
     """The rows of a CSV file the CLI wrote, as dicts keyed by the header."""
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def assert_fit_metrics_match_head(cache, tmp_path, constraint: str) -> None:
+    """``fairhead fit`` multiplies each split once and derives labels and probabilities from the scores;
+    its metrics must equal those computed from the head's own ``predict`` / ``predict_proba``."""
+    import embedcache
+    import numpy as np
+
+    from fairhead import pipeline
+    from fairhead.uncertainty import interval_columns
+    from solvers import metrics
+
+    result = pipeline.fit_on_cache(cache, constraint=constraint, eps=0.05, save=tmp_path / f"head-{constraint}.json")
+    head = result.head
+    with embedcache.open(cache) as c:
+        for split in c.splits:
+            arrays = pipeline.load_arrays(c, split)
+            proba = head.predict_proba(arrays.X)
+            want = metrics.evaluate(arrays.y, head.predict(arrays.X), sensitive_features=arrays.group_names,
+                                    y_score=proba if arrays.n_classes > 2 else proba[:, 1], classes=arrays.classes)
+            want.update(interval_columns(arrays.y, head.predict(arrays.X), arrays.group_names, 0.95,
+                                         classes=arrays.classes))
+            got = result.metrics[split]
+            assert set(want) <= set(got)
+            for key, value in want.items():
+                assert got[key] == value or (np.isnan(got[key]) and np.isnan(value)), (split, key)
