@@ -352,6 +352,7 @@ def _sweep_parser(p: argparse.ArgumentParser) -> None:
     _add_plots(p, what="the plots (tradeoff.png, fit_vs_test.png, ...)")
     _add_confidence(p)
     _add_memory(p)
+    _add_progress(p, what="the progress bars (the path's heads, each baseline)")
 
 
 def _select_parser(p: argparse.ArgumentParser) -> None:
@@ -675,6 +676,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             n_eps=N_EPS_DEFAULT if args.n_eps is None else args.n_eps,
             fit_split=args.fit_split, attributes=args.attributes, compare=args.compare,
             plots=not args.no_plots, confidence=args.confidence, max_memory=args.max_memory, parallel=parallel,
+            progress=not args.no_progress,
             **_head_params(args),
         )
     if data_parallel.writes(parallel):

@@ -38,7 +38,7 @@ from solvers.problem import encode_groups
 
 from fairhead import pipeline
 from fairhead.evaluation import HeadRecord, evaluate_predictor
-from fairhead.progress_bar import ticking
+from fairhead.progress_bar import progress_bar, ticking
 
 BASELINES = ("expgrad", "gridsearch", "threshold", "penalty")
 #: gap levels of the front comparison (best accuracy at gap <= t)
@@ -375,8 +375,6 @@ def _float64(a: pipeline.SplitArrays) -> pipeline.SplitArrays:
 def run_baselines(names, fit, arrays, *, constraint, grid, C, seed=0, progress=True, balance=None,
                   confidence=0.95):
     """Run the named baselines (all of :data:`BASELINES` for an empty list) and yield their records."""
-    from tqdm.auto import tqdm  # deferred: 40 ms that `fairhead --help` would pay
-
     fit, arrays = _float64(fit), {k: _float64(v) for k, v in arrays.items()}
     names = list(names) or list(BASELINES)
     for name in names:
@@ -395,8 +393,8 @@ def run_baselines(names, fit, arrays, *, constraint, grid, C, seed=0, progress=T
         records = []
         # one tick per fitted model; the clock keeps running during a long fit (ExponentiatedGradient
         # can take minutes per bound), so a slow baseline never looks frozen
-        with tqdm(total=expected_fits(name, constraint, grid), desc=f"baseline {name}", unit="fit",
-                  disable=not progress, dynamic_ncols=True) as bar, ticking(bar), warnings.catch_warnings():
+        with progress_bar(progress, total=expected_fits(name, constraint, grid), desc=f"baseline {name}",
+                          unit="fit") as bar, ticking(bar), warnings.catch_warnings():
             # fairlearn's own pandas/sklearn deprecation notices are not the user's to fix
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)

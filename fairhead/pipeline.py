@@ -36,7 +36,7 @@ from fairhead.data_parallel import shard_features
 # evaluating a head is fairhead.evaluation's; these names stay importable from here
 from fairhead.evaluation import METRIC_COLUMNS, evaluate_head, evaluate_head_scores, metric_rows, sensitive_arg  # noqa: F401
 from fairhead.measure import BETWEEN_GROUPS, describe_bounded_gap
-from fairhead.progress_bar import ticking
+from fairhead.progress_bar import progress_bar, ticking
 from fairhead.tables import format_table
 from fairhead.uncertainty import interval_columns
 
@@ -453,12 +453,8 @@ def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None
     ``progress`` shows a bar over the steps (reading, the fit, each evaluated split), its clock
     running during a long fit.
     """
-    from tqdm.auto import tqdm  # deferred: 40 ms that `fairhead --help` would pay
-
     confidence = check_confidence(confidence)
-    show = progress and (parallel is None or parallel.writes)
-    # on a terminal only (disable=None): a log or a pipe gets the result and one-line errors, not bar frames
-    bar = tqdm(total=3, desc="fit", unit="step", disable=None if show else True, dynamic_ncols=True)
+    bar = progress_bar(progress and (parallel is None or parallel.writes), total=3, desc="fit", unit="step")
     with bar, ticking(bar):
         return _fit_on_cache(bar, cache_path, fit_split=fit_split, eval_splits=eval_splits, attributes=attributes,
                              save=save, pos_label=pos_label, confidence=confidence, max_memory=max_memory,

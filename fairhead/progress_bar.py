@@ -1,9 +1,20 @@
-"""Progress bars whose clock keeps moving while one long step runs."""
+"""The progress bars of fairhead's commands: one policy for all, and a clock that keeps moving.
+
+Policy: a bar is drawn only when the user asked for it (no ``--no-progress``) and stderr is a
+terminal. A log or a pipe gets the result and one-line errors, never bar frames.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import threading
+
+
+def progress_bar(progress: bool, **tqdm_kwargs):
+    """A ``tqdm`` bar on stderr under the policy above (``disable=None``: tqdm draws only on a terminal)."""
+    from tqdm.auto import tqdm  # deferred: 40 ms that `fairhead --help` would pay
+
+    return tqdm(disable=None if progress else True, dynamic_ncols=True, **tqdm_kwargs)
 
 
 @contextlib.contextmanager

@@ -47,6 +47,7 @@ from solvers.intervals import check_confidence
 
 from fairhead import pipeline, provenance
 from fairhead.measure import constraint_value, describe_bounded_gap
+from fairhead.progress_bar import progress_bar
 from fairhead.tables import format_table
 from fairhead.uncertainty import (INTERVAL_LEGEND, interval_columns, overfitting_metric, overfitting_row,
                                   overfitting_section, plot_overfitting)
@@ -323,7 +324,6 @@ def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, see
     ``progress`` shows a bar over the five fits. The table's ``provenance`` (written to
     ``protocols.json``) records the constraint, eps, seed, the cache's fingerprint and the versions.
     """
-    from tqdm.auto import tqdm  # deferred: 40 ms that `fairhead --help` would pay
     import embedcache
     from solvers import FairLogisticRegression
 
@@ -346,9 +346,7 @@ def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, see
     base = dict(C=C, backend=backend, balance=balance, device=device, min_group_size=min_group_size)
     rows, held_out_rows, heads = [], [], {}
     plans = protocol_plans(train, valid, constraint=constraint, seed=seed)
-    # on a terminal only (disable=None): a log or a pipe gets the table and one-line errors, not bar frames
-    with tqdm(total=len(plans), desc=PROGRESS_DESC, unit="head", disable=None if progress else True,
-              dynamic_ncols=True) as bar:
+    with progress_bar(progress, total=len(plans), desc=PROGRESS_DESC, unit="head") as bar:
         for protocol, (fit_on, cons) in plans.items():
             bar.set_postfix_str(f"{protocol} on {FIT_ON[protocol]}")
             head = FairLogisticRegression(constraint=cons, eps=eps, **base)

@@ -52,6 +52,7 @@ from fairhead import plots as plotting  # `plots` is run_sweep's flag
 from fairhead.data_parallel import MSG_COMPARE
 from fairhead.evaluation import GAP_COLUMNS, HeadRecord, evaluate_predictor, head_coef, head_intercept
 from fairhead.measure import BETWEEN_GROUPS, constraint_value, describe_bounded_gap
+from fairhead.progress_bar import progress_bar
 from fairhead.tables import format_table
 
 # Imported inside the functions that use them: embedcache (it imports torch: 1-2 s) and solvers.estimator /
@@ -475,16 +476,14 @@ def _solve_path(fit, grid, cons, *, free, done, progress_file: _ProgressFile, ba
     heads' solves (not their evaluation) so that the warm-start chain, and with it every later head, is
     exactly the uninterrupted run's.
     """
-    from tqdm.auto import tqdm  # deferred: 40 ms that `fairhead --help` would pay
-
     from solvers.path import iter_path, replacement_note  # deferred: sklearn, scipy.stats (about 2 s)
 
     todo = [float(e) for e in grid if _eps_key(e) not in done]
     last = max((i for i, e in enumerate(grid) if _eps_key(e) not in done), default=-1)
     replay = [float(e) for e in grid[: last + 1]]
     solved: dict[float, HeadRecord] = {}
-    bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc=f"sweep {cons.name}", unit="head",
-               disable=not progress)
+    bar = progress_bar(progress, total=len(grid), initial=len(grid) - len(todo), desc=f"sweep {cons.name}",
+                       unit="head")
     with bar, warnings.catch_warnings(record=True) as caught:  # a failure closes the bar's line before its message
         # an unmet bound is recorded in its row (certificate + notes), not raised mid-sweep
         warnings.simplefilter("always")

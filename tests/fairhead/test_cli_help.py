@@ -125,7 +125,7 @@ def test_info_lists_only_nonempty_groups_and_caps_them():
 
 
 @pytest.mark.slow
-def test_baselines_show_a_progress_bar_whose_clock_runs_during_a_fit(monkeypatch, capsys):
+def test_baselines_show_a_progress_bar_whose_clock_runs_during_a_fit(monkeypatch):
     import time
 
     from fairhead import compare
@@ -143,9 +143,15 @@ def test_baselines_show_a_progress_bar_whose_clock_runs_during_a_fit(monkeypatch
 
     tiny = SplitArrays(X=np.zeros((4, 2)), y=np.array([0, 1, 0, 1]), groups=np.array([[0], [0], [1], [1]]),
                        attributes=("g",), categories={"g": ("a", "b")}, sample_ids=np.arange(4).astype(str))
+    import sys
+
+    from support.cli import Terminal
+
+    terminal = Terminal()  # bars are drawn on a terminal only
+    monkeypatch.setattr(sys, "stderr", terminal)
     records = list(compare.run_baselines(["penalty"], tiny, {"train": tiny}, constraint=make_constraint("dp"),
                                          grid=np.array([0.1]), C=1.0, progress=True))
-    err = capsys.readouterr().err
+    err = terminal.buffer.getvalue()
     n = len(compare.PENALTY_ALPHAS)
     assert len(records) == n and "baseline penalty" in err and f"{n}/{n}" in err
     assert f"0/{n} [00:01" in err  # redrawn while the first fit was still running

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from fairhead.cli import build_parser, main
+from support.cli import Terminal
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -201,7 +202,7 @@ def test_protocols_cli_json_progress_and_provenance(cache_path, tmp_path, capsys
 
     import sys
 
-    terminal = _Terminal()
+    terminal = Terminal()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sys, "stderr", terminal)
         code = main(["protocols", str(cache_path), "--constraint", "dp", "--eps", "0.05", "--json",
@@ -338,7 +339,9 @@ def test_a_score_constraint_that_leaves_the_rate_gap_is_explained():
 
 # --------------------------------------------------------------------------- progress on every long step
 @pytest.mark.slow
-def test_expgrad_shows_its_inner_fits(split_arrays, capsys):
+def test_expgrad_shows_its_inner_fits(split_arrays, monkeypatch):
+    import sys
+
     import numpy as np
 
     pytest.importorskip("fairlearn")
@@ -348,40 +351,24 @@ def test_expgrad_shows_its_inner_fits(split_arrays, capsys):
     fit, test = split_arrays["train"].take(np.arange(300)), split_arrays["test"].take(np.arange(100))
     grid = np.array([0.2, 0.1])  # one matched bound
     run = dict(constraint=make_constraint("dp"), grid=grid, C=1.0)
+    terminal = Terminal()  # bars are drawn on a terminal only
+    monkeypatch.setattr(sys, "stderr", terminal)
     records = list(compare.run_baselines(["expgrad"], fit, {"test": test}, progress=True, **run))
-    err = capsys.readouterr().err
+    err = terminal.buffer.getvalue()
     assert len(records) == 1 and "inner fit 1 of at most" in err and "s left" in err
     # the counting estimator is the same LogisticRegression: the same head without the bar
     quiet = list(compare.run_baselines(["expgrad"], fit, {"test": test}, progress=False, **run))
     assert [r.metrics for r in quiet] == [r.metrics for r in records]
 
 
-class _Terminal:
-    """A stand-in stderr that says it is a terminal (progress bars show on terminals only)."""
-
-    def __init__(self):
-        import io
-
-        self.buffer = io.StringIO()
-
-    def isatty(self):
-        return True
-
-    def write(self, text):
-        return self.buffer.write(text)
-
-    def flush(self):
-        pass
-
-
 def test_fit_shows_a_progress_bar_on_a_terminal_only(cache_path, tmp_path, capsys, monkeypatch):
     import sys
 
-    terminal = _Terminal()
+    terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     assert main(["fit", str(cache_path), "--constraint", "dp", "--save", str(tmp_path / "h.json")]) == 0
     assert "fit:" in terminal.buffer.getvalue() and "5/5" in terminal.buffer.getvalue()  # read, fit, 3 splits
-    terminal = _Terminal()
+    terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     assert main(["fit", str(cache_path), "--constraint", "dp", "--save", str(tmp_path / "h2.json"),
                  "--no-progress"]) == 0
@@ -389,6 +376,25 @@ def test_fit_shows_a_progress_bar_on_a_terminal_only(cache_path, tmp_path, capsy
     monkeypatch.undo()
     assert main(["fit", str(cache_path), "--constraint", "dp", "--save", str(tmp_path / "h3.json")]) == 0
     assert "fit:" not in capsys.readouterr().err  # not a terminal: a log gets no bar frames
+
+
+def test_sweep_shows_its_progress_bar_on_a_terminal_only(cache_path, tmp_path, capsys, monkeypatch):
+    """The sweep's bar follows the commands' one policy (fairhead.progress_bar): drawn on a terminal,
+    hidden by --no-progress, and a log or a pipe gets no bar frames."""
+    import sys
+
+    argv = ["sweep", str(cache_path), "--constraint", "dp-score", "--eps-grid", "0.2", "0.1", "--no-plots"]
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    assert "sweep dp-score" in terminal.buffer.getvalue() and "2/2" in terminal.buffer.getvalue()
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main([*argv, "--out", str(tmp_path / "b"), "--no-progress"]) == 0
+    assert "sweep dp-score" not in terminal.buffer.getvalue()
+    monkeypatch.undo()
+    assert main([*argv, "--out", str(tmp_path / "c")]) == 0
+    assert "sweep dp-score" not in capsys.readouterr().err  # not a terminal: a log gets no bar frames
 
 
 @pytest.mark.parametrize("args, needles", [

@@ -174,7 +174,7 @@ PROGRESS_BAR = re.compile(r"\d+%\|")
 
 
 def assert_one_line_error(code, err, *, exit_code=3):
-    """One ``fairhead: error:`` line, on a line of its own (progress bars, which sweep draws, aside)."""
+    """One ``fairhead: error:`` line, on a line of its own (any progress bar's frames aside)."""
     lines = [line for line in err.strip().splitlines() if not PROGRESS_BAR.search(line)]
     assert code == exit_code, err
     assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("fairhead: "), err

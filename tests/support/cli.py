@@ -71,3 +71,21 @@ def assert_fit_metrics_match_head(cache, tmp_path, constraint: str) -> None:
             assert set(want) <= set(got)
             for key, value in want.items():
                 assert got[key] == value or (np.isnan(got[key]) and np.isnan(value)), (split, key)
+
+
+class Terminal:
+    """A stand-in stderr that says it is a terminal (progress bars show on terminals only)."""
+
+    def __init__(self):
+        import io
+
+        self.buffer = io.StringIO()
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        return self.buffer.write(text)
+
+    def flush(self):
+        pass
