@@ -45,6 +45,9 @@ BASELINES = ("expgrad", "gridsearch", "threshold", "penalty")
 FRONT_THRESHOLDS = (0.02, 0.03, 0.05, 0.10)
 #: the gaps fronts are read on (row key -> short name)
 FRONT_GAPS = (("demographic_parity_difference", "DP diff"), ("equalized_odds_difference", "EO diff"))
+#: short names of every between-groups gap a constraint's family bounds (:data:`fairhead.measure.BETWEEN_GROUPS`)
+GAP_NAMES = {**dict(FRONT_GAPS), "equal_opportunity_difference": "EOpp diff",
+             "accuracy_equality_difference": "AE diff"}
 MSG_UNKNOWN_BASELINE = "unknown baseline {name!r}; choose from {known}"
 NO_FAIRLEARN_NOTE = "skipped {name}: fairlearn is not installed (pip install 'fairhead[compare]')"
 

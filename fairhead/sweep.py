@@ -151,14 +151,18 @@ class SweepResult:
         return [r for r in self.records if r.method == "fairhead" and r.missed_bound]
 
     def fronts(self, split: str = "test", *, family_only: bool = False) -> list[dict[str, Any]]:
-        """Best accuracy at gap <= t per method, for the DP and EO differences (see :func:`compare.fronts`).
+        """Best accuracy at gap <= t per method (see :func:`compare.fronts`), for the DP and EO
+        differences and the swept constraint's own family gap (EOpp for ``eopp``, AE for ``error-rate``).
 
-        ``family_only`` keeps the gap of the swept constraint's family (DP for ``dp``, EO for ``eo``)
-        when it is one of them.
+        ``family_only`` keeps only the family gap (DP for ``dp``, EO for ``eo``, ...), the one
+        the heads bound; DP and EO where the constraint has none.
         """
+        family = BETWEEN_GROUPS.get(self.constraint)
         gaps = baselines.FRONT_GAPS
+        if family in baselines.GAP_NAMES and family not in dict(gaps):
+            gaps = (*gaps, (family, baselines.GAP_NAMES[family]))
         if family_only:
-            gaps = tuple(g for g in gaps if g[0] == BETWEEN_GROUPS.get(self.constraint)) or gaps
+            gaps = tuple(g for g in gaps if g[0] == family) or gaps
         return baselines.fronts(self.rows, split=split, n=self.split_sizes.get(split), gaps=gaps)
 
     def summary(self, splits=None) -> str:

@@ -221,6 +221,22 @@ def test_fronts_compare_measured_test_gaps_not_matched_eps():
     assert {"gap <= t", "method", "t=0.02", "t=0.03", "t=0.05", "t=0.1"} <= set(table[0])
 
 
+@pytest.mark.parametrize("constraint, family", [("error-rate", "AE diff"), ("eopp", "EOpp diff")])
+def test_fronts_read_the_gap_the_heads_bound(split_arrays, tmp_path, constraint, family):
+    """A sweep of a constraint outside the DP and EO families compares fronts on its own gap (the
+    accuracy-equality difference for error-rate), not only on gaps its heads do not aim at."""
+    result = sweep.run_sweep(None, out=tmp_path, constraint=constraint, eps_grid=[0.1, 0.03], progress=False,
+                             plots=False, data=(split_arrays, "fp", {}))
+    front_text = result.summary().split("fronts on 'test'")[1]
+    assert family in front_text and "DP diff" not in front_text and "EO diff" not in front_text
+    gaps = {f["gap"] for f in result.fronts("test")}
+    assert gaps == {"DP diff", "EO diff", family}
+    key = {"AE diff": "accuracy_equality_difference", "EOpp diff": "equal_opportunity_difference"}[family]
+    for f in result.fronts("test", family_only=True):
+        heads = [r for r in result.rows if r["split"] == "test" and r["method"] == f["method"] and r[key] <= f["t"]]
+        assert f["accuracy"] == max((r["accuracy"] for r in heads), default=float("nan")) or not heads
+
+
 def test_report_and_summary_label_both_gaps_and_compare_fronts(split_arrays, tmp_path):
     pytest.importorskip("fairlearn")
     result = sweep.run_sweep(None, out=tmp_path, constraint="dp", eps_grid=[0.1, 0.03], progress=False,
