@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from solvers import metrics
+from solvers.certificate import keeps_bound
 from solvers.multinomial import softmax
 
 from fairhead import uncertainty
@@ -50,8 +51,6 @@ GAP_COLUMNS = {
     "worst_group_accuracy": "max-min fairness: the smallest accuracy over sensitive groups",
     "worst_cell_accuracy": "the smallest accuracy over (label, group) cells",
 }
-#: a score head's violation above this (the solvers' tolerance scale) counts as a missed bound
-MISSED_VIOLATION = 1e-5
 
 
 @dataclass
@@ -69,19 +68,24 @@ class HeadRecord:
     alpha: float | None = None  # the penalty weight of a penalty baseline
 
     @property
+    def keeps_bound(self) -> bool | None:
+        """Whether this head keeps its own bound on the fit split: its certificate's verdict
+        (:attr:`solvers.certificate.Certificate.keeps_bound`); None without a bound or a certificate (a baseline)."""
+        cert = self.certificate or {}
+        return keeps_bound(cert.get("constraint"), cert.get("eps"), cert.get("eps_met"), cert.get("max_violation"),
+                           cert.get("tol"))
+
+    @property
     def missed_bound(self) -> bool:
         """Whether this head misses its own bound on the fit split (per its certificate)."""
-        cert = self.certificate or {}
-        if cert.get("eps_met") is False:
-            return True
-        return cert.get("eps") is not None and float(cert.get("max_violation") or 0.0) > MISSED_VIOLATION
+        return self.keeps_bound is False
 
     def rows(self, constraint_name: str) -> list[dict[str, Any]]:
         return [
             {"method": self.method, "constraint": constraint_name, "eps": self.eps,
              "alpha": float("nan") if self.alpha is None else float(self.alpha), "split": split,
              **values, "fit_time_s": self.wall_time,
-             "eps_met": self.certificate.get("eps_met"), "status": self.certificate.get("status"),
+             "eps_met": self.keeps_bound, "status": self.certificate.get("status"),
              "notes": self.notes}
             for split, values in self.metrics.items()
         ]

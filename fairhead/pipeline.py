@@ -378,11 +378,9 @@ class FitResult:
         return lines
 
     def eps_met(self) -> bool | None:
-        """Whether the head keeps its bound on the fit split (None: unconstrained or minimax)."""
-        cert = self.head.certificate_
-        if cert.constraint is None or cert.eps is None or not CONSTRAINTS[cert.constraint].bounded:
-            return None
-        return bool(cert.eps_met if cert.eps_met is not None else cert.max_violation <= max(cert.tol, 1e-9))
+        """Whether the head keeps its bound on the fit split (None: unconstrained or minimax):
+        :attr:`solvers.certificate.Certificate.keeps_bound`."""
+        return self.head.certificate_.keeps_bound
 
     def to_json(self) -> dict:
         """What ``fairhead fit --json`` prints: the head, its certificate, every split's metrics

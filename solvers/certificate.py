@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._linalg import x_dot, xt_dot
+from .constraints import CONSTRAINTS
 
 #: the fewest quasi-Newton iterations a cold logistic fit takes on real tables (20-40 observed)
 MIN_COLD_ITERATIONS = 20
@@ -34,6 +35,22 @@ MIN_COLD_ITERATIONS = 20
 def passes_lower_bound(warm: bool) -> int:
     """See :attr:`Certificate.passes_lower_bound`."""
     return 2 if warm else 2 * MIN_COLD_ITERATIONS
+
+
+def keeps_bound(constraint, eps, eps_met, max_violation, tol) -> bool | None:
+    """Whether a head keeps its bound on the rows it was fitted on: the one verdict every command
+    reports, from its certificate's fields (``None`` without a bound: unconstrained, ``minimax``).
+
+    A rate head's is ``eps_met`` (its hard predictions, counted in float64). A score head keeps
+    ``eps`` within the solver's tolerance, ``max_violation <= tol``: linear score constraints hold
+    exactly (the active set), and the group loss's augmented Lagrangian stops at violations up to
+    ``tol`` (the estimator's ``tol`` bounds both the projected gradient and the violation).
+    """
+    if constraint is None or eps is None or not CONSTRAINTS[constraint].bounded:
+        return None
+    if eps_met is not None:
+        return bool(eps_met)
+    return bool(float(max_violation) <= max(float(tol), 1e-9))
 
 
 @dataclass(frozen=True)
@@ -180,6 +197,11 @@ class Certificate:
     def converged(self) -> bool:
         """Whether the fit reached its tolerance (score heads) or met ``eps`` (rate heads)."""
         return self.status in ("optimal", "eps_met")
+
+    @property
+    def keeps_bound(self) -> bool | None:
+        """Whether the head keeps its bound on the rows it was fitted on (:func:`keeps_bound`)."""
+        return keeps_bound(self.constraint, self.eps, self.eps_met, self.max_violation, self.tol)
 
 
 # ---------------------------------------------------------------------------

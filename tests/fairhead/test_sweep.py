@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import csv
 import json
 import os
@@ -173,7 +174,8 @@ def test_balanced_sweep_reports_the_gap_its_certificates_bound(split_arrays, tmp
 
 
 def _record(method, eps, acc_test, dp_test, *, eps_met=None, alpha=None, gap_fit=0.0):
-    cert = {} if eps_met is None else {"eps": eps, "eps_met": eps_met, "max_violation": max(0.0, gap_fit - eps)}
+    cert = {} if eps_met is None else {"constraint": "dp", "eps": eps, "eps_met": eps_met, "tol": 1e-4,
+                                       "max_violation": max(0.0, gap_fit - eps)}
     metrics = {split: {"accuracy": acc_test, "demographic_parity_difference": dp_test,
                        "equalized_odds_difference": dp_test,
                        "constraint_value": gap_fit if split == "train" else dp_test}
@@ -313,3 +315,23 @@ def test_progress_is_synced_once_per_sweep_not_once_per_head(split_arrays, tmp_p
     _run(split_arrays, tmp_path, "dp-score", backend="torch", plots=False)
     assert progress.read_text().splitlines() == lines, "a rerun recomputes no head"
     assert not [name for name in synced if sweep.PROGRESS_FILE in name], "nothing new to seal"
+
+
+@pytest.mark.parametrize("violation, tol, verdict", [(5e-5, 1e-4, True), (2e-4, 1e-4, False), (0.0, 1e-4, True)])
+def test_fit_sweep_and_protocols_give_one_verdict_on_a_score_head(violation, tol, verdict):
+    """A group-loss head within the solver's tolerance of eps (its augmented Lagrangian stops at
+    violations up to tol) is reported met by every command, and one beyond it missed by every command."""
+    from solvers.certificate import Certificate
+
+    from fairhead import protocols
+
+    cert = Certificate(backend="torch", solver="augmented-lagrangian-lbfgs", status="optimal", constraint="group-loss",
+                       eps=0.39, objective=0.32, max_violation=violation, stationarity=1e-5, n_iter=40, wall_time=0.1,
+                       tol=tol)
+    record = sweep.HeadRecord(method="fairhead", eps=0.39, coef=[], intercept=0.0, certificate=cert.to_dict(),
+                              metrics={"train": {}}, wall_time=0.1)
+    head = type("Head", (), {"certificate_": cert})()
+    assert cert.keeps_bound is verdict and protocols.eps_met(head) is verdict
+    assert record.missed_bound is (not verdict) and record.rows("group-loss")[0]["eps_met"] is verdict
+    unbounded = dataclasses.replace(cert, constraint="minimax")
+    assert unbounded.keeps_bound is None
