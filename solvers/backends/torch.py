@@ -667,30 +667,39 @@ def minimize(design, obj, theta, *, A=None, rhs=None, fixed=(), working=(), tol=
                 sy = float(torch.dot(s_, y_))
                 if sy > 0:
                     mem.add(s_, y_, sy)
+    def working_multipliers():
+        """``lambda_W = -R^{-1} Q^T g`` of the working rows (the fixed coordinates' left out)."""
+        return -torch.linalg.solve_triangular(R, (Q.t() @ g)[:, None], upper=True)[len(fixed):, 0]
+
     it = 0
     converged = False
-    lamW = None
     stall = 0
     passes = 0
+    released = set()  # rows dropped before their face's optimum (each at most once: no cycling)
     gt = None  # the gradient in phi, projected: carried to the next iteration while g and the basis stay
     while it < max_iter and passes < 4 * max_iter + 100:
         passes += 1  # also counts working-set changes, which do not move (guards cycling)
         pg = proj(g)
         pg_inf = stat_measure(pg)
+        lamW = working_multipliers() if (Q is not None and W) else None
+        kmin = None if lamW is None else int(torch.argmin(lamW))
         if pg_inf <= tol:
-            if Q is None or not W:
-                converged = True
-                break
-            lam_all = -torch.linalg.solve_triangular(R, (Q.t() @ g)[:, None], upper=True)[:, 0]
-            lamW = lam_all[len(fixed):]
-            kmin = int(torch.argmin(lamW))
-            if float(lamW[kmin]) >= -tol:
+            if lamW is None or float(lamW[kmin]) >= -tol:
                 converged = True
                 break
             W.pop(kmin)
             Q, R = basis()
             gt = None
             mem.clear()
+            continue
+        if lamW is not None and float(lamW[kmin]) < -pg_inf and W[kmin] not in released:
+            # the gradient leaves the face faster than the face's own optimum is approached: drop
+            # the row now rather than after solving the face to tol (an inactive bound hit by the
+            # first, about-Newton step from w = 0 cost a whole extra solve). The pairs stay: they
+            # hold curvature along the face, a subspace of the new one
+            released.add(W.pop(kmin))
+            Q, R = basis()
+            gt = None
             continue
         it += 1
         if gt is None:
