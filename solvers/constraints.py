@@ -445,14 +445,15 @@ class LinearScoreConstraint(ScoreConstraint):
         cells' weights ``U[c] = v [codes = c]``: ``M = B @ U``."""
         return _parity_cells(self.event, y, groups, sw, len(labels))
 
-    def linear_form(self, X, y, groups, sample_weight, labels, *, matmul=None, n_classes=2) -> LinearForm:
+    def linear_form(self, X, y, groups, sample_weight, labels, *, matmul=None, n_classes=2,
+                    from_cells=False) -> LinearForm:
         """Return ``LinearForm(A, c0)``: ``A @ [w; b] <= eps + c0`` (both signs of each row).
 
-        The binary rows are ``B @ S`` from the cells' float64 sums ``S = U X``
-        (:func:`~solvers._linalg.cell_sums`, ``_parity_cells``), so rows that are dependent in
-        exact arithmetic stay dependent to float64 rounding. ``matmul(X, R)`` computes ``X.T @ R``
-        for the cell sums (default: :func:`~solvers._linalg.cell_sums`) and for the K-class rows
-        (default: float64 numpy in blocks). With ``n_classes`` K > 2 the rows act on the
+        ``matmul(X, R)`` computes ``X.T @ R`` (default: float64 numpy in blocks). With
+        ``from_cells`` the binary rows are ``B @ S`` from the cells' float64 sums ``S = U X``
+        (``M = B @ U``; :func:`~solvers._linalg.cell_sums` unless ``matmul`` is given): the same
+        rows to float64 rounding, exactly dependent where they are in exact arithmetic, and on
+        unweighted float32 features without a float64 copy of ``X`` (the torch backend). With ``n_classes`` K > 2 the rows act on the
         class-by-class ``theta`` of :mod:`solvers.multinomial`: row ``m`` of class k bounds
         ``m @ (z_k - mean_j z_j)``, the centred class-k logit (so a common shift of every class,
         which leaves the softmax unchanged, leaves the rows unchanged too).
@@ -473,6 +474,8 @@ class LinearScoreConstraint(ScoreConstraint):
             ``matmul(X, R)`` computes ``X.T @ R``.
         n_classes : int, default=2
             Classes of the head; K > 2 gives the class-by-class rows.
+        from_cells : bool, default=False
+            Build the binary rows from the cells' sums.
 
         Returns
         -------
@@ -482,14 +485,17 @@ class LinearScoreConstraint(ScoreConstraint):
         if n_classes > 2:
             return self._class_linear_form(X, y, groups, sample_weight, labels, matmul, n_classes)
         M, names = self._functionals(y, groups, sample_weight, labels)  # checks every cell has weight
-        codes, B = self._cells(y, groups, sample_weight, labels)
-        if matmul is None:
-            S = cell_sums(X, codes, sample_weight, B.shape[1])
+        if from_cells:
+            codes, B = self._cells(y, groups, sample_weight, labels)
+            if matmul is None:
+                S = cell_sums(X, codes, sample_weight, B.shape[1])
+            else:
+                U = np.zeros((len(codes), B.shape[1]))
+                U[np.flatnonzero(codes >= 0), codes[codes >= 0]] = sample_weight[codes >= 0]
+                S = matmul(X, U).T
+            Aw = B @ S  # (R, d): m_k @ X
         else:
-            U = np.zeros((len(codes), B.shape[1]))
-            U[np.flatnonzero(codes >= 0), codes[codes >= 0]] = sample_weight[codes >= 0]
-            S = matmul(X, U).T
-        Aw = B @ S  # (R, d): m_k @ X
+            Aw = (xt_dot if matmul is None else matmul)(X, M.T).T  # (R, d): m_k @ X
         Ab = M.sum(axis=1)  # ~0 for parity rows
         A1 = np.hstack([Aw, Ab[:, None]])
         A1[:, -1] = np.where(np.abs(A1[:, -1]) < 1e-12, 0.0, A1[:, -1])
