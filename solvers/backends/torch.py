@@ -13,7 +13,10 @@ as equalities) is solved by L-BFGS on projected gradients :math:`P g`, with
 :math:`P = I - Q Q^\\top` and ``Q`` an orthonormal basis of the rows of ``W`` (``m`` is small,
 so projecting costs O(m d)). A step that reaches an inactive row stops there (ratio test) and
 adds it; at a subproblem optimum the multipliers :math:`\\lambda_W = -R^{-1} Q^\\top g` are
-checked for sign and the most negative row is dropped. The iterate stays feasible throughout.
+checked for sign and the most negative row is dropped. A row whose multiplier is already below
+minus the projected gradient's size is dropped before that optimum (once per row and solve): the
+gradient leaves the face faster than the face's own optimum is approached. The iterate stays
+feasible throughout.
 
 The quasi-Newton steps run in preconditioned coordinates (:class:`Preconditioner`: the centred
 Gram matrix as the initial Hessian), so correlated or badly scaled columns cost no extra
