@@ -47,8 +47,19 @@ def cell_sums(X, codes: np.ndarray, weights: np.ndarray, n_cells: int) -> np.nda
     weights = np.asarray(weights, dtype=np.float64)
     if X.dtype != np.float64 and weights.size and np.all(weights == weights[0]):
         def part(s, blk):
+            # the block's rows in cells, summed in place when that is all of them; each cell but the
+            # largest from a copy of its rows; the largest is the rest (half the copying, two groups)
             where = codes[s : s + len(blk)]
-            return np.stack([blk[where == c].sum(axis=0, dtype=np.float64) for c in range(n_cells)])
+            inside = where >= 0
+            total = blk.sum(axis=0, dtype=np.float64) if inside.all() else blk[inside].sum(axis=0, dtype=np.float64)
+            sizes = np.bincount(where[inside], minlength=n_cells)
+            largest = int(np.argmax(sizes))
+            out = np.zeros((n_cells, blk.shape[1]))
+            for c in range(n_cells):
+                if c != largest and sizes[c]:
+                    out[c] = blk[where == c].sum(axis=0, dtype=np.float64)
+            out[largest] = total - out.sum(axis=0)
+            return out
 
         out = sum_blocks(X, ((s, part(s, blk)) for s, blk in row_blocks(X)), np.zeros((n_cells, X.shape[1])))
         return out * weights[0]
