@@ -412,6 +412,14 @@ def _parity_cells(event: str, y, groups, sw, n_groups):
     return codes, B
 
 
+def _cells_are_faster(X, sample_weight, matmul) -> bool:
+    """Whether the cells' sums beat the float64 product ``M @ X``: a given product, or float16/float32
+    features with equal weights (:func:`~solvers._linalg.cell_sums` reads them without a float64
+    copy; float64 features or weighted rows are one product either way)."""
+    sw = np.asarray(sample_weight)
+    return matmul is not None or (X.dtype != np.float64 and bool(sw.size) and bool(np.all(sw == sw[0])))
+
+
 def _class_parity_matrix(event: str, y, groups, sw, labels, n_classes: int):
     """The parity rows of every class (one-vs-rest events); returns ``(M, classes, names)``."""
     rows, classes, names = [], [], []
@@ -450,10 +458,11 @@ class LinearScoreConstraint(ScoreConstraint):
         """Return ``LinearForm(A, c0)``: ``A @ [w; b] <= eps + c0`` (both signs of each row).
 
         ``matmul(X, R)`` computes ``X.T @ R`` (default: float64 numpy in blocks). With
-        ``from_cells`` the binary rows are ``B @ S`` from the cells' float64 sums ``S = U X``
-        (``M = B @ U``; :func:`~solvers._linalg.cell_sums` unless ``matmul`` is given): the same
-        rows to float64 rounding, exactly dependent where they are in exact arithmetic, and on
-        unweighted float32 features without a float64 copy of ``X`` (the torch backend). With ``n_classes`` K > 2 the rows act on the
+        ``from_cells`` (the torch backend), on float16/float32 features with equal weights, the
+        binary rows are ``B @ S`` from the cells' float64 sums ``S = U X`` (``M = B @ U``;
+        :func:`~solvers._linalg.cell_sums`, without a float64 copy of ``X``, unless ``matmul`` is
+        given): the same rows to float64 rounding, exactly dependent where they are in exact
+        arithmetic. Elsewhere the float64 product is as fast and the rows are its own. With ``n_classes`` K > 2 the rows act on the
         class-by-class ``theta`` of :mod:`solvers.multinomial`: row ``m`` of class k bounds
         ``m @ (z_k - mean_j z_j)``, the centred class-k logit (so a common shift of every class,
         which leaves the softmax unchanged, leaves the rows unchanged too).
@@ -475,7 +484,7 @@ class LinearScoreConstraint(ScoreConstraint):
         n_classes : int, default=2
             Classes of the head; K > 2 gives the class-by-class rows.
         from_cells : bool, default=False
-            Build the binary rows from the cells' sums.
+            Build the binary rows from the cells' sums where that is faster.
 
         Returns
         -------
@@ -485,7 +494,7 @@ class LinearScoreConstraint(ScoreConstraint):
         if n_classes > 2:
             return self._class_linear_form(X, y, groups, sample_weight, labels, matmul, n_classes)
         M, names = self._functionals(y, groups, sample_weight, labels)  # checks every cell has weight
-        if from_cells:
+        if from_cells and _cells_are_faster(X, sample_weight, matmul):
             codes, B = self._cells(y, groups, sample_weight, labels)
             if matmul is None:
                 S = cell_sums(X, codes, sample_weight, B.shape[1])

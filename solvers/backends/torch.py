@@ -861,7 +861,7 @@ class TorchModel:
         self.problem, self.constraint, self.params = problem, constraint, params
         self.name = None if constraint is None else constraint.name
         self.design = design or Design(problem.X, params.device, center=params.fit_intercept)
-        # the rows from the cells' float64 sums: a fraction of the float64 product's time on float32 X
+        # on float32 X the rows from the cells' float64 sums: a third of the float64 product's time
         self.linear_form, self.cells = constraint_pieces(problem, constraint, from_cells=True)
         t0 = time.perf_counter()
         V = float(problem.sample_weight.sum())
