@@ -31,3 +31,39 @@ def xt_dot(X, r: np.ndarray) -> np.ndarray:
     out = np.zeros((X.shape[1],) + r.shape[1:], dtype=np.float64)
     parts = ((s, blk.astype(np.float64, copy=False).T @ r[s : s + len(blk)]) for s, blk in row_blocks(X))
     return sum_blocks(X, parts, out)
+
+
+def cell_sums(X, codes: np.ndarray, weights: np.ndarray, n_cells: int) -> np.ndarray:
+    """``S[c] = sum_{i: codes_i = c} v_i x_i`` of shape (n_cells, d), accumulated in float64, block by block.
+
+    Rows with ``codes_i = -1`` are in no cell. On float16/float32 features with every weight equal
+    (``v_i = v``, the unweighted fit) each cell's rows are summed by numpy's float64 reduction of
+    the stored rows, ``S[c] = v sum x_i``, with no float64 copy of ``X``: about a third of
+    :func:`xt_dot`'s time (one pass at memory speed instead of a float64 copy and a product).
+    Otherwise :func:`xt_dot` with the cells' weight columns (on float64 features a plain product
+    beats the reduction). Both sum the blocks in order, in float64.
+    """
+    codes = np.asarray(codes)
+    weights = np.asarray(weights, dtype=np.float64)
+    if X.dtype != np.float64 and weights.size and np.all(weights == weights[0]):
+        def part(s, blk):
+            # the block's rows in cells, summed in place when that is all of them; each cell but the
+            # largest from a copy of its rows; the largest is the rest (half the copying, two groups)
+            where = codes[s : s + len(blk)]
+            inside = where >= 0
+            total = blk.sum(axis=0, dtype=np.float64) if inside.all() else blk[inside].sum(axis=0, dtype=np.float64)
+            sizes = np.bincount(where[inside], minlength=n_cells)
+            largest = int(np.argmax(sizes))
+            out = np.zeros((n_cells, blk.shape[1]))
+            for c in range(n_cells):
+                if c != largest and sizes[c]:
+                    out[c] = blk[where == c].sum(axis=0, dtype=np.float64)
+            out[largest] = total - out.sum(axis=0)
+            return out
+
+        out = sum_blocks(X, ((s, part(s, blk)) for s, blk in row_blocks(X)), np.zeros((n_cells, X.shape[1])))
+        return out * weights[0]
+    U = np.zeros((X.shape[0], n_cells))
+    inside = codes >= 0
+    U[np.flatnonzero(inside), codes[inside]] = weights[inside]
+    return xt_dot(X, U).T

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._linalg import xt_dot
+from ._linalg import cell_sums, xt_dot
 from .errors import DataError
 
 MSG_UNKNOWN_CONSTRAINT = (
@@ -389,6 +389,37 @@ def _parity_matrix(event: str, y, groups, sw, n_groups, labels, masks=None):
     return np.asarray(rows), names
 
 
+def _parity_cells(event: str, y, groups, sw, n_groups):
+    """``(codes, B)``: the rows of :func:`_parity_matrix` as combinations of cell sums.
+
+    Row ``i`` is in cell ``codes[i] = e G + g_i`` for the event ``E_e`` that holds it (-1: none;
+    a constraint's events are disjoint); with ``U[c] = v [codes = c]`` the cells' weights, ``M =
+    B @ U``: :math:`m_{E,g} = u_{E,g} / V_{E,g} - \\sum_h u_{E,h} / V_E`. Why: the rows
+    ``B @ S`` from the cell sums ``S = U X`` stay exactly dependent
+    (:math:`\\sum_g V_{E,g} m_{E,g} = 0`, to float64 rounding of ``B``) whatever rounding ``S``
+    carries, so it cannot turn them into an extra independent row.
+    """
+    events = _event_masks(event, y)
+    codes = np.full(len(y), -1, dtype=np.int64)
+    for e, (_, emask) in enumerate(events):
+        codes[emask] = e * n_groups + groups[emask]
+    inside = codes >= 0
+    Vc = np.bincount(codes[inside], weights=sw[inside], minlength=len(events) * n_groups)
+    B = np.zeros((len(Vc), len(Vc)))
+    for e in range(len(events)):
+        cells = slice(e * n_groups, (e + 1) * n_groups)
+        B[cells, cells] = np.diag(1.0 / Vc[cells]) - 1.0 / Vc[cells].sum()
+    return codes, B
+
+
+def _cells_are_faster(X, sample_weight, matmul) -> bool:
+    """Whether the cells' sums beat the float64 product ``M @ X``: a given product, or float16/float32
+    features with equal weights (:func:`~solvers._linalg.cell_sums` reads them without a float64
+    copy; float64 features or weighted rows are one product either way)."""
+    sw = np.asarray(sample_weight)
+    return matmul is not None or (X.dtype != np.float64 and bool(sw.size) and bool(np.all(sw == sw[0])))
+
+
 def _class_parity_matrix(event: str, y, groups, sw, labels, n_classes: int):
     """The parity rows of every class (one-vs-rest events); returns ``(M, classes, names)``."""
     rows, classes, names = [], [], []
@@ -417,11 +448,21 @@ class LinearScoreConstraint(ScoreConstraint):
         """Rows of shape (K, n): the linear functionals of z to bound."""
         return _parity_matrix(self.event, y, groups, sw, len(labels), labels)
 
-    def linear_form(self, X, y, groups, sample_weight, labels, *, matmul=None, n_classes=2) -> LinearForm:
+    def _cells(self, y, groups, sw, labels):
+        """``(codes, B)``: each row's cell (-1: none) and the rows' coefficients ``B`` (R, C) on the
+        cells' weights ``U[c] = v [codes = c]``: ``M = B @ U``."""
+        return _parity_cells(self.event, y, groups, sw, len(labels))
+
+    def linear_form(self, X, y, groups, sample_weight, labels, *, matmul=None, n_classes=2,
+                    from_cells=False) -> LinearForm:
         """Return ``LinearForm(A, c0)``: ``A @ [w; b] <= eps + c0`` (both signs of each row).
 
-        ``matmul(X, R)`` computes ``X.T @ R`` (default: float64 numpy in blocks); the torch
-        backend passes its device product. With ``n_classes`` K > 2 the rows act on the
+        ``matmul(X, R)`` computes ``X.T @ R`` (default: float64 numpy in blocks). With
+        ``from_cells`` (the torch backend), on float16/float32 features with equal weights, the
+        binary rows are ``B @ S`` from the cells' float64 sums ``S = U X`` (``M = B @ U``;
+        :func:`~solvers._linalg.cell_sums`, without a float64 copy of ``X``, unless ``matmul`` is
+        given): the same rows to float64 rounding, exactly dependent where they are in exact
+        arithmetic. Elsewhere the float64 product is as fast and the rows are its own. With ``n_classes`` K > 2 the rows act on the
         class-by-class ``theta`` of :mod:`solvers.multinomial`: row ``m`` of class k bounds
         ``m @ (z_k - mean_j z_j)``, the centred class-k logit (so a common shift of every class,
         which leaves the softmax unchanged, leaves the rows unchanged too).
@@ -442,6 +483,8 @@ class LinearScoreConstraint(ScoreConstraint):
             ``matmul(X, R)`` computes ``X.T @ R``.
         n_classes : int, default=2
             Classes of the head; K > 2 gives the class-by-class rows.
+        from_cells : bool, default=False
+            Build the binary rows from the cells' sums where that is faster.
 
         Returns
         -------
@@ -450,8 +493,18 @@ class LinearScoreConstraint(ScoreConstraint):
         """
         if n_classes > 2:
             return self._class_linear_form(X, y, groups, sample_weight, labels, matmul, n_classes)
-        M, names = self._functionals(y, groups, sample_weight, labels)
-        Aw = (xt_dot if matmul is None else matmul)(X, M.T).T  # (K, d): m_k @ X
+        M, names = self._functionals(y, groups, sample_weight, labels)  # checks every cell has weight
+        if from_cells and _cells_are_faster(X, sample_weight, matmul):
+            codes, B = self._cells(y, groups, sample_weight, labels)
+            if matmul is None:
+                S = cell_sums(X, codes, sample_weight, B.shape[1])
+            else:
+                U = np.zeros((len(codes), B.shape[1]))
+                U[np.flatnonzero(codes >= 0), codes[codes >= 0]] = sample_weight[codes >= 0]
+                S = matmul(X, U).T
+            Aw = B @ S  # (R, d): m_k @ X
+        else:
+            Aw = (xt_dot if matmul is None else matmul)(X, M.T).T  # (R, d): m_k @ X
         Ab = M.sum(axis=1)  # ~0 for parity rows
         A1 = np.hstack([Aw, Ab[:, None]])
         A1[:, -1] = np.where(np.abs(A1[:, -1]) < 1e-12, 0.0, A1[:, -1])
@@ -641,6 +694,14 @@ class CovarianceConstraint(LinearScoreConstraint):
             rows.append(sw * (s - sbar) / V)
             names.append(f"cov,g={labels[g]}")
         return np.asarray(rows), names
+
+    def _cells(self, y, groups, sw, labels):
+        # the cells are the groups, u_h = v [g_i = h]; row g is (u_g - sbar_g sum_h u_h) / V
+        G, V = len(labels), sw.sum()
+        Vg = np.bincount(groups, weights=sw, minlength=G)
+        which = [1] if G == 2 else list(range(G))
+        B = np.asarray([(np.eye(G)[g] - Vg[g] / V) / V for g in which])
+        return np.asarray(groups, dtype=np.int64), B
 
 
 class GroupLoss(ScoreConstraint):

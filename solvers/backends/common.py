@@ -112,16 +112,17 @@ def unit_rows(A: np.ndarray, c0: np.ndarray):
     return A_unit, norms, rhs
 
 
-def constraint_pieces(problem, constraint):
+def constraint_pieces(problem, constraint, *, from_cells=False):
     """``(linear_form, cells)`` of a score constraint (numpy, float64; ``(None, None)`` without one):
-    the linear form of a linear score constraint, or the cell codes and their count of a loss one."""
+    the linear form of a linear score constraint (binary rows from the cells' sums with
+    ``from_cells``: see ``linear_form``), or the cell codes and their count of a loss one."""
     if constraint is None:
         return None, None
     if hasattr(constraint, "linear_form"):
-        # float64 products on purpose: rows that are linearly dependent in exact arithmetic (the
+        # float64 sums on purpose: rows that are linearly dependent in exact arithmetic (the
         # group means of two groups) must stay dependent to ~1e-16, or at eps = 0 float32 noise
         # would turn them into an extra independent equality and over-constrain the head
-        multi = {"n_classes": problem.n_classes} if problem.n_classes > 2 else {}
+        multi = {"n_classes": problem.n_classes} if problem.n_classes > 2 else {"from_cells": from_cells}
         linear_form = constraint.linear_form(problem.X, problem.y, problem.groups, problem.sample_weight,
                                              problem.group_labels, **multi)
         return linear_form, None
