@@ -281,3 +281,49 @@ def test_a_missing_sensitive_value_in_an_object_column_is_refused(small_problem,
     groups[7] = missing
     with pytest.raises(DataError, match="missing"):
         FairLogisticRegression(constraint="dp-score").fit(X, y, sensitive_features=groups)
+
+
+@pytest.mark.parametrize("values", [
+    np.array([1, 0, 1, 1, 0]), np.array([3, 3, 1], dtype=np.uint8), np.array([0], dtype=np.int32),
+    np.array([-1, 2, -1]), np.array([7, 900, 7]), np.array([2.0, 0.5, 2.0]), np.array(["m", "f", "m"]),
+    np.array([True, False, True]), np.zeros(0, dtype=np.int64),
+], ids=["0/1", "uint8", "one", "negative", "wide range", "float", "str", "bool", "empty"])
+def test_unique_values_are_numpys(values):
+    from solvers.problem import unique_values
+
+    uniq, codes = unique_values(values, return_inverse=True)
+    want, want_codes = np.unique(values, return_inverse=True)
+    assert uniq.dtype == want.dtype and codes.dtype == want_codes.dtype
+    np.testing.assert_array_equal(uniq, want)
+    np.testing.assert_array_equal(codes, want_codes)
+    np.testing.assert_array_equal(unique_values(values), want)
+
+
+def test_plain_arrays_skip_validate_data_with_the_same_outcome(small_problem):
+    pd = pytest.importorskip("pandas")
+    X, y, a = small_problem
+    # a list goes through validate_data, an ndarray around it: one head, one fitted state
+    through = FairLogisticRegression(constraint="dp", eps=0.05).fit(X.tolist(), y.tolist(), sensitive_features=a)
+    est = FairLogisticRegression(constraint="dp", eps=0.05)
+    est.fit(pd.DataFrame(X, columns=[f"c{j}" for j in range(X.shape[1])]), y, sensitive_features=a)
+    assert hasattr(est, "feature_names_in_")
+    est.fit(X, y, sensitive_features=a)  # the plain path: the frame's names are forgotten, as validate_data does
+    assert not hasattr(est, "feature_names_in_") and est.n_features_in_ == X.shape[1]
+    np.testing.assert_array_equal(est.coef_, through.coef_)
+    np.testing.assert_array_equal(est.intercept_, through.intercept_)
+    np.testing.assert_array_equal(est.classes_, through.classes_)
+
+
+@pytest.mark.parametrize("where, value, match", [
+    ("X", np.nan, "Input X contains NaN"), ("X", np.inf, "Input X contains infinity"),
+    ("y", np.nan, "Input y contains NaN"),
+])
+def test_plain_arrays_with_a_non_finite_value_get_sklearns_message(small_problem, where, value, match):
+    X, y, a = small_problem
+    X, y = X.copy(), y.astype(np.float64)
+    if where == "X":
+        X[3, 1] = value
+    else:
+        y[3] = value
+    with pytest.raises(DataError, match=match):
+        FairLogisticRegression().fit(X, y)
