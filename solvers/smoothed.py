@@ -42,6 +42,11 @@ TEMPERATURES = (0.25, 0.125)
 OUTER = 2
 #: the augmented Lagrangian's penalty (loss per squared unit of rate gap)
 RHO = 50.0
+#: the L-BFGS line search's curvature condition ``|phi'(a)| <= C2 |phi'(0)|``: the usual 0.9 of
+#: quasi-Newton methods, not the fits' 0.3. An evaluation here costs about one pass over X (a
+#: softplus and two sigmoids of n scores); at 0.3 the Adult ``eo`` path's stages took 2.4 per
+#: iteration, at 0.9 1.2 (docs/design/rate-search.md section 7)
+LINE_SEARCH_C2 = 0.9
 
 
 def relaxation_bound(z: np.ndarray, Ma: np.ndarray, tau: float) -> np.ndarray:
@@ -100,11 +105,12 @@ class SmoothedHead:
 
 
 def smoothed_stage(design, y, v, Ma, g0, theta0, *, lam2, bound, fixed, tol, max_iter, precond, mult0=None,
-                   temperatures=TEMPERATURES, outer=OUTER, rho=RHO):
+                   temperatures=TEMPERATURES, outer=OUTER, rho=RHO, c2=LINE_SEARCH_C2):
     """Run the continuation from the head ``theta0`` (centred).
 
     Returns every stage's :class:`SmoothedHead`, in order, and the last multipliers (2, K)
-    (``mult0``, e.g. a looser bound's, starts them; else they start at 0).
+    (``mult0``, e.g. a looser bound's, starts them; else they start at 0). ``c2``: the line
+    search's curvature condition (:data:`LINE_SEARCH_C2`).
     """
     from .backends.torch import _tensor, minimize
 
@@ -120,12 +126,13 @@ def smoothed_stage(design, y, v, Ma, g0, theta0, *, lam2, bound, fixed, tol, max
     for t in temperatures:
         for _ in range(outer):
             obj = SmoothedRateObjective(yt, qt, lam2, d, Mat, g0t, bound, t * spread, mult, rho)
-            res = minimize(design, obj, theta, fixed=fixed, tol=tol, max_iter=max_iter, pairs=pairs, precond=precond)
+            res = minimize(design, obj, theta, fixed=fixed, tol=tol, max_iter=max_iter, pairs=pairs, precond=precond,
+                           c2=c2)
             theta, pairs = res.theta, res.pairs
             out.append(SmoothedHead(res.theta.clone(), res.z, t * spread, res.stationarity, res.converged, res.n_iter))
             mult = obj.shifted(obj.smoothed_gaps(res.z)[0])
     return out, mult.cpu().numpy()
 
 
-__all__ = ["RHO", "OUTER", "TEMPERATURES", "SmoothedHead", "SmoothedRateObjective", "relaxation_bound",
+__all__ = ["LINE_SEARCH_C2", "RHO", "OUTER", "TEMPERATURES", "SmoothedHead", "SmoothedRateObjective", "relaxation_bound",
            "smoothed_stage"]
