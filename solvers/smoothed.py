@@ -64,12 +64,13 @@ class SmoothedRateObjective:
         self.y, self.q, self.lam2, self.d = y, q, lam2, d
         self.Ma, self.g0, self.bound, self.tau = Ma, g0, bound, tau
         self.mult, self.rho = mult, rho  # (2, K): mu+ and mu-
+        self._mult_sq = (mult * mult).sum()  # the value's constant term, once per objective
         from .backends.torch import neg_signs
 
         self._neg_sign = None if y is None else neg_signs(y)  # once per objective, not per evaluation
 
     def smoothed_gaps(self, z):
-        s = torch.sigmoid(z / self.tau)
+        s = torch.sigmoid_(z / self.tau)  # in place on the quotient: the same kernel, one (n,) buffer fewer
         return self.Ma @ s + self.g0, s
 
     def shifted(self, g):
@@ -84,9 +85,12 @@ class SmoothedRateObjective:
         sh = self.shifted(g)
         w = theta[: self.d]
         val = torch.dot(self.q, loss) + 0.5 * self.lam2 * torch.dot(w, w)
-        val = val + ((sh * sh).sum() - (self.mult * self.mult).sum()) / (2.0 * self.rho)
+        val = val + ((sh * sh).sum() - self._mult_sq) / (2.0 * self.rho)
         c = sh[0] - sh[1]  # d val / d g
-        gz = self.q * dl + (self.Ma.t() @ c) * (s * (1.0 - s) / self.tau)
+        # gz = q dl + (Ma^T c) s (1 - s) / tau, in place on this evaluation's own temporaries: the same
+        # roundings (products and sums commute in IEEE arithmetic) without five fresh (n,) vectors
+        slope = torch.rsub(s, 1.0).mul_(s).div_(self.tau)
+        gz = dl.mul_(self.q).add_((self.Ma.t() @ c).mul_(slope))
         gdir = torch.zeros_like(theta)
         gdir[: self.d] = self.lam2 * w
         return float(val), gz, gdir
