@@ -64,7 +64,7 @@ class SmoothedRateObjective:
         self.y, self.q, self.lam2, self.d = y, q, lam2, d
         self.Ma, self.g0, self.bound, self.tau = Ma, g0, bound, tau
         self.mult, self.rho = mult, rho  # (2, K): mu+ and mu-
-        self._mult_sq = (mult * mult).sum()  # the value's constant term, once per objective
+        self._mult_sq = None if mult is None else (mult * mult).sum()  # the value's constant term, once
         from .backends.torch import neg_signs
 
         self._neg_sign = None if y is None else neg_signs(y)  # once per objective, not per evaluation
