@@ -102,9 +102,14 @@ def gap_jacobian(design, z: torch.Tensor, delta: np.ndarray, Ma: np.ndarray, lam
     R = torch.as_tensor(np.hstack([c[:, None] * Ma.T, kern[:, None] * Ma.T, h[:, None]]), dtype=f64, device=dev)
     ht = R[:, -1]
     # products with the raw X, centred afterwards (no copy of X): X^T [R, h] and X^T diag(h) X
-    def part(start, Xc):  # [X^T R, X^T diag(h) X] over one block of rows, as one product
+    def part(start, Xc):  # [X^T R, X^T diag(h) X] over one block of rows
         Rc, hc = R[start : start + Xc.shape[0]].to(cdt), ht[start : start + Xc.shape[0]].to(cdt)
-        return (Xc.t() @ torch.cat([Rc, Xc * hc[:, None]], dim=1)).to(f64)
+        # two products into one block: each column of a product is summed alike (the same bits as
+        # one product of X^T with [R, diag(h) X]), without copying the (rows, d) block into a concatenation
+        out = torch.empty((d, 2 * K + 1 + d), dtype=cdt, device=dev)
+        torch.matmul(Xc.t(), Rc, out=out[:, : 2 * K + 1])
+        torch.matmul(Xc.t(), Xc * hc[:, None], out=out[:, 2 * K + 1 :])
+        return out.to(f64)
 
     # in memory, streamed from disk or one rank's rows (summed over the ranks in block order)
     parts = ((start, part(start, Xc)) for start, Xc in design.device_blocks())

@@ -42,6 +42,11 @@ TEMPERATURES = (0.25, 0.125)
 OUTER = 2
 #: the augmented Lagrangian's penalty (loss per squared unit of rate gap)
 RHO = 50.0
+#: the L-BFGS line search's curvature condition ``|phi'(a)| <= C2 |phi'(0)|``: the usual 0.9 of
+#: quasi-Newton methods, not the fits' 0.3. An evaluation here costs about one pass over X (a
+#: softplus and two sigmoids of n scores); at 0.3 the Adult ``eo`` path's stages took 2.4 per
+#: iteration, at 0.9 1.2 (docs/design/rate-search.md section 7)
+LINE_SEARCH_C2 = 0.9
 
 
 def relaxation_bound(z: np.ndarray, Ma: np.ndarray, tau: float) -> np.ndarray:
@@ -59,12 +64,13 @@ class SmoothedRateObjective:
         self.y, self.q, self.lam2, self.d = y, q, lam2, d
         self.Ma, self.g0, self.bound, self.tau = Ma, g0, bound, tau
         self.mult, self.rho = mult, rho  # (2, K): mu+ and mu-
+        self._mult_sq = None if mult is None else (mult * mult).sum()  # the value's constant term, once
         from .backends.torch import neg_signs
 
         self._neg_sign = None if y is None else neg_signs(y)  # once per objective, not per evaluation
 
     def smoothed_gaps(self, z):
-        s = torch.sigmoid(z / self.tau)
+        s = torch.sigmoid_(z / self.tau)  # in place on the quotient: the same kernel, one (n,) buffer fewer
         return self.Ma @ s + self.g0, s
 
     def shifted(self, g):
@@ -79,9 +85,12 @@ class SmoothedRateObjective:
         sh = self.shifted(g)
         w = theta[: self.d]
         val = torch.dot(self.q, loss) + 0.5 * self.lam2 * torch.dot(w, w)
-        val = val + ((sh * sh).sum() - (self.mult * self.mult).sum()) / (2.0 * self.rho)
+        val = val + ((sh * sh).sum() - self._mult_sq) / (2.0 * self.rho)
         c = sh[0] - sh[1]  # d val / d g
-        gz = self.q * dl + (self.Ma.t() @ c) * (s * (1.0 - s) / self.tau)
+        # gz = q dl + (Ma^T c) s (1 - s) / tau, in place on this evaluation's own temporaries: the same
+        # roundings (products and sums commute in IEEE arithmetic) without five fresh (n,) vectors
+        slope = torch.rsub(s, 1.0).mul_(s).div_(self.tau)
+        gz = dl.mul_(self.q).add_((self.Ma.t() @ c).mul_(slope))
         gdir = torch.zeros_like(theta)
         gdir[: self.d] = self.lam2 * w
         return float(val), gz, gdir
@@ -100,11 +109,12 @@ class SmoothedHead:
 
 
 def smoothed_stage(design, y, v, Ma, g0, theta0, *, lam2, bound, fixed, tol, max_iter, precond, mult0=None,
-                   temperatures=TEMPERATURES, outer=OUTER, rho=RHO):
+                   temperatures=TEMPERATURES, outer=OUTER, rho=RHO, c2=LINE_SEARCH_C2):
     """Run the continuation from the head ``theta0`` (centred).
 
     Returns every stage's :class:`SmoothedHead`, in order, and the last multipliers (2, K)
-    (``mult0``, e.g. a looser bound's, starts them; else they start at 0).
+    (``mult0``, e.g. a looser bound's, starts them; else they start at 0). ``c2``: the line
+    search's curvature condition (:data:`LINE_SEARCH_C2`).
     """
     from .backends.torch import _tensor, minimize
 
@@ -120,12 +130,13 @@ def smoothed_stage(design, y, v, Ma, g0, theta0, *, lam2, bound, fixed, tol, max
     for t in temperatures:
         for _ in range(outer):
             obj = SmoothedRateObjective(yt, qt, lam2, d, Mat, g0t, bound, t * spread, mult, rho)
-            res = minimize(design, obj, theta, fixed=fixed, tol=tol, max_iter=max_iter, pairs=pairs, precond=precond)
+            res = minimize(design, obj, theta, fixed=fixed, tol=tol, max_iter=max_iter, pairs=pairs, precond=precond,
+                           c2=c2)
             theta, pairs = res.theta, res.pairs
             out.append(SmoothedHead(res.theta.clone(), res.z, t * spread, res.stationarity, res.converged, res.n_iter))
             mult = obj.shifted(obj.smoothed_gaps(res.z)[0])
     return out, mult.cpu().numpy()
 
 
-__all__ = ["RHO", "OUTER", "TEMPERATURES", "SmoothedHead", "SmoothedRateObjective", "relaxation_bound",
+__all__ = ["LINE_SEARCH_C2", "RHO", "OUTER", "TEMPERATURES", "SmoothedHead", "SmoothedRateObjective", "relaxation_bound",
            "smoothed_stage"]

@@ -75,6 +75,21 @@ def test_the_jacobian_predicts_the_hard_gaps_of_a_small_move():
     np.testing.assert_allclose(J @ step, change, atol=0.25 * np.abs(change).max())
 
 
+def test_the_jacobian_blocks_equal_one_product_with_the_concatenation():
+    """``gap_jacobian`` writes ``X^T R`` and ``X^T diag(h) X`` as two products into one block: each
+    column is summed as in one product of ``X^T`` with ``[R, diag(h) X]``, so the bits are the same."""
+    rng = np.random.default_rng(4)
+    for dtype in (torch.float32, torch.float64):
+        X = torch.as_tensor(rng.normal(size=(3001, 67))).to(dtype)
+        R = torch.as_tensor(rng.normal(size=(3001, 9))).to(dtype)
+        h = torch.as_tensor(rng.uniform(size=3001)).to(dtype)
+        one = X.t() @ torch.cat([R, X * h[:, None]], dim=1)
+        out = torch.empty((67, 9 + 67), dtype=dtype)
+        torch.matmul(X.t(), R, out=out[:, :9])
+        torch.matmul(X.t(), X * h[:, None], out=out[:, 9:])
+        assert torch.equal(out, one)
+
+
 def test_kkt_residual():
     lam = np.array([0.5, -0.5, 0.0, 0.0])
     gaps = np.array([0.03, -0.01, 0.05, 0.01])
