@@ -129,6 +129,27 @@ class SolverError(FairheadError):
     exit_code = 4
 
 
+class ConvergenceWarning(UserWarning):
+    """A head that missed its bound or its tolerance: a warning, since the head is still usable.
+
+    :class:`solvers.FairLogisticRegression` warns with a subclass that is also scikit-learn's
+    ``sklearn.exceptions.ConvergenceWarning``, so a filter on either class catches it.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> from fairhead_errors import ConvergenceWarning
+    >>> from solvers import FairHead
+    >>> from solvers.synthetic import make_fair_classification
+    >>> X, y, a = make_fair_classification(300, 4, seed=0)
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     head = FairHead(constraint="dp", eps=0.0001).fit(X, y, sensitive_features=a)
+    >>> [w.category.__name__ for w in caught]
+    ['ConvergenceWarning']
+    """
+
+
 #: the most characters of another error's text that a message quotes
 ONE_LINE_LIMIT = 200
 
@@ -158,4 +179,5 @@ __all__ = [
     "BackboneError",
     "InfeasibleConstraintError",
     "SolverError",
+    "ConvergenceWarning",
 ]

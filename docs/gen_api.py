@@ -95,6 +95,11 @@ def module_members(module: types.ModuleType) -> list[str]:
             and (inspect.isclass(value) or inspect.isfunction(value))]
 
 
+def _owner(cls: type, name: str) -> type:
+    """The class of ``cls.__mro__`` whose attribute ``name`` the lookup finds."""
+    return next(klass for klass in cls.__mro__ if name in vars(klass))
+
+
 def public_methods(cls: type) -> list[tuple[str, object, str]]:
     """Return ``(name, raw attribute, kind)`` of the public methods and properties of ``cls``.
 
@@ -107,8 +112,8 @@ def public_methods(cls: type) -> list[tuple[str, object, str]]:
         if not _is_own(klass):
             continue
         for name, raw in vars(klass).items():
-            if name.startswith("_") or name in seen:
-                continue
+            if name.startswith("_") or name in seen or not _is_own(_owner(cls, name)):
+                continue  # private, seen, or one that scikit-learn's base class overrides (its get_params)
             if isinstance(raw, (property, functools.cached_property)):
                 seen[name] = (raw, "property")
             elif isinstance(raw, (classmethod, staticmethod)):

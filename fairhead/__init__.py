@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 
 #: names re-exported from :mod:`solvers` (each loaded on first access, as ``solvers`` does);
 #: ``fairhead.export`` is the CLI's exporter module, so ``solvers.export`` is not among them
-_FROM_SOLVERS = ("FairLogisticRegression", "fit_path", "iter_path", "select_head", "save_head", "load_head",
+_FROM_SOLVERS = ("FairLogisticRegression", "FairHead", "fit_path", "iter_path", "select_head", "save_head", "load_head",
                  "Certificate", "metrics", "constraints", "intervals")
 
 __all__ = ["__version__", *_FROM_SOLVERS, "FairheadError", "DataError", "CacheError", "BackboneError",

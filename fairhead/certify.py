@@ -27,6 +27,7 @@ from fairhead_errors import DataError
 from fairhead_io import atomic_write_text
 from solvers import load_head, save_head, select_head
 from solvers.certificate import Certificate
+from solvers.head import FairHead
 from solvers.intervals import GAP_METRIC, GroupCounts, check_confidence
 from solvers.select import BOUNDS, MSG_BOUND, aimed_eps, certification_margin, parse_target
 
@@ -34,8 +35,9 @@ from fairhead import pipeline
 from fairhead.provenance import strict_json
 from fairhead.tables import format_table
 
-# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s) and solvers.estimator /
-# solvers.path (scikit-learn, scipy.stats: about 2 s); a command that does not need them does not pay for them.
+# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s); a command that does not
+# need it does not pay for it. Heads are solvers.FairHead: scikit-learn (about 1 s, with scipy.stats and
+# pandas) is never imported on a command's path.
 
 HEADS_DIR = "heads"
 SELECTION_FILE = "selection.json"
@@ -67,8 +69,6 @@ def _head_file_name(record, k: int) -> str:
 def save_sweep_heads(out: Path, records, *, constraint, params: dict, fit, fit_split: str, fingerprint,
                      cache_path) -> Path:
     """Write the sweep's linear heads (``unconstrained`` and ``fairhead``) to ``out/heads``."""
-    from solvers.estimator import FairLogisticRegression  # deferred: sklearn, scipy.stats (about 2 s)
-
     folder = Path(out) / HEADS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     classes = np.arange(fit.n_classes) if fit.n_classes > 2 else np.unique(fit.y)
@@ -78,7 +78,7 @@ def save_sweep_heads(out: Path, records, *, constraint, params: dict, fit, fit_s
             continue
         constrained = rec.method == "fairhead"
         eps = float(rec.eps) if constrained and np.isfinite(rec.eps) else 0.0
-        head = FairLogisticRegression(constraint=constraint if constrained else None, eps=eps, **params)
+        head = FairHead(constraint=constraint if constrained else None, eps=eps, **params)
         head.intercept_ = np.asarray(rec.intercept, dtype=np.float64).reshape(-1)  # one per class for K > 2
         head.coef_ = np.asarray(rec.coef, dtype=np.float64).reshape(head.intercept_.shape[0], -1)
         head.classes_ = classes

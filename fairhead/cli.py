@@ -627,11 +627,11 @@ def _eps(args: argparse.Namespace) -> float:
 
 def _head_params(args: argparse.Namespace) -> dict:
     """The head options of a command, every one checked before the cache is read: the device by
-    :func:`_check_options`, the numbers (``--eps``, ``--C``, ``--min-group-size``) by the estimator's own
-    parameter validator, so the message is the one Python gives (``The 'eps' parameter of
-    FairLogisticRegression ...``)."""
-    from solvers import FairLogisticRegression
+    :func:`_check_options`, the numbers (``--eps``, ``--C``, ``--min-group-size``) by the head's own
+    parameter validator, so the message is the one Python gives (``The 'eps' parameter of FairHead
+    ...``)."""
     from solvers._validation import validate_params
+    from solvers.head import FairHead
 
     params = dict(
         constraint=None if args.constraint == "none" else args.constraint,
@@ -640,7 +640,7 @@ def _head_params(args: argparse.Namespace) -> dict:
         device=args.solver_device, min_group_size=args.min_group_size,
     )
     eps = _eps(args) if hasattr(args, "eps") else EPS_DEFAULT  # sweep: its grid is checked by run_sweep first
-    validate_params(FairLogisticRegression(eps=eps, **params))
+    validate_params(FairHead(eps=eps, **params))
     return dict(params, pos_label=args.pos_label)
 
 

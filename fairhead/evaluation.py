@@ -18,6 +18,7 @@ import numpy as np
 
 from solvers import metrics
 from solvers.certificate import keeps_bound
+from solvers.head import labels_from_scores, probabilities_from_scores
 from solvers.multinomial import softmax
 
 from fairhead import uncertainty
@@ -149,7 +150,6 @@ def evaluate_head(head, arrays, *, bounded: bool = False) -> dict[str, float]:
 def evaluate_head_scores(head, arrays, scores: np.ndarray, *, bounded: bool = False) -> dict[str, float]:
     """:func:`evaluate_head` from the head's ``scores`` on ``arrays`` (``head.decision_function(arrays.X)``):
     its probabilities and labels follow from them, so the rows are multiplied once."""
-    from solvers.estimator import labels_from_scores, probabilities_from_scores  # deferred: sklearn
 
     proba = probabilities_from_scores(scores)
     out = metrics.evaluate(

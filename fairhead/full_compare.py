@@ -40,6 +40,7 @@ from fairhead_errors import DataError
 from fairhead_io import PNG_BY_MATPLOTLIB, check_own_outputs, contains, ensure_output_folder, starts_with
 from fairhead_options import check_device
 from solvers.constraints import make_constraint
+from solvers.head import FairHead
 from solvers.intervals import check_confidence
 
 from fairhead import full_report, pipeline, protocols, sweep
@@ -50,9 +51,8 @@ from fairhead.pipeline import backbone_provenance
 from fairhead.predict import ImageRows, rebuild_backbone
 from fairhead.resources import added, measure, peak_so_far
 
-# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s), solvers.estimator /
-# solvers.path (scikit-learn, scipy.stats: about 2 s) and fairhead.full_network (torch); a command that does not
-# need them does not pay for them.
+# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s) and fairhead.full_network
+# (torch); a command that does not need them does not pay for them. Heads are solvers.FairHead (no scikit-learn).
 
 #: every file written into --out, with the first bytes that mark it as fairhead's own
 FULL_OUTPUTS = {"full_network.csv": starts_with(b"family,method,"), "full_network.json": contains(b'"side_by_side"'),
@@ -158,14 +158,12 @@ def _evaluate(scores_fn, data, constraint, confidence) -> dict[str, dict[str, fl
 def last_layer_models(data, *, constraint, eps, seed, head_params, confidence, out, n_eps, fingerprint, progress,
                       cache_path=None, plots=True) -> list[ModelRecord]:
     """B1 B2 B3 M1 M2 and the eps path on the train rows, each with its time and peak memory."""
-    from solvers import FairLogisticRegression
-
     models = []
     for name, (fit_on, cons) in protocols.protocol_plans(data["train"], data["valid"], constraint=constraint,
                                                          seed=seed).items():
         with warnings.catch_warnings(record=True) as caught, measure() as usage:
             warnings.simplefilter("always")  # an unmet bound is noted in its row, not raised
-            head = FairLogisticRegression(constraint=cons, eps=eps, **head_params)
+            head = FairHead(constraint=cons, eps=eps, **head_params)
             pipeline.fit_head(head, fit_on, split=f"{name} fine-tune")
         metrics = _evaluate(lambda a, h=head: h.decision_function(a.X), data, constraint, confidence)
         models.append(ModelRecord(

@@ -28,6 +28,7 @@ from solvers import metrics
 from solvers.constraints import CONSTRAINTS
 from solvers.intervals import check_confidence
 from solvers.out_of_core import RowChunks
+from solvers.head import FairHead, labels_from_scores
 from solvers.persistence import check_head_path, save_head
 from solvers.problem import encoded_groups
 
@@ -40,8 +41,9 @@ from fairhead.progress_bar import progress_bar, ticking
 from fairhead.tables import format_table
 from fairhead.uncertainty import interval_columns
 
-# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s) and solvers.estimator /
-# solvers.path (scikit-learn, scipy.stats: about 2 s); a command that does not need them does not pay for them.
+# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s); a command that does not
+# need it does not pay for it. Heads are solvers.FairHead: scikit-learn (about 1 s, with scipy.stats and
+# pandas) is never imported on a command's path.
 
 MSG_NO_SENSITIVE = "cache '{path}' has no sensitive attribute; a fair head needs at least one (re-extract with --sensitive)"
 MSG_UNKNOWN_ATTRIBUTE = "sensitive attribute {name!r} is not in cache '{path}' (it has: {have}); pick one of those"
@@ -438,7 +440,7 @@ def label_provenance(cache, pos_label=None) -> dict[str, Any]:
 def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None, attributes=None,
                  save: Path | None = None, pos_label=None, confidence: float = 0.95, max_memory=None,
                  parallel=None, progress: bool = False, **head_params) -> FitResult:
-    """Fit one :class:`solvers.FairLogisticRegression` on ``fit_split`` and evaluate it on ``eval_splits``.
+    """Fit one :class:`solvers.FairHead` on ``fit_split`` and evaluate it on ``eval_splits``.
 
     ``max_memory`` (bytes, or ``"2GB"``) fits and evaluates out of core: every split's
     features are streamed from the cache in each pass (:func:`load_arrays`). ``parallel`` (a
@@ -462,7 +464,6 @@ def fit_on_cache(cache_path: Path, *, fit_split: str = "train", eval_splits=None
 def _fit_on_cache(bar, cache_path, *, fit_split, eval_splits, attributes, save, pos_label, confidence, max_memory,
                   parallel, head_params) -> FitResult:
     import embedcache
-    from solvers.estimator import FairLogisticRegression, labels_from_scores  # deferred: sklearn, scipy.stats (about 2 s)
 
     bar.set_postfix_str(f"reading '{cache_path}'")
     with embedcache.open(cache_path) as cache:
@@ -490,7 +491,7 @@ def _fit_on_cache(bar, cache_path, *, fit_split, eval_splits, attributes, save, 
     bar.total = 2 + len(evaluated)
     bar.update(1)
     bar.set_postfix_str(f"fitting on '{fit_split}' ({len(train.y)} rows)")
-    head = FairLogisticRegression(**head_params)
+    head = FairHead(**head_params)
     fit_head(head, train, split=fit_split)
     bar.update(1)
     per_split = {}

@@ -40,9 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fairhead_errors import DataError
+from fairhead_errors import ConvergenceWarning, DataError
 from fairhead_io import PNG_BY_MATPLOTLIB, StagedFiles, check_own_outputs, contains, ensure_output_folder, starts_with
 from solvers.constraints import CONSTRAINTS, make_constraint
+from solvers.head import FairHead, labels_from_scores
 from solvers.intervals import check_confidence
 
 from fairhead import pipeline, provenance
@@ -52,8 +53,9 @@ from fairhead.tables import format_table
 from fairhead.uncertainty import (INTERVAL_LEGEND, interval_columns, overfitting_metric, overfitting_row,
                                   overfitting_section, plot_overfitting)
 
-# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s) and solvers.estimator /
-# solvers.path (scikit-learn, scipy.stats: about 2 s); a command that does not need them does not pay for them.
+# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s); a command that does not
+# need it does not pay for it. Heads are solvers.FairHead: scikit-learn (about 1 s, with scipy.stats and
+# pandas) is never imported on a command's path.
 
 PROTOCOLS = ("B1", "B2", "B3", "M1", "M2")
 #: the files written into --out, with the first bytes that mark them as fairhead's own
@@ -225,8 +227,6 @@ class ProtocolTable:
 
 def _row(protocol: str, split: str, head, arrays: pipeline.SplitArrays, constraint, balance=None,
          confidence=0.95) -> dict:
-    from solvers.estimator import labels_from_scores  # deferred: sklearn
-
     scores = head.decision_function(arrays.X)  # once: labels, probabilities and the bounded gap follow
     yhat = labels_from_scores(scores, head.classes_)
     values = pipeline.evaluate_head_scores(head, arrays, scores)
@@ -276,8 +276,6 @@ def _fit_quietly(head, arrays, *, split: str) -> None:
     """Fit ``head``. The ConvergenceWarning of a bound the multiplier path cannot meet is not printed:
     the table says it in its own words (``eps_met``, :data:`MISSED_NOTE`). Every other warning
     (a solver that did not converge) is shown as it would have been."""
-    from sklearn.exceptions import ConvergenceWarning
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pipeline.fit_head(head, arrays, split=split)
@@ -320,7 +318,6 @@ def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, see
     ``protocols.json``) records the constraint, eps, seed, the cache's fingerprint and the versions.
     """
     import embedcache
-    from solvers import FairLogisticRegression
 
     if constraint in (None, "none"):
         raise DataError("protocols M1 and M2 need a constraint; pass --constraint eo (or another)")
@@ -344,7 +341,7 @@ def run_protocols(cache_path, *, constraint="eo", eps=0.05, attributes=None, see
     with progress_bar(progress, total=len(plans), desc=PROGRESS_DESC, unit="head") as bar:
         for protocol, (fit_on, cons) in plans.items():
             bar.set_postfix_str(f"{protocol} on {FIT_ON[protocol]}")
-            head = FairLogisticRegression(constraint=cons, eps=eps, **base)
+            head = FairHead(constraint=cons, eps=eps, **base)
             _fit_quietly(head, fit_on, split=f"{protocol} fine-tune")
             heads[protocol] = head
             for split, arrays in (("train", train), ("fine-tune", fit_on), ("test", test)):

@@ -43,8 +43,11 @@ from fairhead_io import (PNG_BY_MATPLOTLIB, StagedFiles, atomic_write_bytes, ato
                          contains, ensure_output_folder, naming_the_file, starts_with)
 from solvers.certificate import Certificate
 from solvers.constraints import make_constraint
+from solvers.head import FairHead
 from solvers.intervals import check_confidence
 from solvers.metrics import undefined_rates
+from solvers.path import (iter_path, monotone_front, rate_resolution, replaced_certificate,
+                          replacement_note)
 
 from fairhead import certify, pipeline, provenance, report, uncertainty
 from fairhead import compare as baselines  # `compare` is run_sweep's list of baselines
@@ -55,8 +58,9 @@ from fairhead.measure import BETWEEN_GROUPS, constraint_value, describe_bounded_
 from fairhead.progress_bar import progress_bar
 from fairhead.tables import format_table
 
-# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s) and solvers.estimator /
-# solvers.path (scikit-learn, scipy.stats: about 2 s); a command that does not need them does not pay for them.
+# Imported inside the functions that use them: embedcache (it imports torch: 1-2 s); a command that does not
+# need it does not pay for it. Heads are solvers.FairHead: scikit-learn (about 1 s, with scipy.stats and
+# pandas) is never imported on a command's path.
 
 MSG_BAD_GRID = "eps grid must hold finite values >= 0; got {grid}; pass e.g. --eps-grid 0.1 0.05 0.02 0"
 MSG_BAD_N_EPS = "--n-eps must be an integer >= 2 (a sweep runs from the inactive bound down to the tightest); got {n}"
@@ -402,18 +406,14 @@ def _head_record(method: str, eps: float, head, *, wall_time: float, notes: str 
 
 def _fit_unconstrained(fit, fit_split: str, base: dict, evaluate: dict):
     """The unconstrained head on the fit split, and its record (``eps`` NaN)."""
-    from solvers.estimator import FairLogisticRegression  # deferred: sklearn, scipy.stats (about 2 s)
-
     t0 = time.perf_counter()
-    free = pipeline.fit_head(FairLogisticRegression(constraint=None, **base), fit, split=fit_split)
+    free = pipeline.fit_head(FairHead(constraint=None, **base), fit, split=fit_split)
     free_time = time.perf_counter() - t0
     return free, _head_record("unconstrained", float("nan"), free, wall_time=free_time, **evaluate)
 
 
 def _eps_grid(fit, cons, inactive: float, *, eps_grid, n_eps: int, base: dict, fit_split: str):
     """The bounds to sweep (loose to tight), the grid's floor, and the notes that explain a default grid."""
-    from solvers.estimator import FairLogisticRegression  # deferred: sklearn, scipy.stats (about 2 s)
-
     sens = pipeline.sensitive_arg(fit)
     floor, notes = 0.0, []
     if not cons.bounded:
@@ -428,7 +428,7 @@ def _eps_grid(fit, cons, inactive: float, *, eps_grid, n_eps: int, base: dict, f
                                     name=cons.name, split=fit_split))
     else:
         if cons.floor_from is not None:  # the tightest feasible bound: that head's own value
-            tight = FairLogisticRegression(constraint=cons.floor_from, **base).fit(fit.X, fit.y, sensitive_features=sens)
+            tight = FairHead(constraint=cons.floor_from, **base).fit(fit.X, fit.y, sensitive_features=sens)
             floor = constraint_value(cons, y=fit.y, scores=tight.decision_function(fit.X), sensitive_features=sens,
                                      balance=base["balance"])
             floor *= 1.0 + 1e-4
@@ -480,8 +480,6 @@ def _solve_path(fit, grid, cons, *, free, done, progress_file: _ProgressFile, ba
     heads' solves (not their evaluation) so that the warm-start chain, and with it every later head, is
     exactly the uninterrupted run's.
     """
-    from solvers.path import iter_path, replacement_note  # deferred: sklearn, scipy.stats (about 2 s)
-
     todo = [float(e) for e in grid if _eps_key(e) not in done]
     last = max((i for i, e in enumerate(grid) if _eps_key(e) not in done), default=-1)
     replay = [float(e) for e in grid[: last + 1]]
@@ -493,7 +491,7 @@ def _solve_path(fit, grid, cons, *, free, done, progress_file: _ProgressFile, ba
         warnings.simplefilter("always")
         path = iter_path(fit.X, fit.y, sensitive_features=pipeline.sensitive_arg(fit),
                          eps_grid=[e if np.isfinite(e) else 0.0 for e in replay], constraint=cons,
-                         init_head=free if cons.bounded else None, **base)
+                         init_head=free if cons.bounded else None, estimator=FairHead(**base))
         for eps, head in zip(replay, path):
             if _eps_key(eps) in done:
                 caught.clear()
@@ -537,8 +535,6 @@ def _rate_grid(fit, sens, cons, inactive: float, n_eps: int, base: dict) -> tupl
     the resolution (:func:`solvers.path.rate_resolution`, the number the heads' certificates carry),
     or the one bound ``resolution`` when the unconstrained head already meets it (every tighter bound
     is below the resolution)."""
-    from solvers.path import rate_resolution
-
     resolution = rate_resolution(fit.y, sensitive_features=sens, constraint=cons, **base)
     if inactive <= resolution:
         return np.array([float(resolution)]), float(resolution)
@@ -549,8 +545,6 @@ def _monotone_front(heads: list[HeadRecord]) -> list[HeadRecord]:
     """The path's records with :func:`solvers.path.monotone_front` applied, as :func:`solvers.fit_path`
     applies it to its heads: a record takes a copy of a more accurate record that meets its bound
     (coefficients, certificate and metrics: the same head), with its own eps, search time and a note."""
-    from solvers.path import monotone_front, replaced_certificate, replacement_note
-
     certs = [Certificate.from_dict(h.certificate) for h in heads]
     out = []
     for j, i in enumerate(monotone_front(certs)):

@@ -3,6 +3,7 @@
 Public API::
 
     FairLogisticRegression(*, constraint=None, eps=0.05, C=1.0, ...)
+    FairHead(...)          # the same head without scikit-learn (its import costs about 1 s)
     fit_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, **params)
     save_head(estimator, path, *, cache_fingerprint=None, extra=None) / load_head(path)
     select_head(heads, X, y, sensitive_features, *, target="eo<=0.05", confidence=0.95)
@@ -21,6 +22,7 @@ import importlib
 
 __all__ = [
     "FairLogisticRegression",
+    "FairHead",
     "Certificate",
     "fit_path",
     "iter_path",
@@ -38,6 +40,7 @@ __all__ = [
 
 _LAZY = {
     "FairLogisticRegression": ("solvers.estimator", "FairLogisticRegression"),
+    "FairHead": ("solvers.head", "FairHead"),
     "Certificate": ("solvers.certificate", "Certificate"),
     "fit_path": ("solvers.path", "fit_path"),
     "iter_path": ("solvers.path", "iter_path"),

@@ -3,6 +3,7 @@
 from fairhead_errors import (  # noqa: F401
     BackboneError,
     CacheError,
+    ConvergenceWarning,
     DataError,
     FairheadError,
     InfeasibleConstraintError,

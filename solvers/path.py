@@ -11,8 +11,10 @@
   cold solve); see :func:`solvers.reductions.fit_rate_constraint`.
 * torch certificates reuse the solver's last scores and ``X^T r`` at the returned head.
 
-:func:`iter_path` drives :class:`solvers.estimator.PathFitter` (validate and prepare once, one
-head per bound through the backend contract of :mod:`solvers.backends`).
+:func:`iter_path` drives :class:`solvers.path_fitter.PathFitter` (validate and prepare once, one
+head per bound through the backend contract of :mod:`solvers.backends`). Heads are
+:class:`~solvers.FairLogisticRegression` unless a :class:`~solvers.FairHead` template is passed
+(``estimator=``): then nothing here imports scikit-learn.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import numpy as np
 
 from ._validation import validate_params
 from .errors import DataError
-from .estimator import FairLogisticRegression, PathFitter
+from .head import FairHead
+from .path_fitter import PathFitter, _fresh
 
 #: how the note of a head that a path replaced starts (:func:`replacement_note` finds it)
 REPLACED_PREFIX = "this bound's own search ended at"
@@ -35,7 +38,8 @@ REPLACED_NOTE = (REPLACED_PREFIX + " 0-1 error {error:.4g}; the head of eps={eps
                  "(the front is monotone)")
 
 
-def fit_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_head=None, **estimator_params):
+def fit_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_head=None, estimator=None,
+             **estimator_params):
     r"""Fit one head per ``eps`` in ``eps_grid`` (in the given order), warm-starting each.
 
     Each head solves :class:`FairLogisticRegression`'s problem at its own bound,
@@ -63,11 +67,13 @@ def fit_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_hea
     sample_weight : array-like of shape (n_samples,), optional
     init_head : FairLogisticRegression, optional
         A head already fitted on the same data (see :func:`iter_path`).
+    estimator : FairHead or FairLogisticRegression, optional
+        The template of every head (see :func:`iter_path`).
     **estimator_params : parameters of :class:`FairLogisticRegression` (``constraint``, ``C``, ...).
 
     Returns
     -------
-    list of FairLogisticRegression
+    list of FairLogisticRegression (or of the template's class)
         One fitted head per ``eps``, each with its ``certificate_``.
 
     Examples
@@ -82,7 +88,8 @@ def fit_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_hea
     [0.2, 0.1]
     """
     heads = list(iter_path(X, y, sensitive_features=sensitive_features, eps_grid=eps_grid,
-                           sample_weight=sample_weight, init_head=init_head, **estimator_params))
+                           sample_weight=sample_weight, init_head=init_head, estimator=estimator,
+                           **estimator_params))
     take = monotone_front([h.certificate_ for h in heads])
     return [head if i == j else _replaced(head, heads[i]) for j, (head, i) in enumerate(zip(heads, take))]
 
@@ -141,12 +148,12 @@ def rate_resolution(y, *, sensitive_features, sample_weight=None, **estimator_pa
     below it is met, if at all, by a (near) constant head; the heads' certificates record the same
     number (``resolution``). It depends on the labels, groups and weights only (``balance`` changes
     the weights), not on the features: ``y`` and ``sensitive_features`` are validated as by
-    :meth:`FairLogisticRegression.fit` with ``estimator_params``, and no pass over ``X`` is made.
+    :meth:`FairHead.fit` with ``estimator_params``, and no pass over ``X`` is made.
     """
     estimator_params.pop("eps", None)
     estimator_params.pop("max_memory", None)
     no_features = np.zeros((len(y), 1), dtype=np.float32)  # stands for X: one column, never read
-    fitter = PathFitter(FairLogisticRegression(**estimator_params), no_features, y,
+    fitter = PathFitter(FairHead(**estimator_params), no_features, y,
                         sensitive_features=sensitive_features, sample_weight=sample_weight)
     problem, constraint = fitter.problem, fitter.constraint
     if constraint is None or constraint.kind != "rate":
@@ -159,7 +166,8 @@ def rate_resolution(y, *, sensitive_features, sample_weight=None, **estimator_pa
     return float(np.abs(Ma).max()) if Ma.size else 0.0
 
 
-def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_head=None, **estimator_params):
+def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_head=None, estimator=None,
+              **estimator_params):
     """Yield one fitted head per ``eps`` in ``eps_grid`` (in the given order), warm-starting each.
 
     A generator, so a caller can record each head as soon as it is solved (``fairhead
@@ -182,11 +190,16 @@ def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_he
         A head already fitted on the same data (``fairhead sweep`` passes the unconstrained
         one): the first point starts from its coefficients instead of from scratch, so a bound
         that head already meets costs one check instead of a refit.
+    estimator : FairHead or FairLogisticRegression, optional
+        The template of every head: each is a fresh copy of its class with its parameters
+        (``estimator_params`` override them; its ``eps`` is ignored). The default is
+        ``FairLogisticRegression(**estimator_params)``; a :class:`~solvers.FairHead` gives the
+        same heads without importing scikit-learn (the command line's sweep).
     **estimator_params : parameters of :class:`FairLogisticRegression` (``eps`` is ignored).
 
     Yields
     ------
-    FairLogisticRegression
+    FairLogisticRegression (or the template's class)
         Fitted heads, one per ``eps`` (each with its own ``certificate_``).
 
     Examples
@@ -200,12 +213,12 @@ def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_he
     0.05 True
     """
     estimator_params.pop("eps", None)
-    base = FairLogisticRegression(**estimator_params)
+    base = _template(estimator, estimator_params)
     grid = list(eps_grid)
     if not grid:
         return
     for e in grid:  # the estimator's own rule for eps, on every bound, before any fit
-        validate_params(FairLogisticRegression(**estimator_params, eps=e))
+        validate_params(_fresh(base, e))
     grid = [float(e) for e in grid]
     from .constraints import make_constraint
 
@@ -231,6 +244,19 @@ def iter_path(X, y, *, sensitive_features, eps_grid, sample_weight=None, init_he
             yield PathFitter.report(queue.pop(0))
     for head in queue:
         yield PathFitter.report(head)
+
+
+def _template(estimator, params: dict):
+    """The base head of a path: ``estimator``'s class and parameters updated by ``params``, or a
+    :class:`~solvers.FairLogisticRegression` of ``params``."""
+    if estimator is None:
+        from .estimator import FairLogisticRegression  # deferred: scikit-learn (about 1 s)
+
+        return FairLogisticRegression(**params)
+    if not isinstance(estimator, FairHead):
+        raise DataError(f"estimator is a {type(estimator).__name__}; pass a solvers.FairHead or "
+                        "FairLogisticRegression (its parameters are every head's), or leave it out")
+    return type(estimator)(**{**estimator.get_params(deep=False), **params})
 
 
 def _fit_error(cert) -> float:

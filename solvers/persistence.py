@@ -238,7 +238,7 @@ def _validated(doc: dict, coef, intercept, path: Path):
     """Check every field a prediction depends on; return ``(params, coef, intercept, n_features)``."""
     from ._validation import validate_params
     from .constraints import make_constraint
-    from .estimator import FairLogisticRegression
+    from .head import FairHead
 
     def damaged(why):
         return DataError(MSG_DAMAGED.format(path=str(path), why=why))
@@ -275,7 +275,7 @@ def _validated(doc: dict, coef, intercept, path: Path):
     try:
         if isinstance(params.get("constraint"), dict):
             params["constraint"] = make_constraint(params["constraint"])
-        est = FairLogisticRegression(**params)
+        est = FairHead(**params)
         validate_params(est)
         make_constraint(est.constraint)
     except (DataError, TypeError, KeyError) as err:

@@ -25,12 +25,10 @@ FIRST_PARTY = ("fairhead", "solvers", "embedcache")
 HEAVY_FIRST_PARTY = {
     "embedcache": "torch",  # embedcache/__init__ imports its backbones and extraction loop
     "solvers.estimator": "sklearn",
-    "solvers.path": "sklearn",  # through solvers.estimator
     "fairhead.full_network": "torch",
 }
 #: solvers' lazy public names that live in a heavy module (``from solvers import FairLogisticRegression``)
-HEAVY_SOLVERS_NAMES = {"FairLogisticRegression": "solvers.estimator", "fit_path": "solvers.path",
-                       "iter_path": "solvers.path"}
+HEAVY_SOLVERS_NAMES = {"FairLogisticRegression": "solvers.estimator"}
 #: the command dispatcher, whose function-level imports are each command's module (see the docstring)
 DISPATCHER = "fairhead.cli"
 #: libraries no module of fairhead/ may load at import (only fairhead.full_network, which trains with torch)
@@ -132,3 +130,19 @@ def test_fairhead_modules_import_no_heavy_library():
 def test_each_deferred_first_party_module_is_heavy(module):
     """The exceptions above are real: importing each loads its heavy library."""
     assert HEAVY_FIRST_PARTY[module] in _loaded(f"import sys, {module}; print(*sys.modules)")
+
+
+@pytest.mark.parametrize("command", [
+    ["fit", "{cache}", "--constraint", "eo", "--save", "{tmp}/head.json", "--no-progress"],
+    ["sweep", "{cache}", "--constraint", "dp", "--n-eps", "3", "--out", "{tmp}/sweep", "--no-plots", "--no-progress"],
+    ["protocols", "{cache}", "--constraint", "dp-score", "--out", "{tmp}/protocols", "--no-progress"],
+])
+def test_fit_sweep_and_protocols_run_without_scikit_learn(cache_path, tmp_path, command):
+    """The commands fit solvers.FairHead: scikit-learn's import (about 1 s, with scipy.stats and pandas)
+    is not on their path, nor scipy.stats (0.5 s; the intervals need scipy.special only)."""
+    argv = [a.format(cache=cache_path, tmp=tmp_path) for a in command]
+    code = (f"import sys; from fairhead.cli import main; code = main({argv!r}); "
+            "print(code, *[m for m in ('sklearn', 'scipy.stats', 'pandas') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1:] == ["0"], out.stdout[-2000:] + out.stderr[-2000:]

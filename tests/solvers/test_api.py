@@ -202,9 +202,12 @@ def test_docstring_examples_run():
     import doctest
 
     import solvers.estimator
+    import solvers.head
+    import solvers.path_fitter
 
-    result = doctest.testmod(solvers.estimator, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0
+    for module in (solvers.estimator, solvers.head, solvers.path_fitter):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
 
 
 @pytest.mark.parametrize("constraint", ["dp-score", "group-loss", "dp"])

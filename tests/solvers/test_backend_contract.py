@@ -8,7 +8,8 @@ import re
 import numpy as np
 import pytest
 
-import solvers.estimator
+import solvers.head
+import solvers.path_fitter
 import solvers.path
 from solvers import FairLogisticRegression, fit_path
 from solvers.backends import BACKENDS, FitParams, WarmStart, get_backend
@@ -69,7 +70,8 @@ def test_a_path_prepares_its_backend_once(data, monkeypatch):
         calls.append(name)
         return cls
 
-    monkeypatch.setattr(solvers.estimator, "get_backend", counting)
+    for module in (solvers.head, solvers.path_fitter):  # a single fit's and a path's
+        monkeypatch.setattr(module, "get_backend", counting)
     for backend in ("torch", "cvxpy"):
         calls.clear()
         heads = fit_path(X, y, sensitive_features=a, eps_grid=[0.2, 0.1, 0.05, 0.02], constraint="dp-score",
