@@ -854,8 +854,13 @@ COMMANDS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``fairhead`` parser: one subparser per row of :data:`COMMANDS`, with its help texts."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``fairhead`` parser: one subparser per row of :data:`COMMANDS`, with its help texts.
+
+    ``command`` (the one being run) gets its options and the others only their names and help:
+    some commands' options import their modules for their choices and defaults (``sweep``
+    imports the baselines, ``finetune-full`` the full-network trainer's), which a ``fit`` does
+    not need to pay for."""
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=HelpFormatter,
         description="Fair last-layer fine-tuning: cache features once, fit exact fair heads, sweep tightness.",
@@ -864,12 +869,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of known errors")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in COMMANDS:
-        p = sub.add_parser(command.name, help=command.help, formatter_class=HelpFormatter,
-                           description=DESCRIPTIONS.get(command.name), epilog=EPILOGS.get(command.name))
-        command.build(p)
-        p.set_defaults(handler=command.handler)
+    for row in COMMANDS:
+        p = sub.add_parser(row.name, help=row.help, formatter_class=HelpFormatter,
+                           description=DESCRIPTIONS.get(row.name), epilog=EPILOGS.get(row.name))
+        if command is None or row.name == command:
+            row.build(p)
+        p.set_defaults(handler=row.handler)
     return parser
+
+
+def _command_in(argv: list[str]) -> str | None:
+    """The command ``argv`` runs: its first word that is not an option (the top-level options take
+    no value), when that is a command's name."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in {c.name for c in COMMANDS} else None
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -928,7 +941,8 @@ def _other_rank_of_fit(args) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     try:
         if args.command != "extract":  # extract shards images, fit and sweep rows; the rest run in one process

@@ -166,3 +166,27 @@ def test_pos_label_reaches_sweep_and_protocols(cache_path, tmp_path, capsys):
                  "--no-plots", "--out", str(tmp_path / "s")])
     err = capsys.readouterr().err
     assert code == 3 and "--pos-label 'nope'" in err
+
+
+def test_a_command_builds_only_its_own_options():
+    """``main`` gives only the command it runs its options (``sweep``'s and ``finetune-full``'s import their
+    modules for choices and defaults); every command is still listed, and its options are its own."""
+    import subprocess
+    import sys
+
+    from fairhead.cli import _command_in
+
+    assert _command_in(["--debug", "fit", "cache.h5"]) == "fit" and _command_in(["fitt"]) is None
+    assert _command_in([]) is None and _command_in(["--version"]) is None
+    _, full = _subcommands()
+    (sub,) = [a for a in build_parser("fit")._actions if a.__class__.__name__ == "_SubParsersAction"]
+    assert list(sub.choices) == list(full)
+    assert sub.choices["fit"].format_help() == full["fit"].format_help()
+    assert not [a for a in sub.choices["sweep"]._actions if a.dest != "help"]
+    code = ("import sys; from fairhead.cli import main; main(['fit', '--help'])")
+    out = subprocess.run([sys.executable, "-c", code + "\n"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "--constraint" in out.stdout
+    code = ("import sys\nfrom fairhead.cli import build_parser\nbuild_parser('fit')\n"
+            "print(*[m for m in ('fairhead.full_compare', 'fairhead.compare') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == [], out.stdout + out.stderr
