@@ -18,6 +18,7 @@ import numpy as np
 
 from solvers import metrics
 from solvers.certificate import keeps_bound
+from solvers._linalg import x_dot
 from solvers.head import labels_from_scores, probabilities_from_scores
 from solvers.multinomial import softmax
 
@@ -123,6 +124,16 @@ def evaluate_predictor(scores_fn, predict_fn, arrays_by_split, constraint, *,
                                                       predictions=yhat, balance=balance)
         out[split] = values
     return out
+
+
+def head_scores(head, arrays) -> np.ndarray:
+    """``head.decision_function(arrays.X)``, the same bits, from the split's float64 copy
+    (:attr:`fairhead.pipeline.SplitArrays.scoring_X`) and without checking the features again
+    (a cache's rows were checked when read): a sweep scores every split once per head."""
+    coef = np.asarray(head.coef_, dtype=np.float64)
+    if coef.ndim == 2 and coef.shape[0] > 1:  # K classes: one score per class
+        return x_dot(arrays.scoring_X, coef.T) + head.intercept_
+    return x_dot(arrays.scoring_X, coef.ravel()) + head.intercept_[0]
 
 
 def head_coef(head) -> list:

@@ -45,6 +45,9 @@ from fairhead.uncertainty import interval_columns
 # need it does not pay for it. Heads are solvers.FairHead: scikit-learn (about 1 s, with scipy.stats and
 # pandas) is never imported on a command's path.
 
+#: the largest float64 copy of a split that :attr:`SplitArrays.scoring_X` makes (larger splits are
+#: converted block by block in each product, as the solvers do)
+SCORING_COPY_MAX_BYTES = 256 * 2**20
 MSG_NO_SENSITIVE = "cache '{path}' has no sensitive attribute; a fair head needs at least one (re-extract with --sensitive)"
 MSG_UNKNOWN_ATTRIBUTE = "sensitive attribute {name!r} is not in cache '{path}' (it has: {have}); pick one of those"
 MSG_NONFINITE_FEATURES = ("split {split!r} of cache '{path}' has {n} row(s) with NaN or infinite features "
@@ -246,6 +249,19 @@ class SplitArrays:
         if len(parts) == 1:
             return encoded_groups(parts[0])
         return encoded_groups(np.asarray([",".join(row) for row in zip(*parts)], dtype=object))
+
+    @functools.cached_property
+    def scoring_X(self):
+        """``X`` as the heads' scores are computed from: a float64 copy of an in-memory float16/32
+        split of at most :data:`SCORING_COPY_MAX_BYTES`, made once, so that a sweep's heads do not
+        each convert it again (``solvers``' products convert block by block, to keep a large split's
+        memory at 1x); otherwise ``X`` itself. The scores are the same bits either way: each row's
+        product is its own, whatever the blocks."""
+        X = self.X
+        if (isinstance(X, np.ndarray) and X.dtype != np.float64
+                and X.size * np.dtype(np.float64).itemsize <= SCORING_COPY_MAX_BYTES):
+            return X.astype(np.float64)
+        return X
 
 
 def resolve_attributes(cache, attributes) -> tuple[str, ...]:

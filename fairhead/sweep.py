@@ -53,7 +53,7 @@ from fairhead import certify, pipeline, provenance, report, uncertainty
 from fairhead import compare as baselines  # `compare` is run_sweep's list of baselines
 from fairhead import plots as plotting  # `plots` is run_sweep's flag
 from fairhead.data_parallel import MSG_COMPARE
-from fairhead.evaluation import GAP_COLUMNS, HeadRecord, evaluate_predictor, head_coef, head_intercept
+from fairhead.evaluation import GAP_COLUMNS, HeadRecord, evaluate_predictor, head_coef, head_intercept, head_scores
 from fairhead.measure import BETWEEN_GROUPS, constraint_value, describe_bounded_gap
 from fairhead.progress_bar import progress_bar
 from fairhead.tables import format_table
@@ -399,7 +399,7 @@ def _head_record(method: str, eps: float, head, *, wall_time: float, notes: str 
     return HeadRecord(
         method=method, eps=eps, coef=head_coef(head), intercept=head_intercept(head),
         certificate=head.certificate_.to_dict(),
-        metrics=evaluate_predictor(lambda a: head.decision_function(a.X), None, arrays, constraint, balance=balance,
+        metrics=evaluate_predictor(lambda a: head_scores(head, a), None, arrays, constraint, balance=balance,
                                    confidence=confidence),
         wall_time=wall_time, notes=notes)
 
@@ -524,7 +524,7 @@ def _sweep_result(out: Path, name: str, fit_split: str, records: list[HeadRecord
         if rec.method in ("fairhead", "unconstrained"):
             head = "unconstrained" if rec.method == "unconstrained" else f"eps={rec.eps:.4g}"
             for split, a in arrays.items():
-                yhat = (a.X @ np.asarray(rec.coef) + rec.intercept > 0).astype(np.int64)
+                yhat = (a.scoring_X @ np.asarray(rec.coef) + rec.intercept > 0).astype(np.int64)  # X @ w's bits
                 result.group_rates += uncertainty.group_rate_rows(a.y, yhat, a.group_names, confidence,
                                                                   head=head, split=split)
     return result

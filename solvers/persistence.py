@@ -15,6 +15,7 @@ not a head is never overwritten; loads validate every field before a head predic
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -64,7 +65,10 @@ def _jsonable(v):
     return v
 
 
+@functools.lru_cache(maxsize=1)
 def _versions() -> dict:
+    """The versions a head file records (read once per process: a sweep saves 21 heads, and each
+    lookup parses a package's metadata, about 1 ms)."""
     import importlib.metadata as md
 
     out = {}
@@ -175,7 +179,7 @@ def save_head(estimator, path, *, cache_fingerprint=None, extra=None) -> Path:
         "certificate": _jsonable(estimator.certificate_.to_dict()),
         "cache_fingerprint": cache_fingerprint,
         "extra": _jsonable(extra or {}),
-        "versions": _versions(),
+        "versions": dict(_versions()),
     }
     if suffix == ".json":
         doc["coef"] = [[float(x) for x in row] for row in coef]
