@@ -3,10 +3,9 @@
 Measured side by side in one run, each command as a fresh process (as a user runs it), the
 median of ``--repeats`` alternating rounds:
 
-* ``import torch`` and ``import numpy`` alone: the interpreter's floor that any command pays; and
-  ``import torch, sklearn.base``: the estimator subclasses scikit-learn's ``BaseEstimator``, and
-  ``sklearn.base`` imports scipy.stats and pandas itself (``sklearn.utils.fixes``), so the fit
-  command pays that too;
+* ``import torch`` and ``import numpy`` alone: the interpreter's floor that any command pays
+  (since the commands fit ``solvers.FairHead``, none imports scikit-learn, whose ``sklearn.base``
+  imports scipy.stats and pandas itself: about 1 s);
 * ``fairhead fit adult.h5 --constraint C``: goal at most 1.3x (``import torch`` + the fit);
 * ``fairhead sweep adult.h5 --constraint C`` (20 bounds, plots): goal, its wall time minus the
   imports of torch and numpy at most 2x the sum of its solves (``wall_time`` of every head in
@@ -118,11 +117,10 @@ def one_round(tree: Path, cache: Path, tmp: Path, tag: str, constraint: str) -> 
 def ratios(med: dict[str, float], floor: dict[str, float]) -> dict[str, float]:
     """The goals' ratios of one tree's medians (``floor``: the import medians)."""
     return {"fit_over_import_torch_plus_fit": med["fit"] / (floor["import_torch"] + med["fit_solve"]),
-            "fit_over_import_torch_sklearn_plus_fit": med["fit"] / (floor["import_torch_sklearn"] + med["fit_solve"]),
             "sweep_minus_imports_over_solves": (med["sweep"] - floor["import_torch"]) / med["sweep_solves"],
-            # what is left once the imports a sweep cannot skip (torch, scikit-learn) and the plots are taken out
-            "sweep_no_plots_minus_torch_sklearn_over_solves":
-                (med["sweep_no_plots"] - floor["import_torch_sklearn"]) / med["sweep_no_plots_solves"],
+            # what is left once the import a sweep cannot skip (torch) and the plots are taken out
+            "sweep_no_plots_minus_torch_over_solves":
+                (med["sweep_no_plots"] - floor["import_torch"]) / med["sweep_no_plots_solves"],
             "plots_seconds": med["sweep"] - med["sweep_no_plots"],
             "plots_cpu_seconds": med["sweep_cpu"] - med["sweep_no_plots_cpu"]}
 
@@ -139,7 +137,7 @@ def main(argv=None) -> int:
     if args.baseline is not None and not (args.baseline / "fairhead" / "cli.py").is_file():
         parser.error(f"--baseline {args.baseline} is not a fairhead checkout (no fairhead/cli.py); "
                      "pass the folder of one, e.g. `git worktree add /tmp/fairhead-main main`")
-    floor_rounds: dict[str, list[float]] = {"import_torch": [], "import_numpy": [], "import_torch_sklearn": []}
+    floor_rounds: dict[str, list[float]] = {"import_torch": [], "import_numpy": []}
     rounds: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
     with tempfile.TemporaryDirectory(prefix="bench_commands_") as tmp:
         tmp = Path(tmp)
@@ -147,7 +145,6 @@ def main(argv=None) -> int:
         for r in range(args.repeats):
             floor_rounds["import_torch"].append(python_c("import torch"))
             floor_rounds["import_numpy"].append(python_c("import numpy"))
-            floor_rounds["import_torch_sklearn"].append(python_c("import torch, sklearn.base"))
             order = list(trees) if r % 2 == 0 else list(trees)[::-1]  # neither tree always runs first
             for name in order:
                 for key, value in one_round(trees[name], cache, tmp, f"{name}-{r}", args.constraint).items():
@@ -162,21 +159,19 @@ def main(argv=None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"medians of {args.repeats} rounds; import torch {floor['import_torch']:.2f} s, import numpy "
-          f"{floor['import_numpy']:.2f} s, import torch + sklearn.base {floor['import_torch_sklearn']:.2f} s")
+          f"{floor['import_numpy']:.2f} s")
     names = list(trees)
     lines = [
         ("fit: wall s (cpu s)", lambda m, q: f"{m['fit']:.2f} ({m['fit_cpu']:.2f})"),
         ("fit: its solve s", lambda m, q: f"{m['fit_solve']:.2f}"),
         ("fit / (import torch + solve), goal 1.3", lambda m, q: f"{q['fit_over_import_torch_plus_fit']:.2f}"),
-        ("fit / (import torch + sklearn.base + solve)",
-         lambda m, q: f"{q['fit_over_import_torch_sklearn_plus_fit']:.2f}"),
         ("sweep: wall s (cpu s)", lambda m, q: f"{m['sweep']:.2f} ({m['sweep_cpu']:.2f})"),
         ("sweep: its 21 solves s", lambda m, q: f"{m['sweep_solves']:.2f}"),
         ("(sweep - import torch) / solves, goal 2", lambda m, q: f"{q['sweep_minus_imports_over_solves']:.2f}"),
         ("sweep --no-plots: wall s (cpu s)",
          lambda m, q: f"{m['sweep_no_plots']:.2f} ({m['sweep_no_plots_cpu']:.2f})"),
-        ("(sweep --no-plots - import torch, sklearn) / solves",
-         lambda m, q: f"{q['sweep_no_plots_minus_torch_sklearn_over_solves']:.2f}"),
+        ("(sweep --no-plots - import torch) / solves",
+         lambda m, q: f"{q['sweep_no_plots_minus_torch_over_solves']:.2f}"),
         ("plots: wall s (cpu s)", lambda m, q: f"{q['plots_seconds']:.2f} ({q['plots_cpu_seconds']:.2f})"),
     ]
     print(f"{'constraint ' + repr(args.constraint):52}" + "".join(f"{n:>16}" for n in names))

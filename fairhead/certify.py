@@ -105,7 +105,7 @@ def load_sweep_heads(sweep_dir: Path) -> list[tuple[Path, object]]:
     files = sorted(p for p in folder.glob("*.json") if not p.name.endswith(CERT_SUFFIX)) if folder.is_dir() else []
     if not files:
         raise DataError(MSG_NO_HEADS.format(path=sweep_dir))
-    return [(p, load_head(p)) for p in files]
+    return [(p, load_head(p, head_type=FairHead)) for p in files]
 
 
 def _sweep_pos_label(sweep_dir: Path):

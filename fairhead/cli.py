@@ -791,10 +791,11 @@ def _predict_source(args: argparse.Namespace, head_extra: dict):
 def _cmd_predict(args: argparse.Namespace) -> int:
     from fairhead import predict
     from solvers import load_head
+    from solvers.head import FairHead
 
     predict.check_prediction_targets(args.out, inputs={
         "the --head file": args.head, "the --weights-file": args.weights_file, "the --manifest": args.manifest})
-    extra = getattr(load_head(args.head), "extra_", None) or {}
+    extra = getattr(load_head(args.head, head_type=FairHead), "extra_", None) or {}
     result = predict.predict_images(
         args.head, _predict_source(args, extra), weights_file=args.weights_file, splits=args.split,
         batch_size=args.batch_size, device=args.device, progress=not args.no_progress,

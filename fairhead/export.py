@@ -45,6 +45,7 @@ from fairhead_io import (OutputKind, atomic_open, atomic_write_bytes, check_outp
                          temp_prefix)
 from solvers import load_head
 from solvers.export import to_sklearn, to_torch_linear
+from solvers.head import FairHead
 
 import fairhead
 from fairhead.predict import head_backbone, rebuild_backbone
@@ -291,7 +292,7 @@ def export_head(head_path, out, *, fmt: str, weights_file=None) -> Path:
     out = check_export_target(out, fmt, head_path=head_path, weights_file=weights_file)
     if fmt == "onnx" and not onnx_available():
         raise DataError(MSG_NO_ONNX)
-    head = load_head(head_path)
+    head = load_head(head_path, head_type=FairHead)
     if fmt == "sklearn":
         import joblib
 

@@ -30,6 +30,7 @@ from fairhead_errors import BackboneError, DataError
 from fairhead_io import StagedFiles, atomic_open, atomic_write_text, by_signature, check_output_file, starts_with
 from fairhead_options import check_batch_size, check_device
 from solvers import load_head, metrics
+from solvers.head import FairHead
 
 from fairhead.evaluation import metric_rows
 from fairhead.pipeline import backbone_provenance
@@ -345,7 +346,7 @@ def predict_images(head_path, source, *, backbone=None, weights_file=None, split
     device = check_device(device, flag="--device")
     if splits and (getattr(source, "columns", None) or {}).get("split", "") is None:
         raise DataError(MSG_HASHED_SPLITS.format(splits=" ".join(splits)))
-    head = load_head(head_path)
+    head = load_head(head_path, head_type=FairHead)
     prov = head_backbone(head, head_path, custom_ok=backbone is not None)
     if backbone is None:
         backbone = rebuild_backbone(prov, path=head_path, weights_file=weights_file)

@@ -298,7 +298,7 @@ def _validated(doc: dict, coef, intercept, path: Path):
     return params, coef, intercept, n_features
 
 
-def load_head(path):
+def load_head(path, *, head_type=None):
     """Read a head written by :func:`save_head`; return a fitted FairLogisticRegression.
 
     Every field a prediction depends on is checked (finite coefficients of the stated
@@ -309,12 +309,16 @@ def load_head(path):
     ----------
     path : str or os.PathLike
         A ``*.json`` or ``*.npz`` head file.
+    head_type : type, optional
+        The class to return: :class:`~solvers.FairLogisticRegression` (the default) or
+        :class:`~solvers.FairHead`, the same head without importing scikit-learn (about 1 s;
+        the commands load heads this way).
 
     Returns
     -------
     FairLogisticRegression
-        The head, fitted: the same coefficients, parameters, classes and certificate as the
-        one saved, so it predicts bit for bit the same.
+        The head, fitted (an instance of ``head_type``): the same coefficients, parameters,
+        classes and certificate as the one saved, so it predicts bit for bit the same.
 
     Examples
     --------
@@ -328,8 +332,12 @@ def load_head(path):
     >>> bool((again.predict(X) == head.predict(X)).all()), again.constraint
     (True, None)
     """
-    from .estimator import FairLogisticRegression
+    from .head import FairHead
 
+    if head_type is None:
+        from .estimator import FairLogisticRegression as head_type  # deferred: scikit-learn (about 1 s)
+    elif not (isinstance(head_type, type) and issubclass(head_type, FairHead)):
+        raise DataError(f"head_type is {head_type!r}; pass solvers.FairHead or solvers.FairLogisticRegression")
     path = Path(os.fspath(path))
     suffix = _suffix(path)
     if path.exists() and not path.is_file() and not path.is_dir():  # a FIFO or a device would block the read
@@ -346,7 +354,7 @@ def load_head(path):
     if major > int(FORMAT_VERSION.split(".")[0]):
         raise DataError(MSG_VERSION.format(path=str(path), got=doc["format_version"], ours=FORMAT_VERSION))
     params, coef, intercept, n_features = _validated(doc, coef, intercept, path)
-    est = FairLogisticRegression(**params)
+    est = head_type(**params)
     est.coef_ = coef.reshape(intercept.size, -1)
     est.intercept_ = intercept.reshape(-1)
     est.classes_ = np.asarray(doc["classes"])

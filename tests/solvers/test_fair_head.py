@@ -132,3 +132,16 @@ def test_fair_head_and_a_path_import_no_scikit_learn():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == []
+
+
+def test_load_head_gives_either_class_with_the_same_head(data, tmp_path):
+    from solvers import load_head, save_head
+
+    X, y, a = data
+    path = save_head(FairHead(constraint="dp-score", eps=0.05).fit(X, y, sensitive_features=a), tmp_path / "h.json")
+    core, full = load_head(path, head_type=FairHead), load_head(path)
+    assert type(core) is FairHead and type(full) is FairLogisticRegression
+    _same_head(core, full)
+    assert np.array_equal(core.decision_function(X), full.decision_function(X)) and core.extra_ == full.extra_
+    with pytest.raises(DataError, match="head_type is <class 'dict'>; pass solvers.FairHead"):
+        load_head(path, head_type=dict)
