@@ -376,13 +376,12 @@ def expected_calibration_error(y_true, y_prob, *, n_bins=10, sample_weight=None,
     w = _w(sample_weight, yt.shape[0])
     bins = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
     tot = w.sum()
-    ece = 0.0
-    for b in range(n_bins):
-        m = bins == b
-        wb = w[m].sum()
-        if wb > 0:
-            ece += wb / tot * abs(_mean(yt[m], w[m]) - _mean(p[m], w[m]))
-    return float(ece)
+    # each bin's weight and weighted sums of labels and probabilities in one pass (bincount), not a mask per bin
+    wb = np.bincount(bins, weights=w, minlength=n_bins)
+    yb = np.bincount(bins, weights=yt * w, minlength=n_bins)
+    pb = np.bincount(bins, weights=p * w, minlength=n_bins)
+    full = wb > 0
+    return float(np.sum(wb[full] / tot * np.abs(yb[full] / wb[full] - pb[full] / wb[full])))
 
 
 # ----------------------------------------------------------------------------- by group
@@ -892,13 +891,17 @@ def worst_cell_accuracy(y_true, y_pred, *, sensitive_features, sample_weight=Non
     yp = _arr(y_pred, yt.shape[0])
     w = _w(sample_weight, yt.shape[0])
     codes, labels, _ = encode_groups(sensitive_features, yt.shape[0])
-    accs = []
-    for g in range(len(labels)):
-        for c in np.unique(yt):
-            m = (codes == g) & (yt == c)
-            if m.any():
-                accs.append(accuracy(yt[m], yp[m], sample_weight=w[m]))
-    return float(min(accs))
+    # every (group, label) cell's row count, weight and correct weight in one pass each (bincount)
+    classes, label_codes = np.unique(yt, return_inverse=True)
+    cell = codes * len(classes) + label_codes.reshape(-1)
+    size = len(labels) * len(classes)
+    rows = np.bincount(cell, minlength=size)
+    weight = np.bincount(cell, weights=w, minlength=size)
+    right = np.bincount(cell, weights=w * (yt == yp), minlength=size)
+    seen = rows > 0  # a cell with rows but no weight is accuracy's NaN, as before
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accs = np.where(weight[seen] > 0, right[seen] / np.where(weight[seen] > 0, weight[seen], 1.0), np.nan)
+    return float(min(accs.tolist()))
 
 
 def _between(y_true, y_pred, sensitive_features, sample_weight, keys, kind, method):
