@@ -9,7 +9,7 @@ import torch
 
 from solvers import FairLogisticRegression, fit_path
 from solvers.backends.torch import Design, WeightedLogistic, _tensor, minimize
-from solvers.multiplier_newton import NewtonTargets, gap_jacobian, kkt_residual, step_density
+from solvers.multiplier_newton import NewtonTargets, gap_jacobian, kkt_residual, step_density, without_subnormals
 from solvers.synthetic import make_fair_classification
 
 
@@ -88,6 +88,24 @@ def test_the_jacobian_blocks_equal_one_product_with_the_concatenation():
         torch.matmul(X.t(), R, out=out[:, :9])
         torch.matmul(X.t(), X * h[:, None], out=out[:, 9:])
         assert torch.equal(out, one)
+
+
+def test_subnormal_entries_become_zero_and_column_sums_keep_their_bits():
+    """A quarter of a float32 column is subnormal (a far score's kernel density): those entries become 0,
+    the rest and the input stay as they were, and ``X^T R`` keeps its bits (a subnormal term is below
+    ``1.2e-38 |X_ij|``, far under one ulp of a column sum of order 1e-3)."""
+    rng = np.random.default_rng(5)
+    X = torch.as_tensor(rng.normal(size=(3001, 67)), dtype=torch.float32)
+    R64 = rng.uniform(1e-3, 1e-2, size=(3001, 3))
+    R64[rng.uniform(size=3001) < 0.25, 1] = 1e-40  # float32-subnormal after the cast
+    R = torch.as_tensor(R64).to(torch.float32)
+    before = R.clone()
+    flushed = without_subnormals(R)
+    tiny = torch.finfo(torch.float32).tiny
+    assert torch.equal(R, before)  # a new tensor: R (maybe a view of the float64 R) is not written
+    sub = (R != 0) & (R.abs() < tiny)
+    assert sub.sum() > 500 and (flushed[sub] == 0).all() and torch.equal(flushed[~sub], R[~sub])
+    assert torch.equal(X.t() @ flushed, X.t() @ R)
 
 
 def test_kkt_residual():
