@@ -35,6 +35,8 @@ L-BFGS iterations. Everything here costs about one pass over ``X`` at gemm speed
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
@@ -44,6 +46,10 @@ from .out_of_core import sum_blocks
 #: CPU (about a second at one thread); on a GPU the budget is 1000x. A subsampled Hessian is no
 #: way out: it loses the rare one-hot columns and the step goes wild.
 HESSIAN_FLOPS = 2e10
+#: independent row subsets kept across searches (by the rows' cosines, exclusive pairs and order)
+SUBSETS_KEPT = 256
+_SUBSETS: dict = {}
+_SUBSETS_LOCK = threading.Lock()
 
 
 def newton_affordable(design) -> bool:
@@ -151,18 +157,25 @@ class NewtonTargets:
         for j, k in exclusive:
             self._partner.setdefault(int(j), set()).add(int(k))
             self._partner.setdefault(int(k), set()).add(int(j))
-        # the subset depends on the order alone, and a search meets few orders (an eigvalsh per
-        # row and order was a tenth of a Newton step on small tables)
-        self._independent = {}
+        # the subset depends on the cosines, the pairs and the order alone: kept by their bits, it is
+        # shared by every search of the same moments (an eigvalsh per row and order was a tenth of a
+        # Newton step on small tables, and each fit, each bound of a path, builds its own targets)
+        self._key = (self._cos.tobytes(), self.K, tuple(sorted((j, tuple(sorted(ks)))
+                                                               for j, ks in self._partner.items())))
 
     def independent(self, order) -> list[int]:
         """A greedy subset of the rows in ``order`` (earlier first) that stays linearly independent; sorted."""
-        key = tuple(int(k) for k in order)
-        if key not in self._independent:
-            self._independent[key] = self._greedy_subset(key)
-        return list(self._independent[key])
+        key = (self._key, tuple(int(k) for k in order))
+        subset = _SUBSETS.get(key)
+        if subset is None:
+            subset = self._greedy_subset(key[1])
+            with _SUBSETS_LOCK:  # searches may run in threads
+                if len(_SUBSETS) >= SUBSETS_KEPT:
+                    _SUBSETS.pop(next(iter(_SUBSETS)))  # the oldest
+                _SUBSETS[key] = subset
+        return list(subset)
 
-    def _greedy_subset(self, order) -> list[int]:
+    def _greedy_subset(self, order) -> tuple[int, ...]:
         keep = []
         for k in order:
             if self._partner.get(int(k), set()).intersection(keep):
@@ -170,7 +183,7 @@ class NewtonTargets:
             trial = keep + [int(k)]
             if np.linalg.eigvalsh(self._cos[np.ix_(trial, trial)]).min() > 1e-8:
                 keep = trial
-        return sorted(keep)
+        return tuple(sorted(keep))
 
     def __call__(self, lam: np.ndarray, gaps: np.ndarray, J: np.ndarray, eps_t: float) -> np.ndarray:
         active = (lam != 0) | (np.abs(gaps) > eps_t)
