@@ -123,7 +123,7 @@ class RateSearch:
         """The weighted fit of ``cand`` to the estimator's tolerance, checked."""
         res = self.oracle.polish(cand, self.state.pairs)
         self.state.n_iter += res.n_iter
-        c = self.check(Candidate(0.0, 0.0, cand.lam, res.theta, res.stationarity, res.converged, 0.0))
+        c = self.check(Candidate(0.0, 0.0, cand.lam, res.theta, res.stationarity, res.converged, 0.0, cut=None))
         c.cand = Candidate(c.error, c.gap, cand.lam, res.theta, res.stationarity, res.converged,
                            _max_abs(c.raw_gaps))
         return c
@@ -262,6 +262,13 @@ class BinaryRateSearch(RateSearch):
         steps: a head that meets the bound only through its threshold does not end them) or,
         ``thresholded``, at its best threshold (what ends the fallback searches)."""
         return any((e.gap if thresholded else e.raw_gap) <= self.aim for e in self.history)
+
+    def check(self, cand: Candidate) -> Checked:
+        """``cand`` with the exact ``predict()`` arithmetic; where no smoothed stage starts from the
+        head's intercept, with the candidate's own threshold where that reproduces it (one sort of the
+        scores fewer a head: :meth:`~solvers.rate_search_oracles.LogisticOracle.check`)."""
+        self.state.checks += 1
+        return self.oracle.check(cand, self.aim, keep_cut=not self.smoothing)
 
     def _met_below_resolution(self) -> bool:
         """Below the resolution a head at its best threshold within it ends the search: the fits'
