@@ -331,7 +331,10 @@ class BinaryRateSearch(RateSearch):
         theta_k, z_k, pairs_k = st.theta, st.scores, st.pairs
         fresh = st.jac is None
         if fresh:
-            st.jac = gap_jacobian(self.design, z_k, o.base + o.Ma.T @ lam, o.Ma, o.lam2, self.est.fit_intercept)
+            # the fit's scores were scanned when it became a candidate: their order is known
+            scan = o.thr.remembered(z_k.cpu().numpy()) if o.thr is not None else None
+            st.jac = gap_jacobian(self.design, z_k, o.base + o.Ma.T @ lam, o.Ma, o.lam2, self.est.fit_intercept,
+                                  ordered=None if scan is None else scan.ordered)
         J, dtheta = st.jac
         goal = self.targets(lam, gaps, J, self.eps_t)
         merit = float(np.linalg.norm(r))
