@@ -264,11 +264,11 @@ class BinaryRateSearch(RateSearch):
         return any((e.gap if thresholded else e.raw_gap) <= self.aim for e in self.history)
 
     def check(self, cand: Candidate) -> Checked:
-        """``cand`` with the exact ``predict()`` arithmetic; where no smoothed stage starts from the
-        head's intercept, with the candidate's own threshold where that reproduces it (one sort of the
-        scores fewer a head: :meth:`~solvers.rate_search_oracles.LogisticOracle.check`)."""
+        """``cand`` with the exact ``predict()`` arithmetic, at the candidate's own threshold where
+        that reproduces it (one sort of the scores fewer a head:
+        :meth:`~solvers.rate_search_oracles.LogisticOracle.check`)."""
         self.state.checks += 1
-        return self.oracle.check(cand, self.aim, keep_cut=not self.smoothing)
+        return self.oracle.check(cand, self.aim, keep_cut=True)
 
     def _met_below_resolution(self) -> bool:
         """Below the resolution a head at its best threshold within it ends the search: the fits'
@@ -498,6 +498,12 @@ class BinaryRateSearch(RateSearch):
         level = self.aim
         if not (self.smoothing and (reduction.gap > level or _max_abs(reduction.raw_gaps) > level)):
             return reduction, None
+        if reduction.kept_cut and not (self.on_path and self.warm.smooth_theta is not None):
+            # the stage starts from the head's intercept: the one the exact scores' own scan chooses
+            # (a kept threshold gives the same predictions at other last bits, and the stage's heads
+            # follow those bits)
+            self.state.checks += 1
+            reduction = self.oracle.check(reduction.cand, self.aim)
         cands, mult = self._smoothed_candidates(reduction)
         feasible = sorted((c for c in cands if c.gap <= level), key=lambda c: c.error)[:3]
         pick = next((c for c in map(self.check, feasible) if c.gap <= level), None)

@@ -156,7 +156,7 @@ class LogisticOracle:
                 b = float(th[d]) - cand.cut
                 g2, e2 = self.evaluate(xw + b)
                 if self._reproduces(cand, g2, e2):
-                    return Checked(cand, th, b, g2, e2, raw_g)
+                    return Checked(cand, th, b, g2, e2, raw_g, kept_cut=True)
             # the threshold chosen again on the exact scores: ``xw + b > 0`` iff ``xw > -b`` in floats
             b = -_best_threshold(self.thr, xw, aim, self.mom).cut
         g2, e2 = self.evaluate(xw + b)

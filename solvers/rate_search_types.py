@@ -48,6 +48,8 @@ class Checked:
     gaps: np.ndarray
     error: float
     raw_gaps: np.ndarray  # at the fit's own intercept ``theta[d]``
+    #: the intercept is the candidate's own threshold on the exact scores (not chosen again there)
+    kept_cut: bool = False
 
     @property
     def gap(self) -> float:
