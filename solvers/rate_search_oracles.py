@@ -163,11 +163,13 @@ class LogisticOracle:
         return Checked(cand, th, b, g2, e2, raw_g)
 
     def _reproduces(self, cand: Candidate, gaps, error) -> bool:
-        """Whether ``(gaps, error)`` are the candidate's to rounding: the scan sums the same terms
-        (each at most 1 in size, n of them, the rows of ``|M a|`` about 2 in all) in another order,
-        at most ``2 n`` units of 2^-53 apart, while one prediction moves the error by ``v_i / V``
-        (1 / n for equal weights: far more, below 2^26 rows)."""
-        tol = 2.0 * len(self.y) * 2.0 ** -53
+        """Whether ``(gaps, error)`` are the candidate's to rounding. The scan sums the same terms in
+        another order (running sums of n terms whose sizes add up to at most 2 a row: ``|M a|``, and
+        ``v (1 - 2y) / V``), so the two differ by at most about ``2 n`` units of 2^-53; the bound
+        allows twice that, while one prediction moves the error by ``v_i / V`` (1 / n at equal
+        weights: far more below 4e7 rows). Whatever is kept, the head's gaps and error are those
+        of its own exact predictions: only which of two equally good intercepts is returned rests on it."""
+        tol = 4.0 * len(self.y) * 2.0 ** -53
         return abs(error - cand.error) <= tol and abs(float(np.abs(gaps).max()) - cand.gap) <= tol
 
     def head(self, chosen: Checked):
