@@ -248,8 +248,14 @@ class BinaryRateSearch(RateSearch):
         candidate and the search's start."""
         if self.warm.stationarity is None:
             return self.run(lam)
+        from .backends.torch import _tensor
+
         st, o = self.state, self.oracle
-        st.scores = o.scores(st.theta)
+        z = self.warm.z
+        if z is not None and len(z) == self.design.n:  # the scores the last bound's search had
+            st.scores = _tensor(z, self.design.device)
+        else:
+            st.scores = o.scores(st.theta)
         zn = st.scores.cpu().numpy()
         gaps, err = o.evaluate(zn)
         self.history.append(o.candidate(zn, gaps, err, lam, st.theta.clone(), float(self.warm.stationarity),
@@ -544,6 +550,8 @@ class BinaryRateSearch(RateSearch):
     def _warm_state(self, chosen: Checked, reduction: Checked, smooth_mult) -> WarmStart:
         """The next bound's warm start (as the estimator's dict): the *reduction's* weighted fit and
         its own gaps (what the multiplier steps steer), also when the smoothed stage's head is chosen."""
+        import torch
+
         from .backends.torch import _numpy_pairs
 
         st = self.state
@@ -552,6 +560,8 @@ class BinaryRateSearch(RateSearch):
         pairs = st.pairs
         if pairs is not None and pairs is not (self.warm.pairs if self.warm is not None else None):
             pairs = _numpy_pairs(pairs)  # unchanged when no fit ran
+        # the head's scores where it is the search's last head (the next bound adopts it)
+        last = st.scores is not None and torch.equal(reduction.cand.theta, st.theta)
         warm = RateWarmStart(
             theta=reduction.theta, lam=reduction.cand.lam, gaps=np.asarray(reduction.raw_gaps, dtype=np.float64),
             stationarity=float(reduction.cand.stationarity), converged=bool(reduction.cand.converged),
@@ -562,7 +572,8 @@ class BinaryRateSearch(RateSearch):
             # Newton stopped short of its target (not in the band): the gap it stalled at
             stalled_at=best_gap if st.stall and best_gap > self.eps_t else None,
             lam_hist=(self.lam_hist + [(self.prev_eps, self.prev_lam)])[-2:] if self.on_path else [],
-            pairs=pairs, jac=(st.jac[0], st.jac[1].cpu().numpy()) if st.jac else None)
+            pairs=pairs, jac=(st.jac[0], st.jac[1].cpu().numpy()) if st.jac else None,
+            z=st.scores.cpu().numpy() if last else None)
         return head_warm_start(warm)
 
     def _notes(self, chosen: Checked, reduction: Checked) -> list:
