@@ -35,6 +35,8 @@ L-BFGS iterations. Everything here costs about one pass over ``X`` at gemm speed
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
@@ -44,6 +46,10 @@ from .out_of_core import sum_blocks
 #: CPU (about a second at one thread); on a GPU the budget is 1000x. A subsampled Hessian is no
 #: way out: it loses the rare one-hot columns and the step goes wild.
 HESSIAN_FLOPS = 2e10
+#: independent row subsets kept across searches (by the rows' cosines, exclusive pairs and order)
+SUBSETS_KEPT = 256
+_SUBSETS: dict = {}
+_SUBSETS_LOCK = threading.Lock()
 
 
 def newton_affordable(design) -> bool:
@@ -74,9 +80,34 @@ def sign_step(lam: np.ndarray, r: np.ndarray, prev_r: np.ndarray, step: np.ndarr
     return lam, np.where(active, r, prev_r), step
 
 
-def step_density(z: np.ndarray) -> np.ndarray:
-    """``K_tau(z)``: the Gaussian kernel at Silverman's bandwidth, the smoothed derivative of ``1[z > 0]``."""
-    spread = min(float(np.std(z)), float(np.subtract(*np.percentile(z, [75, 25]))) / 1.34)
+def quartile_spread(ordered: np.ndarray) -> float:
+    """``np.subtract(*np.percentile(z, [75, 25]))`` from ``z`` in decreasing order, bit for bit.
+
+    numpy's default (linear) quantile at ``q`` reads the order statistics ``a = z_(i)`` and
+    ``b = z_(i + 1)`` at ``i = floor((n - 1) q)`` and interpolates with ``t = (n - 1) q - i`` as
+    ``a + (b - a) t`` where ``t < 0.5``, else ``b - (b - a)(1 - t)``: the same float64 operations
+    here, on the order statistics a scan has already sorted (``percentile`` partitions again).
+    """
+    n = len(ordered)
+
+    def quantile(q):
+        v = (n - 1) * q
+        i = int(np.floor(v))
+        a, b = float(ordered[n - 1 - i]), float(ordered[n - 1 - min(i + 1, n - 1)])
+        t = v - i
+        diff = b - a
+        return b - diff * (1 - t) if t >= 0.5 else a + diff * t
+
+    return quantile(0.75) - quantile(0.25)
+
+
+def step_density(z: np.ndarray, ordered: np.ndarray | None = None) -> np.ndarray:
+    """``K_tau(z)``: the Gaussian kernel at Silverman's bandwidth, the smoothed derivative of ``1[z > 0]``.
+
+    ``ordered``: ``z`` in decreasing order where a threshold scan has sorted it (its quartiles
+    are then read off, :func:`quartile_spread`, instead of partitioning ``z`` again)."""
+    iqr = np.subtract(*np.percentile(z, [75, 25])) if ordered is None else quartile_spread(ordered)
+    spread = min(float(np.std(z)), float(iqr) / 1.34)
     tau = max(0.9 * spread * len(z) ** -0.2, 1e-6)
     u = z / tau
     return np.exp(-0.5 * u * u) / (np.sqrt(2.0 * np.pi) * tau)
@@ -95,11 +126,12 @@ def without_subnormals(t: torch.Tensor) -> torch.Tensor:
 
 
 def gap_jacobian(design, z: torch.Tensor, delta: np.ndarray, Ma: np.ndarray, lam2: float,
-                 fit_intercept: bool):
+                 fit_intercept: bool, ordered: np.ndarray | None = None):
     """``(J, dtheta)``: ``d gaps / d lam`` (K, K) and ``d theta / d lam`` (d + 1, K) in centred
     coordinates (the intercept's row is zero without ``fit_intercept``).
 
-    ``z`` are the scores of the converged weighted fit at the multipliers behind ``delta``.
+    ``z`` are the scores of the converged weighted fit at the multipliers behind ``delta``;
+    ``ordered``, where a threshold scan has sorted them, the same in decreasing order.
     """
     n, d = design.n, design.d
     K = Ma.shape[0]
@@ -108,7 +140,7 @@ def gap_jacobian(design, z: torch.Tensor, delta: np.ndarray, Ma: np.ndarray, lam
     s = 1.0 / (1.0 + np.exp(-np.clip(zn, -500, 500)))
     c = np.where(delta >= 0, s, 1.0 - s)
     h = np.abs(delta) * s * (1.0 - s)
-    kern = step_density(zn)
+    kern = step_density(zn, ordered)
     p = d + 1 if fit_intercept else d
     f64 = torch.float64
     R = torch.as_tensor(np.hstack([c[:, None] * Ma.T, kern[:, None] * Ma.T, h[:, None]]), dtype=f64, device=dev)
@@ -164,18 +196,25 @@ class NewtonTargets:
         for j, k in exclusive:
             self._partner.setdefault(int(j), set()).add(int(k))
             self._partner.setdefault(int(k), set()).add(int(j))
-        # the subset depends on the order alone, and a search meets few orders (an eigvalsh per
-        # row and order was a tenth of a Newton step on small tables)
-        self._independent = {}
+        # the subset depends on the cosines, the pairs and the order alone: kept by their bits, it is
+        # shared by every search of the same moments (an eigvalsh per row and order was a tenth of a
+        # Newton step on small tables, and each fit, each bound of a path, builds its own targets)
+        self._key = (self._cos.tobytes(), self.K, tuple(sorted((j, tuple(sorted(ks)))
+                                                               for j, ks in self._partner.items())))
 
     def independent(self, order) -> list[int]:
         """A greedy subset of the rows in ``order`` (earlier first) that stays linearly independent; sorted."""
-        key = tuple(int(k) for k in order)
-        if key not in self._independent:
-            self._independent[key] = self._greedy_subset(key)
-        return list(self._independent[key])
+        key = (self._key, tuple(int(k) for k in order))
+        subset = _SUBSETS.get(key)
+        if subset is None:
+            subset = self._greedy_subset(key[1])
+            with _SUBSETS_LOCK:  # searches may run in threads
+                if len(_SUBSETS) >= SUBSETS_KEPT:
+                    _SUBSETS.pop(next(iter(_SUBSETS)))  # the oldest
+                _SUBSETS[key] = subset
+        return list(subset)
 
-    def _greedy_subset(self, order) -> list[int]:
+    def _greedy_subset(self, order) -> tuple[int, ...]:
         keep = []
         for k in order:
             if self._partner.get(int(k), set()).intersection(keep):
@@ -183,7 +222,7 @@ class NewtonTargets:
             trial = keep + [int(k)]
             if np.linalg.eigvalsh(self._cos[np.ix_(trial, trial)]).min() > 1e-8:
                 keep = trial
-        return sorted(keep)
+        return tuple(sorted(keep))
 
     def __call__(self, lam: np.ndarray, gaps: np.ndarray, J: np.ndarray, eps_t: float) -> np.ndarray:
         active = (lam != 0) | (np.abs(gaps) > eps_t)
@@ -202,5 +241,5 @@ class NewtonTargets:
         return new
 
 
-__all__ = ["NewtonTargets", "gap_jacobian", "kkt_residual", "newton_affordable", "sign_step", "step_density",
-           "without_subnormals"]
+__all__ = ["NewtonTargets", "gap_jacobian", "kkt_residual", "newton_affordable", "quartile_spread", "sign_step",
+           "step_density", "without_subnormals"]

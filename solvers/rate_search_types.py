@@ -48,6 +48,8 @@ class Checked:
     gaps: np.ndarray
     error: float
     raw_gaps: np.ndarray  # at the fit's own intercept ``theta[d]``
+    #: the intercept is the candidate's own threshold on the exact scores (not chosen again there)
+    kept_cut: bool = False
 
     @property
     def gap(self) -> float:
@@ -64,7 +66,9 @@ class RateWarmStart:
     which its Newton steps stalled; ``lam_hist``: the last two ``(eps, lam)`` of the path (the
     extrapolation in eps); ``pairs``: L-BFGS curvature pairs; ``jac``: ``(J, dtheta)`` of the
     Newton steps; ``smooth_mult``, ``smooth_theta``: the last smoothed stage's multipliers and
-    head (decentred) on the path so far (the next stage starts there).
+    head (decentred) on the path so far (the next stage starts there); ``z``: the weighted fit's
+    scores as the search had them, where it was the search's last head (the next bound adopts it
+    without a product; the estimator drops them before a refit, which may see other rows).
     """
 
     theta: np.ndarray | None = None
@@ -80,10 +84,11 @@ class RateWarmStart:
     lam_hist: tuple | list = ()
     pairs: object = None
     jac: tuple | None = None
+    z: np.ndarray | None = None
 
 
 #: the fields a rate head shares with every head's :class:`~solvers.backends.WarmStart`
-SHARED_FIELDS = ("theta", "eps", "pairs")
+SHARED_FIELDS = ("theta", "eps", "pairs", "z")
 
 
 def rate_warm_start(warm: WarmStart | None) -> RateWarmStart | None:
@@ -99,7 +104,8 @@ def head_warm_start(warm: RateWarmStart) -> WarmStart:
     """The :class:`~solvers.backends.WarmStart` a rate head hands the next bound: the shared
     fields in place, the rest as its ``rate`` part (the inverse of :func:`rate_warm_start`; the
     estimator sets ``eps``)."""
-    return WarmStart(theta=warm.theta, pairs=warm.pairs, rate=dataclasses.replace(warm, theta=None, pairs=None))
+    return WarmStart(theta=warm.theta, pairs=warm.pairs, z=warm.z,
+                     rate=dataclasses.replace(warm, theta=None, pairs=None, z=None))
 
 
 @dataclass

@@ -51,6 +51,8 @@ class ThresholdScan:
     cuts: np.ndarray  # (m,)
     errors: np.ndarray  # (m,)
     gaps: np.ndarray  # (m, K)
+    #: the scanned scores in decreasing order (their order statistics, for whoever needs them next)
+    ordered: np.ndarray | None = None
 
     @cached_property
     def max_gaps(self) -> np.ndarray:
@@ -125,7 +127,7 @@ class ThresholdSearch:
         self._start = np.append(moments.M @ moments.b0, float((v * y).sum() / V))
         self._memo = []  # (scores, scan), the latest first
         self._lock = threading.Lock()
-        self._memo_size = MEMO_SCANS if MEMO_SCANS * self.n * (K + 5) * 8 <= MEMO_BYTES else 0
+        self._memo_size = MEMO_SCANS if MEMO_SCANS * self.n * (K + 6) * 8 <= MEMO_BYTES else 0
 
     def same_problem(self, other: "ThresholdSearch") -> bool:
         """Whether ``other`` scans with the same steps (bit for bit): then it gives the same scans."""
@@ -137,6 +139,22 @@ class ThresholdSearch:
         s = np.asarray(scores, dtype=np.float64)
         if s.shape != (self.n,) or not np.isfinite(s).all():
             raise ValueError(f"threshold scan needs {self.n} finite scores; got shape {s.shape}")
+        sc = self.remembered(s)
+        if sc is not None:
+            return sc
+        sc = self._scan(s)
+        if self._memo_size:
+            for a in (sc.cuts, sc.errors, sc.gaps, sc.ordered):
+                a.flags.writeable = False  # handed out again: nobody may change it
+            with self._lock:
+                self._memo = [(s.copy(), sc)] + self._memo[: self._memo_size - 1]
+        return sc
+
+    def remembered(self, scores: np.ndarray) -> ThresholdScan | None:
+        """The remembered scan of ``scores`` (bit for bit), or ``None``: no sort either way."""
+        s = np.asarray(scores, dtype=np.float64)
+        if s.shape != (self.n,):
+            return None
         with self._lock:  # a path's search may be shared by threads
             for i, (seen, sc) in enumerate(self._memo):
                 # a probe of three entries first: a different head almost always differs there
@@ -144,13 +162,7 @@ class ThresholdSearch:
                 if probe and np.array_equal(seen, s):
                     self._memo.insert(0, self._memo.pop(i))
                     return sc
-        sc = self._scan(s)
-        if self._memo_size:
-            for a in (sc.cuts, sc.errors, sc.gaps):
-                a.flags.writeable = False  # handed out again: nobody may change it
-            with self._lock:
-                self._memo = [(s.copy(), sc)] + self._memo[: self._memo_size - 1]
-        return sc
+        return None
 
     def _scan(self, s):
         order = np.argsort(-s)  # any order of tied scores: prefixes inside a tie are skipped
@@ -175,7 +187,7 @@ class ThresholdSearch:
         # score is needed (``s > ss[0]`` is never true) and one below the last by a unit at least
         cuts[0] = ss[0]
         cuts[-1] = ss[-1] - max(1.0, abs(ss[-1]))
-        return ThresholdScan(cuts=cuts, errors=out[-1], gaps=out[:-1].T)
+        return ThresholdScan(cuts=cuts, errors=out[-1], gaps=out[:-1].T, ordered=ss)
 
     def choose(self, scores: np.ndarray, bound: float) -> ThresholdChoice:
         """The most accurate threshold meeting ``bound``, else the one with the smallest gap."""

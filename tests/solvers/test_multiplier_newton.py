@@ -9,7 +9,9 @@ import torch
 
 from solvers import FairLogisticRegression, fit_path
 from solvers.backends.torch import Design, WeightedLogistic, _tensor, minimize
-from solvers.multiplier_newton import NewtonTargets, gap_jacobian, kkt_residual, step_density, without_subnormals
+from solvers import multiplier_newton
+from solvers.multiplier_newton import (NewtonTargets, gap_jacobian, kkt_residual, quartile_spread, step_density,
+                                       without_subnormals)
 from solvers.synthetic import make_fair_classification
 
 
@@ -123,6 +125,37 @@ def test_targets_keep_one_of_two_dependent_rows_the_most_violated():
     new = targets(np.zeros(2), gaps, J, 0.02)
     assert new[1] == 0.0 and new[0] > 0  # only the row that binds carries a multiplier
     assert gaps[0] + J[0] @ new == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_quartiles_of_ordered_scores_are_numpys_percentile_bit_for_bit(ties):
+    """The bandwidth's quartiles read off sorted scores: numpy's linear percentile, every bit
+    (lengths 1 to 4,000, scales over 10 decades, with and without tied scores)."""
+    rng = np.random.default_rng(1)
+    for n in list(range(1, 12)) + list(rng.integers(12, 4000, size=200)):
+        z = rng.standard_normal(n) * 10.0 ** rng.uniform(-5, 5)
+        if ties:
+            z = np.round(z, 1)
+        ordered = np.sort(z)[::-1]
+        assert quartile_spread(ordered) == np.subtract(*np.percentile(z, [75, 25])), n
+        np.testing.assert_array_equal(step_density(z, ordered), step_density(z))
+
+
+def test_targets_share_their_subsets_by_the_rows_and_order_alone(monkeypatch):
+    """A second search of the same moments (the next fit, the next bound) finds the independent
+    subsets already made; other rows or other exclusive pairs do not."""
+    made = []
+    greedy = NewtonTargets._greedy_subset
+    monkeypatch.setattr(NewtonTargets, "_greedy_subset", lambda self, order: made.append(order) or greedy(self, order))
+    monkeypatch.setattr(multiplier_newton, "_SUBSETS", {})
+    Ma = np.array([[1.0, -1.0, 0.5, -0.5], [-0.5, 0.5, -0.25, 0.25], [0.3, 0.1, -0.2, 0.4]])
+    assert NewtonTargets(Ma).independent([0, 1, 2]) == [0, 2]
+    assert NewtonTargets(Ma.copy()).independent([0, 1, 2]) == [0, 2] and len(made) == 1
+    assert NewtonTargets(Ma).independent([1, 0, 2]) == [1, 2] and len(made) == 2  # another order
+    assert NewtonTargets(Ma, exclusive=[(0, 2)]).independent([0, 1, 2]) == [0] and len(made) == 3
+    other = Ma.copy()
+    other[1, 0] += 1.0  # row 1 no longer depends on row 0
+    assert NewtonTargets(other).independent([0, 1, 2]) == [0, 1, 2] and len(made) == 4
 
 
 def test_targets_release_a_row_whose_multiplier_would_change_side():

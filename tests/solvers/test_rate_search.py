@@ -99,6 +99,39 @@ def test_an_oracles_check_is_the_heads_own_predictions(K):
     assert checked.gap == pytest.approx(float(np.abs(mom.gaps(pred)).max()), abs=1e-12)
 
 
+@pytest.mark.parametrize("constraint", ["dp", "eo"])
+def test_a_kept_threshold_is_the_rescanned_heads_predictions(constraint):
+    """``check(keep_cut=True)`` keeps the candidate's own threshold only where the exact scores'
+    predictions there have its error and gap: then they are those a scan of the exact scores gives,
+    at the same error and gaps (only the intercept's last bits differ), and a threshold that does
+    not reproduce the candidate is chosen again as without it."""
+    import dataclasses
+
+    from solvers.rate_search_oracles import LogisticOracle
+    from solvers.reductions import rate_design
+
+    X, y, a = make_fair_classification(600, 5, seed=4)
+    est = FairLogisticRegression(constraint=constraint, eps=0.05)
+    problem = build_problem(X, y, a, n_classes=2)
+    mom = make_constraint(constraint).moments(problem.y, problem.groups, problem.sample_weight,
+                                             problem.group_labels)
+    oracle = LogisticOracle(est, problem, mom, rate_design(X, "cpu", center=True), search_tol=1e-4, tol=1e-6)
+    lam = np.full(mom.M.shape[0], 0.2)
+    fit = oracle.fit(lam, oracle.cold_theta(), None)
+    cand = oracle.candidate(fit.scores, fit.gaps, fit.error, lam, fit.res.theta, fit.res.stationarity,
+                            fit.res.converged, 0.05)
+    kept, rescanned = oracle.check(cand, 0.05, keep_cut=True), oracle.check(cand, 0.05)
+    assert kept.kept_cut and not rescanned.kept_cut
+    assert kept.error == rescanned.error and np.array_equal(kept.gaps, rescanned.gaps)
+    assert abs(kept.intercept - rescanned.intercept) < 1e-6
+    pred = (X @ kept.theta[:-1] + kept.intercept > 0).astype(int)
+    np.testing.assert_array_equal(kept.gaps, mom.gaps(pred.astype(float)))
+    # a threshold the exact scores do not reproduce (one prediction's error off) is not kept
+    off = dataclasses.replace(cand, error=cand.error + 1.0 / len(y))
+    again = oracle.check(off, 0.05, keep_cut=True)
+    assert not again.kept_cut and again.intercept == rescanned.intercept
+
+
 def test_no_function_of_the_search_is_over_80_lines():
     """Issue 19 item 4: a search a maintainer can read (no long functions, no closures that mutate)."""
     for name in ("rate_search.py", "rate_search_oracles.py", "rate_search_types.py", "reductions.py",

@@ -120,6 +120,17 @@ def test_scan_remembers_its_last_scores():
     assert search.scan(moved) is not again  # pushed out by the last MEMO_SCANS scans
 
 
+def test_remembered_hands_out_a_scan_without_sorting_and_its_ordered_scores():
+    y, v, s, mom = _problem(0, ties=True)
+    search = ThresholdSearch(mom, y, v)
+    assert search.remembered(s) is None  # never scanned: nothing (and no sort)
+    first = search.scan(s)
+    assert search.remembered(s.copy()) is first
+    np.testing.assert_array_equal(first.ordered, np.sort(s)[::-1])
+    assert not first.ordered.flags.writeable
+    assert search.remembered(s[:-1]) is None and search.remembered(s + 1.0) is None
+
+
 def test_shared_search_is_the_owners_while_its_steps_are_equal():
     class Owner:
         pass
