@@ -309,6 +309,43 @@ def select_head(heads, X, y, sensitive_features, *, target, confidence: float = 
     """
     gap, value = parse_target(target)
     conf = check_confidence(confidence)
+    heads, keys, yt, preds = _checked_inputs(heads, X, y, method=method, bound=bound, order=order,
+                                             predictions=predictions, labels=labels)
+    counts = [GroupCounts.from_predictions(yt, p, sensitive_features=sensitive_features) for p in preds]
+    if len(counts[0].groups) < 2:
+        raise DataError(MSG_ONE_GROUP.format(n=len(counts[0].groups),
+                                             groups=", ".join(repr(str(g)) for g in counts[0].groups) or "none"))
+    sequence = sorted(range(len(heads)), key=lambda i: (keys[i], i))
+    level = (1.0 - conf) if method == "fixed-sequence" else (1.0 - conf) / len(heads)
+    bounds = _bound_in_sequence(heads, counts, sequence, gap=gap, value=value, conf=conf, level=level,
+                                method=method, bound=bound, labels=labels, bound_untested=bound_untested)
+    ordered = [bounds[i] for i in sequence]
+    sel = Selection(gap=gap, target=value, confidence=conf, method=method, bounds=ordered,
+                    counts=[c.to_dict() for c in counts], n_rows=counts[0].n_rows(), bound=bound)
+    certified = [b for b in ordered if b.certified]
+    if method == "fixed-sequence":  # the plan is for the first head of the sequence: the one tested first
+        planned = sequence[0]
+    else:
+        planned = min(sequence, key=lambda i: (bounds[i].bound, i))
+    sel.smallest_certifiable = bounds[planned].bound
+    if certified:
+        best = max(certified, key=lambda b: (b.accuracy, -sequence.index(b.index)))
+        sel.selected = best.index
+        sel.explanation = (f"selected {best.label}: accuracy {best.accuracy:.4f} [{best.accuracy_low:.4f}, "
+                           f"{best.accuracy_high:.4f}], {gap} gap {best.gap:.4f} certified <= {best.bound:.4f} "
+                           f"<= {value:g} at confidence {conf:g} ({method}, {bound} bound, {len(certified)} of "
+                           f"{len(heads)} heads certified, {sel.n_rows} rows)")
+    else:
+        _explain_abstention(sel, counts[planned], bounds[planned], level=level, plan=plan)
+    for b in ordered[:1] if sel.abstained else [bounds[sel.selected]]:
+        gi = gap_interval_from_counts(counts[b.index], gap, 1.0 - level)
+        sel.notes += [f"group {g!r}: {r} interval width {w:.3f} is wider than the target {value:g}"
+                      for g, r, w in gi.wide_groups(value)]
+    return sel
+
+
+def _checked_inputs(heads, X, y, *, method, bound, order, predictions, labels):
+    """``(heads, sort keys, y as 0/1, each head's 0/1 predictions)``, or a one-line DataError."""
     if method not in METHODS:
         raise DataError(MSG_METHOD.format(got=method))
     if bound not in BOUNDS:
@@ -323,20 +360,19 @@ def select_head(heads, X, y, sensitive_features, *, target, confidence: float = 
         classes = getattr(h, "classes_", None)
         if classes is not None and len(classes) > 2:
             raise DataError(MSG_MULTICLASS.format(label=labels[i] if labels else _label(h, i), k=len(classes)))
-    alpha = 1.0 - conf
     yt = _check_binary(y, "y")
     preds = predictions if predictions is not None else [h.predict(X) for h in heads]
     if len(preds) != len(heads):
         raise DataError(MSG_PRED_LEN.format(got=len(preds), n=len(heads)))
     preds = [_check_binary(p, f"the predictions of head {labels[i] if labels else _label(heads[i], i)}")
              for i, p in enumerate(preds)]
-    counts = [GroupCounts.from_predictions(yt, p, sensitive_features=sensitive_features) for p in preds]
-    if len(counts[0].groups) < 2:
-        raise DataError(MSG_ONE_GROUP.format(n=len(counts[0].groups),
-                                             groups=", ".join(repr(str(g)) for g in counts[0].groups) or "none"))
-    sequence = sorted(range(len(heads)), key=lambda i: (keys[i], i))
-    level = alpha if method == "fixed-sequence" else alpha / len(heads)
+    return heads, keys, yt, preds
 
+
+def _bound_in_sequence(heads, counts, sequence, *, gap, value, conf, level, method, bound, labels,
+                       bound_untested) -> dict:
+    """Each head's :class:`HeadBound`, tested in ``sequence`` order at ``level``; the fixed sequence
+    stops testing at its first uncertified head (the heads after it are bounded for the report only)."""
     bounds: dict[int, HeadBound] = {}
     stopped = False
     for i in sequence:
@@ -352,45 +388,25 @@ def select_head(heads, X, y, sensitive_features, *, target, confidence: float = 
                               accuracy=acc_k / acc_n if acc_n else float("nan"),
                               accuracy_low=acc_lo, accuracy_high=acc_hi, gap=estimate, bound=upper,
                               level=level if tested else float("nan"), certified=certified, tested=tested)
-    ordered = [bounds[i] for i in sequence]
-    sel = Selection(gap=gap, target=value, confidence=conf, method=method, bounds=ordered,
-                    counts=[c.to_dict() for c in counts], n_rows=counts[0].n_rows(), bound=bound)
-    certified = [b for b in ordered if b.certified]
-    first = sequence[0]
-    if method == "fixed-sequence":
-        sel.smallest_certifiable = bounds[first].bound
-        planned = first
-    else:
-        planned = min(sequence, key=lambda i: (bounds[i].bound, i))
-        sel.smallest_certifiable = bounds[planned].bound
-    if certified:
-        best = max(certified, key=lambda b: (b.accuracy, -sequence.index(b.index)))
-        sel.selected = best.index
-        sel.explanation = (f"selected {best.label}: accuracy {best.accuracy:.4f} [{best.accuracy_low:.4f}, "
-                           f"{best.accuracy_high:.4f}], {gap} gap {best.gap:.4f} certified <= {best.bound:.4f} "
-                           f"<= {value:g} at confidence {conf:g} ({method}, {bound} bound, {len(certified)} of "
-                           f"{len(heads)} heads certified, {sel.n_rows} rows)")
-    else:
-        if plan:
-            sel.rows_needed = _rows_needed(counts[planned], gap, value, level, bound)
-            sel.plan = certifiable_table(counts[planned], gap, level, bound=bound)
-        if not plan:
-            rows = "row planning skipped"
-        elif sel.rows_needed is not None:
-            rows = (f"about {sel.rows_needed} certification rows would certify {bounds[planned].label} if its "
-                    f"observed rates held")
-        else:
-            rows = (f"no number of rows would certify {bounds[planned].label}: its observed gap "
-                    f"{bounds[planned].gap:.4f} is not below the target")
-        sel.explanation = (f"abstained: no head's {gap} gap is certified <= {value:g} at confidence {conf:g} "
-                           f"({bound} bound) on {sel.n_rows} rows; the smallest certifiable gap is "
-                           f"{sel.smallest_certifiable:.4f}; {rows}")
-    for b in ordered[:1] if sel.abstained else [bounds[sel.selected]]:
-        gi = gap_interval_from_counts(counts[b.index], gap, 1.0 - level)
-        sel.notes += [f"group {g!r}: {r} interval width {w:.3f} is wider than the target {value:g}"
-                      for g, r, w in gi.wide_groups(value)]
-    return sel
+    return bounds
 
+
+def _explain_abstention(sel: Selection, counts, planned: HeadBound, *, level: float, plan: bool) -> None:
+    """The abstention's explanation (and, with ``plan``, the rows that would certify ``planned``)."""
+    gap, value, conf, bound = sel.gap, sel.target, sel.confidence, sel.bound
+    if plan:
+        sel.rows_needed = _rows_needed(counts, gap, value, level, bound)
+        sel.plan = certifiable_table(counts, gap, level, bound=bound)
+    if not plan:
+        rows = "row planning skipped"
+    elif sel.rows_needed is not None:
+        rows = f"about {sel.rows_needed} certification rows would certify {planned.label} if its observed rates held"
+    else:
+        rows = (f"no number of rows would certify {planned.label}: its observed gap {planned.gap:.4f} is not below "
+                f"the target")
+    sel.explanation = (f"abstained: no head's {gap} gap is certified <= {value:g} at confidence {conf:g} "
+                       f"({bound} bound) on {sel.n_rows} rows; the smallest certifiable gap is "
+                       f"{sel.smallest_certifiable:.4f}; {rows}")
 
 __all__ = ["select_head", "parse_target", "Selection", "HeadBound", "METHODS", "BOUNDS", "certification_margin",
            "aimed_eps", "certifiable_table"]
