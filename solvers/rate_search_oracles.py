@@ -21,6 +21,8 @@ with ``X``), ``check`` (a candidate with the exact float64 ``predict()`` arithme
 from __future__ import annotations
 
 import dataclasses
+import threading
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +41,52 @@ class Fit:
     scores: np.ndarray
     gaps: np.ndarray
     error: float
+
+
+#: the exact products a design remembers (the last few heads' ``X @ w``), while they take at most this many bytes
+EXACT_MEMO = 4
+EXACT_MEMO_BYTES = 64 << 20
+
+
+class ExactScores:
+    """``X @ w`` in float64 (:func:`~solvers._linalg.x_dot`) for the exact checks, the last
+    :data:`EXACT_MEMO` remembered by ``w``'s bits: a path's next bound re-checks the head it
+    adopted (Adult ``eo``: 15 checks of 8 distinct heads), and the same ``w`` gives the same
+    product. The arrays handed out are read-only."""
+
+    def __init__(self, X):
+        self.X = X
+        self._size = EXACT_MEMO if EXACT_MEMO * X.shape[0] * 8 <= EXACT_MEMO_BYTES else 0
+        self._memo = []  # (w's bytes, X @ w), the latest first
+        self._lock = threading.Lock()  # a path's heads may be fitted by threads
+
+    def __call__(self, w: np.ndarray) -> np.ndarray:
+        key = np.ascontiguousarray(w, dtype=np.float64).tobytes()
+        with self._lock:
+            for i, (seen, xw) in enumerate(self._memo):
+                if seen == key:
+                    self._memo.insert(0, self._memo.pop(i))
+                    return xw
+        xw = x_dot(self.X, w)
+        if self._size:
+            xw.flags.writeable = False
+            with self._lock:
+                self._memo = [(key, xw)] + self._memo[: self._size - 1]
+        return xw
+
+
+_EXACT = weakref.WeakKeyDictionary()  # design -> its ExactScores
+
+
+def exact_scores(design, X) -> ExactScores:
+    """The :class:`ExactScores` of ``X`` shared by ``design``'s heads (a path's), or a new one."""
+    try:
+        es = _EXACT.get(design)
+        if es is None or es.X is not X:
+            es = _EXACT[design] = ExactScores(X)
+        return es
+    except TypeError:  # a design without weak references: nothing is shared
+        return ExactScores(X)
 
 
 def _best_threshold(thr, z, aim, mom):
@@ -64,6 +112,7 @@ class LogisticOracle:
         from .threshold import shared_search
 
         self.X, self.y, self.v = problem.X, problem.y, problem.sample_weight
+        self.exact = exact_scores(design, problem.X)
         self.V = float(self.v.sum())
         self.d = problem.X.shape[1]
         self.mom, self.design = mom, design
@@ -147,7 +196,7 @@ class LogisticOracle:
         """
         d = self.d
         th = self.design.from_centered(cand.theta).cpu().numpy()
-        xw = x_dot(self.X, th[:d])
+        xw = self.exact(th[:d])
         raw_g, _ = self.evaluate(xw + th[d])
         if self.thr is None:
             b = float(th[d])

@@ -51,6 +51,7 @@ its entry point, its constants and :func:`rate_design`.
 from __future__ import annotations
 
 import time
+import weakref
 
 import numpy as np
 
@@ -103,6 +104,37 @@ def rate_design(X, device, *, center):
     return Design(X, device, center=center)
 
 
+_MOMENTS = weakref.WeakKeyDictionary()  # design -> (problem, key, moments) of its last rate head
+
+
+def path_moments(design, problem, constraint, eps):
+    """The constraint's :class:`~solvers.constraints.RateMoments` on ``problem``, shared by the
+    heads of one path (one ``design``, one ``problem``) where they do not depend on the bound.
+
+    The rate constraints' own ``moments`` depend on their class, ``event`` and ``utility`` alone;
+    a constraint whose rows depend on ``eps``, or that defines its own ``moments``, gets them
+    computed for each head. A path's heads read the same moments (the same arrays), so the
+    threshold search built on them is shared too (:func:`solvers.threshold.shared_search`).
+    """
+    from .constraints import RateConstraint
+
+    if getattr(constraint, "rows_depend_on_eps", False):
+        return constraint.moments(problem.y, problem.groups, problem.sample_weight, problem.group_labels, eps=eps)
+    args = (problem.y, problem.groups, problem.sample_weight, problem.group_labels)
+    if type(constraint).moments is not RateConstraint.moments:
+        return constraint.moments(*args)
+    key = (type(constraint), constraint.event, constraint.utility)
+    try:
+        last = _MOMENTS.get(design)
+    except TypeError:  # a design without weak references: nothing is shared
+        return constraint.moments(*args)
+    if last is not None and last[0] is problem and last[1] == key:
+        return last[2]
+    mom = constraint.moments(*args)
+    _MOMENTS[design] = (problem, key, mom)
+    return mom
+
+
 def fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, design=None):
     """Run the reduction; return ``(Solution, Certificate)`` (see module docstring).
 
@@ -140,10 +172,9 @@ def _fit_rate_constraint(est, problem, constraint, *, eps, backend, init=None, d
     if est.penalty not in ("l2", None):
         raise DataError(MSG_PENALTY.format(penalty=est.penalty))
     t_start = time.perf_counter()  # the head's wall clock
-    at_eps = {"eps": eps} if getattr(constraint, "rows_depend_on_eps", False) else {}
-    mom = constraint.moments(problem.y, problem.groups, problem.sample_weight, problem.group_labels, **at_eps)
     if design is None:
         design = rate_design(problem.X, est.device, center=est.fit_intercept)
+    mom = path_moments(design, problem, constraint, eps)
     search = BinaryRateSearch(est, problem, constraint, mom, design, eps=eps, warm=rate_warm_start(init),
                               t_start=t_start)
     return search.solve()

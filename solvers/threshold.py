@@ -114,6 +114,7 @@ class ThresholdSearch:
     """
 
     def __init__(self, moments, y: np.ndarray, sample_weight: np.ndarray):
+        y_in, w_in = y, sample_weight
         v = np.asarray(sample_weight, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
         V = float(v.sum())
@@ -128,6 +129,13 @@ class ThresholdSearch:
         self._memo = []  # (scores, scan), the latest first
         self._lock = threading.Lock()
         self._memo_size = MEMO_SCANS if MEMO_SCANS * self.n * (K + 6) * 8 <= MEMO_BYTES else 0
+        # what it was built from, by identity: the same (unchanged) arrays give the same steps
+        self._sources = (moments, moments.M, moments.a, moments.b0, y_in, w_in)
+
+    def built_from(self, moments, y, sample_weight) -> bool:
+        """Whether it was built from these very objects (so it scans with their steps)."""
+        return all(a is b for a, b in zip(self._sources, (moments, moments.M, moments.a, moments.b0, y,
+                                                           sample_weight)))
 
     def same_problem(self, other: "ThresholdSearch") -> bool:
         """Whether ``other`` scans with the same steps (bit for bit): then it gives the same scans."""
@@ -206,9 +214,14 @@ def shared_search(owner, moments, y: np.ndarray, sample_weight: np.ndarray) -> T
     the same moments: the previous bound's head, adopted or re-checked at the next, is not
     sorted again.
     """
-    new = ThresholdSearch(moments, y, sample_weight)
     try:
         old = _SHARED.get(owner)
+        if old is not None and old.built_from(moments, y, sample_weight):  # the same arrays: no steps to compare
+            return old
+    except TypeError:  # an owner without weak references: nothing is shared
+        return ThresholdSearch(moments, y, sample_weight)
+    new = ThresholdSearch(moments, y, sample_weight)
+    try:
         if old is not None and old.same_problem(new):
             return old
         _SHARED[owner] = new

@@ -146,6 +146,19 @@ def test_shared_search_is_the_owners_while_its_steps_are_equal():
     assert shared_search(Owner(), mom1, y1, v1) is not other  # another owner
 
 
+def test_shared_search_knows_the_arrays_it_was_built_from(monkeypatch):
+    class Owner:
+        pass
+
+    owner = Owner()
+    y, v, _, mom = _problem(0)
+    first = shared_search(owner, mom, y, v)
+    assert first.built_from(mom, y, v) and not first.built_from(mom, y.copy(), v)
+    built = []
+    monkeypatch.setattr(threshold.ThresholdSearch, "same_problem", lambda self, other: built.append(other) or False)
+    assert shared_search(owner, mom, y, v) is first and not built  # the very arrays: no steps built to compare
+
+
 def test_scan_refuses_wrong_scores():
     y, v, s, mom = _problem(0)
     with pytest.raises(ValueError, match="finite scores"):
