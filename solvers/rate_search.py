@@ -36,7 +36,8 @@ from .multiplier_newton import NewtonTargets, gap_jacobian, kkt_residual, newton
 from .rate_search_oracles import LogisticOracle, SoftmaxOracle
 from .rate_search_types import Candidate, Checked, Ray, RateWarmStart, SearchState, head_warm_start
 
-SOLVER = "lagrangian-reduction/active-set-lbfgs"
+#: the method's name; the weighted fits' own (the oracle's ``fit_solver``) follows a slash
+SOLVER = "lagrangian-reduction"
 
 
 def _max_abs(a) -> float:
@@ -154,10 +155,11 @@ class RateSearch:
         met = gap <= self.eps
         wall = time.perf_counter() - self.t_start
         st, eps = self.state, float(self.eps)
+        solver = f"{SOLVER}/{self.oracle.fit_solver}"
         sol = Solution(coef=head[0], intercept=head[1], multipliers=h.lam, status="eps_met" if met else "eps_not_met",
-                       solver=SOLVER, n_iter=st.n_iter, wall_time=wall, notes=notes, state=warm_state)
+                       solver=solver, n_iter=st.n_iter, wall_time=wall, notes=notes, state=warm_state)
         cert = Certificate(
-            backend="torch", solver=SOLVER, status=sol.status, constraint=self.constraint.name, eps=eps,
+            backend="torch", solver=solver, status=sol.status, constraint=self.constraint.name, eps=eps,
             objective=None, zero_one_error=chosen.error,  # a rate head minimises the 0-1 error, not the logistic loss
             max_violation=max(0.0, gap - eps), stationarity=float(h.stationarity), n_iter=st.n_iter,
             wall_time=wall, tol=float(self.est.tol), achieved_gap=gap, eps_met=bool(met),

@@ -120,13 +120,25 @@ class LogisticOracle:
         self.fit_intercept = est.fit_intercept
         self.lam2 = 0.0 if est.penalty is None else 1.0 / (float(est.C) * self.V)
         self.fixed = () if est.fit_intercept else (self.d,)
-        self.precond = design.preconditioner(self.lam2, self.d + 1)
         self.base = self.v * (1.0 - 2.0 * self.y) / self.V
         self.Ma = mom.M * mom.a  # (K, n): cost of yhat_i = 1 through gap k
         # every candidate is judged at its best intercept (one sort of its scores; a path's heads
         # share the design's last scans); without an intercept the head's threshold stays at 0
         self.thr = (shared_search(design, getattr(mom, "scan_moments", mom), self.y, self.v) if est.fit_intercept
                     else None)
+
+    @property
+    def fit_solver(self) -> str:
+        """The weighted fits' method: damped Newton where it pays, else the active-set L-BFGS."""
+        from .backends.newton import SOLVER, newton_affordable
+
+        return SOLVER if newton_affordable(self.design) else "active-set-lbfgs"
+
+    @property
+    def precond(self):
+        """The L-BFGS fits' :class:`~solvers.backends.torch.Preconditioner` (the design's, made on
+        first use: Newton fits need none)."""
+        return self.design.preconditioner(self.lam2, self.d + 1)
 
     @property
     def resolution(self) -> float:
@@ -155,22 +167,29 @@ class LogisticOracle:
         return WeightedLogistic(_tensor((delta < 0).astype(np.float64), dev), _tensor(np.abs(delta), dev),
                                 self.lam2, self.d)
 
-    def fit(self, lam, theta, pairs, *, exact=True, z0=None, inexact_iters=None) -> Fit:
-        """The weighted fit at ``lam`` from ``theta`` (curvature ``pairs`` and scores ``z0`` carried over)."""
+    def minimize(self, obj, theta, *, tol, max_iter, pairs, z0=None):
+        """The weighted fit of ``obj`` from ``theta``: damped Newton where it pays (few features:
+        :func:`~solvers.backends.newton.newton_pays`), else the preconditioned L-BFGS with the
+        carried curvature ``pairs``. Both stop at the same stationarity ``tol``."""
+        from .backends.newton import minimize_newton, newton_pays
         from .backends.torch import minimize
 
-        res = minimize(self.design, self.objective(lam), theta, fixed=self.fixed, tol=self.search_tol,
-                       max_iter=self.max_iter if exact else inexact_iters, pairs=pairs, z0=z0, precond=self.precond)
+        if newton_pays(self.design, obj):
+            return minimize_newton(self.design, obj, theta, fixed=self.fixed, tol=tol, max_iter=max_iter, z0=z0)
+        return minimize(self.design, obj, theta, fixed=self.fixed, tol=tol, max_iter=max_iter, pairs=pairs, z0=z0,
+                        precond=self.precond)
+
+    def fit(self, lam, theta, pairs, *, exact=True, z0=None, inexact_iters=None) -> Fit:
+        """The weighted fit at ``lam`` from ``theta`` (curvature ``pairs`` and scores ``z0`` carried over)."""
+        res = self.minimize(self.objective(lam), theta, tol=self.search_tol,
+                            max_iter=self.max_iter if exact else inexact_iters, pairs=pairs, z0=z0)
         zn = res.z.cpu().numpy()
         gaps, err = self.evaluate(zn)
         return Fit(res, zn, gaps, err)
 
     def polish(self, cand: Candidate, pairs):
         """The weighted fit of ``cand`` to the estimator's tolerance (the optimizer's result)."""
-        from .backends.torch import minimize
-
-        return minimize(self.design, self.objective(cand.lam), cand.theta, fixed=self.fixed, tol=self.tol,
-                        max_iter=self.max_iter, pairs=pairs, precond=self.precond)
+        return self.minimize(self.objective(cand.lam), cand.theta, tol=self.tol, max_iter=self.max_iter, pairs=pairs)
 
     def scores(self, theta):
         """The scores of centred ``theta``: one product with ``X``."""
@@ -244,6 +263,9 @@ class SoftmaxOracle:
         self.precond = block_preconditioner(design, self.lam2, self.K, class_shares(problem))
         self.err_cost = (self.v / self.V)[:, None] * (np.arange(self.K)[None, :] != self.y[:, None])  # (n, K)
         self.offsets = OffsetSearch(mom, problem.y, self.v, fit_intercept=est.fit_intercept)
+
+    #: the weighted fits' method
+    fit_solver = "active-set-lbfgs"
 
     @property
     def resolution(self) -> float:

@@ -21,7 +21,9 @@ feasible throughout.
 
 The quasi-Newton steps run in preconditioned coordinates (:class:`Preconditioner`: the centred
 Gram matrix as the initial Hessian), so correlated or badly scaled columns cost no extra
-iterations. CPU fits run torch at one thread (:func:`fit_threads`).
+iterations. CPU fits run torch at one thread (:func:`fit_threads`). An unconstrained fit small
+enough that its exact Hessian costs about an iteration's call overhead runs damped Newton instead
+(:mod:`solvers.backends.newton`: :func:`~solvers.backends.newton.newton_pays`).
 
 Cost per iteration: one ``X d`` and one ``X^T r`` product. The line search is exact up to a
 curvature tolerance and costs O(n) per trial because scores move along ``z + alpha X d``.
@@ -49,6 +51,8 @@ from ..out_of_core import RowChunks, array_blocks, gather_rows, sum_blocks
 from . import Solution, WarmStart
 from .active_set import _CurvaturePairs, _KeptPairs, _line_search, _Result, minimize  # noqa: F401  (the optimizer)
 from .common import MSG_PENALTY, center_rows, check_penalty, constraint_pieces, l2_weight, unit_rows
+from .newton import SOLVER as NEWTON_SOLVER
+from .newton import minimize_newton, newton_pays
 MSG_INFEASIBLE_GROUP_LOSS = (
     "group-loss bound eps={eps:g} is infeasible (smallest reachable largest group loss about {best:.4g}); raise eps"
 )
@@ -428,6 +432,12 @@ class WeightedLogistic:
             tail = self._tails[theta.numel()] = theta.new_zeros(theta.numel() - self.d)
         return float(val), gz, torch.cat((self.lam2 * w, tail))
 
+    def curvature(self, z):
+        """The per-row second derivative in ``z``: ``(q0 + q1) sigmoid(z) sigmoid(-z)`` (both labels'
+        losses curve alike), for Newton fits (:mod:`solvers.backends.newton`)."""
+        q = self.q0 if self.q1 is None else self.q0 + self.q1
+        return q * torch.sigmoid(z) * torch.sigmoid(-z)
+
 
 class _AugLagObjective:
     """Augmented Lagrangian of group-loss (``minimax=False``) or minimax (epigraph ``t``)."""
@@ -551,15 +561,20 @@ class TorchModel:
         obj = WeightedLogistic(self._y, self._q, self.lam2, d)
         rhs = None if self._A is None else _tensor(self._rhs(eps), dev)
         theta = design.to_centered(_tensor(theta0, dev))
-        res = minimize(design, obj, theta, A=self._A, rhs=rhs, fixed=fixed,
-                       working=tuple(warm.working) if warm is not None else (), tol=p.tol, max_iter=p.max_iter,
-                       pairs=warm.pairs if warm is not None else None, precond=design.preconditioner(self.lam2, d + 1),
-                       z0=None if z0 is None else _tensor(z0, dev))
+        z0 = None if z0 is None else _tensor(z0, dev)
+        newton = newton_pays(design, obj, A=self._A)  # unconstrained, few features
+        if newton:
+            res = minimize_newton(design, obj, theta, fixed=fixed, tol=p.tol, max_iter=p.max_iter, z0=z0)
+        else:
+            res = minimize(design, obj, theta, A=self._A, rhs=rhs, fixed=fixed,
+                           working=tuple(warm.working) if warm is not None else (), tol=p.tol, max_iter=p.max_iter,
+                           pairs=warm.pairs if warm is not None else None,
+                           precond=design.preconditioner(self.lam2, d + 1), z0=z0)
         th = design.from_centered(res.theta).cpu().numpy()
         status = "optimal" if res.converged else "max_iter"
         return Solution(coef=th[:d].copy(), intercept=float(th[d]), multipliers=self._multipliers(res), status=status,
-                        solver=self.solver, n_iter=res.n_iter, wall_time=time.perf_counter() - t0,
-                        notes=[], state=WarmStart(theta=th, working=tuple(res.working), pairs=_numpy_pairs(res.pairs),
+                        solver=NEWTON_SOLVER if newton else self.solver, n_iter=res.n_iter,
+                        wall_time=time.perf_counter() - t0, notes=[], state=WarmStart(theta=th, working=tuple(res.working), pairs=_numpy_pairs(res.pairs),
                                                   z=res.z.cpu().numpy(), row_scores=row_scores),
                         products=(res.z.cpu().numpy(), res.xtr.cpu().numpy()))
 
