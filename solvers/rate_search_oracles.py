@@ -171,8 +171,8 @@ class LogisticOracle:
         """The weighted fit of ``obj`` from ``theta``: damped Newton where it pays (few features:
         :func:`~solvers.backends.newton.newton_pays`), else the preconditioned L-BFGS with the
         carried curvature ``pairs``. Both stop at the same stationarity ``tol``."""
+        from .backends.active_set import minimize
         from .backends.newton import minimize_newton, newton_pays
-        from .backends.torch import minimize
 
         if newton_pays(self.design, obj):
             return minimize_newton(self.design, obj, theta, fixed=self.fixed, tol=tol, max_iter=max_iter, z0=z0)

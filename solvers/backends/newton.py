@@ -23,7 +23,7 @@ overhead. The Hessian costs ``n (d + 1)^2`` multiply-adds, one gemm over the cen
 iterations instead of 7-9, and a warm one 0-2. Where ``n d^2`` is large the Hessian costs more than
 the L-BFGS iterations it saves: :func:`newton_pays` keeps those fits on L-BFGS (their bits unchanged).
 
-The stopping test is :func:`~solvers.backends.torch.minimize`'s: the inf-norm of the gradient in
+The stopping test is :func:`~solvers.backends.active_set.minimize`'s: the inf-norm of the gradient in
 the original (uncentred) coordinates at most ``tol``, so a tolerance means the same on both.
 The Hessian runs over :meth:`~solvers.backends.torch.Design.device_blocks` summed with
 :func:`~solvers.out_of_core.sum_blocks`: in-memory, streamed and data-parallel designs take the
@@ -40,6 +40,7 @@ import torch
 from scipy.linalg.lapack import dpotrf as _potrf, dpotrs as _potrs
 
 from ..out_of_core import sum_blocks
+from .active_set import _KeptPairs, _Result
 
 _F64 = torch.float64
 
@@ -191,11 +192,9 @@ def minimize_newton(design, obj, theta, *, fixed=(), tol=1e-6, max_iter=1000, z0
 
     ``obj`` is a :class:`~solvers.backends.torch.WeightedLogistic` (``eval`` and ``curvature``);
     ``z0``: the scores of ``theta`` where the caller has them. Returns
-    :func:`~solvers.backends.torch.minimize`'s result: no multipliers, no working set, and no
+    :func:`~solvers.backends.active_set.minimize`'s result: no multipliers, no working set, and no
     curvature pairs (the next fit builds its Hessian afresh).
     """
-    from .torch import _KeptPairs, _Result
-
     d, dev = design.d, theta.device
     p = d + 1
     theta = theta.clone()
@@ -210,7 +209,7 @@ def minimize_newton(design, obj, theta, *, fixed=(), tol=1e-6, max_iter=1000, z0
         return design.mv(th[:d]) + th[d]
 
     def gradient(gz, gdir):
-        """``(g, X^T gz)`` as numpy: :func:`minimize`'s gradient, the same sums."""
+        """``(g, X^T gz)`` as numpy: the active-set ``minimize``'s gradient, the same sums."""
         xtr = design.rmv(gz).cpu().numpy()
         g = gdir.cpu().numpy().copy()
         g[:d] += xtr
