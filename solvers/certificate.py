@@ -64,7 +64,8 @@ class Certificate:
     backend : str
         ``"cvxpy"``, ``"torch"`` or ``"reduction/<inner backend>"``.
     solver : str
-        The numerical method (``"CLARABEL"``, ``"SCS"``, ``"active-set-lbfgs"``, ...).
+        The numerical method (``"CLARABEL"``, ``"SCS"``, ``"active-set-lbfgs"``, ``"newton-cholesky"``,
+        ``"lagrangian-reduction/newton-cholesky"``, ...).
     status : str
         ``"optimal"``, ``"optimal_inaccurate"``, ``"max_iter"``, ``"eps_met"``, ``"eps_not_met"``.
     constraint : str or None

@@ -20,7 +20,7 @@ Why: on a small table an L-BFGS iteration is a few torch calls of microseconds e
 products with ``X`` cost next to nothing, so a fit's time is its iteration count times that
 overhead. The Hessian costs ``n (d + 1)^2`` multiply-adds, one gemm over the centred blocks
 (made once per design, :func:`augmented_blocks`); with it a cold fit on the 3,694 x 7 table takes 4-5
-iterations instead of 7-9, and a warm one 0-2. Where ``n d^2`` is large the Hessian costs more than
+iterations instead of 8-9, and a warm one 0-2. Where ``n d^2`` is large the Hessian costs more than
 the L-BFGS iterations it saves: :func:`newton_pays` keeps those fits on L-BFGS (their bits unchanged).
 
 The stopping test is :func:`~solvers.backends.active_set.minimize`'s: the inf-norm of the gradient in
