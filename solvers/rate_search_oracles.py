@@ -130,9 +130,9 @@ class LogisticOracle:
     @property
     def fit_solver(self) -> str:
         """The weighted fits' method: damped Newton where it pays, else the active-set L-BFGS."""
-        from .backends.newton import SOLVER, newton_affordable
+        from .backends.newton import SOLVER, newton_fit_affordable
 
-        return SOLVER if newton_affordable(self.design) else "active-set-lbfgs"
+        return SOLVER if newton_fit_affordable(self.design) else "active-set-lbfgs"
 
     @property
     def precond(self):

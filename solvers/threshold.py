@@ -216,17 +216,14 @@ def shared_search(owner, moments, y: np.ndarray, sample_weight: np.ndarray) -> T
     """
     try:
         old = _SHARED.get(owner)
-        if old is not None and old.built_from(moments, y, sample_weight):  # the same arrays: no steps to compare
-            return old
     except TypeError:  # an owner without weak references: nothing is shared
         return ThresholdSearch(moments, y, sample_weight)
+    if old is not None and old.built_from(moments, y, sample_weight):  # the same arrays: no steps to compare
+        return old
     new = ThresholdSearch(moments, y, sample_weight)
-    try:
-        if old is not None and old.same_problem(new):
-            return old
-        _SHARED[owner] = new
-    except TypeError:  # an owner without weak references: nothing is shared
-        pass
+    if old is not None and old.same_problem(new):
+        return old
+    _SHARED[owner] = new
     return new
 
 

@@ -68,7 +68,7 @@ _KEPT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 SOLVER = "newton-cholesky"
 
 
-def newton_affordable(design) -> bool:
+def newton_fit_affordable(design) -> bool:
     """Whether a Newton iteration on ``design`` costs at most ``NEWTON_FLOPS``: ``(n + d + 1) (d + 1)^2``."""
     p = design.d + 1
     return (design.n + p) * p * p <= NEWTON_FLOPS
@@ -77,7 +77,7 @@ def newton_affordable(design) -> bool:
 def newton_pays(design, obj, *, A=None, layout=None) -> bool:
     """Whether :func:`minimize_newton` should fit ``obj`` on ``design`` instead of L-BFGS: an
     unconstrained binary objective that gives its curvature, on a design where it is affordable."""
-    return A is None and layout is None and hasattr(obj, "curvature") and newton_affordable(design)
+    return A is None and layout is None and hasattr(obj, "curvature") and newton_fit_affordable(design)
 
 
 def _in_numpy(design) -> bool:
@@ -271,5 +271,5 @@ def minimize_newton(design, obj, theta, *, fixed=(), tol=1e-6, max_iter=1000, z0
     return res
 
 
-__all__ = ["NEWTON_FLOPS", "SOLVER", "augmented_blocks", "centred_hessian", "minimize_newton", "newton_affordable",
-           "newton_direction", "newton_pays"]
+__all__ = ["NEWTON_FLOPS", "SOLVER", "augmented_blocks", "centred_hessian", "minimize_newton",
+           "newton_direction", "newton_fit_affordable", "newton_pays"]
