@@ -381,18 +381,38 @@ def _label_heads(ax, drawn, taken) -> None:
     place_labels(ax, [(d[0], d[1]) for d in ordered], [_eps_text(d[3]) for d in ordered], taken=taken, fontsize=6.5)
 
 
+def _gap_axes(constraint):
+    """``(row key, axis label)`` of each gap column, the constraint's own value with its unit."""
+    return [(key, own_value_label(constraint) if key == "constraint_value" else label) for key, label in GAPS]
+
+
+def _plotted_splits(rows, fit_split: str) -> list[str]:
+    return [fit_split] + (["test"] if any(r["split"] == "test" for r in rows) and fit_split != "test" else [])
+
+
+def sweep_figures(rows, fit_split: str) -> tuple[str, ...]:
+    """The names of the figures :func:`plot_sweep` draws for ``rows`` (each one call of :data:`SWEEP_FIGURES`)."""
+    return ("tradeoff", "fit_vs_test") if len(_plotted_splits(rows, fit_split)) == 2 else ("tradeoff",)
+
+
 def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "", constraint: str | None = None,
                staged=None) -> dict[str, Path]:
-    """Write the sweep's plots: limits from the points plotted (padded so no marker is cut, accuracy
+    """Write the sweep's plots (:func:`plot_tradeoff`, and :func:`plot_fit_vs_test` where there is a
+    test split); return their paths by output name."""
+    return {f"{name}_plot": SWEEP_FIGURES[name](rows, out, fit_split=fit_split, title=title, constraint=constraint,
+                                               staged=staged)
+            for name in sweep_figures(rows, fit_split)}
+
+
+def plot_tradeoff(rows, out: Path, *, fit_split: str, title: str = "", constraint: str | None = None,
+                  staged=None) -> Path:
+    """``tradeoff.png``: limits from the points plotted (padded so no marker is cut, accuracy
     spanning at least :data:`ACC_MIN_SPAN`, gaps :data:`GAP_MIN_SPAN`), a zoomed row where some heads
     are worse than the unconstrained one on both axes, one legend below the panels, labelled points,
     and the constraint's own value with its unit."""
-    from matplotlib.lines import Line2D
-
     out = Path(out)
-    gaps = [(key, own_value_label(constraint) if key == "constraint_value" else label) for key, label in GAPS]
-    splits = [fit_split] + (["test"] if any(r["split"] == "test" for r in rows) and fit_split != "test" else [])
-    files = {}
+    gaps = _gap_axes(constraint)
+    splits = _plotted_splits(rows, fit_split)
 
     panels = []  # (split, zoomed?)
     for split in splits:
@@ -434,54 +454,66 @@ def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "", constraint: 
         pad_limits(ax, gap, acc, x_span=GAP_MIN_SPAN, y_span=ACC_MIN_SPAN, x_from=0.0)
     for ax, drawn, key in placed:
         _label_heads(ax, drawn, taken)
-    files["tradeoff_plot"] = finish(fig, out / "tradeoff.png", staged)
+    return finish(fig, out / "tradeoff.png", staged)
 
-    if len(splits) == 2:
-        fit_rows = {_head_key(r): r for r in rows if r["split"] == fit_split}
-        pairs = [(fit_rows[_head_key(r)], r) for r in rows if r["split"] == "test" and _head_key(r) in fit_rows]
-        fig, axes = new_figure(1, len(gaps), figsize=(4.4 * len(gaps), 4.2))
-        placed = []
-        for c, (key, label) in enumerate(gaps):
-            ax = axes[0, c]
-            methods = sorted({p[0]["method"] for p in pairs}, key=lambda m: m == "unconstrained")  # the star last
-            for method in methods:
-                sel = [p for p in pairs if p[0]["method"] == method]
-                x = np.array([p[0].get(key, np.nan) for p in sel], dtype=float)
-                y = np.array([p[1].get(key, np.nan) for p in sel], dtype=float)
-                base = _method_base(method)
-                if method == "fairhead":
-                    eps = np.array([p[0]["eps"] for p in sel], dtype=float)
-                    sc = ax.scatter(x, y, c=eps, cmap="viridis", s=28, label=method, zorder=3)
-                    fig.colorbar(sc, ax=ax, label="eps")
-                elif method == "unconstrained":
-                    ax.scatter(x, y, marker="*", s=170, color=COLORS["unconstrained"], edgecolors="white",
-                               linewidths=0.8, label=method, zorder=6)
-                else:
-                    ax.scatter(x, y, marker=MARKERS.get(base, "x"), s=30, alpha=0.8, label=method,
-                               color=COLORS.get(base), zorder=4)
-            xs = [p[0].get(key, np.nan) for p in pairs]
-            ys = [p[1].get(key, np.nan) for p in pairs]
-            ax.set_xlabel(f"{label} on {fit_split}", fontsize=8)
-            ax.set_ylabel(f"{label} on test", fontsize=8)
-            ax.grid(alpha=0.3)
-            placed.append((ax, xs, ys, pairs, key))
-        handles = [hl for ax in axes.flat for hl in zip(*ax.get_legend_handles_labels())]
-        handles.append((Line2D([], [], color="k", linestyle="--", linewidth=1), "test = fit"))
-        bottom = legend_below(fig, handles)
-        fig.suptitle(f"Does the fairness on the fit split hold on test? {title}".strip())
-        layout(fig, bottom=bottom)
-        taken = []
-        for ax, xs, ys, pairs_, key in placed:
-            # one range: the diagonal is the diagonal
-            pad_limits(ax, xs, ys, x_span=GAP_MIN_SPAN, same=True, x_from=0.0)
-            low, high = ax.get_xlim()
-            ax.plot([low, high], [low, high], "k--", linewidth=1, zorder=1)
-            ax.set_xlim(low, high)
-            ax.set_ylim(low, high)
-        for ax, xs, ys, pairs_, key in placed:
-            labelled = sorted([p for p in pairs_ if p[0]["method"] in ("fairhead", "unconstrained")],
-                              key=lambda p: p[0]["method"] != "unconstrained")
-            place_labels(ax, [(p[0].get(key, np.nan), p[1].get(key, np.nan)) for p in labelled],
-                         [_eps_text(p[0]) for p in labelled], taken=taken, fontsize=6.5)
-        files["fit_vs_test_plot"] = finish(fig, out / "fit_vs_test.png", staged)
-    return files
+
+def plot_fit_vs_test(rows, out: Path, *, fit_split: str, title: str = "", constraint: str | None = None,
+                     staged=None) -> Path:
+    """``fit_vs_test.png``: each head's gap on test against its gap on ``fit_split``, one panel per gap
+    column, both axes on one range (the diagonal is test = fit)."""
+    from matplotlib.lines import Line2D
+
+    out = Path(out)
+    gaps = _gap_axes(constraint)
+    fit_rows = {_head_key(r): r for r in rows if r["split"] == fit_split}
+    pairs = [(fit_rows[_head_key(r)], r) for r in rows if r["split"] == "test" and _head_key(r) in fit_rows]
+    fig, axes = new_figure(1, len(gaps), figsize=(4.4 * len(gaps), 4.2))
+    placed = []
+    for c, (key, label) in enumerate(gaps):
+        ax = axes[0, c]
+        methods = sorted({p[0]["method"] for p in pairs}, key=lambda m: m == "unconstrained")  # the star last
+        for method in methods:
+            sel = [p for p in pairs if p[0]["method"] == method]
+            x = np.array([p[0].get(key, np.nan) for p in sel], dtype=float)
+            y = np.array([p[1].get(key, np.nan) for p in sel], dtype=float)
+            base = _method_base(method)
+            if method == "fairhead":
+                eps = np.array([p[0]["eps"] for p in sel], dtype=float)
+                sc = ax.scatter(x, y, c=eps, cmap="viridis", s=28, label=method, zorder=3)
+                fig.colorbar(sc, ax=ax, label="eps")
+            elif method == "unconstrained":
+                ax.scatter(x, y, marker="*", s=170, color=COLORS["unconstrained"], edgecolors="white",
+                           linewidths=0.8, label=method, zorder=6)
+            else:
+                ax.scatter(x, y, marker=MARKERS.get(base, "x"), s=30, alpha=0.8, label=method,
+                           color=COLORS.get(base), zorder=4)
+        xs = [p[0].get(key, np.nan) for p in pairs]
+        ys = [p[1].get(key, np.nan) for p in pairs]
+        ax.set_xlabel(f"{label} on {fit_split}", fontsize=8)
+        ax.set_ylabel(f"{label} on test", fontsize=8)
+        ax.grid(alpha=0.3)
+        placed.append((ax, xs, ys, pairs, key))
+    handles = [hl for ax in axes.flat for hl in zip(*ax.get_legend_handles_labels())]
+    handles.append((Line2D([], [], color="k", linestyle="--", linewidth=1), "test = fit"))
+    bottom = legend_below(fig, handles)
+    fig.suptitle(f"Does the fairness on the fit split hold on test? {title}".strip())
+    layout(fig, bottom=bottom)
+    taken = []
+    for ax, xs, ys, pairs_, key in placed:
+        # one range: the diagonal is the diagonal
+        pad_limits(ax, xs, ys, x_span=GAP_MIN_SPAN, same=True, x_from=0.0)
+        low, high = ax.get_xlim()
+        ax.plot([low, high], [low, high], "k--", linewidth=1, zorder=1)
+        ax.set_xlim(low, high)
+        ax.set_ylim(low, high)
+    for ax, xs, ys, pairs_, key in placed:
+        labelled = sorted([p for p in pairs_ if p[0]["method"] in ("fairhead", "unconstrained")],
+                          key=lambda p: p[0]["method"] != "unconstrained")
+        place_labels(ax, [(p[0].get(key, np.nan), p[1].get(key, np.nan)) for p in labelled],
+                     [_eps_text(p[0]) for p in labelled], taken=taken, fontsize=6.5)
+    return finish(fig, out / "fit_vs_test.png", staged)
+
+
+#: each figure of a sweep by name (its output is ``{name}_plot``): one drawing call,
+#: ``(rows, out, *, fit_split, title, constraint, staged) -> path``
+SWEEP_FIGURES = {"tradeoff": plot_tradeoff, "fit_vs_test": plot_fit_vs_test}

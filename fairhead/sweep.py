@@ -53,6 +53,7 @@ from fairhead import certify, pipeline, provenance, report, uncertainty
 from fairhead import compare as baselines  # `compare` is run_sweep's list of baselines
 from fairhead import plots as plotting  # `plots` is run_sweep's flag
 from fairhead.data_parallel import MSG_COMPARE
+from fairhead.figure_workers import FIGURES, FigureWorkers, draw_figures
 from fairhead.evaluation import GAP_COLUMNS, HeadRecord, evaluate_predictor, head_coef, head_intercept, head_scores
 from fairhead.measure import BETWEEN_GROUPS, constraint_value, describe_bounded_gap
 from fairhead.progress_bar import progress_bar
@@ -322,6 +323,23 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     out = Path(out)
     if compare and data is None:  # the label's classes are metadata: refuse before any features are read
         _refuse_multiclass_compare(cache_path, compare)
+    # the figures' workers import matplotlib while the heads are solved (none where no core is spare)
+    workers = FigureWorkers.start(len(FIGURES)) if plots and writes else None
+    try:
+        return _run_sweep(cache_path, out=out, constraint=constraint, eps_grid=eps_grid, n_eps=n_eps,
+                          fit_split=fit_split, attributes=attributes, compare=compare,
+                          plots=workers or plots, C=C, backend=backend, balance=balance, device=device,
+                          progress=progress, seed=seed, min_group_size=min_group_size, pos_label=pos_label,
+                          data=data, confidence=confidence, max_memory=max_memory, parallel=parallel,
+                          writes=writes)
+    finally:
+        if workers is not None:
+            workers.close()
+
+
+def _run_sweep(cache_path, *, out, constraint, eps_grid, n_eps, fit_split, attributes, compare, plots, C, backend,
+               balance, device, progress, seed, min_group_size, pos_label, data, confidence, max_memory, parallel,
+               writes) -> SweepResult:
     arrays, fingerprint, cache_prov = data or load_sweep_data(cache_path, fit_split=fit_split,
                                                               attributes=attributes, pos_label=pos_label,
                                                               max_memory=max_memory, parallel=parallel)
@@ -557,8 +575,25 @@ def _monotone_front(heads: list[HeadRecord]) -> list[HeadRecord]:
     return out
 
 
-def write_sweep(result: SweepResult, meta: dict, *, plots: bool = True) -> dict[str, Path]:
+def sweep_figure_tasks(result: SweepResult) -> list[tuple[str, dict]]:
+    """The sweep's figures as ``(name, keyword arguments)`` of :data:`fairhead.figure_workers.FIGURES`:
+    the trade-off (and fit against test), the overfitting plot, the group rates."""
+    common = dict(out=result.out, fit_split=result.fit_split)
+    tasks = [(name, dict(rows=result.rows, title=f"constraint '{result.constraint}'", constraint=result.constraint,
+                         **common)) for name in plotting.sweep_figures(result.rows, result.fit_split)]
+    over = result.overfitting()
+    if over["rows"]:
+        tasks.append(("overfitting", dict(over_rows=over["rows"], cert_split=over["cert_split"],
+                                          metric=over["metric"], **common)))
+    if result.group_rates:
+        split = "test" if "test" in result.split_sizes else result.fit_split
+        tasks.append(("group_rates", dict(group_rows=result.group_rates, out=result.out, split=split)))
+    return tasks
+
+
+def write_sweep(result: SweepResult, meta: dict, *, plots: "bool | FigureWorkers" = True) -> dict[str, Path]:
     """Write ``sweep.csv``, ``sweep.json``, the plots and ``report.md``; return their paths.
+    ``plots`` may be :class:`~fairhead.figure_workers.FigureWorkers` that draw the figures.
 
     The outputs are replaced together (:class:`fairhead_io.StagedFiles`): each goes to a fsynced
     temporary file first and the renames follow back to back, so a kill or a full disk leaves the
@@ -589,17 +624,7 @@ def write_sweep(result: SweepResult, meta: dict, *, plots: bool = True) -> dict[
         files["json"] = staged.write_text(out / "sweep.json", json.dumps(
             provenance.strict_json(payload), indent=1, default=str, allow_nan=False))
         if plots:
-            files.update(plotting.plot_sweep(result.rows, out, fit_split=result.fit_split,
-                                             title=f"constraint '{result.constraint}'", constraint=result.constraint,
-                                             staged=staged))
-            over = result.overfitting()
-            if over["rows"]:
-                files["overfitting_plot"] = uncertainty.plot_overfitting(
-                    over["rows"], out, fit_split=result.fit_split, cert_split=over["cert_split"],
-                    metric=over["metric"], staged=staged)
-            split = "test" if "test" in result.split_sizes else result.fit_split
-            if result.group_rates:
-                files["group_rates_plot"] = uncertainty.plot_group_rates(result.group_rates, out, split=split,
-                                                                         staged=staged)
+            files.update(draw_figures(sweep_figure_tasks(result), staged,
+                                      workers=plots if isinstance(plots, FigureWorkers) else None))
         files["report"] = report.write_sweep_report(result, files, meta, staged=staged)
     return files

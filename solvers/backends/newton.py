@@ -37,7 +37,6 @@ import weakref
 
 import numpy as np
 import torch
-from scipy.linalg.lapack import dpotrf as _potrf, dpotrs as _potrs
 
 from ..out_of_core import sum_blocks
 from .active_set import _KeptPairs, _Result
@@ -168,6 +167,10 @@ def newton_direction(H: np.ndarray, g: np.ndarray, free: np.ndarray) -> np.ndarr
     A ridge of ``1e-12`` of the mean diagonal keeps ``H`` definite where a column is constant
     (no penalty); where the factorisation still fails it grows 100x a try, and the last resort is
     the gradient's own direction."""
+    # scipy.linalg on first use only: its import (0.1-0.2 s) is paid by the small fits that run Newton,
+    # not by every command that imports the torch backend
+    from scipy.linalg.lapack import dpotrf as _potrf, dpotrs as _potrs
+
     every = len(free) == len(g)
     Hf, gf = (H, g) if every else (H[np.ix_(free, free)], g[free])
     scale = max(abs(float(Hf.trace())) / max(len(free), 1), 1e-300)
