@@ -273,7 +273,8 @@ def balanced_accuracy(y_true, y_pred, *, sample_weight=None, pos_label=1, classe
 def _average_ranks(s: np.ndarray) -> np.ndarray:
     """The ranks 1..n of ``s``, ties sharing their mean rank (``scipy.stats.rankdata``'s ``"average"``,
     the same arithmetic, without importing scipy.stats: 0.5 s)."""
-    order = np.argsort(s, kind="mergesort")
+    # any order within a tie gives the same ranks (each tie shares its mean): the unstable sort, 5x faster
+    order = np.argsort(s)
     ordered = s[order]
     first = np.r_[True, ordered[1:] != ordered[:-1]]
     dense = np.empty(s.shape[0], dtype=np.intp)
@@ -324,7 +325,8 @@ def roc_auc(y_true, y_score, *, sample_weight=None, pos_label=1, classes=None) -
         n1 = yt.sum()
         n0 = yt.shape[0] - n1
         return float((r[yt == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-    order = np.argsort(s, kind="mergesort")
+    # any order within a tie gives the same ranks (each tie shares its mean): the unstable sort, 5x faster
+    order = np.argsort(s)
     s, yt, w = s[order], yt[order], w[order]
     # weighted Mann-Whitney with ties: sum over unique scores
     uniq, start = np.unique(s, return_index=True)
@@ -996,13 +998,16 @@ def evaluate(y_true, y_pred, *, sensitive_features, y_score=None, sample_weight=
         Metric name -> value: accuracy, balanced accuracy, selection rate (binary), the parity differences and
         ratios, worst-group and worst-cell accuracy, and with ``y_score`` the ROC AUC and calibration error.
     """
+    if classes is None:  # the labels' values, found once for every metric below (each would look again)
+        classes = np.union1d(np.unique(np.asarray(y_true).reshape(-1)), np.unique(np.asarray(y_pred).reshape(-1)))
     labels = multiclass_labels(y_true, y_pred, classes)
+    binary = {"classes": classes}  # two values or fewer: read as binary, as without ``classes``
     kw = dict(sensitive_features=sensitive_features, sample_weight=sample_weight)
     kc = dict(kw, classes=labels) if labels is not None else kw
     out = {
         "accuracy": accuracy(y_true, y_pred, sample_weight=sample_weight),
         "balanced_accuracy": balanced_accuracy(y_true, y_pred, sample_weight=sample_weight,
-                                               **({"classes": labels} if labels is not None else {})),
+                                               **({"classes": labels} if labels is not None else binary)),
     }
     if labels is None:
         out["selection_rate"] = selection_rate(y_true, y_pred, sample_weight=sample_weight)
@@ -1027,9 +1032,10 @@ def evaluate(y_true, y_pred, *, sensitive_features, y_score=None, sample_weight=
                                                                            classes=labels)
     elif y_score is not None:
         s = _arr(y_score, _arr(y_true).shape[0], "y_score")
-        out["roc_auc"] = roc_auc(y_true, s, sample_weight=sample_weight)
+        out["roc_auc"] = roc_auc(y_true, s, sample_weight=sample_weight, **binary)
         if s.min() >= 0 and s.max() <= 1:
-            out["expected_calibration_error"] = expected_calibration_error(y_true, s, sample_weight=sample_weight)
+            out["expected_calibration_error"] = expected_calibration_error(y_true, s, sample_weight=sample_weight,
+                                                                           **binary)
     return out
 
 
