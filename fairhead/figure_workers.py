@@ -26,6 +26,9 @@ import threading
 import time
 from pathlib import Path
 
+from fairhead_errors import DataError
+from solvers._cores import usable_cores
+
 #: the figures a worker may draw: name -> (module, function, output name); each function takes
 #: ``staged=`` and returns its PNG's path
 FIGURES = {
@@ -114,13 +117,9 @@ def worker_count(n_figures: int, cores: int | None = None) -> int:
     value = os.environ.get(WORKERS_VARIABLE, "").strip()
     if value:
         if not value.isdigit():
-            from fairhead_errors import DataError
-
             raise DataError(MSG_BAD_WORKERS.format(value=value))
         return min(n_figures, int(value))
     if cores is None:
-        from solvers._cores import usable_cores
-
         cores = usable_cores()
     return 0 if cores < 2 else min(n_figures, cores)
 
