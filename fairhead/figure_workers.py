@@ -1,29 +1,41 @@
 """A sweep's figures drawn in worker processes, beside the command's own work.
 
-Each figure of a sweep is Python work on one core: matplotlib's import (about 0.4 s) and 0.1-0.7 s
+Each figure of a sweep is Python work on one core: matplotlib's import (about 0.4 s) and 0.1-1 s
 of drawing, about 2 s of a 5.5 s Adult sweep when drawn one after the other. Workers started when
 the sweep starts import matplotlib while the heads are solved, then draw the figures at once,
-one task per figure (:data:`FIGURES`).
+one task per figure (:data:`FIGURES`). They are kept for the process's next sweep (the demo runs
+two; a second sweep would otherwise pay their start again) and end with the process.
+
+A worker is ``python -m fairhead.figure_workers``: a fresh interpreter that imports only the plot
+modules (never the user's script, as a ``multiprocessing`` spawn would: a script without an
+``if __name__ == "__main__"`` guard would run again in every worker). It reads tasks on its
+standard input and answers on its standard output, each a length-prefixed pickle of fairhead's
+own rows and PNG bytes (never a user's file). It exits when its input closes: when the command
+ends, is interrupted, or is killed with -9. It ignores Ctrl-C, which is the command's to handle.
 
 A worker writes nothing. It renders each PNG into memory (:class:`RenderedFiles`, which stands in
-for :class:`fairhead_io.StagedFiles`), and the command writes the bytes under its own output policy,
-staged with the sweep's other outputs: a kill or a full disk leaves the outputs as drawing in
-process does, and the bytes are the ones drawing in process gives (the same figure, the same Agg
-canvas). Workers ignore Ctrl-C (the command handles it and stops them) and exit when the command
-does.
-
-Where no worker can run (one usable core, or no process support: a sandbox without semaphores),
-or a worker dies, the figures are drawn in process, as :func:`draw_figures` does without workers.
+for :class:`fairhead_io.StagedFiles`), and the command writes the bytes under its own output
+policy, staged with the sweep's other outputs: a kill or a full disk leaves the outputs as drawing
+in process does, and the bytes are the ones drawing in process gives (the same figure, the same
+Agg canvas). A figure a worker could not draw (it died, or the drawing failed) is drawn in
+process, where a failure raises as it always did; where no worker can run (one usable core),
+every figure is.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import os
+import pickle
+import queue
 import signal
+import struct
+import subprocess
+import sys
 import threading
-import time
+import traceback
 from pathlib import Path
 
 from fairhead_errors import DataError
@@ -67,33 +79,6 @@ class RenderedFiles:
         self.files[Path(path)] = buffer.getvalue()
 
 
-#: seconds between a worker's checks that the command still runs
-PARENT_CHECK_SECONDS = 0.5
-
-
-def _exit_with(parent: int) -> None:
-    """Exit once ``parent`` is gone (killed with -9: nothing told the worker, which would wait forever)."""
-    while os.getppid() == parent:
-        time.sleep(PARENT_CHECK_SECONDS)
-    os._exit(0)
-
-
-def _prepare_worker(parent: int) -> None:
-    """A worker's start: Ctrl-C is the command's to handle, the worker ends with the command, and
-    matplotlib is imported now, while the command solves."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
-    import matplotlib.backends.backend_agg  # noqa: F401
-    import matplotlib.figure  # noqa: F401
-
-    for name in FIGURES:
-        _figure(name)
-
-
-def _ready() -> int:
-    return os.getpid()
-
-
 def _render(name: str, kwargs: dict):
     """In a worker: draw figure ``name`` into memory; ``(its output paths, {path: PNG bytes})``."""
     rendered = RenderedFiles()
@@ -124,59 +109,166 @@ def worker_count(n_figures: int, cores: int | None = None) -> int:
     return 0 if cores < 2 else min(n_figures, cores)
 
 
+def _send(stream, message) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(struct.pack("<Q", len(data)) + data)
+    stream.flush()
+
+
+def _receive(stream):
+    head = stream.read(8)
+    if len(head) < 8:
+        raise EOFError("the other end closed")
+    (size,) = struct.unpack("<Q", head)
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError("the other end closed mid-message")
+    return pickle.loads(data)  # noqa: S301 - fairhead's own messages between its own processes
+
+
+def serve() -> None:
+    """A worker's loop (``python -m fairhead.figure_workers``): import the plot modules, say ready, then
+    draw each task read on standard input and answer ``("ok", (paths, {path: bytes}))`` or
+    ``("error", traceback)``; end when the input closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the command's: it closes our input
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print cannot corrupt the answers
+    tasks = sys.stdin.buffer
+    import matplotlib.backends.backend_agg  # noqa: F401
+    import matplotlib.figure  # noqa: F401
+
+    for name in FIGURES:
+        _figure(name)
+    _send(answers, ("ready", os.getpid()))
+    while True:
+        try:
+            name, kwargs = _receive(tasks)
+        except EOFError:
+            return
+        try:
+            answer = ("ok", _render(name, kwargs))
+        except Exception:  # the command draws it again in process, where the error is raised
+            answer = ("error", traceback.format_exc())
+        try:
+            _send(answers, answer)
+        except (BrokenPipeError, OSError):
+            return
+
+
+class _Worker:
+    """One worker process and its two pipes; :meth:`ask` is used by one thread at a time."""
+
+    def __init__(self):
+        root = str(Path(__file__).resolve().parents[1])  # fairhead, solvers and fairhead_* live here
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+        self.process = subprocess.Popen([sys.executable, "-m", "fairhead.figure_workers"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, env=env)
+        self.pid = self.process.pid
+        self.ready = False
+        self.dead = False
+
+    def ask(self, name: str, kwargs: dict):
+        """``(paths, {path: bytes})`` of figure ``name``, or ``None`` where this worker cannot draw it."""
+        if self.dead:
+            return None
+        try:
+            if not self.ready:
+                _receive(self.process.stdout)  # its imports done
+                self.ready = True
+            _send(self.process.stdin, (name, kwargs))
+            status, value = _receive(self.process.stdout)
+        except (EOFError, OSError, pickle.UnpicklingError):
+            self.dead = True
+            return None
+        return value if status == "ok" else None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()  # the worker ends at the end of its input
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        with contextlib.suppress(OSError):
+            self.process.stdout.close()
+
+
+#: the workers :meth:`FigureWorkers.start` keeps for this process
+_SHARED = None
+
+
 class FigureWorkers:
-    """Worker processes that draw figures (see the module's docstring); use as a context manager, or
-    call :meth:`close`. Start them before the work they should overlap: each imports matplotlib at once."""
+    """Worker processes that draw figures (see the module's docstring); :meth:`close` ends them. Start them
+    before the work they should overlap: each imports matplotlib at once."""
 
     def __init__(self, workers: int):
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        # spawn: a fresh interpreter (a fork of a process holding torch's and BLAS's threads is unsafe)
-        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_prepare_worker, initargs=(os.getpid(),))
-        self._started = [self._pool.submit(_ready) for _ in range(workers)]  # one process each, now
+        self.workers = workers
+        self._all = [_Worker() for _ in range(workers)]
+        self._idle: queue.Queue = queue.Queue()
+        for worker in self._all:
+            self._idle.put(worker)
 
     @classmethod
     def start(cls, n_figures: int) -> "FigureWorkers | None":
-        """Workers for ``n_figures`` figures (:func:`worker_count`), or ``None`` where none can run."""
+        """This process's workers for ``n_figures`` figures (:func:`worker_count`), or ``None`` where none
+        can run. They are started on the first call and kept for the next: a second sweep in one process
+        (the demo runs two) draws at once, without starting and importing again. They end with the process."""
+        global _SHARED
         workers = worker_count(n_figures)
         if workers < 1:
             return None
+        if _SHARED is not None and (_SHARED.workers < workers or _SHARED.broken):
+            _SHARED.close()
+            _SHARED = None
+        if _SHARED is None:
+            try:
+                _SHARED = cls(workers)
+            except OSError:  # no processes here (a sandbox): draw in process
+                return None
+            atexit.register(_SHARED.close)
+        return _SHARED
+
+    @property
+    def broken(self) -> bool:
+        """Whether a worker died (its figures are then drawn in process)."""
+        return any(w.dead or w.process.poll() is not None for w in self._all)
+
+    def _ask(self, name: str, kwargs: dict):
+        worker = self._idle.get()  # the first free worker: the longest figure goes first, to its own
         try:
-            return cls(workers)
-        except (OSError, ImportError, NotImplementedError):  # no semaphores or no processes here: draw in process
-            return None
+            return worker.ask(name, kwargs)
+        finally:
+            self._idle.put(worker)
 
     def draw(self, tasks, staged) -> dict[str, Path]:
         """Draw ``tasks`` (``(figure name, keyword arguments)``) in the workers, write each PNG through
-        ``staged`` in the order of ``tasks``, and return the output paths. A task a dead worker left
+        ``staged`` in the order of ``tasks``, and return the output paths. A figure no worker could draw
         is drawn in process."""
-        from concurrent.futures.process import BrokenProcessPool
+        answers: list = [None] * len(tasks)
 
-        futures = []
-        for name, kwargs in tasks:
-            try:
-                futures.append(self._pool.submit(_render, name, kwargs))
-            except (BrokenProcessPool, RuntimeError):
-                futures.append(None)
+        def run(k: int) -> None:
+            answers[k] = self._ask(*tasks[k])
+
+        threads = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(len(tasks))]
+        for thread in threads:
+            thread.start()
         files = {}
-        for (name, kwargs), future in zip(tasks, futures):
-            try:
-                if future is None:
-                    raise BrokenProcessPool("no worker")
-                paths, rendered = future.result()
-            except BrokenProcessPool:
+        for k, ((name, kwargs), thread) in enumerate(zip(tasks, threads)):
+            thread.join()
+            if answers[k] is None:
                 files.update(_draw(name, kwargs, staged))
                 continue
+            paths, rendered = answers[k]
             for path, data in rendered.items():
                 staged.write_bytes(path, data)
             files.update(paths)
         return files
 
     def close(self) -> None:
-        """Stop the workers: at once, dropping any figure not yet drawn."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """End the workers (each finishes the figure it draws, if any)."""
+        for worker in self._all:
+            worker.close()
 
     def __enter__(self) -> "FigureWorkers":
         return self
@@ -194,3 +286,7 @@ def draw_figures(tasks, staged, workers: FigureWorkers | None = None) -> dict[st
     for name, kwargs in tasks:
         files.update(_draw(name, kwargs, staged))
     return files
+
+
+if __name__ == "__main__":
+    serve()

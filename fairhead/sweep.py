@@ -323,23 +323,11 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     out = Path(out)
     if compare and data is None:  # the label's classes are metadata: refuse before any features are read
         _refuse_multiclass_compare(cache_path, compare)
-    # the figures' workers import matplotlib while the heads are solved (none where no core is spare)
+    # the figures' workers import matplotlib while the heads are solved (none where no core is spare; kept
+    # for the process's next sweep)
     workers = FigureWorkers.start(len(FIGURES)) if plots and writes else None
-    try:
-        return _run_sweep(cache_path, out=out, constraint=constraint, eps_grid=eps_grid, n_eps=n_eps,
-                          fit_split=fit_split, attributes=attributes, compare=compare,
-                          plots=workers or plots, C=C, backend=backend, balance=balance, device=device,
-                          progress=progress, seed=seed, min_group_size=min_group_size, pos_label=pos_label,
-                          data=data, confidence=confidence, max_memory=max_memory, parallel=parallel,
-                          writes=writes)
-    finally:
-        if workers is not None:
-            workers.close()
-
-
-def _run_sweep(cache_path, *, out, constraint, eps_grid, n_eps, fit_split, attributes, compare, plots, C, backend,
-               balance, device, progress, seed, min_group_size, pos_label, data, confidence, max_memory, parallel,
-               writes) -> SweepResult:
+    if workers is not None:
+        plots = workers
     arrays, fingerprint, cache_prov = data or load_sweep_data(cache_path, fit_split=fit_split,
                                                               attributes=attributes, pos_label=pos_label,
                                                               max_memory=max_memory, parallel=parallel)

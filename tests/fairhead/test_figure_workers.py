@@ -38,17 +38,43 @@ def test_workers_write_the_bytes_drawing_in_process_writes(split_arrays, tmp_pat
 def test_a_dead_worker_leaves_its_figures_to_the_command(split_arrays, tmp_path, monkeypatch):
     result = _sweep(split_arrays, tmp_path / "reference", monkeypatch, 0)
     tasks = sweep.sweep_figure_tasks(result)
-    workers = figure_workers.FigureWorkers(1)
-    try:
-        for future in workers._started:
-            pid = future.result(timeout=60)
-        os.kill(pid, 9)  # the pool is broken: every task must still be drawn and written
+    with figure_workers.FigureWorkers(1) as workers:
+        os.kill(workers._all[0].pid, 9)  # every task must still be drawn and written
         with StagedFiles() as staged:
             files = workers.draw(tasks, staged)
-    finally:
-        workers.close()
+        assert workers.broken
     assert set(files) == {"tradeoff_plot", "fit_vs_test_plot", "overfitting_plot", "group_rates_plot"}
     assert all(path.read_bytes() == (tmp_path / "reference" / path.name).read_bytes() for path in files.values())
+
+
+def test_a_figure_that_fails_in_a_worker_fails_in_the_command_as_drawn_in_process(tmp_path):
+    bad = ("overfitting", dict(over_rows=[{"fit_gap": 0.1}], out=tmp_path, fit_split="train", cert_split="valid",
+                               metric="dp_diff"))  # no "cert_bound": the drawing raises KeyError
+    with figure_workers.FigureWorkers(1) as workers, StagedFiles() as staged:
+        with pytest.raises(KeyError, match="cert_bound"):
+            workers.draw([bad], staged)
+        assert not workers.broken  # the worker answered with the error and still serves
+
+
+def test_a_script_without_a_main_guard_is_not_run_again_by_the_workers(split_arrays, tmp_path):
+    """A spawned multiprocessing worker would import the user's script again: each would start a sweep."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "user_script.py"
+    script.write_text("import os\n"
+                      "print('script ran in', os.getpid(), flush=True)\n"
+                      "from fairhead.figure_workers import FigureWorkers\n"
+                      "w = FigureWorkers(2)\n"
+                      "from fairhead_io import StagedFiles\n"
+                      "with StagedFiles() as s:\n"
+                      "    w.draw([], s)\n"
+                      "for worker in w._all: worker.ask('group_rates', dict(group_rows=[], out='.', split='x'))\n"
+                      "w.close()\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("script ran in") == 1
+    assert "Traceback" not in out.stderr
 
 
 def test_rendered_files_keep_bytes_and_refuse_text():
@@ -95,7 +121,7 @@ def test_workers_end_when_the_command_is_killed(tmp_path):
 
     code = ("from fairhead.figure_workers import FigureWorkers\n"
             "w = FigureWorkers(1)\n"
-            "print(w._started[0].result(timeout=60), flush=True)\n"
+            "print(w._all[0].pid, flush=True)\n"
             "import time; time.sleep(120)\n")
     command = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                text=True)
@@ -103,7 +129,7 @@ def test_workers_end_when_the_command_is_killed(tmp_path):
         worker = int(command.stdout.readline())
         command.send_signal(signal.SIGKILL)
         command.wait(timeout=10)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
                 os.kill(worker, 0)
@@ -116,3 +142,16 @@ def test_workers_end_when_the_command_is_killed(tmp_path):
     finally:
         command.kill()
         command.stdout.close()
+
+
+def test_the_process_keeps_its_workers_for_the_next_sweep_and_replaces_broken_ones(monkeypatch):
+    monkeypatch.setenv(figure_workers.WORKERS_VARIABLE, "1")
+    monkeypatch.setattr(figure_workers, "_SHARED", None)  # a pool of its own
+    first = figure_workers.FigureWorkers.start(4)
+    assert figure_workers.FigureWorkers.start(4) is first  # the demo's second sweep: no new start
+    os.kill(first._all[0].pid, 9)
+    first._all[0].process.wait(timeout=30)
+    assert first.broken
+    second = figure_workers.FigureWorkers.start(4)
+    assert second is not first and not second.broken
+    second.close()
