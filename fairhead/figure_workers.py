@@ -97,8 +97,8 @@ def worker_count(n_figures: int, cores: int | None = None) -> int:
     takes turns with the command.
 
     Not one core fewer than there are: while the workers draw, the command only waits for them. On
-    2 cores, an Adult sweep took 0.85x the wall time with two workers as with one
-    (``benchmarks/bench_plots.py``)."""
+    2 cores an Adult sweep took 0.79-0.94x its in-process wall time with two workers, and 0.95-1.06x
+    with one (``benchmarks/bench_plots.py``, ``docs/benchmarks.md``)."""
     value = os.environ.get(WORKERS_VARIABLE, "").strip()
     if value:
         if not value.isdigit():
