@@ -177,7 +177,7 @@ class _Worker:
                 self.ready = True
             _send(self.process.stdin, (name, kwargs))
             status, value = _receive(self.process.stdout)
-        except (EOFError, OSError, pickle.UnpicklingError):
+        except Exception:  # noqa: BLE001 - a closed pipe, a dead worker, a garbled answer: drawn in process
             self.dead = True
             return None
         return value if status == "ok" else None
@@ -204,7 +204,13 @@ class FigureWorkers:
 
     def __init__(self, workers: int):
         self.workers = workers
-        self._all = [_Worker() for _ in range(workers)]
+        self._all: list[_Worker] = []
+        try:
+            for _ in range(workers):
+                self._all.append(_Worker())
+        except BaseException:  # no half-started set left running
+            self.close()
+            raise
         self._idle: queue.Queue = queue.Queue()
         for worker in self._all:
             self._idle.put(worker)
