@@ -6,12 +6,14 @@ the sweep starts import matplotlib while the heads are solved, then draw the fig
 one task per figure (:data:`FIGURES`). They are kept for the process's next sweep (the demo runs
 two; a second sweep would otherwise pay their start again) and end with the process.
 
-A worker is ``python -m fairhead.figure_workers``: a fresh interpreter that imports only the plot
-modules (never the user's script, as a ``multiprocessing`` spawn would: a script without an
+A worker is a fresh interpreter (``sys.executable``, only where that is Python: not in a frozen app
+or an embedding server) in its own session, given the command's ``sys.path``, that imports only the
+plot modules: never the user's script, as a ``multiprocessing`` spawn would (a script without an
 ``if __name__ == "__main__"`` guard would run again in every worker). It reads tasks on its
 standard input and answers on its standard output, each a length-prefixed pickle of fairhead's
 own rows and PNG bytes (never a user's file). It exits when its input closes: when the command
-ends, is interrupted, or is killed with -9. It ignores Ctrl-C, which is the command's to handle.
+ends, is interrupted, or is killed with -9. A figure gets :data:`TASK_SECONDS` in a worker; past
+that, the worker is stopped and the figure drawn in process.
 
 A worker writes nothing. It renders each PNG into memory (:class:`RenderedFiles`, which stands in
 for :class:`fairhead_io.StagedFiles`), and the command writes the bytes under its own output
@@ -27,6 +29,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import io
+import json
 import os
 import pickle
 import queue
@@ -155,17 +158,41 @@ def serve() -> None:
             return
 
 
+#: a worker's command: the command's own ``sys.path`` (read from :data:`PATH_VARIABLE`), then :func:`serve`
+#: (as a multiprocessing spawn sets the path, without importing the user's script)
+BOOTSTRAP = ("import json, os, sys; sys.path[:] = json.loads(os.environ['{var}']); "
+             "from fairhead.figure_workers import serve; serve()")
+PATH_VARIABLE = "FAIRHEAD_FIGURE_WORKER_PATH"
+
+
+def python_interpreter() -> str | None:
+    """This process's Python interpreter, or ``None`` where ``sys.executable`` is something else (a frozen
+    app, an embedding server such as uWSGI), which a worker must not run."""
+    exe = sys.executable
+    if getattr(sys, "frozen", False) or not exe or not os.path.isfile(exe):
+        return None
+    return exe if os.path.basename(exe).lower().startswith(("python", "pypy")) else None
+
+
 class _Worker:
     """One worker process and its two pipes; :meth:`ask` is used by one thread at a time."""
 
-    def __init__(self):
-        root = str(Path(__file__).resolve().parents[1])  # fairhead, solvers and fairhead_* live here
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
-        self.process = subprocess.Popen([sys.executable, "-m", "fairhead.figure_workers"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, env=env)
+    def __init__(self, python: str):
+        env = {**os.environ, PATH_VARIABLE: json.dumps([p for p in sys.path if isinstance(p, str)])}
+        # its own session: the terminal's Ctrl-C, Ctrl-Z and Ctrl-\ go to the command, which ends the worker
+        self.process = subprocess.Popen([python, "-c", BOOTSTRAP.format(var=PATH_VARIABLE)], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, env=env,
+                                        **({"start_new_session": True} if os.name == "posix" else
+                                           {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}))
         self.pid = self.process.pid
         self.ready = False
         self.dead = False
+
+    def stop(self) -> None:
+        """Kill the worker (one that does not answer): its pending read ends, its figure is drawn in process."""
+        self.dead = True
+        with contextlib.suppress(OSError):
+            self.process.kill()
 
     def ask(self, name: str, kwargs: dict):
         """``(paths, {path: bytes})`` of figure ``name``, or ``None`` where this worker cannot draw it."""
@@ -196,18 +223,25 @@ class _Worker:
 
 #: the workers :meth:`FigureWorkers.start` keeps for this process
 _SHARED = None
+_SHARED_LOCK = threading.Lock()
+#: seconds a figure may take in a worker (its start included) before the worker is stopped and the figure
+#: drawn in process: a stopped or stuck worker never hangs the command
+TASK_SECONDS = 600.0
 
 
 class FigureWorkers:
     """Worker processes that draw figures (see the module's docstring); :meth:`close` ends them. Start them
     before the work they should overlap: each imports matplotlib at once."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, python: str | None = None):
         self.workers = workers
+        python = python or python_interpreter()
+        if python is None:
+            raise OSError("no Python interpreter to run a figure worker (sys.executable is not one)")
         self._all: list[_Worker] = []
         try:
             for _ in range(workers):
-                self._all.append(_Worker())
+                self._all.append(_Worker(python))
         except BaseException:  # no half-started set left running
             self.close()
             raise
@@ -219,29 +253,35 @@ class FigureWorkers:
     def start(cls, n_figures: int) -> "FigureWorkers | None":
         """This process's workers for ``n_figures`` figures (:func:`worker_count`), or ``None`` where none
         can run. They are started on the first call and kept for the next: a second sweep in one process
-        (the demo runs two) draws at once, without starting and importing again. They end with the process."""
+        (the demo runs two) draws at once, without starting and importing again. They end with the process.
+
+        None either where this process has imported matplotlib already, unless :data:`WORKERS_VARIABLE` sets
+        the count: its style settings (``rcParams``, a notebook's theme) then apply to the figures, as they
+        always did, and a worker would not see them."""
         global _SHARED
         workers = worker_count(n_figures)
-        if workers < 1:
+        if workers < 1 or ("matplotlib" in sys.modules and not os.environ.get(WORKERS_VARIABLE, "").strip()):
             return None
-        if _SHARED is not None and (_SHARED.workers < workers or _SHARED.broken):
-            _SHARED.close()
-            _SHARED = None
-        if _SHARED is None:
-            try:
-                _SHARED = cls(workers)
-            except OSError:  # no processes here (a sandbox): draw in process
-                return None
-            atexit.register(_SHARED.close)
-        return _SHARED
+        with _SHARED_LOCK:  # sweeps in threads share one set
+            if _SHARED is not None and (_SHARED.workers < workers or _SHARED.broken):
+                _SHARED.close()
+                _SHARED = None
+            if _SHARED is None:
+                try:
+                    _SHARED = cls(workers)
+                except Exception:  # noqa: BLE001 - no interpreter or no processes here: draw in process
+                    return None
+                atexit.register(_SHARED.close)
+            return _SHARED
 
     @property
     def broken(self) -> bool:
         """Whether a worker died (its figures are then drawn in process)."""
         return any(w.dead or w.process.poll() is not None for w in self._all)
 
-    def _ask(self, name: str, kwargs: dict):
+    def _ask(self, name: str, kwargs: dict, *, holding: list, k: int):
         worker = self._idle.get()  # the first free worker: the longest figure goes first, to its own
+        holding[k] = worker
         try:
             return worker.ask(name, kwargs)
         finally:
@@ -252,16 +292,22 @@ class FigureWorkers:
         ``staged`` in the order of ``tasks``, and return the output paths. A figure no worker could draw
         is drawn in process."""
         answers: list = [None] * len(tasks)
+        holding: list = [None] * len(tasks)
 
         def run(k: int) -> None:
-            answers[k] = self._ask(*tasks[k])
+            answers[k] = self._ask(*tasks[k], holding=holding, k=k)
 
         threads = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(len(tasks))]
         for thread in threads:
             thread.start()
         files = {}
         for k, ((name, kwargs), thread) in enumerate(zip(tasks, threads)):
-            thread.join()
+            thread.join(TASK_SECONDS)
+            if thread.is_alive():  # a stuck or stopped worker: stop it, its read ends with nothing
+                if holding[k] is not None:
+                    holding[k].stop()
+                thread.join(10)
+                answers[k] = None
             if answers[k] is None:
                 files.update(_draw(name, kwargs, staged))
                 continue

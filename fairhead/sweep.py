@@ -324,8 +324,8 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     if compare and data is None:  # the label's classes are metadata: refuse before any features are read
         _refuse_multiclass_compare(cache_path, compare)
     # the figures' workers import matplotlib while the heads are solved (none where no core is spare; kept
-    # for the process's next sweep)
-    workers = FigureWorkers.start(len(FIGURES)) if plots and writes else None
+    # for the process's next sweep; none for an out-of-core sweep, whose memory budget they would exceed)
+    workers = FigureWorkers.start(len(FIGURES)) if plots and writes and max_memory is None else None
     if workers is not None:
         plots = workers
     arrays, fingerprint, cache_prov = data or load_sweep_data(cache_path, fit_split=fit_split,

@@ -133,7 +133,10 @@ def test_workers_end_when_the_command_is_killed(tmp_path):
         while time.monotonic() < deadline:
             try:
                 os.kill(worker, 0)
-            except ProcessLookupError:
+                with open(f"/proc/{worker}/stat") as f:  # a zombie no one reaps (PID 1 in a container) has exited
+                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        break
+            except (ProcessLookupError, FileNotFoundError):
                 break
             time.sleep(0.1)
         else:
@@ -155,3 +158,34 @@ def test_the_process_keeps_its_workers_for_the_next_sweep_and_replaces_broken_on
     second = figure_workers.FigureWorkers.start(4)
     assert second is not first and not second.broken
     second.close()
+
+
+def test_a_stuck_worker_is_stopped_and_its_figure_drawn_in_process(split_arrays, tmp_path, monkeypatch):
+    import signal
+
+    result = _sweep(split_arrays, tmp_path / "reference", monkeypatch, 0)
+    tasks = sweep.sweep_figure_tasks(result)[-1:]  # one small figure
+    monkeypatch.setattr(figure_workers, "TASK_SECONDS", 2.0)
+    with figure_workers.FigureWorkers(1) as workers:
+        os.kill(workers._all[0].pid, signal.SIGSTOP)  # stopped: it never answers
+        with StagedFiles() as staged:
+            files = workers.draw(tasks, staged)
+        assert workers.broken
+    (path,) = files.values()
+    assert path.read_bytes() == (tmp_path / "reference" / path.name).read_bytes()
+
+
+def test_no_worker_runs_what_is_not_python_nor_beside_a_user_matplotlib(monkeypatch):
+    monkeypatch.setattr(figure_workers.sys, "frozen", True, raising=False)
+    assert figure_workers.python_interpreter() is None  # a frozen app's executable is the app
+    monkeypatch.delattr(figure_workers.sys, "frozen")
+    monkeypatch.setattr(figure_workers.sys, "executable", "/bin/sh")
+    assert figure_workers.python_interpreter() is None  # an embedding server's
+    monkeypatch.setattr(figure_workers.sys, "executable", "")
+    with pytest.raises(OSError, match="no Python interpreter"):
+        figure_workers.FigureWorkers(1)
+    monkeypatch.undo()
+    import matplotlib  # noqa: F401 - the user's own matplotlib, with its style settings
+
+    monkeypatch.delenv(figure_workers.WORKERS_VARIABLE, raising=False)
+    assert figure_workers.FigureWorkers.start(4) is None  # drawn in process, in the user's style
