@@ -35,6 +35,7 @@ def test_workers_write_the_bytes_drawing_in_process_writes(split_arrays, tmp_pat
         p.name for p in (tmp_path / "in-process").iterdir())
 
 
+@pytest.mark.slow  # a sweep drawn twice: in `make test-all` (CI)
 def test_a_dead_worker_leaves_its_figures_to_the_command(split_arrays, tmp_path, monkeypatch):
     result = _sweep(split_arrays, tmp_path / "reference", monkeypatch, 0)
     tasks = sweep.sweep_figure_tasks(result)
@@ -160,6 +161,7 @@ def test_the_process_keeps_its_workers_for_the_next_sweep_and_replaces_broken_on
     second.close()
 
 
+@pytest.mark.slow  # a sweep drawn twice: in `make test-all` (CI)
 def test_a_stuck_worker_is_stopped_and_its_figure_drawn_in_process(split_arrays, tmp_path, monkeypatch):
     import signal
 
