@@ -391,7 +391,7 @@ def _plotted_splits(rows, fit_split: str) -> list[str]:
 
 
 def sweep_figures(rows, fit_split: str) -> tuple[str, ...]:
-    """The names of the figures :func:`plot_sweep` draws for ``rows`` (each one call of :data:`SWEEP_FIGURES`)."""
+    """The names of the figures :func:`plot_sweep` draws for ``rows`` (``plot_<name>`` draws each)."""
     return ("tradeoff", "fit_vs_test") if len(_plotted_splits(rows, fit_split)) == 2 else ("tradeoff",)
 
 
@@ -399,9 +399,11 @@ def plot_sweep(rows, out: Path, *, fit_split: str, title: str = "", constraint: 
                staged=None) -> dict[str, Path]:
     """Write the sweep's plots (:func:`plot_tradeoff`, and :func:`plot_fit_vs_test` where there is a
     test split); return their paths by output name."""
-    return {f"{name}_plot": SWEEP_FIGURES[name](rows, out, fit_split=fit_split, title=title, constraint=constraint,
-                                               staged=staged)
-            for name in sweep_figures(rows, fit_split)}
+    kw = dict(fit_split=fit_split, title=title, constraint=constraint, staged=staged)
+    files = {"tradeoff_plot": plot_tradeoff(rows, out, **kw)}
+    if "fit_vs_test" in sweep_figures(rows, fit_split):
+        files["fit_vs_test_plot"] = plot_fit_vs_test(rows, out, **kw)
+    return files
 
 
 def plot_tradeoff(rows, out: Path, *, fit_split: str, title: str = "", constraint: str | None = None,
@@ -512,8 +514,3 @@ def plot_fit_vs_test(rows, out: Path, *, fit_split: str, title: str = "", constr
         place_labels(ax, [(p[0].get(key, np.nan), p[1].get(key, np.nan)) for p in labelled],
                      [_eps_text(p[0]) for p in labelled], taken=taken, fontsize=6.5)
     return finish(fig, out / "fit_vs_test.png", staged)
-
-
-#: each figure of a sweep by name (its output is ``{name}_plot``): one drawing call,
-#: ``(rows, out, *, fit_split, title, constraint, staged) -> path``
-SWEEP_FIGURES = {"tradeoff": plot_tradeoff, "fit_vs_test": plot_fit_vs_test}

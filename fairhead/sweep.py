@@ -326,8 +326,6 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
     # the figures' workers import matplotlib while the heads are solved (none where no core is spare; kept
     # for the process's next sweep; none for an out-of-core sweep, whose memory budget they would exceed)
     workers = FigureWorkers.start(len(FIGURES)) if plots and writes and max_memory is None else None
-    if workers is not None:
-        plots = workers
     arrays, fingerprint, cache_prov = data or load_sweep_data(cache_path, fit_split=fit_split,
                                                               attributes=attributes, pos_label=pos_label,
                                                               max_memory=max_memory, parallel=parallel)
@@ -369,7 +367,7 @@ def run_sweep(cache_path, *, out, constraint="dp", eps_grid=None, n_eps=20, fit_
                                                 "cache_provenance": cache_prov,
                                                 "unconstrained_value": inactive, "floor": floor})
     if writes:
-        result.files.update(write_sweep(result, meta, plots=plots))
+        result.files.update(write_sweep(result, meta, plots=plots, workers=workers))
     return result
 
 
@@ -579,9 +577,10 @@ def sweep_figure_tasks(result: SweepResult) -> list[tuple[str, dict]]:
     return tasks
 
 
-def write_sweep(result: SweepResult, meta: dict, *, plots: "bool | FigureWorkers" = True) -> dict[str, Path]:
-    """Write ``sweep.csv``, ``sweep.json``, the plots and ``report.md``; return their paths.
-    ``plots`` may be :class:`~fairhead.figure_workers.FigureWorkers` that draw the figures.
+def write_sweep(result: SweepResult, meta: dict, *, plots: bool = True,
+                workers: FigureWorkers | None = None) -> dict[str, Path]:
+    """Write ``sweep.csv``, ``sweep.json``, the plots and ``report.md``; return their paths. ``workers``
+    (:class:`~fairhead.figure_workers.FigureWorkers`) draw the figures where given.
 
     The outputs are replaced together (:class:`fairhead_io.StagedFiles`): each goes to a fsynced
     temporary file first and the renames follow back to back, so a kill or a full disk leaves the
@@ -612,7 +611,6 @@ def write_sweep(result: SweepResult, meta: dict, *, plots: "bool | FigureWorkers
         files["json"] = staged.write_text(out / "sweep.json", json.dumps(
             provenance.strict_json(payload), indent=1, default=str, allow_nan=False))
         if plots:
-            files.update(draw_figures(sweep_figure_tasks(result), staged,
-                                      workers=plots if isinstance(plots, FigureWorkers) else None))
+            files.update(draw_figures(sweep_figure_tasks(result), staged, workers=workers))
         files["report"] = report.write_sweep_report(result, files, meta, staged=staged)
     return files
