@@ -53,6 +53,7 @@ from fairhead_options import check_confidence as check_level
 
 from .constraints import CONSTRAINTS
 from .errors import DataError
+from .metrics import confusion_by_group
 from .problem import encode_groups
 
 _GAPS = [c for c in CONSTRAINTS.values() if c.gap]
@@ -250,16 +251,16 @@ class GroupCounts:
         if yp.shape[0] != yt.shape[0]:
             raise DataError(f"y_pred has {yp.shape[0]} entries but y_true has {yt.shape[0]}; pass one per sample")
         codes, labels, _ = encode_groups(sensitive_features, yt.shape[0])
-        counts = {}
-        for g, lab in enumerate(labels):
-            m = codes == g
-            t, p = yt[m], yp[m]
-            counts[lab] = {
-                "selection_rate": (int(p.sum()), int(m.sum())),
-                "true_positive_rate": (int((p * t).sum()), int(t.sum())),
-                "false_positive_rate": (int((p * (1 - t)).sum()), int((1 - t).sum())),
-                "accuracy": (int((p == t).sum()), int(m.sum())),
-            }
+        # every group's counts from one table of (group, y, yhat, yhat = y) cells: exact integers
+        cells = confusion_by_group(yt, yp, codes, len(labels)).astype(np.int64)
+        rows, pos, neg = cells.sum(axis=(1, 2, 3)), cells[:, 1].sum(axis=(1, 2)), cells[:, 0].sum(axis=(1, 2))
+        selected, right = cells[:, :, 1].sum(axis=(1, 2)), cells[..., 1].sum(axis=(1, 2))
+        tp, fp = cells[:, 1, 1].sum(axis=1), cells[:, 0, 1].sum(axis=1)
+        counts = {lab: {"selection_rate": (int(selected[g]), int(rows[g])),
+                        "true_positive_rate": (int(tp[g]), int(pos[g])),
+                        "false_positive_rate": (int(fp[g]), int(neg[g])),
+                        "accuracy": (int(right[g]), int(rows[g]))}
+                  for g, lab in enumerate(labels)}
         return cls(groups=tuple(labels), counts=counts)
 
     def scaled(self, factor: float) -> "GroupCounts":
@@ -717,8 +718,13 @@ def group_rate_intervals(y_true, y_pred, *, sensitive_features, confidence: floa
         ``{group: {rate: Interval}}``.
     """
     counts = GroupCounts.from_predictions(y_true, y_pred, sensitive_features=sensitive_features)
-    return {g: {r: rate_interval(k, n, confidence) for r, (k, n) in rates.items()}
-            for g, rates in counts.counts.items()}
+    cells = [(g, r, k, n) for g, rates in counts.counts.items() for r, (k, n) in rates.items()]
+    # every (group, rate) interval in one vectorised call: the same values as rate_interval's, one by one
+    low, high = clopper_pearson(np.array([c[2] for c in cells]), np.array([c[3] for c in cells]), confidence)
+    out: dict = {g: {} for g in counts.counts}
+    for (g, r, k, n), lo, hi in zip(cells, low.tolist(), high.tolist()):
+        out[g][r] = Interval(float(k) / n if n else float("nan"), lo, hi, float(confidence), EXACT)
+    return out
 
 
 def worst_group_accuracy_interval(counts: GroupCounts, confidence: float = 0.95) -> Interval:

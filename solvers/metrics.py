@@ -53,7 +53,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import DataError
-from .problem import encode_groups
+from .problem import encode_groups, unique_values
 
 MSG_LENGTH = "{what} has {got} entries but y_true has {n}; pass one value per sample"
 MSG_NOT_BINARY = "metrics expect binary labels in {{0, 1}} (or pos_label); got values {vals}"
@@ -473,14 +473,42 @@ def _undefined(yt, w):
     return {"true_positive_rate": pos <= 0, "false_negative_rate": pos <= 0, "false_positive_rate": neg <= 0}
 
 
-def _row(yt, yp, w, y_score=None):
+def confusion_by_group(y_true, y_pred, codes, n_groups: int, sample_weight=None) -> np.ndarray:
+    """The weight of every (group, y = 1, yhat = 1, yhat = y) cell, shape ``(n_groups, 2, 2, 2)``.
+
+    One ``bincount`` over the rows: every group rate is a ratio of sums of these cells (unit
+    weights: row counts, exact integers in float64). ``y = 1`` and ``yhat = 1`` compare with the
+    positive label 1 (as :func:`true_positive_rate`); ``yhat = y`` compares the raw values (as
+    :func:`accuracy`).
+    """
+    yt, yp = np.asarray(y_true).reshape(-1), np.asarray(y_pred).reshape(-1)
+    cell = ((np.asarray(codes, dtype=np.intp) * 2 + (yt == 1)) * 2 + (yp == 1)) * 2 + (yt == yp)
+    weights = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    sums = np.bincount(cell, weights=weights, minlength=8 * n_groups)
+    return sums.astype(np.float64).reshape(n_groups, 2, 2, 2)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray, empty: float) -> np.ndarray:
+    """``num / den`` per group, ``empty`` where ``den`` has no (positive) weight."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), empty)
+
+
+def _rows(cells: np.ndarray, rows: np.ndarray) -> dict:
+    """Each :data:`GROUP_METRICS` column per group (arrays) from :func:`confusion_by_group`'s cells:
+    the same ratios as :func:`selection_rate`, :func:`true_positive_rate` ... (NaN or 0 on an empty
+    event, as they give)."""
+    weight = cells.sum(axis=(1, 2, 3))
+    pos, neg = cells[:, 1].sum(axis=(1, 2)), cells[:, 0].sum(axis=(1, 2))
     return {
-        "selection_rate": selection_rate(yt, yp, sample_weight=w),
-        "true_positive_rate": true_positive_rate(yt, yp, sample_weight=w),
-        "false_positive_rate": false_positive_rate(yt, yp, sample_weight=w),
-        "false_negative_rate": false_negative_rate(yt, yp, sample_weight=w),
-        "accuracy": accuracy(yt, yp, sample_weight=w),
-        "count": int(yt.shape[0]),
+        "selection_rate": _ratio(cells[:, :, 1].sum(axis=(1, 2)), weight, np.nan),
+        "true_positive_rate": _ratio(cells[:, 1, 1].sum(axis=1), pos, 0.0),
+        "false_positive_rate": _ratio(cells[:, 0, 1].sum(axis=1), neg, 0.0),
+        "false_negative_rate": _ratio(cells[:, 1, 0].sum(axis=1), pos, 0.0),
+        "accuracy": _ratio(cells[..., 1].sum(axis=(1, 2)), weight, np.nan),
+        "count": rows,
+        # which rates have an empty conditioning event (reported as 0, listed by GroupTable.undefined)
+        "_no_pos": pos <= 0, "_no_neg": neg <= 0,
     }
 
 
@@ -529,19 +557,22 @@ def by_group(y_true, y_pred, *, sensitive_features, y_score=None, sample_weight=
     """
     yt = _arr(y_true)
     yp = _arr(y_pred, yt.shape[0])
-    w = _w(sample_weight, yt.shape[0])
+    w = None if sample_weight is None else _w(sample_weight, yt.shape[0])
     codes, labels, _ = encode_groups(sensitive_features, yt.shape[0])
-    table, undefined = {}, {}
-    ytb = _binary(yt)
-    for g, lab in enumerate(labels):
-        m = codes == g
-        table[lab] = _row(yt[m], yp[m], w[m])
-        for metric, empty in _undefined(ytb[m], w[m]).items():
-            undefined.setdefault(metric, [])
-            if empty:
-                undefined[metric].append(lab)
-    return GroupTable(overall=_row(yt, yp, w), by_group=table, names=GROUP_METRICS,
-                      undefined_by_metric={k: tuple(v) for k, v in undefined.items()})
+    # every group's rates from one table of cell weights (not five masked sums per group)
+    cells = confusion_by_group(yt, yp, codes, len(labels), w)
+    per_group = _rows(cells, np.bincount(codes, minlength=len(labels)))
+    overall = _rows(cells.sum(axis=0, keepdims=True), np.array([yt.shape[0]]))
+
+    def row(cols: dict, g: int) -> dict:
+        return {k: (int(cols[k][g]) if k == "count" else float(cols[k][g])) for k in GROUP_METRICS}
+
+    table = {lab: row(per_group, g) for g, lab in enumerate(labels)}
+    no_pos = tuple(lab for g, lab in enumerate(labels) if per_group["_no_pos"][g])
+    no_neg = tuple(lab for g, lab in enumerate(labels) if per_group["_no_neg"][g])
+    return GroupTable(overall=row(overall, 0), by_group=table, names=GROUP_METRICS,
+                      undefined_by_metric={"true_positive_rate": no_pos, "false_negative_rate": no_pos,
+                                           "false_positive_rate": no_neg})
 
 
 def undefined_rates(y_true, *, sensitive_features, sample_weight=None, classes=None) -> list[str]:
@@ -894,7 +925,7 @@ def worst_cell_accuracy(y_true, y_pred, *, sensitive_features, sample_weight=Non
     w = _w(sample_weight, yt.shape[0])
     codes, labels, _ = encode_groups(sensitive_features, yt.shape[0])
     # every (group, label) cell's row count, weight and correct weight in one pass each (bincount)
-    classes, label_codes = np.unique(yt, return_inverse=True)
+    classes, label_codes = unique_values(yt, return_inverse=True)
     cell = codes * len(classes) + label_codes.reshape(-1)
     size = len(labels) * len(classes)
     rows = np.bincount(cell, minlength=size)

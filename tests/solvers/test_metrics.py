@@ -162,3 +162,35 @@ def test_evaluate_reads_every_binary_parity_metric_from_one_table_with_the_funct
         for name, fn in functions.items():
             want = fn(y, p, sensitive_features=a, sample_weight=w)
             assert got[name] == want or (np.isnan(got[name]) and np.isnan(want)), (trial, name)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_by_group_table_equals_each_rate_on_its_group_rows(preds, weighted):
+    """by_group reads every group's rates from one bincount of (group, y, yhat, hit) cells: the
+    values are the scalar functions' on each group's rows (bit for bit with unit weights, where
+    every sum is an integer; to rounding of a float64 sum in another order with weights), and
+    the counts behind the intervals are the rows' own."""
+    from solvers.intervals import GroupCounts
+
+    y, yhat, _, a, _, w = preds
+    sw = w if weighted else None
+    table = metrics.by_group(y, yhat, sensitive_features=a, sample_weight=sw)
+    for g in np.unique(a):
+        m = a == g
+        gw = None if sw is None else sw[m]
+        want = {"selection_rate": metrics.selection_rate(y[m], yhat[m], sample_weight=gw),
+                "true_positive_rate": metrics.true_positive_rate(y[m], yhat[m], sample_weight=gw),
+                "false_positive_rate": metrics.false_positive_rate(y[m], yhat[m], sample_weight=gw),
+                "false_negative_rate": metrics.false_negative_rate(y[m], yhat[m], sample_weight=gw),
+                "accuracy": metrics.accuracy(y[m], yhat[m], sample_weight=gw), "count": int(m.sum())}
+        got = table.by_group[g]
+        if weighted:
+            assert got == pytest.approx(want, rel=1e-13, abs=0)
+        else:
+            assert got == want
+    counts = GroupCounts.from_predictions(y, yhat, sensitive_features=a).counts
+    for g in np.unique(a):
+        t, p = y[a == g], yhat[a == g]
+        assert counts[g] == {"selection_rate": (p.sum(), t.size), "true_positive_rate": ((p * t).sum(), t.sum()),
+                             "false_positive_rate": ((p * (1 - t)).sum(), (1 - t).sum()),
+                             "accuracy": ((p == t).sum(), t.size)}
