@@ -149,8 +149,8 @@ def gap_jacobian(design, z: torch.Tensor, delta: np.ndarray, Ma: np.ndarray, lam
     def part(start, Xc):  # [X^T R, X^T diag(h) X] over one block of rows
         Rc = without_subnormals(R[start : start + Xc.shape[0]].to(cdt))
         hc = without_subnormals(ht[start : start + Xc.shape[0]].to(cdt))
-        # two products into one block: each column of a product is summed alike (the same bits as
-        # one product of X^T with [R, diag(h) X]), without copying the (rows, d) block into a concatenation
+        # two products into one block: the sums of one product of X^T with [R, diag(h) X] (to rounding: the
+        # BLAS picks each product's kernel by shape), without copying the (rows, d) block into a concatenation
         out = torch.empty((d, 2 * K + 1 + d), dtype=cdt, device=dev)
         torch.matmul(Xc.t(), Rc, out=out[:, : 2 * K + 1])
         torch.matmul(Xc.t(), Xc * hc[:, None], out=out[:, 2 * K + 1 :])

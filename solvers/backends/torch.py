@@ -192,12 +192,14 @@ class Design:
         """
         if self._gram is not None:
             return self._gram
-        mu = None if self.mu is None else self.mu.to(self.cdt)
         full = self.n * self.d * self.d <= GRAM_FULL_FLOPS
+        if self.device.type == "cpu":
+            self._gram = torch.from_numpy(self._numpy_gram(full))
+            return self._gram
+        mu = None if self.mu is None else self.mu.to(self.cdt)
         G = torch.zeros((self.d, self.d) if full else (self.d,), dtype=_F64, device=self.device)
 
-        scratch = []  # one block-sized buffer for X - mu and its squares: a fresh 32 MiB array per
-        # block costs its page faults, five times the arithmetic (the same operations, the same bits)
+        scratch = []  # one block-sized buffer for X - mu and its squares
 
         def part(Xc):
             if mu is None and full:
@@ -215,6 +217,32 @@ class Design:
         G /= max(self.n, 1)
         self._gram = G  # (d,) when only the diagonal: no dense d x d copy (33 MB at d = 2048)
         return self._gram
+
+    def _numpy_gram(self, full: bool) -> np.ndarray:
+        """:meth:`gram` on the CPU, in numpy over the products' row blocks: ``B^T B`` of a block with
+        itself is BLAS's ``syrk`` there (half of a general product's multiply-adds; torch's ``t() @``
+        makes the general one: 2.1x the time on Adult, 2.0x at 20,000 x 512)."""
+        mu = None if self.mu is None else self.mu.numpy().astype(self._np_cdt)
+        G = np.zeros((self.d, self.d) if full else (self.d,), dtype=np.float64)
+        # one block-sized buffer for X - mu and its squares: a fresh 32 MiB array per block costs
+        # its page faults, five times the arithmetic (the same operations, the same bits)
+        scratch = []
+
+        def buffer(blk):
+            if not scratch:
+                scratch.append(np.empty(blk.shape, dtype=blk.dtype))
+            return scratch[0][: len(blk)]
+
+        def part(blk):
+            if mu is not None:
+                blk = np.subtract(blk, mu, out=buffer(blk))
+            if full:
+                return (blk.T @ blk).astype(np.float64)  # the same array on both sides: syrk
+            return np.multiply(blk, blk, out=buffer(blk)).sum(axis=0).astype(np.float64)
+
+        G = sum_blocks(self.source, ((s, part(blk)) for s, blk in self._blocks()), G)
+        G /= max(self.n, 1)
+        return G  # (d,) when only the diagonal: no dense d x d copy (33 MB at d = 2048)
 
     def preconditioner(self, lam2: float, p: int) -> "Preconditioner":
         """The :class:`Preconditioner` for the L2 coefficient ``lam2`` and ``p`` coordinates (cached)."""

@@ -4,8 +4,8 @@ The torch heads are pinned bit for bit (sha256 of the float64 bytes of ``coef_``
 ``intercept_``) on the CPU: the solver's arithmetic is deterministic there (fixed row blocks,
 one thread, float64 reductions in a fixed order). A platform whose BLAS, CPU or torch rounds
 differently gets other bits, so their pins are kept per platform (``tests/support/pins.py``).
-cvxpy's heads are pinned only to the tolerance its interior-point solvers guarantee (Clarabel's gap tolerance 1e-8 relative: ``rtol=1e-6`` on the
-coefficients, ``atol=1e-7`` for coefficients near 0), since their bits depend on the platform.
+cvxpy's heads are pinned only to the tolerance its interior-point solvers guarantee (Clarabel's gap tolerance 1e-8 relative:
+the coefficients within sqrt(1e-8) = 1e-4 of their scale), since their bits depend on the platform.
 
 The pins (``data/backend_pins.json``) were made with the code before the refactor; ``PYTHONPATH=.:tests
 python tests/solvers/test_backend_pins.py --record`` records this platform's torch pins, from code
@@ -28,10 +28,12 @@ from solvers.synthetic import make_fair_classification
 from support.pins import UNPINNED, load_sets, pins_for_this_platform, record_this_platform, skip_message
 
 # what cvxpy guarantees: Clarabel stops at a relative duality gap of 1e-8 (tol_gap_rel), which
-# moves a well-conditioned head by about sqrt(1e-8) * condition in the worst case; 1e-6 relative
-# (and 1e-7 absolute, for coefficients near 0) holds with room on these small problems
-CVXPY_RTOL = 1e-6
-CVXPY_ATOL = 1e-7
+# moves a well-conditioned head by about sqrt(1e-8) = 1e-4 of its scale in the worst case, on any
+# platform (its bits depend on the BLAS). Coefficients are compared at that: 1e-4 of the largest
+# coefficient (at least 1). A machine whose BLAS rounds otherwise moved one eo-score coefficient by
+# 4.8e-7 (0.0033453 against 0.0033448), past a per-entry rtol of 1e-6 that no bound gave.
+CVXPY_COEF_TOL = 1e-4
+
 
 BINARY_EPS = {None: 0.05, "dp-score": 0.05, "eo-score": 0.05, "cov": 0.02, "group-loss": 0.6, "minimax": 0.0}
 MULTI_EPS = {None: 0.05, "dp-score": 0.05, "eo-score": 0.08}
@@ -150,7 +152,8 @@ def test_cvxpy_heads_are_pinned_to_the_solver_tolerance(case):
     got, want = pin(case), CVXPY_PINS[case_id(case)]
     assert len(got) == len(want)
     for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, rtol=CVXPY_RTOL, atol=CVXPY_ATOL)
+        w = np.asarray(w)
+        np.testing.assert_allclose(g, w, rtol=0, atol=CVXPY_COEF_TOL * max(1.0, float(np.abs(w).max())))
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--record"]:  # this platform's pins (only from code known to be right)
