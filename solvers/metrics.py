@@ -474,12 +474,31 @@ def _undefined(yt, w):
 
 
 def confusion_by_group(y_true, y_pred, codes, n_groups: int, sample_weight=None) -> np.ndarray:
-    """The weight of every (group, y = 1, yhat = 1, yhat = y) cell, shape ``(n_groups, 2, 2, 2)``.
+    """Sum the weights of every (group, y = 1, yhat = 1, yhat = y) cell.
 
     One ``bincount`` over the rows: every group rate is a ratio of sums of these cells (unit
     weights: row counts, exact integers in float64). ``y = 1`` and ``yhat = 1`` compare with the
     positive label 1 (as :func:`true_positive_rate`); ``yhat = y`` compares the raw values (as
-    :func:`accuracy`).
+    :func:`accuracy`). E.g. group ``g``'s TPR is ``C[g, 1, 1].sum() / C[g, 1].sum()``.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        The true labels.
+    y_pred : array-like of shape (n_samples,)
+        The predicted labels (hard predictions).
+    codes : array-like of int of shape (n_samples,)
+        Each row's group, in ``0 .. n_groups - 1`` (:func:`solvers.problem.encode_groups`).
+    n_groups : int
+        The number of groups.
+    sample_weight : array-like of shape (n_samples,), optional
+        Row weights (default: 1 each, and the sums are row counts).
+
+    Returns
+    -------
+    numpy.ndarray of shape (n_groups, 2, 2, 2)
+        ``C[g, t, p, c]``: the weight of group ``g``'s rows with ``(y = 1) = t``, ``(yhat = 1) = p``
+        and ``(yhat = y) = c``, in float64.
     """
     yt, yp = np.asarray(y_true).reshape(-1), np.asarray(y_pred).reshape(-1)
     cell = ((np.asarray(codes, dtype=np.intp) * 2 + (yt == 1)) * 2 + (yp == 1)) * 2 + (yt == yp)
