@@ -428,7 +428,8 @@ def _finetune_full_parser(p: argparse.ArgumentParser) -> None:
     train.add_argument("--dual-lr", type=float, default=0.5,
                        help="the Lagrangian's multiplier ascent step (default: 0.5)")
     _add_device(train)
-    train.add_argument("--threads", type=POSITIVE_INT, help="CPU threads (default: half the cores)")
+    train.add_argument("--threads", type=POSITIVE_INT,
+                       help="CPU threads, torch's and numpy's BLAS (default: half the cores)")
     train.add_argument("--workers", type=NONNEGATIVE_INT, default=0,
                        help="DataLoader worker processes decoding images (default: 0)")
     train.add_argument("--restart", action="store_true", help="ignore the checkpoints and train from the start")

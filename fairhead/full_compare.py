@@ -388,14 +388,19 @@ def run_full_comparison(cache_path, *, out, constraint="eo", eps=0.05, methods=N
     plan = prepare_full_network(cache_path, data, backbone_prov=backbone_prov, source=source, methods=methods,
                                 constraint=cons.name, eps=eps, seed=seed, options=options, out=out, restart=restart,
                                 weights_file=weights_file, fingerprint=rows_fp)
-    say(f"last layer: protocols B1 B2 B3 M1 M2 and the {cons.name} eps path on the cache's features")
-    models = last_layer_models(data, constraint=cons.name, eps=eps, seed=seed, head_params=head_params,
-                               confidence=confidence, out=out, n_eps=n_eps, fingerprint=rows_fp,
-                               progress=progress, cache_path=cache_path, plots=plots)
-    say(f"full network: {', '.join(methods)} on {options.image_size} px images ({plan.device}, "
-        f"{plan.threads} thread(s))")
-    full, extra = full_network_models(plan, data, constraint=cons.name, confidence=confidence, progress=progress,
-                                      restart=restart)
+    # --threads is every CPU thread of the command: torch's (training) and numpy's BLAS (the heads' products,
+    # whose bits follow the thread count: the same --threads, the same heads, as a rerun after a kill)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(plan.threads, user_api="blas"):
+        say(f"last layer: protocols B1 B2 B3 M1 M2 and the {cons.name} eps path on the cache's features")
+        models = last_layer_models(data, constraint=cons.name, eps=eps, seed=seed, head_params=head_params,
+                                   confidence=confidence, out=out, n_eps=n_eps, fingerprint=rows_fp,
+                                   progress=progress, cache_path=cache_path, plots=plots)
+        say(f"full network: {', '.join(methods)} on {options.image_size} px images ({plan.device}, "
+            f"{plan.threads} thread(s))")
+        full, extra = full_network_models(plan, data, constraint=cons.name, confidence=confidence,
+                                          progress=progress, restart=restart)
     setting = {**extra["setting"], "cache": str(cache_path), "cache_fingerprint": fingerprint,
                "rows": {s: int(len(data[s].y)) for s in SPLITS}, "max_train": max_train, "max_eval": max_eval,
                "seed": seed, "n_eps": n_eps, "head_params": head_params,
