@@ -856,19 +856,6 @@ COMMANDS = (
 )
 
 
-class _VersionAction(argparse.Action):
-    """``--version``: prints ``fairhead VERSION`` and exits. The version is looked up only when asked
-    (``importlib.metadata`` scans the installed distributions: 40-50 ms that every other command would pay)."""
-
-    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
-                 help="show program's version number and exit"):
-        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        parser._print_message(f"{parser.prog} {_version()}\n", sys.stdout)
-        parser.exit()
-
-
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``fairhead`` parser: one subparser per row of :data:`COMMANDS`, with its help texts.
 
@@ -882,7 +869,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         epilog="run `fairhead COMMAND --help` for a command's options and examples",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of known errors")
-    parser.add_argument("--version", action=_VersionAction)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for row in COMMANDS:
         p = sub.add_parser(row.name, help=row.help, formatter_class=HelpFormatter,

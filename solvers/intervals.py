@@ -53,7 +53,7 @@ from fairhead_options import check_confidence as check_level
 
 from .constraints import CONSTRAINTS
 from .errors import DataError
-from .metrics import confusion_by_group
+from .metrics import _cell_totals, confusion_by_group
 from .problem import encode_groups
 
 _GAPS = [c for c in CONSTRAINTS.values() if c.gap]
@@ -252,14 +252,11 @@ class GroupCounts:
             raise DataError(f"y_pred has {yp.shape[0]} entries but y_true has {yt.shape[0]}; pass one per sample")
         codes, labels, _ = encode_groups(sensitive_features, yt.shape[0])
         # every group's counts from one table of (group, y, yhat, yhat = y) cells: exact integers
-        cells = confusion_by_group(yt, yp, codes, len(labels)).astype(np.int64)
-        rows, pos, neg = cells.sum(axis=(1, 2, 3)), cells[:, 1].sum(axis=(1, 2)), cells[:, 0].sum(axis=(1, 2))
-        selected, right = cells[:, :, 1].sum(axis=(1, 2)), cells[..., 1].sum(axis=(1, 2))
-        tp, fp = cells[:, 1, 1].sum(axis=1), cells[:, 0, 1].sum(axis=1)
-        counts = {lab: {"selection_rate": (int(selected[g]), int(rows[g])),
-                        "true_positive_rate": (int(tp[g]), int(pos[g])),
-                        "false_positive_rate": (int(fp[g]), int(neg[g])),
-                        "accuracy": (int(right[g]), int(rows[g]))}
+        t = _cell_totals(confusion_by_group(yt, yp, codes, len(labels)).astype(np.int64))
+        counts = {lab: {"selection_rate": (int(t["selected"][g]), int(t["weight"][g])),
+                        "true_positive_rate": (int(t["tp"][g]), int(t["pos"][g])),
+                        "false_positive_rate": (int(t["fp"][g]), int(t["neg"][g])),
+                        "accuracy": (int(t["right"][g]), int(t["weight"][g]))}
                   for g, lab in enumerate(labels)}
         return cls(groups=tuple(labels), counts=counts)
 

@@ -513,21 +513,30 @@ def _ratio(num: np.ndarray, den: np.ndarray, empty: float) -> np.ndarray:
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), empty)
 
 
+def _cell_totals(cells: np.ndarray) -> dict:
+    """The per-group sums behind every rate, from :func:`confusion_by_group`'s cells: ``weight`` (all
+    rows), ``pos`` / ``neg`` (y = 1 / y = 0), ``selected`` (yhat = 1), ``right`` (yhat = y), ``tp``
+    (y = 1, yhat = 1), ``fp`` (y = 0, yhat = 1) and ``fn`` (y = 1, yhat = 0); arrays of shape (n_groups,)."""
+    return {"weight": cells.sum(axis=(1, 2, 3)), "pos": cells[:, 1].sum(axis=(1, 2)),
+            "neg": cells[:, 0].sum(axis=(1, 2)), "selected": cells[:, :, 1].sum(axis=(1, 2)),
+            "right": cells[..., 1].sum(axis=(1, 2)), "tp": cells[:, 1, 1].sum(axis=1),
+            "fp": cells[:, 0, 1].sum(axis=1), "fn": cells[:, 1, 0].sum(axis=1)}
+
+
 def _rows(cells: np.ndarray, rows: np.ndarray) -> dict:
     """Each :data:`GROUP_METRICS` column per group (arrays) from :func:`confusion_by_group`'s cells:
     the same ratios as :func:`selection_rate`, :func:`true_positive_rate` ... (NaN or 0 on an empty
     event, as they give)."""
-    weight = cells.sum(axis=(1, 2, 3))
-    pos, neg = cells[:, 1].sum(axis=(1, 2)), cells[:, 0].sum(axis=(1, 2))
+    t = _cell_totals(cells)
     return {
-        "selection_rate": _ratio(cells[:, :, 1].sum(axis=(1, 2)), weight, np.nan),
-        "true_positive_rate": _ratio(cells[:, 1, 1].sum(axis=1), pos, 0.0),
-        "false_positive_rate": _ratio(cells[:, 0, 1].sum(axis=1), neg, 0.0),
-        "false_negative_rate": _ratio(cells[:, 1, 0].sum(axis=1), pos, 0.0),
-        "accuracy": _ratio(cells[..., 1].sum(axis=(1, 2)), weight, np.nan),
+        "selection_rate": _ratio(t["selected"], t["weight"], np.nan),
+        "true_positive_rate": _ratio(t["tp"], t["pos"], 0.0),
+        "false_positive_rate": _ratio(t["fp"], t["neg"], 0.0),
+        "false_negative_rate": _ratio(t["fn"], t["pos"], 0.0),
+        "accuracy": _ratio(t["right"], t["weight"], np.nan),
         "count": rows,
         # which rates have an empty conditioning event (reported as 0, listed by GroupTable.undefined)
-        "_no_pos": pos <= 0, "_no_neg": neg <= 0,
+        "_no_pos": t["pos"] <= 0, "_no_neg": t["neg"] <= 0,
     }
 
 
